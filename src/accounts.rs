@@ -1,0 +1,324 @@
+//! Users and sessions: sign-up, password sign-in, refresh-token rotation, sign-out.
+//! Shared by the Supabase-compatible routes, the dashboard session and the CLI.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::auth::jwt::{Amr, Claims, JwtKeys};
+use crate::auth::password::Hasher;
+use crate::auth::tokens;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::{Email, Password};
+use crate::store::{NewUser, Rotation, Store, StoreError, User};
+
+/// Why an account operation failed; each maps to a Supabase error code.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Unknown email or wrong password (indistinguishable on purpose).
+    #[error("Invalid login credentials")]
+    InvalidCredentials,
+    /// Sign-in before the email was confirmed.
+    #[error("Email not confirmed")]
+    EmailNotConfirmed,
+    /// Sign-up with a taken email.
+    #[error("User already registered")]
+    UserExists,
+    /// The password fails the policy.
+    #[error("Password should be at least {0} characters.")]
+    WeakPassword(usize),
+    /// The new password equals the old one.
+    #[error("New password should be different from the old password.")]
+    SamePassword,
+    /// The refresh token is unknown or its session ended.
+    #[error("Invalid Refresh Token: Refresh Token Not Found")]
+    RefreshNotFound,
+    /// A rotated refresh token came back after the reuse interval: the session is revoked.
+    #[error("Invalid Refresh Token: Already Used")]
+    RefreshAlreadyUsed,
+    /// The session named by the token no longer exists.
+    #[error("Session from session_id claim in JWT does not exist")]
+    SessionNotFound,
+    /// A field is invalid.
+    #[error("{0}")]
+    Validation(String),
+    /// Storage contention; retry.
+    #[error("The service is busy; retry shortly.")]
+    Busy,
+    /// Unexpected failure (details logged).
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<StoreError> for AccountError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Busy => AccountError::Busy,
+            StoreError::Conflict(_) => AccountError::UserExists,
+            other => {
+                tracing::error!(error = %other, "storage error");
+                AccountError::Internal
+            }
+        }
+    }
+}
+
+impl From<crate::auth::password::HashError> for AccountError {
+    fn from(e: crate::auth::password::HashError) -> Self {
+        tracing::error!(error = %e, "password hashing failed");
+        AccountError::Internal
+    }
+}
+
+/// A signed-in session as handed to a client.
+pub struct IssuedSession {
+    /// The JWT.
+    pub access_token: String,
+    /// The opaque refresh token.
+    pub refresh_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// Unix seconds at which it expires.
+    pub expires_at: i64,
+    /// The user.
+    pub user: User,
+    /// The session id.
+    pub session_id: String,
+}
+
+/// The outcome of sign-up.
+pub enum SignUp {
+    /// Confirmed at once: a session.
+    Session(Box<IssuedSession>),
+    /// Waiting for confirmation: the user only.
+    Unconfirmed(User),
+}
+
+/// Account operations over the store, the hasher and the signing keys.
+#[derive(Clone)]
+pub struct Accounts {
+    /// Storage.
+    pub store: Store,
+    /// argon2 on the blocking pool.
+    pub hasher: Hasher,
+    /// Access-token keys.
+    pub jwt: Arc<JwtKeys>,
+    /// Time.
+    pub clock: Clock,
+    /// Settings.
+    pub config: Arc<Config>,
+}
+
+/// Bytes of randomness in a refresh token (256 bits).
+const REFRESH_TOKEN_BYTES: usize = 32;
+
+fn parse_email(raw: &str) -> Result<Email, AccountError> {
+    Email::parse(raw).map_err(|m| AccountError::Validation(format!("Unable to validate email address: {m}")))
+}
+
+impl Accounts {
+    fn new_password(&self, raw: String) -> Result<Password, AccountError> {
+        let min = self.config.password_min_length;
+        Password::new_checked(raw, min).map_err(|why| match why {
+            "too_long" => AccountError::Validation("Password cannot be longer than 1024 characters".into()),
+            _ => AccountError::WeakPassword(min),
+        })
+    }
+
+    /// Creates a user; with autoconfirm the answer carries a session.
+    pub async fn sign_up(&self, email: &str, password: String, data: Option<Value>) -> Result<SignUp, AccountError> {
+        let email = parse_email(email)?;
+        let password = self.new_password(password)?;
+        let metadata = match data {
+            Some(Value::Object(m)) => Value::Object(m),
+            None | Some(Value::Null) => json!({}),
+            Some(_) => return Err(AccountError::Validation("data must be a JSON object".into())),
+        };
+        let hash = self.hasher.hash(&password).await?;
+        let user = self
+            .store
+            .create_user(NewUser {
+                id: uuid::Uuid::new_v4().to_string(),
+                email: email.as_str().to_string(),
+                password_hash: hash,
+                confirmed: self.config.autoconfirm,
+                user_metadata: metadata,
+                now: self.clock.now_ms(),
+            })
+            .await?;
+        if user.email_confirmed_at.is_some() {
+            Ok(SignUp::Session(Box::new(self.start_session(user, "password").await?)))
+        } else {
+            Ok(SignUp::Unconfirmed(user))
+        }
+    }
+
+    /// Checks email and password; unknown users cost the same argon2 time as known ones.
+    pub async fn authenticate(&self, email: &str, password: String) -> Result<User, AccountError> {
+        let password = Password::presented(password);
+        let user = match Email::parse(email) {
+            Ok(e) => self.store.user_by_email(e.as_str()).await?,
+            Err(_) => None,
+        };
+        let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
+        let ok = self.hasher.verify(&password, stored).await?;
+        let Some(user) = user.filter(|_| ok) else { return Err(AccountError::InvalidCredentials) };
+        if user.email_confirmed_at.is_none() {
+            return Err(AccountError::EmailNotConfirmed);
+        }
+        Ok(user)
+    }
+
+    /// Password grant: a new session.
+    pub async fn sign_in(&self, email: &str, password: String) -> Result<IssuedSession, AccountError> {
+        let user = self.authenticate(email, password).await?;
+        self.store.touch_sign_in(&user.id, self.clock.now_ms()).await?;
+        self.start_session(user, "password").await
+    }
+
+    async fn start_session(&self, user: User, method: &str) -> Result<IssuedSession, AccountError> {
+        let refresh = tokens::random_token(REFRESH_TOKEN_BYTES);
+        let now = self.clock.now_ms();
+        let session_id = self.store.create_session(&user.id, method, &tokens::sha256_hex(&refresh), now).await?;
+        self.issue(user, session_id, refresh, method, now)
+    }
+
+    fn issue(&self, user: User, session_id: String, refresh: String, method: &str, now_ms: i64) -> Result<IssuedSession, AccountError> {
+        let iat = now_ms.div_euclid(1000);
+        let ttl = self.config.jwt_expiry_seconds;
+        let claims = Claims {
+            iss: self.jwt.issuer().to_string(),
+            sub: user.id.clone(),
+            aud: "authenticated".into(),
+            exp: iat + ttl,
+            iat,
+            email: user.email.clone(),
+            phone: String::new(),
+            role: "authenticated".into(),
+            aal: "aal1".into(),
+            amr: vec![Amr { method: method.to_string(), timestamp: iat }],
+            session_id: session_id.clone(),
+            is_anonymous: false,
+            app_metadata: user.app_metadata.clone(),
+            user_metadata: user.user_metadata.clone(),
+        };
+        let access_token = self.jwt.sign(&claims).map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            AccountError::Internal
+        })?;
+        Ok(IssuedSession { access_token, refresh_token: refresh, expires_in: ttl, expires_at: iat + ttl, user, session_id })
+    }
+
+    /// Refresh grant: rotates the token. A racing request within the reuse interval gets
+    /// the same successor; a reuse after it revokes the whole session.
+    pub async fn refresh(&self, presented: &str) -> Result<IssuedSession, AccountError> {
+        if presented.is_empty() || presented.len() > 512 {
+            return Err(AccountError::RefreshNotFound);
+        }
+        let row = self.store.refresh_token(&tokens::sha256_hex(presented)).await?.ok_or(AccountError::RefreshNotFound)?;
+        let now = self.clock.now_ms();
+        let successor = match row.revoked_at {
+            None => {
+                let child = tokens::random_token(REFRESH_TOKEN_BYTES);
+                let sealed = tokens::seal(presented, &child);
+                match self.store.rotate_refresh(&row, &tokens::sha256_hex(&child), &sealed, now).await? {
+                    Rotation::Rotated => child,
+                    Rotation::AlreadyRotated => self.reuse(presented, now).await?,
+                }
+            }
+            Some(_) => self.reuse(presented, now).await?,
+        };
+        let user = self.store.user_by_id(&row.user_id).await?.ok_or(AccountError::RefreshNotFound)?;
+        self.issue(user, row.session_id, successor, "password", now)
+    }
+
+    /// A token that was already rotated: within the interval, the same successor;
+    /// after it, the session is revoked.
+    async fn reuse(&self, presented: &str, now: i64) -> Result<String, AccountError> {
+        // Re-read: a racing request may have rotated the token since our first read.
+        let row = self.store.refresh_token(&tokens::sha256_hex(presented)).await?.ok_or(AccountError::RefreshNotFound)?;
+        let revoked_at = row.revoked_at.unwrap_or(now);
+        let within = now - revoked_at <= self.config.refresh_reuse_interval_seconds * 1000;
+        let successor = row.successor_sealed.as_deref().and_then(|s| tokens::unseal(presented, s));
+        match successor {
+            Some(child) if within && self.store.refresh_token_exists(&tokens::sha256_hex(&child)).await? => Ok(child),
+            _ => {
+                self.store.delete_session(&row.session_id).await?;
+                tracing::warn!(session_id = %row.session_id, "refresh token reused after rotation; session revoked");
+                Err(AccountError::RefreshAlreadyUsed)
+            }
+        }
+    }
+
+    /// The user behind a verified access token, if its session still exists.
+    pub async fn session_user(&self, claims: &Claims) -> Result<User, AccountError> {
+        match self.store.session_user(&claims.session_id).await? {
+            Some(uid) if uid == claims.sub => {}
+            _ => return Err(AccountError::SessionNotFound),
+        }
+        self.store.user_by_id(&claims.sub).await?.ok_or(AccountError::SessionNotFound)
+    }
+
+    /// Ends sessions: `local` (this one), `global` (all), `others` (all but this one).
+    /// Returns the ids of the ended sessions.
+    pub async fn sign_out(&self, claims: &Claims, scope: &str) -> Result<Vec<String>, AccountError> {
+        match scope {
+            "local" => {
+                self.store.delete_session(&claims.session_id).await?;
+                Ok(vec![claims.session_id.clone()])
+            }
+            "global" => Ok(self.store.delete_user_sessions(&claims.sub, None).await?),
+            "others" => Ok(self.store.delete_user_sessions(&claims.sub, Some(&claims.session_id)).await?),
+            _ => Err(AccountError::Validation("scope must be one of global, local, others".into())),
+        }
+    }
+
+    /// Changes password and/or metadata.
+    pub async fn update_user(&self, user: User, password: Option<String>, data: Option<Value>) -> Result<User, AccountError> {
+        let now = self.clock.now_ms();
+        if let Some(raw) = password {
+            let new = self.new_password(raw)?;
+            if self.hasher.verify(&new, user.password_hash.as_deref()).await? {
+                return Err(AccountError::SamePassword);
+            }
+            let hash = self.hasher.hash(&new).await?;
+            self.store.set_password(&user.id, &hash, now).await?;
+        }
+        match data {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(patch)) => {
+                // GoTrue merges the given keys into the existing metadata; a null value removes a key.
+                let mut merged = user.user_metadata.as_object().cloned().unwrap_or_default();
+                for (k, v) in patch {
+                    if v.is_null() {
+                        merged.remove(&k);
+                    } else {
+                        merged.insert(k, v);
+                    }
+                }
+                self.store.set_user_metadata(&user.id, &Value::Object(merged), now).await?;
+            }
+            Some(_) => return Err(AccountError::Validation("data must be a JSON object".into())),
+        }
+        self.store.user_by_id(&user.id).await?.ok_or(AccountError::SessionNotFound)
+    }
+
+    /// Creates a confirmed user (operator CLI).
+    pub async fn create_confirmed_user(&self, email: &str, password: String) -> Result<User, AccountError> {
+        let email = parse_email(email)?;
+        let password = self.new_password(password)?;
+        let hash = self.hasher.hash(&password).await?;
+        Ok(self
+            .store
+            .create_user(NewUser {
+                id: uuid::Uuid::new_v4().to_string(),
+                email: email.as_str().to_string(),
+                password_hash: hash,
+                confirmed: true,
+                user_metadata: json!({}),
+                now: self.clock.now_ms(),
+            })
+            .await?)
+    }
+}

@@ -1,0 +1,187 @@
+//! Application state, router assembly and the serve loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::accounts::Accounts;
+use crate::auth::jwt::{JwtError, JwtKeys};
+use crate::auth::password::Hasher;
+use crate::auth::tokens;
+use crate::clock::Clock;
+use crate::config::{Config, SecretString};
+use crate::error::ApiError;
+use crate::http::extract::{Principal, Via};
+use crate::ratelimit::{Decision, MemoryLimiter, Rate};
+use crate::store::Store;
+
+/// Everything a handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Storage.
+    pub store: Store,
+    /// Users and sessions.
+    pub accounts: Accounts,
+    /// The key `/auth/v1` callers send in `apikey`.
+    pub publishable_key: Arc<SecretString>,
+    /// Time.
+    pub clock: Clock,
+    /// Per-IP limits on the auth routes.
+    pub limiter: MemoryLimiter,
+    /// Sessions known to exist, so a JWT check needs no storage on a warm cache.
+    live_sessions: moka::future::Cache<String, bool>,
+    /// Dashboard sessions by cookie hash: (user id, email, expiry ms).
+    web_sessions: moka::future::Cache<String, Option<(String, String, i64)>>,
+}
+
+/// How long a session's existence is trusted without asking storage (other instances'
+/// sign-outs take at most this long to apply here).
+const SESSION_CACHE_TTL: Duration = Duration::from_secs(10);
+
+const PUBLISHABLE_KEY_SETTING: &str = "publishable_key";
+
+impl AppState {
+    /// Opens storage, runs migrations and loads keys.
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let store = Store::connect(&config.database_url).await?;
+        store.migrate().await?;
+        let now = clock.now_ms();
+        store.ensure_jwt_key(&crate::auth::jwt::generate_key(now)?).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let keys = store.jwt_keys(now, config.jwt_expiry_seconds * 1000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let jwt = Arc::new(JwtKeys::new(&keys, config.jwt_secret.as_ref().map(|s| s.expose()), config.issuer())?);
+        let publishable_key = match &config.publishable_key {
+            Some(k) => k.clone(),
+            None => {
+                let generated = format!("{}_publishable_{}", config.key_prefix, tokens::random_token(24));
+                SecretString::new(
+                    store
+                        .setting_or_insert(PUBLISHABLE_KEY_SETTING, &generated)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )
+            }
+        };
+        let hasher = Hasher::new(config.password_hash_concurrency)?;
+        let accounts = Accounts { store: store.clone(), hasher, jwt, clock: clock.clone(), config: config.clone() };
+        Ok(Self {
+            config,
+            store,
+            accounts,
+            publishable_key: Arc::new(publishable_key),
+            clock,
+            limiter: MemoryLimiter::new(),
+            live_sessions: moka::future::Cache::builder().max_capacity(100_000).time_to_live(SESSION_CACHE_TTL).build(),
+            web_sessions: moka::future::Cache::builder().max_capacity(100_000).time_to_live(SESSION_CACHE_TTL).build(),
+        })
+    }
+
+    /// One rate-limit decision for `class` and `key`.
+    pub fn limit(&self, class: &str, key: &str, rate: Rate) -> Decision {
+        self.limiter.check(&format!("{class}:{key}"), rate, self.clock.now_ms())
+    }
+
+    /// Forgets cached sessions after a sign-out on this instance.
+    pub async fn forget_sessions(&self, ids: &[String]) {
+        for id in ids {
+            self.live_sessions.invalidate(id).await;
+        }
+    }
+
+    /// A user principal from an access token; the session's existence is cached briefly.
+    pub async fn principal_from_jwt(&self, token: &str) -> Result<Principal, ApiError> {
+        let claims = self.accounts.jwt.verify(token).map_err(|e| match e {
+            JwtError::Expired => ApiError::unauthorized("expired", "The access token has expired."),
+            JwtError::Invalid => ApiError::unauthorized("malformed", "The access token is invalid."),
+        })?;
+        let store = self.store.clone();
+        let (sid, sub) = (claims.session_id.clone(), claims.sub.clone());
+        let live = self
+            .live_sessions
+            .try_get_with(claims.session_id.clone(), async move {
+                store.session_user(&sid).await.map(|owner| owner.as_deref() == Some(sub.as_str()))
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if !live {
+            self.live_sessions.invalidate(&claims.session_id).await;
+            return Err(ApiError::unauthorized("revoked", "The session has ended."));
+        }
+        Ok(Principal::User { user_id: claims.sub, email: claims.email, session_id: Some(claims.session_id), via: Via::Jwt })
+    }
+
+    /// A user principal from the dashboard cookie.
+    pub async fn principal_from_cookie(&self, cookie: &str) -> Result<Principal, ApiError> {
+        if cookie.is_empty() || cookie.len() > 128 {
+            return Err(ApiError::unauthorized("malformed", "The session cookie is malformed."));
+        }
+        let hash = tokens::sha256_hex(cookie);
+        let store = self.store.clone();
+        let now = self.clock.now_ms();
+        let h = hash.clone();
+        let entry = self
+            .web_sessions
+            .try_get_with(hash.clone(), async move {
+                let Some((uid, exp)) = store.web_session(&h, now).await? else { return Ok(None) };
+                let user = store.user_by_id(&uid).await?;
+                Ok::<_, crate::store::StoreError>(user.map(|u| (u.id, u.email, exp)))
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        match entry {
+            Some((user_id, email, exp)) if exp > now => {
+                Ok(Principal::User { user_id, email, session_id: None, via: Via::Cookie })
+            }
+            _ => {
+                self.web_sessions.invalidate(&hash).await;
+                Err(ApiError::unauthorized("expired", "The dashboard session has ended; sign in again."))
+            }
+        }
+    }
+
+    /// Forgets a dashboard session after sign-out.
+    pub async fn forget_web_session(&self, hash: &str) {
+        self.web_sessions.invalidate(hash).await;
+    }
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = crate::http::router(state.clone());
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    state.store.close().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

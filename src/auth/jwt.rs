@@ -1,0 +1,262 @@
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// A stored ES256 signing key.
+#[derive(Clone)]
+pub struct StoredKey {
+    /// Key id, published in the JWKS and in each token's header.
+    pub kid: String,
+    /// PKCS#8 PEM of the private key.
+    pub private_pem: String,
+    /// Unix ms of creation; the newest key signs.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey").field("kid", &self.kid).field("created_at", &self.created_at).finish()
+    }
+}
+
+/// Generates a new P-256 key.
+pub fn generate_key(now_ms: i64) -> anyhow::Result<StoredKey> {
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = secret.to_pkcs8_pem(LineEnding::LF).map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
+    let kid = crate::auth::tokens::random_token(12);
+    Ok(StoredKey { kid, private_pem: pem.to_string(), created_at: now_ms })
+}
+
+/// One `amr` entry: how and when the user authenticated.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Amr {
+    /// `password`, `otp`, …
+    pub method: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+/// Supabase-compatible access-token claims.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    /// Issuer: `{public_url}/auth/v1`.
+    pub iss: String,
+    /// The user's UUID.
+    pub sub: String,
+    /// Always `authenticated`.
+    pub aud: String,
+    /// Expiry, unix seconds.
+    pub exp: i64,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// The user's email.
+    pub email: String,
+    /// The user's phone (empty).
+    pub phone: String,
+    /// Postgres role name, `authenticated`.
+    pub role: String,
+    /// Authenticator assurance level.
+    pub aal: String,
+    /// Authentication methods.
+    pub amr: Vec<Amr>,
+    /// The session this token belongs to.
+    pub session_id: String,
+    /// Anonymous sign-in (never, here).
+    pub is_anonymous: bool,
+    /// Provider data.
+    pub app_metadata: Value,
+    /// User-editable data.
+    pub user_metadata: Value,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtError {
+    /// Not a JWT, bad signature, wrong algorithm or unknown key.
+    Invalid,
+    /// Signature fine, but expired.
+    Expired,
+}
+
+struct KeySet {
+    signing: (Algorithm, Option<String>, EncodingKey),
+    verifying: HashMap<String, DecodingKey>,
+    hs256: Option<DecodingKey>,
+    jwks: Value,
+}
+
+/// The signing and verifying keys of this deployment.
+pub struct JwtKeys {
+    set: RwLock<Arc<KeySet>>,
+    issuer: String,
+    hs_secret: Option<String>,
+}
+
+impl JwtKeys {
+    /// Keys from storage (newest signs unless an HS256 secret is configured).
+    pub fn new(stored: &[StoredKey], hs_secret: Option<&str>, issuer: String) -> anyhow::Result<Self> {
+        let set = build_set(stored, hs_secret)?;
+        Ok(Self { set: RwLock::new(Arc::new(set)), issuer, hs_secret: hs_secret.map(str::to_string) })
+    }
+
+    /// Replaces the key set (after a rotation).
+    pub fn reload(&self, stored: &[StoredKey]) -> anyhow::Result<()> {
+        let set = build_set(stored, self.hs_secret.as_deref())?;
+        if let Ok(mut guard) = self.set.write() {
+            *guard = Arc::new(set);
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        match self.set.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The issuer claim tokens carry.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Signs claims with the current key.
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        let set = self.current();
+        let (alg, kid, key) = &set.signing;
+        let mut header = Header::new(*alg);
+        header.kid = kid.clone();
+        jsonwebtoken::encode(&header, claims, key).map_err(|e| anyhow::anyhow!("signing: {e}"))
+    }
+
+    /// Verifies signature, algorithm, issuer, audience and expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
+        let set = self.current();
+        let key = match header.alg {
+            Algorithm::ES256 => header.kid.as_deref().and_then(|kid| set.verifying.get(kid)),
+            Algorithm::HS256 => set.hs256.as_ref(),
+            _ => None,
+        }
+        .ok_or(JwtError::Invalid)?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 0;
+        validation.set_audience(&["authenticated"]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+        match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => Err(JwtError::Expired),
+            Err(_) => Err(JwtError::Invalid),
+        }
+    }
+
+    /// The public keys, as served at `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> Value {
+        self.current().jwks.clone()
+    }
+}
+
+fn build_set(stored: &[StoredKey], hs_secret: Option<&str>) -> anyhow::Result<KeySet> {
+    let mut verifying = HashMap::new();
+    let mut keys = Vec::new();
+    let mut newest: Option<&StoredKey> = None;
+    for k in stored {
+        let secret = <p256::SecretKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&k.private_pem)
+            .map_err(|e| anyhow::anyhow!("stored key {} is unreadable: {e}", k.kid))?;
+        let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+        let (Some(x), Some(y)) = (point.x(), point.y()) else {
+            anyhow::bail!("stored key {} has no affine coordinates", k.kid);
+        };
+        let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
+        verifying.insert(k.kid.clone(), DecodingKey::from_ec_components(&x, &y)?);
+        keys.push(json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": k.kid, "alg": "ES256", "use": "sig", "key_ops": ["verify"]}));
+        if newest.is_none_or(|n| k.created_at > n.created_at) {
+            newest = Some(k);
+        }
+    }
+    let signing = match (hs_secret, newest) {
+        (Some(secret), _) => (Algorithm::HS256, None, EncodingKey::from_secret(secret.as_bytes())),
+        (None, Some(k)) => (Algorithm::ES256, Some(k.kid.clone()), EncodingKey::from_ec_pem(k.private_pem.as_bytes())?),
+        (None, None) => anyhow::bail!("no signing key in storage"),
+    };
+    Ok(KeySet {
+        signing,
+        verifying,
+        hs256: hs_secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+        jwks: json!({ "keys": keys }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            iss: "http://x/auth/v1".into(),
+            sub: "u".into(),
+            aud: "authenticated".into(),
+            exp,
+            iat: 0,
+            email: "a@b.c".into(),
+            phone: String::new(),
+            role: "authenticated".into(),
+            aal: "aal1".into(),
+            amr: vec![],
+            session_id: "s".into(),
+            is_anonymous: false,
+            app_metadata: json!({}),
+            user_metadata: json!({}),
+        }
+    }
+
+    fn far() -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp() + 3600
+    }
+
+    #[test]
+    fn es256_tokens_round_trip_and_name_their_kid() {
+        let k = generate_key(1).unwrap();
+        let keys = JwtKeys::new(std::slice::from_ref(&k), None, "http://x/auth/v1".into()).unwrap();
+        let t = keys.sign(&claims(far())).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&t).unwrap().kid.as_deref(), Some(k.kid.as_str()));
+        assert_eq!(keys.verify(&t).unwrap().sub, "u");
+        assert_eq!(keys.jwks()["keys"][0]["kid"], json!(k.kid));
+    }
+
+    #[test]
+    fn expired_tampered_and_unsigned_tokens_are_refused() {
+        let k = generate_key(1).unwrap();
+        let keys = JwtKeys::new(&[k], None, "http://x/auth/v1".into()).unwrap();
+        assert_eq!(keys.verify(&keys.sign(&claims(10)).unwrap()), Err(JwtError::Expired));
+        let t = keys.sign(&claims(far())).unwrap();
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"admin"}"#);
+        parts[1] = &forged;
+        assert_eq!(keys.verify(&parts.join(".")), Err(JwtError::Invalid));
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(far())).unwrap());
+        assert_eq!(keys.verify(&format!("{none_header}.{payload}.")), Err(JwtError::Invalid));
+        let other = JwtKeys::new(&[generate_key(2).unwrap()], None, "http://x/auth/v1".into()).unwrap();
+        assert_eq!(keys.verify(&other.sign(&claims(far())).unwrap()), Err(JwtError::Invalid));
+    }
+
+    #[test]
+    fn a_rotated_key_signs_while_the_old_one_still_verifies() {
+        let old = generate_key(1).unwrap();
+        let keys = JwtKeys::new(std::slice::from_ref(&old), None, "http://x/auth/v1".into()).unwrap();
+        let before = keys.sign(&claims(far())).unwrap();
+        let new = generate_key(2).unwrap();
+        keys.reload(&[old, new.clone()]).unwrap();
+        let after = keys.sign(&claims(far())).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&after).unwrap().kid, Some(new.kid));
+        assert!(keys.verify(&before).is_ok());
+    }
+}

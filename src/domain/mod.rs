@@ -1,0 +1,7 @@
+//! Values parsed once at the edge; nothing here knows about HTTP or SQL.
+
+mod email;
+mod password;
+
+pub use email::Email;
+pub use password::Password;

@@ -1,0 +1,288 @@
+//! `/auth/v1`: the Supabase Auth (GoTrue) compatible routes.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::accounts::{IssuedSession, SignUp};
+use crate::app::AppState;
+use crate::auth::jwt::{Claims, JwtError};
+use crate::clock::rfc3339;
+use crate::http::extract::ClientIp;
+use crate::http::gotrue::{self, GoTrueError, GoTrueJson};
+use crate::ratelimit::Rate;
+use crate::store::User;
+
+/// Routes under `/auth/v1` (the `apikey` gate and API-version handling wrap them in `http::router`).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/signup", post(signup))
+        .route("/token", post(token))
+        .route("/logout", post(logout))
+        .route("/user", get(get_user).put(update_user))
+        .route("/settings", get(settings))
+        .route("/health", get(health))
+}
+
+/// Routes that need no `apikey`: public keys are public.
+pub fn public_router() -> Router<AppState> {
+    Router::new().route("/.well-known/jwks.json", get(jwks))
+}
+
+fn identity_id(user_id: &str) -> String {
+    let d = Sha256::digest(format!("email-identity:{user_id}").as_bytes());
+    let h = crate::auth::tokens::hex(&d[..16]);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// A user in GoTrue's JSON shape (supabase-py validates it strictly).
+pub fn user_json(u: &User) -> Value {
+    let opt = |v: Option<i64>| v.map(rfc3339);
+    let identity = json!({
+        "identity_id": identity_id(&u.id),
+        "id": u.id,
+        "user_id": u.id,
+        "identity_data": { "email": u.email, "email_verified": u.email_confirmed_at.is_some(), "phone_verified": false, "sub": u.id },
+        "provider": "email",
+        "last_sign_in_at": opt(u.last_sign_in_at).unwrap_or_else(|| rfc3339(u.created_at)),
+        "created_at": rfc3339(u.created_at),
+        "updated_at": rfc3339(u.updated_at),
+        "email": u.email,
+    });
+    json!({
+        "id": u.id,
+        "aud": "authenticated",
+        "role": "authenticated",
+        "email": u.email,
+        "email_confirmed_at": opt(u.email_confirmed_at),
+        "confirmed_at": opt(u.email_confirmed_at),
+        "confirmation_sent_at": opt(u.confirmation_sent_at),
+        "last_sign_in_at": opt(u.last_sign_in_at),
+        "phone": "",
+        "app_metadata": u.app_metadata,
+        "user_metadata": u.user_metadata,
+        "identities": [identity],
+        "created_at": rfc3339(u.created_at),
+        "updated_at": rfc3339(u.updated_at),
+        "is_anonymous": false,
+    })
+}
+
+fn session_json(s: &IssuedSession) -> Value {
+    json!({
+        "access_token": s.access_token,
+        "token_type": "bearer",
+        "expires_in": s.expires_in,
+        "expires_at": s.expires_at,
+        "refresh_token": s.refresh_token,
+        "user": user_json(&s.user),
+    })
+}
+
+fn limited(state: &AppState, class: &str, ip: &ClientIp, rate: Rate) -> Result<crate::ratelimit::Decision, GoTrueError> {
+    let d = state.limit(class, &ip.key(), rate);
+    if d.allowed {
+        Ok(d)
+    } else {
+        Err(GoTrueError::rate_limited(&d))
+    }
+}
+
+fn with_rate(body: Value, d: &crate::ratelimit::Decision) -> Response {
+    let mut res = Json(body).into_response();
+    gotrue::rate_headers(&mut res, d);
+    res
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SignUpBody {
+    email: Option<String>,
+    password: Option<String>,
+    data: Option<Value>,
+    phone: Option<String>,
+}
+
+#[utoipa::path(post, path = "/auth/v1/signup", tag = "auth",
+    responses((status = 200, description = "A session (autoconfirm) or the new user"),
+              (status = 422, description = "user_already_exists or weak_password")))]
+pub(crate) async fn signup(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    GoTrueJson(body): GoTrueJson<SignUpBody>,
+) -> Result<Response, GoTrueError> {
+    let d = limited(&state, "sign_up", &ip, state.config.rate_limit_sign_up)?;
+    if body.phone.as_deref().is_some_and(|p| !p.is_empty()) && body.email.is_none() {
+        return Err(GoTrueError::new(StatusCode::BAD_REQUEST, "phone_provider_disabled", "Phone signups are disabled"));
+    }
+    let email = body.email.ok_or_else(|| GoTrueError::validation("To signup, please provide your email"))?;
+    let password = body.password.ok_or_else(|| GoTrueError::validation("Signup requires a valid password"))?;
+    match state.accounts.sign_up(&email, password, body.data).await {
+        Ok(SignUp::Session(s)) => Ok(with_rate(session_json(&s), &d)),
+        Ok(SignUp::Unconfirmed(u)) => Ok(with_rate(user_json(&u), &d)),
+        Err(crate::accounts::AccountError::UserExists) if !state.config.autoconfirm => {
+            // As GoTrue does when confirmation is on: answer like a fresh sign-up, so the
+            // route does not reveal who has an account.
+            let now = state.clock.now_ms();
+            let fake = User {
+                id: uuid::Uuid::new_v4().to_string(),
+                email: crate::domain::Email::parse(&email).map(|e| e.as_str().to_string()).unwrap_or(email),
+                password_hash: None,
+                email_confirmed_at: None,
+                confirmation_sent_at: Some(now),
+                last_sign_in_at: None,
+                user_metadata: json!({}),
+                app_metadata: json!({"provider": "email", "providers": ["email"]}),
+                created_at: now,
+                updated_at: now,
+            };
+            let mut body = user_json(&fake);
+            body["identities"] = json!([]);
+            Ok(with_rate(body, &d))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TokenBody {
+    email: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+}
+
+#[utoipa::path(post, path = "/auth/v1/token", tag = "auth",
+    params(("grant_type" = String, Query, description = "password or refresh_token")),
+    responses((status = 200, description = "A session"),
+              (status = 400, description = "invalid_credentials, refresh_token_not_found, refresh_token_already_used"),
+              (status = 429, description = "over_request_rate_limit"),
+              (status = 503, description = "Refresh contention; retry")))]
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Query(q): Query<HashMap<String, String>>,
+    GoTrueJson(body): GoTrueJson<TokenBody>,
+) -> Result<Response, GoTrueError> {
+    match q.get("grant_type").map(String::as_str) {
+        Some("password") => {
+            let d = limited(&state, "sign_in", &ip, state.config.rate_limit_sign_in)?;
+            let (Some(email), Some(password)) = (body.email, body.password) else {
+                return Err(GoTrueError::new(StatusCode::BAD_REQUEST, "validation_failed", "missing email or phone"));
+            };
+            let s = state.accounts.sign_in(&email, password).await?;
+            Ok(with_rate(session_json(&s), &d))
+        }
+        Some("refresh_token") => {
+            let d = limited(&state, "token_refresh", &ip, state.config.rate_limit_token_refresh)?;
+            let rt = body.refresh_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+                GoTrueError::new(StatusCode::BAD_REQUEST, "validation_failed", "refresh_token required")
+            })?;
+            let s = state.accounts.refresh(&rt).await?;
+            Ok(with_rate(session_json(&s), &d))
+        }
+        Some(_) | None => Err(GoTrueError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "unsupported_grant_type: use grant_type=password or grant_type=refresh_token",
+        )),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, GoTrueError> {
+    let v = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match v.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => Ok(t.trim()),
+        _ => Err(GoTrueError::new(StatusCode::UNAUTHORIZED, "no_authorization", "This endpoint requires a Bearer token")),
+    }
+}
+
+fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> {
+    let token = bearer(headers)?;
+    state.accounts.jwt.verify(token).map_err(|e| match e {
+        JwtError::Expired => GoTrueError::bad_jwt("token is expired"),
+        JwtError::Invalid => GoTrueError::bad_jwt("token is invalid"),
+    })
+}
+
+#[utoipa::path(get, path = "/auth/v1/user", tag = "auth",
+    responses((status = 200, description = "The signed-in user"), (status = 403, description = "bad_jwt or session_not_found")))]
+pub(crate) async fn get_user(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, GoTrueError> {
+    let claims = verify(&state, &headers)?;
+    let user = state.accounts.session_user(&claims).await?;
+    Ok(Json(user_json(&user)))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct UpdateUserBody {
+    email: Option<String>,
+    password: Option<String>,
+    data: Option<Value>,
+}
+
+#[utoipa::path(put, path = "/auth/v1/user", tag = "auth",
+    responses((status = 200, description = "The updated user"), (status = 422, description = "weak_password or same_password")))]
+pub(crate) async fn update_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    GoTrueJson(body): GoTrueJson<UpdateUserBody>,
+) -> Result<Json<Value>, GoTrueError> {
+    let claims = verify(&state, &headers)?;
+    let user = state.accounts.session_user(&claims).await?;
+    if let Some(email) = body.email.as_deref() {
+        let same = crate::domain::Email::parse(email).map(|e| e.as_str() == user.email).unwrap_or(false);
+        if !same {
+            return Err(GoTrueError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "email_change_not_supported",
+                "Changing the email address needs the email flows, which this server does not have yet",
+            ));
+        }
+    }
+    let user = state.accounts.update_user(user, body.password, body.data).await?;
+    Ok(Json(user_json(&user)))
+}
+
+#[utoipa::path(post, path = "/auth/v1/logout", tag = "auth",
+    params(("scope" = Option<String>, Query, description = "global (default), local or others")),
+    responses((status = 204, description = "Signed out")))]
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<StatusCode, GoTrueError> {
+    let claims = verify(&state, &headers)?;
+    let scope = q.get("scope").map(String::as_str).unwrap_or("global");
+    let ended = state.accounts.sign_out(&claims, scope).await?;
+    state.forget_sessions(&ended).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/auth/v1/settings", tag = "auth", responses((status = 200, description = "Enabled providers")))]
+pub(crate) async fn settings(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "external": { "email": true, "phone": false, "anonymous_users": false },
+        "disable_signup": false,
+        "mailer_autoconfirm": state.config.autoconfirm,
+        "phone_autoconfirm": false,
+        "sms_provider": "",
+        "saml_enabled": false,
+    }))
+}
+
+#[utoipa::path(get, path = "/auth/v1/health", tag = "auth", responses((status = 200, description = "Up")))]
+pub(crate) async fn health() -> Json<Value> {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION"), "name": "GoTrue", "description": "Gatehouse: a GoTrue-compatible auth API" }))
+}
+
+#[utoipa::path(get, path = "/auth/v1/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "Public signing keys")))]
+pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
+    let mut res = Json(state.accounts.jwt.jwks()).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("public, max-age=600"));
+    res
+}

@@ -1,0 +1,100 @@
+//! The `/v1` response envelope and the request id that every response carries.
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use crate::error::{ApiError, Code};
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The header carrying the request id.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The current request's id (`req_…`), or an empty string outside a request.
+pub fn request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+fn meta() -> Value {
+    json!({ "request_id": request_id(), "ts": crate::clock::rfc3339(crate::clock::Clock::System.now_ms()) })
+}
+
+/// A successful `/v1` answer: `{"success": true, "data": …, "meta": …}`.
+pub struct Success<T>(pub StatusCode, pub T);
+
+/// 200 with `data`.
+pub fn ok<T: Serialize>(data: T) -> Success<T> {
+    Success(StatusCode::OK, data)
+}
+
+/// 201 with `data`.
+pub fn created<T: Serialize>(data: T) -> Success<T> {
+    Success(StatusCode::CREATED, data)
+}
+
+impl<T: Serialize> IntoResponse for Success<T> {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "success": true, "data": self.1, "meta": meta() }))).into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({
+            "success": false,
+            "error": { "code": self.code.as_str(), "message": self.message, "details": self.details.unwrap_or(Value::Null) },
+            "meta": meta(),
+        });
+        let mut res = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        res
+    }
+}
+
+/// The fallback for unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::msg(Code::NotFound, "No such route.")
+}
+
+fn incoming_id(req: &Request) -> Option<String> {
+    let v = req.headers().get(&X_REQUEST_ID)?.to_str().ok()?;
+    let ok = !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| v.to_string())
+}
+
+/// Gives every request an id, a span with its method and path, one log line with its outcome,
+/// and an `X-Request-Id` on the response. Logs carry no headers, bodies or query strings,
+/// so no credential can reach them.
+pub async fn request_context(req: Request, next: Next) -> Response {
+    let id = incoming_id(&req).unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+    let route = req.uri().path().to_string();
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", %method, path = %route, request_id = %id);
+    let started = std::time::Instant::now();
+    let mut res = REQUEST_ID.scope(id.clone(), next.run(req).instrument(span.clone())).await;
+    let status = res.status().as_u16();
+    let _enter = span.enter();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::error!(status, latency_ms = ms, "request failed");
+    } else {
+        tracing::info!(status, latency_ms = ms, "request");
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    res
+}

@@ -1,0 +1,186 @@
+//! Extractors: validated JSON bodies, the client address and the caller's `Principal`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, Method};
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::error::{ApiError, Code};
+
+/// Why a JSON body was refused.
+#[derive(Debug)]
+pub enum BodyProblem {
+    /// Over the configured limit.
+    TooLarge,
+    /// Not `application/json`.
+    NotJson,
+    /// Unparseable, or the wrong shape; the message names the problem.
+    Malformed(String),
+}
+
+/// Reads a JSON body within the body limit and deserialises it.
+pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(req: Request, state: &S) -> Result<T, BodyProblem> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+        if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            BodyProblem::TooLarge
+        } else {
+            BodyProblem::Malformed("the request body could not be read".into())
+        }
+    })?;
+    if !is_json {
+        return Err(BodyProblem::NotJson);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| BodyProblem::Malformed(describe_json_error(&e)))
+}
+
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()),
+        // serde's data errors name the field and the expected type, never the value.
+        Category::Data => format!("the body has the wrong shape: {e}"),
+        Category::Io => "the body could not be read".into(),
+    }
+}
+
+/// A JSON body for `/v1` routes; refusals are answered in the envelope.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_json(req, state).await.map(ApiJson).map_err(|p| match p {
+            BodyProblem::TooLarge => ApiError::new(Code::PayloadTooLarge),
+            BodyProblem::NotJson => ApiError::new(Code::UnsupportedMediaType),
+            BodyProblem::Malformed(m) => ApiError::msg(Code::InvalidRequest, m),
+        })
+    }
+}
+
+/// The client's address as the rate limiter keys it: IPv6 clients by their /64.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// The limiter key.
+    pub fn key(&self) -> String {
+        match self.0 {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => {
+                    let s = v6.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        Ok(ClientIp(ip))
+    }
+}
+
+/// How a user principal proved who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A Supabase-compatible access token.
+    Jwt,
+    /// The dashboard session cookie.
+    Cookie,
+}
+
+/// The authenticated caller of a `/v1` route. Handlers ask it, never the headers.
+#[derive(Clone, Debug)]
+pub enum Principal {
+    /// A signed-in person.
+    User {
+        /// User UUID.
+        user_id: String,
+        /// Email.
+        email: String,
+        /// The session (JWT `session_id`), when signed in with a token.
+        session_id: Option<String>,
+        /// Credential kind.
+        via: Via,
+    },
+}
+
+impl Principal {
+    /// The principal kind as `/v1/me` reports it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Principal::User { .. } => "user",
+        }
+    }
+}
+
+/// The dashboard session cookie's name.
+pub const SESSION_COOKIE: &str = "gatehouse_session";
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A state-changing cookie request must come from our own origin (Origin, else Referer).
+pub fn same_origin(parts: &Parts, expected_origin: &str) -> bool {
+    if let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        return origin == expected_origin;
+    }
+    if let Some(referer) = parts.headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
+        return referer == expected_origin || referer.starts_with(&format!("{expected_origin}/"));
+    }
+    false
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer(parts) {
+            if token.is_empty() {
+                return Err(ApiError::unauthorized("malformed", "The Authorization header has no token."));
+            }
+            return state.principal_from_jwt(token).await;
+        }
+        let jar = axum_extra::extract::CookieJar::from_headers(&parts.headers);
+        if let Some(cookie) = jar.get(SESSION_COOKIE) {
+            let principal = state.principal_from_cookie(cookie.value()).await?;
+            if !is_safe(&parts.method) && !same_origin(parts, &state.config.public_origin()) {
+                return Err(ApiError::msg(Code::Forbidden, "Cross-site request refused (CSRF check failed).")
+                    .details(serde_json::json!({ "reason": "csrf" })));
+            }
+            return Ok(principal);
+        }
+        Err(ApiError::unauthorized("missing", "No credential: send Authorization: Bearer <token>, X-API-Key, or sign in."))
+    }
+}

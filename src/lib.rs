@@ -1,0 +1,27 @@
+//! Gatehouse: API keys, Supabase-compatible sign-in, widget tokens, rate limits
+//! and signed webhooks for multi-tenant AI-assistant platforms, in one server.
+
+/// Users and sessions (sign-up, sign-in, refresh, sign-out).
+pub mod accounts;
+/// Application state, router assembly and the serve loop.
+pub mod app;
+/// Password hashing, JWT signing/verification and opaque tokens.
+pub mod auth;
+/// The `gatehouse` command line.
+pub mod cli;
+/// Injected time, so expiry and limits are tested exactly.
+pub mod clock;
+/// Configuration: defaults, then a TOML file, then `GATEHOUSE_*` variables.
+pub mod config;
+/// Newtypes parsed at the edge (emails, passwords).
+pub mod domain;
+/// The error code table: one place for every code and status.
+pub mod error;
+/// HTTP handlers, extractors and the response envelope.
+pub mod http;
+/// Rate limiting (GCRA).
+pub mod ratelimit;
+/// Storage on SQLite or PostgreSQL.
+pub mod store;
+/// Logging setup.
+pub mod telemetry;

@@ -1,0 +1,133 @@
+//! Storage on SQLite (the embedded default) or PostgreSQL.
+//!
+//! Both engines are reached through sqlx's `Any` driver with one set of portable SQL
+//! (`$1` parameters, TEXT ids, BIGINT unix-millisecond times, JSON as TEXT), so each query
+//! is written once. What differs per engine lives in `engine.rs` (connection set-up,
+//! pragmas) and in the per-engine migration folders, which keep the same numbers.
+
+mod engine;
+mod jwt_keys;
+mod sessions;
+mod users;
+
+pub use engine::Engine;
+pub use sessions::{RefreshRow, Rotation};
+pub use users::{NewUser, User};
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+
+/// Storage failures as the rest of the code sees them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such row.
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Lock contention or pool exhaustion: retry later.
+    #[error("storage busy")]
+    Busy,
+    /// Anything else.
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::PoolTimedOut => StoreError::Busy,
+            sqlx::Error::Database(db) => {
+                if db.is_unique_violation() {
+                    return StoreError::Conflict("already exists".into());
+                }
+                match db.code().as_deref() {
+                    // SQLITE_BUSY / SQLITE_LOCKED and their extended codes; PostgreSQL lock
+                    // timeouts, serialization failures and deadlocks.
+                    Some("5" | "6" | "261" | "262" | "517" | "55P03" | "40001" | "40P01") => StoreError::Busy,
+                    _ => StoreError::Other(e.to_string()),
+                }
+            }
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage handle: a connection pool plus the engine it talks to.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file if needed.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let engine = Engine::from_url(url)?;
+        let url = engine.normalise_url(url);
+        let pool = AnyPoolOptions::new()
+            .max_connections(engine.max_connections())
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    for pragma in engine.session_setup() {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+        Ok(Self { pool, engine })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.engine {
+            Engine::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Engine::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator.run(&self.pool).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        Ok(())
+    }
+
+    /// The engine behind this store.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// A cheap round trip, for `/readyz`.
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool (after in-flight queries finish).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Reads a deployment setting.
+    pub async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Stores `value` under `name` unless one is already there; returns the value that holds.
+    pub async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String> {
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        self.setting(name).await?.ok_or(StoreError::NotFound)
+    }
+}

@@ -1,0 +1,154 @@
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{Store, StoreError, StoreResult};
+
+/// A person who can sign in.
+#[derive(Clone)]
+pub struct User {
+    /// UUID.
+    pub id: String,
+    /// Normalised email.
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: Option<String>,
+    /// When the email was confirmed (unix ms).
+    pub email_confirmed_at: Option<i64>,
+    /// When a confirmation mail was last sent.
+    pub confirmation_sent_at: Option<i64>,
+    /// Last successful sign-in.
+    pub last_sign_in_at: Option<i64>,
+    /// User-editable metadata.
+    pub user_metadata: Value,
+    /// Provider metadata.
+    pub app_metadata: Value,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last update.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User").field("id", &self.id).field("email", &self.email).finish_non_exhaustive()
+    }
+}
+
+/// What sign-up stores.
+pub struct NewUser {
+    /// UUID.
+    pub id: String,
+    /// Normalised email.
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Confirmed at creation (autoconfirm).
+    pub confirmed: bool,
+    /// Initial user metadata.
+    pub user_metadata: Value,
+    /// Unix ms.
+    pub now: i64,
+}
+
+const USER_COLUMNS: &str = "id, email, password_hash, email_confirmed_at, confirmation_sent_at, last_sign_in_at, \
+     user_metadata, app_metadata, created_at, updated_at";
+
+fn json_col(row: &AnyRow, col: &str) -> StoreResult<Value> {
+    let raw: String = row.try_get(col)?;
+    serde_json::from_str(&raw).map_err(|e| StoreError::Other(format!("column {col}: {e}")))
+}
+
+fn user_from_row(row: &AnyRow) -> StoreResult<User> {
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        email_confirmed_at: row.try_get("email_confirmed_at")?,
+        confirmation_sent_at: row.try_get("confirmation_sent_at")?,
+        last_sign_in_at: row.try_get("last_sign_in_at")?,
+        user_metadata: json_col(row, "user_metadata")?,
+        app_metadata: json_col(row, "app_metadata")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Creates a user; `Conflict` when the email is taken.
+    pub async fn create_user(&self, u: NewUser) -> StoreResult<User> {
+        let app_metadata = serde_json::json!({"provider": "email", "providers": ["email"]});
+        let confirmed_at = u.confirmed.then_some(u.now);
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, email_confirmed_at, user_metadata, app_metadata, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(&u.id)
+        .bind(&u.email)
+        .bind(&u.password_hash)
+        .bind(confirmed_at)
+        .bind(u.user_metadata.to_string())
+        .bind(app_metadata.to_string())
+        .bind(u.now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("a user with this email already exists".into()),
+            other => other,
+        })?;
+        self.user_by_id(&u.id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Finds a user by normalised email.
+    pub async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// Finds a user by id.
+    pub async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// Replaces the password hash.
+    pub async fn set_password(&self, user_id: &str, hash: &str, now: i64) -> StoreResult<()> {
+        let r = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash)
+            .bind(now)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Replaces the user metadata.
+    pub async fn set_user_metadata(&self, user_id: &str, data: &Value, now: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET user_metadata = $1, updated_at = $2 WHERE id = $3")
+            .bind(data.to_string())
+            .bind(now)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a successful sign-in.
+    pub async fn touch_sign_in(&self, user_id: &str, now: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET last_sign_in_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
