@@ -114,26 +114,38 @@ pub struct Accounts {
 const REFRESH_TOKEN_BYTES: usize = 32;
 
 fn parse_email(raw: &str) -> Result<Email, AccountError> {
-    Email::parse(raw).map_err(|m| AccountError::Validation(format!("Unable to validate email address: {m}")))
+    Email::parse(raw)
+        .map_err(|m| AccountError::Validation(format!("Unable to validate email address: {m}")))
 }
 
 impl Accounts {
     fn new_password(&self, raw: String) -> Result<Password, AccountError> {
         let min = self.config.password_min_length;
         Password::new_checked(raw, min).map_err(|why| match why {
-            "too_long" => AccountError::Validation("Password cannot be longer than 1024 characters".into()),
+            "too_long" => {
+                AccountError::Validation("Password cannot be longer than 1024 characters".into())
+            }
             _ => AccountError::WeakPassword(min),
         })
     }
 
     /// Creates a user; with autoconfirm the answer carries a session.
-    pub async fn sign_up(&self, email: &str, password: String, data: Option<Value>) -> Result<SignUp, AccountError> {
+    pub async fn sign_up(
+        &self,
+        email: &str,
+        password: String,
+        data: Option<Value>,
+    ) -> Result<SignUp, AccountError> {
         let email = parse_email(email)?;
         let password = self.new_password(password)?;
         let metadata = match data {
             Some(Value::Object(m)) => Value::Object(m),
             None | Some(Value::Null) => json!({}),
-            Some(_) => return Err(AccountError::Validation("data must be a JSON object".into())),
+            Some(_) => {
+                return Err(AccountError::Validation(
+                    "data must be a JSON object".into(),
+                ))
+            }
         };
         let hash = self.hasher.hash(&password).await?;
         let user = self
@@ -148,7 +160,9 @@ impl Accounts {
             })
             .await?;
         if user.email_confirmed_at.is_some() {
-            Ok(SignUp::Session(Box::new(self.start_session(user, "password").await?)))
+            Ok(SignUp::Session(Box::new(
+                self.start_session(user, "password").await?,
+            )))
         } else {
             Ok(SignUp::Unconfirmed(user))
         }
@@ -163,7 +177,9 @@ impl Accounts {
         };
         let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
         let ok = self.hasher.verify(&password, stored).await?;
-        let Some(user) = user.filter(|_| ok) else { return Err(AccountError::InvalidCredentials) };
+        let Some(user) = user.filter(|_| ok) else {
+            return Err(AccountError::InvalidCredentials);
+        };
         if user.email_confirmed_at.is_none() {
             return Err(AccountError::EmailNotConfirmed);
         }
@@ -171,20 +187,36 @@ impl Accounts {
     }
 
     /// Password grant: a new session.
-    pub async fn sign_in(&self, email: &str, password: String) -> Result<IssuedSession, AccountError> {
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: String,
+    ) -> Result<IssuedSession, AccountError> {
         let user = self.authenticate(email, password).await?;
-        self.store.touch_sign_in(&user.id, self.clock.now_ms()).await?;
+        self.store
+            .touch_sign_in(&user.id, self.clock.now_ms())
+            .await?;
         self.start_session(user, "password").await
     }
 
     async fn start_session(&self, user: User, method: &str) -> Result<IssuedSession, AccountError> {
         let refresh = tokens::random_token(REFRESH_TOKEN_BYTES);
         let now = self.clock.now_ms();
-        let session_id = self.store.create_session(&user.id, method, &tokens::sha256_hex(&refresh), now).await?;
+        let session_id = self
+            .store
+            .create_session(&user.id, method, &tokens::sha256_hex(&refresh), now)
+            .await?;
         self.issue(user, session_id, refresh, method, now)
     }
 
-    fn issue(&self, user: User, session_id: String, refresh: String, method: &str, now_ms: i64) -> Result<IssuedSession, AccountError> {
+    fn issue(
+        &self,
+        user: User,
+        session_id: String,
+        refresh: String,
+        method: &str,
+        now_ms: i64,
+    ) -> Result<IssuedSession, AccountError> {
         let iat = now_ms.div_euclid(1000);
         let ttl = self.config.jwt_expiry_seconds;
         let claims = Claims {
@@ -197,7 +229,10 @@ impl Accounts {
             phone: String::new(),
             role: "authenticated".into(),
             aal: "aal1".into(),
-            amr: vec![Amr { method: method.to_string(), timestamp: iat }],
+            amr: vec![Amr {
+                method: method.to_string(),
+                timestamp: iat,
+            }],
             session_id: session_id.clone(),
             is_anonymous: false,
             app_metadata: user.app_metadata.clone(),
@@ -207,7 +242,14 @@ impl Accounts {
             tracing::error!(error = %e, "signing failed");
             AccountError::Internal
         })?;
-        Ok(IssuedSession { access_token, refresh_token: refresh, expires_in: ttl, expires_at: iat + ttl, user, session_id })
+        Ok(IssuedSession {
+            access_token,
+            refresh_token: refresh,
+            expires_in: ttl,
+            expires_at: iat + ttl,
+            user,
+            session_id,
+        })
     }
 
     /// Refresh grant: rotates the token. A racing request within the reuse interval gets
@@ -216,20 +258,32 @@ impl Accounts {
         if presented.is_empty() || presented.len() > 512 {
             return Err(AccountError::RefreshNotFound);
         }
-        let row = self.store.refresh_token(&tokens::sha256_hex(presented)).await?.ok_or(AccountError::RefreshNotFound)?;
+        let row = self
+            .store
+            .refresh_token(&tokens::sha256_hex(presented))
+            .await?
+            .ok_or(AccountError::RefreshNotFound)?;
         let now = self.clock.now_ms();
         let successor = match row.revoked_at {
             None => {
                 let child = tokens::random_token(REFRESH_TOKEN_BYTES);
                 let sealed = tokens::seal(presented, &child);
-                match self.store.rotate_refresh(&row, &tokens::sha256_hex(&child), &sealed, now).await? {
+                match self
+                    .store
+                    .rotate_refresh(&row, &tokens::sha256_hex(&child), &sealed, now)
+                    .await?
+                {
                     Rotation::Rotated => child,
                     Rotation::AlreadyRotated => self.reuse(presented, now).await?,
                 }
             }
             Some(_) => self.reuse(presented, now).await?,
         };
-        let user = self.store.user_by_id(&row.user_id).await?.ok_or(AccountError::RefreshNotFound)?;
+        let user = self
+            .store
+            .user_by_id(&row.user_id)
+            .await?
+            .ok_or(AccountError::RefreshNotFound)?;
         self.issue(user, row.session_id, successor, "password", now)
     }
 
@@ -237,12 +291,27 @@ impl Accounts {
     /// after it, the session is revoked.
     async fn reuse(&self, presented: &str, now: i64) -> Result<String, AccountError> {
         // Re-read: a racing request may have rotated the token since our first read.
-        let row = self.store.refresh_token(&tokens::sha256_hex(presented)).await?.ok_or(AccountError::RefreshNotFound)?;
+        let row = self
+            .store
+            .refresh_token(&tokens::sha256_hex(presented))
+            .await?
+            .ok_or(AccountError::RefreshNotFound)?;
         let revoked_at = row.revoked_at.unwrap_or(now);
         let within = now - revoked_at <= self.config.refresh_reuse_interval_seconds * 1000;
-        let successor = row.successor_sealed.as_deref().and_then(|s| tokens::unseal(presented, s));
+        let successor = row
+            .successor_sealed
+            .as_deref()
+            .and_then(|s| tokens::unseal(presented, s));
         match successor {
-            Some(child) if within && self.store.refresh_token_exists(&tokens::sha256_hex(&child)).await? => Ok(child),
+            Some(child)
+                if within
+                    && self
+                        .store
+                        .refresh_token_exists(&tokens::sha256_hex(&child))
+                        .await? =>
+            {
+                Ok(child)
+            }
             _ => {
                 self.store.delete_session(&row.session_id).await?;
                 tracing::warn!(session_id = %row.session_id, "refresh token reused after rotation; session revoked");
@@ -257,29 +326,50 @@ impl Accounts {
             Some(uid) if uid == claims.sub => {}
             _ => return Err(AccountError::SessionNotFound),
         }
-        self.store.user_by_id(&claims.sub).await?.ok_or(AccountError::SessionNotFound)
+        self.store
+            .user_by_id(&claims.sub)
+            .await?
+            .ok_or(AccountError::SessionNotFound)
     }
 
     /// Ends sessions: `local` (this one), `global` (all), `others` (all but this one).
     /// Returns the ids of the ended sessions.
-    pub async fn sign_out(&self, claims: &Claims, scope: &str) -> Result<Vec<String>, AccountError> {
+    pub async fn sign_out(
+        &self,
+        claims: &Claims,
+        scope: &str,
+    ) -> Result<Vec<String>, AccountError> {
         match scope {
             "local" => {
                 self.store.delete_session(&claims.session_id).await?;
                 Ok(vec![claims.session_id.clone()])
             }
             "global" => Ok(self.store.delete_user_sessions(&claims.sub, None).await?),
-            "others" => Ok(self.store.delete_user_sessions(&claims.sub, Some(&claims.session_id)).await?),
-            _ => Err(AccountError::Validation("scope must be one of global, local, others".into())),
+            "others" => Ok(self
+                .store
+                .delete_user_sessions(&claims.sub, Some(&claims.session_id))
+                .await?),
+            _ => Err(AccountError::Validation(
+                "scope must be one of global, local, others".into(),
+            )),
         }
     }
 
     /// Changes password and/or metadata.
-    pub async fn update_user(&self, user: User, password: Option<String>, data: Option<Value>) -> Result<User, AccountError> {
+    pub async fn update_user(
+        &self,
+        user: User,
+        password: Option<String>,
+        data: Option<Value>,
+    ) -> Result<User, AccountError> {
         let now = self.clock.now_ms();
         if let Some(raw) = password {
             let new = self.new_password(raw)?;
-            if self.hasher.verify(&new, user.password_hash.as_deref()).await? {
+            if self
+                .hasher
+                .verify(&new, user.password_hash.as_deref())
+                .await?
+            {
                 return Err(AccountError::SamePassword);
             }
             let hash = self.hasher.hash(&new).await?;
@@ -297,15 +387,28 @@ impl Accounts {
                         merged.insert(k, v);
                     }
                 }
-                self.store.set_user_metadata(&user.id, &Value::Object(merged), now).await?;
+                self.store
+                    .set_user_metadata(&user.id, &Value::Object(merged), now)
+                    .await?;
             }
-            Some(_) => return Err(AccountError::Validation("data must be a JSON object".into())),
+            Some(_) => {
+                return Err(AccountError::Validation(
+                    "data must be a JSON object".into(),
+                ))
+            }
         }
-        self.store.user_by_id(&user.id).await?.ok_or(AccountError::SessionNotFound)
+        self.store
+            .user_by_id(&user.id)
+            .await?
+            .ok_or(AccountError::SessionNotFound)
     }
 
     /// Creates a confirmed user (operator CLI).
-    pub async fn create_confirmed_user(&self, email: &str, password: String) -> Result<User, AccountError> {
+    pub async fn create_confirmed_user(
+        &self,
+        email: &str,
+        password: String,
+    ) -> Result<User, AccountError> {
         let email = parse_email(email)?;
         let password = self.new_password(password)?;
         let hash = self.hasher.hash(&password).await?;

@@ -51,13 +51,27 @@ impl AppState {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         let now = clock.now_ms();
-        store.ensure_jwt_key(&crate::auth::jwt::generate_key(now)?).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let keys = store.jwt_keys(now, config.jwt_expiry_seconds * 1000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let jwt = Arc::new(JwtKeys::new(&keys, config.jwt_secret.as_ref().map(|s| s.expose()), config.issuer())?);
+        store
+            .ensure_jwt_key(&crate::auth::jwt::generate_key(now)?)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let keys = store
+            .jwt_keys(now, config.jwt_expiry_seconds * 1000)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let jwt = Arc::new(JwtKeys::new(
+            &keys,
+            config.jwt_secret.as_ref().map(|s| s.expose()),
+            config.issuer(),
+        )?);
         let publishable_key = match &config.publishable_key {
             Some(k) => k.clone(),
             None => {
-                let generated = format!("{}_publishable_{}", config.key_prefix, tokens::random_token(24));
+                let generated = format!(
+                    "{}_publishable_{}",
+                    config.key_prefix,
+                    tokens::random_token(24)
+                );
                 SecretString::new(
                     store
                         .setting_or_insert(PUBLISHABLE_KEY_SETTING, &generated)
@@ -67,7 +81,13 @@ impl AppState {
             }
         };
         let hasher = Hasher::new(config.password_hash_concurrency)?;
-        let accounts = Accounts { store: store.clone(), hasher, jwt, clock: clock.clone(), config: config.clone() };
+        let accounts = Accounts {
+            store: store.clone(),
+            hasher,
+            jwt,
+            clock: clock.clone(),
+            config: config.clone(),
+        };
         Ok(Self {
             config,
             store,
@@ -75,14 +95,21 @@ impl AppState {
             publishable_key: Arc::new(publishable_key),
             clock,
             limiter: MemoryLimiter::new(),
-            live_sessions: moka::future::Cache::builder().max_capacity(100_000).time_to_live(SESSION_CACHE_TTL).build(),
-            web_sessions: moka::future::Cache::builder().max_capacity(100_000).time_to_live(SESSION_CACHE_TTL).build(),
+            live_sessions: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(SESSION_CACHE_TTL)
+                .build(),
+            web_sessions: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(SESSION_CACHE_TTL)
+                .build(),
         })
     }
 
     /// One rate-limit decision for `class` and `key`.
     pub fn limit(&self, class: &str, key: &str, rate: Rate) -> Decision {
-        self.limiter.check(&format!("{class}:{key}"), rate, self.clock.now_ms())
+        self.limiter
+            .check(&format!("{class}:{key}"), rate, self.clock.now_ms())
     }
 
     /// Forgets cached sessions after a sign-out on this instance.
@@ -96,14 +123,19 @@ impl AppState {
     pub async fn principal_from_jwt(&self, token: &str) -> Result<Principal, ApiError> {
         let claims = self.accounts.jwt.verify(token).map_err(|e| match e {
             JwtError::Expired => ApiError::unauthorized("expired", "The access token has expired."),
-            JwtError::Invalid => ApiError::unauthorized("malformed", "The access token is invalid."),
+            JwtError::Invalid => {
+                ApiError::unauthorized("malformed", "The access token is invalid.")
+            }
         })?;
         let store = self.store.clone();
         let (sid, sub) = (claims.session_id.clone(), claims.sub.clone());
         let live = self
             .live_sessions
             .try_get_with(claims.session_id.clone(), async move {
-                store.session_user(&sid).await.map(|owner| owner.as_deref() == Some(sub.as_str()))
+                store
+                    .session_user(&sid)
+                    .await
+                    .map(|owner| owner.as_deref() == Some(sub.as_str()))
             })
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -111,13 +143,21 @@ impl AppState {
             self.live_sessions.invalidate(&claims.session_id).await;
             return Err(ApiError::unauthorized("revoked", "The session has ended."));
         }
-        Ok(Principal::User { user_id: claims.sub, email: claims.email, session_id: Some(claims.session_id), via: Via::Jwt })
+        Ok(Principal::User {
+            user_id: claims.sub,
+            email: claims.email,
+            session_id: Some(claims.session_id),
+            via: Via::Jwt,
+        })
     }
 
     /// A user principal from the dashboard cookie.
     pub async fn principal_from_cookie(&self, cookie: &str) -> Result<Principal, ApiError> {
         if cookie.is_empty() || cookie.len() > 128 {
-            return Err(ApiError::unauthorized("malformed", "The session cookie is malformed."));
+            return Err(ApiError::unauthorized(
+                "malformed",
+                "The session cookie is malformed.",
+            ));
         }
         let hash = tokens::sha256_hex(cookie);
         let store = self.store.clone();
@@ -126,19 +166,27 @@ impl AppState {
         let entry = self
             .web_sessions
             .try_get_with(hash.clone(), async move {
-                let Some((uid, exp)) = store.web_session(&h, now).await? else { return Ok(None) };
+                let Some((uid, exp)) = store.web_session(&h, now).await? else {
+                    return Ok(None);
+                };
                 let user = store.user_by_id(&uid).await?;
                 Ok::<_, crate::store::StoreError>(user.map(|u| (u.id, u.email, exp)))
             })
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
         match entry {
-            Some((user_id, email, exp)) if exp > now => {
-                Ok(Principal::User { user_id, email, session_id: None, via: Via::Cookie })
-            }
+            Some((user_id, email, exp)) if exp > now => Ok(Principal::User {
+                user_id,
+                email,
+                session_id: None,
+                via: Via::Cookie,
+            }),
             _ => {
                 self.web_sessions.invalidate(&hash).await;
-                Err(ApiError::unauthorized("expired", "The dashboard session has ended; sign in again."))
+                Err(ApiError::unauthorized(
+                    "expired",
+                    "The dashboard session has ended; sign in again.",
+                ))
             }
         }
     }
@@ -156,9 +204,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = crate::http::router(state.clone());
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     state.store.close().await;
     Ok(())
 }

@@ -85,7 +85,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("publishable key:  {}", state.publishable_key.expose());
             Ok(())
         }
-        Command::User { action: UserAction::Create { email, password } } => {
+        Command::User {
+            action: UserAction::Create { email, password },
+        } => {
             let state = AppState::build(config, Clock::System).await?;
             let user = state
                 .accounts
@@ -95,11 +97,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created user {} <{}>", user.id, user.email);
             Ok(())
         }
-        Command::Jwt { action: JwtAction::Rotate } => {
+        Command::Jwt {
+            action: JwtAction::Rotate,
+        } => {
             let store = crate::store::Store::connect(&config.database_url).await?;
             store.migrate().await?;
             let key = crate::auth::jwt::generate_key(Clock::System.now_ms())?;
-            store.add_jwt_key(&key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            store
+                .add_jwt_key(&key)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("new signing key {} is active", key.kid);
             Ok(())
         }
@@ -128,7 +135,11 @@ async fn reload_keys(state: AppState) {
     loop {
         tick.tick().await;
         let now = state.clock.now_ms();
-        match state.store.jwt_keys(now, state.config.jwt_expiry_seconds * 1000).await {
+        match state
+            .store
+            .jwt_keys(now, state.config.jwt_expiry_seconds * 1000)
+            .await
+        {
             Ok(keys) => {
                 if let Err(e) = state.accounts.jwt.reload(&keys) {
                     tracing::warn!(error = %e, "reloading signing keys failed");

@@ -113,6 +113,9 @@ impl Default for Config {
 /// Environment variables with this prefix belong to the test suite, not to the server.
 const RESERVED_ENV_PREFIX: &str = "TEST_";
 
+/// Read by the command line itself (`--config`), not a setting.
+const CONFIG_FILE_ENV: &str = "CONFIG_FILE";
+
 impl Config {
     /// Defaults, then the TOML file (if any), then `GATEHOUSE_*` variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -123,11 +126,13 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(
-            Env::prefixed("GATEHOUSE_")
-                .filter(|k| !k.as_str().to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX)),
-        );
-        let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        fig = fig.merge(Env::prefixed("GATEHOUSE_").filter(|k| {
+            let k = k.as_str().to_ascii_uppercase();
+            !k.starts_with(RESERVED_ENV_PREFIX) && k != CONFIG_FILE_ENV
+        }));
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -177,7 +182,9 @@ impl Config {
     /// Cookies are `Secure` unless the public URL is plain-http localhost.
     pub fn secure_cookies(&self) -> bool {
         let origin = self.public_origin();
-        !(origin.starts_with("http://localhost") || origin.starts_with("http://127.0.0.1") || origin.starts_with("http://[::1]"))
+        !(origin.starts_with("http://localhost")
+            || origin.starts_with("http://127.0.0.1")
+            || origin.starts_with("http://[::1]"))
     }
 
     /// The JWT issuer claim.
@@ -203,7 +210,10 @@ mod tests {
 
     #[test]
     fn public_origin_drops_the_path() {
-        let cfg = Config { public_url: "https://auth.example.com/base/".into(), ..Config::default() };
+        let cfg = Config {
+            public_url: "https://auth.example.com/base/".into(),
+            ..Config::default()
+        };
         assert_eq!(cfg.public_origin(), "https://auth.example.com");
         assert!(cfg.secure_cookies());
         let local = Config::default();

@@ -50,15 +50,29 @@ impl Code {
             Code::Unauthorized => ("unauthorized", 401, "Authentication required."),
             Code::Forbidden => ("forbidden", 403, "You are not allowed to do this."),
             Code::NotFound => ("not_found", 404, "Not found."),
-            Code::Conflict => ("conflict", 409, "The request conflicts with the current state."),
+            Code::Conflict => (
+                "conflict",
+                409,
+                "The request conflicts with the current state.",
+            ),
             Code::PayloadTooLarge => ("payload_too_large", 413, "The request body is too large."),
-            Code::UnsupportedMediaType => {
-                ("unsupported_media_type", 415, "The request body must be JSON (Content-Type: application/json).")
-            }
+            Code::UnsupportedMediaType => (
+                "unsupported_media_type",
+                415,
+                "The request body must be JSON (Content-Type: application/json).",
+            ),
             Code::ValidationFailed => ("validation_failed", 422, "Some fields are invalid."),
             Code::RateLimited => ("rate_limited", 429, "Rate limit exceeded."),
-            Code::InternalError => ("internal_error", 500, "Internal error. Quote the request id when reporting it."),
-            Code::ServiceUnavailable => ("service_unavailable", 503, "The service is temporarily unavailable."),
+            Code::InternalError => (
+                "internal_error",
+                500,
+                "Internal error. Quote the request id when reporting it.",
+            ),
+            Code::ServiceUnavailable => (
+                "service_unavailable",
+                503,
+                "The service is temporarily unavailable.",
+            ),
         }
     }
 }
@@ -79,11 +93,21 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the code's default message.
     pub fn new(code: Code) -> Self {
-        Self { code, message: code.default_message().to_string(), details: None, retry_after: None }
+        Self {
+            code,
+            message: code.default_message().to_string(),
+            details: None,
+            retry_after: None,
+        }
     }
     /// An error with a specific message.
     pub fn msg(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: None, retry_after: None }
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
     }
     /// Adds details.
     pub fn details(mut self, details: Value) -> Self {
@@ -117,7 +141,8 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::NotFound => ApiError::new(Code::NotFound),
             StoreError::Conflict(what) => ApiError::msg(Code::Conflict, what),
             StoreError::Busy => {
-                let mut e = ApiError::msg(Code::ServiceUnavailable, "Storage is busy; retry shortly.");
+                let mut e =
+                    ApiError::msg(Code::ServiceUnavailable, "Storage is busy; retry shortly.");
                 e.retry_after = Some(1);
                 e
             }

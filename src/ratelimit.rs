@@ -17,13 +17,22 @@ pub struct Rate {
 impl Rate {
     /// A rate of `limit` per `window_seconds`.
     pub const fn new(limit: u32, window_seconds: u32) -> Self {
-        Self { limit, window_seconds }
+        Self {
+            limit,
+            window_seconds,
+        }
     }
 
     /// Parses `N/W` where W is seconds with an optional unit: `60`, `60s`, `5m`, `1h`, `1d`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (n, w) = s.trim().split_once('/').ok_or_else(|| format!("rate {s:?} is not of the form N/60s"))?;
-        let limit: u32 = n.trim().parse().map_err(|_| format!("rate {s:?}: bad count"))?;
+        let (n, w) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("rate {s:?} is not of the form N/60s"))?;
+        let limit: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate {s:?}: bad count"))?;
         let w = w.trim();
         let (digits, mult) = match w.chars().last() {
             Some('s') => (&w[..w.len() - 1], 1),
@@ -33,12 +42,19 @@ impl Rate {
             _ => (w, 1),
         };
         let digits = if digits.is_empty() { "1" } else { digits };
-        let window: u32 = digits.parse().map_err(|_| format!("rate {s:?}: bad window"))?;
-        let window_seconds = window.checked_mul(mult).ok_or_else(|| format!("rate {s:?}: window too long"))?;
+        let window: u32 = digits
+            .parse()
+            .map_err(|_| format!("rate {s:?}: bad window"))?;
+        let window_seconds = window
+            .checked_mul(mult)
+            .ok_or_else(|| format!("rate {s:?}: window too long"))?;
         if limit == 0 || window_seconds == 0 {
             return Err(format!("rate {s:?}: count and window must be positive"));
         }
-        Ok(Self { limit, window_seconds })
+        Ok(Self {
+            limit,
+            window_seconds,
+        })
     }
 }
 
@@ -100,7 +116,8 @@ pub fn gcra(rate: Rate, tat: i64, now_ms: i64) -> (Decision, i64) {
         };
         return (decision, tat);
     }
-    let remaining = ((window - (new_tat - now_ms)) / interval).clamp(0, i64::from(rate.limit)) as u32;
+    let remaining =
+        ((window - (new_tat - now_ms)) / interval).clamp(0, i64::from(rate.limit)) as u32;
     let decision = Decision {
         allowed: true,
         limit: rate.limit,
@@ -141,14 +158,17 @@ impl MemoryLimiter {
 
     /// Decides one request for `key` under `rate` at `now_ms`.
     pub fn check(&self, key: &str, rate: Rate, now_ms: i64) -> Decision {
-        let cell = self.cells.get_with_by_ref(key, || Arc::new(AtomicI64::new(0)));
+        let cell = self
+            .cells
+            .get_with_by_ref(key, || Arc::new(AtomicI64::new(0)));
         let mut current = cell.load(Ordering::Acquire);
         loop {
             let (decision, new_tat) = gcra(rate, current, now_ms);
             if !decision.allowed {
                 return decision;
             }
-            match cell.compare_exchange_weak(current, new_tat, Ordering::AcqRel, Ordering::Acquire) {
+            match cell.compare_exchange_weak(current, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return decision,
                 Err(actual) => current = actual,
             }

@@ -21,16 +21,25 @@ pub struct StoredKey {
 
 impl std::fmt::Debug for StoredKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredKey").field("kid", &self.kid).field("created_at", &self.created_at).finish()
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .finish()
     }
 }
 
 /// Generates a new P-256 key.
 pub fn generate_key(now_ms: i64) -> anyhow::Result<StoredKey> {
     let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let pem = secret.to_pkcs8_pem(LineEnding::LF).map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
+    let pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
     let kid = crate::auth::tokens::random_token(12);
-    Ok(StoredKey { kid, private_pem: pem.to_string(), created_at: now_ms })
+    Ok(StoredKey {
+        kid,
+        private_pem: pem.to_string(),
+        created_at: now_ms,
+    })
 }
 
 /// One `amr` entry: how and when the user authenticated.
@@ -100,9 +109,17 @@ pub struct JwtKeys {
 
 impl JwtKeys {
     /// Keys from storage (newest signs unless an HS256 secret is configured).
-    pub fn new(stored: &[StoredKey], hs_secret: Option<&str>, issuer: String) -> anyhow::Result<Self> {
+    pub fn new(
+        stored: &[StoredKey],
+        hs_secret: Option<&str>,
+        issuer: String,
+    ) -> anyhow::Result<Self> {
         let set = build_set(stored, hs_secret)?;
-        Ok(Self { set: RwLock::new(Arc::new(set)), issuer, hs_secret: hs_secret.map(str::to_string) })
+        Ok(Self {
+            set: RwLock::new(Arc::new(set)),
+            issuer,
+            hs_secret: hs_secret.map(str::to_string),
+        })
     }
 
     /// Replaces the key set (after a rotation).
@@ -152,7 +169,9 @@ impl JwtKeys {
         validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
         match jsonwebtoken::decode::<Claims>(token, key, &validation) {
             Ok(data) => Ok(data.claims),
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => Err(JwtError::Expired),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                Err(JwtError::Expired)
+            }
             Err(_) => Err(JwtError::Invalid),
         }
     }
@@ -168,9 +187,13 @@ fn build_set(stored: &[StoredKey], hs_secret: Option<&str>) -> anyhow::Result<Ke
     let mut keys = Vec::new();
     let mut newest: Option<&StoredKey> = None;
     for k in stored {
-        let secret = <p256::SecretKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&k.private_pem)
-            .map_err(|e| anyhow::anyhow!("stored key {} is unreadable: {e}", k.kid))?;
-        let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+        let secret =
+            <p256::SecretKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&k.private_pem)
+                .map_err(|e| anyhow::anyhow!("stored key {} is unreadable: {e}", k.kid))?;
+        let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
+            &secret.public_key(),
+            false,
+        );
         let (Some(x), Some(y)) = (point.x(), point.y()) else {
             anyhow::bail!("stored key {} has no affine coordinates", k.kid);
         };
@@ -182,8 +205,16 @@ fn build_set(stored: &[StoredKey], hs_secret: Option<&str>) -> anyhow::Result<Ke
         }
     }
     let signing = match (hs_secret, newest) {
-        (Some(secret), _) => (Algorithm::HS256, None, EncodingKey::from_secret(secret.as_bytes())),
-        (None, Some(k)) => (Algorithm::ES256, Some(k.kid.clone()), EncodingKey::from_ec_pem(k.private_pem.as_bytes())?),
+        (Some(secret), _) => (
+            Algorithm::HS256,
+            None,
+            EncodingKey::from_secret(secret.as_bytes()),
+        ),
+        (None, Some(k)) => (
+            Algorithm::ES256,
+            Some(k.kid.clone()),
+            EncodingKey::from_ec_pem(k.private_pem.as_bytes())?,
+        ),
         (None, None) => anyhow::bail!("no signing key in storage"),
     };
     Ok(KeySet {
@@ -226,7 +257,10 @@ mod tests {
         let k = generate_key(1).unwrap();
         let keys = JwtKeys::new(std::slice::from_ref(&k), None, "http://x/auth/v1".into()).unwrap();
         let t = keys.sign(&claims(far())).unwrap();
-        assert_eq!(jsonwebtoken::decode_header(&t).unwrap().kid.as_deref(), Some(k.kid.as_str()));
+        assert_eq!(
+            jsonwebtoken::decode_header(&t).unwrap().kid.as_deref(),
+            Some(k.kid.as_str())
+        );
         assert_eq!(keys.verify(&t).unwrap().sub, "u");
         assert_eq!(keys.jwks()["keys"][0]["kid"], json!(k.kid));
     }
@@ -235,7 +269,10 @@ mod tests {
     fn expired_tampered_and_unsigned_tokens_are_refused() {
         let k = generate_key(1).unwrap();
         let keys = JwtKeys::new(&[k], None, "http://x/auth/v1".into()).unwrap();
-        assert_eq!(keys.verify(&keys.sign(&claims(10)).unwrap()), Err(JwtError::Expired));
+        assert_eq!(
+            keys.verify(&keys.sign(&claims(10)).unwrap()),
+            Err(JwtError::Expired)
+        );
         let t = keys.sign(&claims(far())).unwrap();
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"admin"}"#);
@@ -243,20 +280,31 @@ mod tests {
         assert_eq!(keys.verify(&parts.join(".")), Err(JwtError::Invalid));
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(far())).unwrap());
-        assert_eq!(keys.verify(&format!("{none_header}.{payload}.")), Err(JwtError::Invalid));
-        let other = JwtKeys::new(&[generate_key(2).unwrap()], None, "http://x/auth/v1".into()).unwrap();
-        assert_eq!(keys.verify(&other.sign(&claims(far())).unwrap()), Err(JwtError::Invalid));
+        assert_eq!(
+            keys.verify(&format!("{none_header}.{payload}.")),
+            Err(JwtError::Invalid)
+        );
+        let other =
+            JwtKeys::new(&[generate_key(2).unwrap()], None, "http://x/auth/v1".into()).unwrap();
+        assert_eq!(
+            keys.verify(&other.sign(&claims(far())).unwrap()),
+            Err(JwtError::Invalid)
+        );
     }
 
     #[test]
     fn a_rotated_key_signs_while_the_old_one_still_verifies() {
         let old = generate_key(1).unwrap();
-        let keys = JwtKeys::new(std::slice::from_ref(&old), None, "http://x/auth/v1".into()).unwrap();
+        let keys =
+            JwtKeys::new(std::slice::from_ref(&old), None, "http://x/auth/v1".into()).unwrap();
         let before = keys.sign(&claims(far())).unwrap();
         let new = generate_key(2).unwrap();
         keys.reload(&[old, new.clone()]).unwrap();
         let after = keys.sign(&claims(far())).unwrap();
-        assert_eq!(jsonwebtoken::decode_header(&after).unwrap().kid, Some(new.kid));
+        assert_eq!(
+            jsonwebtoken::decode_header(&after).unwrap().kid,
+            Some(new.kid)
+        );
         assert!(keys.verify(&before).is_ok());
     }
 }

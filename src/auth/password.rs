@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -31,14 +33,21 @@ pub struct Hasher {
 impl Hasher {
     /// A hasher allowing `concurrency` computations at once (0 = number of CPUs).
     pub fn new(concurrency: usize) -> Result<Self, HashError> {
-        let params = Params::new(19 * 1024, 2, 1, None).map_err(|e| HashError::Hash(e.to_string()))?;
+        let params =
+            Params::new(19 * 1024, 2, 1, None).map_err(|e| HashError::Hash(e.to_string()))?;
         let n = if concurrency == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         } else {
             concurrency
         };
         let dummy = hash_blocking(&params, &uuid::Uuid::new_v4().to_string())?;
-        Ok(Self { permits: Arc::new(Semaphore::new(n)), params, dummy: Arc::new(dummy) })
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(n)),
+            params,
+            dummy: Arc::new(dummy),
+        })
     }
 
     /// Hashes a new password into a PHC string.
@@ -50,20 +59,33 @@ impl Hasher {
 
     /// Verifies a password against a stored PHC string, or against the dummy hash when the
     /// user does not exist (always false then), so both cases cost the same.
-    pub async fn verify(&self, password: &Password, stored: Option<&str>) -> Result<bool, HashError> {
+    pub async fn verify(
+        &self,
+        password: &Password,
+        stored: Option<&str>,
+    ) -> Result<bool, HashError> {
         let pw = password.expose().to_string();
         let known = stored.is_some();
-        let phc = stored.map(str::to_string).unwrap_or_else(|| self.dummy.as_ref().clone());
+        let phc = stored
+            .map(str::to_string)
+            .unwrap_or_else(|| self.dummy.as_ref().clone());
         let ok = self
             .run(move || {
-                let Ok(parsed) = PasswordHash::new(&phc) else { return false };
-                Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok()
+                let Ok(parsed) = PasswordHash::new(&phc) else {
+                    return false;
+                };
+                Argon2::default()
+                    .verify_password(pw.as_bytes(), &parsed)
+                    .is_ok()
             })
             .await?;
         Ok(ok && known)
     }
 
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
         let _permit = self.permits.acquire().await.map_err(|_| HashError::Join)?;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(f))
@@ -88,10 +110,22 @@ mod tests {
     #[tokio::test]
     async fn a_hash_verifies_only_its_password() {
         let h = Hasher::new(1).unwrap();
-        let stored = h.hash(&Password::presented("correct horse".into())).await.unwrap();
+        let stored = h
+            .hash(&Password::presented("correct horse".into()))
+            .await
+            .unwrap();
         assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(h.verify(&Password::presented("correct horse".into()), Some(&stored)).await.unwrap());
-        assert!(!h.verify(&Password::presented("wrong".into()), Some(&stored)).await.unwrap());
-        assert!(!h.verify(&Password::presented("correct horse".into()), None).await.unwrap());
+        assert!(h
+            .verify(&Password::presented("correct horse".into()), Some(&stored))
+            .await
+            .unwrap());
+        assert!(!h
+            .verify(&Password::presented("wrong".into()), Some(&stored))
+            .await
+            .unwrap());
+        assert!(!h
+            .verify(&Password::presented("correct horse".into()), None)
+            .await
+            .unwrap());
     }
 }

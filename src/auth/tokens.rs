@@ -38,7 +38,9 @@ fn keystream(key: &str, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     let mut counter = 0u32;
     while out.len() < len {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else { break };
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
+            break;
+        };
         mac.update(b"gatehouse-refresh-successor");
         mac.update(&counter.to_be_bytes());
         out.extend_from_slice(&mac.finalize().into_bytes());
@@ -76,7 +78,10 @@ mod tests {
         let sealed = seal(&parent, &child);
         assert_ne!(sealed, child);
         assert_eq!(unseal(&parent, &sealed).as_deref(), Some(child.as_str()));
-        assert_ne!(unseal(&random_token(32), &sealed).as_deref(), Some(child.as_str()));
+        assert_ne!(
+            unseal(&random_token(32), &sealed).as_deref(),
+            Some(child.as_str())
+        );
     }
 
     #[test]
@@ -84,7 +89,10 @@ mod tests {
         let a = random_token(32);
         assert_eq!(a.len(), 43);
         assert_ne!(a, random_token(32));
-        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert!(ct_eq("same", "same") && !ct_eq("same", "diff") && !ct_eq("a", "ab"));
     }
 }

@@ -17,10 +17,14 @@ impl Email {
             && domain.contains('.')
             && !domain.starts_with('.')
             && !domain.ends_with('.')
-            && domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.');
+            && domain
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
         let local_ok = !local.is_empty()
             && local.len() <= 64
-            && !local.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == '<' || c == '>');
+            && !local
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == '<' || c == '>');
         if !local_ok || !domain_ok {
             return Err("the email address is not valid");
         }
@@ -39,12 +43,23 @@ mod tests {
 
     #[test]
     fn normalises_case_and_whitespace() {
-        assert_eq!(Email::parse("  Ann@Example.COM ").map(|e| e.0), Ok("ann@example.com".to_string()));
+        assert_eq!(
+            Email::parse("  Ann@Example.COM ").map(|e| e.0),
+            Ok("ann@example.com".to_string())
+        );
     }
 
     #[test]
     fn rejects_what_cannot_be_an_address() {
-        for bad in ["", "plain", "@example.com", "a@", "a@nodot", "a b@example.com", "a@.example.com"] {
+        for bad in [
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@nodot",
+            "a b@example.com",
+            "a@.example.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(300))).is_err());

@@ -39,7 +39,14 @@ pub fn public_router() -> Router<AppState> {
 fn identity_id(user_id: &str) -> String {
     let d = Sha256::digest(format!("email-identity:{user_id}").as_bytes());
     let h = crate::auth::tokens::hex(&d[..16]);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// A user in GoTrue's JSON shape (supabase-py validates it strictly).
@@ -86,7 +93,12 @@ fn session_json(s: &IssuedSession) -> Value {
     })
 }
 
-fn limited(state: &AppState, class: &str, ip: &ClientIp, rate: Rate) -> Result<crate::ratelimit::Decision, GoTrueError> {
+fn limited(
+    state: &AppState,
+    class: &str,
+    ip: &ClientIp,
+    rate: Rate,
+) -> Result<crate::ratelimit::Decision, GoTrueError> {
     let d = state.limit(class, &ip.key(), rate);
     if d.allowed {
         Ok(d)
@@ -119,10 +131,18 @@ pub(crate) async fn signup(
 ) -> Result<Response, GoTrueError> {
     let d = limited(&state, "sign_up", &ip, state.config.rate_limit_sign_up)?;
     if body.phone.as_deref().is_some_and(|p| !p.is_empty()) && body.email.is_none() {
-        return Err(GoTrueError::new(StatusCode::BAD_REQUEST, "phone_provider_disabled", "Phone signups are disabled"));
+        return Err(GoTrueError::new(
+            StatusCode::BAD_REQUEST,
+            "phone_provider_disabled",
+            "Phone signups are disabled",
+        ));
     }
-    let email = body.email.ok_or_else(|| GoTrueError::validation("To signup, please provide your email"))?;
-    let password = body.password.ok_or_else(|| GoTrueError::validation("Signup requires a valid password"))?;
+    let email = body
+        .email
+        .ok_or_else(|| GoTrueError::validation("To signup, please provide your email"))?;
+    let password = body
+        .password
+        .ok_or_else(|| GoTrueError::validation("Signup requires a valid password"))?;
     match state.accounts.sign_up(&email, password, body.data).await {
         Ok(SignUp::Session(s)) => Ok(with_rate(session_json(&s), &d)),
         Ok(SignUp::Unconfirmed(u)) => Ok(with_rate(user_json(&u), &d)),
@@ -132,7 +152,9 @@ pub(crate) async fn signup(
             let now = state.clock.now_ms();
             let fake = User {
                 id: uuid::Uuid::new_v4().to_string(),
-                email: crate::domain::Email::parse(&email).map(|e| e.as_str().to_string()).unwrap_or(email),
+                email: crate::domain::Email::parse(&email)
+                    .map(|e| e.as_str().to_string())
+                    .unwrap_or(email),
                 password_hash: None,
                 email_confirmed_at: None,
                 confirmation_sent_at: Some(now),
@@ -173,16 +195,32 @@ pub(crate) async fn token(
         Some("password") => {
             let d = limited(&state, "sign_in", &ip, state.config.rate_limit_sign_in)?;
             let (Some(email), Some(password)) = (body.email, body.password) else {
-                return Err(GoTrueError::new(StatusCode::BAD_REQUEST, "validation_failed", "missing email or phone"));
+                return Err(GoTrueError::new(
+                    StatusCode::BAD_REQUEST,
+                    "validation_failed",
+                    "missing email or phone",
+                ));
             };
             let s = state.accounts.sign_in(&email, password).await?;
             Ok(with_rate(session_json(&s), &d))
         }
         Some("refresh_token") => {
-            let d = limited(&state, "token_refresh", &ip, state.config.rate_limit_token_refresh)?;
-            let rt = body.refresh_token.filter(|t| !t.is_empty()).ok_or_else(|| {
-                GoTrueError::new(StatusCode::BAD_REQUEST, "validation_failed", "refresh_token required")
-            })?;
+            let d = limited(
+                &state,
+                "token_refresh",
+                &ip,
+                state.config.rate_limit_token_refresh,
+            )?;
+            let rt = body
+                .refresh_token
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    GoTrueError::new(
+                        StatusCode::BAD_REQUEST,
+                        "validation_failed",
+                        "refresh_token required",
+                    )
+                })?;
             let s = state.accounts.refresh(&rt).await?;
             Ok(with_rate(session_json(&s), &d))
         }
@@ -195,10 +233,19 @@ pub(crate) async fn token(
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, GoTrueError> {
-    let v = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let v = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     match v.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => Ok(t.trim()),
-        _ => Err(GoTrueError::new(StatusCode::UNAUTHORIZED, "no_authorization", "This endpoint requires a Bearer token")),
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
+            Ok(t.trim())
+        }
+        _ => Err(GoTrueError::new(
+            StatusCode::UNAUTHORIZED,
+            "no_authorization",
+            "This endpoint requires a Bearer token",
+        )),
     }
 }
 
@@ -212,7 +259,10 @@ fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> 
 
 #[utoipa::path(get, path = "/auth/v1/user", tag = "auth",
     responses((status = 200, description = "The signed-in user"), (status = 403, description = "bad_jwt or session_not_found")))]
-pub(crate) async fn get_user(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, GoTrueError> {
+pub(crate) async fn get_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, GoTrueError> {
     let claims = verify(&state, &headers)?;
     let user = state.accounts.session_user(&claims).await?;
     Ok(Json(user_json(&user)))
@@ -235,7 +285,9 @@ pub(crate) async fn update_user(
     let claims = verify(&state, &headers)?;
     let user = state.accounts.session_user(&claims).await?;
     if let Some(email) = body.email.as_deref() {
-        let same = crate::domain::Email::parse(email).map(|e| e.as_str() == user.email).unwrap_or(false);
+        let same = crate::domain::Email::parse(email)
+            .map(|e| e.as_str() == user.email)
+            .unwrap_or(false);
         if !same {
             return Err(GoTrueError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -244,7 +296,10 @@ pub(crate) async fn update_user(
             ));
         }
     }
-    let user = state.accounts.update_user(user, body.password, body.data).await?;
+    let user = state
+        .accounts
+        .update_user(user, body.password, body.data)
+        .await?;
     Ok(Json(user_json(&user)))
 }
 
@@ -277,12 +332,17 @@ pub(crate) async fn settings(State(state): State<AppState>) -> Json<Value> {
 
 #[utoipa::path(get, path = "/auth/v1/health", tag = "auth", responses((status = 200, description = "Up")))]
 pub(crate) async fn health() -> Json<Value> {
-    Json(json!({ "version": env!("CARGO_PKG_VERSION"), "name": "GoTrue", "description": "Gatehouse: a GoTrue-compatible auth API" }))
+    Json(
+        json!({ "version": env!("CARGO_PKG_VERSION"), "name": "GoTrue", "description": "Gatehouse: a GoTrue-compatible auth API" }),
+    )
 }
 
 #[utoipa::path(get, path = "/auth/v1/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "Public signing keys")))]
 pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
     let mut res = Json(state.accounts.jwt.jwks()).into_response();
-    res.headers_mut().insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("public, max-age=600"));
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("public, max-age=600"),
+    );
     res
 }

@@ -42,13 +42,18 @@ pub fn created<T: Serialize>(data: T) -> Success<T> {
 
 impl<T: Serialize> IntoResponse for Success<T> {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "success": true, "data": self.1, "meta": meta() }))).into_response()
+        (
+            self.0,
+            Json(json!({ "success": true, "data": self.1, "meta": meta() })),
+        )
+            .into_response()
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({
             "success": false,
             "error": { "code": self.code.as_str(), "message": self.message, "details": self.details.unwrap_or(Value::Null) },
@@ -71,7 +76,10 @@ pub async fn not_found() -> ApiError {
 
 fn incoming_id(req: &Request) -> Option<String> {
     let v = req.headers().get(&X_REQUEST_ID)?.to_str().ok()?;
-    let ok = !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     ok.then(|| v.to_string())
 }
 
@@ -84,7 +92,9 @@ pub async fn request_context(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let span = tracing::info_span!("request", %method, path = %route, request_id = %id);
     let started = std::time::Instant::now();
-    let mut res = REQUEST_ID.scope(id.clone(), next.run(req).instrument(span.clone())).await;
+    let mut res = REQUEST_ID
+        .scope(id.clone(), next.run(req).instrument(span.clone()))
+        .await;
     let status = res.status().as_u16();
     let _enter = span.enter();
     let ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -23,14 +23,23 @@ pub enum BodyProblem {
 }
 
 /// Reads a JSON body within the body limit and deserialises it.
-pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(req: Request, state: &S) -> Result<T, BodyProblem> {
+pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<T, BodyProblem> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
-            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false);
     let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
@@ -49,7 +58,11 @@ pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(req: Request, state:
 fn describe_json_error(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Syntax | Category::Eof => format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()),
+        Category::Syntax | Category::Eof => format!(
+            "the body is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ),
         // serde's data errors name the field and the expected type, never the value.
         Category::Data => format!("the body has the wrong shape: {e}"),
         Category::Io => "the body could not be read".into(),
@@ -63,11 +76,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        read_json(req, state).await.map(ApiJson).map_err(|p| match p {
-            BodyProblem::TooLarge => ApiError::new(Code::PayloadTooLarge),
-            BodyProblem::NotJson => ApiError::new(Code::UnsupportedMediaType),
-            BodyProblem::Malformed(m) => ApiError::msg(Code::InvalidRequest, m),
-        })
+        read_json(req, state)
+            .await
+            .map(ApiJson)
+            .map_err(|p| match p {
+                BodyProblem::TooLarge => ApiError::new(Code::PayloadTooLarge),
+                BodyProblem::NotJson => ApiError::new(Code::UnsupportedMediaType),
+                BodyProblem::Malformed(m) => ApiError::msg(Code::InvalidRequest, m),
+            })
     }
 }
 
@@ -153,10 +169,18 @@ fn is_safe(method: &Method) -> bool {
 
 /// A state-changing cookie request must come from our own origin (Origin, else Referer).
 pub fn same_origin(parts: &Parts, expected_origin: &str) -> bool {
-    if let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    if let Some(origin) = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    {
         return origin == expected_origin;
     }
-    if let Some(referer) = parts.headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
+    if let Some(referer) = parts
+        .headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+    {
         return referer == expected_origin || referer.starts_with(&format!("{expected_origin}/"));
     }
     false
@@ -165,10 +189,16 @@ pub fn same_origin(parts: &Parts, expected_origin: &str) -> bool {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if let Some(token) = bearer(parts) {
             if token.is_empty() {
-                return Err(ApiError::unauthorized("malformed", "The Authorization header has no token."));
+                return Err(ApiError::unauthorized(
+                    "malformed",
+                    "The Authorization header has no token.",
+                ));
             }
             return state.principal_from_jwt(token).await;
         }
@@ -176,11 +206,17 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(cookie) = jar.get(SESSION_COOKIE) {
             let principal = state.principal_from_cookie(cookie.value()).await?;
             if !is_safe(&parts.method) && !same_origin(parts, &state.config.public_origin()) {
-                return Err(ApiError::msg(Code::Forbidden, "Cross-site request refused (CSRF check failed).")
-                    .details(serde_json::json!({ "reason": "csrf" })));
+                return Err(ApiError::msg(
+                    Code::Forbidden,
+                    "Cross-site request refused (CSRF check failed).",
+                )
+                .details(serde_json::json!({ "reason": "csrf" })));
             }
             return Ok(principal);
         }
-        Err(ApiError::unauthorized("missing", "No credential: send Authorization: Bearer <token>, X-API-Key, or sign in."))
+        Err(ApiError::unauthorized(
+            "missing",
+            "No credential: send Authorization: Bearer <token>, X-API-Key, or sign in.",
+        ))
     }
 }

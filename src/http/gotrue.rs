@@ -37,7 +37,13 @@ pub struct GoTrueError {
 impl GoTrueError {
     /// An error with status, GoTrue error code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), weak_password: false, retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            weak_password: false,
+            retry_after: None,
+        }
     }
     /// 400 `validation_failed`.
     pub fn validation(message: impl Into<String>) -> Self {
@@ -48,14 +54,21 @@ impl GoTrueError {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "over_request_rate_limit",
-            format!("Request rate limit reached. Try again in {} seconds.", d.retry_after),
+            format!(
+                "Request rate limit reached. Try again in {} seconds.",
+                d.retry_after
+            ),
         );
         e.retry_after = Some(d.retry_after);
         e
     }
     /// 401/403 for a bad access token.
     pub fn bad_jwt(message: &str) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "bad_jwt", format!("invalid JWT: unable to parse or verify signature, {message}"))
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "bad_jwt",
+            format!("invalid JWT: unable to parse or verify signature, {message}"),
+        )
     }
 }
 
@@ -69,7 +82,9 @@ impl From<AccountError> for GoTrueError {
             AccountError::WeakPassword(_) => (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
             AccountError::SamePassword => (StatusCode::UNPROCESSABLE_ENTITY, "same_password"),
             AccountError::RefreshNotFound => (StatusCode::BAD_REQUEST, "refresh_token_not_found"),
-            AccountError::RefreshAlreadyUsed => (StatusCode::BAD_REQUEST, "refresh_token_already_used"),
+            AccountError::RefreshAlreadyUsed => {
+                (StatusCode::BAD_REQUEST, "refresh_token_already_used")
+            }
             AccountError::SessionNotFound => (StatusCode::FORBIDDEN, "session_not_found"),
             AccountError::Validation(_) => (StatusCode::BAD_REQUEST, "validation_failed"),
             AccountError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
@@ -114,13 +129,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for GoTrueJson<T> {
     type Rejection = GoTrueError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        read_json(req, state).await.map(GoTrueJson).map_err(|p| match p {
-            BodyProblem::TooLarge => {
-                GoTrueError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "Request body is too large")
-            }
-            BodyProblem::NotJson => GoTrueError::new(StatusCode::BAD_REQUEST, "bad_json", "Content-Type must be application/json"),
-            BodyProblem::Malformed(m) => GoTrueError::new(StatusCode::BAD_REQUEST, "bad_json", format!("Could not parse request body as JSON: {m}")),
-        })
+        read_json(req, state)
+            .await
+            .map(GoTrueJson)
+            .map_err(|p| match p {
+                BodyProblem::TooLarge => GoTrueError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    "Request body is too large",
+                ),
+                BodyProblem::NotJson => GoTrueError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    "Content-Type must be application/json",
+                ),
+                BodyProblem::Malformed(m) => GoTrueError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    format!("Could not parse request body as JSON: {m}"),
+                ),
+            })
     }
 }
 
@@ -134,18 +162,33 @@ pub async fn api_version(req: Request, next: Next) -> Response {
         .unwrap_or(false);
     let mut res = VERSIONED.scope(versioned, next.run(req)).await;
     if versioned {
-        res.headers_mut().insert(API_VERSION.clone(), HeaderValue::from_static(VERSION_2024));
+        res.headers_mut()
+            .insert(API_VERSION.clone(), HeaderValue::from_static(VERSION_2024));
     }
     res
 }
 
 /// Refuses `/auth/v1` calls without the deployment's publishable key in `apikey`.
 pub async fn require_apikey(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let presented = req.headers().get("apikey").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let presented = req
+        .headers()
+        .get("apikey")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     match presented {
-        None => GoTrueError::new(StatusCode::UNAUTHORIZED, "no_api_key", "No API key found in request").into_response(),
+        None => GoTrueError::new(
+            StatusCode::UNAUTHORIZED,
+            "no_api_key",
+            "No API key found in request",
+        )
+        .into_response(),
         Some(k) if ct_eq(&k, state.publishable_key.expose()) => next.run(req).await,
-        Some(_) => GoTrueError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "Invalid API key").into_response(),
+        Some(_) => GoTrueError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "Invalid API key",
+        )
+        .into_response(),
     }
 }
 

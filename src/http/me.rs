@@ -38,7 +38,12 @@ pub struct Me {
 pub async fn me(principal: Principal) -> Result<Success<Me>, ApiError> {
     let kind = principal.kind();
     match principal {
-        Principal::User { user_id, email, session_id, via } => Ok(ok(Me {
+        Principal::User {
+            user_id,
+            email,
+            session_id,
+            via,
+        } => Ok(ok(Me {
             kind,
             user_id,
             email,

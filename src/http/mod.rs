@@ -21,7 +21,13 @@ use crate::ratelimit::Decision;
 pub fn router(state: AppState) -> Router {
     let auth_cors = CorsLayer::new()
         .allow_origin(AllowOrigin::any())
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             HeaderName::from_static("apikey"),
             header::AUTHORIZATION,
@@ -31,7 +37,10 @@ pub fn router(state: AppState) -> Router {
         ])
         .expose_headers([gotrue::API_VERSION.clone(), envelope::X_REQUEST_ID.clone()]);
     let auth = auth_v1::router()
-        .layer(middleware::from_fn_with_state(state.clone(), gotrue::require_apikey))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            gotrue::require_apikey,
+        ))
         .merge(auth_v1::public_router())
         .layer(middleware::from_fn(gotrue::api_version))
         .layer(auth_cors);
@@ -39,8 +48,19 @@ pub fn router(state: AppState) -> Router {
     // API keys and tokens travel in headers, never cookies, across origins: no credentials.
     let api_cors = CorsLayer::new()
         .allow_origin(AllowOrigin::any())
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-api-key")])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+        ])
         .expose_headers([
             envelope::X_REQUEST_ID.clone(),
             HeaderName::from_static("x-ratelimit-limit"),
@@ -48,7 +68,10 @@ pub fn router(state: AppState) -> Router {
             HeaderName::from_static("x-ratelimit-reset"),
             header::RETRY_AFTER,
         ]);
-    let v1 = Router::new().merge(me::router()).merge(session::router()).layer(api_cors);
+    let v1 = Router::new()
+        .merge(me::router())
+        .merge(session::router())
+        .layer(api_cors);
 
     Router::new()
         .nest("/auth/v1", auth)

@@ -9,7 +9,10 @@ use crate::app::AppState;
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Gatehouse", description = "Authentication for multi-tenant AI-assistant platforms."),
+    info(
+        title = "Gatehouse",
+        description = "Authentication for multi-tenant AI-assistant platforms."
+    ),
     paths(
         crate::http::health::healthz,
         crate::http::health::readyz,

@@ -35,7 +35,9 @@ pub struct SignInBody {
 
 fn account_error(e: AccountError) -> ApiError {
     match e {
-        AccountError::InvalidCredentials => ApiError::unauthorized("invalid_credentials", "Invalid email or password."),
+        AccountError::InvalidCredentials => {
+            ApiError::unauthorized("invalid_credentials", "Invalid email or password.")
+        }
         AccountError::EmailNotConfirmed => ApiError::msg(Code::Forbidden, "Email not confirmed."),
         AccountError::Busy => ApiError::from(crate::store::StoreError::Busy),
         AccountError::Validation(m) => ApiError::msg(Code::ValidationFailed, m),
@@ -44,7 +46,10 @@ fn account_error(e: AccountError) -> ApiError {
 }
 
 fn cross_site(headers: &HeaderMap, origin: &str) -> bool {
-    headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).is_some_and(|o| o != origin)
+    headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| o != origin)
 }
 
 /// Signs in with email and password and sets an HttpOnly session cookie.
@@ -59,21 +64,44 @@ pub async fn sign_in(
     ApiJson(body): ApiJson<SignInBody>,
 ) -> Result<Response, ApiError> {
     if cross_site(&headers, &state.config.public_origin()) {
-        return Err(ApiError::msg(Code::Forbidden, "Cross-site sign-in refused (CSRF check failed).")
-            .details(json!({ "reason": "csrf" })));
+        return Err(ApiError::msg(
+            Code::Forbidden,
+            "Cross-site sign-in refused (CSRF check failed).",
+        )
+        .details(json!({ "reason": "csrf" })));
     }
     let d = state.limit("sign_in", &ip.key(), state.config.rate_limit_sign_in);
     if !d.allowed {
-        let mut e = ApiError::msg(Code::RateLimited, format!("Rate limit exceeded. Try again in {} seconds.", d.retry_after))
-            .details(json!({ "retry_after": d.retry_after, "limit": d.limit, "window": d.window_seconds }));
+        let mut e = ApiError::msg(
+            Code::RateLimited,
+            format!(
+                "Rate limit exceeded. Try again in {} seconds.",
+                d.retry_after
+            ),
+        )
+        .details(
+            json!({ "retry_after": d.retry_after, "limit": d.limit, "window": d.window_seconds }),
+        );
         e.retry_after = Some(d.retry_after);
         return Err(e);
     }
-    let user = state.accounts.authenticate(&body.email, body.password).await.map_err(account_error)?;
+    let user = state
+        .accounts
+        .authenticate(&body.email, body.password)
+        .await
+        .map_err(account_error)?;
     let secret = tokens::random_token(32);
     let now = state.clock.now_ms();
     let ttl = state.config.web_session_seconds;
-    state.store.create_web_session(&tokens::sha256_hex(&secret), &user.id, now, now + ttl * 1000).await?;
+    state
+        .store
+        .create_web_session(
+            &tokens::sha256_hex(&secret),
+            &user.id,
+            now,
+            now + ttl * 1000,
+        )
+        .await?;
     let cookie = Cookie::build((SESSION_COOKIE, secret))
         .http_only(true)
         .same_site(SameSite::Lax)
@@ -81,7 +109,11 @@ pub async fn sign_in(
         .path("/")
         .max_age(time::Duration::seconds(ttl))
         .build();
-    let mut res = (jar.add(cookie), ok(json!({ "user_id": user.id, "email": user.email }))).into_response();
+    let mut res = (
+        jar.add(cookie),
+        ok(json!({ "user_id": user.id, "email": user.email })),
+    )
+        .into_response();
     crate::http::rate_limit_headers(res.headers_mut(), &d);
     Ok(res)
 }
@@ -89,13 +121,20 @@ pub async fn sign_in(
 /// Ends the dashboard session and clears the cookie.
 #[utoipa::path(delete, path = "/v1/session", tag = "session",
     responses((status = 204, description = "Signed out"), (status = 401, description = "No session")))]
-pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap, jar: CookieJar) -> Result<Response, ApiError> {
+pub async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    jar: CookieJar,
+) -> Result<Response, ApiError> {
     let Some(value) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
         return Err(ApiError::unauthorized("missing", "No dashboard session."));
     };
     if cross_site(&headers, &state.config.public_origin()) {
-        return Err(ApiError::msg(Code::Forbidden, "Cross-site request refused (CSRF check failed).")
-            .details(json!({ "reason": "csrf" })));
+        return Err(ApiError::msg(
+            Code::Forbidden,
+            "Cross-site request refused (CSRF check failed).",
+        )
+        .details(json!({ "reason": "csrf" })));
     }
     let hash = tokens::sha256_hex(&value);
     match state.store.delete_web_session(&hash).await {

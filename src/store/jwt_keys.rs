@@ -14,7 +14,11 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(StoredKey { kid: r.try_get("kid")?, private_pem: r.try_get("private_pem")?, created_at: r.try_get("created_at")? })
+                Ok(StoredKey {
+                    kid: r.try_get("kid")?,
+                    private_pem: r.try_get("private_pem")?,
+                    created_at: r.try_get("created_at")?,
+                })
             })
             .collect()
     }

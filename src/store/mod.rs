@@ -46,7 +46,9 @@ impl From<sqlx::Error> for StoreError {
                 match db.code().as_deref() {
                     // SQLITE_BUSY / SQLITE_LOCKED and their extended codes; PostgreSQL lock
                     // timeouts, serialization failures and deadlocks.
-                    Some("5" | "6" | "261" | "262" | "517" | "55P03" | "40001" | "40P01") => StoreError::Busy,
+                    Some("5" | "6" | "261" | "262" | "517" | "55P03" | "40001" | "40P01") => {
+                        StoreError::Busy
+                    }
                     _ => StoreError::Other(e.to_string()),
                 }
             }
@@ -94,7 +96,10 @@ impl Store {
             Engine::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Engine::Postgres => sqlx::migrate!("migrations/postgres"),
         };
-        migrator.run(&self.pool).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
         Ok(())
     }
 
@@ -116,18 +121,22 @@ impl Store {
 
     /// Reads a deployment setting.
     pub async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.0))
     }
 
     /// Stores `value` under `name` unless one is already there; returns the value that holds.
     pub async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String> {
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
         self.setting(name).await?.ok_or(StoreError::NotFound)
     }
 }

@@ -28,7 +28,13 @@ pub enum Rotation {
 
 impl Store {
     /// Starts a session with its first refresh token (hash).
-    pub async fn create_session(&self, user_id: &str, method: &str, refresh_hash: &str, now: i64) -> StoreResult<String> {
+    pub async fn create_session(
+        &self,
+        user_id: &str,
+        method: &str,
+        refresh_hash: &str,
+        now: i64,
+    ) -> StoreResult<String> {
         let session_id = uuid::Uuid::new_v4().to_string();
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO sessions (id, user_id, amr_method, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
@@ -131,22 +137,36 @@ impl Store {
 
     /// Ends one session (its refresh tokens go with it).
     pub async fn delete_session(&self, session_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(session_id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(session_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// Ends every session of a user, or every one but `keep`; returns the ended ids.
-    pub async fn delete_user_sessions(&self, user_id: &str, keep: Option<&str>) -> StoreResult<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
-            .bind(user_id)
-            .bind(keep.unwrap_or(""))
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn delete_user_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+    ) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
+                .bind(user_id)
+                .bind(keep.unwrap_or(""))
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Starts a dashboard session (the cookie's hash is stored).
-    pub async fn create_web_session(&self, id_hash: &str, user_id: &str, now: i64, expires_at: i64) -> StoreResult<()> {
+    pub async fn create_web_session(
+        &self,
+        id_hash: &str,
+        user_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<()> {
         sqlx::query("INSERT INTO web_sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(id_hash)
             .bind(user_id)
@@ -159,18 +179,22 @@ impl Store {
 
     /// The user of a live dashboard session, with its expiry.
     pub async fn web_session(&self, id_hash: &str, now: i64) -> StoreResult<Option<(String, i64)>> {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT user_id, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2")
-                .bind(id_hash)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT user_id, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row)
     }
 
     /// Ends a dashboard session.
     pub async fn delete_web_session(&self, id_hash: &str) -> StoreResult<()> {
-        let r = sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1").bind(id_hash).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

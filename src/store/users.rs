@@ -31,7 +31,10 @@ pub struct User {
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("id", &self.id).field("email", &self.email).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +54,8 @@ pub struct NewUser {
     pub now: i64,
 }
 
-const USER_COLUMNS: &str = "id, email, password_hash, email_confirmed_at, confirmation_sent_at, last_sign_in_at, \
+const USER_COLUMNS: &str =
+    "id, email, password_hash, email_confirmed_at, confirmation_sent_at, last_sign_in_at, \
      user_metadata, app_metadata, created_at, updated_at";
 
 fn json_col(row: &AnyRow, col: &str) -> StoreResult<Value> {
@@ -101,10 +105,12 @@ impl Store {
 
     /// Finds a user by normalised email.
     pub async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+        ))
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -132,7 +138,12 @@ impl Store {
     }
 
     /// Replaces the user metadata.
-    pub async fn set_user_metadata(&self, user_id: &str, data: &Value, now: i64) -> StoreResult<()> {
+    pub async fn set_user_metadata(
+        &self,
+        user_id: &str,
+        data: &Value,
+        now: i64,
+    ) -> StoreResult<()> {
         sqlx::query("UPDATE users SET user_metadata = $1, updated_at = $2 WHERE id = $3")
             .bind(data.to_string())
             .bind(now)

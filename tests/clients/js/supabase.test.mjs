@@ -56,8 +56,15 @@ async function startServer() {
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-js-'))
   const url = `http://127.0.0.1:${port}`
   const key = `gk_publishable_test_${alnum(24)}`
+  // gatehouse rejects unknown GATEHOUSE_* variables, so the suite's own
+  // control variables (GATEHOUSE_BIN, GATEHOUSE_CLIENT_TEST_*) are not passed on.
+  const inherited = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([k]) => k !== 'GATEHOUSE_BIN' && !k.startsWith('GATEHOUSE_CLIENT_TEST_'),
+    ),
+  )
   const env = {
-    ...process.env,
+    ...inherited,
     GATEHOUSE_LISTEN: `127.0.0.1:${port}`,
     GATEHOUSE_DATABASE_URL:
       process.env.GATEHOUSE_CLIENT_TEST_DATABASE_URL || `sqlite://${tmp}/gh.db`,
@@ -84,6 +91,7 @@ async function startServer() {
   const deadline = Date.now() + 30_000
   for (;;) {
     if (exited) {
+      rmSync(tmp, { recursive: true, force: true })
       throw new Error(`gatehouse exited before becoming ready (${JSON.stringify(exited)}):\n${output()}`)
     }
     try {
@@ -95,6 +103,7 @@ async function startServer() {
     }
     if (Date.now() > deadline) {
       proc.kill('SIGKILL')
+      rmSync(tmp, { recursive: true, force: true })
       throw new Error(`gatehouse did not answer GET /healthz with 200 within 30 s:\n${output()}`)
     }
     await sleep(200)

@@ -82,8 +82,15 @@ def server():
     tmp = Path(tempfile.mkdtemp(prefix="gatehouse-py-"))
     url = f"http://127.0.0.1:{port}"
     key = f"gk_publishable_test_{_alnum(24)}"
+    # gatehouse rejects unknown GATEHOUSE_* variables, so the suite's own
+    # control variables (GATEHOUSE_BIN, GATEHOUSE_CLIENT_TEST_*) are not passed on.
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "GATEHOUSE_BIN" and not k.startswith("GATEHOUSE_CLIENT_TEST_")
+    }
     env = {
-        **os.environ,
+        **inherited,
         "GATEHOUSE_LISTEN": f"127.0.0.1:{port}",
         "GATEHOUSE_DATABASE_URL": os.environ.get("GATEHOUSE_CLIENT_TEST_DATABASE_URL")
         or f"sqlite://{tmp}/gh.db",

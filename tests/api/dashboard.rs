@@ -1,0 +1,111 @@
+//! The dashboard's cookie session and its CSRF check.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::json;
+
+use crate::helpers::{parts, TestApp};
+use crate::story;
+
+story!(
+    a_cookie_session_signs_in_reads_me_and_signs_out,
+    |app: TestApp| async move {
+        let (email, password, _) = app.new_user().await;
+        let res = app
+            .client
+            .post(app.url("/v1/session"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.starts_with("gatehouse_session="));
+        assert!(
+            cookie.contains("HttpOnly")
+                && cookie.contains("SameSite=Lax")
+                && cookie.contains("Path=/")
+        );
+        assert!(
+            !cookie.contains("Secure"),
+            "plain-http localhost has no Secure flag"
+        );
+        let (status, me) = parts(app.client.get(app.url("/v1/me")).send().await.unwrap()).await;
+        assert_eq!(status, 200);
+        assert_eq!(me["data"]["via"], "cookie");
+        assert_eq!(me["data"]["email"], json!(email));
+        assert_eq!(me["data"]["organizations"], json!([]));
+        // A cross-site sign-out is refused.
+        let res = app
+            .client
+            .delete(app.url("/v1/session"))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = parts(res).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (403, json!("forbidden"))
+        );
+        let res = app
+            .client
+            .delete(app.url("/v1/session"))
+            .header("origin", app.base.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204);
+        assert_eq!(
+            app.client
+                .get(app.url("/v1/me"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        app
+    }
+);
+
+story!(a_wrong_password_sets_no_cookie, |app: TestApp| async move {
+    let (email, _, _) = app.new_user().await;
+    let res = app
+        .client
+        .post(app.url("/v1/session"))
+        .json(&json!({"email": email, "password": "wrong one"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("set-cookie").is_none());
+    let (status, body) = parts(res).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    app
+});
+
+story!(a_cross_site_sign_in_is_refused, |app: TestApp| async move {
+    let (email, password, _) = app.new_user().await;
+    let res = app
+        .client
+        .post(app.url("/v1/session"))
+        .header("origin", "https://evil.example")
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    app
+});
+
+story!(a_jwt_reads_me_as_a_user, |app: TestApp| async move {
+    let (email, _, s) = app.new_user().await;
+    let (status, me) = parts(app.me(s["access_token"].as_str().unwrap()).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["success"], true);
+    assert_eq!(me["data"]["kind"], "user");
+    assert_eq!(me["data"]["via"], "jwt");
+    assert_eq!(me["data"]["email"], json!(email));
+    assert_eq!(me["data"]["user_id"], s["user"]["id"]);
+    app
+});

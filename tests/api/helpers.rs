@@ -1,0 +1,292 @@
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+
+use gatehouse::app::{self, AppState};
+use gatehouse::clock::Clock;
+use gatehouse::config::{Config, SecretString};
+use gatehouse::ratelimit::Rate;
+use reqwest::{Client, Method, RequestBuilder, Response};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// The publishable key every test server uses.
+pub const PK: &str = "gk_publishable_test";
+
+/// Which engine a story runs on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: a fresh SQLite file or a fresh PostgreSQL database.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempdir::Dir>,
+    pg_admin: Option<(String, String)>,
+}
+
+pub mod tempdir {
+    /// A temporary directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir()
+                .join(format!("gatehouse-test-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The PostgreSQL admin URL, or `None` (with a printed notice) when PostgreSQL tests are skipped.
+/// With `CI=true` a missing URL is a failure, never a skip.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("GATEHOUSE_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but GATEHOUSE_TEST_POSTGRES_URL is not set: PostgreSQL tests are mandatory in CI");
+            }
+            eprintln!("NOTICE: GATEHOUSE_TEST_POSTGRES_URL is not set; skipping the PostgreSQL variant of this test");
+            None
+        }
+    }
+}
+
+impl TestDb {
+    pub async fn new(db: Db) -> Option<Self> {
+        match db {
+            Db::Sqlite => {
+                let dir = tempdir::Dir::new();
+                let url = format!("sqlite://{}/gatehouse.db", dir.0.display());
+                Some(TestDb {
+                    url,
+                    _dir: Some(dir),
+                    pg_admin: None,
+                })
+            }
+            Db::Postgres => {
+                let admin = postgres_url()?;
+                let name = format!("gh_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = connect_pg(&admin).await;
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let url = replace_db(&admin, &name);
+                Some(TestDb {
+                    url,
+                    _dir: None,
+                    pg_admin: Some((admin, name)),
+                })
+            }
+        }
+    }
+
+    /// Drops a PostgreSQL test database.
+    pub async fn cleanup(&self) {
+        if let Some((admin, name)) = &self.pg_admin {
+            let mut conn = connect_pg(admin).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+async fn connect_pg(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .expect("cannot reach GATEHOUSE_TEST_POSTGRES_URL")
+}
+
+fn replace_db(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+/// The configuration tests start from: autoconfirm on, generous limits.
+pub fn test_config(db_url: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: db_url.to_string(),
+        publishable_key: Some(SecretString::new(PK)),
+        autoconfirm: true,
+        rate_limit_sign_in: Rate::new(10_000, 60),
+        rate_limit_sign_up: Rate::new(10_000, 60),
+        rate_limit_token_refresh: Rate::new(10_000, 60),
+        password_hash_concurrency: 2,
+        ..Config::default()
+    }
+}
+
+/// A running server.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: Client,
+    pub state: AppState,
+    pub db: TestDb,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// Starts a server with a fresh database; `tweak` adjusts the configuration.
+    pub async fn spawn(db: Db, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+        Self::spawn_with_clock(db, Clock::System, tweak).await
+    }
+
+    pub async fn spawn_with_clock(
+        db: Db,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<TestApp> {
+        let db = TestDb::new(db).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = test_config(&db.url);
+        config.public_url = format!("http://{addr}");
+        tweak(&mut config);
+        let state = AppState::build(config, clock).await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let s = state.clone();
+        let handle = tokio::spawn(async move {
+            app::run(s, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let client = Client::builder().cookie_store(true).build().unwrap();
+        Some(TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client,
+            state,
+            db,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        self.db.cleanup().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A request to `/auth/v1` with the publishable key and the 2024-01-01 API version.
+    pub fn auth(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(&format!("/auth/v1{path}")))
+            .header("apikey", PK)
+            .header("x-supabase-api-version", "2024-01-01")
+    }
+
+    pub async fn signup(&self, email: &str, password: &str) -> Response {
+        self.auth(Method::POST, "/signup")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn sign_in(&self, email: &str, password: &str) -> Response {
+        self.auth(Method::POST, "/token?grant_type=password")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn refresh(&self, token: &str) -> Response {
+        self.auth(Method::POST, "/token?grant_type=refresh_token")
+            .json(&json!({"refresh_token": token}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Signs up a fresh user and returns (email, password, session JSON).
+    pub async fn new_user(&self) -> (String, String, Value) {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let password = "correct horse battery".to_string();
+        let res = self.signup(&email, &password).await;
+        assert_eq!(res.status(), 200, "sign-up failed");
+        let session: Value = res.json().await.unwrap();
+        (email, password, session)
+    }
+
+    pub async fn me(&self, bearer: &str) -> Response {
+        self.client
+            .get(self.url("/v1/me"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Status and JSON body of a response.
+pub async fn parts(res: Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Runs a story on SQLite and on PostgreSQL: `story!(name, |app| async move { … })`.
+#[macro_export]
+macro_rules! story {
+    ($name:ident, $body:expr) => {
+        story!($name, |_c| {}, $body);
+    };
+    ($name:ident, $tweak:expr, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                let app = $crate::helpers::TestApp::spawn($crate::helpers::Db::Sqlite, $tweak)
+                    .await
+                    .unwrap();
+                let app = ($body)(app).await;
+                app.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                let Some(app) =
+                    $crate::helpers::TestApp::spawn($crate::helpers::Db::Postgres, $tweak).await
+                else {
+                    return;
+                };
+                let app = ($body)(app).await;
+                app.stop().await;
+            }
+        }
+    };
+}

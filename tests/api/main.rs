@@ -1,0 +1,9 @@
+//! One integration-test binary: every story runs against a real server on port 0,
+//! on SQLite and (when configured) on PostgreSQL.
+
+mod helpers;
+
+mod auth_v1;
+mod bad_input;
+mod dashboard;
+mod process;

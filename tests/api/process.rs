@@ -1,0 +1,333 @@
+//! The real `gatehouse` binary: crash durability, secret-free logs, config errors, the CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Client;
+use serde_json::{json, Value};
+
+use crate::helpers::{tempdir, Db, TestDb, PK};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    /// A failing test must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn command(db_url: &str, extra: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GATEHOUSE_DATABASE_URL", db_url)
+        .env("GATEHOUSE_PUBLISHABLE_KEY", PK)
+        .env("GATEHOUSE_AUTOCONFIRM", "true")
+        .env("GATEHOUSE_LOG", "debug");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn start(db_url: &str, dir: &tempdir::Dir) -> Server {
+    let port = free_port();
+    let log = dir.0.join(format!("server-{port}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = command(
+        db_url,
+        &[
+            ("GATEHOUSE_LISTEN", &format!("127.0.0.1:{port}")),
+            ("GATEHOUSE_PUBLIC_URL", &format!("http://127.0.0.1:{port}")),
+        ],
+    )
+    .arg("serve")
+    .stdout(Stdio::from(out.try_clone().unwrap()))
+    .stderr(Stdio::from(out))
+    .spawn()
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            if r.status() == 200 {
+                return Server { child, base, log };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "server did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+async fn post(client: &Client, url: String, body: Value, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = client.post(url).header("apikey", PK).json(&body);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn user_survives_kill_9(db: Db) {
+    let Some(test_db) = TestDb::new(db).await else {
+        return;
+    };
+    let dir = tempdir::Dir::new();
+    let client = Client::new();
+    let mut server = start(&test_db.url, &dir).await;
+    let email = format!("durable-{}@example.com", uuid::Uuid::new_v4().simple());
+    let (status, _) = post(
+        &client,
+        format!("{}/auth/v1/signup", server.base),
+        json!({"email": email, "password": "survives a crash"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    server.child.kill().unwrap(); // SIGKILL: no chance to flush anything
+    server.child.wait().unwrap();
+    let mut again = start(&test_db.url, &dir).await;
+    let (status, body) = post(
+        &client,
+        format!("{}/auth/v1/token?grant_type=password", again.base),
+        json!({"email": email, "password": "survives a crash"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    again.child.kill().unwrap();
+    again.child.wait().unwrap();
+    test_db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_user_created_just_before_kill_9_signs_in_after_restart_on_sqlite() {
+    user_survives_kill_9(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_user_created_just_before_kill_9_signs_in_after_restart_on_postgres() {
+    user_survives_kill_9(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_full_flow_leaves_no_secret_in_the_log() {
+    let test_db = TestDb::new(Db::Sqlite).await.unwrap();
+    let dir = tempdir::Dir::new();
+    let client = Client::builder().cookie_store(true).build().unwrap();
+    let mut server = start(&test_db.url, &dir).await;
+    let base = server.base.clone();
+    let email = format!("logs-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "pw-that-must-not-leak-7731";
+    let (_, s) = post(
+        &client,
+        format!("{base}/auth/v1/signup"),
+        json!({"email": email, "password": password}),
+        None,
+    )
+    .await;
+    let (_, s2) = post(
+        &client,
+        format!("{base}/auth/v1/token?grant_type=password"),
+        json!({"email": email, "password": password}),
+        None,
+    )
+    .await;
+    let (_, s3) = post(
+        &client,
+        format!("{base}/auth/v1/token?grant_type=refresh_token"),
+        json!({"refresh_token": s2["refresh_token"]}),
+        None,
+    )
+    .await;
+    let access = s3["access_token"].as_str().unwrap().to_string();
+    let me = client
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let res = client
+        .post(format!("{base}/v1/session"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = res.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let _ = client
+        .get(format!("{base}/v1/me?access_token={access}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = post(
+        &client,
+        format!("{base}/auth/v1/logout?scope=global"),
+        json!({}),
+        Some(&access),
+    )
+    .await;
+    assert_eq!(status, 204);
+    // A failed sign-in with a wrong password must not leak it either.
+    let _ = post(
+        &client,
+        format!("{base}/auth/v1/token?grant_type=password"),
+        json!({"email": email, "password": "wrong-pw-also-secret-991"}),
+        None,
+    )
+    .await;
+    sigterm(&server.child);
+    let status = server.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0, got {status:?}"
+    );
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("request"), "the log has request lines");
+    let secrets = [
+        password.to_string(),
+        "wrong-pw-also-secret-991".to_string(),
+        s["access_token"].as_str().unwrap().to_string(),
+        s["refresh_token"].as_str().unwrap().to_string(),
+        s2["refresh_token"].as_str().unwrap().to_string(),
+        s3["refresh_token"].as_str().unwrap().to_string(),
+        access.clone(),
+        cookie,
+    ];
+    for secret in secrets {
+        assert!(
+            !log.contains(&secret),
+            "secret leaked into the log: {}…",
+            &secret[..8.min(secret.len())]
+        );
+    }
+    test_db.cleanup().await;
+}
+
+/// Sends SIGTERM via the `kill` command (no libc dependency in the tests).
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn an_unknown_config_key_stops_the_start() {
+    let dir = tempdir::Dir::new();
+    let file = dir.0.join("gatehouse.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nno_such_setting = 1\n").unwrap();
+    let out = command("sqlite::memory:", &[])
+        .arg("--config")
+        .arg(&file)
+        .arg("info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no_such_setting"), "{err}");
+    let out = command("sqlite::memory:", &[("GATEHOUSE_NOT_A_SETTING", "1")])
+        .arg("info")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "unknown GATEHOUSE_ variables are errors too"
+    );
+}
+
+#[tokio::test]
+async fn the_cli_creates_users_and_rotates_signing_keys() {
+    let dir = tempdir::Dir::new();
+    let url = format!("sqlite://{}/cli.db", dir.0.display());
+    let out = command(&url, &[])
+        .args([
+            "user",
+            "create",
+            "--email",
+            "cli@example.com",
+            "--password",
+            "from the cli",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = command(&url, &[]).args(["jwt", "rotate"]).output().unwrap();
+    assert!(out.status.success());
+    let out = command(&url, &[]).arg("info").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(PK));
+    let server = start(&url, &dir).await;
+    let client = Client::new();
+    let (status, _) = post(
+        &client,
+        format!("{}/auth/v1/token?grant_type=password", server.base),
+        json!({"email": "cli@example.com", "password": "from the cli"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let jwks: Value = client
+        .get(format!("{}/auth/v1/.well-known/jwks.json", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "the retired key stays until its tokens expire"
+    );
+    drop(server);
+    for sub in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["user", "create", "--help"],
+        vec!["jwt", "rotate", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&sub).output().unwrap();
+        assert!(out.status.success() && !out.stdout.is_empty(), "{sub:?}");
+    }
+}
