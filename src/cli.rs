@@ -24,7 +24,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (migrates storage first). Stops gracefully on SIGINT/SIGTERM.
-    Serve,
+    Serve {
+        /// Development mode: sign-ups are confirmed at once (same as GATEHOUSE_DEV=true).
+        #[arg(long)]
+        dev: bool,
+    },
     /// Apply pending storage migrations and exit.
     Migrate,
     /// Print the deployment's facts: storage engine, issuer, publishable key.
@@ -67,10 +71,16 @@ pub enum JwtAction {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
     crate::telemetry::init(&config.log, &config.log_format);
     match cli.command {
-        Command::Serve => serve(config).await,
+        Command::Serve { dev } => {
+            if dev {
+                config.dev = true;
+                config.autoconfirm = true;
+            }
+            serve(config).await
+        }
         Command::Migrate => {
             let store = crate::store::Store::connect(&config.database_url).await?;
             store.migrate().await?;

@@ -80,7 +80,7 @@ pub struct Config {
     pub log: String,
     /// `text` or `json`.
     pub log_format: String,
-    /// Development mode: relaxes production-only checks.
+    /// Development mode: confirms sign-ups at once (as `autoconfirm`).
     pub dev: bool,
 }
 
@@ -130,9 +130,12 @@ impl Config {
             let k = k.as_str().to_ascii_uppercase();
             !k.starts_with(RESERVED_ENV_PREFIX) && k != CONFIG_FILE_ENV
         }));
-        let cfg: Config = fig
+        let mut cfg: Config = fig
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if cfg.dev {
+            cfg.autoconfirm = true;
+        }
         cfg.validate()?;
         Ok(cfg)
     }

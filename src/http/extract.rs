@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderMap, Method};
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
@@ -168,19 +168,11 @@ fn is_safe(method: &Method) -> bool {
 }
 
 /// A state-changing cookie request must come from our own origin (Origin, else Referer).
-pub fn same_origin(parts: &Parts, expected_origin: &str) -> bool {
-    if let Some(origin) = parts
-        .headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-    {
+pub fn same_origin(headers: &HeaderMap, expected_origin: &str) -> bool {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         return origin == expected_origin;
     }
-    if let Some(referer) = parts
-        .headers
-        .get(header::REFERER)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(referer) = headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
         return referer == expected_origin || referer.starts_with(&format!("{expected_origin}/"));
     }
     false
@@ -205,7 +197,9 @@ impl FromRequestParts<AppState> for Principal {
         let jar = axum_extra::extract::CookieJar::from_headers(&parts.headers);
         if let Some(cookie) = jar.get(SESSION_COOKIE) {
             let principal = state.principal_from_cookie(cookie.value()).await?;
-            if !is_safe(&parts.method) && !same_origin(parts, &state.config.public_origin()) {
+            if !is_safe(&parts.method)
+                && !same_origin(&parts.headers, &state.config.public_origin())
+            {
                 return Err(ApiError::msg(
                     Code::Forbidden,
                     "Cross-site request refused (CSRF check failed).",

@@ -32,6 +32,7 @@ pub struct GoTrueError {
     message: String,
     weak_password: bool,
     retry_after: Option<u64>,
+    rate: Option<Decision>,
 }
 
 impl GoTrueError {
@@ -43,6 +44,7 @@ impl GoTrueError {
             message: message.into(),
             weak_password: false,
             retry_after: None,
+            rate: None,
         }
     }
     /// 400 `validation_failed`.
@@ -60,6 +62,7 @@ impl GoTrueError {
             ),
         );
         e.retry_after = Some(d.retry_after);
+        e.rate = Some(*d);
         e
     }
     /// 401/403 for a bad access token.
@@ -113,6 +116,9 @@ impl IntoResponse for GoTrueError {
             body["weak_password"] = json!({ "reasons": ["length"] });
         }
         let mut res = (self.status, Json(body)).into_response();
+        if let Some(d) = &self.rate {
+            crate::http::rate_limit_headers(res.headers_mut(), d);
+        }
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);

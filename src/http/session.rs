@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::auth::tokens;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::ok;
-use crate::http::extract::{ApiJson, ClientIp, SESSION_COOKIE};
+use crate::http::extract::{same_origin, ApiJson, ClientIp, SESSION_COOKIE};
 
 /// `/v1/session`.
 pub fn router() -> Router<AppState> {
@@ -129,7 +129,7 @@ pub async fn sign_out(
     let Some(value) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
         return Err(ApiError::unauthorized("missing", "No dashboard session."));
     };
-    if cross_site(&headers, &state.config.public_origin()) {
+    if !same_origin(&headers, &state.config.public_origin()) {
         return Err(ApiError::msg(
             Code::Forbidden,
             "Cross-site request refused (CSRF check failed).",
