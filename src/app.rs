@@ -32,6 +32,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Per-IP limits on the auth routes.
     pub limiter: MemoryLimiter,
+    /// API-key minting and cached verification.
+    pub keys: crate::keys::Keys,
     /// Sessions known to exist, so a JWT check needs no storage on a warm cache.
     live_sessions: moka::future::Cache<String, bool>,
     /// Dashboard sessions by cookie hash: (user id, email, expiry ms).
@@ -88,7 +90,9 @@ impl AppState {
             clock: clock.clone(),
             config: config.clone(),
         };
+        let keys = crate::keys::Keys::new(store.clone(), clock.clone(), &config.key_prefix);
         Ok(Self {
+            keys,
             config,
             store,
             accounts,
@@ -116,6 +120,24 @@ impl AppState {
     pub async fn forget_sessions(&self, ids: &[String]) {
         for id in ids {
             self.live_sessions.invalidate(id).await;
+        }
+    }
+
+    /// An API-key principal; no storage on a warm cache.
+    pub async fn principal_from_key(&self, key: &str) -> Result<Principal, ApiError> {
+        match self.keys.verify(key).await {
+            Ok(key) => Ok(Principal::ApiKey { key }),
+            Err(why) => Err(ApiError::unauthorized(
+                why.as_str(),
+                match why {
+                    crate::keys::KeyFailure::Malformed => {
+                        "The API key is malformed (check for a copy-paste error)."
+                    }
+                    crate::keys::KeyFailure::NotFound => "The API key does not exist.",
+                    crate::keys::KeyFailure::Expired => "The API key has expired.",
+                    crate::keys::KeyFailure::Revoked => "The API key has been revoked.",
+                },
+            )),
         }
     }
 
@@ -204,12 +226,18 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = crate::http::router(state.clone());
+    let writer = tokio::spawn(state.keys.clone().write_behind(Duration::from_secs(5)));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await?;
+    writer.abort();
+    // Last-used times still in memory are written before storage closes.
+    if let Err(e) = state.keys.flush_last_used().await {
+        tracing::warn!(error = %e, "could not write the last-used times at shutdown");
+    }
     state.store.close().await;
     Ok(())
 }

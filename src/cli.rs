@@ -39,6 +39,18 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Manage organizations.
+    Org {
+        /// What to do with organizations.
+        #[command(subcommand)]
+        action: OrgAction,
+    },
+    /// Manage organization API keys.
+    Key {
+        /// What to do with API keys.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Manage the keys that sign access tokens.
     Jwt {
         /// What to do with signing keys.
@@ -58,6 +70,52 @@ pub enum UserAction {
         /// The password (at least the configured minimum length).
         #[arg(long)]
         password: String,
+    },
+}
+
+/// `gatehouse org …`.
+#[derive(Subcommand, Debug)]
+pub enum OrgAction {
+    /// Create an organization owned by an existing user; prints only its id.
+    Create {
+        /// The organization's name.
+        #[arg(long)]
+        name: String,
+        /// The email of the user who becomes its owner.
+        #[arg(long)]
+        owner_email: String,
+    },
+}
+
+/// `gatehouse key …`.
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// Create an API key; prints only the key, which is shown this once.
+    Create {
+        /// The organization id (`org_…`).
+        #[arg(long)]
+        org: String,
+        /// The key's name (1-50 characters).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated permissions, e.g. `chat:write,threads:read`.
+        #[arg(long, default_value = "", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// `live` or `test`.
+        #[arg(long, default_value = "live")]
+        environment: String,
+        /// Days until expiry; 0 for never.
+        #[arg(long, default_value_t = 365)]
+        expires_in_days: i64,
+    },
+    /// Revoke an API key at once.
+    Revoke {
+        /// The organization id (`org_…`).
+        #[arg(long)]
+        org: String,
+        /// The key id (`key_…`).
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -107,6 +165,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created user {} <{}>", user.id, user.email);
             Ok(())
         }
+        Command::Org { action } => org_command(config, action).await,
+        Command::Key { action } => key_command(config, action).await,
         Command::Jwt {
             action: JwtAction::Rotate,
         } => {
@@ -156,6 +216,95 @@ async fn reload_keys(state: AppState) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading signing keys failed"),
+        }
+    }
+}
+
+fn cli_audit() -> crate::store::Audit {
+    crate::store::Audit {
+        actor: "cli".into(),
+        ip: None,
+        now: Clock::System.now_ms(),
+    }
+}
+
+fn api_error(e: crate::error::ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message)
+}
+
+async fn org_command(config: Config, action: OrgAction) -> anyhow::Result<()> {
+    let state = AppState::build(config, Clock::System).await?;
+    match action {
+        OrgAction::Create { name, owner_email } => {
+            let name = crate::orgs::check_name("name", &name, 100).map_err(api_error)?;
+            let email = crate::domain::Email::parse(&owner_email)
+                .map_err(|m| anyhow::anyhow!("--owner-email: {m}"))?;
+            let owner = state
+                .store
+                .user_by_email(email.as_str())
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no user with email {owner_email}; create one with `gatehouse user create`"
+                    )
+                })?;
+            let org = state
+                .store
+                .create_org(&name, &owner.id, &cli_audit())
+                .await?;
+            println!("{}", org.id);
+            Ok(())
+        }
+    }
+}
+
+async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
+    let state = AppState::build(config, Clock::System).await?;
+    match action {
+        KeyAction::Create {
+            org,
+            name,
+            scopes,
+            environment,
+            expires_in_days,
+        } => {
+            crate::orgs::check_id(&org, "org").map_err(api_error)?;
+            state
+                .store
+                .org(&org)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no organization {org}"))?;
+            let body = crate::http::api_keys::CreateKeyBody {
+                name,
+                scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
+                environment: Some(environment),
+                expires_in_days: Some((expires_in_days != 0).then_some(expires_in_days)),
+                metadata: None,
+            };
+            // The operator holds every permission; the rules on keys still apply.
+            let s = crate::http::api_keys::check_settings(body, &|_| true).map_err(api_error)?;
+            let now = state.clock.now_ms();
+            let (key, record) = state.keys.mint(crate::keys::NewKey {
+                org_id: org,
+                name: s.name,
+                scopes: s.scopes,
+                environment: s.environment,
+                expires_at: s.lifetime_ms.map(|l| now + l),
+                metadata: s.metadata,
+                created_by: "cli".into(),
+            });
+            state.store.create_api_key(&record, &cli_audit()).await?;
+            eprintln!(
+                "created {} ({}••••); the key is shown once:",
+                record.id, record.start
+            );
+            println!("{key}");
+            Ok(())
+        }
+        KeyAction::Revoke { org, id } => {
+            let k = state.store.revoke_api_key(&org, &id, &cli_audit()).await?;
+            println!("revoked {} ({}••••)", k.id, k.start);
+            Ok(())
         }
     }
 }

@@ -19,6 +19,10 @@ pub mod domain;
 pub mod error;
 /// HTTP handlers, extractors and the response envelope.
 pub mod http;
+/// API keys: minting and cached verification.
+pub mod keys;
+/// Organizations, members, roles and what a principal may do in one.
+pub mod orgs;
 /// Rate limiting (GCRA).
 pub mod ratelimit;
 /// Storage on SQLite or PostgreSQL.

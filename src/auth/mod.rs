@@ -1,5 +1,6 @@
 //! Credentials: password hashing, access tokens (JWT) and opaque random tokens.
 
+pub mod api_key;
 pub mod jwt;
 pub mod password;
 pub mod tokens;

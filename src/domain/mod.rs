@@ -2,6 +2,7 @@
 
 mod email;
 mod password;
+pub mod permissions;
 
 pub use email::Email;
 pub use password::Password;

@@ -143,6 +143,11 @@ pub enum Principal {
         /// Credential kind.
         via: Via,
     },
+    /// An organization API key.
+    ApiKey {
+        /// The verified key's record (never the key).
+        key: std::sync::Arc<crate::store::ApiKeyRecord>,
+    },
 }
 
 impl Principal {
@@ -150,6 +155,7 @@ impl Principal {
     pub fn kind(&self) -> &'static str {
         match self {
             Principal::User { .. } => "user",
+            Principal::ApiKey { .. } => "api_key",
         }
     }
 }
@@ -185,12 +191,21 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(key) = parts.headers.get("x-api-key") {
+            let key = key
+                .to_str()
+                .map_err(|_| ApiError::unauthorized("malformed", "The API key is malformed."))?;
+            return state.principal_from_key(key.trim()).await;
+        }
         if let Some(token) = bearer(parts) {
             if token.is_empty() {
                 return Err(ApiError::unauthorized(
                     "malformed",
                     "The Authorization header has no token.",
                 ));
+            }
+            if state.keys.looks_like_key(token) {
+                return state.principal_from_key(token).await;
             }
             return state.principal_from_jwt(token).await;
         }

@@ -1,8 +1,10 @@
 //! `GET /v1/me`: who the caller is.
 
+use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::app::AppState;
@@ -18,41 +20,87 @@ pub fn router() -> Router<AppState> {
 /// The caller as `/v1/me` describes it.
 #[derive(Serialize, ToSchema)]
 pub struct Me {
-    /// `user` (more kinds come with API keys and widgets).
+    /// `user` or `api_key`.
     pub kind: &'static str,
-    /// The user's id.
-    pub user_id: String,
-    /// The user's email.
-    pub email: String,
-    /// `jwt` or `cookie`.
+    /// The user's id (people).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The user's email (people).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// `jwt`, `cookie` or `api_key`.
     pub via: &'static str,
     /// The session of a JWT.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    /// Organizations the user belongs to.
-    pub organizations: Vec<serde_json::Value>,
+    /// Organizations a person belongs to, with their role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub organizations: Option<Vec<Value>>,
+    /// The key's organization.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    /// The key's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The key's scopes (its permissions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// `live` or `test`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 /// Who the caller is.
 #[utoipa::path(get, path = "/v1/me", tag = "me",
     responses((status = 200, description = "The caller", body = Me), (status = 401, description = "unauthorized")))]
-pub async fn me(principal: Principal) -> Result<Success<Me>, ApiError> {
+pub async fn me(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Success<Me>, ApiError> {
     let kind = principal.kind();
+    let blank = Me {
+        kind,
+        user_id: None,
+        email: None,
+        via: "api_key",
+        session_id: None,
+        organizations: None,
+        org_id: None,
+        key_id: None,
+        scopes: None,
+        environment: None,
+    };
     match principal {
         Principal::User {
             user_id,
             email,
             session_id,
             via,
-        } => Ok(ok(Me {
-            kind,
-            user_id,
-            email,
-            via: match via {
-                Via::Jwt => "jwt",
-                Via::Cookie => "cookie",
-            },
-            session_id,
-            organizations: Vec::new(),
+        } => {
+            let orgs = state.store.orgs_of_user(&user_id).await?;
+            let organizations = orgs
+                .into_iter()
+                .map(|(o, role)| json!({ "id": o.id, "name": o.name, "role": role }))
+                .collect();
+            Ok(ok(Me {
+                user_id: Some(user_id),
+                email: Some(email),
+                via: match via {
+                    Via::Jwt => "jwt",
+                    Via::Cookie => "cookie",
+                },
+                session_id,
+                organizations: Some(organizations),
+                ..blank
+            }))
+        }
+        Principal::ApiKey { key } => Ok(ok(Me {
+            org_id: Some(key.org_id.clone()),
+            key_id: Some(key.id.clone()),
+            scopes: Some(key.scopes.clone()),
+            environment: Some(key.environment.clone()),
+            ..blank
         })),
     }
 }

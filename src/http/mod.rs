@@ -1,5 +1,6 @@
 //! HTTP: one file per resource, each with its `router()`; extractors; the envelope.
 
+pub mod api_keys;
 pub mod auth_v1;
 pub mod envelope;
 pub mod extract;
@@ -7,6 +8,7 @@ pub mod gotrue;
 pub mod health;
 pub mod me;
 pub mod openapi;
+pub mod orgs;
 pub mod session;
 
 use axum::extract::DefaultBodyLimit;
@@ -71,6 +73,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(me::router())
         .merge(session::router())
+        .merge(orgs::router())
+        .merge(api_keys::router())
         .layer(api_cors);
 
     Router::new()

@@ -5,12 +5,18 @@
 //! is written once. What differs per engine lives in `engine.rs` (connection set-up,
 //! pragmas) and in the per-engine migration folders, which keep the same numbers.
 
+mod api_keys;
+mod audit;
 mod engine;
 mod jwt_keys;
+mod orgs;
 mod sessions;
 mod users;
 
+pub use api_keys::ApiKeyRecord;
+pub use audit::{Audit, AuditEntry};
 pub use engine::Engine;
+pub use orgs::{Member, Org, Role};
 pub use sessions::{RefreshRow, Rotation};
 pub use users::{NewUser, User};
 

@@ -1,0 +1,422 @@
+//! `/v1/orgs`: organizations, members and roles.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::domain::{permissions, Email};
+use crate::error::{ApiError, Code};
+use crate::http::envelope::{created, ok, Success};
+use crate::http::extract::{ApiJson, ClientIp, Principal};
+use crate::orgs::{access, check_id, check_name, role_permissions, Access};
+use crate::store::{Audit, Member, Org, Role, StoreError};
+
+/// `/v1/orgs…` (keys and the audit log have their own files).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs", get(list_orgs).post(create_org))
+        .route(
+            "/orgs/{org}",
+            get(get_org).patch(rename_org).delete(delete_org),
+        )
+        .route("/orgs/{org}/members", get(list_members).post(add_member))
+        .route(
+            "/orgs/{org}/members/{user}",
+            patch(change_role).delete(remove_member),
+        )
+        .route("/orgs/{org}/roles", get(list_roles).post(create_role))
+        .route(
+            "/orgs/{org}/roles/{name}",
+            axum::routing::delete(delete_role),
+        )
+}
+
+/// The audit context of a request.
+pub fn audit(state: &AppState, access: &Access, ip: &ClientIp) -> Audit {
+    Audit {
+        actor: access.actor.clone(),
+        ip: Some(ip.0.to_string()),
+        now: state.clock.now_ms(),
+    }
+}
+
+/// Checks the path's organization id and resolves the caller's standing in it.
+pub async fn org_access(
+    state: &AppState,
+    principal: &Principal,
+    org: &str,
+) -> Result<Access, ApiError> {
+    check_id(org, "org")?;
+    access(&state.store, principal, org).await
+}
+
+fn user_only(principal: &Principal) -> Result<(&str, &str), ApiError> {
+    match principal {
+        Principal::User { user_id, email, .. } => Ok((user_id, email)),
+        Principal::ApiKey { .. } => Err(ApiError::msg(
+            Code::Forbidden,
+            "API keys cannot do this; sign in as a person.",
+        )
+        .details(json!({ "required": "user" }))),
+    }
+}
+
+/// A new organization.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgBody {
+    /// 1-100 characters.
+    pub name: String,
+}
+
+/// Creates an organization; the caller becomes its owner.
+#[utoipa::path(post, path = "/v1/orgs", tag = "orgs", request_body = OrgBody,
+    responses((status = 201, body = Org), (status = 422, description = "validation_failed")))]
+pub async fn create_org(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    ApiJson(body): ApiJson<OrgBody>,
+) -> Result<Success<Org>, ApiError> {
+    let (user_id, _) = user_only(&principal)?;
+    let name = check_name("name", &body.name, 100)?;
+    let audit = Audit {
+        actor: format!("user:{user_id}"),
+        ip: Some(ip.0.to_string()),
+        now: state.clock.now_ms(),
+    };
+    Ok(created(
+        state.store.create_org(&name, user_id, &audit).await?,
+    ))
+}
+
+/// The caller's organizations, with their role in each.
+#[utoipa::path(get, path = "/v1/orgs", tag = "orgs", responses((status = 200, description = "Organizations")))]
+pub async fn list_orgs(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Response, ApiError> {
+    match &principal {
+        Principal::User { user_id, .. } => {
+            let list: Vec<_> = state
+                .store
+                .orgs_of_user(user_id)
+                .await?
+                .into_iter()
+                .map(|(o, role)| json!({ "id": o.id, "name": o.name, "role": role, "created_at": o.created_at }))
+                .collect();
+            Ok(ok(list).into_response())
+        }
+        Principal::ApiKey { key } => {
+            let org = state
+                .store
+                .org(&key.org_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("Organization"))?;
+            Ok(ok(vec![
+                json!({ "id": org.id, "name": org.name, "created_at": org.created_at }),
+            ])
+            .into_response())
+        }
+    }
+}
+
+/// One organization.
+#[utoipa::path(get, path = "/v1/orgs/{org}", tag = "orgs",
+    responses((status = 200, body = Org), (status = 403, description = "Not a member of the selected organization")))]
+pub async fn get_org(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(org): Path<String>,
+) -> Result<Success<Org>, ApiError> {
+    org_access(&state, &principal, &org).await?;
+    Ok(ok(state
+        .store
+        .org(&org)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Organization"))?))
+}
+
+/// Renames an organization (owners and admins).
+#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "orgs", request_body = OrgBody, responses((status = 200, body = Org)))]
+pub async fn rename_org(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path(org): Path<String>,
+    ApiJson(body): ApiJson<OrgBody>,
+) -> Result<Success<Org>, ApiError> {
+    let a = org_access(&state, &principal, &org).await?;
+    a.require_user()?;
+    if !matches!(a.role.as_deref(), Some("owner" | "admin")) {
+        return Err(ApiError::msg(
+            Code::Forbidden,
+            "Only owners and admins can rename the organization.",
+        )
+        .details(json!({ "required": "admin" })));
+    }
+    let name = check_name("name", &body.name, 100)?;
+    Ok(ok(state
+        .store
+        .rename_org(&org, &name, &audit(&state, &a, &ip))
+        .await?))
+}
+
+/// Deletes an organization and everything it owns (owners only).
+#[utoipa::path(delete, path = "/v1/orgs/{org}", tag = "orgs", responses((status = 204, description = "Deleted")))]
+pub async fn delete_org(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(org): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let a = org_access(&state, &principal, &org).await?;
+    a.require_owner()?;
+    for hash in state.store.delete_org(&org).await? {
+        state.keys.invalidate(&hash).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The members.
+#[utoipa::path(get, path = "/v1/orgs/{org}/members", tag = "members", responses((status = 200, body = [Member])))]
+pub async fn list_members(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(org): Path<String>,
+) -> Result<Success<Vec<Member>>, ApiError> {
+    org_access(&state, &principal, &org)
+        .await?
+        .require("members:read")?;
+    Ok(ok(state.store.members(&org).await?))
+}
+
+/// A member to add.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberBody {
+    /// The email of an existing user.
+    pub email: String,
+    /// A built-in or custom role.
+    pub role: String,
+}
+
+/// A new role for a member.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBody {
+    /// A built-in or custom role.
+    pub role: String,
+}
+
+/// Checks that `a` may hand out `role`: it exists, only owners grant `owner`, and nobody
+/// grants a permission they do not hold (so a custom role cannot escalate).
+async fn grantable(state: &AppState, a: &Access, role: &str) -> Result<(), ApiError> {
+    let perms = role_permissions(&state.store, &a.org_id, role)
+        .await?
+        .ok_or_else(|| ApiError::field("role", "no such role in this organization"))?;
+    if role == "owner" {
+        a.require_owner()?;
+    }
+    if let Some(missing) = perms.iter().find(|p| !a.has(p)) {
+        return Err(ApiError::msg(
+            Code::Forbidden,
+            format!("You cannot grant a role with {missing}, which you do not hold."),
+        )
+        .details(json!({ "required": missing })));
+    }
+    Ok(())
+}
+
+/// Adds an existing user by email.
+#[utoipa::path(post, path = "/v1/orgs/{org}/members", tag = "members", request_body = AddMemberBody,
+    responses((status = 201, body = Member), (status = 404, description = "No such user"), (status = 409, description = "Already a member")))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path(org): Path<String>,
+    ApiJson(body): ApiJson<AddMemberBody>,
+) -> Result<Success<Member>, ApiError> {
+    let a = org_access(&state, &principal, &org).await?;
+    a.require("members:write")?;
+    let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
+    grantable(&state, &a, &body.role).await?;
+    let user = state
+        .store
+        .user_by_email(email.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("User"))?;
+    let audit = audit(&state, &a, &ip);
+    state
+        .store
+        .add_member(&org, &user.id, &user.email, &body.role, &audit)
+        .await?;
+    Ok(created(Member {
+        user_id: user.id,
+        email: user.email,
+        role: body.role,
+        created_at: audit.now,
+    }))
+}
+
+/// Changes a member's role.
+#[utoipa::path(patch, path = "/v1/orgs/{org}/members/{user}", tag = "members", request_body = RoleBody,
+    responses((status = 200, description = "Changed"), (status = 409, description = "The last owner cannot be demoted")))]
+pub async fn change_role(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path((org, user)): Path<(String, String)>,
+    ApiJson(body): ApiJson<RoleBody>,
+) -> Result<Success<serde_json::Value>, ApiError> {
+    let a = org_access(&state, &principal, &org).await?;
+    a.require("members:write")?;
+    let current = state
+        .store
+        .membership(&org, &user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Member"))?;
+    if current == "owner" {
+        a.require_owner()?;
+    }
+    grantable(&state, &a, &body.role).await?;
+    state
+        .store
+        .set_member_role(&org, &user, &body.role, &audit(&state, &a, &ip))
+        .await
+        .map_err(member_error)?;
+    Ok(ok(json!({ "user_id": user, "role": body.role })))
+}
+
+fn member_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("Member"),
+        other => other.into(),
+    }
+}
+
+/// Removes a member.
+#[utoipa::path(delete, path = "/v1/orgs/{org}/members/{user}", tag = "members",
+    responses((status = 204, description = "Removed"), (status = 409, description = "The last owner cannot be removed")))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path((org, user)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let a = org_access(&state, &principal, &org).await?;
+    a.require("members:write")?;
+    let current = state
+        .store
+        .membership(&org, &user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Member"))?;
+    if current == "owner" {
+        a.require_owner()?;
+    }
+    state
+        .store
+        .remove_member(&org, &user, &audit(&state, &a, &ip))
+        .await
+        .map_err(member_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Built-in and custom roles.
+#[utoipa::path(get, path = "/v1/orgs/{org}/roles", tag = "roles", responses((status = 200, body = [Role])))]
+pub async fn list_roles(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(org): Path<String>,
+) -> Result<Success<Vec<Role>>, ApiError> {
+    org_access(&state, &principal, &org)
+        .await?
+        .require("members:read")?;
+    let mut roles: Vec<Role> = permissions::BUILTIN_ROLES
+        .iter()
+        .map(|r| Role {
+            name: r.to_string(),
+            permissions: permissions::builtin(r).unwrap_or_default(),
+            builtin: true,
+        })
+        .collect();
+    roles.extend(state.store.custom_roles(&org).await?);
+    Ok(ok(roles))
+}
+
+/// A custom role.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRoleBody {
+    /// 1-32 of a-z 0-9 _ -.
+    pub name: String,
+    /// Permissions (each one the creator holds).
+    pub permissions: Vec<String>,
+}
+
+/// Defines a custom role.
+#[utoipa::path(post, path = "/v1/orgs/{org}/roles", tag = "roles", request_body = NewRoleBody,
+    responses((status = 201, body = Role), (status = 409, description = "Name taken")))]
+pub async fn create_role(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path(org): Path<String>,
+    ApiJson(body): ApiJson<NewRoleBody>,
+) -> Result<Success<Role>, ApiError> {
+    let a = org_access(&state, &principal, &org).await?;
+    a.require("members:write")?;
+    permissions::check_role_name(&body.name).map_err(|m| ApiError::field("name", m))?;
+    let perms = permissions::parse_list(&body.permissions)
+        .map_err(|p| ApiError::field("permissions", &format!("unknown permission {p:?}")))?;
+    if let Some(missing) = perms.iter().find(|p| !a.has(p)) {
+        return Err(ApiError::msg(
+            Code::Forbidden,
+            format!("You cannot grant {missing}, which you do not hold."),
+        )
+        .details(json!({ "required": missing })));
+    }
+    state
+        .store
+        .create_role(&org, &body.name, &perms, &audit(&state, &a, &ip))
+        .await?;
+    Ok(created(Role {
+        name: body.name,
+        permissions: perms,
+        builtin: false,
+    }))
+}
+
+/// Deletes a custom role no member holds.
+#[utoipa::path(delete, path = "/v1/orgs/{org}/roles/{name}", tag = "roles",
+    responses((status = 204, description = "Deleted"), (status = 409, description = "Still held")))]
+pub async fn delete_role(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path((org, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let a = org_access(&state, &principal, &org).await?;
+    a.require("members:write")?;
+    if permissions::BUILTIN_ROLES.contains(&name.as_str()) {
+        return Err(ApiError::msg(
+            Code::Conflict,
+            "Built-in roles cannot be deleted.",
+        ));
+    }
+    state
+        .store
+        .delete_role(&org, &name, &audit(&state, &a, &ip))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("Role"),
+            other => other.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,205 @@
+//! API keys: minting, and verification that touches no storage on a warm cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::auth::api_key::{self, Environment};
+use crate::auth::tokens::sha256_hex;
+use crate::clock::Clock;
+use crate::store::{ApiKeyRecord, Store, StoreError};
+
+/// Why a presented key was refused (`details.reason` of the 401).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFailure {
+    /// Wrong shape or checksum: refused without a lookup.
+    Malformed,
+    /// No such key.
+    NotFound,
+    /// Past its expiry (or its roll grace period).
+    Expired,
+    /// Revoked.
+    Revoked,
+}
+
+impl KeyFailure {
+    /// The wire reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyFailure::Malformed => "malformed",
+            KeyFailure::NotFound => "not_found",
+            KeyFailure::Expired => "expired",
+            KeyFailure::Revoked => "revoked",
+        }
+    }
+}
+
+/// How long a verified key is trusted from memory; revocation on this instance invalidates
+/// at once, other instances see it within this time (until Redis fan-out is configured).
+const POSITIVE_TTL: Duration = Duration::from_secs(60);
+/// How long an unknown key is remembered, so random keys cannot hammer storage.
+const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+
+/// Verification caches and the last-used write-behind buffer.
+#[derive(Clone)]
+pub struct Keys {
+    store: Store,
+    clock: Clock,
+    prefix: Arc<str>,
+    known: moka::future::Cache<String, Arc<ApiKeyRecord>>,
+    unknown: moka::sync::Cache<String, ()>,
+    used: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+/// Everything needed to mint a key.
+pub struct NewKey {
+    /// The owning organization.
+    pub org_id: String,
+    /// 1-50 characters.
+    pub name: String,
+    /// Checked permissions.
+    pub scopes: Vec<String>,
+    /// live/test.
+    pub environment: Environment,
+    /// Unix ms, or never.
+    pub expires_at: Option<i64>,
+    /// A small JSON object.
+    pub metadata: Value,
+    /// The actor.
+    pub created_by: String,
+}
+
+impl Keys {
+    /// Caches over `store` for keys with `prefix`.
+    pub fn new(store: Store, clock: Clock, prefix: &str) -> Self {
+        Self {
+            store,
+            clock,
+            prefix: prefix.into(),
+            known: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(POSITIVE_TTL)
+                .build(),
+            unknown: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(NEGATIVE_TTL)
+                .build(),
+            used: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Whether a bearer credential is one of our keys (rather than a JWT).
+    pub fn looks_like_key(&self, credential: &str) -> bool {
+        api_key::looks_like_key(&self.prefix, credential)
+    }
+
+    /// Mints a key: returns the full key (shown once) and the record stored for it.
+    pub fn mint(&self, k: NewKey) -> (String, ApiKeyRecord) {
+        let key = api_key::generate(&self.prefix, k.environment);
+        let record = ApiKeyRecord {
+            id: format!("key_{}", uuid::Uuid::new_v4().simple()),
+            org_id: k.org_id,
+            key_hash: sha256_hex(&key),
+            start: api_key::start(&key),
+            name: k.name,
+            scopes: k.scopes,
+            environment: k.environment.as_str().to_string(),
+            metadata: k.metadata,
+            created_by: k.created_by,
+            created_at: self.clock.now_ms(),
+            expires_at: k.expires_at,
+            last_used_at: None,
+            revoked_at: None,
+            rolled_to: None,
+        };
+        (key, record)
+    }
+
+    /// Verifies a presented key. On a warm cache this is a checksum, a SHA-256 and a
+    /// memory lookup; storage is read once per key per cache lifetime.
+    pub async fn verify(&self, presented: &str) -> Result<Arc<ApiKeyRecord>, KeyFailure> {
+        if api_key::parse(&self.prefix, presented).is_none() {
+            return Err(KeyFailure::Malformed);
+        }
+        let hash = sha256_hex(presented);
+        if self.unknown.contains_key(&hash) {
+            return Err(KeyFailure::NotFound);
+        }
+        let store = self.store.clone();
+        let h = hash.clone();
+        let looked_up = self
+            .known
+            .try_get_with(hash.clone(), async move {
+                match store.api_key_by_hash(&h).await {
+                    Ok(Some(rec)) => Ok(Arc::new(rec)),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e.to_string())),
+                }
+            })
+            .await;
+        let record = match looked_up {
+            Ok(rec) => rec,
+            Err(e) => {
+                return match e.as_ref() {
+                    None => {
+                        self.unknown.insert(hash, ());
+                        Err(KeyFailure::NotFound)
+                    }
+                    Some(cause) => {
+                        // Storage is down and the key is not cached: refuse, loudly.
+                        tracing::error!(error = %cause, "key lookup failed");
+                        Err(KeyFailure::NotFound)
+                    }
+                };
+            }
+        };
+        let now = self.clock.now_ms();
+        match record.status(now) {
+            "revoked" => return Err(KeyFailure::Revoked),
+            "expired" => return Err(KeyFailure::Expired),
+            _ => {}
+        }
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(record.id.clone(), now);
+        }
+        Ok(record)
+    }
+
+    /// Drops a key from the caches (after revoke or roll), so the change applies at once here.
+    pub async fn invalidate(&self, key_hash: &str) {
+        self.known.invalidate(key_hash).await;
+    }
+
+    /// Writes the buffered last-used times in one batch.
+    pub async fn flush_last_used(&self) -> Result<usize, StoreError> {
+        let batch: Vec<(String, i64)> = match self.used.lock() {
+            Ok(mut used) => used.drain().collect(),
+            Err(_) => Vec::new(),
+        };
+        let n = batch.len();
+        if let Err(e) = self.store.touch_api_keys(&batch).await {
+            // Put the batch back (keeping any newer use) so nothing is lost to an outage.
+            if let Ok(mut used) = self.used.lock() {
+                for (id, at) in batch {
+                    let slot = used.entry(id).or_insert(at);
+                    *slot = (*slot).max(at);
+                }
+            }
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// Flushes last-used times every `every` until the process ends.
+    pub async fn write_behind(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.flush_last_used().await {
+                tracing::warn!(error = %e, "writing last-used times failed; will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::audit::{record, Audit};
+use super::{Store, StoreError, StoreResult};
+
+/// A stored API key: everything but the key itself (only its SHA-256 is kept).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiKeyRecord {
+    /// `key_…`.
+    pub id: String,
+    /// The owning organization.
+    pub org_id: String,
+    /// SHA-256 (hex) of the key.
+    pub key_hash: String,
+    /// The first 12 characters, for listings.
+    pub start: String,
+    /// Display name.
+    pub name: String,
+    /// Permissions granted to the key.
+    pub scopes: Vec<String>,
+    /// `live` or `test`.
+    pub environment: String,
+    /// Caller-defined JSON object.
+    pub metadata: Value,
+    /// Who created it.
+    pub created_by: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms, or never.
+    pub expires_at: Option<i64>,
+    /// Unix ms of the last use (written behind, in batches).
+    pub last_used_at: Option<i64>,
+    /// Unix ms of revocation.
+    pub revoked_at: Option<i64>,
+    /// The key that replaced it in a roll.
+    pub rolled_to: Option<String>,
+}
+
+impl ApiKeyRecord {
+    /// `active`, `expired` or `revoked` at `now`.
+    pub fn status(&self, now: i64) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
+const COLUMNS: &str =
+    "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
+     expires_at, last_used_at, revoked_at, rolled_to";
+
+fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
+    let scopes: String = r.try_get("scopes")?;
+    let metadata: String = r.try_get("metadata")?;
+    Ok(ApiKeyRecord {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        key_hash: r.try_get("key_hash")?,
+        start: r.try_get("start")?,
+        name: r.try_get("name")?,
+        scopes: serde_json::from_str(&scopes)
+            .map_err(|e| StoreError::Other(format!("scopes: {e}")))?,
+        environment: r.try_get("environment")?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Other(format!("metadata: {e}")))?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        rolled_to: r.try_get("rolled_to")?,
+    })
+}
+
+async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult<()> {
+    sqlx::query(&format!(
+        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    ))
+    .bind(&k.id)
+    .bind(&k.org_id)
+    .bind(&k.key_hash)
+    .bind(&k.start)
+    .bind(&k.name)
+    .bind(serde_json::to_string(&k.scopes).unwrap_or_else(|_| "[]".into()))
+    .bind(&k.environment)
+    .bind(k.metadata.to_string())
+    .bind(&k.created_by)
+    .bind(k.created_at)
+    .bind(k.expires_at)
+    .bind(k.last_used_at)
+    .bind(k.revoked_at)
+    .bind(k.rolled_to.as_deref())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn audit_details(k: &ApiKeyRecord) -> Value {
+    json!({ "name": k.name, "start": k.start, "scopes": k.scopes, "environment": k.environment })
+}
+
+impl Store {
+    /// Stores a new key.
+    pub async fn create_api_key(&self, k: &ApiKeyRecord, audit: &Audit) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        insert(&mut tx, k).await?;
+        record(
+            &mut tx,
+            &k.org_id,
+            audit,
+            "api_key.created",
+            Some(&k.id),
+            audit_details(k),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The keys of an organization, newest first.
+    pub async fn api_keys(&self, org_id: &str) -> StoreResult<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id"
+        ))
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// One key of an organization.
+    pub async fn api_key(&self, org_id: &str, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The key with this hash, of any organization: the verification path (the caller then
+    /// knows the organization from the record).
+    pub async fn api_key_by_hash(&self, hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Revokes a key at once; `NotFound` if it is not this organization's, `Conflict` if already revoked.
+    pub async fn revoke_api_key(
+        &self,
+        org_id: &str,
+        id: &str,
+        audit: &Audit,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL")
+            .bind(audit.now)
+            .bind(org_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let k = row
+            .as_ref()
+            .map(from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict("the key is already revoked".into()));
+        }
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "api_key.revoked",
+            Some(id),
+            audit_details(&k),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(k)
+    }
+
+    /// Replaces `old_id` by `new`: the old key keeps working until `old_expires_at`.
+    pub async fn roll_api_key(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        old_expires_at: i64,
+        audit: &Audit,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE api_keys SET rolled_to = $1, expires_at = $2 WHERE org_id = $3 AND id = $4 \
+             AND revoked_at IS NULL AND rolled_to IS NULL",
+        )
+        .bind(&new.id)
+        .bind(old_expires_at)
+        .bind(&new.org_id)
+        .bind(old_id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(
+                "the key is revoked or was already rolled".into(),
+            ));
+        }
+        insert(&mut tx, new).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(&new.org_id)
+        .bind(old_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let old = from_row(&row)?;
+        let mut details = audit_details(new);
+        details["replaces"] = json!(old_id);
+        details["old_key_expires_at"] = json!(old_expires_at);
+        record(
+            &mut tx,
+            &new.org_id,
+            audit,
+            "api_key.rolled",
+            Some(&new.id),
+            details,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(old)
+    }
+
+    /// Writes last-used times gathered in memory, in one transaction.
+    pub async fn touch_api_keys(&self, uses: &[(String, i64)]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in uses {
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

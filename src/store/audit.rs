@@ -1,0 +1,96 @@
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
+
+use super::{Store, StoreResult};
+
+/// Who did what, recorded in the same transaction as the change.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    /// `user:{id}`, `api_key:{id}` or `cli`.
+    pub actor: String,
+    /// The client address, when over HTTP.
+    pub ip: Option<String>,
+    /// Unix ms.
+    pub now: i64,
+}
+
+/// One audit-log entry as listed.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// Entry id.
+    pub id: String,
+    /// `organization.created`, `api_key.revoked`, …
+    pub action: String,
+    /// Who did it.
+    pub actor: String,
+    /// What it was done to (an id or email).
+    pub target: Option<String>,
+    /// From where.
+    pub ip: Option<String>,
+    /// Non-secret details.
+    #[schema(value_type = Object)]
+    pub details: Value,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// Writes an entry on the given connection (inside the caller's transaction).
+pub(super) async fn record(
+    conn: &mut AnyConnection,
+    org_id: &str,
+    audit: &Audit,
+    action: &str,
+    target: Option<&str>,
+    details: Value,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, org_id, actor, action, target, ip, details, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(format!("aud_{}", uuid::Uuid::new_v4().simple()))
+    .bind(org_id)
+    .bind(&audit.actor)
+    .bind(action)
+    .bind(target)
+    .bind(audit.ip.as_deref())
+    .bind(details.to_string())
+    .bind(audit.now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The newest entries of an organization's audit log, before `before` (unix ms) if given.
+    pub async fn audit_log(
+        &self,
+        org_id: &str,
+        limit: i64,
+        before: Option<i64>,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, action, actor, target, ip, details, created_at FROM audit_log \
+             WHERE org_id = $1 AND created_at < $2 ORDER BY created_at DESC, id DESC LIMIT $3",
+        )
+        .bind(org_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let details: String = r.try_get("details")?;
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    action: r.try_get("action")?,
+                    actor: r.try_get("actor")?,
+                    target: r.try_get("target")?,
+                    ip: r.try_get("ip")?,
+                    details: serde_json::from_str(&details).unwrap_or(Value::Null),
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,433 @@
+use serde::Serialize;
+use serde_json::json;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::audit::{record, Audit};
+use super::{Store, StoreError, StoreResult};
+
+/// An organization (tenant).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Org {
+    /// `org_…`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// A member of an organization.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Member {
+    /// User id.
+    pub user_id: String,
+    /// Email.
+    pub email: String,
+    /// Role name.
+    pub role: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A custom role.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Role {
+    /// Name.
+    pub name: String,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Whether it is one of owner/admin/member.
+    pub builtin: bool,
+}
+
+fn org_from_row(r: &AnyRow) -> StoreResult<Org> {
+    Ok(Org {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// Locks the organization row for the rest of the transaction, so membership changes of one
+/// organization are serialised (the last-owner rule depends on it). Fails if it is gone.
+async fn lock_org(conn: &mut AnyConnection, org_id: &str, now: i64) -> StoreResult<()> {
+    let r = sqlx::query("UPDATE organizations SET updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(org_id)
+        .execute(conn)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+async fn owner_count(conn: &mut AnyConnection, org_id: &str) -> StoreResult<i64> {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE org_id = $1 AND role = 'owner'")
+            .bind(org_id)
+            .fetch_one(conn)
+            .await?;
+    Ok(n)
+}
+
+async fn role_of(
+    conn: &mut AnyConnection,
+    org_id: &str,
+    user_id: &str,
+) -> StoreResult<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(org_id)
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|r| r.0))
+}
+
+impl Store {
+    /// Creates an organization with its creator as owner.
+    pub async fn create_org(&self, name: &str, owner_id: &str, audit: &Audit) -> StoreResult<Org> {
+        let id = format!("org_{}", uuid::Uuid::new_v4().simple());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO organizations (id, name, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
+            .bind(&id)
+            .bind(name)
+            .bind(owner_id)
+            .bind(audit.now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO memberships (org_id, user_id, role, created_at) VALUES ($1, $2, 'owner', $3)")
+            .bind(&id)
+            .bind(owner_id)
+            .bind(audit.now)
+            .execute(&mut *tx)
+            .await?;
+        record(
+            &mut tx,
+            &id,
+            audit,
+            "organization.created",
+            Some(&id),
+            json!({ "name": name }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Org {
+            id,
+            name: name.to_string(),
+            created_at: audit.now,
+            updated_at: audit.now,
+        })
+    }
+
+    /// An organization by id.
+    pub async fn org(&self, org_id: &str) -> StoreResult<Option<Org>> {
+        let row =
+            sqlx::query("SELECT id, name, created_at, updated_at FROM organizations WHERE id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(org_from_row).transpose()
+    }
+
+    /// The organizations a user belongs to, with the user's role in each.
+    pub async fn orgs_of_user(&self, user_id: &str) -> StoreResult<Vec<(Org, String)>> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.name, o.created_at, o.updated_at, m.role FROM organizations o \
+             JOIN memberships m ON m.org_id = o.id WHERE m.user_id = $1 ORDER BY o.created_at, o.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((org_from_row(r)?, r.try_get("role")?)))
+            .collect()
+    }
+
+    /// Renames an organization.
+    pub async fn rename_org(&self, org_id: &str, name: &str, audit: &Audit) -> StoreResult<Org> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE organizations SET name = $1, updated_at = $2 WHERE id = $3")
+            .bind(name)
+            .bind(audit.now)
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "organization.renamed",
+            Some(org_id),
+            json!({ "name": name }),
+        )
+        .await?;
+        tx.commit().await?;
+        self.org(org_id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Deletes an organization and everything it owns; returns the hashes of its keys.
+    pub async fn delete_org(&self, org_id: &str) -> StoreResult<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let hashes: Vec<(String,)> =
+            sqlx::query_as("SELECT key_hash FROM api_keys WHERE org_id = $1")
+                .bind(org_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let r = sqlx::query("DELETE FROM organizations WHERE id = $1")
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await?;
+        Ok(hashes.into_iter().map(|h| h.0).collect())
+    }
+
+    /// A user's role in an organization.
+    pub async fn membership(&self, org_id: &str, user_id: &str) -> StoreResult<Option<String>> {
+        let mut conn = self.pool.acquire().await?;
+        role_of(&mut conn, org_id, user_id).await
+    }
+
+    /// The members of an organization.
+    pub async fn members(&self, org_id: &str) -> StoreResult<Vec<Member>> {
+        let rows = sqlx::query(
+            "SELECT m.user_id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.org_id = $1 ORDER BY m.created_at, u.email",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Member {
+                    user_id: r.try_get("user_id")?,
+                    email: r.try_get("email")?,
+                    role: r.try_get("role")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a user; `Conflict` if already a member.
+    pub async fn add_member(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        email: &str,
+        role: &str,
+        audit: &Audit,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_org(&mut tx, org_id, audit.now).await?;
+        sqlx::query(
+            "INSERT INTO memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(org_id)
+        .bind(user_id)
+        .bind(role)
+        .bind(audit.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("the user is already a member".into()),
+            other => other,
+        })?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "member.added",
+            Some(user_id),
+            json!({ "email": email, "role": role }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes a member's role; refuses to demote the last owner.
+    pub async fn set_member_role(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        role: &str,
+        audit: &Audit,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_org(&mut tx, org_id, audit.now).await?;
+        let current = role_of(&mut tx, org_id, user_id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if current == "owner" && role != "owner" && owner_count(&mut tx, org_id).await? <= 1 {
+            return Err(StoreError::Conflict(
+                "the last owner cannot be demoted".into(),
+            ));
+        }
+        sqlx::query("UPDATE memberships SET role = $1 WHERE org_id = $2 AND user_id = $3")
+            .bind(role)
+            .bind(org_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "member.role_changed",
+            Some(user_id),
+            json!({ "from": current, "to": role }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a member; refuses to remove the last owner.
+    pub async fn remove_member(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        audit: &Audit,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_org(&mut tx, org_id, audit.now).await?;
+        let current = role_of(&mut tx, org_id, user_id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if current == "owner" && owner_count(&mut tx, org_id).await? <= 1 {
+            return Err(StoreError::Conflict(
+                "the last owner cannot be removed".into(),
+            ));
+        }
+        sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(org_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "member.removed",
+            Some(user_id),
+            json!({ "role": current }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The custom roles of an organization.
+    pub async fn custom_roles(&self, org_id: &str) -> StoreResult<Vec<Role>> {
+        let rows =
+            sqlx::query("SELECT name, permissions FROM roles WHERE org_id = $1 ORDER BY name")
+                .bind(org_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let perms: String = r.try_get("permissions")?;
+                Ok(Role {
+                    name: r.try_get("name")?,
+                    permissions: serde_json::from_str(&perms).unwrap_or_default(),
+                    builtin: false,
+                })
+            })
+            .collect()
+    }
+
+    /// One custom role.
+    pub async fn custom_role(&self, org_id: &str, name: &str) -> StoreResult<Option<Role>> {
+        Ok(self
+            .custom_roles(org_id)
+            .await?
+            .into_iter()
+            .find(|r| r.name == name))
+    }
+
+    /// Creates a custom role; `Conflict` if the name is taken.
+    pub async fn create_role(
+        &self,
+        org_id: &str,
+        name: &str,
+        permissions: &[String],
+        audit: &Audit,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_org(&mut tx, org_id, audit.now).await?;
+        sqlx::query(
+            "INSERT INTO roles (org_id, name, permissions, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(org_id)
+        .bind(name)
+        .bind(serde_json::to_string(permissions).unwrap_or_else(|_| "[]".into()))
+        .bind(audit.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict("a role with this name already exists".into())
+            }
+            other => other,
+        })?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "role.created",
+            Some(name),
+            json!({ "permissions": permissions }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a custom role; `Conflict` while members hold it.
+    pub async fn delete_role(&self, org_id: &str, name: &str, audit: &Audit) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_org(&mut tx, org_id, audit.now).await?;
+        let (holders,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE org_id = $1 AND role = $2")
+                .bind(org_id)
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+        if holders > 0 {
+            return Err(StoreError::Conflict(format!(
+                "{holders} member(s) still hold this role"
+            )));
+        }
+        let r = sqlx::query("DELETE FROM roles WHERE org_id = $1 AND name = $2")
+            .bind(org_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "role.deleted",
+            Some(name),
+            json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
