@@ -42,8 +42,10 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_org ON api_keys(org_id);
 
+-- seq orders entries exactly (several can share a millisecond) and pages the log.
 CREATE TABLE audit_log (
-    id TEXT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
     org_id TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     actor TEXT NOT NULL,
     action TEXT NOT NULL,
@@ -52,4 +54,4 @@ CREATE TABLE audit_log (
     details TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
-CREATE INDEX audit_log_org_time ON audit_log(org_id, created_at);
+CREATE INDEX audit_log_org_seq ON audit_log(org_id, seq);

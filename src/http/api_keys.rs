@@ -447,13 +447,13 @@ pub async fn verify_key(
 pub struct AuditQuery {
     /// At most this many entries (1-200, default 50).
     pub limit: Option<i64>,
-    /// Entries strictly older than this unix-ms time.
+    /// Entries older than this position (`seq` of the last entry of the previous page).
     pub before: Option<i64>,
 }
 
 /// The organization's audit log, newest first.
 #[utoipa::path(get, path = "/v1/orgs/{org}/audit-log", tag = "audit",
-    params(("limit" = Option<i64>, Query, description = "1-200, default 50"), ("before" = Option<i64>, Query, description = "unix ms")),
+    params(("limit" = Option<i64>, Query, description = "1-200, default 50"), ("before" = Option<i64>, Query, description = "seq of the last entry already read")),
     responses((status = 200, body = [AuditEntry])))]
 pub async fn audit_log(
     State(state): State<AppState>,

@@ -20,6 +20,8 @@ pub struct Audit {
 pub struct AuditEntry {
     /// Entry id.
     pub id: String,
+    /// Position in the log; pass it as `before` to read older entries.
+    pub seq: i64,
     /// `organization.created`, `api_key.revoked`, …
     pub action: String,
     /// Who did it.
@@ -62,7 +64,7 @@ pub(super) async fn record(
 }
 
 impl Store {
-    /// The newest entries of an organization's audit log, before `before` (unix ms) if given.
+    /// The newest entries of an organization's audit log, older than position `before` if given.
     pub async fn audit_log(
         &self,
         org_id: &str,
@@ -70,8 +72,8 @@ impl Store {
         before: Option<i64>,
     ) -> StoreResult<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT id, action, actor, target, ip, details, created_at FROM audit_log \
-             WHERE org_id = $1 AND created_at < $2 ORDER BY created_at DESC, id DESC LIMIT $3",
+            "SELECT seq, id, action, actor, target, ip, details, created_at FROM audit_log \
+             WHERE org_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
         )
         .bind(org_id)
         .bind(before.unwrap_or(i64::MAX))
@@ -83,6 +85,7 @@ impl Store {
                 let details: String = r.try_get("details")?;
                 Ok(AuditEntry {
                     id: r.try_get("id")?,
+                    seq: r.try_get("seq")?,
                     action: r.try_get("action")?,
                     actor: r.try_get("actor")?,
                     target: r.try_get("target")?,

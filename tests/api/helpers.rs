@@ -290,3 +290,88 @@ macro_rules! story {
         }
     };
 }
+
+/// A signed-up person with a live access token.
+pub struct Person {
+    pub email: String,
+    pub id: String,
+    pub token: String,
+}
+
+impl TestApp {
+    /// Signs up a fresh person.
+    pub async fn person(&self) -> Person {
+        let (email, _, s) = self.new_user().await;
+        Person {
+            email,
+            id: s["user"]["id"].as_str().unwrap().to_string(),
+            token: s["access_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// A `/v1` request with a bearer credential (JWT or API key).
+    pub fn v1(&self, method: Method, path: &str, bearer: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(&format!("/v1{path}")))
+            .bearer_auth(bearer)
+    }
+
+    /// Sends a `/v1` request and returns status and body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.v1(method, path, bearer);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        parts(req.send().await.unwrap()).await
+    }
+
+    /// Creates an organization owned by `owner`; returns its id.
+    pub async fn org(&self, owner: &Person, name: &str) -> String {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/orgs",
+                &owner.token,
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["data"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Adds `who` to `org` with `role` (as `by`).
+    pub async fn add(&self, by: &Person, org: &str, who: &Person, role: &str) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/members"),
+                &by.token,
+                Some(json!({"email": who.email, "role": role})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Creates a key in `org` (as `by`); returns (key, id).
+    pub async fn key(&self, by: &Person, org: &str, scopes: &[&str]) -> (String, String) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/api-keys"),
+                &by.token,
+                Some(json!({"name": "test key", "scopes": scopes})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["data"]["key"].as_str().unwrap().to_string(),
+            body["data"]["id"].as_str().unwrap().to_string(),
+        )
+    }
+}

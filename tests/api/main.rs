@@ -3,7 +3,9 @@
 
 mod helpers;
 
+mod api_keys;
 mod auth_v1;
 mod bad_input;
 mod dashboard;
+mod orgs;
 mod process;

@@ -1,0 +1,378 @@
+//! Organizations, members and roles.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::TestApp;
+use crate::story;
+
+story!(
+    the_creator_owns_a_new_organization_and_sees_it_in_me,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let org = app.org(&ann, "Acme").await;
+        let (status, me) = app.call(Method::GET, "/me", &ann.token, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            me["data"]["organizations"],
+            json!([{"id": org, "name": "Acme", "role": "owner"}])
+        );
+        let (status, list) = app.call(Method::GET, "/orgs", &ann.token, None).await;
+        assert_eq!(
+            (status, list["data"][0]["role"].clone()),
+            (200, json!("owner"))
+        );
+        let (status, body) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}"),
+                &ann.token,
+                Some(json!({"name": "Acme Inc"})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["data"]["name"].clone()),
+            (200, json!("Acme Inc"))
+        );
+        app
+    }
+);
+
+story!(
+    a_non_member_is_told_so_whatever_the_org,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let bob = app.person().await;
+        let org = app.org(&ann, "Acme").await;
+        for (m, path) in [
+            (Method::GET, format!("/orgs/{org}")),
+            (Method::GET, format!("/orgs/{org}/members")),
+            (Method::GET, format!("/orgs/{org}/api-keys")),
+            (
+                Method::GET,
+                "/orgs/org_00000000000000000000000000000000".to_string(),
+            ),
+        ] {
+            let (status, body) = app.call(m, &path, &bob.token, None).await;
+            assert_eq!(status, 403, "{path}");
+            assert_eq!(
+                body["error"]["message"],
+                "Not a member of the selected organization"
+            );
+        }
+        let (status, _) = app
+            .call(Method::GET, "/orgs/not-an-id", &bob.token, None)
+            .await;
+        assert_eq!(status, 400);
+        app
+    }
+);
+
+story!(
+    members_are_added_changed_and_removed_with_the_last_owner_protected,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let bob = app.person().await;
+        let org = app.org(&ann, "Acme").await;
+        app.add(&ann, &org, &bob, "member").await;
+        let (status, body) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/members"),
+                &ann.token,
+                Some(json!({"email": bob.email, "role": "admin"})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (409, json!("conflict"))
+        );
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/members"),
+                &ann.token,
+                Some(json!({"email": "ghost@example.com", "role": "member"})),
+            )
+            .await;
+        assert_eq!(status, 404);
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/members"),
+                &ann.token,
+                Some(json!({"email": "ghost@example.com", "role": "emperor"})),
+            )
+            .await;
+        assert_eq!(status, 422);
+        // A member cannot manage members.
+        let carl = app.person().await;
+        let (status, body) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/members"),
+                &bob.token,
+                Some(json!({"email": carl.email, "role": "member"})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["details"]["required"].clone()),
+            (403, json!("members:write"))
+        );
+        let (status, members) = app
+            .call(
+                Method::GET,
+                &format!("/orgs/{org}/members"),
+                &bob.token,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, members["data"].as_array().unwrap().len()),
+            (200, 2)
+        );
+        // The last owner can be neither demoted nor removed.
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}/members/{}", ann.id),
+                &ann.token,
+                Some(json!({"role": "admin"})),
+            )
+            .await;
+        assert_eq!(status, 409);
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/members/{}", ann.id),
+                &ann.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 409);
+        // With a second owner, the first can step down.
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}/members/{}", bob.id),
+                &ann.token,
+                Some(json!({"role": "owner"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}/members/{}", ann.id),
+                &ann.token,
+                Some(json!({"role": "member"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/members/{}", ann.id),
+                &bob.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        let (status, _) = app
+            .call(Method::GET, &format!("/orgs/{org}"), &ann.token, None)
+            .await;
+        assert_eq!(status, 403);
+        app
+    }
+);
+
+story!(
+    admins_cannot_touch_owners_or_create_keys,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let ada = app.person().await;
+        let carl = app.person().await;
+        let org = app.org(&ann, "Acme").await;
+        app.add(&ann, &org, &ada, "admin").await;
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/members"),
+                &ada.token,
+                Some(json!({"email": carl.email, "role": "owner"})),
+            )
+            .await;
+        assert_eq!(status, 403);
+        app.add(&ada, &org, &carl, "member").await;
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}/members/{}", ann.id),
+                &ada.token,
+                Some(json!({"role": "member"})),
+            )
+            .await;
+        assert_eq!(status, 403);
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/members/{}", ann.id),
+                &ada.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 403);
+        let (status, body) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/api-keys"),
+                &ada.token,
+                Some(json!({"name": "k"})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["details"]["required"].clone()),
+            (403, json!("keys:write"))
+        );
+        let (status, _) = app
+            .call(Method::DELETE, &format!("/orgs/{org}"), &ada.token, None)
+            .await;
+        assert_eq!(status, 403);
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}"),
+                &ada.token,
+                Some(json!({"name": "Renamed"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        app
+    }
+);
+
+story!(
+    custom_roles_grant_exactly_their_permissions,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let ada = app.person().await;
+        let coach = app.person().await;
+        let org = app.org(&ann, "Acme").await;
+        app.add(&ann, &org, &ada, "admin").await;
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/roles"),
+                &ada.token,
+                Some(json!({"name": "keymaster", "permissions": ["keys:write"]})),
+            )
+            .await;
+        assert_eq!(
+            status, 403,
+            "an admin cannot mint a role with a permission it lacks"
+        );
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/roles"),
+                &ann.token,
+                Some(json!({"name": "coach", "permissions": ["chat:write", "nope:nope"]})),
+            )
+            .await;
+        assert_eq!(status, 422);
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/roles"),
+                &ann.token,
+                Some(json!({"name": "owner", "permissions": []})),
+            )
+            .await;
+        assert_eq!(status, 422);
+        let (status, role) = app.call(Method::POST, &format!("/orgs/{org}/roles"), &ann.token, Some(json!({"name": "coach", "permissions": ["chat:write", "threads:read", "keys:read"]}))).await;
+        assert_eq!(
+            (status, role["data"]["name"].clone()),
+            (201, json!("coach"))
+        );
+        app.add(&ann, &org, &coach, "coach").await;
+        let (status, _) = app
+            .call(
+                Method::GET,
+                &format!("/orgs/{org}/api-keys"),
+                &coach.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, body) = app
+            .call(
+                Method::GET,
+                &format!("/orgs/{org}/members"),
+                &coach.token,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["details"]["required"].clone()),
+            (403, json!("members:read"))
+        );
+        let (status, roles) = app
+            .call(Method::GET, &format!("/orgs/{org}/roles"), &ann.token, None)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(roles["data"].as_array().unwrap().len(), 4);
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/roles/coach"),
+                &ann.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 409, "still held");
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/members/{}", coach.id),
+                &ann.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/roles/coach"),
+                &ann.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        app
+    }
+);
+
+story!(
+    deleting_an_organization_takes_its_keys_with_it,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let org = app.org(&ann, "Doomed").await;
+        let (key, _) = app.key(&ann, &org, &["chat:write"]).await;
+        assert_eq!(app.me(&key).await.status(), 200);
+        let (status, _) = app
+            .call(Method::DELETE, &format!("/orgs/{org}"), &ann.token, None)
+            .await;
+        assert_eq!(status, 204);
+        let (status, body) = crate::helpers::parts(app.me(&key).await).await;
+        assert_eq!(
+            (status, body["error"]["details"]["reason"].clone()),
+            (401, json!("not_found"))
+        );
+        let (status, _) = app
+            .call(Method::GET, &format!("/orgs/{org}"), &ann.token, None)
+            .await;
+        assert_eq!(status, 403);
+        app
+    }
+);
