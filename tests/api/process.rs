@@ -102,7 +102,7 @@ async fn user_survives_kill_9(db: Db) {
     let client = Client::new();
     let mut server = start(&test_db.url, &dir).await;
     let email = format!("durable-{}@example.com", uuid::Uuid::new_v4().simple());
-    let (status, _) = post(
+    let (status, session) = post(
         &client,
         format!("{}/auth/v1/signup", server.base),
         json!({"email": email, "password": "survives a crash"}),
@@ -110,6 +110,25 @@ async fn user_survives_kill_9(db: Db) {
     )
     .await;
     assert_eq!(status, 200);
+    let token = session["access_token"].as_str().unwrap();
+    let (status, org) = post(
+        &client,
+        format!("{}/v1/orgs", server.base),
+        json!({"name": "Durable"}),
+        Some(token),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let org_id = org["data"]["id"].as_str().unwrap();
+    let (status, key) = post(
+        &client,
+        format!("{}/v1/orgs/{org_id}/api-keys", server.base),
+        json!({"name": "k"}),
+        Some(token),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let key = key["data"]["key"].as_str().unwrap().to_string();
     server.child.kill().unwrap(); // SIGKILL: no chance to flush anything
     server.child.wait().unwrap();
     let mut again = start(&test_db.url, &dir).await;
@@ -121,18 +140,25 @@ async fn user_survives_kill_9(db: Db) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    let me = client
+        .get(format!("{}/v1/me", again.base))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200, "an acknowledged key survives the crash");
     again.child.kill().unwrap();
     again.child.wait().unwrap();
     test_db.cleanup().await;
 }
 
 #[tokio::test]
-async fn a_user_created_just_before_kill_9_signs_in_after_restart_on_sqlite() {
+async fn a_user_and_key_created_just_before_kill_9_survive_on_sqlite() {
     user_survives_kill_9(Db::Sqlite).await;
 }
 
 #[tokio::test]
-async fn a_user_created_just_before_kill_9_signs_in_after_restart_on_postgres() {
+async fn a_user_and_key_created_just_before_kill_9_survive_on_postgres() {
     user_survives_kill_9(Db::Postgres).await;
 }
 
@@ -174,6 +200,53 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         .await
         .unwrap();
     assert_eq!(me.status(), 200);
+    // An organization and an API key, used both ways and verified.
+    let org: Value = client
+        .post(format!("{base}/v1/orgs"))
+        .bearer_auth(&access)
+        .json(&json!({"name": "Logs"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org_id = org["data"]["id"].as_str().unwrap().to_string();
+    let created: Value = client
+        .post(format!("{base}/v1/orgs/{org_id}/api-keys"))
+        .bearer_auth(&access)
+        .json(&json!({"name": "k", "scopes": ["keys:verify"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_key = created["data"]["key"].as_str().unwrap().to_string();
+    let res = client
+        .get(format!("{base}/v1/me"))
+        .header("x-api-key", &api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = client
+        .post(format!("{base}/v1/keys/verify"))
+        .bearer_auth(&api_key)
+        .json(&json!({"key": api_key}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut typo = api_key.clone();
+    typo.push('x');
+    let res = client
+        .get(format!("{base}/v1/me"))
+        .header("x-api-key", &typo)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
     let res = client
         .post(format!("{base}/v1/session"))
         .json(&json!({"email": email, "password": password}))
@@ -228,6 +301,8 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         s3["refresh_token"].as_str().unwrap().to_string(),
         access.clone(),
         cookie,
+        api_key.clone(),
+        api_key[api_key.len() - 20..].to_string(),
     ];
     for secret in secrets {
         assert!(
@@ -293,6 +368,61 @@ async fn the_cli_creates_users_and_rotates_signing_keys() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = command(&url, &[])
+        .args([
+            "org",
+            "create",
+            "--name",
+            "Ops",
+            "--owner-email",
+            "cli@example.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let org = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(org.starts_with("org_"), "{org}");
+    let out = command(&url, &[])
+        .args([
+            "key",
+            "create",
+            "--org",
+            &org,
+            "--name",
+            "ops",
+            "--scopes",
+            "chat:write,keys:read",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(cli_key.starts_with("gk_live_"), "the key alone is printed");
+    let out = command(&url, &[])
+        .args([
+            "key",
+            "create",
+            "--org",
+            &org,
+            "--name",
+            "bad",
+            "--scopes",
+            "keys:write",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "keys never manage keys, even from the CLI"
+    );
     let out = command(&url, &[]).args(["jwt", "rotate"]).output().unwrap();
     assert!(out.status.success());
     let out = command(&url, &[]).arg("info").output().unwrap();
@@ -315,6 +445,17 @@ async fn the_cli_creates_users_and_rotates_signing_keys() {
         .json()
         .await
         .unwrap();
+    let me: Value = client
+        .get(format!("{}/v1/me", server.base))
+        .header("x-api-key", &cli_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["data"]["org_id"], json!(org));
+    assert_eq!(me["data"]["scopes"], json!(["chat:write", "keys:read"]));
     assert_eq!(
         jwks["keys"].as_array().unwrap().len(),
         2,
