@@ -282,7 +282,7 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                 metadata: None,
             };
             // The operator holds every permission; the rules on keys still apply.
-            let s = crate::http::api_keys::check_settings(body, &|_| true).map_err(api_error)?;
+            let s = crate::http::api_keys::check_settings(body, None).map_err(api_error)?;
             let now = state.clock.now_ms();
             let (key, record) = state.keys.mint(crate::keys::NewKey {
                 org_id: org,

@@ -43,6 +43,22 @@ impl Access {
         }
     }
 
+    /// 403 naming the first of `perms` the principal lacks: nobody hands out (to a role, a
+    /// member or a key) a permission they do not hold.
+    pub fn require_all<'a>(
+        &self,
+        perms: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), ApiError> {
+        match perms.into_iter().find(|p| !self.has(p)) {
+            None => Ok(()),
+            Some(missing) => Err(ApiError::msg(
+                Code::Forbidden,
+                format!("You cannot grant {missing}, which you do not hold."),
+            )
+            .details(json!({ "required": missing }))),
+        }
+    }
+
     /// 403 unless the principal is a person with role `owner`.
     pub fn require_owner(&self) -> Result<(), ApiError> {
         if self.role.as_deref() == Some("owner") {

@@ -137,10 +137,10 @@ pub struct KeySettings {
     pub metadata: Value,
 }
 
-/// Validates creation input against what the creator holds (`holds`).
+/// Validates creation input; a key's scopes must be held by its creator (`None`: the operator).
 pub fn check_settings(
     body: CreateKeyBody,
-    holds: &dyn Fn(&str) -> bool,
+    creator: Option<&crate::orgs::Access>,
 ) -> Result<KeySettings, ApiError> {
     let name = check_name("name", &body.name, 50)?;
     let scopes = permissions::parse_list(&body.scopes)
@@ -154,12 +154,8 @@ pub fn check_settings(
             &format!("{p} cannot be given to an API key"),
         ));
     }
-    if let Some(p) = scopes.iter().find(|p| !holds(p)) {
-        return Err(ApiError::msg(
-            Code::Forbidden,
-            format!("You cannot give a key {p}, which you do not hold."),
-        )
-        .details(json!({ "required": p })));
+    if let Some(creator) = creator {
+        creator.require_all(&scopes)?;
     }
     let environment = match body.environment.as_deref() {
         None => Environment::Live,
@@ -206,7 +202,7 @@ pub async fn create_key(
 ) -> Result<Success<CreatedKey>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require("keys:write")?;
-    let s = check_settings(body, &|p| a.has(p))?;
+    let s = check_settings(body, Some(&a))?;
     let now = state.clock.now_ms();
     let (key, record) = state.keys.mint(NewKey {
         org_id: org.clone(),

@@ -223,13 +223,7 @@ async fn grantable(state: &AppState, a: &Access, role: &str) -> Result<(), ApiEr
     if role == "owner" {
         a.require_owner()?;
     }
-    if let Some(missing) = perms.iter().find(|p| !a.has(p)) {
-        return Err(ApiError::msg(
-            Code::Forbidden,
-            format!("You cannot grant a role with {missing}, which you do not hold."),
-        )
-        .details(json!({ "required": missing })));
-    }
+    a.require_all(&perms)?;
     Ok(())
 }
 
@@ -375,13 +369,7 @@ pub async fn create_role(
     permissions::check_role_name(&body.name).map_err(|m| ApiError::field("name", m))?;
     let perms = permissions::parse_list(&body.permissions)
         .map_err(|p| ApiError::field("permissions", &format!("unknown permission {p:?}")))?;
-    if let Some(missing) = perms.iter().find(|p| !a.has(p)) {
-        return Err(ApiError::msg(
-            Code::Forbidden,
-            format!("You cannot grant {missing}, which you do not hold."),
-        )
-        .details(json!({ "required": missing })));
-    }
+    a.require_all(&perms)?;
     state
         .store
         .create_role(&org, &body.name, &perms, &audit(&state, &a, &ip))

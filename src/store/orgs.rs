@@ -75,6 +75,33 @@ async fn owner_count(conn: &mut AnyConnection, org_id: &str) -> StoreResult<i64>
     Ok(n)
 }
 
+/// Starts a change of one member (new role, or removal when `new_role` is `None`): locks the
+/// organization, reads the member's current role, and refuses to leave it without an owner.
+async fn begin_member_change(
+    conn: &mut AnyConnection,
+    org_id: &str,
+    user_id: &str,
+    new_role: Option<&str>,
+    now: i64,
+) -> StoreResult<String> {
+    lock_org(conn, org_id, now).await?;
+    let current = role_of(conn, org_id, user_id)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let loses_owner = current == "owner" && new_role != Some("owner");
+    if loses_owner && owner_count(conn, org_id).await? <= 1 {
+        let what = if new_role.is_some() {
+            "demoted"
+        } else {
+            "removed"
+        };
+        return Err(StoreError::Conflict(format!(
+            "the last owner cannot be {what}"
+        )));
+    }
+    Ok(current)
+}
+
 async fn role_of(
     conn: &mut AnyConnection,
     org_id: &str,
@@ -266,15 +293,7 @@ impl Store {
         audit: &Audit,
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        lock_org(&mut tx, org_id, audit.now).await?;
-        let current = role_of(&mut tx, org_id, user_id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        if current == "owner" && role != "owner" && owner_count(&mut tx, org_id).await? <= 1 {
-            return Err(StoreError::Conflict(
-                "the last owner cannot be demoted".into(),
-            ));
-        }
+        let current = begin_member_change(&mut tx, org_id, user_id, Some(role), audit.now).await?;
         sqlx::query("UPDATE memberships SET role = $1 WHERE org_id = $2 AND user_id = $3")
             .bind(role)
             .bind(org_id)
@@ -302,15 +321,7 @@ impl Store {
         audit: &Audit,
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        lock_org(&mut tx, org_id, audit.now).await?;
-        let current = role_of(&mut tx, org_id, user_id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        if current == "owner" && owner_count(&mut tx, org_id).await? <= 1 {
-            return Err(StoreError::Conflict(
-                "the last owner cannot be removed".into(),
-            ));
-        }
+        let current = begin_member_change(&mut tx, org_id, user_id, None, audit.now).await?;
         sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
             .bind(org_id)
             .bind(user_id)
