@@ -136,6 +136,9 @@ impl AppState {
                     crate::keys::KeyFailure::NotFound => "The API key does not exist.",
                     crate::keys::KeyFailure::Expired => "The API key has expired.",
                     crate::keys::KeyFailure::Revoked => "The API key has been revoked.",
+                    crate::keys::KeyFailure::Unavailable => {
+                        return Err(storage_unavailable(&"key lookup"))
+                    }
                 },
             )),
         }
@@ -160,7 +163,7 @@ impl AppState {
                     .map(|owner| owner.as_deref() == Some(sub.as_str()))
             })
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| storage_unavailable(&e))?;
         if !live {
             self.live_sessions.invalidate(&claims.session_id).await;
             return Err(ApiError::unauthorized("revoked", "The session has ended."));
@@ -195,7 +198,7 @@ impl AppState {
                 Ok::<_, crate::store::StoreError>(user.map(|u| (u.id, u.email, exp)))
             })
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| storage_unavailable(&e))?;
         match entry {
             Some((user_id, email, exp)) if exp > now => Ok(Principal::User {
                 user_id,
@@ -217,6 +220,17 @@ impl AppState {
     pub async fn forget_web_session(&self, hash: &str) {
         self.web_sessions.invalidate(hash).await;
     }
+}
+
+/// A storage failure while checking a credential: 503 with `Retry-After`, never a 500 or a 401.
+fn storage_unavailable(cause: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %cause, "credential check could not reach storage");
+    let mut e = ApiError::msg(
+        crate::error::Code::ServiceUnavailable,
+        "Storage is unavailable; retry shortly.",
+    );
+    e.retry_after = Some(1);
+    e
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.

@@ -8,7 +8,7 @@ use crate::app::{self, AppState};
 use crate::clock::Clock;
 use crate::config::Config;
 
-/// Gatehouse: API keys, Supabase-compatible sign-in, widget tokens and rate limits in one server.
+/// Gatehouse: Supabase-compatible sign-in, organizations and API keys in one server.
 #[derive(Parser, Debug)]
 #[command(name = "gatehouse", version, about, long_about = None)]
 pub struct Cli {
@@ -302,8 +302,11 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
             Ok(())
         }
         KeyAction::Revoke { org, id } => {
+            crate::orgs::check_id(&org, "org").map_err(api_error)?;
+            crate::orgs::check_id(&id, "key").map_err(api_error)?;
             let k = state.store.revoke_api_key(&org, &id, &cli_audit()).await?;
             println!("revoked {} ({}••••)", k.id, k.start);
+            eprintln!("running servers stop accepting it within 60 s (their key cache lifetime)");
             Ok(())
         }
     }

@@ -22,6 +22,8 @@ pub enum KeyFailure {
     Expired,
     /// Revoked.
     Revoked,
+    /// Not cached and storage is unreachable (answered 503, not 401).
+    Unavailable,
 }
 
 impl KeyFailure {
@@ -32,6 +34,7 @@ impl KeyFailure {
             KeyFailure::NotFound => "not_found",
             KeyFailure::Expired => "expired",
             KeyFailure::Revoked => "revoked",
+            KeyFailure::Unavailable => "unavailable",
         }
     }
 }
@@ -117,9 +120,23 @@ impl Keys {
         (key, record)
     }
 
-    /// Verifies a presented key. On a warm cache this is a checksum, a SHA-256 and a
-    /// memory lookup; storage is read once per key per cache lifetime.
+    /// Verifies a key presented as a credential, and records its use.
     pub async fn verify(&self, presented: &str) -> Result<Arc<ApiKeyRecord>, KeyFailure> {
+        let record = self.check(presented).await?;
+        self.record_use(&record.id);
+        Ok(record)
+    }
+
+    /// Notes a use of a key, written behind in the next batch.
+    pub fn record_use(&self, key_id: &str) {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(key_id.to_string(), self.clock.now_ms());
+        }
+    }
+
+    /// Checks a key without recording a use. On a warm cache this is a checksum, a SHA-256
+    /// and a memory lookup; storage is read once per key per cache lifetime.
+    pub async fn check(&self, presented: &str) -> Result<Arc<ApiKeyRecord>, KeyFailure> {
         if api_key::parse(&self.prefix, presented).is_none() {
             return Err(KeyFailure::Malformed);
         }
@@ -148,9 +165,8 @@ impl Keys {
                         Err(KeyFailure::NotFound)
                     }
                     Some(cause) => {
-                        // Storage is down and the key is not cached: refuse, loudly.
                         tracing::error!(error = %cause, "key lookup failed");
-                        Err(KeyFailure::NotFound)
+                        Err(KeyFailure::Unavailable)
                     }
                 };
             }
@@ -160,9 +176,6 @@ impl Keys {
             "revoked" => return Err(KeyFailure::Revoked),
             "expired" => return Err(KeyFailure::Expired),
             _ => {}
-        }
-        if let Ok(mut used) = self.used.lock() {
-            used.insert(record.id.clone(), now);
         }
         Ok(record)
     }

@@ -74,7 +74,7 @@ impl Access {
         self.user_id.as_deref().ok_or_else(|| {
             ApiError::msg(
                 Code::Forbidden,
-                "API keys cannot do this; sign in as a member.",
+                "API keys cannot do this; sign in as a person.",
             )
             .details(json!({ "required": "user" }))
         })

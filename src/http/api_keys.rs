@@ -420,19 +420,30 @@ pub async fn verify_key(
         expires_at: None,
         metadata: None,
     };
-    let verdict = match state.keys.verify(&body.key).await {
+    let verdict = match state.keys.check(&body.key).await {
         // A key of another organization reads as unknown: no cross-tenant oracle.
         Ok(k) if k.org_id != org_id => invalid(KeyFailure::NotFound),
-        Ok(k) => Verdict {
-            valid: true,
-            reason: None,
-            key_id: Some(k.id.clone()),
-            org_id: Some(k.org_id.clone()),
-            scopes: Some(k.scopes.clone()),
-            environment: Some(k.environment.clone()),
-            expires_at: k.expires_at,
-            metadata: Some(k.metadata.clone()),
-        },
+        Ok(k) => {
+            state.keys.record_use(&k.id);
+            Verdict {
+                valid: true,
+                reason: None,
+                key_id: Some(k.id.clone()),
+                org_id: Some(k.org_id.clone()),
+                scopes: Some(k.scopes.clone()),
+                environment: Some(k.environment.clone()),
+                expires_at: k.expires_at,
+                metadata: Some(k.metadata.clone()),
+            }
+        }
+        Err(KeyFailure::Unavailable) => {
+            let mut e = ApiError::msg(
+                Code::ServiceUnavailable,
+                "Storage is unavailable; retry shortly.",
+            );
+            e.retry_after = Some(1);
+            return Err(e);
+        }
         Err(why) => invalid(why),
     };
     Ok(ok(verdict))

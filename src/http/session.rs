@@ -83,7 +83,9 @@ pub async fn sign_in(
             json!({ "retry_after": d.retry_after, "limit": d.limit, "window": d.window_seconds }),
         );
         e.retry_after = Some(d.retry_after);
-        return Err(e);
+        let mut res = e.into_response();
+        crate::http::rate_limit_headers(res.headers_mut(), &d);
+        return Ok(res);
     }
     let user = state
         .accounts

@@ -80,7 +80,12 @@ impl Store {
         let engine = Engine::from_url(url)?;
         let url = engine.normalise_url(url);
         let pool = AnyPoolOptions::new()
-            .max_connections(engine.max_connections())
+            // Every connection to `sqlite::memory:` is a database of its own: keep one.
+            .max_connections(if url.contains(":memory:") {
+                1
+            } else {
+                engine.max_connections()
+            })
             .acquire_timeout(std::time::Duration::from_secs(5))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
