@@ -464,6 +464,16 @@ story!(
         let (status, me) = parts(app.me(&key).await).await;
         assert_eq!(status, 200, "{me}");
         assert_eq!(me["data"]["key_id"], json!(id));
+        // A key that is not cached cannot be checked now: 503 with Retry-After, not a 401 or a 500.
+        let cold =
+            gatehouse::auth::api_key::generate("gk", gatehouse::auth::api_key::Environment::Live);
+        let res = app.me(&cold).await;
+        assert_eq!(res.headers()["retry-after"], "1");
+        let (status, body) = parts(res).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (503, json!("service_unavailable"))
+        );
         app
     }
 );
