@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
             name: "bench".into(),
             scopes: vec!["chat:write".into()],
             environment: Environment::Live,
-            expires_at: None,
+            lifetime_ms: None,
             metadata: serde_json::json!({}),
             created_by: "bench".into(),
         });

@@ -283,13 +283,12 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
             };
             // The operator holds every permission; the rules on keys still apply.
             let s = crate::http::api_keys::check_settings(body, None).map_err(api_error)?;
-            let now = state.clock.now_ms();
             let (key, record) = state.keys.mint(crate::keys::NewKey {
                 org_id: org,
                 name: s.name,
                 scopes: s.scopes,
                 environment: s.environment,
-                expires_at: s.lifetime_ms.map(|l| now + l),
+                lifetime_ms: s.lifetime_ms,
                 metadata: s.metadata,
                 created_by: "cli".into(),
             });

@@ -66,8 +66,8 @@ pub struct NewKey {
     pub scopes: Vec<String>,
     /// live/test.
     pub environment: Environment,
-    /// Unix ms, or never.
-    pub expires_at: Option<i64>,
+    /// Lifetime in ms from creation, or never expires.
+    pub lifetime_ms: Option<i64>,
     /// A small JSON object.
     pub metadata: Value,
     /// The actor.
@@ -101,6 +101,7 @@ impl Keys {
     /// Mints a key: returns the full key (shown once) and the record stored for it.
     pub fn mint(&self, k: NewKey) -> (String, ApiKeyRecord) {
         let key = api_key::generate(&self.prefix, k.environment);
+        let now = self.clock.now_ms();
         let record = ApiKeyRecord {
             id: format!("key_{}", uuid::Uuid::new_v4().simple()),
             org_id: k.org_id,
@@ -111,8 +112,8 @@ impl Keys {
             environment: k.environment.as_str().to_string(),
             metadata: k.metadata,
             created_by: k.created_by,
-            created_at: self.clock.now_ms(),
-            expires_at: k.expires_at,
+            created_at: now,
+            expires_at: k.lifetime_ms.map(|l| now + l),
             last_used_at: None,
             revoked_at: None,
             rolled_to: None,
@@ -129,8 +130,15 @@ impl Keys {
 
     /// Notes a use of a key, written behind in the next batch.
     pub fn record_use(&self, key_id: &str) {
+        let now = self.clock.now_ms();
         if let Ok(mut used) = self.used.lock() {
-            used.insert(key_id.to_string(), self.clock.now_ms());
+            // Update in place: no allocation on the hot path once a key is in the batch.
+            match used.get_mut(key_id) {
+                Some(at) => *at = now,
+                None => {
+                    used.insert(key_id.to_string(), now);
+                }
+            }
         }
     }
 
@@ -144,18 +152,11 @@ impl Keys {
         if self.unknown.contains_key(&hash) {
             return Err(KeyFailure::NotFound);
         }
-        let store = self.store.clone();
-        let h = hash.clone();
-        let looked_up = self
-            .known
-            .try_get_with(hash.clone(), async move {
-                match store.api_key_by_hash(&h).await {
-                    Ok(Some(rec)) => Ok(Arc::new(rec)),
-                    Ok(None) => Err(None),
-                    Err(e) => Err(Some(e.to_string())),
-                }
-            })
-            .await;
+        // Fast path: a cached key costs one lookup, no future, no clone of the store.
+        let looked_up = match self.known.get(&hash).await {
+            Some(rec) => Ok(rec),
+            None => self.load(hash.clone()).await,
+        };
         let record = match looked_up {
             Ok(rec) => rec,
             Err(e) => {
@@ -173,11 +174,25 @@ impl Keys {
         };
         let now = self.clock.now_ms();
         match record.status(now) {
-            "revoked" => return Err(KeyFailure::Revoked),
-            "expired" => return Err(KeyFailure::Expired),
-            _ => {}
+            "revoked" => Err(KeyFailure::Revoked),
+            "expired" => Err(KeyFailure::Expired),
+            _ => Ok(record),
         }
-        Ok(record)
+    }
+
+    /// Reads a key from storage into the cache; concurrent misses share one read.
+    async fn load(&self, hash: String) -> Result<Arc<ApiKeyRecord>, Arc<Option<String>>> {
+        let store = self.store.clone();
+        let h = hash.clone();
+        self.known
+            .try_get_with(hash, async move {
+                match store.api_key_by_hash(&h).await {
+                    Ok(Some(rec)) => Ok(Arc::new(rec)),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e.to_string())),
+                }
+            })
+            .await
     }
 
     /// Drops a key from the caches (after revoke or roll), so the change applies at once here.

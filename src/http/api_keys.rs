@@ -209,7 +209,7 @@ pub async fn create_key(
         name: s.name,
         scopes: s.scopes,
         environment: s.environment,
-        expires_at: s.lifetime_ms.map(|l| now + l),
+        lifetime_ms: s.lifetime_ms,
         metadata: s.metadata,
         created_by: a.actor.clone(),
     });
@@ -342,7 +342,7 @@ pub async fn roll_key(
         name: old.name.clone(),
         scopes: old.scopes.clone(),
         environment: Environment::parse(&old.environment).unwrap_or(Environment::Live),
-        expires_at: old.expires_at.map(|e| now + (e - old.created_at)),
+        lifetime_ms: old.expires_at.map(|e| e - old.created_at),
         metadata: old.metadata.clone(),
         created_by: a.actor.clone(),
     });

@@ -484,3 +484,25 @@ story!(
         app
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_access_token_still_expires_on_time() {
+    let app = TestApp::spawn_with_clock(crate::helpers::Db::Sqlite, manual_clock::clock(), |_| {})
+        .await
+        .unwrap();
+    let (_, _, session) = app.new_user().await;
+    let token = session["access_token"].as_str().unwrap().to_string();
+    assert_eq!(app.me(&token).await.status(), 200);
+    assert_eq!(
+        app.me(&token).await.status(),
+        200,
+        "served from the verified-token cache"
+    );
+    app.state.clock.advance_ms(3_600_000);
+    let (status, body) = parts(app.me(&token).await).await;
+    assert_eq!(
+        (status, body["error"]["details"]["reason"].clone()),
+        (401, json!("expired"))
+    );
+    app.stop().await;
+}
