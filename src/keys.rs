@@ -51,7 +51,10 @@ pub struct Keys {
     store: Store,
     clock: Clock,
     prefix: Arc<str>,
-    known: moka::future::Cache<String, Arc<ApiKeyRecord>>,
+    known: moka::sync::Cache<String, Arc<ApiKeyRecord>>,
+    /// Bumped by every invalidation, so a lookup that raced a revoke does not cache the
+    /// record it read before the revoke.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
     unknown: moka::sync::Cache<String, ()>,
     used: Arc<Mutex<HashMap<String, i64>>>,
 }
@@ -81,7 +84,8 @@ impl Keys {
             store,
             clock,
             prefix: prefix.into(),
-            known: moka::future::Cache::builder()
+            epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            known: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(POSITIVE_TTL)
                 .build(),
@@ -153,7 +157,7 @@ impl Keys {
             return Err(KeyFailure::NotFound);
         }
         // Fast path: a cached key costs one lookup, no future, no clone of the store.
-        let looked_up = match self.known.get(&hash).await {
+        let looked_up = match self.known.get(&hash) {
             Some(rec) => Ok(rec),
             None => self.load(hash.clone()).await,
         };
@@ -180,24 +184,25 @@ impl Keys {
         }
     }
 
-    /// Reads a key from storage into the cache; concurrent misses share one read.
+    /// Reads a key from storage into the cache.
     async fn load(&self, hash: String) -> Result<Arc<ApiKeyRecord>, Arc<Option<String>>> {
-        let store = self.store.clone();
-        let h = hash.clone();
-        self.known
-            .try_get_with(hash, async move {
-                match store.api_key_by_hash(&h).await {
-                    Ok(Some(rec)) => Ok(Arc::new(rec)),
-                    Ok(None) => Err(None),
-                    Err(e) => Err(Some(e.to_string())),
-                }
-            })
-            .await
+        use std::sync::atomic::Ordering;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let rec = match self.store.api_key_by_hash(&hash).await {
+            Ok(Some(rec)) => Arc::new(rec),
+            Ok(None) => return Err(Arc::new(None)),
+            Err(e) => return Err(Arc::new(Some(e.to_string()))),
+        };
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            self.known.insert(hash, rec.clone());
+        }
+        Ok(rec)
     }
 
     /// Drops a key from the caches (after revoke or roll), so the change applies at once here.
     pub async fn invalidate(&self, key_hash: &str) {
-        self.known.invalidate(key_hash).await;
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.known.invalidate(key_hash);
     }
 
     /// Writes the buffered last-used times in one batch.

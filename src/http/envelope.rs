@@ -23,8 +23,27 @@ pub fn request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
 }
 
-fn meta() -> Value {
-    json!({ "request_id": request_id(), "ts": crate::clock::rfc3339(crate::clock::Clock::System.now_ms()) })
+/// `meta` of every envelope.
+#[derive(Serialize)]
+struct Meta {
+    request_id: String,
+    ts: String,
+}
+
+fn meta() -> Meta {
+    Meta {
+        request_id: request_id(),
+        ts: crate::clock::rfc3339(crate::clock::Clock::System.now_ms()),
+    }
+}
+
+/// A success envelope, serialised straight from the handler's type (no JSON tree in between:
+/// this is on the hot path of every `/v1` call).
+#[derive(Serialize)]
+struct SuccessBody<T> {
+    success: bool,
+    data: T,
+    meta: Meta,
 }
 
 /// A successful `/v1` answer: `{"success": true, "data": …, "meta": …}`.
@@ -44,7 +63,11 @@ impl<T: Serialize> IntoResponse for Success<T> {
     fn into_response(self) -> Response {
         (
             self.0,
-            Json(json!({ "success": true, "data": self.1, "meta": meta() })),
+            Json(SuccessBody {
+                success: true,
+                data: self.1,
+                meta: meta(),
+            }),
         )
             .into_response()
     }
