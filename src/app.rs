@@ -18,8 +18,20 @@ use crate::ratelimit::{Decision, MemoryLimiter, Rate};
 use crate::store::Store;
 
 /// Everything a handler may use; cheap to clone.
+/// A cheap handle on the application: handlers and extractors clone it on every request, so
+/// it is one `Arc` rather than a struct of caches.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// What the handle points at.
+pub struct AppInner {
     /// Settings.
     pub config: Arc<Config>,
     /// Storage.
@@ -93,7 +105,7 @@ impl AppState {
             config: config.clone(),
         };
         let keys = crate::keys::Keys::new(store.clone(), clock.clone(), &config.key_prefix);
-        Ok(Self {
+        Ok(AppState(Arc::new(AppInner {
             keys,
             verified_tokens: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -113,7 +125,7 @@ impl AppState {
                 .max_capacity(100_000)
                 .time_to_live(SESSION_CACHE_TTL)
                 .build(),
-        })
+        })))
     }
 
     /// One rate-limit decision for `class` and `key`.
