@@ -348,46 +348,47 @@ fn an_unknown_config_key_stops_the_start() {
     );
 }
 
+/// Runs a CLI command that must succeed; returns its trimmed stdout.
+fn cli(db_url: &str, args: &[&str]) -> String {
+    let out = command(db_url, &[]).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 #[tokio::test]
 async fn the_cli_creates_users_and_rotates_signing_keys() {
     let dir = tempdir::Dir::new();
     let url = format!("sqlite://{}/cli.db", dir.0.display());
-    let out = command(&url, &[])
-        .args([
+    cli(
+        &url,
+        &[
             "user",
             "create",
             "--email",
             "cli@example.com",
             "--password",
             "from the cli",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let out = command(&url, &[])
-        .args([
+    let org = cli(
+        &url,
+        &[
             "org",
             "create",
             "--name",
             "Ops",
             "--owner-email",
             "cli@example.com",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let org = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(org.starts_with("org_"), "{org}");
-    let out = command(&url, &[])
-        .args([
+    assert!(org.starts_with("org_"), "only the id is printed: {org}");
+    let cli_key = cli(
+        &url,
+        &[
             "key",
             "create",
             "--org",
@@ -396,16 +397,9 @@ async fn the_cli_creates_users_and_rotates_signing_keys() {
             "ops",
             "--scopes",
             "chat:write,keys:read",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let cli_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(cli_key.starts_with("gk_live_"), "the key alone is printed");
+    assert!(cli_key.starts_with("gk_live_"), "only the key is printed");
     let out = command(&url, &[])
         .args([
             "key",
@@ -423,10 +417,8 @@ async fn the_cli_creates_users_and_rotates_signing_keys() {
         !out.status.success(),
         "keys never manage keys, even from the CLI"
     );
-    let out = command(&url, &[]).args(["jwt", "rotate"]).output().unwrap();
-    assert!(out.status.success());
-    let out = command(&url, &[]).arg("info").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(PK));
+    cli(&url, &["jwt", "rotate"]);
+    assert!(cli(&url, &["info"]).contains(PK));
     let server = start(&url, &dir).await;
     let client = Client::new();
     let (status, _) = post(
