@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::auth::jwt::{Claims, JwtError};
 use crate::clock::rfc3339;
 use crate::http::extract::ClientIp;
-use crate::http::gotrue::{self, GoTrueError, GoTrueJson};
+use crate::http::gotrue::{GoTrueError, GoTrueJson};
 use crate::ratelimit::Rate;
 use crate::store::User;
 
@@ -109,7 +109,7 @@ fn limited(
 
 fn with_rate(body: Value, d: &crate::ratelimit::Decision) -> Response {
     let mut res = Json(body).into_response();
-    gotrue::rate_headers(&mut res, d);
+    crate::http::rate_limit_headers(res.headers_mut(), d);
     res
 }
 

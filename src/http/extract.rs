@@ -173,6 +173,15 @@ fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// The refusal of a cross-site request made with the dashboard cookie.
+pub fn csrf_refused() -> ApiError {
+    ApiError::msg(
+        Code::Forbidden,
+        "Cross-site request refused (CSRF check failed).",
+    )
+    .details(serde_json::json!({ "reason": "csrf" }))
+}
+
 /// A state-changing cookie request must come from our own origin (Origin, else Referer).
 pub fn same_origin(headers: &HeaderMap, expected_origin: &str) -> bool {
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
@@ -215,11 +224,7 @@ impl FromRequestParts<AppState> for Principal {
             if !is_safe(&parts.method)
                 && !same_origin(&parts.headers, &state.config.public_origin())
             {
-                return Err(ApiError::msg(
-                    Code::Forbidden,
-                    "Cross-site request refused (CSRF check failed).",
-                )
-                .details(serde_json::json!({ "reason": "csrf" })));
+                return Err(csrf_refused());
             }
             return Ok(principal);
         }

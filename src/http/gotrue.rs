@@ -197,8 +197,3 @@ pub async fn require_apikey(State(state): State<AppState>, req: Request, next: N
         .into_response(),
     }
 }
-
-/// Adds `X-RateLimit-*` headers for an admitted decision.
-pub fn rate_headers(res: &mut Response, d: &Decision) {
-    crate::http::rate_limit_headers(res.headers_mut(), d);
-}
