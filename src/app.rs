@@ -11,10 +11,12 @@ use crate::auth::jwt::{JwtError, JwtKeys};
 use crate::auth::password::Hasher;
 use crate::auth::tokens;
 use crate::clock::Clock;
+use crate::config::Policy;
 use crate::config::{Config, SecretString};
 use crate::error::ApiError;
 use crate::http::extract::{Principal, Via};
-use crate::ratelimit::{Decision, MemoryLimiter, Rate};
+use crate::metrics::Metrics;
+use crate::ratelimit::{Decision, Limiter, LimiterError, Rates, RedisLimiter, RedisLink, Request};
 use crate::store::Store;
 
 /// Everything a handler may use; cheap to clone.
@@ -42,8 +44,16 @@ pub struct AppInner {
     pub publishable_key: Arc<SecretString>,
     /// Time.
     pub clock: Clock,
-    /// Per-IP limits on the auth routes.
-    pub limiter: MemoryLimiter,
+    /// Rate-limit decisions (memory, or Redis with a memory fallback).
+    pub limiter: Limiter,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Redis, when configured: shared limits and cache invalidation between instances.
+    pub redis: Option<RedisLink>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Organizations' own rate limits (`None`: the configured default).
+    org_limits: moka::sync::Cache<String, Option<Rates>>,
     /// API-key minting and cached verification.
     pub keys: crate::keys::Keys,
     /// Sessions known to exist, so a JWT check needs no storage on a warm cache.
@@ -105,7 +115,38 @@ impl AppState {
             config: config.clone(),
         };
         let keys = crate::keys::Keys::new(store.clone(), clock.clone(), &config.key_prefix);
+        let metrics = Arc::new(Metrics::new());
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                RedisLink::open(
+                    url.expose(),
+                    &config.redis_prefix,
+                    Duration::from_millis(config.redis_timeout_ms),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let capacity = config.rate_limit_memory_capacity;
+        let limiter = match &redis {
+            Some(link) => Limiter::redis(
+                RedisLimiter::new(link.clone()),
+                capacity,
+                clock.clone(),
+                metrics.clone(),
+            ),
+            None => Limiter::memory(capacity, clock.clone(), metrics.clone()),
+        };
+        let trusted_proxies = config.proxy_nets()?;
         Ok(AppState(Arc::new(AppInner {
+            limiter,
+            metrics,
+            redis,
+            trusted_proxies,
+            org_limits: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(crate::keys::POSITIVE_TTL)
+                .build(),
             keys,
             verified_tokens: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -116,7 +157,6 @@ impl AppState {
             accounts,
             publishable_key: Arc::new(publishable_key),
             clock,
-            limiter: MemoryLimiter::new(),
             live_sessions: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(SESSION_CACHE_TTL)
@@ -128,17 +168,92 @@ impl AppState {
         })))
     }
 
-    /// One rate-limit decision for `class` and `key`.
-    pub fn limit(&self, class: &str, key: &str, rate: Rate) -> Decision {
-        self.limiter
-            .check(&format!("{class}:{key}"), rate, self.clock.now_ms())
+    /// Decides a request and notes the decision for the response headers.
+    pub async fn limit(&self, req: &Request) -> Result<Decision, LimiterError> {
+        let d = self.limiter.check(req).await?;
+        crate::http::limits::note(&d);
+        Ok(d)
     }
 
-    /// Forgets cached sessions after a sign-out on this instance.
-    pub async fn forget_sessions(&self, ids: &[String]) {
-        for id in ids {
-            self.live_sessions.invalidate(id).await;
+    /// A per-client-IP policy (sign-in, sign-up, …) for `ip` (already cut to a /64 for IPv6).
+    pub async fn limit_ip(&self, policy: Policy, ip: &str) -> Result<Decision, LimiterError> {
+        let mut req = Request {
+            tag: format!("ip:{ip}"),
+            windows: Vec::new(),
+            fail_closed: self.config.fails_closed(policy),
+        };
+        req.add(policy.name(), ip, self.config.rates(policy));
+        self.limit(&req).await
+    }
+
+    /// The key's own windows and (with `with_org`) its organization's, as one decision.
+    /// Every counter of an organization shares one tag, so the organization window is
+    /// exact across all its keys.
+    pub async fn key_request(
+        &self,
+        key: &crate::store::ApiKeyRecord,
+        with_org: bool,
+    ) -> Result<Request, ApiError> {
+        let mut req = Request {
+            tag: format!("org:{}", key.org_id),
+            windows: Vec::new(),
+            fail_closed: self.config.fails_closed(Policy::ApiKey)
+                || (with_org && self.config.fails_closed(Policy::Org)),
+        };
+        let key_rates = key
+            .rate_limits
+            .as_ref()
+            .unwrap_or(self.config.rates(Policy::ApiKey));
+        req.add(Policy::ApiKey.name(), &key.id, key_rates);
+        if with_org {
+            let org = self.org_rates(&key.org_id).await?;
+            req.add(
+                Policy::Org.name(),
+                &key.org_id,
+                org.as_ref().unwrap_or(self.config.rates(Policy::Org)),
+            );
         }
+        Ok(req)
+    }
+
+    /// An organization's own limits, cached like keys are.
+    async fn org_rates(&self, org_id: &str) -> Result<Option<Rates>, ApiError> {
+        if let Some(r) = self.org_limits.get(org_id) {
+            return Ok(r);
+        }
+        let rates = self
+            .store
+            .org_rate_limits(org_id)
+            .await
+            .map_err(|e| storage_unavailable(&e))?;
+        self.org_limits.insert(org_id.to_string(), rates.clone());
+        Ok(rates)
+    }
+
+    /// Forgets cached state here and on every other instance.
+    pub async fn invalidate(&self, inv: crate::fanout::Invalidation) {
+        self.apply(&inv).await;
+        crate::fanout::publish(self, &inv).await;
+    }
+
+    /// Forgets cached state on this instance.
+    pub async fn apply(&self, inv: &crate::fanout::Invalidation) {
+        use crate::fanout::Invalidation;
+        match inv {
+            Invalidation::Key(hash) => self.keys.invalidate(hash).await,
+            Invalidation::Session(id) => self.live_sessions.invalidate(id).await,
+            Invalidation::Org(id) => self.org_limits.invalidate(id),
+            Invalidation::WebSession(hash) => self.web_sessions.invalidate(hash).await,
+        }
+    }
+
+    /// Empties every credential cache (after missing invalidations).
+    pub fn forget_everything(&self) {
+        self.keys.invalidate_all();
+        self.live_sessions.invalidate_all();
+        self.web_sessions.invalidate_all();
+        self.verified_tokens.invalidate_all();
+        self.org_limits.invalidate_all();
     }
 
     /// An API-key principal; no storage on a warm cache.
@@ -247,11 +362,6 @@ impl AppState {
             }
         }
     }
-
-    /// Forgets a dashboard session after sign-out.
-    pub async fn forget_web_session(&self, hash: &str) {
-        self.web_sessions.invalidate(hash).await;
-    }
 }
 
 /// A storage failure while checking a credential: 503 with `Retry-After`, never a 500 or a 401.
@@ -273,6 +383,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let app = crate::http::router(state.clone());
     let writer = tokio::spawn(state.keys.clone().write_behind(Duration::from_secs(5)));
+    let subscriber = tokio::spawn(crate::fanout::subscribe(state.clone()));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -280,6 +391,7 @@ pub async fn run(
     .with_graceful_shutdown(shutdown)
     .await?;
     writer.abort();
+    subscriber.abort();
     // Last-used times still in memory are written before storage closes.
     if let Err(e) = state.keys.flush_last_used().await {
         tracing::warn!(error = %e, "could not write the last-used times at shutdown");

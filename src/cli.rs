@@ -280,6 +280,7 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                 environment: Some(environment),
                 expires_in_days: Some((expires_in_days != 0).then_some(expires_in_days)),
                 metadata: None,
+                rate_limits: None,
             };
             // The operator holds every permission; the rules on keys still apply.
             let s = crate::http::api_keys::check_settings(body, None).map_err(api_error)?;
@@ -291,6 +292,7 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                 lifetime_ms: s.lifetime_ms,
                 metadata: s.metadata,
                 created_by: "cli".into(),
+                rate_limits: s.rate_limits,
             });
             state.store.create_api_key(&record, &cli_audit()).await?;
             eprintln!(

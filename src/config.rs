@@ -5,7 +5,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ratelimit::Rate;
+use crate::ratelimit::{Rate, Rates};
 
 /// A configuration value that must never be printed: `Debug` shows `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -70,12 +70,38 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     /// Dashboard session lifetime in seconds.
     pub web_session_seconds: i64,
-    /// Per-IP limit on password sign-in.
-    pub rate_limit_sign_in: Rate,
-    /// Per-IP limit on sign-up.
-    pub rate_limit_sign_up: Rate,
-    /// Per-IP limit on refresh-token grants.
-    pub rate_limit_token_refresh: Rate,
+    /// Per API key, every window at once (a key's own `rate_limits` replace these).
+    pub rate_limit_api_key: Rates,
+    /// Per organization, across all its keys (an organization's `rate_limits` replace these).
+    pub rate_limit_org: Rates,
+    /// Per client IP: password sign-in.
+    pub rate_limit_sign_in: Rates,
+    /// Per client IP: sign-up.
+    pub rate_limit_sign_up: Rates,
+    /// Per client IP: magic links and one-time codes sent by email.
+    pub rate_limit_magic_link: Rates,
+    /// Per client IP: verification of emailed links and codes.
+    pub rate_limit_verify: Rates,
+    /// Per client IP: refresh-token grants.
+    pub rate_limit_token_refresh: Rates,
+    /// Per widget session.
+    pub rate_limit_widget_session: Rates,
+    /// Per client IP on the public widget routes.
+    pub rate_limit_widget_ip: Rates,
+    /// Policies that refuse requests (503) rather than decide in memory when Redis is down.
+    #[serde(deserialize_with = "comma_list")]
+    pub rate_limit_fail_closed: Vec<String>,
+    /// Most rate-limit counters held in memory (idle ones are forgotten first).
+    pub rate_limit_memory_capacity: u64,
+    /// `redis://…`: share rate limits and cache invalidations between instances.
+    pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key and channel (one Redis can serve several deployments).
+    pub redis_prefix: String,
+    /// Longest wait for one Redis command before deciding in memory, in milliseconds.
+    pub redis_timeout_ms: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs); empty: the socket peer.
+    #[serde(deserialize_with = "comma_list")]
+    pub trusted_proxies: Vec<String>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
     /// `text` or `json`.
@@ -100,14 +126,108 @@ impl Default for Config {
             key_prefix: "gk".into(),
             password_hash_concurrency: 0,
             web_session_seconds: 7 * 24 * 3600,
-            rate_limit_sign_in: Rate::new(20, 60),
-            rate_limit_sign_up: Rate::new(5, 60),
-            rate_limit_token_refresh: Rate::new(150, 300),
+            rate_limit_api_key: Rates(vec![
+                Rate::new(60, 60),
+                Rate::new(1000, 3600),
+                Rate::new(10_000, 86_400),
+            ]),
+            rate_limit_org: Rates::one(Rate::new(120, 60)),
+            rate_limit_sign_in: Rates::one(Rate::new(20, 60)),
+            rate_limit_sign_up: Rates::one(Rate::new(5, 60)),
+            rate_limit_magic_link: Rates::one(Rate::new(5, 60)),
+            rate_limit_verify: Rates::one(Rate::new(10, 60)),
+            rate_limit_token_refresh: Rates::one(Rate::new(150, 300)),
+            rate_limit_widget_session: Rates::one(Rate::new(30, 60)),
+            rate_limit_widget_ip: Rates::one(Rate::new(120, 60)),
+            rate_limit_fail_closed: vec!["magic_link".into()],
+            rate_limit_memory_capacity: 1_000_000,
+            redis_url: None,
+            redis_prefix: "gatehouse".into(),
+            redis_timeout_ms: 50,
+            trusted_proxies: Vec::new(),
             log: "info".into(),
             log_format: "text".into(),
             dev: false,
         }
     }
+}
+
+/// A named rate-limit policy; its windows come from the configuration, and for keys and
+/// organizations may be replaced per key or per organization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Per API key.
+    ApiKey,
+    /// Per organization.
+    Org,
+    /// Per IP, password sign-in.
+    SignIn,
+    /// Per IP, sign-up.
+    SignUp,
+    /// Per IP, emailed links and codes.
+    MagicLink,
+    /// Per IP, verification of emailed links and codes.
+    Verify,
+    /// Per IP, refresh-token grants.
+    TokenRefresh,
+    /// Per widget session.
+    WidgetSession,
+    /// Per IP, public widget routes.
+    WidgetIp,
+}
+
+impl Policy {
+    /// Every policy.
+    pub const ALL: [Policy; 9] = [
+        Policy::ApiKey,
+        Policy::Org,
+        Policy::SignIn,
+        Policy::SignUp,
+        Policy::MagicLink,
+        Policy::Verify,
+        Policy::TokenRefresh,
+        Policy::WidgetSession,
+        Policy::WidgetIp,
+    ];
+
+    /// The name in configuration, headers and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::ApiKey => "api_key",
+            Policy::Org => "org",
+            Policy::SignIn => "sign_in",
+            Policy::SignUp => "sign_up",
+            Policy::MagicLink => "magic_link",
+            Policy::Verify => "verify",
+            Policy::TokenRefresh => "token_refresh",
+            Policy::WidgetSession => "widget_session",
+            Policy::WidgetIp => "widget_ip",
+        }
+    }
+
+    /// The policy of a name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// A list given as `"a, b"` (handy in environment variables) or as a TOML array.
+fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        Form::Many(v) => v,
+    })
 }
 
 /// Environment variables with this prefix belong to the test suite, not to the server.
@@ -159,12 +279,70 @@ impl Config {
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             anyhow::bail!("public_url must start with http:// or https://");
         }
+        for name in &self.rate_limit_fail_closed {
+            if Policy::from_name(name).is_none() {
+                anyhow::bail!(
+                    "rate_limit_fail_closed: unknown policy {name:?} (one of {})",
+                    Policy::ALL.map(|p| p.name()).join(", ")
+                );
+            }
+        }
+        if self.rate_limit_memory_capacity < 1000 {
+            anyhow::bail!("rate_limit_memory_capacity must be at least 1000");
+        }
+        if self.redis_prefix.is_empty()
+            || !self
+                .redis_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            anyhow::bail!("redis_prefix must be letters, digits, or - _ . :");
+        }
+        if !(1..=10_000).contains(&self.redis_timeout_ms) {
+            anyhow::bail!("redis_timeout_ms must be between 1 and 10000");
+        }
+        self.proxy_nets()?;
         if let Some(secret) = &self.jwt_secret {
             if secret.expose().len() < 32 {
                 anyhow::bail!("jwt_secret must be at least 32 characters");
             }
         }
         Ok(())
+    }
+
+    /// The windows of a policy.
+    pub fn rates(&self, policy: Policy) -> &Rates {
+        match policy {
+            Policy::ApiKey => &self.rate_limit_api_key,
+            Policy::Org => &self.rate_limit_org,
+            Policy::SignIn => &self.rate_limit_sign_in,
+            Policy::SignUp => &self.rate_limit_sign_up,
+            Policy::MagicLink => &self.rate_limit_magic_link,
+            Policy::Verify => &self.rate_limit_verify,
+            Policy::TokenRefresh => &self.rate_limit_token_refresh,
+            Policy::WidgetSession => &self.rate_limit_widget_session,
+            Policy::WidgetIp => &self.rate_limit_widget_ip,
+        }
+    }
+
+    /// Whether a policy refuses requests when Redis is down.
+    pub fn fails_closed(&self, policy: Policy) -> bool {
+        self.rate_limit_fail_closed
+            .iter()
+            .any(|n| n == policy.name())
+    }
+
+    /// The trusted proxies as networks.
+    pub fn proxy_nets(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|s| {
+                let s = s.trim();
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| anyhow::anyhow!("trusted_proxies: {s:?} is not an IP or CIDR"))
+            })
+            .collect()
     }
 
     /// The public URL without a trailing slash.

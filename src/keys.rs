@@ -41,7 +41,7 @@ impl KeyFailure {
 
 /// How long a verified key is trusted from memory; revocation on this instance invalidates
 /// at once, other instances see it within this time (until Redis fan-out is configured).
-const POSITIVE_TTL: Duration = Duration::from_secs(60);
+pub const POSITIVE_TTL: Duration = Duration::from_secs(60);
 /// How long an unknown key is remembered, so random keys cannot hammer storage.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
@@ -75,6 +75,8 @@ pub struct NewKey {
     pub metadata: Value,
     /// The actor.
     pub created_by: String,
+    /// The key's own rate limits (`None`: the configured default).
+    pub rate_limits: Option<crate::ratelimit::Rates>,
 }
 
 impl Keys {
@@ -121,6 +123,7 @@ impl Keys {
             last_used_at: None,
             revoked_at: None,
             rolled_to: None,
+            rate_limits: k.rate_limits,
         };
         (key, record)
     }
@@ -203,6 +206,12 @@ impl Keys {
     pub async fn invalidate(&self, key_hash: &str) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.known.invalidate(key_hash);
+    }
+
+    /// Drops every cached key (after invalidations may have been missed).
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.known.invalidate_all();
     }
 
     /// Writes the buffered last-used times in one batch.

@@ -17,10 +17,14 @@ pub mod config;
 pub mod domain;
 /// The error code table: one place for every code and status.
 pub mod error;
+/// Cache invalidation between instances over Redis.
+pub mod fanout;
 /// HTTP handlers, extractors and the response envelope.
 pub mod http;
 /// API keys: minting and cached verification.
 pub mod keys;
+/// Prometheus metrics.
+pub mod metrics;
 /// Organizations, members, roles and what a principal may do in one.
 pub mod orgs;
 /// Rate limiting (GCRA).

@@ -3,7 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
@@ -13,16 +13,21 @@ use crate::domain::permissions;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
+use crate::http::limits::{parse_specs, specs, RateLimitSpec};
 use crate::http::orgs::{audit, org_access};
 use crate::keys::{KeyFailure, NewKey};
 use crate::orgs::{check_id, check_name};
-use crate::store::{ApiKeyRecord, AuditEntry, StoreError};
+use crate::ratelimit::Rates;
+use crate::store::{ApiKeyRecord, AuditEntry, KeyChange, StoreError};
 
 /// Routes of this file.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orgs/{org}/api-keys", get(list_keys).post(create_key))
-        .route("/orgs/{org}/api-keys/{id}", get(get_key).delete(revoke_key))
+        .route(
+            "/orgs/{org}/api-keys/{id}",
+            get(get_key).patch(update_key).delete(revoke_key),
+        )
         .route("/orgs/{org}/api-keys/{id}/roll", post(roll_key))
         .route("/keys/verify", post(verify_key))
         .route("/orgs/{org}/audit-log", get(audit_log))
@@ -65,6 +70,8 @@ pub struct KeyView {
     pub rolled_to: Option<String>,
     /// `active`, `expired` or `revoked`.
     pub status: &'static str,
+    /// The key's own rate limits; `null`: the deployment's default for keys.
+    pub rate_limits: Option<Vec<RateLimitSpec>>,
 }
 
 fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
@@ -84,6 +91,7 @@ fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
         revoked_at: k.revoked_at,
         rolled_to: k.rolled_to.clone(),
         status: k.status(now),
+        rate_limits: k.rate_limits.as_ref().map(specs),
     }
 }
 
@@ -95,12 +103,6 @@ pub struct CreatedKey {
     /// The stored record.
     #[serde(flatten)]
     pub record: KeyView,
-}
-
-fn absent_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A key to create.
@@ -115,12 +117,14 @@ pub struct CreateKeyBody {
     /// `live` (default) or `test`.
     pub environment: Option<String>,
     /// Days until expiry (1-3650); default 365; `null` for never.
-    #[serde(default, deserialize_with = "absent_or_null")]
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
     #[schema(value_type = Option<i64>)]
     pub expires_in_days: Option<Option<i64>>,
     /// A JSON object of at most 4 KiB.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// The key's own windows, replacing the default (all must admit a request).
+    pub rate_limits: Option<Vec<RateLimitSpec>>,
 }
 
 /// The checked settings shared by creation (HTTP and CLI).
@@ -135,6 +139,8 @@ pub struct KeySettings {
     pub lifetime_ms: Option<i64>,
     /// Metadata.
     pub metadata: Value,
+    /// Own rate limits.
+    pub rate_limits: Option<Rates>,
 }
 
 /// Validates creation input; a key's scopes must be held by its creator (`None`: the operator).
@@ -173,7 +179,23 @@ pub fn check_settings(
             ))
         }
     };
-    let metadata = match body.metadata {
+    let metadata = check_metadata(body.metadata)?;
+    let rate_limits = body
+        .rate_limits
+        .map(|r| parse_specs("rate_limits", &r))
+        .transpose()?;
+    Ok(KeySettings {
+        name,
+        scopes,
+        environment,
+        lifetime_ms,
+        metadata,
+        rate_limits,
+    })
+}
+
+fn check_metadata(metadata: Option<Value>) -> Result<Value, ApiError> {
+    let metadata = match metadata {
         None | Some(Value::Null) => json!({}),
         Some(Value::Object(m)) => Value::Object(m),
         Some(_) => return Err(ApiError::field("metadata", "must be a JSON object")),
@@ -181,13 +203,7 @@ pub fn check_settings(
     if metadata.to_string().len() > MAX_METADATA_BYTES {
         return Err(ApiError::field("metadata", "must be at most 4 KiB"));
     }
-    Ok(KeySettings {
-        name,
-        scopes,
-        environment,
-        lifetime_ms,
-        metadata,
-    })
+    Ok(metadata)
 }
 
 /// Creates a key (owners: `keys:write`).
@@ -212,6 +228,7 @@ pub async fn create_key(
         lifetime_ms: s.lifetime_ms,
         metadata: s.metadata,
         created_by: a.actor.clone(),
+        rate_limits: s.rate_limits,
     });
     state
         .store
@@ -287,7 +304,9 @@ pub async fn revoke_key(
             StoreError::NotFound => ApiError::not_found("API key"),
             other => other.into(),
         })?;
-    state.keys.invalidate(&k.key_hash).await;
+    state
+        .invalidate(crate::fanout::Invalidation::Key(k.key_hash.clone()))
+        .await;
     Ok(ok(view(&k, state.clock.now_ms())))
 }
 
@@ -345,6 +364,7 @@ pub async fn roll_key(
         lifetime_ms: old.expires_at.map(|e| e - old.created_at),
         metadata: old.metadata.clone(),
         created_by: a.actor.clone(),
+        rate_limits: old.rate_limits.clone(),
     });
     let grace_end = now + grace * 1000;
     let old_expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
@@ -352,11 +372,64 @@ pub async fn roll_key(
         .store
         .roll_api_key(&id, &record, old_expires, &audit(&state, &a, &ip))
         .await?;
-    state.keys.invalidate(&old.key_hash).await;
+    state
+        .invalidate(crate::fanout::Invalidation::Key(old.key_hash.clone()))
+        .await;
     Ok(created(CreatedKey {
         key,
         record: view(&record, now),
     }))
+}
+
+/// Changes to a key; absent fields stay as they are.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyBody {
+    /// 1-50 characters.
+    pub name: Option<String>,
+    /// A JSON object of at most 4 KiB (replaces the old one).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// The key's own windows; `null` restores the default.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<Vec<RateLimitSpec>>)]
+    pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+}
+
+/// Renames a key or changes its metadata or rate limits (`keys:write`); applies at once
+/// on every instance.
+#[utoipa::path(patch, path = "/v1/orgs/{org}/api-keys/{id}", tag = "api-keys", request_body = UpdateKeyBody,
+    responses((status = 200, body = KeyView), (status = 404, description = "not_found"), (status = 422, description = "validation_failed")))]
+pub async fn update_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path((org, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UpdateKeyBody>,
+) -> Result<Success<KeyView>, ApiError> {
+    let a = org_access(&state, &principal, &org).await?;
+    a.require("keys:write")?;
+    check_id(&id, "key")?;
+    let change = KeyChange {
+        name: body.name.map(|n| check_name("name", &n, 50)).transpose()?,
+        metadata: body.metadata.map(|m| check_metadata(Some(m))).transpose()?,
+        rate_limits: body
+            .rate_limits
+            .map(|r| r.map(|r| parse_specs("rate_limits", &r)).transpose())
+            .transpose()?,
+    };
+    let k = state
+        .store
+        .update_api_key(&org, &id, &change, &audit(&state, &a, &ip))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("API key"),
+            other => other.into(),
+        })?;
+    state
+        .invalidate(crate::fanout::Invalidation::Key(k.key_hash.clone()))
+        .await;
+    Ok(ok(view(&k, state.clock.now_ms())))
 }
 
 /// A key to check.
@@ -387,6 +460,24 @@ pub struct Verdict {
     /// Caller data.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// The verified key's own rate-limit window closest to exhaustion (each verification
+    /// counts as one use of the key).
+    pub ratelimit: Option<VerdictLimit>,
+}
+
+/// A verified key's rate-limit state.
+#[derive(Serialize, ToSchema)]
+pub struct VerdictLimit {
+    /// The window's limit.
+    pub limit: u32,
+    /// Its length in seconds.
+    pub window_seconds: u32,
+    /// Uses left now.
+    pub remaining: u32,
+    /// Unix seconds at which the window is full again.
+    pub reset: i64,
+    /// Seconds until a use is admitted (0 when this one was).
+    pub retry_after: u64,
 }
 
 /// Verifies a key of the caller's own organization (needs `keys:verify`).
@@ -419,15 +510,34 @@ pub async fn verify_key(
         environment: None,
         expires_at: None,
         metadata: None,
+        ratelimit: None,
     };
     let verdict = match state.keys.check(&body.key).await {
         // A key of another organization reads as unknown: no cross-tenant oracle.
         Ok(k) if k.org_id != org_id => invalid(KeyFailure::NotFound),
         Ok(k) => {
-            state.keys.record_use(&k.id);
+            // The verified key's own windows; the organization's were counted for the
+            // caller's request already.
+            let req = state.key_request(&k, false).await?;
+            let d = state
+                .limiter
+                .check(&req)
+                .await
+                .map_err(|_| crate::http::limits::unavailable())?;
+            let ratelimit = d.binding().map(|b| VerdictLimit {
+                limit: b.limit,
+                window_seconds: b.window_seconds,
+                remaining: b.remaining,
+                reset: b.reset_at,
+                retry_after: b.retry_after,
+            });
+            if d.allowed {
+                state.keys.record_use(&k.id);
+            }
             Verdict {
-                valid: true,
-                reason: None,
+                valid: d.allowed,
+                reason: (!d.allowed).then_some("rate_limited"),
+                ratelimit,
                 key_id: Some(k.id.clone()),
                 org_id: Some(k.org_id.clone()),
                 scopes: Some(k.scopes.clone()),

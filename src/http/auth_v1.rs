@@ -15,9 +15,9 @@ use crate::accounts::{IssuedSession, SignUp};
 use crate::app::AppState;
 use crate::auth::jwt::{Claims, JwtError};
 use crate::clock::rfc3339;
+use crate::config::Policy;
 use crate::http::extract::ClientIp;
 use crate::http::gotrue::{GoTrueError, GoTrueJson};
-use crate::ratelimit::Rate;
 use crate::store::User;
 
 /// Routes under `/auth/v1` (the `apikey` gate and API-version handling wrap them in `http::router`).
@@ -93,24 +93,17 @@ fn session_json(s: &IssuedSession) -> Value {
     })
 }
 
-fn limited(
+/// A per-IP policy; the response carries its headers whatever the outcome.
+pub(crate) async fn limited(
     state: &AppState,
-    class: &str,
+    policy: Policy,
     ip: &ClientIp,
-    rate: Rate,
-) -> Result<crate::ratelimit::Decision, GoTrueError> {
-    let d = state.limit(class, &ip.key(), rate);
-    if d.allowed {
-        Ok(d)
-    } else {
-        Err(GoTrueError::rate_limited(&d))
+) -> Result<(), GoTrueError> {
+    match state.limit_ip(policy, &ip.key()).await {
+        Ok(d) if d.allowed => Ok(()),
+        Ok(d) => Err(GoTrueError::rate_limited(&d)),
+        Err(_) => Err(GoTrueError::limiter_unavailable()),
     }
-}
-
-fn with_rate(body: Value, d: &crate::ratelimit::Decision) -> Response {
-    let mut res = Json(body).into_response();
-    crate::http::rate_limit_headers(res.headers_mut(), d);
-    res
 }
 
 #[derive(Deserialize)]
@@ -129,7 +122,7 @@ pub(crate) async fn signup(
     ip: ClientIp,
     GoTrueJson(body): GoTrueJson<SignUpBody>,
 ) -> Result<Response, GoTrueError> {
-    let d = limited(&state, "sign_up", &ip, state.config.rate_limit_sign_up)?;
+    limited(&state, Policy::SignUp, &ip).await?;
     if body.phone.as_deref().is_some_and(|p| !p.is_empty()) && body.email.is_none() {
         return Err(GoTrueError::new(
             StatusCode::BAD_REQUEST,
@@ -144,8 +137,8 @@ pub(crate) async fn signup(
         .password
         .ok_or_else(|| GoTrueError::validation("Signup requires a valid password"))?;
     match state.accounts.sign_up(&email, password, body.data).await {
-        Ok(SignUp::Session(s)) => Ok(with_rate(session_json(&s), &d)),
-        Ok(SignUp::Unconfirmed(u)) => Ok(with_rate(user_json(&u), &d)),
+        Ok(SignUp::Session(s)) => Ok(Json(session_json(&s)).into_response()),
+        Ok(SignUp::Unconfirmed(u)) => Ok(Json(user_json(&u)).into_response()),
         Err(crate::accounts::AccountError::UserExists) if !state.config.autoconfirm => {
             // As GoTrue does when confirmation is on: answer like a fresh sign-up, so the
             // route does not reveal who has an account.
@@ -166,7 +159,7 @@ pub(crate) async fn signup(
             };
             let mut body = user_json(&fake);
             body["identities"] = json!([]);
-            Ok(with_rate(body, &d))
+            Ok(Json(body).into_response())
         }
         Err(e) => Err(e.into()),
     }
@@ -193,7 +186,7 @@ pub(crate) async fn token(
 ) -> Result<Response, GoTrueError> {
     match q.get("grant_type").map(String::as_str) {
         Some("password") => {
-            let d = limited(&state, "sign_in", &ip, state.config.rate_limit_sign_in)?;
+            limited(&state, Policy::SignIn, &ip).await?;
             let (Some(email), Some(password)) = (body.email, body.password) else {
                 return Err(GoTrueError::new(
                     StatusCode::BAD_REQUEST,
@@ -202,15 +195,10 @@ pub(crate) async fn token(
                 ));
             };
             let s = state.accounts.sign_in(&email, password).await?;
-            Ok(with_rate(session_json(&s), &d))
+            Ok(Json(session_json(&s)).into_response())
         }
         Some("refresh_token") => {
-            let d = limited(
-                &state,
-                "token_refresh",
-                &ip,
-                state.config.rate_limit_token_refresh,
-            )?;
+            limited(&state, Policy::TokenRefresh, &ip).await?;
             let rt = body
                 .refresh_token
                 .filter(|t| !t.is_empty())
@@ -222,7 +210,7 @@ pub(crate) async fn token(
                     )
                 })?;
             let s = state.accounts.refresh(&rt).await?;
-            Ok(with_rate(session_json(&s), &d))
+            Ok(Json(session_json(&s)).into_response())
         }
         Some(_) | None => Err(GoTrueError::new(
             StatusCode::BAD_REQUEST,
@@ -314,7 +302,11 @@ pub(crate) async fn logout(
     let claims = verify(&state, &headers)?;
     let scope = q.get("scope").map(String::as_str).unwrap_or("global");
     let ended = state.accounts.sign_out(&claims, scope).await?;
-    state.forget_sessions(&ended).await;
+    for id in ended {
+        state
+            .invalidate(crate::fanout::Invalidation::Session(id))
+            .await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -109,22 +109,45 @@ fn incoming_id(req: &Request) -> Option<String> {
 /// Gives every request an id, a span with its method and path, one log line with its outcome,
 /// and an `X-Request-Id` on the response. Logs carry no headers, bodies or query strings,
 /// so no credential can reach them.
-pub async fn request_context(req: Request, next: Next) -> Response {
+pub async fn request_context(
+    axum::extract::State(state): axum::extract::State<crate::app::AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let id = incoming_id(&req).unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
-    let route = req.uri().path().to_string();
+    // The route pattern, never the path: ids and tokens in paths stay out of metrics.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
     let method = req.method().clone();
-    let span = tracing::info_span!("request", %method, path = %route, request_id = %id);
+    let span = tracing::info_span!("request", %method, route = %route, request_id = %id);
     let started = std::time::Instant::now();
-    let mut res = REQUEST_ID
-        .scope(id.clone(), next.run(req).instrument(span.clone()))
+    let (mut res, decision) = REQUEST_ID
+        .scope(
+            id.clone(),
+            crate::http::limits::scope(async {
+                let res = next.run(req).await;
+                (res, crate::http::limits::noted())
+            })
+            .instrument(span.clone()),
+        )
         .await;
     let status = res.status().as_u16();
+    let elapsed = started.elapsed().as_secs_f64();
+    state
+        .metrics
+        .request(&route, method.as_str(), status, elapsed);
     let _enter = span.enter();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let ms = elapsed * 1000.0;
     if status >= 500 {
         tracing::error!(status, latency_ms = ms, "request failed");
     } else {
         tracing::info!(status, latency_ms = ms, "request");
+    }
+    if let Some(d) = decision {
+        crate::http::limits::write_headers(res.headers_mut(), &d, state.clock.now_secs());
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);

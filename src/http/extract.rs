@@ -87,6 +87,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// For `Option<Option<T>>` fields: absent is `None`, `null` is `Some(None)`.
+pub fn absent_or_null<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// The client's address as the rate limiter keys it: IPv6 clients by their /64.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientIp(pub IpAddr);
@@ -107,16 +114,55 @@ impl ClientIp {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl ClientIp {
+    /// The client behind `peer`: the peer itself, unless it is a trusted proxy; then the
+    /// `X-Forwarded-For` chain read right to left, skipping trusted proxies (the entries to
+    /// their left are whatever the client chose to send, so they are never believed).
+    pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Self {
+        let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+        if !is_trusted(&peer) {
+            return ClientIp(peer);
+        }
+        let mut client = peer;
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect::<Vec<_>>();
+        for hop in hops.into_iter().rev() {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !is_trusted(&ip) {
+                        break;
+                    }
+                }
+                // A garbled entry: the last address a trusted proxy vouched for stands.
+                Err(_) => break,
+            }
+        }
+        ClientIp(client)
+    }
+}
+
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ci| ci.0.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        Ok(ClientIp(ip))
+        Ok(ClientIp::resolve(
+            peer,
+            &parts.headers,
+            &state.trusted_proxies,
+        ))
     }
 }
 
@@ -204,7 +250,7 @@ impl FromRequestParts<AppState> for Principal {
             let key = key
                 .to_str()
                 .map_err(|_| ApiError::unauthorized("malformed", "The API key is malformed."))?;
-            return state.principal_from_key(key.trim()).await;
+            return key_principal(state, key.trim()).await;
         }
         if let Some(token) = bearer(parts) {
             if token.is_empty() {
@@ -214,13 +260,19 @@ impl FromRequestParts<AppState> for Principal {
                 ));
             }
             if state.keys.looks_like_key(token) {
-                return state.principal_from_key(token).await;
+                return key_principal(state, token).await;
             }
-            return state.principal_from_jwt(token).await;
+            return state
+                .principal_from_jwt(token)
+                .await
+                .inspect_err(|e| count_failure(state, e));
         }
         let jar = axum_extra::extract::CookieJar::from_headers(&parts.headers);
         if let Some(cookie) = jar.get(SESSION_COOKIE) {
-            let principal = state.principal_from_cookie(cookie.value()).await?;
+            let principal = state
+                .principal_from_cookie(cookie.value())
+                .await
+                .inspect_err(|e| count_failure(state, e))?;
             if !is_safe(&parts.method)
                 && !same_origin(&parts.headers, &state.config.public_origin())
             {
@@ -228,9 +280,50 @@ impl FromRequestParts<AppState> for Principal {
             }
             return Ok(principal);
         }
-        Err(ApiError::unauthorized(
+        let e = ApiError::unauthorized(
             "missing",
             "No credential: send Authorization: Bearer <token>, X-API-Key, or sign in.",
-        ))
+        );
+        count_failure(state, &e);
+        Err(e)
     }
+}
+
+/// An API key's principal, admitted by its own and its organization's rate limits.
+async fn key_principal(state: &AppState, key: &str) -> Result<Principal, ApiError> {
+    let principal = state
+        .principal_from_key(key)
+        .await
+        .inspect_err(|e| count_failure(state, e))?;
+    if let Principal::ApiKey { key } = &principal {
+        let req = state.key_request(key, true).await?;
+        let d = state
+            .limit(&req)
+            .await
+            .map_err(|_| crate::http::limits::unavailable())?;
+        if !d.allowed {
+            return Err(crate::http::limits::refused(&d));
+        }
+    }
+    Ok(principal)
+}
+
+/// Counts a refused credential by its `details.reason`.
+fn count_failure(state: &AppState, e: &ApiError) {
+    const REASONS: [&str; 6] = [
+        "missing",
+        "malformed",
+        "not_found",
+        "expired",
+        "revoked",
+        "unavailable",
+    ];
+    let reason = e
+        .details
+        .as_ref()
+        .and_then(|d| d.get("reason"))
+        .and_then(|r| r.as_str())
+        .and_then(|r| REASONS.iter().find(|k| **k == r).copied())
+        .unwrap_or("other");
+    state.metrics.auth_failure(reason);
 }

@@ -32,7 +32,6 @@ pub struct GoTrueError {
     message: String,
     weak_password: bool,
     retry_after: Option<u64>,
-    rate: Option<Decision>,
 }
 
 impl GoTrueError {
@@ -44,7 +43,6 @@ impl GoTrueError {
             message: message.into(),
             weak_password: false,
             retry_after: None,
-            rate: None,
         }
     }
     /// 400 `validation_failed`.
@@ -52,17 +50,25 @@ impl GoTrueError {
         Self::new(StatusCode::BAD_REQUEST, "validation_failed", message)
     }
     /// 429 `over_request_rate_limit`.
+    /// The headers come from the decision noted for the request.
     pub fn rate_limited(d: &Decision) -> Self {
+        let retry = d.retry_after();
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "over_request_rate_limit",
-            format!(
-                "Request rate limit reached. Try again in {} seconds.",
-                d.retry_after
-            ),
+            format!("Request rate limit reached. Try again in {retry} seconds."),
         );
-        e.retry_after = Some(d.retry_after);
-        e.rate = Some(*d);
+        e.retry_after = Some(retry);
+        e
+    }
+    /// 503 when a fail-closed limit cannot be decided.
+    pub fn limiter_unavailable() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "Rate limiting is unavailable; retry shortly.",
+        );
+        e.retry_after = Some(1);
         e
     }
     /// 401/403 for a bad access token.
@@ -116,9 +122,6 @@ impl IntoResponse for GoTrueError {
             body["weak_password"] = json!({ "reasons": ["length"] });
         }
         let mut res = (self.status, Json(body)).into_response();
-        if let Some(d) = &self.rate {
-            crate::http::rate_limit_headers(res.headers_mut(), d);
-        }
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);

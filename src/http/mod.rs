@@ -6,18 +6,19 @@ pub mod envelope;
 pub mod extract;
 pub mod gotrue;
 pub mod health;
+pub mod limits;
 pub mod me;
+pub mod metrics;
 pub mod openapi;
 pub mod orgs;
 pub mod session;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderName, Method};
 use axum::{middleware, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::AppState;
-use crate::ratelimit::Decision;
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
@@ -37,7 +38,16 @@ pub fn router(state: AppState) -> Router {
             HeaderName::from_static("x-client-info"),
             gotrue::API_VERSION.clone(),
         ])
-        .expose_headers([gotrue::API_VERSION.clone(), envelope::X_REQUEST_ID.clone()]);
+        .expose_headers(
+            [
+                gotrue::API_VERSION.clone(),
+                envelope::X_REQUEST_ID.clone(),
+                header::RETRY_AFTER,
+            ]
+            .into_iter()
+            .chain(limits::EXPOSED.map(HeaderName::from_static))
+            .collect::<Vec<_>>(),
+        );
     let auth = auth_v1::router()
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -63,13 +73,12 @@ pub fn router(state: AppState) -> Router {
             header::CONTENT_TYPE,
             HeaderName::from_static("x-api-key"),
         ])
-        .expose_headers([
-            envelope::X_REQUEST_ID.clone(),
-            HeaderName::from_static("x-ratelimit-limit"),
-            HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderName::from_static("x-ratelimit-reset"),
-            header::RETRY_AFTER,
-        ]);
+        .expose_headers(
+            [envelope::X_REQUEST_ID.clone(), header::RETRY_AFTER]
+                .into_iter()
+                .chain(limits::EXPOSED.map(HeaderName::from_static))
+                .collect::<Vec<_>>(),
+        );
     let v1 = Router::new()
         .merge(me::router())
         .merge(session::router())
@@ -82,20 +91,12 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .merge(health::router())
         .merge(openapi::router())
+        .merge(metrics::router())
         .fallback(envelope::not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
-        .layer(middleware::from_fn(envelope::request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            envelope::request_context,
+        ))
         .with_state(state)
-}
-
-/// Writes `X-RateLimit-*` for the window closest to exhaustion.
-pub fn rate_limit_headers(headers: &mut HeaderMap, d: &Decision) {
-    let mut put = |name: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    put("x-ratelimit-limit", d.limit.to_string());
-    put("x-ratelimit-remaining", d.remaining.to_string());
-    put("x-ratelimit-reset", d.reset_at.to_string());
 }

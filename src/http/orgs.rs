@@ -14,6 +14,7 @@ use crate::domain::{permissions, Email};
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
+use crate::http::limits::{parse_specs, RateLimitSpec};
 use crate::orgs::{access, check_id, check_name, role_permissions, Access};
 use crate::store::{Audit, Member, Org, Role, StoreError};
 
@@ -23,7 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/orgs", get(list_orgs).post(create_org))
         .route(
             "/orgs/{org}",
-            get(get_org).patch(rename_org).delete(delete_org),
+            get(get_org).patch(update_org).delete(delete_org),
         )
         .route("/orgs/{org}/members", get(list_members).post(add_member))
         .route(
@@ -143,29 +144,59 @@ pub async fn get_org(
         .ok_or_else(|| ApiError::not_found("Organization"))?))
 }
 
-/// Renames an organization (owners and admins).
-#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "orgs", request_body = OrgBody, responses((status = 200, body = Org)))]
-pub async fn rename_org(
+/// Changes to an organization; absent fields stay as they are.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrgBody {
+    /// 1-100 characters.
+    pub name: Option<String>,
+    /// Windows across all the organization's keys; `null` restores the default.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<Vec<RateLimitSpec>>)]
+    pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+}
+
+/// Renames an organization or sets its rate limits (owners and admins).
+#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "orgs", request_body = UpdateOrgBody, responses((status = 200, body = Org)))]
+pub async fn update_org(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
     Path(org): Path<String>,
-    ApiJson(body): ApiJson<OrgBody>,
+    ApiJson(body): ApiJson<UpdateOrgBody>,
 ) -> Result<Success<Org>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require_user()?;
     if !matches!(a.role.as_deref(), Some("owner" | "admin")) {
         return Err(ApiError::msg(
             Code::Forbidden,
-            "Only owners and admins can rename the organization.",
+            "Only owners and admins can change the organization.",
         )
         .details(json!({ "required": "admin" })));
     }
-    let name = check_name("name", &body.name, 100)?;
+    let name = body.name.map(|n| check_name("name", &n, 100)).transpose()?;
+    let rates = body
+        .rate_limits
+        .map(|r| r.map(|r| parse_specs("rate_limits", &r)).transpose())
+        .transpose()?;
+    let audit = audit(&state, &a, &ip);
+    if let Some(name) = name {
+        state.store.rename_org(&org, &name, &audit).await?;
+    }
+    if let Some(rates) = rates {
+        state
+            .store
+            .set_org_rate_limits(&org, rates.as_ref(), &audit)
+            .await?;
+        state
+            .invalidate(crate::fanout::Invalidation::Org(org.clone()))
+            .await;
+    }
     Ok(ok(state
         .store
-        .rename_org(&org, &name, &audit(&state, &a, &ip))
-        .await?))
+        .org(&org)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Organization"))?))
 }
 
 /// Deletes an organization and everything it owns (owners only).
@@ -178,7 +209,9 @@ pub async fn delete_org(
     let a = org_access(&state, &principal, &org).await?;
     a.require_owner()?;
     for hash in state.store.delete_org(&org).await? {
-        state.keys.invalidate(&hash).await;
+        state
+            .invalidate(crate::fanout::Invalidation::Key(hash))
+            .await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

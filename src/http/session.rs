@@ -62,22 +62,13 @@ pub async fn sign_in(
     {
         return Err(csrf_refused());
     }
-    let d = state.limit("sign_in", &ip.key(), state.config.rate_limit_sign_in);
-    if !d.allowed {
-        let mut e = ApiError::msg(
-            Code::RateLimited,
-            format!(
-                "Rate limit exceeded. Try again in {} seconds.",
-                d.retry_after
-            ),
-        )
-        .details(
-            json!({ "retry_after": d.retry_after, "limit": d.limit, "window": d.window_seconds }),
-        );
-        e.retry_after = Some(d.retry_after);
-        let mut res = e.into_response();
-        crate::http::rate_limit_headers(res.headers_mut(), &d);
-        return Ok(res);
+    match state
+        .limit_ip(crate::config::Policy::SignIn, &ip.key())
+        .await
+    {
+        Ok(d) if d.allowed => {}
+        Ok(d) => return Err(crate::http::limits::refused(&d)),
+        Err(_) => return Err(crate::http::limits::unavailable()),
     }
     let user = state
         .accounts
@@ -103,12 +94,11 @@ pub async fn sign_in(
         .path("/")
         .max_age(time::Duration::seconds(ttl))
         .build();
-    let mut res = (
+    let res = (
         jar.add(cookie),
         ok(json!({ "user_id": user.id, "email": user.email })),
     )
         .into_response();
-    crate::http::rate_limit_headers(res.headers_mut(), &d);
     Ok(res)
 }
 
@@ -131,7 +121,9 @@ pub async fn sign_out(
         Ok(()) | Err(crate::store::StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    state.forget_web_session(&hash).await;
+    state
+        .invalidate(crate::fanout::Invalidation::WebSession(hash.clone()))
+        .await;
     let removal = Cookie::build((SESSION_COOKIE, "")).path("/").build();
     Ok((StatusCode::NO_CONTENT, jar.remove(removal)).into_response())
 }

@@ -4,6 +4,7 @@ use sqlx::Row;
 
 use super::audit::{record, Audit};
 use super::{Store, StoreError, StoreResult};
+use crate::ratelimit::Rates;
 
 /// A stored API key: everything but the key itself (only its SHA-256 is kept).
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +37,20 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<i64>,
     /// The key that replaced it in a roll.
     pub rolled_to: Option<String>,
+    /// The key's own rate limits (`None`: the configured default).
+    pub rate_limits: Option<Rates>,
+}
+
+/// A change to a key: each `Some` replaces the field (`rate_limits: Some(None)` restores
+/// the default).
+#[derive(Debug, Default)]
+pub struct KeyChange {
+    /// New name.
+    pub name: Option<String>,
+    /// New metadata.
+    pub metadata: Option<Value>,
+    /// New rate limits.
+    pub rate_limits: Option<Option<Rates>>,
 }
 
 impl ApiKeyRecord {
@@ -53,7 +68,7 @@ impl ApiKeyRecord {
 
 const COLUMNS: &str =
     "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
-     expires_at, last_used_at, revoked_at, rolled_to";
+     expires_at, last_used_at, revoked_at, rolled_to, rate_limits";
 
 fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     let scopes: String = r.try_get("scopes")?;
@@ -75,12 +90,13 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         last_used_at: r.try_get("last_used_at")?,
         revoked_at: r.try_get("revoked_at")?,
         rolled_to: r.try_get("rolled_to")?,
+        rate_limits: parse_rates(r.try_get("rate_limits")?)?,
     })
 }
 
 async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult<()> {
     sqlx::query(&format!(
-        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     ))
     .bind(&k.id)
     .bind(&k.org_id)
@@ -96,9 +112,17 @@ async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult
     .bind(k.last_used_at)
     .bind(k.revoked_at)
     .bind(k.rolled_to.as_deref())
+    .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Stored rates, read back.
+pub(crate) fn parse_rates(stored: Option<String>) -> StoreResult<Option<Rates>> {
+    stored
+        .map(|s| Rates::parse(&s).map_err(|e| StoreError::Other(format!("rate_limits: {e}"))))
+        .transpose()
 }
 
 fn audit_details(k: &ApiKeyRecord) -> Value {
@@ -247,6 +271,66 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(old)
+    }
+
+    /// Changes a key's name, metadata or rate limits; `NotFound` if it is not this organization's.
+    pub async fn update_api_key(
+        &self,
+        org_id: &str,
+        id: &str,
+        change: &KeyChange,
+        audit: &Audit,
+    ) -> StoreResult<ApiKeyRecord> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut k = row
+            .as_ref()
+            .map(from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)?;
+        let mut details = serde_json::Map::new();
+        if let Some(name) = &change.name {
+            k.name = name.clone();
+            details.insert("name".into(), json!(name));
+        }
+        if let Some(metadata) = &change.metadata {
+            k.metadata = metadata.clone();
+            details.insert("metadata_changed".into(), json!(true));
+        }
+        if let Some(rates) = &change.rate_limits {
+            k.rate_limits = rates.clone();
+            details.insert(
+                "rate_limits".into(),
+                json!(rates.as_ref().map(|r| r.to_string())),
+            );
+        }
+        sqlx::query(
+            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3 WHERE org_id = $4 AND id = $5",
+        )
+        .bind(&k.name)
+        .bind(k.metadata.to_string())
+        .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "api_key.updated",
+            Some(id),
+            Value::Object(details),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(k)
     }
 
     /// Writes last-used times gathered in memory, in one transaction.

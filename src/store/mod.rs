@@ -13,7 +13,7 @@ mod orgs;
 mod sessions;
 mod users;
 
-pub use api_keys::ApiKeyRecord;
+pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry};
 pub use engine::Engine;
 pub use orgs::{Member, Org, Role};

@@ -5,6 +5,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::audit::{record, Audit};
 use super::{Store, StoreError, StoreResult};
+use crate::ratelimit::Rates;
 
 /// An organization (tenant).
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -17,6 +18,8 @@ pub struct Org {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
+    /// The organization's own rate limits across all its keys; `null`: the default.
+    pub rate_limits: Option<Vec<crate::ratelimit::RateLimitSpec>>,
 }
 
 /// A member of an organization.
@@ -49,6 +52,8 @@ fn org_from_row(r: &AnyRow) -> StoreResult<Org> {
         name: r.try_get("name")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        rate_limits: crate::store::api_keys::parse_rates(r.try_get("rate_limits")?)?
+            .map(|r| r.specs()),
     })
 }
 
@@ -149,23 +154,25 @@ impl Store {
             name: name.to_string(),
             created_at: audit.now,
             updated_at: audit.now,
+            rate_limits: None,
         })
     }
 
     /// An organization by id.
     pub async fn org(&self, org_id: &str) -> StoreResult<Option<Org>> {
-        let row =
-            sqlx::query("SELECT id, name, created_at, updated_at FROM organizations WHERE id = $1")
-                .bind(org_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT id, name, created_at, updated_at, rate_limits FROM organizations WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(org_from_row).transpose()
     }
 
     /// The organizations a user belongs to, with the user's role in each.
     pub async fn orgs_of_user(&self, user_id: &str) -> StoreResult<Vec<(Org, String)>> {
         let rows = sqlx::query(
-            "SELECT o.id, o.name, o.created_at, o.updated_at, m.role FROM organizations o \
+            "SELECT o.id, o.name, o.created_at, o.updated_at, o.rate_limits, m.role FROM organizations o \
              JOIN memberships m ON m.org_id = o.id WHERE m.user_id = $1 ORDER BY o.created_at, o.id",
         )
         .bind(user_id)
@@ -199,6 +206,48 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.org(org_id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// An organization's own rate limits (`None`: the configured default).
+    pub async fn org_rate_limits(&self, org_id: &str) -> StoreResult<Option<Rates>> {
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT rate_limits FROM organizations WHERE id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        crate::store::api_keys::parse_rates(stored.flatten())
+    }
+
+    /// Sets (or, with `None`, clears) an organization's own rate limits.
+    pub async fn set_org_rate_limits(
+        &self,
+        org_id: &str,
+        rates: Option<&Rates>,
+        audit: &Audit,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let text = rates.map(|r| r.to_string());
+        let r =
+            sqlx::query("UPDATE organizations SET rate_limits = $1, updated_at = $2 WHERE id = $3")
+                .bind(text.as_deref())
+                .bind(audit.now)
+                .bind(org_id)
+                .execute(&mut *tx)
+                .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "organization.rate_limits_changed",
+            Some(org_id),
+            json!({ "rate_limits": text }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Deletes an organization and everything it owns; returns the hashes of its keys.

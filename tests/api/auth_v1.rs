@@ -440,7 +440,8 @@ story!(
 story!(
     per_ip_limits_answer_over_request_rate_limit,
     |c: &mut gatehouse::config::Config| {
-        c.rate_limit_sign_up = gatehouse::ratelimit::Rate::new(2, 60);
+        c.rate_limit_sign_up =
+            gatehouse::ratelimit::Rates::one(gatehouse::ratelimit::Rate::new(2, 60));
     },
     |app: TestApp| async move {
         assert_eq!(

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use gatehouse::app::{self, AppState};
 use gatehouse::clock::Clock;
 use gatehouse::config::{Config, SecretString};
-use gatehouse::ratelimit::Rate;
+use gatehouse::ratelimit::{Rate, Rates};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -121,6 +121,11 @@ fn replace_db(url: &str, name: &str) -> String {
     format!("{base}/{name}{query}")
 }
 
+/// A limit no story reaches unless it means to.
+pub fn generous() -> Rates {
+    Rates::one(Rate::new(100_000, 60))
+}
+
 /// The configuration tests start from: autoconfirm on, generous limits.
 pub fn test_config(db_url: &str) -> Config {
     Config {
@@ -128,9 +133,13 @@ pub fn test_config(db_url: &str) -> Config {
         database_url: db_url.to_string(),
         publishable_key: Some(SecretString::new(PK)),
         autoconfirm: true,
-        rate_limit_sign_in: Rate::new(10_000, 60),
-        rate_limit_sign_up: Rate::new(10_000, 60),
-        rate_limit_token_refresh: Rate::new(10_000, 60),
+        rate_limit_sign_in: generous(),
+        rate_limit_sign_up: generous(),
+        rate_limit_token_refresh: generous(),
+        rate_limit_api_key: generous(),
+        rate_limit_org: generous(),
+        rate_limit_magic_link: generous(),
+        rate_limit_verify: generous(),
         password_hash_concurrency: 2,
         ..Config::default()
     }

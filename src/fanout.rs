@@ -1,0 +1,145 @@
+//! Cache invalidation between instances: a change on one instance is published over Redis
+//! and applied by every other within milliseconds. Without Redis (or while it is down) the
+//! caches' own lifetimes bound how long another instance may act on stale state.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::app::AppState;
+
+/// What another instance must forget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// An API key, by the SHA-256 of the key (revoked, rolled, changed, deleted).
+    Key(String),
+    /// A refresh session, by id (signed out).
+    Session(String),
+    /// An organization's rate limits, by id.
+    Org(String),
+    /// A dashboard session, by the SHA-256 of the cookie.
+    WebSession(String),
+}
+
+impl Invalidation {
+    /// The message on the channel: `kind:id`.
+    pub fn encode(&self) -> String {
+        match self {
+            Invalidation::Key(h) => format!("key:{h}"),
+            Invalidation::Session(id) => format!("session:{id}"),
+            Invalidation::Org(id) => format!("org:{id}"),
+            Invalidation::WebSession(h) => format!("web:{h}"),
+        }
+    }
+
+    /// Reads a message; `None` for anything else.
+    pub fn decode(msg: &str) -> Option<Self> {
+        let (kind, id) = msg.split_once(':')?;
+        if id.is_empty() || id.len() > 128 {
+            return None;
+        }
+        let id = id.to_string();
+        Some(match kind {
+            "key" => Invalidation::Key(id),
+            "session" => Invalidation::Session(id),
+            "org" => Invalidation::Org(id),
+            "web" => Invalidation::WebSession(id),
+            _ => return None,
+        })
+    }
+
+    /// The metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Invalidation::Key(_) => "key",
+            Invalidation::Session(_) => "session",
+            Invalidation::Org(_) => "org",
+            Invalidation::WebSession(_) => "web_session",
+        }
+    }
+}
+
+/// The channel's name under the deployment's prefix.
+pub fn channel(state: &AppState) -> Option<String> {
+    state.redis.as_ref().map(|r| r.key("invalidate"))
+}
+
+/// Tells the other instances; a failure is logged and the cache lifetime bounds the delay.
+pub async fn publish(state: &AppState, inv: &Invalidation) {
+    let (Some(link), Some(channel)) = (&state.redis, channel(state)) else {
+        return;
+    };
+    let Some(mut conn) = link.connection() else {
+        tracing::warn!(
+            kind = inv.kind(),
+            "Redis is not connected; other instances learn of this change when their cache expires"
+        );
+        return;
+    };
+    let sent = tokio::time::timeout(
+        link.timeout.max(Duration::from_millis(250)),
+        redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(inv.encode())
+            .query_async::<i64>(&mut conn),
+    )
+    .await;
+    if !matches!(sent, Ok(Ok(_))) {
+        tracing::warn!(kind = inv.kind(), "publishing an invalidation failed; other instances learn of this change when their cache expires");
+    }
+}
+
+/// Applies invalidations from other instances until the process ends. After every
+/// (re)connection all caches are emptied: messages sent while disconnected are lost.
+pub async fn subscribe(state: AppState) {
+    let (Some(link), Some(channel)) = (state.redis.clone(), channel(&state)) else {
+        return;
+    };
+    let mut connected_before = false;
+    loop {
+        match link.client().get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(&channel).await.is_ok() {
+                    if connected_before {
+                        tracing::info!("invalidation channel reconnected; caches emptied");
+                    }
+                    connected_before = true;
+                    state.forget_everything();
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        if let Some(inv) = Invalidation::decode(&payload) {
+                            state.metrics.invalidation(inv.kind());
+                            state.apply(&inv).await;
+                        }
+                    }
+                    tracing::warn!("invalidation channel lost; reconnecting");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "invalidation channel: Redis unreachable"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_junk_is_ignored() {
+        for inv in [
+            Invalidation::Key("ab12".into()),
+            Invalidation::Session("s-1".into()),
+            Invalidation::Org("org_1".into()),
+            Invalidation::WebSession("cd34".into()),
+        ] {
+            assert_eq!(Invalidation::decode(&inv.encode()), Some(inv));
+        }
+        assert_eq!(Invalidation::decode("key:"), None);
+        assert_eq!(Invalidation::decode("nope:1"), None);
+        assert_eq!(Invalidation::decode("garbage"), None);
+    }
+}

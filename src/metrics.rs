@@ -1,0 +1,153 @@
+//! Prometheus metrics, one registry per application (tests run many side by side).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    policy: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+type HistogramMaker = fn() -> Histogram;
+
+/// The application's counters and histograms.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, HistogramMaker>,
+    decisions: Family<DecisionLabels, Counter>,
+    auth_failures: Family<ReasonLabels, Counter>,
+    redis_fallbacks: Counter,
+    invalidations: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: Family<RouteLabels, Histogram, HistogramMaker> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        let redis_fallbacks = Counter::default();
+        let invalidations = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by matched route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by matched route",
+            latency.clone(),
+        );
+        registry.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions by policy and outcome (allowed, denied, unavailable)",
+            decisions.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused credentials by reason",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "ratelimit_redis_fallbacks",
+            "Decisions made in memory because Redis did not answer",
+            redis_fallbacks.clone(),
+        );
+        registry.register(
+            "cache_invalidations_received",
+            "Cache invalidations received from other instances, by kind",
+            invalidations.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            decisions,
+            auth_failures,
+            redis_fallbacks,
+            invalidations,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts one rate-limit decision.
+    pub fn limit_decision(&self, policy: &'static str, outcome: &'static str) {
+        self.decisions
+            .get_or_create(&DecisionLabels { policy, outcome })
+            .inc();
+    }
+
+    /// Counts one refused credential.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts one decision made in memory because Redis did not answer.
+    pub fn redis_fallback(&self) {
+        self.redis_fallbacks.inc();
+    }
+
+    /// Counts one invalidation received from another instance.
+    pub fn invalidation(&self, kind: &'static str) {
+        self.invalidations
+            .get_or_create(&ReasonLabels { reason: kind })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,221 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn window(policy: &'static str, limit: u32, secs: u32) -> Window {
+    Window {
+        policy,
+        subject: "s".into(),
+        rate: Rate::new(limit, secs),
+    }
+}
+
+fn request(windows: Vec<Window>) -> Request {
+    Request {
+        tag: "t".into(),
+        windows,
+        fail_closed: false,
+    }
+}
+
+/// The reference model: a leaky bucket per window holding `level` (in 1/limit ms) that
+/// drains one unit per 1/limit ms; a request adds one emission interval if it fits.
+/// It is the meter form of GCRA, written independently of `gcra`.
+#[derive(Clone)]
+struct Bucket {
+    limit: i128,
+    window_ms: i128,
+    level: i128,
+    last: Option<i128>,
+}
+
+impl Bucket {
+    fn new(rate: Rate) -> Self {
+        Self {
+            limit: rate.limit.into(),
+            window_ms: i128::from(rate.window_seconds) * 1000,
+            level: 0,
+            last: None,
+        }
+    }
+    fn drained(&self, now: i128) -> i128 {
+        match self.last {
+            Some(last) => (self.level - (now - last) * self.limit).max(0),
+            None => 0,
+        }
+    }
+    fn fits(&self, now: i128) -> bool {
+        self.drained(now) + self.window_ms <= self.window_ms * self.limit
+    }
+    fn take(&mut self, now: i128) {
+        self.level = self.drained(now) + self.window_ms;
+        self.last = Some(now);
+    }
+}
+
+fn model_admits(buckets: &mut [Bucket], now: i128) -> bool {
+    let ok = buckets.iter().all(|b| b.fits(now));
+    if ok {
+        for b in buckets.iter_mut() {
+            b.take(now);
+        }
+    }
+    ok
+}
+
+#[test]
+fn parses_rates_with_units() {
+    assert_eq!(Rate::parse("20/60s"), Ok(Rate::new(20, 60)));
+    assert_eq!(Rate::parse("150/5m"), Ok(Rate::new(150, 300)));
+    assert_eq!(Rate::parse("10000/1d"), Ok(Rate::new(10000, 86400)));
+    assert_eq!(Rate::parse("5/60"), Ok(Rate::new(5, 60)));
+    assert!(Rate::parse("0/60s").is_err());
+    assert!(Rate::parse("5/0s").is_err());
+    assert!(Rate::parse("5/31d").is_err());
+    assert!(Rate::parse("abc").is_err());
+    assert_eq!(
+        Rates::parse("60/60s, 1000/1h,10000/1d"),
+        Ok(Rates(vec![
+            Rate::new(60, 60),
+            Rate::new(1000, 3600),
+            Rate::new(10000, 86400)
+        ]))
+    );
+    assert!(Rates::parse("60/60s,100/1m").is_err(), "same window twice");
+    assert_eq!(
+        Rates::parse("60/60s,1000/1h").map(|r| r.to_string()),
+        Ok("60/60s,1000/3600s".into())
+    );
+}
+
+#[test]
+fn n_requests_at_one_instant_pass_and_the_next_waits_exactly() {
+    let l = MemoryLimiter::new(1000);
+    let req = request(vec![window("p", 5, 60)]);
+    let now = 1_000_000;
+    for i in 0..5 {
+        let d = l.check(&req, now);
+        assert!(d.allowed, "request {i}");
+        assert_eq!(d.windows[0].remaining, 4 - i);
+    }
+    let d = l.check(&req, now);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after(), 12);
+    assert!(!l.check(&req, now + 11_000).allowed, "one second early");
+    assert!(!l.check(&req, now + 11_999).allowed, "a millisecond early");
+    let d = l.check(&req, now + 12_000);
+    assert!(d.allowed, "at Retry-After");
+    assert_eq!(d.windows[0].remaining, 0);
+}
+
+#[test]
+fn emission_intervals_that_do_not_divide_evenly_stay_exact() {
+    // 600 per second: an interval of 5/3 ms. A floored interval would admit 1000.
+    let l = MemoryLimiter::new(1000);
+    let req = request(vec![window("p", 600, 1)]);
+    let admitted = (0..1000).filter(|_| l.check(&req, 5_000).allowed).count();
+    assert_eq!(admitted, 600);
+    // 7 per minute: the eighth waits 60/7 s, rounded up to 9 s.
+    let l = MemoryLimiter::new(1000);
+    let req = request(vec![window("q", 7, 60)]);
+    for _ in 0..7 {
+        assert!(l.check(&req, 0).allowed);
+    }
+    assert_eq!(l.check(&req, 0).retry_after(), 9);
+    assert!(!l.check(&req, 8_571).allowed);
+    assert!(l.check(&req, 8_572).allowed);
+}
+
+#[test]
+fn a_denial_by_one_window_consumes_nothing_in_the_others() {
+    let l = MemoryLimiter::new(1000);
+    let req = request(vec![window("minute", 2, 60), window("day", 3, 86_400)]);
+    assert!(l.check(&req, 0).allowed);
+    assert!(l.check(&req, 0).allowed);
+    for _ in 0..100 {
+        let d = l.check(&req, 0);
+        assert!(!d.allowed);
+        assert_eq!(d.binding().map(|w| w.policy), Some("minute"));
+        assert_eq!(d.windows[1].remaining, 1, "the day window is untouched");
+    }
+    // Next minute: the day window still has exactly one left.
+    assert!(l.check(&req, 60_000).allowed);
+    let d = l.check(&req, 60_000);
+    assert!(!d.allowed);
+    assert_eq!(d.binding().map(|w| w.policy), Some("day"));
+}
+
+#[test]
+fn idle_counters_are_forgotten_and_memory_stays_bounded() {
+    let l = MemoryLimiter::new(10_000);
+    for i in 0..50_000u32 {
+        let mut req = request(vec![window("ip", 5, 60)]);
+        req.tag = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        l.check(&req, 0);
+    }
+    assert!(l.len() <= 10_000, "held {}", l.len());
+}
+
+proptest! {
+    #[test]
+    fn gcra_matches_the_reference_model(
+        limit in 1u32..50,
+        secs in 1u32..120,
+        steps in proptest::collection::vec(0i64..5_000, 1..300),
+    ) {
+        let rate = Rate::new(limit, secs);
+        let mut bucket = Bucket::new(rate);
+        let mut tat = i64::MIN;
+        let mut now = 1_700_000_000_000i64;
+        for dt in steps {
+            now += dt;
+            let (state, next) = gcra("p", rate, tat, now);
+            let expected = model_admits(std::slice::from_mut(&mut bucket), now.into());
+            prop_assert_eq!(state.retry_after == 0, expected);
+            if expected {
+                tat = next;
+            } else {
+                // Retry-After is exact: denied a second before it, admitted at it.
+                let wait = state.retry_after as i64 * 1000;
+                prop_assert!(bucket.fits(i128::from(now + wait)));
+                prop_assert!(wait == 1000 || !bucket.fits(i128::from(now + wait - 1000)));
+            }
+        }
+    }
+
+    #[test]
+    fn multi_window_decisions_match_the_model(
+        a in 1u32..10, b in 10u32..40,
+        steps in proptest::collection::vec(0i64..3_000, 1..300),
+    ) {
+        let windows = vec![window("short", a, 10), window("long", b, 120)];
+        let mut buckets: Vec<Bucket> = windows.iter().map(|w| Bucket::new(w.rate)).collect();
+        let mut tats = vec![i64::MIN; 2];
+        let mut now = 0i64;
+        for dt in steps {
+            now += dt;
+            let d = decide(&windows, &mut tats, now);
+            prop_assert_eq!(d.allowed, model_admits(&mut buckets, now.into()));
+        }
+    }
+
+    #[test]
+    fn a_backwards_clock_step_never_loosens_a_limit(
+        limit in 1u32..20,
+        times in proptest::collection::vec(-120_000i64..120_000, 1..200),
+    ) {
+        // However the clock jumps around, no more requests are admitted than with a clock
+        // that stood at the latest time seen.
+        let l = MemoryLimiter::new(100);
+        let req = request(vec![window("p", limit, 60)]);
+        let mut frozen = Bucket::new(Rate::new(limit, 60));
+        let mut latest = i64::MIN;
+        let base = 10_000_000i64;
+        for t in times {
+            latest = latest.max(base + t);
+            let admitted = l.check(&req, base + t).allowed;
+            let model = model_admits(std::slice::from_mut(&mut frozen), latest.into());
+            prop_assert!(!admitted || model, "admitted where the monotonic model denies");
+        }
+    }
+}
