@@ -16,7 +16,7 @@ mod redis;
 
 pub use limiter::{Limiter, LimiterError};
 pub use memory::MemoryLimiter;
-pub use redis::{RedisLimiter, RedisLink};
+pub use redis::{RedisFailure, RedisLimiter, RedisLink};
 
 use std::fmt;
 

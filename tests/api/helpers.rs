@@ -60,6 +60,92 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
+/// The shared Redis URL, or `None` (with a printed notice) when Redis tests are skipped.
+/// With `CI=true` a missing URL is a failure, never a skip.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("GATEHOUSE_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but GATEHOUSE_TEST_REDIS_URL is not set: Redis tests are mandatory in CI");
+            }
+            eprintln!("NOTICE: GATEHOUSE_TEST_REDIS_URL is not set; skipping a Redis test");
+            None
+        }
+    }
+}
+
+/// A key prefix of its own for one test, so runs and tests never share counters.
+pub fn redis_prefix() -> String {
+    format!("ghtest-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A redis-server of the test's own on a free port, for tests that stop Redis. Never the
+/// machine's shared instance. Stopped on drop.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts one and waits until it answers.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = OwnRedis { port, child: None };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is needed for this test");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("own redis-server did not start on {}", self.port);
+    }
+
+    /// Kills the server at once (an outage).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl TestDb {
     pub async fn new(db: Db) -> Option<Self> {
         match db {

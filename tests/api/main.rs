@@ -9,3 +9,5 @@ mod bad_input;
 mod dashboard;
 mod orgs;
 mod process;
+mod ratelimit;
+mod scaleout;

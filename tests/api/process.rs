@@ -10,12 +10,13 @@ use serde_json::{json, Value};
 
 use crate::helpers::{tempdir, Db, TestDb, PK};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
+/// A running `gatehouse serve` process, killed on drop.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) log: PathBuf,
 }
 
 impl Drop for Server {
@@ -34,7 +35,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn command(db_url: &str, extra: &[(&str, &str)]) -> Command {
+/// The binary with a clean environment: `db_url`, the test publishable key, autoconfirm,
+/// debug logs, then `extra` (which may override any of them).
+pub(crate) fn command(db_url: &str, extra: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -49,21 +52,28 @@ fn command(db_url: &str, extra: &[(&str, &str)]) -> Command {
 }
 
 async fn start(db_url: &str, dir: &tempdir::Dir) -> Server {
+    start_with(db_url, dir, &[]).await
+}
+
+/// Starts `gatehouse serve` on a free port with `extra` environment, logging to a file in
+/// `dir`, and waits until `/healthz` answers.
+pub(crate) async fn start_with(db_url: &str, dir: &tempdir::Dir, extra: &[(&str, &str)]) -> Server {
     let port = free_port();
     let log = dir.0.join(format!("server-{port}.log"));
     let out = std::fs::File::create(&log).unwrap();
-    let mut child = command(
-        db_url,
-        &[
-            ("GATEHOUSE_LISTEN", &format!("127.0.0.1:{port}")),
-            ("GATEHOUSE_PUBLIC_URL", &format!("http://127.0.0.1:{port}")),
-        ],
-    )
-    .arg("serve")
-    .stdout(Stdio::from(out.try_clone().unwrap()))
-    .stderr(Stdio::from(out))
-    .spawn()
-    .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let public_url = format!("http://127.0.0.1:{port}");
+    let mut env = vec![
+        ("GATEHOUSE_LISTEN", listen.as_str()),
+        ("GATEHOUSE_PUBLIC_URL", public_url.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let mut child = command(db_url, &env)
+        .arg("serve")
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = Client::new();
     for _ in 0..300 {

@@ -1,0 +1,612 @@
+//! Rate limits over HTTP: key and organization policies, per-key and per-organization
+//! overrides, headers and the 429 envelope, trusted proxies, metrics; and the Redis
+//! backend against the same exact semantics as memory, with a controlled clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use gatehouse::clock::Clock;
+use gatehouse::config::Config;
+use gatehouse::ratelimit::{
+    decide, MemoryLimiter, Rate, Rates, RedisLimiter, RedisLink, Request, Window,
+};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{parts, redis_prefix, redis_url, Db, TestApp};
+use crate::story;
+
+const T0: i64 = 1_800_000_000_000;
+
+fn rates(s: &str) -> Rates {
+    Rates::parse(s).unwrap()
+}
+
+/// Runs `body` on a server with a manual clock, on SQLite and on PostgreSQL.
+async fn on_both<F, Fut>(tweak: fn(&mut Config), body: F)
+where
+    F: Fn(TestApp, Clock) -> Fut,
+    Fut: std::future::Future<Output = TestApp>,
+{
+    for db in [Db::Sqlite, Db::Postgres] {
+        let clock = Clock::manual(T0);
+        let Some(app) = TestApp::spawn_with_clock(db, clock.clone(), tweak).await else {
+            continue;
+        };
+        body(app, clock).await.stop().await;
+    }
+}
+
+async fn me(app: &TestApp, key: &str) -> reqwest::Response {
+    app.v1(Method::GET, "/me", key).send().await.unwrap()
+}
+
+fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_held_to_every_window_with_exact_retry_after() {
+    on_both(
+        |c| c.rate_limit_api_key = rates("3/60s,5/1h"),
+        |app, clock| async move {
+            let owner = app.person().await;
+            let org = app.org(&owner, "Acme").await;
+            let (key, _) = app.key(&owner, &org, &[]).await;
+            for left in [2, 1, 0] {
+                let res = me(&app, &key).await;
+                assert_eq!(res.status(), 200);
+                assert_eq!(header(&res, "x-ratelimit-limit"), "3");
+                assert_eq!(header(&res, "x-ratelimit-remaining"), left.to_string());
+                assert_eq!(
+                    header(&res, "ratelimit-policy"),
+                    "\"api_key_60s\";q=3;w=60, \"api_key_3600s\";q=5;w=3600, \"org_60s\";q=100000;w=60"
+                );
+                assert!(
+                    header(&res, "ratelimit").starts_with(&format!("\"api_key_60s\";r={left};t="))
+                );
+            }
+            let res = me(&app, &key).await;
+            assert_eq!(res.status(), 429);
+            assert_eq!(header(&res, "retry-after"), "20");
+            let reset: i64 = header(&res, "x-ratelimit-reset").parse().unwrap();
+            assert!(
+                reset >= T0 / 1000 + 20 && reset <= T0 / 1000 + 61,
+                "{reset}"
+            );
+            let (_, body) = parts(res).await;
+            assert_eq!(body["error"]["code"], "rate_limited");
+            assert_eq!(
+                body["error"]["message"],
+                "Rate limit exceeded. Try again in 20 seconds."
+            );
+            assert_eq!(
+                body["error"]["details"],
+                json!({"retry_after": 20, "limit": 3, "window": 60})
+            );
+            // Still refused a second before Retry-After, admitted at it.
+            clock.advance_ms(19_000);
+            assert_eq!(me(&app, &key).await.status(), 429);
+            clock.advance_ms(1_000);
+            assert_eq!(me(&app, &key).await.status(), 200);
+            // The hour window (5) binds next: the refusals above consumed nothing.
+            clock.advance_ms(60_000);
+            assert_eq!(me(&app, &key).await.status(), 200);
+            let res = me(&app, &key).await;
+            assert_eq!(res.status(), 429);
+            let (_, body) = parts(res).await;
+            assert_eq!(body["error"]["details"]["window"], 3600);
+            app
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_organization_window_is_shared_by_all_its_keys() {
+    on_both(
+        |c| c.rate_limit_org = rates("4/60s"),
+        |app, _clock| async move {
+            let owner = app.person().await;
+            let org = app.org(&owner, "Acme").await;
+            let (k1, _) = app.key(&owner, &org, &[]).await;
+            let (k2, _) = app.key(&owner, &org, &[]).await;
+            let other_org = app.org(&owner, "Other").await;
+            let (k3, _) = app.key(&owner, &other_org, &[]).await;
+            let mut admitted = 0;
+            for i in 0..10 {
+                let key = if i % 2 == 0 { &k1 } else { &k2 };
+                if me(&app, key).await.status() == 200 {
+                    admitted += 1;
+                }
+            }
+            assert_eq!(admitted, 4);
+            let res = me(&app, &k1).await;
+            let (status, body) = parts(res).await;
+            assert_eq!(status, 429);
+            assert_eq!(body["error"]["details"]["limit"], 4);
+            // Another organization has its own window.
+            assert_eq!(me(&app, &k3).await.status(), 200);
+            // People are not limited by the key policies.
+            let (status, _) = app.call(Method::GET, "/me", &owner.token, None).await;
+            assert_eq!(status, 200);
+            app
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_organizations_carry_their_own_limits() {
+    on_both(
+        |_| {},
+        |app, _clock| async move {
+            let owner = app.person().await;
+            let org = app.org(&owner, "Acme").await;
+            let (status, body) = app
+                .call(
+                    Method::POST,
+                    &format!("/orgs/{org}/api-keys"),
+                    &owner.token,
+                    Some(json!({"name": "tight", "rate_limits": [{"limit": 2, "window_seconds": 60}]})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+            assert_eq!(
+                body["data"]["rate_limits"],
+                json!([{"limit": 2, "window_seconds": 60}])
+            );
+            let key = body["data"]["key"].as_str().unwrap().to_string();
+            let id = body["data"]["id"].as_str().unwrap().to_string();
+            assert_eq!(me(&app, &key).await.status(), 200);
+            assert_eq!(me(&app, &key).await.status(), 200);
+            assert_eq!(me(&app, &key).await.status(), 429);
+            // Raising the key's limit applies at once.
+            let (status, body) = app
+                .call(
+                    Method::PATCH,
+                    &format!("/orgs/{org}/api-keys/{id}"),
+                    &owner.token,
+                    Some(json!({"rate_limits": [{"limit": 10, "window_seconds": 60}], "name": "roomier"})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["data"]["name"], "roomier");
+            let res = me(&app, &key).await;
+            assert_eq!(res.status(), 200);
+            assert_eq!(header(&res, "x-ratelimit-limit"), "10");
+            // null restores the default.
+            let (status, body) = app
+                .call(
+                    Method::PATCH,
+                    &format!("/orgs/{org}/api-keys/{id}"),
+                    &owner.token,
+                    Some(json!({"rate_limits": null})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body["data"]["rate_limits"].is_null());
+            // The organization's own limit.
+            let (status, body) = app
+                .call(
+                    Method::PATCH,
+                    &format!("/orgs/{org}"),
+                    &owner.token,
+                    Some(json!({"rate_limits": [{"limit": 1, "window_seconds": 60}]})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["data"]["rate_limits"], json!([{"limit": 1, "window_seconds": 60}]));
+            assert_eq!(body["data"]["name"], "Acme");
+            let res = me(&app, &key).await;
+            assert_eq!(res.status(), 200);
+            let (status, body) = parts(me(&app, &key).await).await;
+            assert_eq!(status, 429);
+            assert_eq!(body["error"]["details"]["limit"], 1);
+            // Both changes are audited.
+            let (_, log) = app
+                .call(Method::GET, &format!("/orgs/{org}/audit-log"), &owner.token, None)
+                .await;
+            let actions: Vec<&str> = log["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["action"].as_str().unwrap())
+                .collect();
+            assert!(actions.contains(&"api_key.updated"), "{actions:?}");
+            assert!(actions.contains(&"organization.rate_limits_changed"), "{actions:?}");
+            app
+        },
+    )
+    .await;
+}
+
+story!(
+    bad_rate_limits_are_refused_clearly,
+    |app: TestApp| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Acme").await;
+        let member = app.person().await;
+        app.add(&owner, &org, &member, "member").await;
+        for bad in [
+            json!([]),
+            json!([{"limit": 0, "window_seconds": 60}]),
+            json!([{"limit": 5, "window_seconds": 0}]),
+            json!([{"limit": 5, "window_seconds": 99_999_999}]),
+            json!([{"limit": 5, "window_seconds": 60}, {"limit": 9, "window_seconds": 60}]),
+            json!((0..9)
+                .map(|i| json!({"limit": 5, "window_seconds": 60 + i}))
+                .collect::<Vec<_>>()),
+        ] {
+            let (status, body) = app
+                .call(
+                    Method::POST,
+                    &format!("/orgs/{org}/api-keys"),
+                    &owner.token,
+                    Some(json!({"name": "k", "rate_limits": bad})),
+                )
+                .await;
+            assert_eq!(status, 422, "{bad}: {body}");
+            assert_eq!(body["error"]["code"], "validation_failed");
+            assert!(body["error"]["details"]["fields"]["rate_limits"].is_string());
+            let (status, _) = app
+                .call(
+                    Method::PATCH,
+                    &format!("/orgs/{org}"),
+                    &owner.token,
+                    Some(json!({"rate_limits": bad})),
+                )
+                .await;
+            assert_eq!(status, 422, "{bad}");
+        }
+        for bad in [
+            json!([{"limit": -1, "window_seconds": 60}]),
+            json!([{"limit": 5}]),
+            json!("60/60s"),
+        ] {
+            let (status, body) = app
+                .call(
+                    Method::PATCH,
+                    &format!("/orgs/{org}"),
+                    &owner.token,
+                    Some(json!({"rate_limits": bad})),
+                )
+                .await;
+            assert!(status == 400 || status == 422, "{bad}: {status} {body}");
+            assert_eq!(body["success"], false);
+        }
+        // Members cannot change the organization's limits.
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}"),
+                &member.token,
+                Some(json!({"rate_limits": [{"limit": 1000000, "window_seconds": 1}]})),
+            )
+            .await;
+        assert_eq!(status, 403);
+        // Another tenant's key cannot be changed.
+        let stranger = app.person().await;
+        let their_org = app.org(&stranger, "Theirs").await;
+        let (_, their_key) = app.key(&stranger, &their_org, &[]).await;
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}/api-keys/{their_key}"),
+                &owner.token,
+                Some(json!({"name": "mine now"})),
+            )
+            .await;
+        assert_eq!(status, 404);
+        app
+    }
+);
+
+story!(
+    verifying_a_key_counts_against_its_own_limit,
+    |c: &mut Config| c.rate_limit_api_key = rates("2/60s"),
+    |app: TestApp| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Acme").await;
+        let (status, body) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/api-keys"),
+                &owner.token,
+                Some(json!({"name": "verifier", "scopes": ["keys:verify"],
+                            "rate_limits": [{"limit": 100, "window_seconds": 60}]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let verifier = body["data"]["key"].as_str().unwrap().to_string();
+        let (customer_key, _) = app.key(&owner, &org, &[]).await;
+        for remaining in [1, 0] {
+            let (status, body) = app
+                .call(
+                    Method::POST,
+                    "/keys/verify",
+                    &verifier,
+                    Some(json!({"key": customer_key})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["data"]["valid"], true);
+            assert_eq!(body["data"]["ratelimit"]["remaining"], remaining);
+        }
+        let res = app
+            .v1(Method::POST, "/keys/verify", &verifier)
+            .json(&json!({"key": customer_key}))
+            .send()
+            .await
+            .unwrap();
+        // The response headers describe the caller's own limit, not the verified key's.
+        assert_eq!(header(&res, "x-ratelimit-limit"), "100");
+        let (status, body) = parts(res).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["data"]["valid"], false);
+        assert_eq!(body["data"]["reason"], "rate_limited");
+        assert!(body["data"]["ratelimit"]["retry_after"].as_u64().unwrap() >= 1);
+        app
+    }
+);
+
+story!(
+    forwarded_addresses_count_only_behind_a_trusted_proxy,
+    |c: &mut Config| {
+        c.rate_limit_sign_in = rates("1/60s");
+        c.trusted_proxies = vec!["127.0.0.0/8".into()];
+    },
+    |app: TestApp| async move {
+        let sign_in = |xff: &'static str| {
+            let app = &app;
+            async move {
+                app.client
+                    .post(app.url("/v1/session"))
+                    .header("x-forwarded-for", xff)
+                    .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        };
+        // Two clients behind the proxy have a window each; the leftmost entry is the
+        // client's own claim and is ignored once an untrusted hop is found.
+        assert_eq!(sign_in("203.0.113.9").await, 401);
+        assert_eq!(sign_in("203.0.113.9").await, 429);
+        assert_eq!(sign_in("198.51.100.7").await, 401);
+        assert_eq!(sign_in("1.2.3.4, 198.51.100.7").await, 429);
+        assert_eq!(sign_in("2001:db8:1:2::1").await, 401);
+        assert_eq!(
+            sign_in("2001:db8:1:2::ffff").await,
+            429,
+            "one /64, one window"
+        );
+        app
+    }
+);
+
+story!(
+    forwarded_addresses_are_ignored_without_a_trusted_proxy,
+    |c: &mut Config| c.rate_limit_sign_in = rates("1/60s"),
+    |app: TestApp| async move {
+        for (xff, expected) in [("203.0.113.9", 401), ("198.51.100.7", 429)] {
+            let status = app
+                .client
+                .post(app.url("/v1/session"))
+                .header("x-forwarded-for", xff)
+                .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, expected, "{xff}");
+        }
+        app
+    }
+);
+
+story!(
+    metrics_count_requests_decisions_and_failures,
+    |c: &mut Config| c.rate_limit_api_key = rates("1/60s"),
+    |app: TestApp| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Acme").await;
+        let (key, _) = app.key(&owner, &org, &[]).await;
+        assert_eq!(me(&app, &key).await.status(), 200);
+        assert_eq!(me(&app, &key).await.status(), 429);
+        let bogus = format!("{}x", &key[..key.len() - 1]);
+        assert_eq!(me(&app, &bogus).await.status(), 401);
+        let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        let has = |needle: &str| {
+            assert!(
+                text.lines().any(|l| l.contains(needle)),
+                "no {needle} in\n{text}"
+            );
+        };
+        has(r#"gatehouse_http_requests_total{route="/v1/me",method="GET",status="200"} 1"#);
+        has(r#"gatehouse_http_requests_total{route="/v1/me",method="GET",status="429"} 1"#);
+        has(r#"gatehouse_ratelimit_decisions_total{policy="api_key",outcome="denied"} 1"#);
+        has(r#"gatehouse_auth_failures_total{reason="malformed"} 1"#);
+        has("gatehouse_http_request_duration_seconds_bucket");
+        // Paths with ids are reported by route pattern, never raw.
+        has(r#"route="/v1/orgs/{org}/api-keys""#);
+        assert!(
+            !text.contains(&org),
+            "an organization id leaked into metrics"
+        );
+        app
+    }
+);
+
+// ---- The Redis backend, decision by decision, against the same semantics as memory ----
+
+async fn redis_limiter() -> Option<RedisLimiter> {
+    let url = redis_url()?;
+    let link = RedisLink::open(&url, &redis_prefix(), std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        link.connection().is_some(),
+        "Redis at {url} does not answer"
+    );
+    Some(RedisLimiter::new(link))
+}
+
+fn request(tag: &str, windows: &[(&'static str, u32, u32)]) -> Request {
+    Request {
+        tag: tag.into(),
+        windows: windows
+            .iter()
+            .map(|(p, l, w)| Window {
+                policy: p,
+                subject: "s".into(),
+                rate: Rate::new(*l, *w),
+            })
+            .collect(),
+        fail_closed: false,
+    }
+}
+
+#[tokio::test]
+async fn redis_decisions_are_exact() {
+    let Some(redis) = redis_limiter().await else {
+        return;
+    };
+    let req = request("a", &[("p", 5, 60)]);
+    for left in (0..5).rev() {
+        let d = redis.check(&req, Some(T0)).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.windows[0].remaining, left);
+    }
+    let d = redis.check(&req, Some(T0)).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after(), 12);
+    assert!(!redis.check(&req, Some(T0 + 11_000)).await.unwrap().allowed);
+    assert!(redis.check(&req, Some(T0 + 12_000)).await.unwrap().allowed);
+    // 600 per second: an emission interval of 5/3 ms stays exact in Lua's doubles.
+    let req = request("b", &[("p", 600, 1)]);
+    let mut admitted = 0;
+    for _ in 0..700 {
+        if redis.check(&req, Some(T0)).await.unwrap().allowed {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 600);
+    // Without a test clock Redis TIME decides.
+    let req = request("c", &[("p", 1, 60)]);
+    assert!(redis.check(&req, None).await.unwrap().allowed);
+    assert!(!redis.check(&req, None).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn redis_multi_window_denials_consume_nothing() {
+    let Some(redis) = redis_limiter().await else {
+        return;
+    };
+    let req = request("m", &[("minute", 2, 60), ("day", 3, 86_400)]);
+    assert!(redis.check(&req, Some(T0)).await.unwrap().allowed);
+    assert!(redis.check(&req, Some(T0)).await.unwrap().allowed);
+    for _ in 0..20 {
+        let d = redis.check(&req, Some(T0)).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.windows[1].remaining, 1);
+    }
+    assert!(redis.check(&req, Some(T0 + 60_000)).await.unwrap().allowed);
+    let d = redis.check(&req, Some(T0 + 60_000)).await.unwrap();
+    assert_eq!(d.binding().unwrap().policy, "day");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_and_memory_agree_on_every_decision() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as PtConfig, TestRunner};
+    let Some(redis) = redis_limiter().await else {
+        return;
+    };
+    let rt = tokio::runtime::Handle::current();
+    let strategy = (
+        1u32..30,
+        1u32..120,
+        1u32..60,
+        proptest::collection::vec((0i64..4_000, any::<bool>()), 1..120),
+    );
+    let mut runner = TestRunner::new(PtConfig {
+        cases: 48,
+        ..PtConfig::default()
+    });
+    let case = std::sync::atomic::AtomicU64::new(0);
+    runner
+        .run(&strategy, |(l1, w1, l2, steps)| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let req = request(
+                &format!("prop{n}"),
+                &[("a", l1, w1), ("b", l2 + l1, w1 * 60)],
+            );
+            // The memory limiter never lets time run backwards (it keeps the latest time
+            // seen): it is the model of a clock that stood still instead of stepping back.
+            let memory = MemoryLimiter::new(1000);
+            let mut tats = vec![i64::MIN; 2];
+            let (mut now, mut stepped_back) = (T0, false);
+            let (mut by_redis, mut by_model) = (0, 0);
+            for (dt, back) in steps {
+                now = if back { now - dt / 4 } else { now + dt };
+                stepped_back |= back && dt >= 4;
+                let r = tokio::task::block_in_place(|| rt.block_on(redis.check(&req, Some(now))))
+                    .unwrap();
+                let m = memory.check(&req, now);
+                if !stepped_back {
+                    // Forward time: Redis, memory and the pure function agree exactly.
+                    prop_assert_eq!(&r, &m);
+                    prop_assert_eq!(&r, &decide(&req.windows, &mut tats, now));
+                }
+                by_redis += usize::from(r.allowed);
+                by_model += usize::from(m.allowed);
+                prop_assert!(by_redis <= by_model, "a backwards step loosened the limit");
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_redis_enforces_the_same_limits() {
+    let Some(url) = redis_url() else { return };
+    let clock = Clock::manual(T0);
+    let prefix = redis_prefix();
+    let app = TestApp::spawn_with_clock(Db::Sqlite, clock.clone(), move |c| {
+        c.redis_url = Some(gatehouse::config::SecretString::new(url));
+        c.redis_prefix = prefix;
+        c.rate_limit_api_key = rates("2/60s");
+    })
+    .await
+    .unwrap();
+    assert_eq!(app.state.limiter.backend_name(), "redis");
+    let owner = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    let (key, _) = app.key(&owner, &org, &[]).await;
+    assert_eq!(me(&app, &key).await.status(), 200);
+    assert_eq!(me(&app, &key).await.status(), 200);
+    let res = me(&app, &key).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(header(&res, "retry-after"), "30");
+    clock.advance_ms(30_000);
+    assert_eq!(me(&app, &key).await.status(), 200);
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("gatehouse_ratelimit_redis_fallbacks_total 0"),
+        "{text}"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,425 @@
+//! Two real `gatehouse serve` processes on one PostgreSQL database and one Redis: limits are
+//! shared exactly, sessions and key revocations cross instances, and a Redis outage neither
+//! hangs nor fails requests (or answers 503 for a fail-closed policy).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use reqwest::{Client, Response};
+use serde_json::{json, Value};
+
+use crate::helpers::{redis_prefix, redis_url, tempdir, Db, OwnRedis, TestDb, PK};
+use crate::process::{start_with, Server};
+
+/// Two instances sharing one database and one Redis prefix.
+struct Pair {
+    a: Server,
+    b: Server,
+    db: TestDb,
+    _dir: tempdir::Dir,
+}
+
+impl Pair {
+    /// Starts both on a fresh PostgreSQL database, or `None` (with a notice) when PostgreSQL
+    /// or Redis is not configured. `redis` is the URL the instances use (the shared one, or
+    /// an [`OwnRedis`]); `extra` is more environment.
+    async fn start(redis: Option<&str>, extra: &[(&str, &str)]) -> Option<Pair> {
+        let shared = redis_url()?;
+        let db = TestDb::new(Db::Postgres).await?;
+        let dir = tempdir::Dir::new();
+        let prefix = redis_prefix();
+        let mut env = vec![
+            ("GATEHOUSE_REDIS_URL", redis.unwrap_or(&shared)),
+            ("GATEHOUSE_REDIS_PREFIX", prefix.as_str()),
+            // Only the limits a test sets bind: never the organization's default.
+            ("GATEHOUSE_RATE_LIMIT_ORG", "100000/60s"),
+            ("GATEHOUSE_LOG", "info"),
+        ];
+        env.extend_from_slice(extra);
+        // One after the other: the first migrates the database and stores the signing key.
+        let a = start_with(&db.url, &dir, &env).await;
+        let b = start_with(&db.url, &dir, &env).await;
+        wait_until_subscribed(redis.unwrap_or(&shared), &prefix, 2).await;
+        Some(Pair {
+            a,
+            b,
+            db,
+            _dir: dir,
+        })
+    }
+
+    fn bases(&self) -> [String; 2] {
+        [self.a.base.clone(), self.b.base.clone()]
+    }
+
+    async fn stop(self) {
+        let Pair { a, b, db, _dir } = self;
+        drop((a, b));
+        db.cleanup().await;
+    }
+}
+
+/// Waits until `n` instances listen on the invalidation channel, so no test races the
+/// subscription made at start.
+async fn wait_until_subscribed(url: &str, prefix: &str, n: i64) {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let channel = format!("{prefix}:invalidate");
+    for _ in 0..200 {
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if count >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the instances did not subscribe to {channel}");
+}
+
+/// A client whose requests may not take longer than 2 s: the no-hang bound.
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = req.send().await.unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Signs up a fresh user on `base`; returns the session.
+async fn sign_up(c: &Client, base: &str) -> Value {
+    let email = format!("scale-{}@example.com", uuid::Uuid::new_v4().simple());
+    let (status, session) = send(
+        c.post(format!("{base}/auth/v1/signup"))
+            .header("apikey", PK)
+            .json(&json!({"email": email, "password": "correct horse battery"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{session}");
+    session
+}
+
+/// A new user's organization on `base`; returns (access token, org id).
+async fn owner_and_org(c: &Client, base: &str) -> (String, String) {
+    let token = sign_up(c, base).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, org) = send(
+        c.post(format!("{base}/v1/orgs"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "Scale"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{org}");
+    (token, org["data"]["id"].as_str().unwrap().to_string())
+}
+
+/// A key of `org` limited to `limit` per hour; returns (secret, id).
+async fn key(c: &Client, base: &str, token: &str, org: &str, limit: u32) -> (String, String) {
+    let (status, body) = send(
+        c.post(format!("{base}/v1/orgs/{org}/api-keys"))
+            .bearer_auth(token)
+            .json(&json!({"name": "k", "scopes": [],
+                "rate_limits": [{"limit": limit, "window_seconds": 3600}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_string();
+    (body["data"]["key"].as_str().unwrap().to_string(), id)
+}
+
+async fn me(c: &Client, base: &str, bearer: &str) -> Response {
+    c.get(format!("{base}/v1/me"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sends `total` key requests alternating between the instances, 20 at a time; returns
+/// how many answered each status.
+async fn burst(c: &Client, bases: &[String; 2], key: &str, total: usize) -> Vec<(u16, usize)> {
+    let statuses: Vec<u16> = stream::iter(0..total)
+        .map(|i| {
+            let req = c.get(format!("{}/v1/me", bases[i % 2])).bearer_auth(key);
+            async move { req.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    let mut counts: Vec<(u16, usize)> = Vec::new();
+    for s in statuses {
+        match counts.iter_mut().find(|(k, _)| *k == s) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s, 1)),
+        }
+    }
+    counts.sort_unstable();
+    counts
+}
+
+/// This instance's count of decisions made in memory because Redis did not answer.
+async fn fallbacks(c: &Client, base: &str) -> u64 {
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("ratelimit_redis_fallbacks_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map_or(0, |n| n.parse::<f64>().unwrap() as u64)
+}
+
+/// Waits until a request on `base` is decided by Redis again (the fallback count stays).
+async fn wait_until_shared(c: &Client, base: &str, probe: &str) {
+    for _ in 0..100 {
+        let before = fallbacks(c, base).await;
+        let status = me(c, base, probe).await.status();
+        if status == 200 && fallbacks(c, base).await == before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{base} did not go back to Redis within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_admit_exactly_the_limit_together() {
+    let Some(pair) = Pair::start(None, &[]).await else {
+        return;
+    };
+    let c = client();
+    let (token, org) = owner_and_org(&c, &pair.a.base).await;
+    let (k, _) = key(&c, &pair.a.base, &token, &org, 40).await;
+    let counts = burst(&c, &pair.bases(), &k, 200).await;
+    assert_eq!(counts, vec![(200, 40), (429, 160)], "(status, count)");
+    let res = me(&c, &pair.b.base, &k).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["x-ratelimit-limit"], "40");
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    pair.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_from_one_instance_refreshes_on_the_other() {
+    let Some(pair) = Pair::start(None, &[]).await else {
+        return;
+    };
+    let c = client();
+    let session = sign_up(&c, &pair.a.base).await;
+    let (status, refreshed) = send(
+        c.post(format!(
+            "{}/auth/v1/token?grant_type=refresh_token",
+            pair.b.base
+        ))
+        .header("apikey", PK)
+        .json(&json!({"refresh_token": session["refresh_token"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert_ne!(refreshed["refresh_token"], session["refresh_token"]);
+    let token = refreshed["access_token"].as_str().unwrap();
+    let (status, body) = send(c.get(format!("{}/v1/me", pair.a.base)).bearer_auth(token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["email"], session["user"]["email"]);
+    pair.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_on_one_instance_is_refused_by_the_other_within_a_second() {
+    let Some(pair) = Pair::start(None, &[]).await else {
+        return;
+    };
+    let c = client();
+    let (token, org) = owner_and_org(&c, &pair.a.base).await;
+    let (k, id) = key(&c, &pair.a.base, &token, &org, 1000).await;
+    assert_eq!(me(&c, &pair.b.base, &k).await.status(), 200, "B caches it");
+    let (status, body) = send(
+        c.delete(format!("{}/v1/orgs/{org}/api-keys/{id}", pair.a.base))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let revoked_at = Instant::now();
+    loop {
+        let (status, body) = send(c.get(format!("{}/v1/me", pair.b.base)).bearer_auth(&k)).await;
+        if status == 401 {
+            assert_eq!(body["error"]["details"]["reason"], "revoked", "{body}");
+            break;
+        }
+        assert_eq!(
+            status, 200,
+            "until B hears of it, it uses its cache: {body}"
+        );
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "B still admits the key 1 s after it was revoked on A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pair.stop().await;
+}
+
+/// One request of the background load: when it started (since the load began), how long it
+/// took, and its status or error.
+type Outcome = (Duration, Duration, Result<u16, String>);
+
+/// Sends key requests from 8 tasks, alternating instances, until `stop` is set.
+fn load(
+    c: &Client,
+    bases: [String; 2],
+    key: &str,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
+    let began = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    (0..8)
+        .map(|_| {
+            let (c, bases, key) = (c.clone(), bases.clone(), key.to_string());
+            let (stop, next) = (stop.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let base = &bases[next.fetch_add(1, Ordering::Relaxed) % 2];
+                    let at = Instant::now();
+                    let r = c
+                        .get(format!("{base}/v1/me"))
+                        .bearer_auth(&key)
+                        .send()
+                        .await;
+                    let r = r.map(|r| r.status().as_u16()).map_err(|e| e.to_string());
+                    out.push((at - began, at.elapsed(), r));
+                }
+                out
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_redis_mid_load_neither_hangs_nor_fails() {
+    if redis_url().is_none() {
+        return;
+    }
+    let mut own = OwnRedis::start();
+    let Some(pair) = Pair::start(Some(&own.url()), &[]).await else {
+        return;
+    };
+    let c = client();
+    let (token, org) = owner_and_org(&c, &pair.a.base).await;
+    let (busy, _) = key(&c, &pair.a.base, &token, &org, 100).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&c, pair.bases(), &busy, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    own.kill();
+    eprintln!("redis killed");
+    tokio::time::sleep(Duration::from_secs(4)).await; // past one breaker period
+    own.restart();
+    eprintln!("redis restarted");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut outcomes = Vec::new();
+    for w in workers {
+        outcomes.extend(w.await.unwrap());
+    }
+    assert!(
+        outcomes.len() > 50,
+        "the load ran: {} requests",
+        outcomes.len()
+    );
+    for (at, took, r) in &outcomes {
+        match r {
+            Ok(200 | 429) => {}
+            other => panic!("a request sent at {at:?} answered {other:?} after {took:?}"),
+        }
+    }
+    // Redis is back: once each instance decides there again, limits are shared again.
+    let (probe, _) = key(&c, &pair.a.base, &token, &org, 1000).await;
+    for base in pair.bases() {
+        wait_until_shared(&c, &base, &probe).await;
+    }
+    let before = [
+        fallbacks(&c, &pair.a.base).await,
+        fallbacks(&c, &pair.b.base).await,
+    ];
+    let (fresh, _) = key(&c, &pair.a.base, &token, &org, 25).await;
+    let counts = burst(&c, &pair.bases(), &fresh, 100).await;
+    let after = [
+        fallbacks(&c, &pair.a.base).await,
+        fallbacks(&c, &pair.b.base).await,
+    ];
+    assert_eq!(
+        counts,
+        vec![(200, 25), (429, 75)],
+        "(status, count); in-memory fallbacks during the burst: {before:?} -> {after:?}"
+    );
+    pair.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fail_closed_policy_answers_503_while_redis_is_down() {
+    if redis_url().is_none() {
+        return;
+    }
+    let mut own = OwnRedis::start();
+    let fail_closed = [("GATEHOUSE_RATE_LIMIT_FAIL_CLOSED", "api_key")];
+    let Some(pair) = Pair::start(Some(&own.url()), &fail_closed).await else {
+        return;
+    };
+    let c = client();
+    let (token, org) = owner_and_org(&c, &pair.a.base).await;
+    let (k, _) = key(&c, &pair.a.base, &token, &org, 1000).await;
+    for base in pair.bases() {
+        assert_eq!(me(&c, &base, &k).await.status(), 200);
+    }
+    own.kill();
+    for i in 0..10 {
+        let res = me(&c, &pair.bases()[i % 2], &k).await;
+        assert_eq!(res.status(), 503, "request {i}");
+        assert_eq!(res.headers()["retry-after"], "1");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "service_unavailable", "{body}");
+    }
+    own.restart();
+    for base in pair.bases() {
+        let mut answered = None;
+        for _ in 0..100 {
+            let status = me(&c, &base, &k).await.status().as_u16();
+            if status == 200 {
+                answered = Some(status);
+                break;
+            }
+            assert_eq!(status, 503, "while Redis reconnects");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            answered,
+            Some(200),
+            "{base} admits keys again after Redis is back"
+        );
+    }
+    pair.stop().await;
+}
