@@ -390,6 +390,53 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let from_file: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(&text))
+            .extract()
+            .unwrap_or_else(|e| panic!("config.example.toml: {e}"));
+        assert_eq!(format!("{from_file:?}"), format!("{:?}", Config::default()));
+        // Every setting appears in the file (set, or commented out when it has no default).
+        let defaults = toml_keys(&Config::default());
+        for key in defaults {
+            assert!(text.contains(&format!("{key} =")), "{key} is missing from config.example.toml");
+        }
+    }
+
+    fn toml_keys(c: &Config) -> Vec<String> {
+        match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn lists_come_as_arrays_or_comma_strings() {
+        let c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(
+                "trusted_proxies = \"10.0.0.0/8, 192.168.1.1\"\nrate_limit_fail_closed = [\"api_key\"]\nrate_limit_org = [\"10/1s\", \"100/1m\"]",
+            ))
+            .extract()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8", "192.168.1.1"]);
+        assert!(c.fails_closed(Policy::ApiKey) && !c.fails_closed(Policy::MagicLink));
+        assert_eq!(c.rate_limit_org.to_string(), "10/1s,100/60s");
+        assert_eq!(c.proxy_nets().map(|n| n.len()).ok(), Some(2));
+        let bad = Config {
+            trusted_proxies: vec!["not-an-ip".into()],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = Config {
+            rate_limit_fail_closed: vec!["nope".into()],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn public_origin_drops_the_path() {
         let cfg = Config {
             public_url: "https://auth.example.com/base/".into(),

@@ -194,7 +194,15 @@ pub(crate) async fn token(
                     "missing email or phone",
                 ));
             };
-            let s = state.accounts.sign_in(&email, password).await?;
+            let s = state
+                .accounts
+                .sign_in(&email, password)
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, crate::accounts::AccountError::InvalidCredentials) {
+                        state.metrics.auth_failure("invalid_credentials");
+                    }
+                })?;
             Ok(Json(session_json(&s)).into_response())
         }
         Some("refresh_token") => {

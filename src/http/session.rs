@@ -74,6 +74,11 @@ pub async fn sign_in(
         .accounts
         .authenticate(&body.email, body.password)
         .await
+        .inspect_err(|e| {
+            if matches!(e, crate::accounts::AccountError::InvalidCredentials) {
+                state.metrics.auth_failure("invalid_credentials");
+            }
+        })
         .map_err(account_error)?;
     let secret = tokens::random_token(32);
     let now = state.clock.now_ms();

@@ -37,6 +37,9 @@ impl Pair {
             // Only the limits a test sets bind: never the organization's default.
             ("GATEHOUSE_RATE_LIMIT_ORG", "100000/60s"),
             ("GATEHOUSE_LOG", "info"),
+            // One deployment, one public URL: it is the tokens' issuer, which every
+            // instance checks.
+            ("GATEHOUSE_PUBLIC_URL", "http://gatehouse.test"),
         ];
         env.extend_from_slice(extra);
         // One after the other: the first migrates the database and stores the signing key.
@@ -213,7 +216,15 @@ async fn two_instances_admit_exactly_the_limit_together() {
     let (token, org) = owner_and_org(&c, &pair.a.base).await;
     let (k, _) = key(&c, &pair.a.base, &token, &org, 40).await;
     let counts = burst(&c, &pair.bases(), &k, 200).await;
-    assert_eq!(counts, vec![(200, 40), (429, 160)], "(status, count)");
+    let fell_back = [
+        fallbacks(&c, &pair.a.base).await,
+        fallbacks(&c, &pair.b.base).await,
+    ];
+    assert_eq!(
+        counts,
+        vec![(200, 40), (429, 160)],
+        "(status, count); decisions made in memory on A and B: {fell_back:?}"
+    );
     let res = me(&c, &pair.b.base, &k).await;
     assert_eq!(res.status(), 429);
     assert_eq!(res.headers()["x-ratelimit-limit"], "40");
