@@ -227,7 +227,10 @@ fn memory(c: &mut Criterion, measuring: bool) {
         Row::new("baseline: moka get, 100k keys", 1),
         Row::new("1 window (sign_in 20/60s), 1 hot IP", 0),
         Row::new("1 window (sign_in 20/60s), 100k IPs", 1),
-        Row::new("4 windows (key 60/60s,1000/1h,10000/1d + org 120/60s), 1 hot key", 0),
+        Row::new(
+            "4 windows (key 60/60s,1000/1h,10000/1d + org 120/60s), 1 hot key",
+            0,
+        ),
         Row::new(
             "4 windows (key 60/60s,1000/1h,10000/1d + org 120/60s), 100k keys in 1k orgs",
             1,

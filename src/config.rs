@@ -401,7 +401,10 @@ mod tests {
         // Every setting appears in the file (set, or commented out when it has no default).
         let defaults = toml_keys(&Config::default());
         for key in defaults {
-            assert!(text.contains(&format!("{key} =")), "{key} is missing from config.example.toml");
+            assert!(
+                text.contains(&format!("{key} =")),
+                "{key} is missing from config.example.toml"
+            );
         }
     }
 
