@@ -27,6 +27,40 @@ pub fn noted() -> Option<Decision> {
     DECISION.try_with(|d| d.borrow_mut().take()).ok().flatten()
 }
 
+/// The decision noted so far, left in place for the response headers.
+pub fn peek() -> Option<Decision> {
+    DECISION.try_with(|d| d.borrow().clone()).ok().flatten()
+}
+
+/// One window's state as `/v1/me` shows it.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WindowView {
+    /// `api_key` or `org`.
+    pub policy: &'static str,
+    /// Requests per window.
+    pub limit: u32,
+    /// Window length in seconds.
+    pub window_seconds: u32,
+    /// Requests left now (after this one).
+    pub remaining: u32,
+    /// Unix seconds at which the window is full again.
+    pub reset: i64,
+}
+
+/// The windows of the request's decision.
+pub fn window_views(d: &Decision) -> Vec<WindowView> {
+    d.windows
+        .iter()
+        .map(|w| WindowView {
+            policy: w.policy,
+            limit: w.limit,
+            window_seconds: w.window_seconds,
+            remaining: w.remaining,
+            reset: w.reset_at,
+        })
+        .collect()
+}
+
 /// The names CORS exposes.
 pub const EXPOSED: [&str; 5] = [
     "x-ratelimit-limit",

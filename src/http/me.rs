@@ -49,6 +49,9 @@ pub struct Me {
     /// `live` or `test`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// A key's rate-limit windows (its own and its organization's) after this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Vec<crate::http::limits::WindowView>>,
 }
 
 /// Who the caller is.
@@ -70,6 +73,7 @@ pub async fn me(
         key_id: None,
         scopes: None,
         environment: None,
+        rate_limit: None,
     };
     match principal {
         Principal::User {
@@ -100,6 +104,7 @@ pub async fn me(
             key_id: Some(key.id.clone()),
             scopes: Some(key.scopes.clone()),
             environment: Some(key.environment.clone()),
+            rate_limit: crate::http::limits::peek().map(|d| crate::http::limits::window_views(&d)),
             ..blank
         })),
     }
