@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
             lifetime_ms: None,
             metadata: serde_json::json!({}),
             created_by: "bench".into(),
+            rate_limits: None,
         });
         store.create_api_key(&record, &audit).await.unwrap();
         keys.verify(&key).await.unwrap(); // warm the cache

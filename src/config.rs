@@ -143,7 +143,7 @@ impl Default for Config {
             rate_limit_memory_capacity: 1_000_000,
             redis_url: None,
             redis_prefix: "gatehouse".into(),
-            redis_timeout_ms: 50,
+            redis_timeout_ms: 250,
             trusted_proxies: Vec::new(),
             log: "info".into(),
             log_format: "text".into(),

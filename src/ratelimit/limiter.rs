@@ -17,8 +17,9 @@ pub enum LimiterError {
     Unavailable,
 }
 
-/// Consecutive failures that open the breaker.
-const TRIP_AFTER: u32 = 3;
+/// Consecutive failures that open the breaker. More than a couple, so one slow moment on a
+/// busy machine does not split the shared limits into per-instance ones.
+const TRIP_AFTER: u32 = 5;
 /// How long an open breaker sends every decision to memory before trying Redis again.
 const OPEN_FOR: Duration = Duration::from_secs(2);
 

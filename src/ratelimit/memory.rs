@@ -1,7 +1,7 @@
 //! The in-process backend: one `tat` per window in a bounded cache, each forgotten once it
 //! has been idle for its window (by then it equals a fresh counter).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,9 +90,7 @@ impl MemoryLimiter {
                 })
             })
             .collect();
-        let mut h = self.hasher.build_hasher();
-        req.tag.hash(&mut h);
-        let stripe = &self.stripes[(h.finish() as usize) % STRIPES];
+        let stripe = &self.stripes[(self.hasher.hash_one(&req.tag) as usize) % STRIPES];
         // A poisoned stripe only means another decision panicked mid-way; the counters are
         // plain integers and stay meaningful.
         let _guard = stripe.lock().unwrap_or_else(|p| p.into_inner());
