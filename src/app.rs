@@ -54,6 +54,8 @@ pub struct AppInner {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Organizations' own rate limits (`None`: the configured default).
     org_limits: moka::sync::Cache<String, Option<Rates>>,
+    /// The chat gateway.
+    pub chat: crate::chat::Chat,
     /// API-key minting and cached verification.
     pub keys: crate::keys::Keys,
     /// Sessions known to exist, so a JWT check needs no storage on a warm cache.
@@ -138,7 +140,20 @@ impl AppState {
             None => Limiter::memory(capacity, clock.clone(), metrics.clone()),
         };
         let trusted_proxies = config.proxy_nets()?;
+        let upstream = crate::chat::upstream::Upstream::new(
+            config.upstream_url.as_deref(),
+            &config.upstream_model,
+            config.upstream_api_key.clone(),
+            Duration::from_millis(config.upstream_timeout_ms),
+        )?;
+        let chat = crate::chat::Chat::new(
+            store.clone(),
+            clock.clone(),
+            upstream,
+            config.chat_history_messages,
+        );
         Ok(AppState(Arc::new(AppInner {
+            chat,
             limiter,
             metrics,
             redis,
@@ -384,6 +399,7 @@ pub async fn run(
     let app = crate::http::router(state.clone());
     let writer = tokio::spawn(state.keys.clone().write_behind(Duration::from_secs(5)));
     let subscriber = tokio::spawn(crate::fanout::subscribe(state.clone()));
+    let usage = tokio::spawn(state.chat.usage.clone().write_behind(Duration::from_secs(5)));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -392,6 +408,10 @@ pub async fn run(
     .await?;
     writer.abort();
     subscriber.abort();
+    usage.abort();
+    if let Err(e) = state.chat.usage.flush().await {
+        tracing::warn!(error = %e, "could not write the usage counters at shutdown");
+    }
     // Last-used times still in memory are written before storage closes.
     if let Err(e) = state.keys.flush_last_used().await {
         tracing::warn!(error = %e, "could not write the last-used times at shutdown");

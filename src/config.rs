@@ -102,6 +102,16 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs); empty: the socket peer.
     #[serde(deserialize_with = "comma_list")]
     pub trusted_proxies: Vec<String>,
+    /// An OpenAI-compatible server (`…/v1` or `…/v1/chat/completions`); unset: the echo upstream.
+    pub upstream_url: Option<String>,
+    /// The `model` sent upstream.
+    pub upstream_model: String,
+    /// Sent upstream as `Authorization: Bearer`; never logged.
+    pub upstream_api_key: Option<SecretString>,
+    /// Longest wait for the model server's first answer and between two streamed pieces (ms).
+    pub upstream_timeout_ms: u64,
+    /// Earlier messages of a thread sent upstream with a new one.
+    pub chat_history_messages: i64,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
     /// `text` or `json`.
@@ -145,6 +155,11 @@ impl Default for Config {
             redis_prefix: "gatehouse".into(),
             redis_timeout_ms: 250,
             trusted_proxies: Vec::new(),
+            upstream_url: None,
+            upstream_model: "default".into(),
+            upstream_api_key: None,
+            upstream_timeout_ms: 60_000,
+            chat_history_messages: 20,
             log: "info".into(),
             log_format: "text".into(),
             dev: false,
@@ -302,6 +317,17 @@ impl Config {
             anyhow::bail!("redis_timeout_ms must be between 1 and 10000");
         }
         self.proxy_nets()?;
+        if let Some(u) = &self.upstream_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                anyhow::bail!("upstream_url must start with http:// or https://");
+            }
+        }
+        if !(100..=600_000).contains(&self.upstream_timeout_ms) {
+            anyhow::bail!("upstream_timeout_ms must be between 100 and 600000");
+        }
+        if !(0..=1000).contains(&self.chat_history_messages) {
+            anyhow::bail!("chat_history_messages must be between 0 and 1000");
+        }
         if let Some(secret) = &self.jwt_secret {
             if secret.expose().len() < 32 {
                 anyhow::bail!("jwt_secret must be at least 32 characters");

@@ -26,6 +26,10 @@ pub enum Code {
     InternalError,
     /// 503: a dependency is unavailable or overloaded; retry later.
     ServiceUnavailable,
+    /// 502: the model server failed.
+    UpstreamError,
+    /// 504: the model server did not answer in time.
+    UpstreamTimeout,
 }
 
 impl Code {
@@ -67,6 +71,12 @@ impl Code {
                 "internal_error",
                 500,
                 "Internal error. Quote the request id when reporting it.",
+            ),
+            Code::UpstreamError => ("upstream_error", 502, "The model server failed."),
+            Code::UpstreamTimeout => (
+                "upstream_timeout",
+                504,
+                "The model server did not answer in time.",
             ),
             Code::ServiceUnavailable => (
                 "service_unavailable",
@@ -169,6 +179,8 @@ mod tests {
             Code::RateLimited,
             Code::InternalError,
             Code::ServiceUnavailable,
+            Code::UpstreamError,
+            Code::UpstreamTimeout,
         ]
         .iter()
         .map(|c| (c.as_str(), c.status()))
@@ -187,6 +199,8 @@ mod tests {
                 ("rate_limited", 429),
                 ("internal_error", 500),
                 ("service_unavailable", 503),
+                ("upstream_error", 502),
+                ("upstream_timeout", 504),
             ]
         );
     }

@@ -7,6 +7,8 @@ pub mod accounts;
 pub mod app;
 /// Password hashing, JWT signing/verification and opaque tokens.
 pub mod auth;
+/// The chat gateway: threads, the model server, usage.
+pub mod chat;
 /// The `gatehouse` command line.
 pub mod cli;
 /// Injected time, so expiry and limits are tested exactly.

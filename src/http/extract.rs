@@ -209,7 +209,7 @@ impl Principal {
 /// The dashboard session cookie's name.
 pub const SESSION_COOKIE: &str = "gatehouse_session";
 
-fn bearer(parts: &Parts) -> Option<&str> {
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
     let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -290,7 +290,7 @@ impl FromRequestParts<AppState> for Principal {
 }
 
 /// An API key's principal, admitted by its own and its organization's rate limits.
-async fn key_principal(state: &AppState, key: &str) -> Result<Principal, ApiError> {
+pub(crate) async fn key_principal(state: &AppState, key: &str) -> Result<Principal, ApiError> {
     let principal = state
         .principal_from_key(key)
         .await

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod auth_v1;
+pub mod chat;
 pub mod envelope;
 pub mod extract;
 pub mod gotrue;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod orgs;
 pub mod session;
+pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method};
@@ -84,7 +86,9 @@ pub fn router(state: AppState) -> Router {
         .merge(session::router())
         .merge(orgs::router())
         .merge(api_keys::router())
-        .layer(api_cors);
+        .merge(chat::router())
+        .merge(usage::router())
+        .layer(api_cors.clone());
 
     Router::new()
         .nest("/auth/v1", auth)
@@ -92,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(metrics::router())
+        .merge(chat::api_router().layer(api_cors))
         .fallback(envelope::not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(middleware::from_fn_with_state(

@@ -11,6 +11,7 @@ mod engine;
 mod jwt_keys;
 mod orgs;
 mod sessions;
+mod threads;
 mod users;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
@@ -18,6 +19,9 @@ pub use audit::{Audit, AuditEntry};
 pub use engine::Engine;
 pub use orgs::{Member, Org, Role};
 pub use sessions::{RefreshRow, Rotation};
+pub use threads::{
+    Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow,
+};
 pub use users::{NewUser, User};
 
 use sqlx::any::AnyPoolOptions;

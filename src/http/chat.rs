@@ -1,0 +1,309 @@
+//! `/v1/chat` (and `/api/chat`), `/v1/threads`, and an organization's usage and export.
+
+use std::convert::Infallible;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::chat::upstream::{Piece, Tokens, UpstreamError};
+use crate::chat::{Caller, ChatError, MAX_CONTEXT_BYTES, MAX_MESSAGE_BYTES};
+use crate::error::{ApiError, Code};
+use crate::http::envelope::{ok, Success};
+use crate::http::extract::{bearer, key_principal, ApiJson, Principal};
+use crate::orgs::check_id;
+use crate::store::{Message, Thread, ThreadScope};
+
+/// Routes of this file.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chat", post(chat))
+        .route("/threads", get(list_threads))
+        .route("/threads/{id}", get(get_thread).delete(delete_thread))
+}
+
+/// `POST /api/chat`: the same chat, where seed 000's clients call it.
+pub fn api_router() -> Router<AppState> {
+    Router::new().route("/api/chat", post(chat))
+}
+
+/// A caller of the chat and thread routes.
+pub enum ChatPrincipal {
+    /// A signed-in person on their own (threads only).
+    Person(String),
+    /// An organization's key, maybe acting for a signed-in person (`Authorization: Bearer
+    /// <access token>` next to `X-API-Key`).
+    Key {
+        /// The key.
+        key: std::sync::Arc<crate::store::ApiKeyRecord>,
+        /// The person, when their token came along.
+        user_id: Option<String>,
+    },
+}
+
+impl FromRequestParts<AppState> for ChatPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(v) = parts.headers.get("x-api-key") {
+            let presented = v
+                .to_str()
+                .map_err(|_| ApiError::unauthorized("malformed", "The API key is malformed."))?
+                .trim()
+                .to_string();
+            let Principal::ApiKey { key } = key_principal(state, &presented).await? else {
+                return Err(ApiError::internal("a key principal that is not a key"));
+            };
+            let user_id = match bearer(parts) {
+                Some(token) if !token.is_empty() && !state.keys.looks_like_key(token) => {
+                    match state.principal_from_jwt(token).await? {
+                        Principal::User { user_id, .. } => Some(user_id),
+                        Principal::ApiKey { .. } => None,
+                    }
+                }
+                _ => None,
+            };
+            return Ok(ChatPrincipal::Key { key, user_id });
+        }
+        match Principal::from_request_parts(parts, state).await? {
+            Principal::ApiKey { key } => Ok(ChatPrincipal::Key { key, user_id: None }),
+            Principal::User { user_id, .. } => Ok(ChatPrincipal::Person(user_id)),
+        }
+    }
+}
+
+fn needs_scope(key: &crate::store::ApiKeyRecord, scope: &str) -> Result<(), ApiError> {
+    if key.scopes.iter().any(|s| s == scope) {
+        Ok(())
+    } else {
+        Err(ApiError::msg(Code::Forbidden, format!("The API key lacks {scope}."))
+            .details(json!({ "required": scope })))
+    }
+}
+
+/// A chat message.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatBody {
+    /// The user's message (1 byte to 32 KiB).
+    pub message: String,
+    /// Continue this thread; a new one is started when absent.
+    pub thread_id: Option<String>,
+    /// Passed to the model server unchanged (a JSON object of at most 8 KiB).
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Value>,
+    /// Answer as Server-Sent Events.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// The answer.
+#[derive(serde::Serialize, ToSchema)]
+pub struct ChatAnswer {
+    /// The model's answer.
+    pub response: String,
+    /// The thread (new or continued).
+    pub thread_id: String,
+    /// The answer's message id.
+    pub message_id: String,
+}
+
+fn chat_error(e: ChatError) -> ApiError {
+    match e {
+        ChatError::ThreadNotFound => ApiError::not_found("Thread"),
+        ChatError::Store(s) => s.into(),
+        ChatError::Upstream(UpstreamError::Timeout) => ApiError::new(Code::UpstreamTimeout),
+        ChatError::Upstream(UpstreamError::Failed(why)) => {
+            tracing::warn!(why = %why, "model server failed");
+            ApiError::msg(
+                Code::UpstreamError,
+                format!("The model server failed ({why})."),
+            )
+        }
+    }
+}
+
+/// Sends a message to the assistant (an API key with `chat:write`, optionally with the
+/// user's access token in `Authorization`).
+#[utoipa::path(post, path = "/v1/chat", tag = "chat", request_body = ChatBody,
+    responses((status = 200, body = ChatAnswer, description = "The answer; with `stream: true`, `text/event-stream` of `delta` events and a final `done` event"),
+              (status = 404, description = "Thread not found"), (status = 502, description = "upstream_error"),
+              (status = 504, description = "upstream_timeout")))]
+pub async fn chat(
+    State(state): State<AppState>,
+    principal: ChatPrincipal,
+    ApiJson(body): ApiJson<ChatBody>,
+) -> Result<Response, ApiError> {
+    let caller = match principal {
+        ChatPrincipal::Key { key, user_id } => {
+            needs_scope(&key, "chat:write")?;
+            Caller {
+                org_id: key.org_id.clone(),
+                key_id: Some(key.id.clone()),
+                user_id,
+            }
+        }
+        ChatPrincipal::Person(_) => {
+            return Err(ApiError::unauthorized(
+                "missing",
+                "Chat needs an API key (X-API-Key), optionally with the user's access token in Authorization.",
+            ))
+        }
+    };
+    if body.message.trim().is_empty() || body.message.len() > MAX_MESSAGE_BYTES {
+        return Err(ApiError::field("message", "must be 1 byte to 32 KiB of text"));
+    }
+    match &body.context {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(_)) if body.context.as_ref().is_some_and(|c| c.to_string().len() <= MAX_CONTEXT_BYTES) => {}
+        Some(_) => return Err(ApiError::field("context", "must be a JSON object of at most 8 KiB")),
+    }
+    if let Some(id) = &body.thread_id {
+        check_id(id, "thr")?;
+    }
+    let context = body.context.filter(|c| !c.is_null());
+    let prepared = state
+        .chat
+        .prepare(caller, body.message, body.thread_id.as_deref())
+        .await
+        .map_err(chat_error)?;
+    let pieces = state
+        .chat
+        .ask(&prepared, context.as_ref())
+        .await
+        .map_err(chat_error)?;
+    if !body.stream {
+        let mut pieces = pieces;
+        let (mut text, mut tokens) = (String::new(), Tokens::default());
+        while let Some(p) = pieces.next().await {
+            match p.map_err(|e| chat_error(e.into()))? {
+                Piece::Text(t) => text.push_str(&t),
+                Piece::Usage(t) => tokens = t,
+            }
+        }
+        let answer = state
+            .chat
+            .finish(&prepared, text.clone(), tokens)
+            .await
+            .map_err(chat_error)?;
+        return Ok(ok(ChatAnswer {
+            response: text,
+            thread_id: prepared.thread.id.clone(),
+            message_id: answer.id,
+        })
+        .into_response());
+    }
+    // Streaming: when the client goes away the response body, and with it this stream and
+    // the upstream request, is dropped, which cancels the model server's work.
+    let chat = state.chat.clone();
+    let events = async_stream::stream! {
+        let mut pieces = pieces;
+        let (mut text, mut tokens) = (String::new(), Tokens::default());
+        while let Some(p) = pieces.next().await {
+            match p {
+                Ok(Piece::Text(t)) => {
+                    yield Ok::<_, Infallible>(Event::default().event("delta").json_data(json!({ "content": t })).unwrap_or_default());
+                    text.push_str(&t);
+                }
+                Ok(Piece::Usage(t)) => tokens = t,
+                Err(e) => {
+                    let e = chat_error(e.into());
+                    yield Ok(Event::default().event("error").json_data(json!({ "code": e.code.as_str(), "message": e.message })).unwrap_or_default());
+                    return;
+                }
+            }
+        }
+        match chat.finish(&prepared, text, tokens).await {
+            Ok(answer) => yield Ok(Event::default().event("done").json_data(json!({
+                "thread_id": prepared.thread.id, "message_id": answer.id
+            })).unwrap_or_default()),
+            Err(e) => {
+                let e = chat_error(e);
+                yield Ok(Event::default().event("error").json_data(json!({ "code": e.code.as_str(), "message": e.message })).unwrap_or_default());
+            }
+        }
+    };
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn scope_for(p: &ChatPrincipal, scope: &str) -> Result<ThreadScope, ApiError> {
+    Ok(match p {
+        ChatPrincipal::Person(user) => ThreadScope::User(user.clone()),
+        ChatPrincipal::Key { key, user_id } => {
+            needs_scope(key, scope)?;
+            match user_id {
+                Some(u) => ThreadScope::UserInOrg(u.clone(), key.org_id.clone()),
+                None => ThreadScope::Org(key.org_id.clone()),
+            }
+        }
+    })
+}
+
+/// Threads the caller may see, most recent first (at most 100): a person's own; an API key
+/// with `threads:read` its organization's (with a user's token: that user's there).
+#[utoipa::path(get, path = "/v1/threads", tag = "chat", responses((status = 200, body = [Thread])))]
+pub async fn list_threads(
+    State(state): State<AppState>,
+    principal: ChatPrincipal,
+) -> Result<Success<Vec<Thread>>, ApiError> {
+    let scope = scope_for(&principal, "threads:read")?;
+    Ok(ok(state.store.threads(&scope, 100).await?))
+}
+
+/// A thread with its messages.
+#[derive(serde::Serialize, ToSchema)]
+pub struct ThreadWithMessages {
+    /// The thread.
+    #[serde(flatten)]
+    pub thread: Thread,
+    /// Its messages, oldest first (the last 1,000).
+    pub messages: Vec<Message>,
+}
+
+/// One thread and its messages.
+#[utoipa::path(get, path = "/v1/threads/{id}", tag = "chat", responses((status = 200, body = ThreadWithMessages), (status = 404, description = "not_found")))]
+pub async fn get_thread(
+    State(state): State<AppState>,
+    principal: ChatPrincipal,
+    Path(id): Path<String>,
+) -> Result<Success<ThreadWithMessages>, ApiError> {
+    check_id(&id, "thr")?;
+    let scope = scope_for(&principal, "threads:read")?;
+    let thread = state
+        .store
+        .thread(&id, &scope)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Thread"))?;
+    let messages = state.store.recent_messages(&id, 1000).await?;
+    Ok(ok(ThreadWithMessages { thread, messages }))
+}
+
+/// Deletes a thread and its messages (a person their own; a key needs `chat:write`).
+#[utoipa::path(delete, path = "/v1/threads/{id}", tag = "chat", responses((status = 204, description = "Deleted"), (status = 404, description = "not_found")))]
+pub async fn delete_thread(
+    State(state): State<AppState>,
+    principal: ChatPrincipal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_id(&id, "thr")?;
+    let scope = scope_for(&principal, "chat:write")?;
+    state
+        .store
+        .delete_thread(&id, &scope)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::not_found("Thread"),
+            other => other.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+

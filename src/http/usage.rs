@@ -1,0 +1,212 @@
+//! `/v1/orgs/{org}/usage` and `/v1/orgs/{org}/export`.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::error::{ApiError, Code};
+use crate::http::envelope::{ok, Success};
+use crate::http::extract::Principal;
+use crate::http::orgs::org_access;
+use crate::store::UsageRow;
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// Routes of this file.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs/{org}/usage", get(usage))
+        .route("/orgs/{org}/export", get(export))
+}
+
+/// A time given as unix milliseconds or RFC 3339.
+fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| ApiError::field(field, "must be unix milliseconds or an RFC 3339 time"))
+}
+
+/// The report's range and shape.
+#[derive(Deserialize)]
+pub struct UsageQuery {
+    /// Start (inclusive): unix ms or RFC 3339; default `to` minus 30 days.
+    pub from: Option<String>,
+    /// End (exclusive): unix ms or RFC 3339; default now.
+    pub to: Option<String>,
+    /// `hour` or `day` (UTC, default).
+    pub granularity: Option<String>,
+    /// Only this key.
+    pub key_id: Option<String>,
+}
+
+/// Requests and tokens per key and hour or day (`analytics:read`). Counted in memory and
+/// written every 5 s, so the last seconds may be missing.
+#[utoipa::path(get, path = "/v1/orgs/{org}/usage", tag = "usage",
+    params(("from" = Option<String>, Query, description = "unix ms or RFC 3339"), ("to" = Option<String>, Query, description = "unix ms or RFC 3339"),
+           ("granularity" = Option<String>, Query, description = "hour or day"), ("key_id" = Option<String>, Query, description = "one key")),
+    responses((status = 200, body = [UsageRow])))]
+pub async fn usage(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(org): Path<String>,
+    q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Success<Vec<UsageRow>>, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
+    org_access(&state, &principal, &org)
+        .await?
+        .require("analytics:read")?;
+    let bucket = match q.granularity.as_deref().unwrap_or("day") {
+        "hour" => HOUR_MS,
+        "day" => DAY_MS,
+        _ => return Err(ApiError::field("granularity", "must be hour or day")),
+    };
+    let to = match &q.to {
+        Some(v) => parse_time("to", v)?,
+        None => state.clock.now_ms() + 1,
+    };
+    let from = match &q.from {
+        Some(v) => parse_time("from", v)?,
+        None => to - 30 * DAY_MS,
+    };
+    if from >= to {
+        return Err(ApiError::field("from", "must be before to"));
+    }
+    let longest = if bucket == HOUR_MS { 31 * DAY_MS } else { 400 * DAY_MS };
+    if to - from > longest {
+        return Err(ApiError::field(
+            "from",
+            "the range is too long (at most 31 days by hour, 400 days by day)",
+        ));
+    }
+    if let Some(k) = &q.key_id {
+        crate::orgs::check_id(k, "key")?;
+    }
+    // Whole buckets: a row's hour is inside the range when its bucket starts in it.
+    let from = from.div_euclid(HOUR_MS) * HOUR_MS;
+    Ok(ok(state
+        .store
+        .usage(&org, from, to, bucket, q.key_id.as_deref())
+        .await?))
+}
+
+/// What to export.
+#[derive(Deserialize)]
+pub struct ExportQuery {
+    /// `ndjson` (default) or `csv`.
+    pub format: Option<String>,
+    /// Messages from this time on: unix ms or RFC 3339.
+    pub since: Option<String>,
+}
+
+/// Streams the organization's messages with their threads, oldest first (`export:read`).
+/// NDJSON ends with `{"type":"end","count":N}`, so a cut-off export is recognisable.
+#[utoipa::path(get, path = "/v1/orgs/{org}/export", tag = "usage",
+    params(("format" = Option<String>, Query, description = "ndjson or csv"), ("since" = Option<String>, Query, description = "unix ms or RFC 3339")),
+    responses((status = 200, description = "application/x-ndjson or text/csv, streamed")))]
+pub async fn export(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(org): Path<String>,
+    q: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
+    org_access(&state, &principal, &org)
+        .await?
+        .require("export:read")?;
+    let since = match &q.since {
+        Some(v) => parse_time("since", v)?,
+        None => 0,
+    };
+    let csv = match q.format.as_deref().unwrap_or("ndjson") {
+        "ndjson" => false,
+        "csv" => true,
+        _ => return Err(ApiError::field("format", "must be ndjson or csv")),
+    };
+    let rows = state.store.export_rows(org.clone(), since);
+    let body = async_stream::stream! {
+        let mut rows = Box::pin(rows);
+        let mut count: u64 = 0;
+        if csv {
+            yield Ok::<Bytes, std::io::Error>(Bytes::from_static(
+                b"thread_id,thread_title,user_id,key_id,message_id,role,content,created_at\r\n",
+            ));
+        }
+        while let Some(row) = rows.next().await {
+            let row = match row {
+                Ok(r) => r,
+                Err(e) => {
+                    // The status is already sent: break the body so the client sees a failure.
+                    tracing::error!(error = %e, "export failed mid-stream");
+                    yield Err(std::io::Error::other("export failed"));
+                    return;
+                }
+            };
+            count += 1;
+            let line = if csv {
+                csv_line(&row)
+            } else {
+                let mut v = serde_json::to_value(&row).unwrap_or_default();
+                v["type"] = serde_json::json!("message");
+                format!("{v}\n")
+            };
+            yield Ok(Bytes::from(line));
+        }
+        if !csv {
+            yield Ok(Bytes::from(format!("{{\"type\":\"end\",\"count\":{count}}}\n")));
+        }
+    };
+    let (ctype, ext) = if csv {
+        ("text/csv; charset=utf-8", "csv")
+    } else {
+        ("application/x-ndjson", "ndjson")
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, ctype.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{org}-export.{ext}\""),
+            ),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// One CSV record per RFC 4180, with cells that a spreadsheet would run as formulas
+/// neutralised.
+fn csv_line(r: &crate::store::ExportRow) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    let cell = |s: &str| -> String {
+        if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{s}")
+        } else {
+            s.to_string()
+        }
+    };
+    let _ = w.write_record([
+        r.thread_id.clone(),
+        cell(&r.thread_title),
+        r.user_id.clone().unwrap_or_default(),
+        r.key_id.clone().unwrap_or_default(),
+        r.message_id.clone(),
+        r.role.clone(),
+        cell(&r.content),
+        r.created_at.to_string(),
+    ]);
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}

@@ -1,0 +1,365 @@
+//! Chat threads, their messages, and usage counters.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{Store, StoreError, StoreResult};
+
+/// A conversation.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Thread {
+    /// `thr_…`.
+    pub id: String,
+    /// The owning organization.
+    pub org_id: String,
+    /// The person whose thread it is, or `null` for an organization's own thread.
+    pub user_id: Option<String>,
+    /// The key that started it, if any.
+    pub key_id: Option<String>,
+    /// The first message, shortened.
+    pub title: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms of the last message.
+    pub updated_at: i64,
+}
+
+/// One message of a thread.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Message {
+    /// `msg_…` (time-ordered).
+    pub id: String,
+    /// The thread.
+    pub thread_id: String,
+    /// `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// Who may see which threads.
+#[derive(Clone, Debug)]
+pub enum ThreadScope {
+    /// A person's own threads (in every organization).
+    User(String),
+    /// Every thread of an organization.
+    Org(String),
+    /// The threads of one person in one organization (an API key acting for a user).
+    UserInOrg(String, String),
+}
+
+impl ThreadScope {
+    fn clause(&self, first: usize) -> (String, Vec<String>) {
+        match self {
+            ThreadScope::User(u) => (format!("user_id = ${first}"), vec![u.clone()]),
+            ThreadScope::Org(o) => (format!("org_id = ${first}"), vec![o.clone()]),
+            ThreadScope::UserInOrg(u, o) => (
+                format!("user_id = ${first} AND org_id = ${}", first + 1),
+                vec![u.clone(), o.clone()],
+            ),
+        }
+    }
+}
+
+/// A finished exchange to store.
+pub struct Exchange<'a> {
+    /// The thread (created if `new`).
+    pub thread: &'a Thread,
+    /// Whether the thread must be created.
+    pub new: bool,
+    /// The user's message.
+    pub question: &'a Message,
+    /// The assistant's answer.
+    pub answer: &'a Message,
+}
+
+const THREAD_COLUMNS: &str = "id, org_id, user_id, key_id, title, created_at, updated_at";
+
+fn thread_from_row(r: &AnyRow) -> StoreResult<Thread> {
+    Ok(Thread {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        user_id: r.try_get("user_id")?,
+        key_id: r.try_get("key_id")?,
+        title: r.try_get("title")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn message_from_row(r: &AnyRow) -> StoreResult<Message> {
+    Ok(Message {
+        id: r.try_get("id")?,
+        thread_id: r.try_get("thread_id")?,
+        role: r.try_get("role")?,
+        content: r.try_get("content")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+async fn insert_message(
+    conn: &mut sqlx::AnyConnection,
+    org_id: &str,
+    m: &Message,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO messages (id, thread_id, org_id, role, content, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&m.id)
+    .bind(&m.thread_id)
+    .bind(org_id)
+    .bind(&m.role)
+    .bind(&m.content)
+    .bind(m.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// A thread, if `scope` may see it.
+    pub async fn thread(&self, id: &str, scope: &ThreadScope) -> StoreResult<Option<Thread>> {
+        let (clause, args) = scope.clause(2);
+        let sql = format!("SELECT {THREAD_COLUMNS} FROM threads WHERE id = $1 AND {clause}");
+        let mut q = sqlx::query(&sql).bind(id);
+        for a in &args {
+            q = q.bind(a);
+        }
+        let row = q.fetch_optional(&self.pool).await?;
+        row.as_ref().map(thread_from_row).transpose()
+    }
+
+    /// Threads `scope` may see, most recently active first.
+    pub async fn threads(&self, scope: &ThreadScope, limit: i64) -> StoreResult<Vec<Thread>> {
+        let (clause, args) = scope.clause(1);
+        let sql = format!(
+            "SELECT {THREAD_COLUMNS} FROM threads WHERE {clause} ORDER BY updated_at DESC, id DESC LIMIT {limit}"
+        );
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(thread_from_row).collect()
+    }
+
+    /// The last `n` messages of a thread, oldest first.
+    pub async fn recent_messages(&self, thread_id: &str, n: i64) -> StoreResult<Vec<Message>> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, thread_id, role, content, created_at FROM messages WHERE thread_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT {n}"
+        ))
+        .bind(thread_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Stores a question and its answer, creating the thread if it is new, in one transaction.
+    pub async fn store_exchange(&self, x: &Exchange<'_>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let t = x.thread;
+        if x.new {
+            sqlx::query(&format!(
+                "INSERT INTO threads ({THREAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ))
+            .bind(&t.id)
+            .bind(&t.org_id)
+            .bind(t.user_id.as_deref())
+            .bind(t.key_id.as_deref())
+            .bind(&t.title)
+            .bind(t.created_at)
+            .bind(x.answer.created_at)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            let r = sqlx::query("UPDATE threads SET updated_at = $1 WHERE id = $2")
+                .bind(x.answer.created_at)
+                .bind(&t.id)
+                .execute(&mut *tx)
+                .await?;
+            if r.rows_affected() == 0 {
+                // Deleted while the model was answering.
+                return Err(StoreError::NotFound);
+            }
+        }
+        insert_message(&mut tx, &t.org_id, x.question).await?;
+        insert_message(&mut tx, &t.org_id, x.answer).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a thread `scope` may see, with its messages.
+    pub async fn delete_thread(&self, id: &str, scope: &ThreadScope) -> StoreResult<()> {
+        let (clause, args) = scope.clause(2);
+        let sql = format!("DELETE FROM threads WHERE id = $1 AND {clause}");
+        let mut q = sqlx::query(&sql).bind(id);
+        for a in &args {
+            q = q.bind(a);
+        }
+        if q.execute(&self.pool).await?.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+/// Counts to add to one usage row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// Requests.
+    pub requests: i64,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Completion tokens.
+    pub completion_tokens: i64,
+}
+
+/// One row of a usage report.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageRow {
+    /// Unix ms of the bucket's start (an hour or a UTC day).
+    pub start: i64,
+    /// The key, or `null` for requests without one (a widget).
+    pub key_id: Option<String>,
+    /// Requests.
+    pub requests: i64,
+    /// Prompt tokens the model server reported.
+    pub prompt_tokens: i64,
+    /// Completion tokens the model server reported.
+    pub completion_tokens: i64,
+}
+
+impl Store {
+    /// Adds counted usage in one transaction.
+    pub async fn add_usage(&self, batch: &[((String, String, i64), UsageDelta)]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for ((org, key, hour), d) in batch {
+            // A deleted organization's usage is dropped rather than retried forever.
+            sqlx::query(
+                "INSERT INTO usage_hours (org_id, key_id, hour, requests, prompt_tokens, completion_tokens) \
+                 SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) \
+                 ON CONFLICT (org_id, key_id, hour) DO UPDATE SET \
+                 requests = usage_hours.requests + excluded.requests, \
+                 prompt_tokens = usage_hours.prompt_tokens + excluded.prompt_tokens, \
+                 completion_tokens = usage_hours.completion_tokens + excluded.completion_tokens",
+            )
+            .bind(org)
+            .bind(key)
+            .bind(*hour)
+            .bind(d.requests)
+            .bind(d.prompt_tokens)
+            .bind(d.completion_tokens)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Usage of an organization in `[from, to)`, per bucket of `bucket_ms` and key.
+    pub async fn usage(
+        &self,
+        org_id: &str,
+        from: i64,
+        to: i64,
+        bucket_ms: i64,
+        key_id: Option<&str>,
+    ) -> StoreResult<Vec<UsageRow>> {
+        let key_clause = if key_id.is_some() { "AND key_id = $4" } else { "" };
+        let sql = format!(
+            "SELECT (hour / {bucket_ms}) * {bucket_ms} AS start, key_id, CAST(SUM(requests) AS BIGINT) AS requests, \
+             CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
+             CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens \
+             FROM usage_hours WHERE org_id = $1 AND hour >= $2 AND hour < $3 {key_clause} \
+             GROUP BY (hour / {bucket_ms}) * {bucket_ms}, key_id ORDER BY start, key_id"
+        );
+        let mut q = sqlx::query(&sql).bind(org_id).bind(from).bind(to);
+        if let Some(k) = key_id {
+            q = q.bind(k);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.try_get("key_id")?;
+                Ok(UsageRow {
+                    start: r.try_get("start")?,
+                    key_id: (!key.is_empty()).then_some(key),
+                    requests: r.try_get("requests")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One exported message with its thread.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportRow {
+    /// The thread.
+    pub thread_id: String,
+    /// The thread's title.
+    pub thread_title: String,
+    /// The thread's person, if any.
+    pub user_id: Option<String>,
+    /// The key that started the thread, if any.
+    pub key_id: Option<String>,
+    /// The message.
+    pub message_id: String,
+    /// `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+impl Store {
+    /// An organization's messages since `since`, oldest first, read as a stream (never all
+    /// in memory).
+    pub fn export_rows(
+        &self,
+        org_id: String,
+        since: i64,
+    ) -> impl futures_util::Stream<Item = StoreResult<ExportRow>> + Send + 'static {
+        use futures_util::StreamExt;
+        let pool = self.pool.clone();
+        async_stream::stream! {
+            let mut rows = sqlx::query(
+                "SELECT m.id, m.thread_id, t.title, t.user_id, t.key_id, m.role, m.content, m.created_at \
+                 FROM messages m JOIN threads t ON t.id = m.thread_id \
+                 WHERE m.org_id = $1 AND m.created_at >= $2 ORDER BY m.created_at, m.id",
+            )
+            .bind(&org_id)
+            .bind(since)
+            .fetch(&pool);
+            while let Some(row) = rows.next().await {
+                yield row.map_err(StoreError::from).and_then(|r| {
+                    Ok(ExportRow {
+                        thread_id: r.try_get("thread_id")?,
+                        thread_title: r.try_get("title")?,
+                        user_id: r.try_get("user_id")?,
+                        key_id: r.try_get("key_id")?,
+                        message_id: r.try_get("id")?,
+                        role: r.try_get("role")?,
+                        content: r.try_get("content")?,
+                        created_at: r.try_get("created_at")?,
+                    })
+                });
+            }
+        }
+    }
+}
