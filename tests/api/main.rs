@@ -6,6 +6,7 @@ mod helpers;
 mod api_keys;
 mod auth_v1;
 mod bad_input;
+mod chat;
 mod dashboard;
 mod orgs;
 mod process;

@@ -1,0 +1,638 @@
+//! The chat gateway against a real OpenAI-compatible mock server on a local port:
+//! authentication, history, streaming, disconnects, upstream failures, thread isolation,
+//! export and usage.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{parts, Person, TestApp};
+
+const SECRET: &str = "sk-upstream-secret-1234";
+
+/// A model server: records what it was asked, answers by the last message's text.
+#[derive(Clone, Default)]
+struct Mock {
+    asked: Arc<Mutex<Vec<(Value, Option<String>)>>>,
+    dropped: Arc<AtomicBool>,
+}
+
+struct DropFlag(Arc<AtomicBool>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn completions(
+    axum::extract::State(mock): axum::extract::State<Mock>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let auth = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
+    mock.asked.lock().unwrap().push((body.clone(), auth));
+    let last = body["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    match last.as_str() {
+        "fail" => {
+            return (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error, key {SECRET}"),
+            )
+                .into_response();
+        }
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        "plain" => {
+            return Json(json!({
+                "choices": [{"message": {"role": "assistant", "content": "A plain answer."}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4}
+            }))
+            .into_response();
+        }
+        _ => {}
+    }
+    let hang = last == "hang";
+    let flag = DropFlag(mock.dropped.clone());
+    let events = async_stream::stream! {
+        let _flag = flag;
+        for piece in ["Hello", ", ", "world"] {
+            yield Ok::<_, std::convert::Infallible>(Event::default().data(
+                json!({"choices": [{"delta": {"content": piece}}]}).to_string()));
+            if hang {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+        yield Ok(Event::default().data(
+            json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).to_string()));
+        yield Ok(Event::default().data("[DONE]"));
+    };
+    Sse::new(events).into_response()
+}
+
+async fn mock_server() -> (String, Mock) {
+    let mock = Mock::default();
+    let app = Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(mock.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}/v1"), mock)
+}
+
+struct Setup {
+    app: TestApp,
+    mock: Mock,
+    owner: Person,
+    org: String,
+    key: String,
+}
+
+async fn setup(db: crate::helpers::Db) -> Option<Setup> {
+    let (url, mock) = mock_server().await;
+    let app = TestApp::spawn(db, move |c| {
+        c.upstream_url = Some(url);
+        c.upstream_model = "test-model".into();
+        c.upstream_api_key = Some(gatehouse::config::SecretString::new(SECRET));
+        c.upstream_timeout_ms = 1000;
+    })
+    .await?;
+    let owner = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    let (key, _) = app.key(&owner, &org, &["chat:write", "threads:read"]).await;
+    Some(Setup {
+        app,
+        mock,
+        owner,
+        org,
+        key,
+    })
+}
+
+async fn chat(app: &TestApp, key: &str, jwt: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/v1/chat"))
+        .header("x-api-key", key)
+        .json(&body);
+    if let Some(t) = jwt {
+        req = req.bearer_auth(t);
+    }
+    parts(req.send().await.unwrap()).await
+}
+
+/// Runs a scenario on SQLite and on PostgreSQL.
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                let s = setup(crate::helpers::Db::Sqlite).await.unwrap();
+                let app = ($body)(s).await;
+                app.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                let Some(s) = setup(crate::helpers::Db::Postgres).await else {
+                    return;
+                };
+                let app = ($body)(s).await;
+                app.stop().await;
+            }
+        }
+    };
+}
+
+both!(
+    a_key_chats_and_the_second_turn_carries_the_history,
+    |s: Setup| async move {
+        let (status, body) = chat(
+            &s.app,
+            &s.key,
+            None,
+            json!({"message": "Hi there", "context": {"coachId": "coach_1", "n": [1, 2]}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["response"], "Hello, world");
+        let thread = body["data"]["thread_id"].as_str().unwrap().to_string();
+        assert!(thread.starts_with("thr_"));
+        assert!(body["data"]["message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("msg_"));
+        let (status, body) = chat(
+            &s.app,
+            &s.key,
+            None,
+            json!({"message": "And then?", "thread_id": thread}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["thread_id"], thread.as_str());
+        let asked = s.mock.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 2);
+        let (first, auth) = &asked[0];
+        assert_eq!(first["model"], "test-model");
+        assert_eq!(
+            first["context"],
+            json!({"coachId": "coach_1", "n": [1, 2]}),
+            "context unchanged"
+        );
+        assert_eq!(auth.as_deref(), Some(format!("Bearer {SECRET}").as_str()));
+        assert_eq!(
+            asked[1].0["messages"],
+            json!([
+                {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello, world"},
+                {"role": "user", "content": "And then?"}
+            ])
+        );
+        // The thread and its four messages are stored, owned by the organization.
+        let (status, body) = s
+            .app
+            .call(Method::GET, &format!("/threads/{thread}"), &s.key, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["data"]["user_id"].is_null());
+        assert_eq!(body["data"]["org_id"], s.org.as_str());
+        assert_eq!(body["data"]["messages"].as_array().unwrap().len(), 4);
+        // The same chat at /api/chat, with the key as a bearer credential (seed 000).
+        let res = s
+            .app
+            .client
+            .post(s.app.url("/api/chat"))
+            .bearer_auth(&s.key)
+            .json(&json!({"message": "plain"}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = parts(res).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["response"], "A plain answer.");
+        s.app
+    }
+);
+
+both!(
+    a_users_token_next_to_the_key_makes_the_thread_theirs,
+    |s: Setup| async move {
+        let ann = s.app.person().await;
+        let bob = s.app.person().await;
+        let (status, body) =
+            chat(&s.app, &s.key, Some(&ann.token), json!({"message": "mine"})).await;
+        assert_eq!(status, 200, "{body}");
+        let thread = body["data"]["thread_id"].as_str().unwrap().to_string();
+        assert_eq!(s.mock.asked.lock().unwrap()[0].0["user"], ann.id.as_str());
+        // Ann sees it with her own token; Bob does not, alone or through the app.
+        let (_, body) = s.app.call(Method::GET, "/threads", &ann.token, None).await;
+        assert_eq!(body["data"][0]["id"], thread.as_str());
+        assert_eq!(body["data"][0]["user_id"], ann.id.as_str());
+        let (status, _) = s
+            .app
+            .call(Method::GET, &format!("/threads/{thread}"), &bob.token, None)
+            .await;
+        assert_eq!(status, 404);
+        let (status, _) = chat(
+            &s.app,
+            &s.key,
+            Some(&bob.token),
+            json!({"message": "let me in", "thread_id": thread}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        // The key alone cannot continue a person's thread either.
+        let (status, _) = chat(
+            &s.app,
+            &s.key,
+            None,
+            json!({"message": "x", "thread_id": thread}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        // Nor can another organization's key read or continue it.
+        let other_org = s.app.org(&s.owner, "Other").await;
+        let (other_key, _) = s
+            .app
+            .key(&s.owner, &other_org, &["chat:write", "threads:read"])
+            .await;
+        let (status, _) = chat(
+            &s.app,
+            &other_key,
+            Some(&ann.token),
+            json!({"message": "x", "thread_id": thread}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (status, _) = s
+            .app
+            .call(Method::GET, &format!("/threads/{thread}"), &other_key, None)
+            .await;
+        assert_eq!(status, 404);
+        let (_, body) = s.app.call(Method::GET, "/threads", &other_key, None).await;
+        assert_eq!(body["data"], json!([]));
+        // Ann continues it through the app; then deletes it.
+        let (status, _) = chat(
+            &s.app,
+            &s.key,
+            Some(&ann.token),
+            json!({"message": "more", "thread_id": thread}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, _) = s
+            .app
+            .call(
+                Method::DELETE,
+                &format!("/threads/{thread}"),
+                &bob.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 404);
+        let (status, _) = s
+            .app
+            .call(
+                Method::DELETE,
+                &format!("/threads/{thread}"),
+                &ann.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        let (status, _) = s
+            .app
+            .call(Method::GET, &format!("/threads/{thread}"), &ann.token, None)
+            .await;
+        assert_eq!(status, 404);
+        s.app
+    }
+);
+
+both!(chat_needs_a_key_with_chat_write, |s: Setup| async move {
+    let (status, body) = s
+        .app
+        .call(
+            Method::POST,
+            "/chat",
+            &s.owner.token,
+            Some(json!({"message": "hi"})),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let (reader, _) = s.app.key(&s.owner, &s.org, &["threads:read"]).await;
+    let (status, body) = chat(&s.app, &reader, None, json!({"message": "hi"})).await;
+    assert_eq!(
+        (status, body["error"]["details"]["required"].clone()),
+        (403, json!("chat:write"))
+    );
+    let (writer, _) = s.app.key(&s.owner, &s.org, &["chat:write"]).await;
+    let (status, _) = s.app.call(Method::GET, "/threads", &writer, None).await;
+    assert_eq!(status, 403);
+    for bad in [
+        json!({"message": ""}),
+        json!({"message": "x".repeat(40_000)}),
+        json!({"message": "x", "context": "nope"}),
+        json!({"message": "x", "thread_id": "t1"}),
+        json!({"message": "x", "extra": 1}),
+    ] {
+        let (status, body) = chat(&s.app, &s.key, None, bad.clone()).await;
+        assert!(status == 400 || status == 422, "{bad}: {status} {body}");
+    }
+    assert!(
+        s.mock.asked.lock().unwrap().is_empty(),
+        "nothing reached the model server"
+    );
+    s.app
+});
+
+both!(
+    streaming_relays_pieces_in_order_then_the_ids,
+    |s: Setup| async move {
+        let res = s
+            .app
+            .client
+            .post(s.app.url("/v1/chat"))
+            .header("x-api-key", &s.key)
+            .json(&json!({"message": "stream please", "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let text = res.text().await.unwrap();
+        let events: Vec<(String, Value)> = text
+            .split("\n\n")
+            .filter(|b| b.contains("data:"))
+            .map(|b| {
+                let ev = b
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap_or("")
+                    .to_string();
+                let data = b.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                (ev, serde_json::from_str(data).unwrap())
+            })
+            .collect();
+        let deltas: Vec<&str> = events
+            .iter()
+            .filter(|(e, _)| e == "delta")
+            .map(|(_, d)| d["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(deltas, ["Hello", ", ", "world"]);
+        let (last_event, done) = events.last().unwrap();
+        assert_eq!(last_event, "done");
+        let thread = done["thread_id"].as_str().unwrap();
+        let (_, body) = s
+            .app
+            .call(Method::GET, &format!("/threads/{thread}"), &s.key, None)
+            .await;
+        assert_eq!(body["data"]["messages"][1]["content"], "Hello, world");
+        assert_eq!(body["data"]["messages"][1]["id"], done["message_id"]);
+        s.app
+    }
+);
+
+both!(
+    a_client_that_goes_away_cancels_the_upstream_call,
+    |s: Setup| async move {
+        let res = s
+            .app
+            .client
+            .post(s.app.url("/v1/chat"))
+            .header("x-api-key", &s.key)
+            .json(&json!({"message": "hang", "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        let mut body = res.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("Hello"));
+        assert!(!s.mock.dropped.load(Ordering::SeqCst));
+        drop(body);
+        let mut cancelled = false;
+        for _ in 0..100 {
+            if s.mock.dropped.load(Ordering::SeqCst) {
+                cancelled = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(cancelled, "the upstream stream was not dropped");
+        // Nothing half-done was stored.
+        let (_, body) = s.app.call(Method::GET, "/threads", &s.key, None).await;
+        assert_eq!(body["data"], json!([]));
+        s.app
+    }
+);
+
+both!(
+    upstream_failures_are_502_and_504_without_secrets,
+    |s: Setup| async move {
+        let (status, body) = chat(&s.app, &s.key, None, json!({"message": "fail"})).await;
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["error"]["code"], "upstream_error");
+        assert!(!body.to_string().contains(SECRET));
+        assert!(!body.to_string().contains("internal error"));
+        let (status, body) = chat(&s.app, &s.key, None, json!({"message": "slow"})).await;
+        assert_eq!(status, 504, "{body}");
+        assert_eq!(body["error"]["code"], "upstream_timeout");
+        let (_, body) = s.app.call(Method::GET, "/threads", &s.key, None).await;
+        assert_eq!(body["data"], json!([]), "a failed exchange stores nothing");
+        s.app
+    }
+);
+
+both!(
+    export_streams_both_formats_and_usage_is_counted,
+    |s: Setup| async move {
+        let ann = s.app.person().await;
+        chat(
+            &s.app,
+            &s.key,
+            None,
+            json!({"message": "first, \"quoted\""}),
+        )
+        .await;
+        chat(
+            &s.app,
+            &s.key,
+            Some(&ann.token),
+            json!({"message": "=cmd()"}),
+        )
+        .await;
+        chat(&s.app, &s.key, None, json!({"message": "plain"})).await;
+        let (ndjson_status, ndjson) = {
+            let res = s
+                .app
+                .v1(
+                    Method::GET,
+                    &format!("/orgs/{}/export?format=ndjson", s.org),
+                    &s.owner.token,
+                )
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        };
+        assert_eq!(ndjson_status, 200);
+        let lines: Vec<Value> = ndjson
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 7);
+        assert_eq!(lines[0]["content"], "first, \"quoted\"");
+        assert_eq!(lines[0]["role"], "user");
+        assert_eq!(lines[3]["user_id"], ann.id.as_str());
+        assert_eq!(lines[6], json!({"type": "end", "count": 6}));
+        let res = s
+            .app
+            .v1(
+                Method::GET,
+                &format!("/orgs/{}/export?format=csv", s.org),
+                &s.owner.token,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv"));
+        let csv = res.text().await.unwrap();
+        let rows: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(rows.len(), 7);
+        assert!(rows[0].starts_with("thread_id,"));
+        assert!(rows[1].contains("\"first, \"\"quoted\"\"\""), "{}", rows[1]);
+        assert!(
+            rows[3].contains("'=cmd()"),
+            "formulas are neutralised: {}",
+            rows[3]
+        );
+        // Since a time after everything: nothing but the end line.
+        let res = s
+            .app
+            .v1(
+                Method::GET,
+                &format!("/orgs/{}/export?since=4102444800000", s.org),
+                &s.owner.token,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.text().await.unwrap(),
+            "{\"type\":\"end\",\"count\":0}\n"
+        );
+        // Export needs export:read; another organization's export is refused.
+        let (status, _) = s
+            .app
+            .call(
+                Method::GET,
+                &format!("/orgs/{}/export", s.org),
+                &s.key,
+                None,
+            )
+            .await;
+        assert_eq!(status, 403);
+        let stranger = s.app.person().await;
+        let (status, _) = s
+            .app
+            .call(
+                Method::GET,
+                &format!("/orgs/{}/export", s.org),
+                &stranger.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 403);
+        let (status, _) = s
+            .app
+            .call(
+                Method::GET,
+                &format!("/orgs/{}/export?format=xml", s.org),
+                &s.owner.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 422);
+        // Usage: three requests, with the tokens the model server reported.
+        s.app.state.chat.usage.flush().await.unwrap();
+        let (status, body) = s
+            .app
+            .call(
+                Method::GET,
+                &format!("/orgs/{}/usage?granularity=hour", s.org),
+                &s.owner.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let rows = body["data"].as_array().unwrap();
+        let sum = |f: &str| rows.iter().map(|r| r[f].as_i64().unwrap()).sum::<i64>();
+        assert_eq!(sum("requests"), 3);
+        assert_eq!(sum("prompt_tokens"), 7 + 7 + 3);
+        assert_eq!(sum("completion_tokens"), 3 + 3 + 4);
+        assert!(rows
+            .iter()
+            .all(|r| r["key_id"].as_str().unwrap().starts_with("key_")));
+        let (_, body) = s
+            .app
+            .call(
+                Method::GET,
+                &format!("/orgs/{}/usage", s.org),
+                &s.owner.token,
+                None,
+            )
+            .await;
+        assert_eq!(body["data"][0]["requests"], 3, "by day");
+        let (status, _) = s
+            .app
+            .call(
+                Method::GET,
+                &format!("/orgs/{}/usage?granularity=week", s.org),
+                &s.owner.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 422);
+        s.app
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_model_server_the_echo_upstream_answers() {
+    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {})
+        .await
+        .unwrap();
+    let owner = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    let (key, _) = app.key(&owner, &org, &["chat:write"]).await;
+    let (status, body) = chat(&app, &key, None, json!({"message": "ping"})).await;
+    assert_eq!(status, 200, "{body}");
+    let response = body["data"]["response"].as_str().unwrap();
+    assert!(response.starts_with("Echo upstream"), "{response}");
+    assert!(response.ends_with("ping"));
+    app.stop().await;
+}
