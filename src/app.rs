@@ -54,6 +54,8 @@ pub struct AppInner {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Organizations' own rate limits (`None`: the configured default).
     org_limits: moka::sync::Cache<String, Option<Rates>>,
+    /// Forwards `/api/…` to `proxy_target` (no redirects followed).
+    pub proxy_client: reqwest::Client,
     /// The chat gateway.
     pub chat: crate::chat::Chat,
     /// API-key minting and cached verification.
@@ -152,7 +154,13 @@ impl AppState {
             upstream,
             config.chat_history_messages,
         );
+        let proxy_client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_millis(config.upstream_timeout_ms))
+            .build()?;
         Ok(AppState(Arc::new(AppInner {
+            proxy_client,
             chat,
             limiter,
             metrics,
@@ -399,7 +407,13 @@ pub async fn run(
     let app = crate::http::router(state.clone());
     let writer = tokio::spawn(state.keys.clone().write_behind(Duration::from_secs(5)));
     let subscriber = tokio::spawn(crate::fanout::subscribe(state.clone()));
-    let usage = tokio::spawn(state.chat.usage.clone().write_behind(Duration::from_secs(5)));
+    let usage = tokio::spawn(
+        state
+            .chat
+            .usage
+            .clone()
+            .write_behind(Duration::from_secs(5)),
+    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -112,6 +112,9 @@ pub struct Config {
     pub upstream_timeout_ms: u64,
     /// Earlier messages of a thread sent upstream with a new one.
     pub chat_history_messages: i64,
+    /// The customer's own backend: other requests under `/api/` are forwarded there after
+    /// authentication and limits; unset: they get 404.
+    pub proxy_target: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
     /// `text` or `json`.
@@ -160,6 +163,7 @@ impl Default for Config {
             upstream_api_key: None,
             upstream_timeout_ms: 60_000,
             chat_history_messages: 20,
+            proxy_target: None,
             log: "info".into(),
             log_format: "text".into(),
             dev: false,
@@ -320,6 +324,11 @@ impl Config {
         if let Some(u) = &self.upstream_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 anyhow::bail!("upstream_url must start with http:// or https://");
+            }
+        }
+        if let Some(u) = &self.proxy_target {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                anyhow::bail!("proxy_target must start with http:// or https://");
             }
         }
         if !(100..=600_000).contains(&self.upstream_timeout_ms) {

@@ -85,8 +85,10 @@ fn needs_scope(key: &crate::store::ApiKeyRecord, scope: &str) -> Result<(), ApiE
     if key.scopes.iter().any(|s| s == scope) {
         Ok(())
     } else {
-        Err(ApiError::msg(Code::Forbidden, format!("The API key lacks {scope}."))
-            .details(json!({ "required": scope })))
+        Err(
+            ApiError::msg(Code::Forbidden, format!("The API key lacks {scope}."))
+                .details(json!({ "required": scope })),
+        )
     }
 }
 
@@ -160,12 +162,24 @@ pub async fn chat(
         }
     };
     if body.message.trim().is_empty() || body.message.len() > MAX_MESSAGE_BYTES {
-        return Err(ApiError::field("message", "must be 1 byte to 32 KiB of text"));
+        return Err(ApiError::field(
+            "message",
+            "must be 1 byte to 32 KiB of text",
+        ));
     }
     match &body.context {
         None | Some(Value::Null) => {}
-        Some(Value::Object(_)) if body.context.as_ref().is_some_and(|c| c.to_string().len() <= MAX_CONTEXT_BYTES) => {}
-        Some(_) => return Err(ApiError::field("context", "must be a JSON object of at most 8 KiB")),
+        Some(Value::Object(_))
+            if body
+                .context
+                .as_ref()
+                .is_some_and(|c| c.to_string().len() <= MAX_CONTEXT_BYTES) => {}
+        Some(_) => {
+            return Err(ApiError::field(
+                "context",
+                "must be a JSON object of at most 8 KiB",
+            ))
+        }
     }
     if let Some(id) = &body.thread_id {
         check_id(id, "thr")?;
@@ -232,7 +246,9 @@ pub async fn chat(
             }
         }
     };
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 fn scope_for(p: &ChatPrincipal, scope: &str) -> Result<ThreadScope, ApiError> {
@@ -306,4 +322,3 @@ pub async fn delete_thread(
         })?;
     Ok(StatusCode::NO_CONTENT)
 }
-

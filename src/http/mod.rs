@@ -11,6 +11,7 @@ pub mod limits;
 pub mod me;
 pub mod metrics;
 pub mod openapi;
+pub mod proxy;
 pub mod orgs;
 pub mod session;
 pub mod usage;
@@ -96,7 +97,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(metrics::router())
-        .merge(chat::api_router().layer(api_cors))
+        .merge(chat::api_router().merge(proxy::router()).layer(api_cors))
         .fallback(envelope::not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(middleware::from_fn_with_state(

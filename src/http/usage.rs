@@ -82,7 +82,11 @@ pub async fn usage(
     if from >= to {
         return Err(ApiError::field("from", "must be before to"));
     }
-    let longest = if bucket == HOUR_MS { 31 * DAY_MS } else { 400 * DAY_MS };
+    let longest = if bucket == HOUR_MS {
+        31 * DAY_MS
+    } else {
+        400 * DAY_MS
+    };
     if to - from > longest {
         return Err(ApiError::field(
             "from",

@@ -19,9 +19,7 @@ pub use audit::{Audit, AuditEntry};
 pub use engine::Engine;
 pub use orgs::{Member, Org, Role};
 pub use sessions::{RefreshRow, Rotation};
-pub use threads::{
-    Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow,
-};
+pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};
 pub use users::{NewUser, User};
 
 use sqlx::any::AnyPoolOptions;

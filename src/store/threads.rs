@@ -241,7 +241,10 @@ pub struct UsageRow {
 
 impl Store {
     /// Adds counted usage in one transaction.
-    pub async fn add_usage(&self, batch: &[((String, String, i64), UsageDelta)]) -> StoreResult<()> {
+    pub async fn add_usage(
+        &self,
+        batch: &[((String, String, i64), UsageDelta)],
+    ) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -278,7 +281,11 @@ impl Store {
         bucket_ms: i64,
         key_id: Option<&str>,
     ) -> StoreResult<Vec<UsageRow>> {
-        let key_clause = if key_id.is_some() { "AND key_id = $4" } else { "" };
+        let key_clause = if key_id.is_some() {
+            "AND key_id = $4"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT (hour / {bucket_ms}) * {bucket_ms} AS start, key_id, CAST(SUM(requests) AS BIGINT) AS requests, \
              CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \

@@ -636,3 +636,128 @@ async fn with_no_model_server_the_echo_upstream_answers() {
     assert!(response.ends_with("ping"));
     app.stop().await;
 }
+
+/// A customer backend that answers with what it received.
+async fn echo_backend() -> String {
+    async fn echo(req: axum::extract::Request) -> Json<Value> {
+        let headers: serde_json::Map<String, Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+            .collect();
+        let method = req.method().to_string();
+        let uri = req.uri().to_string();
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        Json(json!({"method": method, "uri": uri, "headers": headers,
+                    "body": String::from_utf8_lossy(&body)}))
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, Router::new().fallback(echo))
+            .await
+            .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_forwards_with_a_verified_identity_that_cannot_be_forged() {
+    let target = echo_backend().await;
+    let app = TestApp::spawn(crate::helpers::Db::Sqlite, move |c| {
+        c.proxy_target = Some(target);
+        c.rate_limit_api_key = gatehouse::ratelimit::Rates::parse("3/60s").unwrap();
+    })
+    .await
+    .unwrap();
+    let owner = app.person().await;
+    let ann = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    let (key, key_id) = app.key(&owner, &org, &["chat:write", "threads:read"]).await;
+    let res = app
+        .client
+        .put(app.url("/api/orders/42?x=1"))
+        .header("x-api-key", &key)
+        .bearer_auth(&ann.token)
+        .header("X-Gatehouse-Org", "org_forged")
+        .header("x-gatehouse-user", "forged")
+        .header("X-Gatehouse-Admin", "true")
+        .header("x-custom", "kept")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["x-ratelimit-remaining"],
+        "2",
+        "limits applied"
+    );
+    let seen: Value = res.json().await.unwrap();
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["uri"], "/api/orders/42?x=1");
+    assert_eq!(seen["body"], "payload");
+    let h = &seen["headers"];
+    assert_eq!(h["x-gatehouse-org"], org.as_str());
+    assert_eq!(h["x-gatehouse-user"], ann.id.as_str());
+    assert_eq!(h["x-gatehouse-key-id"], key_id.as_str());
+    assert_eq!(h["x-gatehouse-scopes"], "chat:write,threads:read");
+    assert!(
+        h.get("x-gatehouse-admin").is_none(),
+        "forged headers are stripped"
+    );
+    assert!(h.get("authorization").is_none() && h.get("x-api-key").is_none());
+    assert_eq!(h["x-custom"], "kept");
+    // No credential: refused before the backend; a forged header alone proves nothing.
+    let res = app
+        .client
+        .get(app.url("/api/orders"))
+        .header("x-gatehouse-org", &org)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // The key's limit holds on proxied routes too.
+    for _ in 0..2 {
+        app.client
+            .get(app.url("/api/x"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let res = app
+        .client
+        .get(app.url("/api/x"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_proxy_target_other_api_paths_are_not_found() {
+    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {})
+        .await
+        .unwrap();
+    let owner = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    let (key, _) = app.key(&owner, &org, &["chat:write"]).await;
+    let res = app
+        .client
+        .get(app.url("/api/orders"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = parts(res).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    app.stop().await;
+}
