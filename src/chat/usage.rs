@@ -10,12 +10,15 @@ use crate::store::{Store, StoreError, UsageDelta};
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// (organization, key or `""`, hour start in unix ms).
+type UsageKey = (String, String, i64);
+
 /// Requests and tokens per (organization, key, hour) not yet written.
 #[derive(Clone)]
 pub struct Usage {
     store: Store,
     clock: Clock,
-    pending: Arc<Mutex<HashMap<(String, String, i64), UsageDelta>>>,
+    pending: Arc<Mutex<HashMap<UsageKey, UsageDelta>>>,
 }
 
 impl Usage {

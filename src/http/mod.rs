@@ -11,8 +11,8 @@ pub mod limits;
 pub mod me;
 pub mod metrics;
 pub mod openapi;
-pub mod proxy;
 pub mod orgs;
+pub mod proxy;
 pub mod session;
 pub mod usage;
 

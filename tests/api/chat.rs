@@ -19,10 +19,13 @@ use crate::helpers::{parts, Person, TestApp};
 
 const SECRET: &str = "sk-upstream-secret-1234";
 
+/// A request body and its Authorization header.
+type Asked = (Value, Option<String>);
+
 /// A model server: records what it was asked, answers by the last message's text.
 #[derive(Clone, Default)]
 struct Mock {
-    asked: Arc<Mutex<Vec<(Value, Option<String>)>>>,
+    asked: Arc<Mutex<Vec<Asked>>>,
     dropped: Arc<AtomicBool>,
 }
 
