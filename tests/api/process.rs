@@ -177,7 +177,25 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
     let test_db = TestDb::new(Db::Sqlite).await.unwrap();
     let dir = tempdir::Dir::new();
     let client = Client::builder().cookie_store(true).build().unwrap();
-    let mut server = start(&test_db.url, &dir).await;
+    // A model server and a Redis that refuse connections, each with a secret in its settings:
+    // their failures are logged, their secrets must not be.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut server = start_with(
+        &test_db.url,
+        &dir,
+        &[
+            ("GATEHOUSE_UPSTREAM_URL", &format!("http://{dead}/v1")),
+            (
+                "GATEHOUSE_UPSTREAM_API_KEY",
+                "sk-upstream-never-logged-5521",
+            ),
+            (
+                "GATEHOUSE_REDIS_URL",
+                &format!("redis://:redis-pw-never-logged-8812@{dead}"),
+            ),
+        ],
+    )
+    .await;
     let base = server.base.clone();
     let email = format!("logs-{}@example.com", uuid::Uuid::new_v4().simple());
     let password = "pw-that-must-not-leak-7731";
@@ -225,7 +243,7 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
     let created: Value = client
         .post(format!("{base}/v1/orgs/{org_id}/api-keys"))
         .bearer_auth(&access)
-        .json(&json!({"name": "k", "scopes": ["keys:verify"]}))
+        .json(&json!({"name": "k", "scopes": ["keys:verify", "chat:write"]}))
         .send()
         .await
         .unwrap()
@@ -248,6 +266,14 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    let res = client
+        .post(format!("{base}/v1/chat"))
+        .header("x-api-key", &api_key)
+        .json(&json!({"message": "a chat message"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502, "the model server refuses connections");
     let mut typo = api_key.clone();
     typo.push('x');
     let res = client
@@ -302,6 +328,11 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
     );
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("request"), "the log has request lines");
+    assert!(
+        log.contains("model server failed"),
+        "the upstream failure is logged"
+    );
+    assert!(log.contains("Redis"), "the Redis outage is logged");
     let secrets = [
         password.to_string(),
         "wrong-pw-also-secret-991".to_string(),
@@ -313,6 +344,8 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         cookie,
         api_key.clone(),
         api_key[api_key.len() - 20..].to_string(),
+        "sk-upstream-never-logged-5521".to_string(),
+        "redis-pw-never-logged-8812".to_string(),
     ];
     for secret in secrets {
         assert!(
