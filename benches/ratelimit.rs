@@ -11,7 +11,6 @@
 //! `cargo bench --bench ratelimit` runs both; see bench/README.md for the knobs and how to
 //! read the tables. Under `cargo test` (criterion's test mode) every case runs once and the
 //! Redis part takes a few samples, as a smoke test; no table is printed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -304,7 +303,7 @@ fn print_memory_table(rows: &[Row]) {
     println!(
         "In-memory rate-limit decisions (MemoryLimiter::check, one thread, the clock moving \
          {STEP_MS} ms per decision so all are admitted), beside a bare moka::sync::Cache::get \
-         of a counter name; median of criterion's samples; {} cores",
+         of a counter name; median of criterion's samples; {} core(s) available to the bench",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
@@ -314,7 +313,7 @@ fn print_memory_table(rows: &[Row]) {
         let Some(ns) = median else { continue };
         let ratio = match medians[row.baseline] {
             // ops/s of the row ÷ ops/s of its baseline
-            Some(base) if *ns > 0.0 => format!("{:.2}", base / ns),
+            Some(base) if *ns > 0.0 => format!("{:.3}", base / ns),
             _ => "n/a".into(),
         };
         println!(
@@ -373,10 +372,16 @@ fn redis(measuring: bool) {
         .ok()
         .filter(|u| !u.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("Redis latency: failed: no tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
     if let Err(e) = rt.block_on(redis_latency(&url, samples, measuring)) {
         println!("Redis latency: failed: {e:#}");
         std::process::exit(1);
@@ -427,20 +432,24 @@ async fn redis_latency(url: &str, samples: usize, measuring: bool) -> anyhow::Re
     println!(
         "Redis-backed rate-limit decisions (RedisLimiter::check, Redis TIME as the clock) beside \
          a bare PING, at {addr}: one ConnectionManager, current-thread runtime, {samples} \
-         sequential samples of each (interleaved) after {subjects} of each as warm-up; {} cores",
+         sequential samples of each (interleaved) after {subjects} of each as warm-up; {} \
+         core(s) available to the bench",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
-    println!("| operation | p50 | p99 | p50 ratio to PING | p99 ratio to PING |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| operation | p50 | p99 | p50 ratio to PING | p99 ratio to PING | p50 minus PING's |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for l in &mut lat.rows {
         l.1.sort_unstable();
     }
     let ping = (pct(&lat.rows[0].1, 0.50), pct(&lat.rows[0].1, 0.99));
     for (name, v) in &lat.rows {
         let (p50, p99) = (pct(v, 0.50), pct(v, 0.99));
+        let extra = p50.as_nanos() as f64 / 1000.0 - ping.0.as_nanos() as f64 / 1000.0;
         println!(
-            "| {name} | {} | {} | {:.2} | {:.2} |",
+            "| {name} | {} | {} | {:.2} | {:.2} | {extra:+.1} µs |",
             micros(p50),
             micros(p99),
             ratio(p50, ping.0),
@@ -453,7 +462,7 @@ async fn redis_latency(url: &str, samples: usize, measuring: bool) -> anyhow::Re
             lat.denied
         );
     }
-    println!("- prefix {prefix}: {deleted} keys removed after the run");
+    println!("- keys under {prefix}: the {deleted} not yet expired were removed after the run");
     println!();
     Ok(())
 }
