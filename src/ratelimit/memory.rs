@@ -1,7 +1,7 @@
 //! The in-process backend: one `tat` per window in a bounded cache, each forgotten once it
 //! has been idle for its window (by then it equals a fresh counter).
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,13 +17,13 @@ struct Cell {
 /// Forgets a counter once it has been idle for its own window.
 struct IdleForWindow;
 
-impl moka::Expiry<String, Arc<Cell>> for IdleForWindow {
-    fn expire_after_create(&self, _: &String, cell: &Arc<Cell>, _: Instant) -> Option<Duration> {
+impl moka::Expiry<u128, Arc<Cell>> for IdleForWindow {
+    fn expire_after_create(&self, _: &u128, cell: &Arc<Cell>, _: Instant) -> Option<Duration> {
         Some(cell.idle)
     }
     fn expire_after_read(
         &self,
-        _: &String,
+        _: &u128,
         cell: &Arc<Cell>,
         _: Instant,
         _: Option<Duration>,
@@ -33,7 +33,7 @@ impl moka::Expiry<String, Arc<Cell>> for IdleForWindow {
     }
     fn expire_after_update(
         &self,
-        _: &String,
+        _: &u128,
         cell: &Arc<Cell>,
         _: Instant,
         _: Option<Duration>,
@@ -49,7 +49,14 @@ const STRIPES: usize = 256;
 /// An in-process limiter, bounded in memory.
 #[derive(Clone)]
 pub struct MemoryLimiter {
-    cells: moka::sync::Cache<String, Arc<Cell>>,
+    /// Counters by a 128-bit hash of (tag, policy, subject, rate): no string is built on
+    /// the hot path, and a collision among a million counters has odds of about 1e-27.
+    cells: moka::sync::Cache<u128, Arc<Cell>>,
+    /// Two independent keyed hashers make the 128-bit counter id.
+    ids: (
+        std::collections::hash_map::RandomState,
+        std::collections::hash_map::RandomState,
+    ),
     stripes: Arc<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
     /// The latest time seen: a clock stepping back never loosens a limit.
@@ -65,6 +72,7 @@ impl MemoryLimiter {
                 .expire_after(IdleForWindow)
                 .build(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            ids: Default::default(),
             hasher: Default::default(),
             high_water: Arc::new(AtomicI64::new(i64::MIN)),
         }
@@ -80,9 +88,9 @@ impl MemoryLimiter {
             .windows
             .iter()
             .map(|w| {
-                let name = format!("{{{}}}{}", req.tag, w.cell());
+                let id = self.id(&req.tag, w);
                 let idle = Duration::from_secs(u64::from(w.rate.window_seconds));
-                self.cells.get_with(name, || {
+                self.cells.get_with(id, || {
                     Arc::new(Cell {
                         tat: AtomicI64::new(i64::MIN),
                         idle,
@@ -105,6 +113,22 @@ impl MemoryLimiter {
             }
         }
         decision
+    }
+
+    fn id(&self, tag: &str, w: &super::Window) -> u128 {
+        let half = |state: &std::collections::hash_map::RandomState| {
+            let mut h = state.build_hasher();
+            (
+                tag,
+                w.policy,
+                &w.subject,
+                w.rate.limit,
+                w.rate.window_seconds,
+            )
+                .hash(&mut h);
+            h.finish()
+        };
+        (u128::from(half(&self.ids.0)) << 64) | u128::from(half(&self.ids.1))
     }
 
     /// Counters currently held (after pending evictions are applied).
