@@ -1,7 +1,7 @@
 //! The in-process backend: one `tat` per window in a bounded cache, each forgotten once it
 //! has been idle for its window (by then it equals a fresh counter).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,18 +116,14 @@ impl MemoryLimiter {
     }
 
     fn id(&self, tag: &str, w: &super::Window) -> u128 {
-        let half = |state: &std::collections::hash_map::RandomState| {
-            let mut h = state.build_hasher();
-            (
-                tag,
-                w.policy,
-                &w.subject,
-                w.rate.limit,
-                w.rate.window_seconds,
-            )
-                .hash(&mut h);
-            h.finish()
-        };
+        let parts = (
+            tag,
+            w.policy,
+            &w.subject,
+            w.rate.limit,
+            w.rate.window_seconds,
+        );
+        let half = |state: &std::collections::hash_map::RandomState| state.hash_one(parts);
         (u128::from(half(&self.ids.0)) << 64) | u128::from(half(&self.ids.1))
     }
 
