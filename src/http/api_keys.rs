@@ -13,7 +13,7 @@ use crate::domain::permissions;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
-use crate::http::limits::{parse_specs, specs, RateLimitSpec};
+use crate::http::limits::{parse_specs, RateLimitSpec};
 use crate::http::orgs::{audit, org_access};
 use crate::keys::{KeyFailure, NewKey};
 use crate::orgs::{check_id, check_name};
@@ -91,7 +91,7 @@ fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
         revoked_at: k.revoked_at,
         rolled_to: k.rolled_to.clone(),
         status: k.status(now),
-        rate_limits: k.rate_limits.as_ref().map(specs),
+        rate_limits: k.rate_limits.as_ref().map(Rates::specs),
     }
 }
 

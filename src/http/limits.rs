@@ -139,8 +139,3 @@ pub fn parse_specs(field: &str, specs: &[RateLimitSpec]) -> Result<Rates, ApiErr
         .map_err(|e| ApiError::field(field, &e))?;
     Rates::checked(rates).map_err(|e| ApiError::field(field, &e))
 }
-
-/// The API form of stored rates.
-pub fn specs(rates: &Rates) -> Vec<RateLimitSpec> {
-    rates.specs()
-}

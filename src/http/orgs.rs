@@ -179,24 +179,22 @@ pub async fn update_org(
         .rate_limits
         .map(|r| r.map(|r| parse_specs("rate_limits", &r)).transpose())
         .transpose()?;
-    let audit = audit(&state, &a, &ip);
-    if let Some(name) = name {
-        state.store.rename_org(&org, &name, &audit).await?;
-    }
-    if let Some(rates) = rates {
-        state
-            .store
-            .set_org_rate_limits(&org, rates.as_ref(), &audit)
-            .await?;
+    let changed_limits = rates.is_some();
+    let org_view = state
+        .store
+        .update_org(
+            &org,
+            name.as_deref(),
+            rates.as_ref().map(Option::as_ref),
+            &audit(&state, &a, &ip),
+        )
+        .await?;
+    if changed_limits {
         state
             .invalidate(crate::fanout::Invalidation::Org(org.clone()))
             .await;
     }
-    Ok(ok(state
-        .store
-        .org(&org)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Organization"))?))
+    Ok(ok(org_view))
 }
 
 /// Deletes an organization and everything it owns (owners only).

@@ -73,11 +73,11 @@ pub async fn usage(
     };
     let to = match &q.to {
         Some(v) => parse_time("to", v)?,
-        None => state.clock.now_ms() + 1,
+        None => state.clock.now_ms().saturating_add(1),
     };
     let from = match &q.from {
         Some(v) => parse_time("from", v)?,
-        None => to - 30 * DAY_MS,
+        None => to.saturating_sub(30 * DAY_MS),
     };
     if from >= to {
         return Err(ApiError::field("from", "must be before to"));
@@ -87,7 +87,7 @@ pub async fn usage(
     } else {
         400 * DAY_MS
     };
-    if to - from > longest {
+    if to.saturating_sub(from) > longest {
         return Err(ApiError::field(
             "from",
             "the range is too long (at most 31 days by hour, 400 days by day)",

@@ -183,27 +183,46 @@ impl Store {
             .collect()
     }
 
-    /// Renames an organization.
-    pub async fn rename_org(&self, org_id: &str, name: &str, audit: &Audit) -> StoreResult<Org> {
+    /// Changes an organization's name and/or its own rate limits (`Some(None)` restores the
+    /// default) in one transaction, each change audited.
+    pub async fn update_org(
+        &self,
+        org_id: &str,
+        name: Option<&str>,
+        rates: Option<Option<&Rates>>,
+        audit: &Audit,
+    ) -> StoreResult<Org> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("UPDATE organizations SET name = $1, updated_at = $2 WHERE id = $3")
-            .bind(name)
-            .bind(audit.now)
-            .bind(org_id)
-            .execute(&mut *tx)
+        // Fails with NotFound when the organization is gone; sets updated_at.
+        lock_org(&mut tx, org_id, audit.now).await?;
+        if let Some(name) = name {
+            sqlx::query("UPDATE organizations SET name = $1 WHERE id = $2")
+                .bind(name)
+                .bind(org_id)
+                .execute(&mut *tx)
+                .await?;
+            let details = json!({ "name": name });
+            record(
+                &mut tx,
+                org_id,
+                audit,
+                "organization.renamed",
+                Some(org_id),
+                details,
+            )
             .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
         }
-        record(
-            &mut tx,
-            org_id,
-            audit,
-            "organization.renamed",
-            Some(org_id),
-            json!({ "name": name }),
-        )
-        .await?;
+        if let Some(rates) = rates {
+            let text = rates.map(|r| r.to_string());
+            sqlx::query("UPDATE organizations SET rate_limits = $1 WHERE id = $2")
+                .bind(text.as_deref())
+                .bind(org_id)
+                .execute(&mut *tx)
+                .await?;
+            let details = json!({ "rate_limits": text });
+            let action = "organization.rate_limits_changed";
+            record(&mut tx, org_id, audit, action, Some(org_id), details).await?;
+        }
         tx.commit().await?;
         self.org(org_id).await?.ok_or(StoreError::NotFound)
     }
@@ -216,38 +235,6 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         crate::store::api_keys::parse_rates(stored.flatten())
-    }
-
-    /// Sets (or, with `None`, clears) an organization's own rate limits.
-    pub async fn set_org_rate_limits(
-        &self,
-        org_id: &str,
-        rates: Option<&Rates>,
-        audit: &Audit,
-    ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let text = rates.map(|r| r.to_string());
-        let r =
-            sqlx::query("UPDATE organizations SET rate_limits = $1, updated_at = $2 WHERE id = $3")
-                .bind(text.as_deref())
-                .bind(audit.now)
-                .bind(org_id)
-                .execute(&mut *tx)
-                .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        record(
-            &mut tx,
-            org_id,
-            audit,
-            "organization.rate_limits_changed",
-            Some(org_id),
-            json!({ "rate_limits": text }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Deletes an organization and everything it owns; returns the hashes of its keys.

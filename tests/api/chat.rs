@@ -16,6 +16,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{parts, Person, TestApp};
+use crate::story;
 
 const SECRET: &str = "sk-upstream-secret-1234";
 
@@ -764,3 +765,29 @@ async fn without_a_proxy_target_other_api_paths_are_not_found() {
     );
     app.stop().await;
 }
+
+crate::story!(
+    usage_refuses_extreme_ranges_cleanly,
+    |app: TestApp| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Acme").await;
+        for q in [
+            "from=-9223372036854775808&to=9223372036854775807",
+            "to=-9223372036854775808",
+            "from=5&to=5",
+            "from=yesterday",
+        ] {
+            let (status, body) = app
+                .call(
+                    Method::GET,
+                    &format!("/orgs/{org}/usage?{q}"),
+                    &owner.token,
+                    None,
+                )
+                .await;
+            assert_eq!(status, 422, "{q}: {body}");
+            assert_eq!(body["error"]["code"], "validation_failed");
+        }
+        app
+    }
+);
