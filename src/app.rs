@@ -60,6 +60,8 @@ pub struct AppInner {
     pub chat: crate::chat::Chat,
     /// API-key minting and cached verification.
     pub keys: crate::keys::Keys,
+    /// Widgets: cached records, sessions, signatures and the replay cache.
+    pub widgets: crate::widgets::Widgets,
     /// Sessions known to exist, so a JWT check needs no storage on a warm cache.
     live_sessions: moka::future::Cache<String, bool>,
     /// Access tokens already verified, by SHA-256 of the token.
@@ -73,6 +75,8 @@ pub struct AppInner {
 const SESSION_CACHE_TTL: Duration = Duration::from_secs(10);
 
 const PUBLISHABLE_KEY_SETTING: &str = "publishable_key";
+/// The deployment's key for widget session tokens, shared by every instance through storage.
+const WIDGET_SESSION_KEY_SETTING: &str = "widget_session_key";
 
 impl AppState {
     /// Opens storage, runs migrations and loads keys.
@@ -154,12 +158,25 @@ impl AppState {
             upstream,
             config.chat_history_messages,
         );
+        let widget_key = store
+            .setting_or_insert(WIDGET_SESSION_KEY_SETTING, &tokens::random_token(32))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let widgets = crate::widgets::Widgets::new(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            widget_key.into_bytes(),
+            config.widget_session_seconds,
+            redis.clone(),
+        );
         let proxy_client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_millis(config.upstream_timeout_ms))
             .build()?;
         Ok(AppState(Arc::new(AppInner {
+            widgets,
             proxy_client,
             chat,
             limiter,
@@ -267,6 +284,7 @@ impl AppState {
             Invalidation::Session(id) => self.live_sessions.invalidate(id).await,
             Invalidation::Org(id) => self.org_limits.invalidate(id),
             Invalidation::WebSession(hash) => self.web_sessions.invalidate(hash).await,
+            Invalidation::Widget(id) => self.widgets.forget(id).await,
         }
     }
 
@@ -277,6 +295,7 @@ impl AppState {
         self.web_sessions.invalidate_all();
         self.verified_tokens.invalidate_all();
         self.org_limits.invalidate_all();
+        self.widgets.forget_all();
     }
 
     /// An API-key principal; no storage on a warm cache.

@@ -51,6 +51,12 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Widget tokens for embedding the chat widget.
+    Widget {
+        /// What to do with widgets.
+        #[command(subcommand)]
+        action: WidgetAction,
+    },
     /// Manage the keys that sign access tokens.
     Jwt {
         /// What to do with signing keys.
@@ -119,6 +125,21 @@ pub enum KeyAction {
     },
 }
 
+/// `gatehouse widget …`.
+#[derive(Subcommand, Debug)]
+pub enum WidgetAction {
+    /// Mint a widget token for `data-key`; prints only the token. Tokens are not stored:
+    /// rotating the widget's secret revokes them all.
+    Token {
+        /// The organization id (`org_…`).
+        #[arg(long)]
+        org: String,
+        /// The widget id (`wgt_…`).
+        #[arg(long)]
+        widget: String,
+    },
+}
+
 /// `gatehouse jwt …`.
 #[derive(Subcommand, Debug)]
 pub enum JwtAction {
@@ -167,6 +188,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Org { action } => org_command(config, action).await,
         Command::Key { action } => key_command(config, action).await,
+        Command::Widget {
+            action: WidgetAction::Token { org, widget },
+        } => {
+            let state = AppState::build(config, Clock::System).await?;
+            let token = crate::http::widgets::mint_for_cli(&state, &org, &widget)
+                .await
+                .map_err(api_error)?;
+            println!("{token}");
+            Ok(())
+        }
         Command::Jwt {
             action: JwtAction::Rotate,
         } => {

@@ -88,6 +88,10 @@ pub struct Config {
     pub rate_limit_widget_session: Rates,
     /// Per client IP on the public widget routes.
     pub rate_limit_widget_ip: Rates,
+    /// Per widget, across all its visitors (bounds what one embedded page can spend).
+    pub rate_limit_widget: Rates,
+    /// Widget session lifetime in seconds (the page renews before it ends).
+    pub widget_session_seconds: u64,
     /// Policies that refuse requests (503) rather than decide in memory when Redis is down.
     #[serde(deserialize_with = "comma_list")]
     pub rate_limit_fail_closed: Vec<String>,
@@ -152,6 +156,8 @@ impl Default for Config {
             rate_limit_token_refresh: Rates::one(Rate::new(150, 300)),
             rate_limit_widget_session: Rates::one(Rate::new(30, 60)),
             rate_limit_widget_ip: Rates::one(Rate::new(120, 60)),
+            rate_limit_widget: Rates::one(Rate::new(1200, 60)),
+            widget_session_seconds: 900,
             rate_limit_fail_closed: vec!["magic_link".into()],
             rate_limit_memory_capacity: 1_000_000,
             redis_url: None,
@@ -193,11 +199,13 @@ pub enum Policy {
     WidgetSession,
     /// Per IP, public widget routes.
     WidgetIp,
+    /// Per widget, all visitors.
+    Widget,
 }
 
 impl Policy {
     /// Every policy.
-    pub const ALL: [Policy; 9] = [
+    pub const ALL: [Policy; 10] = [
         Policy::ApiKey,
         Policy::Org,
         Policy::SignIn,
@@ -207,6 +215,7 @@ impl Policy {
         Policy::TokenRefresh,
         Policy::WidgetSession,
         Policy::WidgetIp,
+        Policy::Widget,
     ];
 
     /// The name in configuration, headers and metrics.
@@ -221,6 +230,7 @@ impl Policy {
             Policy::TokenRefresh => "token_refresh",
             Policy::WidgetSession => "widget_session",
             Policy::WidgetIp => "widget_ip",
+            Policy::Widget => "widget",
         }
     }
 
@@ -309,6 +319,9 @@ impl Config {
         if self.rate_limit_memory_capacity < 1000 {
             anyhow::bail!("rate_limit_memory_capacity must be at least 1000");
         }
+        if !(60..=86_400).contains(&self.widget_session_seconds) {
+            anyhow::bail!("widget_session_seconds must be between 60 and 86400");
+        }
         if self.redis_prefix.is_empty()
             || !self
                 .redis_prefix
@@ -357,6 +370,7 @@ impl Config {
             Policy::TokenRefresh => &self.rate_limit_token_refresh,
             Policy::WidgetSession => &self.rate_limit_widget_session,
             Policy::WidgetIp => &self.rate_limit_widget_ip,
+            Policy::Widget => &self.rate_limit_widget,
         }
     }
 

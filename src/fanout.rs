@@ -19,6 +19,8 @@ pub enum Invalidation {
     Org(String),
     /// A dashboard session, by the SHA-256 of the cookie.
     WebSession(String),
+    /// A widget, by id (changed, secret rotated, deleted).
+    Widget(String),
 }
 
 impl Invalidation {
@@ -29,6 +31,7 @@ impl Invalidation {
             Invalidation::Session(id) => format!("session:{id}"),
             Invalidation::Org(id) => format!("org:{id}"),
             Invalidation::WebSession(h) => format!("web:{h}"),
+            Invalidation::Widget(id) => format!("widget:{id}"),
         }
     }
 
@@ -44,6 +47,7 @@ impl Invalidation {
             "session" => Invalidation::Session(id),
             "org" => Invalidation::Org(id),
             "web" => Invalidation::WebSession(id),
+            "widget" => Invalidation::Widget(id),
             _ => return None,
         })
     }
@@ -55,6 +59,7 @@ impl Invalidation {
             Invalidation::Session(_) => "session",
             Invalidation::Org(_) => "org",
             Invalidation::WebSession(_) => "web_session",
+            Invalidation::Widget(_) => "widget",
         }
     }
 }
@@ -135,6 +140,7 @@ mod tests {
             Invalidation::Session("s-1".into()),
             Invalidation::Org("org_1".into()),
             Invalidation::WebSession("cd34".into()),
+            Invalidation::Widget("wgt_1".into()),
         ] {
             assert_eq!(Invalidation::decode(&inv.encode()), Some(inv));
         }

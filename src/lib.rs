@@ -35,3 +35,5 @@ pub mod ratelimit;
 pub mod store;
 /// Logging setup.
 pub mod telemetry;
+/// Widgets: origins, widget tokens, sessions, request signatures and replays.
+pub mod widgets;

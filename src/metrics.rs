@@ -40,6 +40,7 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     redis_fallbacks: Counter,
     invalidations: Family<ReasonLabels, Counter>,
+    widget_rejections: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,6 +60,7 @@ impl Metrics {
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let redis_fallbacks = Counter::default();
         let invalidations = Family::<ReasonLabels, Counter>::default();
+        let widget_rejections = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests by matched route, method and status",
@@ -89,7 +91,13 @@ impl Metrics {
             "Cache invalidations received from other instances, by kind",
             invalidations.clone(),
         );
+        registry.register(
+            "widget_rejections",
+            "Refused public widget requests by reason (origin_not_allowed, bad_token, bad_signature, …)",
+            widget_rejections.clone(),
+        );
         Self {
+            widget_rejections,
             registry,
             requests,
             latency,
@@ -139,6 +147,13 @@ impl Metrics {
     pub fn invalidation(&self, kind: &'static str) {
         self.invalidations
             .get_or_create(&ReasonLabels { reason: kind })
+            .inc();
+    }
+
+    /// Counts one refused widget request.
+    pub fn widget_rejection(&self, reason: &'static str) {
+        self.widget_rejections
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

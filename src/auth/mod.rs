@@ -4,3 +4,4 @@ pub mod api_key;
 pub mod jwt;
 pub mod password;
 pub mod tokens;
+pub mod widget;

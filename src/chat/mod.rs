@@ -25,13 +25,17 @@ pub struct Caller {
     pub key_id: Option<String>,
     /// The signed-in person, whose own thread it becomes.
     pub user_id: Option<String>,
+    /// A widget visitor (`v:vis_…` or `u:{user_id}`), whose own thread it becomes.
+    pub visitor: Option<String>,
+    /// The widget, for a visitor.
+    pub widget_id: Option<String>,
 }
 
 impl Caller {
-    /// The threads this caller may continue: a person's own in this organization, or the
-    /// organization's threads that belong to no person.
+    /// The threads this caller may continue: a person's or a visitor's own in this
+    /// organization, or the organization's threads that belong to neither.
     fn may_continue(&self, t: &Thread) -> bool {
-        t.org_id == self.org_id && t.user_id == self.user_id
+        t.org_id == self.org_id && t.user_id == self.user_id && t.visitor == self.visitor
     }
 }
 
@@ -128,6 +132,8 @@ impl Chat {
                     org_id: caller.org_id.clone(),
                     user_id: caller.user_id.clone(),
                     key_id: caller.key_id.clone(),
+                    visitor: caller.visitor.clone(),
+                    widget_id: caller.widget_id.clone(),
                     title,
                     created_at: now,
                     updated_at: now,

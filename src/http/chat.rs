@@ -152,6 +152,8 @@ pub async fn chat(
                 org_id: key.org_id.clone(),
                 key_id: Some(key.id.clone()),
                 user_id,
+                visitor: None,
+                widget_id: None,
             }
         }
         ChatPrincipal::Person(_) => {
@@ -161,6 +163,12 @@ pub async fn chat(
             ))
         }
     };
+    check_chat_body(&body)?;
+    answer(&state, caller, body).await
+}
+
+/// Checks a chat body's sizes and shapes.
+pub fn check_chat_body(body: &ChatBody) -> Result<(), ApiError> {
     if body.message.trim().is_empty() || body.message.len() > MAX_MESSAGE_BYTES {
         return Err(ApiError::field(
             "message",
@@ -184,6 +192,15 @@ pub async fn chat(
     if let Some(id) = &body.thread_id {
         check_id(id, "thr")?;
     }
+    Ok(())
+}
+
+/// Asks the model for `caller` and answers as JSON or as Server-Sent Events.
+pub async fn answer(
+    state: &AppState,
+    caller: Caller,
+    body: ChatBody,
+) -> Result<Response, ApiError> {
     let context = body.context.filter(|c| !c.is_null());
     let prepared = state
         .chat

@@ -22,13 +22,9 @@ pub enum BodyProblem {
     Malformed(String),
 }
 
-/// Reads a JSON body within the body limit and deserialises it.
-pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
-    req: Request,
-    state: &S,
-) -> Result<T, BodyProblem> {
-    let is_json = req
-        .headers()
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
@@ -41,18 +37,46 @@ pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
             mime == "application/json"
                 || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
-        .unwrap_or(false);
-    let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+        .unwrap_or(false)
+}
+
+/// Reads the body within the configured limit.
+pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, BodyProblem> {
+    Bytes::from_request(req, state).await.map_err(|rej| {
         if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             BodyProblem::TooLarge
         } else {
             BodyProblem::Malformed("the request body could not be read".into())
         }
-    })?;
+    })
+}
+
+/// Deserialises a body already read.
+pub fn parse_json<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, BodyProblem> {
     if !is_json {
         return Err(BodyProblem::NotJson);
     }
-    serde_json::from_slice(&bytes).map_err(|e| BodyProblem::Malformed(describe_json_error(&e)))
+    serde_json::from_slice(bytes).map_err(|e| BodyProblem::Malformed(describe_json_error(&e)))
+}
+
+/// Reads a JSON body within the body limit and deserialises it.
+pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<T, BodyProblem> {
+    let json = is_json(req.headers());
+    let bytes = read_body(req, state).await?;
+    parse_json(json, &bytes)
+}
+
+impl From<BodyProblem> for ApiError {
+    fn from(p: BodyProblem) -> Self {
+        match p {
+            BodyProblem::TooLarge => ApiError::new(Code::PayloadTooLarge),
+            BodyProblem::NotJson => ApiError::new(Code::UnsupportedMediaType),
+            BodyProblem::Malformed(m) => ApiError::msg(Code::InvalidRequest, m),
+        }
+    }
 }
 
 fn describe_json_error(e: &serde_json::Error) -> String {
@@ -79,11 +103,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         read_json(req, state)
             .await
             .map(ApiJson)
-            .map_err(|p| match p {
-                BodyProblem::TooLarge => ApiError::new(Code::PayloadTooLarge),
-                BodyProblem::NotJson => ApiError::new(Code::UnsupportedMediaType),
-                BodyProblem::Malformed(m) => ApiError::msg(Code::InvalidRequest, m),
-            })
+            .map_err(ApiError::from)
     }
 }
 

@@ -15,6 +15,8 @@ pub mod orgs;
 pub mod proxy;
 pub mod session;
 pub mod usage;
+pub mod widget_public;
+pub mod widgets;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method};
@@ -89,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::router())
         .merge(chat::router())
         .merge(usage::router())
+        .merge(widgets::router())
         .layer(api_cors.clone());
 
     Router::new()
@@ -97,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(metrics::router())
+        .merge(widget_public::router(state.clone()))
         .merge(chat::api_router().merge(proxy::router()).layer(api_cors))
         .fallback(envelope::not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))

@@ -13,6 +13,7 @@ mod orgs;
 mod sessions;
 mod threads;
 mod users;
+mod widgets;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry};
@@ -21,6 +22,7 @@ pub use orgs::{Member, Org, Role};
 pub use sessions::{RefreshRow, Rotation};
 pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};
 pub use users::{NewUser, User};
+pub use widgets::{WidgetChange, WidgetRecord};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;

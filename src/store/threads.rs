@@ -17,6 +17,11 @@ pub struct Thread {
     pub user_id: Option<String>,
     /// The key that started it, if any.
     pub key_id: Option<String>,
+    /// The widget visitor whose thread it is: `v:vis_…` (anonymous) or `u:{user_id}`
+    /// (identified by the customer's backend).
+    pub visitor: Option<String>,
+    /// The widget it was started from.
+    pub widget_id: Option<String>,
     /// The first message, shortened.
     pub title: String,
     /// Unix ms.
@@ -49,6 +54,8 @@ pub enum ThreadScope {
     Org(String),
     /// The threads of one person in one organization (an API key acting for a user).
     UserInOrg(String, String),
+    /// One widget visitor's threads in an organization.
+    Visitor(String, String),
 }
 
 impl ThreadScope {
@@ -59,6 +66,10 @@ impl ThreadScope {
             ThreadScope::UserInOrg(u, o) => (
                 format!("user_id = ${first} AND org_id = ${}", first + 1),
                 vec![u.clone(), o.clone()],
+            ),
+            ThreadScope::Visitor(o, v) => (
+                format!("org_id = ${first} AND visitor = ${}", first + 1),
+                vec![o.clone(), v.clone()],
             ),
         }
     }
@@ -76,7 +87,8 @@ pub struct Exchange<'a> {
     pub answer: &'a Message,
 }
 
-const THREAD_COLUMNS: &str = "id, org_id, user_id, key_id, title, created_at, updated_at";
+const THREAD_COLUMNS: &str =
+    "id, org_id, user_id, key_id, visitor, widget_id, title, created_at, updated_at";
 
 fn thread_from_row(r: &AnyRow) -> StoreResult<Thread> {
     Ok(Thread {
@@ -84,6 +96,8 @@ fn thread_from_row(r: &AnyRow) -> StoreResult<Thread> {
         org_id: r.try_get("org_id")?,
         user_id: r.try_get("user_id")?,
         key_id: r.try_get("key_id")?,
+        visitor: r.try_get("visitor")?,
+        widget_id: r.try_get("widget_id")?,
         title: r.try_get("title")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -170,12 +184,14 @@ impl Store {
         let t = x.thread;
         if x.new {
             sqlx::query(&format!(
-                "INSERT INTO threads ({THREAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                "INSERT INTO threads ({THREAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             ))
             .bind(&t.id)
             .bind(&t.org_id)
             .bind(t.user_id.as_deref())
             .bind(t.key_id.as_deref())
+            .bind(t.visitor.as_deref())
+            .bind(t.widget_id.as_deref())
             .bind(&t.title)
             .bind(t.created_at)
             .bind(x.answer.created_at)

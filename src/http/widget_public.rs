@@ -1,0 +1,495 @@
+//! `/v1/widgets/{id}/…`: the public widget flow a visitor's browser runs, and `/widget.js`.
+//!
+//! The flow is config, then session (Origin and widget token), then signed calls (session
+//! token, HMAC signature, timestamp and a single-use nonce, Origin re-checked). CORS is per
+//! widget: only an allowed origin is reflected, so a copied tag on another site cannot read
+//! a single answer.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::chat::Caller;
+use crate::config::Policy;
+use crate::error::{ApiError, Code};
+use crate::http::chat::{answer, check_chat_body, ChatBody};
+use crate::http::envelope::{created, ok, Success};
+use crate::http::extract::{bearer, is_json, parse_json, read_body, ClientIp};
+use crate::http::limits;
+use crate::ratelimit::Request as LimitRequest;
+use crate::store::{Message, ThreadScope};
+use crate::widgets::{
+    valid_user_id, valid_visitor_id, OpenRequest, Rejection, Session, SignedParts, Widgets,
+};
+
+/// The widget script, embedded in the binary.
+static WIDGET_JS: &[u8] = include_bytes!("../../assets/widget.js");
+
+/// Headers a signed call carries.
+const SIGNED_HEADERS: &str =
+    "authorization, content-type, x-gatehouse-timestamp, x-gatehouse-nonce, x-gatehouse-signature";
+
+/// Routes of this file (absolute paths: they sit beside `/v1`, with their own CORS).
+pub fn router(state: AppState) -> Router<AppState> {
+    let public = Router::new()
+        .route("/v1/widgets/{id}/config", get(config).options(preflight))
+        .route(
+            "/v1/widgets/{id}/session",
+            post(open_session).options(preflight),
+        )
+        .route(
+            "/v1/widgets/{id}/session/renew",
+            post(renew_session).options(preflight),
+        )
+        .route("/v1/widgets/{id}/chat", post(chat).options(preflight))
+        .route("/v1/widgets/{id}/history", get(history).options(preflight))
+        .route_layer(middleware::from_fn_with_state(state, cors));
+    public.route("/widget.js", get(widget_js))
+}
+
+/// The widget id in `/v1/widgets/{id}/…`.
+fn widget_id(path: &str) -> &str {
+    path.split('/').nth(3).unwrap_or("")
+}
+
+fn rejection(r: Rejection) -> ApiError {
+    let (code, message) = match r {
+        Rejection::NotFound => return ApiError::not_found("Widget"),
+        Rejection::Unavailable => {
+            let mut e = ApiError::msg(
+                Code::ServiceUnavailable,
+                "Storage is unavailable; retry shortly.",
+            );
+            e.retry_after = Some(1);
+            return e;
+        }
+        Rejection::OriginNotAllowed => (
+            Code::Forbidden,
+            "This page's origin is not allowed to use this widget.",
+        ),
+        Rejection::BadToken => (Code::Unauthorized, "The widget token is not valid."),
+        Rejection::BadUserHash => (Code::Unauthorized, "user_hash does not match user_id."),
+        Rejection::MissingSession => (
+            Code::Unauthorized,
+            "A widget session token is required (Authorization: Bearer).",
+        ),
+        Rejection::BadSession => (Code::Unauthorized, "The widget session token is not valid."),
+        Rejection::SessionExpired => (
+            Code::Unauthorized,
+            "The widget session has ended; open a new one.",
+        ),
+        Rejection::BadSignature => (
+            Code::Unauthorized,
+            "The request signature is missing or does not match.",
+        ),
+        Rejection::StaleTimestamp => (
+            Code::Unauthorized,
+            "The request timestamp is more than 5 minutes from the server's clock.",
+        ),
+        Rejection::Replayed => (Code::Unauthorized, "This nonce was already used."),
+    };
+    ApiError::msg(code, message).details(json!({ "reason": r.reason() }))
+}
+
+/// Per-widget CORS: the allowed origin is reflected (never `*`), preflights answered; a
+/// preflight from any other origin is refused.
+async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let id = widget_id(req.uri().path()).to_string();
+    let allowed = match &origin {
+        Some(o) if crate::orgs::check_id(&id, "wgt").is_ok() => state
+            .widgets
+            .widget(&id)
+            .await
+            .ok()
+            .and_then(|w| Widgets::allowed_origin(&w, Some(o)))
+            .map(|_| o.clone()),
+        _ => None,
+    };
+    let preflight = req.method() == Method::OPTIONS;
+    let mut res = if preflight {
+        match allowed {
+            Some(_) => StatusCode::NO_CONTENT.into_response(),
+            None => {
+                state
+                    .metrics
+                    .widget_rejection(Rejection::OriginNotAllowed.reason());
+                rejection(Rejection::OriginNotAllowed).into_response()
+            }
+        }
+    } else {
+        next.run(req).await
+    };
+    let h = res.headers_mut();
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(value) = allowed.and_then(|o| HeaderValue::from_str(&o).ok()) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        if preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(SIGNED_HEADERS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+        } else {
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(
+                    "x-request-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
+                ),
+            );
+        }
+    }
+    res
+}
+
+/// Preflights are answered by the CORS layer; this is what it decorates.
+async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+fn origin(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+}
+
+/// Counts a public call against the per-IP and per-widget windows, and the session's.
+async fn limit(
+    state: &AppState,
+    widget_id: &str,
+    session: Option<&str>,
+    ip: &ClientIp,
+) -> Result<(), ApiError> {
+    let mut req = LimitRequest {
+        tag: format!("widget:{widget_id}"),
+        windows: Vec::new(),
+        fail_closed: [Policy::WidgetSession, Policy::WidgetIp, Policy::Widget]
+            .iter()
+            .any(|p| state.config.fails_closed(*p)),
+    };
+    if let Some(sid) = session {
+        req.add(
+            Policy::WidgetSession.name(),
+            sid,
+            state.config.rates(Policy::WidgetSession),
+        );
+    }
+    req.add(
+        Policy::WidgetIp.name(),
+        &ip.key(),
+        state.config.rates(Policy::WidgetIp),
+    );
+    req.add(
+        Policy::Widget.name(),
+        widget_id,
+        state.config.rates(Policy::Widget),
+    );
+    let d = state.limit(&req).await.map_err(|_| limits::unavailable())?;
+    if d.allowed {
+        Ok(())
+    } else {
+        Err(limits::refused(&d))
+    }
+}
+
+/// What a page may know about a widget.
+#[derive(Serialize, ToSchema)]
+pub struct PublicConfig {
+    /// `wgt_…`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Whether `POST …/session` needs a widget token.
+    pub require_token: bool,
+    /// Title, greeting, position, accent colour.
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+}
+
+/// The widget's public settings (403 unless `Origin` is allowed).
+#[utoipa::path(get, path = "/v1/widgets/{id}/config", tag = "widget",
+    responses((status = 200, body = PublicConfig), (status = 403, description = "origin_not_allowed"), (status = 404, description = "not_found")))]
+pub async fn config(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Success<PublicConfig>, ApiError> {
+    crate::orgs::check_id(&id, "wgt")?;
+    let (widget, _) = state
+        .widgets
+        .for_origin(&id, origin(&headers))
+        .await
+        .map_err(rejection)?;
+    limit(&state, &id, None, &ip).await?;
+    Ok(ok(PublicConfig {
+        id: widget.id.clone(),
+        name: widget.name.clone(),
+        require_token: widget.require_token,
+        settings: widget.settings.clone(),
+    }))
+}
+
+/// Opening a session.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SessionBody {
+    /// The widget token (`data-key`); required unless the widget has `require_token: false`.
+    pub token: Option<String>,
+    /// The visitor id from an earlier session (`vis_…`), so their conversation continues.
+    pub visitor_id: Option<String>,
+    /// An identified visitor: your user id (1-128 characters) …
+    pub user_id: Option<String>,
+    /// … and hex HMAC-SHA256(widget secret, user_id), computed on your backend.
+    pub user_hash: Option<String>,
+}
+
+/// A widget session.
+#[derive(Serialize, ToSchema)]
+pub struct SessionAnswer {
+    /// `Authorization: Bearer` on signed calls.
+    pub session_token: String,
+    /// The HMAC key for `X-Gatehouse-Signature` (its UTF-8 bytes, as given).
+    pub signing_secret: String,
+    /// Unix ms.
+    pub expires_at: i64,
+    /// Keep it (e.g. in localStorage) and send it next time.
+    pub visitor_id: String,
+}
+
+impl From<crate::widgets::Opened> for SessionAnswer {
+    fn from(o: crate::widgets::Opened) -> Self {
+        Self {
+            session_token: o.session_token,
+            signing_secret: o.signing_secret,
+            expires_at: o.expires_at,
+            visitor_id: o.visitor_id,
+        }
+    }
+}
+
+/// Opens a widget session: `Origin` checked, the widget token checked when required.
+#[utoipa::path(post, path = "/v1/widgets/{id}/session", tag = "widget", request_body = SessionBody,
+    responses((status = 201, body = SessionAnswer), (status = 401, description = "bad_token, bad_user_hash"),
+              (status = 403, description = "origin_not_allowed"), (status = 429, description = "rate_limited")))]
+pub async fn open_session(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    req: Request,
+) -> Result<Success<SessionAnswer>, ApiError> {
+    let id = widget_id(req.uri().path()).to_string();
+    crate::orgs::check_id(&id, "wgt")?;
+    let headers = req.headers().clone();
+    let json = is_json(&headers);
+    let raw = read_body(req, &state).await?;
+    // An empty body is an empty request (a widget that needs no token).
+    let body: SessionBody = if raw.iter().all(u8::is_ascii_whitespace) {
+        SessionBody::default()
+    } else {
+        parse_json(json, &raw)?
+    };
+    if let Some(v) = &body.visitor_id {
+        if !valid_visitor_id(v) {
+            return Err(ApiError::field(
+                "visitor_id",
+                "must be a visitor id from an earlier session (vis_ and 32 hex digits)",
+            ));
+        }
+    }
+    let user = match (&body.user_id, &body.user_hash) {
+        (Some(u), Some(h)) if valid_user_id(u) => Some((u.as_str(), h.as_str())),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "user_id",
+                "must be 1-128 characters without control characters",
+            ))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::field(
+                "user_hash",
+                "user_id and user_hash go together",
+            ))
+        }
+    };
+    // The origin first: a page elsewhere learns nothing, and spends nothing of the widget's limits.
+    state
+        .widgets
+        .for_origin(&id, origin(&headers))
+        .await
+        .map_err(rejection)?;
+    limit(&state, &id, None, &ip).await?;
+    let opened = state
+        .widgets
+        .open(
+            &id,
+            OpenRequest {
+                origin: origin(&headers),
+                token: body.token.as_deref(),
+                visitor_id: body.visitor_id.as_deref(),
+                user,
+            },
+        )
+        .await
+        .map_err(rejection)?;
+    Ok(created(opened.into()))
+}
+
+/// A verified signed call: the session and the raw body it signed.
+pub struct SignedCall {
+    /// The session.
+    pub session: Session,
+    /// The exact bytes that were signed.
+    pub body: Bytes,
+    /// Whether they claim to be JSON.
+    pub json: bool,
+}
+
+impl FromRequest<AppState> for SignedCall {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let ip = <ClientIp as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, state,
+        )
+        .await
+        .unwrap_or(ClientIp(std::net::IpAddr::from([127, 0, 0, 1])));
+        let path = parts.uri.path().to_string();
+        let id = widget_id(&path).to_string();
+        crate::orgs::check_id(&id, "wgt")?;
+        let h = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let raw = read_body(Request::from_parts(parts.clone(), body), state).await?;
+        let session = state
+            .widgets
+            .verify(
+                &id,
+                SignedParts {
+                    origin: origin(&parts.headers),
+                    session_token: bearer(&parts),
+                    timestamp: h("x-gatehouse-timestamp"),
+                    nonce: h("x-gatehouse-nonce"),
+                    signature: h("x-gatehouse-signature"),
+                    method: parts.method.as_str(),
+                    path: &path,
+                    body: &raw,
+                },
+            )
+            .await
+            .map_err(rejection)?;
+        limit(state, &id, Some(&session.claims.sid), &ip).await?;
+        Ok(SignedCall {
+            session,
+            body: raw,
+            json: is_json(&parts.headers),
+        })
+    }
+}
+
+/// Renews a session before it ends (signed with the current one; body `{}`).
+#[utoipa::path(post, path = "/v1/widgets/{id}/session/renew", tag = "widget",
+    responses((status = 201, body = SessionAnswer), (status = 401, description = "session_expired, bad_signature, stale_timestamp, replayed")))]
+pub async fn renew_session(
+    State(state): State<AppState>,
+    call: SignedCall,
+) -> Result<Success<SessionAnswer>, ApiError> {
+    Ok(created(state.widgets.renew(&call.session).into()))
+}
+
+fn visitor_caller(s: &Session) -> Caller {
+    Caller {
+        org_id: s.claims.org.clone(),
+        key_id: None,
+        user_id: None,
+        visitor: Some(s.claims.vis.clone()),
+        widget_id: Some(s.claims.wid.clone()),
+    }
+}
+
+/// A visitor's message (signed). Without `thread_id`, the visitor's latest conversation
+/// continues, across sessions.
+#[utoipa::path(post, path = "/v1/widgets/{id}/chat", tag = "widget", request_body = ChatBody,
+    responses((status = 200, body = crate::http::chat::ChatAnswer, description = "The answer; with `stream: true`, `text/event-stream` of `delta` events and a final `done` event"),
+              (status = 401, description = "bad_signature, stale_timestamp, replayed, session_expired"),
+              (status = 403, description = "origin_not_allowed"), (status = 429, description = "rate_limited")))]
+pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Response, ApiError> {
+    let mut body: ChatBody = parse_json(call.json, &call.body)?;
+    check_chat_body(&body)?;
+    let caller = visitor_caller(&call.session);
+    if body.thread_id.is_none() {
+        let scope = ThreadScope::Visitor(
+            call.session.claims.org.clone(),
+            call.session.claims.vis.clone(),
+        );
+        body.thread_id = state
+            .store
+            .threads(&scope, 1)
+            .await?
+            .into_iter()
+            .next()
+            .map(|t| t.id);
+    }
+    answer(&state, caller, body).await
+}
+
+/// A visitor's latest conversation.
+#[derive(Serialize, ToSchema)]
+pub struct History {
+    /// The thread, or `null` before the first message.
+    pub thread_id: Option<String>,
+    /// Its last 100 messages, oldest first.
+    pub messages: Vec<Message>,
+}
+
+/// The visitor's latest conversation, to redraw it after a reload (signed; empty body).
+#[utoipa::path(get, path = "/v1/widgets/{id}/history", tag = "widget",
+    responses((status = 200, body = History), (status = 401, description = "bad_signature, stale_timestamp, replayed, session_expired")))]
+pub async fn history(
+    State(state): State<AppState>,
+    call: SignedCall,
+) -> Result<Success<History>, ApiError> {
+    let scope = ThreadScope::Visitor(
+        call.session.claims.org.clone(),
+        call.session.claims.vis.clone(),
+    );
+    let thread = state.store.threads(&scope, 1).await?.into_iter().next();
+    let messages = match &thread {
+        Some(t) => state.store.recent_messages(&t.id, 100).await?,
+        None => Vec::new(),
+    };
+    Ok(ok(History {
+        thread_id: thread.map(|t| t.id),
+        messages,
+    }))
+}
+
+/// `GET /widget.js`: the embeddable widget (no dependencies).
+pub async fn widget_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        WIDGET_JS,
+    )
+        .into_response()
+}

@@ -1,0 +1,278 @@
+//! Widgets: allowed origins, public settings and the signing secret.
+
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::audit::{record, Audit};
+use super::{Store, StoreError, StoreResult};
+
+/// A stored widget, secret included (never serialised: see `http::widgets::WidgetView`).
+#[derive(Clone, PartialEq)]
+pub struct WidgetRecord {
+    /// `wgt_…`.
+    pub id: String,
+    /// The owning organization.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// Normalised allowlist entries.
+    pub allowed_origins: Vec<String>,
+    /// Public settings (title, greeting, position, accent colour).
+    pub settings: Value,
+    /// Whether opening a session needs a widget token.
+    pub require_token: bool,
+    /// The signing secret (`wsec_…`): widget tokens and identified-visitor hashes.
+    pub secret: String,
+    /// Unix ms of the last secret rotation (or creation).
+    pub secret_rotated_at: i64,
+    /// Who created it.
+    pub created_by: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for WidgetRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WidgetRecord")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("secret", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change to a widget: each `Some` replaces the field.
+#[derive(Debug, Default)]
+pub struct WidgetChange {
+    /// New name.
+    pub name: Option<String>,
+    /// New allowlist.
+    pub allowed_origins: Option<Vec<String>>,
+    /// New settings (already merged with the old ones).
+    pub settings: Option<Value>,
+    /// New token requirement.
+    pub require_token: Option<bool>,
+}
+
+const COLUMNS: &str = "id, org_id, name, allowed_origins, settings, require_token, secret, \
+     secret_rotated_at, created_by, created_at, updated_at";
+
+fn from_row(r: &AnyRow) -> StoreResult<WidgetRecord> {
+    let origins: String = r.try_get("allowed_origins")?;
+    let settings: String = r.try_get("settings")?;
+    let require: i64 = r.try_get("require_token")?;
+    Ok(WidgetRecord {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        name: r.try_get("name")?,
+        allowed_origins: serde_json::from_str(&origins)
+            .map_err(|e| StoreError::Other(format!("allowed_origins: {e}")))?,
+        settings: serde_json::from_str(&settings)
+            .map_err(|e| StoreError::Other(format!("settings: {e}")))?,
+        require_token: require != 0,
+        secret: r.try_get("secret")?,
+        secret_rotated_at: r.try_get("secret_rotated_at")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn audit_details(w: &WidgetRecord) -> Value {
+    json!({ "name": w.name, "allowed_origins": w.allowed_origins, "require_token": w.require_token })
+}
+
+impl Store {
+    /// Stores a new widget.
+    pub async fn create_widget(&self, w: &WidgetRecord, audit: &Audit) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO widgets ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(&w.id)
+        .bind(&w.org_id)
+        .bind(&w.name)
+        .bind(json!(w.allowed_origins).to_string())
+        .bind(w.settings.to_string())
+        .bind(i64::from(w.require_token))
+        .bind(&w.secret)
+        .bind(w.secret_rotated_at)
+        .bind(&w.created_by)
+        .bind(w.created_at)
+        .bind(w.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        record(
+            &mut tx,
+            &w.org_id,
+            audit,
+            "widget.created",
+            Some(&w.id),
+            audit_details(w),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The widgets of an organization, oldest first.
+    pub async fn widgets(&self, org_id: &str) -> StoreResult<Vec<WidgetRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM widgets WHERE org_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// One widget of an organization.
+    pub async fn widget(&self, org_id: &str, id: &str) -> StoreResult<Option<WidgetRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM widgets WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// A widget by id alone: the public flow, where the organization is not yet known.
+    pub async fn widget_by_id(&self, id: &str) -> StoreResult<Option<WidgetRecord>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM widgets WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Applies a change; `NotFound` if the widget is not this organization's.
+    pub async fn update_widget(
+        &self,
+        org_id: &str,
+        id: &str,
+        change: &WidgetChange,
+        audit: &Audit,
+    ) -> StoreResult<WidgetRecord> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE widgets SET name = COALESCE($1, name), \
+             allowed_origins = COALESCE($2, allowed_origins), settings = COALESCE($3, settings), \
+             require_token = COALESCE($4, require_token), updated_at = $5 \
+             WHERE org_id = $6 AND id = $7",
+        )
+        .bind(change.name.as_deref())
+        .bind(
+            change
+                .allowed_origins
+                .as_ref()
+                .map(|o| json!(o).to_string()),
+        )
+        .bind(change.settings.as_ref().map(Value::to_string))
+        .bind(change.require_token.map(i64::from))
+        .bind(audit.now)
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let w = fetch(&mut tx, org_id, id).await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "widget.updated",
+            Some(id),
+            audit_details(&w),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(w)
+    }
+
+    /// Replaces the signing secret: every widget token and session of the widget stops working.
+    pub async fn rotate_widget_secret(
+        &self,
+        org_id: &str,
+        id: &str,
+        secret: &str,
+        audit: &Audit,
+    ) -> StoreResult<WidgetRecord> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE widgets SET secret = $1, secret_rotated_at = $2, updated_at = $2 \
+             WHERE org_id = $3 AND id = $4",
+        )
+        .bind(secret)
+        .bind(audit.now)
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let w = fetch(&mut tx, org_id, id).await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "widget.secret_rotated",
+            Some(id),
+            json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(w)
+    }
+
+    /// Deletes a widget; its visitors' threads stay with the organization.
+    pub async fn delete_widget(
+        &self,
+        org_id: &str,
+        id: &str,
+        audit: &Audit,
+    ) -> StoreResult<WidgetRecord> {
+        let mut tx = self.pool.begin().await?;
+        let w = fetch(&mut tx, org_id, id).await?;
+        sqlx::query("DELETE FROM widgets WHERE org_id = $1 AND id = $2")
+            .bind(org_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "widget.deleted",
+            Some(id),
+            json!({ "name": w.name }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(w)
+    }
+}
+
+async fn fetch(
+    conn: &mut sqlx::AnyConnection,
+    org_id: &str,
+    id: &str,
+) -> StoreResult<WidgetRecord> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM widgets WHERE org_id = $1 AND id = $2"
+    ))
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    from_row(&row)
+}
