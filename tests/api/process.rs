@@ -274,6 +274,76 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         .await
         .unwrap();
     assert_eq!(res.status(), 502, "the model server refuses connections");
+    // A widget: its secret, a widget token, a session and a signed call.
+    let widget: Value = client
+        .post(format!("{base}/v1/orgs/{org_id}/widgets"))
+        .bearer_auth(&access)
+        .json(&json!({"name": "w", "allowed_origins": ["https://shop.example.com"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let widget_id = widget["data"]["id"].as_str().unwrap().to_string();
+    let widget_secret = widget["data"]["secret"].as_str().unwrap().to_string();
+    let minted: Value = client
+        .post(format!(
+            "{base}/v1/orgs/{org_id}/widgets/{widget_id}/tokens"
+        ))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let widget_token = minted["data"]["token"].as_str().unwrap().to_string();
+    let opened: Value = client
+        .post(format!("{base}/v1/widgets/{widget_id}/session"))
+        .header("origin", "https://shop.example.com")
+        .json(&json!({"token": widget_token}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session_token = opened["data"]["session_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let signing_secret = opened["data"]["signing_secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/widgets/{widget_id}/chat");
+    let body = json!({"message": "hi"}).to_string();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signature = crate::widgets::hex_hmac(
+        signing_secret.as_bytes(),
+        format!("{ts}.nonce-for-the-log-test-01.POST.{path}.{body}").as_bytes(),
+    );
+    let res = client
+        .post(format!("{base}{path}"))
+        .header("origin", "https://shop.example.com")
+        .bearer_auth(&session_token)
+        .header("x-gatehouse-timestamp", ts.to_string())
+        .header("x-gatehouse-nonce", "nonce-for-the-log-test-01")
+        .header("x-gatehouse-signature", format!("v1={signature}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        502,
+        "signed and admitted; the model server refuses connections"
+    );
     let mut typo = api_key.clone();
     typo.push('x');
     let res = client
@@ -346,6 +416,11 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         api_key[api_key.len() - 20..].to_string(),
         "sk-upstream-never-logged-5521".to_string(),
         "redis-pw-never-logged-8812".to_string(),
+        widget_secret,
+        widget_token,
+        session_token,
+        signing_secret,
+        signature,
     ];
     for secret in secrets {
         assert!(

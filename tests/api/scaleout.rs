@@ -429,3 +429,108 @@ async fn a_fail_closed_policy_answers_503_while_redis_is_down() {
     }
     pair.stop().await;
 }
+
+/// A signed widget call to `base`, with a given nonce.
+async fn widget_chat(c: &Client, base: &str, widget: &str, s: &Value, nonce: &str) -> (u16, Value) {
+    let path = format!("/v1/widgets/{widget}/chat");
+    let body = json!({"message": "hello"}).to_string();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let secret = s["signing_secret"].as_str().unwrap();
+    let sig = crate::widgets::hex_hmac(
+        secret.as_bytes(),
+        format!("{ts}.{nonce}.POST.{path}.{body}").as_bytes(),
+    );
+    send(
+        c.post(format!("{base}{path}"))
+            .header("origin", "https://shop.example.com")
+            .bearer_auth(s["session_token"].as_str().unwrap())
+            .header("x-gatehouse-timestamp", ts.to_string())
+            .header("x-gatehouse-nonce", nonce)
+            .header("x-gatehouse-signature", format!("v1={sig}"))
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widget_request_replayed_to_another_instance_is_refused_and_rotation_crosses_instances() {
+    let Some(pair) = Pair::start(None, &[]).await else {
+        return;
+    };
+    let c = client();
+    let (token, org) = owner_and_org(&c, &pair.a.base).await;
+    let (status, w) = send(
+        c.post(format!("{}/v1/orgs/{org}/widgets", pair.a.base))
+            .bearer_auth(&token)
+            .json(&json!({"name": "Help", "allowed_origins": ["https://shop.example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{w}");
+    let id = w["data"]["id"].as_str().unwrap().to_string();
+    let (_, t) = send(
+        c.post(format!("{}/v1/orgs/{org}/widgets/{id}/tokens", pair.a.base))
+            .bearer_auth(&token),
+    )
+    .await;
+    let (status, s) = send(
+        c.post(format!("{}/v1/widgets/{id}/session", pair.a.base))
+            .header("origin", "https://shop.example.com")
+            .json(&json!({"token": t["data"]["token"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{s}");
+    let s = s["data"].clone();
+    // A session opened on A is good on B (the session key is shared through storage)…
+    let (status, body) = widget_chat(&c, &pair.b.base, &id, &s, "nonce-for-instance-b-0001").await;
+    assert_eq!(status, 200, "{body}");
+    // … and a nonce used on A is refused on B: the replay cache is in Redis.
+    let (status, body) = widget_chat(&c, &pair.a.base, &id, &s, "nonce-used-twice-00000001").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = widget_chat(&c, &pair.b.base, &id, &s, "nonce-used-twice-00000001").await;
+    assert_eq!(
+        (status, body["error"]["details"]["reason"].as_str()),
+        (401, Some("replayed")),
+        "{body}"
+    );
+    // Rotating the secret on A ends the session on B within a second.
+    let (status, _) = send(
+        c.post(format!(
+            "{}/v1/orgs/{org}/widgets/{id}/rotate-secret",
+            pair.a.base
+        ))
+        .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rotated = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let (status, body) = widget_chat(
+            &c,
+            &pair.b.base,
+            &id,
+            &s,
+            &format!("nonce-after-rotation-{n:04}"),
+        )
+        .await;
+        if status == 401 {
+            assert_eq!(
+                body["error"]["details"]["reason"], "session_expired",
+                "{body}"
+            );
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            rotated.elapsed() < Duration::from_secs(1),
+            "B still accepts the old session 1 s after rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pair.stop().await;
+}

@@ -17,7 +17,7 @@ use crate::story;
 const ORIGIN: &str = "https://shop.example.com";
 const OTHER_ORIGIN: &str = "https://copycat.example.net";
 
-fn hex_hmac(key: &[u8], msg: &[u8]) -> String {
+pub(crate) fn hex_hmac(key: &[u8], msg: &[u8]) -> String {
     let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
     m.update(msg);
     m.finalize()
@@ -380,6 +380,27 @@ story!(
             )
             .await;
         assert_eq!(status, 400);
+
+        // The operator mints tokens from the command line; they open sessions like any other.
+        let out = crate::process::command(&app.db.url, &[])
+            .args(["widget", "token", "--org", &org, "--widget", id])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cli_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let (status, b) = app
+            .open(id, "https://shop.example.com", json!({"token": cli_token}))
+            .await;
+        assert_eq!(status, 201, "{b}");
+        let out = crate::process::command(&app.db.url, &[])
+            .args(["widget", "token", "--org", &eve_org, "--widget", id])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "another organization's widget");
 
         // An API key with widgets:write manages widgets too.
         let (key, _) = app
