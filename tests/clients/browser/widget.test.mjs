@@ -16,7 +16,7 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
+import { createHmac, randomBytes, randomUUID } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
@@ -150,13 +150,14 @@ const hostPage = (snippet) => `<!doctype html>
 ${snippet}
 </body></html>`
 
-// Serves html() at / (a function: the page names the widget, made after the port is known).
-function startHostServer(html) {
+// Serves pages[path] (filled in later: the pages name widgets made after the ports are known).
+function startHostServer(pages) {
   return new Promise((resolve, reject) => {
     const srv = http.createServer((req, res) => {
-      if (req.url === '/' || req.url.startsWith('/?')) {
+      const page = pages[new URL(req.url, 'http://host').pathname]
+      if (page) {
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' })
-        res.end(html())
+        res.end(page)
       } else {
         res.writeHead(404).end()
       }
@@ -194,7 +195,7 @@ async function ask(page, text) {
 }
 
 describe('chat widget in Chromium', { skip }, () => {
-  let gh, hostA, hostB, browser, widget
+  let gh, hostA, hostB, browser, widget, open_ // open_: the widget that needs no token
   const question = `What grows in the shade? ${randomUUID().slice(0, 8)}`
 
   before(async () => {
@@ -213,9 +214,9 @@ describe('chat widget in Chromium', { skip }, () => {
     const org = await api('POST', `${gh.url}/v1/orgs`, { body: { name: 'Acme Gardening' }, headers: auth, expect: 201 })
 
     // Host pages first: the widget's allowed origin names page A's port.
-    let html = ''
-    hostA = await startHostServer(() => html)
-    hostB = await startHostServer(() => html)
+    const pages = {}
+    hostA = await startHostServer(pages)
+    hostB = await startHostServer(pages)
     widget = await api('POST', `${gh.url}/v1/orgs/${org.id}/widgets`, {
       body: {
         name: 'Shop assistant',
@@ -230,7 +231,25 @@ describe('chat widget in Chromium', { skip }, () => {
       headers: auth,
       expect: 201,
     })
-    html = hostPage(`<script src="${gh.url}/widget.js" data-key="${token}" defer></script>`)
+    pages['/'] = hostPage(`<script src="${gh.url}/widget.js" data-key="${token}" defer></script>`)
+
+    // A second widget that needs no token, embedded by id for an identified visitor of the
+    // host site (user_hash = hex HMAC-SHA256(widget secret, user_id), made by the site's backend).
+    open_ = await api('POST', `${gh.url}/v1/orgs/${org.id}/widgets`, {
+      body: {
+        name: 'Open help',
+        allowed_origins: [hostA.url],
+        require_token: false,
+        settings: { title: 'Open help', greeting: 'Hello, Ada.', position: 'bottom-right', accent_color: '#fde047' },
+      },
+      headers: auth,
+      expect: 201,
+    })
+    const userHash = createHmac('sha256', open_.secret).update('user-42').digest('hex')
+    pages['/by-id'] = hostPage(
+      `<script src="${gh.url}/widget.js" data-widget-id="${open_.id}" data-position="bottom-left" ` +
+        `data-user-id="user-42" data-user-hash="${userHash}" defer></script>`,
+    )
 
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
   })
@@ -419,6 +438,34 @@ describe('chat widget in Chromium', { skip }, () => {
       assert.equal(await page.getByRole('log').locator('.msg.user', { hasText: `message ${i - 1}` }).count(), 0)
       mkdirSync(SHOTS, { recursive: true })
       await page.screenshot({ path: path.join(SHOTS, 'widget-rate-limited.png') })
+      assert.deepEqual(seen.errors, [], 'no errors thrown into the host page')
+    } finally {
+      await context.close()
+    }
+  })
+
+  test('data-widget-id without a token, data-position, and an identified visitor', async () => {
+    const context = await browser.newContext({ viewport: { width: 1000, height: 700 } })
+    const page = await context.newPage()
+    const seen = watch(page)
+    try {
+      await page.goto(`${hostA.url}/by-id`)
+      const launcher = launcherOf(page)
+      await launcher.waitFor({ state: 'visible', timeout: 15_000 })
+      const box = await launcher.boundingBox()
+      assert.ok(box.x < 100, `data-position=bottom-left puts the launcher on the left (x=${box.x})`)
+      await launcher.click()
+      await page.getByRole('dialog', { name: 'Open help' }).getByText('Hello, Ada.').waitFor()
+      await ask(page, 'Who am I?')
+      await page.getByRole('log').locator('.msg.assistant', { hasText: 'Who am I?' }).waitFor()
+      const [session] = sessionRequests(seen)
+      const body = JSON.parse(session.body)
+      assert.equal(body.token, undefined)
+      assert.equal(body.user_id, 'user-42')
+      assert.match(body.user_hash, /^[0-9a-f]{64}$/)
+      assert.equal(await page.getByRole('status').isVisible(), false)
+      mkdirSync(SHOTS, { recursive: true })
+      await page.screenshot({ path: path.join(SHOTS, 'widget-by-id-left.png') })
       assert.deepEqual(seen.errors, [], 'no errors thrown into the host page')
     } finally {
       await context.close()
