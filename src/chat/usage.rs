@@ -19,6 +19,8 @@ pub struct Usage {
     store: Store,
     clock: Clock,
     pending: Arc<Mutex<HashMap<UsageKey, UsageDelta>>>,
+    /// API-key requests per hour and key: (organization, admitted, refused).
+    traffic: Arc<Mutex<HashMap<i64, HashMap<String, (String, i64, i64)>>>>,
 }
 
 impl Usage {
@@ -28,6 +30,7 @@ impl Usage {
             store,
             clock,
             pending: Arc::new(Mutex::new(HashMap::new())),
+            traffic: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -44,10 +47,44 @@ impl Usage {
         }
     }
 
+    /// Counts one request made with an API key: admitted, or refused by a rate limit. The
+    /// request path only takes a lock and bumps a counter (no allocation once the key has
+    /// been seen this hour).
+    pub fn count_key_request(&self, org_id: &str, key_id: &str, limited: bool) {
+        let hour = self.clock.now_ms().div_euclid(HOUR_MS) * HOUR_MS;
+        if let Ok(mut t) = self.traffic.lock() {
+            let per_key = t.entry(hour).or_default();
+            let slot = match per_key.get_mut(key_id) {
+                Some(slot) => slot,
+                None => per_key
+                    .entry(key_id.to_string())
+                    .or_insert_with(|| (org_id.to_string(), 0, 0)),
+            };
+            if limited {
+                slot.2 += 1;
+            } else {
+                slot.1 += 1;
+            }
+        }
+    }
+
     /// Writes what is pending; on failure keeps it for the next try.
     pub async fn flush(&self) -> Result<usize, StoreError> {
+        let traffic: Vec<_> = match self.traffic.lock() {
+            Ok(mut t) => t.drain().collect(),
+            Err(_) => Vec::new(),
+        };
         let batch: Vec<_> = match self.pending.lock() {
-            Ok(mut p) => p.drain().collect(),
+            Ok(mut p) => {
+                for (hour, keys) in traffic {
+                    for (key, (org, admitted, limited)) in keys {
+                        let d = p.entry((org, key, hour)).or_default();
+                        d.api_requests += admitted;
+                        d.rate_limited += limited;
+                    }
+                }
+                p.drain().collect()
+            }
             Err(_) => return Ok(0),
         };
         let n = batch.len();
@@ -58,6 +95,8 @@ impl Usage {
                     slot.requests += d.requests;
                     slot.prompt_tokens += d.prompt_tokens;
                     slot.completion_tokens += d.completion_tokens;
+                    slot.api_requests += d.api_requests;
+                    slot.rate_limited += d.rate_limited;
                 }
             }
             return Err(e);

@@ -321,6 +321,10 @@ pub(crate) async fn key_principal(state: &AppState, key: &str) -> Result<Princip
             .limit(&req)
             .await
             .map_err(|_| crate::http::limits::unavailable())?;
+        state
+            .chat
+            .usage
+            .count_key_request(&key.org_id, &key.id, !d.allowed);
         if !d.allowed {
             return Err(crate::http::limits::refused(&d));
         }

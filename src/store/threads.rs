@@ -238,6 +238,10 @@ pub struct UsageDelta {
     pub prompt_tokens: i64,
     /// Completion tokens.
     pub completion_tokens: i64,
+    /// Requests made with an API key and admitted.
+    pub api_requests: i64,
+    /// Requests made with an API key and refused by a rate limit (429).
+    pub rate_limited: i64,
 }
 
 /// One row of a usage report.
@@ -253,6 +257,10 @@ pub struct UsageRow {
     pub prompt_tokens: i64,
     /// Completion tokens the model server reported.
     pub completion_tokens: i64,
+    /// Admitted requests made with the key (every route, not only chat).
+    pub api_requests: i64,
+    /// Requests made with the key that a rate limit refused (429).
+    pub rate_limited: i64,
 }
 
 impl Store {
@@ -268,12 +276,14 @@ impl Store {
         for ((org, key, hour), d) in batch {
             // A deleted organization's usage is dropped rather than retried forever.
             sqlx::query(
-                "INSERT INTO usage_hours (org_id, key_id, hour, requests, prompt_tokens, completion_tokens) \
-                 SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) \
+                "INSERT INTO usage_hours (org_id, key_id, hour, requests, prompt_tokens, completion_tokens, api_requests, rate_limited) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) \
                  ON CONFLICT (org_id, key_id, hour) DO UPDATE SET \
                  requests = usage_hours.requests + excluded.requests, \
                  prompt_tokens = usage_hours.prompt_tokens + excluded.prompt_tokens, \
-                 completion_tokens = usage_hours.completion_tokens + excluded.completion_tokens",
+                 completion_tokens = usage_hours.completion_tokens + excluded.completion_tokens, \
+                 api_requests = usage_hours.api_requests + excluded.api_requests, \
+                 rate_limited = usage_hours.rate_limited + excluded.rate_limited",
             )
             .bind(org)
             .bind(key)
@@ -281,6 +291,8 @@ impl Store {
             .bind(d.requests)
             .bind(d.prompt_tokens)
             .bind(d.completion_tokens)
+            .bind(d.api_requests)
+            .bind(d.rate_limited)
             .execute(&mut *tx)
             .await?;
         }
@@ -305,7 +317,9 @@ impl Store {
         let sql = format!(
             "SELECT (hour / {bucket_ms}) * {bucket_ms} AS start, key_id, CAST(SUM(requests) AS BIGINT) AS requests, \
              CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
-             CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens \
+             CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+             CAST(SUM(api_requests) AS BIGINT) AS api_requests, \
+             CAST(SUM(rate_limited) AS BIGINT) AS rate_limited \
              FROM usage_hours WHERE org_id = $1 AND hour >= $2 AND hour < $3 {key_clause} \
              GROUP BY (hour / {bucket_ms}) * {bucket_ms}, key_id ORDER BY start, key_id"
         );
@@ -323,6 +337,8 @@ impl Store {
                     requests: r.try_get("requests")?,
                     prompt_tokens: r.try_get("prompt_tokens")?,
                     completion_tokens: r.try_get("completion_tokens")?,
+                    api_requests: r.try_get("api_requests")?,
+                    rate_limited: r.try_get("rate_limited")?,
                 })
             })
             .collect()

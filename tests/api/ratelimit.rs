@@ -617,3 +617,43 @@ async fn a_server_on_redis_enforces_the_same_limits() {
     );
     app.stop().await;
 }
+
+story!(
+    every_key_request_and_every_429_is_counted_per_key,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let org = app.org(&ann, "Counted").await;
+        let (status, body) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/api-keys"),
+                &ann.token,
+                Some(json!({"name": "tight", "rate_limits": [{"limit": 3, "window_seconds": 60}]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let key = body["data"]["key"].as_str().unwrap().to_string();
+        let key_id = body["data"]["id"].as_str().unwrap().to_string();
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(app.me(&key).await.status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 200, 429, 429]);
+        app.state.chat.usage.flush().await.unwrap();
+        let (status, body) = app
+            .call(Method::GET, &format!("/orgs/{org}/usage"), &ann.token, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let row = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key_id"] == key_id.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for the key: {body}"));
+        assert_eq!(row["api_requests"], 3, "{row}");
+        assert_eq!(row["rate_limited"], 2, "{row}");
+        assert_eq!(row["requests"], 0, "no chat requests");
+        app
+    }
+);
