@@ -13,6 +13,9 @@ const HOUR_MS: i64 = 3_600_000;
 /// (organization, key or `""`, hour start in unix ms).
 type UsageKey = (String, String, i64);
 
+/// Per hour start, per key id: (organization, admitted, refused).
+type Traffic = HashMap<i64, HashMap<String, (String, i64, i64)>>;
+
 /// Requests and tokens per (organization, key, hour) not yet written.
 #[derive(Clone)]
 pub struct Usage {
@@ -20,7 +23,7 @@ pub struct Usage {
     clock: Clock,
     pending: Arc<Mutex<HashMap<UsageKey, UsageDelta>>>,
     /// API-key requests per hour and key: (organization, admitted, refused).
-    traffic: Arc<Mutex<HashMap<i64, HashMap<String, (String, i64, i64)>>>>,
+    traffic: Arc<Mutex<Traffic>>,
 }
 
 impl Usage {
