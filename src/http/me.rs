@@ -33,7 +33,7 @@ pub struct Me {
     /// The session of a JWT.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    /// Organizations a person belongs to, with their role.
+    /// Organizations a person belongs to, with their role and its permissions.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub organizations: Option<Vec<Value>>,
@@ -83,10 +83,16 @@ pub async fn me(
             via,
         } => {
             let orgs = state.store.orgs_of_user(&user_id).await?;
-            let organizations = orgs
-                .into_iter()
-                .map(|(o, role)| json!({ "id": o.id, "name": o.name, "role": role }))
-                .collect();
+            let mut organizations = Vec::with_capacity(orgs.len());
+            for (o, role) in orgs {
+                // Built-in roles resolve without storage; a custom role is one read.
+                let permissions = crate::orgs::role_permissions(&state.store, &o.id, &role)
+                    .await?
+                    .unwrap_or_default();
+                organizations.push(
+                    json!({ "id": o.id, "name": o.name, "role": role, "permissions": permissions }),
+                );
+            }
             Ok(ok(Me {
                 user_id: Some(user_id),
                 email: Some(email),

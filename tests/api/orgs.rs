@@ -14,9 +14,25 @@ story!(
         let org = app.org(&ann, "Acme").await;
         let (status, me) = app.call(Method::GET, "/me", &ann.token, None).await;
         assert_eq!(status, 200);
+        let orgs = me["data"]["organizations"].as_array().unwrap();
+        assert_eq!(orgs.len(), 1);
         assert_eq!(
-            me["data"]["organizations"],
-            json!([{"id": org, "name": "Acme", "role": "owner"}])
+            (&orgs[0]["id"], &orgs[0]["name"], &orgs[0]["role"]),
+            (&json!(org), &json!("Acme"), &json!("owner"))
+        );
+        assert_eq!(
+            orgs[0]["permissions"].as_array().unwrap().len(),
+            14,
+            "an owner holds every permission, listed for the dashboard"
+        );
+        // A member's permissions: the read ones and chat, never keys:write.
+        let bob = app.person().await;
+        app.add(&ann, &org, &bob, "member").await;
+        let (_, me) = app.call(Method::GET, "/me", &bob.token, None).await;
+        let perms = me["data"]["organizations"][0]["permissions"].to_string();
+        assert!(
+            perms.contains("keys:read") && !perms.contains("keys:write"),
+            "{perms}"
         );
         let (status, list) = app.call(Method::GET, "/orgs", &ann.token, None).await;
         assert_eq!(
