@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod auth_v1;
 pub mod chat;
+pub mod dashboard;
 pub mod envelope;
 pub mod extract;
 pub mod gotrue;
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/auth/v1", auth)
         .nest("/v1", v1)
+        .merge(dashboard::router())
         .merge(health::router())
         .merge(openapi::router())
         .merge(metrics::router())

@@ -8,6 +8,7 @@ mod auth_v1;
 mod bad_input;
 mod chat;
 mod dashboard;
+mod dashboard_page;
 mod orgs;
 mod process;
 mod ratelimit;

@@ -1,0 +1,1136 @@
+// Gatehouse dashboard: one page, hash routes (#/keys, #/members, #/widgets, #/usage, #/audit).
+//
+// Every call is a same-origin fetch() to /v1 with the HttpOnly session cookie; the server's
+// Origin check on state-changing cookie requests is the CSRF protection. Secrets (new API
+// keys, widget secrets) live only in the DOM of the page that showed them: never in
+// storage, never in the console, and they are dropped when the page changes.
+'use strict'
+;(() => {
+  // ---------------------------------------------------------------- DOM helpers
+  const $ = (sel, root = document) => root.querySelector(sel)
+  const PROPS = new Set(['value', 'checked', 'disabled', 'selected', 'hidden', 'multiple', 'indeterminate'])
+
+  function add(el, kids) {
+    for (const k of kids) {
+      if (k === null || k === undefined || k === false) continue
+      if (Array.isArray(k)) add(el, k)
+      else el.append(k instanceof Node ? k : document.createTextNode(String(k)))
+    }
+  }
+  // h('button', { class: 'x', onclick: f, 'aria-label': 'y' }, 'text', child…); never a style attribute.
+  function h(tag, attrs, ...kids) {
+    const el = document.createElement(tag)
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue
+      if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v)
+      else if (k === 'class') el.className = v
+      else if (k === 'for') el.htmlFor = v
+      else if (k === 'checked') el.checked = el.defaultChecked = v // defaults survive form.reset()
+      else if (k === 'selected') el.selected = el.defaultSelected = v
+      else if (PROPS.has(k)) el[k] = v
+      else el.setAttribute(k, v === true ? '' : String(v))
+    }
+    add(el, kids)
+    return el
+  }
+  const SVGNS = 'http://www.w3.org/2000/svg'
+  function s(tag, attrs, ...kids) {
+    const el = document.createElementNS(SVGNS, tag)
+    for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) el.setAttribute(k, String(v))
+    add(el, kids)
+    return el
+  }
+  const icon = (d) => s('svg', { viewBox: '0 0 24 24', class: 'icon', 'aria-hidden': 'true' }, s('path', { d }))
+  const TRASH = 'M9 3h6l1 2h4v2H4V5h4l1-2zm-3 6h12l-1 12H7L6 9zm4 2v8h1.5v-8H10zm3.5 0v8H15v-8h-1.5z'
+  const ROLL = 'M12 4a8 8 0 0 1 7.7 6h-2.1A6 6 0 0 0 6.3 9.5L9 12H2V5l2.9 2.9A8 8 0 0 1 12 4zm-7.7 10h2.1a6 6 0 0 0 11.3.5L15 12h7v7l-2.9-2.9A8 8 0 0 1 4.3 14z'
+  const CHAT = 'M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2z'
+
+  let uid = 0
+  const nextId = (p) => `${p}-${++uid}`
+  const spinner = () => h('span', { class: 'spinner', 'aria-hidden': 'true' })
+
+  const dateFmt = new Intl.DateTimeFormat(undefined, { year: 'numeric', month: 'short', day: 'numeric' })
+  const timeFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' })
+  const fmtDate = (ms) => (ms ? dateFmt.format(new Date(ms)) : '—')
+  const fmtTime = (ms) => (ms ? timeFmt.format(new Date(ms)) : '—')
+  const fmtNum = (n) => Number(n || 0).toLocaleString()
+
+  function toast(text) {
+    const t = $('#toast')
+    t.textContent = text
+    t.classList.add('show')
+    clearTimeout(toast.timer)
+    toast.timer = setTimeout(() => t.classList.remove('show'), 3000)
+  }
+
+  // ---------------------------------------------------------------- the API
+  class ApiError extends Error {
+    constructor(status, code, message, details) {
+      super(message)
+      this.status = status
+      this.code = code
+      this.details = details
+    }
+  }
+
+  // One /v1 call; returns the envelope's data or throws an ApiError with error.message.
+  // referrerPolicy 'same-origin' keeps the Origin header real (under the page's no-referrer
+  // policy a same-origin POST could otherwise send "Origin: null" and fail the CSRF check).
+  async function api(method, path, body, { quiet401 = false } = {}) {
+    const init = { method, credentials: 'same-origin', referrerPolicy: 'same-origin', cache: 'no-store', headers: { accept: 'application/json' } }
+    if (body !== undefined) {
+      init.headers['content-type'] = 'application/json'
+      init.body = JSON.stringify(body)
+    }
+    let res
+    try {
+      res = await fetch(path, init)
+    } catch {
+      throw new ApiError(0, 'network', 'The server could not be reached. Check your connection and try again.')
+    }
+    if (res.status === 204) return null
+    let json = null
+    try {
+      json = await res.json()
+    } catch {
+      // not JSON: reported below
+    }
+    if (res.ok && json && json.success) return json.data
+    const err = (json && json.error) || {}
+    const e = new ApiError(res.status, err.code || 'error', err.message || `The server answered ${res.status}.`, err.details)
+    if (res.status === 401 && !quiet401) signedOut('Your session has ended. Please sign in again.')
+    throw e
+  }
+  const orgPath = (rest = '') => `/v1/orgs/${encodeURIComponent(state.orgId)}${rest}`
+
+  // Shows an error from the API (its envelope's message) in a form's alert area.
+  function showError(slot, e) {
+    if (e && e.status === 401) return
+    slot.textContent = e && e.message ? e.message : String(e)
+    slot.hidden = false
+  }
+  function clearError(slot) {
+    slot.textContent = ''
+    slot.hidden = true
+  }
+  const errorSlot = () => h('p', { class: 'error', role: 'alert', hidden: true })
+
+  // Runs fn with the button busy (disabled, spinner) and errors shown in slot.
+  async function busy(button, slot, fn) {
+    if (button.disabled) return
+    if (slot) clearError(slot)
+    button.disabled = true
+    button.setAttribute('aria-busy', 'true')
+    const sp = spinner()
+    button.prepend(sp)
+    try {
+      await fn()
+    } catch (e) {
+      if (slot) showError(slot, e)
+      else if (e.status !== 401) toast(e.message)
+    } finally {
+      sp.remove()
+      button.disabled = false
+      button.removeAttribute('aria-busy')
+    }
+  }
+  const btn = (text, attrs = {}) => h('button', { type: 'button', ...attrs }, h('span', { class: 'label' }, text))
+
+  // ---------------------------------------------------------------- dialogs
+  // A real <dialog>: resolves true on the confirming button, false on Cancel or Escape.
+  function confirmDialog({ title, text, ok = 'Delete', danger = true }) {
+    return new Promise((resolve) => {
+      const tid = nextId('dlg-title'), did = nextId('dlg-text')
+      const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': tid, 'aria-describedby': did })
+      const done = (v) => {
+        if (dlg.open) dlg.close()
+        dlg.remove()
+        resolve(v)
+      }
+      dlg.append(
+        h('h2', { id: tid }, title),
+        h('p', { id: did }, text),
+        h('div', { class: 'actions' },
+          btn('Cancel', { class: 'secondary', onclick: () => done(false) }),
+          btn(ok, { class: danger ? 'danger' : 'primary', onclick: () => done(true) })),
+      )
+      dlg.addEventListener('cancel', (ev) => {
+        ev.preventDefault()
+        done(false)
+      })
+      document.body.append(dlg)
+      dlg.showModal()
+      // Cancel first: the safe choice is where the keyboard starts.
+      dlg.querySelector('button').focus()
+    })
+  }
+
+  // ---------------------------------------------------------------- one-time secrets
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(text)
+      return
+    }
+    const ta = h('textarea', { class: 'offscreen', readonly: true, 'aria-hidden': 'true' })
+    ta.value = text
+    document.body.append(ta)
+    ta.select()
+    const ok = document.execCommand('copy')
+    ta.remove()
+    if (!ok) throw new Error('copy failed')
+  }
+
+  // A Copy button for a value; it says "Copied!" for 2 seconds.
+  function copyButton(getValue, label = 'Copy', what = '') {
+    const b = btn(label, { class: 'copy', 'aria-label': what ? `${label} ${what}` : null })
+    b.addEventListener('click', async () => {
+      const l = b.querySelector('.label')
+      try {
+        await copyText(getValue())
+        l.textContent = 'Copied!'
+      } catch {
+        l.textContent = 'Select and copy'
+      }
+      clearTimeout(b.timer)
+      b.timer = setTimeout(() => { l.textContent = label }, 2000)
+    })
+    return b
+  }
+
+  // The dark box: shown once, removed with the page (see render()).
+  function secretBox({ heading, value, warning, extra }) {
+    let secret = value
+    const code = h('code', { class: 'secret-value', tabindex: '0' }, secret)
+    const box = h('section', { class: 'secret', 'aria-label': heading },
+      h('h3', null, heading),
+      h('div', { class: 'secret-box' }, code, copyButton(() => secret || '', 'Copy', heading.toLowerCase())),
+      h('p', { class: 'warning' }, h('strong', null, 'Copy it now. '), warning),
+      extra || null)
+    box.forget = () => {
+      secret = null
+      code.textContent = ''
+      box.remove()
+    }
+    return box
+  }
+  function forgetSecrets() {
+    for (const b of document.querySelectorAll('.secret')) (b.forget ? b.forget() : b.remove())
+  }
+
+  // ---------------------------------------------------------------- state and routing
+  const ORG_STORE = 'gatehouse.dashboard.org' // only the selected organization's id
+  const state = { me: null, orgId: null, roles: null }
+  const PAGES = [
+    { id: 'keys', title: 'API keys', need: 'keys:read', render: keysPage },
+    { id: 'members', title: 'Members', need: 'members:read', render: membersPage },
+    { id: 'widgets', title: 'Widgets', need: 'widgets:read', render: widgetsPage },
+    { id: 'usage', title: 'Usage', need: 'analytics:read', render: usagePage },
+    { id: 'audit', title: 'Audit log', need: 'audit:read', render: auditPage },
+  ]
+  const org = () => (state.me && state.me.organizations.find((o) => o.id === state.orgId)) || null
+  const can = (perm) => !!org() && org().permissions.includes(perm)
+  const isOwner = () => !!org() && org().role === 'owner'
+  const allowedPages = () => PAGES.filter((p) => can(p.need))
+  const routeId = () => (location.hash.match(/^#\/([a-z-]+)/) || [])[1] || ''
+
+  function signedOut(notice) {
+    state.me = null
+    state.orgId = null
+    forgetSecrets()
+    renderSignIn(notice)
+  }
+
+  async function boot() {
+    try {
+      state.me = await api('GET', '/v1/me', undefined, { quiet401: true })
+    } catch (e) {
+      if (e.status === 401) return renderSignIn()
+      return renderFatal(e)
+    }
+    if (state.me.kind !== 'user') return renderFatal(new Error('The dashboard is for people, not API keys.'))
+    pickOrg()
+    render()
+  }
+
+  function pickOrg(preferred) {
+    const orgs = state.me.organizations
+    let stored = null
+    try { stored = localStorage.getItem(ORG_STORE) } catch { /* storage may be off */ }
+    const want = preferred || state.orgId || stored
+    state.orgId = (orgs.find((o) => o.id === want) || orgs[0] || {}).id || null
+    state.roles = null
+    try { if (state.orgId) localStorage.setItem(ORG_STORE, state.orgId) } catch { /* ignore */ }
+  }
+
+  // Re-reads /v1/me (after a change to organizations or one's own role).
+  async function refreshMe() {
+    state.me = await api('GET', '/v1/me')
+    pickOrg()
+  }
+
+  function render({ focus = false } = {}) {
+    if (!state.me) return
+    forgetSecrets()
+    renderTopbar()
+    const main = $('#main')
+    main.replaceChildren()
+    document.body.classList.remove('signed-out')
+    if (!org()) return noOrgPage(main)
+    const pages = allowedPages()
+    const page = pages.find((p) => p.id === routeId())
+    if (!page) {
+      if (pages.length) {
+        // Not a page this role may use (or none chosen): go to the first one it may.
+        history.replaceState(null, '', `#/${pages[0].id}`)
+        return render({ focus })
+      }
+      main.append(h('h1', { tabindex: '-1' }, 'Nothing to show'),
+        h('p', null, `Your role (${org().role}) has no dashboard pages in ${org().name}.`))
+      return
+    }
+    document.title = `${page.title} · ${org().name} · Gatehouse`
+    for (const a of document.querySelectorAll('#nav a')) {
+      if (a.dataset.page === page.id) a.setAttribute('aria-current', 'page')
+      else a.removeAttribute('aria-current')
+    }
+    const heading = h('h1', { tabindex: '-1' }, page.title)
+    main.append(heading)
+    page.render(main)
+    if (focus) heading.focus()
+  }
+
+  function renderTopbar() {
+    const orgBox = $('#org'), nav = $('#nav'), account = $('#account')
+    orgBox.replaceChildren()
+    nav.replaceChildren()
+    account.replaceChildren()
+    const orgs = state.me.organizations
+    if (orgs.length) {
+      const sel = h('select', { id: 'org-select', onchange: (e) => switchOrg(e.target.value) },
+        orgs.map((o) => h('option', { value: o.id, selected: o.id === state.orgId }, `${o.name} (${o.role})`)))
+      orgBox.append(h('label', { for: 'org-select', class: 'sr' }, 'Organization'), sel)
+    }
+    orgBox.append(btn('New organization', { class: 'secondary small', onclick: newOrgDialog }))
+    for (const p of allowedPages()) nav.append(h('a', { href: `#/${p.id}`, 'data-page': p.id }, p.title))
+    account.append(
+      h('span', { class: 'email' }, state.me.email),
+      btn('Sign out', { class: 'secondary small', id: 'sign-out', onclick: signOut }))
+  }
+
+  async function signOut() {
+    try {
+      await api('DELETE', '/v1/session', undefined, { quiet401: true })
+    } catch (e) {
+      if (e.status !== 401) return toast(e.message)
+    }
+    history.replaceState(null, '', '#/')
+    signedOut()
+  }
+
+  function switchOrg(id) {
+    pickOrg(id)
+    render({ focus: true })
+  }
+
+  function renderFatal(e) {
+    $('#main').replaceChildren(h('h1', null, 'Something went wrong'), h('p', { class: 'error' }, e.message))
+  }
+
+  // ---------------------------------------------------------------- sign in
+  function renderSignIn(notice) {
+    document.body.classList.add('signed-out')
+    for (const id of ['#org', '#nav', '#account']) $(id).replaceChildren()
+    document.title = 'Sign in · Gatehouse'
+    const err = errorSlot()
+    const email = h('input', { id: 'signin-email', type: 'email', name: 'email', required: true, autocomplete: 'username' })
+    const password = h('input', { id: 'signin-password', type: 'password', name: 'password', required: true, autocomplete: 'current-password' })
+    const submit = h('button', { type: 'submit', class: 'primary wide' }, h('span', { class: 'label' }, 'Sign in'))
+    const form = h('form', { class: 'card signin', 'aria-labelledby': 'signin-h' },
+      h('h1', { id: 'signin-h' }, 'Sign in to Gatehouse'),
+      notice ? h('p', { class: 'notice' }, notice) : null,
+      h('div', { class: 'field' }, h('label', { for: 'signin-email' }, 'Email'), email),
+      h('div', { class: 'field' }, h('label', { for: 'signin-password' }, 'Password'), password),
+      err, submit)
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      busy(submit, err, async () => {
+        await api('POST', '/v1/session', { email: email.value.trim(), password: password.value }, { quiet401: true })
+        password.value = ''
+        state.me = await api('GET', '/v1/me')
+        pickOrg()
+        render({ focus: true })
+      })
+    })
+    $('#main').replaceChildren(form)
+    email.focus()
+  }
+
+  // ---------------------------------------------------------------- organizations
+  function orgForm(onDone) {
+    const err = errorSlot()
+    const name = h('input', { id: nextId('org-name'), required: true, maxlength: '100', autocomplete: 'off' })
+    const submit = h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, 'Create organization'))
+    const form = h('form', { class: 'stack' },
+      h('div', { class: 'field' }, h('label', { for: name.id }, 'Organization name'), name), err, submit)
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      busy(submit, err, async () => {
+        const o = await api('POST', '/v1/orgs', { name: name.value.trim() })
+        await refreshMe()
+        pickOrg(o.id)
+        onDone && onDone()
+        render({ focus: true })
+      })
+    })
+    return { form, name }
+  }
+
+  function newOrgDialog() {
+    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'new-org-h' })
+    const close = () => { dlg.close(); dlg.remove() }
+    const { form, name } = orgForm(close)
+    dlg.append(h('h2', { id: 'new-org-h' }, 'New organization'), form,
+      h('div', { class: 'actions' }, btn('Cancel', { class: 'secondary', onclick: close })))
+    dlg.addEventListener('cancel', (ev) => { ev.preventDefault(); close() })
+    document.body.append(dlg)
+    dlg.showModal()
+    name.focus()
+  }
+
+  function noOrgPage(main) {
+    document.title = 'Gatehouse'
+    const { form } = orgForm()
+    main.append(h('h1', { tabindex: '-1' }, 'Welcome'),
+      h('section', { class: 'card narrow' },
+        h('p', null, 'You are not a member of any organization yet. Create one, or ask an owner to add you.'), form))
+  }
+
+  // ---------------------------------------------------------------- API keys
+  const KEY_FORBIDDEN_SCOPES = ['keys:write', 'members:write'] // keys can never carry these
+  const EXPIRY = [['30', '30 days'], ['90', '90 days'], ['365', '1 year'], ['never', 'Never']]
+
+  function statusBadge(k) {
+    const text = k.status === 'active' && k.rolled_to ? 'rolled' : k.status
+    return h('span', { class: `badge ${text}` }, text)
+  }
+
+  function keysPage(main) {
+    const o = org()
+    main.append(h('p', { class: 'lede' },
+      `Keys let your servers call Gatehouse as ${o.name}. Send one as X-API-Key or Authorization: Bearer.`))
+    const cols = h('div', { class: 'cols keys' })
+    main.append(cols)
+    const listCard = h('section', { class: 'card', 'aria-labelledby': 'keys-list-h' })
+    const listBody = h('div', { class: 'table-wrap' }, h('p', { class: 'muted' }, 'Loading keys…'))
+    const listErr = errorSlot()
+    listCard.append(h('h2', { id: 'keys-list-h' }, 'Existing keys'), listErr, listBody)
+    const writable = can('keys:write')
+    let slot = null
+    if (writable) {
+      const createCard = h('section', { class: 'card', 'aria-labelledby': 'key-create-h' })
+      slot = h('div', { class: 'slot' })
+      createCard.append(h('h2', { id: 'key-create-h' }, 'Create API key'), slot, keyForm(showKey, reload))
+      cols.append(createCard)
+    }
+    cols.append(listCard)
+
+    function showKey(created, heading) {
+      slot.replaceChildren(newKeyBox(created, heading))
+      slot.querySelector('.secret-value').focus()
+    }
+
+    async function reload() {
+      try {
+        const keys = await api('GET', orgPath('/api-keys'))
+        clearError(listErr)
+        listBody.replaceChildren(keysTable(keys))
+      } catch (e) {
+        showError(listErr, e)
+      }
+    }
+
+    function keysTable(keys) {
+      if (!keys.length) return h('p', { class: 'muted empty' }, 'No API keys yet.')
+      const rows = keys.map((k) => {
+        const actions = []
+        if (writable && k.status === 'active') {
+          if (!k.rolled_to) actions.push(h('button', { type: 'button', class: 'secondary small', 'aria-label': `Roll API key ${k.name}`, onclick: (ev) => roll(ev.currentTarget, k) }, icon(ROLL), h('span', { class: 'label' }, 'Roll')))
+          actions.push(h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete API key ${k.name}`, onclick: (ev) => del(ev.currentTarget, k) }, icon(TRASH), h('span', { class: 'label' }, 'Delete')))
+        }
+        return h('tr', { 'data-key-id': k.id },
+          h('th', { scope: 'row' }, k.name, h('span', { class: 'sub' }, `${k.environment}${k.scopes.length ? ' · ' + k.scopes.join(', ') : ''}`)),
+          h('td', null, h('code', null, k.masked)),
+          h('td', null, fmtDate(k.created_at)),
+          h('td', null, k.expires_at ? fmtDate(k.expires_at) : 'Never'),
+          h('td', null, k.last_used_at ? fmtTime(k.last_used_at) : 'Never'),
+          h('td', null, statusBadge(k)),
+          writable ? h('td', { class: 'actions-cell' }, actions) : null)
+      })
+      return h('table', { class: 'table' },
+        h('caption', { class: 'sr' }, 'API keys, newest first'),
+        h('thead', null, h('tr', null, ['Name', 'Key', 'Created', 'Expires', 'Last used', 'Status', writable ? 'Actions' : null]
+          .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', null, rows))
+    }
+
+    async function del(button, k) {
+      const yes = await confirmDialog({
+        title: 'Delete API key',
+        text: 'Are you sure you want to delete this API key?',
+        ok: 'Delete',
+      })
+      if (!yes) return button.focus()
+      await busy(button, listErr, async () => {
+        await api('DELETE', orgPath(`/api-keys/${encodeURIComponent(k.id)}`))
+        toast(`Deleted ${k.name}. Requests with it now fail with 401.`)
+        await reload()
+      })
+    }
+
+    async function roll(button, k) {
+      const yes = await confirmDialog({
+        title: 'Roll API key',
+        text: `Roll “${k.name}”? A new key with the same settings is made; the old one keeps working for 24 hours.`,
+        ok: 'Roll key',
+        danger: false,
+      })
+      if (!yes) return button.focus()
+      await busy(button, listErr, async () => {
+        const created = await api('POST', orgPath(`/api-keys/${encodeURIComponent(k.id)}/roll`))
+        showKey(created, 'Your rolled API key')
+        await reload()
+      })
+    }
+
+    reload()
+  }
+
+  function keyForm(onCreated, reload) {
+    const err = errorSlot()
+    const name = h('input', { id: 'key-name', name: 'name', required: true, maxlength: '50', autocomplete: 'off', placeholder: 'e.g. Production server', 'aria-describedby': 'key-name-count' })
+    const count = h('span', { id: 'key-name-count', class: 'count' }, '0/50')
+    name.addEventListener('input', () => {
+      count.textContent = `${name.value.length}/50`
+    })
+    const scopes = org().permissions.filter((p) => !KEY_FORBIDDEN_SCOPES.includes(p))
+    const scopeBoxes = scopes.map((p) => {
+      const id = `scope-${p.replace(':', '-')}`
+      return h('label', { class: 'check', for: id }, h('input', { type: 'checkbox', id, value: p }), h('code', null, p))
+    })
+    const env = ['live', 'test'].map((v) => h('label', { class: 'check', for: `env-${v}` },
+      h('input', { type: 'radio', name: 'environment', id: `env-${v}`, value: v, checked: v === 'live' }), v))
+    const expiry = h('select', { id: 'key-expiry' }, EXPIRY.map(([v, t]) => h('option', { value: v, selected: v === '365' }, t)))
+    const submit = h('button', { type: 'submit', class: 'primary wide', id: 'generate-key' }, h('span', { class: 'label' }, 'Generate API key'))
+    const form = h('form', { class: 'stack', 'aria-labelledby': 'key-create-h', novalidate: true },
+      h('div', { class: 'field' },
+        h('div', { class: 'label-row' }, h('label', { for: 'key-name' }, 'Name ', h('span', { class: 'req', 'aria-hidden': 'true' }, '*')), count),
+        name),
+      h('fieldset', null, h('legend', null, 'Scopes'),
+        scopeBoxes.length ? h('div', { class: 'checks' }, scopeBoxes) : h('p', { class: 'muted' }, 'Your role has no permissions a key can carry.'),
+        h('p', { class: 'hint' }, 'A key can do only what its scopes allow. Keys never manage keys or members.')),
+      h('fieldset', null, h('legend', null, 'Environment'), h('div', { class: 'checks inline' }, env)),
+      h('div', { class: 'field' }, h('label', { for: 'key-expiry' }, 'Expires after'), expiry),
+      err, submit)
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      const n = name.value.trim()
+      if (!n) {
+        showError(err, { message: 'Give the key a name.' })
+        name.setAttribute('aria-invalid', 'true')
+        return name.focus()
+      }
+      name.removeAttribute('aria-invalid')
+      busy(submit, err, async () => {
+        const body = {
+          name: n,
+          scopes: scopeBoxes.map((l) => l.querySelector('input')).filter((i) => i.checked).map((i) => i.value),
+          environment: form.querySelector('input[name=environment]:checked').value,
+          expires_in_days: expiry.value === 'never' ? null : Number(expiry.value),
+        }
+        const created = await api('POST', orgPath('/api-keys'), body)
+        form.reset()
+        count.textContent = '0/50'
+        onCreated(created, 'Your new API key')
+        await reload()
+      })
+    })
+    return form
+  }
+
+  function newKeyBox(created, heading) {
+    const base = location.origin
+    const code = (t) => h('code', null, t)
+    return secretBox({
+      heading,
+      value: created.key,
+      warning: 'This key cannot be shown again after you leave this page.',
+      extra: h('dl', { class: 'details' },
+        h('dt', null, 'Name'), h('dd', null, created.name),
+        h('dt', null, 'Created'), h('dd', null, fmtDate(created.created_at)),
+        h('dt', null, 'Expires'), h('dd', null, created.expires_at ? fmtDate(created.expires_at) : 'Never'),
+        h('dt', null, 'Use it with'), h('dd', null, h('ul', { class: 'plain' },
+          h('li', null, 'Who am I: ', code(`GET ${base}/v1/me`)),
+          h('li', null, 'Chat: ', code(`POST ${base}/v1/chat`)),
+          h('li', null, 'Export: ', code(`GET ${base}${orgPath('/export')}`)),
+          h('li', null, 'Header: ', code('X-API-Key: <key>'))))),
+    })
+  }
+
+  // ---------------------------------------------------------------- members and roles
+  async function loadRoles() {
+    if (!state.roles) state.roles = await api('GET', orgPath('/roles'))
+    return state.roles
+  }
+  // Roles this person may hand out: none with a permission they lack; owner only by owners.
+  function assignable(roles) {
+    const mine = org().permissions
+    return roles.filter((r) => (r.name === 'owner' ? isOwner() : r.permissions.every((p) => mine.includes(p))))
+  }
+
+  function membersPage(main) {
+    const writable = can('members:write')
+    const listErr = errorSlot()
+    const list = h('div', { class: 'table-wrap' }, h('p', { class: 'muted' }, 'Loading members…'))
+    const rolesErr = errorSlot()
+    const rolesList = h('div', { class: 'table-wrap' })
+    const cols = h('div', { class: 'cols' })
+    const membersCard = h('section', { class: 'card', 'aria-labelledby': 'members-h' }, h('h2', { id: 'members-h' }, 'People'), listErr, list)
+    const rolesCard = h('section', { class: 'card', 'aria-labelledby': 'roles-h' }, h('h2', { id: 'roles-h' }, 'Roles'), rolesErr, rolesList)
+    cols.append(membersCard, rolesCard)
+    main.append(h('p', { class: 'lede' }, `People in ${org().name} and what each role may do.`), cols)
+
+    async function reload() {
+      state.roles = null
+      try {
+        const [members, roles] = await Promise.all([api('GET', orgPath('/members')), loadRoles()])
+        clearError(listErr)
+        list.replaceChildren(membersTable(members, roles))
+        rolesList.replaceChildren(rolesTable(roles))
+        addForm.replaceChildren(...(writable ? [memberForm(roles)] : []))
+        roleForm.replaceChildren(...(writable ? [newRoleForm()] : []))
+      } catch (e) {
+        showError(listErr, e)
+      }
+    }
+    const addForm = h('div')
+    const roleForm = h('div')
+    membersCard.append(addForm)
+    rolesCard.append(roleForm)
+
+    function mayManage(m) {
+      return writable && (m.role !== 'owner' || isOwner())
+    }
+
+    function membersTable(members, roles) {
+      const give = assignable(roles)
+      const rows = members.map((m) => {
+        let roleCell = h('span', { class: 'badge role' }, m.role)
+        if (mayManage(m) && give.some((r) => r.name === m.role)) {
+          const id = nextId('role')
+          const sel = h('select', { id, 'aria-label': `Role of ${m.email}` },
+            give.map((r) => h('option', { value: r.name, selected: r.name === m.role }, r.name)))
+          sel.addEventListener('change', async () => {
+            sel.disabled = true
+            try {
+              await api('PATCH', orgPath(`/members/${encodeURIComponent(m.user_id)}`), { role: sel.value })
+              toast(`${m.email} is now ${sel.value}.`)
+              if (m.user_id === state.me.user_id) {
+                await refreshMe()
+                return render()
+              }
+              await reload()
+            } catch (e) {
+              showError(listErr, e)
+              sel.value = m.role
+            } finally {
+              sel.disabled = false
+            }
+          })
+          roleCell = sel
+        }
+        const remove = mayManage(m)
+          ? h('button', { type: 'button', class: 'danger small', 'aria-label': `Remove ${m.email}`, onclick: (ev) => removeMember(ev.currentTarget, m) }, icon(TRASH), h('span', { class: 'label' }, 'Remove'))
+          : null
+        return h('tr', null,
+          h('th', { scope: 'row' }, m.email, m.user_id === state.me.user_id ? h('span', { class: 'sub' }, 'you') : null),
+          h('td', null, roleCell), h('td', null, fmtDate(m.created_at)),
+          writable ? h('td', { class: 'actions-cell' }, remove) : null)
+      })
+      return h('table', { class: 'table' }, h('caption', { class: 'sr' }, 'Members'),
+        h('thead', null, h('tr', null, ['Email', 'Role', 'Added', writable ? 'Actions' : null].filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', null, rows))
+    }
+
+    async function removeMember(button, m) {
+      const self = m.user_id === state.me.user_id
+      const yes = await confirmDialog({
+        title: self ? 'Leave organization' : 'Remove member',
+        text: self ? `Leave ${org().name}? You will lose access at once.` : `Remove ${m.email} from ${org().name}?`,
+        ok: self ? 'Leave' : 'Remove',
+      })
+      if (!yes) return button.focus()
+      await busy(button, listErr, async () => {
+        await api('DELETE', orgPath(`/members/${encodeURIComponent(m.user_id)}`))
+        toast(self ? `You left ${org().name}.` : `Removed ${m.email}.`)
+        if (self) {
+          await refreshMe()
+          return render({ focus: true })
+        }
+        await reload()
+      })
+    }
+
+    function memberForm(roles) {
+      const err = errorSlot()
+      const email = h('input', { id: 'member-email', type: 'email', required: true, autocomplete: 'off' })
+      const give = assignable(roles)
+      const role = h('select', { id: 'member-role' }, give.map((r) => h('option', { value: r.name, selected: r.name === 'member' }, r.name)))
+      const submit = h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, 'Add member'))
+      const form = h('form', { class: 'stack bordered', 'aria-labelledby': 'add-member-h' },
+        h('h3', { id: 'add-member-h' }, 'Add a member'),
+        h('p', { class: 'hint' }, 'The person must already have a Gatehouse account.'),
+        h('div', { class: 'row' },
+          h('div', { class: 'field grow' }, h('label', { for: 'member-email' }, 'Email'), email),
+          h('div', { class: 'field' }, h('label', { for: 'member-role' }, 'Role'), role)),
+        err, submit)
+      form.addEventListener('submit', (ev) => {
+        ev.preventDefault()
+        busy(submit, err, async () => {
+          await api('POST', orgPath('/members'), { email: email.value.trim(), role: role.value })
+          toast(`Added ${email.value.trim()}.`)
+          await reload()
+        })
+      })
+      return form
+    }
+
+    function rolesTable(roles) {
+      const rows = roles.map((r) => h('tr', null,
+        h('th', { scope: 'row' }, r.name, h('span', { class: 'sub' }, r.builtin ? 'built-in' : 'custom')),
+        h('td', null, h('ul', { class: 'perms' }, r.permissions.map((p) => h('li', null, h('code', null, p))))),
+        writable ? h('td', { class: 'actions-cell' }, r.builtin ? null
+          : h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete role ${r.name}`, onclick: (ev) => deleteRole(ev.currentTarget, r) }, icon(TRASH), h('span', { class: 'label' }, 'Delete'))) : null))
+      return h('table', { class: 'table' }, h('caption', { class: 'sr' }, 'Roles'),
+        h('thead', null, h('tr', null, ['Role', 'Permissions', writable ? 'Actions' : null].filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', null, rows))
+    }
+
+    async function deleteRole(button, r) {
+      const yes = await confirmDialog({ title: 'Delete role', text: `Delete the role “${r.name}”? Roles still held by a member cannot be deleted.` })
+      if (!yes) return button.focus()
+      await busy(button, rolesErr, async () => {
+        await api('DELETE', orgPath(`/roles/${encodeURIComponent(r.name)}`))
+        toast(`Deleted the role ${r.name}.`)
+        await reload()
+      })
+    }
+
+    function newRoleForm() {
+      const err = errorSlot()
+      const name = h('input', { id: 'role-name', required: true, maxlength: '32', pattern: '[a-z][a-z0-9_-]*', autocomplete: 'off', 'aria-describedby': 'role-name-hint' })
+      const boxes = org().permissions.map((p) => {
+        const id = `role-perm-${p.replace(':', '-')}`
+        return h('label', { class: 'check', for: id }, h('input', { type: 'checkbox', id, value: p }), h('code', null, p))
+      })
+      const submit = h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, 'Create role'))
+      const form = h('form', { class: 'stack bordered', 'aria-labelledby': 'new-role-h' },
+        h('h3', { id: 'new-role-h' }, 'Custom role'),
+        h('div', { class: 'field' }, h('label', { for: 'role-name' }, 'Name'), name,
+          h('p', { class: 'hint', id: 'role-name-hint' }, 'Lower-case letters, digits, - and _, starting with a letter.')),
+        h('fieldset', null, h('legend', null, 'Permissions'), h('div', { class: 'checks' }, boxes)),
+        err, submit)
+      form.addEventListener('submit', (ev) => {
+        ev.preventDefault()
+        busy(submit, err, async () => {
+          const permissions = boxes.map((b) => b.querySelector('input')).filter((i) => i.checked).map((i) => i.value)
+          await api('POST', orgPath('/roles'), { name: name.value.trim(), permissions })
+          toast(`Created the role ${name.value.trim()}.`)
+          await reload()
+        })
+      })
+      return form
+    }
+
+    if (org().role === 'owner' || org().role === 'admin') main.append(orgSettings())
+    reload()
+  }
+
+  // Rename (owners and admins) and delete (owners only) the organization.
+  function orgSettings() {
+    const o = org()
+    const err = errorSlot()
+    const name = h('input', { id: 'org-rename', required: true, maxlength: '100', value: o.name, autocomplete: 'off' })
+    const save = h('button', { type: 'submit', class: 'secondary' }, h('span', { class: 'label' }, 'Rename'))
+    const form = h('form', { class: 'row' }, h('div', { class: 'field grow' }, h('label', { for: 'org-rename' }, 'Organization name'), name), save)
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      busy(save, err, async () => {
+        await api('PATCH', orgPath(), { name: name.value.trim() })
+        await refreshMe()
+        toast('Renamed.')
+        render()
+      })
+    })
+    const card = h('section', { class: 'card', 'aria-labelledby': 'org-settings-h' }, h('h2', { id: 'org-settings-h' }, 'Organization'), form, err)
+    if (isOwner()) {
+      const del = h('button', { type: 'button', class: 'danger' }, icon(TRASH), h('span', { class: 'label' }, 'Delete organization'))
+      del.addEventListener('click', async () => {
+        const yes = await confirmDialog({ title: 'Delete organization', text: `Delete ${o.name} with all its members, roles, keys, widgets and audit log? This cannot be undone.` })
+        if (!yes) return del.focus()
+        await busy(del, err, async () => {
+          await api('DELETE', orgPath())
+          state.orgId = null
+          await refreshMe()
+          render({ focus: true })
+        })
+      })
+      card.append(h('div', { class: 'danger-zone' }, h('p', null, 'Only owners can delete the organization.'), del))
+    }
+    return card
+  }
+
+  // ---------------------------------------------------------------- widgets
+  const DEFAULT_SETTINGS = { title: 'Chat with us', greeting: 'Hi! How can we help?', position: 'bottom-right', accent_color: '#2563eb' }
+
+  // Black or white text on the accent colour, whichever reads better (as widget.js does).
+  function onAccent(hex) {
+    const n = parseInt(hex.slice(1), 16)
+    const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4 }
+    const l = 0.2126 * lin((n >> 16) & 255) + 0.7152 * lin((n >> 8) & 255) + 0.0722 * lin(n & 255)
+    return l > 0.4 ? '#1f2328' : '#ffffff'
+  }
+
+  // A static look-alike of the launcher and panel, redrawn from the form as it is typed.
+  function preview() {
+    const title = h('span', { class: 'pv-title' })
+    const greeting = h('div', { class: 'pv-msg' })
+    const panel = h('div', { class: 'pv-panel' },
+      h('div', { class: 'pv-head' }, title, h('span', { class: 'pv-x', 'aria-hidden': 'true' }, '×')),
+      h('div', { class: 'pv-log' }, greeting),
+      h('div', { class: 'pv-form' }, h('span', { class: 'pv-input' }, 'Type a message…'), h('span', { class: 'pv-send' }, 'Send')))
+    const launcher = h('div', { class: 'pv-launcher' }, s('svg', { viewBox: '0 0 24 24', 'aria-hidden': 'true' }, s('path', { d: CHAT })))
+    const el = h('figure', { class: 'preview right' },
+      h('div', { class: 'pv-page', 'aria-hidden': 'true' }, h('div', { class: 'pv-lines' }, h('i'), h('i'), h('i')), panel, launcher),
+      h('figcaption', null, 'Preview'))
+    el.update = (st) => {
+      title.textContent = st.title || DEFAULT_SETTINGS.title
+      greeting.textContent = st.greeting || DEFAULT_SETTINGS.greeting
+      const color = /^#[0-9a-fA-F]{6}$/.test(st.accent_color || '') ? st.accent_color : DEFAULT_SETTINGS.accent_color
+      // CSSOM custom properties (allowed by the CSP, unlike style attributes).
+      el.style.setProperty('--accent', color)
+      el.style.setProperty('--on-accent', onAccent(color))
+      el.classList.toggle('left', st.position === 'bottom-left')
+      el.classList.toggle('right', st.position !== 'bottom-left')
+    }
+    return el
+  }
+
+  function widgetsPage(main) {
+    const writable = can('widgets:write')
+    const listErr = errorSlot()
+    const list = h('div', { class: 'widget-list' }, h('p', { class: 'muted' }, 'Loading widgets…'))
+    const editor = h('div', { class: 'editor' })
+    const listCard = h('section', { class: 'card', 'aria-labelledby': 'widgets-h' },
+      h('div', { class: 'card-head' }, h('h2', { id: 'widgets-h' }, 'Your widgets'),
+        writable ? btn('New widget', { class: 'primary small', onclick: () => openEditor(null) }) : null),
+      listErr, list)
+    main.append(h('p', { class: 'lede' }, 'A chat panel for your website: one script tag, allowed origins only.'),
+      h('div', { class: 'cols wide-right' }, listCard, editor))
+    let widgets = []
+
+    async function reload(selectId) {
+      try {
+        widgets = await api('GET', orgPath('/widgets'))
+        clearError(listErr)
+        list.replaceChildren(widgets.length ? h('ul', { class: 'plain items' }, widgets.map((w) => h('li', null,
+          h('button', { type: 'button', class: 'item', 'aria-label': `Edit widget ${w.name}`, onclick: () => openEditor(w) },
+            h('strong', null, w.name),
+            h('span', { class: 'sub' }, `${w.allowed_origins.length} origin${w.allowed_origins.length === 1 ? '' : 's'} · ${w.require_token ? 'token required' : 'no token'}`))))) :
+          h('p', { class: 'muted empty' }, 'No widgets yet.'))
+        if (selectId) {
+          const w = widgets.find((x) => x.id === selectId)
+          if (w) openEditor(w, { keepSecret: true })
+        }
+      } catch (e) {
+        showError(listErr, e)
+      }
+    }
+
+    function openEditor(w, { keepSecret = false } = {}) {
+      const kept = keepSecret ? editor.querySelector('.secret') : null
+      if (!kept) forgetSecrets()
+      editor.replaceChildren(widgetEditor(w, kept))
+      if (!keepSecret) editor.querySelector('h2').focus()
+    }
+
+    function widgetEditor(w, keptSecret) {
+      const st = { ...DEFAULT_SETTINGS, ...((w && w.settings) || {}) }
+      const err = errorSlot()
+      const ro = !writable
+      const field = (id, label, input, hint) => h('div', { class: 'field' }, h('label', { for: id }, label), input, hint ? h('p', { class: 'hint' }, hint) : null)
+      const name = h('input', { id: 'w-name', required: true, maxlength: '100', value: w ? w.name : '', disabled: ro, autocomplete: 'off' })
+      const origins = h('textarea', { id: 'w-origins', rows: '3', disabled: ro, placeholder: 'https://shop.example.com', spellcheck: 'false' })
+      origins.value = w ? w.allowed_origins.join('\n') : ''
+      const requireToken = h('input', { type: 'checkbox', id: 'w-token', checked: w ? w.require_token : true, disabled: ro })
+      const title = h('input', { id: 'w-title', maxlength: '80', value: st.title, disabled: ro })
+      const greeting = h('textarea', { id: 'w-greeting', rows: '2', maxlength: '500', disabled: ro })
+      greeting.value = st.greeting
+      const position = h('select', { id: 'w-position', disabled: ro },
+        [['bottom-right', 'Bottom right'], ['bottom-left', 'Bottom left']].map(([v, t]) => h('option', { value: v, selected: st.position === v }, t)))
+      const color = h('input', { type: 'color', id: 'w-color', value: st.accent_color, disabled: ro })
+      const pv = preview()
+      const settings = () => ({ title: title.value.trim(), greeting: greeting.value.trim(), position: position.value, accent_color: color.value.toLowerCase() })
+      const redraw = () => pv.update(settings())
+      for (const i of [title, greeting, position, color]) i.addEventListener('input', redraw)
+      redraw()
+      const submit = ro ? null : h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, w ? 'Save changes' : 'Create widget'))
+      const form = h('form', { class: 'stack', 'aria-labelledby': 'w-edit-h' },
+        field('w-name', 'Name', name),
+        field('w-origins', 'Allowed origins', origins, 'One per line: https://shop.example.com, http://localhost:3000 or https://*.example.com.'),
+        h('label', { class: 'check', for: 'w-token' }, requireToken, 'Require a widget token (data-key)'),
+        h('fieldset', null, h('legend', null, 'Look'),
+          h('div', { class: 'grid2' },
+            field('w-title', 'Title', title), field('w-position', 'Position', position),
+            field('w-greeting', 'Greeting', greeting), field('w-color', 'Accent colour', color))),
+        err, submit)
+      form.addEventListener('submit', (ev) => {
+        ev.preventDefault()
+        busy(submit, err, async () => {
+          const body = {
+            name: name.value.trim(),
+            allowed_origins: origins.value.split(/[\s,]+/).map((x) => x.trim()).filter(Boolean),
+            settings: settings(),
+            require_token: requireToken.checked,
+          }
+          if (w) {
+            await api('PATCH', orgPath(`/widgets/${encodeURIComponent(w.id)}`), body)
+            toast('Saved.')
+            await reload(w.id)
+          } else {
+            const { secret, ...created } = await api('POST', orgPath('/widgets'), body)
+            const box = widgetSecretBox(secret, 'Widget secret')
+            await reload()
+            openEditor(created)
+            editor.querySelector('.slot').replaceChildren(box)
+          }
+        })
+      })
+      const slot = h('div', { class: 'slot' }, keptSecret || null)
+      const card = h('section', { class: 'card', 'aria-labelledby': 'w-edit-h' },
+        h('h2', { id: 'w-edit-h', tabindex: '-1' }, w ? `Widget: ${w.name}` : 'New widget'),
+        w ? h('p', { class: 'sub' }, h('code', null, w.id)) : null,
+        slot,
+        h('div', { class: 'split' }, form, pv))
+      if (w) card.append(widgetTools(w, slot))
+      return card
+    }
+
+    function widgetSecretBox(secret, heading) {
+      return secretBox({
+        heading,
+        value: secret,
+        warning: 'Keep it on your server (it signs widget tokens and identified visitors\u2019 user_hash). It cannot be shown again after you leave this page.',
+      })
+    }
+
+    function widgetTools(w, slot) {
+      const err = errorSlot()
+      const tools = h('div', { class: 'tools' })
+      const snippet = h('pre', { class: 'code' }, h('code', null, w.embed))
+      tools.append(h('h3', null, 'Embed'),
+        h('p', { class: 'hint' }, w.require_token ? 'Replace WIDGET_TOKEN with a minted token, or mint one below.' : 'Paste this tag into your pages.'),
+        snippet, copyButton(() => w.embed, 'Copy', 'embed snippet'))
+      if (writable) {
+        const tokenOut = h('div')
+        const mint = btn('Mint widget token', { class: 'secondary' })
+        mint.addEventListener('click', () => busy(mint, err, async () => {
+          const t = await api('POST', orgPath(`/widgets/${encodeURIComponent(w.id)}/tokens`), {})
+          tokenOut.replaceChildren(h('p', { class: 'hint' }, 'A ready tag with a fresh token. Tokens are not stored; rotating the secret revokes them all.'),
+            h('pre', { class: 'code' }, h('code', { class: 'token-embed' }, t.embed)), copyButton(() => t.embed, 'Copy', 'tag with token'))
+        }))
+        const rotate = btn('Rotate secret', { class: 'secondary' })
+        rotate.addEventListener('click', async () => {
+          const yes = await confirmDialog({ title: 'Rotate widget secret', text: 'Every token and open visitor session of this widget stops working at once. Continue?', ok: 'Rotate secret' })
+          if (!yes) return rotate.focus()
+          await busy(rotate, err, async () => {
+            const r = await api('POST', orgPath(`/widgets/${encodeURIComponent(w.id)}/rotate-secret`))
+            forgetSecrets()
+            slot.replaceChildren(widgetSecretBox(r.secret, 'New widget secret'))
+            tokenOut.replaceChildren()
+          })
+        })
+        const del = h('button', { type: 'button', class: 'danger' }, icon(TRASH), h('span', { class: 'label' }, 'Delete widget'))
+        del.addEventListener('click', async () => {
+          const yes = await confirmDialog({ title: 'Delete widget', text: `Delete “${w.name}”? Its visitors’ sessions end at once; their conversations stay with the organization.` })
+          if (!yes) return del.focus()
+          await busy(del, err, async () => {
+            await api('DELETE', orgPath(`/widgets/${encodeURIComponent(w.id)}`))
+            forgetSecrets()
+            editor.replaceChildren()
+            toast(`Deleted ${w.name}.`)
+            await reload()
+          })
+        })
+        tools.append(h('div', { class: 'row gap' }, mint, rotate, del), tokenOut, err)
+      }
+      return tools
+    }
+
+    reload()
+  }
+
+  // ---------------------------------------------------------------- usage
+  const DAY = 86_400_000
+  const PALETTE = ['#2563eb', '#0f766e', '#b45309', '#7c3aed', '#be185d', '#15803d', '#0369a1', '#a16207', '#4d7c0f', '#9f1239']
+
+  function niceMax(v) {
+    if (v <= 5) return 5
+    const p = 10 ** Math.floor(Math.log10(v))
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p
+    return 10 * p
+  }
+
+  // A stacked bar chart in inline SVG: one bar per day, one segment per series.
+  function barChart({ days, series, label }) {
+    const W = 720, H = 220, L = 44, R = 8, T = 10, B = 28
+    const totals = days.map((_, i) => series.reduce((a, sr) => a + sr.values[i], 0))
+    const max = niceMax(Math.max(0, ...totals))
+    const bw = (W - L - R) / days.length
+    const y = (v) => T + (H - T - B) * (1 - v / max)
+    const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': label })
+    for (let i = 0; i <= 4; i++) {
+      const v = (max / 4) * i
+      svg.append(s('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid' }),
+        s('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' }, fmtNum(Math.round(v))))
+    }
+    days.forEach((d, i) => {
+      let base = 0
+      for (const sr of series) {
+        const v = sr.values[i]
+        if (!v) continue
+        const top = y(base + v)
+        svg.append(s('rect', { x: L + i * bw + bw * 0.15, y: top, width: bw * 0.7, height: Math.max(0.5, y(base) - top), fill: sr.color },
+          s('title', null, `${sr.name}, ${dateFmt.format(new Date(d))}: ${fmtNum(v)}`)))
+        base += v
+      }
+      const step = Math.ceil(days.length / 8)
+      if (i % step === 0 || i === days.length - 1) {
+        const dt = new Date(d)
+        svg.append(s('text', { x: L + i * bw + bw / 2, y: H - 8, 'text-anchor': 'middle', class: 'axis' }, `${dt.getUTCDate()}/${dt.getUTCMonth() + 1}`))
+      }
+    })
+    return svg
+  }
+
+  function legend(series) {
+    return h('ul', { class: 'legend' }, series.map((sr) => h('li', null,
+      s('svg', { viewBox: '0 0 10 10', class: 'swatch', 'aria-hidden': 'true' }, s('rect', { width: 10, height: 10, rx: 2, fill: sr.color })), sr.name)))
+  }
+
+  function usagePage(main) {
+    const err = errorSlot()
+    const range = h('select', { id: 'usage-range' }, [[7, 'Last 7 days'], [30, 'Last 30 days'], [90, 'Last 90 days']]
+      .map(([v, t]) => h('option', { value: v, selected: v === 30 }, t)))
+    const out = h('div', null, h('p', { class: 'muted' }, 'Loading usage…'))
+    main.append(h('p', { class: 'lede' }, 'Requests per day and per key, from the usage counters (written every few seconds; days are UTC).'),
+      h('div', { class: 'row' }, h('div', { class: 'field' }, h('label', { for: 'usage-range' }, 'Period'), range)), err, out)
+    range.addEventListener('change', load)
+
+    async function load() {
+      const n = Number(range.value)
+      const today = Math.floor(Date.now() / DAY) * DAY
+      const from = today - (n - 1) * DAY
+      try {
+        const [rows, keys] = await Promise.all([
+          api('GET', orgPath(`/usage?granularity=day&from=${from}`)),
+          can('keys:read') ? api('GET', orgPath('/api-keys')) : Promise.resolve([]),
+        ])
+        clearError(err)
+        out.replaceChildren(usageView(rows, keys, from, n))
+      } catch (e) {
+        showError(err, e)
+      }
+    }
+
+    function usageView(rows, keys, from, n) {
+      const days = Array.from({ length: n }, (_, i) => from + i * DAY)
+      const names = new Map(keys.map((k) => [k.id, `${k.name} (${k.masked})`]))
+      const ids = [...new Set(rows.map((r) => r.key_id || ''))]
+      const totals = new Map(ids.map((id) => [id, { requests: 0, api: 0, limited: 0, prompt: 0, completion: 0 }]))
+      const per = (field) => ids.map((id, i) => ({
+        name: id ? names.get(id) || id : 'Widgets (no key)',
+        color: PALETTE[i % PALETTE.length],
+        values: days.map((d) => rows.filter((r) => (r.key_id || '') === id && r.start >= d && r.start < d + DAY).reduce((a, r) => a + (r[field] || 0), 0)),
+      }))
+      for (const r of rows) {
+        const t = totals.get(r.key_id || '')
+        t.requests += r.requests || 0
+        t.api += r.api_requests || 0
+        t.limited += r.rate_limited || 0
+        t.prompt += r.prompt_tokens || 0
+        t.completion += r.completion_tokens || 0
+      }
+      if (!rows.length) return h('p', { class: 'muted empty' }, 'No requests in this period.')
+      const apiSeries = per('api_requests')
+      const limitedSeries = per('rate_limited')
+      const sum = (field) => rows.reduce((a, r) => a + (r[field] || 0), 0)
+      return h('div', { class: 'stack' },
+        h('section', { class: 'card', 'aria-labelledby': 'chart-req-h' },
+          h('h2', { id: 'chart-req-h' }, 'Requests per day, by key'),
+          h('p', { class: 'hint' }, `${fmtNum(sum('api_requests'))} admitted key requests, ${fmtNum(sum('requests'))} of them chat.`),
+          barChart({ days, series: apiSeries, label: `Admitted requests per day for the last ${n} days` }), legend(apiSeries)),
+        h('section', { class: 'card', 'aria-labelledby': 'chart-429-h' },
+          h('h2', { id: 'chart-429-h' }, 'Rate-limited requests (429) per day'),
+          h('p', { class: 'hint' }, `${fmtNum(sum('rate_limited'))} refused with 429.`),
+          barChart({ days, series: limitedSeries.map((x) => ({ ...x })), label: `429 responses per day for the last ${n} days` }), legend(limitedSeries)),
+        h('section', { class: 'card', 'aria-labelledby': 'usage-table-h' },
+          h('h2', { id: 'usage-table-h' }, 'Totals per key'),
+          h('div', { class: 'table-wrap' }, h('table', { class: 'table num' },
+            h('thead', null, h('tr', null, ['Key', 'Requests', 'Chat', '429s', 'Prompt tokens', 'Completion tokens'].map((t) => h('th', { scope: 'col' }, t)))),
+            h('tbody', null, ids.map((id) => {
+              const t = totals.get(id)
+              return h('tr', null, h('th', { scope: 'row' }, id ? names.get(id) || id : 'Widgets (no key)'),
+                h('td', null, fmtNum(t.api)), h('td', null, fmtNum(t.requests)), h('td', null, fmtNum(t.limited)),
+                h('td', null, fmtNum(t.prompt)), h('td', null, fmtNum(t.completion)))
+            }))))))
+    }
+
+    load()
+  }
+
+  // ---------------------------------------------------------------- audit log
+  function auditPage(main) {
+    const err = errorSlot()
+    const body = h('tbody')
+    const more = btn('Load older entries', { class: 'secondary' })
+    const LIMIT = 50
+    let before = null
+    main.append(h('p', { class: 'lede' }, 'Every change to members, roles, keys and widgets, newest first. Entries never hold secrets.'),
+      h('section', { class: 'card' }, err,
+        h('div', { class: 'table-wrap' }, h('table', { class: 'table audit' }, h('caption', { class: 'sr' }, 'Audit log'),
+          h('thead', null, h('tr', null, ['When', 'Action', 'Actor', 'Target', 'IP', 'Details'].map((t) => h('th', { scope: 'col' }, t)))), body)),
+        more))
+    more.addEventListener('click', () => busy(more, err, page))
+
+    async function page() {
+      const q = `?limit=${LIMIT}${before !== null ? `&before=${before}` : ''}`
+      const entries = await api('GET', orgPath(`/audit-log${q}`))
+      for (const e of entries) {
+        body.append(h('tr', null,
+          h('td', null, fmtTime(e.created_at)), h('td', null, h('code', null, e.action)), h('td', null, e.actor),
+          h('td', null, e.target), h('td', null, e.ip || '—'),
+          h('td', null, h('code', { class: 'details-json' }, e.details && Object.keys(e.details).length ? JSON.stringify(e.details) : ''))))
+      }
+      if (entries.length) before = entries[entries.length - 1].seq
+      more.hidden = entries.length < LIMIT
+      if (!body.children.length) body.append(h('tr', null, h('td', { colspan: '6', class: 'muted' }, 'No entries yet.')))
+    }
+    busy(more, err, page)
+  }
+
+  // ---------------------------------------------------------------- start
+  window.addEventListener('hashchange', () => render({ focus: true }))
+  // Leaving or hiding the page in the back/forward cache drops any one-time secret.
+  window.addEventListener('pagehide', forgetSecrets)
+  boot()
+})()

@@ -1,0 +1,414 @@
+// The dashboard (assets/dashboard, served at GET /dashboard) in a real Chromium, against a
+// real `gatehouse serve` process.
+//
+// An owner signs in with the cookie session, creates an API key on the keys page, copies
+// it from the clipboard, uses it from node (GET /v1/me with X-API-Key: 200), deletes it
+// through the confirmation dialog and sees the same request fail with 401. A member sees
+// the keys page without any key control, and the server refuses the member's create (403)
+// anyway. The page carries its CSP and no CSP violation is reported.
+//
+// Run: cd tests/clients/browser && npm ci && node --test dashboard.test.mjs
+// Env: as widget.test.mjs: GATEHOUSE_BIN, GATEHOUSE_CLIENT_TEST_DATABASE_URL,
+//      GATEHOUSE_CLIENT_TEST_SHOW_SERVER_LOG=1, CHROMIUM. Without Chromium the suite is
+//      skipped with a notice, except with CI=true, where that is a failure.
+
+import { after, before, describe, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const HERE = path.dirname(fileURLToPath(import.meta.url))
+const REPO = path.resolve(HERE, '..', '..', '..')
+const BIN = process.env.GATEHOUSE_BIN || path.join(REPO, 'target', 'debug', 'gatehouse')
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
+const SHOTS = path.join(HERE, 'screenshots')
+const PASSWORD = 'correct-horse-42'
+const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
+  "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+const haveChromium = existsSync(CHROMIUM)
+if (!haveChromium && process.env.CI !== 'true') {
+  console.log(`NOTICE: ${CHROMIUM} not found: the browser dashboard tests are skipped (apt-get install chromium)`)
+}
+// In CI a missing browser is a failure, not a skip: the suite runs and `before` throws.
+const skip = !haveChromium && process.env.CI !== 'true'
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const alnum = (n) => Array.from(randomBytes(n), (b) => 'abcdefghijklmnopqrstuvwxyz0123456789'[b % 36]).join('')
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.unref()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+// As in widget.test.mjs: a real server on a free port with a temporary SQLite database.
+async function startGatehouse() {
+  if (!existsSync(BIN)) throw new Error(`gatehouse binary not found at ${BIN} (build it or set GATEHOUSE_BIN)`)
+  const port = await freePort()
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-dashboard-'))
+  const url = `http://127.0.0.1:${port}`
+  const key = `gk_publishable_test_${alnum(24)}`
+  // gatehouse rejects unknown GATEHOUSE_* variables: the suite's own are not passed on.
+  const inherited = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => k !== 'GATEHOUSE_BIN' && !k.startsWith('GATEHOUSE_CLIENT_TEST_')),
+  )
+  const env = {
+    ...inherited,
+    GATEHOUSE_LISTEN: `127.0.0.1:${port}`,
+    GATEHOUSE_DATABASE_URL: process.env.GATEHOUSE_CLIENT_TEST_DATABASE_URL || `sqlite://${tmp}/gh.db`,
+    GATEHOUSE_PUBLISHABLE_KEY: key,
+    // The page's origin: the CSRF check compares every cookie request's Origin with it.
+    GATEHOUSE_PUBLIC_URL: url,
+    GATEHOUSE_AUTOCONFIRM: 'true',
+    GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
+    GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
+  }
+  const chunks = []
+  const proc = spawn(BIN, ['serve'], { env, cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] })
+  proc.stdout.on('data', (d) => chunks.push(d))
+  proc.stderr.on('data', (d) => chunks.push(d))
+  let exited = null
+  proc.on('exit', (code, signal) => { exited = { code, signal } })
+  proc.on('error', (err) => { exited = { error: String(err) } })
+  const output = () => Buffer.concat(chunks).toString('utf8')
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    if (exited) {
+      rmSync(tmp, { recursive: true, force: true })
+      throw new Error(`gatehouse exited before becoming ready (${JSON.stringify(exited)}):\n${output()}`)
+    }
+    try {
+      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) })
+      await res.arrayBuffer()
+      if (res.status === 200) break
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL')
+      rmSync(tmp, { recursive: true, force: true })
+      throw new Error(`gatehouse did not answer GET /healthz with 200 within 30 s:\n${output()}`)
+    }
+    await sleep(200)
+  }
+  return { proc, url, key, output, tmp, exited: () => exited }
+}
+
+async function stopGatehouse(s) {
+  if (!s) return
+  if (!s.exited()) {
+    const gone = new Promise((r) => s.proc.once('exit', r))
+    s.proc.kill('SIGTERM')
+    const t = setTimeout(() => s.proc.kill('SIGKILL'), 5000)
+    await gone
+    clearTimeout(t)
+  }
+  if (process.env.GATEHOUSE_CLIENT_TEST_SHOW_SERVER_LOG) process.stderr.write(`--- gatehouse output ---\n${s.output()}\n`)
+  rmSync(s.tmp, { recursive: true, force: true })
+}
+
+// JSON call to gatehouse; returns the envelope's data, or throws with the whole exchange.
+async function api(method, url, { body, headers = {}, expect = 200 } = {}) {
+  const res = await fetch(url, {
+    method,
+    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+    body: body !== undefined ? JSON.stringify(body) : undefined,
+  })
+  const text = await res.text()
+  if (res.status !== expect) throw new Error(`${method} ${url} -> ${res.status} (expected ${expect}): ${text}`)
+  const json = JSON.parse(text)
+  return json.data !== undefined ? json.data : json
+}
+
+// Records console messages, thrown errors and CSP violations (from a listener installed
+// before the page's own script runs).
+function watch(page) {
+  const seen = { console: [], errors: [] }
+  page.on('console', (m) => seen.console.push({ type: m.type(), text: m.text() }))
+  page.on('pageerror', (e) => seen.errors.push(String(e)))
+  return seen
+}
+const cspWatcher = () => {
+  window.__cspViolations = []
+  document.addEventListener('securitypolicyviolation', (e) =>
+    window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`))
+}
+async function assertClean(page, seen, expectedStatuses = [401]) {
+  assert.deepEqual(await page.evaluate(() => window.__cspViolations), [], 'no CSP violations')
+  const csp = seen.console.filter((m) => /Content Security Policy|Refused to/i.test(m.text))
+  assert.deepEqual(csp, [], 'no CSP messages in the console')
+  // Chromium reports refused requests as console errors: the 401 of the first GET /v1/me
+  // before sign-in is expected (and the member's deliberate 403).
+  const expected = new RegExp(`^Failed to load resource: the server responded with a status of (${expectedStatuses.join('|')}) `)
+  const errors = seen.console.filter((m) => m.type === 'error' && !expected.test(m.text))
+  assert.deepEqual(errors, [], 'no console errors')
+  assert.deepEqual(seen.errors, [], 'no errors thrown')
+}
+
+// The dashboard's sign-in form.
+async function signIn(page, url, email) {
+  const res = await page.goto(`${url}/dashboard#/keys`)
+  assert.equal(res.status(), 200)
+  await page.getByRole('heading', { name: 'Sign in to Gatehouse' }).waitFor()
+  await page.getByLabel('Email').fill(email)
+  await page.getByLabel('Password').fill(PASSWORD)
+  await page.getByRole('button', { name: 'Sign in' }).click()
+  await page.getByRole('heading', { level: 1, name: 'API keys' }).waitFor()
+  return res
+}
+
+describe('dashboard in Chromium', { skip }, () => {
+  let gh, browser, org, ownerEmail, memberEmail
+
+  before(async () => {
+    if (!haveChromium) throw new Error(`${CHROMIUM} not found (CI=true): install Debian's chromium package`)
+    const { chromium } = await import('playwright-core')
+    gh = await startGatehouse()
+
+    // The owner and a member, made through the API before the browser starts.
+    const signUp = async (email) => {
+      await api('POST', `${gh.url}/auth/v1/signup`, { body: { email, password: PASSWORD }, headers: { apikey: gh.key } })
+      const tok = await api('POST', `${gh.url}/auth/v1/token?grant_type=password`, {
+        body: { email, password: PASSWORD },
+        headers: { apikey: gh.key },
+      })
+      return { authorization: `Bearer ${tok.access_token}` }
+    }
+    ownerEmail = `owner-${randomUUID()}@example.com`
+    memberEmail = `member-${randomUUID()}@example.com`
+    const owner = await signUp(ownerEmail)
+    await signUp(memberEmail)
+    org = await api('POST', `${gh.url}/v1/orgs`, { body: { name: 'Acme Robotics' }, headers: owner, expect: 201 })
+    await api('POST', `${gh.url}/v1/orgs/${org.id}/members`, {
+      body: { email: memberEmail, role: 'member' },
+      headers: owner,
+      expect: 201,
+    })
+
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+  })
+
+  after(async () => {
+    await browser?.close().catch(() => {})
+    await stopGatehouse(gh)
+  })
+
+  test('the page and its files carry the CSP and the other security headers', async () => {
+    for (const p of ['/dashboard', '/dashboard/', '/dashboard/app.js', '/dashboard/app.css']) {
+      const res = await fetch(`${gh.url}${p}`)
+      assert.equal(res.status, 200, p)
+      assert.equal(res.headers.get('content-security-policy'), CSP, p)
+      assert.equal(res.headers.get('x-frame-options'), 'DENY', p)
+      assert.equal(res.headers.get('referrer-policy'), 'no-referrer', p)
+      assert.equal(res.headers.get('x-content-type-options'), 'nosniff', p)
+      await res.arrayBuffer()
+    }
+    const html = await fetch(`${gh.url}/dashboard`)
+    assert.equal(html.headers.get('cache-control'), 'no-store')
+    await html.arrayBuffer()
+  })
+
+  test('an owner creates a key, copies it, uses it, deletes it, and the key stops working', async () => {
+    const context = await browser.newContext({
+      viewport: { width: 1280, height: 860 },
+      permissions: ['clipboard-read', 'clipboard-write'],
+    })
+    await context.addInitScript(cspWatcher)
+    const page = await context.newPage()
+    const seen = watch(page)
+    try {
+      const res = await signIn(page, gh.url, ownerEmail)
+      assert.equal(res.headers()['content-security-policy'], CSP)
+      assert.equal(res.headers()['x-frame-options'], 'DENY')
+
+      // The organization switcher and the pages an owner may use.
+      assert.match(await page.getByLabel('Organization').locator('option:checked').textContent(), /Acme Robotics \(owner\)/)
+      const nav = page.getByRole('navigation', { name: 'Dashboard pages' })
+      for (const name of ['API keys', 'Members', 'Widgets', 'Usage', 'Audit log']) {
+        await nav.getByRole('link', { name }).waitFor()
+      }
+      await page.getByText('No API keys yet.').waitFor()
+
+      // Scopes: what the owner holds, minus the two no key may carry.
+      const scopes = await page.locator('fieldset', { hasText: 'Scopes' }).locator('input[type=checkbox]').evaluateAll((els) => els.map((e) => e.value))
+      assert.ok(scopes.includes('chat:write') && scopes.includes('keys:read'), JSON.stringify(scopes))
+      assert.ok(!scopes.includes('keys:write') && !scopes.includes('members:write'), JSON.stringify(scopes))
+
+      mkdirSync(SHOTS, { recursive: true })
+      const beforeShot = path.join(SHOTS, 'dashboard-keys-before.png')
+      await page.screenshot({ path: beforeShot, fullPage: true })
+      assert.ok(statSync(beforeShot).size > 1000)
+
+      // The name is required, at most 50 characters, and its count is shown.
+      const name = page.getByLabel('Name')
+      assert.equal(await name.getAttribute('maxlength'), '50')
+      await page.getByRole('button', { name: 'Generate API key' }).click()
+      await page.getByRole('alert').filter({ hasText: 'Give the key a name.' }).waitFor()
+      await name.fill('CI server')
+      assert.equal(await page.locator('#key-name-count').textContent(), '9/50')
+      await page.getByLabel('chat:write').check()
+      await page.getByLabel('Expires after').selectOption({ label: '90 days' })
+
+      // Generate: the button shows a spinner while the server works (slowed down here).
+      await page.route('**/api-keys', async (route) => {
+        if (route.request().method() === 'POST') await sleep(600)
+        await route.continue()
+      })
+      const generate = page.getByRole('button', { name: 'Generate API key' })
+      await generate.click()
+      await generate.locator('.spinner').waitFor({ state: 'visible' })
+      assert.equal(await generate.isDisabled(), true)
+      const value = page.locator('.secret .secret-value')
+      await value.waitFor({ timeout: 10_000 })
+      await page.unroute('**/api-keys')
+      const shown = (await value.textContent()).trim()
+      assert.match(shown, /^gk_live_[A-Za-z0-9]{49}$/)
+      await page.getByText('This key cannot be shown again after you leave this page.').waitFor()
+
+      // Copy: the clipboard holds the key and the button says "Copied!" for 2 seconds.
+      const copy = page.locator('.secret').getByRole('button', { name: /Copy/ })
+      await copy.click()
+      await page.locator('.secret').getByText('Copied!').waitFor()
+      const key = await page.evaluate(() => navigator.clipboard.readText())
+      assert.equal(key, shown)
+      await page.locator('.secret .copy .label', { hasText: /^Copy$/ }).waitFor({ timeout: 4000 })
+
+      // The list shows it by its start only.
+      const row = page.locator('tr', { hasText: 'CI server' })
+      await row.getByText(`${key.slice(0, 12)}••••`).waitFor()
+      await row.getByText('active').waitFor()
+
+      const afterShot = path.join(SHOTS, 'dashboard-keys-after.png')
+      await page.screenshot({ path: afterShot, fullPage: true })
+      assert.ok(statSync(afterShot).size > 1000)
+
+      // The key works from node.
+      const me = await api('GET', `${gh.url}/v1/me`, { headers: { 'x-api-key': key } })
+      assert.equal(me.kind, 'api_key')
+      assert.equal(me.org_id, org.id)
+      assert.deepEqual(me.scopes, ['chat:write'])
+
+      // No secret in the page's storage.
+      const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }))
+      assert.ok(!stored.includes(key.slice(8)), 'the key is not in web storage')
+
+      // Delete asks first, in a real <dialog>; Cancel keeps the key.
+      await row.getByRole('button', { name: 'Delete API key CI server' }).click()
+      const dialog = page.getByRole('dialog', { name: 'Delete API key' })
+      await dialog.waitFor()
+      assert.equal(await dialog.evaluate((d) => d.tagName), 'DIALOG')
+      await dialog.getByText('Are you sure you want to delete this API key?').waitFor()
+      await dialog.getByRole('button', { name: 'Cancel' }).click()
+      await dialog.waitFor({ state: 'detached' })
+      await api('GET', `${gh.url}/v1/me`, { headers: { 'x-api-key': key } })
+
+      await row.getByRole('button', { name: 'Delete API key CI server' }).click()
+      await dialog.getByRole('button', { name: 'Delete' }).click()
+      await row.getByText('revoked').waitFor()
+      assert.equal(await row.getByRole('button', { name: /Delete|Roll/ }).count(), 0)
+
+      // The same request now fails.
+      const gone = await fetch(`${gh.url}/v1/me`, { headers: { 'x-api-key': key } })
+      assert.equal(gone.status, 401)
+      assert.equal((await gone.json()).error.details.reason, 'revoked')
+
+      // Leaving the page drops the one-time box.
+      await nav.getByRole('link', { name: 'Members' }).click()
+      await page.getByRole('heading', { level: 1, name: 'Members' }).waitFor()
+      assert.equal(await page.locator('.secret').count(), 0)
+      await nav.getByRole('link', { name: 'API keys' }).click()
+      await page.getByRole('heading', { level: 1, name: 'API keys' }).waitFor()
+      assert.equal(await page.locator('.secret').count(), 0)
+
+      // Roll shows the new key the same way; the old one keeps working for the grace period.
+      await name.fill('Rolled server')
+      await generate.click()
+      await value.waitFor()
+      const first = (await value.textContent()).trim()
+      await page.locator('tr', { hasText: 'Rolled server' }).getByRole('button', { name: 'Roll API key Rolled server' }).click()
+      await page.getByRole('dialog', { name: 'Roll API key' }).getByRole('button', { name: 'Roll key' }).click()
+      await page.getByRole('heading', { name: 'Your rolled API key' }).waitFor()
+      const rolled = (await value.textContent()).trim()
+      assert.notEqual(rolled, first)
+      await api('GET', `${gh.url}/v1/me`, { headers: { 'x-api-key': rolled } })
+      await api('GET', `${gh.url}/v1/me`, { headers: { 'x-api-key': first } })
+      await page.locator('tr', { hasText: 'Rolled server' }).locator('.badge.rolled').waitFor()
+
+      await assertClean(page, seen)
+
+      // A 401 (the session is gone) sends the page back to sign-in.
+      await context.clearCookies()
+      await nav.getByRole('link', { name: 'Audit log' }).click()
+      await page.getByRole('heading', { name: 'Sign in to Gatehouse' }).waitFor()
+      await page.getByText('Your session has ended. Please sign in again.').waitFor()
+    } finally {
+      await context.close()
+    }
+  })
+
+  test('a member sees no key controls, and the server refuses a member\u2019s create anyway', async () => {
+    const context = await browser.newContext({ viewport: { width: 1100, height: 760 } })
+    await context.addInitScript(cspWatcher)
+    const page = await context.newPage()
+    const seen = watch(page)
+    try {
+      await signIn(page, gh.url, memberEmail)
+      assert.match(await page.getByLabel('Organization').locator('option:checked').textContent(), /\(member\)/)
+      // The list is there (members hold keys:read), the controls are not.
+      await page.getByRole('heading', { name: 'Existing keys' }).waitFor()
+      await page.locator('tr', { hasText: 'CI server' }).waitFor()
+      assert.equal(await page.getByLabel('Name').count(), 0)
+      assert.equal(await page.getByRole('button', { name: 'Generate API key' }).count(), 0)
+      assert.equal(await page.getByRole('button', { name: /Delete|Roll/ }).count(), 0)
+
+      // The same create, sent by the member's own browser with its cookie and Origin: 403.
+      const refused = await page.evaluate(async (orgId) => {
+        const res = await fetch(`/v1/orgs/${orgId}/api-keys`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          referrerPolicy: 'same-origin',
+          body: JSON.stringify({ name: 'sneaky' }),
+        })
+        return { status: res.status, body: await res.json() }
+      }, org.id)
+      assert.equal(refused.status, 403)
+      assert.equal(refused.body.error.code, 'forbidden')
+      assert.equal(refused.body.error.details.required, 'keys:write')
+
+      // Readable on a phone: one column, nothing wider than the screen.
+      await page.setViewportSize({ width: 390, height: 800 })
+      assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), 'no sideways scrolling at 390 px')
+      mkdirSync(SHOTS, { recursive: true })
+      await page.screenshot({ path: path.join(SHOTS, 'dashboard-keys-phone.png'), fullPage: true })
+      await page.setViewportSize({ width: 1100, height: 760 })
+
+      // Members: no add form, no role changes, no remove buttons.
+      await page.getByRole('navigation', { name: 'Dashboard pages' }).getByRole('link', { name: 'Members' }).click()
+      await page.getByRole('cell', { name: memberEmail }).or(page.getByRole('rowheader', { name: new RegExp(memberEmail) })).first().waitFor()
+      assert.equal(await page.getByRole('button', { name: /Add member|Remove|Create role/ }).count(), 0)
+      assert.equal(await page.locator('main select').count(), 0)
+      await assertClean(page, seen, [401, 403])
+
+      // Sign out ends the cookie session.
+      await page.getByRole('button', { name: 'Sign out' }).click()
+      await page.getByRole('heading', { name: 'Sign in to Gatehouse' }).waitFor()
+      const cookies = await context.cookies()
+      assert.equal(cookies.filter((c) => c.name === 'gatehouse_session').length, 0)
+    } finally {
+      await context.close()
+    }
+  })
+})
