@@ -64,6 +64,8 @@ pub struct AppInner {
     live_sessions: moka::future::Cache<String, bool>,
     /// Access tokens already verified, by SHA-256 of the token.
     verified_tokens: moka::sync::Cache<String, Arc<crate::auth::jwt::Claims>>,
+    /// Webhook settings, delivery client and `rate_limit.exceeded` de-duplication.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Dashboard sessions by cookie hash: (user id, email, expiry ms).
     web_sessions: moka::future::Cache<String, Option<(String, String, i64)>>,
 }
@@ -159,7 +161,9 @@ impl AppState {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_millis(config.upstream_timeout_ms))
             .build()?;
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config)?);
         Ok(AppState(Arc::new(AppInner {
+            webhooks,
             proxy_client,
             chat,
             limiter,
@@ -195,6 +199,10 @@ impl AppState {
     pub async fn limit(&self, req: &Request) -> Result<Decision, LimiterError> {
         let d = self.limiter.check(req).await?;
         crate::http::limits::note(&d);
+        if !d.allowed {
+            self.webhooks
+                .rate_limited(&self.store, &self.clock, req, &d);
+        }
         Ok(d)
     }
 
@@ -414,6 +422,7 @@ pub async fn run(
             .clone()
             .write_behind(Duration::from_secs(5)),
     );
+    let webhooks = crate::webhooks::worker::spawn(state.clone());
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -423,6 +432,7 @@ pub async fn run(
     writer.abort();
     subscriber.abort();
     usage.abort();
+    webhooks.stop().await;
     if let Err(e) = state.chat.usage.flush().await {
         tracing::warn!(error = %e, "could not write the usage counters at shutdown");
     }

@@ -35,3 +35,5 @@ pub mod ratelimit;
 pub mod store;
 /// Logging setup.
 pub mod telemetry;
+/// Signed webhooks: signing, the SSRF guard and the delivery worker.
+pub mod webhooks;

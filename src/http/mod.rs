@@ -15,6 +15,7 @@ pub mod orgs;
 pub mod proxy;
 pub mod session;
 pub mod usage;
+pub mod webhooks;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method};
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::router())
         .merge(chat::router())
         .merge(usage::router())
+        .merge(webhooks::router())
         .layer(api_cors.clone());
 
     Router::new()

@@ -54,6 +54,15 @@ use crate::app::AppState;
         crate::http::auth_v1::settings,
         crate::http::auth_v1::health,
         crate::http::auth_v1::jwks,
+        crate::http::webhooks::create_endpoint,
+        crate::http::webhooks::list_endpoints,
+        crate::http::webhooks::get_endpoint,
+        crate::http::webhooks::update_endpoint,
+        crate::http::webhooks::delete_endpoint,
+        crate::http::webhooks::rotate_secret,
+        crate::http::webhooks::send_test,
+        crate::http::webhooks::list_deliveries,
+        crate::http::webhooks::retry_delivery,
         openapi_json,
     ),
     components(schemas(
@@ -73,6 +82,12 @@ use crate::app::AppState;
         crate::store::Member,
         crate::store::Role,
         crate::store::AuditEntry,
+        crate::http::webhooks::EndpointView,
+        crate::http::webhooks::EndpointWithSecret,
+        crate::http::webhooks::CreateEndpointBody,
+        crate::http::webhooks::UpdateEndpointBody,
+        crate::http::webhooks::Queued,
+        crate::store::WebhookAttempt,
     ))
 )]
 pub struct ApiDoc;

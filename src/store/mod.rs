@@ -13,6 +13,7 @@ mod orgs;
 mod sessions;
 mod threads;
 mod users;
+mod webhooks;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry};
@@ -21,6 +22,9 @@ pub use orgs::{Member, Org, Role};
 pub use sessions::{RefreshRow, Rotation};
 pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};
 pub use users::{NewUser, User};
+pub use webhooks::{
+    AttemptResult, ClaimedDelivery, EndpointChange, WebhookAttempt, WebhookEndpoint, EVENT_TYPES,
+};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
@@ -73,6 +77,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// Wakes this instance's webhook worker when an event is committed.
+    webhook_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -100,7 +106,11 @@ impl Store {
             .connect(&url)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
-        Ok(Self { pool, engine })
+        Ok(Self {
+            pool,
+            engine,
+            webhook_wake: Default::default(),
+        })
     }
 
     /// Applies pending migrations.
