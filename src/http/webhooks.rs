@@ -31,7 +31,10 @@ pub fn router() -> Router<AppState> {
                 .patch(update_endpoint)
                 .delete(delete_endpoint),
         )
-        .route("/orgs/{org}/webhooks/{id}/rotate-secret", post(rotate_secret))
+        .route(
+            "/orgs/{org}/webhooks/{id}/rotate-secret",
+            post(rotate_secret),
+        )
         .route("/orgs/{org}/webhooks/{id}/test", post(send_test))
         .route("/orgs/{org}/webhooks/{id}/deliveries", get(list_deliveries))
         .route(
@@ -148,7 +151,10 @@ fn check_types(types: Option<Vec<String>>) -> Result<Option<Vec<String>>, ApiErr
         if !EVENT_TYPES.contains(&t.as_str()) {
             return Err(ApiError::field(
                 "event_types",
-                &format!("unknown event type {t:?} (one of {})", EVENT_TYPES.join(", ")),
+                &format!(
+                    "unknown event type {t:?} (one of {})",
+                    EVENT_TYPES.join(", ")
+                ),
             ));
         }
         if !out.contains(&t) {

@@ -149,7 +149,8 @@ impl Store {
             audit_details(k),
         )
         .await?;
-        enqueue(&mut tx, &k.org_id, "api_key.created", event_data(k), audit.now).await?;
+        let data = event_data(k);
+        enqueue(&mut tx, &k.org_id, "api_key.created", data, audit.now).await?;
         tx.commit().await?;
         self.webhook_events_committed();
         Ok(())
@@ -228,7 +229,8 @@ impl Store {
             audit_details(&k),
         )
         .await?;
-        enqueue(&mut tx, org_id, "api_key.revoked", event_data(&k), audit.now).await?;
+        let data = event_data(&k);
+        enqueue(&mut tx, org_id, "api_key.revoked", data, audit.now).await?;
         tx.commit().await?;
         self.webhook_events_committed();
         Ok(k)

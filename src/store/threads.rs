@@ -182,7 +182,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let data = serde_json::json!({ "id": t.id, "org_id": t.org_id, "user_id": t.user_id, "key_id": t.key_id });
-            super::webhooks::enqueue(&mut tx, &t.org_id, "thread.created", data, t.created_at).await?;
+            let at = t.created_at;
+            super::webhooks::enqueue(&mut tx, &t.org_id, "thread.created", data, at).await?;
         } else {
             let r = sqlx::query("UPDATE threads SET updated_at = $1 WHERE id = $2")
                 .bind(x.answer.created_at)

@@ -346,7 +346,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let (org, details) = (&e.org_id, endpoint_details(e));
-        record(&mut tx, org, audit, "webhook_endpoint.created", Some(&e.id), details).await?;
+        record(
+            &mut tx,
+            org,
+            audit,
+            "webhook_endpoint.created",
+            Some(&e.id),
+            details,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -414,7 +422,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let details = endpoint_details(&e);
-        record(&mut tx, org_id, audit, "webhook_endpoint.updated", Some(id), details).await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "webhook_endpoint.updated",
+            Some(id),
+            details,
+        )
+        .await?;
         tx.commit().await?;
         Ok(e)
     }
@@ -486,9 +502,17 @@ impl Store {
             return Err(StoreError::Conflict("the endpoint is disabled".into()));
         }
         let data = json!({ "endpoint_id": endpoint_id });
-        let msg = enqueue_to(&mut tx, org_id, "webhook.test", data, now, None, Some(endpoint_id))
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let msg = enqueue_to(
+            &mut tx,
+            org_id,
+            "webhook.test",
+            data,
+            now,
+            None,
+            Some(endpoint_id),
+        )
+        .await?
+        .ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         self.webhook_events_committed();
         Ok(msg)

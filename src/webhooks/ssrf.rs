@@ -162,9 +162,16 @@ mod tests {
             "::ffff:127.0.0.1",
             "::",
         ] {
-            assert!(is_forbidden(ip.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))), "{ip}");
+            assert!(
+                is_forbidden(ip.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+                "{ip}"
+            );
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "8.8.8.8",
+        ] {
             let parsed: IpAddr = match ip.parse() {
                 Ok(p) => p,
                 Err(_) => continue,

@@ -142,8 +142,12 @@ async fn deliver(state: &AppState, d: ClaimedDelivery) {
         .await
     {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(delivery_id = %d.id, "webhook claim lapsed before its result was recorded"),
-        Err(e) => tracing::warn!(error = %e, delivery_id = %d.id, "could not record a webhook attempt"),
+        Ok(false) => {
+            tracing::warn!(delivery_id = %d.id, "webhook claim lapsed before its result was recorded")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, delivery_id = %d.id, "could not record a webhook attempt")
+        }
     }
 }
 

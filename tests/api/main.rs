@@ -12,3 +12,4 @@ mod orgs;
 mod process;
 mod ratelimit;
 mod scaleout;
+mod webhooks;
