@@ -1,17 +1,19 @@
 //! The delivery worker: claims due deliveries (so no two instances send the same attempt),
 //! signs each attempt afresh, sends it, and records the outcome and the next attempt.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{signing, ssrf, Webhooks, DISABLE_AFTER_MS, RESPONSE_CAP};
 use crate::app::AppState;
 use crate::store::{AttemptResult, ClaimedDelivery};
 
-/// Deliveries claimed at once.
-const BATCH: i64 = 32;
+/// Attempts in flight at once on one instance. A slow endpoint holds one slot for up to
+/// the timeout; the others keep going.
+const IN_FLIGHT: usize = 32;
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
@@ -53,44 +55,51 @@ fn lease(w: &Webhooks) -> Duration {
 
 async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let wake = state.store.webhook_wake();
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let full = match tick(&state).await {
-            Ok(n) => n as i64 >= BATCH,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook worker: could not claim deliveries");
-                false
-            }
-        };
-        if full {
-            continue;
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = wake.notified() => {},
-            _ = tokio::time::sleep(state.webhooks.poll) => {},
-        }
-    }
-}
-
-/// Claims and sends one batch; returns how many were claimed.
-async fn tick(state: &AppState) -> Result<usize, crate::store::StoreError> {
-    let now = state.clock.now_ms();
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let lease_ms = i64::try_from(lease(&state.webhooks).as_millis()).unwrap_or(i64::MAX);
-    let claimed = state
-        .store
-        .claim_webhook_deliveries(now, lease_ms, BATCH)
-        .await?;
-    let n = claimed.len();
-    let mut set = tokio::task::JoinSet::new();
-    for d in claimed {
-        let state = state.clone();
-        set.spawn(async move { deliver(&state, d).await });
+    while !*stop.borrow() {
+        let free = slots.available_permits();
+        let claimed = if free == 0 {
+            Ok(Vec::new())
+        } else {
+            let now = state.clock.now_ms();
+            let limit = i64::try_from(free).unwrap_or(1);
+            state
+                .store
+                .claim_webhook_deliveries(now, lease_ms, limit)
+                .await
+        };
+        let claimed = claimed.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "webhook worker: could not claim deliveries");
+            Vec::new()
+        });
+        let full = free == 0 || claimed.len() == free;
+        for d in claimed {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                deliver(&state, d).await;
+                drop(permit);
+            });
+        }
+        if full {
+            // More may be due: claim again as soon as a slot frees up.
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = slots.acquire() => {},
+            }
+        } else {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = wake.notified() => {},
+                _ = tokio::time::sleep(state.webhooks.poll) => {},
+            }
+        }
     }
-    while set.join_next().await.is_some() {}
-    Ok(n)
+    // Let the attempts in flight finish (Worker::stop bounds the wait).
+    let _ = slots.acquire_many(IN_FLIGHT as u32).await;
 }
 
 /// What an endpoint answered.
