@@ -314,7 +314,7 @@ story!(
     fast,
     |app: TestApp| async move {
         let receiver = Receiver::start().await;
-        receiver.script(&[Reply::Status(500), Reply::RetryAfter(503, 1)]);
+        receiver.script(&[Reply::Status(500), Reply::Status(500)]);
         let (token, org, ep) = setup(&app, &receiver, json!({})).await;
         let (secret, id) = (ep["secret"].as_str().unwrap(), ep["id"].as_str().unwrap());
         app.call(
@@ -349,13 +349,110 @@ story!(
             .collect();
         assert_eq!(
             attempts,
-            vec![(3, 200, true), (2, 503, false), (1, 500, false)]
+            vec![(3, 200, true), (2, 500, false), (1, 500, false)]
         );
         assert!(log.iter().all(|a| a["delivery_status"] == "succeeded"));
         assert!(log.iter().all(|a| a["message_id"] == json!(hits[0].id())));
         app
     }
 );
+
+story!(
+    a_redirect_is_a_failure_and_retry_after_is_honoured,
+    fast,
+    |app: TestApp| async move {
+        let receiver = Receiver::start().await;
+        receiver.script(&[Reply::Status(302), Reply::RetryAfter(429, 3)]);
+        let (token, org, ep) = setup(&app, &receiver, json!({})).await;
+        let id = ep["id"].as_str().unwrap();
+        app.call(
+            Method::POST,
+            &format!("/orgs/{org}/webhooks/{id}/test"),
+            &token,
+            None,
+        )
+        .await;
+        let hits = receiver.until("three attempts", |h| h.len() >= 3).await;
+        let ts: Vec<i64> = hits
+            .iter()
+            .map(|h| h.headers["webhook-timestamp"].parse().unwrap())
+            .collect();
+        // The schedule says 1 s; the endpoint asked for 3.
+        assert!(ts[2] - ts[1] >= 3, "{ts:?}");
+        let log = wait_for_log(&app, &token, &org, id, 3).await;
+        let codes: Vec<i64> = log
+            .iter()
+            .map(|a| a["status_code"].as_i64().unwrap())
+            .collect();
+        assert_eq!(codes, vec![200, 429, 302]);
+        app
+    }
+);
+
+/// A target that became private after it was accepted (here written straight to storage, as
+/// a DNS change would make it) is refused when the delivery is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_target_is_refused_at_delivery_too() {
+    let app = TestApp::spawn(Db::Sqlite, |c| {
+        c.webhooks_poll_interval_ms = 50;
+        c.webhooks_retry_schedule = vec![0];
+    })
+    .await
+    .unwrap();
+    let receiver = Receiver::start().await;
+    let owner = app.person().await;
+    let org = app.org(&owner, "Rebound").await;
+    let now = app.state.clock.now_ms();
+    let named = receiver.url.replace("127.0.0.1", "localhost");
+    for (i, url) in [receiver.url.clone(), named].into_iter().enumerate() {
+        let id = format!("whk_{}", uuid::Uuid::new_v4().simple());
+        let e = gatehouse::store::WebhookEndpoint {
+            id: id.clone(),
+            org_id: org.clone(),
+            url,
+            description: String::new(),
+            event_types: None,
+            enabled: true,
+            secret: gatehouse::config::SecretString::new(gatehouse::webhooks::signing::new_secret()),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            failing_since: None,
+            disabled_reason: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let audit = gatehouse::store::Audit {
+            actor: "test".into(),
+            ip: None,
+            now,
+        };
+        app.state
+            .store
+            .create_webhook_endpoint(&e, &audit)
+            .await
+            .unwrap();
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/webhooks/{id}/test"),
+                &owner.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 202);
+        let log = wait_for_log(&app, &owner.token, &org, &id, 1).await;
+        assert_eq!(log[0]["status_code"], json!(null), "{i}: {log:?}");
+        assert_eq!(log[0]["succeeded"], false);
+        let why = log[0]["response"].as_str().unwrap();
+        assert!(why.contains("private"), "{i}: {why}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        receiver.hits().is_empty(),
+        "nothing reached the private address"
+    );
+    app.stop().await;
+}
 
 /// The endpoint's delivery log once it has `n` attempts.
 async fn wait_for_log(app: &TestApp, token: &str, org: &str, id: &str, n: usize) -> Vec<Value> {
