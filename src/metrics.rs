@@ -29,6 +29,11 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 type HistogramMaker = fn() -> Histogram;
 
 /// The application's counters and histograms.
@@ -40,6 +45,7 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     redis_fallbacks: Counter,
     invalidations: Family<ReasonLabels, Counter>,
+    webhook_attempts: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,7 +95,14 @@ impl Metrics {
             "Cache invalidations received from other instances, by kind",
             invalidations.clone(),
         );
+        let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by outcome (succeeded, failed)",
+            webhook_attempts.clone(),
+        );
         Self {
+            webhook_attempts,
             registry,
             requests,
             latency,
@@ -139,6 +152,14 @@ impl Metrics {
     pub fn invalidation(&self, kind: &'static str) {
         self.invalidations
             .get_or_create(&ReasonLabels { reason: kind })
+            .inc();
+    }
+
+    /// Counts one webhook delivery attempt.
+    pub fn webhook_attempt(&self, succeeded: bool) {
+        let outcome = if succeeded { "succeeded" } else { "failed" };
+        self.webhook_attempts
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

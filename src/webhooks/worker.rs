@@ -129,6 +129,7 @@ async fn deliver(state: &AppState, d: ClaimedDelivery) {
             now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2)
         })
     };
+    state.metrics.webhook_attempt(succeeded);
     let res = AttemptResult {
         status_code: answer.status.map(i64::from),
         latency_ms,
@@ -196,8 +197,7 @@ async fn send(w: &Webhooks, d: &ClaimedDelivery, timestamp: i64) -> Answer {
         res.headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+            .and_then(retry_after)
     } else {
         None
     };
@@ -221,6 +221,19 @@ async fn send(w: &Webhooks, d: &ClaimedDelivery, timestamp: i64) -> Answer {
         body: String::from_utf8_lossy(&body).into_owned(),
         retry_after,
     }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let wait = (at - time::OffsetDateTime::now_utc())
+        .whole_seconds()
+        .max(0);
+    Some(Duration::from_secs(u64::try_from(wait).unwrap_or(0)))
 }
 
 /// A network error with its causes (connection refused, DNS refusal, timeout…).
@@ -248,4 +261,26 @@ fn cap(mut s: String) -> String {
         s.truncate(end);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        assert_eq!(retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(90);
+        let text = later
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap();
+        let d = retry_after(&text).unwrap();
+        assert!((88..=90).contains(&d.as_secs()), "{text} -> {d:?}");
+        assert_eq!(retry_after("soon"), None);
+    }
 }

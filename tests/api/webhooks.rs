@@ -300,6 +300,40 @@ story!(
             )
             .await;
         assert_eq!(status, 202);
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("gatehouse_webhook_attempts_total{outcome=\"succeeded\"}"),
+            "{metrics}"
+        );
+        let (_, doc) = parts(
+            app.client
+                .get(app.url("/openapi.json"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        for path in [
+            "/v1/orgs/{org}/webhooks",
+            "/v1/orgs/{org}/webhooks/{id}",
+            "/v1/orgs/{org}/webhooks/{id}/rotate-secret",
+            "/v1/orgs/{org}/webhooks/{id}/test",
+            "/v1/orgs/{org}/webhooks/{id}/deliveries",
+            "/v1/orgs/{org}/webhooks/deliveries/{id}/retry",
+        ] {
+            assert!(
+                doc["paths"][path].is_object(),
+                "{path} missing from openapi"
+            );
+        }
         receiver
             .until("the replay", |h| {
                 h.iter().filter(|h| h.id() == test.id()).count() == 2
