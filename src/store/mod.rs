@@ -13,6 +13,7 @@ mod orgs;
 mod sessions;
 mod threads;
 mod users;
+mod webhook_deliveries;
 mod webhooks;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
@@ -22,9 +23,8 @@ pub use orgs::{Member, Org, Role};
 pub use sessions::{RefreshRow, Rotation};
 pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};
 pub use users::{NewUser, User};
-pub use webhooks::{
-    AttemptResult, ClaimedDelivery, EndpointChange, WebhookAttempt, WebhookEndpoint, EVENT_TYPES,
-};
+pub use webhook_deliveries::{AttemptResult, ClaimedDelivery, WebhookAttempt};
+pub use webhooks::{EndpointChange, WebhookEndpoint, EVENT_TYPES};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
