@@ -35,6 +35,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
+        || s[..6].iter().all(|x| *x == 0) // IPv4-compatible ::a.b.c.d (deprecated)
         || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
@@ -160,34 +161,28 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
             "::",
         ] {
-            assert!(
-                is_forbidden(ip.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))),
-                "{ip}"
-            );
+            assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
         }
         for ip in [
             "93.184.216.34",
             "2606:2800:220:1:248:1893:25c8:1946",
             "8.8.8.8",
         ] {
-            let parsed: IpAddr = match ip.parse() {
-                Ok(p) => p,
-                Err(_) => continue,
-            };
-            assert!(!is_forbidden(parsed), "{ip}");
+            assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
         }
     }
 
     #[tokio::test]
     async fn names_are_checked_after_resolution() {
-        let u = parse("http://localhost:9/hook").unwrap_or_else(|e| unreachable!("{e}"));
+        let u = parse("http://localhost:9/hook").unwrap();
         assert!(check(&u, false).await.is_err());
         assert!(check(&u, true).await.is_ok());
         assert!(parse("ftp://example.com").is_err());
         assert!(parse("not a url").is_err());
-        let lit = parse("http://[::1]:80/").unwrap_or_else(|e| unreachable!("{e}"));
+        let lit = parse("http://[::1]:80/").unwrap();
         assert!(check_literal(&lit, false).is_err());
     }
 }
