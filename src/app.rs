@@ -66,6 +66,8 @@ pub struct AppInner {
     live_sessions: moka::future::Cache<String, bool>,
     /// Access tokens already verified, by SHA-256 of the token.
     verified_tokens: moka::sync::Cache<String, Arc<crate::auth::jwt::Claims>>,
+    /// Webhook settings, delivery client and `rate_limit.exceeded` de-duplication.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Dashboard sessions by cookie hash: (user id, email, expiry ms).
     web_sessions: moka::future::Cache<String, Option<(String, String, i64)>>,
 }
@@ -175,8 +177,10 @@ impl AppState {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_millis(config.upstream_timeout_ms))
             .build()?;
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config)?);
         Ok(AppState(Arc::new(AppInner {
             widgets,
+            webhooks,
             proxy_client,
             chat,
             limiter,
@@ -212,6 +216,10 @@ impl AppState {
     pub async fn limit(&self, req: &Request) -> Result<Decision, LimiterError> {
         let d = self.limiter.check(req).await?;
         crate::http::limits::note(&d);
+        if !d.allowed {
+            self.webhooks
+                .rate_limited(&self.store, &self.clock, req, &d);
+        }
         Ok(d)
     }
 
@@ -433,6 +441,7 @@ pub async fn run(
             .clone()
             .write_behind(Duration::from_secs(5)),
     );
+    let webhooks = crate::webhooks::worker::spawn(state.clone());
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -442,6 +451,7 @@ pub async fn run(
     writer.abort();
     subscriber.abort();
     usage.abort();
+    webhooks.stop().await;
     if let Err(e) = state.chat.usage.flush().await {
         tracing::warn!(error = %e, "could not write the usage counters at shutdown");
     }

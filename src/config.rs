@@ -119,6 +119,15 @@ pub struct Config {
     /// The customer's own backend: other requests under `/api/` are forwarded there after
     /// authentication and limits; unset: they get 404.
     pub proxy_target: Option<String>,
+    /// Allow webhook targets on loopback, private and link-local addresses (tests, private networks).
+    pub webhooks_allow_private: bool,
+    /// How often the webhook worker looks for due deliveries when nothing woke it (ms).
+    pub webhooks_poll_interval_ms: u64,
+    /// Seconds to wait before each delivery attempt: the first (0: at once), then each retry.
+    #[serde(deserialize_with = "seconds_list")]
+    pub webhooks_retry_schedule: Vec<u64>,
+    /// Longest wait for one webhook delivery, connection to answer (ms).
+    pub webhooks_timeout_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
     /// `text` or `json`.
@@ -170,6 +179,10 @@ impl Default for Config {
             upstream_timeout_ms: 60_000,
             chat_history_messages: 20,
             proxy_target: None,
+            webhooks_allow_private: false,
+            webhooks_poll_interval_ms: 1000,
+            webhooks_retry_schedule: vec![0, 5, 300, 1800, 7200, 18_000, 36_000, 36_000],
+            webhooks_timeout_ms: 15_000,
             log: "info".into(),
             log_format: "text".into(),
             dev: false,
@@ -257,6 +270,27 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
             .collect(),
         Form::Many(v) => v,
     })
+}
+
+/// Seconds given as `"0, 5, 300"` (handy in environment variables) or as a TOML array.
+fn seconds_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Number(u64),
+        Text(String),
+        Many(Vec<u64>),
+    }
+    match Form::deserialize(d)? {
+        Form::Number(n) => Ok(vec![n]),
+        Form::Many(v) => Ok(v),
+        Form::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<u64>().map_err(serde::de::Error::custom))
+            .collect(),
+    }
 }
 
 /// Environment variables with this prefix belong to the test suite, not to the server.
@@ -349,6 +383,18 @@ impl Config {
         }
         if !(0..=1000).contains(&self.chat_history_messages) {
             anyhow::bail!("chat_history_messages must be between 0 and 1000");
+        }
+        if !(10..=60_000).contains(&self.webhooks_poll_interval_ms) {
+            anyhow::bail!("webhooks_poll_interval_ms must be between 10 and 60000");
+        }
+        if !(100..=60_000).contains(&self.webhooks_timeout_ms) {
+            anyhow::bail!("webhooks_timeout_ms must be between 100 and 60000");
+        }
+        if self.webhooks_retry_schedule.is_empty()
+            || self.webhooks_retry_schedule.len() > 20
+            || self.webhooks_retry_schedule.iter().any(|s| *s > 7 * 86_400)
+        {
+            anyhow::bail!("webhooks_retry_schedule must be 1-20 delays of at most 604800 seconds");
         }
         if let Some(secret) = &self.jwt_secret {
             if secret.expose().len() < 32 {

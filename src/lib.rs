@@ -35,5 +35,7 @@ pub mod ratelimit;
 pub mod store;
 /// Logging setup.
 pub mod telemetry;
+/// Signed webhooks: signing, the SSRF guard and the delivery worker.
+pub mod webhooks;
 /// Widgets: origins, widget tokens, sessions, request signatures and replays.
 pub mod widgets;

@@ -29,6 +29,11 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 type HistogramMaker = fn() -> Histogram;
 
 /// The application's counters and histograms.
@@ -41,6 +46,7 @@ pub struct Metrics {
     redis_fallbacks: Counter,
     invalidations: Family<ReasonLabels, Counter>,
     widget_rejections: Family<ReasonLabels, Counter>,
+    webhook_attempts: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,8 +102,15 @@ impl Metrics {
             "Refused public widget requests by reason (origin_not_allowed, bad_token, bad_signature, …)",
             widget_rejections.clone(),
         );
+        let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by outcome (succeeded, failed)",
+            webhook_attempts.clone(),
+        );
         Self {
             widget_rejections,
+            webhook_attempts,
             registry,
             requests,
             latency,
@@ -154,6 +167,14 @@ impl Metrics {
     pub fn widget_rejection(&self, reason: &'static str) {
         self.widget_rejections
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts one webhook delivery attempt.
+    pub fn webhook_attempt(&self, succeeded: bool) {
+        let outcome = if succeeded { "succeeded" } else { "failed" };
+        self.webhook_attempts
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

@@ -16,6 +16,7 @@ pub mod orgs;
 pub mod proxy;
 pub mod session;
 pub mod usage;
+pub mod webhooks;
 pub mod widget_public;
 pub mod widgets;
 
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::router())
         .merge(usage::router())
         .merge(widgets::router())
+        .merge(webhooks::router())
         .layer(api_cors.clone());
 
     Router::new()

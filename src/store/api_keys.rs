@@ -3,6 +3,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::audit::{record, Audit};
+use super::webhooks::enqueue;
 use super::{Store, StoreError, StoreResult};
 use crate::ratelimit::Rates;
 
@@ -129,6 +130,11 @@ fn audit_details(k: &ApiKeyRecord) -> Value {
     json!({ "name": k.name, "start": k.start, "scopes": k.scopes, "environment": k.environment })
 }
 
+/// A key in a webhook event: ids and settings, never the key or its hash.
+fn event_data(k: &ApiKeyRecord) -> Value {
+    json!({ "id": k.id, "org_id": k.org_id, "name": k.name, "scopes": k.scopes, "environment": k.environment })
+}
+
 impl Store {
     /// Stores a new key.
     pub async fn create_api_key(&self, k: &ApiKeyRecord, audit: &Audit) -> StoreResult<()> {
@@ -143,7 +149,10 @@ impl Store {
             audit_details(k),
         )
         .await?;
+        let data = event_data(k);
+        enqueue(&mut tx, &k.org_id, "api_key.created", data, audit.now).await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(())
     }
 
@@ -220,7 +229,10 @@ impl Store {
             audit_details(&k),
         )
         .await?;
+        let data = event_data(&k);
+        enqueue(&mut tx, org_id, "api_key.revoked", data, audit.now).await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(k)
     }
 
@@ -269,7 +281,12 @@ impl Store {
             details,
         )
         .await?;
+        let mut data = event_data(new);
+        data["replaces"] = json!(old_id);
+        data["old_key_expires_at"] = json!(old_expires_at);
+        enqueue(&mut tx, &new.org_id, "api_key.rolled", data, audit.now).await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(old)
     }
 

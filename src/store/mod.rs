@@ -13,6 +13,8 @@ mod orgs;
 mod sessions;
 mod threads;
 mod users;
+mod webhook_deliveries;
+mod webhooks;
 mod widgets;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
@@ -22,6 +24,8 @@ pub use orgs::{Member, Org, Role};
 pub use sessions::{RefreshRow, Rotation};
 pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};
 pub use users::{NewUser, User};
+pub use webhook_deliveries::{AttemptResult, ClaimedDelivery, WebhookAttempt};
+pub use webhooks::{EndpointChange, WebhookEndpoint, EVENT_TYPES};
 pub use widgets::{WidgetChange, WidgetRecord};
 
 use sqlx::any::AnyPoolOptions;
@@ -75,6 +79,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// Wakes this instance's webhook worker when an event is committed.
+    webhook_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -102,7 +108,11 @@ impl Store {
             .connect(&url)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
-        Ok(Self { pool, engine })
+        Ok(Self {
+            pool,
+            engine,
+            webhook_wake: Default::default(),
+        })
     }
 
     /// Applies pending migrations.

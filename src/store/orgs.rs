@@ -4,6 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::audit::{record, Audit};
+use super::webhooks::enqueue;
 use super::{Store, StoreError, StoreResult};
 use crate::ratelimit::Rates;
 
@@ -316,7 +317,10 @@ impl Store {
             json!({ "email": email, "role": role }),
         )
         .await?;
+        let data = json!({ "org_id": org_id, "user_id": user_id, "role": role });
+        enqueue(&mut tx, org_id, "member.added", data, audit.now).await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(())
     }
 
@@ -345,7 +349,10 @@ impl Store {
             json!({ "from": current, "to": role }),
         )
         .await?;
+        let data = json!({ "org_id": org_id, "user_id": user_id, "from": current, "to": role });
+        enqueue(&mut tx, org_id, "member.role_changed", data, audit.now).await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(())
     }
 
@@ -372,7 +379,10 @@ impl Store {
             json!({ "role": current }),
         )
         .await?;
+        let data = json!({ "org_id": org_id, "user_id": user_id, "role": current });
+        enqueue(&mut tx, org_id, "member.removed", data, audit.now).await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(())
     }
 

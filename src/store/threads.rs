@@ -197,6 +197,9 @@ impl Store {
             .bind(x.answer.created_at)
             .execute(&mut *tx)
             .await?;
+            let data = serde_json::json!({ "id": t.id, "org_id": t.org_id, "user_id": t.user_id, "key_id": t.key_id });
+            let at = t.created_at;
+            super::webhooks::enqueue(&mut tx, &t.org_id, "thread.created", data, at).await?;
         } else {
             let r = sqlx::query("UPDATE threads SET updated_at = $1 WHERE id = $2")
                 .bind(x.answer.created_at)
@@ -211,6 +214,9 @@ impl Store {
         insert_message(&mut tx, &t.org_id, x.question).await?;
         insert_message(&mut tx, &t.org_id, x.answer).await?;
         tx.commit().await?;
+        if x.new {
+            self.webhook_events_committed();
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::audit::{record, Audit};
+use super::webhooks::enqueue;
 use super::{Store, StoreError, StoreResult};
 
 /// A stored widget, secret included (never serialised: see `http::widgets::WidgetView`).
@@ -86,6 +87,12 @@ fn audit_details(w: &WidgetRecord) -> Value {
     json!({ "name": w.name, "allowed_origins": w.allowed_origins, "require_token": w.require_token })
 }
 
+/// A webhook event's data: ids and public settings, never the secret.
+fn event_data(w: &WidgetRecord) -> Value {
+    json!({ "id": w.id, "org_id": w.org_id, "name": w.name,
+            "allowed_origins": w.allowed_origins, "require_token": w.require_token })
+}
+
 impl Store {
     /// Stores a new widget.
     pub async fn create_widget(&self, w: &WidgetRecord, audit: &Audit) -> StoreResult<()> {
@@ -115,7 +122,16 @@ impl Store {
             audit_details(w),
         )
         .await?;
+        enqueue(
+            &mut tx,
+            &w.org_id,
+            "widget.created",
+            event_data(w),
+            audit.now,
+        )
+        .await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(())
     }
 
@@ -193,7 +209,9 @@ impl Store {
             audit_details(&w),
         )
         .await?;
+        enqueue(&mut tx, org_id, "widget.updated", event_data(&w), audit.now).await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(w)
     }
 
@@ -241,6 +259,17 @@ impl Store {
         audit: &Audit,
     ) -> StoreResult<WidgetRecord> {
         let mut tx = self.pool.begin().await?;
+        // Write first: on SQLite a transaction that reads and then writes fails at once
+        // (SQLITE_BUSY_SNAPSHOT) when another connection committed in between.
+        let touched =
+            sqlx::query("UPDATE widgets SET updated_at = updated_at WHERE org_id = $1 AND id = $2")
+                .bind(org_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        if touched.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         let w = fetch(&mut tx, org_id, id).await?;
         sqlx::query("DELETE FROM widgets WHERE org_id = $1 AND id = $2")
             .bind(org_id)
@@ -256,7 +285,9 @@ impl Store {
             json!({ "name": w.name }),
         )
         .await?;
+        enqueue(&mut tx, org_id, "widget.deleted", event_data(&w), audit.now).await?;
         tx.commit().await?;
+        self.webhook_events_committed();
         Ok(w)
     }
 }

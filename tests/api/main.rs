@@ -13,4 +13,5 @@ mod orgs;
 mod process;
 mod ratelimit;
 mod scaleout;
+mod webhooks;
 mod widgets;

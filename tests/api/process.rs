@@ -193,6 +193,7 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
                 "GATEHOUSE_REDIS_URL",
                 &format!("redis://:redis-pw-never-logged-8812@{dead}"),
             ),
+            ("GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE", "true"),
         ],
     )
     .await;
@@ -240,6 +241,25 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         .await
         .unwrap();
     let org_id = org["data"]["id"].as_str().unwrap().to_string();
+    // A webhook endpoint that refuses connections: its failed deliveries are logged, its
+    // signing secrets (and so the signatures) must not be.
+    let (_, hook) = post(
+        &client,
+        format!("{base}/v1/orgs/{org_id}/webhooks"),
+        json!({"url": format!("http://{dead}/hook")}),
+        Some(&access),
+    )
+    .await;
+    let hook_id = hook["data"]["id"].as_str().unwrap();
+    let (_, rotated) = post(
+        &client,
+        format!("{base}/v1/orgs/{org_id}/webhooks/{hook_id}/rotate-secret"),
+        json!({}),
+        Some(&access),
+    )
+    .await;
+    let webhook_secrets = [&hook["data"]["secret"], &rotated["data"]["secret"]]
+        .map(|s| s.as_str().unwrap()[6..].to_string());
     let created: Value = client
         .post(format!("{base}/v1/orgs/{org_id}/api-keys"))
         .bearer_auth(&access)
@@ -403,6 +423,10 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         "the upstream failure is logged"
     );
     assert!(log.contains("Redis"), "the Redis outage is logged");
+    assert!(
+        log.contains("webhook attempt"),
+        "the webhook attempts are logged"
+    );
     let secrets = [
         password.to_string(),
         "wrong-pw-also-secret-991".to_string(),
@@ -421,6 +445,8 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         session_token,
         signing_secret,
         signature,
+        webhook_secrets[0].clone(),
+        webhook_secrets[1].clone(),
     ];
     for secret in secrets {
         assert!(

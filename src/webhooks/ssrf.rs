@@ -1,0 +1,188 @@
+//! Refuses webhook targets on loopback, private, link-local and other internal addresses,
+//! after DNS resolution: at creation, and again at every delivery through a resolver that
+//! hands the connector only the addresses it checked (so DNS rebinding cannot slip through).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use reqwest::Url;
+
+/// The longest accepted URL.
+pub const MAX_URL_LEN: usize = 2048;
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn forbidden_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || o[0] == 0
+        // Carrier-grade NAT (100.64.0.0/10), benchmarking (198.18.0.0/15), reserved (240/4).
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        || (o[0] == 198 && (o[1] & 0xfe) == 18)
+        || o[0] >= 240
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return forbidden_v4(v4);
+    }
+    let s = ip.segments();
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || s[..6].iter().all(|x| *x == 0) // IPv4-compatible ::a.b.c.d (deprecated)
+        || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 can reach IPv4 internals
+}
+
+/// Whether a webhook may not be sent to `ip`.
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+/// Parses a target URL: http(s), a host, no longer than [`MAX_URL_LEN`].
+pub fn parse(url: &str) -> Result<Url, String> {
+    if url.len() > MAX_URL_LEN {
+        return Err(format!("must be at most {MAX_URL_LEN} characters"));
+    }
+    let u = Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".into());
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err("must have a host".into());
+    }
+    Ok(u)
+}
+
+/// The host of a URL as an IP address, when it is one.
+fn literal_ip(u: &Url) -> Option<IpAddr> {
+    let host = u.host_str()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Checks a target: its literal address, or every address its name resolves to.
+pub async fn check(u: &Url, allow_private: bool) -> Result<(), String> {
+    if allow_private {
+        return Ok(());
+    }
+    if let Some(ip) = literal_ip(u) {
+        return if is_forbidden(ip) {
+            Err("points to a private, loopback or link-local address".into())
+        } else {
+            Ok(())
+        };
+    }
+    let host = u.host_str().unwrap_or_default();
+    let port = u.port_or_known_default().unwrap_or(443);
+    let addrs = tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| "could not be resolved in time".to_string())?
+        .map_err(|_| "could not be resolved".to_string())?
+        .collect::<Vec<_>>();
+    if addrs.is_empty() {
+        return Err("could not be resolved".into());
+    }
+    if addrs.iter().any(|a| is_forbidden(a.ip())) {
+        return Err("resolves to a private, loopback or link-local address".into());
+    }
+    Ok(())
+}
+
+/// reqwest's resolver for deliveries: resolves, drops forbidden addresses, and fails when
+/// none is left, so the connection goes only to an address that was checked.
+pub struct GuardedResolver {
+    /// `webhooks_allow_private`.
+    pub allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found = tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, 0)))
+                .await
+                .map_err(|_| Box::<dyn std::error::Error + Send + Sync>::from("DNS timeout"))??;
+            let allowed: Vec<SocketAddr> = found
+                .filter(|a| allow_private || !is_forbidden(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::<dyn std::error::Error + Send + Sync>::from(
+                    "the host resolves only to private, loopback or link-local addresses",
+                ));
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// Checks a delivery's URL before sending: a literal address is checked here (the resolver
+/// never sees it); a name is checked by [`GuardedResolver`] as it connects.
+pub fn check_literal(u: &Url, allow_private: bool) -> Result<(), String> {
+    match literal_ip(u) {
+        Some(ip) if !allow_private && is_forbidden(ip) => {
+            Err("the target is a private, loopback or link-local address".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_forbidden() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::",
+        ] {
+            assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "8.8.8.8",
+        ] {
+            assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn names_are_checked_after_resolution() {
+        let u = parse("http://localhost:9/hook").unwrap();
+        assert!(check(&u, false).await.is_err());
+        assert!(check(&u, true).await.is_ok());
+        assert!(parse("ftp://example.com").is_err());
+        assert!(parse("not a url").is_err());
+        let lit = parse("http://[::1]:80/").unwrap();
+        assert!(check_literal(&lit, false).is_err());
+    }
+}

@@ -1,0 +1,213 @@
+"""Gatehouse's webhooks verified by the official Standard Webhooks library
+(`standardwebhooks` on PyPI, unmodified), against a real `gatehouse serve` process.
+
+Run (from the repo root), after `cargo build`:
+    .venv/bin/pytest tests/clients/python/test_webhooks.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(os.environ.get("GATEHOUSE_BIN") or REPO / "target" / "debug" / "gatehouse")
+PK = "gk_publishable_webhooks_test"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Receiver:
+    """A webhook endpoint: records every request; answers from a script, then 200."""
+
+    def __init__(self) -> None:
+        self.hits: list[tuple[dict[str, str], bytes]] = []
+        self.script: list[int] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver.lock:
+                    receiver.hits.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    status = receiver.script.pop(0) if receiver.script else 200
+                self.send_response(status)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, pred, what: str, timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                hits = list(self.hits)
+            if pred(hits):
+                return hits
+            time.sleep(0.05)
+        pytest.fail(f"timed out waiting for {what}; got {len(self.hits)} requests")
+
+    def event(self, event_type: str):
+        hits = self.wait(
+            lambda hs: any(json.loads(b)["type"] == event_type for _, b in hs), event_type
+        )
+        return next((h, b) for h, b in hits if json.loads(b)["type"] == event_type)
+
+
+@pytest.fixture(scope="module")
+def base():
+    if not BIN.exists():
+        pytest.fail(f"gatehouse binary not found at {BIN} (build it or set GATEHOUSE_BIN)")
+    port = _free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="gatehouse-hooks-"))
+    url = f"http://127.0.0.1:{port}"
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "GATEHOUSE_BIN" and not k.startswith("GATEHOUSE_CLIENT_TEST_")
+    }
+    env = {
+        **inherited,
+        "GATEHOUSE_LISTEN": f"127.0.0.1:{port}",
+        "GATEHOUSE_DATABASE_URL": os.environ.get("GATEHOUSE_CLIENT_TEST_DATABASE_URL")
+        or f"sqlite://{tmp}/gh.db",
+        "GATEHOUSE_PUBLISHABLE_KEY": PK,
+        "GATEHOUSE_PUBLIC_URL": url,
+        "GATEHOUSE_AUTOCONFIRM": "true",
+        "GATEHOUSE_RATE_LIMIT_SIGN_UP": "1000/60s",
+        # The receiver listens on 127.0.0.1; retries come after 1 s instead of 5 s.
+        "GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE": "true",
+        "GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS": "100",
+        "GATEHOUSE_WEBHOOKS_RETRY_SCHEDULE": "0,1,1",
+    }
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN), "serve"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"gatehouse exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("gatehouse did not become ready within 30 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def call(base: str, method: str, path: str, token: str | None = None, body=None):
+    req = urllib.request.Request(f"{base}{path}", method=method)
+    req.add_header("content-type", "application/json")
+    req.add_header("apikey", PK)
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    data = json.dumps(body if body is not None else {}).encode()
+    try:
+        with urllib.request.urlopen(req, data=data, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def org_with_endpoint(base: str, receiver: Receiver):
+    status, session = call(
+        base, "POST", "/auth/v1/signup", None,
+        {"email": f"hooks-{uuid.uuid4().hex}@example.com", "password": "correct horse battery"},
+    )
+    assert status == 200, session
+    token = session["access_token"]
+    status, org = call(base, "POST", "/v1/orgs", token, {"name": "Hooks"})
+    assert status == 201, org
+    org_id = org["data"]["id"]
+    status, ep = call(base, "POST", f"/v1/orgs/{org_id}/webhooks", token, {"url": receiver.url})
+    assert status == 201, ep
+    return token, org_id, ep["data"]
+
+
+def test_a_delivery_verifies_with_the_official_library(base):
+    receiver = Receiver()
+    token, org, ep = org_with_endpoint(base, receiver)
+    status, key = call(base, "POST", f"/v1/orgs/{org}/api-keys", token, {"name": "k"})
+    assert status == 201, key
+    headers, body = receiver.event("api_key.created")
+    payload = Webhook(ep["secret"]).verify(body, headers)
+    assert payload["type"] == "api_key.created"
+    assert payload["data"]["id"] == key["data"]["id"]
+    assert key["data"]["key"] not in body.decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(ep["secret"]).verify(body.replace(b"api_key", b"api_kez"), headers)
+    status, other = call(base, "POST", f"/v1/orgs/{org}/webhooks", token, {"url": receiver.url})
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other["data"]["secret"]).verify(body, headers)
+
+
+def test_during_a_rotation_both_secrets_verify(base):
+    receiver = Receiver()
+    token, org, ep = org_with_endpoint(base, receiver)
+    old = ep["secret"]
+    status, rotated = call(base, "POST", f"/v1/orgs/{org}/webhooks/{ep['id']}/rotate-secret", token)
+    assert status == 200, rotated
+    new = rotated["data"]["secret"]
+    assert new != old
+    status, queued = call(base, "POST", f"/v1/orgs/{org}/webhooks/{ep['id']}/test", token)
+    assert status == 202, queued
+    headers, body = receiver.event("webhook.test")
+    assert headers["webhook-id"] == queued["data"]["message_id"]
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    # A receiver still configured with the old secret, and one already on the new one.
+    assert Webhook(old).verify(body, headers)["type"] == "webhook.test"
+    assert Webhook(new).verify(body, headers)["type"] == "webhook.test"
+
+
+def test_every_retry_verifies_and_keeps_its_id(base):
+    receiver = Receiver()
+    receiver.script = [500, 500]
+    token, org, ep = org_with_endpoint(base, receiver)
+    status, _ = call(base, "POST", f"/v1/orgs/{org}/webhooks/{ep['id']}/test", token)
+    assert status == 202
+    hits = receiver.wait(lambda hs: len(hs) >= 3, "three attempts")
+    assert len({h["webhook-id"] for h, _ in hits}) == 1
+    for headers, body in hits:
+        Webhook(ep["secret"]).verify(body, headers)
+    assert len({h["webhook-timestamp"] for h, _ in hits}) == 3, "each attempt is signed afresh"
