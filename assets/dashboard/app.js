@@ -1,4 +1,5 @@
-// Gatehouse dashboard: one page, hash routes (#/keys, #/members, #/widgets, #/usage, #/audit).
+// Gatehouse dashboard: one page, hash routes (#/keys, #/members, #/widgets, #/webhooks, #/usage,
+// #/audit).
 //
 // Every call is a same-origin fetch() to /v1 with the HttpOnly session cookie; the server's
 // Origin check on state-changing cookie requests is the CSRF protection. Secrets (new API
@@ -224,6 +225,7 @@
     { id: 'keys', title: 'API keys', need: 'keys:read', render: keysPage },
     { id: 'members', title: 'Members', need: 'members:read', render: membersPage },
     { id: 'widgets', title: 'Widgets', need: 'widgets:read', render: widgetsPage },
+    { id: 'webhooks', title: 'Webhooks', need: 'webhooks:read', render: webhooksPage },
     { id: 'usage', title: 'Usage', need: 'analytics:read', render: usagePage },
     { id: 'audit', title: 'Audit log', need: 'audit:read', render: auditPage },
   ]
@@ -727,7 +729,7 @@
 
     function newRoleForm() {
       const err = errorSlot()
-      const name = h('input', { id: 'role-name', required: true, maxlength: '32', pattern: '[a-z][a-z0-9_-]*', autocomplete: 'off', 'aria-describedby': 'role-name-hint' })
+      const name = h('input', { id: 'role-name', required: true, maxlength: '32', pattern: '[a-z][a-z0-9_\\-]*', autocomplete: 'off', 'aria-describedby': 'role-name-hint' })
       const boxes = org().permissions.map((p) => {
         const id = `role-perm-${p.replace(':', '-')}`
         return h('label', { class: 'check', for: id }, h('input', { type: 'checkbox', id, value: p }), h('code', null, p))
@@ -979,42 +981,225 @@
     reload()
   }
 
+  // ---------------------------------------------------------------- webhooks
+  const EVENT_TYPES = ['api_key.created', 'api_key.rolled', 'api_key.revoked', 'member.added', 'member.removed',
+    'member.role_changed', 'rate_limit.exceeded', 'thread.created', 'widget.created', 'widget.updated', 'widget.deleted',
+    'webhook.test', 'webhook.endpoint_disabled']
+
+  function endpointBadge(e) {
+    if (e.enabled) return h('span', { class: 'badge active' }, e.failing_since ? 'failing' : 'enabled')
+    return h('span', { class: 'badge revoked' }, e.disabled_reason ? `disabled (${e.disabled_reason})` : 'disabled')
+  }
+
+  function webhooksPage(main) {
+    const writable = can('webhooks:write')
+    const listErr = errorSlot()
+    const list = h('div', null, h('p', { class: 'muted' }, 'Loading endpoints…'))
+    const editor = h('div', { class: 'editor' })
+    const listCard = h('section', { class: 'card', 'aria-labelledby': 'hooks-h' },
+      h('div', { class: 'card-head' }, h('h2', { id: 'hooks-h' }, 'Endpoints'),
+        writable ? btn('New endpoint', { class: 'primary small', onclick: () => openEditor(null) }) : null),
+      listErr, list)
+    main.append(h('p', { class: 'lede' }, 'Signed events (Standard Webhooks) sent to your HTTPS endpoints, with every delivery attempt logged.'),
+      h('div', { class: 'cols wide-right' }, listCard, editor))
+
+    async function reload(selectId) {
+      try {
+        const endpoints = await api('GET', orgPath('/webhooks'))
+        clearError(listErr)
+        list.replaceChildren(endpoints.length ? h('ul', { class: 'plain items' }, endpoints.map((e) => h('li', null,
+          h('button', { type: 'button', class: 'item', 'aria-label': `Edit endpoint ${e.url}`, onclick: () => openEditor(e) },
+            h('strong', { class: 'url' }, e.url),
+            h('span', { class: 'sub' }, e.description || (e.event_types ? `${e.event_types.length} event types` : 'every event')),
+            endpointBadge(e))))) : h('p', { class: 'muted empty' }, 'No endpoints yet.'))
+        if (selectId) {
+          const e = endpoints.find((x) => x.id === selectId)
+          if (e) openEditor(e, { keepSecret: true })
+        }
+      } catch (e) {
+        showError(listErr, e)
+      }
+    }
+
+    function openEditor(e, { keepSecret = false } = {}) {
+      const kept = keepSecret ? editor.querySelector('.secret') : null
+      if (!kept) forgetSecrets()
+      editor.replaceChildren(endpointEditor(e, kept))
+      if (!keepSecret) editor.querySelector('h2').focus()
+    }
+
+    function hookSecretBox(secret, heading) {
+      return secretBox({
+        heading,
+        value: secret,
+        warning: 'Verify each delivery\u2019s webhook-signature with it (any Standard Webhooks library). It cannot be shown again after you leave this page.',
+      })
+    }
+
+    function endpointEditor(e, keptSecret) {
+      const err = errorSlot()
+      const ro = !writable
+      const url = h('input', { id: 'hook-url', type: 'url', required: true, value: e ? e.url : '', placeholder: 'https://api.example.com/webhooks/gatehouse', disabled: ro, autocomplete: 'off' })
+      const description = h('input', { id: 'hook-desc', maxlength: '200', value: e ? e.description : '', disabled: ro, autocomplete: 'off' })
+      const enabled = h('input', { type: 'checkbox', id: 'hook-enabled', checked: e ? e.enabled : true, disabled: ro })
+      const all = h('input', { type: 'checkbox', id: 'hook-all', checked: !e || !e.event_types, disabled: ro })
+      const boxes = EVENT_TYPES.map((t) => {
+        const id = `hook-ev-${t.replace(/[._]/g, '-')}`
+        return h('label', { class: 'check', for: id }, h('input', { type: 'checkbox', id, value: t, checked: !!(e && e.event_types && e.event_types.includes(t)), disabled: ro }), h('code', null, t))
+      })
+      const types = h('div', { class: 'checks' }, boxes)
+      const syncAll = () => { types.hidden = all.checked }
+      all.addEventListener('change', syncAll)
+      syncAll()
+      const submit = ro ? null : h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, e ? 'Save changes' : 'Create endpoint'))
+      const form = h('form', { class: 'stack', 'aria-labelledby': 'hook-edit-h' },
+        h('div', { class: 'field' }, h('label', { for: 'hook-url' }, 'Endpoint URL'), url),
+        h('div', { class: 'field' }, h('label', { for: 'hook-desc' }, 'Description'), description),
+        h('fieldset', null, h('legend', null, 'Events'),
+          h('label', { class: 'check', for: 'hook-all' }, all, 'Every event'), types),
+        h('label', { class: 'check', for: 'hook-enabled' }, enabled, 'Enabled'),
+        err, submit)
+      form.addEventListener('submit', (ev) => {
+        ev.preventDefault()
+        busy(submit, err, async () => {
+          const body = {
+            url: url.value.trim(),
+            description: description.value.trim(),
+            event_types: all.checked ? null : boxes.map((b) => b.querySelector('input')).filter((i) => i.checked).map((i) => i.value),
+            enabled: enabled.checked,
+          }
+          if (e) {
+            await api('PATCH', orgPath(`/webhooks/${encodeURIComponent(e.id)}`), body)
+            toast('Saved.')
+            await reload(e.id)
+          } else {
+            const { secret, ...created } = await api('POST', orgPath('/webhooks'), body)
+            const box = hookSecretBox(secret, 'Signing secret')
+            await reload()
+            openEditor(created)
+            editor.querySelector('.slot').replaceChildren(box)
+          }
+        })
+      })
+      const slot = h('div', { class: 'slot' }, keptSecret || null)
+      const card = h('section', { class: 'card', 'aria-labelledby': 'hook-edit-h' },
+        h('h2', { id: 'hook-edit-h', tabindex: '-1' }, e ? 'Endpoint' : 'New endpoint'),
+        e ? h('p', { class: 'sub' }, h('code', null, e.id), ' ', endpointBadge(e)) : null,
+        slot, form)
+      if (e) card.append(endpointTools(e, slot), deliveryLog(e))
+      return card
+    }
+
+    function endpointTools(e, slot) {
+      if (!writable) return null
+      const err = errorSlot()
+      const test = btn('Send test event', { class: 'secondary' })
+      test.addEventListener('click', () => busy(test, err, async () => {
+        const q = await api('POST', orgPath(`/webhooks/${encodeURIComponent(e.id)}/test`))
+        toast(`Test event queued (${q.message_id}).`)
+        setTimeout(() => editor.querySelector('.refresh-log')?.click(), 1500)
+      }))
+      const rotate = btn('Rotate secret', { class: 'secondary' })
+      rotate.addEventListener('click', async () => {
+        const yes = await confirmDialog({ title: 'Rotate signing secret', text: 'A new secret is made. For 24 hours every delivery is signed with both the new and the old one. Continue?', ok: 'Rotate secret', danger: false })
+        if (!yes) return rotate.focus()
+        await busy(rotate, err, async () => {
+          const r = await api('POST', orgPath(`/webhooks/${encodeURIComponent(e.id)}/rotate-secret`))
+          forgetSecrets()
+          slot.replaceChildren(hookSecretBox(r.secret, 'New signing secret'))
+        })
+      })
+      const del = h('button', { type: 'button', class: 'danger' }, icon(TRASH), h('span', { class: 'label' }, 'Delete endpoint'))
+      del.addEventListener('click', async () => {
+        const yes = await confirmDialog({ title: 'Delete endpoint', text: `Delete ${e.url} and its delivery log?` })
+        if (!yes) return del.focus()
+        await busy(del, err, async () => {
+          await api('DELETE', orgPath(`/webhooks/${encodeURIComponent(e.id)}`))
+          forgetSecrets()
+          editor.replaceChildren()
+          toast('Endpoint deleted.')
+          await reload()
+        })
+      })
+      return h('div', { class: 'tools' }, h('div', { class: 'row gap' }, test, rotate, del), err)
+    }
+
+    function deliveryLog(e) {
+      const err = errorSlot()
+      const body = h('div', { class: 'table-wrap' }, h('p', { class: 'muted' }, 'Loading deliveries…'))
+      const refresh = btn('Refresh', { class: 'secondary small refresh-log' })
+      async function load() {
+        const attempts = await api('GET', orgPath(`/webhooks/${encodeURIComponent(e.id)}/deliveries?limit=50`))
+        body.replaceChildren(attempts.length ? h('table', { class: 'table deliveries' }, h('caption', { class: 'sr' }, 'Delivery attempts, newest first'),
+          h('thead', null, h('tr', null, ['When', 'Event', 'Attempt', 'Status', 'Latency', 'Result', 'Response', writable ? 'Actions' : null]
+            .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
+          h('tbody', null, attempts.map((a) => h('tr', { 'data-delivery-id': a.delivery_id },
+            h('td', null, fmtTime(a.created_at)), h('td', null, h('code', null, a.event_type)),
+            h('td', null, String(a.attempt)), h('td', null, a.status_code === null ? 'network error' : String(a.status_code)),
+            h('td', null, `${fmtNum(a.latency_ms)} ms`),
+            h('td', null, h('span', { class: `badge ${a.succeeded ? 'active' : 'revoked'}` }, a.succeeded ? 'succeeded' : 'failed'),
+              h('span', { class: 'sub' }, `delivery ${a.delivery_status}`)),
+            h('td', null, a.response ? h('details', null, h('summary', null, 'Show'), h('pre', { class: 'code' }, a.response)) : '—'),
+            writable ? h('td', { class: 'actions-cell' }, replayButton(a)) : null)))) :
+          h('p', { class: 'muted empty' }, 'No deliveries yet. Send a test event.'))
+      }
+      function replayButton(a) {
+        const b = btn(a.succeeded ? 'Replay' : 'Retry', { class: 'secondary small', 'aria-label': `${a.succeeded ? 'Replay' : 'Retry'} ${a.event_type} delivery ${a.delivery_id}` })
+        b.addEventListener('click', () => busy(b, err, async () => {
+          await api('POST', orgPath(`/webhooks/deliveries/${encodeURIComponent(a.delivery_id)}/retry`))
+          toast('Delivery queued again, with the same webhook-id.')
+          setTimeout(() => busy(refresh, err, load), 1500)
+        }))
+        return b
+      }
+      refresh.addEventListener('click', () => busy(refresh, err, load))
+      busy(refresh, err, load)
+      return h('div', { class: 'tools' }, h('div', { class: 'card-head' }, h('h3', null, 'Delivery log'), refresh), err, body)
+    }
+
+    reload()
+  }
+
   // ---------------------------------------------------------------- usage
   const DAY = 86_400_000
   const PALETTE = ['#2563eb', '#0f766e', '#b45309', '#7c3aed', '#be185d', '#15803d', '#0369a1', '#a16207', '#4d7c0f', '#9f1239']
 
-  function niceMax(v) {
-    if (v <= 5) return 5
-    const p = 10 ** Math.floor(Math.log10(v))
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p
+  // The smallest 1-2-5 step that covers v in four whole-number steps.
+  function niceStep(v) {
+    const raw = Math.max(1, Math.ceil(v / 4))
+    const p = 10 ** Math.floor(Math.log10(raw))
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= raw && Number.isInteger(m * p)) return m * p
     return 10 * p
   }
 
-  // A stacked bar chart in inline SVG: one bar per day, one segment per series.
-  function barChart({ days, series, label }) {
-    const W = 720, H = 220, L = 44, R = 8, T = 10, B = 28
+  // A stacked bar chart in inline SVG: one bar per day, one segment per series. Drawn at the
+  // width it is shown (width is the pixels available), so its text is never scaled.
+  function barChart({ days, series, label, width }) {
+    const W = Math.max(320, Math.min(1400, Math.round(width))), H = 220, L = 44, R = 8, T = 12, B = 28
     const totals = days.map((_, i) => series.reduce((a, sr) => a + sr.values[i], 0))
-    const max = niceMax(Math.max(0, ...totals))
+    const step = niceStep(Math.max(0, ...totals))
+    const max = step * 4
     const bw = (W - L - R) / days.length
     const y = (v) => T + (H - T - B) * (1 - v / max)
     const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': label })
     for (let i = 0; i <= 4; i++) {
-      const v = (max / 4) * i
+      const v = step * i
       svg.append(s('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid' }),
-        s('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' }, fmtNum(Math.round(v))))
+        s('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' }, fmtNum(v)))
     }
+    const every = Math.ceil(days.length / Math.max(2, Math.floor((W - L - R) / 56)))
     days.forEach((d, i) => {
       let base = 0
       for (const sr of series) {
         const v = sr.values[i]
         if (!v) continue
         const top = y(base + v)
-        svg.append(s('rect', { x: L + i * bw + bw * 0.15, y: top, width: bw * 0.7, height: Math.max(0.5, y(base) - top), fill: sr.color },
+        svg.append(s('rect', { x: L + i * bw + bw * 0.15, y: top, width: Math.max(1, bw * 0.7), height: Math.max(0.5, y(base) - top), fill: sr.color },
           s('title', null, `${sr.name}, ${dateFmt.format(new Date(d))}: ${fmtNum(v)}`)))
         base += v
       }
-      const step = Math.ceil(days.length / 8)
-      if (i % step === 0 || i === days.length - 1) {
+      // A date under every few bars, counted back from today so the last bar is labelled.
+      if ((days.length - 1 - i) % every === 0) {
         const dt = new Date(d)
         svg.append(s('text', { x: L + i * bw + bw / 2, y: H - 8, 'text-anchor': 'middle', class: 'axis' }, `${dt.getUTCDate()}/${dt.getUTCMonth() + 1}`))
       }
@@ -1071,18 +1256,18 @@
         t.completion += r.completion_tokens || 0
       }
       if (!rows.length) return h('p', { class: 'muted empty' }, 'No requests in this period.')
-      const apiSeries = per('api_requests')
-      const limitedSeries = per('rate_limited')
+      const apiSeries = per('api_requests').filter((x) => x.values.some(Boolean))
+      const limitedSeries = per('rate_limited').filter((x) => x.values.some(Boolean))
       const sum = (field) => rows.reduce((a, r) => a + (r[field] || 0), 0)
+      const width = $('#main').clientWidth - 64
+      const chart = (id, title, hint, series, label) => h('section', { class: 'card', 'aria-labelledby': id },
+        h('h2', { id }, title), h('p', { class: 'hint' }, hint),
+        series.length ? [barChart({ days, series, label, width }), legend(series)] : null)
       return h('div', { class: 'stack' },
-        h('section', { class: 'card', 'aria-labelledby': 'chart-req-h' },
-          h('h2', { id: 'chart-req-h' }, 'Requests per day, by key'),
-          h('p', { class: 'hint' }, `${fmtNum(sum('api_requests'))} admitted key requests, ${fmtNum(sum('requests'))} of them chat.`),
-          barChart({ days, series: apiSeries, label: `Admitted requests per day for the last ${n} days` }), legend(apiSeries)),
-        h('section', { class: 'card', 'aria-labelledby': 'chart-429-h' },
-          h('h2', { id: 'chart-429-h' }, 'Rate-limited requests (429) per day'),
-          h('p', { class: 'hint' }, `${fmtNum(sum('rate_limited'))} refused with 429.`),
-          barChart({ days, series: limitedSeries.map((x) => ({ ...x })), label: `429 responses per day for the last ${n} days` }), legend(limitedSeries)),
+        chart('chart-req-h', 'Requests per day, by key', `${fmtNum(sum('api_requests'))} admitted key requests, ${fmtNum(sum('requests'))} of them chat.`,
+          apiSeries, `Admitted requests per day for the last ${n} days`),
+        chart('chart-429-h', 'Rate-limited requests (429) per day', `${fmtNum(sum('rate_limited'))} refused with 429.`,
+          limitedSeries, `429 responses per day for the last ${n} days`),
         h('section', { class: 'card', 'aria-labelledby': 'usage-table-h' },
           h('h2', { id: 'usage-table-h' }, 'Totals per key'),
           h('div', { class: 'table-wrap' }, h('table', { class: 'table num' },
@@ -1105,7 +1290,7 @@
     const more = btn('Load older entries', { class: 'secondary' })
     const LIMIT = 50
     let before = null
-    main.append(h('p', { class: 'lede' }, 'Every change to members, roles, keys and widgets, newest first. Entries never hold secrets.'),
+    main.append(h('p', { class: 'lede' }, 'Every change to members, roles, keys, widgets and webhooks, newest first. Entries never hold secrets.'),
       h('section', { class: 'card' }, err,
         h('div', { class: 'table-wrap' }, h('table', { class: 'table audit' }, h('caption', { class: 'sr' }, 'Audit log'),
           h('thead', null, h('tr', null, ['When', 'Action', 'Actor', 'Target', 'IP', 'Details'].map((t) => h('th', { scope: 'col' }, t)))), body)),

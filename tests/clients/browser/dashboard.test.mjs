@@ -5,7 +5,10 @@
 // it from the clipboard, uses it from node (GET /v1/me with X-API-Key: 200), deletes it
 // through the confirmation dialog and sees the same request fail with 401. A member sees
 // the keys page without any key control, and the server refuses the member's create (403)
-// anyway. The page carries its CSP and no CSP violation is reported.
+// anyway. The other pages are driven too: members and custom roles, a widget with its live
+// preview, webhooks with a test event, the delivery log and a replay (against a local
+// receiver), the usage charts and the audit log. The page carries its CSP and no CSP
+// violation is reported.
 //
 // Run: cd tests/clients/browser && npm ci && node --test dashboard.test.mjs
 // Env: as widget.test.mjs: GATEHOUSE_BIN, GATEHOUSE_CLIENT_TEST_DATABASE_URL,
@@ -17,6 +20,7 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs'
+import http from 'node:http'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -75,6 +79,9 @@ async function startGatehouse() {
     GATEHOUSE_AUTOCONFIRM: 'true',
     GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
     GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
+    // The webhook receiver of this suite listens on 127.0.0.1.
+    GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE: 'true',
+    GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS: '200',
   }
   const chunks = []
   const proc = spawn(BIN, ['serve'], { env, cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] })
@@ -133,6 +140,23 @@ async function api(method, url, { body, headers = {}, expect = 200 } = {}) {
   return json.data !== undefined ? json.data : json
 }
 
+// A webhook endpoint that accepts everything and remembers what it got.
+function startReceiver() {
+  return new Promise((resolve, reject) => {
+    const got = []
+    const srv = http.createServer((req, res) => {
+      const chunks = []
+      req.on('data', (c) => chunks.push(c))
+      req.on('end', () => {
+        got.push({ headers: req.headers, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) })
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('thanks')
+      })
+    })
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => resolve({ srv, got, url: `http://127.0.0.1:${srv.address().port}/hooks` }))
+  })
+}
+
 // Records console messages, thrown errors and CSP violations (from a listener installed
 // before the page's own script runs).
 function watch(page) {
@@ -171,7 +195,7 @@ async function signIn(page, url, email) {
 }
 
 describe('dashboard in Chromium', { skip }, () => {
-  let gh, browser, org, ownerEmail, memberEmail
+  let gh, browser, org, owner, ownerEmail, memberEmail, thirdEmail
 
   before(async () => {
     if (!haveChromium) throw new Error(`${CHROMIUM} not found (CI=true): install Debian's chromium package`)
@@ -189,8 +213,10 @@ describe('dashboard in Chromium', { skip }, () => {
     }
     ownerEmail = `owner-${randomUUID()}@example.com`
     memberEmail = `member-${randomUUID()}@example.com`
-    const owner = await signUp(ownerEmail)
+    thirdEmail = `third-${randomUUID()}@example.com`
+    owner = await signUp(ownerEmail)
     await signUp(memberEmail)
+    await signUp(thirdEmail)
     org = await api('POST', `${gh.url}/v1/orgs`, { body: { name: 'Acme Robotics' }, headers: owner, expect: 201 })
     await api('POST', `${gh.url}/v1/orgs/${org.id}/members`, {
       body: { email: memberEmail, role: 'member' },
@@ -359,6 +385,180 @@ describe('dashboard in Chromium', { skip }, () => {
     }
   })
 
+  test('members and roles, a widget with its live preview, usage charts and the audit log', async () => {
+    // Traffic for the charts: a key limited to 3 requests a minute, used 6 times (3 refused).
+    const limited = await api('POST', `${gh.url}/v1/orgs/${org.id}/api-keys`, {
+      body: { name: 'Chart key', rate_limits: [{ limit: 3, window_seconds: 60 }] },
+      headers: owner,
+      expect: 201,
+    })
+    const statuses = []
+    for (let i = 0; i < 6; i++) {
+      const r = await fetch(`${gh.url}/v1/me`, { headers: { 'x-api-key': limited.key } })
+      await r.arrayBuffer()
+      statuses.push(r.status)
+    }
+    assert.deepEqual(statuses, [200, 200, 200, 429, 429, 429])
+
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } })
+    await context.addInitScript(cspWatcher)
+    const page = await context.newPage()
+    const seen = watch(page)
+    const nav = page.getByRole('navigation', { name: 'Dashboard pages' })
+    try {
+      await signIn(page, gh.url, ownerEmail)
+
+      // Members: add by email, change the role, remove through the dialog; a custom role.
+      await nav.getByRole('link', { name: 'Members' }).click()
+      await page.getByLabel('Email').fill(thirdEmail)
+      await page.getByLabel('Role', { exact: true }).selectOption('member')
+      await page.getByRole('button', { name: 'Add member' }).click()
+      const roleOf = page.getByLabel(`Role of ${thirdEmail}`)
+      await roleOf.waitFor()
+      assert.ok((await roleOf.locator('option').allTextContents()).includes('owner'), 'an owner may grant owner')
+      await roleOf.selectOption('admin')
+      await page.getByText(`${thirdEmail} is now admin.`).waitFor()
+      await page.getByLabel('Name', { exact: true }).fill('coach')
+      await page.getByLabel('threads:read').last().check()
+      await page.getByRole('button', { name: 'Create role' }).click()
+      await page.getByRole('rowheader', { name: /^coach/ }).waitFor()
+      await page.getByRole('button', { name: `Remove ${thirdEmail}` }).click()
+      await page.getByRole('dialog', { name: 'Remove member' }).getByRole('button', { name: 'Remove' }).click()
+      await page.getByLabel(`Role of ${thirdEmail}`).waitFor({ state: 'detached' })
+      await page.getByRole('button', { name: 'Delete role coach' }).click()
+      await page.getByRole('dialog', { name: 'Delete role' }).getByRole('button', { name: 'Delete' }).click()
+      await page.getByRole('rowheader', { name: /^coach/ }).waitFor({ state: 'detached' })
+      await page.getByRole('button', { name: 'Delete organization' }).waitFor()
+
+      // Widgets: the preview follows the form as it is typed.
+      await nav.getByRole('link', { name: 'Widgets' }).click()
+      await page.getByRole('button', { name: 'New widget' }).click()
+      await page.getByLabel('Name').fill('Help desk')
+      await page.getByLabel('Allowed origins').fill('https://shop.example.com\nhttp://localhost:3000')
+      await page.getByLabel('Title').fill('Ask Acme')
+      await page.getByLabel('Greeting').fill('Hello! What are you building?')
+      await page.getByLabel('Position').selectOption('bottom-left')
+      await page.getByLabel('Accent colour').fill('#0f766e')
+      const preview = page.locator('.preview')
+      assert.equal(await preview.locator('.pv-title').textContent(), 'Ask Acme')
+      assert.equal(await preview.locator('.pv-msg').textContent(), 'Hello! What are you building?')
+      assert.equal(await preview.evaluate((el) => el.classList.contains('left')), true)
+      assert.equal(await preview.locator('.pv-launcher').evaluate((el) => getComputedStyle(el).backgroundColor), 'rgb(15, 118, 110)')
+      await page.getByRole('button', { name: 'Create widget' }).click()
+      const secret = page.locator('.secret .secret-value')
+      await secret.waitFor()
+      const first = (await secret.textContent()).trim()
+      assert.match(first, /^wsec_/)
+      await page.getByRole('heading', { name: 'Widget: Help desk' }).waitFor()
+      assert.match(await page.locator('pre.code').first().textContent(), /widget\.js/)
+      await page.getByRole('button', { name: 'Mint widget token' }).click()
+      assert.match(await page.locator('.token-embed').textContent(), /data-key="[A-Za-z0-9_-]+"/)
+      await page.getByRole('button', { name: 'Rotate secret' }).click()
+      await page.getByRole('dialog', { name: 'Rotate widget secret' }).getByRole('button', { name: 'Rotate secret' }).click()
+      await page.getByRole('heading', { name: 'New widget secret' }).waitFor()
+      assert.notEqual((await secret.textContent()).trim(), first)
+      assert.equal(await page.locator('.secret').count(), 1)
+      // Saved settings come back from the server.
+      await page.getByLabel('Title').fill('Ask Acme Robotics')
+      await page.getByRole('button', { name: 'Save changes' }).click()
+      await page.getByText('Saved.').waitFor()
+      const saved = await api('GET', `${gh.url}/v1/orgs/${org.id}/widgets`, { headers: owner })
+      assert.equal(saved[0].settings.title, 'Ask Acme Robotics')
+      assert.equal(saved[0].settings.accent_color, '#0f766e')
+      assert.deepEqual(saved[0].allowed_origins, ['https://shop.example.com', 'http://localhost:3000'])
+      mkdirSync(SHOTS, { recursive: true })
+      await page.screenshot({ path: path.join(SHOTS, 'dashboard-widgets.png'), fullPage: true })
+
+      // Usage: counts are written behind (every 5 s); wait until the 429s are in.
+      const deadline = Date.now() + 15_000
+      for (;;) {
+        const rows = await api('GET', `${gh.url}/v1/orgs/${org.id}/usage?granularity=day&key_id=${limited.id}`, { headers: owner })
+        if (rows.some((r) => r.rate_limited === 3)) break
+        assert.ok(Date.now() < deadline, `usage not written: ${JSON.stringify(rows)}`)
+        await sleep(500)
+      }
+      await nav.getByRole('link', { name: 'Usage' }).click()
+      await page.locator('svg.chart').nth(1).waitFor()
+      assert.equal(await page.locator('svg.chart').count(), 2)
+      assert.ok((await page.locator('svg.chart').first().locator('rect').count()) > 0, 'bars in the requests chart')
+      assert.ok((await page.locator('svg.chart').nth(1).locator('rect').count()) > 0, 'bars in the 429 chart')
+      const totals = page.locator('tr', { hasText: 'Chart key' })
+      assert.deepEqual((await totals.locator('td').allTextContents()).slice(0, 3), ['3', '0', '3'])
+      await page.screenshot({ path: path.join(SHOTS, 'dashboard-usage.png'), fullPage: true })
+
+      // The audit log lists what happened, newest first.
+      await nav.getByRole('link', { name: 'Audit log' }).click()
+      await page.getByRole('cell', { name: 'widget.secret_rotated' }).first().waitFor()
+      for (const action of ['api_key.created', 'api_key.revoked', 'api_key.rolled', 'member.added', 'role.created', 'widget.created']) {
+        assert.ok((await page.getByRole('cell', { name: action, exact: true }).count()) > 0, action)
+      }
+      assert.equal(await page.getByRole('button', { name: 'Load older entries' }).isVisible(), false)
+
+      await assertClean(page, seen)
+    } finally {
+      await context.close()
+    }
+  })
+
+  test('webhooks: an endpoint, its secret once, a test event, the delivery log and a replay', async () => {
+    const receiver = await startReceiver()
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } })
+    await context.addInitScript(cspWatcher)
+    const page = await context.newPage()
+    const seen = watch(page)
+    try {
+      await signIn(page, gh.url, ownerEmail)
+      await page.getByRole('navigation', { name: 'Dashboard pages' }).getByRole('link', { name: 'Webhooks' }).click()
+      await page.getByRole('button', { name: 'New endpoint' }).click()
+      await page.getByLabel('Endpoint URL').fill(receiver.url)
+      await page.getByLabel('Description').fill('Billing service')
+      await page.getByLabel('Every event').uncheck()
+      await page.getByLabel('webhook.test').check()
+      await page.getByLabel('api_key.created').check()
+      await page.getByRole('button', { name: 'Create endpoint' }).click()
+      const secret = page.locator('.secret .secret-value')
+      await secret.waitFor()
+      assert.match((await secret.textContent()).trim(), /^whsec_/)
+      const [endpoint] = await api('GET', `${gh.url}/v1/orgs/${org.id}/webhooks`, { headers: owner })
+      assert.deepEqual(endpoint.event_types.sort(), ['api_key.created', 'webhook.test'])
+
+      // A test event reaches the receiver and appears in the delivery log.
+      await page.getByRole('button', { name: 'Send test event' }).click()
+      const deadline = Date.now() + 15_000
+      while (!receiver.got.some((r) => r.body.type === 'webhook.test')) {
+        assert.ok(Date.now() < deadline, 'the test event never arrived')
+        await sleep(100)
+      }
+      const first = receiver.got.find((r) => r.body.type === 'webhook.test')
+      assert.match(first.headers['webhook-signature'], /^v1,/)
+      const row = page.locator('table.deliveries tbody tr').first()
+      for (let i = 0; !(await row.isVisible()) && i < 20; i++) {
+        await page.getByRole('button', { name: 'Refresh' }).click()
+        await sleep(300)
+      }
+      await row.getByText('succeeded', { exact: true }).waitFor()
+      await row.getByRole('cell', { name: '200', exact: true }).waitFor()
+
+      // Replay: delivered again with the same webhook-id.
+      await row.getByRole('button', { name: /^Replay webhook\.test delivery/ }).click()
+      while (receiver.got.filter((r) => r.body.type === 'webhook.test').length < 2) {
+        assert.ok(Date.now() < deadline + 15_000, 'the replay never arrived')
+        await sleep(100)
+      }
+      const [a, b] = receiver.got.filter((r) => r.body.type === 'webhook.test')
+      assert.equal(a.headers['webhook-id'], b.headers['webhook-id'])
+      await page.locator('table.deliveries tbody tr').nth(1).waitFor({ timeout: 10_000 })
+
+      mkdirSync(SHOTS, { recursive: true })
+      await page.screenshot({ path: path.join(SHOTS, 'dashboard-webhooks.png'), fullPage: true })
+      await assertClean(page, seen)
+    } finally {
+      await context.close()
+      receiver.srv.closeAllConnections()
+      await new Promise((r) => receiver.srv.close(r))
+    }
+  })
+
   test('a member sees no key controls, and the server refuses a member\u2019s create anyway', async () => {
     const context = await browser.newContext({ viewport: { width: 1100, height: 760 } })
     await context.addInitScript(cspWatcher)
@@ -390,7 +590,10 @@ describe('dashboard in Chromium', { skip }, () => {
 
       // Readable on a phone: one column, nothing wider than the screen.
       await page.setViewportSize({ width: 390, height: 800 })
-      assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), 'no sideways scrolling at 390 px')
+      const wide = await page.evaluate(() => [...document.querySelectorAll('body *')]
+        .filter((el) => el.getBoundingClientRect().right > 391 && !el.closest('.table-wrap'))
+        .map((el) => `${el.tagName}.${el.className} ${Math.round(el.getBoundingClientRect().right)}`))
+      assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), `no sideways scrolling at 390 px: ${wide.join(', ')}`)
       mkdirSync(SHOTS, { recursive: true })
       await page.screenshot({ path: path.join(SHOTS, 'dashboard-keys-phone.png'), fullPage: true })
       await page.setViewportSize({ width: 1100, height: 760 })
