@@ -1,77 +1,69 @@
-//! The in-process backend: one `tat` per window in a bounded cache, each forgotten once it
-//! has been idle for its window (by then it equals a fresh counter).
+//! The in-process backend: each window's `tat` in a plain map behind one of 256 locks, the
+//! lock chosen by the decision's tag so all windows of a decision change together.
+//!
+//! Hand-written rather than a cache crate: a GCRA counter whose `tat` is in the past is
+//! exactly a fresh counter, so expiry needs no timers or access tracking: stale counters
+//! are dropped when a stripe fills up, with no effect on any decision. That keeps a decision
+//! to one uncontended lock and a few hash lookups (moka's per-read bookkeeping cost more
+//! than the decision itself).
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use super::{decide, Decision, Request};
 
-/// One window's counter.
-struct Cell {
-    tat: AtomicI64,
-    idle: Duration,
-}
-
-/// Forgets a counter once it has been idle for its own window.
-struct IdleForWindow;
-
-impl moka::Expiry<u128, Arc<Cell>> for IdleForWindow {
-    fn expire_after_create(&self, _: &u128, cell: &Arc<Cell>, _: Instant) -> Option<Duration> {
-        Some(cell.idle)
-    }
-    fn expire_after_read(
-        &self,
-        _: &u128,
-        cell: &Arc<Cell>,
-        _: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(cell.idle)
-    }
-    fn expire_after_update(
-        &self,
-        _: &u128,
-        cell: &Arc<Cell>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(cell.idle)
-    }
-}
-
-/// Decisions of one tag are serialised by one of these locks, so all windows of a decision
-/// change together; different tags rarely share one.
+/// Decisions of one tag are serialised by one of these locks; different tags rarely share one.
 const STRIPES: usize = 256;
+
+/// One window's counter: its theoretical arrival time (in 1/limit ms, as `gcra` keeps it)
+/// and the unix ms after which it equals a fresh counter.
+#[derive(Clone, Copy)]
+struct Cell {
+    tat: i64,
+    stale_after_ms: i64,
+}
+
+/// The counters of one stripe.
+struct Stripe {
+    cells: HashMap<u128, Cell>,
+}
 
 /// An in-process limiter, bounded in memory.
 #[derive(Clone)]
 pub struct MemoryLimiter {
-    /// Counters by a 128-bit hash of (tag, policy, subject, rate): no string is built on
-    /// the hot path, and a collision among a million counters has odds of about 1e-27.
-    cells: moka::sync::Cache<u128, Arc<Cell>>,
-    /// Two independent keyed hashers make the 128-bit counter id.
+    stripes: Arc<[Mutex<Stripe>]>,
+    /// Most counters per stripe.
+    per_stripe: usize,
+    /// Two independent keyed hashers make a counter's 128-bit id from (tag, policy,
+    /// subject, rate): no string is built on the hot path, and a collision among a million
+    /// counters has odds of about 1e-27.
     ids: (
         std::collections::hash_map::RandomState,
         std::collections::hash_map::RandomState,
     ),
-    stripes: Arc<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
     /// The latest time seen: a clock stepping back never loosens a limit.
     high_water: Arc<AtomicI64>,
 }
 
 impl MemoryLimiter {
-    /// A limiter holding at most `capacity` counters (least useful evicted first).
+    /// A limiter holding at most about `capacity` counters; when full, the counters closest
+    /// to replenishing are forgotten first.
     pub fn new(capacity: u64) -> Self {
+        let per_stripe = usize::try_from(capacity / STRIPES as u64)
+            .unwrap_or(usize::MAX)
+            .max(16);
         Self {
-            cells: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(IdleForWindow)
-                .build(),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| {
+                    Mutex::new(Stripe {
+                        cells: HashMap::new(),
+                    })
+                })
+                .collect(),
+            per_stripe,
             ids: Default::default(),
             hasher: Default::default(),
             high_water: Arc::new(AtomicI64::new(i64::MIN)),
@@ -84,32 +76,31 @@ impl MemoryLimiter {
             .high_water
             .fetch_max(now_ms, Ordering::AcqRel)
             .max(now_ms);
-        let cells: Vec<Arc<Cell>> = req
-            .windows
-            .iter()
-            .map(|w| {
-                let id = self.id(&req.tag, w);
-                let idle = Duration::from_secs(u64::from(w.rate.window_seconds));
-                self.cells.get_with(id, || {
-                    Arc::new(Cell {
-                        tat: AtomicI64::new(i64::MIN),
-                        idle,
-                    })
-                })
-            })
-            .collect();
+        let ids: Vec<u128> = req.windows.iter().map(|w| self.id(&req.tag, w)).collect();
         let stripe = &self.stripes[(self.hasher.hash_one(&req.tag) as usize) % STRIPES];
         // A poisoned stripe only means another decision panicked mid-way; the counters are
         // plain integers and stay meaningful.
-        let _guard = stripe.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tats: Vec<i64> = cells
+        let mut s = stripe.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tats: Vec<i64> = ids
             .iter()
-            .map(|c| c.tat.load(Ordering::Acquire))
+            .map(|id| s.cells.get(id).map_or(i64::MIN, |c| c.tat))
             .collect();
         let decision = decide(&req.windows, &mut tats, now);
         if decision.allowed {
-            for (c, t) in cells.iter().zip(tats) {
-                c.tat.store(t, Ordering::Release);
+            for ((id, tat), w) in ids.iter().zip(tats).zip(&req.windows) {
+                let limit = i64::from(w.rate.limit.max(1));
+                let cell = Cell {
+                    tat,
+                    stale_after_ms: tat.div_euclid(limit).saturating_add(1),
+                };
+                if let Some(c) = s.cells.get_mut(id) {
+                    *c = cell;
+                } else {
+                    if s.cells.len() >= self.per_stripe {
+                        s.make_room(self.per_stripe, now);
+                    }
+                    s.cells.insert(*id, cell);
+                }
             }
         }
         decision
@@ -127,14 +118,33 @@ impl MemoryLimiter {
         (u128::from(half(&self.ids.0)) << 64) | u128::from(half(&self.ids.1))
     }
 
-    /// Counters currently held (after pending evictions are applied).
+    /// Counters currently held.
     pub fn len(&self) -> u64 {
-        self.cells.run_pending_tasks();
-        self.cells.entry_count()
+        self.stripes
+            .iter()
+            .map(|s| s.lock().map_or(0, |s| s.cells.len() as u64))
+            .sum()
     }
 
     /// Whether no counter is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Stripe {
+    /// Drops counters that equal fresh ones; if that is not enough, forgets the eighth of
+    /// the counters closest to replenishing (a bounded memory loosens those limits a little,
+    /// never the others).
+    fn make_room(&mut self, cap: usize, now_ms: i64) {
+        self.cells.retain(|_, c| c.stale_after_ms > now_ms);
+        if self.cells.len() < cap {
+            return;
+        }
+        let mut ends: Vec<i64> = self.cells.values().map(|c| c.stale_after_ms).collect();
+        let k = (cap / 8).max(1).min(ends.len() - 1);
+        let (_, cut, _) = ends.select_nth_unstable(k);
+        let cut = *cut;
+        self.cells.retain(|_, c| c.stale_after_ms > cut);
     }
 }
