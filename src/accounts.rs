@@ -199,6 +199,18 @@ impl Accounts {
         self.start_session(user, "password").await
     }
 
+    /// A session for a user who followed an emailed link or entered its code.
+    pub async fn email_session(
+        &self,
+        user: User,
+        method: &str,
+    ) -> Result<IssuedSession, AccountError> {
+        self.store
+            .touch_sign_in(&user.id, self.clock.now_ms())
+            .await?;
+        self.start_session(user, method).await
+    }
+
     async fn start_session(&self, user: User, method: &str) -> Result<IssuedSession, AccountError> {
         let refresh = tokens::random_token(REFRESH_TOKEN_BYTES);
         let now = self.clock.now_ms();

@@ -62,6 +62,8 @@ pub struct AppInner {
     pub keys: crate::keys::Keys,
     /// Widgets: cached records, sessions, signatures and the replay cache.
     pub widgets: crate::widgets::Widgets,
+    /// Email flows: one-time links and codes, and the mail queue.
+    pub email: crate::mail::flows::EmailFlows,
     /// Sessions known to exist, so a JWT check needs no storage on a warm cache.
     live_sessions: moka::future::Cache<String, bool>,
     /// Access tokens already verified, by SHA-256 of the token.
@@ -178,7 +180,14 @@ impl AppState {
             .timeout(Duration::from_millis(config.upstream_timeout_ms))
             .build()?;
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config)?);
+        let email = crate::mail::flows::EmailFlows::new(
+            store.clone(),
+            clock.clone(),
+            config.clone(),
+            crate::mail::Mailer::new(&config)?,
+        );
         Ok(AppState(Arc::new(AppInner {
+            email,
             widgets,
             webhooks,
             proxy_client,
@@ -442,6 +451,13 @@ pub async fn run(
             .write_behind(Duration::from_secs(5)),
     );
     let webhooks = crate::webhooks::worker::spawn(state.clone());
+    let (stop_mail, stop_rx) = tokio::sync::watch::channel(false);
+    let mail = tokio::spawn(crate::mail::worker(
+        state.email.mailer.clone(),
+        state.store.clone(),
+        state.clock.clone(),
+        stop_rx,
+    ));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -452,6 +468,15 @@ pub async fn run(
     subscriber.abort();
     usage.abort();
     webhooks.stop().await;
+    // A mail being handed to SMTP is finished rather than cut off (it would be sent again
+    // by whichever instance takes the lease over).
+    let _ = stop_mail.send(true);
+    if tokio::time::timeout(Duration::from_secs(35), mail)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the mail worker did not stop in time");
+    }
     if let Err(e) = state.chat.usage.flush().await {
         tracing::warn!(error = %e, "could not write the usage counters at shutdown");
     }

@@ -215,6 +215,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    crate::mail::check_serve(&config)?;
     let listen = config.listen;
     let state = AppState::build(config, Clock::System).await?;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -134,6 +134,23 @@ pub struct Config {
     pub log_format: String,
     /// Development mode: confirms sign-ups at once (as `autoconfirm`).
     pub dev: bool,
+    /// `smtp://`/`smtps://` URL mail goes out through (may hold credentials: never logged).
+    pub smtp_url: Option<SecretString>,
+    /// The `From:` of every mail.
+    pub mail_from: String,
+    /// Without SMTP (development): mails are logged and written here, one file each.
+    pub mail_outbox_dir: String,
+    /// A folder whose template files replace the built-in ones.
+    pub mail_templates_dir: Option<String>,
+    /// Where emailed links land by default (GoTrue's `SITE_URL`); unset: `public_url`.
+    pub site_url: Option<String>,
+    /// URLs (exact, or `*`/`**` patterns) an emailed link may redirect to.
+    #[serde(deserialize_with = "comma_list")]
+    pub redirect_allowlist: Vec<String>,
+    /// Lifetime of emailed links and codes, in seconds.
+    pub otp_expiry_seconds: i64,
+    /// Least time between two mails to one address, in seconds.
+    pub mail_min_interval_seconds: i64,
 }
 
 impl Default for Config {
@@ -186,6 +203,14 @@ impl Default for Config {
             log: "info".into(),
             log_format: "text".into(),
             dev: false,
+            smtp_url: None,
+            mail_from: "Gatehouse <noreply@localhost>".into(),
+            mail_outbox_dir: "./outbox".into(),
+            mail_templates_dir: None,
+            site_url: None,
+            redirect_allowlist: Vec::new(),
+            otp_expiry_seconds: 3600,
+            mail_min_interval_seconds: 60,
         }
     }
 }
@@ -396,6 +421,7 @@ impl Config {
         {
             anyhow::bail!("webhooks_retry_schedule must be 1-20 delays of at most 604800 seconds");
         }
+        crate::mail::check_config(self)?;
         if let Some(secret) = &self.jwt_secret {
             if secret.expose().len() < 32 {
                 anyhow::bail!("jwt_secret must be at least 32 characters");
@@ -461,6 +487,14 @@ impl Config {
         !(origin.starts_with("http://localhost")
             || origin.starts_with("http://127.0.0.1")
             || origin.starts_with("http://[::1]"))
+    }
+
+    /// Where emailed links land when no allowed `redirect_to` is given.
+    pub fn site(&self) -> &str {
+        self.site_url
+            .as_deref()
+            .unwrap_or(&self.public_url)
+            .trim_end_matches('/')
     }
 
     /// The JWT issuer claim.

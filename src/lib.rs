@@ -25,6 +25,8 @@ pub mod fanout;
 pub mod http;
 /// API keys: minting and cached verification.
 pub mod keys;
+/// Email: templates, the durable mail queue, SMTP and the one-time-token flows.
+pub mod mail;
 /// Prometheus metrics.
 pub mod metrics;
 /// Organizations, members, roles and what a principal may do in one.

@@ -82,7 +82,7 @@ pub fn user_json(u: &User) -> Value {
     })
 }
 
-fn session_json(s: &IssuedSession) -> Value {
+pub(crate) fn session_json(s: &IssuedSession) -> Value {
     json!({
         "access_token": s.access_token,
         "token_type": "bearer",
@@ -120,6 +120,7 @@ pub(crate) struct SignUpBody {
 pub(crate) async fn signup(
     State(state): State<AppState>,
     ip: ClientIp,
+    Query(q): Query<HashMap<String, String>>,
     GoTrueJson(body): GoTrueJson<SignUpBody>,
 ) -> Result<Response, GoTrueError> {
     limited(&state, Policy::SignUp, &ip).await?;
@@ -138,8 +139,14 @@ pub(crate) async fn signup(
         .ok_or_else(|| GoTrueError::validation("Signup requires a valid password"))?;
     match state.accounts.sign_up(&email, password, body.data).await {
         Ok(SignUp::Session(s)) => Ok(Json(session_json(&s)).into_response()),
-        Ok(SignUp::Unconfirmed(u)) => Ok(Json(user_json(&u)).into_response()),
+        Ok(SignUp::Unconfirmed(mut u)) => {
+            let redirect_to = q.get("redirect_to").map(String::as_str);
+            crate::http::auth_email::signup_mail(&state, &mut u, redirect_to).await?;
+            Ok(Json(user_json(&u)).into_response())
+        }
         Err(crate::accounts::AccountError::UserExists) if !state.config.autoconfirm => {
+            let redirect_to = q.get("redirect_to").map(String::as_str);
+            crate::http::auth_email::signup_again(&state, &email, redirect_to).await?;
             // As GoTrue does when confirmation is on: answer like a fresh sign-up, so the
             // route does not reveal who has an account.
             let now = state.clock.now_ms();
@@ -272,31 +279,41 @@ pub(crate) struct UpdateUserBody {
 }
 
 #[utoipa::path(put, path = "/auth/v1/user", tag = "auth",
-    responses((status = 200, description = "The updated user"), (status = 422, description = "weak_password or same_password")))]
+    params(("redirect_to" = Option<String>, Query, description = "Where the email-change link lands")),
+    responses((status = 200, description = "The updated user (with new_email while an email change waits for confirmation)"),
+              (status = 422, description = "weak_password, same_password or email_exists")))]
 pub(crate) async fn update_user(
     State(state): State<AppState>,
+    ip: ClientIp,
     headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
     GoTrueJson(body): GoTrueJson<UpdateUserBody>,
 ) -> Result<Json<Value>, GoTrueError> {
     let claims = verify(&state, &headers)?;
     let user = state.accounts.session_user(&claims).await?;
+    let mut new_email = None;
     if let Some(email) = body.email.as_deref() {
         let same = crate::domain::Email::parse(email)
             .map(|e| e.as_str() == user.email)
             .unwrap_or(false);
         if !same {
-            return Err(GoTrueError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "email_change_not_supported",
-                "Changing the email address needs the email flows, which this server does not have yet",
-            ));
+            let redirect_to = q.get("redirect_to").map(String::as_str);
+            new_email = Some(
+                crate::http::auth_email::email_change(&state, &ip, &user, email, redirect_to)
+                    .await?,
+            );
         }
     }
     let user = state
         .accounts
         .update_user(user, body.password, body.data)
         .await?;
-    Ok(Json(user_json(&user)))
+    let mut out = user_json(&user);
+    if let Some(new) = new_email {
+        out["new_email"] = json!(new);
+        out["email_change_sent_at"] = json!(rfc3339(state.clock.now_ms()));
+    }
+    Ok(Json(out))
 }
 
 #[utoipa::path(post, path = "/auth/v1/logout", tag = "auth",

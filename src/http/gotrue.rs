@@ -45,6 +45,10 @@ impl GoTrueError {
             retry_after: None,
         }
     }
+    /// Status, code and message (for answers that are not JSON, e.g. a redirect).
+    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+        (self.status, self.code, self.message.clone())
+    }
     /// 400 `validation_failed`.
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "validation_failed", message)

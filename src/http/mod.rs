@@ -1,6 +1,7 @@
 //! HTTP: one file per resource, each with its `router()`; extractors; the envelope.
 
 pub mod api_keys;
+pub mod auth_email;
 pub mod auth_v1;
 pub mod chat;
 pub mod dashboard;
@@ -56,11 +57,13 @@ pub fn router(state: AppState) -> Router {
             .collect::<Vec<_>>(),
         );
     let auth = auth_v1::router()
+        .merge(auth_email::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             gotrue::require_apikey,
         ))
         .merge(auth_v1::public_router())
+        .merge(auth_email::public_router())
         .layer(middleware::from_fn(gotrue::api_version))
         .layer(auth_cors);
 

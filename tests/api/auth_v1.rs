@@ -414,7 +414,11 @@ story!(
 
 story!(
     sign_in_waits_for_confirmation_when_autoconfirm_is_off,
-    |c: &mut gatehouse::config::Config| c.autoconfirm = false,
+    |c: &mut gatehouse::config::Config| {
+        c.autoconfirm = false;
+        // The repeated sign-up below resends the confirmation mail at once.
+        c.mail_min_interval_seconds = 0;
+    },
     |app: TestApp| async move {
         let (status, body) = parts(app.signup("pending@example.com", "long enough pw").await).await;
         assert_eq!(status, 200);

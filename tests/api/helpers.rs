@@ -227,6 +227,11 @@ pub fn test_config(db_url: &str) -> Config {
         rate_limit_magic_link: generous(),
         rate_limit_verify: generous(),
         password_hash_concurrency: 2,
+        // Without SMTP, mails go to the development outbox: never into the source tree.
+        mail_outbox_dir: std::env::temp_dir()
+            .join("gatehouse-test-outbox")
+            .display()
+            .to_string(),
         ..Config::default()
     }
 }

@@ -180,6 +180,9 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
     // A model server and a Redis that refuse connections, each with a secret in its settings:
     // their failures are logged, their secrets must not be.
     let dead = format!("127.0.0.1:{}", free_port());
+    // An SMTP server that takes mail, reached with a password in the URL.
+    let sink = crate::smtp_sink::SmtpSink::start().await;
+    let smtp_url = sink.url(Some(("mailer", "smtp-pw-never-logged-4471")));
     let mut server = start_with(
         &test_db.url,
         &dir,
@@ -194,6 +197,9 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
                 &format!("redis://:redis-pw-never-logged-8812@{dead}"),
             ),
             ("GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE", "true"),
+            ("GATEHOUSE_SMTP_URL", &smtp_url),
+            // Redis is down: let the magic-link limit decide in memory rather than fail closed.
+            ("GATEHOUSE_RATE_LIMIT_FAIL_CLOSED", ""),
         ],
     )
     .await;
@@ -410,6 +416,26 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         None,
     )
     .await;
+    // An emailed code and link: sent, verified, neither logged.
+    let (status, _) = post(
+        &client,
+        format!("{base}/auth/v1/otp"),
+        json!({"email": email}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mail = sink.wait_for(&email, 1, 10).await.remove(0);
+    assert!(mail.auth.is_some(), "the client authenticated to SMTP");
+    let (code, link_token) = (mail.code(), mail.link_param("token"));
+    let (status, otp_session) = post(
+        &client,
+        format!("{base}/auth/v1/verify"),
+        json!({"email": email, "token": code, "type": "email"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{otp_session}");
     sigterm(&server.child);
     let status = server.child.wait().unwrap();
     assert!(
@@ -447,6 +473,10 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         signature,
         webhook_secrets[0].clone(),
         webhook_secrets[1].clone(),
+        "smtp-pw-never-logged-4471".to_string(),
+        link_token,
+        otp_session["access_token"].as_str().unwrap().to_string(),
+        otp_session["refresh_token"].as_str().unwrap().to_string(),
     ];
     for secret in secrets {
         assert!(
@@ -455,6 +485,17 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
             &secret[..8.min(secret.len())]
         );
     }
+    // The six-digit code, wherever it stands alone (not inside a longer number).
+    let bytes = log.as_bytes();
+    for (i, _) in log.match_indices(&code) {
+        let before = i
+            .checked_sub(1)
+            .map(|j| bytes[j].is_ascii_digit())
+            .unwrap_or(false);
+        let after = bytes.get(i + 6).is_some_and(|b| b.is_ascii_digit());
+        assert!(before || after, "the emailed code leaked into the log");
+    }
+    sink.stop();
     test_db.cleanup().await;
 }
 

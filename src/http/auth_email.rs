@@ -1,0 +1,386 @@
+//! `/auth/v1` email flows, as Supabase Auth (GoTrue) answers them: `otp`, `magiclink`,
+//! `recover`, `verify` (POST with a code or token hash; GET for the link in the mail), and
+//! the mails sent by sign-up and by an email change.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::auth::tokens::ct_eq;
+use crate::config::Policy;
+use crate::domain::Email;
+use crate::http::auth_v1::{limited, session_json};
+use crate::http::extract::ClientIp;
+use crate::http::gotrue::{GoTrueError, GoTrueJson};
+use crate::mail::flows::{FlowError, OtpKind, Verified, VerifyType};
+use crate::store::User;
+
+/// Routes behind the `apikey` gate.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/otp", post(otp))
+        .route("/magiclink", post(magiclink))
+        .route("/recover", post(recover))
+}
+
+/// `/verify`: the link in a mail is opened by a browser, which sends no `apikey`; the POST
+/// form checks the key itself.
+pub fn public_router() -> Router<AppState> {
+    Router::new().route("/verify", get(verify_link).post(verify))
+}
+
+impl From<FlowError> for GoTrueError {
+    fn from(e: FlowError) -> Self {
+        let msg = e.to_string();
+        match e {
+            FlowError::Invalid => GoTrueError::new(StatusCode::FORBIDDEN, "otp_expired", msg),
+            FlowError::TooSoon(_) => GoTrueError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "over_email_send_rate_limit",
+                msg,
+            ),
+            FlowError::EmailExists => {
+                GoTrueError::new(StatusCode::UNPROCESSABLE_ENTITY, "email_exists", msg)
+            }
+            FlowError::Busy => {
+                GoTrueError::new(StatusCode::SERVICE_UNAVAILABLE, "request_timeout", msg)
+            }
+            FlowError::Internal => {
+                GoTrueError::new(StatusCode::INTERNAL_SERVER_ERROR, "unexpected_failure", msg)
+            }
+        }
+    }
+}
+
+fn parse_address(raw: Option<&str>) -> Result<Email, GoTrueError> {
+    let raw = raw
+        .filter(|e| !e.trim().is_empty())
+        .ok_or_else(|| GoTrueError::validation("An email address is required"))?;
+    Email::parse(raw)
+        .map_err(|m| GoTrueError::validation(format!("Unable to validate email address: {m}")))
+}
+
+fn metadata(data: Option<Value>) -> Result<Value, GoTrueError> {
+    match data {
+        Some(Value::Object(m)) => Ok(Value::Object(m)),
+        None | Some(Value::Null) => Ok(json!({})),
+        Some(_) => Err(GoTrueError::validation("data must be a JSON object")),
+    }
+}
+
+/// What GoTrue answers once a mail is on its way (or would be, for an unknown address).
+fn sent() -> Response {
+    Json(json!({})).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct OtpBody {
+    email: Option<String>,
+    phone: Option<String>,
+    data: Option<Value>,
+    create_user: Option<bool>,
+}
+
+#[utoipa::path(post, path = "/auth/v1/otp", tag = "auth",
+    params(("redirect_to" = Option<String>, Query, description = "Where the link lands (checked against redirect_allowlist)")),
+    responses((status = 200, description = "A mail with a sign-in link and a six-digit code is on its way (the same answer for an unknown address)"),
+              (status = 429, description = "over_request_rate_limit (per IP) or over_email_send_rate_limit (per address)")))]
+pub(crate) async fn otp(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Query(q): Query<HashMap<String, String>>,
+    GoTrueJson(body): GoTrueJson<OtpBody>,
+) -> Result<Response, GoTrueError> {
+    limited(&state, Policy::MagicLink, &ip).await?;
+    if body.email.is_none() && body.phone.as_deref().is_some_and(|p| !p.is_empty()) {
+        return Err(GoTrueError::new(
+            StatusCode::BAD_REQUEST,
+            "phone_provider_disabled",
+            "Phone logins are disabled",
+        ));
+    }
+    let email = parse_address(body.email.as_deref())?;
+    let data = metadata(body.data)?;
+    sign_in_mail(&state, &email, body.create_user.unwrap_or(true), &data, &q).await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct MagicLinkBody {
+    email: Option<String>,
+    data: Option<Value>,
+}
+
+#[utoipa::path(post, path = "/auth/v1/magiclink", tag = "auth",
+    params(("redirect_to" = Option<String>, Query, description = "Where the link lands")),
+    responses((status = 200, description = "A sign-in mail is on its way"),
+              (status = 429, description = "over_request_rate_limit or over_email_send_rate_limit")))]
+pub(crate) async fn magiclink(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Query(q): Query<HashMap<String, String>>,
+    GoTrueJson(body): GoTrueJson<MagicLinkBody>,
+) -> Result<Response, GoTrueError> {
+    limited(&state, Policy::MagicLink, &ip).await?;
+    let email = parse_address(body.email.as_deref())?;
+    let data = metadata(body.data)?;
+    sign_in_mail(&state, &email, true, &data, &q).await
+}
+
+/// A sign-in mail. With `create_user` false an unknown address gets no mail but the same
+/// answer, after the same per-address bookkeeping, so the route reveals no accounts.
+async fn sign_in_mail(
+    state: &AppState,
+    email: &Email,
+    create_user: bool,
+    data: &Value,
+    q: &HashMap<String, String>,
+) -> Result<Response, GoTrueError> {
+    state.email.address_slot(email.as_str()).await?;
+    let user = if create_user {
+        Some(state.email.user_or_create(email.as_str(), data).await?)
+    } else {
+        state.email.user(email.as_str()).await?
+    };
+    if let Some(user) = user {
+        state
+            .email
+            .send(OtpKind::MagicLink, &user, &user.email, redirect(q))
+            .await?;
+    }
+    Ok(sent())
+}
+
+fn redirect(q: &HashMap<String, String>) -> Option<&str> {
+    q.get("redirect_to").map(String::as_str)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RecoverBody {
+    email: Option<String>,
+}
+
+#[utoipa::path(post, path = "/auth/v1/recover", tag = "auth",
+    params(("redirect_to" = Option<String>, Query, description = "Where the link lands")),
+    responses((status = 200, description = "A recovery mail is on its way (the same answer for an unknown address)"),
+              (status = 429, description = "over_request_rate_limit or over_email_send_rate_limit")))]
+pub(crate) async fn recover(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Query(q): Query<HashMap<String, String>>,
+    GoTrueJson(body): GoTrueJson<RecoverBody>,
+) -> Result<Response, GoTrueError> {
+    limited(&state, Policy::MagicLink, &ip).await?;
+    let email = parse_address(body.email.as_deref())?;
+    state.email.address_slot(email.as_str()).await?;
+    if let Some(user) = state.email.user(email.as_str()).await? {
+        state
+            .email
+            .send(OtpKind::Recovery, &user, &user.email, redirect(&q))
+            .await?;
+    }
+    Ok(sent())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct VerifyBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    token: Option<String>,
+    token_hash: Option<String>,
+    email: Option<String>,
+}
+
+fn verify_type(raw: Option<&str>) -> Result<VerifyType, GoTrueError> {
+    raw.and_then(VerifyType::parse).ok_or_else(|| {
+        GoTrueError::validation(
+            "Verify requires a verification type: signup, magiclink, email, recovery or email_change",
+        )
+    })
+}
+
+async fn open_session(state: &AppState, v: Verified) -> Result<Value, GoTrueError> {
+    let s = state.accounts.email_session(v.user, v.kind.amr()).await?;
+    Ok(session_json(&s))
+}
+
+#[utoipa::path(post, path = "/auth/v1/verify", tag = "auth",
+    responses((status = 200, description = "A session, as the password grant answers"),
+              (status = 403, description = "otp_expired: unknown, used, expired or wrong token"),
+              (status = 429, description = "over_request_rate_limit")))]
+pub(crate) async fn verify(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    GoTrueJson(body): GoTrueJson<VerifyBody>,
+) -> Result<Response, GoTrueError> {
+    require_apikey(&state, &headers)?;
+    limited(&state, Policy::Verify, &ip).await?;
+    let vtype = verify_type(body.kind.as_deref())?;
+    let verified = match (body.token_hash.filter(|t| !t.is_empty()), body.token) {
+        (Some(hash), _) => state.email.verify_link(&hash, vtype).await?,
+        (None, Some(code)) => {
+            let email = parse_address(body.email.as_deref())?;
+            state
+                .email
+                .verify_code(email.as_str(), &code, vtype)
+                .await?
+        }
+        (None, None) => {
+            return Err(GoTrueError::validation(
+                "Verify requires either a token_hash, or an email and a token",
+            ))
+        }
+    };
+    Ok(Json(open_session(&state, verified).await?).into_response())
+}
+
+fn require_apikey(state: &AppState, headers: &HeaderMap) -> Result<(), GoTrueError> {
+    match headers.get("apikey").and_then(|v| v.to_str().ok()) {
+        None => Err(GoTrueError::new(
+            StatusCode::UNAUTHORIZED,
+            "no_api_key",
+            "No API key found in request",
+        )),
+        Some(k) if ct_eq(k, state.publishable_key.expose()) => Ok(()),
+        Some(_) => Err(GoTrueError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "Invalid API key",
+        )),
+    }
+}
+
+fn see_other(target: &str, fragment: &[(&str, String)]) -> Response {
+    let base = target.split('#').next().unwrap_or(target);
+    let frag = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fragment.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    let location = format!("{base}#{frag}");
+    match HeaderValue::from_str(&location) {
+        Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/auth/v1/verify", tag = "auth",
+    params(("token" = String, Query, description = "The token from the mail"),
+           ("type" = String, Query, description = "signup, magiclink, recovery, email_change"),
+           ("redirect_to" = Option<String>, Query, description = "Where to land (checked against redirect_allowlist)")),
+    responses((status = 303, description = "To redirect_to with the session (or the error) in the URL fragment")))]
+pub(crate) async fn verify_link(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let target = state.email.mailer.redirects().resolve(redirect(&q));
+    let outcome = async {
+        limited(&state, Policy::Verify, &ip).await?;
+        let vtype = verify_type(q.get("type").map(String::as_str))?;
+        let token = q.get("token").map(String::as_str).unwrap_or("");
+        let v = state.email.verify_link(token, vtype).await?;
+        let s = state.accounts.email_session(v.user, v.kind.amr()).await?;
+        Ok::<_, GoTrueError>((s, vtype))
+    }
+    .await;
+    match outcome {
+        Ok((s, vtype)) => see_other(
+            &target,
+            &[
+                ("access_token", s.access_token.clone()),
+                ("expires_at", s.expires_at.to_string()),
+                ("expires_in", s.expires_in.to_string()),
+                ("refresh_token", s.refresh_token.clone()),
+                ("token_type", "bearer".into()),
+                ("type", vtype.name().into()),
+            ],
+        ),
+        Err(e) => {
+            let (status, code, message) = e.parts();
+            let error = match status.as_u16() {
+                403 | 401 => "access_denied",
+                429 => "over_request_rate_limit",
+                400..=499 => "invalid_request",
+                _ => "server_error",
+            };
+            let message = if code == "otp_expired" {
+                "Email link is invalid or has expired".to_string()
+            } else {
+                message
+            };
+            see_other(
+                &target,
+                &[
+                    ("error", error.to_string()),
+                    ("error_code", code.to_string()),
+                    ("error_description", message),
+                ],
+            )
+        }
+    }
+}
+
+/// After a sign-up that waits for confirmation: the confirmation mail.
+pub(crate) async fn signup_mail(
+    state: &AppState,
+    user: &mut User,
+    redirect_to: Option<&str>,
+) -> Result<(), GoTrueError> {
+    state.email.address_slot(&user.email).await?;
+    state
+        .email
+        .send(OtpKind::Signup, user, &user.email.clone(), redirect_to)
+        .await?;
+    user.confirmation_sent_at = Some(state.clock.now_ms());
+    Ok(())
+}
+
+/// A sign-up with an address that has an account: the same bookkeeping as a fresh one, and
+/// the confirmation mail again when the account is still unconfirmed (as GoTrue does).
+pub(crate) async fn signup_again(
+    state: &AppState,
+    email: &str,
+    redirect_to: Option<&str>,
+) -> Result<(), GoTrueError> {
+    let Ok(email) = Email::parse(email) else {
+        return Ok(());
+    };
+    state.email.address_slot(email.as_str()).await?;
+    if let Some(user) = state.email.user(email.as_str()).await? {
+        if user.email_confirmed_at.is_none() {
+            state
+                .email
+                .send(OtpKind::Signup, &user, &user.email, redirect_to)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `PUT /user {email}`: a confirmation mail to the new address; the change applies when its
+/// token is verified (type `email_change`). Returns the normalised new address.
+pub(crate) async fn email_change(
+    state: &AppState,
+    ip: &ClientIp,
+    user: &User,
+    new: &str,
+    redirect_to: Option<&str>,
+) -> Result<String, GoTrueError> {
+    limited(state, Policy::MagicLink, ip).await?;
+    let new = parse_address(Some(new))?;
+    if state.email.user(new.as_str()).await?.is_some() {
+        return Err(FlowError::EmailExists.into());
+    }
+    state.email.address_slot(new.as_str()).await?;
+    state
+        .email
+        .send(OtpKind::EmailChange, user, new.as_str(), redirect_to)
+        .await?;
+    Ok(new.as_str().to_string())
+}

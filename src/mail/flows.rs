@@ -1,0 +1,356 @@
+//! The email flows: one-time links and codes, sent through the queue and verified once.
+
+use std::sync::Arc;
+
+use rand::Rng;
+
+use crate::auth::tokens;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::{NewMail, OtpRow, Store, StoreError, User};
+
+use super::templates::MailContext;
+use super::Mailer;
+
+/// Bytes of randomness in a link token (256 bits).
+const LINK_TOKEN_BYTES: usize = 32;
+/// Wrong codes that invalidate a code.
+pub const MAX_CODE_ATTEMPTS: i64 = 5;
+
+/// What a token proves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtpKind {
+    /// Confirm the address given at sign-up.
+    Signup,
+    /// Sign in (magic link or code).
+    MagicLink,
+    /// Password recovery.
+    Recovery,
+    /// Move the account to a new address.
+    EmailChange,
+}
+
+impl OtpKind {
+    /// The name stored and used as `type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OtpKind::Signup => "signup",
+            OtpKind::MagicLink => "magiclink",
+            OtpKind::Recovery => "recovery",
+            OtpKind::EmailChange => "email_change",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "signup" => OtpKind::Signup,
+            "magiclink" => OtpKind::MagicLink,
+            "recovery" => OtpKind::Recovery,
+            "email_change" => OtpKind::EmailChange,
+            _ => return None,
+        })
+    }
+
+    fn template(self) -> &'static str {
+        match self {
+            OtpKind::Signup => "confirmation",
+            OtpKind::MagicLink => "magic_link",
+            OtpKind::Recovery => "recovery",
+            OtpKind::EmailChange => "email_change",
+        }
+    }
+
+    /// The `amr` method of the session it opens.
+    pub fn amr(self) -> &'static str {
+        match self {
+            OtpKind::Recovery => "recovery",
+            OtpKind::EmailChange => "email_change",
+            OtpKind::Signup | OtpKind::MagicLink => "otp",
+        }
+    }
+}
+
+/// The `type` of a verification, as GoTrue names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyType {
+    /// `signup`.
+    Signup,
+    /// `magiclink` (deprecated in GoTrue, still accepted).
+    MagicLink,
+    /// `email`: a sign-in or confirmation code.
+    Email,
+    /// `recovery`.
+    Recovery,
+    /// `email_change`.
+    EmailChange,
+}
+
+impl VerifyType {
+    /// Parses `type`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "signup" => VerifyType::Signup,
+            "magiclink" => VerifyType::MagicLink,
+            "email" => VerifyType::Email,
+            "recovery" => VerifyType::Recovery,
+            "email_change" => VerifyType::EmailChange,
+            _ => return None,
+        })
+    }
+
+    /// The name echoed in the redirect's `type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyType::Signup => "signup",
+            VerifyType::MagicLink => "magiclink",
+            VerifyType::Email => "email",
+            VerifyType::Recovery => "recovery",
+            VerifyType::EmailChange => "email_change",
+        }
+    }
+
+    fn accepts(self, kind: OtpKind) -> bool {
+        match self {
+            VerifyType::Signup | VerifyType::MagicLink | VerifyType::Email => {
+                matches!(kind, OtpKind::Signup | OtpKind::MagicLink)
+            }
+            VerifyType::Recovery => kind == OtpKind::Recovery,
+            VerifyType::EmailChange => kind == OtpKind::EmailChange,
+        }
+    }
+}
+
+/// Why a flow failed; each maps to a GoTrue error code.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// Unknown, used, expired or wrong token or code.
+    #[error("Token has expired or is invalid")]
+    Invalid,
+    /// A mail went to this address less than the interval ago.
+    #[error("For security purposes, you can only request this after {0} seconds.")]
+    TooSoon(i64),
+    /// The new address belongs to another user.
+    #[error("A user with this email address has already been registered")]
+    EmailExists,
+    /// Storage contention; retry.
+    #[error("The service is busy; retry shortly.")]
+    Busy,
+    /// Unexpected failure (details logged).
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<StoreError> for FlowError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Busy => FlowError::Busy,
+            other => {
+                tracing::error!(error = %other, "storage error in an email flow");
+                FlowError::Internal
+            }
+        }
+    }
+}
+
+/// The email flows over the store and the mailer.
+#[derive(Clone)]
+pub struct EmailFlows {
+    store: Store,
+    clock: Clock,
+    config: Arc<Config>,
+    /// Templates, redirects and delivery.
+    pub mailer: Mailer,
+}
+
+/// A verified token: whose it was and what it proved.
+pub struct Verified {
+    /// The user, after the verification's change (confirmed, new address).
+    pub user: User,
+    /// What the token was for.
+    pub kind: OtpKind,
+}
+
+impl EmailFlows {
+    /// The flows.
+    pub fn new(store: Store, clock: Clock, config: Arc<Config>, mailer: Mailer) -> Self {
+        EmailFlows {
+            store,
+            clock,
+            config,
+            mailer,
+        }
+    }
+
+    /// Takes the per-address sending slot; the same for known and unknown addresses.
+    pub async fn address_slot(&self, address: &str) -> Result<(), FlowError> {
+        let interval = self.config.mail_min_interval_seconds * 1000;
+        let hash = tokens::sha256_hex(&format!("mail-address:{address}"));
+        let now = self.clock.now_ms();
+        if self.store.take_address_slot(&hash, now, interval).await? {
+            return Ok(());
+        }
+        let last = self.store.address_last_sent(&hash).await?.unwrap_or(now);
+        let wait = (last + interval - now).max(1000);
+        Err(FlowError::TooSoon((wait + 999) / 1000))
+    }
+
+    /// Issues a token of `kind` for `user`, replacing the previous one, and queues its mail to
+    /// `to` in the same transaction. `redirect_to` is checked against the allowlist.
+    pub async fn send(
+        &self,
+        kind: OtpKind,
+        user: &User,
+        to: &str,
+        redirect_to: Option<&str>,
+    ) -> Result<(), FlowError> {
+        let link_token = tokens::random_token(LINK_TOKEN_BYTES);
+        let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = self.clock.now_ms();
+        let redirect = self.mailer.redirects().resolve(redirect_to);
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let link = format!(
+            "{}/auth/v1/verify?token={}&type={}&redirect_to={}",
+            self.config.public_base(),
+            link_token,
+            kind.name(),
+            enc(&redirect)
+        );
+        let ctx = MailContext {
+            confirmation_url: link,
+            token: code.clone(),
+            token_hash: link_token.clone(),
+            email: user.email.clone(),
+            new_email: (kind == OtpKind::EmailChange).then(|| to.to_string()),
+            site_url: self.config.site().to_string(),
+            redirect_to: redirect,
+            expires_in_minutes: self.config.otp_expiry_seconds / 60,
+        };
+        let rendered = self
+            .mailer
+            .templates()
+            .render(kind.template(), &ctx)
+            .map_err(|e| {
+                tracing::error!(error = %e, "a mail template failed to render");
+                FlowError::Internal
+            })?;
+        let otp = OtpRow {
+            code_hash: code_hash(&id, &code),
+            id,
+            user_id: user.id.clone(),
+            kind: kind.name().to_string(),
+            email: to.to_string(),
+            token_hash: tokens::sha256_hex(&link_token),
+            expires_at: now + self.config.otp_expiry_seconds * 1000,
+        };
+        let mail = NewMail {
+            recipient: to.to_string(),
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+        };
+        self.store.issue_otp(&otp, &mail, now).await?;
+        self.mailer.wake();
+        Ok(())
+    }
+
+    /// Verifies a link token (`token` in the link, `token_hash` in `verifyOtp`).
+    pub async fn verify_link(&self, token: &str, vtype: VerifyType) -> Result<Verified, FlowError> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(FlowError::Invalid);
+        }
+        let row = self
+            .store
+            .otp_by_token_hash(&tokens::sha256_hex(token))
+            .await?
+            .ok_or(FlowError::Invalid)?;
+        self.redeem(row, vtype).await
+    }
+
+    /// Verifies a six-digit code sent to `email`; a wrong code counts against the address's
+    /// live tokens, which are dropped after `MAX_CODE_ATTEMPTS` wrong codes.
+    pub async fn verify_code(
+        &self,
+        email: &str,
+        code: &str,
+        vtype: VerifyType,
+    ) -> Result<Verified, FlowError> {
+        let now = self.clock.now_ms();
+        let rows: Vec<OtpRow> = self
+            .store
+            .otps_for_email(email, now)
+            .await?
+            .into_iter()
+            .filter(|r| OtpKind::from_name(&r.kind).is_some_and(|k| vtype.accepts(k)))
+            .collect();
+        let code = code.trim();
+        let mut hit = None;
+        for r in &rows {
+            // Every candidate is compared, in constant time, whatever the outcome.
+            if tokens::ct_eq(&code_hash(&r.id, code), &r.code_hash) && hit.is_none() {
+                hit = Some(r.clone());
+            }
+        }
+        match hit {
+            Some(row) => self.redeem(row, vtype).await,
+            None => {
+                let ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
+                self.store.otp_wrong_code(&ids, MAX_CODE_ATTEMPTS).await?;
+                Err(FlowError::Invalid)
+            }
+        }
+    }
+
+    async fn redeem(&self, row: OtpRow, vtype: VerifyType) -> Result<Verified, FlowError> {
+        let now = self.clock.now_ms();
+        let kind = OtpKind::from_name(&row.kind).ok_or(FlowError::Invalid)?;
+        if !vtype.accepts(kind) || row.expires_at <= now {
+            return Err(FlowError::Invalid);
+        }
+        // Single use: only the request that deletes the row goes on.
+        if !self.store.consume_otp(&row.id).await? {
+            return Err(FlowError::Invalid);
+        }
+        match kind {
+            OtpKind::EmailChange => {
+                match self.store.change_email(&row.user_id, &row.email, now).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => return Err(FlowError::EmailExists),
+                    Err(StoreError::NotFound) => return Err(FlowError::Invalid),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Following any emailed link proves the address.
+            OtpKind::Signup | OtpKind::MagicLink | OtpKind::Recovery => {
+                self.store.confirm_email(&row.user_id, now).await?
+            }
+        }
+        let user = self
+            .store
+            .user_by_id(&row.user_id)
+            .await?
+            .ok_or(FlowError::Invalid)?;
+        Ok(Verified { user, kind })
+    }
+
+    /// The user with this (normalised) address, if any.
+    pub async fn user(&self, email: &str) -> Result<Option<User>, FlowError> {
+        Ok(self.store.user_by_email(email).await?)
+    }
+
+    /// The user with this address, created unconfirmed and without a password if new.
+    pub async fn user_or_create(
+        &self,
+        email: &str,
+        data: &serde_json::Value,
+    ) -> Result<User, FlowError> {
+        Ok(self
+            .store
+            .create_passwordless_user(email, data, self.clock.now_ms())
+            .await?)
+    }
+}
+
+fn code_hash(id: &str, code: &str) -> String {
+    tokens::sha256_hex(&format!("{id}:{code}"))
+}

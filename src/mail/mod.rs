@@ -1,0 +1,238 @@
+//! Email: templates, the durable queue's worker, SMTP or the development outbox, and the
+//! flows that send one-time links and codes (confirmation, magic link, recovery, email change).
+
+pub mod flows;
+pub mod outbox;
+pub mod redirect;
+pub mod smtp;
+pub mod templates;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use tokio::sync::{watch, Notify};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::{QueuedMail, Store};
+
+/// How long a worker owns the mails it leased; another instance takes them over after.
+const LEASE_MS: i64 = 60_000;
+/// How often the queue is read when nothing wakes the worker.
+const POLL: Duration = Duration::from_secs(1);
+/// Mails leased at once.
+const BATCH: i64 = 10;
+/// Attempts before a mail is given up (about a day and a half of retries).
+const MAX_ATTEMPTS: i64 = 25;
+
+/// Checks the email settings (part of `Config::validate`).
+pub fn check_config(c: &Config) -> anyhow::Result<()> {
+    if let Some(u) = &c.smtp_url {
+        let u = u.expose();
+        if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
+            anyhow::bail!("smtp_url must start with smtp:// or smtps://");
+        }
+    }
+    if let Some(s) = &c.site_url {
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            anyhow::bail!("site_url must start with http:// or https://");
+        }
+    }
+    if c.mail_from.parse::<Mailbox>().is_err() {
+        anyhow::bail!("mail_from must be an address, e.g. \"Gatehouse <noreply@example.com>\"");
+    }
+    if !(60..=86_400).contains(&c.otp_expiry_seconds) {
+        anyhow::bail!("otp_expiry_seconds must be between 60 and 86400");
+    }
+    if !(0..=86_400).contains(&c.mail_min_interval_seconds) {
+        anyhow::bail!("mail_min_interval_seconds must be between 0 and 86400");
+    }
+    if c.redirect_allowlist.iter().any(|p| p.trim().is_empty()) {
+        anyhow::bail!("redirect_allowlist entries must not be empty");
+    }
+    Ok(())
+}
+
+/// `serve` needs a way to deliver mail: SMTP, or a development setting that makes the
+/// confirmation mail unnecessary (and then mails go to the log and the outbox folder).
+pub fn check_serve(c: &Config) -> anyhow::Result<()> {
+    if c.smtp_url.is_none() && !(c.autoconfirm || c.dev) {
+        anyhow::bail!(
+            "no smtp_url: set GATEHOUSE_SMTP_URL (e.g. smtps://user:pass@smtp.example.com:465) so \
+             confirmation and sign-in mails can be sent, or run `serve --dev` \
+             (or GATEHOUSE_AUTOCONFIRM=true) to write mails to the log and {} instead",
+            c.mail_outbox_dir
+        );
+    }
+    Ok(())
+}
+
+/// How mails leave.
+enum Transport {
+    Smtp(smtp::Smtp),
+    Outbox(outbox::Outbox),
+}
+
+/// Templates, redirects and delivery; cheap to clone.
+#[derive(Clone)]
+pub struct Mailer(Arc<MailerInner>);
+
+struct MailerInner {
+    transport: Transport,
+    from: Mailbox,
+    templates: templates::Templates,
+    redirects: redirect::Redirects,
+    wake: Notify,
+    owner: String,
+}
+
+impl Mailer {
+    /// From the configuration: SMTP when `smtp_url` is set, else the development outbox.
+    pub fn new(c: &Config) -> anyhow::Result<Self> {
+        let transport = match &c.smtp_url {
+            Some(url) => Transport::Smtp(smtp::Smtp::new(url)?),
+            None => Transport::Outbox(outbox::Outbox::new(&c.mail_outbox_dir)),
+        };
+        let from = c
+            .mail_from
+            .parse::<Mailbox>()
+            .map_err(|_| anyhow::anyhow!("mail_from must be an address"))?;
+        Ok(Mailer(Arc::new(MailerInner {
+            transport,
+            from,
+            templates: templates::Templates::load(c.mail_templates_dir.as_deref())?,
+            redirects: redirect::Redirects::new(c.site(), &c.redirect_allowlist),
+            wake: Notify::new(),
+            owner: uuid::Uuid::new_v4().to_string(),
+        })))
+    }
+
+    /// The templates.
+    pub fn templates(&self) -> &templates::Templates {
+        &self.0.templates
+    }
+
+    /// The redirect allowlist.
+    pub fn redirects(&self) -> &redirect::Redirects {
+        &self.0.redirects
+    }
+
+    /// Tells the worker a mail was queued.
+    pub fn wake(&self) {
+        self.0.wake.notify_one();
+    }
+
+    async fn deliver(&self, m: &QueuedMail) -> Result<(), String> {
+        match &self.0.transport {
+            Transport::Smtp(s) => s.send(&self.0.from, m).await,
+            Transport::Outbox(o) => o.write(m).await,
+        }
+    }
+
+    /// Sends what is due, until the queue has nothing due; returns how many were sent.
+    pub async fn drain(&self, store: &Store, clock: &Clock) -> usize {
+        let mut sent = 0;
+        loop {
+            let now = clock.now_ms();
+            let batch = match store
+                .lease_due_mail(&self.0.owner, now, now + LEASE_MS, BATCH)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the mail queue");
+                    return sent;
+                }
+            };
+            let full = batch.len() as i64 == BATCH;
+            for m in batch {
+                let outcome = self.deliver(&m).await;
+                let now = clock.now_ms();
+                let written = match outcome {
+                    Ok(()) => {
+                        sent += 1;
+                        tracing::info!(mail_id = %m.id, "mail sent");
+                        store.mail_sent(&m.id, &self.0.owner, now).await
+                    }
+                    Err(error) => {
+                        let attempts = m.attempts + 1;
+                        let give_up = (attempts >= MAX_ATTEMPTS).then_some(now);
+                        let retry_at = now + backoff_ms(attempts);
+                        tracing::warn!(mail_id = %m.id, attempts, %error, given_up = give_up.is_some(), "mail not sent; will retry");
+                        store
+                            .mail_failed(&m.id, &self.0.owner, &error, retry_at, give_up)
+                            .await
+                    }
+                };
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, mail_id = %m.id, "cannot record the mail's outcome");
+                }
+            }
+            if !full {
+                return sent;
+            }
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s … up to 5 minutes between attempts.
+pub fn backoff_ms(attempts: i64) -> i64 {
+    let exp = attempts.clamp(1, 20) - 1;
+    (1000_i64 << exp).min(300_000)
+}
+
+/// The delivery worker: drains the queue when woken and every second, until `stop` flips.
+/// Several instances may run it on one database; leases keep them off each other's mails.
+pub async fn worker(mailer: Mailer, store: Store, clock: Clock, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        mailer.drain(&store, &clock).await;
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = mailer.0.wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        assert_eq!(backoff_ms(1), 1000);
+        assert_eq!(backoff_ms(2), 2000);
+        assert_eq!(backoff_ms(5), 16_000);
+        assert_eq!(backoff_ms(30), 300_000);
+    }
+
+    #[test]
+    fn serve_needs_smtp_or_development_mode() {
+        let c = Config::default();
+        assert!(check_serve(&c).is_err());
+        assert!(check_serve(&Config {
+            autoconfirm: true,
+            ..Config::default()
+        })
+        .is_ok());
+        assert!(check_serve(&Config {
+            dev: true,
+            ..Config::default()
+        })
+        .is_ok());
+        let smtp = Config {
+            smtp_url: Some(crate::config::SecretString::new("smtp://127.0.0.1:2525")),
+            ..Config::default()
+        };
+        assert!(check_serve(&smtp).is_ok());
+        let bad = Config {
+            smtp_url: Some(crate::config::SecretString::new("http://x")),
+            ..Config::default()
+        };
+        assert!(check_config(&bad).is_err());
+    }
+}

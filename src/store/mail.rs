@@ -1,0 +1,157 @@
+//! The durable mail queue and the per-address sending limit.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{Engine, Store, StoreResult};
+
+/// A mail waiting in the queue (or being sent).
+#[derive(Clone)]
+pub struct QueuedMail {
+    /// Row id.
+    pub id: String,
+    /// The address it goes to.
+    pub recipient: String,
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body (carries the link and code: never logged outside the dev outbox).
+    pub text_body: String,
+    /// HTML body.
+    pub html_body: String,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// When it was queued (unix ms).
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for QueuedMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedMail")
+            .field("id", &self.id)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mail_from_row(r: &AnyRow) -> StoreResult<QueuedMail> {
+    Ok(QueuedMail {
+        id: r.try_get("id")?,
+        recipient: r.try_get("recipient")?,
+        subject: r.try_get("subject")?,
+        text_body: r.try_get("text_body")?,
+        html_body: r.try_get("html_body")?,
+        attempts: r.try_get("attempts")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Takes a slot for a mail to `address_hash`: false when one went out less than
+    /// `interval_ms` ago. One conditional upsert, so racing requests cannot both win.
+    pub async fn take_address_slot(
+        &self,
+        address_hash: &str,
+        now: i64,
+        interval_ms: i64,
+    ) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "INSERT INTO mail_address_sends (address_hash, last_sent_at) VALUES ($1, $2) \
+             ON CONFLICT (address_hash) DO UPDATE SET last_sent_at = excluded.last_sent_at \
+             WHERE mail_address_sends.last_sent_at <= $3",
+        )
+        .bind(address_hash)
+        .bind(now)
+        .bind(now - interval_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// When the last mail to `address_hash` was sent, if any.
+    pub async fn address_last_sent(&self, address_hash: &str) -> StoreResult<Option<i64>> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT last_sent_at FROM mail_address_sends WHERE address_hash = $1")
+                .bind(address_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Leases up to `limit` due mails to `owner` until `lease_until`. Several instances may
+    /// run this at once: on PostgreSQL `FOR UPDATE SKIP LOCKED` hands each row to one of
+    /// them; SQLite has one writer, so the UPDATE is already exclusive.
+    pub async fn lease_due_mail(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<QueuedMail>> {
+        let lock = match self.engine {
+            Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+            Engine::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE mail_outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+               SELECT id FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL \
+               AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3) \
+               ORDER BY created_at LIMIT $4{lock}) \
+             RETURNING id, recipient, subject, text_body, html_body, attempts, created_at"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(mail_from_row).collect()
+    }
+
+    /// Marks a leased mail sent and forgets its bodies (they carry the token).
+    pub async fn mail_sent(&self, id: &str, owner: &str, now: i64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE mail_outbox SET sent_at = $1, text_body = '', html_body = '', lease_owner = NULL, \
+             lease_until = NULL WHERE id = $2 AND lease_owner = $3",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: retried at `next_attempt_at`, or given up when `give_up`.
+    pub async fn mail_failed(
+        &self,
+        id: &str,
+        owner: &str,
+        error: &str,
+        next_attempt_at: i64,
+        give_up: Option<i64>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE mail_outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2, \
+             failed_at = $3, lease_owner = NULL, lease_until = NULL WHERE id = $4 AND lease_owner = $5",
+        )
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(give_up)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Mails still waiting to be sent (not sent, not given up).
+    pub async fn pending_mail_count(&self) -> StoreResult<i64> {
+        let row: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0)
+    }
+}

@@ -1,0 +1,511 @@
+//! Email flows against a real SMTP conversation (tests/api/smtp_sink.rs): confirmation,
+//! magic links and codes, recovery, email change, limits, and a crash before the send.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{parts, Db, TestApp, PK};
+use crate::smtp_sink::SmtpSink;
+
+/// A server that sends through a fresh sink, with confirmation on.
+async fn spawn(
+    db: Db,
+    tweak: impl FnOnce(&mut gatehouse::config::Config),
+) -> Option<(TestApp, SmtpSink)> {
+    let sink = SmtpSink::start().await;
+    let url = sink.url(None);
+    let app = TestApp::spawn(db, move |c| {
+        c.autoconfirm = false;
+        c.smtp_url = Some(gatehouse::config::SecretString::new(url));
+        tweak(c);
+    })
+    .await?;
+    Some((app, sink))
+}
+
+macro_rules! email_story {
+    ($name:ident, $tweak:expr, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                let (app, sink) = spawn(Db::Sqlite, $tweak).await.unwrap();
+                let app = ($body)(app, sink).await;
+                app.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                let Some((app, sink)) = spawn(Db::Postgres, $tweak).await else {
+                    return;
+                };
+                let app = ($body)(app, sink).await;
+                app.stop().await;
+            }
+        }
+    };
+}
+
+fn fresh() -> String {
+    format!("mail-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+    parts(
+        app.auth(Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Opens an emailed link without following the redirect; returns the Location.
+async fn open_link(link: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = client.get(link).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    res.headers()["location"].to_str().unwrap().to_string()
+}
+
+fn fragment(location: &str) -> std::collections::HashMap<String, String> {
+    let frag = location.split_once('#').map(|x| x.1).unwrap_or("");
+    url::form_urlencoded::parse(frag.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+email_story!(
+    sign_up_sends_a_confirmation_whose_link_confirms_and_signs_in,
+    |_c| {},
+    |app: TestApp, sink: SmtpSink| async move {
+        let email = fresh();
+        let (status, body) = parts(app.signup(&email, "long enough pw").await).await;
+        assert_eq!(status, 200);
+        assert!(body["access_token"].is_null());
+        assert!(body["email_confirmed_at"].is_null());
+        assert!(!body["confirmation_sent_at"].is_null());
+        let (status, body) = parts(app.sign_in(&email, "long enough pw").await).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!("email_not_confirmed"))
+        );
+        let mail = sink.wait_for(&email, 1, 10).await.remove(0);
+        assert!(mail.data.contains("Subject: Confirm your email address"));
+        let link = mail.link();
+        assert!(link.starts_with(&format!("{}/auth/v1/verify?token=", app.base)));
+        assert!(mail.link_param("token").len() >= 43, "256-bit link token");
+        let location = open_link(&link).await;
+        assert!(
+            location.starts_with(&app.base),
+            "site_url by default: {location}"
+        );
+        let f = fragment(&location);
+        assert_eq!(f["token_type"], "bearer");
+        assert_eq!(f["type"], "signup");
+        assert_eq!(f["expires_in"], "3600");
+        assert!(f["refresh_token"].len() >= 43);
+        assert_eq!(app.me(&f["access_token"]).await.status(), 200);
+        assert_eq!(app.sign_in(&email, "long enough pw").await.status(), 200);
+        // Single use: the same link again lands with an error.
+        let f = fragment(&open_link(&link).await);
+        assert_eq!(f["error_code"], "otp_expired");
+        assert_eq!(f["error"], "access_denied");
+        app
+    }
+);
+
+email_story!(
+    a_magic_link_and_a_code_each_sign_in_once,
+    |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0,
+    |app: TestApp, sink: SmtpSink| async move {
+        let email = fresh();
+        let (status, body) = post(&app, "/otp", json!({"email": email, "create_user": true})).await;
+        assert_eq!((status, body), (200, json!({})));
+        let mail = sink.wait_for(&email, 1, 10).await.remove(0);
+        let code = mail.code();
+        assert!(code.len() == 6 && code.chars().all(|c| c.is_ascii_digit()));
+        let (status, s) = post(
+            &app,
+            "/verify",
+            json!({"email": email, "token": code, "type": "email"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{s}");
+        assert_eq!(s["token_type"], "bearer");
+        assert_eq!(s["user"]["email"], json!(email));
+        assert!(
+            !s["user"]["email_confirmed_at"].is_null(),
+            "the code proves the address"
+        );
+        let (status, body) = post(
+            &app,
+            "/verify",
+            json!({"email": email, "token": code, "type": "email"}),
+        )
+        .await;
+        assert_eq!((status, body["code"].clone()), (403, json!("otp_expired")));
+        // A second mail: the link this time, by token_hash as verifyOtp sends it.
+        let (status, _) = post(&app, "/magiclink", json!({"email": email})).await;
+        assert_eq!(status, 200);
+        let mail = sink.wait_for(&email, 2, 10).await.remove(1);
+        let hash = mail.link_param("token");
+        assert_eq!(mail.link_param("type"), "magiclink");
+        let (status, s) = post(
+            &app,
+            "/verify",
+            json!({"token_hash": hash, "type": "magiclink"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{s}");
+        assert_eq!(
+            app.me(s["access_token"].as_str().unwrap()).await.status(),
+            200
+        );
+        app
+    }
+);
+
+email_story!(
+    a_new_mail_invalidates_the_previous_code_and_wrong_codes_run_out,
+    |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0,
+    |app: TestApp, sink: SmtpSink| async move {
+        let email = fresh();
+        post(&app, "/otp", json!({"email": email})).await;
+        let first = sink.wait_for(&email, 1, 10).await.remove(0).code();
+        post(&app, "/otp", json!({"email": email})).await;
+        let second = sink.wait_for(&email, 2, 10).await.remove(1).code();
+        if first != second {
+            let (status, _) = post(
+                &app,
+                "/verify",
+                json!({"email": email, "token": first, "type": "email"}),
+            )
+            .await;
+            assert_eq!(status, 403, "the previous code is gone");
+        }
+        let wrong = if second == "000000" {
+            "000001"
+        } else {
+            "000000"
+        };
+        for _ in 0..5 {
+            let (status, body) = post(
+                &app,
+                "/verify",
+                json!({"email": email, "token": wrong, "type": "email"}),
+            )
+            .await;
+            assert_eq!((status, body["code"].clone()), (403, json!("otp_expired")));
+        }
+        let (status, _) = post(
+            &app,
+            "/verify",
+            json!({"email": email, "token": second, "type": "email"}),
+        )
+        .await;
+        assert_eq!(status, 403, "five wrong codes invalidate the code");
+        app
+    }
+);
+
+email_story!(
+    unknown_addresses_get_the_same_answers_and_limits,
+    |c: &mut gatehouse::config::Config| c.rate_limit_magic_link = crate::helpers::generous(),
+    |app: TestApp, sink: SmtpSink| async move {
+        let (known, _, _) = {
+            let email = fresh();
+            post(&app, "/otp", json!({"email": email})).await;
+            sink.wait_for(&email, 1, 10).await;
+            (email, (), ())
+        };
+        let unknown = fresh();
+        // Known and unknown addresses: the same status and body, then the same 429.
+        for path in ["/recover", "/otp"] {
+            let body = if path == "/otp" {
+                json!({"email": unknown, "create_user": false})
+            } else {
+                json!({"email": unknown})
+            };
+            let a = post(&app, path, json!({"email": known, "create_user": false})).await;
+            let b = post(&app, path, body).await;
+            if path == "/recover" {
+                // The first request for `known` came less than a minute after its OTP mail.
+                assert_eq!(a.0, 429);
+                assert_eq!(a.1["code"], "over_email_send_rate_limit");
+                assert_eq!(b, (200, json!({})));
+            } else {
+                assert_eq!(a.0, 429);
+                assert_eq!(b.0, 429, "unknown addresses are limited alike");
+                assert_eq!(a.1["code"], b.1["code"]);
+            }
+        }
+        let other = fresh();
+        assert_eq!(
+            post(&app, "/recover", json!({"email": other})).await,
+            (200, json!({}))
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(
+            sink.to(&unknown).is_empty() && sink.to(&other).is_empty(),
+            "no mail to unknown addresses"
+        );
+        assert!(
+            app.state
+                .store
+                .user_by_email(&unknown)
+                .await
+                .unwrap()
+                .is_none(),
+            "create_user false creates no one"
+        );
+        app
+    }
+);
+
+email_story!(
+    the_magic_link_route_is_limited_per_ip,
+    |c: &mut gatehouse::config::Config| {
+        c.rate_limit_magic_link =
+            gatehouse::ratelimit::Rates::one(gatehouse::ratelimit::Rate::new(5, 60));
+    },
+    |app: TestApp, _sink: SmtpSink| async move {
+        for _ in 0..5 {
+            assert_eq!(post(&app, "/otp", json!({"email": fresh()})).await.0, 200);
+        }
+        let (status, body) = post(&app, "/otp", json!({"email": fresh()})).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (429, json!("over_request_rate_limit"))
+        );
+        app
+    }
+);
+
+email_story!(
+    recovery_lets_the_user_set_a_new_password,
+    |_c| {},
+    |app: TestApp, sink: SmtpSink| async move {
+        let email = fresh();
+        app.state
+            .accounts
+            .create_confirmed_user(&email, "the old password".into())
+            .await
+            .unwrap();
+        let res = app
+            .auth(
+                Method::POST,
+                "/recover?redirect_to=https://evil.example.net/steal",
+            )
+            .json(&json!({"email": email}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let mail = sink.wait_for(&email, 1, 10).await.remove(0);
+        assert!(mail.data.contains("Subject: Reset your password"));
+        assert_eq!(
+            mail.link_param("redirect_to"),
+            app.base,
+            "a redirect not allowed falls back to the site URL"
+        );
+        let location = open_link(&mail.link()).await;
+        let f = fragment(&location);
+        assert_eq!(f["type"], "recovery");
+        let res = app
+            .auth(Method::PUT, "/user")
+            .bearer_auth(&f["access_token"])
+            .json(&json!({"password": "a brand new password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(app.sign_in(&email, "the old password").await.status(), 400);
+        assert_eq!(
+            app.sign_in(&email, "a brand new password").await.status(),
+            200
+        );
+        app
+    }
+);
+
+email_story!(
+    an_email_change_applies_when_the_new_address_confirms_it,
+    |c: &mut gatehouse::config::Config| c.redirect_allowlist =
+        vec!["https://*.example.org/**".into()],
+    |app: TestApp, sink: SmtpSink| async move {
+        let email = fresh();
+        app.state
+            .accounts
+            .create_confirmed_user(&email, "a password here".into())
+            .await
+            .unwrap();
+        let (_, s) = parts(app.sign_in(&email, "a password here").await).await;
+        let new = fresh();
+        let res = app
+            .auth(
+                Method::PUT,
+                "/user?redirect_to=https://app.example.org/done",
+            )
+            .bearer_auth(s["access_token"].as_str().unwrap())
+            .json(&json!({"email": new}))
+            .send()
+            .await
+            .unwrap();
+        let (status, user) = parts(res).await;
+        assert_eq!(status, 200, "{user}");
+        assert_eq!(user["email"], json!(email), "not changed yet");
+        assert_eq!(user["new_email"], json!(new));
+        let mail = sink.wait_for(&new, 1, 10).await.remove(0);
+        assert_eq!(
+            mail.link_param("redirect_to"),
+            "https://app.example.org/done"
+        );
+        let (status, s) = post(
+            &app,
+            "/verify",
+            json!({"email": new, "token": mail.code(), "type": "email_change"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{s}");
+        assert_eq!(s["user"]["email"], json!(new));
+        assert_eq!(app.sign_in(&new, "a password here").await.status(), 200);
+        assert_eq!(app.sign_in(&email, "a password here").await.status(), 400);
+        app
+    }
+);
+
+email_story!(
+    bad_verify_input_gets_a_4xx,
+    |_c| {},
+    |app: TestApp, _sink: SmtpSink| async move {
+        for body in [
+            json!({}),
+            json!({"type": "nope", "token": "1"}),
+            json!({"type": "email"}),
+            json!({"type": "email", "token": "123456"}),
+            json!({"type": "email", "token": "123456", "email": "not an email"}),
+            json!({"type": "signup", "token_hash": "x".repeat(10_000)}),
+            json!({"type": 5}),
+        ] {
+            let (status, _) = post(&app, "/verify", body.clone()).await;
+            assert!((400..500).contains(&status), "{body}: {status}");
+        }
+        let res = app
+            .client
+            .post(app.url("/auth/v1/verify"))
+            .json(&json!({"type": "email", "token": "1", "email": "a@example.com"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "POST /verify needs the apikey");
+        let location = open_link(&app.url("/auth/v1/verify?type=signup&token=nope")).await;
+        assert_eq!(fragment(&location)["error_code"], "otp_expired");
+        let location = open_link(&app.url("/auth/v1/verify")).await;
+        assert_eq!(fragment(&location)["error_code"], "validation_failed");
+        let _ = PK;
+        app
+    }
+);
+
+/// The API answers, the process dies (`kill -9`) before the mail reaches SMTP (the SMTP
+/// server is down), and the restarted server delivers it.
+async fn a_promised_mail_survives_kill_9(db: Db) {
+    use crate::helpers::{tempdir, TestDb};
+    let Some(test_db) = TestDb::new(db).await else {
+        return;
+    };
+    let dir = tempdir::Dir::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let smtp = format!("smtp://127.0.0.1:{port}");
+    let env = [
+        ("GATEHOUSE_SMTP_URL", smtp.as_str()),
+        ("GATEHOUSE_AUTOCONFIRM", "false"),
+    ];
+    let mut server = crate::process::start_with(&test_db.url, &dir, &env).await;
+    let email = fresh();
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{}/auth/v1/otp", server.base))
+        .header("apikey", PK)
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let sink = SmtpSink::start_on(port).await;
+    let again = crate::process::start_with(&test_db.url, &dir, &env).await;
+    let mail = sink.wait_for(&email, 1, 30).await.remove(0);
+    let res = client
+        .post(format!("{}/auth/v1/verify", again.base))
+        .header("apikey", PK)
+        .json(&json!({"email": email, "token": mail.code(), "type": "email"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the delivered code signs in");
+    drop(again);
+    sink.stop();
+    test_db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_mail_promised_before_kill_9_is_delivered_after_restart_on_sqlite() {
+    a_promised_mail_survives_kill_9(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_mail_promised_before_kill_9_is_delivered_after_restart_on_postgres() {
+    a_promised_mail_survives_kill_9(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_smtp_unless_in_development() {
+    let out = crate::process::command("sqlite::memory:", &[("GATEHOUSE_AUTOCONFIRM", "false")])
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GATEHOUSE_SMTP_URL") && err.contains("--dev"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_smtp_mails_go_to_the_outbox_folder() {
+    let dir = crate::helpers::tempdir::Dir::new();
+    let outbox = dir.0.join("outbox");
+    let o = outbox.display().to_string();
+    let app = TestApp::spawn(Db::Sqlite, move |c| c.mail_outbox_dir = o)
+        .await
+        .unwrap();
+    let email = fresh();
+    assert_eq!(post(&app, "/otp", json!({"email": email})).await.0, 200);
+    let mut files = Vec::new();
+    for _ in 0..100 {
+        files = std::fs::read_dir(&outbox)
+            .map(|d| d.flatten().collect())
+            .unwrap_or_default();
+        if !files.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(files[0].path()).unwrap();
+    assert!(text.contains(&format!("To: {email}")) && text.contains("/auth/v1/verify?token="));
+    app.stop().await;
+}

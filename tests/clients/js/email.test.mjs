@@ -1,0 +1,211 @@
+// Email flows through the unmodified @supabase/supabase-js client against a real
+// `gatehouse serve` that sends through a real SMTP conversation (smtp_sink.mjs):
+// sign-up confirmation, signInWithOtp (link and code), resetPasswordForEmail.
+
+import { after, before, describe, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+import { createClient } from '@supabase/supabase-js'
+import WebSocket from 'ws'
+
+import { startSmtpSink } from './smtp_sink.mjs'
+
+const HERE = path.dirname(fileURLToPath(import.meta.url))
+const REPO = path.resolve(HERE, '..', '..', '..')
+const BIN = process.env.GATEHOUSE_BIN || path.join(REPO, 'target', 'debug', 'gatehouse')
+const PASSWORD = 'correct-horse-42'
+
+let server
+let sink
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.unref()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+async function startServer(smtpUrl) {
+  if (!existsSync(BIN)) throw new Error(`gatehouse binary not found at ${BIN}`)
+  const port = await freePort()
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-js-email-'))
+  const url = `http://127.0.0.1:${port}`
+  const key = `gk_publishable_test_${randomBytes(12).toString('hex')}`
+  const inherited = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => k !== 'GATEHOUSE_BIN' && !k.startsWith('GATEHOUSE_CLIENT_TEST_')),
+  )
+  const env = {
+    ...inherited,
+    GATEHOUSE_LISTEN: `127.0.0.1:${port}`,
+    GATEHOUSE_DATABASE_URL: process.env.GATEHOUSE_CLIENT_TEST_DATABASE_URL || `sqlite://${tmp}/gh.db`,
+    GATEHOUSE_PUBLISHABLE_KEY: key,
+    GATEHOUSE_PUBLIC_URL: url,
+    // Confirmation on, mails through the sink.
+    GATEHOUSE_AUTOCONFIRM: 'false',
+    GATEHOUSE_SMTP_URL: smtpUrl,
+    GATEHOUSE_REDIRECT_ALLOWLIST: 'http://localhost:3000/**',
+    GATEHOUSE_MAIL_MIN_INTERVAL_SECONDS: '0',
+    GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
+    GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
+    GATEHOUSE_RATE_LIMIT_MAGIC_LINK: '1000/60s',
+    GATEHOUSE_RATE_LIMIT_VERIFY: '1000/60s',
+  }
+  const chunks = []
+  const proc = spawn(BIN, ['serve'], { env, cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] })
+  proc.stdout.on('data', (d) => chunks.push(d))
+  proc.stderr.on('data', (d) => chunks.push(d))
+  let exited = null
+  proc.on('exit', (code, signal) => (exited = { code, signal }))
+  const output = () => Buffer.concat(chunks).toString('utf8')
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    if (exited) throw new Error(`gatehouse exited (${JSON.stringify(exited)}):\n${output()}`)
+    try {
+      const res = await fetch(`${url}/healthz`)
+      await res.arrayBuffer()
+      if (res.status === 200) break
+    } catch {}
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL')
+      throw new Error(`gatehouse did not start:\n${output()}`)
+    }
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  return { proc, url, key, tmp, output, exited: () => exited }
+}
+
+function newClient() {
+  return createClient(server.url, server.key, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    ...(globalThis.WebSocket ? {} : { realtime: { transport: WebSocket } }),
+  })
+}
+
+const uniqueEmail = () => `mail-${randomUUID()}@example.com`
+const show = (x) => JSON.stringify(x, null, 1)
+
+// Follows an emailed link over HTTP the way a browser does; returns the 303 Location.
+async function followLink(link) {
+  const res = await fetch(link, { redirect: 'manual' })
+  assert.equal(res.status, 303, `the link answers 303: ${res.status}`)
+  return res.headers.get('location')
+}
+
+const fragment = (location) => Object.fromEntries(new URLSearchParams(location.split('#')[1] || ''))
+
+before(async () => {
+  sink = await startSmtpSink()
+  server = await startServer(sink.url)
+})
+
+after(async () => {
+  if (server && !server.exited()) {
+    const gone = new Promise((r) => server.proc.once('exit', r))
+    server.proc.kill('SIGTERM')
+    await gone
+  }
+  if (process.env.GATEHOUSE_CLIENT_TEST_SHOW_SERVER_LOG) process.stderr.write(server?.output() ?? '')
+  if (server) rmSync(server.tmp, { recursive: true, force: true })
+  await sink?.close()
+})
+
+describe('email flows (supabase-js, real SMTP)', () => {
+  test('signUp sends a confirmation mail; its link confirms and signs in', async () => {
+    const email = uniqueEmail()
+    const client = newClient()
+    const { data, error } = await client.auth.signUp({
+      email,
+      password: PASSWORD,
+      options: { emailRedirectTo: 'http://localhost:3000/welcome' },
+    })
+    assert.equal(error, null, show(error))
+    assert.equal(data.session, null, 'no session before confirmation')
+    assert.equal(data.user.email, email)
+    const early = await newClient().auth.signInWithPassword({ email, password: PASSWORD })
+    assert.equal(early.error?.code, 'email_not_confirmed')
+    const [mail] = await sink.waitFor(email)
+    assert.equal(mail.subject, 'Confirm your email address')
+    const location = await followLink(mail.link)
+    assert.ok(location.startsWith('http://localhost:3000/welcome#'), location)
+    const f = fragment(location)
+    assert.equal(f.type, 'signup')
+    assert.equal(f.token_type, 'bearer')
+    const linked = newClient()
+    const set = await linked.auth.setSession({ access_token: f.access_token, refresh_token: f.refresh_token })
+    assert.equal(set.error, null, show(set.error))
+    assert.equal(set.data.user.email, email)
+    assert.ok(set.data.user.email_confirmed_at)
+    const { error: signInError } = await newClient().auth.signInWithPassword({ email, password: PASSWORD })
+    assert.equal(signInError, null, 'confirmed users sign in')
+  })
+
+  test('signInWithOtp mails a link and a code; each gives a session', async () => {
+    const email = uniqueEmail()
+    const client = newClient()
+    const sent = await client.auth.signInWithOtp({ email })
+    assert.equal(sent.error, null, show(sent.error))
+    const [first] = await sink.waitFor(email, 1)
+    assert.match(first.code, /^\d{6}$/)
+    const { data, error } = await client.auth.verifyOtp({ email, token: first.code, type: 'email' })
+    assert.equal(error, null, show(error))
+    assert.ok(data.session?.access_token)
+    assert.equal(data.user.email, email)
+    const again = await newClient().auth.verifyOtp({ email, token: first.code, type: 'email' })
+    assert.equal(again.error?.code, 'otp_expired', 'a code works once')
+
+    assert.equal((await newClient().auth.signInWithOtp({ email })).error, null)
+    const second = (await sink.waitFor(email, 2))[1]
+    const f = fragment(await followLink(second.link))
+    assert.ok(f.access_token, show(f))
+    assert.equal(f.type, 'magiclink')
+    const viaLink = newClient()
+    const set = await viaLink.auth.setSession({ access_token: f.access_token, refresh_token: f.refresh_token })
+    assert.equal(set.error, null, show(set.error))
+    const { data: u } = await viaLink.auth.getUser()
+    assert.equal(u.user.email, email)
+  })
+
+  test('signInWithOtp with shouldCreateUser false answers alike for an unknown address', async () => {
+    const { data, error } = await newClient().auth.signInWithOtp({
+      email: uniqueEmail(),
+      options: { shouldCreateUser: false },
+    })
+    assert.equal(error, null, show(error))
+    assert.equal(data.session, null)
+  })
+
+  test('resetPasswordForEmail, verifyOtp recovery, updateUser, sign in with the new password', async () => {
+    const email = uniqueEmail()
+    assert.equal((await newClient().auth.signInWithOtp({ email })).error, null)
+    const [otp] = await sink.waitFor(email, 1)
+    assert.equal((await newClient().auth.verifyOtp({ email, token: otp.code, type: 'email' })).error, null)
+
+    const client = newClient()
+    const reset = await client.auth.resetPasswordForEmail(email, { redirectTo: 'http://localhost:3000/reset' })
+    assert.equal(reset.error, null, show(reset.error))
+    const mail = (await sink.waitFor(email, 2))[1]
+    assert.equal(mail.subject, 'Reset your password')
+    const { data, error } = await client.auth.verifyOtp({ email, token: mail.code, type: 'recovery' })
+    assert.equal(error, null, show(error))
+    assert.ok(data.session)
+    const upd = await client.auth.updateUser({ password: 'a-brand-new-password-7' })
+    assert.equal(upd.error, null, show(upd.error))
+    const { error: old } = await newClient().auth.signInWithPassword({ email, password: PASSWORD })
+    assert.equal(old?.code, 'invalid_credentials')
+    const { data: s, error: e } = await newClient().auth.signInWithPassword({ email, password: 'a-brand-new-password-7' })
+    assert.equal(e, null, show(e))
+    assert.ok(s.session.access_token)
+  })
+})
