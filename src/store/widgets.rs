@@ -113,26 +113,8 @@ impl Store {
         .bind(w.updated_at)
         .execute(&mut *tx)
         .await?;
-        record(
-            &mut tx,
-            &w.org_id,
-            audit,
-            "widget.created",
-            Some(&w.id),
-            audit_details(w),
-        )
-        .await?;
-        enqueue(
-            &mut tx,
-            &w.org_id,
-            "widget.created",
-            event_data(w),
-            audit.now,
-        )
-        .await?;
-        tx.commit().await?;
-        self.webhook_events_committed();
-        Ok(())
+        self.commit_change(tx, w, "widget.created", audit_details(w), audit, true)
+            .await
     }
 
     /// The widgets of an organization, oldest first.
@@ -196,22 +178,10 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let w = fetch(&mut tx, org_id, id).await?;
-        record(
-            &mut tx,
-            org_id,
-            audit,
-            "widget.updated",
-            Some(id),
-            audit_details(&w),
-        )
-        .await?;
-        enqueue(&mut tx, org_id, "widget.updated", event_data(&w), audit.now).await?;
-        tx.commit().await?;
-        self.webhook_events_committed();
+        let w = updated(&mut tx, r.rows_affected(), org_id, id).await?;
+        let details = audit_details(&w);
+        self.commit_change(tx, &w, "widget.updated", details, audit, true)
+            .await?;
         Ok(w)
     }
 
@@ -234,20 +204,10 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let w = fetch(&mut tx, org_id, id).await?;
-        record(
-            &mut tx,
-            org_id,
-            audit,
-            "widget.secret_rotated",
-            Some(id),
-            json!({}),
-        )
-        .await?;
-        tx.commit().await?;
+        let w = updated(&mut tx, r.rows_affected(), org_id, id).await?;
+        // Not a webhook event: nothing a receiver is shown has changed.
+        self.commit_change(tx, &w, "widget.secret_rotated", json!({}), audit, false)
+            .await?;
         Ok(w)
     }
 
@@ -267,29 +227,53 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-        if touched.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let w = fetch(&mut tx, org_id, id).await?;
+        let w = updated(&mut tx, touched.rows_affected(), org_id, id).await?;
         sqlx::query("DELETE FROM widgets WHERE org_id = $1 AND id = $2")
             .bind(org_id)
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        record(
-            &mut tx,
-            org_id,
-            audit,
-            "widget.deleted",
-            Some(id),
-            json!({ "name": w.name }),
-        )
-        .await?;
-        enqueue(&mut tx, org_id, "widget.deleted", event_data(&w), audit.now).await?;
-        tx.commit().await?;
-        self.webhook_events_committed();
+        let details = json!({ "name": w.name });
+        self.commit_change(tx, &w, "widget.deleted", details, audit, true)
+            .await?;
         Ok(w)
     }
+
+    /// Records a change in the audit log and, with `event`, as a webhook event of the same
+    /// name, then commits (and wakes the delivery worker once the event exists).
+    async fn commit_change(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        w: &WidgetRecord,
+        action: &str,
+        details: Value,
+        audit: &Audit,
+        event: bool,
+    ) -> StoreResult<()> {
+        record(&mut tx, &w.org_id, audit, action, Some(&w.id), details).await?;
+        if event {
+            enqueue(&mut tx, &w.org_id, action, event_data(w), audit.now).await?;
+        }
+        tx.commit().await?;
+        if event {
+            self.webhook_events_committed();
+        }
+        Ok(())
+    }
+}
+
+/// After an UPDATE of one widget: `NotFound` when it touched no row (not this
+/// organization's), else the widget as it now is.
+async fn updated(
+    conn: &mut sqlx::AnyConnection,
+    rows_affected: u64,
+    org_id: &str,
+    id: &str,
+) -> StoreResult<WidgetRecord> {
+    if rows_affected == 0 {
+        return Err(StoreError::NotFound);
+    }
+    fetch(conn, org_id, id).await
 }
 
 async fn fetch(
