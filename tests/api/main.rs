@@ -14,6 +14,6 @@ mod orgs;
 mod process;
 mod ratelimit;
 mod scaleout;
-mod webhooks;
 mod smtp_sink;
+mod webhooks;
 mod widgets;
