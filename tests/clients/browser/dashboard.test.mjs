@@ -17,18 +17,15 @@
 
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs'
+import { randomUUID } from 'node:crypto'
+import { existsSync, mkdirSync, statSync } from 'node:fs'
 import http from 'node:http'
-import net from 'node:net'
-import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
+import { api, sleep, startGatehouse, stopGatehouse } from '../harness.mjs'
+
 const HERE = path.dirname(fileURLToPath(import.meta.url))
-const REPO = path.resolve(HERE, '..', '..', '..')
-const BIN = process.env.GATEHOUSE_BIN || path.join(REPO, 'target', 'debug', 'gatehouse')
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
 const SHOTS = path.join(HERE, 'screenshots')
 const PASSWORD = 'correct-horse-42'
@@ -43,101 +40,16 @@ if (!haveChromium && process.env.CI !== 'true') {
 // In CI a missing browser is a failure, not a skip: the suite runs and `before` throws.
 const skip = !haveChromium && process.env.CI !== 'true'
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-const alnum = (n) => Array.from(randomBytes(n), (b) => 'abcdefghijklmnopqrstuvwxyz0123456789'[b % 36]).join('')
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
-// As in widget.test.mjs: a real server on a free port with a temporary SQLite database.
-async function startGatehouse() {
-  if (!existsSync(BIN)) throw new Error(`gatehouse binary not found at ${BIN} (build it or set GATEHOUSE_BIN)`)
-  const port = await freePort()
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-dashboard-'))
-  const url = `http://127.0.0.1:${port}`
-  const key = `gk_publishable_test_${alnum(24)}`
-  // gatehouse rejects unknown GATEHOUSE_* variables: the suite's own are not passed on.
-  const inherited = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => k !== 'GATEHOUSE_BIN' && !k.startsWith('GATEHOUSE_CLIENT_TEST_')),
-  )
-  const env = {
-    ...inherited,
-    GATEHOUSE_LISTEN: `127.0.0.1:${port}`,
-    GATEHOUSE_DATABASE_URL: process.env.GATEHOUSE_CLIENT_TEST_DATABASE_URL || `sqlite://${tmp}/gh.db`,
-    GATEHOUSE_PUBLISHABLE_KEY: key,
-    // The page's origin: the CSRF check compares every cookie request's Origin with it.
-    GATEHOUSE_PUBLIC_URL: url,
-    GATEHOUSE_AUTOCONFIRM: 'true',
-    GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
-    GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
-    // The webhook receiver of this suite listens on 127.0.0.1.
-    GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE: 'true',
-    GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS: '200',
-  }
-  const chunks = []
-  const proc = spawn(BIN, ['serve'], { env, cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] })
-  proc.stdout.on('data', (d) => chunks.push(d))
-  proc.stderr.on('data', (d) => chunks.push(d))
-  let exited = null
-  proc.on('exit', (code, signal) => { exited = { code, signal } })
-  proc.on('error', (err) => { exited = { error: String(err) } })
-  const output = () => Buffer.concat(chunks).toString('utf8')
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    if (exited) {
-      rmSync(tmp, { recursive: true, force: true })
-      throw new Error(`gatehouse exited before becoming ready (${JSON.stringify(exited)}):\n${output()}`)
-    }
-    try {
-      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) })
-      await res.arrayBuffer()
-      if (res.status === 200) break
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      proc.kill('SIGKILL')
-      rmSync(tmp, { recursive: true, force: true })
-      throw new Error(`gatehouse did not answer GET /healthz with 200 within 30 s:\n${output()}`)
-    }
-    await sleep(200)
-  }
-  return { proc, url, key, output, tmp, exited: () => exited }
-}
-
-async function stopGatehouse(s) {
-  if (!s) return
-  if (!s.exited()) {
-    const gone = new Promise((r) => s.proc.once('exit', r))
-    s.proc.kill('SIGTERM')
-    const t = setTimeout(() => s.proc.kill('SIGKILL'), 5000)
-    await gone
-    clearTimeout(t)
-  }
-  if (process.env.GATEHOUSE_CLIENT_TEST_SHOW_SERVER_LOG) process.stderr.write(`--- gatehouse output ---\n${s.output()}\n`)
-  rmSync(s.tmp, { recursive: true, force: true })
-}
-
-// JSON call to gatehouse; returns the envelope's data, or throws with the whole exchange.
-async function api(method, url, { body, headers = {}, expect = 200 } = {}) {
-  const res = await fetch(url, {
-    method,
-    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
-    body: body !== undefined ? JSON.stringify(body) : undefined,
-  })
-  const text = await res.text()
-  if (res.status !== expect) throw new Error(`${method} ${url} -> ${res.status} (expected ${expect}): ${text}`)
-  const json = JSON.parse(text)
-  return json.data !== undefined ? json.data : json
+// This suite's server settings, on top of what the harness sets (GATEHOUSE_PUBLIC_URL, set
+// by the harness, is the page's origin: the CSRF check compares every cookie request's
+// Origin with it).
+const GATEHOUSE_ENV = {
+  GATEHOUSE_AUTOCONFIRM: 'true',
+  GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
+  GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
+  // The webhook receiver of this suite listens on 127.0.0.1.
+  GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE: 'true',
+  GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS: '200',
 }
 
 // A webhook endpoint that accepts everything and remembers what it got.
@@ -200,7 +112,7 @@ describe('dashboard in Chromium', { skip }, () => {
   before(async () => {
     if (!haveChromium) throw new Error(`${CHROMIUM} not found (CI=true): install Debian's chromium package`)
     const { chromium } = await import('playwright-core')
-    gh = await startGatehouse()
+    gh = await startGatehouse({ tmpPrefix: 'gatehouse-dashboard-', env: GATEHOUSE_ENV })
 
     // The owner and a member, made through the API before the browser starts.
     const signUp = async (email) => {

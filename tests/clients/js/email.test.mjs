@@ -4,87 +4,18 @@
 
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
-import net from 'node:net'
-import os from 'node:os'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { randomUUID } from 'node:crypto'
 
 import { createClient } from '@supabase/supabase-js'
 import WebSocket from 'ws'
 
+import { startGatehouse, stopGatehouse } from '../harness.mjs'
 import { startSmtpSink } from './smtp_sink.mjs'
 
-const HERE = path.dirname(fileURLToPath(import.meta.url))
-const REPO = path.resolve(HERE, '..', '..', '..')
-const BIN = process.env.GATEHOUSE_BIN || path.join(REPO, 'target', 'debug', 'gatehouse')
 const PASSWORD = 'correct-horse-42'
 
 let server
 let sink
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
-async function startServer(smtpUrl) {
-  if (!existsSync(BIN)) throw new Error(`gatehouse binary not found at ${BIN}`)
-  const port = await freePort()
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-js-email-'))
-  const url = `http://127.0.0.1:${port}`
-  const key = `gk_publishable_test_${randomBytes(12).toString('hex')}`
-  const inherited = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => k !== 'GATEHOUSE_BIN' && !k.startsWith('GATEHOUSE_CLIENT_TEST_')),
-  )
-  const env = {
-    ...inherited,
-    GATEHOUSE_LISTEN: `127.0.0.1:${port}`,
-    GATEHOUSE_DATABASE_URL: process.env.GATEHOUSE_CLIENT_TEST_DATABASE_URL || `sqlite://${tmp}/gh.db`,
-    GATEHOUSE_PUBLISHABLE_KEY: key,
-    GATEHOUSE_PUBLIC_URL: url,
-    // Confirmation on, mails through the sink.
-    GATEHOUSE_AUTOCONFIRM: 'false',
-    GATEHOUSE_SMTP_URL: smtpUrl,
-    GATEHOUSE_REDIRECT_ALLOWLIST: 'http://localhost:3000/**',
-    GATEHOUSE_MAIL_MIN_INTERVAL_SECONDS: '0',
-    GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
-    GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
-    GATEHOUSE_RATE_LIMIT_MAGIC_LINK: '1000/60s',
-    GATEHOUSE_RATE_LIMIT_VERIFY: '1000/60s',
-  }
-  const chunks = []
-  const proc = spawn(BIN, ['serve'], { env, cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] })
-  proc.stdout.on('data', (d) => chunks.push(d))
-  proc.stderr.on('data', (d) => chunks.push(d))
-  let exited = null
-  proc.on('exit', (code, signal) => (exited = { code, signal }))
-  const output = () => Buffer.concat(chunks).toString('utf8')
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    if (exited) throw new Error(`gatehouse exited (${JSON.stringify(exited)}):\n${output()}`)
-    try {
-      const res = await fetch(`${url}/healthz`)
-      await res.arrayBuffer()
-      if (res.status === 200) break
-    } catch {}
-    if (Date.now() > deadline) {
-      proc.kill('SIGKILL')
-      throw new Error(`gatehouse did not start:\n${output()}`)
-    }
-    await new Promise((r) => setTimeout(r, 200))
-  }
-  return { proc, url, key, tmp, output, exited: () => exited }
-}
 
 function newClient() {
   return createClient(server.url, server.key, {
@@ -107,17 +38,24 @@ const fragment = (location) => Object.fromEntries(new URLSearchParams(location.s
 
 before(async () => {
   sink = await startSmtpSink()
-  server = await startServer(sink.url)
+  server = await startGatehouse({
+    tmpPrefix: 'gatehouse-js-email-',
+    env: {
+      // Confirmation on, mails through the sink.
+      GATEHOUSE_AUTOCONFIRM: 'false',
+      GATEHOUSE_SMTP_URL: sink.url,
+      GATEHOUSE_REDIRECT_ALLOWLIST: 'http://localhost:3000/**',
+      GATEHOUSE_MAIL_MIN_INTERVAL_SECONDS: '0',
+      GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
+      GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
+      GATEHOUSE_RATE_LIMIT_MAGIC_LINK: '1000/60s',
+      GATEHOUSE_RATE_LIMIT_VERIFY: '1000/60s',
+    },
+  })
 })
 
 after(async () => {
-  if (server && !server.exited()) {
-    const gone = new Promise((r) => server.proc.once('exit', r))
-    server.proc.kill('SIGTERM')
-    await gone
-  }
-  if (process.env.GATEHOUSE_CLIENT_TEST_SHOW_SERVER_LOG) process.stderr.write(server?.output() ?? '')
-  if (server) rmSync(server.tmp, { recursive: true, force: true })
+  await stopGatehouse(server)
   await sink?.close()
 })
 

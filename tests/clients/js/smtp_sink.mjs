@@ -3,6 +3,8 @@
 
 import net from 'node:net'
 
+import { sleep } from '../harness.mjs'
+
 export async function startSmtpSink() {
   const mails = []
   const server = net.createServer((sock) => {
@@ -72,7 +74,7 @@ export async function startSmtpSink() {
         const got = mails.filter((m) => m.to.includes(address))
         if (got.length >= n) return got.map(parsed)
         if (Date.now() > deadline) throw new Error(`no mail #${n} for ${address} within ${ms} ms`)
-        await new Promise((r) => setTimeout(r, 50))
+        await sleep(50)
       }
     },
   }

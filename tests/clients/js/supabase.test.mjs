@@ -8,123 +8,19 @@
 
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
-import net from 'node:net'
-import os from 'node:os'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 
 import { createClient, isAuthApiError, isAuthWeakPasswordError } from '@supabase/supabase-js'
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
 import WebSocket from 'ws'
 
-const HERE = path.dirname(fileURLToPath(import.meta.url))
-const REPO = path.resolve(HERE, '..', '..', '..')
-const BIN = process.env.GATEHOUSE_BIN || path.join(REPO, 'target', 'debug', 'gatehouse')
+import { startGatehouse, stopGatehouse } from '../harness.mjs'
+
 const TRACE = !!process.env.GATEHOUSE_CLIENT_TEST_TRACE
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 const PASSWORD = 'correct-horse-42'
 
 let server // { proc, url, key, output(), tmp }
-
-function alnum(n) {
-  const chars = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'
-  return Array.from(randomBytes(n), (b) => chars[b % chars.length]).join('')
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-
-async function startServer() {
-  if (!existsSync(BIN)) {
-    throw new Error(`gatehouse binary not found at ${BIN} (build it or set GATEHOUSE_BIN)`)
-  }
-  const port = await freePort()
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-js-'))
-  const url = `http://127.0.0.1:${port}`
-  const key = `gk_publishable_test_${alnum(24)}`
-  // gatehouse rejects unknown GATEHOUSE_* variables, so the suite's own
-  // control variables (GATEHOUSE_BIN, GATEHOUSE_CLIENT_TEST_*) are not passed on.
-  const inherited = Object.fromEntries(
-    Object.entries(process.env).filter(
-      ([k]) => k !== 'GATEHOUSE_BIN' && !k.startsWith('GATEHOUSE_CLIENT_TEST_'),
-    ),
-  )
-  const env = {
-    ...inherited,
-    GATEHOUSE_LISTEN: `127.0.0.1:${port}`,
-    GATEHOUSE_DATABASE_URL:
-      process.env.GATEHOUSE_CLIENT_TEST_DATABASE_URL || `sqlite://${tmp}/gh.db`,
-    GATEHOUSE_PUBLISHABLE_KEY: key,
-    GATEHOUSE_PUBLIC_URL: url,
-    GATEHOUSE_AUTOCONFIRM: 'true',
-    GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
-    GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
-    GATEHOUSE_RATE_LIMIT_TOKEN_REFRESH: '1000/60s',
-  }
-  const chunks = []
-  const proc = spawn(BIN, ['serve'], { env, cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] })
-  proc.stdout.on('data', (d) => chunks.push(d))
-  proc.stderr.on('data', (d) => chunks.push(d))
-  let exited = null
-  proc.on('exit', (code, signal) => {
-    exited = { code, signal }
-  })
-  proc.on('error', (err) => {
-    exited = { error: String(err) }
-  })
-  const output = () => Buffer.concat(chunks).toString('utf8')
-
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    if (exited) {
-      rmSync(tmp, { recursive: true, force: true })
-      throw new Error(`gatehouse exited before becoming ready (${JSON.stringify(exited)}):\n${output()}`)
-    }
-    try {
-      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) })
-      await res.arrayBuffer()
-      if (res.status === 200) break
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      proc.kill('SIGKILL')
-      rmSync(tmp, { recursive: true, force: true })
-      throw new Error(`gatehouse did not answer GET /healthz with 200 within 30 s:\n${output()}`)
-    }
-    await sleep(200)
-  }
-  return { proc, url, key, output, tmp, exited: () => exited }
-}
-
-async function stopServer(s) {
-  if (!s) return
-  if (!s.exited()) {
-    const gone = new Promise((r) => s.proc.once('exit', r))
-    s.proc.kill('SIGTERM')
-    const t = setTimeout(() => s.proc.kill('SIGKILL'), 5000)
-    await gone
-    clearTimeout(t)
-  }
-  if (process.env.GATEHOUSE_CLIENT_TEST_SHOW_SERVER_LOG) {
-    process.stderr.write(`--- gatehouse output ---\n${s.output()}\n`)
-  }
-  rmSync(s.tmp, { recursive: true, force: true })
-}
 
 const authKind = (h) => (!h ? 'none' : h.split('.').length === 3 ? 'jwt' : 'key')
 
@@ -193,11 +89,19 @@ function assertApiError(error, { code, status }, what) {
 }
 
 before(async () => {
-  server = await startServer()
+  server = await startGatehouse({
+    tmpPrefix: 'gatehouse-js-',
+    env: {
+      GATEHOUSE_AUTOCONFIRM: 'true',
+      GATEHOUSE_RATE_LIMIT_SIGN_UP: '1000/60s',
+      GATEHOUSE_RATE_LIMIT_SIGN_IN: '1000/60s',
+      GATEHOUSE_RATE_LIMIT_TOKEN_REFRESH: '1000/60s',
+    },
+  })
 })
 
 after(async () => {
-  await stopServer(server)
+  await stopGatehouse(server)
 })
 
 describe('sign up', () => {
