@@ -126,7 +126,12 @@ impl AppState {
             clock: clock.clone(),
             config: config.clone(),
         };
-        let keys = crate::keys::Keys::new(store.clone(), clock.clone(), &config.key_prefix);
+        let keys = crate::keys::Keys::with_capacity(
+            store.clone(),
+            clock.clone(),
+            &config.key_prefix,
+            config.key_cache_capacity,
+        );
         let metrics = Arc::new(Metrics::new());
         let redis = match &config.redis_url {
             Some(url) => Some(

@@ -66,6 +66,9 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// Prefix of API keys (`{prefix}_{env}_…`).
     pub key_prefix: String,
+    /// Verified API keys held in memory (above the number in use per minute, or
+    /// verifications read storage).
+    pub key_cache_capacity: u64,
     /// Concurrent argon2 computations allowed (0 = number of CPUs).
     pub password_hash_concurrency: usize,
     /// Dashboard session lifetime in seconds.
@@ -167,6 +170,7 @@ impl Default for Config {
             password_min_length: 8,
             body_limit_bytes: 1024 * 1024,
             key_prefix: "gk".into(),
+            key_cache_capacity: crate::keys::DEFAULT_CAPACITY,
             password_hash_concurrency: 0,
             web_session_seconds: 7 * 24 * 3600,
             rate_limit_api_key: Rates(vec![
@@ -374,6 +378,9 @@ impl Config {
                     Policy::ALL.map(|p| p.name()).join(", ")
                 );
             }
+        }
+        if !(1000..=100_000_000).contains(&self.key_cache_capacity) {
+            anyhow::bail!("key_cache_capacity must be between 1000 and 100000000");
         }
         if self.rate_limit_memory_capacity < 1000 {
             anyhow::bail!("rate_limit_memory_capacity must be at least 1000");

@@ -42,6 +42,9 @@ impl KeyFailure {
 /// How long a verified key is trusted from memory; revocation on this instance invalidates
 /// at once, other instances see it within this time (until Redis fan-out is configured).
 pub const POSITIVE_TTL: Duration = Duration::from_secs(60);
+/// Verified keys held in memory by default.
+pub const DEFAULT_CAPACITY: u64 = 250_000;
+
 /// How long an unknown key is remembered, so random keys cannot hammer storage.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
@@ -80,15 +83,22 @@ pub struct NewKey {
 }
 
 impl Keys {
-    /// Caches over `store` for keys with `prefix`.
+    /// Caches over `store` for keys with `prefix`, holding up to [`DEFAULT_CAPACITY`]
+    /// verified keys.
     pub fn new(store: Store, clock: Clock, prefix: &str) -> Self {
+        Self::with_capacity(store, clock, prefix, DEFAULT_CAPACITY)
+    }
+
+    /// Caches holding up to `capacity` verified keys: size it above the number of keys in
+    /// use within a minute, or verifications start reading storage.
+    pub fn with_capacity(store: Store, clock: Clock, prefix: &str, capacity: u64) -> Self {
         Self {
             store,
             clock,
             prefix: prefix.into(),
             epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             known: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(capacity)
                 .time_to_live(POSITIVE_TTL)
                 .build(),
             unknown: moka::sync::Cache::builder()
