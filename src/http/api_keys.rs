@@ -62,7 +62,7 @@ pub struct KeyView {
     pub created_at: i64,
     /// Unix ms or null (never).
     pub expires_at: Option<i64>,
-    /// Unix ms (written behind, within seconds).
+    /// Unix ms (written behind, within 30 s).
     pub last_used_at: Option<i64>,
     /// Unix ms.
     pub revoked_at: Option<i64>,

@@ -50,7 +50,7 @@ pub struct UsageQuery {
 }
 
 /// Requests and tokens per key and hour or day (`analytics:read`). Counted in memory and
-/// written every 5 s, so the last seconds may be missing.
+/// written every 30 s, so the last half minute may be missing.
 #[utoipa::path(get, path = "/v1/orgs/{org}/usage", tag = "usage",
     params(("from" = Option<String>, Query, description = "unix ms or RFC 3339"), ("to" = Option<String>, Query, description = "unix ms or RFC 3339"),
            ("granularity" = Option<String>, Query, description = "hour or day"), ("key_id" = Option<String>, Query, description = "one key")),
