@@ -146,17 +146,24 @@ async fn deliver(state: &AppState, d: ClaimedDelivery) {
         latency_ms,
         "webhook attempt"
     );
-    match state
-        .store
-        .finish_webhook_attempt(&d, &res, now, DISABLE_AFTER_MS)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(delivery_id = %d.id, "webhook claim lapsed before its result was recorded")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, delivery_id = %d.id, "could not record a webhook attempt")
+    // A result that cannot be written leaves the claim to lapse (2 × timeout + 1 s) before the
+    // next attempt, so a passing storage hiccup is retried a few times first; recording is
+    // guarded by the claim, so a retry never writes twice.
+    for pause_ms in [100, 400, 1600, 0] {
+        match state
+            .store
+            .finish_webhook_attempt(&d, &res, now, DISABLE_AFTER_MS)
+            .await
+        {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(delivery_id = %d.id, "webhook claim lapsed before its result was recorded");
+                return;
+            }
+            Err(e) if pause_ms == 0 => {
+                tracing::warn!(error = %e, delivery_id = %d.id, "could not record a webhook attempt");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(pause_ms)).await,
         }
     }
 }
