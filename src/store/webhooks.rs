@@ -378,6 +378,16 @@ impl Store {
         audit: &Audit,
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
+        // Deliveries first, then the endpoint: the order in which recording an attempt takes
+        // its locks, so a delete racing a recorded attempt waits instead of deadlocking.
+        sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE endpoint_id = $2 \
+             AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE org_id = $1)",
+        )
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let r = sqlx::query("DELETE FROM webhook_endpoints WHERE org_id = $1 AND id = $2")
             .bind(org_id)
             .bind(id)
