@@ -439,10 +439,6 @@ fn storage_unavailable(cause: &dyn std::fmt::Display) -> ApiError {
     e
 }
 
-/// How often last-used times and usage counters are written. Each batch holds a row per key
-/// used since the last one, so with many active keys a short interval costs a core.
-const WRITE_BEHIND_EVERY: Duration = Duration::from_secs(30);
-
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.
 pub async fn run(
     state: AppState,
@@ -450,9 +446,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = crate::http::router(state.clone());
-    let writer = tokio::spawn(state.keys.clone().write_behind(WRITE_BEHIND_EVERY));
+    // Each batch holds a row per key used since the last one: with many active keys a short
+    // interval costs a core (see `write_behind_seconds`).
+    let every = Duration::from_secs(state.config.write_behind_seconds);
+    let writer = tokio::spawn(state.keys.clone().write_behind(every));
     let subscriber = tokio::spawn(crate::fanout::subscribe(state.clone()));
-    let usage = tokio::spawn(state.chat.usage.clone().write_behind(WRITE_BEHIND_EVERY));
+    let usage = tokio::spawn(state.chat.usage.clone().write_behind(every));
     let webhooks = crate::webhooks::worker::spawn(state.clone());
     let (stop_mail, stop_rx) = tokio::sync::watch::channel(false);
     let mail = tokio::spawn(crate::mail::worker(

@@ -66,6 +66,8 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// Prefix of API keys (`{prefix}_{env}_…`).
     pub key_prefix: String,
+    /// Seconds between writes of API keys' last-used times and usage counters.
+    pub write_behind_seconds: u64,
     /// Verified API keys held in memory (above the number in use per minute, or
     /// verifications read storage).
     pub key_cache_capacity: u64,
@@ -171,6 +173,7 @@ impl Default for Config {
             body_limit_bytes: 1024 * 1024,
             key_prefix: "gk".into(),
             key_cache_capacity: crate::keys::DEFAULT_CAPACITY,
+            write_behind_seconds: 30,
             password_hash_concurrency: 0,
             web_session_seconds: 7 * 24 * 3600,
             rate_limit_api_key: Rates(vec![
@@ -378,6 +381,9 @@ impl Config {
                     Policy::ALL.map(|p| p.name()).join(", ")
                 );
             }
+        }
+        if !(1..=3600).contains(&self.write_behind_seconds) {
+            anyhow::bail!("write_behind_seconds must be between 1 and 3600");
         }
         if !(1000..=100_000_000).contains(&self.key_cache_capacity) {
             anyhow::bail!("key_cache_capacity must be between 1000 and 100000000");

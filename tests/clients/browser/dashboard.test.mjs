@@ -50,6 +50,8 @@ const GATEHOUSE_ENV = {
   // The webhook receiver of this suite listens on 127.0.0.1.
   GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE: 'true',
   GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS: '200',
+  // The usage page reads counters written behind: write them every second.
+  GATEHOUSE_WRITE_BEHIND_SECONDS: '1',
 }
 
 // A webhook endpoint that accepts everything and remembers what it got.
