@@ -17,12 +17,17 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::{QueuedMail, Store};
 
-/// How long a worker owns the mails it leased; another instance takes them over after.
-const LEASE_MS: i64 = 60_000;
+/// The longest one delivery may take, SMTP dialogue included; a slower one counts as failed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a worker owns the mail it leased: one delivery and recording its outcome. A
+/// worker that dies holding a lease (`kill -9` mid-send) delays that mail by at most this.
+const LEASE_MS: i64 = 30_000;
 /// How often the queue is read when nothing wakes the worker.
 const POLL: Duration = Duration::from_secs(1);
-/// Mails leased at once.
-const BATCH: i64 = 10;
+/// Mails leased at once. One: mails are sent one after another, so a lease taken for a
+/// batch would run out before its last mails were tried, and another instance would send
+/// them again; a lease per mail costs one UPDATE, little beside an SMTP dialogue.
+const BATCH: i64 = 1;
 /// Attempts before a mail is given up (about a day and a half of retries).
 const MAX_ATTEMPTS: i64 = 25;
 
@@ -124,10 +129,15 @@ impl Mailer {
     }
 
     async fn deliver(&self, m: &QueuedMail) -> Result<(), String> {
-        match &self.0.transport {
-            Transport::Smtp(s) => s.send(&self.0.from, m).await,
-            Transport::Outbox(o) => o.write(m).await,
-        }
+        let send = async {
+            match &self.0.transport {
+                Transport::Smtp(s) => s.send(&self.0.from, m).await,
+                Transport::Outbox(o) => o.write(m).await,
+            }
+        };
+        tokio::time::timeout(SEND_TIMEOUT, send)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", SEND_TIMEOUT.as_secs())))
     }
 
     /// Sends what is due, until the queue has nothing due; returns how many were sent.

@@ -19,7 +19,8 @@ impl Smtp {
     pub fn new(url: &SecretString) -> anyhow::Result<Self> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
             .map_err(|_| anyhow::anyhow!("smtp_url is not a valid smtp:// or smtps:// URL"))?
-            .timeout(Some(Duration::from_secs(30)))
+            // Per SMTP command; the worker bounds the whole delivery (`SEND_TIMEOUT`).
+            .timeout(Some(Duration::from_secs(10)))
             .build();
         Ok(Smtp { transport })
     }

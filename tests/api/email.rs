@@ -446,7 +446,9 @@ async fn a_promised_mail_survives_kill_9(db: Db) {
     server.child.wait().unwrap();
     let sink = SmtpSink::start_on(port).await;
     let again = crate::process::start_with(&test_db.url, &dir, &env).await;
-    let mail = sink.wait_for(&email, 1, 30).await.remove(0);
+    // The killed worker may have died holding the mail's lease (30 s), and a failed attempt
+    // waits its backoff: the restarted server sends it within about 32 s.
+    let mail = sink.wait_for(&email, 1, 60).await.remove(0);
     let res = client
         .post(format!("{}/auth/v1/verify", again.base))
         .header("apikey", PK)
