@@ -109,3 +109,75 @@ story!(a_jwt_reads_me_as_a_user, |app: TestApp| async move {
     assert_eq!(me["data"]["user_id"], s["user"]["id"]);
     app
 });
+
+story!(
+    a_cookie_change_to_v1_from_another_site_is_refused,
+    |app: TestApp| async move {
+        let (email, password, _) = app.new_user().await;
+        let res = app
+            .client
+            .post(app.url("/v1/session"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let create = |origin: Option<&str>, referer: Option<&str>| {
+            let mut req = app
+                .client
+                .post(app.url("/v1/orgs"))
+                .json(&json!({"name": "Acme"}));
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            if let Some(r) = referer {
+                req = req.header("referer", r);
+            }
+            req.send()
+        };
+        let own = app.base.clone();
+        let own_page = format!("{own}/dashboard");
+        let lookalike = format!("{own}.evil.example/dashboard");
+        let refused: [(Option<&str>, Option<&str>); 5] = [
+            (None, None),
+            (Some("https://evil.example"), None),
+            // A foreign Origin wins over a Referer that looks like ours.
+            (Some("https://evil.example"), Some(&own_page)),
+            (None, Some("https://evil.example/dashboard")),
+            // Our origin as a prefix of another host is not our origin.
+            (None, Some(&lookalike)),
+        ];
+        for (origin, referer) in refused {
+            let (status, body) = parts(create(origin, referer).await.unwrap()).await;
+            assert_eq!(
+                status, 403,
+                "origin {origin:?}, referer {referer:?}: {body}"
+            );
+            assert_eq!(body["error"]["details"]["reason"], "csrf");
+        }
+        let (status, orgs) = parts(app.client.get(app.url("/v1/me")).send().await.unwrap()).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            orgs["data"]["organizations"],
+            json!([]),
+            "nothing was created"
+        );
+        // A read is not a change: no Origin needed.
+        let res = app
+            .client
+            .get(app.url("/v1/me"))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        // From our own page: by Origin, or by Referer when the browser sends no Origin.
+        let (status, _) = parts(create(Some(&own), None).await.unwrap()).await;
+        assert_eq!(status, 201);
+        let (status, _) = parts(create(None, Some(&own_page)).await.unwrap()).await;
+        assert_eq!(status, 201);
+        let (_, me) = parts(app.client.get(app.url("/v1/me")).send().await.unwrap()).await;
+        assert_eq!(me["data"]["organizations"].as_array().unwrap().len(), 2);
+        app
+    }
+);
