@@ -936,3 +936,88 @@ async fn widget_sessions_expire_after_15_minutes_on_sqlite() {
 async fn widget_sessions_expire_after_15_minutes_on_postgres() {
     sessions_expire(Db::Postgres).await;
 }
+
+impl TestApp {
+    /// `GET …/config` from the allowed origin, as the client at `ip` (behind a trusted proxy).
+    async fn config_from(&self, widget: &str, ip: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .get(self.url(&format!("/v1/widgets/{widget}/config")))
+            .header("origin", ORIGIN)
+            .header("x-forwarded-for", ip)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+}
+
+story!(
+    widget_limits_apply_per_client_ip,
+    |c: &mut gatehouse::config::Config| {
+        c.trusted_proxies = vec!["127.0.0.0/8".into()];
+        c.rate_limit_widget_ip =
+            gatehouse::ratelimit::Rates::one(gatehouse::ratelimit::Rate::new(3, 60));
+    },
+    |app: TestApp| async move {
+        let (_, _, id, token) = setup(&app).await;
+        for _ in 0..3 {
+            assert_eq!(app.config_from(&id, "203.0.113.7").await.0, 200);
+        }
+        let (status, b) = app.config_from(&id, "203.0.113.7").await;
+        assert_eq!(
+            (status, b["error"]["code"].as_str()),
+            (429, Some("rate_limited"))
+        );
+        // Opening a session from that address is refused too; another address is not.
+        let res = app
+            .client
+            .post(app.url(&format!("/v1/widgets/{id}/session")))
+            .header("origin", ORIGIN)
+            .header("x-forwarded-for", "203.0.113.7")
+            .json(&json!({"token": token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429);
+        assert_eq!(app.config_from(&id, "203.0.113.8").await.0, 200);
+        app
+    }
+);
+
+story!(
+    widget_limits_apply_per_widget_across_addresses,
+    |c: &mut gatehouse::config::Config| {
+        c.trusted_proxies = vec!["127.0.0.0/8".into()];
+        c.rate_limit_widget =
+            gatehouse::ratelimit::Rates::one(gatehouse::ratelimit::Rate::new(3, 60));
+    },
+    |app: TestApp| async move {
+        let (ann, org, id, _) = setup(&app).await;
+        for i in 0..3 {
+            let ip = format!("198.51.100.{i}");
+            assert_eq!(app.config_from(&id, &ip).await.0, 200);
+        }
+        let (status, b) = app.config_from(&id, "198.51.100.9").await;
+        assert_eq!(
+            (status, b["error"]["code"].as_str()),
+            (429, Some("rate_limited")),
+            "a fresh address still counts against the widget"
+        );
+        let other = app
+            .widget(
+                &ann,
+                &org,
+                json!({"name": "Other", "allowed_origins": [ORIGIN]}),
+            )
+            .await;
+        let other = other["id"].as_str().unwrap();
+        assert_eq!(
+            app.config_from(other, "198.51.100.9").await.0,
+            200,
+            "another widget has its own window"
+        );
+        app
+    }
+);
