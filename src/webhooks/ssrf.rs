@@ -24,6 +24,9 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         // Carrier-grade NAT (100.64.0.0/10), benchmarking (198.18.0.0/15), reserved (240/4).
         || (o[0] == 100 && (o[1] & 0xc0) == 64)
         || (o[0] == 198 && (o[1] & 0xfe) == 18)
+        // IETF protocol assignments (192.0.0.0/24) and the old 6to4 relay anycast (192.88.99.0/24).
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99)
         || o[0] >= 240
 }
 
@@ -32,15 +35,24 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         return forbidden_v4(v4);
     }
     let s = ip.segments();
+    // 6to4 (2002::/16) carries an IPv4 address in its second and third segments; a relay
+    // would forward to it.
+    if s[0] == 0x2002 {
+        let [a, b] = s[1].to_be_bytes();
+        let [c, d] = s[2].to_be_bytes();
+        return forbidden_v4(Ipv4Addr::new(a, b, c, d));
+    }
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || s[..6].iter().all(|x| *x == 0) // IPv4-compatible ::a.b.c.d (deprecated)
+        || (s[..4].iter().all(|x| *x == 0) && s[4] == 0xffff && s[5] == 0) // IPv4-translated
         || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 can reach IPv4 internals
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo: a tunnel to an IPv4 host, no webhook target
 }
 
 /// Whether a webhook may not be sent to `ip`.
@@ -163,6 +175,12 @@ mod tests {
             "::ffff:127.0.0.1",
             "::127.0.0.1",
             "::",
+            "2002:7f00:1::1",                       // 6to4 of 127.0.0.1
+            "2002:a00:1::",                         // 6to4 of 10.0.0.1
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo
+            "::ffff:0:a00:1",                       // IPv4-translated 10.0.0.1
+            "192.0.0.8",
+            "192.88.99.1",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
         }
@@ -170,6 +188,7 @@ mod tests {
             "93.184.216.34",
             "2606:2800:220:1:248:1893:25c8:1946",
             "8.8.8.8",
+            "2002:5db8:d822::1", // 6to4 of 93.184.216.34
         ] {
             assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
         }
