@@ -285,17 +285,29 @@ impl EmailFlows {
             .collect();
         let code = code.trim();
         let mut hit = None;
-        for r in &rows {
+        let mut tried = Vec::with_capacity(rows.len());
+        for r in rows {
+            // The attempt is spent first, so a burst of guesses gets no more than the limit.
+            if !self
+                .store
+                .take_code_attempt(&r.id, MAX_CODE_ATTEMPTS)
+                .await?
+            {
+                continue;
+            }
             // Every candidate is compared, in constant time, whatever the outcome.
             if tokens::ct_eq(&code_hash(&r.id, code), &r.code_hash) && hit.is_none() {
-                hit = Some(r.clone());
+                hit = Some(r);
+            } else {
+                tried.push(r.id);
             }
         }
         match hit {
             Some(row) => self.redeem(row, vtype).await,
             None => {
-                let ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
-                self.store.otp_wrong_code(&ids, MAX_CODE_ATTEMPTS).await?;
+                self.store
+                    .drop_spent_otps(&tried, MAX_CODE_ATTEMPTS)
+                    .await?;
                 Err(FlowError::Invalid)
             }
         }
@@ -320,9 +332,13 @@ impl EmailFlows {
                     Err(e) => return Err(e.into()),
                 }
             }
-            // Following any emailed link proves the address.
-            OtpKind::Signup | OtpKind::MagicLink | OtpKind::Recovery => {
-                self.store.confirm_email(&row.user_id, now).await?
+            // Following any emailed link proves the address. The sign-up link also vouches
+            // for the password given with the sign-up; a magic link or a recovery does not,
+            // so a password someone set on an unconfirmed account before its owner signed in
+            // this way is dropped (else a squatter who signed up first could sign in later).
+            OtpKind::Signup => self.store.confirm_email(&row.user_id, now, false).await?,
+            OtpKind::MagicLink | OtpKind::Recovery => {
+                self.store.confirm_email(&row.user_id, now, true).await?
             }
         }
         let user = self

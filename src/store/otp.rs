@@ -128,13 +128,22 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Counts a wrong code against these tokens; those at `max` attempts are deleted.
-    pub async fn otp_wrong_code(&self, ids: &[String], max: i64) -> StoreResult<()> {
+    /// Spends one of a token's `max` code attempts: false when none is left. Taken before the
+    /// code is compared, so guesses sent in parallel cannot try more than `max` codes.
+    pub async fn take_code_attempt(&self, id: &str, max: i64) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE one_time_tokens SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2",
+        )
+        .bind(id)
+        .bind(max)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Deletes those of these tokens that have no code attempt left.
+    pub async fn drop_spent_otps(&self, ids: &[String], max: i64) -> StoreResult<()> {
         for id in ids {
-            sqlx::query("UPDATE one_time_tokens SET attempts = attempts + 1 WHERE id = $1")
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
             sqlx::query("DELETE FROM one_time_tokens WHERE id = $1 AND attempts >= $2")
                 .bind(id)
                 .bind(max)
@@ -144,13 +153,23 @@ impl Store {
         Ok(())
     }
 
-    /// Confirms the user's email (a no-op when it already is).
-    pub async fn confirm_email(&self, user_id: &str, now: i64) -> StoreResult<()> {
+    /// Confirms the user's email (a no-op when it already is). With `forget_password`, a
+    /// password set while the address was unconfirmed is dropped: whoever chose it never
+    /// proved they own the address.
+    pub async fn confirm_email(
+        &self,
+        user_id: &str,
+        now: i64,
+        forget_password: bool,
+    ) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE users SET email_confirmed_at = COALESCE(email_confirmed_at, $1), updated_at = $1 WHERE id = $2",
+            "UPDATE users SET \
+               password_hash = CASE WHEN $3 AND email_confirmed_at IS NULL THEN NULL ELSE password_hash END, \
+               email_confirmed_at = COALESCE(email_confirmed_at, $1), updated_at = $1 WHERE id = $2",
         )
         .bind(now)
         .bind(user_id)
+        .bind(forget_password)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -413,6 +413,96 @@ email_story!(
     }
 );
 
+email_story!(
+    the_verify_route_is_limited_per_ip_by_post_and_by_link,
+    |c: &mut gatehouse::config::Config| {
+        c.rate_limit_verify =
+            gatehouse::ratelimit::Rates::one(gatehouse::ratelimit::Rate::new(10, 60));
+    },
+    |app: TestApp, _sink: SmtpSink| async move {
+        for _ in 0..9 {
+            let (status, _) = post(
+                &app,
+                "/verify",
+                json!({"email": fresh(), "token": "123456", "type": "email"}),
+            )
+            .await;
+            assert_eq!(status, 403);
+        }
+        // The tenth through the emailed link's route: the same window.
+        let location = open_link(&app.url("/auth/v1/verify?type=magiclink&token=nope")).await;
+        assert_eq!(fragment(&location)["error_code"], "otp_expired");
+        let (status, body) = post(
+            &app,
+            "/verify",
+            json!({"email": fresh(), "token": "123456", "type": "email"}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (429, json!("over_request_rate_limit"))
+        );
+        app
+    }
+);
+
+email_story!(
+    a_burst_of_guesses_cannot_spend_more_than_five_attempts_of_a_code,
+    |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0,
+    |app: TestApp, sink: SmtpSink| async move {
+        let email = fresh();
+        post(&app, "/otp", json!({"email": email})).await;
+        sink.wait_for(&email, 1, 10).await;
+        let now = app.state.clock.now_ms();
+        let rows = app.state.store.otps_for_email(&email, now).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let id = &rows[0].id;
+        let store = &app.state.store;
+        let max = gatehouse::mail::flows::MAX_CODE_ATTEMPTS;
+        let takes =
+            futures_util::future::join_all((0..12).map(|_| store.take_code_attempt(id, max))).await;
+        let granted = takes.into_iter().filter(|t| *t.as_ref().unwrap()).count();
+        assert_eq!(granted, 5, "twelve racing guesses, five attempts");
+        app
+    }
+);
+
+email_story!(
+    a_password_set_before_the_address_was_proved_does_not_survive_a_magic_link,
+    |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0,
+    |app: TestApp, sink: SmtpSink| async move {
+        // A squatter signs up with the owner's address; the confirmation mail goes unread.
+        let email = fresh();
+        let squatter = "squatter's password 1";
+        assert_eq!(app.signup(&email, squatter).await.status(), 200);
+        sink.wait_for(&email, 1, 10).await;
+        // The owner signs in with an emailed code.
+        post(&app, "/otp", json!({"email": email})).await;
+        let code = sink.wait_for(&email, 2, 10).await.remove(1).code();
+        let (status, s) = post(
+            &app,
+            "/verify",
+            json!({"email": email, "token": code, "type": "email"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{s}");
+        let res = app.sign_in(&email, squatter).await;
+        assert_eq!(
+            res.status(),
+            400,
+            "the squatter's password no longer signs in"
+        );
+        // A password confirmed by its own sign-up link keeps working.
+        let other = fresh();
+        let password = "owner's own password 1";
+        app.signup(&other, password).await;
+        let link = sink.wait_for(&other, 1, 10).await.remove(0).link();
+        open_link(&link).await;
+        assert_eq!(app.sign_in(&other, password).await.status(), 200);
+        app
+    }
+);
+
 /// The API answers, the process dies (`kill -9`) before the mail reaches SMTP (the SMTP
 /// server is down), and the restarted server delivers it.
 async fn a_promised_mail_survives_kill_9(db: Db) {
