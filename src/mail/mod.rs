@@ -28,8 +28,6 @@ const POLL: Duration = Duration::from_secs(1);
 /// batch would run out before its last mails were tried, and another instance would send
 /// them again; a lease per mail costs one UPDATE, little beside an SMTP dialogue.
 const BATCH: i64 = 1;
-/// Attempts before a mail is given up (about a day and a half of retries).
-const MAX_ATTEMPTS: i64 = 25;
 
 /// Checks the email settings (part of `Config::validate`).
 pub fn check_config(c: &Config) -> anyhow::Result<()> {
@@ -90,6 +88,8 @@ struct MailerInner {
     redirects: redirect::Redirects,
     wake: Notify,
     owner: String,
+    /// A mail is retried while the link or code in it is still good (`otp_expiry_seconds`).
+    retry_for_ms: i64,
 }
 
 impl Mailer {
@@ -110,6 +110,7 @@ impl Mailer {
             redirects: redirect::Redirects::new(c.site(), &c.redirect_allowlist),
             wake: Notify::new(),
             owner: uuid::Uuid::new_v4().to_string(),
+            retry_for_ms: c.otp_expiry_seconds.saturating_mul(1000),
         })))
     }
 
@@ -167,9 +168,12 @@ impl Mailer {
                     }
                     Err(error) => {
                         let attempts = m.attempts + 1;
-                        let give_up = (attempts >= MAX_ATTEMPTS).then_some(now);
                         let retry_at = now + backoff_ms(attempts);
-                        tracing::warn!(mail_id = %m.id, attempts, %error, given_up = give_up.is_some(), "mail not sent; will retry");
+                        // Past its token's expiry a mail could only confuse its reader.
+                        let give_up = (retry_at
+                            >= m.created_at.saturating_add(self.0.retry_for_ms))
+                        .then_some(now);
+                        tracing::warn!(mail_id = %m.id, attempts, %error, given_up = give_up.is_some(), "mail not sent");
                         store
                             .mail_failed(&m.id, &self.0.owner, &error, retry_at, give_up)
                             .await

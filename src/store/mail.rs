@@ -122,7 +122,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed attempt: retried at `next_attempt_at`, or given up when `give_up`.
+    /// Records a failed attempt: retried at `next_attempt_at`, or given up when `give_up`
+    /// (and then its bodies, which carry the token, are forgotten as a sent mail's are).
     pub async fn mail_failed(
         &self,
         id: &str,
@@ -133,7 +134,10 @@ impl Store {
     ) -> StoreResult<()> {
         sqlx::query(
             "UPDATE mail_outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2, \
-             failed_at = $3, lease_owner = NULL, lease_until = NULL WHERE id = $4 AND lease_owner = $5",
+             failed_at = $3, lease_owner = NULL, lease_until = NULL, \
+             text_body = CASE WHEN $3 IS NULL THEN text_body ELSE '' END, \
+             html_body = CASE WHEN $3 IS NULL THEN html_body ELSE '' END \
+             WHERE id = $4 AND lease_owner = $5",
         )
         .bind(error)
         .bind(next_attempt_at)
