@@ -6,18 +6,24 @@ use serde_json::json;
 use crate::helpers::{parts, TestApp};
 use crate::story;
 
+/// Signs a fresh person in through `/v1/session`; the client keeps the cookie.
+async fn cookie_sign_in(app: &TestApp) -> (String, reqwest::Response) {
+    let (email, password, _) = app.new_user().await;
+    let res = app
+        .client
+        .post(app.url("/v1/session"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    (email, res)
+}
+
 story!(
     a_cookie_session_signs_in_reads_me_and_signs_out,
     |app: TestApp| async move {
-        let (email, password, _) = app.new_user().await;
-        let res = app
-            .client
-            .post(app.url("/v1/session"))
-            .json(&json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
+        let (email, res) = cookie_sign_in(&app).await;
         let cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
         assert!(cookie.starts_with("gatehouse_session="));
         assert!(
@@ -113,15 +119,7 @@ story!(a_jwt_reads_me_as_a_user, |app: TestApp| async move {
 story!(
     a_cookie_change_to_v1_from_another_site_is_refused,
     |app: TestApp| async move {
-        let (email, password, _) = app.new_user().await;
-        let res = app
-            .client
-            .post(app.url("/v1/session"))
-            .json(&json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
+        cookie_sign_in(&app).await;
         let create = |origin: Option<&str>, referer: Option<&str>| {
             let mut req = app
                 .client
