@@ -72,6 +72,10 @@ pub struct AppInner {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Dashboard sessions by cookie hash: (user id, email, expiry ms).
     web_sessions: moka::future::Cache<String, Option<(String, String, i64)>>,
+    /// A person's organizations with role and permissions, as `/v1/me` lists them, by user
+    /// id. Changes here forget them at once; other instances' changes arrive over Redis,
+    /// or within [`SESSION_CACHE_TTL`] without it. Access checks never use this list.
+    memberships: moka::future::Cache<String, Arc<Vec<serde_json::Value>>>,
 }
 
 /// How long a session's existence is trusted without asking storage (other instances'
@@ -223,6 +227,10 @@ impl AppState {
                 .max_capacity(100_000)
                 .time_to_live(SESSION_CACHE_TTL)
                 .build(),
+            memberships: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(SESSION_CACHE_TTL)
+                .build(),
         })))
     }
 
@@ -307,7 +315,38 @@ impl AppState {
             Invalidation::Org(id) => self.org_limits.invalidate(id),
             Invalidation::WebSession(hash) => self.web_sessions.invalidate(hash).await,
             Invalidation::Widget(id) => self.widgets.forget(id).await,
+            Invalidation::Memberships(id) if id == crate::fanout::EVERYONE => {
+                self.memberships.invalidate_all()
+            }
+            Invalidation::Memberships(id) => self.memberships.invalidate(id).await,
         }
+    }
+
+    /// A person's organizations, each with their role and its permissions; no storage on a
+    /// warm cache.
+    pub async fn memberships(
+        &self,
+        user_id: &str,
+    ) -> Result<Arc<Vec<serde_json::Value>>, ApiError> {
+        let store = self.store.clone();
+        let id = user_id.to_string();
+        self.memberships
+            .try_get_with(user_id.to_string(), async move {
+                let orgs = store.orgs_of_user(&id).await?;
+                let mut list = Vec::with_capacity(orgs.len());
+                for (o, role) in orgs {
+                    // Built-in roles resolve without storage; a custom role is one read.
+                    let permissions = crate::orgs::role_permissions(&store, &o.id, &role)
+                        .await?
+                        .unwrap_or_default();
+                    list.push(serde_json::json!({
+                        "id": o.id, "name": o.name, "role": role, "permissions": permissions
+                    }));
+                }
+                Ok::<_, crate::store::StoreError>(Arc::new(list))
+            })
+            .await
+            .map_err(|e| storage_unavailable(&e))
     }
 
     /// Empties every credential cache (after missing invalidations).
@@ -318,6 +357,7 @@ impl AppState {
         self.verified_tokens.invalidate_all();
         self.org_limits.invalidate_all();
         self.widgets.forget_all();
+        self.memberships.invalidate_all();
     }
 
     /// An API-key principal; no storage on a warm cache.

@@ -21,7 +21,13 @@ pub enum Invalidation {
     WebSession(String),
     /// A widget, by id (changed, secret rotated, deleted).
     Widget(String),
+    /// A person's organizations as `/v1/me` lists them, by user id, or [`EVERYONE`] when
+    /// an organization or a role changed for all its members.
+    Memberships(String),
 }
+
+/// The id of [`Invalidation::Memberships`] that forgets every person's list.
+pub const EVERYONE: &str = "*";
 
 impl Invalidation {
     /// The message on the channel: `kind:id`.
@@ -32,6 +38,7 @@ impl Invalidation {
             Invalidation::Org(id) => format!("org:{id}"),
             Invalidation::WebSession(h) => format!("web:{h}"),
             Invalidation::Widget(id) => format!("widget:{id}"),
+            Invalidation::Memberships(id) => format!("memberships:{id}"),
         }
     }
 
@@ -48,6 +55,7 @@ impl Invalidation {
             "org" => Invalidation::Org(id),
             "web" => Invalidation::WebSession(id),
             "widget" => Invalidation::Widget(id),
+            "memberships" => Invalidation::Memberships(id),
             _ => return None,
         })
     }
@@ -60,6 +68,7 @@ impl Invalidation {
             Invalidation::Org(_) => "org",
             Invalidation::WebSession(_) => "web_session",
             Invalidation::Widget(_) => "widget",
+            Invalidation::Memberships(_) => "memberships",
         }
     }
 }
@@ -141,6 +150,8 @@ mod tests {
             Invalidation::Org("org_1".into()),
             Invalidation::WebSession("cd34".into()),
             Invalidation::Widget("wgt_1".into()),
+            Invalidation::Memberships("u-1".into()),
+            Invalidation::Memberships(EVERYONE.into()),
         ] {
             assert_eq!(Invalidation::decode(&inv.encode()), Some(inv));
         }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
@@ -82,17 +82,7 @@ pub async fn me(
             session_id,
             via,
         } => {
-            let orgs = state.store.orgs_of_user(&user_id).await?;
-            let mut organizations = Vec::with_capacity(orgs.len());
-            for (o, role) in orgs {
-                // Built-in roles resolve without storage; a custom role is one read.
-                let permissions = crate::orgs::role_permissions(&state.store, &o.id, &role)
-                    .await?
-                    .unwrap_or_default();
-                organizations.push(
-                    json!({ "id": o.id, "name": o.name, "role": role, "permissions": permissions }),
-                );
-            }
+            let organizations = state.memberships(&user_id).await?.as_ref().clone();
             Ok(ok(Me {
                 user_id: Some(user_id),
                 email: Some(email),

@@ -92,9 +92,9 @@ pub async fn create_org(
         ip: Some(ip.0.to_string()),
         now: state.clock.now_ms(),
     };
-    Ok(created(
-        state.store.create_org(&name, user_id, &audit).await?,
-    ))
+    let org = state.store.create_org(&name, user_id, &audit).await?;
+    forget_memberships(&state, user_id).await;
+    Ok(created(org))
 }
 
 /// The caller's organizations, with their role in each.
@@ -180,6 +180,7 @@ pub async fn update_org(
         .map(|r| r.map(|r| parse_specs("rate_limits", &r)).transpose())
         .transpose()?;
     let changed_limits = rates.is_some();
+    let renamed = name.is_some();
     let org_view = state
         .store
         .update_org(
@@ -193,6 +194,9 @@ pub async fn update_org(
         state
             .invalidate(crate::fanout::Invalidation::Org(org.clone()))
             .await;
+    }
+    if renamed {
+        forget_memberships(&state, crate::fanout::EVERYONE).await;
     }
     Ok(ok(org_view))
 }
@@ -211,6 +215,7 @@ pub async fn delete_org(
             .invalidate(crate::fanout::Invalidation::Key(hash))
             .await;
     }
+    forget_memberships(&state, crate::fanout::EVERYONE).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -282,6 +287,7 @@ pub async fn add_member(
         .store
         .add_member(&org, &user.id, &user.email, &body.role, &audit)
         .await?;
+    forget_memberships(&state, &user.id).await;
     Ok(created(Member {
         user_id: user.id,
         email: user.email,
@@ -316,7 +322,18 @@ pub async fn change_role(
         .set_member_role(&org, &user, &body.role, &audit(&state, &a, &ip))
         .await
         .map_err(member_error)?;
+    forget_memberships(&state, &user).await;
     Ok(ok(json!({ "user_id": user, "role": body.role })))
+}
+
+/// `/v1/me` lists a person's organizations from a cache: every change to them forgets it,
+/// here and on the other instances (`EVERYONE` for a change that touches all members).
+async fn forget_memberships(state: &AppState, user_id: &str) {
+    state
+        .invalidate(crate::fanout::Invalidation::Memberships(
+            user_id.to_string(),
+        ))
+        .await;
 }
 
 fn member_error(e: StoreError) -> ApiError {
@@ -350,6 +367,7 @@ pub async fn remove_member(
         .remove_member(&org, &user, &audit(&state, &a, &ip))
         .await
         .map_err(member_error)?;
+    forget_memberships(&state, &user).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

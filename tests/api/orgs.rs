@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::TestApp;
+use crate::helpers::{parts, TestApp};
 use crate::story;
 
 story!(
@@ -389,6 +389,80 @@ story!(
             .call(Method::GET, &format!("/orgs/{org}"), &ann.token, None)
             .await;
         assert_eq!(status, 403);
+        app
+    }
+);
+
+story!(
+    me_shows_membership_changes_at_once,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let bob = app.person().await;
+        let orgs_of = |p: &crate::helpers::Person| {
+            let req = app.v1(Method::GET, "/me", &p.token);
+            async move {
+                let (status, me) = parts(req.send().await.unwrap()).await;
+                assert_eq!(status, 200, "{me}");
+                me["data"]["organizations"].clone()
+            }
+        };
+        assert_eq!(orgs_of(&bob).await, json!([]), "warms Bob's cached list");
+        let org = app.org(&ann, "Acme").await;
+        assert_eq!(
+            orgs_of(&ann).await[0]["role"],
+            "owner",
+            "a new org is listed"
+        );
+        app.add(&ann, &org, &bob, "member").await;
+        let list = orgs_of(&bob).await;
+        assert_eq!(
+            (list[0]["id"].as_str(), list[0]["role"].as_str()),
+            (Some(org.as_str()), Some("member"))
+        );
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}/members/{}", bob.id),
+                &ann.token,
+                Some(json!({"role": "admin"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let list = orgs_of(&bob).await;
+        assert_eq!(list[0]["role"], "admin");
+        assert!(list[0]["permissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("members:write")));
+        let (status, _) = app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{org}"),
+                &ann.token,
+                Some(json!({"name": "Acme Two"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            orgs_of(&bob).await[0]["name"],
+            "Acme Two",
+            "a rename reaches every member"
+        );
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/members/{}", bob.id),
+                &ann.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        assert_eq!(orgs_of(&bob).await, json!([]));
+        let (status, _) = app
+            .call(Method::DELETE, &format!("/orgs/{org}"), &ann.token, None)
+            .await;
+        assert_eq!(status, 204);
+        assert_eq!(orgs_of(&ann).await, json!([]), "a deleted org is gone");
         app
     }
 );

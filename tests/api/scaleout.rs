@@ -301,6 +301,39 @@ async fn a_key_revoked_on_one_instance_is_refused_by_the_other_within_a_second()
     pair.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_added_on_one_instance_is_listed_by_the_other_at_once() {
+    let Some(pair) = Pair::start(None, &[]).await else {
+        return;
+    };
+    let c = client();
+    let (owner, org) = owner_and_org(&c, &pair.a.base).await;
+    let bob = sign_up(&c, &pair.b.base).await;
+    let bob_token = bob["access_token"].as_str().unwrap();
+    let orgs_on_b = || async {
+        let (status, me) = parts(me(&c, &pair.b.base, bob_token).await).await;
+        assert_eq!(status, 200, "{me}");
+        me["data"]["organizations"].as_array().unwrap().len()
+    };
+    assert_eq!(orgs_on_b().await, 0, "B caches Bob's empty list");
+    let (status, body) = send(
+        c.post(format!("{}/v1/orgs/{org}/members", pair.a.base))
+            .bearer_auth(&owner)
+            .json(&json!({"email": bob["user"]["email"], "role": "member"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let added_at = Instant::now();
+    while orgs_on_b().await == 0 {
+        assert!(
+            added_at.elapsed() < Duration::from_secs(1),
+            "B still lists no organization 1 s after A added Bob"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pair.stop().await;
+}
+
 /// One request of the background load: when it started (since the load began), how long it
 /// took, and its status or error.
 type Outcome = (Duration, Duration, Result<u16, String>);
