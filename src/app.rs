@@ -1,6 +1,7 @@
 //! Application state, router assembly and the serve loop.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +77,9 @@ pub struct AppInner {
     /// id. Changes here forget them at once; other instances' changes arrive over Redis,
     /// or within [`SESSION_CACHE_TTL`] without it. Access checks never use this list.
     memberships: moka::future::Cache<String, Arc<Vec<serde_json::Value>>>,
+    /// Bumped by every membership invalidation: a list read from storage while one arrived
+    /// may be older than the change, so it is answered but not cached (as the key cache does).
+    memberships_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// How long a session's existence is trusted without asking storage (other instances'
@@ -231,6 +235,7 @@ impl AppState {
                 .max_capacity(100_000)
                 .time_to_live(SESSION_CACHE_TTL)
                 .build(),
+            memberships_epoch: std::sync::atomic::AtomicU64::new(0),
         })))
     }
 
@@ -315,10 +320,14 @@ impl AppState {
             Invalidation::Org(id) => self.org_limits.invalidate(id),
             Invalidation::WebSession(hash) => self.web_sessions.invalidate(hash).await,
             Invalidation::Widget(id) => self.widgets.forget(id).await,
-            Invalidation::Memberships(id) if id == crate::fanout::EVERYONE => {
-                self.memberships.invalidate_all()
+            Invalidation::Memberships(id) => {
+                self.memberships_epoch.fetch_add(1, Ordering::AcqRel);
+                if id == crate::fanout::EVERYONE {
+                    self.memberships.invalidate_all();
+                } else {
+                    self.memberships.invalidate(id).await;
+                }
             }
-            Invalidation::Memberships(id) => self.memberships.invalidate(id).await,
         }
     }
 
@@ -328,25 +337,28 @@ impl AppState {
         &self,
         user_id: &str,
     ) -> Result<Arc<Vec<serde_json::Value>>, ApiError> {
-        let store = self.store.clone();
-        let id = user_id.to_string();
-        self.memberships
-            .try_get_with(user_id.to_string(), async move {
-                let orgs = store.orgs_of_user(&id).await?;
-                let mut list = Vec::with_capacity(orgs.len());
-                for (o, role) in orgs {
-                    // Built-in roles resolve without storage; a custom role is one read.
-                    let permissions = crate::orgs::role_permissions(&store, &o.id, &role)
-                        .await?
-                        .unwrap_or_default();
-                    list.push(serde_json::json!({
-                        "id": o.id, "name": o.name, "role": role, "permissions": permissions
-                    }));
-                }
-                Ok::<_, crate::store::StoreError>(Arc::new(list))
-            })
-            .await
-            .map_err(|e| storage_unavailable(&e))
+        if let Some(list) = self.memberships.get(user_id).await {
+            return Ok(list);
+        }
+        let epoch = self.memberships_epoch.load(Ordering::Acquire);
+        let orgs = self.store.orgs_of_user(user_id).await?;
+        let mut list = Vec::with_capacity(orgs.len());
+        for (o, role) in orgs {
+            // Built-in roles resolve without storage; a custom role is one read.
+            let permissions = crate::orgs::role_permissions(&self.store, &o.id, &role)
+                .await?
+                .unwrap_or_default();
+            list.push(serde_json::json!({
+                "id": o.id, "name": o.name, "role": role, "permissions": permissions
+            }));
+        }
+        let list = Arc::new(list);
+        if self.memberships_epoch.load(Ordering::Acquire) == epoch {
+            self.memberships
+                .insert(user_id.to_string(), list.clone())
+                .await;
+        }
+        Ok(list)
     }
 
     /// Empties every credential cache (after missing invalidations).
