@@ -419,6 +419,9 @@ impl Config {
         if !(100..=600_000).contains(&self.upstream_timeout_ms) {
             anyhow::bail!("upstream_timeout_ms must be between 100 and 600000");
         }
+        if self.password_hash_concurrency > 256 {
+            anyhow::bail!("password_hash_concurrency must be between 0 (one per CPU) and 256");
+        }
         if !(0..=1000).contains(&self.chat_history_messages) {
             anyhow::bail!("chat_history_messages must be between 0 and 1000");
         }

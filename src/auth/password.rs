@@ -1,11 +1,10 @@
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
-use tracing::Instrument;
+use tokio::sync::oneshot;
 
 use crate::domain::Password;
 
@@ -15,19 +14,66 @@ pub enum HashError {
     /// Hashing failed (should not happen with valid parameters).
     #[error("password hashing failed: {0}")]
     Hash(String),
-    /// The blocking pool task was cancelled or panicked.
+    /// The hashing thread panicked or is gone.
     #[error("password hashing task failed")]
     Join,
 }
 
-/// argon2id with OWASP's recommended parameters (19 MiB, 2 passes, 1 lane), run on the
-/// blocking pool under a semaphore so a sign-in flood cannot starve the async runtime.
+/// argon2id with OWASP's recommended parameters (19 MiB, 2 passes, 1 lane), computed on a
+/// few threads of its own at a lower scheduling priority, so that a sign-in flood neither
+/// blocks the async runtime nor takes its CPU: key and token checks go first, and sign-ins get
+/// what is left (all of it when nothing else runs).
 #[derive(Clone)]
 pub struct Hasher {
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
     params: Params,
     /// A hash of a random password, verified against for unknown users so they take as long.
     dummy: Arc<String>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// How much lower the hashing threads run than the runtime's (nice +10): under contention the
+/// scheduler gives a nice-10 thread about a tenth of what a nice-0 one gets.
+const HASH_NICE: i32 = 10;
+
+/// Starts `n` hashing threads that take jobs from one queue, first come first served, and
+/// end when the last `Sender` is dropped. Written here rather than taken from a thread-pool
+/// crate: a shared queue and a priority set when each thread starts are all it needs.
+fn start_threads(n: usize) -> Result<mpsc::Sender<Job>, HashError> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || {
+                lower_priority();
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })
+            .map_err(|e| HashError::Hash(format!("cannot start a hashing thread: {e}")))?;
+    }
+    Ok(tx)
+}
+
+/// Lowers the calling thread's scheduling priority by `HASH_NICE` (on Linux the nice value is
+/// per thread). Best effort: where it is refused the thread keeps the process's priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: nice(2) takes no pointers and changes only the calling thread here.
+    unsafe {
+        libc::nice(HASH_NICE);
+    }
 }
 
 impl Hasher {
@@ -44,7 +90,7 @@ impl Hasher {
         };
         let dummy = hash_blocking(&params, &uuid::Uuid::new_v4().to_string())?;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(n)),
+            jobs: start_threads(n)?,
             params,
             dummy: Arc::new(dummy),
         })
@@ -86,12 +132,17 @@ impl Hasher {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Join)?;
+        let (tx, rx) = oneshot::channel();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(f))
-            .instrument(tracing::Span::current())
-            .await
-            .map_err(|_| HashError::Join)
+        let job: Job = Box::new(move || {
+            // A panic loses this job, not the thread: `tx` is dropped and the caller sees Join.
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| span.in_scope(f)));
+            if let Ok(out) = out {
+                let _ = tx.send(out);
+            }
+        });
+        self.jobs.send(job).map_err(|_| HashError::Join)?;
+        rx.await.map_err(|_| HashError::Join)
     }
 }
 
@@ -127,5 +178,24 @@ mod tests {
             .verify(&Password::presented("correct horse".into()), None)
             .await
             .unwrap());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_below_the_runtime_s_priority() {
+        let h = Hasher::new(2).unwrap();
+        // SAFETY: getpriority takes no pointers; `who = 0` is the calling thread.
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let here = nice();
+        let there = h.run(nice).await.unwrap();
+        assert_eq!(there, (here + HASH_NICE).min(19));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone() {
+        let h = Hasher::new(1).unwrap();
+        let r = h.run(|| -> u8 { panic!("boom") }).await;
+        assert!(matches!(r, Err(HashError::Join)));
+        assert_eq!(h.run(|| 7).await.unwrap(), 7);
     }
 }

@@ -6,6 +6,7 @@ pub mod usage;
 use std::sync::Arc;
 
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::store::{Exchange, Message, Store, StoreError, Thread, ThreadScope};
@@ -77,6 +78,54 @@ pub struct Chat {
     history_messages: i64,
     /// Requests and tokens, written behind.
     pub usage: usage::Usage,
+    /// Finished exchanges on their way to the group commit.
+    exchanges: mpsc::Sender<Pending>,
+    /// Recent history per thread id, as of a revision this instance stored.
+    histories: moka::sync::Cache<String, Arc<History>>,
+}
+
+/// A thread's last messages (at most `history_messages`) as of `revision`.
+struct History {
+    revision: i64,
+    turns: Vec<Turn>,
+}
+
+/// Bytes of history the cache holds at most.
+const HISTORY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// An exchange waiting for its commit, and who to tell (with the thread's new revision).
+type Pending = (Exchange, oneshot::Sender<Result<i64, StoreError>>);
+
+/// Exchanges one transaction stores at most.
+const GROUP_COMMIT_MAX: usize = 256;
+
+/// Stores exchanges as they come, each batch in one transaction: while one commits, the next
+/// gathers, so concurrent chats share a commit (and its `fsync`) instead of queueing for one
+/// each. Every caller hears back only after the commit that holds its exchange.
+async fn group_commit(store: Store, mut rx: mpsc::Receiver<Pending>) {
+    let mut pending = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while rx.recv_many(&mut pending, GROUP_COMMIT_MAX).await > 0 {
+        let (batch, replies): (Vec<Exchange>, Vec<_>) = pending.drain(..).unzip();
+        let results = match store.store_exchanges(&batch).await {
+            Ok(results) => results,
+            // One exchange may have failed them all: try each alone, so it fails alone.
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(_) => {
+                let mut results = Vec::with_capacity(batch.len());
+                for x in batch.chunks(1) {
+                    results.push(match store.store_exchanges(x).await {
+                        Ok(mut r) => r.pop().unwrap_or(Err(StoreError::NotFound)),
+                        Err(e) => Err(e),
+                    });
+                }
+                results
+            }
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A caller that went away no longer waits; its exchange is stored all the same.
+            let _ = reply.send(result);
+        }
+    }
 }
 
 /// A time-ordered id: `{prefix}_{uuidv7 hex}`.
@@ -86,9 +135,22 @@ pub fn ordered_id(prefix: &str) -> String {
 
 impl Chat {
     /// A gateway over `store` sending at most `history_messages` earlier messages upstream.
+    /// Starts the group-commit task (call it inside the runtime).
     pub fn new(store: Store, clock: Clock, upstream: Upstream, history_messages: i64) -> Self {
+        let (exchanges, rx) = mpsc::channel(4 * GROUP_COMMIT_MAX);
+        tokio::spawn(group_commit(store.clone(), rx));
+        let histories = moka::sync::Cache::builder()
+            .max_capacity(HISTORY_CACHE_BYTES)
+            .weigher(|_: &String, h: &Arc<History>| {
+                let bytes: usize = h.turns.iter().map(|t| t.content.len() + 64).sum();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .time_to_idle(std::time::Duration::from_secs(600))
+            .build();
         Self {
             usage: usage::Usage::new(store.clone(), clock.clone()),
+            exchanges,
+            histories,
             store,
             clock,
             upstream: Arc::new(upstream),
@@ -103,26 +165,48 @@ impl Chat {
         message: String,
         thread_id: Option<&str>,
     ) -> Result<Prepared, ChatError> {
-        let now = self.clock.now_ms();
-        let (thread, new, mut history) = match thread_id {
+        let thread = match thread_id {
             Some(id) => {
                 let scope = ThreadScope::Org(caller.org_id.clone());
-                let t = self
-                    .store
-                    .thread(id, &scope)
-                    .await?
-                    .filter(|t| caller.may_continue(t))
-                    .ok_or(ChatError::ThreadNotFound)?;
-                let history = self
-                    .store
-                    .recent_messages(&t.id, self.history_messages)
-                    .await?
-                    .into_iter()
-                    .map(|m| Turn {
-                        role: m.role,
-                        content: m.content,
-                    })
-                    .collect();
+                Some(
+                    self.store
+                        .thread(id, &scope)
+                        .await?
+                        .ok_or(ChatError::ThreadNotFound)?,
+                )
+            }
+            None => None,
+        };
+        self.prepare_in(caller, message, thread).await
+    }
+
+    /// [`Chat::prepare`] with the thread already read (`None`: start one).
+    pub async fn prepare_in(
+        &self,
+        caller: Caller,
+        message: String,
+        thread: Option<Thread>,
+    ) -> Result<Prepared, ChatError> {
+        let now = self.clock.now_ms();
+        let (thread, new, mut history) = match thread {
+            Some(t) => {
+                if !caller.may_continue(&t) {
+                    return Err(ChatError::ThreadNotFound);
+                }
+                let history = match self.histories.get(&t.id) {
+                    // Stored by this instance at this very revision: nothing came since.
+                    Some(h) if h.revision == t.revision => h.turns.clone(),
+                    _ => self
+                        .store
+                        .recent_messages(&t.id, self.history_messages)
+                        .await?
+                        .into_iter()
+                        .map(|m| Turn {
+                            role: m.role,
+                            content: m.content,
+                        })
+                        .collect(),
+                };
                 (t, false, history)
             }
             None => {
@@ -137,6 +221,7 @@ impl Chat {
                     title,
                     created_at: now,
                     updated_at: now,
+                    revision: 0,
                 };
                 (t, true, Vec::new())
             }
@@ -175,21 +260,54 @@ impl Chat {
             content: answer,
             created_at: self.clock.now_ms().max(p.question.created_at),
         };
-        self.store
-            .store_exchange(&Exchange {
-                thread: &p.thread,
-                new: p.new,
-                question: &p.question,
-                answer: &answer,
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound => ChatError::ThreadNotFound,
-                other => ChatError::Store(other),
-            })?;
+        let x = Exchange {
+            thread: p.thread.clone(),
+            new: p.new,
+            question: p.question.clone(),
+            answer: answer.clone(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let gone = || StoreError::Other("the chat writer stopped".into());
+        self.exchanges.send((x, tx)).await.map_err(|_| gone())?;
+        let revision = rx.await.map_err(|_| gone())?.map_err(|e| match e {
+            StoreError::NotFound => ChatError::ThreadNotFound,
+            other => ChatError::Store(other),
+        })?;
+        self.remember(p, &answer, revision);
         self.usage
             .count(&p.caller.org_id, p.caller.key_id.as_deref(), tokens);
         Ok(answer)
+    }
+
+    /// Caches the thread's history after `p`'s exchange, when it is known whole: the exchange
+    /// moved the thread from the revision its history was read at to the next one, so no
+    /// other exchange (from here or another instance) came in between.
+    fn remember(&self, p: &Prepared, answer: &Message, revision: i64) {
+        let base = if p.new { 0 } else { p.thread.revision };
+        let keep = usize::try_from(self.history_messages).unwrap_or(0);
+        if revision != base + 1 || keep == 0 {
+            self.histories.invalidate(&p.thread.id);
+            return;
+        }
+        let answer = Turn {
+            role: answer.role.clone(),
+            content: answer.content.clone(),
+        };
+        let skip = (p.history.len() + 1).saturating_sub(keep);
+        let turns: Vec<Turn> = p
+            .history
+            .iter()
+            .chain(std::iter::once(&answer))
+            .skip(skip)
+            .cloned()
+            .collect();
+        self.histories
+            .insert(p.thread.id.clone(), Arc::new(History { revision, turns }));
+    }
+
+    /// Forgets a deleted thread's cached history.
+    pub fn forget(&self, thread_id: &str) {
+        self.histories.invalidate(thread_id);
     }
 
     /// Asks the model server.

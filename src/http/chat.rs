@@ -164,7 +164,7 @@ pub async fn chat(
         }
     };
     check_chat_body(&body)?;
-    answer(&state, caller, body).await
+    answer(&state, caller, body, None).await
 }
 
 /// Checks a chat body's sizes and shapes.
@@ -195,18 +195,20 @@ pub fn check_chat_body(body: &ChatBody) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Asks the model for `caller` and answers as JSON or as Server-Sent Events.
+/// Asks the model for `caller` and answers as JSON or as Server-Sent Events: in the body's
+/// thread, else in `otherwise` (already read; `None` starts a thread).
 pub async fn answer(
     state: &AppState,
     caller: Caller,
     body: ChatBody,
+    otherwise: Option<Thread>,
 ) -> Result<Response, ApiError> {
     let context = body.context.filter(|c| !c.is_null());
-    let prepared = state
-        .chat
-        .prepare(caller, body.message, body.thread_id.as_deref())
-        .await
-        .map_err(chat_error)?;
+    let prepared = match body.thread_id.as_deref() {
+        Some(id) => state.chat.prepare(caller, body.message, Some(id)).await,
+        None => state.chat.prepare_in(caller, body.message, otherwise).await,
+    }
+    .map_err(chat_error)?;
     let pieces = state
         .chat
         .ask(&prepared, context.as_ref())
@@ -337,5 +339,6 @@ pub async fn delete_thread(
             crate::store::StoreError::NotFound => ApiError::not_found("Thread"),
             other => other.into(),
         })?;
+    state.chat.forget(&id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -72,38 +72,62 @@ pub const EXPOSED: [&str; 5] = [
 
 /// Writes `X-RateLimit-*` for the window closest to exhaustion, the IETF draft's
 /// `RateLimit-Policy` and `RateLimit` for every window, and `Retry-After` on a denial.
+/// Every answer with a decision carries these, so they are built without `format!`.
 pub fn write_headers(headers: &mut HeaderMap, d: &Decision, now_secs: i64) {
+    static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    static STATE: HeaderName = HeaderName::from_static("ratelimit");
     let Some(b) = d.binding() else { return };
-    let mut put = |name: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(HeaderName::from_static(name), v);
+    headers.insert(X_LIMIT.clone(), HeaderValue::from(b.limit));
+    headers.insert(X_REMAINING.clone(), HeaderValue::from(b.remaining));
+    headers.insert(X_RESET.clone(), HeaderValue::from(b.reset_at));
+    let mut n = itoa::Buffer::new();
+    // `"api_key_60s";q=60;w=60, …` and `"api_key_60s";r=59;t=60, …`
+    let (mut policies, mut states) = (String::with_capacity(128), String::with_capacity(128));
+    for (i, w) in d.windows.iter().enumerate() {
+        for (out, [a, b]) in [
+            (
+                &mut policies,
+                [
+                    (";q=", i64::from(w.limit)),
+                    (";w=", i64::from(w.window_seconds)),
+                ],
+            ),
+            (
+                &mut states,
+                [
+                    (";r=", i64::from(w.remaining)),
+                    (";t=", (w.reset_at - now_secs).max(0)),
+                ],
+            ),
+        ] {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push('"');
+            out.push_str(w.policy);
+            out.push('_');
+            out.push_str(n.format(w.window_seconds));
+            out.push_str("s\"");
+            for (name, value) in [a, b] {
+                out.push_str(name);
+                out.push_str(n.format(value));
+            }
         }
-    };
-    put("x-ratelimit-limit", b.limit.to_string());
-    put("x-ratelimit-remaining", b.remaining.to_string());
-    put("x-ratelimit-reset", b.reset_at.to_string());
-    let id = |w: &crate::ratelimit::WindowState| format!("\"{}_{}s\"", w.policy, w.window_seconds);
-    let policies: Vec<String> = d
-        .windows
-        .iter()
-        .map(|w| format!("{};q={};w={}", id(w), w.limit, w.window_seconds))
-        .collect();
-    put("ratelimit-policy", policies.join(", "));
-    let states: Vec<String> = d
-        .windows
-        .iter()
-        .map(|w| {
-            format!(
-                "{};r={};t={}",
-                id(w),
-                w.remaining,
-                (w.reset_at - now_secs).max(0)
-            )
-        })
-        .collect();
-    put("ratelimit", states.join(", "));
+    }
+    // Policy names are static ASCII identifiers and the rest digits: always a valid value.
+    for (name, v) in [(&POLICY, policies), (&STATE, states)] {
+        if let Ok(v) = HeaderValue::try_from(v) {
+            headers.insert(name.clone(), v);
+        }
+    }
     if !d.allowed {
-        put("retry-after", d.retry_after().to_string());
+        headers.insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(d.retry_after()),
+        );
     }
 }
 

@@ -430,23 +430,20 @@ fn visitor_caller(s: &Session) -> Caller {
               (status = 401, description = "bad_signature, stale_timestamp, replayed, session_expired"),
               (status = 403, description = "origin_not_allowed"), (status = 429, description = "rate_limited")))]
 pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Response, ApiError> {
-    let mut body: ChatBody = parse_json(call.json, &call.body)?;
+    let body: ChatBody = parse_json(call.json, &call.body)?;
     check_chat_body(&body)?;
     let caller = visitor_caller(&call.session);
-    if body.thread_id.is_none() {
-        let scope = ThreadScope::Visitor(
-            call.session.claims.org.clone(),
-            call.session.claims.vis.clone(),
-        );
-        body.thread_id = state
-            .store
-            .threads(&scope, 1)
-            .await?
-            .into_iter()
-            .next()
-            .map(|t| t.id);
-    }
-    answer(&state, caller, body).await
+    let latest = match body.thread_id {
+        Some(_) => None,
+        None => {
+            let scope = ThreadScope::Visitor(
+                call.session.claims.org.clone(),
+                call.session.claims.vis.clone(),
+            );
+            state.store.threads(&scope, 1).await?.into_iter().next()
+        }
+    };
+    answer(&state, caller, body, latest).await
 }
 
 /// A visitor's latest conversation.

@@ -8,7 +8,7 @@
 //! than the decision itself).
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +27,43 @@ struct Cell {
 
 /// The counters of one stripe.
 struct Stripe {
-    cells: HashMap<u128, Cell>,
+    cells: HashMap<u128, Cell, BuildHasherDefault<IdHasher>>,
+}
+
+/// Counter ids are already keyed hashes, unknown outside the process: the map uses their low
+/// 64 bits as they are instead of hashing them a second time.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `u128` keys; folds the bytes so the hasher stays correct for any key.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+/// A window's counter id: (tag, policy, subject, rate) through both keyed hashers, each
+/// already fed the tag.
+fn id(
+    a: &std::collections::hash_map::DefaultHasher,
+    b: &std::collections::hash_map::DefaultHasher,
+    w: &super::Window,
+) -> u128 {
+    let rest = (w.policy, &w.subject, w.rate.limit, w.rate.window_seconds);
+    let half = |h: &std::collections::hash_map::DefaultHasher| {
+        let mut h = h.clone();
+        rest.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(a)) << 64) | u128::from(half(b))
 }
 
 /// An in-process limiter, bounded in memory.
@@ -43,7 +79,6 @@ pub struct MemoryLimiter {
         std::collections::hash_map::RandomState,
         std::collections::hash_map::RandomState,
     ),
-    hasher: std::collections::hash_map::RandomState,
     /// The latest time seen: a clock stepping back never loosens a limit.
     high_water: Arc<AtomicI64>,
 }
@@ -59,13 +94,12 @@ impl MemoryLimiter {
             stripes: (0..STRIPES)
                 .map(|_| {
                     Mutex::new(Stripe {
-                        cells: HashMap::new(),
+                        cells: HashMap::default(),
                     })
                 })
                 .collect(),
             per_stripe,
             ids: Default::default(),
-            hasher: Default::default(),
             high_water: Arc::new(AtomicI64::new(i64::MIN)),
         }
     }
@@ -76,8 +110,15 @@ impl MemoryLimiter {
             .high_water
             .fetch_max(now_ms, Ordering::AcqRel)
             .max(now_ms);
-        let ids: Vec<u128> = req.windows.iter().map(|w| self.id(&req.tag, w)).collect();
-        let stripe = &self.stripes[(self.hasher.hash_one(&req.tag) as usize) % STRIPES];
+        // The tag is hashed once per hasher; each window continues from there.
+        let tagged = |state: &std::collections::hash_map::RandomState| {
+            let mut h = state.build_hasher();
+            req.tag.hash(&mut h);
+            h
+        };
+        let (a, b) = (tagged(&self.ids.0), tagged(&self.ids.1));
+        let ids: Vec<u128> = req.windows.iter().map(|w| id(&a, &b, w)).collect();
+        let stripe = &self.stripes[(a.finish() as usize) % STRIPES];
         // A poisoned stripe only means another decision panicked mid-way; the counters are
         // plain integers and stay meaningful.
         let mut s = stripe.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,18 +145,6 @@ impl MemoryLimiter {
             }
         }
         decision
-    }
-
-    fn id(&self, tag: &str, w: &super::Window) -> u128 {
-        let parts = (
-            tag,
-            w.policy,
-            &w.subject,
-            w.rate.limit,
-            w.rate.window_seconds,
-        );
-        let half = |state: &std::collections::hash_map::RandomState| state.hash_one(parts);
-        (u128::from(half(&self.ids.0)) << 64) | u128::from(half(&self.ids.1))
     }
 
     /// Counters currently held.

@@ -28,6 +28,10 @@ pub struct Thread {
     pub created_at: i64,
     /// Unix ms of the last message.
     pub updated_at: i64,
+    /// Exchanges stored in it (1 once its first answer is stored): what a cached history of
+    /// the thread is checked against. Internal.
+    #[serde(skip)]
+    pub revision: i64,
 }
 
 /// One message of a thread.
@@ -76,19 +80,22 @@ impl ThreadScope {
 }
 
 /// A finished exchange to store.
-pub struct Exchange<'a> {
+pub struct Exchange {
     /// The thread (created if `new`).
-    pub thread: &'a Thread,
+    pub thread: Thread,
     /// Whether the thread must be created.
     pub new: bool,
     /// The user's message.
-    pub question: &'a Message,
+    pub question: Message,
     /// The assistant's answer.
-    pub answer: &'a Message,
+    pub answer: Message,
 }
 
+/// Messages per multi-row `INSERT` (6 parameters each, far below either engine's limit).
+const MESSAGES_PER_INSERT: usize = 100;
+
 const THREAD_COLUMNS: &str =
-    "id, org_id, user_id, key_id, visitor, widget_id, title, created_at, updated_at";
+    "id, org_id, user_id, key_id, visitor, widget_id, title, created_at, updated_at, revision";
 
 fn thread_from_row(r: &AnyRow) -> StoreResult<Thread> {
     Ok(Thread {
@@ -101,6 +108,7 @@ fn thread_from_row(r: &AnyRow) -> StoreResult<Thread> {
         title: r.try_get("title")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        revision: r.try_get("revision")?,
     })
 }
 
@@ -114,23 +122,40 @@ fn message_from_row(r: &AnyRow) -> StoreResult<Message> {
     })
 }
 
-async fn insert_message(
+/// Inserts `(organization, message)` pairs with one statement.
+async fn insert_messages(
     conn: &mut sqlx::AnyConnection,
-    org_id: &str,
-    m: &Message,
+    messages: &[(&str, &Message)],
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO messages (id, thread_id, org_id, role, content, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&m.id)
-    .bind(&m.thread_id)
-    .bind(org_id)
-    .bind(&m.role)
-    .bind(&m.content)
-    .bind(m.created_at)
-    .execute(conn)
-    .await?;
+    let mut sql = String::from(
+        "INSERT INTO messages (id, thread_id, org_id, role, content, created_at) VALUES ",
+    );
+    for i in 0..messages.len() {
+        let b = i * 6;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6
+        ));
+    }
+    let mut q = sqlx::query(&sql);
+    for (org_id, m) in messages {
+        q = q
+            .bind(&m.id)
+            .bind(&m.thread_id)
+            .bind(*org_id)
+            .bind(&m.role)
+            .bind(&m.content)
+            .bind(m.created_at);
+    }
+    q.execute(conn).await?;
     Ok(())
 }
 
@@ -178,46 +203,72 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores a question and its answer, creating the thread if it is new, in one transaction.
-    pub async fn store_exchange(&self, x: &Exchange<'_>) -> StoreResult<()> {
+    /// Stores finished exchanges in one transaction, so that one commit (one `fsync` on
+    /// SQLite) serves them all. The answer has one entry per exchange, in order: the
+    /// thread's revision after it, or `NotFound` for one whose thread was deleted while the
+    /// model answered (its messages are not stored; the others are). The outer error means
+    /// nothing was stored.
+    pub async fn store_exchanges(&self, batch: &[Exchange]) -> StoreResult<Vec<StoreResult<i64>>> {
         let mut tx = self.pool.begin().await?;
-        let t = x.thread;
-        if x.new {
-            sqlx::query(&format!(
-                "INSERT INTO threads ({THREAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            ))
-            .bind(&t.id)
-            .bind(&t.org_id)
-            .bind(t.user_id.as_deref())
-            .bind(t.key_id.as_deref())
-            .bind(t.visitor.as_deref())
-            .bind(t.widget_id.as_deref())
-            .bind(&t.title)
-            .bind(t.created_at)
-            .bind(x.answer.created_at)
-            .execute(&mut *tx)
-            .await?;
-            let data = serde_json::json!({ "id": t.id, "org_id": t.org_id, "user_id": t.user_id, "key_id": t.key_id });
-            let at = t.created_at;
-            super::webhooks::enqueue(&mut tx, &t.org_id, "thread.created", data, at).await?;
-        } else {
-            let r = sqlx::query("UPDATE threads SET updated_at = $1 WHERE id = $2")
-                .bind(x.answer.created_at)
+        let mut results = Vec::with_capacity(batch.len());
+        let mut created = false;
+        for x in batch {
+            let t = &x.thread;
+            if x.new {
+                sqlx::query(&format!(
+                    "INSERT INTO threads ({THREAD_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)"
+                ))
                 .bind(&t.id)
+                .bind(&t.org_id)
+                .bind(t.user_id.as_deref())
+                .bind(t.key_id.as_deref())
+                .bind(t.visitor.as_deref())
+                .bind(t.widget_id.as_deref())
+                .bind(&t.title)
+                .bind(t.created_at)
+                .bind(x.answer.created_at)
                 .execute(&mut *tx)
                 .await?;
-            if r.rows_affected() == 0 {
-                // Deleted while the model was answering.
-                return Err(StoreError::NotFound);
+                let data = serde_json::json!({ "id": t.id, "org_id": t.org_id, "user_id": t.user_id, "key_id": t.key_id });
+                super::webhooks::enqueue(&mut tx, &t.org_id, "thread.created", data, t.created_at)
+                    .await?;
+                created = true;
+                results.push(Ok(1));
+            } else {
+                // The later of the two: exchanges of one thread may commit in either order.
+                let row = sqlx::query(
+                    "UPDATE threads SET updated_at = CASE WHEN updated_at > $1 THEN updated_at \
+                     ELSE $1 END, revision = revision + 1 WHERE id = $2 RETURNING revision",
+                )
+                .bind(x.answer.created_at)
+                .bind(&t.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                // None: deleted while the model was answering.
+                results.push(match row {
+                    Some(r) => Ok(r.try_get::<i64, _>("revision")?),
+                    None => Err(StoreError::NotFound),
+                });
             }
         }
-        insert_message(&mut tx, &t.org_id, x.question).await?;
-        insert_message(&mut tx, &t.org_id, x.answer).await?;
+        let messages: Vec<(&str, &Message)> = batch
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .flat_map(|(x, _)| {
+                let org = x.thread.org_id.as_str();
+                [(org, &x.question), (org, &x.answer)]
+            })
+            .collect();
+        for chunk in messages.chunks(MESSAGES_PER_INSERT) {
+            insert_messages(&mut tx, chunk).await?;
+        }
         tx.commit().await?;
-        if x.new {
+        if created {
             self.webhook_events_committed();
         }
-        Ok(())
+        Ok(results)
     }
 
     /// Deletes a thread `scope` may see, with its messages.

@@ -25,8 +25,8 @@ type Asked = (Value, Option<String>);
 
 /// A model server: records what it was asked, answers by the last message's text.
 #[derive(Clone, Default)]
-struct Mock {
-    asked: Arc<Mutex<Vec<Asked>>>,
+pub(crate) struct Mock {
+    pub(crate) asked: Arc<Mutex<Vec<Asked>>>,
     dropped: Arc<AtomicBool>,
 }
 
@@ -88,7 +88,8 @@ async fn completions(
     Sse::new(events).into_response()
 }
 
-async fn mock_server() -> (String, Mock) {
+/// A recording model server on a free port: its base URL (`…/v1`) and what it was asked.
+pub(crate) async fn mock_server() -> (String, Mock) {
     let mock = Mock::default();
     let app = Router::new()
         .route("/v1/chat/completions", post(completions))
@@ -621,6 +622,77 @@ both!(
             )
             .await;
         assert_eq!(status, 422);
+        s.app
+    }
+);
+
+async fn get_thread(s: &Setup, thread: &str) -> (u16, Value) {
+    let res = s
+        .app
+        .client
+        .get(s.app.url(&format!("/v1/threads/{thread}")))
+        .header("x-api-key", &s.key)
+        .send()
+        .await
+        .unwrap();
+    parts(res).await
+}
+
+both!(
+    concurrent_turns_are_all_kept_and_a_deleted_thread_fails_alone,
+    |s: Setup| async move {
+        // Exchanges that arrive together are stored by one commit: none may be lost, and a
+        // thread deleted meanwhile must not take the others' exchanges with it.
+        let mut threads = Vec::new();
+        for name in ["kept", "deleted"] {
+            let (status, body) = chat(&s.app, &s.key, None, json!({ "message": name })).await;
+            assert_eq!(status, 200, "{body}");
+            threads.push(body["data"]["thread_id"].as_str().unwrap().to_string());
+        }
+        let (kept, doomed) = (threads[0].clone(), threads[1].clone());
+        let turns = (0..12).map(|i| {
+            let (app, key) = (&s.app, &s.key);
+            let thread = if i % 2 == 0 { &kept } else { &doomed };
+            async move {
+                let body = json!({ "message": format!("turn {i}"), "thread_id": thread });
+                (i, chat(app, key, None, body).await)
+            }
+        });
+        let delete = async {
+            let res = s
+                .app
+                .client
+                .delete(s.app.url(&format!("/v1/threads/{doomed}")))
+                .header("x-api-key", &s.key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 204);
+        };
+        let (answers, ()) = tokio::join!(futures_util::future::join_all(turns), delete);
+        for (i, (status, body)) in &answers {
+            if i % 2 == 0 {
+                assert_eq!(*status, 200, "turn {i}: {body}");
+            } else {
+                assert!(
+                    *status == 200 || *status == 404,
+                    "turn {i}: {status} {body}"
+                );
+            }
+        }
+        let (status, body) = get_thread(&s, &kept).await;
+        assert_eq!(status, 200, "{body}");
+        let messages = body["data"]["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 2 + 2 * 6, "{messages:?}");
+        for i in (0..12).step_by(2) {
+            let asked = format!("turn {i}");
+            let n = messages
+                .iter()
+                .filter(|m| m["content"] == asked.as_str())
+                .count();
+            assert_eq!(n, 1, "{asked} stored once");
+        }
+        assert_eq!(get_thread(&s, &doomed).await.0, 404);
         s.app
     }
 );

@@ -334,6 +334,63 @@ async fn a_member_added_on_one_instance_is_listed_by_the_other_at_once() {
     pair.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thread_continued_on_two_instances_sends_its_whole_history() {
+    // Each instance keeps the history of the threads it stored; a turn stored by the other
+    // instance must make it read the thread again, never send the model a history with a gap.
+    let (upstream, mock) = crate::chat::mock_server().await;
+    let Some(pair) = Pair::start(None, &[("GATEHOUSE_UPSTREAM_URL", upstream.as_str())]).await
+    else {
+        return;
+    };
+    let c = client();
+    let (owner, org) = owner_and_org(&c, &pair.a.base).await;
+    let (status, body) = send(
+        c.post(format!("{}/v1/orgs/{org}/api-keys", pair.a.base))
+            .bearer_auth(&owner)
+            .json(&json!({"name": "chat", "scopes": ["chat:write"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let key = body["data"]["key"].as_str().unwrap().to_string();
+    let mut thread = Value::Null;
+    for (base, message) in [
+        (&pair.a.base, "one"),
+        (&pair.a.base, "two"),
+        (&pair.b.base, "three"),
+        (&pair.a.base, "four"),
+        (&pair.b.base, "five"),
+    ] {
+        let (status, body) = send(
+            c.post(format!("{base}/v1/chat"))
+                .header("x-api-key", &key)
+                .json(&json!({ "message": message, "thread_id": thread })),
+        )
+        .await;
+        assert_eq!(status, 200, "{message}: {body}");
+        thread = body["data"]["thread_id"].clone();
+    }
+    let asked = mock.asked.lock().unwrap().clone();
+    let sent: Vec<Vec<String>> = asked
+        .iter()
+        .map(|(body, _)| {
+            body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for (i, message) in ["one", "two", "three", "four", "five"].iter().enumerate() {
+        expected.push(message.to_string());
+        assert_eq!(sent[i], expected, "turn {}", i + 1);
+        expected.push("Hello, world".to_string());
+    }
+    pair.stop().await;
+}
+
 /// One request of the background load: when it started (since the load began), how long it
 /// took, and its status or error.
 type Outcome = (Duration, Duration, Result<u16, String>);
