@@ -585,6 +585,17 @@ mod tests {
     }
 
     #[test]
+    fn password_hash_threads_are_bounded() {
+        let at = |n| Config {
+            password_hash_concurrency: n,
+            ..Config::default()
+        };
+        assert!(at(0).validate().is_ok() && at(256).validate().is_ok());
+        let e = at(257).validate().unwrap_err().to_string();
+        assert!(e.contains("password_hash_concurrency"), "{e}");
+    }
+
+    #[test]
     fn public_origin_drops_the_path() {
         let cfg = Config {
             public_url: "https://auth.example.com/base/".into(),
