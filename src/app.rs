@@ -271,7 +271,7 @@ impl AppState {
     ) -> Result<Request, ApiError> {
         let mut req = Request {
             tag: format!("org:{}", key.org_id),
-            windows: Vec::new(),
+            windows: Vec::with_capacity(4),
             fail_closed: self.config.fails_closed(Policy::ApiKey)
                 || (with_org && self.config.fails_closed(Policy::Org)),
         };

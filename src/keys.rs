@@ -166,12 +166,10 @@ impl Keys {
             return Err(KeyFailure::Malformed);
         }
         let hash = sha256_hex(presented);
-        if self.unknown.contains_key(&hash) {
-            return Err(KeyFailure::NotFound);
-        }
         // Fast path: a cached key costs one lookup, no future, no clone of the store.
         let looked_up = match self.known.get(&hash) {
             Some(rec) => Ok(rec),
+            None if self.unknown.contains_key(&hash) => return Err(KeyFailure::NotFound),
             None => self.load(hash.clone()).await,
         };
         let record = match looked_up {

@@ -23,14 +23,14 @@ use crate::store::{ApiKeyRecord, AuditEntry, KeyChange, StoreError};
 /// Routes of this file.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/orgs/{org}/api-keys", get(list_keys).post(create_key))
+        .route("/v1/orgs/{org}/api-keys", get(list_keys).post(create_key))
         .route(
-            "/orgs/{org}/api-keys/{id}",
+            "/v1/orgs/{org}/api-keys/{id}",
             get(get_key).patch(update_key).delete(revoke_key),
         )
-        .route("/orgs/{org}/api-keys/{id}/roll", post(roll_key))
-        .route("/keys/verify", post(verify_key))
-        .route("/orgs/{org}/audit-log", get(audit_log))
+        .route("/v1/orgs/{org}/api-keys/{id}/roll", post(roll_key))
+        .route("/v1/keys/verify", post(verify_key))
+        .route("/v1/orgs/{org}/audit-log", get(audit_log))
 }
 
 const DAY_MS: i64 = 86_400_000;

@@ -26,9 +26,9 @@ use crate::store::{Message, Thread, ThreadScope};
 /// Routes of this file.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/chat", post(chat))
-        .route("/threads", get(list_threads))
-        .route("/threads/{id}", get(get_thread).delete(delete_thread))
+        .route("/v1/chat", post(chat))
+        .route("/v1/threads", get(list_threads))
+        .route("/v1/threads/{id}", get(get_thread).delete(delete_thread))
 }
 
 /// `POST /api/chat`: the same chat, where seed 000's clients call it.

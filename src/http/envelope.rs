@@ -33,8 +33,35 @@ struct Meta {
 fn meta() -> Meta {
     Meta {
         request_id: request_id(),
-        ts: crate::clock::rfc3339(crate::clock::Clock::System.now_ms()),
+        ts: now_rfc3339(),
     }
+}
+
+/// The current time as `meta.ts` shows it. Formatting RFC 3339 costs more than the rest of
+/// the envelope, and under load many answers share a millisecond, so each thread keeps the
+/// last one it formatted.
+fn now_rfc3339() -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let ms = crate::clock::Clock::System.now_ms();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != ms {
+            *last = (ms, crate::clock::rfc3339(ms));
+        }
+        last.1.clone()
+    })
+}
+
+/// A fresh request id: `req_` and a random UUID's 32 hex digits.
+fn new_request_id() -> String {
+    let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
+    let hex = uuid::Uuid::new_v4().simple().encode_lower(&mut hex);
+    let mut id = String::with_capacity(4 + hex.len());
+    id.push_str("req_");
+    id.push_str(hex);
+    id
 }
 
 /// A success envelope, serialised straight from the handler's type (no JSON tree in between:
@@ -124,13 +151,13 @@ pub async fn request_context(
     req: Request,
     next: Next,
 ) -> Response {
-    let id = incoming_id(&req).unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+    let id = incoming_id(&req).unwrap_or_else(new_request_id);
     // The route pattern, never the path: ids and tokens in paths stay out of metrics.
-    let route = req
+    let matched = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_string();
+        .cloned();
+    let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
     let method = req.method().clone();
     let span = tracing::info_span!("request", %method, route = %route, request_id = %id);
     let started = std::time::Instant::now();
@@ -148,7 +175,7 @@ pub async fn request_context(
     let elapsed = started.elapsed().as_secs_f64();
     state
         .metrics
-        .request(&route, method.as_str(), status, elapsed);
+        .request(route, method.as_str(), status, elapsed);
     let _enter = span.enter();
     let ms = elapsed * 1000.0;
     if status >= 500 {

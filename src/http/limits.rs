@@ -27,9 +27,12 @@ pub fn noted() -> Option<Decision> {
     DECISION.try_with(|d| d.borrow_mut().take()).ok().flatten()
 }
 
-/// The decision noted so far, left in place for the response headers.
-pub fn peek() -> Option<Decision> {
-    DECISION.try_with(|d| d.borrow().clone()).ok().flatten()
+/// The windows of the decision noted so far, which stays in place for the response headers.
+pub fn peek_views() -> Option<Vec<WindowView>> {
+    DECISION
+        .try_with(|d| d.borrow().as_ref().map(window_views))
+        .ok()
+        .flatten()
 }
 
 /// One window's state as `/v1/me` shows it.

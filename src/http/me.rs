@@ -14,7 +14,7 @@ use crate::http::extract::{Principal, Via};
 
 /// `/v1/me`.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/me", get(me))
+    Router::new().route("/v1/me", get(me))
 }
 
 /// The caller as `/v1/me` describes it.
@@ -100,7 +100,7 @@ pub async fn me(
             key_id: Some(key.id.clone()),
             scopes: Some(key.scopes.clone()),
             environment: Some(key.environment.clone()),
-            rate_limit: crate::http::limits::peek().map(|d| crate::http::limits::window_views(&d)),
+            rate_limit: crate::http::limits::peek_views(),
             ..blank
         })),
     }

@@ -89,6 +89,8 @@ pub fn router(state: AppState) -> Router {
                 .chain(limits::EXPOSED.map(HeaderName::from_static))
                 .collect::<Vec<_>>(),
         );
+    // Full paths merged, not nested: a nested router rewrites every request's URI and adds
+    // a layer of services cloned per request, on the API's hottest routes.
     let v1 = Router::new()
         .merge(me::router())
         .merge(session::router())
@@ -102,7 +104,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .nest("/auth/v1", auth)
-        .nest("/v1", v1)
+        .merge(v1)
         .merge(dashboard::router())
         .merge(health::router())
         .merge(openapi::router())

@@ -21,19 +21,19 @@ use crate::store::{Audit, Member, Org, Role, StoreError};
 /// `/v1/orgs…` (keys and the audit log have their own files).
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/orgs", get(list_orgs).post(create_org))
+        .route("/v1/orgs", get(list_orgs).post(create_org))
         .route(
-            "/orgs/{org}",
+            "/v1/orgs/{org}",
             get(get_org).patch(update_org).delete(delete_org),
         )
-        .route("/orgs/{org}/members", get(list_members).post(add_member))
+        .route("/v1/orgs/{org}/members", get(list_members).post(add_member))
         .route(
-            "/orgs/{org}/members/{user}",
+            "/v1/orgs/{org}/members/{user}",
             patch(change_role).delete(remove_member),
         )
-        .route("/orgs/{org}/roles", get(list_roles).post(create_role))
+        .route("/v1/orgs/{org}/roles", get(list_roles).post(create_role))
         .route(
-            "/orgs/{org}/roles/{name}",
+            "/v1/orgs/{org}/roles/{name}",
             axum::routing::delete(delete_role),
         )
 }

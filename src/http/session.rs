@@ -20,7 +20,7 @@ use crate::http::extract::{csrf_refused, same_origin, ApiJson, ClientIp, SESSION
 
 /// `/v1/session`.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/session", post(sign_in).delete(sign_out))
+    Router::new().route("/v1/session", post(sign_in).delete(sign_out))
 }
 
 /// Dashboard sign-in.

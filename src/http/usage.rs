@@ -22,8 +22,8 @@ const DAY_MS: i64 = 86_400_000;
 /// Routes of this file.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/orgs/{org}/usage", get(usage))
-        .route("/orgs/{org}/export", get(export))
+        .route("/v1/orgs/{org}/usage", get(usage))
+        .route("/v1/orgs/{org}/export", get(export))
 }
 
 /// A time given as unix milliseconds or RFC 3339.

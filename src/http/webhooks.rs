@@ -22,23 +22,26 @@ use crate::webhooks::{signing, ssrf, ROTATION_GRACE_MS};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(
-            "/orgs/{org}/webhooks",
+            "/v1/orgs/{org}/webhooks",
             get(list_endpoints).post(create_endpoint),
         )
         .route(
-            "/orgs/{org}/webhooks/{id}",
+            "/v1/orgs/{org}/webhooks/{id}",
             get(get_endpoint)
                 .patch(update_endpoint)
                 .delete(delete_endpoint),
         )
         .route(
-            "/orgs/{org}/webhooks/{id}/rotate-secret",
+            "/v1/orgs/{org}/webhooks/{id}/rotate-secret",
             post(rotate_secret),
         )
-        .route("/orgs/{org}/webhooks/{id}/test", post(send_test))
-        .route("/orgs/{org}/webhooks/{id}/deliveries", get(list_deliveries))
+        .route("/v1/orgs/{org}/webhooks/{id}/test", post(send_test))
         .route(
-            "/orgs/{org}/webhooks/deliveries/{id}/retry",
+            "/v1/orgs/{org}/webhooks/{id}/deliveries",
+            get(list_deliveries),
+        )
+        .route(
+            "/v1/orgs/{org}/webhooks/deliveries/{id}/retry",
             post(retry_delivery),
         )
 }

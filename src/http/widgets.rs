@@ -19,16 +19,19 @@ use crate::store::{StoreError, WidgetChange, WidgetRecord};
 /// Routes of this file.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/orgs/{org}/widgets", get(list_widgets).post(create_widget))
         .route(
-            "/orgs/{org}/widgets/{id}",
+            "/v1/orgs/{org}/widgets",
+            get(list_widgets).post(create_widget),
+        )
+        .route(
+            "/v1/orgs/{org}/widgets/{id}",
             get(get_widget).patch(update_widget).delete(delete_widget),
         )
         .route(
-            "/orgs/{org}/widgets/{id}/rotate-secret",
+            "/v1/orgs/{org}/widgets/{id}/rotate-secret",
             post(rotate_secret),
         )
-        .route("/orgs/{org}/widgets/{id}/tokens", post(mint_token))
+        .route("/v1/orgs/{org}/widgets/{id}/tokens", post(mint_token))
 }
 
 const MAX_ORIGINS: usize = 50;
