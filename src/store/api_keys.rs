@@ -355,13 +355,21 @@ impl Store {
         if uses.is_empty() {
             return Ok(());
         }
+        // Distinct ids (the batch comes from a map): each key is matched by one row at most.
+        const ROWS_PER_UPDATE: usize = 500;
         let mut tx = self.pool.begin().await?;
-        for (id, at) in uses {
-            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in uses.chunks(ROWS_PER_UPDATE) {
+            let sql = format!(
+                "UPDATE api_keys SET last_used_at = v.column2 FROM (VALUES {}) AS v \
+                 WHERE api_keys.id = v.column1 \
+                 AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.column2)",
+                super::values_rows(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, at) in chunk {
+                q = q.bind(id).bind(*at);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

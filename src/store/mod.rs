@@ -169,3 +169,33 @@ impl Store {
         self.setting(name).await?.ok_or(StoreError::NotFound)
     }
 }
+
+/// The rows of a multi-row `VALUES` list: `($1, $2), ($3, $4)` for 2 rows of 2 columns.
+/// Batches of writes go out as one statement per chunk of rows rather than one per row: each
+/// statement is a round trip (to SQLite's worker thread or over the network), and a batch
+/// can hold a row for every API key used since the last one.
+pub(crate) fn values_rows(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    let mut n = itoa::Buffer::new();
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..columns {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(n.format(row * columns + col + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+#[cfg(test)]
+mod values_tests {
+    #[test]
+    fn values_rows_numbers_parameters_row_by_row() {
+        assert_eq!(super::values_rows(1, 1), "($1)");
+        assert_eq!(super::values_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+}

@@ -94,6 +94,10 @@ pub struct Exchange {
 /// Messages per multi-row `INSERT` (6 parameters each, far below either engine's limit).
 const MESSAGES_PER_INSERT: usize = 100;
 
+/// Usage rows per multi-row upsert (8 parameters each). A batch's `(org, key, hour)` are
+/// distinct, as PostgreSQL requires of the rows one upsert updates.
+const USAGE_ROWS_PER_INSERT: usize = 100;
+
 const THREAD_COLUMNS: &str =
     "id, org_id, user_id, key_id, visitor, widget_id, title, created_at, updated_at, revision";
 
@@ -127,24 +131,10 @@ async fn insert_messages(
     conn: &mut sqlx::AnyConnection,
     messages: &[(&str, &Message)],
 ) -> StoreResult<()> {
-    let mut sql = String::from(
-        "INSERT INTO messages (id, thread_id, org_id, role, content, created_at) VALUES ",
+    let sql = format!(
+        "INSERT INTO messages (id, thread_id, org_id, role, content, created_at) VALUES {}",
+        super::values_rows(messages.len(), 6)
     );
-    for i in 0..messages.len() {
-        let b = i * 6;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6
-        ));
-    }
     let mut q = sqlx::query(&sql);
     for (org_id, m) in messages {
         q = q
@@ -330,28 +320,34 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for ((org, key, hour), d) in batch {
+        for chunk in batch.chunks(USAGE_ROWS_PER_INSERT) {
             // A deleted organization's usage is dropped rather than retried forever.
-            sqlx::query(
+            // `VALUES` columns are `column1`… on both engines.
+            let sql = format!(
                 "INSERT INTO usage_hours (org_id, key_id, hour, requests, prompt_tokens, completion_tokens, api_requests, rate_limited) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8 \
+                 FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM organizations o WHERE o.id = v.column1) \
                  ON CONFLICT (org_id, key_id, hour) DO UPDATE SET \
                  requests = usage_hours.requests + excluded.requests, \
                  prompt_tokens = usage_hours.prompt_tokens + excluded.prompt_tokens, \
                  completion_tokens = usage_hours.completion_tokens + excluded.completion_tokens, \
                  api_requests = usage_hours.api_requests + excluded.api_requests, \
                  rate_limited = usage_hours.rate_limited + excluded.rate_limited",
-            )
-            .bind(org)
-            .bind(key)
-            .bind(*hour)
-            .bind(d.requests)
-            .bind(d.prompt_tokens)
-            .bind(d.completion_tokens)
-            .bind(d.api_requests)
-            .bind(d.rate_limited)
-            .execute(&mut *tx)
-            .await?;
+                super::values_rows(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((org, key, hour), d) in chunk {
+                q = q
+                    .bind(org)
+                    .bind(key)
+                    .bind(*hour)
+                    .bind(d.requests)
+                    .bind(d.prompt_tokens)
+                    .bind(d.completion_tokens)
+                    .bind(d.api_requests)
+                    .bind(d.rate_limited);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -442,6 +442,84 @@ story!(
 );
 
 story!(
+    write_behind_batches_of_many_keys_go_out_in_multi_row_statements,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let org = app.org(&ann, "Busy").await;
+        let (_, id) = app.key(&ann, &org, &["chat:write"]).await;
+        async fn last_used(app: &TestApp, org: &str, id: &str, token: &str) -> Option<i64> {
+            let (status, k) = app
+                .call(
+                    Method::GET,
+                    &format!("/orgs/{org}/api-keys/{id}"),
+                    token,
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{k}");
+            k["data"]["last_used_at"].as_i64()
+        }
+        // More uses than one statement takes (500), the real key in the middle of the second
+        // chunk; ids that match no key are skipped.
+        let at = 1_796_000_000_000_i64;
+        let mut uses: Vec<(String, i64)> =
+            (0..1200).map(|i| (format!("key_gone_{i}"), at)).collect();
+        uses.insert(700, (id.clone(), at));
+        app.state.store.touch_api_keys(&uses).await.unwrap();
+        assert_eq!(last_used(&app, &org, &id, &ann.token).await, Some(at));
+        // A late batch with an older time never moves it back.
+        app.state
+            .store
+            .touch_api_keys(&[(id.clone(), at - 5000)])
+            .await
+            .unwrap();
+        assert_eq!(last_used(&app, &org, &id, &ann.token).await, Some(at));
+
+        // Usage: 250 rows (three statements of at most 100), twice, so the second pass takes
+        // the upsert's update path; a row of an organization that no longer exists is dropped.
+        const HOUR: i64 = 3_600_000;
+        let hour = at / HOUR * HOUR;
+        let mut batch: Vec<((String, String, i64), gatehouse::store::UsageDelta)> = (0..250)
+            .map(|i| {
+                (
+                    (org.clone(), format!("key_{i:03}"), hour),
+                    gatehouse::store::UsageDelta {
+                        api_requests: i + 1,
+                        rate_limited: 1,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        batch.push((
+            ("org_gone".into(), "key_x".into(), hour),
+            gatehouse::store::UsageDelta {
+                api_requests: 1,
+                ..Default::default()
+            },
+        ));
+        app.state.store.add_usage(&batch).await.unwrap();
+        app.state.store.add_usage(&batch).await.unwrap();
+        let rows = app
+            .state
+            .store
+            .usage(&org, hour, hour + HOUR, HOUR, None)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 250);
+        for (i, row) in (0_i64..).zip(&rows) {
+            assert_eq!(row.key_id.as_deref(), Some(format!("key_{i:03}").as_str()));
+            assert_eq!(
+                (row.api_requests, row.rate_limited),
+                (2 * (i + 1), 2),
+                "{row:?}"
+            );
+        }
+        app
+    }
+);
+
+story!(
     a_warm_key_verifies_without_storage,
     |app: TestApp| async move {
         let ann = app.person().await;
