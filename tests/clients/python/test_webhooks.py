@@ -70,7 +70,10 @@ class Receiver:
             if pred(hits):
                 return hits
             time.sleep(0.05)
-        pytest.fail(f"timed out waiting for {what}; got {len(self.hits)} requests")
+        pytest.fail(
+            f"timed out waiting for {what}; got {len(self.hits)} requests\n"
+            f"server warnings and errors (last 20):\n{_server_problems()}"
+        )
 
     def event(self, event_type: str):
         hits = self.wait(
@@ -79,8 +82,20 @@ class Receiver:
         return next((h, b) for h, b in hits if json.loads(b)["type"] == event_type)
 
 
+# The running server's log, so that a timed-out wait can say what the server saw.
+SERVER_LOG: Path | None = None
+
+
+def _server_problems() -> str:
+    if SERVER_LOG is None or not SERVER_LOG.exists():
+        return "(no server log)"
+    lines = SERVER_LOG.read_text(errors="replace").splitlines()
+    return "\n".join([l for l in lines if " WARN " in l or " ERROR " in l][-20:]) or "(none)"
+
+
 @pytest.fixture(scope="module")
 def base():
+    global SERVER_LOG
     if not BIN.exists():
         pytest.fail(f"gatehouse binary not found at {BIN} (build it or set GATEHOUSE_BIN)")
     port = _free_port()
@@ -106,6 +121,7 @@ def base():
         "GATEHOUSE_WEBHOOKS_RETRY_SCHEDULE": "0,1,1",
     }
     log = open(tmp / "server.log", "wb")
+    SERVER_LOG = tmp / "server.log"
     proc = subprocess.Popen(
         [str(BIN), "serve"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -133,6 +149,7 @@ def base():
             proc.kill()
             proc.wait()
         log.close()
+        SERVER_LOG = None
         shutil.rmtree(tmp, ignore_errors=True)
 
 
