@@ -11,7 +11,7 @@ use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Email, Password};
-use crate::store::{NewUser, Rotation, Store, StoreError, User};
+use crate::store::{Ended, NewUser, Rotation, SessionInfo, Store, StoreError, User};
 
 /// Why an account operation failed; each maps to a Supabase error code.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,10 @@ pub enum AccountError {
     /// A rotated refresh token came back after the reuse interval: the session is revoked.
     #[error("Invalid Refresh Token: Already Used")]
     RefreshAlreadyUsed,
+    /// The session passed `session_max_seconds` or `session_inactivity_seconds`; it was
+    /// ended (its id, so caches can forget it).
+    #[error("Invalid Refresh Token: Session Expired")]
+    SessionExpired(String),
     /// The session named by the token no longer exists.
     #[error("Session from session_id claim in JWT does not exist")]
     SessionNotFound,
@@ -91,8 +95,25 @@ pub struct IssuedSession {
 pub enum SignUp {
     /// Confirmed at once: a session.
     Session(Box<IssuedSession>),
-    /// Waiting for confirmation: the user only.
-    Unconfirmed(User),
+    /// Waiting for confirmation: the user, and the hash of the password this sign-up gave,
+    /// which only this sign-up's confirmation link sets.
+    Unconfirmed {
+        /// The new user.
+        user: User,
+        /// argon2 hash of the password given with this sign-up.
+        password_hash: String,
+    },
+    /// The address already has an account (confirmation on): nothing was created. An
+    /// unconfirmed account gets this sign-up's own confirmation link; the answer must look
+    /// like a fresh sign-up's.
+    Existing {
+        /// The account that has the address.
+        user: User,
+        /// argon2 hash of the password given with this sign-up.
+        password_hash: String,
+        /// The metadata this sign-up gave (echoed in the look-alike answer).
+        metadata: Value,
+    },
 }
 
 /// Account operations over the store, the hasher and the signing keys.
@@ -148,23 +169,42 @@ impl Accounts {
             }
         };
         let hash = self.hasher.hash(&password).await?;
-        let user = self
+        let created = self
             .store
             .create_user(NewUser {
                 id: uuid::Uuid::new_v4().to_string(),
                 email: email.as_str().to_string(),
-                password_hash: hash,
+                password_hash: hash.clone(),
                 confirmed: self.config.autoconfirm,
-                user_metadata: metadata,
+                user_metadata: metadata.clone(),
                 now: self.clock.now_ms(),
             })
-            .await?;
+            .await;
+        let user = match created {
+            Ok(user) => user,
+            Err(StoreError::Conflict(_)) if !self.config.autoconfirm => {
+                let user = self
+                    .store
+                    .user_by_email(email.as_str())
+                    .await?
+                    .ok_or(AccountError::UserExists)?;
+                return Ok(SignUp::Existing {
+                    user,
+                    password_hash: hash,
+                    metadata,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         if user.email_confirmed_at.is_some() {
             Ok(SignUp::Session(Box::new(
                 self.start_session(user, "password").await?,
             )))
         } else {
-            Ok(SignUp::Unconfirmed(user))
+            Ok(SignUp::Unconfirmed {
+                user,
+                password_hash: hash,
+            })
         }
     }
 
@@ -276,6 +316,14 @@ impl Accounts {
             .await?
             .ok_or(AccountError::RefreshNotFound)?;
         let now = self.clock.now_ms();
+        match self.store.session_info(&row.session_id).await? {
+            Some(s) if self.within_bounds(&s, now) => {}
+            Some(_) => {
+                self.store.delete_session(&row.session_id).await?;
+                return Err(AccountError::SessionExpired(row.session_id));
+            }
+            None => return Err(AccountError::RefreshNotFound),
+        }
         let successor = match row.revoked_at {
             None => {
                 let child = tokens::random_token(REFRESH_TOKEN_BYTES);
@@ -332,10 +380,19 @@ impl Accounts {
         }
     }
 
-    /// The user behind a verified access token, if its session still exists.
+    /// Whether a token session is still within `session_max_seconds` of its start and
+    /// `session_inactivity_seconds` of its last refresh, at `now` (unix ms).
+    pub fn within_bounds(&self, s: &SessionInfo, now: i64) -> bool {
+        let over = |bound: Option<i64>, since: i64| bound.is_some_and(|b| now - since >= b * 1000);
+        !over(self.config.session_max_seconds, s.created_at)
+            && !over(self.config.session_inactivity_seconds, s.refreshed_at)
+    }
+
+    /// The user behind a verified access token, if its session still exists (and is within
+    /// the session bounds).
     pub async fn session_user(&self, claims: &Claims) -> Result<User, AccountError> {
-        match self.store.session_user(&claims.session_id).await? {
-            Some(uid) if uid == claims.sub => {}
+        match self.store.session_info(&claims.session_id).await? {
+            Some(s) if s.user_id == claims.sub && self.within_bounds(&s, self.clock.now_ms()) => {}
             _ => return Err(AccountError::SessionNotFound),
         }
         self.store
@@ -367,14 +424,18 @@ impl Accounts {
         }
     }
 
-    /// Changes password and/or metadata.
+    /// Changes password and/or metadata. A new password ends every other session of the
+    /// user: token sessions but `keep` (the one that made the change) and every dashboard
+    /// session; what ended comes back so the caller can tell every instance's caches.
     pub async fn update_user(
         &self,
         user: User,
         password: Option<String>,
         data: Option<Value>,
-    ) -> Result<User, AccountError> {
+        keep: Option<&str>,
+    ) -> Result<(User, Ended), AccountError> {
         let now = self.clock.now_ms();
+        let mut ended = Ended::default();
         if let Some(raw) = password {
             let new = self.new_password(raw)?;
             if self
@@ -385,7 +446,10 @@ impl Accounts {
                 return Err(AccountError::SamePassword);
             }
             let hash = self.hasher.hash(&new).await?;
-            self.store.set_password(&user.id, &hash, now).await?;
+            ended = self
+                .store
+                .set_password_ending_sessions(&user.id, &hash, keep, now)
+                .await?;
         }
         match data {
             None | Some(Value::Null) => {}
@@ -409,10 +473,12 @@ impl Accounts {
                 ))
             }
         }
-        self.store
+        let user = self
+            .store
             .user_by_id(&user.id)
             .await?
-            .ok_or(AccountError::SessionNotFound)
+            .ok_or(AccountError::SessionNotFound)?;
+        Ok((user, ended))
     }
 
     /// Creates a confirmed user (operator CLI).

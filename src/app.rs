@@ -66,7 +66,7 @@ pub struct AppInner {
     /// Email flows: one-time links and codes, and the mail queue.
     pub email: crate::mail::flows::EmailFlows,
     /// Sessions known to exist, so a JWT check needs no storage on a warm cache.
-    live_sessions: moka::future::Cache<String, bool>,
+    live_sessions: moka::future::Cache<String, Option<crate::store::SessionInfo>>,
     /// Access tokens already verified, by SHA-256 of the token.
     verified_tokens: moka::sync::Cache<String, Arc<crate::auth::jwt::Claims>>,
     /// Webhook settings, delivery client and `rate_limit.exceeded` de-duplication.
@@ -311,6 +311,18 @@ impl AppState {
         crate::fanout::publish(self, &inv).await;
     }
 
+    /// Forgets sessions that a change ended (a password change, a confirmed address), here
+    /// and on every other instance.
+    pub async fn end_sessions(&self, ended: crate::store::Ended) {
+        use crate::fanout::Invalidation;
+        for id in ended.sessions {
+            self.invalidate(Invalidation::Session(id)).await;
+        }
+        for hash in ended.web_sessions {
+            self.invalidate(Invalidation::WebSession(hash)).await;
+        }
+    }
+
     /// Forgets cached state on this instance.
     pub async fn apply(&self, inv: &crate::fanout::Invalidation) {
         use crate::fanout::Invalidation;
@@ -415,21 +427,38 @@ impl AppState {
         if claims.exp <= self.clock.now_secs() {
             return Err(expired());
         }
-        let store = self.store.clone();
-        let (sid, sub) = (claims.session_id.clone(), claims.sub.clone());
-        let live = self
-            .live_sessions
-            .try_get_with(claims.session_id.clone(), async move {
-                store
-                    .session_user(&sid)
-                    .await
-                    .map(|owner| owner.as_deref() == Some(sub.as_str()))
-            })
-            .await
-            .map_err(|e| storage_unavailable(&e))?;
-        if !live {
+        // The session's owner and times are cached for SESSION_CACHE_TTL; its bounds are
+        // checked against the clock on every request. A cached entry that looks idle is read
+        // again before the session is refused (it may have been refreshed elsewhere).
+        let now = self.clock.now_ms();
+        let mut fresh = false;
+        loop {
+            let store = self.store.clone();
+            let sid = claims.session_id.clone();
+            let info = self
+                .live_sessions
+                .try_get_with(claims.session_id.clone(), async move {
+                    store.session_info(&sid).await
+                })
+                .await
+                .map_err(|e| storage_unavailable(&e))?;
+            let live = info
+                .as_ref()
+                .is_some_and(|s| s.user_id == claims.sub && self.accounts.within_bounds(s, now));
+            if live {
+                break;
+            }
             self.live_sessions.invalidate(&claims.session_id).await;
-            return Err(ApiError::unauthorized("revoked", "The session has ended."));
+            if info.as_ref().is_none_or(|s| s.user_id != claims.sub) {
+                return Err(ApiError::unauthorized("revoked", "The session has ended."));
+            }
+            if fresh {
+                return Err(ApiError::unauthorized(
+                    "expired",
+                    "The session passed its time limit; sign in again.",
+                ));
+            }
+            fresh = true;
         }
         Ok(Principal::User {
             user_id: claims.sub.clone(),

@@ -75,6 +75,12 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     /// Dashboard session lifetime in seconds.
     pub web_session_seconds: i64,
+    /// Absolute lifetime of a token session from sign-in, in seconds; unset: none.
+    pub session_max_seconds: Option<i64>,
+    /// A token session not refreshed for this many seconds ends; unset: never.
+    pub session_inactivity_seconds: Option<i64>,
+    /// An email change applies only once both the current and the new address confirm it.
+    pub email_change_double_confirm: bool,
     /// Per API key, every window at once (a key's own `rate_limits` replace these).
     pub rate_limit_api_key: Rates,
     /// Per organization, across all its keys (an organization's `rate_limits` replace these).
@@ -176,6 +182,9 @@ impl Default for Config {
             write_behind_seconds: 30,
             password_hash_concurrency: 0,
             web_session_seconds: 7 * 24 * 3600,
+            session_max_seconds: None,
+            session_inactivity_seconds: None,
+            email_change_double_confirm: true,
             rate_limit_api_key: Rates(vec![
                 Rate::new(60, 60),
                 Rate::new(1000, 3600),
@@ -358,6 +367,17 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         if self.jwt_expiry_seconds < 60 {
             anyhow::bail!("jwt_expiry_seconds must be at least 60");
+        }
+        for (name, v) in [
+            ("session_max_seconds", self.session_max_seconds),
+            (
+                "session_inactivity_seconds",
+                self.session_inactivity_seconds,
+            ),
+        ] {
+            if v.is_some_and(|s| s < 60) {
+                anyhow::bail!("{name} must be at least 60 when set");
+            }
         }
         if self.refresh_reuse_interval_seconds < 0 {
             anyhow::bail!("refresh_reuse_interval_seconds must not be negative");

@@ -206,6 +206,7 @@ fn verify_type(raw: Option<&str>) -> Result<VerifyType, GoTrueError> {
 }
 
 async fn open_session(state: &AppState, v: Verified) -> Result<Value, GoTrueError> {
+    state.end_sessions(v.ended).await;
     let s = state.accounts.email_session(v.user, v.kind.amr()).await?;
     Ok(session_json(&s))
 }
@@ -285,6 +286,7 @@ pub(crate) async fn verify_link(
         let vtype = verify_type(q.get("type").map(String::as_str))?;
         let token = q.get("token").map(String::as_str).unwrap_or("");
         let v = state.email.verify_link(token, vtype).await?;
+        state.end_sessions(v.ended).await;
         let s = state.accounts.email_session(v.user, v.kind.amr()).await?;
         Ok::<_, GoTrueError>((s, vtype))
     }
@@ -326,39 +328,39 @@ pub(crate) async fn verify_link(
     }
 }
 
-/// After a sign-up that waits for confirmation: the confirmation mail.
+/// After a sign-up that waits for confirmation: the confirmation mail, whose link sets this
+/// sign-up's password.
 pub(crate) async fn signup_mail(
     state: &AppState,
     user: &mut User,
+    password_hash: String,
     redirect_to: Option<&str>,
 ) -> Result<(), GoTrueError> {
     state.email.address_slot(&user.email).await?;
     state
         .email
-        .send(OtpKind::Signup, user, &user.email.clone(), redirect_to)
+        .send_signup(user, password_hash, redirect_to)
         .await?;
     user.confirmation_sent_at = Some(state.clock.now_ms());
     Ok(())
 }
 
-/// A sign-up with an address that has an account: the same bookkeeping as a fresh one, and
-/// the confirmation mail again when the account is still unconfirmed (as GoTrue does).
+/// A sign-up with an address that has an account: the same bookkeeping as a fresh one. A
+/// still unconfirmed account gets a confirmation mail of this sign-up's own, beside the
+/// earlier ones: whichever link is followed sets the password of its own sign-up, so one
+/// who signed up somebody else's address first never gets to sign in with it.
 pub(crate) async fn signup_again(
     state: &AppState,
-    email: &str,
+    user: &User,
+    password_hash: String,
     redirect_to: Option<&str>,
 ) -> Result<(), GoTrueError> {
-    let Ok(email) = Email::parse(email) else {
-        return Ok(());
-    };
-    state.email.address_slot(email.as_str()).await?;
-    if let Some(user) = state.email.user(email.as_str()).await? {
-        if user.email_confirmed_at.is_none() {
-            state
-                .email
-                .send(OtpKind::Signup, &user, &user.email, redirect_to)
-                .await?;
-        }
+    state.email.address_slot(&user.email).await?;
+    if user.email_confirmed_at.is_none() {
+        state
+            .email
+            .send_signup(user, password_hash, redirect_to)
+            .await?;
     }
     Ok(())
 }

@@ -137,38 +137,41 @@ pub(crate) async fn signup(
     let password = body
         .password
         .ok_or_else(|| GoTrueError::validation("Signup requires a valid password"))?;
-    match state.accounts.sign_up(&email, password, body.data).await {
-        Ok(SignUp::Session(s)) => Ok(Json(session_json(&s)).into_response()),
-        Ok(SignUp::Unconfirmed(mut u)) => {
-            let redirect_to = q.get("redirect_to").map(String::as_str);
-            crate::http::auth_email::signup_mail(&state, &mut u, redirect_to).await?;
-            Ok(Json(user_json(&u)).into_response())
+    let redirect_to = q.get("redirect_to").map(String::as_str);
+    match state.accounts.sign_up(&email, password, body.data).await? {
+        SignUp::Session(s) => Ok(Json(session_json(&s)).into_response()),
+        SignUp::Unconfirmed {
+            mut user,
+            password_hash,
+        } => {
+            crate::http::auth_email::signup_mail(&state, &mut user, password_hash, redirect_to)
+                .await?;
+            Ok(Json(user_json(&user)).into_response())
         }
-        Err(crate::accounts::AccountError::UserExists) if !state.config.autoconfirm => {
-            let redirect_to = q.get("redirect_to").map(String::as_str);
-            crate::http::auth_email::signup_again(&state, &email, redirect_to).await?;
-            // As GoTrue does when confirmation is on: answer like a fresh sign-up, so the
-            // route does not reveal who has an account.
+        SignUp::Existing {
+            user,
+            password_hash,
+            metadata,
+        } => {
+            crate::http::auth_email::signup_again(&state, &user, password_hash, redirect_to)
+                .await?;
+            // Answer exactly as a fresh sign-up does (as GoTrue does with confirmation on,
+            // but with the identity too), so the route does not reveal who has an account.
             let now = state.clock.now_ms();
-            let fake = User {
+            let look_alike = User {
                 id: uuid::Uuid::new_v4().to_string(),
-                email: crate::domain::Email::parse(&email)
-                    .map(|e| e.as_str().to_string())
-                    .unwrap_or(email),
+                email: user.email,
                 password_hash: None,
                 email_confirmed_at: None,
                 confirmation_sent_at: Some(now),
                 last_sign_in_at: None,
-                user_metadata: json!({}),
+                user_metadata: metadata,
                 app_metadata: json!({"provider": "email", "providers": ["email"]}),
                 created_at: now,
                 updated_at: now,
             };
-            let mut body = user_json(&fake);
-            body["identities"] = json!([]);
-            Ok(Json(body).into_response())
+            Ok(Json(user_json(&look_alike)).into_response())
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -224,7 +227,16 @@ pub(crate) async fn token(
                         "refresh_token required",
                     )
                 })?;
-            let s = state.accounts.refresh(&rt).await?;
+            let s = match state.accounts.refresh(&rt).await {
+                Ok(s) => s,
+                Err(crate::accounts::AccountError::SessionExpired(id)) => {
+                    state
+                        .invalidate(crate::fanout::Invalidation::Session(id.clone()))
+                        .await;
+                    return Err(crate::accounts::AccountError::SessionExpired(id).into());
+                }
+                Err(e) => return Err(e.into()),
+            };
             Ok(Json(session_json(&s)).into_response())
         }
         Some(_) | None => Err(GoTrueError::new(
@@ -304,10 +316,11 @@ pub(crate) async fn update_user(
             );
         }
     }
-    let user = state
+    let (user, ended) = state
         .accounts
-        .update_user(user, body.password, body.data)
+        .update_user(user, body.password, body.data, Some(&claims.session_id))
         .await?;
+    state.end_sessions(ended).await;
     let mut out = user_json(&user);
     if let Some(new) = new_email {
         out["new_email"] = json!(new);

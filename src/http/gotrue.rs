@@ -99,6 +99,7 @@ impl From<AccountError> for GoTrueError {
                 (StatusCode::BAD_REQUEST, "refresh_token_already_used")
             }
             AccountError::SessionNotFound => (StatusCode::FORBIDDEN, "session_not_found"),
+            AccountError::SessionExpired(_) => (StatusCode::BAD_REQUEST, "session_expired"),
             AccountError::Validation(_) => (StatusCode::BAD_REQUEST, "validation_failed"),
             AccountError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
             AccountError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "unexpected_failure"),

@@ -82,7 +82,13 @@ pub async fn sign_in(
         .map_err(account_error)?;
     let secret = tokens::random_token(32);
     let now = state.clock.now_ms();
-    let ttl = state.config.web_session_seconds;
+    // A dashboard session is bounded by session_max_seconds too.
+    let ttl = state
+        .config
+        .session_max_seconds
+        .map_or(state.config.web_session_seconds, |max| {
+            max.min(state.config.web_session_seconds)
+        });
     state
         .store
         .create_web_session(

@@ -7,7 +7,7 @@ use rand::Rng;
 use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::{NewMail, OtpRow, Store, StoreError, User};
+use crate::store::{Ended, NewMail, OtpRow, Store, StoreError, User};
 
 use super::templates::MailContext;
 use super::Mailer;
@@ -168,6 +168,8 @@ pub struct Verified {
     pub user: User,
     /// What the token was for.
     pub kind: OtpKind,
+    /// Sessions the verification ended (confirming an address ends those that came before).
+    pub ended: Ended,
 }
 
 impl EmailFlows {
@@ -203,6 +205,35 @@ impl EmailFlows {
         to: &str,
         redirect_to: Option<&str>,
     ) -> Result<(), FlowError> {
+        self.issue(kind, user, to, redirect_to, None).await
+    }
+
+    /// The confirmation mail of one sign-up. Its link carries that sign-up's password (its
+    /// argon2 hash): following it confirms the address with this password, and no other.
+    pub async fn send_signup(
+        &self,
+        user: &User,
+        password_hash: String,
+        redirect_to: Option<&str>,
+    ) -> Result<(), FlowError> {
+        self.issue(
+            OtpKind::Signup,
+            user,
+            &user.email,
+            redirect_to,
+            Some(password_hash),
+        )
+        .await
+    }
+
+    async fn issue(
+        &self,
+        kind: OtpKind,
+        user: &User,
+        to: &str,
+        redirect_to: Option<&str>,
+        password_hash: Option<String>,
+    ) -> Result<(), FlowError> {
         let link_token = tokens::random_token(LINK_TOKEN_BYTES);
         let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
         let id = uuid::Uuid::new_v4().to_string();
@@ -225,6 +256,7 @@ impl EmailFlows {
             site_url: self.config.site().to_string(),
             redirect_to: redirect,
             expires_in_minutes: self.config.otp_expiry_seconds / 60,
+            requested_at: crate::clock::rfc3339(now),
         };
         let rendered = self
             .mailer
@@ -242,6 +274,7 @@ impl EmailFlows {
             email: to.to_string(),
             token_hash: tokens::sha256_hex(&link_token),
             expires_at: now + self.config.otp_expiry_seconds * 1000,
+            password_hash,
         };
         let mail = NewMail {
             recipient: to.to_string(),
@@ -323,6 +356,7 @@ impl EmailFlows {
         if !self.store.consume_otp(&row.id).await? {
             return Err(FlowError::Invalid);
         }
+        let mut ended = Ended::default();
         match kind {
             OtpKind::EmailChange => {
                 match self.store.change_email(&row.user_id, &row.email, now).await {
@@ -332,13 +366,19 @@ impl EmailFlows {
                     Err(e) => return Err(e.into()),
                 }
             }
-            // Following any emailed link proves the address. The sign-up link also vouches
-            // for the password given with the sign-up; a magic link or a recovery does not,
-            // so a password someone set on an unconfirmed account before its owner signed in
-            // this way is dropped (else a squatter who signed up first could sign in later).
-            OtpKind::Signup => self.store.confirm_email(&row.user_id, now, false).await?,
+            // Following any emailed link proves the address. A sign-up's link also vouches
+            // for the password given with that sign-up, and only that one: when somebody else
+            // signed up the same address first, their password never signs in. A magic link
+            // or a recovery vouches for no password, so one set on the unconfirmed account is
+            // dropped (else a squatter who signed up first could sign in later).
+            OtpKind::Signup => {
+                ended = self
+                    .store
+                    .confirm_email(&row.user_id, row.password_hash.as_deref(), now)
+                    .await?
+            }
             OtpKind::MagicLink | OtpKind::Recovery => {
-                self.store.confirm_email(&row.user_id, now, true).await?
+                ended = self.store.confirm_email(&row.user_id, None, now).await?
             }
         }
         let user = self
@@ -346,7 +386,7 @@ impl EmailFlows {
             .user_by_id(&row.user_id)
             .await?
             .ok_or(FlowError::Invalid)?;
-        Ok(Verified { user, kind })
+        Ok(Verified { user, kind, ended })
     }
 
     /// The user with this (normalised) address, if any.

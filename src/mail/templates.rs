@@ -49,6 +49,8 @@ pub struct MailContext {
     pub redirect_to: String,
     /// Minutes until the link and code expire.
     pub expires_in_minutes: i64,
+    /// When the request that sent this mail was made (RFC 3339, UTC).
+    pub requested_at: String,
 }
 
 /// A rendered mail.
@@ -103,6 +105,7 @@ impl Templates {
             site_url: "https://example.com".into(),
             redirect_to: "https://example.com".into(),
             expires_in_minutes: 60,
+            requested_at: "2026-01-02T03:04:05Z".into(),
         };
         for name in NAMES {
             t.render(name, &sample)
@@ -145,6 +148,7 @@ mod tests {
             site_url: "https://example.com".into(),
             redirect_to: "https://example.com".into(),
             expires_in_minutes: 60,
+            requested_at: "2026-01-02T03:04:05Z".into(),
         }
     }
 

@@ -25,7 +25,7 @@ pub use engine::Engine;
 pub use mail::QueuedMail;
 pub use orgs::{Member, Org, Role};
 pub use otp::{NewMail, OtpRow};
-pub use sessions::{RefreshRow, Rotation};
+pub use sessions::{Ended, RefreshRow, Rotation, SessionInfo};
 pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};
 pub use users::{NewUser, User};
 pub use webhook_deliveries::{AttemptResult, ClaimedDelivery, WebhookAttempt};

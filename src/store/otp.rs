@@ -3,7 +3,8 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{Store, StoreError, StoreResult, User};
+use super::sessions::end_sessions_in;
+use super::{Ended, Store, StoreError, StoreResult, User};
 
 /// A live one-time token (hashes only).
 #[derive(Clone, Debug)]
@@ -22,7 +23,12 @@ pub struct OtpRow {
     pub code_hash: String,
     /// Unix ms after which it is refused.
     pub expires_at: i64,
+    /// A sign-up's argon2 hash of the password given with it, set when its link is followed.
+    pub password_hash: Option<String>,
 }
+
+/// Live sign-up tokens kept per user; older ones are dropped when another sign-up comes.
+const SIGNUP_TOKENS_KEPT: i64 = 5;
 
 /// A mail to queue with its token.
 pub struct NewMail {
@@ -45,23 +51,39 @@ fn otp_from_row(r: &AnyRow) -> StoreResult<OtpRow> {
         token_hash: r.try_get("token_hash")?,
         code_hash: r.try_get("code_hash")?,
         expires_at: r.try_get("expires_at")?,
+        password_hash: r.try_get("password_hash")?,
     })
 }
 
-const OTP_COLUMNS: &str = "id, user_id, kind, email, token_hash, code_hash, expires_at";
+const OTP_COLUMNS: &str =
+    "id, user_id, kind, email, token_hash, code_hash, expires_at, password_hash";
 
 impl Store {
     /// Replaces the user's token of this kind and queues its mail, in one transaction.
+    /// Sign-up tokens are not replaced: each sign-up keeps its own link (and password) until
+    /// one of them is followed, up to the newest [`SIGNUP_TOKENS_KEPT`].
     pub async fn issue_otp(&self, otp: &OtpRow, mail: &NewMail, now: i64) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND kind = $2")
+        if otp.kind == "signup" {
+            sqlx::query(
+                "DELETE FROM one_time_tokens WHERE user_id = $1 AND kind = 'signup' AND id NOT IN \
+                 (SELECT id FROM one_time_tokens WHERE user_id = $1 AND kind = 'signup' \
+                  ORDER BY created_at DESC, id DESC LIMIT $2)",
+            )
             .bind(&otp.user_id)
-            .bind(&otp.kind)
+            .bind(SIGNUP_TOKENS_KEPT - 1)
             .execute(&mut *tx)
             .await?;
+        } else {
+            sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND kind = $2")
+                .bind(&otp.user_id)
+                .bind(&otp.kind)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
-            "INSERT INTO one_time_tokens (id, user_id, kind, email, token_hash, code_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO one_time_tokens (id, user_id, kind, email, token_hash, code_hash, created_at, expires_at, password_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&otp.id)
         .bind(&otp.user_id)
@@ -71,6 +93,7 @@ impl Store {
         .bind(&otp.code_hash)
         .bind(now)
         .bind(otp.expires_at)
+        .bind(&otp.password_hash)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -86,11 +109,18 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if otp.kind == "signup" {
-            sqlx::query("UPDATE users SET confirmation_sent_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(&otp.user_id)
-                .execute(&mut *tx)
-                .await?;
+            // The newest sign-up's password answers `email_not_confirmed` at sign-in until
+            // one of the links is followed (an unconfirmed account never signs in).
+            sqlx::query(
+                "UPDATE users SET confirmation_sent_at = $1, \
+                   password_hash = COALESCE($3, password_hash) \
+                 WHERE id = $2 AND email_confirmed_at IS NULL",
+            )
+            .bind(now)
+            .bind(&otp.user_id)
+            .bind(&otp.password_hash)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -153,26 +183,39 @@ impl Store {
         Ok(())
     }
 
-    /// Confirms the user's email (a no-op when it already is). With `forget_password`, a
-    /// password set while the address was unconfirmed is dropped: whoever chose it never
-    /// proved they own the address.
+    /// Confirms the user's address through a link or code sent to it (a no-op when it
+    /// already is confirmed). `password_hash` is what the confirming link vouches for: the
+    /// password given with that sign-up, or `None` for a magic link or a recovery, which
+    /// vouch for no password, so one set while the address was unconfirmed is dropped
+    /// (whoever chose it never proved they own the address). When this confirms the address,
+    /// every pending link of the user and every session that existed before end with it.
     pub async fn confirm_email(
         &self,
         user_id: &str,
+        password_hash: Option<&str>,
         now: i64,
-        forget_password: bool,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE users SET \
-               password_hash = CASE WHEN $3 AND email_confirmed_at IS NULL THEN NULL ELSE password_hash END, \
-               email_confirmed_at = COALESCE(email_confirmed_at, $1), updated_at = $1 WHERE id = $2",
+    ) -> StoreResult<Ended> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE users SET password_hash = $1, email_confirmed_at = $2, updated_at = $2 \
+             WHERE id = $3 AND email_confirmed_at IS NULL",
         )
+        .bind(password_hash)
         .bind(now)
         .bind(user_id)
-        .bind(forget_password)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        if r.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Ended::default());
+        }
+        sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let ended = end_sessions_in(&mut tx, user_id, None).await?;
+        tx.commit().await?;
+        Ok(ended)
     }
 
     /// Moves the user to a verified new address; `Conflict` when another user has it.

@@ -17,6 +17,49 @@ pub struct RefreshRow {
     pub successor_sealed: Option<String>,
 }
 
+/// Sessions that a change ended: their caches must forget them on every instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ended {
+    /// Token sessions, by id.
+    pub sessions: Vec<String>,
+    /// Dashboard sessions, by the SHA-256 of their cookie.
+    pub web_sessions: Vec<String>,
+}
+
+/// A token session's owner and its two times, for the session bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The user.
+    pub user_id: String,
+    /// Unix ms when it began (sign-in).
+    pub created_at: i64,
+    /// Unix ms of its last refresh (or its start).
+    pub refreshed_at: i64,
+}
+
+/// Ends every token session of `user_id` but `keep`, and every dashboard session, inside `tx`.
+pub(crate) async fn end_sessions_in(
+    tx: &mut sqlx::AnyConnection,
+    user_id: &str,
+    keep: Option<&str>,
+) -> StoreResult<Ended> {
+    let sessions: Vec<(String,)> =
+        sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
+            .bind(user_id)
+            .bind(keep.unwrap_or(""))
+            .fetch_all(&mut *tx)
+            .await?;
+    let web: Vec<(String,)> =
+        sqlx::query_as("DELETE FROM web_sessions WHERE user_id = $1 RETURNING id_hash")
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(Ended {
+        sessions: sessions.into_iter().map(|r| r.0).collect(),
+        web_sessions: web.into_iter().map(|r| r.0).collect(),
+    })
+}
+
 /// The outcome of trying to rotate a refresh token.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotation {
@@ -126,13 +169,42 @@ impl Store {
         Ok(Rotation::Rotated)
     }
 
-    /// Whether a session exists, and whose it is.
-    pub async fn session_user(&self, session_id: &str) -> StoreResult<Option<String>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT user_id FROM sessions WHERE id = $1")
-            .bind(session_id)
-            .fetch_optional(&self.pool)
+    /// Whether a session exists: whose it is, when it began and when it was last refreshed.
+    pub async fn session_info(&self, session_id: &str) -> StoreResult<Option<SessionInfo>> {
+        let row: Option<(String, i64, i64)> =
+            sqlx::query_as("SELECT user_id, created_at, updated_at FROM sessions WHERE id = $1")
+                .bind(session_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(user_id, created_at, refreshed_at)| SessionInfo {
+            user_id,
+            created_at,
+            refreshed_at,
+        }))
+    }
+
+    /// Replaces the password and ends every other session of the user (token sessions but
+    /// `keep`, and all dashboard sessions), in one transaction.
+    pub async fn set_password_ending_sessions(
+        &self,
+        user_id: &str,
+        hash: &str,
+        keep: Option<&str>,
+        now: i64,
+    ) -> StoreResult<Ended> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash)
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *tx)
             .await?;
-        Ok(row.map(|r| r.0))
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let ended = end_sessions_in(&mut tx, user_id, keep).await?;
+        tx.commit().await?;
+        Ok(ended)
     }
 
     /// Ends one session (its refresh tokens go with it).

@@ -123,20 +123,6 @@ impl Store {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    /// Replaces the password hash.
-    pub async fn set_password(&self, user_id: &str, hash: &str, now: i64) -> StoreResult<()> {
-        let r = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
-            .bind(hash)
-            .bind(now)
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
-    }
-
     /// Replaces the user metadata.
     pub async fn set_user_metadata(
         &self,

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod account_safety;
 mod api_keys;
 mod auth_v1;
 mod bad_input;
