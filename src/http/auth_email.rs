@@ -19,7 +19,7 @@ use crate::domain::Email;
 use crate::http::auth_v1::{limited, session_json};
 use crate::http::extract::ClientIp;
 use crate::http::gotrue::{GoTrueError, GoTrueJson};
-use crate::mail::flows::{FlowError, OtpKind, Verified, VerifyType};
+use crate::mail::flows::{FlowError, OtpKind, Verified, VerifyType, ONE_SIDE_CONFIRMED};
 use crate::store::User;
 
 /// Routes behind the `apikey` gate.
@@ -207,6 +207,10 @@ fn verify_type(raw: Option<&str>) -> Result<VerifyType, GoTrueError> {
 
 async fn open_session(state: &AppState, v: Verified) -> Result<Value, GoTrueError> {
     state.end_sessions(v.ended).await;
+    if v.pending {
+        // GoTrue's answer to the first of an email change's two links: no session yet.
+        return Ok(json!({ "msg": ONE_SIDE_CONFIRMED, "code": 200 }));
+    }
     let s = state.accounts.email_session(v.user, v.kind.amr()).await?;
     Ok(session_json(&s))
 }
@@ -287,12 +291,16 @@ pub(crate) async fn verify_link(
         let token = q.get("token").map(String::as_str).unwrap_or("");
         let v = state.email.verify_link(token, vtype).await?;
         state.end_sessions(v.ended).await;
+        if v.pending {
+            return Ok(None);
+        }
         let s = state.accounts.email_session(v.user, v.kind.amr()).await?;
-        Ok::<_, GoTrueError>((s, vtype))
+        Ok::<_, GoTrueError>(Some((s, vtype)))
     }
     .await;
     match outcome {
-        Ok((s, vtype)) => see_other(
+        Ok(None) => see_other(&target, &[("message", ONE_SIDE_CONFIRMED.to_string())]),
+        Ok(Some((s, vtype))) => see_other(
             &target,
             &[
                 ("access_token", s.access_token.clone()),
@@ -365,8 +373,10 @@ pub(crate) async fn signup_again(
     Ok(())
 }
 
-/// `PUT /user {email}`: a confirmation mail to the new address; the change applies when its
-/// token is verified (type `email_change`). Returns the normalised new address.
+/// `PUT /user {email}`: confirmation mails to the new address and (with
+/// `email_change_double_confirm`) the current one; the change applies once each has followed
+/// its link (type `email_change`). The answer is the same when the new address belongs to
+/// another account (whose owner gets a notice instead). Returns the normalised new address.
 pub(crate) async fn email_change(
     state: &AppState,
     ip: &ClientIp,
@@ -376,13 +386,10 @@ pub(crate) async fn email_change(
 ) -> Result<String, GoTrueError> {
     limited(state, Policy::MagicLink, ip).await?;
     let new = parse_address(Some(new))?;
-    if state.email.user(new.as_str()).await?.is_some() {
-        return Err(FlowError::EmailExists.into());
-    }
     state.email.address_slot(new.as_str()).await?;
     state
         .email
-        .send(OtpKind::EmailChange, user, new.as_str(), redirect_to)
+        .request_email_change(user, new.as_str(), redirect_to)
         .await?;
     Ok(new.as_str().to_string())
 }

@@ -7,7 +7,7 @@ use rand::Rng;
 use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::{Ended, NewMail, OtpRow, Store, StoreError, User};
+use crate::store::{EmailChangeStep, Ended, NewMail, OtpRow, Store, StoreError, User};
 
 use super::templates::MailContext;
 use super::Mailer;
@@ -26,8 +26,10 @@ pub enum OtpKind {
     MagicLink,
     /// Password recovery.
     Recovery,
-    /// Move the account to a new address.
+    /// Move the account to a new address: the link sent to the new address.
     EmailChange,
+    /// The link of an email change sent to the current address.
+    EmailChangeCurrent,
 }
 
 impl OtpKind {
@@ -38,6 +40,7 @@ impl OtpKind {
             OtpKind::MagicLink => "magiclink",
             OtpKind::Recovery => "recovery",
             OtpKind::EmailChange => "email_change",
+            OtpKind::EmailChangeCurrent => "email_change_current",
         }
     }
 
@@ -47,6 +50,7 @@ impl OtpKind {
             "magiclink" => OtpKind::MagicLink,
             "recovery" => OtpKind::Recovery,
             "email_change" => OtpKind::EmailChange,
+            "email_change_current" => OtpKind::EmailChangeCurrent,
             _ => return None,
         })
     }
@@ -57,6 +61,17 @@ impl OtpKind {
             OtpKind::MagicLink => "magic_link",
             OtpKind::Recovery => "recovery",
             OtpKind::EmailChange => "email_change",
+            OtpKind::EmailChangeCurrent => "email_change_current",
+        }
+    }
+
+    /// The `type` its link and code are verified with.
+    pub fn verify_type(self) -> VerifyType {
+        match self {
+            OtpKind::Signup => VerifyType::Signup,
+            OtpKind::MagicLink => VerifyType::MagicLink,
+            OtpKind::Recovery => VerifyType::Recovery,
+            OtpKind::EmailChange | OtpKind::EmailChangeCurrent => VerifyType::EmailChange,
         }
     }
 
@@ -64,7 +79,7 @@ impl OtpKind {
     pub fn amr(self) -> &'static str {
         match self {
             OtpKind::Recovery => "recovery",
-            OtpKind::EmailChange => "email_change",
+            OtpKind::EmailChange | OtpKind::EmailChangeCurrent => "email_change",
             OtpKind::Signup | OtpKind::MagicLink => "otp",
         }
     }
@@ -115,7 +130,9 @@ impl VerifyType {
                 matches!(kind, OtpKind::Signup | OtpKind::MagicLink)
             }
             VerifyType::Recovery => kind == OtpKind::Recovery,
-            VerifyType::EmailChange => kind == OtpKind::EmailChange,
+            VerifyType::EmailChange => {
+                matches!(kind, OtpKind::EmailChange | OtpKind::EmailChangeCurrent)
+            }
         }
     }
 }
@@ -170,7 +187,14 @@ pub struct Verified {
     pub kind: OtpKind,
     /// Sessions the verification ended (confirming an address ends those that came before).
     pub ended: Ended,
+    /// One side of an email change confirmed it; the other side's link is still to come
+    /// (no session is opened).
+    pub pending: bool,
 }
+
+/// GoTrue's answer when one of the two links of an email change was followed.
+pub const ONE_SIDE_CONFIRMED: &str =
+    "Confirmation link accepted. Please proceed to confirm link sent to the other email";
 
 impl EmailFlows {
     /// The flows.
@@ -205,7 +229,7 @@ impl EmailFlows {
         to: &str,
         redirect_to: Option<&str>,
     ) -> Result<(), FlowError> {
-        self.issue(kind, user, to, redirect_to, None).await
+        self.issue(kind, user, to, redirect_to, None, None).await
     }
 
     /// The confirmation mail of one sign-up. Its link carries that sign-up's password (its
@@ -222,10 +246,12 @@ impl EmailFlows {
             &user.email,
             redirect_to,
             Some(password_hash),
+            None,
         )
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
         kind: OtpKind,
@@ -233,6 +259,7 @@ impl EmailFlows {
         to: &str,
         redirect_to: Option<&str>,
         password_hash: Option<String>,
+        new_email: Option<&str>,
     ) -> Result<(), FlowError> {
         let link_token = tokens::random_token(LINK_TOKEN_BYTES);
         let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
@@ -244,7 +271,7 @@ impl EmailFlows {
             "{}/auth/v1/verify?token={}&type={}&redirect_to={}",
             self.config.public_base(),
             link_token,
-            kind.name(),
+            kind.verify_type().name(),
             enc(&redirect)
         );
         let ctx = MailContext {
@@ -252,7 +279,11 @@ impl EmailFlows {
             token: code.clone(),
             token_hash: link_token.clone(),
             email: user.email.clone(),
-            new_email: (kind == OtpKind::EmailChange).then(|| to.to_string()),
+            new_email: match kind {
+                OtpKind::EmailChange => Some(to.to_string()),
+                OtpKind::EmailChangeCurrent => new_email.map(str::to_string),
+                _ => None,
+            },
             site_url: self.config.site().to_string(),
             redirect_to: redirect,
             expires_in_minutes: self.config.otp_expiry_seconds / 60,
@@ -283,6 +314,81 @@ impl EmailFlows {
             html: rendered.html,
         };
         self.store.issue_otp(&otp, &mail, now).await?;
+        self.mailer.wake();
+        Ok(())
+    }
+
+    /// `PUT /user {email}`: starts a change to `new` (replacing any pending one). The new
+    /// address gets its confirmation link, or, when another account has it, a notice instead
+    /// (the caller's answer is the same, so the route reveals no account). The current
+    /// address gets its own confirmation link when both must confirm
+    /// (`email_change_double_confirm`), else a notice that the change was asked for.
+    pub async fn request_email_change(
+        &self,
+        user: &User,
+        new: &str,
+        redirect_to: Option<&str>,
+    ) -> Result<(), FlowError> {
+        let taken = self.store.user_by_email(new).await?.is_some();
+        let now = self.clock.now_ms();
+        self.store.begin_email_change(&user.id, new, now).await?;
+        if taken {
+            self.notice("email_in_use", new, &user.email, new).await?;
+        } else {
+            self.issue(OtpKind::EmailChange, user, new, redirect_to, None, None)
+                .await?;
+        }
+        if self.config.email_change_double_confirm {
+            self.issue(
+                OtpKind::EmailChangeCurrent,
+                user,
+                &user.email,
+                redirect_to,
+                None,
+                Some(new),
+            )
+            .await
+        } else {
+            self.notice("email_change_notice", &user.email, &user.email, new)
+                .await
+        }
+    }
+
+    /// Queues a mail without a link or code (`template` names it).
+    async fn notice(
+        &self,
+        template: &str,
+        to: &str,
+        email: &str,
+        new_email: &str,
+    ) -> Result<(), FlowError> {
+        let now = self.clock.now_ms();
+        let ctx = MailContext {
+            confirmation_url: String::new(),
+            token: String::new(),
+            token_hash: String::new(),
+            email: email.to_string(),
+            new_email: Some(new_email.to_string()),
+            site_url: self.config.site().to_string(),
+            redirect_to: self.config.site().to_string(),
+            expires_in_minutes: self.config.otp_expiry_seconds / 60,
+            requested_at: crate::clock::rfc3339(now),
+        };
+        let rendered = self
+            .mailer
+            .templates()
+            .render(template, &ctx)
+            .map_err(|e| {
+                tracing::error!(error = %e, "a mail template failed to render");
+                FlowError::Internal
+            })?;
+        let mail = NewMail {
+            recipient: to.to_string(),
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+        };
+        self.store.queue_mail(&mail, now).await?;
         self.mailer.wake();
         Ok(())
     }
@@ -357,10 +463,26 @@ impl EmailFlows {
             return Err(FlowError::Invalid);
         }
         let mut ended = Ended::default();
+        let mut pending = false;
         match kind {
-            OtpKind::EmailChange => {
-                match self.store.change_email(&row.user_id, &row.email, now).await {
-                    Ok(()) => {}
+            OtpKind::EmailChange | OtpKind::EmailChangeCurrent => {
+                // 1: the new address confirmed; 2: the current one did.
+                let (side, checked) = match kind {
+                    OtpKind::EmailChange => (1, Some(row.email.as_str())),
+                    _ => (2, None),
+                };
+                let required = if self.config.email_change_double_confirm {
+                    3
+                } else {
+                    1
+                };
+                match self
+                    .store
+                    .confirm_email_change(&row.user_id, side, checked, required, now)
+                    .await
+                {
+                    Ok(EmailChangeStep::Applied) => {}
+                    Ok(EmailChangeStep::Pending) => pending = true,
                     Err(StoreError::Conflict(_)) => return Err(FlowError::EmailExists),
                     Err(StoreError::NotFound) => return Err(FlowError::Invalid),
                     Err(e) => return Err(e.into()),
@@ -386,7 +508,12 @@ impl EmailFlows {
             .user_by_id(&row.user_id)
             .await?
             .ok_or(FlowError::Invalid)?;
-        Ok(Verified { user, kind, ended })
+        Ok(Verified {
+            user,
+            kind,
+            ended,
+            pending,
+        })
     }
 
     /// The user with this (normalised) address, if any.

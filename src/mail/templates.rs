@@ -8,7 +8,15 @@ use minijinja::Environment;
 use serde::Serialize;
 
 /// The templates, each as `NAME.subject`, `NAME.txt` and `NAME.html`.
-pub const NAMES: [&str; 4] = ["confirmation", "magic_link", "recovery", "email_change"];
+pub const NAMES: [&str; 7] = [
+    "confirmation",
+    "magic_link",
+    "recovery",
+    "email_change",
+    "email_change_current",
+    "email_change_notice",
+    "email_in_use",
+];
 
 const PARTS: [&str; 3] = ["subject", "txt", "html"];
 
@@ -26,6 +34,19 @@ fn builtin(file: &str) -> Option<&'static str> {
         "email_change.subject" => include_str!("../../assets/mail/email_change.subject"),
         "email_change.txt" => include_str!("../../assets/mail/email_change.txt"),
         "email_change.html" => include_str!("../../assets/mail/email_change.html"),
+        "email_change_current.subject" => {
+            include_str!("../../assets/mail/email_change_current.subject")
+        }
+        "email_change_current.txt" => include_str!("../../assets/mail/email_change_current.txt"),
+        "email_change_current.html" => include_str!("../../assets/mail/email_change_current.html"),
+        "email_change_notice.subject" => {
+            include_str!("../../assets/mail/email_change_notice.subject")
+        }
+        "email_change_notice.txt" => include_str!("../../assets/mail/email_change_notice.txt"),
+        "email_change_notice.html" => include_str!("../../assets/mail/email_change_notice.html"),
+        "email_in_use.subject" => include_str!("../../assets/mail/email_in_use.subject"),
+        "email_in_use.txt" => include_str!("../../assets/mail/email_in_use.txt"),
+        "email_in_use.html" => include_str!("../../assets/mail/email_in_use.html"),
         _ => return None,
     })
 }

@@ -24,7 +24,7 @@ pub use audit::{Audit, AuditEntry};
 pub use engine::Engine;
 pub use mail::QueuedMail;
 pub use orgs::{Member, Org, Role};
-pub use otp::{NewMail, OtpRow};
+pub use otp::{EmailChangeStep, NewMail, OtpRow};
 pub use sessions::{Ended, RefreshRow, Rotation, SessionInfo};
 pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};
 pub use users::{NewUser, User};

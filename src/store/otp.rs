@@ -58,7 +58,131 @@ fn otp_from_row(r: &AnyRow) -> StoreResult<OtpRow> {
 const OTP_COLUMNS: &str =
     "id, user_id, kind, email, token_hash, code_hash, expires_at, password_hash";
 
+async fn insert_mail(tx: &mut sqlx::AnyConnection, mail: &NewMail, now: i64) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO mail_outbox (id, recipient, subject, text_body, html_body, next_attempt_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&mail.recipient)
+    .bind(&mail.subject)
+    .bind(&mail.text)
+    .bind(&mail.html)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// What confirming one side of an email change did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EmailChangeStep {
+    /// Every required side has confirmed: the account has the new address.
+    Applied,
+    /// This side is confirmed; the other has yet to be.
+    Pending,
+}
+
 impl Store {
+    /// Queues a mail that carries no token (a notice).
+    pub async fn queue_mail(&self, mail: &NewMail, now: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_mail(&mut tx, mail, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts an email change to `new`: it replaces any pending one (its links die with it)
+    /// and no side has confirmed it yet.
+    pub async fn begin_email_change(&self, user_id: &str, new: &str, now: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE users SET email_change = $1, email_change_confirmed = 0, updated_at = $2 WHERE id = $3",
+        )
+        .bind(new)
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM one_time_tokens WHERE user_id = $1 AND kind IN ('email_change', 'email_change_current')",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that one side of the pending email change confirmed it (`side`: 1 the new
+    /// address, 2 the current one; `to`: the address that side's mail went to, checked for
+    /// the new side). Once every side in `required` has, the account moves to the new address
+    /// (`Conflict` when another account took it meanwhile). `NotFound` when no change is
+    /// pending (or a newer one replaced it).
+    pub async fn confirm_email_change(
+        &self,
+        user_id: &str,
+        side: i64,
+        new_side_address: Option<&str>,
+        required: i64,
+        now: i64,
+    ) -> StoreResult<EmailChangeStep> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(i64,)> = match new_side_address {
+            Some(addr) => {
+                sqlx::query_as(
+                    "UPDATE users SET email_change_confirmed = email_change_confirmed | $1 \
+                     WHERE id = $2 AND email_change = $3 RETURNING email_change_confirmed",
+                )
+                .bind(side)
+                .bind(user_id)
+                .bind(addr)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query_as(
+                    "UPDATE users SET email_change_confirmed = email_change_confirmed | $1 \
+                     WHERE id = $2 AND email_change IS NOT NULL RETURNING email_change_confirmed",
+                )
+                .bind(side)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+        };
+        let Some((confirmed,)) = row else {
+            return Err(StoreError::NotFound);
+        };
+        if confirmed & required != required {
+            tx.commit().await?;
+            return Ok(EmailChangeStep::Pending);
+        }
+        let moved = sqlx::query(
+            "UPDATE users SET email = email_change, email_confirmed_at = $1, email_change = NULL, \
+               email_change_confirmed = 0, updated_at = $1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await;
+        match moved.map_err(StoreError::from) {
+            Ok(_) => {}
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        }
+        sqlx::query(
+            "DELETE FROM one_time_tokens WHERE user_id = $1 AND kind IN ('email_change', 'email_change_current')",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(EmailChangeStep::Applied)
+    }
+
     /// Replaces the user's token of this kind and queues its mail, in one transaction.
     /// Sign-up tokens are not replaced: each sign-up keeps its own link (and password) until
     /// one of them is followed, up to the newest [`SIGNUP_TOKENS_KEPT`].
@@ -96,18 +220,7 @@ impl Store {
         .bind(&otp.password_hash)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO mail_outbox (id, recipient, subject, text_body, html_body, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(&mail.recipient)
-        .bind(&mail.subject)
-        .bind(&mail.text)
-        .bind(&mail.html)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        insert_mail(&mut tx, mail, now).await?;
         if otp.kind == "signup" {
             // The newest sign-up's password answers `email_not_confirmed` at sign-in until
             // one of the links is followed (an unconfirmed account never signs in).
@@ -216,22 +329,6 @@ impl Store {
         let ended = end_sessions_in(&mut tx, user_id, None).await?;
         tx.commit().await?;
         Ok(ended)
-    }
-
-    /// Moves the user to a verified new address; `Conflict` when another user has it.
-    pub async fn change_email(&self, user_id: &str, email: &str, now: i64) -> StoreResult<()> {
-        let r = sqlx::query(
-            "UPDATE users SET email = $1, email_confirmed_at = $2, updated_at = $2 WHERE id = $3",
-        )
-        .bind(email)
-        .bind(now)
-        .bind(user_id)
-        .execute(&self.pool)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
     }
 
     /// Creates an unconfirmed user without a password (a magic-link sign-up); an existing

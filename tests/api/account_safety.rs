@@ -362,3 +362,94 @@ async fn a_session_ends_after_its_lifetime_or_when_idle() {
     )
     .await;
 }
+
+/// `PUT /auth/v1/user {email}` with a fresh session of `email`; (status, body).
+async fn change_email(app: &TestApp, email: &str, password: &str, new: &str) -> (u16, Value) {
+    let (access, _) = session(app, email, password).await;
+    parts(
+        app.auth(Method::PUT, "/user")
+            .bearer_auth(&access)
+            .json(&json!({"email": new}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_change_to_a_taken_address_answers_like_a_free_one_and_tells_its_owner() {
+    on_both(
+        |_| {},
+        |app, sink, _clock| async move {
+            let (me, other, free) = (fresh(), fresh(), fresh());
+            let pw = "my account's password 3";
+            for who in [&me, &other] {
+                app.state
+                    .accounts
+                    .create_confirmed_user(who, pw.into())
+                    .await
+                    .unwrap();
+            }
+            let (status, to_free) = change_email(&app, &me, pw, &free).await;
+            assert_eq!(status, 200, "{to_free}");
+            let (status, to_taken) = change_email(&app, &me, pw, &other).await;
+            assert_eq!(status, 200, "no email_exists oracle: {to_taken}");
+            assert_eq!(to_taken["new_email"], json!(other));
+            let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(&to_taken), keys(&to_free));
+            // The owner of the taken address is told, with no link to follow.
+            let notice = sink.wait_for(&other, 1, 10).await.remove(0);
+            assert!(
+                notice
+                    .data
+                    .contains("Subject: Someone tried to use your email address"),
+                "{}",
+                notice.data
+            );
+            assert!(!notice.decoded().contains("/auth/v1/verify"));
+            // The current address gets the confirmation of both requests; even followed,
+            // the change to a taken address never applies.
+            let current = sink.wait_for(&me, 2, 10).await.remove(1);
+            let f = follow(&current.link()).await;
+            assert!(f.contains_key("message"), "{f:?}");
+            assert_eq!(sign_in_status(&app, &me, pw).await.0, 200);
+            assert_eq!(sign_in_status(&app, &other, pw).await.0, 200);
+            app
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_double_confirm_the_new_address_alone_applies_it_and_the_old_one_is_told() {
+    on_both(
+        |c| c.email_change_double_confirm = false,
+        |app, sink, _clock| async move {
+            let (email, new) = (fresh(), fresh());
+            let pw = "my account's password 3";
+            app.state
+                .accounts
+                .create_confirmed_user(&email, pw.into())
+                .await
+                .unwrap();
+            let (status, body) = change_email(&app, &email, pw, &new).await;
+            assert_eq!(status, 200, "{body}");
+            let told = sink.wait_for(&email, 1, 10).await.remove(0);
+            assert!(
+                told.data
+                    .contains("Subject: Your email address is being changed"),
+                "{}",
+                told.data
+            );
+            assert!(told.decoded().contains(&new));
+            let link = sink.wait_for(&new, 1, 10).await.remove(0).link();
+            let f = follow(&link).await;
+            assert_eq!(f["type"], "email_change", "{f:?}");
+            assert_eq!(sign_in_status(&app, &new, pw).await.0, 200);
+            assert_eq!(sign_in_status(&app, &email, pw).await.0, 400);
+            app
+        },
+    )
+    .await;
+}

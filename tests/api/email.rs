@@ -335,7 +335,7 @@ email_story!(
 );
 
 email_story!(
-    an_email_change_applies_when_the_new_address_confirms_it,
+    an_email_change_applies_when_both_addresses_confirm_it,
     |c: &mut gatehouse::config::Config| c.redirect_allowlist =
         vec!["https://*.example.org/**".into()],
     |app: TestApp, sink: SmtpSink| async move {
@@ -373,7 +373,25 @@ email_story!(
         )
         .await;
         assert_eq!(status, 200, "{s}");
-        assert_eq!(s["user"]["email"], json!(new));
+        assert_eq!(
+            s["msg"],
+            "Confirmation link accepted. Please proceed to confirm link sent to the other email"
+        );
+        assert!(s["access_token"].is_null(), "no session after one side");
+        assert_eq!(
+            app.sign_in(&email, "a password here").await.status(),
+            200,
+            "not changed until the current address confirms too"
+        );
+        // The current address's link completes it.
+        let current = sink.wait_for(&email, 1, 10).await.remove(0);
+        assert!(current
+            .data
+            .contains("Subject: Confirm the change of your email address"));
+        assert!(current.decoded().contains(&new), "names the new address");
+        let f = fragment(&open_link(&current.link()).await);
+        assert_eq!(f["type"], "email_change", "{f:?}");
+        assert_eq!(app.me(&f["access_token"]).await.status(), 200);
         assert_eq!(app.sign_in(&new, "a password here").await.status(), 200);
         assert_eq!(app.sign_in(&email, "a password here").await.status(), 400);
         app
