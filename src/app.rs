@@ -536,7 +536,7 @@ pub async fn run(
     let webhooks = crate::webhooks::worker::spawn(state.clone());
     let (stop_mail, stop_rx) = tokio::sync::watch::channel(false);
     let mail = tokio::spawn(crate::mail::worker(
-        state.email.mailer.clone(),
+        state.email.clone(),
         state.store.clone(),
         state.clock.clone(),
         stop_rx,

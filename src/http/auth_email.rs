@@ -19,7 +19,7 @@ use crate::domain::Email;
 use crate::http::auth_v1::{limited, session_json};
 use crate::http::extract::ClientIp;
 use crate::http::gotrue::{GoTrueError, GoTrueJson};
-use crate::mail::flows::{FlowError, OtpKind, Verified, VerifyType, ONE_SIDE_CONFIRMED};
+use crate::mail::flows::{FlowError, MailRequest, Verified, VerifyType, ONE_SIDE_CONFIRMED};
 use crate::store::User;
 
 /// Routes behind the `apikey` gate.
@@ -133,8 +133,9 @@ pub(crate) async fn magiclink(
     sign_in_mail(&state, &email, true, &data, &q).await
 }
 
-/// A sign-in mail. With `create_user` false an unknown address gets no mail but the same
-/// answer, after the same per-address bookkeeping, so the route reveals no accounts.
+/// A sign-in mail. Known and unknown addresses cost the route the same (the per-address slot
+/// and a stored request); whether a mail goes out, and whether `create_user` makes an
+/// account, is decided by the mail worker, so the route reveals no accounts, not even by time.
 async fn sign_in_mail(
     state: &AppState,
     email: &Email,
@@ -143,17 +144,17 @@ async fn sign_in_mail(
     q: &HashMap<String, String>,
 ) -> Result<Response, GoTrueError> {
     state.email.address_slot(email.as_str()).await?;
-    let user = if create_user {
-        Some(state.email.user_or_create(email.as_str(), data).await?)
-    } else {
-        state.email.user(email.as_str()).await?
-    };
-    if let Some(user) = user {
-        state
-            .email
-            .send(OtpKind::MagicLink, &user, &user.email, redirect(q))
-            .await?;
-    }
+    state
+        .email
+        .request(
+            MailRequest::SignIn {
+                email: email.as_str().to_string(),
+                create_user,
+                data: data.clone(),
+            },
+            redirect(q),
+        )
+        .await?;
     Ok(sent())
 }
 
@@ -179,12 +180,15 @@ pub(crate) async fn recover(
     limited(&state, Policy::MagicLink, &ip).await?;
     let email = parse_address(body.email.as_deref())?;
     state.email.address_slot(email.as_str()).await?;
-    if let Some(user) = state.email.user(email.as_str()).await? {
-        state
-            .email
-            .send(OtpKind::Recovery, &user, &user.email, redirect(&q))
-            .await?;
-    }
+    state
+        .email
+        .request(
+            MailRequest::Recovery {
+                email: email.as_str().to_string(),
+            },
+            redirect(&q),
+        )
+        .await?;
     Ok(sent())
 }
 
@@ -336,40 +340,27 @@ pub(crate) async fn verify_link(
     }
 }
 
-/// After a sign-up that waits for confirmation: the confirmation mail, whose link sets this
-/// sign-up's password.
+/// The confirmation mail of a sign-up, new address or not: the same stored request either
+/// way (the worker sends it only while the account is unconfirmed). Its link sets this
+/// sign-up's password and no other, so one who signed up somebody else's address first
+/// never gets to sign in with it.
 pub(crate) async fn signup_mail(
     state: &AppState,
-    user: &mut User,
+    email: &str,
     password_hash: String,
     redirect_to: Option<&str>,
 ) -> Result<(), GoTrueError> {
-    state.email.address_slot(&user.email).await?;
+    state.email.address_slot(email).await?;
     state
         .email
-        .send_signup(user, password_hash, redirect_to)
+        .request(
+            MailRequest::SignUp {
+                email: email.to_string(),
+                password_hash,
+            },
+            redirect_to,
+        )
         .await?;
-    user.confirmation_sent_at = Some(state.clock.now_ms());
-    Ok(())
-}
-
-/// A sign-up with an address that has an account: the same bookkeeping as a fresh one. A
-/// still unconfirmed account gets a confirmation mail of this sign-up's own, beside the
-/// earlier ones: whichever link is followed sets the password of its own sign-up, so one
-/// who signed up somebody else's address first never gets to sign in with it.
-pub(crate) async fn signup_again(
-    state: &AppState,
-    user: &User,
-    password_hash: String,
-    redirect_to: Option<&str>,
-) -> Result<(), GoTrueError> {
-    state.email.address_slot(&user.email).await?;
-    if user.email_confirmed_at.is_none() {
-        state
-            .email
-            .send_signup(user, password_hash, redirect_to)
-            .await?;
-    }
     Ok(())
 }
 
@@ -389,7 +380,13 @@ pub(crate) async fn email_change(
     state.email.address_slot(new.as_str()).await?;
     state
         .email
-        .request_email_change(user, new.as_str(), redirect_to)
+        .request(
+            MailRequest::EmailChange {
+                user_id: user.id.clone(),
+                new: new.as_str().to_string(),
+            },
+            redirect_to,
+        )
         .await?;
     Ok(new.as_str().to_string())
 }

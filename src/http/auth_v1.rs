@@ -144,8 +144,9 @@ pub(crate) async fn signup(
             mut user,
             password_hash,
         } => {
-            crate::http::auth_email::signup_mail(&state, &mut user, password_hash, redirect_to)
+            crate::http::auth_email::signup_mail(&state, &user.email, password_hash, redirect_to)
                 .await?;
+            user.confirmation_sent_at = Some(state.clock.now_ms());
             Ok(Json(user_json(&user)).into_response())
         }
         SignUp::Existing {
@@ -153,7 +154,7 @@ pub(crate) async fn signup(
             password_hash,
             metadata,
         } => {
-            crate::http::auth_email::signup_again(&state, &user, password_hash, redirect_to)
+            crate::http::auth_email::signup_mail(&state, &user.email, password_hash, redirect_to)
                 .await?;
             // Answer exactly as a fresh sign-up does (as GoTrue does with confirmation on,
             // but with the identity too), so the route does not reveal who has an account.

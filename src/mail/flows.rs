@@ -7,7 +7,9 @@ use rand::Rng;
 use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::{EmailChangeStep, Ended, NewMail, OtpRow, Store, StoreError, User};
+use crate::store::{
+    EmailChangeStep, Ended, MailRequestRow, NewMail, OtpRow, Store, StoreError, User,
+};
 
 use super::templates::MailContext;
 use super::Mailer;
@@ -177,7 +179,45 @@ pub struct EmailFlows {
     config: Arc<Config>,
     /// Templates, redirects and delivery.
     pub mailer: Mailer,
+    /// This instance's name on the requests it leases.
+    owner: String,
 }
+
+/// Mail whose sending depends on who has an account: the route stores the request the same
+/// way for every address and answers; the worker decides (see [`EmailFlows::handle_requests`]).
+pub enum MailRequest {
+    /// A sign-in link and code; `create_user` makes an account for a new address.
+    SignIn {
+        /// The normalised address.
+        email: String,
+        /// Create an unconfirmed account without a password when the address has none.
+        create_user: bool,
+        /// Metadata of such a new account.
+        data: serde_json::Value,
+    },
+    /// A recovery link, if the address has an account.
+    Recovery {
+        /// The normalised address.
+        email: String,
+    },
+    /// A sign-up's confirmation link, if the address's account is still unconfirmed.
+    SignUp {
+        /// The normalised address.
+        email: String,
+        /// That sign-up's argon2 password hash.
+        password_hash: String,
+    },
+    /// An email change of `user_id` to `new`.
+    EmailChange {
+        /// The account.
+        user_id: String,
+        /// The normalised new address.
+        new: String,
+    },
+}
+
+/// How long the worker owns a request it took: a crashed worker's request waits this long.
+const REQUEST_LEASE_MS: i64 = 30_000;
 
 /// A verified token: whose it was and what it proved.
 pub struct Verified {
@@ -204,6 +244,147 @@ impl EmailFlows {
             clock,
             config,
             mailer,
+            owner: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// Stores a mail request and wakes the worker. Costs the same whether or not the address
+    /// has an account; the request survives a crash until a worker has handled it.
+    pub async fn request(
+        &self,
+        req: MailRequest,
+        redirect_to: Option<&str>,
+    ) -> Result<(), FlowError> {
+        let mut row = MailRequestRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: String::new(),
+            email: String::new(),
+            user_id: None,
+            redirect_to: redirect_to.map(str::to_string),
+            data: "{}".into(),
+            password_hash: None,
+            created_at: self.clock.now_ms(),
+        };
+        match req {
+            MailRequest::SignIn {
+                email,
+                create_user,
+                data,
+            } => {
+                row.kind = if create_user {
+                    "magiclink"
+                } else {
+                    "magiclink_existing"
+                }
+                .into();
+                row.email = email;
+                row.data = data.to_string();
+            }
+            MailRequest::Recovery { email } => {
+                row.kind = "recovery".into();
+                row.email = email;
+            }
+            MailRequest::SignUp {
+                email,
+                password_hash,
+            } => {
+                row.kind = "signup".into();
+                row.email = email;
+                row.password_hash = Some(password_hash);
+            }
+            MailRequest::EmailChange { user_id, new } => {
+                row.kind = "email_change".into();
+                row.email = new;
+                row.user_id = Some(user_id);
+            }
+        }
+        self.store.add_mail_request(&row).await?;
+        self.mailer.wake();
+        Ok(())
+    }
+
+    /// Handles the stored requests one by one until none is left; returns how many. A
+    /// request that fails on storage is left for its lease to lapse and is tried again; one
+    /// older than `otp_expiry_seconds` is dropped (its link would be useless).
+    pub async fn handle_requests(&self) -> usize {
+        let mut handled = 0;
+        loop {
+            let now = self.clock.now_ms();
+            let row = match self
+                .store
+                .lease_mail_request(&self.owner, now, now + REQUEST_LEASE_MS)
+                .await
+            {
+                Ok(Some(row)) => row,
+                Ok(None) => return handled,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the mail requests");
+                    return handled;
+                }
+            };
+            let stale = now - row.created_at > self.config.otp_expiry_seconds * 1000;
+            let outcome = if stale {
+                tracing::warn!(request_id = %row.id, "a mail request waited past the link expiry; dropped");
+                Ok(())
+            } else {
+                self.handle(&row).await
+            };
+            match outcome {
+                Ok(()) => {
+                    handled += 1;
+                    if let Err(e) = self.store.delete_mail_request(&row.id).await {
+                        tracing::warn!(error = %e, request_id = %row.id, "cannot forget a handled mail request");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, request_id = %row.id, "mail request failed; retried after its lease");
+                    return handled;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, row: &MailRequestRow) -> Result<(), FlowError> {
+        let redirect = row.redirect_to.as_deref();
+        match row.kind.as_str() {
+            "magiclink" => {
+                let data =
+                    serde_json::from_str(&row.data).unwrap_or_else(|_| serde_json::json!({}));
+                let user = self.user_or_create(&row.email, &data).await?;
+                self.send(OtpKind::MagicLink, &user, &user.email, redirect)
+                    .await
+            }
+            "magiclink_existing" | "recovery" => {
+                let kind = if row.kind == "recovery" {
+                    OtpKind::Recovery
+                } else {
+                    OtpKind::MagicLink
+                };
+                match self.user(&row.email).await? {
+                    Some(user) => self.send(kind, &user, &user.email, redirect).await,
+                    None => Ok(()),
+                }
+            }
+            "signup" => match (self.user(&row.email).await?, &row.password_hash) {
+                (Some(user), Some(hash)) if user.email_confirmed_at.is_none() => {
+                    self.send_signup(&user, hash.clone(), redirect).await
+                }
+                _ => Ok(()),
+            },
+            "email_change" => {
+                let user = match &row.user_id {
+                    Some(id) => self.store.user_by_id(id).await?,
+                    None => None,
+                };
+                match user {
+                    Some(user) => self.request_email_change(&user, &row.email, redirect).await,
+                    None => Ok(()),
+                }
+            }
+            other => {
+                tracing::warn!(kind = other, "unknown mail request kind; dropped");
+                Ok(())
+            }
         }
     }
 

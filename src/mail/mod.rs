@@ -196,13 +196,21 @@ pub fn backoff_ms(attempts: i64) -> i64 {
     (1000_i64 << exp).min(300_000)
 }
 
-/// The delivery worker: drains the queue when woken and every second, until `stop` flips.
-/// Several instances may run it on one database; leases keep them off each other's mails.
-pub async fn worker(mailer: Mailer, store: Store, clock: Clock, mut stop: watch::Receiver<bool>) {
+/// The delivery worker: turns the stored mail requests into mails, then drains the queue,
+/// when woken and every second, until `stop` flips. Several instances may run it on one
+/// database; leases keep them off each other's requests and mails.
+pub async fn worker(
+    flows: flows::EmailFlows,
+    store: Store,
+    clock: Clock,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mailer = flows.mailer.clone();
     loop {
         if *stop.borrow() {
             return;
         }
+        flows.handle_requests().await;
         mailer.drain(&store, &clock).await;
         tokio::select! {
             _ = stop.changed() => return,

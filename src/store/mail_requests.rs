@@ -1,0 +1,94 @@
+//! Requests for mail whose sending depends on who has an account, handled by the worker.
+
+use sqlx::Row;
+
+use super::{Engine, Store, StoreResult};
+
+/// A stored mail request.
+#[derive(Clone, Debug)]
+pub struct MailRequestRow {
+    /// Row id.
+    pub id: String,
+    /// `magiclink`, `magiclink_existing`, `recovery`, `signup` or `email_change`.
+    pub kind: String,
+    /// The address asked about (the new address of an email change).
+    pub email: String,
+    /// The account an email change is for.
+    pub user_id: Option<String>,
+    /// Where the link lands (checked against the allowlist when the mail is made).
+    pub redirect_to: Option<String>,
+    /// User metadata for an account a sign-in link creates (JSON).
+    pub data: String,
+    /// A sign-up's argon2 password hash.
+    pub password_hash: Option<String>,
+    /// Unix ms when it was asked for.
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Stores a request (its `id` and `created_at` as given).
+    pub async fn add_mail_request(&self, r: &MailRequestRow) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO mail_requests (id, kind, email, user_id, redirect_to, data, password_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&r.id)
+        .bind(&r.kind)
+        .bind(&r.email)
+        .bind(&r.user_id)
+        .bind(&r.redirect_to)
+        .bind(&r.data)
+        .bind(&r.password_hash)
+        .bind(r.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Leases the oldest request nobody holds to `owner` until `lease_until`.
+    pub async fn lease_mail_request(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<Option<MailRequestRow>> {
+        let lock = match self.engine {
+            Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+            Engine::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE mail_requests SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+               SELECT id FROM mail_requests WHERE lease_until IS NULL OR lease_until < $3 \
+               ORDER BY created_at LIMIT 1{lock}) \
+             RETURNING id, kind, email, user_id, redirect_to, data, password_hash, created_at"
+        );
+        let row = sqlx::query(&sql)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(MailRequestRow {
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                email: r.try_get("email")?,
+                user_id: r.try_get("user_id")?,
+                redirect_to: r.try_get("redirect_to")?,
+                data: r.try_get("data")?,
+                password_hash: r.try_get("password_hash")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Forgets a handled (or given-up) request.
+    pub async fn delete_mail_request(&self, id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM mail_requests WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
