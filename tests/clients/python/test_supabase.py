@@ -74,7 +74,12 @@ def _alnum(n: int) -> str:
     return "".join(secrets.choice(chars) for _ in range(n))
 
 
-@pytest.fixture(scope="session")
+# Module scope: the server stops before the next module starts. test_webhooks.py starts a
+# server of its own with other webhook settings, on the same database when
+# GATEHOUSE_CLIENT_TEST_DATABASE_URL is set; while this one lived on (session scope), its
+# delivery worker claimed some of that suite's deliveries, refused their 127.0.0.1 target
+# (webhooks_allow_private is off here) and put the next retry 300 s off (default schedule).
+@pytest.fixture(scope="module")
 def server():
     if not BIN.exists():
         pytest.fail(f"gatehouse binary not found at {BIN} (build it or set GATEHOUSE_BIN)")
