@@ -53,7 +53,7 @@ const OTP_COLUMNS: &str = "id, user_id, kind, email, token_hash, code_hash, expi
 impl Store {
     /// Replaces the user's token of this kind and queues its mail, in one transaction.
     pub async fn issue_otp(&self, otp: &OtpRow, mail: &NewMail, now: i64) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND kind = $2")
             .bind(&otp.user_id)
             .bind(&otp.kind)
