@@ -138,7 +138,7 @@ fn event_data(k: &ApiKeyRecord) -> Value {
 impl Store {
     /// Stores a new key.
     pub async fn create_api_key(&self, k: &ApiKeyRecord, audit: &Audit) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         insert(&mut tx, k).await?;
         record(
             &mut tx,
@@ -198,7 +198,7 @@ impl Store {
         id: &str,
         audit: &Audit,
     ) -> StoreResult<ApiKeyRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL")
             .bind(audit.now)
             .bind(org_id)
@@ -244,7 +244,7 @@ impl Store {
         old_expires_at: i64,
         audit: &Audit,
     ) -> StoreResult<ApiKeyRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE api_keys SET rolled_to = $1, expires_at = $2 WHERE org_id = $3 AND id = $4 \
              AND revoked_at IS NULL AND rolled_to IS NULL",
@@ -298,7 +298,7 @@ impl Store {
         change: &KeyChange,
         audit: &Audit,
     ) -> StoreResult<ApiKeyRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
         ))
@@ -357,7 +357,7 @@ impl Store {
         }
         // Distinct ids (the batch comes from a map): each key is matched by one row at most.
         const ROWS_PER_UPDATE: usize = 500;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in uses.chunks(ROWS_PER_UPDATE) {
             let sql = format!(
                 "UPDATE api_keys SET last_used_at = v.column2 FROM (VALUES {}) AS v \

@@ -1,3 +1,7 @@
+/// How long a writer waits for its turn, for the SQLite write lock, for a PostgreSQL row
+/// lock or for a pooled connection, before the request fails with `Busy` (503).
+pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The database engines Gatehouse runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
@@ -37,7 +41,18 @@ impl Engine {
         }
     }
 
-    /// Statements run on every new connection.
+    /// The statement that begins a write transaction, where plain `BEGIN` is not enough:
+    /// SQLite's deferred `BEGIN` fails at its first write (`SQLITE_BUSY_SNAPSHOT`, no busy
+    /// wait) when another connection committed since its first read; `IMMEDIATE` takes the
+    /// write lock up front, waiting for it under `busy_timeout`.
+    pub(super) fn begin_write(self) -> Option<&'static str> {
+        match self {
+            Engine::Sqlite => Some("BEGIN IMMEDIATE"),
+            Engine::Postgres => None,
+        }
+    }
+
+    /// Statements run on every new connection (timeouts as in `BUSY_TIMEOUT`).
     pub(super) fn session_setup(self) -> &'static [&'static str] {
         match self {
             // WAL lets readers run beside the one writer; FULL makes an acknowledged commit
@@ -51,5 +66,21 @@ impl Engine {
             ],
             Engine::Postgres => &["SET lock_timeout = '5s'"],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Engine, BUSY_TIMEOUT};
+
+    #[test]
+    fn both_engines_wait_for_locks_as_long_as_busy_timeout_says() {
+        let ms = BUSY_TIMEOUT.as_millis();
+        let sqlite = format!("PRAGMA busy_timeout = {ms}");
+        assert!(Engine::Sqlite.session_setup().contains(&sqlite.as_str()));
+        let postgres = format!("SET lock_timeout = '{}s'", BUSY_TIMEOUT.as_secs());
+        assert!(Engine::Postgres
+            .session_setup()
+            .contains(&postgres.as_str()));
     }
 }

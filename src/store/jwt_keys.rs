@@ -25,7 +25,7 @@ impl Store {
 
     /// Adds a signing key and retires the previous ones (they keep verifying until their tokens expire).
     pub async fn add_jwt_key(&self, key: &StoredKey) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE jwt_keys SET retired_at = $1 WHERE retired_at IS NULL")
             .bind(key.created_at)
             .execute(&mut *tx)

@@ -3,7 +3,8 @@
 //! Both engines are reached through sqlx's `Any` driver with one set of portable SQL
 //! (`$1` parameters, TEXT ids, BIGINT unix-millisecond times, JSON as TEXT), so each query
 //! is written once. What differs per engine lives in `engine.rs` (connection set-up,
-//! pragmas) and in the per-engine migration folders, which keep the same numbers.
+//! pragmas, how a write transaction begins) and in the per-engine migration folders, which
+//! keep the same numbers. Every transaction that writes begins with `Store::begin_write`.
 
 mod api_keys;
 mod audit;
@@ -19,6 +20,7 @@ mod users;
 mod webhook_deliveries;
 mod webhooks;
 mod widgets;
+mod write_tx;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry};
@@ -87,6 +89,8 @@ pub struct Store {
     engine: Engine,
     /// Wakes this instance's webhook worker when an event is committed.
     webhook_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// This process's writers waiting their turn (SQLite).
+    writers: write_tx::WriteQueue,
 }
 
 impl Store {
@@ -102,7 +106,7 @@ impl Store {
             } else {
                 engine.max_connections()
             })
-            .acquire_timeout(std::time::Duration::from_secs(5))
+            .acquire_timeout(engine::BUSY_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     for pragma in engine.session_setup() {
@@ -118,6 +122,7 @@ impl Store {
             pool,
             engine,
             webhook_wake: Default::default(),
+            writers: write_tx::WriteQueue::for_engine(engine),
         })
     }
 

@@ -126,7 +126,7 @@ impl Store {
     /// Creates an organization with its creator as owner.
     pub async fn create_org(&self, name: &str, owner_id: &str, audit: &Audit) -> StoreResult<Org> {
         let id = format!("org_{}", uuid::Uuid::new_v4().simple());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO organizations (id, name, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
             .bind(&id)
             .bind(name)
@@ -193,7 +193,7 @@ impl Store {
         rates: Option<Option<&Rates>>,
         audit: &Audit,
     ) -> StoreResult<Org> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Fails with NotFound when the organization is gone; sets updated_at.
         lock_org(&mut tx, org_id, audit.now).await?;
         if let Some(name) = name {
@@ -240,7 +240,7 @@ impl Store {
 
     /// Deletes an organization and everything it owns; returns the hashes of its keys.
     pub async fn delete_org(&self, org_id: &str) -> StoreResult<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let hashes: Vec<(String,)> =
             sqlx::query_as("SELECT key_hash FROM api_keys WHERE org_id = $1")
                 .bind(org_id)
@@ -293,7 +293,7 @@ impl Store {
         role: &str,
         audit: &Audit,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_org(&mut tx, org_id, audit.now).await?;
         sqlx::query(
             "INSERT INTO memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
@@ -332,7 +332,7 @@ impl Store {
         role: &str,
         audit: &Audit,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let current = begin_member_change(&mut tx, org_id, user_id, Some(role), audit.now).await?;
         sqlx::query("UPDATE memberships SET role = $1 WHERE org_id = $2 AND user_id = $3")
             .bind(role)
@@ -363,7 +363,7 @@ impl Store {
         user_id: &str,
         audit: &Audit,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let current = begin_member_change(&mut tx, org_id, user_id, None, audit.now).await?;
         sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
             .bind(org_id)
@@ -422,7 +422,7 @@ impl Store {
         permissions: &[String],
         audit: &Audit,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_org(&mut tx, org_id, audit.now).await?;
         sqlx::query(
             "INSERT INTO roles (org_id, name, permissions, created_at) VALUES ($1, $2, $3, $4)",
@@ -454,7 +454,7 @@ impl Store {
 
     /// Deletes a custom role; `Conflict` while members hold it.
     pub async fn delete_role(&self, org_id: &str, name: &str, audit: &Audit) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_org(&mut tx, org_id, audit.now).await?;
         let (holders,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE org_id = $1 AND role = $2")

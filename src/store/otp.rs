@@ -86,7 +86,7 @@ pub enum EmailChangeStep {
 impl Store {
     /// Queues a mail that carries no token (a notice).
     pub async fn queue_mail(&self, mail: &NewMail, now: i64) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         insert_mail(&mut tx, mail, now).await?;
         tx.commit().await?;
         Ok(())
@@ -95,7 +95,7 @@ impl Store {
     /// Starts an email change to `new`: it replaces any pending one (its links die with it)
     /// and no side has confirmed it yet.
     pub async fn begin_email_change(&self, user_id: &str, new: &str, now: i64) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE users SET email_change = $1, email_change_confirmed = 0, updated_at = $2 WHERE id = $3",
         )
@@ -127,7 +127,7 @@ impl Store {
         required: i64,
         now: i64,
     ) -> StoreResult<EmailChangeStep> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row: Option<(i64,)> = match new_side_address {
             Some(addr) => {
                 sqlx::query_as(
@@ -187,7 +187,7 @@ impl Store {
     /// Sign-up tokens are not replaced: each sign-up keeps its own link (and password) until
     /// one of them is followed, up to the newest [`SIGNUP_TOKENS_KEPT`].
     pub async fn issue_otp(&self, otp: &OtpRow, mail: &NewMail, now: i64) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if otp.kind == "signup" {
             sqlx::query(
                 "DELETE FROM one_time_tokens WHERE user_id = $1 AND kind = 'signup' AND id NOT IN \
@@ -308,7 +308,7 @@ impl Store {
         password_hash: Option<&str>,
         now: i64,
     ) -> StoreResult<Ended> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE users SET password_hash = $1, email_confirmed_at = $2, updated_at = $2 \
              WHERE id = $3 AND email_confirmed_at IS NULL",

@@ -79,7 +79,7 @@ impl Store {
         now: i64,
     ) -> StoreResult<String> {
         let session_id = uuid::Uuid::new_v4().to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO sessions (id, user_id, amr_method, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
             .bind(&session_id)
             .bind(user_id)
@@ -127,8 +127,8 @@ impl Store {
     }
 
     /// Rotates `parent` to a successor atomically: the first caller wins, later callers see
-    /// `AlreadyRotated`. The conditional UPDATE is the first statement, so SQLite takes the
-    /// write lock at once and PostgreSQL's row lock orders racing requests.
+    /// `AlreadyRotated`. The conditional UPDATE is the first statement, so PostgreSQL's row
+    /// lock orders racing requests (SQLite's write transactions are serialized from BEGIN).
     pub async fn rotate_refresh(
         &self,
         parent: &RefreshRow,
@@ -136,7 +136,7 @@ impl Store {
         successor_sealed: &str,
         now: i64,
     ) -> StoreResult<Rotation> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $1, successor_sealed = $2 WHERE id = $3 AND revoked_at IS NULL",
         )
@@ -192,7 +192,7 @@ impl Store {
         keep: Option<&str>,
         now: i64,
     ) -> StoreResult<Ended> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
             .bind(hash)
             .bind(now)

@@ -199,7 +199,7 @@ impl Store {
     /// model answered (its messages are not stored; the others are). The outer error means
     /// nothing was stored.
     pub async fn store_exchanges(&self, batch: &[Exchange]) -> StoreResult<Vec<StoreResult<i64>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut results = Vec::with_capacity(batch.len());
         let mut created = false;
         for x in batch {
@@ -319,7 +319,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in batch.chunks(USAGE_ROWS_PER_INSERT) {
             // A deleted organization's usage is dropped rather than retried forever.
             // `VALUES` columns are `column1`… on both engines.

@@ -126,7 +126,7 @@ impl Store {
         delivery_id: &str,
         now: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT d.endpoint_id, e.enabled FROM webhook_deliveries d \
              JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.org_id = $1 AND d.id = $2",
@@ -229,7 +229,7 @@ impl Store {
         now: i64,
         disable_after_ms: i64,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (status, next) = match (res.succeeded, res.retry_at) {
             (true, _) => ("succeeded", now),
             (false, Some(at)) if !res.gone => ("pending", at),

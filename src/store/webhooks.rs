@@ -261,7 +261,7 @@ impl Store {
         e: &WebhookEndpoint,
         audit: &Audit,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(&format!(
             "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ))
@@ -319,7 +319,7 @@ impl Store {
         change: &EndpointChange,
         audit: &Audit,
     ) -> StoreResult<WebhookEndpoint> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut e = endpoint_on(&mut tx, org_id, id).await?;
         if let Some(url) = &change.url {
             e.url = url.clone();
@@ -377,7 +377,7 @@ impl Store {
         id: &str,
         audit: &Audit,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Deliveries first, then the endpoint: the order in which recording an attempt takes
         // its locks, so a delete racing a recorded attempt waits instead of deadlocking.
         sqlx::query(
@@ -411,7 +411,7 @@ impl Store {
         old_valid_until: i64,
         audit: &Audit,
     ) -> StoreResult<WebhookEndpoint> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_expires_at = $1, \
              secret = $2, updated_at = $3 WHERE org_id = $4 AND id = $5",
@@ -441,7 +441,7 @@ impl Store {
         endpoint_id: &str,
         now: i64,
     ) -> StoreResult<String> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let e = endpoint_on(&mut tx, org_id, endpoint_id).await?;
         if !e.enabled {
             return Err(StoreError::Conflict("the endpoint is disabled".into()));
@@ -471,7 +471,7 @@ impl Store {
         dedup_key: &str,
         now: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let t = "rate_limit.exceeded";
         let msg = enqueue_to(&mut tx, org_id, t, data, now, Some(dedup_key), None).await?;
         tx.commit().await?;

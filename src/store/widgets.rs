@@ -96,7 +96,7 @@ fn event_data(w: &WidgetRecord) -> Value {
 impl Store {
     /// Stores a new widget.
     pub async fn create_widget(&self, w: &WidgetRecord, audit: &Audit) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(&format!(
             "INSERT INTO widgets ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
@@ -157,7 +157,7 @@ impl Store {
         change: &WidgetChange,
         audit: &Audit,
     ) -> StoreResult<WidgetRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE widgets SET name = COALESCE($1, name), \
              allowed_origins = COALESCE($2, allowed_origins), settings = COALESCE($3, settings), \
@@ -193,7 +193,7 @@ impl Store {
         secret: &str,
         audit: &Audit,
     ) -> StoreResult<WidgetRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE widgets SET secret = $1, secret_rotated_at = $2, updated_at = $2 \
              WHERE org_id = $3 AND id = $4",
@@ -218,9 +218,9 @@ impl Store {
         id: &str,
         audit: &Audit,
     ) -> StoreResult<WidgetRecord> {
-        let mut tx = self.pool.begin().await?;
-        // Write first: on SQLite a transaction that reads and then writes fails at once
-        // (SQLITE_BUSY_SNAPSHOT) when another connection committed in between.
+        let mut tx = self.begin_write().await?;
+        // Write first: on PostgreSQL the UPDATE locks the row, so the widget read next is
+        // the one deleted (SQLite's write transactions already hold the lock from BEGIN).
         let touched =
             sqlx::query("UPDATE widgets SET updated_at = updated_at WHERE org_id = $1 AND id = $2")
                 .bind(org_id)
@@ -243,7 +243,7 @@ impl Store {
     /// name, then commits (and wakes the delivery worker once the event exists).
     async fn commit_change(
         &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        mut tx: super::write_tx::WriteTx,
         w: &WidgetRecord,
         action: &str,
         details: Value,

@@ -8,6 +8,7 @@ mod api_keys;
 mod auth_v1;
 mod bad_input;
 mod chat;
+mod concurrency;
 mod dashboard;
 mod dashboard_page;
 mod email;
