@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod access_tokens;
 mod api_keys;
 mod auth_v1;
 mod bad_input;
@@ -11,8 +12,10 @@ mod dashboard;
 mod dashboard_page;
 mod email;
 mod orgs;
+mod passwords;
 mod process;
 mod ratelimit;
+mod redirects;
 mod scaleout;
 mod smtp_sink;
 mod webhooks;
