@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::auth::jwt::{Amr, Claims, JwtKeys};
 use crate::auth::password::Hasher;
+use crate::auth::password_policy::{PasswordPolicy, PolicyError, WeakPassword};
 use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -25,9 +26,9 @@ pub enum AccountError {
     /// Sign-up with a taken email.
     #[error("User already registered")]
     UserExists,
-    /// The password fails the policy.
-    #[error("Password should be at least {0} characters.")]
-    WeakPassword(usize),
+    /// The password fails the policy (with GoTrue's reasons).
+    #[error("{0}")]
+    WeakPassword(WeakPassword),
     /// The new password equals the old one.
     #[error("New password should be different from the old password.")]
     SamePassword,
@@ -129,6 +130,8 @@ pub struct Accounts {
     pub clock: Clock,
     /// Settings.
     pub config: Arc<Config>,
+    /// Which new passwords are accepted.
+    pub passwords: PasswordPolicy,
 }
 
 /// Bytes of randomness in a refresh token (256 bits).
@@ -140,14 +143,18 @@ fn parse_email(raw: &str) -> Result<Email, AccountError> {
 }
 
 impl Accounts {
-    fn new_password(&self, raw: String) -> Result<Password, AccountError> {
-        let min = self.config.password_min_length;
-        Password::new_checked(raw, min).map_err(|why| match why {
-            "too_long" => {
-                AccountError::Validation("Password cannot be longer than 1024 characters".into())
-            }
-            _ => AccountError::WeakPassword(min),
-        })
+    async fn new_password(&self, raw: String, email: &str) -> Result<Password, AccountError> {
+        let local = email.split('@').next().unwrap_or(email);
+        self.passwords
+            .check(raw, &[email, local])
+            .await
+            .map_err(|e| match e {
+                PolicyError::TooLong => AccountError::Validation(
+                    "Password cannot be longer than 1024 characters".into(),
+                ),
+                PolicyError::Weak(w) => AccountError::WeakPassword(w),
+                PolicyError::Unavailable => AccountError::Busy,
+            })
     }
 
     /// Creates a user; with autoconfirm the answer carries a session.
@@ -158,7 +165,7 @@ impl Accounts {
         data: Option<Value>,
     ) -> Result<SignUp, AccountError> {
         let email = parse_email(email)?;
-        let password = self.new_password(password)?;
+        let password = self.new_password(password, email.as_str()).await?;
         let metadata = match data {
             Some(Value::Object(m)) => Value::Object(m),
             None | Some(Value::Null) => json!({}),
@@ -437,7 +444,7 @@ impl Accounts {
         let now = self.clock.now_ms();
         let mut ended = Ended::default();
         if let Some(raw) = password {
-            let new = self.new_password(raw)?;
+            let new = self.new_password(raw, &user.email).await?;
             if self
                 .hasher
                 .verify(&new, user.password_hash.as_deref())
@@ -488,7 +495,7 @@ impl Accounts {
         password: String,
     ) -> Result<User, AccountError> {
         let email = parse_email(email)?;
-        let password = self.new_password(password)?;
+        let password = self.new_password(password, email.as_str()).await?;
         let hash = self.hasher.hash(&password).await?;
         Ok(self
             .store

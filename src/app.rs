@@ -133,6 +133,7 @@ impl AppState {
             jwt,
             clock: clock.clone(),
             config: config.clone(),
+            passwords: crate::auth::password_policy::PasswordPolicy::from_config(&config)?,
         };
         let keys = crate::keys::Keys::with_capacity(
             store.clone(),
@@ -414,7 +415,8 @@ impl AppState {
         let claims = match self.verified_tokens.get(&token_hash) {
             Some(c) => c,
             None => {
-                let c = Arc::new(self.accounts.jwt.verify(token).map_err(|e| match e {
+                let now = self.clock.now_secs();
+                let c = Arc::new(self.accounts.jwt.verify(token, now).map_err(|e| match e {
                     JwtError::Expired => expired(),
                     JwtError::Invalid => {
                         ApiError::unauthorized("malformed", "The access token is invalid.")
@@ -424,7 +426,7 @@ impl AppState {
                 c
             }
         };
-        if claims.exp <= self.clock.now_secs() {
+        if crate::auth::jwt::is_expired(claims.exp, self.clock.now_secs()) {
             return Err(expired());
         }
         // The session's owner and times are cached for SESSION_CACHE_TTL; its bounds are

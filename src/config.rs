@@ -62,6 +62,13 @@ pub struct Config {
     pub autoconfirm: bool,
     /// Minimum password length.
     pub password_min_length: usize,
+    /// Least zxcvbn strength score (0-4) of a new password; 0 turns the estimator off.
+    pub password_min_score: u8,
+    /// Base URL of a Have-I-Been-Pwned-compatible range API (`{url}/range/{5 hex}`) new
+    /// passwords are looked up in; unset: no lookup.
+    pub password_breach_check_url: Option<String>,
+    /// Refuse a new password (503) when the breach lookup fails, instead of accepting it.
+    pub password_breach_check_fail_closed: bool,
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
     /// Prefix of API keys (`{prefix}_{env}_…`).
@@ -176,6 +183,9 @@ impl Default for Config {
             refresh_reuse_interval_seconds: 10,
             autoconfirm: false,
             password_min_length: 8,
+            password_min_score: 3,
+            password_breach_check_url: None,
+            password_breach_check_fail_closed: false,
             body_limit_bytes: 1024 * 1024,
             key_prefix: "gk".into(),
             key_cache_capacity: crate::keys::DEFAULT_CAPACITY,
@@ -384,6 +394,14 @@ impl Config {
         }
         if self.password_min_length < 6 {
             anyhow::bail!("password_min_length must be at least 6");
+        }
+        if self.password_min_score > 4 {
+            anyhow::bail!("password_min_score must be between 0 and 4");
+        }
+        if let Some(u) = self.password_breach_check_url.as_deref() {
+            if !(u.is_empty() || u.starts_with("http://") || u.starts_with("https://")) {
+                anyhow::bail!("password_breach_check_url must start with http:// or https://");
+            }
         }
         if !(self.key_prefix.len() <= 16
             && !self.key_prefix.is_empty()

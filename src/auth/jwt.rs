@@ -149,11 +149,17 @@ impl JwtKeys {
         let (alg, kid, key) = &set.signing;
         let mut header = Header::new(*alg);
         header.kid = kid.clone();
-        jsonwebtoken::encode(&header, claims, key).map_err(|e| anyhow::anyhow!("signing: {e}"))
+        let token = jsonwebtoken::encode(&header, claims, key)
+            .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+        if *alg == Algorithm::ES256 {
+            return low_s_form(token);
+        }
+        Ok(token)
     }
 
-    /// Verifies signature, algorithm, issuer, audience and expiry.
-    pub fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+    /// Verifies signature, algorithm, issuer, audience and expiry at `now_secs` (unix seconds,
+    /// from the injected clock). Every route that accepts an access token comes through here.
+    pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
         let set = self.current();
         let key = match header.alg {
@@ -162,23 +168,68 @@ impl JwtKeys {
             _ => None,
         }
         .ok_or(JwtError::Invalid)?;
+        if header.alg == Algorithm::ES256 && !low_s_signature(token) {
+            return Err(JwtError::Invalid);
+        }
         let mut validation = Validation::new(header.alg);
+        // Expiry is decided below by `is_expired` against the injected clock, not by the
+        // library against the system clock (whose rule, `exp < now - leeway`, admits a token
+        // in its expiry second).
+        validation.validate_exp = false;
         validation.leeway = 0;
         validation.set_audience(&["authenticated"]);
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
-        match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-            Ok(data) => Ok(data.claims),
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                Err(JwtError::Expired)
-            }
-            Err(_) => Err(JwtError::Invalid),
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|_| JwtError::Invalid)?
+            .claims;
+        if is_expired(claims.exp, now_secs) {
+            return Err(JwtError::Expired);
         }
+        Ok(claims)
     }
 
     /// The public keys, as served at `/.well-known/jwks.json`.
     pub fn jwks(&self) -> Value {
         self.current().jwks.clone()
+    }
+}
+
+/// The one expiry rule for access tokens: a token is dead from its `exp` second on.
+pub fn is_expired(exp: i64, now_secs: i64) -> bool {
+    exp <= now_secs
+}
+
+/// Whether an ES256 token's signature is in canonical low-S form. ECDSA signatures are
+/// malleable (`(r, n - s)` verifies too) and `ring` accepts both, so a token could be
+/// re-encoded into a second valid string; only the canonical one is accepted.
+fn low_s_signature(token: &str) -> bool {
+    let Some(sig) = token.rsplit('.').next() else {
+        return false;
+    };
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(sig) else {
+        return false;
+    };
+    match p256::ecdsa::Signature::from_slice(&bytes) {
+        // `normalize_s` answers `Some` only when s > n/2.
+        Ok(sig) => sig.normalize_s().is_none(),
+        Err(_) => false,
+    }
+}
+
+/// `ring` signs with either `s` or `n - s`; the verifier accepts only the low one, so a
+/// high-S signature is replaced by its canonical twin (the same signature, normalised).
+fn low_s_form(token: String) -> anyhow::Result<String> {
+    let Some((signed, sig)) = token.rsplit_once('.') else {
+        anyhow::bail!("signing produced no signature");
+    };
+    let sig = p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig)?)?;
+    match sig.normalize_s() {
+        Some(low) => Ok(format!(
+            "{signed}.{}",
+            URL_SAFE_NO_PAD.encode(low.to_bytes())
+        )),
+        None => Ok(token),
     }
 }
 
@@ -248,8 +299,11 @@ mod tests {
         }
     }
 
+    /// The verifying clock's time in these tests.
+    const NOW: i64 = 1_800_000_000;
+
     fn far() -> i64 {
-        time::OffsetDateTime::now_utc().unix_timestamp() + 3600
+        NOW + 3600
     }
 
     #[test]
@@ -261,7 +315,7 @@ mod tests {
             jsonwebtoken::decode_header(&t).unwrap().kid.as_deref(),
             Some(k.kid.as_str())
         );
-        assert_eq!(keys.verify(&t).unwrap().sub, "u");
+        assert_eq!(keys.verify(&t, NOW).unwrap().sub, "u");
         assert_eq!(keys.jwks()["keys"][0]["kid"], json!(k.kid));
     }
 
@@ -270,24 +324,24 @@ mod tests {
         let k = generate_key(1).unwrap();
         let keys = JwtKeys::new(&[k], None, "http://x/auth/v1".into()).unwrap();
         assert_eq!(
-            keys.verify(&keys.sign(&claims(10)).unwrap()),
+            keys.verify(&keys.sign(&claims(10)).unwrap(), NOW),
             Err(JwtError::Expired)
         );
         let t = keys.sign(&claims(far())).unwrap();
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"admin"}"#);
         parts[1] = &forged;
-        assert_eq!(keys.verify(&parts.join(".")), Err(JwtError::Invalid));
+        assert_eq!(keys.verify(&parts.join("."), NOW), Err(JwtError::Invalid));
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(far())).unwrap());
         assert_eq!(
-            keys.verify(&format!("{none_header}.{payload}.")),
+            keys.verify(&format!("{none_header}.{payload}."), NOW),
             Err(JwtError::Invalid)
         );
         let other =
             JwtKeys::new(&[generate_key(2).unwrap()], None, "http://x/auth/v1".into()).unwrap();
         assert_eq!(
-            keys.verify(&other.sign(&claims(far())).unwrap()),
+            keys.verify(&other.sign(&claims(far())).unwrap(), NOW),
             Err(JwtError::Invalid)
         );
     }
@@ -305,6 +359,40 @@ mod tests {
             jsonwebtoken::decode_header(&after).unwrap().kid,
             Some(new.kid)
         );
-        assert!(keys.verify(&before).is_ok());
+        assert!(keys.verify(&before, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_token_is_refused_from_its_expiry_second_on() {
+        let keys =
+            JwtKeys::new(&[generate_key(1).unwrap()], None, "http://x/auth/v1".into()).unwrap();
+        let t = keys.sign(&claims(NOW + 1)).unwrap();
+        assert!(keys.verify(&t, NOW).is_ok());
+        assert_eq!(keys.verify(&t, NOW + 1), Err(JwtError::Expired));
+        assert_eq!(keys.verify(&t, NOW + 2), Err(JwtError::Expired));
+    }
+
+    /// The same token with its signature turned into the high-S twin `(r, n - s)`.
+    fn high_s(token: &str) -> String {
+        let (signed, sig) = token.rsplit_once('.').unwrap();
+        let sig =
+            p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+        let (r, s) = sig.split_scalars();
+        let twin = p256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
+        assert!(twin.normalize_s().is_some(), "the twin is high-S");
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()))
+    }
+
+    #[test]
+    fn a_high_s_es256_signature_is_refused() {
+        let keys =
+            JwtKeys::new(&[generate_key(1).unwrap()], None, "http://x/auth/v1".into()).unwrap();
+        // `ring` picks s or n - s at random; every token handed out is the low-S one, and
+        // its high-S twin is refused.
+        for _ in 0..16 {
+            let t = keys.sign(&claims(far())).unwrap();
+            assert!(keys.verify(&t, NOW).is_ok());
+            assert_eq!(keys.verify(&high_s(&t), NOW), Err(JwtError::Invalid));
+        }
     }
 }

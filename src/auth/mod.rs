@@ -3,5 +3,6 @@
 pub mod api_key;
 pub mod jwt;
 pub mod password;
+pub mod password_policy;
 pub mod tokens;
 pub mod widget;

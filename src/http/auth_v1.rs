@@ -267,7 +267,8 @@ fn bearer(headers: &HeaderMap) -> Result<&str, GoTrueError> {
 
 fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> {
     let token = bearer(headers)?;
-    state.accounts.jwt.verify(token).map_err(|e| match e {
+    let now = state.accounts.clock.now_secs();
+    state.accounts.jwt.verify(token, now).map_err(|e| match e {
         JwtError::Expired => GoTrueError::bad_jwt("token is expired"),
         JwtError::Invalid => GoTrueError::bad_jwt("token is invalid"),
     })

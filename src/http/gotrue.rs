@@ -30,7 +30,7 @@ pub struct GoTrueError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    weak_password: bool,
+    weak_password: Option<Vec<&'static str>>,
     retry_after: Option<u64>,
 }
 
@@ -41,7 +41,7 @@ impl GoTrueError {
             status,
             code,
             message: message.into(),
-            weak_password: false,
+            weak_password: None,
             retry_after: None,
         }
     }
@@ -105,7 +105,9 @@ impl From<AccountError> for GoTrueError {
             AccountError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "unexpected_failure"),
         };
         let mut out = Self::new(status, code, msg);
-        out.weak_password = matches!(e, AccountError::WeakPassword(_));
+        if let AccountError::WeakPassword(w) = &e {
+            out.weak_password = Some(w.reasons.clone());
+        }
         if matches!(e, AccountError::Busy) {
             out.retry_after = Some(1);
         }
@@ -123,8 +125,8 @@ impl IntoResponse for GoTrueError {
             json!({ "code": self.status.as_u16(), "error_code": self.code, "msg": self.message,
                     "error": self.code, "error_description": self.message })
         };
-        if self.weak_password {
-            body["weak_password"] = json!({ "reasons": ["length"] });
+        if let Some(reasons) = &self.weak_password {
+            body["weak_password"] = json!({ "reasons": reasons });
         }
         let mut res = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {

@@ -4,7 +4,9 @@
 /// The checked list and the fallback.
 pub struct Redirects {
     site: String,
-    site_host: Option<String>,
+    /// Scheme, host and port of `site_url`: another port or scheme on the same host is
+    /// another origin (another server), so it is not trusted with tokens.
+    site_origin: Option<url::Origin>,
     patterns: Vec<String>,
 }
 
@@ -46,9 +48,10 @@ impl Redirects {
     pub fn new(site: &str, patterns: &[String]) -> Self {
         Redirects {
             site: site.to_string(),
-            site_host: url::Url::parse(site)
+            site_origin: url::Url::parse(site)
                 .ok()
-                .and_then(|u| u.host_str().map(str::to_string)),
+                .map(|u| u.origin())
+                .filter(url::Origin::is_tuple),
             patterns: patterns.iter().map(|p| normalise(p.trim())).collect(),
         }
     }
@@ -59,9 +62,7 @@ impl Redirects {
             return false;
         };
         u.set_fragment(None);
-        if matches!(u.scheme(), "http" | "https")
-            && u.host_str().is_some()
-            && u.host_str().map(str::to_string) == self.site_host
+        if matches!(u.scheme(), "http" | "https") && self.site_origin.as_ref() == Some(&u.origin())
         {
             return true;
         }
@@ -112,5 +113,22 @@ mod tests {
             "https://app.example.com"
         );
         assert_eq!(r.resolve(None), "https://app.example.com");
+    }
+
+    #[test]
+    fn only_the_site_origin_itself_is_trusted() {
+        let r = Redirects::new("http://127.0.0.1:3000", &[]);
+        assert!(r.allowed("http://127.0.0.1:3000/welcome"));
+        assert!(!r.allowed("http://127.0.0.1:9999/steal"), "another port");
+        assert!(!r.allowed("https://127.0.0.1:3000/"), "another scheme");
+        assert!(!r.allowed("http://127.0.0.1/"), "the default port");
+        let r = Redirects::new("https://app.example.com", &[]);
+        assert!(
+            r.allowed("https://app.example.com:443/a"),
+            "the explicit default port"
+        );
+        assert!(!r.allowed("http://app.example.com/a"));
+        assert!(!r.allowed("https://app.example.com:8443/a"));
+        assert!(!r.allowed("https://evil.app.example.com/a"));
     }
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod access_tokens;
 mod account_safety;
 mod api_keys;
 mod auth_v1;
@@ -13,8 +14,10 @@ mod dashboard;
 mod dashboard_page;
 mod email;
 mod orgs;
+mod passwords;
 mod process;
 mod ratelimit;
+mod redirects;
 mod scaleout;
 mod smtp_sink;
 mod webhooks;

@@ -1,0 +1,225 @@
+//! The password policy: common passwords are refused by the strength estimate, breached ones
+//! by a Have-I-Been-Pwned-compatible range API (a local mock here) that sees only the first
+//! five hex digits of the SHA-1.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sha1::{Digest, Sha1};
+
+use crate::helpers::{parts, Db, TestApp};
+use crate::story;
+
+/// A password the estimator accepts but the mock lists as breached.
+const BREACHED: &str = "Tr0ub4dor&3 zebra quantum";
+/// A password the estimator accepts and the mock does not list.
+const UNLISTED: &str = "violet kettle marathon 77";
+
+fn sha1_hex(s: &str) -> String {
+    Sha1::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+/// A recording range API.
+#[derive(Clone, Default)]
+pub(crate) struct RangeApi {
+    /// Every path segment after `/range/`, in order.
+    pub asked: Arc<Mutex<Vec<String>>>,
+    /// Answer 500 to everything.
+    pub broken: bool,
+}
+
+async fn range(State(api): State<RangeApi>, Path(prefix): Path<String>) -> (StatusCode, String) {
+    api.asked.lock().unwrap().push(prefix.clone());
+    if api.broken {
+        return (StatusCode::INTERNAL_SERVER_ERROR, String::new());
+    }
+    let hash = sha1_hex(BREACHED);
+    // Padding lines (count 0) as HIBP sends on `Add-Padding: true`, plus the real entry.
+    let mut body = format!(
+        "{}:0\r\n00000000000000000000000000000000001:2\r\n",
+        &hash[5..]
+    );
+    if prefix.eq_ignore_ascii_case(&hash[..5]) {
+        body.push_str(&format!("{}:1234\r\n", &hash[5..]));
+    }
+    let padding_for_unlisted = sha1_hex(UNLISTED);
+    body.push_str(&format!("{}:0\r\n", &padding_for_unlisted[5..]));
+    (StatusCode::OK, body)
+}
+
+/// Starts the mock on a free port; its base URL and its record.
+async fn range_api(broken: bool) -> (String, RangeApi) {
+    let api = RangeApi {
+        broken,
+        ..RangeApi::default()
+    };
+    let app = Router::new()
+        .route("/range/{prefix}", get(range))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), api)
+}
+
+/// Runs a story on both engines with the breach check pointed at a fresh mock.
+macro_rules! breach_story {
+    ($name:ident, broken: $broken:expr, fail_closed: $closed:expr, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn spawn(db: Db) -> Option<(TestApp, RangeApi)> {
+                let (url, api) = range_api($broken).await;
+                let app = TestApp::spawn(db, move |c| {
+                    c.password_breach_check_url = Some(url);
+                    c.password_breach_check_fail_closed = $closed;
+                })
+                .await?;
+                Some((app, api))
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                let (app, api) = spawn(Db::Sqlite).await.unwrap();
+                let app = ($body)(app, api).await;
+                app.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                let Some((app, api)) = spawn(Db::Postgres).await else {
+                    return;
+                };
+                let app = ($body)(app, api).await;
+                app.stop().await;
+            }
+        }
+    };
+}
+
+fn fresh() -> String {
+    format!("pw-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+async fn change_password(app: &TestApp, token: &str, password: &str) -> (u16, Value) {
+    let res = app
+        .auth(Method::PUT, "/user")
+        .bearer_auth(token)
+        .json(&json!({ "password": password }))
+        .send()
+        .await
+        .unwrap();
+    parts(res).await
+}
+
+story!(
+    common_passwords_are_weak_passwords_everywhere_a_password_is_set,
+    |app: TestApp| async move {
+        for common in ["password", "12345678", "        ", "qwerty123", "iloveyou"] {
+            let (status, body) = parts(app.signup(&fresh(), common).await).await;
+            assert_eq!(status, 422, "{common:?}: {body}");
+            assert_eq!(body["code"], "weak_password");
+            assert_eq!(body["weak_password"]["reasons"], json!(["strength"]));
+            assert!(body["message"].as_str().unwrap().contains("easy to guess"));
+        }
+        let email = fresh();
+        let local = email.split('@').next().unwrap().to_string();
+        let (status, body) = parts(app.signup(&email, &format!("{local}1")).await).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (422, json!("weak_password"))
+        );
+
+        // Password change (and recovery, which ends in the same PUT /user).
+        let (_, _, session) = app.new_user().await;
+        let token = session["access_token"].as_str().unwrap();
+        let (status, body) = change_password(&app, token, "password").await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["weak_password"]["reasons"], json!(["strength"]));
+        let (status, body) = change_password(&app, token, "a brand new password").await;
+        assert_eq!(status, 200, "{body}");
+
+        // The operator CLI's `user create`.
+        let e = app
+            .state
+            .accounts
+            .create_confirmed_user(&fresh(), "12345678".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, gatehouse::accounts::AccountError::WeakPassword(ref w) if w.reasons == ["strength"]),
+            "{e:?}"
+        );
+        app
+    }
+);
+
+story!(
+    a_minimum_score_of_zero_accepts_what_the_length_allows,
+    |c: &mut gatehouse::config::Config| c.password_min_score = 0,
+    |app: TestApp| async move {
+        assert_eq!(app.signup(&fresh(), "password").await.status(), 200);
+        app
+    }
+);
+
+breach_story!(
+    a_breached_password_is_refused_and_only_five_hex_digits_leave,
+    broken: false,
+    fail_closed: false,
+    |app: TestApp, api: RangeApi| async move {
+        let (status, body) = parts(app.signup(&fresh(), BREACHED).await).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["code"], "weak_password");
+        assert_eq!(body["weak_password"]["reasons"], json!(["pwned"]));
+        let (status, body) = parts(app.signup(&fresh(), UNLISTED).await).await;
+        assert_eq!(status, 200, "{body}");
+        // A weak password is refused before any lookup.
+        assert_eq!(app.signup(&fresh(), "password").await.status(), 422);
+
+        let asked = api.asked.lock().unwrap().clone();
+        assert_eq!(
+            asked,
+            vec![sha1_hex(BREACHED)[..5].to_string(), sha1_hex(UNLISTED)[..5].to_string()]
+        );
+        for prefix in &asked {
+            assert!(
+                prefix.len() == 5 && prefix.chars().all(|c| c.is_ascii_hexdigit()),
+                "only 5 hex digits leave the server: {prefix:?}"
+            );
+        }
+        app
+    }
+);
+
+breach_story!(
+    a_failed_breach_check_fails_open_by_default,
+    broken: true,
+    fail_closed: false,
+    |app: TestApp, api: RangeApi| async move {
+        assert_eq!(app.signup(&fresh(), BREACHED).await.status(), 200);
+        assert_eq!(api.asked.lock().unwrap().len(), 1);
+        app
+    }
+);
+
+breach_story!(
+    a_failed_breach_check_fails_closed_when_configured,
+    broken: true,
+    fail_closed: true,
+    |app: TestApp, api: RangeApi| async move {
+        let (status, body) = parts(app.signup(&fresh(), UNLISTED).await).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(api.asked.lock().unwrap().len(), 1);
+        app
+    }
+);
