@@ -184,3 +184,66 @@ async fn metrics_listen_serves_metrics_alone_and_stops_with_the_server() {
     );
     db.cleanup().await;
 }
+
+/// The real binary: `serve` binds `metrics_listen` at start, keeps the token out of the log
+/// and closes the address at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_metrics_on_metrics_listen() {
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let dir = crate::helpers::tempdir::Dir::new();
+    // A free port for the binary to bind (it is released here, then bound by the server).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = crate::process::start_with(
+        &db.url,
+        &dir,
+        &[
+            ("GATEHOUSE_METRICS_LISTEN", &addr),
+            ("GATEHOUSE_METRICS_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    // Bound before /healthz answered, which start_with waited for.
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = client
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    drop(client);
+    let ok = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (status, server)
+    })
+    .await
+    .unwrap();
+    let (status, server) = status;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "metrics_listen outlived the server"
+    );
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("metrics listening"), "{log}");
+    assert!(!log.contains(TOKEN), "the metrics token was logged");
+    db.cleanup().await;
+}
