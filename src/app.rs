@@ -522,12 +522,43 @@ fn storage_unavailable(cause: &dyn std::fmt::Display) -> ApiError {
     e
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves until `shutdown` resolves, then lets in-flight requests finish; binds
+/// `metrics_listen` first when it is set.
 pub async fn run(
     state: AppState,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = bind_metrics(&state.config).await?;
+    serve(state, listener, metrics, shutdown).await
+}
+
+/// The listener of `metrics_listen`, when it is set.
+pub async fn bind_metrics(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    match config.metrics_listen {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (metrics_listen): {e}")),
+        None => Ok(None),
+    }
+}
+
+/// [`run`] with the `metrics_listen` listener already bound (`None`: `/metrics` is on the
+/// main listener). Both stop when `shutdown` resolves.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use futures_util::FutureExt;
+    let shutdown = shutdown.shared();
+    let metrics_server = metrics_listener.map(|l| {
+        let app = crate::http::metrics::own_router(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop).await })
+    });
     let app = crate::http::router(state.clone());
     // Each batch holds a row per key used since the last one: with many active keys a short
     // interval costs a core (see `write_behind_seconds`).
@@ -543,12 +574,23 @@ pub async fn run(
         state.clock.clone(),
         stop_rx,
     ));
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await?;
+    .await;
+    if let Some(server) = metrics_server {
+        if served.is_err() {
+            server.abort();
+        }
+        match server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
+            Err(e) if e.is_panic() => tracing::warn!("the metrics listener panicked"),
+            _ => {}
+        }
+    }
+    served?;
     writer.abort();
     subscriber.abort();
     usage.abort();

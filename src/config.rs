@@ -150,6 +150,12 @@ pub struct Config {
     pub log: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// When set, `/metrics` needs `Authorization: Bearer <metrics_token>` (at least 16
+    /// characters; compared in constant time); unset: `/metrics` needs no credential.
+    pub metrics_token: Option<SecretString>,
+    /// When set, `/metrics` is served only on this address (e.g. `127.0.0.1:9090`) and the
+    /// main listener answers 404 there.
+    pub metrics_listen: Option<SocketAddr>,
     /// Development mode: confirms sign-ups at once (as `autoconfirm`).
     pub dev: bool,
     /// `smtp://`/`smtps://` URL mail goes out through (may hold credentials: never logged).
@@ -228,6 +234,8 @@ impl Default for Config {
             webhooks_timeout_ms: 15_000,
             log: "info".into(),
             log_format: "text".into(),
+            metrics_token: None,
+            metrics_listen: None,
             dev: false,
             smtp_url: None,
             mail_from: "Gatehouse <noreply@localhost>".into(),
@@ -453,6 +461,23 @@ impl Config {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 anyhow::bail!("proxy_target must start with http:// or https://");
             }
+            // Request paths are appended to it: a query or fragment would swallow them.
+            match url::Url::parse(u) {
+                Ok(parsed) if parsed.query().is_none() && parsed.fragment().is_none() => {}
+                _ => anyhow::bail!("proxy_target must be a URL without a query or fragment"),
+            }
+        }
+        if let Some(t) = &self.metrics_token {
+            let t = t.expose();
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                anyhow::bail!("metrics_token must be at least 16 characters, without spaces");
+            }
+        }
+        if self
+            .metrics_listen
+            .is_some_and(|m| m == self.listen && m.port() != 0)
+        {
+            anyhow::bail!("metrics_listen must differ from listen");
         }
         if !(100..=600_000).contains(&self.upstream_timeout_ms) {
             anyhow::bail!("upstream_timeout_ms must be between 100 and 600000");
@@ -620,6 +645,38 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn metrics_settings_are_checked_and_the_token_masked() {
+        let cfg = Config {
+            metrics_token: Some(SecretString::new("scrape-secret-0123456789")),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            ..Config::default()
+        };
+        assert!(cfg.validate().is_ok());
+        let printed = format!("{cfg:?}");
+        assert!(!printed.contains("scrape-secret"), "{printed}");
+        for bad in ["short", "has a space in it, long enough"] {
+            let cfg = Config {
+                metrics_token: Some(SecretString::new(bad)),
+                ..Config::default()
+            };
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("metrics_token"), "{e}");
+        }
+        let same = Config {
+            metrics_listen: Some(Config::default().listen),
+            ..Config::default()
+        };
+        assert!(same.validate().is_err());
+        for bad in ["http://backend/base?x=1", "http://backend/#f", "http://"] {
+            let cfg = Config {
+                proxy_target: Some(bad.into()),
+                ..Config::default()
+            };
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

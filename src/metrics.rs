@@ -9,8 +9,26 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
-    method: String,
+    method: &'static str,
     status: u16,
+}
+
+/// The `method` label: a method of RFC 9110 or PATCH by name, any other token `other`.
+/// Every label value is kept for the life of the process, so a client choosing method
+/// tokens must not be able to add any.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,12 +139,13 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished request.
+    /// Counts one finished request. `route` must be a route pattern (a bounded set), never
+    /// a raw path; `method` is labelled by [`method_label`].
     pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),
-                method: method.to_string(),
+                method: method_label(method),
                 status,
             })
             .inc();
@@ -185,5 +204,23 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_methods_become_labels() {
+        let m = Metrics::new();
+        m.request("/v1/me", "GET", 200, 0.001);
+        m.request("/v1/me", "BREW", 405, 0.001);
+        m.request("/v1/me", "get", 405, 0.001);
+        m.request("/v1/me", &"X".repeat(1000), 405, 0.001);
+        let text = m.render();
+        assert!(text.contains("method=\"GET\""), "{text}");
+        assert!(text.contains("method=\"other\""), "{text}");
+        assert!(!text.contains("BREW") && !text.contains("XXXX") && !text.contains("\"get\""));
     }
 }

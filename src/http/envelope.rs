@@ -143,6 +143,20 @@ fn incoming_id(req: &Request) -> Option<String> {
     ok.then(|| v.to_string())
 }
 
+/// The longest method token accepted, in bytes (the longest registered method,
+/// `UPDATEREDIRECTREF`, has 17).
+pub const MAX_METHOD_LEN: usize = 32;
+
+/// The answer to a method token over [`MAX_METHOD_LEN`], in the format of the path's API.
+fn method_too_long(path: &str) -> Response {
+    let message = format!("The request method is longer than {MAX_METHOD_LEN} bytes.");
+    if path == "/auth/v1" || path.starts_with("/auth/v1/") {
+        crate::http::gotrue::GoTrueError::validation(message).into_response()
+    } else {
+        ApiError::msg(Code::InvalidRequest, message).into_response()
+    }
+}
+
 /// Gives every request an id, a span with its method and path, one log line with its outcome,
 /// and an `X-Request-Id` on the response. Logs carry no headers, bodies or query strings,
 /// so no credential can reach them.
@@ -159,12 +173,18 @@ pub async fn request_context(
         .cloned();
     let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
     let method = req.method().clone();
-    let span = tracing::info_span!("request", %method, route = %route, request_id = %id);
+    // A method token is the client's choice: an over-long one is refused, and never logged.
+    let method_ok = method.as_str().len() <= MAX_METHOD_LEN;
+    let shown = if method_ok { method.as_str() } else { "other" };
+    let span = tracing::info_span!("request", method = %shown, route = %route, request_id = %id);
     let started = std::time::Instant::now();
     let (mut res, decision) = REQUEST_ID
         .scope(
             id.clone(),
             crate::http::limits::scope(async {
+                if !method_ok {
+                    return (method_too_long(req.uri().path()), None);
+                }
                 let res = next.run(req).await;
                 (res, crate::http::limits::noted())
             })

@@ -108,7 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard::router())
         .merge(health::router())
         .merge(openapi::router())
-        .merge(metrics::router())
+        .merge(metrics::router(&state))
         .merge(widget_public::router(state.clone()))
         .merge(chat::api_router().merge(proxy::router()).layer(api_cors))
         .fallback(envelope::not_found)
