@@ -263,6 +263,18 @@ async fn grantable(state: &AppState, a: &Access, role: &str) -> Result<(), ApiEr
     Ok(())
 }
 
+/// Checks that `a` may change or remove a member whose role is `current`: only owners act on
+/// owners, and the actor holds every permission of that role.
+async fn may_act_on(state: &AppState, a: &Access, current: &str) -> Result<(), ApiError> {
+    if current == "owner" {
+        a.require_owner()?;
+    }
+    let perms = role_permissions(&state.store, &a.org_id, current)
+        .await?
+        .unwrap_or_default();
+    a.require_covers(&perms)
+}
+
 /// Adds an existing user by email.
 #[utoipa::path(post, path = "/v1/orgs/{org}/members", tag = "members", request_body = AddMemberBody,
     responses((status = 201, body = Member), (status = 404, description = "No such user"), (status = 409, description = "Already a member")))]
@@ -313,9 +325,7 @@ pub async fn change_role(
         .membership(&org, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("Member"))?;
-    if current == "owner" {
-        a.require_owner()?;
-    }
+    may_act_on(&state, &a, &current).await?;
     grantable(&state, &a, &body.role).await?;
     state
         .store
@@ -359,9 +369,7 @@ pub async fn remove_member(
         .membership(&org, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("Member"))?;
-    if current == "owner" {
-        a.require_owner()?;
-    }
+    may_act_on(&state, &a, &current).await?;
     state
         .store
         .remove_member(&org, &user, &audit(&state, &a, &ip))
