@@ -8,7 +8,13 @@ use minijinja::Environment;
 use serde::Serialize;
 
 /// The templates, each as `NAME.subject`, `NAME.txt` and `NAME.html`.
-pub const NAMES: [&str; 4] = ["confirmation", "magic_link", "recovery", "email_change"];
+pub const NAMES: [&str; 5] = [
+    "confirmation",
+    "magic_link",
+    "recovery",
+    "email_change",
+    "invitation",
+];
 
 const PARTS: [&str; 3] = ["subject", "txt", "html"];
 
@@ -26,6 +32,9 @@ fn builtin(file: &str) -> Option<&'static str> {
         "email_change.subject" => include_str!("../../assets/mail/email_change.subject"),
         "email_change.txt" => include_str!("../../assets/mail/email_change.txt"),
         "email_change.html" => include_str!("../../assets/mail/email_change.html"),
+        "invitation.subject" => include_str!("../../assets/mail/invitation.subject"),
+        "invitation.txt" => include_str!("../../assets/mail/invitation.txt"),
+        "invitation.html" => include_str!("../../assets/mail/invitation.html"),
         _ => return None,
     })
 }
@@ -49,6 +58,27 @@ pub struct MailContext {
     pub redirect_to: String,
     /// Minutes until the link and code expire.
     pub expires_in_minutes: i64,
+}
+
+/// What the `invitation` template may use.
+#[derive(Serialize)]
+pub struct InvitationContext {
+    /// The dashboard's accept page, with the single-use token in its fragment.
+    pub accept_url: String,
+    /// The invited address.
+    pub email: String,
+    /// The organization's name.
+    pub org_name: String,
+    /// Who invited.
+    pub inviter_email: String,
+    /// The role offered.
+    pub role: String,
+    /// When the invitation expires (RFC 3339).
+    pub expires_at: String,
+    /// Hours until it expires.
+    pub expires_in_hours: i64,
+    /// The site URL.
+    pub site_url: String,
 }
 
 /// A rendered mail.
@@ -104,7 +134,19 @@ impl Templates {
             redirect_to: "https://example.com".into(),
             expires_in_minutes: 60,
         };
-        for name in NAMES {
+        let invitation = InvitationContext {
+            accept_url: "https://example.com/dashboard/#invitation=t".into(),
+            email: "someone@example.com".into(),
+            org_name: "Acme".into(),
+            inviter_email: "owner@example.com".into(),
+            role: "member".into(),
+            expires_at: "2030-01-01T00:00:00Z".into(),
+            expires_in_hours: 48,
+            site_url: "https://example.com".into(),
+        };
+        t.render("invitation", &invitation)
+            .map_err(|e| anyhow::anyhow!("mail template invitation: {e}"))?;
+        for name in NAMES.into_iter().filter(|n| *n != "invitation") {
             t.render(name, &sample)
                 .map_err(|e| anyhow::anyhow!("mail template {name}: {e}"))?;
         }
@@ -112,7 +154,7 @@ impl Templates {
     }
 
     /// Renders one mail; the `.html` part is autoescaped (by its file name).
-    pub fn render(&self, name: &str, ctx: &MailContext) -> Result<Rendered, minijinja::Error> {
+    pub fn render<C: Serialize>(&self, name: &str, ctx: &C) -> Result<Rendered, minijinja::Error> {
         let part = |p: &str| -> Result<String, minijinja::Error> {
             let file = format!("{name}.{p}");
             let source = self.sources.get(&file).map(String::as_str).unwrap_or("");

@@ -8,6 +8,7 @@
 mod api_keys;
 mod audit;
 mod engine;
+mod invitations;
 mod jwt_keys;
 mod mail;
 mod orgs;
@@ -22,6 +23,7 @@ mod widgets;
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry};
 pub use engine::Engine;
+pub use invitations::{Invitation, NewInvitation};
 pub use mail::QueuedMail;
 pub use orgs::{Member, Org, Role};
 pub use otp::{NewMail, OtpRow};

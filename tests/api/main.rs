@@ -10,6 +10,7 @@ mod chat;
 mod dashboard;
 mod dashboard_page;
 mod email;
+mod invitations;
 mod orgs;
 mod process;
 mod ratelimit;
