@@ -63,9 +63,12 @@ pub(crate) async fn start_with(db_url: &str, dir: &tempdir::Dir, extra: &[(&str,
     let out = std::fs::File::create(&log).unwrap();
     let listen = format!("127.0.0.1:{port}");
     let public_url = format!("http://127.0.0.1:{port}");
+    // Mails (invitations, say) go to the test's folder, never into the source tree.
+    let outbox = dir.0.join("outbox").display().to_string();
     let mut env = vec![
         ("GATEHOUSE_LISTEN", listen.as_str()),
         ("GATEHOUSE_PUBLIC_URL", public_url.as_str()),
+        ("GATEHOUSE_MAIL_OUTBOX_DIR", outbox.as_str()),
     ];
     env.extend_from_slice(extra);
     let mut child = command(db_url, &env)
