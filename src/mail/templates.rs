@@ -204,6 +204,31 @@ mod tests {
     }
 
     #[test]
+    fn the_invitation_names_the_organization_the_inviter_the_role_and_the_link() {
+        let t = Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let ctx = InvitationContext {
+            accept_url: "https://auth.example.com/dashboard/#invitation=inv_1&token=abc".into(),
+            email: "sam@example.com".into(),
+            org_name: "<Acme>".into(),
+            inviter_email: "ann@example.com".into(),
+            role: "admin".into(),
+            expires_at: "2030-01-03T00:00:00Z".into(),
+            expires_in_hours: 48,
+            site_url: "https://example.com".into(),
+        };
+        let r = t
+            .render("invitation", &ctx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.subject, "ann@example.com invited you to <Acme>");
+        for part in [&r.text, &r.html] {
+            assert!(part.contains("as admin") || part.contains("as <strong>admin</strong>"));
+            assert!(part.contains("2030-01-03T00:00:00Z") && part.contains("48 hours"));
+        }
+        assert!(r.text.contains(&ctx.accept_url));
+        assert!(r.html.contains("&lt;Acme&gt;") && !r.html.contains("<Acme>"));
+    }
+
+    #[test]
     fn a_file_in_the_folder_replaces_the_builtin() {
         let dir = std::env::temp_dir().join(format!("gh-tpl-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
