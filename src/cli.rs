@@ -91,6 +91,19 @@ pub enum OrgAction {
         #[arg(long)]
         owner_email: String,
     },
+    /// Invite an address into an organization (with or without an account); prints only the
+    /// invitation's id. The mail is queued; a running server on the same storage sends it.
+    Invite {
+        /// The organization id (`org_…`).
+        #[arg(long)]
+        org: String,
+        /// The address to invite.
+        #[arg(long)]
+        email: String,
+        /// A built-in or custom role of the organization.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
 }
 
 /// `gatehouse key …`.
@@ -289,6 +302,33 @@ async fn org_command(config: Config, action: OrgAction) -> anyhow::Result<()> {
                 .create_org(&name, &owner.id, &cli_audit())
                 .await?;
             println!("{}", org.id);
+            Ok(())
+        }
+        OrgAction::Invite { org, email, role } => {
+            crate::orgs::check_id(&org, "org").map_err(api_error)?;
+            let address =
+                crate::domain::Email::parse(&email).map_err(|m| anyhow::anyhow!("--email: {m}"))?;
+            if crate::orgs::role_permissions(&state.store, &org, &role)
+                .await?
+                .is_none()
+            {
+                anyhow::bail!("--role: no role {role:?} in organization {org}");
+            }
+            let inviter = crate::invitations::Inviter {
+                id: "cli",
+                email: "An administrator",
+            };
+            let inv =
+                crate::invitations::invite(&state, &org, inviter, &address, &role, &cli_audit())
+                    .await
+                    .map_err(api_error)?;
+            eprintln!(
+                "invited {} as {} (expires {})",
+                inv.email,
+                inv.role,
+                crate::clock::rfc3339(inv.expires_at)
+            );
+            println!("{}", inv.id);
             Ok(())
         }
     }

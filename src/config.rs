@@ -175,6 +175,12 @@ pub struct Config {
     pub otp_expiry_seconds: i64,
     /// Least time between two mails to one address, in seconds.
     pub mail_min_interval_seconds: i64,
+    /// Lifetime of an invitation to an organization, in seconds.
+    pub invitation_seconds: i64,
+    /// Per organization: invitations created.
+    pub rate_limit_invitation_org: Rates,
+    /// Per inviting user: invitations created.
+    pub rate_limit_invitation_user: Rates,
 }
 
 impl Default for Config {
@@ -245,6 +251,9 @@ impl Default for Config {
             redirect_allowlist: Vec::new(),
             otp_expiry_seconds: 3600,
             mail_min_interval_seconds: 60,
+            invitation_seconds: 48 * 3600,
+            rate_limit_invitation_org: Rates::one(Rate::new(100, 3600)),
+            rate_limit_invitation_user: Rates::one(Rate::new(30, 3600)),
         }
     }
 }
@@ -273,11 +282,15 @@ pub enum Policy {
     WidgetIp,
     /// Per widget, all visitors.
     Widget,
+    /// Per organization, invitations created.
+    InvitationOrg,
+    /// Per inviting user, invitations created.
+    InvitationUser,
 }
 
 impl Policy {
     /// Every policy.
-    pub const ALL: [Policy; 10] = [
+    pub const ALL: [Policy; 12] = [
         Policy::ApiKey,
         Policy::Org,
         Policy::SignIn,
@@ -288,6 +301,8 @@ impl Policy {
         Policy::WidgetSession,
         Policy::WidgetIp,
         Policy::Widget,
+        Policy::InvitationOrg,
+        Policy::InvitationUser,
     ];
 
     /// The name in configuration, headers and metrics.
@@ -303,6 +318,8 @@ impl Policy {
             Policy::WidgetSession => "widget_session",
             Policy::WidgetIp => "widget_ip",
             Policy::Widget => "widget",
+            Policy::InvitationOrg => "invitation_org",
+            Policy::InvitationUser => "invitation_user",
         }
     }
 
@@ -501,6 +518,9 @@ impl Config {
             anyhow::bail!("webhooks_retry_schedule must be 1-20 delays of at most 604800 seconds");
         }
         crate::mail::check_config(self)?;
+        if !(3600..=30 * 86_400).contains(&self.invitation_seconds) {
+            anyhow::bail!("invitation_seconds must be between 3600 and 2592000");
+        }
         if let Some(secret) = &self.jwt_secret {
             if secret.expose().len() < 32 {
                 anyhow::bail!("jwt_secret must be at least 32 characters");
@@ -522,6 +542,8 @@ impl Config {
             Policy::WidgetSession => &self.rate_limit_widget_session,
             Policy::WidgetIp => &self.rate_limit_widget_ip,
             Policy::Widget => &self.rate_limit_widget,
+            Policy::InvitationOrg => &self.rate_limit_invitation_org,
+            Policy::InvitationUser => &self.rate_limit_invitation_user,
         }
     }
 

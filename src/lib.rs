@@ -23,6 +23,8 @@ pub mod error;
 pub mod fanout;
 /// HTTP handlers, extractors and the response envelope.
 pub mod http;
+/// Invitations: the only way into an organization.
+pub mod invitations;
 /// API keys: minting and cached verification.
 pub mod keys;
 /// Email: templates, the durable mail queue, SMTP and the one-time-token flows.

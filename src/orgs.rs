@@ -59,6 +59,22 @@ impl Access {
         }
     }
 
+    /// 403 naming the first of `perms` (a member's current role) the principal lacks: nobody
+    /// changes or removes a member who holds a permission they do not hold themselves.
+    pub fn require_covers<'a>(
+        &self,
+        perms: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), ApiError> {
+        match perms.into_iter().find(|p| !self.has(p)) {
+            None => Ok(()),
+            Some(missing) => Err(ApiError::msg(
+                Code::Forbidden,
+                format!("You cannot act on a member who holds {missing}, which you do not hold."),
+            )
+            .details(json!({ "required": missing }))),
+        }
+    }
+
     /// 403 unless the principal is a person with role `owner`.
     pub fn require_owner(&self) -> Result<(), ApiError> {
         if self.role.as_deref() == Some("owner") {

@@ -243,6 +243,8 @@
   }
 
   async function boot() {
+    const link = invitationLink()
+    if (link) return acceptPage(link)
     try {
       state.me = await api('GET', '/v1/me', undefined, { quiet401: true })
     } catch (e) {
@@ -367,6 +369,106 @@
     email.focus()
   }
 
+  // ---------------------------------------------------------------- accepting an invitation
+  // The mailed link is /dashboard/#invitation=inv_…&token=…: the token stays in the fragment
+  // (never sent in a URL) and is dropped from the address bar at once.
+  function invitationLink() {
+    if (!location.hash.startsWith('#invitation=')) return null
+    const q = new URLSearchParams(location.hash.slice(1))
+    history.replaceState(null, '', location.pathname)
+    const id = q.get('invitation'), token = q.get('token')
+    return id && token ? { id, token } : null
+  }
+
+  async function acceptPage(link) {
+    document.body.classList.add('signed-out')
+    for (const id of ['#org', '#nav', '#account']) $(id).replaceChildren()
+    document.title = 'Invitation · Gatehouse'
+    const main = $('#main')
+    main.replaceChildren(h('p', { class: 'muted' }, 'Loading the invitation…'))
+    let inv, me = null
+    try {
+      inv = await api('POST', '/v1/invitations/lookup', { token: link.token }, { quiet401: true })
+      me = await api('GET', '/v1/me', undefined, { quiet401: true }).catch((e) => { if (e.status === 401) return null; throw e })
+    } catch (e) {
+      return main.replaceChildren(h('section', { class: 'card signin' }, h('h1', null, 'Invitation'),
+        h('p', { class: 'error', role: 'alert' }, e.message), h('p', null, h('a', { href: '/dashboard' }, 'Go to the dashboard'))))
+    }
+    const err = errorSlot()
+    const card = h('section', { class: 'card signin', 'aria-labelledby': 'invite-h' },
+      h('h1', { id: 'invite-h' }, `Join ${inv.org_name}`),
+      h('p', null, `${inv.inviter_email} invited `, h('strong', null, inv.email), ` to join ${inv.org_name} as `, h('strong', null, inv.role), '.'),
+      h('p', { class: 'hint' }, `The invitation expires ${fmtTime(inv.expires_at)}.`))
+    main.replaceChildren(card)
+    const joined = async () => {
+      state.me = await api('GET', '/v1/me')
+      pickOrg(inv.org_id)
+      render({ focus: true })
+      toast(`You joined ${inv.org_name}.`)
+    }
+    if (inv.status !== 'pending') {
+      card.append(h('p', { class: 'error', role: 'alert' }, `This invitation is ${inv.status}.`),
+        h('p', null, h('a', { href: '/dashboard' }, 'Go to the dashboard')))
+      return
+    }
+    if (me && me.kind === 'user') {
+      if (me.email !== inv.email) {
+        card.append(h('p', { class: 'notice' }, `You are signed in as ${me.email}; this invitation is for ${inv.email}. Sign out and sign in (or sign up) with that address.`),
+          err, btn('Sign out', { class: 'primary wide', onclick: async (ev) => {
+            await busy(ev.currentTarget, err, async () => {
+              await api('DELETE', '/v1/session', undefined, { quiet401: true })
+              acceptPage(link)
+            })
+          } }))
+        return
+      }
+      const accept = btn('Accept and join', { class: 'primary wide' })
+      const decline = btn('Decline', { class: 'secondary wide' })
+      accept.addEventListener('click', () => busy(accept, err, async () => {
+        await api('POST', `/v1/invitations/${encodeURIComponent(inv.id)}/accept`)
+        await joined()
+      }))
+      decline.addEventListener('click', () => busy(decline, err, async () => {
+        await api('POST', `/v1/invitations/${encodeURIComponent(inv.id)}/decline`)
+        toast('Invitation declined.')
+        await boot()
+      }))
+      card.append(h('p', null, `Signed in as ${me.email}.`), err, h('div', { class: 'stack' }, accept, decline))
+      accept.focus()
+      return
+    }
+    // Not signed in: create an account (the link proves the address) or sign in.
+    const email = h('input', { id: 'invite-email', type: 'email', value: inv.email, readonly: true, autocomplete: 'username' })
+    const password = h('input', { id: 'invite-password', type: 'password', required: true, minlength: '8', autocomplete: 'new-password', 'aria-describedby': 'invite-password-hint' })
+    const create = h('button', { type: 'submit', class: 'primary wide' }, h('span', { class: 'label' }, 'Create account and join'))
+    const signIn = btn('I have an account: sign in and join', { class: 'secondary wide' })
+    const form = h('form', { class: 'stack' },
+      h('div', { class: 'field' }, h('label', { for: 'invite-email' }, 'Email'), email),
+      h('div', { class: 'field' }, h('label', { for: 'invite-password' }, 'Password'), password,
+        h('p', { class: 'hint', id: 'invite-password-hint' }, 'New here? Choose a password of at least 8 characters. Already have an account? Enter its password and sign in.')),
+      err, create, signIn)
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      busy(create, err, async () => {
+        await api('POST', '/v1/invitations/redeem', { token: link.token, password: password.value }, { quiet401: true })
+        await api('POST', '/v1/session', { email: inv.email, password: password.value }, { quiet401: true })
+        password.value = ''
+        await joined()
+      })
+    })
+    signIn.addEventListener('click', () => {
+      if (!form.reportValidity()) return
+      busy(signIn, err, async () => {
+        await api('POST', '/v1/session', { email: inv.email, password: password.value }, { quiet401: true })
+        password.value = ''
+        await api('POST', `/v1/invitations/${encodeURIComponent(inv.id)}/accept`)
+        await joined()
+      })
+    })
+    card.append(form)
+    password.focus()
+  }
+
   // ---------------------------------------------------------------- organizations
   function orgForm(onDone) {
     const err = errorSlot()
@@ -404,7 +506,7 @@
     const { form } = orgForm()
     main.append(h('h1', { tabindex: '-1' }, 'Welcome'),
       h('section', { class: 'card narrow' },
-        h('p', null, 'You are not a member of any organization yet. Create one, or ask an owner to add you.'), form))
+        h('p', null, 'You are not a member of any organization yet. Create one, or ask an owner to invite you.'), form))
   }
 
   // ---------------------------------------------------------------- API keys
@@ -597,6 +699,9 @@
     const rolesList = h('div', { class: 'table-wrap' })
     const cols = h('div', { class: 'cols' })
     const membersCard = h('section', { class: 'card', 'aria-labelledby': 'members-h' }, h('h2', { id: 'members-h' }, 'People'), listErr, list)
+    const invErr = errorSlot()
+    const invList = h('div', { class: 'table-wrap' })
+    const invCard = h('div', { class: 'stack bordered', role: 'region', 'aria-labelledby': 'invitations-h' }, h('h3', { id: 'invitations-h' }, 'Pending invitations'), invErr, invList)
     const rolesCard = h('section', { class: 'card', 'aria-labelledby': 'roles-h' }, h('h2', { id: 'roles-h' }, 'Roles'), rolesErr, rolesList)
     cols.append(membersCard, rolesCard)
     main.append(h('p', { class: 'lede' }, `People in ${org().name} and what each role may do.`), cols)
@@ -604,9 +709,10 @@
     async function reload() {
       state.roles = null
       try {
-        const [members, roles] = await Promise.all([api('GET', orgPath('/members')), loadRoles()])
+        const [members, roles, invitations] = await Promise.all([api('GET', orgPath('/members')), loadRoles(), api('GET', orgPath('/invitations'))])
         clearError(listErr)
         list.replaceChildren(membersTable(members, roles))
+        invList.replaceChildren(invitationsTable(invitations.filter((i) => i.status === 'pending')))
         rolesList.replaceChildren(rolesTable(roles))
         addForm.replaceChildren(...(writable ? [memberForm(roles)] : []))
         roleForm.replaceChildren(...(writable ? [newRoleForm()] : []))
@@ -616,7 +722,7 @@
     }
     const addForm = h('div')
     const roleForm = h('div')
-    membersCard.append(addForm)
+    membersCard.append(invCard, addForm)
     rolesCard.append(roleForm)
 
     function mayManage(m) {
@@ -682,15 +788,47 @@
       })
     }
 
+    function invitationsTable(pending) {
+      if (!pending.length) return h('p', { class: 'muted' }, 'No pending invitations.')
+      const rows = pending.map((i) => h('tr', null,
+        h('th', { scope: 'row' }, i.email, h('span', { class: 'sub' }, `by ${i.inviter_email}, expires ${fmtTime(i.expires_at)}`)),
+        h('td', null, h('span', { class: 'badge role' }, i.role)),
+        writable ? h('td', { class: 'actions-cell' },
+          h('button', { type: 'button', class: 'secondary small', 'aria-label': `Resend the invitation to ${i.email}`, onclick: (ev) => resend(ev.currentTarget, i) }, h('span', { class: 'label' }, 'Resend')),
+          h('button', { type: 'button', class: 'danger small', 'aria-label': `Revoke the invitation to ${i.email}`, onclick: (ev) => revoke(ev.currentTarget, i) }, icon(TRASH), h('span', { class: 'label' }, 'Revoke'))) : null))
+      return h('table', { class: 'table' }, h('caption', { class: 'sr' }, 'Pending invitations'),
+        h('thead', null, h('tr', null, ['Email', 'Role', writable ? 'Actions' : null].filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', null, rows))
+    }
+
+    // Inviting again replaces the pending invitation (a new link) and mails it again.
+    async function resend(button, i) {
+      await busy(button, invErr, async () => {
+        await api('POST', orgPath('/invitations'), { email: i.email, role: i.role })
+        toast(`Sent the invitation to ${i.email} again.`)
+        await reload()
+      })
+    }
+
+    async function revoke(button, i) {
+      const yes = await confirmDialog({ title: 'Revoke invitation', text: `Revoke the invitation to ${i.email}? Its link stops working.`, ok: 'Revoke' })
+      if (!yes) return button.focus()
+      await busy(button, invErr, async () => {
+        await api('DELETE', orgPath(`/invitations/${encodeURIComponent(i.id)}`))
+        toast(`Revoked the invitation to ${i.email}.`)
+        await reload()
+      })
+    }
+
     function memberForm(roles) {
       const err = errorSlot()
       const email = h('input', { id: 'member-email', type: 'email', required: true, autocomplete: 'off' })
       const give = assignable(roles)
       const role = h('select', { id: 'member-role' }, give.map((r) => h('option', { value: r.name, selected: r.name === 'member' }, r.name)))
-      const submit = h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, 'Add member'))
+      const submit = h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, 'Send invitation'))
       const form = h('form', { class: 'stack bordered', 'aria-labelledby': 'add-member-h' },
-        h('h3', { id: 'add-member-h' }, 'Add a member'),
-        h('p', { class: 'hint' }, 'The person must already have a Gatehouse account.'),
+        h('h3', { id: 'add-member-h' }, 'Invite someone'),
+        h('p', { class: 'hint' }, 'They get an email with a link to join, and can sign up from it if they have no account yet.'),
         h('div', { class: 'row' },
           h('div', { class: 'field grow' }, h('label', { for: 'member-email' }, 'Email'), email),
           h('div', { class: 'field' }, h('label', { for: 'member-role' }, 'Role'), role)),
@@ -698,8 +836,8 @@
       form.addEventListener('submit', (ev) => {
         ev.preventDefault()
         busy(submit, err, async () => {
-          await api('POST', orgPath('/members'), { email: email.value.trim(), role: role.value })
-          toast(`Added ${email.value.trim()}.`)
+          await api('POST', orgPath('/invitations'), { email: email.value.trim(), role: role.value })
+          toast(`Invited ${email.value.trim()}.`)
           await reload()
         })
       })

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod extract;
 pub mod gotrue;
 pub mod health;
+pub mod invitations;
 pub mod limits;
 pub mod me;
 pub mod metrics;
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .merge(me::router())
         .merge(session::router())
         .merge(orgs::router())
+        .merge(invitations::router())
         .merge(api_keys::router())
         .merge(chat::router())
         .merge(usage::router())

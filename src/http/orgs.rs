@@ -10,7 +10,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::domain::{permissions, Email};
+use crate::domain::permissions;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
@@ -236,7 +236,7 @@ pub async fn list_members(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberBody {
-    /// The email of an existing user.
+    /// The address to invite.
     pub email: String,
     /// A built-in or custom role.
     pub role: String,
@@ -252,7 +252,7 @@ pub struct RoleBody {
 
 /// Checks that `a` may hand out `role`: it exists, only owners grant `owner`, and nobody
 /// grants a permission they do not hold (so a custom role cannot escalate).
-async fn grantable(state: &AppState, a: &Access, role: &str) -> Result<(), ApiError> {
+pub(crate) async fn grantable(state: &AppState, a: &Access, role: &str) -> Result<(), ApiError> {
     let perms = role_permissions(&state.store, &a.org_id, role)
         .await?
         .ok_or_else(|| ApiError::field("role", "no such role in this organization"))?;
@@ -263,37 +263,36 @@ async fn grantable(state: &AppState, a: &Access, role: &str) -> Result<(), ApiEr
     Ok(())
 }
 
-/// Adds an existing user by email.
+/// Checks that `a` may change or remove a member whose role is `current`: only owners act on
+/// owners, and the actor holds every permission of that role.
+async fn may_act_on(state: &AppState, a: &Access, current: &str) -> Result<(), ApiError> {
+    if current == "owner" {
+        a.require_owner()?;
+    }
+    let perms = role_permissions(&state.store, &a.org_id, current)
+        .await?
+        .unwrap_or_default();
+    a.require_covers(&perms)
+}
+
+/// Deprecated: creates an invitation, exactly as `POST /v1/orgs/{org}/invitations` does.
+/// Nobody becomes a member without accepting.
 #[utoipa::path(post, path = "/v1/orgs/{org}/members", tag = "members", request_body = AddMemberBody,
-    responses((status = 201, body = Member), (status = 404, description = "No such user"), (status = 409, description = "Already a member")))]
+    responses((status = 201, body = crate::store::Invitation, description = "An invitation (deprecated route)")))]
 pub async fn add_member(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
     Path(org): Path<String>,
     ApiJson(body): ApiJson<AddMemberBody>,
-) -> Result<Success<Member>, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
-    a.require("members:write")?;
-    let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
-    grantable(&state, &a, &body.role).await?;
-    let user = state
-        .store
-        .user_by_email(email.as_str())
-        .await?
-        .ok_or_else(|| ApiError::not_found("User"))?;
-    let audit = audit(&state, &a, &ip);
-    state
-        .store
-        .add_member(&org, &user.id, &user.email, &body.role, &audit)
-        .await?;
-    forget_memberships(&state, &user.id).await;
-    Ok(created(Member {
-        user_id: user.id,
-        email: user.email,
+) -> Result<Success<crate::store::Invitation>, ApiError> {
+    let body = crate::http::invitations::InviteBody {
+        email: body.email,
         role: body.role,
-        created_at: audit.now,
-    }))
+    };
+    Ok(created(
+        crate::http::invitations::invite(&state, &principal, &ip, &org, body).await?,
+    ))
 }
 
 /// Changes a member's role.
@@ -313,9 +312,7 @@ pub async fn change_role(
         .membership(&org, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("Member"))?;
-    if current == "owner" {
-        a.require_owner()?;
-    }
+    may_act_on(&state, &a, &current).await?;
     grantable(&state, &a, &body.role).await?;
     state
         .store
@@ -359,9 +356,7 @@ pub async fn remove_member(
         .membership(&org, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("Member"))?;
-    if current == "owner" {
-        a.require_owner()?;
-    }
+    may_act_on(&state, &a, &current).await?;
     state
         .store
         .remove_member(&org, &user, &audit(&state, &a, &ip))

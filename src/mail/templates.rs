@@ -8,7 +8,7 @@ use minijinja::Environment;
 use serde::Serialize;
 
 /// The templates, each as `NAME.subject`, `NAME.txt` and `NAME.html`.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "confirmation",
     "magic_link",
     "recovery",
@@ -16,6 +16,7 @@ pub const NAMES: [&str; 7] = [
     "email_change_current",
     "email_change_notice",
     "email_in_use",
+    "invitation",
 ];
 
 const PARTS: [&str; 3] = ["subject", "txt", "html"];
@@ -47,6 +48,9 @@ fn builtin(file: &str) -> Option<&'static str> {
         "email_in_use.subject" => include_str!("../../assets/mail/email_in_use.subject"),
         "email_in_use.txt" => include_str!("../../assets/mail/email_in_use.txt"),
         "email_in_use.html" => include_str!("../../assets/mail/email_in_use.html"),
+        "invitation.subject" => include_str!("../../assets/mail/invitation.subject"),
+        "invitation.txt" => include_str!("../../assets/mail/invitation.txt"),
+        "invitation.html" => include_str!("../../assets/mail/invitation.html"),
         _ => return None,
     })
 }
@@ -72,6 +76,27 @@ pub struct MailContext {
     pub expires_in_minutes: i64,
     /// When the request that sent this mail was made (RFC 3339, UTC).
     pub requested_at: String,
+}
+
+/// What the `invitation` template may use.
+#[derive(Serialize)]
+pub struct InvitationContext {
+    /// The dashboard's accept page, with the single-use token in its fragment.
+    pub accept_url: String,
+    /// The invited address.
+    pub email: String,
+    /// The organization's name.
+    pub org_name: String,
+    /// Who invited.
+    pub inviter_email: String,
+    /// The role offered.
+    pub role: String,
+    /// When the invitation expires (RFC 3339).
+    pub expires_at: String,
+    /// Hours until it expires.
+    pub expires_in_hours: i64,
+    /// The site URL.
+    pub site_url: String,
 }
 
 /// A rendered mail.
@@ -128,7 +153,19 @@ impl Templates {
             expires_in_minutes: 60,
             requested_at: "2026-01-02T03:04:05Z".into(),
         };
-        for name in NAMES {
+        let invitation = InvitationContext {
+            accept_url: "https://example.com/dashboard/#invitation=t".into(),
+            email: "someone@example.com".into(),
+            org_name: "Acme".into(),
+            inviter_email: "owner@example.com".into(),
+            role: "member".into(),
+            expires_at: "2030-01-01T00:00:00Z".into(),
+            expires_in_hours: 48,
+            site_url: "https://example.com".into(),
+        };
+        t.render("invitation", &invitation)
+            .map_err(|e| anyhow::anyhow!("mail template invitation: {e}"))?;
+        for name in NAMES.into_iter().filter(|n| *n != "invitation") {
             t.render(name, &sample)
                 .map_err(|e| anyhow::anyhow!("mail template {name}: {e}"))?;
         }
@@ -136,7 +173,7 @@ impl Templates {
     }
 
     /// Renders one mail; the `.html` part is autoescaped (by its file name).
-    pub fn render(&self, name: &str, ctx: &MailContext) -> Result<Rendered, minijinja::Error> {
+    pub fn render<C: Serialize>(&self, name: &str, ctx: &C) -> Result<Rendered, minijinja::Error> {
         let part = |p: &str| -> Result<String, minijinja::Error> {
             let file = format!("{name}.{p}");
             let source = self.sources.get(&file).map(String::as_str).unwrap_or("");
@@ -184,6 +221,31 @@ mod tests {
         assert!(!r.html.contains("<b>x</b>"));
         assert!(r.text.contains("<b>x</b>@example.com"));
         assert!(r.text.contains("012345"));
+    }
+
+    #[test]
+    fn the_invitation_names_the_organization_the_inviter_the_role_and_the_link() {
+        let t = Templates::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let ctx = InvitationContext {
+            accept_url: "https://auth.example.com/dashboard/#invitation=inv_1&token=abc".into(),
+            email: "sam@example.com".into(),
+            org_name: "<Acme>".into(),
+            inviter_email: "ann@example.com".into(),
+            role: "admin".into(),
+            expires_at: "2030-01-03T00:00:00Z".into(),
+            expires_in_hours: 48,
+            site_url: "https://example.com".into(),
+        };
+        let r = t
+            .render("invitation", &ctx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.subject, "ann@example.com invited you to <Acme>");
+        for part in [&r.text, &r.html] {
+            assert!(part.contains("as admin") || part.contains("as <strong>admin</strong>"));
+            assert!(part.contains("2030-01-03T00:00:00Z") && part.contains("48 hours"));
+        }
+        assert!(r.text.contains(&ctx.accept_url));
+        assert!(r.html.contains("&lt;Acme&gt;") && !r.html.contains("<Acme>"));
     }
 
     #[test]

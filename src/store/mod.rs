@@ -9,6 +9,7 @@
 mod api_keys;
 mod audit;
 mod engine;
+mod invitations;
 mod jwt_keys;
 mod mail;
 mod mail_requests;
@@ -25,6 +26,7 @@ mod write_tx;
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry};
 pub use engine::Engine;
+pub use invitations::{Invitation, NewInvitation};
 pub use mail::QueuedMail;
 pub use mail_requests::MailRequestRow;
 pub use orgs::{Member, Org, Role};

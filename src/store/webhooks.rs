@@ -11,7 +11,7 @@ use super::{Store, StoreError, StoreResult};
 use crate::config::SecretString;
 
 /// Every event type an endpoint may ask for.
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 16] = [
     "api_key.created",
     "api_key.rolled",
     "api_key.revoked",
@@ -25,6 +25,9 @@ pub const EVENT_TYPES: [&str; 13] = [
     "widget.deleted",
     "webhook.test",
     "webhook.endpoint_disabled",
+    "invitation.created",
+    "invitation.accepted",
+    "invitation.revoked",
 ];
 
 /// A webhook endpoint of an organization.

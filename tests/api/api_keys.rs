@@ -629,6 +629,8 @@ story!(
                 "api_key.created",
                 "member.role_changed",
                 "member.added",
+                "invitation.accepted",
+                "invitation.created",
                 "organization.renamed",
                 "organization.created"
             ]

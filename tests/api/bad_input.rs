@@ -281,6 +281,9 @@ story!(
             "/v1/session",
             "/healthz",
             "/readyz",
+            "/v1/orgs/{org}/invitations",
+            "/v1/invitations/{id}/accept",
+            "/v1/invitations/redeem",
         ] {
             assert!(
                 doc["paths"][path].is_object(),

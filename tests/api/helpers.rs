@@ -226,6 +226,8 @@ pub fn test_config(db_url: &str) -> Config {
         rate_limit_org: generous(),
         rate_limit_magic_link: generous(),
         rate_limit_verify: generous(),
+        rate_limit_invitation_org: generous(),
+        rate_limit_invitation_user: generous(),
         password_hash_concurrency: 2,
         // Without SMTP, mails go to the development outbox: never into the source tree.
         mail_outbox_dir: std::env::temp_dir()
@@ -446,16 +448,32 @@ impl TestApp {
     }
 
     /// Adds `who` to `org` with `role` (as `by`).
+    /// Members join by invitation only: `by` invites, `who` accepts.
     pub async fn add(&self, by: &Person, org: &str, who: &Person, role: &str) {
+        self.add_by_token(&by.token, org, who, role).await;
+    }
+
+    /// [`TestApp::add`] with the inviter's token.
+    pub async fn add_by_token(&self, by: &str, org: &str, who: &Person, role: &str) {
         let (status, body) = self
             .call(
                 Method::POST,
-                &format!("/orgs/{org}/members"),
-                &by.token,
+                &format!("/orgs/{org}/invitations"),
+                by,
                 Some(json!({"email": who.email, "role": role})),
             )
             .await;
         assert_eq!(status, 201, "{body}");
+        let id = body["data"]["id"].as_str().unwrap();
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/invitations/{id}/accept"),
+                &who.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
     }
 
     /// Creates a key in `org` (as `by`); returns (key, id).

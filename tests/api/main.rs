@@ -13,6 +13,7 @@ mod concurrency;
 mod dashboard;
 mod dashboard_page;
 mod email;
+mod invitations;
 mod metrics_guard;
 mod orgs;
 mod passwords;

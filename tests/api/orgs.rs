@@ -92,19 +92,8 @@ story!(
         let bob = app.person().await;
         let org = app.org(&ann, "Acme").await;
         app.add(&ann, &org, &bob, "member").await;
+        // The deprecated route invites: an unknown address is neither refused nor enrolled.
         let (status, body) = app
-            .call(
-                Method::POST,
-                &format!("/orgs/{org}/members"),
-                &ann.token,
-                Some(json!({"email": bob.email, "role": "admin"})),
-            )
-            .await;
-        assert_eq!(
-            (status, body["error"]["code"].clone()),
-            (409, json!("conflict"))
-        );
-        let (status, _) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/members"),
@@ -112,7 +101,10 @@ story!(
                 Some(json!({"email": "ghost@example.com", "role": "member"})),
             )
             .await;
-        assert_eq!(status, 404);
+        assert_eq!(
+            (status, body["data"]["status"].clone()),
+            (201, json!("pending"))
+        );
         let (status, _) = app
             .call(
                 Method::POST,
@@ -463,6 +455,81 @@ story!(
             .await;
         assert_eq!(status, 204);
         assert_eq!(orgs_of(&ann).await, json!([]), "a deleted org is gone");
+        app
+    }
+);
+
+story!(
+    nobody_changes_or_removes_a_member_who_holds_permissions_they_lack,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let ada = app.person().await;
+        let mo = app.person().await;
+        let carl = app.person().await;
+        let org = app.org(&ann, "Acme").await;
+        // A manager holds members:write and what a member holds, but not the admin's writes.
+        let mut perms: Vec<&str> = vec!["members:write", "chat:write"];
+        perms.extend([
+            "keys:read",
+            "members:read",
+            "widgets:read",
+            "threads:read",
+            "analytics:read",
+            "audit:read",
+            "webhooks:read",
+            "export:read",
+        ]);
+        let (status, body) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/roles"),
+                &ann.token,
+                Some(json!({"name": "manager", "permissions": perms})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        app.add(&ann, &org, &ada, "admin").await;
+        app.add(&ann, &org, &mo, "manager").await;
+        app.add(&ann, &org, &carl, "member").await;
+        for (method, body) in [
+            (Method::PATCH, Some(json!({"role": "member"}))),
+            (Method::DELETE, None),
+        ] {
+            let (status, err) = app
+                .call(
+                    method,
+                    &format!("/orgs/{org}/members/{}", ada.id),
+                    &mo.token,
+                    body,
+                )
+                .await;
+            assert_eq!(status, 403, "{err}");
+            assert_eq!(err["error"]["details"]["required"], json!("widgets:write"));
+        }
+        let (status, members) = app
+            .call(
+                Method::GET,
+                &format!("/orgs/{org}/members"),
+                &ann.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert!(members["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["user_id"] == json!(ada.id) && m["role"] == json!("admin")));
+        // A member's permissions are all the manager's: it may act on them.
+        let (status, body) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/members/{}", carl.id),
+                &mo.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
         app
     }
 );

@@ -63,9 +63,12 @@ pub(crate) async fn start_with(db_url: &str, dir: &tempdir::Dir, extra: &[(&str,
     let out = std::fs::File::create(&log).unwrap();
     let listen = format!("127.0.0.1:{port}");
     let public_url = format!("http://127.0.0.1:{port}");
+    // Mails (invitations, say) go to the test's folder, never into the source tree.
+    let outbox = dir.0.join("outbox").display().to_string();
     let mut env = vec![
         ("GATEHOUSE_LISTEN", listen.as_str()),
         ("GATEHOUSE_PUBLIC_URL", public_url.as_str()),
+        ("GATEHOUSE_MAIL_OUTBOX_DIR", outbox.as_str()),
     ];
     env.extend_from_slice(extra);
     let mut child = command(db_url, &env)
@@ -648,4 +651,97 @@ async fn the_cli_creates_users_and_rotates_signing_keys() {
         let out = Command::new(BIN).args(&sub).output().unwrap();
         assert!(out.status.success() && !out.stdout.is_empty(), "{sub:?}");
     }
+}
+
+#[tokio::test]
+async fn the_cli_invites_an_address_without_enrolling_it() {
+    let dir = tempdir::Dir::new();
+    let url = format!("sqlite://{}/invite.db", dir.0.display());
+    cli(
+        &url,
+        &[
+            "user",
+            "create",
+            "--email",
+            "owner@example.com",
+            "--password",
+            "from the cli",
+        ],
+    );
+    let org = cli(
+        &url,
+        &[
+            "org",
+            "create",
+            "--name",
+            "Ops",
+            "--owner-email",
+            "owner@example.com",
+        ],
+    );
+    let inv = cli(
+        &url,
+        &[
+            "org",
+            "invite",
+            "--org",
+            &org,
+            "--email",
+            "New@Example.com",
+            "--role",
+            "admin",
+        ],
+    );
+    assert!(inv.starts_with("inv_"), "only the id is printed: {inv}");
+    let out = command(&url, &[])
+        .args([
+            "org",
+            "invite",
+            "--org",
+            &org,
+            "--email",
+            "x@example.com",
+            "--role",
+            "emperor",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an unknown role is refused");
+    let server = start(&url, &dir).await;
+    let client = Client::new();
+    let (status, session) = post(
+        &client,
+        format!("{}/auth/v1/token?grant_type=password", server.base),
+        json!({"email": "owner@example.com", "password": "from the cli"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let list: Value = client
+        .get(format!("{}/v1/orgs/{org}/invitations", server.base))
+        .bearer_auth(session["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = list["data"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (
+            &list[0]["id"],
+            &list[0]["email"],
+            &list[0]["role"],
+            &list[0]["inviter_id"],
+            &list[0]["status"]
+        ),
+        (
+            &json!(inv),
+            &json!("new@example.com"),
+            &json!("admin"),
+            &json!("cli"),
+            &json!("pending")
+        )
+    );
 }

@@ -317,12 +317,19 @@ async fn a_member_added_on_one_instance_is_listed_by_the_other_at_once() {
     };
     assert_eq!(orgs_on_b().await, 0, "B caches Bob's empty list");
     let (status, body) = send(
-        c.post(format!("{}/v1/orgs/{org}/members", pair.a.base))
+        c.post(format!("{}/v1/orgs/{org}/invitations", pair.a.base))
             .bearer_auth(&owner)
             .json(&json!({"email": bob["user"]["email"], "role": "member"})),
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    let id = body["data"]["id"].as_str().unwrap();
+    let (status, body) = send(
+        c.post(format!("{}/v1/invitations/{id}/accept", pair.a.base))
+            .bearer_auth(bob_token),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let added_at = Instant::now();
     while orgs_on_b().await == 0 {
         assert!(

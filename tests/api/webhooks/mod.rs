@@ -413,13 +413,7 @@ story!(
                 b["data"]["id"].as_str().unwrap().to_string(),
             )
         };
-        app.call(
-            Method::POST,
-            &format!("/orgs/{org}/members"),
-            &owner_token,
-            Some(json!({"email": bob.email, "role": "member"})),
-        )
-        .await;
+        app.add_by_token(&owner_token, &org, &bob, "member").await;
         app.call(
             Method::PATCH,
             &format!("/orgs/{org}/members/{}", bob.id),
@@ -730,15 +724,7 @@ story!(
         let mia = app.person().await;
         let owner = app.person().await;
         let _ = owner;
-        let (status, _) = app
-            .call(
-                Method::POST,
-                &format!("/orgs/{org}/members"),
-                &token,
-                Some(json!({"email": mia.email, "role": "member"})),
-            )
-            .await;
-        assert_eq!(status, 201);
+        app.add_by_token(&token, &org, &mia, "member").await;
         let (status, _) = app.call(Method::GET, &path, &mia.token, None).await;
         assert_eq!(status, 200);
         let (status, res) = app
@@ -858,6 +844,53 @@ story!(
                 "a widget secret in a webhook"
             );
         }
+        app
+    }
+);
+
+story!(
+    invitations_raise_created_accepted_and_revoked_events,
+    fast,
+    |app: TestApp| async move {
+        let receiver = Receiver::start().await;
+        let body = json!({"event_types": ["invitation.created", "invitation.accepted", "invitation.revoked", "member.added"]});
+        let (token, org, _) = setup(&app, &receiver, body).await;
+        let bob = app.person().await;
+        app.add_by_token(&token, &org, &bob, "member").await;
+        let created = receiver.event("invitation.created").await.json();
+        assert_eq!(created["data"]["email"], json!(bob.email));
+        assert_eq!(created["data"]["role"], "member");
+        assert!(created["data"].get("token").is_none());
+        let accepted = receiver.event("invitation.accepted").await.json();
+        assert_eq!(accepted["data"]["user_id"], json!(bob.id));
+        assert_eq!(
+            accepted["data"]["invitation_id"],
+            created["data"]["invitation_id"]
+        );
+        let added = receiver.event("member.added").await.json();
+        assert_eq!(added["data"]["user_id"], json!(bob.id));
+        let carl = app.person().await;
+        let (status, inv) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/invitations"),
+                &token,
+                Some(json!({"email": carl.email, "role": "member"})),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let id = inv["data"]["id"].as_str().unwrap();
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("/orgs/{org}/invitations/{id}"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        let revoked = receiver.event("invitation.revoked").await.json();
+        assert_eq!(revoked["data"]["invitation_id"], json!(id));
         app
     }
 );

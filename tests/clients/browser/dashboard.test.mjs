@@ -109,7 +109,7 @@ async function signIn(page, url, email) {
 }
 
 describe('dashboard in Chromium', { skip }, () => {
-  let gh, browser, org, owner, ownerEmail, memberEmail, thirdEmail
+  let gh, browser, org, owner, ownerEmail, memberEmail, thirdEmail, third
 
   before(async () => {
     if (!haveChromium) throw new Error(`${CHROMIUM} not found (CI=true): install Debian's chromium package`)
@@ -129,14 +129,16 @@ describe('dashboard in Chromium', { skip }, () => {
     memberEmail = `member-${randomUUID()}@example.com`
     thirdEmail = `third-${randomUUID()}@example.com`
     owner = await signUp(ownerEmail)
-    await signUp(memberEmail)
-    await signUp(thirdEmail)
+    const member = await signUp(memberEmail)
+    third = await signUp(thirdEmail)
     org = await api('POST', `${gh.url}/v1/orgs`, { body: { name: 'Acme Robotics' }, headers: owner, expect: 201 })
-    await api('POST', `${gh.url}/v1/orgs/${org.id}/members`, {
+    // Members join by invitation: the owner invites, the member accepts.
+    const inv = await api('POST', `${gh.url}/v1/orgs/${org.id}/invitations`, {
       body: { email: memberEmail, role: 'member' },
       headers: owner,
       expect: 201,
     })
+    await api('POST', `${gh.url}/v1/invitations/${inv.id}/accept`, { headers: member })
 
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
   })
@@ -322,11 +324,17 @@ describe('dashboard in Chromium', { skip }, () => {
     try {
       await signIn(page, gh.url, ownerEmail)
 
-      // Members: add by email, change the role, remove through the dialog; a custom role.
+      // Members: invite by email (pending until accepted), change the role, remove through
+      // the dialog; a custom role.
       await nav.getByRole('link', { name: 'Members' }).click()
       await page.getByLabel('Email').fill(thirdEmail)
       await page.getByLabel('Role', { exact: true }).selectOption('member')
-      await page.getByRole('button', { name: 'Add member' }).click()
+      await page.getByRole('button', { name: 'Send invitation' }).click()
+      await page.getByRole('button', { name: `Revoke the invitation to ${thirdEmail}` }).waitFor()
+      const [pending] = (await api('GET', `${gh.url}/v1/invitations`, { headers: third }))
+      await api('POST', `${gh.url}/v1/invitations/${pending.id}/accept`, { headers: third })
+      await nav.getByRole('link', { name: 'API keys' }).click()
+      await nav.getByRole('link', { name: 'Members' }).click()
       const roleOf = page.getByLabel(`Role of ${thirdEmail}`)
       await roleOf.waitFor()
       assert.ok((await roleOf.locator('option').allTextContents()).includes('owner'), 'an owner may grant owner')
@@ -515,7 +523,7 @@ describe('dashboard in Chromium', { skip }, () => {
       // Members: no add form, no role changes, no remove buttons.
       await page.getByRole('navigation', { name: 'Dashboard pages' }).getByRole('link', { name: 'Members' }).click()
       await page.getByRole('cell', { name: memberEmail }).or(page.getByRole('rowheader', { name: new RegExp(memberEmail) })).first().waitFor()
-      assert.equal(await page.getByRole('button', { name: /Add member|Remove|Create role/ }).count(), 0)
+      assert.equal(await page.getByRole('button', { name: /Send invitation|Remove|Revoke|Create role/ }).count(), 0)
       assert.equal(await page.locator('main select').count(), 0)
       await assertClean(page, seen, [401, 403])
 
