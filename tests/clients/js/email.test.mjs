@@ -146,4 +146,35 @@ describe('email flows (supabase-js, real SMTP)', () => {
     assert.equal(e, null, show(e))
     assert.ok(s.session.access_token)
   })
+
+  // Pre-hijacking: someone signs up the owner's address with a password of theirs. Whichever
+  // signs up first, once the owner follows the link of their own sign-up only the owner's
+  // password signs in, and the other sign-up's link is dead.
+  for (const squatterFirst of [true, false]) {
+    test(`a squatter who signs up ${squatterFirst ? 'before' : 'after'} the owner never signs in`, async () => {
+      const email = uniqueEmail()
+      const squatter = 'squatters-own-password-77'
+      const owner = 'the-owners-own-password-42'
+      const order = squatterFirst ? [squatter, owner] : [owner, squatter]
+      for (const [i, password] of order.entries()) {
+        const { error } = await newClient().auth.signUp({ email, password })
+        assert.equal(error, null, show(error))
+        await sink.waitFor(email, i + 1)
+      }
+      const mails = await sink.waitFor(email, 2)
+      const ownMail = mails[order.indexOf(owner)]
+      const theirMail = mails[order.indexOf(squatter)]
+      assert.match(ownMail.text, /Someone signed up with .* at \d{4}-\d\d-\d\dT/)
+      const f = fragment(await followLink(ownMail.link))
+      assert.equal(f.type, 'signup', show(f))
+      const theirs = await newClient().auth.signInWithPassword({ email, password: squatter })
+      assert.equal(theirs.error?.code, 'invalid_credentials', show(theirs.error))
+      const mine = await newClient().auth.signInWithPassword({ email, password: owner })
+      assert.equal(mine.error, null, show(mine.error))
+      const late = fragment(await followLink(theirMail.link))
+      assert.equal(late.error_code, 'otp_expired', show(late))
+      const again = await newClient().auth.signInWithPassword({ email, password: squatter })
+      assert.equal(again.error?.code, 'invalid_credentials')
+    })
+  }
 })
