@@ -94,11 +94,8 @@ async fn members(app: &TestApp) {
     let (owner, org) = (&owner, &org);
     let people = join_all((0..WRITERS).map(|_| app.person())).await;
     let members = format!("/orgs/{org}/members");
-    join_all(people.iter().map(|p| {
-        let body = json!({"email": p.email, "role": "member"});
-        write(app, Method::POST, &members, &owner.token, Some(body), 201)
-    }))
-    .await;
+    // Members join by invitation: each person accepts one (concurrently too).
+    join_all(people.iter().map(|p| app.add(owner, org, p, "member"))).await;
     at_once(|i| {
         let path = format!("{members}/{}", people[i].id);
         async move {
