@@ -95,6 +95,10 @@ pub struct Config {
     pub rate_limit_widget_ip: Rates,
     /// Per widget, across all its visitors (bounds what one embedded page can spend).
     pub rate_limit_widget: Rates,
+    /// Per client IP: failed credential checks (unknown, revoked or expired keys, bad or
+    /// expired tokens, wrong passwords); over it, every credential from that IP gets 429
+    /// before any storage read.
+    pub rate_limit_auth_failures: Rates,
     /// Widget session lifetime in seconds (the page renews before it ends).
     pub widget_session_seconds: u64,
     /// Policies that refuse requests (503) rather than decide in memory when Redis is down.
@@ -190,6 +194,7 @@ impl Default for Config {
             rate_limit_widget_session: Rates::one(Rate::new(30, 60)),
             rate_limit_widget_ip: Rates::one(Rate::new(120, 60)),
             rate_limit_widget: Rates::one(Rate::new(1200, 60)),
+            rate_limit_auth_failures: Rates::one(Rate::new(300, 60)),
             widget_session_seconds: 900,
             rate_limit_fail_closed: vec!["magic_link".into()],
             rate_limit_memory_capacity: 1_000_000,
@@ -246,11 +251,13 @@ pub enum Policy {
     WidgetIp,
     /// Per widget, all visitors.
     Widget,
+    /// Per IP, failed credential checks.
+    AuthFailures,
 }
 
 impl Policy {
     /// Every policy.
-    pub const ALL: [Policy; 10] = [
+    pub const ALL: [Policy; 11] = [
         Policy::ApiKey,
         Policy::Org,
         Policy::SignIn,
@@ -261,6 +268,7 @@ impl Policy {
         Policy::WidgetSession,
         Policy::WidgetIp,
         Policy::Widget,
+        Policy::AuthFailures,
     ];
 
     /// The name in configuration, headers and metrics.
@@ -276,6 +284,7 @@ impl Policy {
             Policy::WidgetSession => "widget_session",
             Policy::WidgetIp => "widget_ip",
             Policy::Widget => "widget",
+            Policy::AuthFailures => "auth_failures",
         }
     }
 
@@ -459,6 +468,7 @@ impl Config {
             Policy::WidgetSession => &self.rate_limit_widget_session,
             Policy::WidgetIp => &self.rate_limit_widget_ip,
             Policy::Widget => &self.rate_limit_widget,
+            Policy::AuthFailures => &self.rate_limit_auth_failures,
         }
     }
 

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api_keys;
+mod auth_failures;
 mod auth_v1;
 mod bad_input;
 mod chat;
