@@ -9,6 +9,10 @@
 //! Successful checks cost nothing. While over budget, every credential from the address is
 //! refused, a valid one too: the check comes before the credential is looked at, as
 //! GitHub's does, and that keeps the refusal free of storage.
+//!
+//! The peek and the spend are two decisions, not one: requests of one address already in
+//! flight when it reaches its budget are still checked, so a flood overshoots the budget by
+//! at most its concurrency, once.
 
 use std::net::IpAddr;
 use std::time::Duration;
