@@ -5,8 +5,10 @@
 -- the X-Forwarded-For of a trusted proxy (bench/run starts this server with
 -- trusted_proxies = 127.0.0.1).
 --
--- Arguments (after --): the address, the key prefix (default gk), and a delay in ms between
--- two requests of one connection (default 0: as fast as the server answers).
+-- Arguments (after --): the address, the key prefix (default gk), a delay in ms between two
+-- requests of one connection (default 0: as fast as the server answers), and optionally
+-- "malformed": then every key's checksum is wrong, so the server refuses it without a lookup
+-- (the reference: what a flood of refused requests costs when none reaches storage).
 --
 -- CRC32 is written here with LuaJIT's `bit` operations (wrk has no zlib) and checked at
 -- start against the standard check value, so a wrong checksum fails loudly instead of
@@ -57,7 +59,7 @@ if crc32("123456789") ~= 0xCBF43926 then
     error("junk.lua: the CRC32 implementation is wrong")
 end
 
-local address, prefix, pause = "203.0.113.66", "gk", 0
+local address, prefix, pause, spoil = "203.0.113.66", "gk", 0, false
 local stem = ""
 local counter = 0
 -- Globals, not locals: done() reads them from each thread with thread:get.
@@ -72,6 +74,7 @@ function init(args)
     address = args[1] or address
     prefix = args[2] or prefix
     pause = tonumber(args[3] or "0") or 0
+    spoil = args[4] == "malformed"
     -- 27 random base62 characters per wrk thread, then a 16-digit counter: 43 in all.
     local f = io.open("/dev/urandom", "rb")
     local raw = f and f:read(27) or tostring(os.time()):rep(4)
@@ -88,8 +91,13 @@ end
 function request()
     counter = counter + 1
     local head = format("%s_live_%s%016d", prefix, stem, counter)
+    local sum = checksum(head)
+    if spoil then
+        -- A different last character: a checksum that cannot match.
+        sum = sum:sub(1, 5) .. (sum:sub(6, 6) == "0" and "1" or "0")
+    end
     return wrk.format("GET", "/v1/me", {
-        ["x-api-key"] = head .. checksum(head),
+        ["x-api-key"] = head .. sum,
         ["x-forwarded-for"] = address,
     })
 end
