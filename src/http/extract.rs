@@ -390,3 +390,26 @@ fn count_failure(state: &AppState, e: &ApiError) {
         .unwrap_or("other");
     state.metrics.auth_failure(reason);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_group_ipv6_clients_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| ClientIp(s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])));
+        assert_eq!(
+            ip("2001:db8:1:2::1").bucket(),
+            ip("2001:db8:1:2:ffff::9").bucket()
+        );
+        assert_ne!(
+            ip("2001:db8:1:2::1").bucket(),
+            ip("2001:db8:1:3::1").bucket()
+        );
+        assert_eq!(
+            ip("::ffff:203.0.113.9").bucket(),
+            ip("203.0.113.9").bucket()
+        );
+        assert_eq!(ip("203.0.113.9").bucket().to_string(), "203.0.113.9");
+    }
+}
