@@ -80,6 +80,8 @@ pub struct AppInner {
     /// Bumped by every membership invalidation: a list read from storage while one arrived
     /// may be older than the change, so it is answered but not cached (as the key cache does).
     memberships_epoch: std::sync::atomic::AtomicU64,
+    /// Addresses whose credentials failed lately (`rate_limit_auth_failures`).
+    pub auth_failures: crate::http::failures::FailureBudget,
 }
 
 /// How long a session's existence is trusted without asking storage (other instances'
@@ -200,6 +202,8 @@ impl AppState {
             config.clone(),
             crate::mail::Mailer::new(&config)?,
         );
+        let auth_failures =
+            crate::http::failures::FailureBudget::new(config.rates(Policy::AuthFailures));
         Ok(AppState(Arc::new(AppInner {
             email,
             widgets,
@@ -237,6 +241,7 @@ impl AppState {
                 .time_to_live(SESSION_CACHE_TTL)
                 .build(),
             memberships_epoch: std::sync::atomic::AtomicU64::new(0),
+            auth_failures,
         })))
     }
 

@@ -108,6 +108,10 @@ pub struct Config {
     pub rate_limit_widget_ip: Rates,
     /// Per widget, across all its visitors (bounds what one embedded page can spend).
     pub rate_limit_widget: Rates,
+    /// Per client IP: failed credential checks (unknown, revoked or expired keys, bad or
+    /// expired tokens, wrong passwords); over it, every credential from that IP gets 429
+    /// before any storage read.
+    pub rate_limit_auth_failures: Rates,
     /// Widget session lifetime in seconds (the page renews before it ends).
     pub widget_session_seconds: u64,
     /// Policies that refuse requests (503) rather than decide in memory when Redis is down.
@@ -221,6 +225,7 @@ impl Default for Config {
             rate_limit_widget_session: Rates::one(Rate::new(30, 60)),
             rate_limit_widget_ip: Rates::one(Rate::new(120, 60)),
             rate_limit_widget: Rates::one(Rate::new(1200, 60)),
+            rate_limit_auth_failures: Rates::one(Rate::new(300, 60)),
             widget_session_seconds: 900,
             rate_limit_fail_closed: vec!["magic_link".into()],
             rate_limit_memory_capacity: 1_000_000,
@@ -286,11 +291,13 @@ pub enum Policy {
     InvitationOrg,
     /// Per inviting user, invitations created.
     InvitationUser,
+    /// Per IP, failed credential checks.
+    AuthFailures,
 }
 
 impl Policy {
     /// Every policy.
-    pub const ALL: [Policy; 12] = [
+    pub const ALL: [Policy; 13] = [
         Policy::ApiKey,
         Policy::Org,
         Policy::SignIn,
@@ -303,6 +310,7 @@ impl Policy {
         Policy::Widget,
         Policy::InvitationOrg,
         Policy::InvitationUser,
+        Policy::AuthFailures,
     ];
 
     /// The name in configuration, headers and metrics.
@@ -320,6 +328,7 @@ impl Policy {
             Policy::Widget => "widget",
             Policy::InvitationOrg => "invitation_org",
             Policy::InvitationUser => "invitation_user",
+            Policy::AuthFailures => "auth_failures",
         }
     }
 
@@ -544,6 +553,7 @@ impl Config {
             Policy::Widget => &self.rate_limit_widget,
             Policy::InvitationOrg => &self.rate_limit_invitation_org,
             Policy::InvitationUser => &self.rate_limit_invitation_user,
+            Policy::AuthFailures => &self.rate_limit_auth_failures,
         }
     }
 

@@ -47,6 +47,8 @@ pub const DEFAULT_CAPACITY: u64 = 250_000;
 
 /// How long an unknown key is remembered, so random keys cannot hammer storage.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Unknown keys remembered at most.
+const NEGATIVE_CAPACITY: u64 = 100_000;
 
 /// Verification caches and the last-used write-behind buffer.
 #[derive(Clone)]
@@ -58,6 +60,17 @@ pub struct Keys {
     /// Bumped by every invalidation, so a lookup that raced a revoke does not cache the
     /// record it read before the revoke.
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Hashes of well-formed keys storage does not know, for [`NEGATIVE_TTL`]: a client
+    /// retrying a deleted key costs one read, not one per request.
+    ///
+    /// Junk cannot spoil either cache. It is a cache of its own, with its own capacity
+    /// ([`NEGATIVE_CAPACITY`]), so no number of unknown keys evicts a verified key from
+    /// `known`. Within it, moka admits a new entry over an old one only when the new one is
+    /// the more frequently seen, so unique junk (each key seen once) cannot push out an
+    /// unknown key that keeps coming back. And the junk arrives slowly: each client address
+    /// reaches this point at most `rate_limit_auth_failures` times per window, since an
+    /// address over that budget is refused before the key is looked at, so its keys are
+    /// never inserted (see `http::failures`).
     unknown: moka::sync::Cache<String, ()>,
     used: Arc<Mutex<HashMap<String, i64>>>,
 }
@@ -102,7 +115,7 @@ impl Keys {
                 .time_to_live(POSITIVE_TTL)
                 .build(),
             unknown: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(NEGATIVE_CAPACITY)
                 .time_to_live(NEGATIVE_TTL)
                 .build(),
             used: Arc::new(Mutex::new(HashMap::new())),

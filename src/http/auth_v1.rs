@@ -205,16 +205,13 @@ pub(crate) async fn token(
                     "missing email or phone",
                 ));
             };
-            let s = state
-                .accounts
-                .sign_in(&email, password)
-                .await
-                .inspect_err(|e| {
-                    if matches!(e, crate::accounts::AccountError::InvalidCredentials) {
-                        state.metrics.auth_failure("invalid_credentials");
-                    }
-                })?;
-            Ok(Json(session_json(&s)).into_response())
+            crate::http::failures::admit(&state, &ip).await?;
+            let s = state.accounts.sign_in(&email, password).await;
+            if let Err(crate::accounts::AccountError::InvalidCredentials) = &s {
+                state.metrics.auth_failure("invalid_credentials");
+                crate::http::failures::spend(&state, &ip).await;
+            }
+            Ok(Json(session_json(&s?)).into_response())
         }
         Some("refresh_token") => {
             limited(&state, Policy::TokenRefresh, &ip).await?;

@@ -60,7 +60,8 @@ impl FromRequestParts<AppState> for ChatPrincipal {
                 .map_err(|_| ApiError::unauthorized("malformed", "The API key is malformed."))?
                 .trim()
                 .to_string();
-            let Principal::ApiKey { key } = key_principal(state, &presented).await? else {
+            let ip = crate::http::extract::client_ip(parts, state);
+            let Principal::ApiKey { key } = key_principal(state, &presented, &ip).await? else {
                 return Err(ApiError::internal("a key principal that is not a key"));
             };
             let user_id = match bearer(parts) {

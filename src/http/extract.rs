@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
 use crate::error::{ApiError, Code};
+use crate::http::failures;
 
 /// Why a JSON body was refused.
 #[derive(Debug)]
@@ -119,6 +120,20 @@ pub fn absent_or_null<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'d
 pub struct ClientIp(pub IpAddr);
 
 impl ClientIp {
+    /// The address as limits group it: IPv4 as is (IPv4-mapped IPv6 too), IPv6 cut to its /64.
+    pub fn bucket(&self) -> IpAddr {
+        match self.0 {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
+        }
+    }
+
     /// The limiter key.
     pub fn key(&self) -> String {
         match self.0 {
@@ -173,16 +188,7 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| ci.0.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        Ok(ClientIp::resolve(
-            peer,
-            &parts.headers,
-            &state.trusted_proxies,
-        ))
+        Ok(client_ip(parts, state))
     }
 }
 
@@ -266,11 +272,12 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let ip = client_ip(parts, state);
         if let Some(key) = parts.headers.get("x-api-key") {
             let key = key
                 .to_str()
                 .map_err(|_| ApiError::unauthorized("malformed", "The API key is malformed."))?;
-            return key_principal(state, key.trim()).await;
+            return key_principal(state, key.trim(), &ip).await;
         }
         if let Some(token) = bearer(parts) {
             if token.is_empty() {
@@ -280,19 +287,29 @@ impl FromRequestParts<AppState> for Principal {
                 ));
             }
             if state.keys.looks_like_key(token) {
-                return key_principal(state, token).await;
+                return key_principal(state, token, &ip).await;
             }
-            return state
-                .principal_from_jwt(token)
-                .await
-                .inspect_err(|e| count_failure(state, e));
+            failures::admit(state, &ip).await?;
+            let result = state.principal_from_jwt(token).await;
+            if let Err(e) = &result {
+                count_failure(state, e);
+                if failures::counts(e, false) {
+                    failures::spend(state, &ip).await;
+                }
+            }
+            return result;
         }
         let jar = axum_extra::extract::CookieJar::from_headers(&parts.headers);
         if let Some(cookie) = jar.get(SESSION_COOKIE) {
-            let principal = state
-                .principal_from_cookie(cookie.value())
-                .await
-                .inspect_err(|e| count_failure(state, e))?;
+            failures::admit(state, &ip).await?;
+            let result = state.principal_from_cookie(cookie.value()).await;
+            if let Err(e) = &result {
+                count_failure(state, e);
+                if failures::counts(e, false) {
+                    failures::spend(state, &ip).await;
+                }
+            }
+            let principal = result?;
             if !is_safe(&parts.method)
                 && !same_origin(&parts.headers, &state.config.public_origin())
             {
@@ -309,12 +326,34 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// An API key's principal, admitted by its own and its organization's rate limits.
-pub(crate) async fn key_principal(state: &AppState, key: &str) -> Result<Principal, ApiError> {
-    let principal = state
-        .principal_from_key(key)
-        .await
-        .inspect_err(|e| count_failure(state, e))?;
+/// The client address of a request, as [`ClientIp`] extracts it.
+pub(crate) fn client_ip(parts: &Parts, state: &AppState) -> ClientIp {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    ClientIp::resolve(peer, &parts.headers, &state.trusted_proxies)
+}
+
+/// An API key's principal, admitted by the client's failure budget first, then by the key's
+/// own and its organization's rate limits.
+pub(crate) async fn key_principal(
+    state: &AppState,
+    key: &str,
+    ip: &ClientIp,
+) -> Result<Principal, ApiError> {
+    failures::admit(state, ip).await?;
+    let principal = match state.principal_from_key(key).await {
+        Ok(p) => p,
+        Err(e) => {
+            count_failure(state, &e);
+            if failures::counts(&e, true) {
+                failures::spend(state, ip).await;
+            }
+            return Err(e);
+        }
+    };
     if let Principal::ApiKey { key } = &principal {
         let req = state.key_request(key, true).await?;
         let d = state
@@ -350,4 +389,27 @@ fn count_failure(state: &AppState, e: &ApiError) {
         .and_then(|r| REASONS.iter().find(|k| **k == r).copied())
         .unwrap_or("other");
     state.metrics.auth_failure(reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_group_ipv6_clients_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| ClientIp(s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])));
+        assert_eq!(
+            ip("2001:db8:1:2::1").bucket(),
+            ip("2001:db8:1:2:ffff::9").bucket()
+        );
+        assert_ne!(
+            ip("2001:db8:1:2::1").bucket(),
+            ip("2001:db8:1:3::1").bucket()
+        );
+        assert_eq!(
+            ip("::ffff:203.0.113.9").bucket(),
+            ip("203.0.113.9").bucket()
+        );
+        assert_eq!(ip("203.0.113.9").bucket().to_string(), "203.0.113.9");
+    }
 }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod dashboard;
 pub mod envelope;
 pub mod extract;
+pub mod failures;
 pub mod gotrue;
 pub mod health;
 pub mod invitations;

@@ -70,16 +70,16 @@ pub async fn sign_in(
         Ok(d) => return Err(crate::http::limits::refused(&d)),
         Err(_) => return Err(crate::http::limits::unavailable()),
     }
+    crate::http::failures::admit(&state, &ip).await?;
     let user = state
         .accounts
         .authenticate(&body.email, body.password)
-        .await
-        .inspect_err(|e| {
-            if matches!(e, crate::accounts::AccountError::InvalidCredentials) {
-                state.metrics.auth_failure("invalid_credentials");
-            }
-        })
-        .map_err(account_error)?;
+        .await;
+    if let Err(crate::accounts::AccountError::InvalidCredentials) = &user {
+        state.metrics.auth_failure("invalid_credentials");
+        crate::http::failures::spend(&state, &ip).await;
+    }
+    let user = user.map_err(account_error)?;
     let secret = tokens::random_token(32);
     let now = state.clock.now_ms();
     // A dashboard session is bounded by session_max_seconds too.

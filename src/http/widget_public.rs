@@ -99,6 +99,21 @@ fn rejection(r: Rejection) -> ApiError {
     ApiError::msg(code, message).details(json!({ "reason": r.reason() }))
 }
 
+/// Whether a refusal is a failed credential (a forged or stale token, session or
+/// signature), which spends the client's failure budget (`rate_limit_auth_failures`).
+fn counts(r: Rejection) -> bool {
+    matches!(
+        r,
+        Rejection::BadToken
+            | Rejection::BadUserHash
+            | Rejection::BadSession
+            | Rejection::SessionExpired
+            | Rejection::BadSignature
+            | Rejection::StaleTimestamp
+            | Rejection::Replayed
+    )
+}
+
 /// Per-widget CORS: the allowed origin is reflected (never `*`), preflights answered; a
 /// preflight from any other origin is refused.
 async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -336,6 +351,7 @@ pub async fn open_session(
         .await
         .map_err(rejection)?;
     limit(&state, &id, None, &ip).await?;
+    crate::http::failures::admit(&state, &ip).await?;
     let opened = state
         .widgets
         .open(
@@ -347,9 +363,13 @@ pub async fn open_session(
                 user,
             },
         )
-        .await
-        .map_err(rejection)?;
-    Ok(created(opened.into()))
+        .await;
+    if let Err(r) = &opened {
+        if counts(*r) {
+            crate::http::failures::spend(&state, &ip).await;
+        }
+    }
+    Ok(created(opened.map_err(rejection)?.into()))
 }
 
 /// A verified signed call: the session and the raw body it signed.
@@ -377,7 +397,8 @@ impl FromRequest<AppState> for SignedCall {
         crate::orgs::check_id(&id, "wgt")?;
         let h = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let raw = read_body(Request::from_parts(parts.clone(), body), state).await?;
-        let session = state
+        crate::http::failures::admit(state, &ip).await?;
+        let verified = state
             .widgets
             .verify(
                 &id,
@@ -392,8 +413,13 @@ impl FromRequest<AppState> for SignedCall {
                     body: &raw,
                 },
             )
-            .await
-            .map_err(rejection)?;
+            .await;
+        if let Err(r) = &verified {
+            if counts(*r) {
+                crate::http::failures::spend(state, &ip).await;
+            }
+        }
+        let session = verified.map_err(rejection)?;
         limit(state, &id, Some(&session.claims.sid), &ip).await?;
         Ok(SignedCall {
             session,

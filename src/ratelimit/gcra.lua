@@ -4,6 +4,7 @@
 -- KEYS: one counter per window, all under one hash tag.
 -- ARGV[1]: now in unix ms, or "" to use Redis TIME (tests pass a controlled clock).
 -- ARGV[2i], ARGV[2i+1]: window i's limit and length in ms.
+-- ARGV[2n+2] (optional): "peek" decides without storing anything.
 -- Returns {allowed, remaining_1, reset_1, retry_1, ..., remaining_n, reset_n, retry_n}.
 local now
 if ARGV[1] ~= '' then
@@ -13,6 +14,7 @@ else
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local n = #KEYS
+local spend = ARGV[2 * n + 2] ~= 'peek'
 local allowed = 1
 local rows = {}
 for i = 1, n do
@@ -59,8 +61,10 @@ for i = 1, n do
     remaining = math.floor((r.window - r.ahead) / r.w)
     reset = ceil_secs(r.nms, r.nfr)
     retry = 0
-    redis.call('SET', KEYS[i], string.format('%d:%d', r.nms, r.nfr),
-      'PX', math.max(1, r.nms - now + 1))
+    if spend then
+      redis.call('SET', KEYS[i], string.format('%d:%d', r.nms, r.nfr),
+        'PX', math.max(1, r.nms - now + 1))
+    end
   else
     remaining = math.floor((r.window - r.behind) / r.w)
     reset = ceil_secs(r.bms, r.bfr)

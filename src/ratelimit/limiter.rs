@@ -119,9 +119,33 @@ impl Limiter {
 
     /// Decides one request over all its windows.
     pub async fn check(&self, req: &Request) -> Result<Decision, LimiterError> {
+        let result = self.decide(req, true).await;
+        let outcome = match &result {
+            Ok(d) if d.allowed => "allowed",
+            Ok(_) => "denied",
+            Err(_) => "unavailable",
+        };
+        self.metrics.limit_decision(req.policy(), outcome);
+        result
+    }
+
+    /// The decision `check` would make, spending nothing. Only a refusal is counted in the
+    /// metrics: an admitting peek decides nothing by itself.
+    pub async fn peek(&self, req: &Request) -> Result<Decision, LimiterError> {
+        let result = self.decide(req, false).await;
+        match &result {
+            Ok(d) if !d.allowed => self.metrics.limit_decision(req.policy(), "denied"),
+            Err(_) => self.metrics.limit_decision(req.policy(), "unavailable"),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn decide(&self, req: &Request, spend: bool) -> Result<Decision, LimiterError> {
         let now = self.clock.now_ms();
-        let result = match &*self.backend {
-            Backend::Memory(m) => Ok(m.check(req, now)),
+        match &*self.backend {
+            Backend::Memory(m) if spend => Ok(m.check(req, now)),
+            Backend::Memory(m) => Ok(m.peek(req, now)),
             Backend::Redis {
                 redis,
                 fallback,
@@ -133,7 +157,12 @@ impl Limiter {
                     // A controlled clock (tests) is passed to the script; the system clock
                     // defers to Redis TIME.
                     let now_arg = matches!(self.clock, Clock::Manual(_)).then_some(now);
-                    match redis.check(req, now_arg).await {
+                    let shared = if spend {
+                        redis.check(req, now_arg).await
+                    } else {
+                        redis.peek(req, now_arg).await
+                    };
+                    match shared {
                         Ok(d) => {
                             breaker.succeeded();
                             Some(d)
@@ -149,17 +178,14 @@ impl Limiter {
                     None if req.fail_closed => Err(LimiterError::Unavailable),
                     None => {
                         self.metrics.redis_fallback();
-                        Ok(fallback.check(req, now))
+                        Ok(if spend {
+                            fallback.check(req, now)
+                        } else {
+                            fallback.peek(req, now)
+                        })
                     }
                 }
             }
-        };
-        let outcome = match &result {
-            Ok(d) if d.allowed => "allowed",
-            Ok(_) => "denied",
-            Err(_) => "unavailable",
-        };
-        self.metrics.limit_decision(req.policy(), outcome);
-        result
+        }
     }
 }

@@ -106,6 +106,17 @@ impl MemoryLimiter {
 
     /// Decides `req` at `now_ms`.
     pub fn check(&self, req: &Request, now_ms: i64) -> Decision {
+        self.decide_at(req, now_ms, true)
+    }
+
+    /// The decision `check` would make at `now_ms`, spending nothing: a caller asks first
+    /// whether a request would be admitted and spends only when it turns out to count (the
+    /// failure budget spends on failed credentials alone).
+    pub fn peek(&self, req: &Request, now_ms: i64) -> Decision {
+        self.decide_at(req, now_ms, false)
+    }
+
+    fn decide_at(&self, req: &Request, now_ms: i64, spend: bool) -> Decision {
         let now = self
             .high_water
             .fetch_max(now_ms, Ordering::AcqRel)
@@ -127,7 +138,7 @@ impl MemoryLimiter {
             .map(|id| s.cells.get(id).map_or(i64::MIN, |c| c.tat))
             .collect();
         let decision = decide(&req.windows, &mut tats, now);
-        if decision.allowed {
+        if spend && decision.allowed {
             for ((id, tat), w) in ids.iter().zip(tats).zip(&req.windows) {
                 let limit = i64::from(w.rate.limit.max(1));
                 let cell = Cell {

@@ -122,6 +122,20 @@ impl RedisLimiter {
         req: &Request,
         now_ms: Option<i64>,
     ) -> Result<Decision, RedisFailure> {
+        self.decide(req, now_ms, true).await
+    }
+
+    /// The decision `check` would make, in the same script, storing nothing.
+    pub async fn peek(&self, req: &Request, now_ms: Option<i64>) -> Result<Decision, RedisFailure> {
+        self.decide(req, now_ms, false).await
+    }
+
+    async fn decide(
+        &self,
+        req: &Request,
+        now_ms: Option<i64>,
+        spend: bool,
+    ) -> Result<Decision, RedisFailure> {
         let mut conn = self.link.connection().ok_or(RedisFailure::NotConnected)?;
         let mut inv = self.script.prepare_invoke();
         for w in &req.windows {
@@ -131,6 +145,9 @@ impl RedisLimiter {
         for w in &req.windows {
             inv.arg(w.rate.limit)
                 .arg(u64::from(w.rate.window_seconds) * 1000);
+        }
+        if !spend {
+            inv.arg("peek");
         }
         let reply: Vec<i64> = tokio::time::timeout(self.link.timeout, inv.invoke_async(&mut conn))
             .await

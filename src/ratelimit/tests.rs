@@ -146,6 +146,34 @@ fn a_denial_by_one_window_consumes_nothing_in_the_others() {
 }
 
 #[test]
+fn a_peek_tells_the_decision_and_spends_nothing() {
+    let l = MemoryLimiter::new(1000);
+    let req = request(vec![window("failures", 3, 60)]);
+    for _ in 0..10 {
+        let d = l.peek(&req, 0);
+        assert!(d.allowed);
+        assert_eq!(d.windows[0].remaining, 2, "as a check would leave it");
+    }
+    assert!(l.is_empty(), "a peek stores no counter");
+    for _ in 0..3 {
+        assert!(l.check(&req, 0).allowed);
+    }
+    let peeked = l.peek(&req, 0);
+    assert!(!peeked.allowed);
+    assert_eq!(
+        peeked,
+        l.check(&req, 0),
+        "a refusing peek is the refusing check"
+    );
+    assert_eq!(peeked.retry_after(), 20);
+    assert!(!l.peek(&req, 19_999).allowed);
+    assert!(l.peek(&req, 20_000).allowed);
+    // The peek at 20 s did not take the slot it saw.
+    assert!(l.check(&req, 20_000).allowed);
+    assert!(!l.peek(&req, 20_000).allowed);
+}
+
+#[test]
 fn idle_counters_are_forgotten_and_memory_stays_bounded() {
     let l = MemoryLimiter::new(10_000);
     for i in 0..50_000u32 {

@@ -228,6 +228,7 @@ pub fn test_config(db_url: &str) -> Config {
         rate_limit_verify: generous(),
         rate_limit_invitation_org: generous(),
         rate_limit_invitation_user: generous(),
+        rate_limit_auth_failures: generous(),
         password_hash_concurrency: 2,
         // Without SMTP, mails go to the development outbox: never into the source tree.
         mail_outbox_dir: std::env::temp_dir()
