@@ -220,7 +220,7 @@ async fn open_session(state: &AppState, v: Verified) -> Result<Value, GoTrueErro
 }
 
 #[utoipa::path(post, path = "/auth/v1/verify", tag = "auth",
-    responses((status = 200, description = "A session, as the password grant answers"),
+    responses((status = 200, description = "A session, as the password grant answers; after the first of an email change's two links, {\"msg\", \"code\": 200} and no session"),
               (status = 403, description = "otp_expired: unknown, used, expired or wrong token"),
               (status = 429, description = "over_request_rate_limit")))]
 pub(crate) async fn verify(

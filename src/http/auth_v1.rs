@@ -292,7 +292,7 @@ pub(crate) struct UpdateUserBody {
 #[utoipa::path(put, path = "/auth/v1/user", tag = "auth",
     params(("redirect_to" = Option<String>, Query, description = "Where the email-change link lands")),
     responses((status = 200, description = "The updated user (with new_email while an email change waits for confirmation)"),
-              (status = 422, description = "weak_password, same_password or email_exists")))]
+              (status = 422, description = "weak_password or same_password (an address of another account answers like a free one)")))]
 pub(crate) async fn update_user(
     State(state): State<AppState>,
     ip: ClientIp,
