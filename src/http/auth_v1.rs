@@ -225,8 +225,17 @@ pub(crate) async fn token(
                         "refresh_token required",
                     )
                 })?;
+            crate::http::failures::admit(&state, &ip).await?;
             let s = match state.accounts.refresh(&rt).await {
                 Ok(s) => s,
+                Err(
+                    e @ (crate::accounts::AccountError::RefreshNotFound
+                    | crate::accounts::AccountError::RefreshAlreadyUsed),
+                ) => {
+                    // An unknown or reused refresh token is a failed credential.
+                    crate::http::failures::spend(&state, &ip).await;
+                    return Err(e.into());
+                }
                 Err(crate::accounts::AccountError::SessionExpired(id)) => {
                     state
                         .invalidate(crate::fanout::Invalidation::Session(id.clone()))
@@ -271,14 +280,39 @@ fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> 
     })
 }
 
+/// The access token's claims and its live session's user, held to the client's failure
+/// budget (`rate_limit_auth_failures`): a bad or expired token, or one whose session ended,
+/// spends a unit; a missing one does not.
+async fn signed_in(
+    state: &AppState,
+    ip: &ClientIp,
+    headers: &HeaderMap,
+) -> Result<(Claims, User), GoTrueError> {
+    bearer(headers)?;
+    crate::http::failures::admit(state, ip).await?;
+    let checked = match verify(state, headers) {
+        Ok(claims) => match state.accounts.session_user(&claims).await {
+            Ok(user) => Ok((claims, user)),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &checked {
+        if e.parts().0 != StatusCode::SERVICE_UNAVAILABLE {
+            crate::http::failures::spend(state, ip).await;
+        }
+    }
+    checked
+}
+
 #[utoipa::path(get, path = "/auth/v1/user", tag = "auth",
     responses((status = 200, description = "The signed-in user"), (status = 403, description = "bad_jwt or session_not_found")))]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
+    ip: ClientIp,
     headers: HeaderMap,
 ) -> Result<Json<Value>, GoTrueError> {
-    let claims = verify(&state, &headers)?;
-    let user = state.accounts.session_user(&claims).await?;
+    let (_, user) = signed_in(&state, &ip, &headers).await?;
     Ok(Json(user_json(&user)))
 }
 
@@ -300,8 +334,7 @@ pub(crate) async fn update_user(
     Query(q): Query<HashMap<String, String>>,
     GoTrueJson(body): GoTrueJson<UpdateUserBody>,
 ) -> Result<Json<Value>, GoTrueError> {
-    let claims = verify(&state, &headers)?;
-    let user = state.accounts.session_user(&claims).await?;
+    let (claims, user) = signed_in(&state, &ip, &headers).await?;
     let mut new_email = None;
     if let Some(email) = body.email.as_deref() {
         let same = crate::domain::Email::parse(email)
@@ -333,10 +366,19 @@ pub(crate) async fn update_user(
     responses((status = 204, description = "Signed out")))]
 pub(crate) async fn logout(
     State(state): State<AppState>,
+    ip: ClientIp,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<StatusCode, GoTrueError> {
-    let claims = verify(&state, &headers)?;
+    bearer(&headers)?;
+    crate::http::failures::admit(&state, &ip).await?;
+    let claims = match verify(&state, &headers) {
+        Ok(claims) => claims,
+        Err(e) => {
+            crate::http::failures::spend(&state, &ip).await;
+            return Err(e);
+        }
+    };
     let scope = q.get("scope").map(String::as_str).unwrap_or("global");
     let ended = state.accounts.sign_out(&claims, scope).await?;
     for id in ended {

@@ -428,3 +428,58 @@ story!(
         app
     }
 );
+
+story!(
+    unknown_refresh_tokens_and_bad_tokens_on_auth_routes_spend_the_budget,
+    |c: &mut Config| budget(c, "3/60s"),
+    |app: TestApp| async move {
+        let (_, _, session) = app.new_user().await;
+        let refresh = session["refresh_token"].as_str().unwrap().to_string();
+        let access = session["access_token"].as_str().unwrap().to_string();
+        let grant = |token: &str| {
+            app.auth(Method::POST, "/token?grant_type=refresh_token")
+                .header("x-forwarded-for", FLOODER)
+                .json(&json!({"refresh_token": token}))
+        };
+        let user = |token: &str| {
+            app.auth(Method::GET, "/user")
+                .header("x-forwarded-for", FLOODER)
+                .bearer_auth(token)
+        };
+        // A valid token spends nothing.
+        assert_eq!(user(&access).send().await.unwrap().status(), 200);
+        // An unknown refresh token, a forged access token on /user and on /logout: three
+        // failures, the whole budget.
+        let (status, body) = parts(grant("no-such-refresh-token").send().await.unwrap()).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!("refresh_token_not_found"))
+        );
+        let forged = format!("{access}x");
+        assert_eq!(user(&forged).send().await.unwrap().status(), 403);
+        let res = app
+            .auth(Method::POST, "/logout")
+            .header("x-forwarded-for", FLOODER)
+            .bearer_auth(&forged)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403);
+        // Over budget: the valid refresh token and access token are refused too.
+        let res = grant(&refresh).send().await.unwrap();
+        assert_eq!(res.status(), 429);
+        let (_, body) = parts(res).await;
+        assert_eq!(body["code"], "over_request_rate_limit", "{body}");
+        assert_eq!(user(&access).send().await.unwrap().status(), 429);
+        // From elsewhere they work.
+        let res = app
+            .auth(Method::POST, "/token?grant_type=refresh_token")
+            .header("x-forwarded-for", BYSTANDER)
+            .json(&json!({"refresh_token": refresh}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        app
+    }
+);
