@@ -1,18 +1,19 @@
 //! `/v1/orgs/{org}/invitations` (the organization's side) and `/v1/invitations` (the
 //! invitee's side).
 
+use crate::http::orgs::user_only;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::Deserialize;
-use serde_json::json;
+
 use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::config::Policy;
 use crate::domain::Email;
-use crate::error::{ApiError, Code};
+use crate::error::ApiError;
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
 use crate::http::limits;
@@ -71,18 +72,6 @@ async fn limit(state: &AppState, org: &str, user_id: &str) -> Result<(), ApiErro
     }
 }
 
-/// The person behind a principal: (user id, email); API keys cannot invite or accept.
-fn person(principal: &Principal) -> Result<(&str, &str), ApiError> {
-    match principal {
-        Principal::User { user_id, email, .. } => Ok((user_id, email)),
-        Principal::ApiKey { .. } => Err(ApiError::msg(
-            Code::Forbidden,
-            "API keys cannot do this; sign in as a person.",
-        )
-        .details(json!({ "required": "user" }))),
-    }
-}
-
 /// Creates an invitation (shared with the deprecated `POST …/members`).
 pub async fn invite(
     state: &AppState,
@@ -93,7 +82,7 @@ pub async fn invite(
 ) -> Result<Invitation, ApiError> {
     let a = org_access(state, principal, org).await?;
     a.require("members:write")?;
-    let (user_id, inviter_email) = person(principal)?;
+    let (user_id, inviter_email) = user_only(principal)?;
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
     grantable(state, &a, &body.role).await?;
     limit(state, org, user_id).await?;
@@ -169,7 +158,7 @@ pub async fn my_invitations(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Success<Vec<Invitation>>, ApiError> {
-    let (user_id, _) = person(&principal)?;
+    let (user_id, _) = user_only(&principal)?;
     let email = invitations::confirmed_email(&state, user_id).await?;
     let now = state.clock.now_ms();
     Ok(ok(state.store.invitations_to(&email, now).await?))
@@ -185,7 +174,7 @@ pub async fn accept(
     ip: ClientIp,
     Path(id): Path<String>,
 ) -> Result<Success<Invitation>, ApiError> {
-    let (user_id, _) = person(&principal)?;
+    let (user_id, _) = user_only(&principal)?;
     check_id(&id, "inv")?;
     let audit = own_audit(&state, user_id, &ip);
     Ok(ok(invitations::accept(&state, &id, user_id, &audit).await?))
@@ -201,7 +190,7 @@ pub async fn decline(
     ip: ClientIp,
     Path(id): Path<String>,
 ) -> Result<Success<Invitation>, ApiError> {
-    let (user_id, _) = person(&principal)?;
+    let (user_id, _) = user_only(&principal)?;
     check_id(&id, "inv")?;
     let audit = own_audit(&state, user_id, &ip);
     Ok(ok(invitations::decline(&state, &id, user_id, &audit).await?))

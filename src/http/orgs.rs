@@ -57,7 +57,8 @@ pub async fn org_access(
     access(&state.store, principal, org).await
 }
 
-fn user_only(principal: &Principal) -> Result<(&str, &str), ApiError> {
+/// The person behind a principal: (user id, email); API keys get 403 (`required: user`).
+pub(crate) fn user_only(principal: &Principal) -> Result<(&str, &str), ApiError> {
     match principal {
         Principal::User { user_id, email, .. } => Ok((user_id, email)),
         Principal::ApiKey { .. } => Err(ApiError::msg(
