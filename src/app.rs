@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::Policy;
 use crate::config::{Config, SecretString};
 use crate::error::ApiError;
+use crate::error::Reason;
 use crate::http::extract::{Principal, Via};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, Limiter, LimiterError, Rates, RedisLimiter, RedisLink, Request};
@@ -82,6 +83,8 @@ pub struct AppInner {
     memberships_epoch: std::sync::atomic::AtomicU64,
     /// Addresses whose credentials failed lately (`rate_limit_auth_failures`).
     pub auth_failures: crate::http::failures::FailureBudget,
+    /// Cache invalidation here and on the other instances.
+    pub bus: crate::fanout::Bus,
 }
 
 /// How long a session's existence is trusted without asking storage (other instances'
@@ -204,7 +207,8 @@ impl AppState {
         );
         let auth_failures =
             crate::http::failures::FailureBudget::new(config.rates(Policy::AuthFailures));
-        Ok(AppState(Arc::new(AppInner {
+        let bus = crate::fanout::Bus::new(redis.clone(), metrics.clone());
+        let state = AppState(Arc::new(AppInner {
             email,
             widgets,
             webhooks,
@@ -242,7 +246,11 @@ impl AppState {
                 .build(),
             memberships_epoch: std::sync::atomic::AtomicU64::new(0),
             auth_failures,
-        })))
+            bus: bus.clone(),
+        }));
+        let caches: Arc<dyn crate::fanout::Forget> = state.0.clone();
+        bus.attach(Arc::downgrade(&caches));
+        Ok(state)
     }
 
     /// Decides a request and notes the decision for the response headers.
@@ -313,8 +321,7 @@ impl AppState {
 
     /// Forgets cached state here and on every other instance.
     pub async fn invalidate(&self, inv: crate::fanout::Invalidation) {
-        self.apply(&inv).await;
-        crate::fanout::publish(self, &inv).await;
+        self.bus.invalidate(inv).await;
     }
 
     /// Forgets sessions that a change ended (a password change, a confirmed address), here
@@ -331,22 +338,12 @@ impl AppState {
 
     /// Forgets cached state on this instance.
     pub async fn apply(&self, inv: &crate::fanout::Invalidation) {
-        use crate::fanout::Invalidation;
-        match inv {
-            Invalidation::Key(hash) => self.keys.invalidate(hash).await,
-            Invalidation::Session(id) => self.live_sessions.invalidate(id).await,
-            Invalidation::Org(id) => self.org_limits.invalidate(id),
-            Invalidation::WebSession(hash) => self.web_sessions.invalidate(hash).await,
-            Invalidation::Widget(id) => self.widgets.forget(id).await,
-            Invalidation::Memberships(id) => {
-                self.memberships_epoch.fetch_add(1, Ordering::AcqRel);
-                if id == crate::fanout::EVERYONE {
-                    self.memberships.invalidate_all();
-                } else {
-                    self.memberships.invalidate(id).await;
-                }
-            }
-        }
+        self.0.apply(inv).await
+    }
+
+    /// Empties every credential cache (after missing invalidations).
+    pub fn forget_everything(&self) {
+        self.0.forget_everything()
     }
 
     /// A person's organizations, each with their role and its permissions; no storage on a
@@ -379,23 +376,12 @@ impl AppState {
         Ok(list)
     }
 
-    /// Empties every credential cache (after missing invalidations).
-    pub fn forget_everything(&self) {
-        self.keys.invalidate_all();
-        self.live_sessions.invalidate_all();
-        self.web_sessions.invalidate_all();
-        self.verified_tokens.invalidate_all();
-        self.org_limits.invalidate_all();
-        self.widgets.forget_all();
-        self.memberships.invalidate_all();
-    }
-
     /// An API-key principal; no storage on a warm cache.
     pub async fn principal_from_key(&self, key: &str) -> Result<Principal, ApiError> {
         match self.keys.verify(key).await {
             Ok(key) => Ok(Principal::ApiKey { key }),
             Err(why) => Err(ApiError::unauthorized(
-                why.as_str(),
+                why.reason(),
                 match why {
                     crate::keys::KeyFailure::Malformed => {
                         "The API key is malformed (check for a copy-paste error)."
@@ -413,7 +399,7 @@ impl AppState {
 
     /// A user principal from an access token; the session's existence is cached briefly.
     pub async fn principal_from_jwt(&self, token: &str) -> Result<Principal, ApiError> {
-        let expired = || ApiError::unauthorized("expired", "The access token has expired.");
+        let expired = || ApiError::unauthorized(Reason::Expired, "The access token has expired.");
         // An ES256 check costs ~100 µs; a token verified once is remembered by its hash
         // (never by the token itself) and only its expiry is checked again.
         let token_hash = tokens::sha256_hex(token);
@@ -424,7 +410,7 @@ impl AppState {
                 let c = Arc::new(self.accounts.jwt.verify(token, now).map_err(|e| match e {
                     JwtError::Expired => expired(),
                     JwtError::Invalid => {
-                        ApiError::unauthorized("malformed", "The access token is invalid.")
+                        ApiError::unauthorized(Reason::Malformed, "The access token is invalid.")
                     }
                 })?);
                 self.verified_tokens.insert(token_hash, c.clone());
@@ -457,11 +443,14 @@ impl AppState {
             }
             self.live_sessions.invalidate(&claims.session_id).await;
             if info.as_ref().is_none_or(|s| s.user_id != claims.sub) {
-                return Err(ApiError::unauthorized("revoked", "The session has ended."));
+                return Err(ApiError::unauthorized(
+                    Reason::Revoked,
+                    "The session has ended.",
+                ));
             }
             if fresh {
                 return Err(ApiError::unauthorized(
-                    "expired",
+                    Reason::Expired,
                     "The session passed its time limit; sign in again.",
                 ));
             }
@@ -479,7 +468,7 @@ impl AppState {
     pub async fn principal_from_cookie(&self, cookie: &str) -> Result<Principal, ApiError> {
         if cookie.is_empty() || cookie.len() > 128 {
             return Err(ApiError::unauthorized(
-                "malformed",
+                Reason::Malformed,
                 "The session cookie is malformed.",
             ));
         }
@@ -508,7 +497,7 @@ impl AppState {
             _ => {
                 self.web_sessions.invalidate(&hash).await;
                 Err(ApiError::unauthorized(
-                    "expired",
+                    Reason::Expired,
                     "The dashboard session has ended; sign in again.",
                 ))
             }
@@ -516,15 +505,56 @@ impl AppState {
     }
 }
 
+impl AppInner {
+    /// Forgets cached state on this instance.
+    async fn apply(&self, inv: &crate::fanout::Invalidation) {
+        use crate::fanout::Invalidation;
+        match inv {
+            Invalidation::Key(hash) => self.keys.invalidate(hash).await,
+            Invalidation::Session(id) => self.live_sessions.invalidate(id).await,
+            Invalidation::Org(id) => self.org_limits.invalidate(id),
+            Invalidation::WebSession(hash) => self.web_sessions.invalidate(hash).await,
+            Invalidation::Widget(id) => self.widgets.forget(id).await,
+            Invalidation::Memberships(id) => {
+                self.memberships_epoch.fetch_add(1, Ordering::AcqRel);
+                if id == crate::fanout::EVERYONE {
+                    self.memberships.invalidate_all();
+                } else {
+                    self.memberships.invalidate(id).await;
+                }
+            }
+        }
+    }
+
+    /// Empties every credential cache (after missing invalidations).
+    fn forget_everything(&self) {
+        self.keys.invalidate_all();
+        self.live_sessions.invalidate_all();
+        self.web_sessions.invalidate_all();
+        self.verified_tokens.invalidate_all();
+        self.org_limits.invalidate_all();
+        self.widgets.forget_all();
+        self.memberships.invalidate_all();
+    }
+}
+
+impl crate::fanout::Forget for AppInner {
+    fn forget<'a>(
+        &'a self,
+        inv: &'a crate::fanout::Invalidation,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(self.apply(inv))
+    }
+
+    fn forget_everything(&self) {
+        AppInner::forget_everything(self)
+    }
+}
+
 /// A storage failure while checking a credential: 503 with `Retry-After`, never a 500 or a 401.
 fn storage_unavailable(cause: &dyn std::fmt::Display) -> ApiError {
     tracing::error!(error = %cause, "credential check could not reach storage");
-    let mut e = ApiError::msg(
-        crate::error::Code::ServiceUnavailable,
-        "Storage is unavailable; retry shortly.",
-    );
-    e.retry_after = Some(1);
-    e
+    ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish; binds
@@ -569,7 +599,7 @@ pub async fn serve(
     // interval costs a core (see `write_behind_seconds`).
     let every = Duration::from_secs(state.config.write_behind_seconds);
     let writer = tokio::spawn(state.keys.clone().write_behind(every));
-    let subscriber = tokio::spawn(crate::fanout::subscribe(state.clone()));
+    let subscriber = tokio::spawn(state.bus.clone().subscribe());
     let usage = tokio::spawn(state.chat.usage.clone().write_behind(every));
     let webhooks = crate::webhooks::worker::spawn(state.clone());
     let (stop_mail, stop_rx) = tokio::sync::watch::channel(false);

@@ -87,6 +87,132 @@ impl Code {
     }
 }
 
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $variant:ident = $wire:literal, )*) => {
+        /// Every `details.reason` Gatehouse answers with, with its wire form: the one table of
+        /// them, pinned by `tests::the_reason_table_is_stable` like the codes are.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+        pub enum Reason {
+            $( $(#[$doc])* #[serde(rename = $wire)] $variant, )*
+        }
+
+        impl Reason {
+            /// Every reason, in table order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant),*];
+
+            /// The wire form.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Reason::$variant => $wire, )*
+                }
+            }
+
+            /// The reason with wire form `s`.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $( $wire => Some(Reason::$variant), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// No credential was sent.
+    Missing = "missing",
+    /// The credential, or an id, is not in the expected format.
+    Malformed = "malformed",
+    /// The credential does not exist (or a public widget does not).
+    NotFound = "not_found",
+    /// The credential or session passed its time limit.
+    Expired = "expired",
+    /// The credential was revoked or its session ended.
+    Revoked = "revoked",
+    /// Storage or the limiter could not be reached to decide.
+    Unavailable = "unavailable",
+    /// A path id is not `{prefix}_` and 32 hex digits.
+    MalformedId = "malformed_id",
+    /// A cookie request came from another origin.
+    Csrf = "csrf",
+    /// The caller is not a member of the organization.
+    NotAMember = "not_a_member",
+    /// Email or password is wrong.
+    InvalidCredentials = "invalid_credentials",
+    /// The address has not been confirmed.
+    EmailNotConfirmed = "email_not_confirmed",
+    /// An invitation token is unknown or was used up.
+    InvalidToken = "invalid_token",
+    /// The invitation is for another address.
+    WrongEmail = "wrong_email",
+    /// The account existed before the invitation and must accept it signed in.
+    AccountPredatesInvitation = "account_predates_invitation",
+    /// A mail to this address was sent too recently.
+    AddressInterval = "address_interval",
+    /// The invitation was accepted already.
+    Accepted = "accepted",
+    /// The invitation was declined.
+    Declined = "declined",
+    /// The invitation no longer exists.
+    Gone = "gone",
+    /// A proxied path holds `.` or `..`.
+    DotSegment = "dot_segment",
+    /// A proxied path holds an encoded slash or a backslash.
+    EncodedSeparator = "encoded_separator",
+    /// The page's origin is not on the widget's allowlist.
+    OriginNotAllowed = "origin_not_allowed",
+    /// The widget token is invalid or expired.
+    BadToken = "bad_token",
+    /// An identified visitor's `user_hash` does not match.
+    BadUserHash = "bad_user_hash",
+    /// The widget session token is invalid.
+    BadSession = "bad_session",
+    /// The widget session expired.
+    SessionExpired = "session_expired",
+    /// A widget request's signature does not match.
+    BadSignature = "bad_signature",
+    /// A widget request's timestamp is too far from now.
+    StaleTimestamp = "stale_timestamp",
+    /// A widget request's nonce was seen before.
+    Replayed = "replayed",
+}
+
+impl Code {
+    /// Every code, in table order.
+    pub const ALL: [Code; 13] = [
+        Code::InvalidRequest,
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::NotFound,
+        Code::Conflict,
+        Code::PayloadTooLarge,
+        Code::UnsupportedMediaType,
+        Code::ValidationFailed,
+        Code::RateLimited,
+        Code::InternalError,
+        Code::ServiceUnavailable,
+        Code::UpstreamError,
+        Code::UpstreamTimeout,
+    ];
+}
+
+impl serde::Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl utoipa::PartialSchema for Code {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Code::ALL.iter().map(|c| c.as_str())))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Code {}
+
 /// An error answered in the `/v1` envelope.
 #[derive(Debug)]
 pub struct ApiError {
@@ -125,8 +251,29 @@ impl ApiError {
         self
     }
     /// 401 with `details.reason`.
-    pub fn unauthorized(reason: &'static str, message: &str) -> Self {
-        Self::msg(Code::Unauthorized, message).details(serde_json::json!({ "reason": reason }))
+    pub fn unauthorized(reason: Reason, message: &str) -> Self {
+        Self::msg(Code::Unauthorized, message).reason(reason)
+    }
+    /// Sets `details.reason` (keeping other details).
+    pub fn reason(mut self, reason: Reason) -> Self {
+        match &mut self.details {
+            Some(Value::Object(map)) => {
+                map.insert("reason".into(), Value::from(reason.as_str()));
+            }
+            _ => self.details = Some(serde_json::json!({ "reason": reason.as_str() })),
+        }
+        self
+    }
+    /// 503 with `Retry-After: retry_after` seconds: a dependency (storage, the limiter, the
+    /// mail queue) cannot answer now; the message says which.
+    pub fn unavailable(retry_after: u64, message: impl Into<String>) -> Self {
+        let mut e = Self::msg(Code::ServiceUnavailable, message);
+        e.retry_after = Some(retry_after.max(1));
+        e
+    }
+    /// 400 `invalid_request` with reason `malformed_id`, naming the expected prefix.
+    pub fn malformed_id(e: &crate::ids::Malformed) -> Self {
+        Self::msg(Code::InvalidRequest, e.to_string()).reason(Reason::MalformedId)
     }
     /// 422 naming one field.
     pub fn field(field: &str, problem: &str) -> Self {
@@ -150,12 +297,7 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::new(Code::NotFound),
             StoreError::Conflict(what) => ApiError::msg(Code::Conflict, what),
-            StoreError::Busy => {
-                let mut e =
-                    ApiError::msg(Code::ServiceUnavailable, "Storage is busy; retry shortly.");
-                e.retry_after = Some(1);
-                e
-            }
+            StoreError::Busy => ApiError::unavailable(1, "Storage is busy; retry shortly."),
             StoreError::Other(cause) => ApiError::internal(cause),
         }
     }
@@ -166,25 +308,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_reason_table_is_stable() {
+        let table: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            table,
+            [
+                "missing",
+                "malformed",
+                "not_found",
+                "expired",
+                "revoked",
+                "unavailable",
+                "malformed_id",
+                "csrf",
+                "not_a_member",
+                "invalid_credentials",
+                "email_not_confirmed",
+                "invalid_token",
+                "wrong_email",
+                "account_predates_invitation",
+                "address_interval",
+                "accepted",
+                "declined",
+                "gone",
+                "dot_segment",
+                "encoded_separator",
+                "origin_not_allowed",
+                "bad_token",
+                "bad_user_hash",
+                "bad_session",
+                "session_expired",
+                "bad_signature",
+                "stale_timestamp",
+                "replayed",
+            ]
+        );
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(*r));
+        }
+    }
+
+    #[test]
     fn the_code_table_is_stable() {
-        let table: Vec<(&str, u16)> = [
-            Code::InvalidRequest,
-            Code::Unauthorized,
-            Code::Forbidden,
-            Code::NotFound,
-            Code::Conflict,
-            Code::PayloadTooLarge,
-            Code::UnsupportedMediaType,
-            Code::ValidationFailed,
-            Code::RateLimited,
-            Code::InternalError,
-            Code::ServiceUnavailable,
-            Code::UpstreamError,
-            Code::UpstreamTimeout,
-        ]
-        .iter()
-        .map(|c| (c.as_str(), c.status()))
-        .collect();
+        let table: Vec<(&str, u16)> = Code::ALL.iter().map(|c| (c.as_str(), c.status())).collect();
         assert_eq!(
             table,
             vec![

@@ -2,11 +2,14 @@
 //! and applied by every other within milliseconds. Without Redis (or while it is down) the
 //! caches' own lifetimes bound how long another instance may act on stale state.
 
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
-use crate::app::AppState;
+use crate::metrics::Metrics;
+use crate::ratelimit::RedisLink;
 
 /// What another instance must forget.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,68 +76,121 @@ impl Invalidation {
     }
 }
 
-/// The channel's name under the deployment's prefix.
-pub fn channel(state: &AppState) -> Option<String> {
-    state.redis.as_ref().map(|r| r.key("invalidate"))
+/// What holds the caches an invalidation may concern (the application's services).
+/// The bus calls it for changes made here and for changes other instances publish.
+pub trait Forget: Send + Sync {
+    /// Forgets what `inv` names, on this instance.
+    fn forget<'a>(&'a self, inv: &'a Invalidation) -> BoxFuture<'a, ()>;
+    /// Empties every credential cache (after invalidations may have been missed).
+    fn forget_everything(&self);
 }
 
-/// Tells the other instances; a failure is logged and the cache lifetime bounds the delay.
-pub async fn publish(state: &AppState, inv: &Invalidation) {
-    let (Some(link), Some(channel)) = (&state.redis, channel(state)) else {
-        return;
-    };
-    let Some(mut conn) = link.connection() else {
-        tracing::warn!(
-            kind = inv.kind(),
-            "Redis is not connected; other instances learn of this change when their cache expires"
-        );
-        return;
-    };
-    let sent = tokio::time::timeout(
-        link.timeout.max(Duration::from_millis(250)),
-        redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(inv.encode())
-            .query_async::<i64>(&mut conn),
-    )
-    .await;
-    if !matches!(sent, Ok(Ok(_))) {
-        tracing::warn!(kind = inv.kind(), "publishing an invalidation failed; other instances learn of this change when their cache expires");
-    }
+/// Cache invalidation for the services: applies a change here and tells the other instances.
+/// Services hold a clone; the caches are attached once they exist ([`Bus::attach`]).
+#[derive(Clone)]
+pub struct Bus {
+    redis: Option<RedisLink>,
+    metrics: Arc<Metrics>,
+    caches: Arc<OnceLock<Weak<dyn Forget>>>,
 }
 
-/// Applies invalidations from other instances until the process ends. After every
-/// (re)connection all caches are emptied: messages sent while disconnected are lost.
-pub async fn subscribe(state: AppState) {
-    let (Some(link), Some(channel)) = (state.redis.clone(), channel(&state)) else {
-        return;
-    };
-    let mut connected_before = false;
-    loop {
-        match link.client().get_async_pubsub().await {
-            Ok(mut pubsub) => {
-                if pubsub.subscribe(&channel).await.is_ok() {
-                    if connected_before {
-                        tracing::info!("invalidation channel reconnected; caches emptied");
-                    }
-                    connected_before = true;
-                    state.forget_everything();
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let Ok(payload) = msg.get_payload::<String>() else {
-                            continue;
-                        };
-                        if let Some(inv) = Invalidation::decode(&payload) {
-                            state.metrics.invalidation(inv.kind());
-                            state.apply(&inv).await;
-                        }
-                    }
-                    tracing::warn!("invalidation channel lost; reconnecting");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "invalidation channel: Redis unreachable"),
+impl Bus {
+    /// A bus over `redis` (none: this instance only).
+    pub fn new(redis: Option<RedisLink>, metrics: Arc<Metrics>) -> Self {
+        Bus {
+            redis,
+            metrics,
+            caches: Arc::new(OnceLock::new()),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    /// Attaches the caches; later calls are ignored.
+    pub fn attach(&self, caches: Weak<dyn Forget>) {
+        let _ = self.caches.set(caches);
+    }
+
+    /// Forgets `inv` here and on every other instance.
+    pub async fn invalidate(&self, inv: Invalidation) {
+        self.apply(&inv).await;
+        self.publish(&inv).await;
+    }
+
+    /// Forgets `inv` on this instance only.
+    pub async fn apply(&self, inv: &Invalidation) {
+        if let Some(caches) = self.caches.get().and_then(Weak::upgrade) {
+            caches.forget(inv).await;
+        }
+    }
+
+    fn forget_everything(&self) {
+        if let Some(caches) = self.caches.get().and_then(Weak::upgrade) {
+            caches.forget_everything();
+        }
+    }
+
+    /// The channel's name under the deployment's prefix.
+    fn channel(&self) -> Option<String> {
+        self.redis.as_ref().map(|r| r.key("invalidate"))
+    }
+
+    /// Tells the other instances; a failure is logged and the cache lifetime bounds the delay.
+    pub async fn publish(&self, inv: &Invalidation) {
+        let (Some(link), Some(channel)) = (&self.redis, self.channel()) else {
+            return;
+        };
+        let Some(mut conn) = link.connection() else {
+            tracing::warn!(
+                kind = inv.kind(),
+                "Redis is not connected; other instances learn of this change when their cache expires"
+            );
+            return;
+        };
+        let sent = tokio::time::timeout(
+            link.timeout.max(Duration::from_millis(250)),
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(inv.encode())
+                .query_async::<i64>(&mut conn),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::warn!(kind = inv.kind(), "publishing an invalidation failed; other instances learn of this change when their cache expires");
+        }
+    }
+
+    /// Applies invalidations from other instances until the process ends. After every
+    /// (re)connection all caches are emptied: messages sent while disconnected are lost.
+    pub async fn subscribe(self) {
+        let (Some(link), Some(channel)) = (self.redis.clone(), self.channel()) else {
+            return;
+        };
+        let mut connected_before = false;
+        loop {
+            match link.client().get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(&channel).await.is_ok() {
+                        if connected_before {
+                            tracing::info!("invalidation channel reconnected; caches emptied");
+                        }
+                        connected_before = true;
+                        self.forget_everything();
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            let Ok(payload) = msg.get_payload::<String>() else {
+                                continue;
+                            };
+                            if let Some(inv) = Invalidation::decode(&payload) {
+                                self.metrics.invalidation(inv.kind());
+                                self.apply(&inv).await;
+                            }
+                        }
+                        tracing::warn!("invalidation channel lost; reconnecting");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "invalidation channel: Redis unreachable"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 

@@ -28,13 +28,14 @@ pub enum KeyFailure {
 
 impl KeyFailure {
     /// The wire reason.
-    pub fn as_str(self) -> &'static str {
+    pub fn reason(self) -> crate::error::Reason {
+        use crate::error::Reason;
         match self {
-            KeyFailure::Malformed => "malformed",
-            KeyFailure::NotFound => "not_found",
-            KeyFailure::Expired => "expired",
-            KeyFailure::Revoked => "revoked",
-            KeyFailure::Unavailable => "unavailable",
+            KeyFailure::Malformed => Reason::Malformed,
+            KeyFailure::NotFound => Reason::NotFound,
+            KeyFailure::Expired => Reason::Expired,
+            KeyFailure::Revoked => Reason::Revoked,
+            KeyFailure::Unavailable => Reason::Unavailable,
         }
     }
 }

@@ -23,6 +23,8 @@ pub mod error;
 pub mod fanout;
 /// HTTP handlers, extractors and the response envelope.
 pub mod http;
+/// Typed identifiers (`org_…`, `key_…`, …), minted and parsed in one place.
+pub mod ids;
 /// Invitations: the only way into an organization.
 pub mod invitations;
 /// API keys: minting and cached verification.

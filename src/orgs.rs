@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::domain::permissions;
+use crate::domain::permissions::{self, Permission};
 use crate::error::{ApiError, Code};
 use crate::http::extract::Principal;
 use crate::store::{Store, StoreError};
@@ -27,12 +27,17 @@ pub struct Access {
 
 impl Access {
     /// Whether the principal holds `p`.
-    pub fn has(&self, p: &str) -> bool {
+    pub fn has(&self, p: Permission) -> bool {
+        self.holds(p.as_str())
+    }
+
+    /// Whether the principal holds the permission named `p` (as stored or sent).
+    fn holds(&self, p: &str) -> bool {
         self.permissions.iter().any(|x| x == p)
     }
 
     /// 403 `forbidden` with `details.required` unless the principal holds `p`.
-    pub fn require(&self, p: &str) -> Result<(), ApiError> {
+    pub fn require(&self, p: Permission) -> Result<(), ApiError> {
         if self.has(p) {
             Ok(())
         } else {
@@ -49,7 +54,7 @@ impl Access {
         &self,
         perms: impl IntoIterator<Item = &'a String>,
     ) -> Result<(), ApiError> {
-        match perms.into_iter().find(|p| !self.has(p)) {
+        match perms.into_iter().find(|p| !self.holds(p)) {
             None => Ok(()),
             Some(missing) => Err(ApiError::msg(
                 Code::Forbidden,
@@ -65,7 +70,7 @@ impl Access {
         &self,
         perms: impl IntoIterator<Item = &'a String>,
     ) -> Result<(), ApiError> {
-        match perms.into_iter().find(|p| !self.has(p)) {
+        match perms.into_iter().find(|p| !self.holds(p)) {
             None => Ok(()),
             Some(missing) => Err(ApiError::msg(
                 Code::Forbidden,

@@ -1,22 +1,105 @@
 //! Permissions and the built-in roles.
 
-/// Every permission Gatehouse knows.
-pub const ALL: [&str; 14] = [
-    "keys:read",
-    "keys:write",
-    "members:read",
-    "members:write",
-    "widgets:read",
-    "widgets:write",
-    "chat:write",
-    "threads:read",
-    "analytics:read",
-    "audit:read",
-    "webhooks:read",
-    "webhooks:write",
-    "export:read",
-    "keys:verify",
-];
+/// What a role or an API key may do in an organization. The wire form (`keys:read`, …) is
+/// in [`Permission::ALL_ROWS`], the one table of names; storage keeps the wire form.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub enum Permission {
+    /// See an organization's API keys.
+    #[serde(rename = "keys:read")]
+    KeysRead,
+    /// Create, change, roll and revoke API keys.
+    #[serde(rename = "keys:write")]
+    KeysWrite,
+    /// See members, roles and invitations.
+    #[serde(rename = "members:read")]
+    MembersRead,
+    /// Invite, change and remove members; manage roles.
+    #[serde(rename = "members:write")]
+    MembersWrite,
+    /// See widgets.
+    #[serde(rename = "widgets:read")]
+    WidgetsRead,
+    /// Create, change and delete widgets, rotate their secrets, mint widget tokens.
+    #[serde(rename = "widgets:write")]
+    WidgetsWrite,
+    /// Chat through the gateway.
+    #[serde(rename = "chat:write")]
+    ChatWrite,
+    /// Read chat threads.
+    #[serde(rename = "threads:read")]
+    ThreadsRead,
+    /// Read usage.
+    #[serde(rename = "analytics:read")]
+    AnalyticsRead,
+    /// Read the audit log.
+    #[serde(rename = "audit:read")]
+    AuditRead,
+    /// See webhook endpoints and deliveries.
+    #[serde(rename = "webhooks:read")]
+    WebhooksRead,
+    /// Manage webhook endpoints, send tests, retry deliveries.
+    #[serde(rename = "webhooks:write")]
+    WebhooksWrite,
+    /// Export usage as CSV.
+    #[serde(rename = "export:read")]
+    ExportRead,
+    /// Verify other API keys (`POST /v1/keys/verify`).
+    #[serde(rename = "keys:verify")]
+    KeysVerify,
+}
+
+impl Permission {
+    /// Every permission with its wire form, in the order lists show them.
+    pub const ALL_ROWS: [(Permission, &'static str); 14] = [
+        (Permission::KeysRead, "keys:read"),
+        (Permission::KeysWrite, "keys:write"),
+        (Permission::MembersRead, "members:read"),
+        (Permission::MembersWrite, "members:write"),
+        (Permission::WidgetsRead, "widgets:read"),
+        (Permission::WidgetsWrite, "widgets:write"),
+        (Permission::ChatWrite, "chat:write"),
+        (Permission::ThreadsRead, "threads:read"),
+        (Permission::AnalyticsRead, "analytics:read"),
+        (Permission::AuditRead, "audit:read"),
+        (Permission::WebhooksRead, "webhooks:read"),
+        (Permission::WebhooksWrite, "webhooks:write"),
+        (Permission::ExportRead, "export:read"),
+        (Permission::KeysVerify, "keys:verify"),
+    ];
+
+    /// The wire form.
+    pub fn as_str(self) -> &'static str {
+        // The table is in declaration order, so the discriminant is the row.
+        Self::ALL_ROWS[self as usize].1
+    }
+
+    /// The permission with wire form `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL_ROWS
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(p, _)| *p)
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every permission's wire form.
+pub const ALL: [&str; 14] = {
+    let mut out = [""; 14];
+    let mut i = 0;
+    while i < 14 {
+        out[i] = Permission::ALL_ROWS[i].1;
+        i += 1;
+    }
+    out
+};
 
 /// Permissions an API key may never carry: keys cannot manage keys or members.
 pub const NEVER_ON_KEYS: [&str; 2] = ["keys:write", "members:write"];
@@ -76,6 +159,17 @@ pub fn parse_list(list: &[String]) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_permission_table_matches_the_wire_form() {
+        for (i, (p, name)) in Permission::ALL_ROWS.iter().enumerate() {
+            assert_eq!(*p as usize, i);
+            assert_eq!(p.as_str(), *name);
+            assert_eq!(Permission::parse(name), Some(*p));
+            assert_eq!(serde_json::to_value(p).ok(), Some(serde_json::json!(name)));
+        }
+        assert_eq!(Permission::parse("keys:admin"), None);
+    }
 
     #[test]
     fn builtin_roles_follow_the_rules() {

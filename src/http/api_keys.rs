@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use crate::app::AppState;
 use crate::auth::api_key::Environment;
 use crate::domain::permissions;
+use crate::domain::permissions::Permission;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
@@ -217,7 +218,7 @@ pub async fn create_key(
     ApiJson(body): ApiJson<CreateKeyBody>,
 ) -> Result<Success<CreatedKey>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("keys:write")?;
+    a.require(Permission::KeysWrite)?;
     let s = check_settings(body, Some(&a))?;
     let now = state.clock.now_ms();
     let (key, record) = state.keys.mint(NewKey {
@@ -249,7 +250,7 @@ pub async fn list_keys(
 ) -> Result<Success<Vec<KeyView>>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("keys:read")?;
+        .require(Permission::KeysRead)?;
     let now = state.clock.now_ms();
     Ok(ok(state
         .store
@@ -279,7 +280,7 @@ pub async fn get_key(
 ) -> Result<Success<KeyView>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("keys:read")?;
+        .require(Permission::KeysRead)?;
     let k = find_key(&state, &org, &id).await?;
     Ok(ok(view(&k, state.clock.now_ms())))
 }
@@ -294,7 +295,7 @@ pub async fn revoke_key(
     Path((org, id)): Path<(String, String)>,
 ) -> Result<Success<KeyView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("keys:write")?;
+    a.require(Permission::KeysWrite)?;
     check_id(&id, "key")?;
     let k = state
         .store
@@ -329,7 +330,7 @@ pub async fn roll_key(
     body: axum::body::Bytes,
 ) -> Result<Success<CreatedKey>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("keys:write")?;
+    a.require(Permission::KeysWrite)?;
     // The body is optional: an empty one means the defaults.
     let body: RollBody = if body.iter().all(u8::is_ascii_whitespace) {
         RollBody::default()
@@ -408,7 +409,7 @@ pub async fn update_key(
     ApiJson(body): ApiJson<UpdateKeyBody>,
 ) -> Result<Success<KeyView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("keys:write")?;
+    a.require(Permission::KeysWrite)?;
     check_id(&id, "key")?;
     let change = KeyChange {
         name: body.name.map(|n| check_name("name", &n, 50)).transpose()?,
@@ -500,10 +501,10 @@ pub async fn verify_key(
     };
     org_access(&state, &principal, &org_id)
         .await?
-        .require("keys:verify")?;
+        .require(Permission::KeysVerify)?;
     let invalid = |why: KeyFailure| Verdict {
         valid: false,
-        reason: Some(why.as_str()),
+        reason: Some(why.reason().as_str()),
         key_id: None,
         org_id: None,
         scopes: None,
@@ -547,12 +548,10 @@ pub async fn verify_key(
             }
         }
         Err(KeyFailure::Unavailable) => {
-            let mut e = ApiError::msg(
-                Code::ServiceUnavailable,
+            return Err(ApiError::unavailable(
+                1,
                 "Storage is unavailable; retry shortly.",
-            );
-            e.retry_after = Some(1);
-            return Err(e);
+            ))
         }
         Err(why) => invalid(why),
     };
@@ -582,7 +581,7 @@ pub async fn audit_log(
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
     org_access(&state, &principal, &org)
         .await?
-        .require("audit:read")?;
+        .require(Permission::AuditRead)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::field("limit", "must be between 1 and 200"));

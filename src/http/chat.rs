@@ -17,6 +17,8 @@ use utoipa::ToSchema;
 use crate::app::AppState;
 use crate::chat::upstream::{Piece, Tokens, UpstreamError};
 use crate::chat::{Caller, ChatError, MAX_CONTEXT_BYTES, MAX_MESSAGE_BYTES};
+use crate::domain::permissions::Permission;
+use crate::error::Reason;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{ok, Success};
 use crate::http::extract::{bearer, key_principal, ApiJson, Principal};
@@ -57,7 +59,9 @@ impl FromRequestParts<AppState> for ChatPrincipal {
         if let Some(v) = parts.headers.get("x-api-key") {
             let presented = v
                 .to_str()
-                .map_err(|_| ApiError::unauthorized("malformed", "The API key is malformed."))?
+                .map_err(|_| {
+                    ApiError::unauthorized(Reason::Malformed, "The API key is malformed.")
+                })?
                 .trim()
                 .to_string();
             let ip = crate::http::extract::client_ip(parts, state);
@@ -82,13 +86,13 @@ impl FromRequestParts<AppState> for ChatPrincipal {
     }
 }
 
-fn needs_scope(key: &crate::store::ApiKeyRecord, scope: &str) -> Result<(), ApiError> {
-    if key.scopes.iter().any(|s| s == scope) {
+fn needs_scope(key: &crate::store::ApiKeyRecord, scope: Permission) -> Result<(), ApiError> {
+    if key.scopes.iter().any(|s| s == scope.as_str()) {
         Ok(())
     } else {
         Err(
             ApiError::msg(Code::Forbidden, format!("The API key lacks {scope}."))
-                .details(json!({ "required": scope })),
+                .details(json!({ "required": scope.as_str() })),
         )
     }
 }
@@ -148,7 +152,7 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let caller = match principal {
         ChatPrincipal::Key { key, user_id } => {
-            needs_scope(&key, "chat:write")?;
+            needs_scope(&key, Permission::ChatWrite)?;
             Caller {
                 org_id: key.org_id.clone(),
                 key_id: Some(key.id.clone()),
@@ -159,7 +163,7 @@ pub async fn chat(
         }
         ChatPrincipal::Person(_) => {
             return Err(ApiError::unauthorized(
-                "missing",
+                Reason::Missing,
                 "Chat needs an API key (X-API-Key), optionally with the user's access token in Authorization.",
             ))
         }
@@ -271,7 +275,7 @@ pub async fn answer(
         .into_response())
 }
 
-fn scope_for(p: &ChatPrincipal, scope: &str) -> Result<ThreadScope, ApiError> {
+fn scope_for(p: &ChatPrincipal, scope: Permission) -> Result<ThreadScope, ApiError> {
     Ok(match p {
         ChatPrincipal::Person(user) => ThreadScope::User(user.clone()),
         ChatPrincipal::Key { key, user_id } => {
@@ -291,7 +295,7 @@ pub async fn list_threads(
     State(state): State<AppState>,
     principal: ChatPrincipal,
 ) -> Result<Success<Vec<Thread>>, ApiError> {
-    let scope = scope_for(&principal, "threads:read")?;
+    let scope = scope_for(&principal, Permission::ThreadsRead)?;
     Ok(ok(state.store.threads(&scope, 100).await?))
 }
 
@@ -313,7 +317,7 @@ pub async fn get_thread(
     Path(id): Path<String>,
 ) -> Result<Success<ThreadWithMessages>, ApiError> {
     check_id(&id, "thr")?;
-    let scope = scope_for(&principal, "threads:read")?;
+    let scope = scope_for(&principal, Permission::ThreadsRead)?;
     let thread = state
         .store
         .thread(&id, &scope)
@@ -331,7 +335,7 @@ pub async fn delete_thread(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_id(&id, "thr")?;
-    let scope = scope_for(&principal, "chat:write")?;
+    let scope = scope_for(&principal, Permission::ChatWrite)?;
     state
         .store
         .delete_thread(&id, &scope)

@@ -8,6 +8,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, Code};
 
@@ -24,9 +25,13 @@ pub fn request_id() -> String {
 }
 
 /// `meta` of every envelope.
-#[derive(Serialize)]
-struct Meta {
+#[derive(Serialize, ToSchema)]
+pub struct Meta {
+    /// This request's id (`req_…`), also in `X-Request-Id`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     request_id: String,
+    /// When the answer was made (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     ts: String,
 }
 
@@ -65,12 +70,106 @@ fn new_request_id() -> String {
 }
 
 /// A success envelope, serialised straight from the handler's type (no JSON tree in between:
-/// this is on the hot path of every `/v1` call).
-#[derive(Serialize)]
-struct SuccessBody<T> {
+/// this is on the hot path of every `/v1` call). In `/openapi.json` a route's answer is
+/// `Envelope<ItsType>`.
+#[derive(Serialize, ToSchema)]
+pub struct Envelope<T> {
+    /// Always `true`.
     success: bool,
+    /// The answer.
     data: T,
+    /// Request id and time.
     meta: Meta,
+}
+
+/// The error of an [`ErrorEnvelope`].
+#[derive(Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// The stable code; the HTTP status follows from it.
+    code: Code,
+    /// For the developer reading the response; may change.
+    message: String,
+    /// Structured details: `reason`, `required`, `fields`, `retry_after`… or `null`.
+    #[schema(value_type = Option<Object>)]
+    details: Option<Value>,
+}
+
+/// Every `/v1` error: `{"success": false, "error": {code, message, details}, "meta": …}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    /// Always `false`.
+    success: bool,
+    /// What went wrong.
+    error: ErrorObject,
+    /// Request id and time.
+    meta: Meta,
+}
+
+/// Declares the error answers of a route in `/openapi.json`, each an [`ErrorEnvelope`]:
+/// `responses((status = 200, body = Envelope<X>), Errors<{ E400 | E401 | E404 }>)` is not Rust,
+/// so routes list the statuses they answer with a const bit set:
+/// `responses((status = 200, …), errors::Auth, errors::Body)`. See [`errors`].
+pub mod errors {
+    use std::collections::BTreeMap;
+
+    use utoipa::openapi::{RefOr, Response, ResponseBuilder};
+
+    use super::ErrorEnvelope;
+
+    fn answer(description: &str) -> RefOr<Response> {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(<ErrorEnvelope as utoipa::PartialSchema>::schema()))
+                    .build(),
+            )
+            .into()
+    }
+
+    macro_rules! sets {
+        ($( $(#[$doc:meta])* $name:ident: [$( $status:literal => $desc:literal ),* $(,)?]; )*) => {
+            $(
+                $(#[$doc])*
+                pub struct $name;
+                impl utoipa::IntoResponses for $name {
+                    fn responses() -> BTreeMap<String, RefOr<Response>> {
+                        BTreeMap::from([$( ($status.to_string(), answer($desc)) ),*])
+                    }
+                }
+            )*
+        };
+    }
+
+    sets! {
+        /// A route that needs a credential: 401 without a valid one, 429 over a limit or
+        /// the failure budget, 503 when storage or the limiter cannot decide.
+        Auth: [
+            "401" => "`unauthorized`: no valid credential (`details.reason`)",
+            "429" => "`rate_limited`: a rate limit refused the request (`Retry-After`)",
+            "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
+        ];
+        /// A route inside an organization: 403 without the permission or membership, 404 when
+        /// the organization or object is not visible, 400 for a malformed id in the path.
+        Org: [
+            "400" => "`invalid_request`: a malformed id in the path (`details.reason`: `malformed_id`)",
+            "403" => "`forbidden`: not a member, or lacking a permission (`details.required`)",
+            "404" => "`not_found`",
+        ];
+        /// A route with a JSON body: 400 unparseable, 413 too large, 415 not JSON, 422 invalid
+        /// values (`details.fields`).
+        Body: [
+            "400" => "`invalid_request`: the body is not valid JSON or has the wrong shape",
+            "413" => "`payload_too_large`",
+            "415" => "`unsupported_media_type`: the body must be JSON",
+            "422" => "`validation_failed`: `details.fields` names each invalid field",
+        ];
+        /// A change that can conflict with existing state.
+        Conflict: [
+            "409" => "`conflict`",
+        ];
+    }
 }
 
 /// A successful `/v1` answer: `{"success": true, "data": …, "meta": …}`.
@@ -88,7 +187,7 @@ pub fn created<T: Serialize>(data: T) -> Success<T> {
 
 impl<T: Serialize> IntoResponse for Success<T> {
     fn into_response(self) -> Response {
-        let body = SuccessBody {
+        let body = Envelope {
             success: true,
             data: self.1,
             meta: meta(),

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, Method};
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, Reason};
 use crate::http::failures;
 
 /// Why a JSON body was refused.
@@ -105,6 +105,41 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .await
             .map(ApiJson)
             .map_err(ApiError::from)
+    }
+}
+
+/// Path parameters, typed ids among them ([`crate::ids::Id`]), parsed before the handler runs:
+/// `Ids((org, id)): Ids<(OrgId, WidgetId)>`. A malformed id is answered 400
+/// `invalid_request` with `details.reason` `malformed_id`, naming the expected prefix. Put it
+/// after the `Principal` so an unauthenticated caller learns nothing about ids.
+pub struct Ids<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Ids<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::{ErrorKind, Path};
+        use axum::extract::rejection::PathRejection;
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(Ids(t)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let message = match e.kind() {
+                    ErrorKind::Message(m) => m.clone(),
+                    ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::InvalidUtf8InPathParam { key } => {
+                        format!("The path parameter {key} is malformed.")
+                    }
+                    _ => "A path parameter is malformed.".to_string(),
+                };
+                let e = ApiError::msg(Code::InvalidRequest, message.clone());
+                Err(if message.starts_with("Malformed id") {
+                    e.reason(Reason::MalformedId)
+                } else {
+                    e
+                })
+            }
+            Err(other) => Err(ApiError::internal(other)),
+        }
     }
 }
 
@@ -274,15 +309,15 @@ impl FromRequestParts<AppState> for Principal {
     ) -> Result<Self, Self::Rejection> {
         let ip = client_ip(parts, state);
         if let Some(key) = parts.headers.get("x-api-key") {
-            let key = key
-                .to_str()
-                .map_err(|_| ApiError::unauthorized("malformed", "The API key is malformed."))?;
+            let key = key.to_str().map_err(|_| {
+                ApiError::unauthorized(Reason::Malformed, "The API key is malformed.")
+            })?;
             return key_principal(state, key.trim(), &ip).await;
         }
         if let Some(token) = bearer(parts) {
             if token.is_empty() {
                 return Err(ApiError::unauthorized(
-                    "malformed",
+                    Reason::Malformed,
                     "The Authorization header has no token.",
                 ));
             }
@@ -318,7 +353,7 @@ impl FromRequestParts<AppState> for Principal {
             return Ok(principal);
         }
         let e = ApiError::unauthorized(
-            "missing",
+            Reason::Missing,
             "No credential: send Authorization: Bearer <token>, X-API-Key, or sign in.",
         );
         count_failure(state, &e);

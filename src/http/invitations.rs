@@ -1,6 +1,7 @@
 //! `/v1/orgs/{org}/invitations` (the organization's side) and `/v1/invitations` (the
 //! invitee's side).
 
+use crate::domain::permissions::Permission;
 use crate::http::orgs::user_only;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -81,7 +82,7 @@ pub async fn invite(
     body: InviteBody,
 ) -> Result<Invitation, ApiError> {
     let a = org_access(state, principal, org).await?;
-    a.require("members:write")?;
+    a.require(Permission::MembersWrite)?;
     let (user_id, inviter_email) = user_only(principal)?;
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
     grantable(state, &a, &body.role).await?;
@@ -119,8 +120,8 @@ pub async fn list_org_invitations(
     Path(org): Path<String>,
 ) -> Result<Success<Vec<Invitation>>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    if !a.has("members:write") {
-        a.require("members:read")?;
+    if !a.has(Permission::MembersWrite) {
+        a.require(Permission::MembersRead)?;
     }
     let now = state.clock.now_ms();
     Ok(ok(state.store.invitations_of_org(&org, now).await?))
@@ -137,7 +138,7 @@ pub async fn revoke_invitation(
     Path((org, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("members:write")?;
+    a.require(Permission::MembersWrite)?;
     check_id(&id, "inv")?;
     invitations::revoke(&state, &org, &id, &audit(&state, &a, &ip)).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -149,12 +149,7 @@ pub fn refused(d: &Decision) -> ApiError {
 
 /// The refusal when a fail-closed policy cannot reach Redis.
 pub fn unavailable() -> ApiError {
-    let mut e = ApiError::msg(
-        Code::ServiceUnavailable,
-        "Rate limiting is unavailable; retry shortly.",
-    );
-    e.retry_after = Some(1);
-    e
+    ApiError::unavailable(1, "Rate limiting is unavailable; retry shortly.")
 }
 
 /// Checks a list given for `field`; 422 naming the field when it is not acceptable.

@@ -1,20 +1,19 @@
 //! `GET /v1/me`: who the caller is.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::http::envelope::{ok, Success};
+use crate::http::envelope::{errors, ok, Envelope, Success};
 use crate::http::extract::{Principal, Via};
 
 /// `/v1/me`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/me", get(me))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(me))
 }
 
 /// The caller as `/v1/me` describes it.
@@ -56,7 +55,8 @@ pub struct Me {
 
 /// Who the caller is.
 #[utoipa::path(get, path = "/v1/me", tag = "me",
-    responses((status = 200, description = "The caller", body = Me), (status = 401, description = "unauthorized")))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The caller", body = Envelope<Me>), errors::Auth))]
 pub async fn me(
     State(state): State<AppState>,
     principal: Principal,

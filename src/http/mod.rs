@@ -25,13 +25,35 @@ pub mod widgets;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method};
-use axum::{middleware, Router};
+use axum::{middleware, Extension, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
-/// The whole application.
+/// The whole application. Each route is declared once, with its OpenAPI description, in its
+/// file's `router()` (`OpenApiRouter::routes(routes!(handler, …))`); `/openapi.json` is the
+/// description the routes gave.
 pub fn router(state: AppState) -> Router {
+    let (app, spec) = routes(&state).split_for_parts();
+    app.layer(Extension(std::sync::Arc::new(spec)))
+        .fallback(envelope::not_found)
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            envelope::request_context,
+        ))
+        .with_state(state)
+}
+
+/// The description `/openapi.json` serves.
+pub fn spec(state: &AppState) -> utoipa::openapi::OpenApi {
+    routes(state).into_openapi()
+}
+
+/// Every route with its description, before the outer layers.
+fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     let auth_cors = CorsLayer::new()
         .allow_origin(AllowOrigin::any())
         .allow_methods([
@@ -58,14 +80,14 @@ pub fn router(state: AppState) -> Router {
             .chain(limits::EXPOSED.map(HeaderName::from_static))
             .collect::<Vec<_>>(),
         );
-    let auth = auth_v1::router()
-        .merge(auth_email::router())
+    let auth = OpenApiRouter::from(auth_v1::router())
+        .merge(auth_email::router().into())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             gotrue::require_apikey,
         ))
-        .merge(auth_v1::public_router())
-        .merge(auth_email::public_router())
+        .merge(auth_v1::public_router().into())
+        .merge(auth_email::public_router().into())
         .layer(middleware::from_fn(gotrue::api_version))
         .layer(auth_cors);
 
@@ -93,32 +115,29 @@ pub fn router(state: AppState) -> Router {
         );
     // Full paths merged, not nested: a nested router rewrites every request's URI and adds
     // a layer of services cloned per request, on the API's hottest routes.
-    let v1 = Router::new()
+    let v1 = OpenApiRouter::new()
         .merge(me::router())
-        .merge(session::router())
-        .merge(orgs::router())
-        .merge(invitations::router())
-        .merge(api_keys::router())
-        .merge(chat::router())
-        .merge(usage::router())
-        .merge(widgets::router())
-        .merge(webhooks::router())
+        .merge(session::router().into())
+        .merge(orgs::router().into())
+        .merge(invitations::router().into())
+        .merge(api_keys::router().into())
+        .merge(chat::router().into())
+        .merge(usage::router().into())
+        .merge(widgets::router().into())
+        .merge(webhooks::router().into())
         .layer(api_cors.clone());
 
-    Router::new()
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/auth/v1", auth)
         .merge(v1)
-        .merge(dashboard::router())
+        .merge(dashboard::router().into())
         .merge(health::router())
         .merge(openapi::router())
-        .merge(metrics::router(&state))
-        .merge(widget_public::router(state.clone()))
-        .merge(chat::api_router().merge(proxy::router()).layer(api_cors))
-        .fallback(envelope::not_found)
-        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            envelope::request_context,
-        ))
-        .with_state(state)
+        .merge(metrics::router(state).into())
+        .merge(widget_public::router(state.clone()).into())
+        .merge(
+            OpenApiRouter::from(chat::api_router())
+                .merge(proxy::router().into())
+                .layer(api_cors),
+        )
 }

@@ -1,22 +1,23 @@
 //! `GET /openapi.json`, generated from the handlers' annotations.
 
-use axum::routing::get;
-use axum::{Json, Router};
-use utoipa::OpenApi;
+use std::sync::Arc;
+
+use axum::{Extension, Json};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&SecuritySchemes),
     info(
         title = "Gatehouse",
         description = "Authentication for multi-tenant AI-assistant platforms."
     ),
     paths(
-        crate::http::health::healthz,
-        crate::http::health::readyz,
-        crate::http::me::me,
         crate::http::session::sign_in,
         crate::http::session::sign_out,
         crate::http::orgs::create_org,
@@ -88,10 +89,8 @@ use crate::app::AppState;
         crate::http::webhooks::send_test,
         crate::http::webhooks::list_deliveries,
         crate::http::webhooks::retry_delivery,
-        openapi_json,
     ),
     components(schemas(
-        crate::http::me::Me,
         crate::http::session::SignInBody,
         crate::http::orgs::OrgBody,
         crate::http::orgs::AddMemberBody,
@@ -131,13 +130,57 @@ use crate::app::AppState;
 )]
 pub struct ApiDoc;
 
+/// The credentials routes name in `security(...)`: `bearer` (a Supabase-compatible access
+/// token, or an API key sent as a bearer token), `api_key` (`X-API-Key`), `cookie` (the
+/// dashboard session; state-changing requests must come from the dashboard's origin) and
+/// `apikey` (the publishable key `/auth/v1` callers send).
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An access token from /auth/v1/token, or an API key."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An organization's API key.",
+            ))),
+        );
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::http::extract::SESSION_COOKIE,
+                "The dashboard session (POST /v1/session).",
+            ))),
+        );
+        components.add_security_scheme(
+            "apikey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "apikey",
+                "The deployment's publishable key (/auth/v1 routes).",
+            ))),
+        );
+    }
+}
+
 /// `/openapi.json`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(openapi_json))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)))]
+pub async fn openapi_json(
+    Extension(spec): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json((*spec).clone())
 }

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::domain::permissions;
+use crate::domain::permissions::Permission;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
@@ -229,7 +230,7 @@ pub async fn list_members(
 ) -> Result<Success<Vec<Member>>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("members:read")?;
+        .require(Permission::MembersRead)?;
     Ok(ok(state.store.members(&org).await?))
 }
 
@@ -307,7 +308,7 @@ pub async fn change_role(
     ApiJson(body): ApiJson<RoleBody>,
 ) -> Result<Success<serde_json::Value>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("members:write")?;
+    a.require(Permission::MembersWrite)?;
     let current = state
         .store
         .membership(&org, &user)
@@ -351,7 +352,7 @@ pub async fn remove_member(
     Path((org, user)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("members:write")?;
+    a.require(Permission::MembersWrite)?;
     let current = state
         .store
         .membership(&org, &user)
@@ -376,7 +377,7 @@ pub async fn list_roles(
 ) -> Result<Success<Vec<Role>>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("members:read")?;
+        .require(Permission::MembersRead)?;
     let mut roles: Vec<Role> = permissions::BUILTIN_ROLES
         .iter()
         .map(|r| Role {
@@ -410,7 +411,7 @@ pub async fn create_role(
     ApiJson(body): ApiJson<NewRoleBody>,
 ) -> Result<Success<Role>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("members:write")?;
+    a.require(Permission::MembersWrite)?;
     permissions::check_role_name(&body.name).map_err(|m| ApiError::field("name", m))?;
     let perms = permissions::parse_list(&body.permissions)
         .map_err(|p| ApiError::field("permissions", &format!("unknown permission {p:?}")))?;
@@ -436,7 +437,7 @@ pub async fn delete_role(
     Path((org, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("members:write")?;
+    a.require(Permission::MembersWrite)?;
     if permissions::BUILTIN_ROLES.contains(&name.as_str()) {
         return Err(ApiError::msg(
             Code::Conflict,

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use crate::accounts::AccountError;
 use crate::app::AppState;
 use crate::auth::tokens;
+use crate::error::Reason;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::ok;
 use crate::http::extract::{csrf_refused, same_origin, ApiJson, ClientIp, SESSION_COOKIE};
@@ -36,7 +37,7 @@ pub struct SignInBody {
 fn account_error(e: AccountError) -> ApiError {
     match e {
         AccountError::InvalidCredentials => {
-            ApiError::unauthorized("invalid_credentials", "Invalid email or password.")
+            ApiError::unauthorized(Reason::InvalidCredentials, "Invalid email or password.")
         }
         AccountError::EmailNotConfirmed => ApiError::msg(Code::Forbidden, "Email not confirmed."),
         AccountError::Busy => ApiError::from(crate::store::StoreError::Busy),
@@ -122,7 +123,10 @@ pub async fn sign_out(
     jar: CookieJar,
 ) -> Result<Response, ApiError> {
     let Some(value) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
-        return Err(ApiError::unauthorized("missing", "No dashboard session."));
+        return Err(ApiError::unauthorized(
+            Reason::Missing,
+            "No dashboard session.",
+        ));
     };
     if !same_origin(&headers, &state.config.public_origin()) {
         return Err(csrf_refused());

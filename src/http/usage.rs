@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::app::AppState;
+use crate::domain::permissions::Permission;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{ok, Success};
 use crate::http::extract::Principal;
@@ -65,7 +66,7 @@ pub async fn usage(
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
     org_access(&state, &principal, &org)
         .await?
-        .require("analytics:read")?;
+        .require(Permission::AnalyticsRead)?;
     let bucket = match q.granularity.as_deref().unwrap_or("day") {
         "hour" => HOUR_MS,
         "day" => DAY_MS,
@@ -128,7 +129,7 @@ pub async fn export(
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
     org_access(&state, &principal, &org)
         .await?
-        .require("export:read")?;
+        .require(Permission::ExportRead)?;
     let since = match &q.since {
         Some(v) => parse_time("since", v)?,
         None => 0,

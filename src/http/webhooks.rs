@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::config::SecretString;
+use crate::domain::permissions::Permission;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
@@ -196,7 +197,7 @@ pub async fn create_endpoint(
     ApiJson(body): ApiJson<CreateEndpointBody>,
 ) -> Result<Success<EndpointWithSecret>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("webhooks:write")?;
+    a.require(Permission::WebhooksWrite)?;
     let event_types = check_types(body.event_types)?;
     let description = check_description(body.description)?.unwrap_or_default();
     let url = check_url(&state, &body.url).await?;
@@ -236,7 +237,7 @@ pub async fn list_endpoints(
 ) -> Result<Success<Vec<EndpointView>>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("webhooks:read")?;
+        .require(Permission::WebhooksRead)?;
     let now = state.clock.now_ms();
     let list = state.store.webhook_endpoints(&org).await?;
     Ok(ok(list.iter().map(|e| view(e, now)).collect()))
@@ -252,7 +253,7 @@ pub async fn get_endpoint(
 ) -> Result<Success<EndpointView>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("webhooks:read")?;
+        .require(Permission::WebhooksRead)?;
     check_id(&id, "whk")?;
     let e = state
         .store
@@ -273,7 +274,7 @@ pub async fn update_endpoint(
     ApiJson(body): ApiJson<UpdateEndpointBody>,
 ) -> Result<Success<EndpointView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("webhooks:write")?;
+    a.require(Permission::WebhooksWrite)?;
     check_id(&id, "whk")?;
     let event_types = body.event_types.map(check_types).transpose()?;
     let description = check_description(body.description)?;
@@ -305,7 +306,7 @@ pub async fn delete_endpoint(
     Path((org, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("webhooks:write")?;
+    a.require(Permission::WebhooksWrite)?;
     check_id(&id, "whk")?;
     state
         .store
@@ -325,7 +326,7 @@ pub async fn rotate_secret(
     Path((org, id)): Path<(String, String)>,
 ) -> Result<Success<EndpointWithSecret>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("webhooks:write")?;
+    a.require(Permission::WebhooksWrite)?;
     check_id(&id, "whk")?;
     let now = state.clock.now_ms();
     let secret = signing::new_secret();
@@ -362,7 +363,7 @@ pub async fn send_test(
     Path((org, id)): Path<(String, String)>,
 ) -> Result<Success<Queued>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("webhooks:write")?;
+    a.require(Permission::WebhooksWrite)?;
     check_id(&id, "whk")?;
     let message_id = state
         .store
@@ -393,7 +394,7 @@ pub async fn list_deliveries(
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
     org_access(&state, &principal, &org)
         .await?
-        .require("webhooks:read")?;
+        .require(Permission::WebhooksRead)?;
     check_id(&id, "whk")?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
@@ -417,7 +418,7 @@ pub async fn retry_delivery(
     Path((org, id)): Path<(String, String)>,
 ) -> Result<Success<serde_json::Value>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("webhooks:write")?;
+    a.require(Permission::WebhooksWrite)?;
     check_id(&id, "whd")?;
     state
         .store

@@ -64,12 +64,7 @@ fn rejection(r: Rejection) -> ApiError {
     let (code, message) = match r {
         Rejection::NotFound => return ApiError::not_found("Widget"),
         Rejection::Unavailable => {
-            let mut e = ApiError::msg(
-                Code::ServiceUnavailable,
-                "Storage is unavailable; retry shortly.",
-            );
-            e.retry_after = Some(1);
-            return e;
+            return ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
         }
         Rejection::OriginNotAllowed => (
             Code::Forbidden,

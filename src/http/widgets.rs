@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::auth::widget::{self as w, AllowedOrigin};
+use crate::domain::permissions::Permission;
 use crate::error::ApiError;
 use crate::http::envelope::{created, ok, Success};
 use crate::http::extract::{ApiJson, ClientIp, Principal};
@@ -220,7 +221,7 @@ pub async fn create_widget(
     ApiJson(body): ApiJson<CreateWidgetBody>,
 ) -> Result<Success<WidgetWithSecret>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("widgets:write")?;
+    a.require(Permission::WidgetsWrite)?;
     let name = check_name("name", &body.name, 100)?;
     let allowed_origins = check_origins(&body.allowed_origins)?;
     let settings = merge_settings(&default_settings(), body.settings.unwrap_or_default())?;
@@ -257,7 +258,7 @@ pub async fn list_widgets(
 ) -> Result<Success<Vec<WidgetView>>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("widgets:read")?;
+        .require(Permission::WidgetsRead)?;
     Ok(ok(state
         .store
         .widgets(&org)
@@ -293,7 +294,7 @@ pub async fn get_widget(
 ) -> Result<Success<WidgetView>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("widgets:read")?;
+        .require(Permission::WidgetsRead)?;
     Ok(ok(view(&state, &find(&state, &org, &id).await?)))
 }
 
@@ -322,7 +323,7 @@ pub async fn update_widget(
     ApiJson(body): ApiJson<UpdateWidgetBody>,
 ) -> Result<Success<WidgetView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("widgets:write")?;
+    a.require(Permission::WidgetsWrite)?;
     let current = find(&state, &org, &id).await?;
     let change = WidgetChange {
         name: body.name.map(|n| check_name("name", &n, 100)).transpose()?,
@@ -358,7 +359,7 @@ pub async fn delete_widget(
     Path((org, id)): Path<(String, String)>,
 ) -> Result<Success<WidgetView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("widgets:write")?;
+    a.require(Permission::WidgetsWrite)?;
     check_id(&id, "wgt")?;
     let widget = state
         .store
@@ -382,7 +383,7 @@ pub async fn rotate_secret(
     Path((org, id)): Path<(String, String)>,
 ) -> Result<Success<WidgetWithSecret>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
-    a.require("widgets:write")?;
+    a.require(Permission::WidgetsWrite)?;
     check_id(&id, "wgt")?;
     let secret = w::new_secret();
     let widget = state
@@ -421,7 +422,7 @@ pub async fn mint_token(
 ) -> Result<Success<WidgetToken>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
-        .require("widgets:write")?;
+        .require(Permission::WidgetsWrite)?;
     let widget = find(&state, &org, &id).await?;
     let token = w::mint_token(&widget.secret, &widget.org_id, &widget.id);
     Ok(created(WidgetToken {
