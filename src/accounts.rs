@@ -334,7 +334,10 @@ impl Accounts {
         let successor = match row.revoked_at {
             None => {
                 let child = tokens::random_token(REFRESH_TOKEN_BYTES);
-                let sealed = tokens::seal(presented, &child);
+                let sealed = tokens::seal_successor(presented, &child).map_err(|e| {
+                    tracing::error!(error = %e, "sealing the successor failed");
+                    AccountError::Internal
+                })?;
                 match self
                     .store
                     .rotate_refresh(&row, &tokens::sha256_hex(&child), &sealed, now)
@@ -368,7 +371,7 @@ impl Accounts {
         let successor = row
             .successor_sealed
             .as_deref()
-            .and_then(|s| tokens::unseal(presented, s));
+            .and_then(|s| tokens::open_successor(presented, s));
         match successor {
             Some(child)
                 if within

@@ -473,7 +473,7 @@ story!(
 story!(
     hs256_mode_signs_with_the_shared_secret,
     |c: &mut gatehouse::config::Config| {
-        c.jwt_secret = Some(gatehouse::config::SecretString::new(
+        c.jwt_secret = Some(gatehouse::config::SecretString::from(
             "0123456789abcdef0123456789abcdef-shared",
         ));
     },
