@@ -368,6 +368,8 @@ impl Accounts {
             .ok_or(AccountError::RefreshNotFound)?;
         let revoked_at = row.revoked_at.unwrap_or(now);
         let within = now - revoked_at <= self.config.refresh_reuse_interval_seconds * 1000;
+        // A successor that does not open (one sealed in an older format, see
+        // `tokens::open_successor`) is answered like a reuse after the interval.
         let successor = row
             .successor_sealed
             .as_deref()
