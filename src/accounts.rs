@@ -334,7 +334,10 @@ impl Accounts {
         let successor = match row.revoked_at {
             None => {
                 let child = tokens::random_token(REFRESH_TOKEN_BYTES);
-                let sealed = tokens::seal(presented, &child);
+                let sealed = tokens::seal_successor(presented, &child).map_err(|e| {
+                    tracing::error!(error = %e, "sealing the successor failed");
+                    AccountError::Internal
+                })?;
                 match self
                     .store
                     .rotate_refresh(&row, &tokens::sha256_hex(&child), &sealed, now)
@@ -365,10 +368,12 @@ impl Accounts {
             .ok_or(AccountError::RefreshNotFound)?;
         let revoked_at = row.revoked_at.unwrap_or(now);
         let within = now - revoked_at <= self.config.refresh_reuse_interval_seconds * 1000;
+        // A successor that does not open (one sealed in an older format, see
+        // `tokens::open_successor`) is answered like a reuse after the interval.
         let successor = row
             .successor_sealed
             .as_deref()
-            .and_then(|s| tokens::unseal(presented, s));
+            .and_then(|s| tokens::open_successor(presented, s));
         match successor {
             Some(child)
                 if within

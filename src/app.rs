@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::accounts::Accounts;
@@ -112,7 +113,7 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let jwt = Arc::new(JwtKeys::new(
             &keys,
-            config.jwt_secret.as_ref().map(|s| s.expose()),
+            config.jwt_secret.as_ref().map(|s| s.expose_secret()),
             config.issuer(),
         )?);
         let publishable_key = match &config.publishable_key {
@@ -123,7 +124,7 @@ impl AppState {
                     config.key_prefix,
                     tokens::random_token(24)
                 );
-                SecretString::new(
+                SecretString::from(
                     store
                         .setting_or_insert(PUBLISHABLE_KEY_SETTING, &generated)
                         .await
@@ -150,7 +151,7 @@ impl AppState {
         let redis = match &config.redis_url {
             Some(url) => Some(
                 RedisLink::open(
-                    url.expose(),
+                    url.expose_secret(),
                     &config.redis_prefix,
                     Duration::from_millis(config.redis_timeout_ms),
                 )

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
 
 use crate::app::{self, AppState};
 use crate::clock::Clock;
@@ -184,7 +185,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("storage:          {:?}", state.store.engine());
             println!("issuer:           {}", state.config.issuer());
             println!("listen:           {}", state.config.listen);
-            println!("publishable key:  {}", state.publishable_key.expose());
+            println!(
+                "publishable key:  {}",
+                state.publishable_key.expose_secret()
+            );
             Ok(())
         }
         Command::User {
@@ -238,7 +242,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, storage = ?state.store.engine(), "gatehouse listening");
     // The publishable key is public by design (like Supabase's anon key): printing it lets
     // a developer point a client at a fresh server.
-    tracing::info!(publishable_key = %state.publishable_key.expose(), "clients send this in the apikey header");
+    tracing::info!(publishable_key = %state.publishable_key.expose_secret(), "clients send this in the apikey header");
     let metrics = app::bind_metrics(&state.config).await?;
     if let Some(m) = &metrics {
         tracing::info!(addr = %m.local_addr()?, "metrics listening");

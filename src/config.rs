@@ -3,44 +3,17 @@ use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+/// Secrets are `secrecy`'s `SecretString`: `Debug` prints `[REDACTED]`, reading one takes
+/// an explicit `expose_secret()`, and the memory is wiped on drop.
+pub use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ratelimit::{Rate, Rates};
 
-/// A configuration value that must never be printed: `Debug` shows `***`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself; callers must not log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Serialize for SecretString {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for SecretString {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(SecretString)
-    }
-}
-
 /// Every setting of a Gatehouse process. See `config.example.toml`.
+///
+/// `Serialize` only feeds the defaults to figment; secret fields are skipped there (their
+/// default is unset) so a secret never has a serialised form.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -51,8 +24,10 @@ pub struct Config {
     /// The URL users reach this server at (token issuer, CSRF origin, cookie security).
     pub public_url: String,
     /// The key clients send in `apikey` on `/auth/v1`; generated and stored at first start when unset.
+    #[serde(skip_serializing)]
     pub publishable_key: Option<SecretString>,
     /// When set, access tokens are signed HS256 with this shared secret instead of ES256.
+    #[serde(skip_serializing)]
     pub jwt_secret: Option<SecretString>,
     /// Access-token lifetime in seconds.
     pub jwt_expiry_seconds: i64,
@@ -120,6 +95,7 @@ pub struct Config {
     /// Most rate-limit counters held in memory (idle ones are forgotten first).
     pub rate_limit_memory_capacity: u64,
     /// `redis://…`: share rate limits and cache invalidations between instances.
+    #[serde(skip_serializing)]
     pub redis_url: Option<SecretString>,
     /// Prefix of every Redis key and channel (one Redis can serve several deployments).
     pub redis_prefix: String,
@@ -133,6 +109,7 @@ pub struct Config {
     /// The `model` sent upstream.
     pub upstream_model: String,
     /// Sent upstream as `Authorization: Bearer`; never logged.
+    #[serde(skip_serializing)]
     pub upstream_api_key: Option<SecretString>,
     /// Longest wait for the model server's first answer and between two streamed pieces (ms).
     pub upstream_timeout_ms: u64,
@@ -156,6 +133,7 @@ pub struct Config {
     pub log_format: String,
     /// When set, `/metrics` needs `Authorization: Bearer <metrics_token>` (at least 16
     /// characters; compared in constant time); unset: `/metrics` needs no credential.
+    #[serde(skip_serializing)]
     pub metrics_token: Option<SecretString>,
     /// When set, `/metrics` is served only on this address (e.g. `127.0.0.1:9090`) and the
     /// main listener answers 404 there.
@@ -163,6 +141,7 @@ pub struct Config {
     /// Development mode: confirms sign-ups at once (as `autoconfirm`).
     pub dev: bool,
     /// `smtp://`/`smtps://` URL mail goes out through (may hold credentials: never logged).
+    #[serde(skip_serializing)]
     pub smtp_url: Option<SecretString>,
     /// The `From:` of every mail.
     pub mail_from: String,
@@ -494,7 +473,7 @@ impl Config {
             }
         }
         if let Some(t) = &self.metrics_token {
-            let t = t.expose();
+            let t = t.expose_secret();
             if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 anyhow::bail!("metrics_token must be at least 16 characters, without spaces");
             }
@@ -531,7 +510,7 @@ impl Config {
             anyhow::bail!("invitation_seconds must be between 3600 and 2592000");
         }
         if let Some(secret) = &self.jwt_secret {
-            if secret.expose().len() < 32 {
+            if secret.expose_secret().len() < 32 {
                 anyhow::bail!("jwt_secret must be at least 32 characters");
             }
         }
@@ -621,12 +600,28 @@ mod tests {
     #[test]
     fn secrets_are_masked_in_debug() {
         let cfg = Config {
-            jwt_secret: Some(SecretString::new("a-very-secret-value-that-is-long-enough")),
+            jwt_secret: Some(SecretString::from(
+                "a-very-secret-value-that-is-long-enough",
+            )),
             ..Config::default()
         };
         let printed = format!("{cfg:?}");
         assert!(!printed.contains("a-very-secret-value"));
-        assert!(printed.contains("***"));
+        assert!(printed.contains("REDACTED"));
+    }
+
+    #[test]
+    fn secrets_are_read_from_the_file_and_never_serialised() {
+        let c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(
+                "jwt_secret = \"from-the-file-and-long-enough-0123\"",
+            ))
+            .extract()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let secret = c.jwt_secret.as_ref().map(|s| s.expose_secret());
+        assert_eq!(secret, Some("from-the-file-and-long-enough-0123"));
+        let text = serde_json::to_string(&c).unwrap_or_default();
+        assert!(!text.contains("from-the-file") && !text.contains("jwt_secret"));
     }
 
     #[test]
@@ -639,14 +634,29 @@ mod tests {
             .unwrap_or_else(|e| panic!("config.example.toml: {e}"));
         assert_eq!(format!("{from_file:?}"), format!("{:?}", Config::default()));
         // Every setting appears in the file (set, or commented out when it has no default).
-        let defaults = toml_keys(&Config::default());
-        for key in defaults {
+        // Secrets have no serialised form, so they are named here (and checked to be fields).
+        let printed = format!("{:?}", Config::default());
+        let mut keys = toml_keys(&Config::default());
+        for secret in SECRET_KEYS {
+            assert!(printed.contains(&format!("{secret}: None")), "{secret}");
+            keys.push(secret.to_string());
+        }
+        for key in keys {
             assert!(
                 text.contains(&format!("{key} =")),
                 "{key} is missing from config.example.toml"
             );
         }
     }
+
+    const SECRET_KEYS: [&str; 6] = [
+        "publishable_key",
+        "jwt_secret",
+        "redis_url",
+        "upstream_api_key",
+        "metrics_token",
+        "smtp_url",
+    ];
 
     fn toml_keys(c: &Config) -> Vec<String> {
         match serde_json::to_value(c) {
@@ -682,7 +692,7 @@ mod tests {
     #[test]
     fn metrics_settings_are_checked_and_the_token_masked() {
         let cfg = Config {
-            metrics_token: Some(SecretString::new("scrape-secret-0123456789")),
+            metrics_token: Some(SecretString::from("scrape-secret-0123456789")),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             ..Config::default()
         };
@@ -691,7 +701,7 @@ mod tests {
         assert!(!printed.contains("scrape-secret"), "{printed}");
         for bad in ["short", "has a space in it, long enough"] {
             let cfg = Config {
-                metrics_token: Some(SecretString::new(bad)),
+                metrics_token: Some(SecretString::from(bad)),
                 ..Config::default()
             };
             let e = cfg.validate().unwrap_err().to_string();

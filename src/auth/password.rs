@@ -70,6 +70,7 @@ fn start_threads(n: usize) -> Result<mpsc::Sender<Job>, HashError> {
 /// per thread). Best effort: where it is refused the thread keeps the process's priority.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
     // SAFETY: nice(2) takes no pointers and changes only the calling thread here.
     unsafe {
         libc::nice(HASH_NICE);
@@ -184,6 +185,7 @@ mod tests {
     #[tokio::test]
     async fn hashing_runs_below_the_runtime_s_priority() {
         let h = Hasher::new(2).unwrap();
+        #[allow(unsafe_code)]
         // SAFETY: getpriority takes no pointers; `who = 0` is the calling thread.
         let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
         let here = nice();

@@ -1,9 +1,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use super::sealed::{SealError, SealingKey};
 
 /// `n` random bytes from the OS generator, base64url without padding.
 pub fn random_token(n: usize) -> String {
@@ -14,18 +15,7 @@ pub fn random_token(n: usize) -> String {
 
 /// Lower-case hex SHA-256, the at-rest form of every bearer secret.
 pub fn sha256_hex(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// Constant-time equality of two strings.
@@ -33,38 +23,30 @@ pub fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-fn keystream(key: &str, len: usize) -> Vec<u8> {
-    // HMAC-SHA256 in counter mode: enough keystream for a token of up to a few blocks.
-    let mut out = Vec::with_capacity(len);
-    let mut counter = 0u32;
-    while out.len() < len {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
-            break;
-        };
-        mac.update(b"gatehouse-refresh-successor");
-        mac.update(&counter.to_be_bytes());
-        out.extend_from_slice(&mac.finalize().into_bytes());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
-}
+/// The HKDF purpose of the key that seals a refresh token's successor.
+const SUCCESSOR_PURPOSE: &str = "gatehouse/refresh-successor/v1";
 
 /// Seals `successor` so that only a holder of `parent` can recover it.
 ///
 /// Refresh tokens are stored hashed, yet two tabs racing with the same parent token must
-/// both receive the same successor; the successor is kept sealed under the parent token.
-pub fn seal(parent: &str, successor: &str) -> String {
-    let ks = keystream(parent, successor.len());
-    let sealed: Vec<u8> = successor.bytes().zip(ks).map(|(a, b)| a ^ b).collect();
-    URL_SAFE_NO_PAD.encode(sealed)
+/// both receive the same successor; the successor is kept sealed under a key derived from
+/// the parent token, which the server never stores.
+pub fn seal_successor(parent: &str, successor: &str) -> Result<String, SealError> {
+    SealingKey::derive(parent.as_bytes(), SUCCESSOR_PURPOSE)?.seal(successor.as_bytes(), &[])
 }
 
-/// Recovers a sealed successor with its parent token.
-pub fn unseal(parent: &str, sealed: &str) -> Option<String> {
-    let bytes = URL_SAFE_NO_PAD.decode(sealed).ok()?;
-    let ks = keystream(parent, bytes.len());
-    String::from_utf8(bytes.into_iter().zip(ks).map(|(a, b)| a ^ b).collect()).ok()
+/// Recovers a sealed successor with its parent token; `None` if it does not open.
+///
+/// Only the [`sealed`](super::sealed) format opens. A row holding a successor in another
+/// format, such as the unauthenticated keystream older databases may hold, is deliberately
+/// not read: the refresh answers as for a reuse outside the reuse interval and ends the
+/// session. That fails closed, keeps no hand-made cipher around, and only touches tokens
+/// rotated within the reuse interval (seconds) before the upgrade.
+pub fn open_successor(parent: &str, sealed: &str) -> Option<String> {
+    let plain = SealingKey::derive(parent.as_bytes(), SUCCESSOR_PURPOSE)
+        .ok()?
+        .open(sealed, &[])?;
+    String::from_utf8(plain.to_vec()).ok()
 }
 
 #[cfg(test)]
@@ -75,13 +57,22 @@ mod tests {
     fn a_sealed_successor_opens_only_with_its_parent() {
         let parent = random_token(32);
         let child = random_token(32);
-        let sealed = seal(&parent, &child);
-        assert_ne!(sealed, child);
-        assert_eq!(unseal(&parent, &sealed).as_deref(), Some(child.as_str()));
-        assert_ne!(
-            unseal(&random_token(32), &sealed).as_deref(),
+        let sealed = seal_successor(&parent, &child).unwrap();
+        assert!(!sealed.contains(&child));
+        assert_eq!(
+            open_successor(&parent, &sealed).as_deref(),
             Some(child.as_str())
         );
+        assert_eq!(open_successor(&random_token(32), &sealed), None);
+    }
+
+    #[test]
+    fn a_successor_sealed_by_the_keystream_format_does_not_open() {
+        // The keystream format older databases may hold, without a tag:
+        // base64url(successor XOR HMAC-SHA256(parent, label ‖ counter) blocks).
+        let parent = "lEgRqaUFMW3xmv0mTN1HsyKkpsGxCkdz_yCbTrFUc8M";
+        let legacy = "QQyo0Euhw9MNC7V60hMoFeexfxPSeUkBf6C-wEBKvtcEu6oEWJ5MlSclMQ";
+        assert_eq!(open_successor(parent, legacy), None);
     }
 
     #[test]

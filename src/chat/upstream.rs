@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -148,7 +149,7 @@ impl Upstream {
                 }
                 let mut req = client.post(url).json(&body);
                 if let Some(k) = api_key {
-                    req = req.bearer_auth(k.expose());
+                    req = req.bearer_auth(k.expose_secret());
                 }
                 let res = tokio::time::timeout(*timeout, req.send())
                     .await

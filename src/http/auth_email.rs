@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -257,7 +258,7 @@ fn require_apikey(state: &AppState, headers: &HeaderMap) -> Result<(), GoTrueErr
             "no_api_key",
             "No API key found in request",
         )),
-        Some(k) if ct_eq(k, state.publishable_key.expose()) => Ok(()),
+        Some(k) if ct_eq(k, state.publishable_key.expose_secret()) => Ok(()),
         Some(_) => Err(GoTrueError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",

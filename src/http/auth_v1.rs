@@ -38,7 +38,7 @@ pub fn public_router() -> Router<AppState> {
 
 fn identity_id(user_id: &str) -> String {
     let d = Sha256::digest(format!("email-identity:{user_id}").as_bytes());
-    let h = crate::auth::tokens::hex(&d[..16]);
+    let h = hex::encode(&d[..16]);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

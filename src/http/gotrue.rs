@@ -5,6 +5,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -198,7 +199,7 @@ pub async fn require_apikey(State(state): State<AppState>, req: Request, next: N
             "No API key found in request",
         )
         .into_response(),
-        Some(k) if ct_eq(&k, state.publishable_key.expose()) => next.run(req).await,
+        Some(k) if ct_eq(&k, state.publishable_key.expose_secret()) => next.run(req).await,
         Some(_) => GoTrueError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",

@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use secrecy::ExposeSecret;
 
 use crate::app::AppState;
 use crate::auth::tokens::{ct_eq, sha256_hex};
@@ -42,7 +43,7 @@ fn allowed(state: &AppState, headers: &HeaderMap) -> bool {
         .map(|(_, token)| token.trim());
     // Digests of equal length, so the comparison's time tells nothing of the token, not even
     // its length.
-    given.is_some_and(|g| ct_eq(&sha256_hex(g), &sha256_hex(expected.expose())))
+    given.is_some_and(|g| ct_eq(&sha256_hex(g), &sha256_hex(expected.expose_secret())))
 }
 
 /// Requests by route and status, latency histograms, rate-limit decisions by policy and

@@ -210,7 +210,7 @@ pub async fn create_endpoint(
         description,
         event_types,
         enabled: body.enabled.unwrap_or(true),
-        secret: SecretString::new(secret.clone()),
+        secret: SecretString::from(secret.clone()),
         previous_secret: None,
         previous_secret_expires_at: None,
         failing_since: None,
@@ -335,7 +335,7 @@ pub async fn rotate_secret(
         .rotate_webhook_secret(
             &org,
             &id,
-            &SecretString::new(secret.clone()),
+            &SecretString::from(secret.clone()),
             now + ROTATION_GRACE_MS,
             &audit(&state, &a, &ip),
         )

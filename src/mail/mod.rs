@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
+use secrecy::ExposeSecret;
 use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
@@ -32,7 +33,7 @@ const BATCH: i64 = 1;
 /// Checks the email settings (part of `Config::validate`).
 pub fn check_config(c: &Config) -> anyhow::Result<()> {
     if let Some(u) = &c.smtp_url {
-        let u = u.expose();
+        let u = u.expose_secret();
         if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
             anyhow::bail!("smtp_url must start with smtp:// or smtps://");
         }
@@ -247,12 +248,12 @@ mod tests {
         })
         .is_ok());
         let smtp = Config {
-            smtp_url: Some(crate::config::SecretString::new("smtp://127.0.0.1:2525")),
+            smtp_url: Some(crate::config::SecretString::from("smtp://127.0.0.1:2525")),
             ..Config::default()
         };
         assert!(check_serve(&smtp).is_ok());
         let bad = Config {
-            smtp_url: Some(crate::config::SecretString::new("http://x")),
+            smtp_url: Some(crate::config::SecretString::from("http://x")),
             ..Config::default()
         };
         assert!(check_config(&bad).is_err());

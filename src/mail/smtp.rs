@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
 
 use crate::config::SecretString;
 use crate::store::QueuedMail;
@@ -17,7 +18,7 @@ pub struct Smtp {
 impl Smtp {
     /// From `smtp_url`. Errors never repeat the URL: it may hold a password.
     pub fn new(url: &SecretString) -> anyhow::Result<Self> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("smtp_url is not a valid smtp:// or smtps:// URL"))?
             // Per SMTP command; the worker bounds the whole delivery (`SEND_TIMEOUT`).
             .timeout(Some(Duration::from_secs(10)))

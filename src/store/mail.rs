@@ -1,12 +1,9 @@
 //! The durable mail queue and the per-address sending limit.
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
-
 use super::{Engine, Store, StoreResult};
 
 /// A mail waiting in the queue (or being sent).
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct QueuedMail {
     /// Row id.
     pub id: String,
@@ -31,18 +28,6 @@ impl std::fmt::Debug for QueuedMail {
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
-}
-
-fn mail_from_row(r: &AnyRow) -> StoreResult<QueuedMail> {
-    Ok(QueuedMail {
-        id: r.try_get("id")?,
-        recipient: r.try_get("recipient")?,
-        subject: r.try_get("subject")?,
-        text_body: r.try_get("text_body")?,
-        html_body: r.try_get("html_body")?,
-        attempts: r.try_get("attempts")?,
-        created_at: r.try_get("created_at")?,
-    })
 }
 
 impl Store {
@@ -98,14 +83,13 @@ impl Store {
                ORDER BY created_at LIMIT $4{lock}) \
              RETURNING id, recipient, subject, text_body, html_body, attempts, created_at"
         );
-        let rows = sqlx::query(&sql)
+        Ok(sqlx::query_as(&sql)
             .bind(owner)
             .bind(lease_until)
             .bind(now)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(mail_from_row).collect()
+            .await?)
     }
 
     /// Marks a leased mail sent and forgets its bodies (they carry the token).

@@ -1,11 +1,9 @@
 //! Requests for mail whose sending depends on who has an account, handled by the worker.
 
-use sqlx::Row;
-
 use super::{Engine, Store, StoreResult};
 
 /// A stored mail request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct MailRequestRow {
     /// Row id.
     pub id: String,
@@ -62,25 +60,12 @@ impl Store {
                ORDER BY created_at LIMIT 1{lock}) \
              RETURNING id, kind, email, user_id, redirect_to, data, password_hash, created_at"
         );
-        let row = sqlx::query(&sql)
+        Ok(sqlx::query_as(&sql)
             .bind(owner)
             .bind(lease_until)
             .bind(now)
             .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(MailRequestRow {
-                id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
-                email: r.try_get("email")?,
-                user_id: r.try_get("user_id")?,
-                redirect_to: r.try_get("redirect_to")?,
-                data: r.try_get("data")?,
-                password_hash: r.try_get("password_hash")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+            .await?)
     }
 
     /// Forgets a handled (or given-up) request.

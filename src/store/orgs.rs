@@ -24,7 +24,7 @@ pub struct Org {
 }
 
 /// A member of an organization.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Member {
     /// User id.
     pub user_id: String,
@@ -265,23 +265,13 @@ impl Store {
 
     /// The members of an organization.
     pub async fn members(&self, org_id: &str) -> StoreResult<Vec<Member>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT m.user_id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
              WHERE m.org_id = $1 ORDER BY m.created_at, u.email",
         )
         .bind(org_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Member {
-                    user_id: r.try_get("user_id")?,
-                    email: r.try_get("email")?,
-                    role: r.try_get("role")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Adds a user; `Conflict` if already a member.

@@ -1,13 +1,10 @@
 //! One-time tokens for the email flows, stored hashed, and the changes verifying one makes.
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
-
 use super::sessions::end_sessions_in;
 use super::{Ended, Store, StoreError, StoreResult, User};
 
 /// A live one-time token (hashes only).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct OtpRow {
     /// Row id (also salts the code hash).
     pub id: String,
@@ -40,19 +37,6 @@ pub struct NewMail {
     pub text: String,
     /// HTML.
     pub html: String,
-}
-
-fn otp_from_row(r: &AnyRow) -> StoreResult<OtpRow> {
-    Ok(OtpRow {
-        id: r.try_get("id")?,
-        user_id: r.try_get("user_id")?,
-        kind: r.try_get("kind")?,
-        email: r.try_get("email")?,
-        token_hash: r.try_get("token_hash")?,
-        code_hash: r.try_get("code_hash")?,
-        expires_at: r.try_get("expires_at")?,
-        password_hash: r.try_get("password_hash")?,
-    })
 }
 
 const OTP_COLUMNS: &str =
@@ -241,25 +225,23 @@ impl Store {
 
     /// The token whose link hash is `token_hash`.
     pub async fn otp_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<OtpRow>> {
-        let row = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {OTP_COLUMNS} FROM one_time_tokens WHERE token_hash = $1"
         ))
         .bind(token_hash)
         .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(otp_from_row).transpose()
+        .await?)
     }
 
     /// The live tokens sent to `email`.
     pub async fn otps_for_email(&self, email: &str, now: i64) -> StoreResult<Vec<OtpRow>> {
-        let rows = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {OTP_COLUMNS} FROM one_time_tokens WHERE email = $1 AND expires_at > $2"
         ))
         .bind(email)
         .bind(now)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(otp_from_row).collect()
+        .await?)
     }
 
     /// Uses a token up: true for the one caller that deleted it.

@@ -1,9 +1,7 @@
-use sqlx::Row;
-
 use super::{Store, StoreError, StoreResult};
 
 /// A stored refresh token (its hash, never the token).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct RefreshRow {
     /// Row id.
     pub id: String,
@@ -103,22 +101,12 @@ impl Store {
 
     /// Finds a refresh token by hash.
     pub async fn refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshRow>> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, session_id, user_id, revoked_at, successor_sealed FROM refresh_tokens WHERE token_hash = $1",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(RefreshRow {
-                id: r.try_get("id")?,
-                session_id: r.try_get("session_id")?,
-                user_id: r.try_get("user_id")?,
-                revoked_at: r.try_get("revoked_at")?,
-                successor_sealed: r.try_get("successor_sealed")?,
-            })
-        })
-        .transpose()
+        .await?)
     }
 
     /// Whether a refresh token with this hash exists.

@@ -1,13 +1,12 @@
 //! Chat threads, their messages, and usage counters.
 
 use serde::Serialize;
-use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{Store, StoreError, StoreResult};
 
 /// A conversation.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Thread {
     /// `thr_…`.
     pub id: String,
@@ -35,7 +34,7 @@ pub struct Thread {
 }
 
 /// One message of a thread.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Message {
     /// `msg_…` (time-ordered).
     pub id: String,
@@ -101,31 +100,6 @@ const USAGE_ROWS_PER_INSERT: usize = 100;
 const THREAD_COLUMNS: &str =
     "id, org_id, user_id, key_id, visitor, widget_id, title, created_at, updated_at, revision";
 
-fn thread_from_row(r: &AnyRow) -> StoreResult<Thread> {
-    Ok(Thread {
-        id: r.try_get("id")?,
-        org_id: r.try_get("org_id")?,
-        user_id: r.try_get("user_id")?,
-        key_id: r.try_get("key_id")?,
-        visitor: r.try_get("visitor")?,
-        widget_id: r.try_get("widget_id")?,
-        title: r.try_get("title")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        revision: r.try_get("revision")?,
-    })
-}
-
-fn message_from_row(r: &AnyRow) -> StoreResult<Message> {
-    Ok(Message {
-        id: r.try_get("id")?,
-        thread_id: r.try_get("thread_id")?,
-        role: r.try_get("role")?,
-        content: r.try_get("content")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
 /// Inserts `(organization, message)` pairs with one statement.
 async fn insert_messages(
     conn: &mut sqlx::AnyConnection,
@@ -154,12 +128,11 @@ impl Store {
     pub async fn thread(&self, id: &str, scope: &ThreadScope) -> StoreResult<Option<Thread>> {
         let (clause, args) = scope.clause(2);
         let sql = format!("SELECT {THREAD_COLUMNS} FROM threads WHERE id = $1 AND {clause}");
-        let mut q = sqlx::query(&sql).bind(id);
+        let mut q = sqlx::query_as(&sql).bind(id);
         for a in &args {
             q = q.bind(a);
         }
-        let row = q.fetch_optional(&self.pool).await?;
-        row.as_ref().map(thread_from_row).transpose()
+        Ok(q.fetch_optional(&self.pool).await?)
     }
 
     /// Threads `scope` may see, most recently active first.
@@ -168,27 +141,22 @@ impl Store {
         let sql = format!(
             "SELECT {THREAD_COLUMNS} FROM threads WHERE {clause} ORDER BY updated_at DESC, id DESC LIMIT {limit}"
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query_as(&sql);
         for a in &args {
             q = q.bind(a);
         }
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(thread_from_row).collect()
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// The last `n` messages of a thread, oldest first.
     pub async fn recent_messages(&self, thread_id: &str, n: i64) -> StoreResult<Vec<Message>> {
-        let rows = sqlx::query(&format!(
+        let mut out: Vec<Message> = sqlx::query_as(&format!(
             "SELECT id, thread_id, role, content, created_at FROM messages WHERE thread_id = $1 \
              ORDER BY created_at DESC, id DESC LIMIT {n}"
         ))
         .bind(thread_id)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = rows
-            .iter()
-            .map(message_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
         out.reverse();
         Ok(out)
     }
@@ -399,7 +367,7 @@ impl Store {
 }
 
 /// One exported message with its thread.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct ExportRow {
     /// The thread.
     pub thread_id: String,
@@ -430,8 +398,9 @@ impl Store {
         use futures_util::StreamExt;
         let pool = self.pool.clone();
         async_stream::stream! {
-            let mut rows = sqlx::query(
-                "SELECT m.id, m.thread_id, t.title, t.user_id, t.key_id, m.role, m.content, m.created_at \
+            let mut rows = sqlx::query_as::<_, ExportRow>(
+                "SELECT m.thread_id, t.title AS thread_title, t.user_id, t.key_id, m.id AS message_id, \
+                 m.role, m.content, m.created_at \
                  FROM messages m JOIN threads t ON t.id = m.thread_id \
                  WHERE m.org_id = $1 AND m.created_at >= $2 ORDER BY m.created_at, m.id",
             )
@@ -439,18 +408,7 @@ impl Store {
             .bind(since)
             .fetch(&pool);
             while let Some(row) = rows.next().await {
-                yield row.map_err(StoreError::from).and_then(|r| {
-                    Ok(ExportRow {
-                        thread_id: r.try_get("thread_id")?,
-                        thread_title: r.try_get("title")?,
-                        user_id: r.try_get("user_id")?,
-                        key_id: r.try_get("key_id")?,
-                        message_id: r.try_get("id")?,
-                        role: r.try_get("role")?,
-                        content: r.try_get("content")?,
-                        created_at: r.try_get("created_at")?,
-                    })
-                });
+                yield row.map_err(StoreError::from);
             }
         }
     }

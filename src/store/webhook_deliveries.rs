@@ -193,12 +193,12 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let mut secrets = vec![SecretString::new(r.try_get::<String, _>("secret")?)];
+                let mut secrets = vec![SecretString::from(r.try_get::<String, _>("secret")?)];
                 let prev: Option<String> = r.try_get("previous_secret")?;
                 let prev_until: Option<i64> = r.try_get("previous_secret_expires_at")?;
                 if let (Some(p), Some(until)) = (prev, prev_until) {
                     if until > now {
-                        secrets.push(SecretString::new(p));
+                        secrets.push(SecretString::from(p));
                     }
                 }
                 Ok(ClaimedDelivery {

@@ -2,6 +2,7 @@
 //! that caused it, fanned out there to one delivery per matching endpoint, so an event
 //! exists if and only if its change was committed.
 
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -102,8 +103,8 @@ fn endpoint_from_row(r: &AnyRow) -> StoreResult<WebhookEndpoint> {
             .transpose()
             .map_err(|e| StoreError::Other(format!("event_types: {e}")))?,
         enabled: enabled != 0,
-        secret: SecretString::new(r.try_get::<String, _>("secret")?),
-        previous_secret: previous.map(SecretString::new),
+        secret: SecretString::from(r.try_get::<String, _>("secret")?),
+        previous_secret: previous.map(SecretString::from),
         previous_secret_expires_at: r.try_get("previous_secret_expires_at")?,
         failing_since: r.try_get("failing_since")?,
         disabled_reason: r.try_get("disabled_reason")?,
@@ -274,8 +275,8 @@ impl Store {
         .bind(&e.description)
         .bind(types_text(e.event_types.as_deref()))
         .bind(i64::from(e.enabled))
-        .bind(e.secret.expose())
-        .bind(e.previous_secret.as_ref().map(|s| s.expose().to_string()))
+        .bind(e.secret.expose_secret())
+        .bind(e.previous_secret.as_ref().map(|s| s.expose_secret().to_string()))
         .bind(e.previous_secret_expires_at)
         .bind(e.failing_since)
         .bind(e.disabled_reason.as_deref())
@@ -420,7 +421,7 @@ impl Store {
              secret = $2, updated_at = $3 WHERE org_id = $4 AND id = $5",
         )
         .bind(old_valid_until)
-        .bind(new_secret.expose())
+        .bind(new_secret.expose_secret())
         .bind(audit.now)
         .bind(org_id)
         .bind(id)

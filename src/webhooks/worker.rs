@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use secrecy::ExposeSecret;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -182,7 +183,7 @@ async fn send(w: &Webhooks, d: &ClaimedDelivery, timestamp: i64) -> Answer {
     if let Err(why) = ssrf::check_literal(&url, w.allow_private) {
         return failed(why);
     }
-    let secrets: Vec<&str> = d.secrets.iter().map(|s| s.expose()).collect();
+    let secrets: Vec<&str> = d.secrets.iter().map(|s| s.expose_secret()).collect();
     let signature =
         signing::signature_header(&secrets, &d.message_id, timestamp, d.payload.as_bytes());
     let sent = w

@@ -27,7 +27,7 @@ where
         let clock = Clock::manual(T0);
         let Some(app) = TestApp::spawn_with_clock(db, clock.clone(), move |c| {
             c.autoconfirm = false;
-            c.smtp_url = Some(gatehouse::config::SecretString::new(url));
+            c.smtp_url = Some(gatehouse::config::SecretString::from(url));
             c.mail_min_interval_seconds = 0;
             tweak(c);
         })

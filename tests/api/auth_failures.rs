@@ -340,7 +340,7 @@ async fn the_budget_is_shared_through_redis() {
     let prefix = redis_prefix();
     let app = TestApp::spawn_with_clock(Db::Sqlite, clock.clone(), move |c| {
         budget(c, "3/60s");
-        c.redis_url = Some(SecretString::new(url));
+        c.redis_url = Some(SecretString::from(url));
         c.redis_prefix = prefix;
     })
     .await

@@ -173,6 +173,67 @@ story!(
     }
 );
 
+/// `successor` sealed the way older databases hold it: XOR with HMAC-SHA256(parent,
+/// label ‖ counter) blocks, no tag.
+fn keystream_sealed(parent: &str, successor: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut stream = Vec::new();
+    for counter in 0u32.. {
+        if stream.len() >= successor.len() {
+            break;
+        }
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(parent.as_bytes()).unwrap();
+        mac.update(b"gatehouse-refresh-successor");
+        mac.update(&counter.to_be_bytes());
+        stream.extend_from_slice(&mac.finalize().into_bytes());
+    }
+    let sealed: Vec<u8> = successor.bytes().zip(stream).map(|(a, b)| a ^ b).collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
+}
+
+story!(
+    a_successor_sealed_in_the_keystream_format_is_not_read_and_ends_the_session,
+    |app: TestApp| async move {
+        // The same value as the fixture of the unit test in src/auth/tokens.rs.
+        assert_eq!(
+            keystream_sealed(
+                "lEgRqaUFMW3xmv0mTN1HsyKkpsGxCkdz_yCbTrFUc8M",
+                "Q2xv5JCxkK8-9FYaNvR5wOLQ-cBvq8TWVzV8Mm9y3kE"
+            ),
+            "QQyo0Euhw9MNC7V60hMoFeexfxPSeUkBf6C-wEBKvtcEu6oEWJ5MlSclMQ"
+        );
+        let (_, _, session) = app.new_user().await;
+        let first = session["refresh_token"].as_str().unwrap().to_string();
+        let (status, s2) = parts(app.refresh(&first).await).await;
+        assert_eq!(status, 200);
+        let second = s2["refresh_token"].as_str().unwrap().to_string();
+        sqlx::any::install_default_drivers();
+        let db = sqlx::AnyPool::connect(&app.db.url).await.unwrap();
+        let updated =
+            sqlx::query("UPDATE refresh_tokens SET successor_sealed = $1 WHERE token_hash = $2")
+                .bind(keystream_sealed(&first, &second))
+                .bind(gatehouse::auth::tokens::sha256_hex(&first))
+                .execute(&db)
+                .await
+                .unwrap();
+        assert_eq!(updated.rows_affected(), 1);
+        db.close().await;
+        // Within the reuse interval, yet answered as a reuse after it.
+        let (status, body) = parts(app.refresh(&first).await).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!("refresh_token_already_used"))
+        );
+        let (status, body) = parts(app.refresh(&second).await).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!("refresh_token_not_found"))
+        );
+        app
+    }
+);
+
 // The reuse test drives time by hand.
 mod manual_clock {
     pub fn clock() -> gatehouse::clock::Clock {
@@ -473,7 +534,7 @@ story!(
 story!(
     hs256_mode_signs_with_the_shared_secret,
     |c: &mut gatehouse::config::Config| {
-        c.jwt_secret = Some(gatehouse::config::SecretString::new(
+        c.jwt_secret = Some(gatehouse::config::SecretString::from(
             "0123456789abcdef0123456789abcdef-shared",
         ));
     },

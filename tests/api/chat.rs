@@ -115,7 +115,7 @@ async fn setup(db: crate::helpers::Db) -> Option<Setup> {
     let app = TestApp::spawn(db, move |c| {
         c.upstream_url = Some(url);
         c.upstream_model = "test-model".into();
-        c.upstream_api_key = Some(gatehouse::config::SecretString::new(SECRET));
+        c.upstream_api_key = Some(gatehouse::config::SecretString::from(SECRET));
         c.upstream_timeout_ms = 1000;
     })
     .await?;
@@ -143,31 +143,9 @@ async fn chat(app: &TestApp, key: &str, jwt: Option<&str>, body: Value) -> (u16,
     parts(req.send().await.unwrap()).await
 }
 
-/// Runs a scenario on SQLite and on PostgreSQL.
-macro_rules! both {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_sqlite() {
-                let s = setup(crate::helpers::Db::Sqlite).await.unwrap();
-                let app = ($body)(s).await;
-                app.stop().await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                let Some(s) = setup(crate::helpers::Db::Postgres).await else {
-                    return;
-                };
-                let app = ($body)(s).await;
-                app.stop().await;
-            }
-        }
-    };
-}
-
-both!(
+story!(
     a_key_chats_and_the_second_turn_carries_the_history,
+    setup: setup,
     |s: Setup| async move {
         let (status, body) = chat(
             &s.app,
@@ -237,8 +215,9 @@ both!(
     }
 );
 
-both!(
+story!(
     a_users_token_next_to_the_key_makes_the_thread_theirs,
+    setup: setup,
     |s: Setup| async move {
         let ann = s.app.person().await;
         let bob = s.app.person().await;
@@ -332,7 +311,9 @@ both!(
     }
 );
 
-both!(chat_needs_a_key_with_chat_write, |s: Setup| async move {
+story!(
+    chat_needs_a_key_with_chat_write,
+    setup: setup, |s: Setup| async move {
     let (status, body) = s
         .app
         .call(
@@ -369,8 +350,9 @@ both!(chat_needs_a_key_with_chat_write, |s: Setup| async move {
     s.app
 });
 
-both!(
+story!(
     streaming_relays_pieces_in_order_then_the_ids,
+    setup: setup,
     |s: Setup| async move {
         let res = s
             .app
@@ -419,8 +401,9 @@ both!(
     }
 );
 
-both!(
+story!(
     a_client_that_goes_away_cancels_the_upstream_call,
+    setup: setup,
     |s: Setup| async move {
         let res = s
             .app
@@ -452,8 +435,9 @@ both!(
     }
 );
 
-both!(
+story!(
     upstream_failures_are_502_and_504_without_secrets,
+    setup: setup,
     |s: Setup| async move {
         let (status, body) = chat(&s.app, &s.key, None, json!({"message": "fail"})).await;
         assert_eq!(status, 502, "{body}");
@@ -469,8 +453,9 @@ both!(
     }
 );
 
-both!(
+story!(
     export_streams_both_formats_and_usage_is_counted,
+    setup: setup,
     |s: Setup| async move {
         let ann = s.app.person().await;
         chat(
@@ -638,8 +623,9 @@ async fn get_thread(s: &Setup, thread: &str) -> (u16, Value) {
     parts(res).await
 }
 
-both!(
+story!(
     concurrent_turns_are_all_kept_and_a_deleted_thread_fails_alone,
+    setup: setup,
     |s: Setup| async move {
         // Exchanges that arrive together are stored by one commit: none may be lost, and a
         // thread deleted meanwhile must not take the others' exchanges with it.

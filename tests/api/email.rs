@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{parts, Db, TestApp, PK};
 use crate::smtp_sink::SmtpSink;
+use crate::story;
 
 /// A server that sends through a fresh sink, with confirmation on.
 async fn spawn(
@@ -17,34 +18,11 @@ async fn spawn(
     let url = sink.url(None);
     let app = TestApp::spawn(db, move |c| {
         c.autoconfirm = false;
-        c.smtp_url = Some(gatehouse::config::SecretString::new(url));
+        c.smtp_url = Some(gatehouse::config::SecretString::from(url));
         tweak(c);
     })
     .await?;
     Some((app, sink))
-}
-
-macro_rules! email_story {
-    ($name:ident, $tweak:expr, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_sqlite() {
-                let (app, sink) = spawn(Db::Sqlite, $tweak).await.unwrap();
-                let app = ($body)(app, sink).await;
-                app.stop().await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                let Some((app, sink)) = spawn(Db::Postgres, $tweak).await else {
-                    return;
-                };
-                let app = ($body)(app, sink).await;
-                app.stop().await;
-            }
-        }
-    };
 }
 
 fn fresh() -> String {
@@ -80,10 +58,10 @@ fn fragment(location: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-email_story!(
+story!(
     sign_up_sends_a_confirmation_whose_link_confirms_and_signs_in,
-    |_c| {},
-    |app: TestApp, sink: SmtpSink| async move {
+    setup: |db| spawn(db, |_c| {}),
+    |(app, sink): (TestApp, SmtpSink)| async move {
         let email = fresh();
         let (status, body) = parts(app.signup(&email, "long enough pw").await).await;
         assert_eq!(status, 200);
@@ -120,10 +98,10 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     a_magic_link_and_a_code_each_sign_in_once,
-    |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0,
-    |app: TestApp, sink: SmtpSink| async move {
+    setup: |db| spawn(db, |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0),
+    |(app, sink): (TestApp, SmtpSink)| async move {
         let email = fresh();
         let (status, body) = post(&app, "/otp", json!({"email": email, "create_user": true})).await;
         assert_eq!((status, body), (200, json!({})));
@@ -171,10 +149,10 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     a_new_mail_invalidates_the_previous_code_and_wrong_codes_run_out,
-    |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0,
-    |app: TestApp, sink: SmtpSink| async move {
+    setup: |db| spawn(db, |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0),
+    |(app, sink): (TestApp, SmtpSink)| async move {
         let email = fresh();
         post(&app, "/otp", json!({"email": email})).await;
         let first = sink.wait_for(&email, 1, 10).await.remove(0).code();
@@ -214,10 +192,10 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     unknown_addresses_get_the_same_answers_and_limits,
-    |c: &mut gatehouse::config::Config| c.rate_limit_magic_link = crate::helpers::generous(),
-    |app: TestApp, sink: SmtpSink| async move {
+    setup: |db| spawn(db, |c: &mut gatehouse::config::Config| c.rate_limit_magic_link = crate::helpers::generous()),
+    |(app, sink): (TestApp, SmtpSink)| async move {
         let (known, _, _) = {
             let email = fresh();
             post(&app, "/otp", json!({"email": email})).await;
@@ -268,13 +246,13 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     the_magic_link_route_is_limited_per_ip,
-    |c: &mut gatehouse::config::Config| {
+    setup: |db| spawn(db, |c: &mut gatehouse::config::Config| {
         c.rate_limit_magic_link =
             gatehouse::ratelimit::Rates::one(gatehouse::ratelimit::Rate::new(5, 60));
-    },
-    |app: TestApp, _sink: SmtpSink| async move {
+    }),
+    |(app, _sink): (TestApp, SmtpSink)| async move {
         for _ in 0..5 {
             assert_eq!(post(&app, "/otp", json!({"email": fresh()})).await.0, 200);
         }
@@ -287,10 +265,10 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     recovery_lets_the_user_set_a_new_password,
-    |_c| {},
-    |app: TestApp, sink: SmtpSink| async move {
+    setup: |db| spawn(db, |_c| {}),
+    |(app, sink): (TestApp, SmtpSink)| async move {
         let email = fresh();
         app.state
             .accounts
@@ -334,11 +312,11 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     an_email_change_applies_when_both_addresses_confirm_it,
-    |c: &mut gatehouse::config::Config| c.redirect_allowlist =
-        vec!["https://*.example.org/**".into()],
-    |app: TestApp, sink: SmtpSink| async move {
+    setup: |db| spawn(db, |c: &mut gatehouse::config::Config| c.redirect_allowlist =
+        vec!["https://*.example.org/**".into()]),
+    |(app, sink): (TestApp, SmtpSink)| async move {
         let email = fresh();
         app.state
             .accounts
@@ -398,10 +376,10 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     bad_verify_input_gets_a_4xx,
-    |_c| {},
-    |app: TestApp, _sink: SmtpSink| async move {
+    setup: |db| spawn(db, |_c| {}),
+    |(app, _sink): (TestApp, SmtpSink)| async move {
         for body in [
             json!({}),
             json!({"type": "nope", "token": "1"}),
@@ -431,13 +409,13 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     the_verify_route_is_limited_per_ip_by_post_and_by_link,
-    |c: &mut gatehouse::config::Config| {
+    setup: |db| spawn(db, |c: &mut gatehouse::config::Config| {
         c.rate_limit_verify =
             gatehouse::ratelimit::Rates::one(gatehouse::ratelimit::Rate::new(10, 60));
-    },
-    |app: TestApp, _sink: SmtpSink| async move {
+    }),
+    |(app, _sink): (TestApp, SmtpSink)| async move {
         for _ in 0..9 {
             let (status, _) = post(
                 &app,
@@ -464,10 +442,10 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     a_burst_of_guesses_cannot_spend_more_than_five_attempts_of_a_code,
-    |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0,
-    |app: TestApp, sink: SmtpSink| async move {
+    setup: |db| spawn(db, |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0),
+    |(app, sink): (TestApp, SmtpSink)| async move {
         let email = fresh();
         post(&app, "/otp", json!({"email": email})).await;
         sink.wait_for(&email, 1, 10).await;
@@ -485,10 +463,10 @@ email_story!(
     }
 );
 
-email_story!(
+story!(
     a_password_set_before_the_address_was_proved_does_not_survive_a_magic_link,
-    |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0,
-    |app: TestApp, sink: SmtpSink| async move {
+    setup: |db| spawn(db, |c: &mut gatehouse::config::Config| c.mail_min_interval_seconds = 0),
+    |(app, sink): (TestApp, SmtpSink)| async move {
         // A squatter signs up with the owner's address; the confirmation mail goes unread.
         let email = fresh();
         let squatter = "squatter's password 1";

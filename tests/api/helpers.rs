@@ -217,7 +217,7 @@ pub fn test_config(db_url: &str) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db_url.to_string(),
-        publishable_key: Some(SecretString::new(PK)),
+        publishable_key: Some(SecretString::from(PK)),
         autoconfirm: true,
         rate_limit_sign_in: generous(),
         rate_limit_sign_up: generous(),
@@ -362,35 +362,47 @@ pub async fn parts(res: Response) -> (u16, Value) {
     (status, body)
 }
 
-/// Runs a story on SQLite and on PostgreSQL: `story!(name, |app| async move { … })`.
+/// Runs a story on SQLite and on PostgreSQL (skipped there when no PostgreSQL is
+/// configured), one test per engine in a module named after the story:
+///
+/// - `story!(name, |app: TestApp| async move { …; app })`: the default test config;
+/// - `story!(name, |c: &mut Config| …, body)`: the config changed first;
+/// - `story!(name, setup: |db| …, body)`: `setup(db)` starts the server and whatever else
+///   the story needs (a mock, a mail sink, a clock) and returns `Option<S>` (`None`: no
+///   such engine here); the body takes that `S` and hands back the `TestApp` to stop.
 #[macro_export]
 macro_rules! story {
-    ($name:ident, $body:expr) => {
-        story!($name, |_c| {}, $body);
-    };
-    ($name:ident, $tweak:expr, $body:expr) => {
+    ($name:ident, setup: $setup:expr, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn on_sqlite() {
-                let app = $crate::helpers::TestApp::spawn($crate::helpers::Db::Sqlite, $tweak)
+                let s = ($setup)($crate::helpers::Db::Sqlite)
                     .await
-                    .unwrap();
-                let app = ($body)(app).await;
+                    .expect("SQLite is always available");
+                let app: $crate::helpers::TestApp = ($body)(s).await;
                 app.stop().await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn on_postgres() {
-                let Some(app) =
-                    $crate::helpers::TestApp::spawn($crate::helpers::Db::Postgres, $tweak).await
-                else {
+                let Some(s) = ($setup)($crate::helpers::Db::Postgres).await else {
                     return;
                 };
-                let app = ($body)(app).await;
+                let app: $crate::helpers::TestApp = ($body)(s).await;
                 app.stop().await;
             }
         }
+    };
+    ($name:ident, $body:expr) => {
+        $crate::story!($name, |_c| {}, $body);
+    };
+    ($name:ident, $tweak:expr, $body:expr) => {
+        $crate::story!(
+            $name,
+            setup: |db| $crate::helpers::TestApp::spawn(db, $tweak),
+            $body
+        );
     };
 }
 

@@ -7,52 +7,27 @@ use serde_json::{json, Value};
 
 use crate::helpers::{Db, Person, TestApp};
 use crate::smtp_sink::{Received, SmtpSink};
+use crate::story;
 
 const HOUR_MS: i64 = 3_600_000;
 
-/// A server sending through a fresh sink; `autoconfirm` as given.
+/// A server sending through a fresh sink, `autoconfirm` as given, on a manual clock the
+/// story may move.
 async fn spawn(
     db: Db,
-    clock: gatehouse::clock::Clock,
     autoconfirm: bool,
     tweak: impl FnOnce(&mut gatehouse::config::Config),
-) -> Option<(TestApp, SmtpSink)> {
+) -> Option<(TestApp, SmtpSink, gatehouse::clock::Clock)> {
+    let clock = gatehouse::clock::Clock::manual(gatehouse::clock::Clock::System.now_ms());
     let sink = SmtpSink::start().await;
     let url = sink.url(None);
-    let app = TestApp::spawn_with_clock(db, clock, move |c| {
+    let app = TestApp::spawn_with_clock(db, clock.clone(), move |c| {
         c.autoconfirm = autoconfirm;
-        c.smtp_url = Some(gatehouse::config::SecretString::new(url));
+        c.smtp_url = Some(gatehouse::config::SecretString::from(url));
         tweak(c);
     })
     .await?;
-    Some((app, sink))
-}
-
-/// A story on both engines with an SMTP sink (and a manual clock the story may move).
-macro_rules! invite_story {
-    ($name:ident, $autoconfirm:expr, $tweak:expr, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn run(db: Db) {
-                let clock =
-                    gatehouse::clock::Clock::manual(gatehouse::clock::Clock::System.now_ms());
-                let Some((app, sink)) = spawn(db, clock.clone(), $autoconfirm, $tweak).await else {
-                    return;
-                };
-                let app = ($body)(app, sink, clock).await;
-                app.stop().await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_sqlite() {
-                run(Db::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                run(Db::Postgres).await;
-            }
-        }
-    };
+    Some((app, sink, clock))
 }
 
 fn fresh() -> String {
@@ -135,11 +110,10 @@ async fn post_public(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     crate::helpers::parts(res).await
 }
 
-invite_story!(
+story!(
     an_invitation_is_mailed_and_accepted_by_an_existing_user,
-    true,
-    |_c| {},
-    |app: TestApp, sink: SmtpSink, _clock| async move {
+    setup: |db| spawn(db, true, |_c| {}),
+    |(app, sink, _clock): (TestApp, SmtpSink, gatehouse::clock::Clock)| async move {
         let ann = app.person().await;
         let bob = app.person().await;
         let org = app.org(&ann, "Acme Rockets").await;
@@ -261,11 +235,10 @@ invite_story!(
     }
 );
 
-invite_story!(
+story!(
     the_answer_is_the_same_for_registered_unknown_and_member_addresses,
-    true,
-    |_c| {},
-    |app: TestApp, sink: SmtpSink, _clock| async move {
+    setup: |db| spawn(db, true, |_c| {}),
+    |(app, sink, _clock): (TestApp, SmtpSink, gatehouse::clock::Clock)| async move {
         let ann = app.person().await;
         let bob = app.person().await;
         let carl = app.person().await;
@@ -318,11 +291,10 @@ invite_story!(
     }
 );
 
-invite_story!(
+story!(
     invitations_are_declined_revoked_and_refused_to_other_addresses,
-    true,
-    |_c| {},
-    |app: TestApp, _sink: SmtpSink, _clock| async move {
+    setup: |db| spawn(db, true, |_c| {}),
+    |(app, _sink, _clock): (TestApp, SmtpSink, gatehouse::clock::Clock)| async move {
         let ann = app.person().await;
         let bob = app.person().await;
         let carl = app.person().await;
@@ -429,11 +401,10 @@ invite_story!(
     }
 );
 
-invite_story!(
+story!(
     an_invitation_expires_after_invitation_seconds,
-    true,
-    |_c| {},
-    |app: TestApp, _sink: SmtpSink, clock: gatehouse::clock::Clock| async move {
+    setup: |db| spawn(db, true, |_c| {}),
+    |(app, _sink, clock): (TestApp, SmtpSink, gatehouse::clock::Clock)| async move {
         let ann = app.person().await;
         let bob = app.person().await;
         let org = app.org(&ann, "Acme").await;
@@ -477,11 +448,10 @@ invite_story!(
     }
 );
 
-invite_story!(
+story!(
     inviting_again_replaces_the_pending_invitation_and_mails_again,
-    true,
-    |_c| {},
-    |app: TestApp, sink: SmtpSink, clock: gatehouse::clock::Clock| async move {
+    setup: |db| spawn(db, true, |_c| {}),
+    |(app, sink, clock): (TestApp, SmtpSink, gatehouse::clock::Clock)| async move {
         let ann = app.person().await;
         let bob = app.person().await;
         let org = app.org(&ann, "Acme").await;
@@ -525,14 +495,13 @@ invite_story!(
     }
 );
 
-invite_story!(
+story!(
     invitations_are_limited_per_organization_and_per_inviter,
-    true,
-    |c: &mut gatehouse::config::Config| {
+    setup: |db| spawn(db, true, |c: &mut gatehouse::config::Config| {
         c.rate_limit_invitation_user = gatehouse::ratelimit::Rates::parse("2/1h").unwrap();
         c.rate_limit_invitation_org = gatehouse::ratelimit::Rates::parse("3/1h").unwrap();
-    },
-    |app: TestApp, _sink: SmtpSink, _clock| async move {
+    }),
+    |(app, _sink, _clock): (TestApp, SmtpSink, gatehouse::clock::Clock)| async move {
         let ann = app.person().await;
         let ada = app.person().await;
         let mo = app.person().await;
@@ -583,11 +552,10 @@ invite_story!(
     }
 );
 
-invite_story!(
+story!(
     a_new_user_signs_up_from_the_link_and_lands_in_the_organization,
-    false,
-    |_c| {},
-    |app: TestApp, sink: SmtpSink, clock: gatehouse::clock::Clock| async move {
+    setup: |db| spawn(db, false, |_c| {}),
+    |(app, sink, clock): (TestApp, SmtpSink, gatehouse::clock::Clock)| async move {
         let owner_email = fresh();
         app.state
             .accounts

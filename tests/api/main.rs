@@ -16,6 +16,7 @@ mod dashboard_page;
 mod email;
 mod invitations;
 mod metrics_guard;
+mod migrations;
 mod orgs;
 mod passwords;
 mod process;

@@ -65,7 +65,7 @@ story!(
 
 story!(
     metrics_token_guards_metrics,
-    |c: &mut Config| c.metrics_token = Some(SecretString::new(TOKEN)),
+    |c: &mut Config| c.metrics_token = Some(SecretString::from(TOKEN)),
     |app: TestApp| async move {
         let get = |auth: Option<String>| {
             let mut req = app.client.get(app.url("/metrics"));
@@ -125,7 +125,7 @@ async fn metrics_listen_serves_metrics_alone_and_stops_with_the_server() {
     let db = TestDb::new(Db::Sqlite).await.unwrap();
     let mut config = test_config(&db.url);
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.metrics_token = Some(SecretString::new(TOKEN));
+    config.metrics_token = Some(SecretString::from(TOKEN));
     let state = AppState::build(config, Clock::System).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let main = listener.local_addr().unwrap();

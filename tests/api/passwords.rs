@@ -73,37 +73,24 @@ async fn range_api(broken: bool) -> (String, RangeApi) {
     (format!("http://{addr}"), api)
 }
 
-/// Runs a story on both engines with the breach check pointed at a fresh mock.
-macro_rules! breach_story {
-    ($name:ident, broken: $broken:expr, fail_closed: $closed:expr, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn spawn(db: Db) -> Option<(TestApp, RangeApi)> {
-                let (url, api) = range_api($broken).await;
-                let app = TestApp::spawn(db, move |c| {
-                    c.password_breach_check_url = Some(url);
-                    c.password_breach_check_fail_closed = $closed;
-                })
-                .await?;
-                Some((app, api))
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_sqlite() {
-                let (app, api) = spawn(Db::Sqlite).await.unwrap();
-                let app = ($body)(app, api).await;
-                app.stop().await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                let Some((app, api)) = spawn(Db::Postgres).await else {
-                    return;
-                };
-                let app = ($body)(app, api).await;
-                app.stop().await;
-            }
-        }
-    };
+/// How a story's breach check is set up.
+#[derive(Clone, Copy)]
+struct Breach {
+    /// The mock range API answers 500.
+    broken: bool,
+    /// `password_breach_check_fail_closed`.
+    fail_closed: bool,
+}
+
+/// A server whose breach check points at a fresh mock range API.
+async fn spawn(db: Db, breach: Breach) -> Option<(TestApp, RangeApi)> {
+    let (url, api) = range_api(breach.broken).await;
+    let app = TestApp::spawn(db, move |c| {
+        c.password_breach_check_url = Some(url);
+        c.password_breach_check_fail_closed = breach.fail_closed;
+    })
+    .await?;
+    Some((app, api))
 }
 
 fn fresh() -> String {
@@ -172,11 +159,10 @@ story!(
     }
 );
 
-breach_story!(
+story!(
     a_breached_password_is_refused_and_only_five_hex_digits_leave,
-    broken: false,
-    fail_closed: false,
-    |app: TestApp, api: RangeApi| async move {
+    setup: |db| spawn(db, Breach { broken: false, fail_closed: false }),
+    |(app, api): (TestApp, RangeApi)| async move {
         let (status, body) = parts(app.signup(&fresh(), BREACHED).await).await;
         assert_eq!(status, 422, "{body}");
         assert_eq!(body["code"], "weak_password");
@@ -201,22 +187,20 @@ breach_story!(
     }
 );
 
-breach_story!(
+story!(
     a_failed_breach_check_fails_open_by_default,
-    broken: true,
-    fail_closed: false,
-    |app: TestApp, api: RangeApi| async move {
+    setup: |db| spawn(db, Breach { broken: true, fail_closed: false }),
+    |(app, api): (TestApp, RangeApi)| async move {
         assert_eq!(app.signup(&fresh(), BREACHED).await.status(), 200);
         assert_eq!(api.asked.lock().unwrap().len(), 1);
         app
     }
 );
 
-breach_story!(
+story!(
     a_failed_breach_check_fails_closed_when_configured,
-    broken: true,
-    fail_closed: true,
-    |app: TestApp, api: RangeApi| async move {
+    setup: |db| spawn(db, Breach { broken: true, fail_closed: true }),
+    |(app, api): (TestApp, RangeApi)| async move {
         let (status, body) = parts(app.signup(&fresh(), UNLISTED).await).await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(api.asked.lock().unwrap().len(), 1);

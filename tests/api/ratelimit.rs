@@ -585,7 +585,7 @@ async fn a_server_on_redis_enforces_the_same_limits() {
     let clock = Clock::manual(T0);
     let prefix = redis_prefix();
     let app = TestApp::spawn_with_clock(Db::Sqlite, clock.clone(), move |c| {
-        c.redis_url = Some(gatehouse::config::SecretString::new(url));
+        c.redis_url = Some(gatehouse::config::SecretString::from(url));
         c.redis_prefix = prefix;
         c.rate_limit_api_key = rates("2/60s");
     })

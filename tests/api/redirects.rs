@@ -13,7 +13,7 @@ async fn spawn(db: Db) -> Option<(TestApp, SmtpSink)> {
     let url = sink.url(None);
     let app = TestApp::spawn(db, move |c| {
         c.autoconfirm = false;
-        c.smtp_url = Some(gatehouse::config::SecretString::new(url));
+        c.smtp_url = Some(gatehouse::config::SecretString::from(url));
         c.mail_min_interval_seconds = 0;
         c.redirect_allowlist = vec!["http://localhost:3000/**".into()];
     })

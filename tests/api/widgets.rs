@@ -20,11 +20,7 @@ const OTHER_ORIGIN: &str = "https://copycat.example.net";
 pub(crate) fn hex_hmac(key: &[u8], msg: &[u8]) -> String {
     let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
     m.update(msg);
-    m.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(m.finalize().into_bytes())
 }
 
 fn nonce() -> String {

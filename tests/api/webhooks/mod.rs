@@ -290,7 +290,9 @@ async fn a_private_target_is_refused_at_delivery_too() {
             description: String::new(),
             event_types: None,
             enabled: true,
-            secret: gatehouse::config::SecretString::new(gatehouse::webhooks::signing::new_secret()),
+            secret: gatehouse::config::SecretString::from(
+                gatehouse::webhooks::signing::new_secret(),
+            ),
             previous_secret: None,
             previous_secret_expires_at: None,
             failing_since: None,
