@@ -515,3 +515,19 @@ impl Accounts {
             .await?)
     }
 }
+
+impl Accounts {
+    /// Picks up signing keys added by `gatehouse jwt rotate` (possibly on another host)
+    /// and drops those whose tokens have all expired.
+    pub async fn reload_signing_keys(&self) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let keys = self
+            .store
+            .jwt_keys(now, self.config.jwt_expiry_seconds * 1000)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading signing keys failed: {e}"))?;
+        self.jwt
+            .reload(&keys)
+            .map_err(|e| anyhow::anyhow!("reloading signing keys failed: {e}"))
+    }
+}

@@ -223,7 +223,7 @@ impl AppState {
                 .max_capacity(100_000)
                 .time_to_live(crate::keys::POSITIVE_TTL)
                 .build(),
-            keys,
+            keys: keys.with_bus(bus.clone()),
             verified_tokens: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(300))

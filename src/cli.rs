@@ -257,18 +257,8 @@ async fn reload_keys(state: AppState) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = state.clock.now_ms();
-        match state
-            .store
-            .jwt_keys(now, state.config.jwt_expiry_seconds * 1000)
-            .await
-        {
-            Ok(keys) => {
-                if let Err(e) = state.accounts.jwt.reload(&keys) {
-                    tracing::warn!(error = %e, "reloading signing keys failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reading signing keys failed"),
+        if let Err(e) = state.accounts.reload_signing_keys().await {
+            tracing::warn!(error = %e, "signing keys not reloaded; will retry");
         }
     }
 }
@@ -348,13 +338,8 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
             environment,
             expires_in_days,
         } => {
-            crate::orgs::check_id(&org, "org").map_err(api_error)?;
-            state
-                .store
-                .org(&org)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no organization {org}"))?;
-            let body = crate::http::api_keys::CreateKeyBody {
+            let org = crate::ids::OrgId::parse(&org).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let input = crate::keys::KeyInput {
                 name,
                 scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
                 environment: Some(environment),
@@ -363,31 +348,32 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                 rate_limits: None,
             };
             // The operator holds every permission; the rules on keys still apply.
-            let s = crate::http::api_keys::check_settings(body, None).map_err(api_error)?;
-            let (key, record) = state.keys.mint(crate::keys::NewKey {
-                org_id: org,
-                name: s.name,
-                scopes: s.scopes,
-                environment: s.environment,
-                lifetime_ms: s.lifetime_ms,
-                metadata: s.metadata,
-                created_by: "cli".into(),
-                rate_limits: s.rate_limits,
-            });
-            state.store.create_api_key(&record, &cli_audit()).await?;
+            let minted = state
+                .keys
+                .create(&org, input, crate::keys::Creator::Operator, &cli_audit())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!(
                 "created {} ({}••••); the key is shown once:",
-                record.id, record.start
+                minted.record.id, minted.record.start
             );
-            println!("{key}");
+            println!("{}", minted.key);
             Ok(())
         }
         KeyAction::Revoke { org, id } => {
-            crate::orgs::check_id(&org, "org").map_err(api_error)?;
-            crate::orgs::check_id(&id, "key").map_err(api_error)?;
-            let k = state.store.revoke_api_key(&org, &id, &cli_audit()).await?;
+            let org = crate::ids::OrgId::parse(&org).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let id = crate::ids::KeyId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let k = state
+                .keys
+                .revoke(&org, &id, &cli_audit())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("revoked {} ({}••••)", k.id, k.start);
-            eprintln!("running servers stop accepting it within 60 s (their key cache lifetime)");
+            if state.redis.is_none() {
+                eprintln!(
+                    "running servers stop accepting it within 60 s (their key cache lifetime)"
+                );
+            }
             Ok(())
         }
     }

@@ -1,4 +1,11 @@
-//! API keys: minting, and verification that touches no storage on a warm cache.
+//! API keys: the use cases (create, list, change, revoke, roll, verify for customers, the
+//! audit log), minting, and verification that touches no storage on a warm cache.
+//!
+//! Every change that affects verification (revoke, roll, change) is forgotten through the
+//! [`Bus`], so it applies at once here and on every other instance, whether it came over
+//! HTTP or from the command line.
+
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -6,10 +13,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use settings::{KeyInput, KeyUpdate};
+
 use crate::auth::api_key::{self, Environment};
 use crate::auth::tokens::sha256_hex;
 use crate::clock::Clock;
-use crate::store::{ApiKeyRecord, Store, StoreError};
+use crate::fanout::{Bus, Invalidation};
+use crate::ids::{KeyId, OrgId};
+use crate::ratelimit::{Decision, Limiter, Rates};
+use crate::store::{ApiKeyRecord, Audit, AuditEntry, Store, StoreError};
 
 /// Why a presented key was refused (`details.reason` of the 401).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +86,96 @@ pub struct Keys {
     /// never inserted (see `http::failures`).
     unknown: moka::sync::Cache<String, ()>,
     used: Arc<Mutex<HashMap<String, i64>>>,
+    /// Tells this instance's caches and the other instances about changes; without one
+    /// (benchmarks, tools) only this value's caches forget.
+    bus: Option<Bus>,
 }
+
+/// Why a key use case failed; `http::api_keys` turns each into its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A setting is not acceptable (422 naming the field).
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The field, as the request names it.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The creator asked for a scope they do not hold themselves (403).
+    #[error("You cannot grant {0}, which you do not hold.")]
+    NotHeld(String),
+    /// No such key in the organization.
+    #[error("API key not found.")]
+    NotFound,
+    /// No such organization (operator commands, where no membership proved it exists).
+    #[error("no organization {0}")]
+    NoOrg(OrgId),
+    /// Only active keys can be rolled; the key is `expired` or `revoked`.
+    #[error("The key is {0}; only active keys can be rolled.")]
+    NotActive(&'static str),
+    /// Storage could not look the key up (answered 503).
+    #[error("Storage is unavailable; retry shortly.")]
+    Unavailable,
+    /// The rate limiter cannot decide and the key policy fails closed.
+    #[error("the rate limiter is unavailable")]
+    LimiterUnavailable,
+    /// Storage refused or failed (conflicts included).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A new key: the full key, shown once and never stored, and its record.
+pub struct Minted {
+    /// The full key.
+    pub key: String,
+    /// What is stored for it.
+    pub record: ApiKeyRecord,
+}
+
+/// Who creates a key.
+pub enum Creator<'a> {
+    /// A member or a key of the organization, whose access was checked: it grants only
+    /// permissions it holds.
+    Member(&'a [String]),
+    /// The operator (command line): holds every permission; the organization must exist.
+    Operator,
+}
+
+/// The verdict on a key a customer checks (`POST /v1/keys/verify`).
+pub enum Verification {
+    /// Not usable: malformed, unknown (or another organization's), expired or revoked.
+    Refused(KeyFailure),
+    /// A key of the organization; `decision` is its own rate limit after counting this use
+    /// (the use is recorded only when admitted).
+    Known {
+        /// The key.
+        key: Arc<ApiKeyRecord>,
+        /// Its own windows after this verification.
+        decision: Decision,
+    },
+}
+
+/// How a verified key's own windows are limited when none are set on it.
+pub struct KeyLimits<'a> {
+    /// The limiter.
+    pub limiter: &'a Limiter,
+    /// The deployment's default windows for keys.
+    pub default: &'a Rates,
+    /// Whether the key policy refuses when the limiter cannot decide.
+    pub fail_closed: bool,
+    /// The policy's name in counters and headers.
+    pub policy: &'static str,
+}
+
+/// How long an old key keeps working after a roll, by default.
+pub const DEFAULT_GRACE_SECONDS: i64 = 86_400;
+/// The longest grace period of a roll.
+pub const MAX_GRACE_SECONDS: i64 = 30 * 86_400;
+/// Audit-log entries per page by default.
+pub const DEFAULT_AUDIT_PAGE: i64 = 50;
+/// The most audit-log entries per page.
+pub const MAX_AUDIT_PAGE: i64 = 200;
 
 /// Everything needed to mint a key.
 pub struct NewKey {
@@ -120,6 +221,199 @@ impl Keys {
                 .time_to_live(NEGATIVE_TTL)
                 .build(),
             used: Arc::new(Mutex::new(HashMap::new())),
+            bus: None,
+        }
+    }
+
+    /// The same caches, telling `bus` about every change (so other instances forget too).
+    pub fn with_bus(mut self, bus: Bus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Creates a key in `org` (audited as `audit.actor`, who becomes its creator).
+    pub async fn create(
+        &self,
+        org: &OrgId,
+        input: KeyInput,
+        creator: Creator<'_>,
+        audit: &Audit,
+    ) -> Result<Minted, KeyError> {
+        let holds = match creator {
+            Creator::Member(holds) => Some(holds),
+            Creator::Operator => None,
+        };
+        let s = settings::check_settings(input, holds)?;
+        if holds.is_none() && self.store.org(org.as_str()).await?.is_none() {
+            return Err(KeyError::NoOrg(org.clone()));
+        }
+        let (key, record) = self.mint(NewKey {
+            org_id: org.as_str().to_string(),
+            name: s.name,
+            scopes: s.scopes,
+            environment: s.environment,
+            lifetime_ms: s.lifetime_ms,
+            metadata: s.metadata,
+            created_by: audit.actor.clone(),
+            rate_limits: s.rate_limits,
+        });
+        self.store.create_api_key(&record, audit).await?;
+        Ok(Minted { key, record })
+    }
+
+    /// The organization's keys.
+    pub async fn list(&self, org: &OrgId) -> Result<Vec<ApiKeyRecord>, KeyError> {
+        Ok(self.store.api_keys(org.as_str()).await?)
+    }
+
+    /// One key of the organization.
+    pub async fn get(&self, org: &OrgId, id: &KeyId) -> Result<ApiKeyRecord, KeyError> {
+        self.store
+            .api_key(org.as_str(), id.as_str())
+            .await?
+            .ok_or(KeyError::NotFound)
+    }
+
+    /// Renames a key or changes its metadata or rate limits; applies at once everywhere.
+    pub async fn update(
+        &self,
+        org: &OrgId,
+        id: &KeyId,
+        update: KeyUpdate,
+        audit: &Audit,
+    ) -> Result<ApiKeyRecord, KeyError> {
+        let change = settings::check_update(update)?;
+        let k = self
+            .store
+            .update_api_key(org.as_str(), id.as_str(), &change, audit)
+            .await
+            .map_err(not_found_is_the_key)?;
+        self.forget(&k.key_hash).await;
+        Ok(k)
+    }
+
+    /// Revokes a key, effective at once everywhere.
+    pub async fn revoke(
+        &self,
+        org: &OrgId,
+        id: &KeyId,
+        audit: &Audit,
+    ) -> Result<ApiKeyRecord, KeyError> {
+        let k = self
+            .store
+            .revoke_api_key(org.as_str(), id.as_str(), audit)
+            .await
+            .map_err(not_found_is_the_key)?;
+        self.forget(&k.key_hash).await;
+        Ok(k)
+    }
+
+    /// Issues a new key with the same settings; the old one keeps working for
+    /// `grace_seconds` (default [`DEFAULT_GRACE_SECONDS`]), never past its own expiry.
+    pub async fn roll(
+        &self,
+        org: &OrgId,
+        id: &KeyId,
+        grace_seconds: Option<i64>,
+        audit: &Audit,
+    ) -> Result<Minted, KeyError> {
+        let grace = grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+        if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+            return Err(KeyError::Invalid {
+                field: "grace_seconds",
+                problem: format!("must be between 0 and {MAX_GRACE_SECONDS}"),
+            });
+        }
+        let old = self.get(org, id).await?;
+        let now = self.clock.now_ms();
+        match old.status(now) {
+            "active" => {}
+            other => return Err(KeyError::NotActive(other)),
+        }
+        let (key, record) = self.mint(NewKey {
+            org_id: old.org_id.clone(),
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            environment: Environment::parse(&old.environment).unwrap_or(Environment::Live),
+            lifetime_ms: old.expires_at.map(|e| e - old.created_at),
+            metadata: old.metadata.clone(),
+            created_by: audit.actor.clone(),
+            rate_limits: old.rate_limits.clone(),
+        });
+        let grace_end = now + grace * 1000;
+        let old_expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
+        self.store
+            .roll_api_key(id.as_str(), &record, old_expires, audit)
+            .await?;
+        self.forget(&old.key_hash).await;
+        Ok(Minted { key, record })
+    }
+
+    /// Checks a key for a customer of `org`: another organization's key reads as unknown
+    /// (no cross-tenant oracle). A known key's own windows count the check as one use.
+    pub async fn verify_for(
+        &self,
+        org: &OrgId,
+        presented: &str,
+        limits: KeyLimits<'_>,
+    ) -> Result<Verification, KeyError> {
+        let key = match self.check(presented).await {
+            Ok(k) if k.org_id != org.as_str() => {
+                return Ok(Verification::Refused(KeyFailure::NotFound))
+            }
+            Ok(k) => k,
+            Err(KeyFailure::Unavailable) => return Err(KeyError::Unavailable),
+            Err(why) => return Ok(Verification::Refused(why)),
+        };
+        // The verified key's own windows only; the organization's were counted for the
+        // caller's request already.
+        let mut req = crate::ratelimit::Request {
+            tag: format!("org:{}", key.org_id),
+            windows: Vec::with_capacity(2),
+            fail_closed: limits.fail_closed,
+        };
+        req.add(
+            limits.policy,
+            &key.id,
+            key.rate_limits.as_ref().unwrap_or(limits.default),
+        );
+        let decision = limits
+            .limiter
+            .check(&req)
+            .await
+            .map_err(|_| KeyError::LimiterUnavailable)?;
+        if decision.allowed {
+            self.record_use(&key.id);
+        }
+        Ok(Verification::Known { key, decision })
+    }
+
+    /// The organization's audit log, newest first: `limit` entries (1-200, default 50)
+    /// older than position `before`.
+    pub async fn audit_log(
+        &self,
+        org: &OrgId,
+        limit: Option<i64>,
+        before: Option<i64>,
+    ) -> Result<Vec<AuditEntry>, KeyError> {
+        let limit = limit.unwrap_or(DEFAULT_AUDIT_PAGE);
+        if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+            return Err(KeyError::Invalid {
+                field: "limit",
+                problem: format!("must be between 1 and {MAX_AUDIT_PAGE}"),
+            });
+        }
+        Ok(self.store.audit_log(org.as_str(), limit, before).await?)
+    }
+
+    /// Forgets a key here and, through the bus, on every other instance.
+    async fn forget(&self, key_hash: &str) {
+        match &self.bus {
+            Some(bus) => {
+                bus.invalidate(Invalidation::Key(key_hash.to_string()))
+                    .await
+            }
+            None => self.invalidate(key_hash).await,
         }
     }
 
@@ -133,7 +427,7 @@ impl Keys {
         let key = api_key::generate(&self.prefix, k.environment);
         let now = self.clock.now_ms();
         let record = ApiKeyRecord {
-            id: format!("key_{}", uuid::Uuid::new_v4().simple()),
+            id: KeyId::new().into_string(),
             org_id: k.org_id,
             key_hash: sha256_hex(&key),
             start: api_key::start(&key),
@@ -265,5 +559,13 @@ impl Keys {
                 tracing::warn!(error = %e, "writing last-used times failed; will retry");
             }
         }
+    }
+}
+
+/// A store `NotFound` on a key of an organization is that key missing.
+fn not_found_is_the_key(e: StoreError) -> KeyError {
+    match e {
+        StoreError::NotFound => KeyError::NotFound,
+        other => KeyError::Store(other),
     }
 }

@@ -13,7 +13,8 @@ const CHECKSUM_LEN: usize = 6;
 pub const START_LEN: usize = 12;
 
 /// `live` or `test`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Environment {
     /// Production traffic.
     Live,

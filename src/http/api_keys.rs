@@ -1,48 +1,86 @@
-//! `/v1/orgs/{org}/api-keys`, `/v1/keys/verify` and `/v1/orgs/{org}/audit-log`.
+//! `/v1/orgs/{org}/api-keys`, `/v1/keys/verify` and `/v1/orgs/{org}/audit-log`: parse,
+//! authorise, call [`crate::keys::Keys`], shape the answer.
 
-use axum::extract::{Path, Query, State};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::auth::api_key::Environment;
-use crate::domain::permissions;
+use crate::config::Policy;
 use crate::domain::permissions::Permission;
 use crate::error::{ApiError, Code};
-use crate::http::envelope::{created, ok, Success};
-use crate::http::extract::{ApiJson, ClientIp, Principal};
-use crate::http::limits::{parse_specs, RateLimitSpec};
+use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Success};
+use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
 use crate::http::orgs::{audit, org_access};
-use crate::keys::{KeyFailure, NewKey};
-use crate::orgs::{check_id, check_name};
-use crate::ratelimit::Rates;
-use crate::store::{ApiKeyRecord, AuditEntry, KeyChange, StoreError};
+use crate::ids::{KeyId, OrgId};
+use crate::keys::{Creator, KeyError, KeyFailure, KeyInput, KeyLimits, KeyUpdate, Verification};
+use crate::ratelimit::{RateLimitSpec, Rates};
+use crate::store::{ApiKeyRecord, AuditEntry};
 
 /// Routes of this file.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/orgs/{org}/api-keys", get(list_keys).post(create_key))
-        .route(
-            "/v1/orgs/{org}/api-keys/{id}",
-            get(get_key).patch(update_key).delete(revoke_key),
-        )
-        .route("/v1/orgs/{org}/api-keys/{id}/roll", post(roll_key))
-        .route("/v1/keys/verify", post(verify_key))
-        .route("/v1/orgs/{org}/audit-log", get(audit_log))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(get_key, update_key, revoke_key))
+        .routes(routes!(roll_key))
+        .routes(routes!(verify_key))
+        .routes(routes!(audit_log))
 }
 
-const DAY_MS: i64 = 86_400_000;
-const MAX_METADATA_BYTES: usize = 4096;
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Invalid { field, problem } => ApiError::field(field, &problem),
+            KeyError::NotHeld(missing) => ApiError::msg(
+                Code::Forbidden,
+                format!("You cannot grant {missing}, which you do not hold."),
+            )
+            .details(json!({ "required": missing })),
+            KeyError::NotFound => ApiError::not_found("API key"),
+            KeyError::NoOrg(_) => ApiError::not_found("Organization"),
+            e @ KeyError::NotActive(_) => ApiError::msg(Code::Conflict, e.to_string()),
+            KeyError::Unavailable => {
+                ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
+            }
+            KeyError::LimiterUnavailable => crate::http::limits::unavailable(),
+            KeyError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A key's state, as listed.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // only describes `KeyView::status` in the OpenAPI document
+enum KeyStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+/// Why `/v1/keys/verify` found a key unusable.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // only describes `Verdict::reason` in the OpenAPI document
+enum VerdictReason {
+    Malformed,
+    NotFound,
+    Expired,
+    Revoked,
+    RateLimited,
+}
 
 /// An API key as listed: never the key, never its hash.
 #[derive(Serialize, ToSchema)]
 pub struct KeyView {
     /// `key_…`.
+    #[schema(value_type = KeyId)]
     pub id: String,
     /// The organization.
+    #[schema(value_type = OrgId)]
     pub org_id: String,
     /// Name.
     pub name: String,
@@ -51,13 +89,15 @@ pub struct KeyView {
     /// `start••••`, for display.
     pub masked: String,
     /// Permissions.
+    #[schema(value_type = Vec<Permission>)]
     pub scopes: Vec<String>,
     /// `live` or `test`.
+    #[schema(value_type = Environment)]
     pub environment: String,
     /// Caller data.
     #[schema(value_type = Object)]
     pub metadata: Value,
-    /// Creator (`user:…`, `cli`).
+    /// Creator (`user:…`, `api_key:…`, `cli`).
     pub created_by: String,
     /// Unix ms.
     pub created_at: i64,
@@ -68,8 +108,10 @@ pub struct KeyView {
     /// Unix ms.
     pub revoked_at: Option<i64>,
     /// The key that replaced this one in a roll.
+    #[schema(value_type = Option<KeyId>)]
     pub rolled_to: Option<String>,
     /// `active`, `expired` or `revoked`.
+    #[schema(value_type = KeyStatus)]
     pub status: &'static str,
     /// The key's own rate limits; `null`: the deployment's default for keys.
     pub rate_limits: Option<Vec<RateLimitSpec>>,
@@ -106,20 +148,30 @@ pub struct CreatedKey {
     pub record: KeyView,
 }
 
+fn created_key(state: &AppState, minted: crate::keys::Minted) -> Success<CreatedKey> {
+    created(CreatedKey {
+        record: view(&minted.record, state.clock.now_ms()),
+        key: minted.key,
+    })
+}
+
 /// A key to create.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
     /// 1-50 characters.
+    #[schema(min_length = 1, max_length = 50)]
     pub name: String,
     /// Permissions, a subset of the creator's; never `keys:write` or `members:write`.
     #[serde(default)]
+    #[schema(value_type = Vec<Permission>)]
     pub scopes: Vec<String>,
     /// `live` (default) or `test`.
+    #[schema(value_type = Option<Environment>)]
     pub environment: Option<String>,
     /// Days until expiry (1-3650); default 365; `null` for never.
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<Option<i64>>,
     /// A JSON object of at most 4 KiB.
     #[schema(value_type = Option<Object>)]
@@ -128,186 +180,98 @@ pub struct CreateKeyBody {
     pub rate_limits: Option<Vec<RateLimitSpec>>,
 }
 
-/// The checked settings shared by creation (HTTP and CLI).
-pub struct KeySettings {
-    /// Name.
-    pub name: String,
-    /// Scopes.
-    pub scopes: Vec<String>,
-    /// Environment.
-    pub environment: Environment,
-    /// Lifetime in ms, or never.
-    pub lifetime_ms: Option<i64>,
-    /// Metadata.
-    pub metadata: Value,
-    /// Own rate limits.
-    pub rate_limits: Option<Rates>,
-}
-
-/// Validates creation input; a key's scopes must be held by its creator (`None`: the operator).
-pub fn check_settings(
-    body: CreateKeyBody,
-    creator: Option<&crate::orgs::Access>,
-) -> Result<KeySettings, ApiError> {
-    let name = check_name("name", &body.name, 50)?;
-    let scopes = permissions::parse_list(&body.scopes)
-        .map_err(|p| ApiError::field("scopes", &format!("unknown permission {p:?}")))?;
-    if let Some(p) = scopes
-        .iter()
-        .find(|p| permissions::NEVER_ON_KEYS.contains(&p.as_str()))
-    {
-        return Err(ApiError::field(
-            "scopes",
-            &format!("{p} cannot be given to an API key"),
-        ));
-    }
-    if let Some(creator) = creator {
-        creator.require_all(&scopes)?;
-    }
-    let environment = match body.environment.as_deref() {
-        None => Environment::Live,
-        Some(e) => Environment::parse(e)
-            .ok_or_else(|| ApiError::field("environment", "must be live or test"))?,
-    };
-    let lifetime_ms = match body.expires_in_days {
-        None => Some(365 * DAY_MS),
-        Some(None) => None,
-        Some(Some(d)) if (1..=3650).contains(&d) => Some(d * DAY_MS),
-        Some(Some(_)) => {
-            return Err(ApiError::field(
-                "expires_in_days",
-                "must be between 1 and 3650, or null for never",
-            ))
-        }
-    };
-    let metadata = check_metadata(body.metadata)?;
-    let rate_limits = body
-        .rate_limits
-        .map(|r| parse_specs("rate_limits", &r))
-        .transpose()?;
-    Ok(KeySettings {
-        name,
-        scopes,
-        environment,
-        lifetime_ms,
-        metadata,
-        rate_limits,
-    })
-}
-
-fn check_metadata(metadata: Option<Value>) -> Result<Value, ApiError> {
-    let metadata = match metadata {
-        None | Some(Value::Null) => json!({}),
-        Some(Value::Object(m)) => Value::Object(m),
-        Some(_) => return Err(ApiError::field("metadata", "must be a JSON object")),
-    };
-    if metadata.to_string().len() > MAX_METADATA_BYTES {
-        return Err(ApiError::field("metadata", "must be at most 4 KiB"));
-    }
-    Ok(metadata)
-}
-
-/// Creates a key (owners: `keys:write`).
-#[utoipa::path(post, path = "/v1/orgs/{org}/api-keys", tag = "api-keys", request_body = CreateKeyBody,
-    responses((status = 201, body = CreatedKey), (status = 403, description = "forbidden"), (status = 422, description = "validation_failed")))]
+/// Creates a key (`keys:write`); its scopes must be held by the creator.
+#[utoipa::path(post, path = "/v1/orgs/{org}/api-keys", tag = "api-keys",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization")),
+    request_body = CreateKeyBody,
+    responses((status = 201, description = "The key, shown this once", body = Envelope<CreatedKey>),
+        errors::Auth, errors::Org, errors::Body))]
 pub async fn create_key(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     ApiJson(body): ApiJson<CreateKeyBody>,
 ) -> Result<Success<CreatedKey>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require(Permission::KeysWrite)?;
-    let s = check_settings(body, Some(&a))?;
-    let now = state.clock.now_ms();
-    let (key, record) = state.keys.mint(NewKey {
-        org_id: org.clone(),
-        name: s.name,
-        scopes: s.scopes,
-        environment: s.environment,
-        lifetime_ms: s.lifetime_ms,
-        metadata: s.metadata,
-        created_by: a.actor.clone(),
-        rate_limits: s.rate_limits,
-    });
-    state
-        .store
-        .create_api_key(&record, &audit(&state, &a, &ip))
+    let input = KeyInput {
+        name: body.name,
+        scopes: body.scopes,
+        environment: body.environment,
+        expires_in_days: body.expires_in_days,
+        metadata: body.metadata,
+        rate_limits: body.rate_limits,
+    };
+    let minted = state
+        .keys
+        .create(
+            &org,
+            input,
+            Creator::Member(&a.permissions),
+            &audit(&state, &a, &ip),
+        )
         .await?;
-    Ok(created(CreatedKey {
-        key,
-        record: view(&record, now),
-    }))
+    Ok(created_key(&state, minted))
 }
 
-/// The organization's keys.
-#[utoipa::path(get, path = "/v1/orgs/{org}/api-keys", tag = "api-keys", responses((status = 200, body = [KeyView])))]
+/// The organization's keys (`keys:read`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/api-keys", tag = "api-keys",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization")),
+    responses((status = 200, description = "The keys", body = Envelope<Vec<KeyView>>),
+        errors::Auth, errors::Org))]
 pub async fn list_keys(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
 ) -> Result<Success<Vec<KeyView>>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
         .require(Permission::KeysRead)?;
+    let keys = state.keys.list(&org).await?;
     let now = state.clock.now_ms();
-    Ok(ok(state
-        .store
-        .api_keys(&org)
-        .await?
-        .iter()
-        .map(|k| view(k, now))
-        .collect()))
+    Ok(ok(keys.iter().map(|k| view(k, now)).collect()))
 }
 
-async fn find_key(state: &AppState, org: &str, id: &str) -> Result<ApiKeyRecord, ApiError> {
-    check_id(id, "key")?;
-    state
-        .store
-        .api_key(org, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("API key"))
-}
-
-/// One key.
+/// One key (`keys:read`).
 #[utoipa::path(get, path = "/v1/orgs/{org}/api-keys/{id}", tag = "api-keys",
-    responses((status = 200, body = KeyView), (status = 404, description = "not_found")))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"), ("id" = KeyId, Path, description = "The key")),
+    responses((status = 200, description = "The key", body = Envelope<KeyView>),
+        errors::Auth, errors::Org))]
 pub async fn get_key(
     State(state): State<AppState>,
     principal: Principal,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, KeyId)>,
 ) -> Result<Success<KeyView>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
         .require(Permission::KeysRead)?;
-    let k = find_key(&state, &org, &id).await?;
+    let k = state.keys.get(&org, &id).await?;
     Ok(ok(view(&k, state.clock.now_ms())))
 }
 
-/// Revokes a key, effective at once.
+/// Revokes a key (`keys:write`), effective at once on every instance.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/api-keys/{id}", tag = "api-keys",
-    responses((status = 200, body = KeyView), (status = 404, description = "not_found"), (status = 409, description = "Already revoked")))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"), ("id" = KeyId, Path, description = "The key")),
+    responses((status = 200, description = "The revoked key", body = Envelope<KeyView>),
+        errors::Auth, errors::Org,
+        (status = 409, description = "`conflict`: the key is already revoked", body = ErrorEnvelope)))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, KeyId)>,
 ) -> Result<Success<KeyView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require(Permission::KeysWrite)?;
-    check_id(&id, "key")?;
     let k = state
-        .store
-        .revoke_api_key(&org, &id, &audit(&state, &a, &ip))
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("API key"),
-            other => other.into(),
-        })?;
-    state
-        .invalidate(crate::fanout::Invalidation::Key(k.key_hash.clone()))
-        .await;
+        .keys
+        .revoke(&org, &id, &audit(&state, &a, &ip))
+        .await?;
     Ok(ok(view(&k, state.clock.now_ms())))
 }
 
@@ -316,17 +280,25 @@ pub async fn revoke_key(
 #[serde(deny_unknown_fields)]
 pub struct RollBody {
     /// Seconds (0 to 30 days); default 86400.
+    #[schema(minimum = 0, maximum = 2_592_000)]
     pub grace_seconds: Option<i64>,
 }
 
-/// Issues a new key with the same settings; the old one works until the grace period ends.
-#[utoipa::path(post, path = "/v1/orgs/{org}/api-keys/{id}/roll", tag = "api-keys", request_body = RollBody,
-    responses((status = 201, body = CreatedKey), (status = 409, description = "Revoked or already rolled")))]
+/// Issues a new key with the same settings (`keys:write`); the old one works until the grace
+/// period ends. The body is optional.
+#[utoipa::path(post, path = "/v1/orgs/{org}/api-keys/{id}/roll", tag = "api-keys",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"), ("id" = KeyId, Path, description = "The key to replace")),
+    request_body(content = Option<RollBody>, description = "Optional; an empty body takes the defaults"),
+    responses((status = 201, description = "The new key, shown this once", body = Envelope<CreatedKey>),
+        errors::Auth, errors::Org,
+        (status = 409, description = "`conflict`: the key is revoked, expired or already rolled", body = ErrorEnvelope),
+        (status = 422, description = "`validation_failed`: `grace_seconds` out of range", body = ErrorEnvelope)))]
 pub async fn roll_key(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, KeyId)>,
     body: axum::body::Bytes,
 ) -> Result<Success<CreatedKey>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
@@ -339,47 +311,11 @@ pub async fn roll_key(
             ApiError::msg(Code::InvalidRequest, format!("the body is not valid: {e}"))
         })?
     };
-    let grace = body.grace_seconds.unwrap_or(86_400);
-    if !(0..=30 * 86_400).contains(&grace) {
-        return Err(ApiError::field(
-            "grace_seconds",
-            "must be between 0 and 2592000",
-        ));
-    }
-    let old = find_key(&state, &org, &id).await?;
-    let now = state.clock.now_ms();
-    if old.status(now) != "active" {
-        return Err(ApiError::msg(
-            Code::Conflict,
-            format!(
-                "The key is {}; only active keys can be rolled.",
-                old.status(now)
-            ),
-        ));
-    }
-    let (key, record) = state.keys.mint(NewKey {
-        org_id: org.clone(),
-        name: old.name.clone(),
-        scopes: old.scopes.clone(),
-        environment: Environment::parse(&old.environment).unwrap_or(Environment::Live),
-        lifetime_ms: old.expires_at.map(|e| e - old.created_at),
-        metadata: old.metadata.clone(),
-        created_by: a.actor.clone(),
-        rate_limits: old.rate_limits.clone(),
-    });
-    let grace_end = now + grace * 1000;
-    let old_expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
-    state
-        .store
-        .roll_api_key(&id, &record, old_expires, &audit(&state, &a, &ip))
+    let minted = state
+        .keys
+        .roll(&org, &id, body.grace_seconds, &audit(&state, &a, &ip))
         .await?;
-    state
-        .invalidate(crate::fanout::Invalidation::Key(old.key_hash.clone()))
-        .await;
-    Ok(created(CreatedKey {
-        key,
-        record: view(&record, now),
-    }))
+    Ok(created_key(&state, minted))
 }
 
 /// Changes to a key; absent fields stay as they are.
@@ -387,6 +323,7 @@ pub async fn roll_key(
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyBody {
     /// 1-50 characters.
+    #[schema(min_length = 1, max_length = 50)]
     pub name: Option<String>,
     /// A JSON object of at most 4 KiB (replaces the old one).
     #[schema(value_type = Option<Object>)]
@@ -399,37 +336,30 @@ pub struct UpdateKeyBody {
 
 /// Renames a key or changes its metadata or rate limits (`keys:write`); applies at once
 /// on every instance.
-#[utoipa::path(patch, path = "/v1/orgs/{org}/api-keys/{id}", tag = "api-keys", request_body = UpdateKeyBody,
-    responses((status = 200, body = KeyView), (status = 404, description = "not_found"), (status = 422, description = "validation_failed")))]
+#[utoipa::path(patch, path = "/v1/orgs/{org}/api-keys/{id}", tag = "api-keys",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"), ("id" = KeyId, Path, description = "The key")),
+    request_body = UpdateKeyBody,
+    responses((status = 200, description = "The changed key", body = Envelope<KeyView>),
+        errors::Auth, errors::Org, errors::Body))]
 pub async fn update_key(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, KeyId)>,
     ApiJson(body): ApiJson<UpdateKeyBody>,
 ) -> Result<Success<KeyView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require(Permission::KeysWrite)?;
-    check_id(&id, "key")?;
-    let change = KeyChange {
-        name: body.name.map(|n| check_name("name", &n, 50)).transpose()?,
-        metadata: body.metadata.map(|m| check_metadata(Some(m))).transpose()?,
-        rate_limits: body
-            .rate_limits
-            .map(|r| r.map(|r| parse_specs("rate_limits", &r)).transpose())
-            .transpose()?,
+    let update = KeyUpdate {
+        name: body.name,
+        metadata: body.metadata,
+        rate_limits: body.rate_limits,
     };
     let k = state
-        .store
-        .update_api_key(&org, &id, &change, &audit(&state, &a, &ip))
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("API key"),
-            other => other.into(),
-        })?;
-    state
-        .invalidate(crate::fanout::Invalidation::Key(k.key_hash.clone()))
-        .await;
+        .keys
+        .update(&org, &id, update, &audit(&state, &a, &ip))
+        .await?;
     Ok(ok(view(&k, state.clock.now_ms())))
 }
 
@@ -446,15 +376,20 @@ pub struct VerifyBody {
 pub struct Verdict {
     /// Whether the key may be used now.
     pub valid: bool,
-    /// Why not: `malformed`, `not_found`, `expired`, `revoked`.
+    /// Why not: `malformed`, `not_found`, `expired`, `revoked`, `rate_limited`.
+    #[schema(value_type = Option<VerdictReason>)]
     pub reason: Option<&'static str>,
     /// Key id.
+    #[schema(value_type = Option<KeyId>)]
     pub key_id: Option<String>,
     /// Organization id.
+    #[schema(value_type = Option<OrgId>)]
     pub org_id: Option<String>,
     /// Permissions.
+    #[schema(value_type = Option<Vec<Permission>>)]
     pub scopes: Option<Vec<String>>,
     /// `live`/`test`.
+    #[schema(value_type = Option<Environment>)]
     pub environment: Option<String>,
     /// Unix ms.
     pub expires_at: Option<i64>,
@@ -481,16 +416,21 @@ pub struct VerdictLimit {
     pub retry_after: u64,
 }
 
-/// Verifies a key of the caller's own organization (needs `keys:verify`).
-#[utoipa::path(post, path = "/v1/keys/verify", tag = "api-keys", request_body = VerifyBody,
-    responses((status = 200, body = Verdict), (status = 403, description = "forbidden")))]
+/// Verifies a key of the caller's own organization; the caller is an API key with
+/// `keys:verify`.
+#[utoipa::path(post, path = "/v1/keys/verify", tag = "api-keys",
+    security(("bearer" = []), ("api_key" = [])),
+    request_body = VerifyBody,
+    responses((status = 200, description = "The verdict (an unusable key is `valid: false`, not an error)", body = Envelope<Verdict>),
+        errors::Auth, errors::Body,
+        (status = 403, description = "`forbidden`: the caller is not an API key with `keys:verify` (`details.required`)", body = ErrorEnvelope)))]
 pub async fn verify_key(
     State(state): State<AppState>,
     principal: Principal,
     ApiJson(body): ApiJson<VerifyBody>,
 ) -> Result<Success<Verdict>, ApiError> {
-    let org_id = match &principal {
-        Principal::ApiKey { key } => key.org_id.clone(),
+    let org = match &principal {
+        Principal::ApiKey { key } => OrgId::from_stored(key.org_id.clone()),
         Principal::User { .. } => {
             return Err(ApiError::msg(
                 Code::Forbidden,
@@ -499,10 +439,43 @@ pub async fn verify_key(
             .details(json!({ "required": "keys:verify" })))
         }
     };
-    org_access(&state, &principal, &org_id)
+    org_access(&state, &principal, &org)
         .await?
         .require(Permission::KeysVerify)?;
-    let invalid = |why: KeyFailure| Verdict {
+    let limits = KeyLimits {
+        limiter: &state.limiter,
+        default: state.config.rates(Policy::ApiKey),
+        fail_closed: state.config.fails_closed(Policy::ApiKey),
+        policy: Policy::ApiKey.name(),
+    };
+    let verdict = match state.keys.verify_for(&org, &body.key, limits).await? {
+        Verification::Refused(why) => refused(why),
+        Verification::Known {
+            key: k,
+            decision: d,
+        } => Verdict {
+            valid: d.allowed,
+            reason: (!d.allowed).then_some("rate_limited"),
+            ratelimit: d.binding().map(|b| VerdictLimit {
+                limit: b.limit,
+                window_seconds: b.window_seconds,
+                remaining: b.remaining,
+                reset: b.reset_at,
+                retry_after: b.retry_after,
+            }),
+            key_id: Some(k.id.clone()),
+            org_id: Some(k.org_id.clone()),
+            scopes: Some(k.scopes.clone()),
+            environment: Some(k.environment.clone()),
+            expires_at: k.expires_at,
+            metadata: Some(k.metadata.clone()),
+        },
+    };
+    Ok(ok(verdict))
+}
+
+fn refused(why: KeyFailure) -> Verdict {
+    Verdict {
         valid: false,
         reason: Some(why.reason().as_str()),
         key_id: None,
@@ -512,50 +485,7 @@ pub async fn verify_key(
         expires_at: None,
         metadata: None,
         ratelimit: None,
-    };
-    let verdict = match state.keys.check(&body.key).await {
-        // A key of another organization reads as unknown: no cross-tenant oracle.
-        Ok(k) if k.org_id != org_id => invalid(KeyFailure::NotFound),
-        Ok(k) => {
-            // The verified key's own windows; the organization's were counted for the
-            // caller's request already.
-            let req = state.key_request(&k, false).await?;
-            let d = state
-                .limiter
-                .check(&req)
-                .await
-                .map_err(|_| crate::http::limits::unavailable())?;
-            let ratelimit = d.binding().map(|b| VerdictLimit {
-                limit: b.limit,
-                window_seconds: b.window_seconds,
-                remaining: b.remaining,
-                reset: b.reset_at,
-                retry_after: b.retry_after,
-            });
-            if d.allowed {
-                state.keys.record_use(&k.id);
-            }
-            Verdict {
-                valid: d.allowed,
-                reason: (!d.allowed).then_some("rate_limited"),
-                ratelimit,
-                key_id: Some(k.id.clone()),
-                org_id: Some(k.org_id.clone()),
-                scopes: Some(k.scopes.clone()),
-                environment: Some(k.environment.clone()),
-                expires_at: k.expires_at,
-                metadata: Some(k.metadata.clone()),
-            }
-        }
-        Err(KeyFailure::Unavailable) => {
-            return Err(ApiError::unavailable(
-                1,
-                "Storage is unavailable; retry shortly.",
-            ))
-        }
-        Err(why) => invalid(why),
-    };
-    Ok(ok(verdict))
+    }
 }
 
 /// Paging of the audit log.
@@ -567,14 +497,19 @@ pub struct AuditQuery {
     pub before: Option<i64>,
 }
 
-/// The organization's audit log, newest first.
+/// The organization's audit log, newest first (`audit:read`).
 #[utoipa::path(get, path = "/v1/orgs/{org}/audit-log", tag = "audit",
-    params(("limit" = Option<i64>, Query, description = "1-200, default 50"), ("before" = Option<i64>, Query, description = "seq of the last entry already read")),
-    responses((status = 200, body = [AuditEntry])))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1-200, default 50"),
+        ("before" = Option<i64>, Query, description = "seq of the last entry already read")),
+    responses((status = 200, description = "Entries, newest first", body = Envelope<Vec<AuditEntry>>),
+        errors::Auth, errors::Org,
+        (status = 422, description = "`validation_failed`: `limit` out of range", body = ErrorEnvelope)))]
 pub async fn audit_log(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Success<Vec<AuditEntry>>, ApiError> {
     let Query(q) =
@@ -582,9 +517,5 @@ pub async fn audit_log(
     org_access(&state, &principal, &org)
         .await?
         .require(Permission::AuditRead)?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 200"));
-    }
-    Ok(ok(state.store.audit_log(&org, limit, q.before).await?))
+    Ok(ok(state.keys.audit_log(&org, q.limit, q.before).await?))
 }

@@ -120,7 +120,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(session::router().into())
         .merge(orgs::router().into())
         .merge(invitations::router().into())
-        .merge(api_keys::router().into())
+        .merge(api_keys::router())
         .merge(chat::router().into())
         .merge(usage::router().into())
         .merge(widgets::router().into())
