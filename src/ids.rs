@@ -12,6 +12,9 @@ use std::marker::PhantomData;
 pub trait Kind: Send + Sync + 'static {
     /// The prefix before `_`, e.g. `org`.
     const PREFIX: &'static str;
+    /// The id's name in `/openapi.json`, e.g. `OrgId`: one schema per kind, each with its
+    /// own pattern.
+    const NAME: &'static str;
 }
 
 /// An identifier of a `K`: `{K::PREFIX}_` and 32 lower-case hex digits.
@@ -153,9 +156,14 @@ impl<'de, K: Kind> serde::Deserialize<'de> for Id<K> {
 impl<K: Kind> utoipa::PartialSchema for Id<K> {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, Type};
+        // The lengths as well as the pattern: a generator reading `$` as a regex engine
+        // does may end a value with a newline, which the length rules out.
+        let len = K::PREFIX.len() + 33;
         ObjectBuilder::new()
             .schema_type(Type::String)
             .pattern(Some(format!("^{}_[0-9a-f]{{32}}$", K::PREFIX)))
+            .min_length(Some(len))
+            .max_length(Some(len))
             .examples([serde_json::json!(format!(
                 "{}_0192f0c5a1b27c3d8e4f5a6b7c8d9e0f",
                 K::PREFIX
@@ -164,7 +172,11 @@ impl<K: Kind> utoipa::PartialSchema for Id<K> {
     }
 }
 
-impl<K: Kind> utoipa::ToSchema for Id<K> {}
+impl<K: Kind> utoipa::ToSchema for Id<K> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(K::NAME)
+    }
+}
 
 macro_rules! kinds {
     ($( $(#[$doc:meta])* $kind:ident, $alias:ident = $prefix:literal; )*) => {
@@ -174,6 +186,7 @@ macro_rules! kinds {
             pub enum $kind {}
             impl Kind for $kind {
                 const PREFIX: &'static str = $prefix;
+                const NAME: &'static str = stringify!($alias);
             }
             $(#[$doc])*
             pub type $alias = Id<$kind>;

@@ -2,17 +2,16 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::chat::upstream::{Piece, Tokens, UpstreamError};
@@ -20,22 +19,23 @@ use crate::chat::{Caller, ChatError, MAX_CONTEXT_BYTES, MAX_MESSAGE_BYTES};
 use crate::domain::permissions::Permission;
 use crate::error::Reason;
 use crate::error::{ApiError, Code};
-use crate::http::envelope::{ok, Success};
-use crate::http::extract::{bearer, key_principal, ApiJson, Principal};
+use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope, Success};
+use crate::http::extract::{bearer, key_principal, ApiJson, Ids, Principal};
+use crate::ids::ThreadId;
 use crate::orgs::check_id;
 use crate::store::{Message, Thread, ThreadScope};
 
 /// Routes of this file.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/chat", post(chat))
-        .route("/v1/threads", get(list_threads))
-        .route("/v1/threads/{id}", get(get_thread).delete(delete_thread))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(chat))
+        .routes(routes!(list_threads))
+        .routes(routes!(get_thread, delete_thread))
 }
 
 /// `POST /api/chat`: the same chat, where seed 000's clients call it.
-pub fn api_router() -> Router<AppState> {
-    Router::new().route("/api/chat", post(chat))
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(api_chat))
 }
 
 /// A caller of the chat and thread routes.
@@ -101,9 +101,11 @@ fn needs_scope(key: &crate::store::ApiKeyRecord, scope: Permission) -> Result<()
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatBody {
-    /// The user's message (1 byte to 32 KiB).
+    /// The user's message: 1 byte to 32 KiB, not only white space.
+    #[schema(min_length = 1, max_length = 32768, pattern = "\\S")]
     pub message: String,
     /// Continue this thread; a new one is started when absent.
+    #[schema(value_type = Option<ThreadId>)]
     pub thread_id: Option<String>,
     /// Passed to the model server unchanged (a JSON object of at most 8 KiB).
     #[schema(value_type = Option<Object>)]
@@ -111,6 +113,29 @@ pub struct ChatBody {
     /// Answer as Server-Sent Events.
     #[serde(default)]
     pub stream: bool,
+}
+
+/// One Server-Sent Event of a streamed answer (`stream: true`), as `/openapi.json` describes
+/// it: `delta` events, then one `done` or `error` event.
+#[derive(ToSchema)]
+pub struct ChatEvent {
+    /// What the event carries.
+    pub event: ChatEventKind,
+    /// JSON text: `{"content": …}` (`delta`), `{"thread_id", "message_id"}` (`done`),
+    /// `{"code", "message"}` (`error`).
+    pub data: String,
+}
+
+/// The kinds of [`ChatEvent`].
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ChatEventKind {
+    /// A piece of the answer's text.
+    Delta,
+    /// The answer is complete and stored.
+    Done,
+    /// The model server failed; nothing more follows.
+    Error,
 }
 
 /// The answer.
@@ -140,11 +165,19 @@ fn chat_error(e: ChatError) -> ApiError {
 }
 
 /// Sends a message to the assistant (an API key with `chat:write`, optionally with the
-/// user's access token in `Authorization`).
+/// user's access token in `Authorization`). With `stream: true` the answer is
+/// `text/event-stream`: `delta` events (`{"content": …}`), then one `done` event
+/// (`{"thread_id", "message_id"}`) or one `error` event (`{"code", "message"}`).
 #[utoipa::path(post, path = "/v1/chat", tag = "chat", request_body = ChatBody,
-    responses((status = 200, body = ChatAnswer, description = "The answer; with `stream: true`, `text/event-stream` of `delta` events and a final `done` event"),
-              (status = 404, description = "Thread not found"), (status = 502, description = "upstream_error"),
-              (status = 504, description = "upstream_timeout")))]
+    security(("api_key" = []), ("bearer" = []), ("api_key" = [], "bearer" = [])),
+    responses(
+        (status = 200, description = "The answer: JSON, or Server-Sent Events when the body asks for `stream`",
+            content((Envelope<ChatAnswer> = "application/json"), (ChatEvent = "text/event-stream"))),
+        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`)", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`: the thread is not the caller's", body = ErrorEnvelope),
+        (status = 502, description = "`upstream_error`: the model server failed", body = ErrorEnvelope),
+        (status = 504, description = "`upstream_timeout`: the model server did not answer in time", body = ErrorEnvelope),
+        errors::Auth, errors::Body))]
 pub async fn chat(
     State(state): State<AppState>,
     principal: ChatPrincipal,
@@ -170,6 +203,25 @@ pub async fn chat(
     };
     check_chat_body(&body)?;
     answer(&state, caller, body, None).await
+}
+
+/// The chat of `POST /v1/chat`, at the path seed 000's clients call.
+#[utoipa::path(post, path = "/api/chat", tag = "chat", request_body = ChatBody,
+    security(("api_key" = []), ("bearer" = []), ("api_key" = [], "bearer" = [])),
+    responses(
+        (status = 200, description = "The answer: JSON, or Server-Sent Events when the body asks for `stream`",
+            content((Envelope<ChatAnswer> = "application/json"), (ChatEvent = "text/event-stream"))),
+        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`)", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`: the thread is not the caller's", body = ErrorEnvelope),
+        (status = 502, description = "`upstream_error`: the model server failed", body = ErrorEnvelope),
+        (status = 504, description = "`upstream_timeout`: the model server did not answer in time", body = ErrorEnvelope),
+        errors::Auth, errors::Body))]
+pub async fn api_chat(
+    state: State<AppState>,
+    principal: ChatPrincipal,
+    body: ApiJson<ChatBody>,
+) -> Result<Response, ApiError> {
+    chat(state, principal, body).await
 }
 
 /// Checks a chat body's sizes and shapes.
@@ -290,7 +342,12 @@ fn scope_for(p: &ChatPrincipal, scope: Permission) -> Result<ThreadScope, ApiErr
 
 /// Threads the caller may see, most recent first (at most 100): a person's own; an API key
 /// with `threads:read` its organization's (with a user's token: that user's there).
-#[utoipa::path(get, path = "/v1/threads", tag = "chat", responses((status = 200, body = [Thread])))]
+#[utoipa::path(get, path = "/v1/threads", tag = "chat",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = []), ("api_key" = [], "bearer" = [])),
+    responses(
+        (status = 200, description = "The threads", body = Envelope<Vec<Thread>>),
+        (status = 403, description = "`forbidden`: the key lacks `threads:read` (`details.required`)", body = ErrorEnvelope),
+        errors::Auth))]
 pub async fn list_threads(
     State(state): State<AppState>,
     principal: ChatPrincipal,
@@ -310,13 +367,19 @@ pub struct ThreadWithMessages {
 }
 
 /// One thread and its messages.
-#[utoipa::path(get, path = "/v1/threads/{id}", tag = "chat", responses((status = 200, body = ThreadWithMessages), (status = 404, description = "not_found")))]
+#[utoipa::path(get, path = "/v1/threads/{id}", tag = "chat",
+    params(("id" = ThreadId, Path, description = "The thread")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = []), ("api_key" = [], "bearer" = [])),
+    responses(
+        (status = 200, description = "The thread and its messages", body = Envelope<ThreadWithMessages>),
+        (status = 400, description = "`invalid_request`: a malformed thread id (`details.reason`: `malformed_id`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: the key lacks `threads:read` (`details.required`)", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`: no such thread the caller may see", body = ErrorEnvelope), errors::Auth))]
 pub async fn get_thread(
     State(state): State<AppState>,
     principal: ChatPrincipal,
-    Path(id): Path<String>,
+    Ids(id): Ids<ThreadId>,
 ) -> Result<Success<ThreadWithMessages>, ApiError> {
-    check_id(&id, "thr")?;
     let scope = scope_for(&principal, Permission::ThreadsRead)?;
     let thread = state
         .store
@@ -328,13 +391,19 @@ pub async fn get_thread(
 }
 
 /// Deletes a thread and its messages (a person their own; a key needs `chat:write`).
-#[utoipa::path(delete, path = "/v1/threads/{id}", tag = "chat", responses((status = 204, description = "Deleted"), (status = 404, description = "not_found")))]
+#[utoipa::path(delete, path = "/v1/threads/{id}", tag = "chat",
+    params(("id" = ThreadId, Path, description = "The thread")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = []), ("api_key" = [], "bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_request`: a malformed thread id (`details.reason`: `malformed_id`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`)", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`: no such thread the caller may see", body = ErrorEnvelope), errors::Auth))]
 pub async fn delete_thread(
     State(state): State<AppState>,
     principal: ChatPrincipal,
-    Path(id): Path<String>,
+    Ids(id): Ids<ThreadId>,
 ) -> Result<StatusCode, ApiError> {
-    check_id(&id, "thr")?;
     let scope = scope_for(&principal, Permission::ChatWrite)?;
     state
         .store

@@ -3,7 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
@@ -15,26 +16,72 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
 }
 
+/// `/healthz`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
+    status: &'static str,
+}
+
+/// `/readyz`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, or `unavailable` (with 503).
+    #[schema(value_type = ReadyStatus)]
+    status: &'static str,
+    /// `ok`, or `unreachable` (with 503).
+    #[schema(value_type = StorageStatus)]
+    storage: &'static str,
+}
+
+/// `status` of `/readyz`.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ReadyStatus {
+    /// Storage answers.
+    Ready,
+    /// Storage does not answer.
+    Unavailable,
+}
+
+/// `storage` of `/readyz`.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum StorageStatus {
+    /// It answers.
+    Ok,
+    /// It does not answer.
+    Unreachable,
+}
+
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Up")))]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Up", body = Liveness)))]
+pub async fn healthz() -> Json<Liveness> {
+    Json(Liveness { status: "ok" })
 }
 
 /// Storage answers.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Storage unreachable")))]
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    responses((status = 200, description = "Ready: `{\"status\": \"ready\", \"storage\": \"ok\"}`", body = Readiness),
+              (status = 503, description = "Storage unreachable: `{\"status\": \"unavailable\", \"storage\": \"unreachable\"}`", body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     match state.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "storage": "ok" })),
+            Json(Readiness {
+                status: "ready",
+                storage: "ok",
+            }),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "storage": "unreachable" })),
+                Json(Readiness {
+                    status: "unavailable",
+                    storage: "unreachable",
+                }),
             )
         }
     }

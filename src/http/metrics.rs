@@ -7,18 +7,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use secrecy::ExposeSecret;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::auth::tokens::{ct_eq, sha256_hex};
 use crate::error::{ApiError, Code};
+use crate::http::envelope::ErrorEnvelope;
+
+/// The content type of the exposition (OpenMetrics 1.0, which Prometheus reads).
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `/metrics` on the main listener; nothing when `metrics_listen` gives it its own address
-/// (the main listener's fallback then answers 404).
-pub fn router(state: &AppState) -> Router<AppState> {
+/// (the main listener's fallback then answers 404, and `/openapi.json` does not list it).
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     if state.config.metrics_listen.is_some() {
-        Router::new()
+        OpenApiRouter::new()
     } else {
-        Router::new().route("/metrics", get(metrics))
+        OpenApiRouter::new().routes(routes!(metrics))
     }
 }
 
@@ -48,9 +53,12 @@ fn allowed(state: &AppState, headers: &HeaderMap) -> bool {
 
 /// Requests by route and status, latency histograms, rate-limit decisions by policy and
 /// outcome, refused credentials by reason, Redis fallbacks and received invalidations.
-#[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
-              (status = 401, description = "`metrics_token` is set and the request does not carry it as a bearer token")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "The OpenMetrics text exposition", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, description = "`unauthorized`: `metrics_token` is set and the request does not carry it as a bearer token",
+            body = ErrorEnvelope, headers(("WWW-Authenticate" = String, description = "`Bearer`")))))]
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !allowed(&state, &headers) {
         let mut res = ApiError::msg(
@@ -63,10 +71,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         return res;
     }
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
         state.metrics.render(),
     )
         .into_response()

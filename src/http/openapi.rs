@@ -24,13 +24,6 @@ use crate::app::AppState;
         crate::http::orgs::list_orgs,
         crate::http::orgs::get_org,
         crate::http::orgs::update_org,
-        crate::http::chat::chat,
-        crate::http::chat::list_threads,
-        crate::http::chat::get_thread,
-        crate::http::chat::delete_thread,
-        crate::http::usage::usage,
-        crate::http::usage::export,
-        crate::http::metrics::metrics,
         crate::http::orgs::delete_org,
         crate::http::orgs::list_members,
         crate::http::orgs::add_member,
@@ -83,6 +76,19 @@ use crate::app::AppState;
         crate::http::webhooks::retry_delivery,
     ),
     components(schemas(
+        // Every kind of id, each with its pattern: parameters refer to them by name.
+        crate::ids::OrgId,
+        crate::ids::KeyId,
+        crate::ids::WidgetId,
+        crate::ids::EndpointId,
+        crate::ids::WebhookMessageId,
+        crate::ids::DeliveryId,
+        crate::ids::AttemptId,
+        crate::ids::InvitationId,
+        crate::ids::AuditId,
+        crate::ids::ThreadId,
+        crate::ids::ChatMessageId,
+        crate::ids::VisitorId,
         crate::http::session::SignInBody,
         crate::http::orgs::OrgBody,
         crate::http::orgs::AddMemberBody,
@@ -118,7 +124,8 @@ pub struct ApiDoc;
 /// The credentials routes name in `security(...)`: `bearer` (a Supabase-compatible access
 /// token, or an API key sent as a bearer token), `api_key` (`X-API-Key`), `cookie` (the
 /// dashboard session; state-changing requests must come from the dashboard's origin) and
-/// `apikey` (the publishable key `/auth/v1` callers send).
+/// `apikey` (the publishable key `/auth/v1` callers send), and `metrics_token` (what
+/// `/metrics` needs when the setting of that name is set).
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -153,6 +160,15 @@ impl Modify for SecuritySchemes {
                 "apikey",
                 "The deployment's publishable key (/auth/v1 routes).",
             ))),
+        );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The `metrics_token` setting, when it is set."))
+                    .build(),
+            ),
         );
     }
 }

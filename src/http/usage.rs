@@ -1,30 +1,31 @@
 //! `/v1/orgs/{org}/usage` and `/v1/orgs/{org}/export`.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use futures_util::StreamExt;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::domain::permissions::Permission;
 use crate::error::{ApiError, Code};
-use crate::http::envelope::{ok, Success};
-use crate::http::extract::Principal;
+use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope, Success};
+use crate::http::extract::{Ids, Principal};
 use crate::http::orgs::org_access;
+use crate::ids::OrgId;
 use crate::store::UsageRow;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// Routes of this file.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/orgs/{org}/usage", get(usage))
-        .route("/v1/orgs/{org}/export", get(export))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(usage))
+        .routes(routes!(export))
 }
 
 /// A time given as unix milliseconds or RFC 3339.
@@ -38,33 +39,67 @@ fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
 }
 
 /// The report's range and shape.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     /// Start (inclusive): unix ms or RFC 3339; default `to` minus 30 days.
+    #[param(
+        pattern = "^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub from: Option<String>,
     /// End (exclusive): unix ms or RFC 3339; default now.
+    #[param(
+        pattern = "^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub to: Option<String>,
     /// `hour` or `day` (UTC, default).
+    #[param(value_type = Option<Granularity>, inline)]
     pub granularity: Option<String>,
     /// Only this key.
+    #[param(value_type = Option<crate::ids::KeyId>)]
     pub key_id: Option<String>,
+}
+
+/// A usage report's bucket (in `/openapi.json`; the handler reads the text and answers 422
+/// for anything else).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum Granularity {
+    /// An hour.
+    Hour,
+    /// A UTC day.
+    Day,
+}
+
+/// An export's format (in `/openapi.json`; the handler reads the text and answers 422 for
+/// anything else).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// Newline-delimited JSON, ending with `{"type":"end","count":N}`.
+    Ndjson,
+    /// RFC 4180 CSV with a header row.
+    Csv,
 }
 
 /// Requests and tokens per key and hour or day (`analytics:read`). Counted in memory and
 /// written every 30 s, so the last half minute may be missing.
 #[utoipa::path(get, path = "/v1/orgs/{org}/usage", tag = "usage",
-    params(("from" = Option<String>, Query, description = "unix ms or RFC 3339"), ("to" = Option<String>, Query, description = "unix ms or RFC 3339"),
-           ("granularity" = Option<String>, Query, description = "hour or day"), ("key_id" = Option<String>, Query, description = "one key")),
-    responses((status = 200, body = [UsageRow])))]
+    params(("org" = OrgId, Path, description = "The organization"), UsageQuery),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "One row per key and bucket", body = Envelope<Vec<UsageRow>>),
+        (status = 422, description = "`validation_failed`: a time, the granularity or the range is invalid (`details.fields`)", body = ErrorEnvelope),
+        errors::Auth, errors::Org))]
 pub async fn usage(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Success<Vec<UsageRow>>, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
-    org_access(&state, &principal, &org)
+    org_access(&state, &principal, org.as_str())
         .await?
         .require(Permission::AnalyticsRead)?;
     let bucket = match q.granularity.as_deref().unwrap_or("day") {
@@ -106,28 +141,39 @@ pub async fn usage(
 }
 
 /// What to export.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `ndjson` (default) or `csv`.
+    #[param(value_type = Option<ExportFormat>, inline)]
     pub format: Option<String>,
     /// Messages from this time on: unix ms or RFC 3339.
+    #[param(
+        pattern = "^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub since: Option<String>,
 }
 
 /// Streams the organization's messages with their threads, oldest first (`export:read`).
 /// NDJSON ends with `{"type":"end","count":N}`, so a cut-off export is recognisable.
 #[utoipa::path(get, path = "/v1/orgs/{org}/export", tag = "usage",
-    params(("format" = Option<String>, Query, description = "ndjson or csv"), ("since" = Option<String>, Query, description = "unix ms or RFC 3339")),
-    responses((status = 200, description = "application/x-ndjson or text/csv, streamed")))]
+    params(("org" = OrgId, Path, description = "The organization"), ExportQuery),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The messages, streamed as an attachment: NDJSON (default) or CSV (`format=csv`)",
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"{org}-export.{ndjson|csv}\"`")),
+            content((String = "application/x-ndjson"), (String = "text/csv; charset=utf-8"))),
+        (status = 422, description = "`validation_failed`: `since` or `format` is invalid (`details.fields`)", body = ErrorEnvelope),
+        errors::Auth, errors::Org))]
 pub async fn export(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     q: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
-    org_access(&state, &principal, &org)
+    org_access(&state, &principal, org.as_str())
         .await?
         .require(Permission::ExportRead)?;
     let since = match &q.since {
@@ -139,7 +185,7 @@ pub async fn export(
         "csv" => true,
         _ => return Err(ApiError::field("format", "must be ndjson or csv")),
     };
-    let rows = state.store.export_rows(org.clone(), since);
+    let rows = state.store.export_rows(org.as_str().to_string(), since);
     let body = async_stream::stream! {
         let mut rows = Box::pin(rows);
         let mut count: u64 = 0;
