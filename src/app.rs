@@ -101,6 +101,20 @@ impl AppState {
         let config = Arc::new(config);
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
+        let metrics = Arc::new(Metrics::new());
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                RedisLink::open(
+                    url.expose(),
+                    &config.redis_prefix,
+                    Duration::from_millis(config.redis_timeout_ms),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        // Cache invalidation here and on the other instances; services get a clone.
+        let bus = crate::fanout::Bus::new(redis.clone(), metrics.clone());
         let now = clock.now_ms();
         store
             .ensure_jwt_key(&crate::auth::jwt::generate_key(now)?)
@@ -146,18 +160,6 @@ impl AppState {
             &config.key_prefix,
             config.key_cache_capacity,
         );
-        let metrics = Arc::new(Metrics::new());
-        let redis = match &config.redis_url {
-            Some(url) => Some(
-                RedisLink::open(
-                    url.expose(),
-                    &config.redis_prefix,
-                    Duration::from_millis(config.redis_timeout_ms),
-                )
-                .await?,
-            ),
-            None => None,
-        };
         let capacity = config.rate_limit_memory_capacity;
         let limiter = match &redis {
             Some(link) => Limiter::redis(
@@ -207,7 +209,6 @@ impl AppState {
         );
         let auth_failures =
             crate::http::failures::FailureBudget::new(config.rates(Policy::AuthFailures));
-        let bus = crate::fanout::Bus::new(redis.clone(), metrics.clone());
         let state = AppState(Arc::new(AppInner {
             email,
             widgets,
