@@ -14,42 +14,43 @@ use crate::config::Config;
 use crate::domain::{Email, Password};
 use crate::store::{Ended, NewUser, Rotation, SessionInfo, Store, StoreError, User};
 
-/// Why an account operation failed; each maps to a Supabase error code.
+/// Why an account operation failed. The HTTP layer words each for its clients (GoTrue's
+/// codes and messages on `/auth/v1`); the wording here is for logs.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     /// Unknown email or wrong password (indistinguishable on purpose).
-    #[error("Invalid login credentials")]
+    #[error("unknown email or wrong password")]
     InvalidCredentials,
     /// Sign-in before the email was confirmed.
-    #[error("Email not confirmed")]
+    #[error("the email address is not confirmed")]
     EmailNotConfirmed,
     /// Sign-up with a taken email.
-    #[error("User already registered")]
+    #[error("a user with this email already exists")]
     UserExists,
     /// The password fails the policy (with GoTrue's reasons).
     #[error("{0}")]
     WeakPassword(WeakPassword),
     /// The new password equals the old one.
-    #[error("New password should be different from the old password.")]
+    #[error("the new password equals the old one")]
     SamePassword,
     /// The refresh token is unknown or its session ended.
-    #[error("Invalid Refresh Token: Refresh Token Not Found")]
+    #[error("the refresh token is unknown or its session ended")]
     RefreshNotFound,
     /// A rotated refresh token came back after the reuse interval: the session is revoked.
-    #[error("Invalid Refresh Token: Already Used")]
+    #[error("a rotated refresh token was presented again")]
     RefreshAlreadyUsed,
     /// The session passed `session_max_seconds` or `session_inactivity_seconds`; it was
     /// ended (its id, so caches can forget it).
-    #[error("Invalid Refresh Token: Session Expired")]
+    #[error("the session passed its time limit")]
     SessionExpired(String),
     /// The session named by the token no longer exists.
-    #[error("Session from session_id claim in JWT does not exist")]
+    #[error("the session no longer exists")]
     SessionNotFound,
     /// A field is invalid.
     #[error("{0}")]
     Validation(String),
     /// Storage contention; retry.
-    #[error("The service is busy; retry shortly.")]
+    #[error("storage is busy")]
     Busy,
     /// Unexpected failure (details logged).
     #[error("internal error")]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::app::{self, AppState};
+use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::Config;
 
@@ -243,12 +243,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // The publishable key is public by design (like Supabase's anon key): printing it lets
     // a developer point a client at a fresh server.
     tracing::info!(publishable_key = %state.publishable_key.expose_secret(), "clients send this in the apikey header");
-    let metrics = app::bind_metrics(&state.config).await?;
+    let metrics = crate::server::bind_metrics(&state.config).await?;
     if let Some(m) = &metrics {
         tracing::info!(addr = %m.local_addr()?, "metrics listening");
     }
     tokio::spawn(reload_keys(state.clone()));
-    app::serve(state, listener, metrics, app::shutdown_signal()).await
+    crate::server::serve(state, listener, metrics, crate::server::shutdown_signal()).await
 }
 
 /// Picks up signing keys rotated by `gatehouse jwt rotate` (possibly on another host).

@@ -387,6 +387,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Checks the email settings (part of `validate`).
+    pub fn check_mail(&self) -> anyhow::Result<()> {
+        if let Some(u) = &self.smtp_url {
+            let u = u.expose_secret();
+            if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
+                anyhow::bail!("smtp_url must start with smtp:// or smtps://");
+            }
+        }
+        if let Some(s) = &self.site_url {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                anyhow::bail!("site_url must start with http:// or https://");
+            }
+        }
+        if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            anyhow::bail!("mail_from must be an address, e.g. \"Gatehouse <noreply@example.com>\"");
+        }
+        if !(60..=86_400).contains(&self.otp_expiry_seconds) {
+            anyhow::bail!("otp_expiry_seconds must be between 60 and 86400");
+        }
+        if !(0..=86_400).contains(&self.mail_min_interval_seconds) {
+            anyhow::bail!("mail_min_interval_seconds must be between 0 and 86400");
+        }
+        if self.redirect_allowlist.iter().any(|p| p.trim().is_empty()) {
+            anyhow::bail!("redirect_allowlist entries must not be empty");
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if self.jwt_expiry_seconds < 60 {
             anyhow::bail!("jwt_expiry_seconds must be at least 60");
@@ -505,7 +533,7 @@ impl Config {
         {
             anyhow::bail!("webhooks_retry_schedule must be 1-20 delays of at most 604800 seconds");
         }
-        crate::mail::check_config(self)?;
+        self.check_mail()?;
         if !(3600..=30 * 86_400).contains(&self.invitation_seconds) {
             anyhow::bail!("invitation_seconds must be between 3600 and 2592000");
         }

@@ -37,6 +37,8 @@ pub mod metrics;
 pub mod orgs;
 /// Rate limiting (GCRA).
 pub mod ratelimit;
+/// The serve loop: listeners, background workers and shutdown.
+pub mod server;
 /// Storage on SQLite or PostgreSQL.
 pub mod store;
 /// Logging setup.

@@ -19,7 +19,7 @@ use crate::config::Policy;
 use crate::domain::Email;
 use crate::http::auth_v1::{limited, session_json};
 use crate::http::extract::ClientIp;
-use crate::http::gotrue::{GoTrueError, GoTrueJson};
+use crate::http::gotrue::{ErrorCode, GoTrueError, GoTrueJson};
 use crate::mail::flows::{FlowError, MailRequest, Verified, VerifyType, ONE_SIDE_CONFIRMED};
 use crate::store::User;
 
@@ -41,21 +41,29 @@ impl From<FlowError> for GoTrueError {
     fn from(e: FlowError) -> Self {
         let msg = e.to_string();
         match e {
-            FlowError::Invalid => GoTrueError::new(StatusCode::FORBIDDEN, "otp_expired", msg),
+            FlowError::Invalid => {
+                GoTrueError::new(StatusCode::FORBIDDEN, ErrorCode::OtpExpired, msg)
+            }
             FlowError::TooSoon(_) => GoTrueError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "over_email_send_rate_limit",
+                ErrorCode::OverEmailSendRateLimit,
                 msg,
             ),
-            FlowError::EmailExists => {
-                GoTrueError::new(StatusCode::UNPROCESSABLE_ENTITY, "email_exists", msg)
-            }
-            FlowError::Busy => {
-                GoTrueError::new(StatusCode::SERVICE_UNAVAILABLE, "request_timeout", msg)
-            }
-            FlowError::Internal => {
-                GoTrueError::new(StatusCode::INTERNAL_SERVER_ERROR, "unexpected_failure", msg)
-            }
+            FlowError::EmailExists => GoTrueError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::EmailExists,
+                msg,
+            ),
+            FlowError::Busy => GoTrueError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::RequestTimeout,
+                msg,
+            ),
+            FlowError::Internal => GoTrueError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::UnexpectedFailure,
+                msg,
+            ),
         }
     }
 }
@@ -103,7 +111,7 @@ pub(crate) async fn otp(
     if body.email.is_none() && body.phone.as_deref().is_some_and(|p| !p.is_empty()) {
         return Err(GoTrueError::new(
             StatusCode::BAD_REQUEST,
-            "phone_provider_disabled",
+            ErrorCode::PhoneProviderDisabled,
             "Phone logins are disabled",
         ));
     }
@@ -255,13 +263,13 @@ fn require_apikey(state: &AppState, headers: &HeaderMap) -> Result<(), GoTrueErr
     match headers.get("apikey").and_then(|v| v.to_str().ok()) {
         None => Err(GoTrueError::new(
             StatusCode::UNAUTHORIZED,
-            "no_api_key",
+            ErrorCode::NoApiKey,
             "No API key found in request",
         )),
         Some(k) if ct_eq(k, state.publishable_key.expose_secret()) => Ok(()),
         Some(_) => Err(GoTrueError::new(
             StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
+            ErrorCode::InvalidApiKey,
             "Invalid API key",
         )),
     }
@@ -324,7 +332,7 @@ pub(crate) async fn verify_link(
                 400..=499 => "invalid_request",
                 _ => "server_error",
             };
-            let message = if code == "otp_expired" {
+            let message = if code == ErrorCode::OtpExpired {
                 "Email link is invalid or has expired".to_string()
             } else {
                 message

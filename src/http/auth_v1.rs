@@ -17,7 +17,7 @@ use crate::auth::jwt::{Claims, JwtError};
 use crate::clock::rfc3339;
 use crate::config::Policy;
 use crate::http::extract::ClientIp;
-use crate::http::gotrue::{GoTrueError, GoTrueJson};
+use crate::http::gotrue::{ErrorCode, GoTrueError, GoTrueJson};
 use crate::store::User;
 
 /// Routes under `/auth/v1` (the `apikey` gate and API-version handling wrap them in `http::router`).
@@ -127,7 +127,7 @@ pub(crate) async fn signup(
     if body.phone.as_deref().is_some_and(|p| !p.is_empty()) && body.email.is_none() {
         return Err(GoTrueError::new(
             StatusCode::BAD_REQUEST,
-            "phone_provider_disabled",
+            ErrorCode::PhoneProviderDisabled,
             "Phone signups are disabled",
         ));
     }
@@ -201,7 +201,7 @@ pub(crate) async fn token(
             let (Some(email), Some(password)) = (body.email, body.password) else {
                 return Err(GoTrueError::new(
                     StatusCode::BAD_REQUEST,
-                    "validation_failed",
+                    ErrorCode::ValidationFailed,
                     "missing email or phone",
                 ));
             };
@@ -221,7 +221,7 @@ pub(crate) async fn token(
                 .ok_or_else(|| {
                     GoTrueError::new(
                         StatusCode::BAD_REQUEST,
-                        "validation_failed",
+                        ErrorCode::ValidationFailed,
                         "refresh_token required",
                     )
                 })?;
@@ -248,7 +248,7 @@ pub(crate) async fn token(
         }
         Some(_) | None => Err(GoTrueError::new(
             StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
+            ErrorCode::UnsupportedGrantType,
             "unsupported_grant_type: use grant_type=password or grant_type=refresh_token",
         )),
     }
@@ -265,7 +265,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, GoTrueError> {
         }
         _ => Err(GoTrueError::new(
             StatusCode::UNAUTHORIZED,
-            "no_authorization",
+            ErrorCode::NoAuthorization,
             "This endpoint requires a Bearer token",
         )),
     }

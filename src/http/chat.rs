@@ -70,7 +70,7 @@ impl FromRequestParts<AppState> for ChatPrincipal {
             };
             let user_id = match bearer(parts) {
                 Some(token) if !token.is_empty() && !state.keys.looks_like_key(token) => {
-                    match state.principal_from_jwt(token).await? {
+                    match state.credentials.principal_from_jwt(token).await? {
                         Principal::User { user_id, .. } => Some(user_id),
                         Principal::ApiKey { .. } => None,
                     }

@@ -227,42 +227,17 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-/// How a user principal proved who they are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Via {
-    /// A Supabase-compatible access token.
-    Jwt,
-    /// The dashboard session cookie.
-    Cookie,
-}
+pub use crate::auth::{Principal, Via};
 
-/// The authenticated caller of a `/v1` route. Handlers ask it, never the headers.
-#[derive(Clone, Debug)]
-pub enum Principal {
-    /// A signed-in person.
-    User {
-        /// User UUID.
-        user_id: String,
-        /// Email.
-        email: String,
-        /// The session (JWT `session_id`), when signed in with a token.
-        session_id: Option<String>,
-        /// Credential kind.
-        via: Via,
-    },
-    /// An organization API key.
-    ApiKey {
-        /// The verified key's record (never the key).
-        key: std::sync::Arc<crate::store::ApiKeyRecord>,
-    },
-}
-
-impl Principal {
-    /// The principal kind as `/v1/me` reports it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Principal::User { .. } => "user",
-            Principal::ApiKey { .. } => "api_key",
+impl From<crate::auth::CredentialError> for ApiError {
+    fn from(e: crate::auth::CredentialError) -> Self {
+        match e {
+            crate::auth::CredentialError::Refused { reason, message } => {
+                ApiError::unauthorized(reason, message)
+            }
+            crate::auth::CredentialError::Unavailable => {
+                ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
+            }
         }
     }
 }
@@ -325,7 +300,11 @@ impl FromRequestParts<AppState> for Principal {
                 return key_principal(state, token, &ip).await;
             }
             failures::admit(state, &ip).await?;
-            let result = state.principal_from_jwt(token).await;
+            let result = state
+                .credentials
+                .principal_from_jwt(token)
+                .await
+                .map_err(ApiError::from);
             if let Err(e) = &result {
                 count_failure(state, e);
                 if failures::counts(e, false) {
@@ -337,7 +316,11 @@ impl FromRequestParts<AppState> for Principal {
         let jar = axum_extra::extract::CookieJar::from_headers(&parts.headers);
         if let Some(cookie) = jar.get(SESSION_COOKIE) {
             failures::admit(state, &ip).await?;
-            let result = state.principal_from_cookie(cookie.value()).await;
+            let result = state
+                .credentials
+                .principal_from_cookie(cookie.value())
+                .await
+                .map_err(ApiError::from);
             if let Err(e) = &result {
                 count_failure(state, e);
                 if failures::counts(e, false) {
@@ -379,9 +362,10 @@ pub(crate) async fn key_principal(
     ip: &ClientIp,
 ) -> Result<Principal, ApiError> {
     failures::admit(state, ip).await?;
-    let principal = match state.principal_from_key(key).await {
+    let principal = match state.credentials.principal_from_key(key).await {
         Ok(p) => p,
         Err(e) => {
+            let e = ApiError::from(e);
             count_failure(state, &e);
             if failures::counts(&e, true) {
                 failures::spend(state, ip).await;

@@ -14,42 +14,14 @@
 //! flight when it reaches its budget are still checked, so a flood overshoots the budget by
 //! at most its concurrency, once.
 
-use std::net::IpAddr;
-use std::time::Duration;
-
 use crate::app::AppState;
 use crate::config::Policy;
 use crate::error::ApiError;
 use crate::http::extract::ClientIp;
 use crate::http::gotrue::GoTrueError;
 use crate::http::limits;
-use crate::ratelimit::{Decision, Rates, Request};
-
-/// Addresses whose credentials failed lately, on this instance.
-///
-/// Only they are asked about at the limiter, so the traffic of clients that never fail
-/// (nearly all of it) pays one memory lookup here rather than a limiter decision (a Redis
-/// round trip with `redis_url`). An entry lives as long as the longest window: a budget
-/// untouched that long is full again. With several instances, an address over its shared
-/// budget costs one storage read on each instance it has not failed on yet; the failure
-/// noted then sends its next request to the limiter.
-#[derive(Clone)]
-pub struct FailureBudget {
-    recent: moka::sync::Cache<IpAddr, ()>,
-}
-
-impl FailureBudget {
-    /// Remembers up to 100,000 failing addresses for the longest of `rates`' windows.
-    pub fn new(rates: &Rates) -> Self {
-        let longest = rates.0.iter().map(|r| r.window_seconds).max().unwrap_or(60);
-        Self {
-            recent: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(u64::from(longest)))
-                .build(),
-        }
-    }
-}
+pub use crate::ratelimit::FailureBudget;
+use crate::ratelimit::{Decision, Request};
 
 /// Why a credential was refused before it was checked.
 #[derive(Debug)]
@@ -96,7 +68,7 @@ fn request(state: &AppState, ip: &ClientIp) -> Request {
 /// Before a credential is checked: refuses an address over its failure budget, spending
 /// nothing. The refusal's decision is noted, so the 429 carries the rate-limit headers.
 pub async fn admit(state: &AppState, ip: &ClientIp) -> Result<(), Refusal> {
-    if !state.auth_failures.recent.contains_key(&ip.bucket()) {
+    if !state.auth_failures.failed_lately(&ip.bucket()) {
         return Ok(());
     }
     match state.limiter.peek(&request(state, ip)).await {
@@ -112,7 +84,7 @@ pub async fn admit(state: &AppState, ip: &ClientIp) -> Result<(), Refusal> {
 /// After a credential check failed: spends one unit of the address's budget. The failure
 /// itself is already answered (401), so this neither notes headers nor fails.
 pub async fn spend(state: &AppState, ip: &ClientIp) {
-    state.auth_failures.recent.insert(ip.bucket(), ());
+    state.auth_failures.failed(ip.bucket());
     let _ = state.limiter.check(&request(state, ip)).await;
 }
 

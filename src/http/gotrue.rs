@@ -25,11 +25,92 @@ tokio::task_local! {
     static VERSIONED: bool;
 }
 
+/// Declares [`ErrorCode`] and its wire strings: the one table of them.
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])* $variant:ident => $wire:literal,)*) => {
+        /// A GoTrue error code, as `code` (API version 2024-01-01) or `error_code` (legacy)
+        /// carries it.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])* #[serde(rename = $wire)] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The wire string.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $wire,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// A field is missing or invalid.
+    ValidationFailed => "validation_failed",
+    /// The client's address is over a rate limit.
+    OverRequestRateLimit => "over_request_rate_limit",
+    /// Storage or the limiter is busy or unreachable; retry.
+    RequestTimeout => "request_timeout",
+    /// The access token does not verify.
+    BadJwt => "bad_jwt",
+    /// Unknown email or wrong password.
+    InvalidCredentials => "invalid_credentials",
+    /// Sign-in before the address was confirmed.
+    EmailNotConfirmed => "email_not_confirmed",
+    /// Sign-up with a taken address.
+    UserAlreadyExists => "user_already_exists",
+    /// The password fails the policy.
+    WeakPassword => "weak_password",
+    /// The new password equals the old one.
+    SamePassword => "same_password",
+    /// The refresh token is unknown or its session ended.
+    RefreshTokenNotFound => "refresh_token_not_found",
+    /// A rotated refresh token came back after the reuse interval.
+    RefreshTokenAlreadyUsed => "refresh_token_already_used",
+    /// The session named by the access token no longer exists.
+    SessionNotFound => "session_not_found",
+    /// The session passed its time limit.
+    SessionExpired => "session_expired",
+    /// An unexpected failure (details logged).
+    UnexpectedFailure => "unexpected_failure",
+    /// The body is over the size limit.
+    RequestTooLarge => "request_too_large",
+    /// The body is not JSON, or not the expected shape.
+    BadJson => "bad_json",
+    /// No `apikey` header.
+    NoApiKey => "no_api_key",
+    /// The `apikey` header is not the publishable key.
+    InvalidApiKey => "invalid_api_key",
+    /// No bearer token where one is required.
+    NoAuthorization => "no_authorization",
+    /// The emailed link or code is wrong, used or expired.
+    OtpExpired => "otp_expired",
+    /// Another mail was sent to the address too recently.
+    OverEmailSendRateLimit => "over_email_send_rate_limit",
+    /// The new address belongs to another user.
+    EmailExists => "email_exists",
+    /// Phone sign-up and sign-in are not offered.
+    PhoneProviderDisabled => "phone_provider_disabled",
+    /// The token endpoint's `grant_type` is not one of those offered.
+    UnsupportedGrantType => "unsupported_grant_type",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error answered in GoTrue's format.
 #[derive(Debug)]
 pub struct GoTrueError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     weak_password: Option<Vec<&'static str>>,
     retry_after: Option<u64>,
@@ -37,7 +118,7 @@ pub struct GoTrueError {
 
 impl GoTrueError {
     /// An error with status, GoTrue error code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -47,12 +128,16 @@ impl GoTrueError {
         }
     }
     /// Status, code and message (for answers that are not JSON, e.g. a redirect).
-    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+    pub fn parts(&self) -> (StatusCode, ErrorCode, String) {
         (self.status, self.code, self.message.clone())
     }
     /// 400 `validation_failed`.
     pub fn validation(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "validation_failed", message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ValidationFailed,
+            message,
+        )
     }
     /// 429 `over_request_rate_limit`.
     /// The headers come from the decision noted for the request.
@@ -60,7 +145,7 @@ impl GoTrueError {
         let retry = d.retry_after();
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "over_request_rate_limit",
+            ErrorCode::OverRequestRateLimit,
             format!("Request rate limit reached. Try again in {retry} seconds."),
         );
         e.retry_after = Some(retry);
@@ -70,7 +155,7 @@ impl GoTrueError {
     pub fn limiter_unavailable() -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             "Rate limiting is unavailable; retry shortly.",
         );
         e.retry_after = Some(1);
@@ -80,7 +165,7 @@ impl GoTrueError {
     pub fn bad_jwt(message: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "bad_jwt",
+            ErrorCode::BadJwt,
             format!("invalid JWT: unable to parse or verify signature, {message}"),
         )
     }
@@ -88,24 +173,68 @@ impl GoTrueError {
 
 impl From<AccountError> for GoTrueError {
     fn from(e: AccountError) -> Self {
-        let msg = e.to_string();
-        let (status, code) = match &e {
-            AccountError::InvalidCredentials => (StatusCode::BAD_REQUEST, "invalid_credentials"),
-            AccountError::EmailNotConfirmed => (StatusCode::BAD_REQUEST, "email_not_confirmed"),
-            AccountError::UserExists => (StatusCode::UNPROCESSABLE_ENTITY, "user_already_exists"),
-            AccountError::WeakPassword(_) => (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
-            AccountError::SamePassword => (StatusCode::UNPROCESSABLE_ENTITY, "same_password"),
-            AccountError::RefreshNotFound => (StatusCode::BAD_REQUEST, "refresh_token_not_found"),
-            AccountError::RefreshAlreadyUsed => {
-                (StatusCode::BAD_REQUEST, "refresh_token_already_used")
+        use ErrorCode as C;
+        let (status, code, message) = match &e {
+            AccountError::InvalidCredentials => (
+                StatusCode::BAD_REQUEST,
+                C::InvalidCredentials,
+                "Invalid login credentials".to_string(),
+            ),
+            AccountError::EmailNotConfirmed => (
+                StatusCode::BAD_REQUEST,
+                C::EmailNotConfirmed,
+                "Email not confirmed".to_string(),
+            ),
+            AccountError::UserExists => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                C::UserAlreadyExists,
+                "User already registered".to_string(),
+            ),
+            AccountError::WeakPassword(w) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                C::WeakPassword,
+                w.to_string(),
+            ),
+            AccountError::SamePassword => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                C::SamePassword,
+                "New password should be different from the old password.".to_string(),
+            ),
+            AccountError::RefreshNotFound => (
+                StatusCode::BAD_REQUEST,
+                C::RefreshTokenNotFound,
+                "Invalid Refresh Token: Refresh Token Not Found".to_string(),
+            ),
+            AccountError::RefreshAlreadyUsed => (
+                StatusCode::BAD_REQUEST,
+                C::RefreshTokenAlreadyUsed,
+                "Invalid Refresh Token: Already Used".to_string(),
+            ),
+            AccountError::SessionNotFound => (
+                StatusCode::FORBIDDEN,
+                C::SessionNotFound,
+                "Session from session_id claim in JWT does not exist".to_string(),
+            ),
+            AccountError::SessionExpired(_) => (
+                StatusCode::BAD_REQUEST,
+                C::SessionExpired,
+                "Invalid Refresh Token: Session Expired".to_string(),
+            ),
+            AccountError::Validation(m) => {
+                (StatusCode::BAD_REQUEST, C::ValidationFailed, m.clone())
             }
-            AccountError::SessionNotFound => (StatusCode::FORBIDDEN, "session_not_found"),
-            AccountError::SessionExpired(_) => (StatusCode::BAD_REQUEST, "session_expired"),
-            AccountError::Validation(_) => (StatusCode::BAD_REQUEST, "validation_failed"),
-            AccountError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
-            AccountError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "unexpected_failure"),
+            AccountError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                C::RequestTimeout,
+                "The service is busy; retry shortly.".to_string(),
+            ),
+            AccountError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                C::UnexpectedFailure,
+                "internal error".to_string(),
+            ),
         };
-        let mut out = Self::new(status, code, msg);
+        let mut out = Self::new(status, code, message);
         if let AccountError::WeakPassword(w) = &e {
             out.weak_password = Some(w.reasons.clone());
         }
@@ -152,17 +281,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for GoTrueJson<T> {
             .map_err(|p| match p {
                 BodyProblem::TooLarge => GoTrueError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_too_large",
+                    ErrorCode::RequestTooLarge,
                     "Request body is too large",
                 ),
                 BodyProblem::NotJson => GoTrueError::new(
                     StatusCode::BAD_REQUEST,
-                    "bad_json",
+                    ErrorCode::BadJson,
                     "Content-Type must be application/json",
                 ),
                 BodyProblem::Malformed(m) => GoTrueError::new(
                     StatusCode::BAD_REQUEST,
-                    "bad_json",
+                    ErrorCode::BadJson,
                     format!("Could not parse request body as JSON: {m}"),
                 ),
             })
@@ -195,16 +324,66 @@ pub async fn require_apikey(State(state): State<AppState>, req: Request, next: N
     match presented {
         None => GoTrueError::new(
             StatusCode::UNAUTHORIZED,
-            "no_api_key",
+            ErrorCode::NoApiKey,
             "No API key found in request",
         )
         .into_response(),
         Some(k) if ct_eq(&k, state.publishable_key.expose_secret()) => next.run(req).await,
         Some(_) => GoTrueError::new(
             StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
+            ErrorCode::InvalidApiKey,
             "Invalid API key",
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    /// Clients match on these strings: a change here breaks them.
+    #[test]
+    fn the_code_table_is_stable() {
+        let table: Vec<(String, &str)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (format!("{c:?}"), c.as_str()))
+            .collect();
+        let expected = [
+            ("ValidationFailed", "validation_failed"),
+            ("OverRequestRateLimit", "over_request_rate_limit"),
+            ("RequestTimeout", "request_timeout"),
+            ("BadJwt", "bad_jwt"),
+            ("InvalidCredentials", "invalid_credentials"),
+            ("EmailNotConfirmed", "email_not_confirmed"),
+            ("UserAlreadyExists", "user_already_exists"),
+            ("WeakPassword", "weak_password"),
+            ("SamePassword", "same_password"),
+            ("RefreshTokenNotFound", "refresh_token_not_found"),
+            ("RefreshTokenAlreadyUsed", "refresh_token_already_used"),
+            ("SessionNotFound", "session_not_found"),
+            ("SessionExpired", "session_expired"),
+            ("UnexpectedFailure", "unexpected_failure"),
+            ("RequestTooLarge", "request_too_large"),
+            ("BadJson", "bad_json"),
+            ("NoApiKey", "no_api_key"),
+            ("InvalidApiKey", "invalid_api_key"),
+            ("NoAuthorization", "no_authorization"),
+            ("OtpExpired", "otp_expired"),
+            ("OverEmailSendRateLimit", "over_email_send_rate_limit"),
+            ("EmailExists", "email_exists"),
+            ("PhoneProviderDisabled", "phone_provider_disabled"),
+            ("UnsupportedGrantType", "unsupported_grant_type"),
+        ];
+        assert_eq!(table.len(), expected.len());
+        for ((name, wire), (want_name, want_wire)) in table.iter().zip(expected) {
+            assert_eq!((name.as_str(), *wire), (want_name, want_wire));
+        }
+        for c in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_value(c).ok(),
+                Some(serde_json::Value::String(c.as_str().to_string()))
+            );
+        }
     }
 }

@@ -1,38 +1,15 @@
 //! Rate limits at the HTTP edge: the decision a request earned, its headers, and the 429.
 
-use std::cell::RefCell;
-
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::{ApiError, Code};
+pub use crate::ratelimit::noted::{note, noted, scope};
 pub use crate::ratelimit::RateLimitSpec;
 use crate::ratelimit::{Decision, Rate, Rates};
 
-tokio::task_local! {
-    static DECISION: RefCell<Option<Decision>>;
-}
-
-/// Runs `fut` with room for the decision the request earns.
-pub async fn scope<F: std::future::Future>(fut: F) -> F::Output {
-    DECISION.scope(RefCell::new(None), fut).await
-}
-
-/// Remembers a decision, so the response carries its headers.
-pub fn note(decision: &Decision) {
-    let _ = DECISION.try_with(|d| *d.borrow_mut() = Some(decision.clone()));
-}
-
-/// The decision noted during this request, if any.
-pub fn noted() -> Option<Decision> {
-    DECISION.try_with(|d| d.borrow_mut().take()).ok().flatten()
-}
-
 /// The windows of the decision noted so far, which stays in place for the response headers.
 pub fn peek_views() -> Option<Vec<WindowView>> {
-    DECISION
-        .try_with(|d| d.borrow().as_ref().map(window_views))
-        .ok()
-        .flatten()
+    crate::ratelimit::noted::peek(window_views)
 }
 
 /// One window's state as `/v1/me` shows it.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
-use secrecy::ExposeSecret;
 use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
@@ -29,34 +28,6 @@ const POLL: Duration = Duration::from_secs(1);
 /// batch would run out before its last mails were tried, and another instance would send
 /// them again; a lease per mail costs one UPDATE, little beside an SMTP dialogue.
 const BATCH: i64 = 1;
-
-/// Checks the email settings (part of `Config::validate`).
-pub fn check_config(c: &Config) -> anyhow::Result<()> {
-    if let Some(u) = &c.smtp_url {
-        let u = u.expose_secret();
-        if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
-            anyhow::bail!("smtp_url must start with smtp:// or smtps://");
-        }
-    }
-    if let Some(s) = &c.site_url {
-        if !(s.starts_with("http://") || s.starts_with("https://")) {
-            anyhow::bail!("site_url must start with http:// or https://");
-        }
-    }
-    if c.mail_from.parse::<Mailbox>().is_err() {
-        anyhow::bail!("mail_from must be an address, e.g. \"Gatehouse <noreply@example.com>\"");
-    }
-    if !(60..=86_400).contains(&c.otp_expiry_seconds) {
-        anyhow::bail!("otp_expiry_seconds must be between 60 and 86400");
-    }
-    if !(0..=86_400).contains(&c.mail_min_interval_seconds) {
-        anyhow::bail!("mail_min_interval_seconds must be between 0 and 86400");
-    }
-    if c.redirect_allowlist.iter().any(|p| p.trim().is_empty()) {
-        anyhow::bail!("redirect_allowlist entries must not be empty");
-    }
-    Ok(())
-}
 
 /// `serve` needs a way to deliver mail: SMTP, or a development setting that makes the
 /// confirmation mail unnecessary (and then mails go to the log and the outbox folder).
@@ -256,6 +227,6 @@ mod tests {
             smtp_url: Some(crate::config::SecretString::from("http://x")),
             ..Config::default()
         };
-        assert!(check_config(&bad).is_err());
+        assert!(bad.check_mail().is_err());
     }
 }

@@ -10,10 +10,13 @@
 //! all admit, and a denial writes nothing (a burst refused by the minute window does not
 //! drain the day window).
 
+pub mod failures;
 mod limiter;
 mod memory;
+pub mod noted;
 mod redis;
 
+pub use failures::FailureBudget;
 pub use limiter::{Limiter, LimiterError};
 pub use memory::MemoryLimiter;
 pub use redis::{RedisFailure, RedisLimiter, RedisLink};

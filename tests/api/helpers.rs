@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 
-use gatehouse::app::{self, AppState};
+use gatehouse::app::AppState;
 use gatehouse::clock::Clock;
 use gatehouse::config::{Config, SecretString};
 use gatehouse::ratelimit::{Rate, Rates};
+use gatehouse::server;
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -271,7 +272,7 @@ impl TestApp {
         let (tx, rx) = oneshot::channel::<()>();
         let s = state.clone();
         let handle = tokio::spawn(async move {
-            app::run(s, listener, async {
+            server::run(s, listener, async {
                 let _ = rx.await;
             })
             .await

@@ -2,9 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use gatehouse::app::{self, AppState};
+use gatehouse::app::AppState;
 use gatehouse::clock::Clock;
 use gatehouse::config::{Config, SecretString};
+use gatehouse::server;
 use serde_json::Value;
 
 use crate::helpers::{test_config, Db, TestApp, TestDb};
@@ -129,11 +130,11 @@ async fn metrics_listen_serves_metrics_alone_and_stops_with_the_server() {
     let state = AppState::build(config, Clock::System).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let main = listener.local_addr().unwrap();
-    let metrics = app::bind_metrics(&state.config).await.unwrap().unwrap();
+    let metrics = server::bind_metrics(&state.config).await.unwrap().unwrap();
     let addr = metrics.local_addr().unwrap();
     assert_ne!(addr.port(), 0);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve(state, listener, Some(metrics), async {
+    let server = tokio::spawn(server::serve(state, listener, Some(metrics), async {
         let _ = stopped.await;
     }));
     let client = reqwest::Client::new();
