@@ -185,10 +185,12 @@ impl AppState {
             .setting_or_insert(WIDGET_SESSION_KEY_SETTING, &tokens::random_token(32))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let bus = crate::fanout::Bus::new(redis.clone(), metrics.clone());
         let widgets = crate::widgets::Widgets::new(
             store.clone(),
             clock.clone(),
             metrics.clone(),
+            bus.clone(),
             widget_key.into_bytes(),
             config.widget_session_seconds,
             redis.clone(),
@@ -207,7 +209,6 @@ impl AppState {
         );
         let auth_failures =
             crate::http::failures::FailureBudget::new(config.rates(Policy::AuthFailures));
-        let bus = crate::fanout::Bus::new(redis.clone(), metrics.clone());
         let state = AppState(Arc::new(AppInner {
             email,
             widgets,

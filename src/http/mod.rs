@@ -123,7 +123,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(api_keys::router().into())
         .merge(chat::router().into())
         .merge(usage::router().into())
-        .merge(widgets::router().into())
+        .merge(widgets::router())
         .merge(webhooks::router().into())
         .layer(api_cors.clone());
 
@@ -134,7 +134,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(openapi::router())
         .merge(metrics::router(state).into())
-        .merge(widget_public::router(state.clone()).into())
+        .merge(widget_public::router(state.clone()))
         .merge(
             OpenApiRouter::from(chat::api_router())
                 .merge(proxy::router().into())
