@@ -182,6 +182,7 @@ impl AppState {
             store.clone(),
             clock.clone(),
             metrics.clone(),
+            bus.clone(),
             widget_key.into_bytes(),
             config.widget_session_seconds,
             redis.clone(),

@@ -208,10 +208,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Widget {
             action: WidgetAction::Token { org, widget },
         } => {
+            let org = crate::ids::OrgId::parse(&org)?;
+            let widget = crate::ids::WidgetId::parse(&widget)?;
             let state = AppState::build(config, Clock::System).await?;
-            let token = crate::http::widgets::mint_for_cli(&state, &org, &widget)
-                .await
-                .map_err(api_error)?;
+            let (token, _) = state.widgets.mint_token(&org, &widget).await?;
             println!("{token}");
             Ok(())
         }

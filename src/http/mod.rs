@@ -123,7 +123,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(api_keys::router())
         .merge(chat::router())
         .merge(usage::router())
-        .merge(widgets::router().into())
+        .merge(widgets::router())
         .merge(webhooks::router().into())
         .layer(api_cors.clone());
 
@@ -134,7 +134,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(openapi::router())
         .merge(metrics::router(state))
-        .merge(widget_public::router(state.clone()).into())
+        .merge(widget_public::router(state.clone()))
         .merge(
             chat::api_router()
                 // `/api/{*rest}` is not in `/openapi.json`: it forwards whatever the backend

@@ -6,29 +6,28 @@
 //! a single answer.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::routing::{get, options};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::chat::Caller;
 use crate::config::Policy;
 use crate::error::{ApiError, Code};
 use crate::http::chat::{answer, check_chat_body, ChatBody};
-use crate::http::envelope::{created, ok, Success};
-use crate::http::extract::{bearer, is_json, parse_json, read_body, ClientIp};
+use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Success};
+use crate::http::extract::{bearer, is_json, parse_json, read_body, ClientIp, Ids};
 use crate::http::limits;
+use crate::ids::WidgetId;
 use crate::ratelimit::Request as LimitRequest;
-use crate::store::{Message, ThreadScope};
-use crate::widgets::{
-    valid_user_id, valid_visitor_id, OpenRequest, Rejection, Session, SignedParts, Widgets,
-};
+use crate::store::Message;
+use crate::widgets::{check_identity, OpenRequest, Rejection, Session, SignedParts, Widgets};
 
 /// The widget script, embedded in the binary.
 static WIDGET_JS: &[u8] = include_bytes!("../../assets/widget.js");
@@ -38,19 +37,35 @@ const SIGNED_HEADERS: &str =
     "authorization, content-type, x-gatehouse-timestamp, x-gatehouse-nonce, x-gatehouse-signature";
 
 /// Routes of this file (absolute paths: they sit beside `/v1`, with their own CORS).
-pub fn router(state: AppState) -> Router<AppState> {
-    let public = Router::new()
-        .route("/v1/widgets/{id}/config", get(config).options(preflight))
-        .route(
-            "/v1/widgets/{id}/session",
-            post(open_session).options(preflight),
-        )
-        .route(
-            "/v1/widgets/{id}/session/renew",
-            post(renew_session).options(preflight),
-        )
-        .route("/v1/widgets/{id}/chat", post(chat).options(preflight))
-        .route("/v1/widgets/{id}/history", get(history).options(preflight))
+/// Preflights and `/widget.js` are plain routes, outside the API description.
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    let mut doc = utoipa::openapi::OpenApi::default();
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "widget_session",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A widget session token (POST /v1/widgets/{id}/session); the request is \
+                         also signed with the session's signing secret (X-Gatehouse-Timestamp, \
+                         X-Gatehouse-Nonce, X-Gatehouse-Signature).",
+                    ))
+                    .build(),
+            ),
+        );
+    let public = OpenApiRouter::with_openapi(doc)
+        .routes(routes!(config))
+        .route("/v1/widgets/{id}/config", options(preflight))
+        .routes(routes!(open_session))
+        .route("/v1/widgets/{id}/session", options(preflight))
+        .routes(routes!(renew_session))
+        .route("/v1/widgets/{id}/session/renew", options(preflight))
+        .routes(routes!(chat))
+        .route("/v1/widgets/{id}/chat", options(preflight))
+        .routes(routes!(history))
+        .route("/v1/widgets/{id}/history", options(preflight))
         .route_layer(middleware::from_fn_with_state(state, cors));
     public.route("/widget.js", get(widget_js))
 }
@@ -60,53 +75,40 @@ fn widget_id(path: &str) -> &str {
     path.split('/').nth(3).unwrap_or("")
 }
 
-fn rejection(r: Rejection) -> ApiError {
-    let (code, message) = match r {
-        Rejection::NotFound => return ApiError::not_found("Widget"),
-        Rejection::Unavailable => {
-            return ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
-        }
-        Rejection::OriginNotAllowed => (
-            Code::Forbidden,
-            "This page's origin is not allowed to use this widget.",
-        ),
-        Rejection::BadToken => (Code::Unauthorized, "The widget token is not valid."),
-        Rejection::BadUserHash => (Code::Unauthorized, "user_hash does not match user_id."),
-        Rejection::MissingSession => (
-            Code::Unauthorized,
-            "A widget session token is required (Authorization: Bearer).",
-        ),
-        Rejection::BadSession => (Code::Unauthorized, "The widget session token is not valid."),
-        Rejection::SessionExpired => (
-            Code::Unauthorized,
-            "The widget session has ended; open a new one.",
-        ),
-        Rejection::BadSignature => (
-            Code::Unauthorized,
-            "The request signature is missing or does not match.",
-        ),
-        Rejection::StaleTimestamp => (
-            Code::Unauthorized,
-            "The request timestamp is more than 5 minutes from the server's clock.",
-        ),
-        Rejection::Replayed => (Code::Unauthorized, "This nonce was already used."),
-    };
-    ApiError::msg(code, message).details(json!({ "reason": r.reason() }))
-}
-
-/// Whether a refusal is a failed credential (a forged or stale token, session or
-/// signature), which spends the client's failure budget (`rate_limit_auth_failures`).
-fn counts(r: Rejection) -> bool {
-    matches!(
-        r,
-        Rejection::BadToken
-            | Rejection::BadUserHash
-            | Rejection::BadSession
-            | Rejection::SessionExpired
-            | Rejection::BadSignature
-            | Rejection::StaleTimestamp
-            | Rejection::Replayed
-    )
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        let (code, message) = match r {
+            Rejection::NotFound => return ApiError::not_found("Widget"),
+            Rejection::Unavailable => {
+                return ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
+            }
+            Rejection::OriginNotAllowed => (
+                Code::Forbidden,
+                "This page's origin is not allowed to use this widget.",
+            ),
+            Rejection::BadToken => (Code::Unauthorized, "The widget token is not valid."),
+            Rejection::BadUserHash => (Code::Unauthorized, "user_hash does not match user_id."),
+            Rejection::MissingSession => (
+                Code::Unauthorized,
+                "A widget session token is required (Authorization: Bearer).",
+            ),
+            Rejection::BadSession => (Code::Unauthorized, "The widget session token is not valid."),
+            Rejection::SessionExpired => (
+                Code::Unauthorized,
+                "The widget session has ended; open a new one.",
+            ),
+            Rejection::BadSignature => (
+                Code::Unauthorized,
+                "The request signature is missing or does not match.",
+            ),
+            Rejection::StaleTimestamp => (
+                Code::Unauthorized,
+                "The request timestamp is more than 5 minutes from the server's clock.",
+            ),
+            Rejection::Replayed => (Code::Unauthorized, "This nonce was already used."),
+        };
+        ApiError::msg(code, message).reason(r.reason())
+    }
 }
 
 /// Per-widget CORS: the allowed origin is reflected (never `*`), preflights answered; a
@@ -117,11 +119,11 @@ async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let id = widget_id(req.uri().path()).to_string();
-    let allowed = match &origin {
-        Some(o) if crate::orgs::check_id(&id, "wgt").is_ok() => state
+    let id = WidgetId::parse(widget_id(req.uri().path())).ok();
+    let allowed = match (&origin, &id) {
+        (Some(o), Some(id)) => state
             .widgets
-            .widget(&id)
+            .widget(id)
             .await
             .ok()
             .and_then(|w| Widgets::allowed_origin(&w, Some(o)))
@@ -135,8 +137,8 @@ async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Respon
             None => {
                 state
                     .metrics
-                    .widget_rejection(Rejection::OriginNotAllowed.reason());
-                rejection(Rejection::OriginNotAllowed).into_response()
+                    .widget_rejection(Rejection::OriginNotAllowed.reason().as_str());
+                ApiError::from(Rejection::OriginNotAllowed).into_response()
             }
         }
     } else {
@@ -235,19 +237,21 @@ pub struct PublicConfig {
 
 /// The widget's public settings (403 unless `Origin` is allowed).
 #[utoipa::path(get, path = "/v1/widgets/{id}/config", tag = "widget",
-    responses((status = 200, body = PublicConfig), (status = 403, description = "origin_not_allowed"), (status = 404, description = "not_found")))]
+    params(("id" = WidgetId, Path, description = "The widget"),
+        ("Origin" = String, Header, description = "The page's origin; must be on the widget's allowlist")),
+    responses((status = 200, description = "The widget's public settings", body = Envelope<PublicConfig>),
+        (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`)"),
+        (status = 403, body = ErrorEnvelope, description = "`forbidden`: the origin is not allowed (`details.reason`: `origin_not_allowed`)"),
+        (status = 404, body = ErrorEnvelope, description = "`not_found`: no such widget"),
+        (status = 429, body = ErrorEnvelope, description = "`rate_limited` (`Retry-After`)"),
+        (status = 503, body = ErrorEnvelope, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)")))]
 pub async fn config(
     State(state): State<AppState>,
     ip: ClientIp,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Ids(id): Ids<WidgetId>,
     headers: HeaderMap,
 ) -> Result<Success<PublicConfig>, ApiError> {
-    crate::orgs::check_id(&id, "wgt")?;
-    let (widget, _) = state
-        .widgets
-        .for_origin(&id, origin(&headers))
-        .await
-        .map_err(rejection)?;
+    let (widget, _) = state.widgets.for_origin(&id, origin(&headers)).await?;
     limit(&state, &id, None, &ip).await?;
     Ok(ok(PublicConfig {
         id: widget.id.clone(),
@@ -295,56 +299,40 @@ impl From<crate::widgets::Opened> for SessionAnswer {
     }
 }
 
-/// Opens a widget session: `Origin` checked, the widget token checked when required.
-#[utoipa::path(post, path = "/v1/widgets/{id}/session", tag = "widget", request_body = SessionBody,
-    responses((status = 201, body = SessionAnswer), (status = 401, description = "bad_token, bad_user_hash"),
-              (status = 403, description = "origin_not_allowed"), (status = 429, description = "rate_limited")))]
+/// Opens a widget session: `Origin` checked, the widget token checked when required. An
+/// empty body is an empty request (a widget that needs no token).
+#[utoipa::path(post, path = "/v1/widgets/{id}/session", tag = "widget",
+    params(("id" = WidgetId, Path, description = "The widget"),
+        ("Origin" = String, Header, description = "The page's origin; must be on the widget's allowlist")),
+    request_body = SessionBody,
+    responses((status = 201, description = "A session", body = Envelope<SessionAnswer>),
+        errors::Body,
+        (status = 401, body = ErrorEnvelope, description = "`unauthorized` (`details.reason`: `bad_token` or `bad_user_hash`)"),
+        (status = 403, body = ErrorEnvelope, description = "`forbidden`: the origin is not allowed (`details.reason`: `origin_not_allowed`)"),
+        (status = 404, body = ErrorEnvelope, description = "`not_found`: no such widget"),
+        (status = 429, body = ErrorEnvelope, description = "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)"),
+        (status = 503, body = ErrorEnvelope, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)")))]
 pub async fn open_session(
     State(state): State<AppState>,
     ip: ClientIp,
+    Ids(id): Ids<WidgetId>,
     req: Request,
 ) -> Result<Success<SessionAnswer>, ApiError> {
-    let id = widget_id(req.uri().path()).to_string();
-    crate::orgs::check_id(&id, "wgt")?;
     let headers = req.headers().clone();
     let json = is_json(&headers);
     let raw = read_body(req, &state).await?;
-    // An empty body is an empty request (a widget that needs no token).
     let body: SessionBody = if raw.iter().all(u8::is_ascii_whitespace) {
         SessionBody::default()
     } else {
         parse_json(json, &raw)?
     };
-    if let Some(v) = &body.visitor_id {
-        if !valid_visitor_id(v) {
-            return Err(ApiError::field(
-                "visitor_id",
-                "must be a visitor id from an earlier session (vis_ and 32 hex digits)",
-            ));
-        }
-    }
-    let user = match (&body.user_id, &body.user_hash) {
-        (Some(u), Some(h)) if valid_user_id(u) => Some((u.as_str(), h.as_str())),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::field(
-                "user_id",
-                "must be 1-128 characters without control characters",
-            ))
-        }
-        (None, None) => None,
-        _ => {
-            return Err(ApiError::field(
-                "user_hash",
-                "user_id and user_hash go together",
-            ))
-        }
-    };
+    let user = check_identity(
+        body.visitor_id.as_deref(),
+        body.user_id.as_deref(),
+        body.user_hash.as_deref(),
+    )?;
     // The origin first: a page elsewhere learns nothing, and spends nothing of the widget's limits.
-    state
-        .widgets
-        .for_origin(&id, origin(&headers))
-        .await
-        .map_err(rejection)?;
+    state.widgets.for_origin(&id, origin(&headers)).await?;
     limit(&state, &id, None, &ip).await?;
     crate::http::failures::admit(&state, &ip).await?;
     let opened = state
@@ -360,15 +348,17 @@ pub async fn open_session(
         )
         .await;
     if let Err(r) = &opened {
-        if counts(*r) {
+        if r.is_failed_credential() {
             crate::http::failures::spend(&state, &ip).await;
         }
     }
-    Ok(created(opened.map_err(rejection)?.into()))
+    Ok(created(opened?.into()))
 }
 
 /// A verified signed call: the session and the raw body it signed.
 pub struct SignedCall {
+    /// The widget in the path.
+    pub id: WidgetId,
     /// The session.
     pub session: Session,
     /// The exact bytes that were signed.
@@ -382,14 +372,11 @@ impl FromRequest<AppState> for SignedCall {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let (mut parts, body) = req.into_parts();
-        let ip = <ClientIp as axum::extract::FromRequestParts<AppState>>::from_request_parts(
-            &mut parts, state,
-        )
-        .await
-        .unwrap_or(ClientIp(std::net::IpAddr::from([127, 0, 0, 1])));
+        let ip = ClientIp::from_request_parts(&mut parts, state)
+            .await
+            .unwrap_or(ClientIp(std::net::IpAddr::from([127, 0, 0, 1])));
+        let Ids(id) = Ids::<WidgetId>::from_request_parts(&mut parts, state).await?;
         let path = parts.uri.path().to_string();
-        let id = widget_id(&path).to_string();
-        crate::orgs::check_id(&id, "wgt")?;
         let h = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let raw = read_body(Request::from_parts(parts.clone(), body), state).await?;
         crate::http::failures::admit(state, &ip).await?;
@@ -410,13 +397,14 @@ impl FromRequest<AppState> for SignedCall {
             )
             .await;
         if let Err(r) = &verified {
-            if counts(*r) {
+            if r.is_failed_credential() {
                 crate::http::failures::spend(state, &ip).await;
             }
         }
-        let session = verified.map_err(rejection)?;
+        let session = verified?;
         limit(state, &id, Some(&session.claims.sid), &ip).await?;
         Ok(SignedCall {
+            id,
             session,
             body: raw,
             json: is_json(&parts.headers),
@@ -424,9 +412,23 @@ impl FromRequest<AppState> for SignedCall {
     }
 }
 
-/// Renews a session before it ends (signed with the current one; body `{}`).
+/// Renews a session before it ends (signed with the current one; the body is ignored, `{}`
+/// by convention).
 #[utoipa::path(post, path = "/v1/widgets/{id}/session/renew", tag = "widget",
-    responses((status = 201, body = SessionAnswer), (status = 401, description = "session_expired, bad_signature, stale_timestamp, replayed")))]
+    security(("widget_session" = [])),
+    params(("id" = WidgetId, Path, description = "The widget"),
+        ("Origin" = String, Header, description = "The session's origin"),
+        ("X-Gatehouse-Timestamp" = String, Header, description = "Unix seconds, within 5 minutes of the server's clock"),
+        ("X-Gatehouse-Nonce" = String, Header, description = "Single-use within the session"),
+        ("X-Gatehouse-Signature" = String, Header, description = "Hex HMAC-SHA256 of the request with the session's signing secret")),
+    responses((status = 201, description = "A fresh session for the same visitor and origin", body = Envelope<SessionAnswer>),
+        (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`)"),
+        (status = 401, body = ErrorEnvelope, description = "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)"),
+        (status = 403, body = ErrorEnvelope, description = "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`)"),
+        (status = 404, body = ErrorEnvelope, description = "`not_found`: no such widget"),
+        (status = 413, body = ErrorEnvelope, description = "`payload_too_large`"),
+        (status = 429, body = ErrorEnvelope, description = "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)"),
+        (status = 503, body = ErrorEnvelope, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)")))]
 pub async fn renew_session(
     State(state): State<AppState>,
     call: SignedCall,
@@ -446,23 +448,34 @@ fn visitor_caller(s: &Session) -> Caller {
 
 /// A visitor's message (signed). Without `thread_id`, the visitor's latest conversation
 /// continues, across sessions.
-#[utoipa::path(post, path = "/v1/widgets/{id}/chat", tag = "widget", request_body = ChatBody,
-    responses((status = 200, body = crate::http::chat::ChatAnswer, description = "The answer; with `stream: true`, `text/event-stream` of `delta` events and a final `done` event"),
-              (status = 401, description = "bad_signature, stale_timestamp, replayed, session_expired"),
-              (status = 403, description = "origin_not_allowed"), (status = 429, description = "rate_limited")))]
+#[utoipa::path(post, path = "/v1/widgets/{id}/chat", tag = "widget",
+    security(("widget_session" = [])),
+    params(("id" = WidgetId, Path, description = "The widget"),
+        ("Origin" = String, Header, description = "The session's origin"),
+        ("X-Gatehouse-Timestamp" = String, Header, description = "Unix seconds, within 5 minutes of the server's clock"),
+        ("X-Gatehouse-Nonce" = String, Header, description = "Single-use within the session"),
+        ("X-Gatehouse-Signature" = String, Header, description = "Hex HMAC-SHA256 of the request with the session's signing secret")),
+    request_body = ChatBody,
+    responses((status = 200, description = "The answer; with `stream: true`, `text/event-stream` of `delta` events and a final `done` event",
+            body = Envelope<crate::http::chat::ChatAnswer>),
+        (status = 404, body = ErrorEnvelope, description = "`not_found`: no such widget, or no such thread of this visitor"),
+        (status = 415, body = ErrorEnvelope, description = "`unsupported_media_type`: the body must be JSON"),
+        (status = 422, body = ErrorEnvelope, description = "`validation_failed`: `details.fields` names each invalid field"),
+        (status = 502, body = ErrorEnvelope, description = "`upstream_error`: the model server failed"),
+        (status = 504, body = ErrorEnvelope, description = "`upstream_timeout`: the model server did not answer in time"),
+        (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`), or a body that is not valid JSON of this shape"),
+        (status = 401, body = ErrorEnvelope, description = "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)"),
+        (status = 403, body = ErrorEnvelope, description = "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`)"),
+        (status = 413, body = ErrorEnvelope, description = "`payload_too_large`"),
+        (status = 429, body = ErrorEnvelope, description = "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)"),
+        (status = 503, body = ErrorEnvelope, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)")))]
 pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Response, ApiError> {
     let body: ChatBody = parse_json(call.json, &call.body)?;
     check_chat_body(&body)?;
     let caller = visitor_caller(&call.session);
     let latest = match body.thread_id {
         Some(_) => None,
-        None => {
-            let scope = ThreadScope::Visitor(
-                call.session.claims.org.clone(),
-                call.session.claims.vis.clone(),
-            );
-            state.store.threads(&scope, 1).await?.into_iter().next()
-        }
+        None => state.widgets.latest_thread(&call.session).await?,
     };
     answer(&state, caller, body, latest).await
 }
@@ -478,20 +491,25 @@ pub struct History {
 
 /// The visitor's latest conversation, to redraw it after a reload (signed; empty body).
 #[utoipa::path(get, path = "/v1/widgets/{id}/history", tag = "widget",
-    responses((status = 200, body = History), (status = 401, description = "bad_signature, stale_timestamp, replayed, session_expired")))]
+    security(("widget_session" = [])),
+    params(("id" = WidgetId, Path, description = "The widget"),
+        ("Origin" = String, Header, description = "The session's origin"),
+        ("X-Gatehouse-Timestamp" = String, Header, description = "Unix seconds, within 5 minutes of the server's clock"),
+        ("X-Gatehouse-Nonce" = String, Header, description = "Single-use within the session"),
+        ("X-Gatehouse-Signature" = String, Header, description = "Hex HMAC-SHA256 of the request with the session's signing secret")),
+    responses((status = 200, description = "The latest conversation", body = Envelope<History>),
+        (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`)"),
+        (status = 401, body = ErrorEnvelope, description = "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)"),
+        (status = 403, body = ErrorEnvelope, description = "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`)"),
+        (status = 404, body = ErrorEnvelope, description = "`not_found`: no such widget"),
+        (status = 413, body = ErrorEnvelope, description = "`payload_too_large`"),
+        (status = 429, body = ErrorEnvelope, description = "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)"),
+        (status = 503, body = ErrorEnvelope, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)")))]
 pub async fn history(
     State(state): State<AppState>,
     call: SignedCall,
 ) -> Result<Success<History>, ApiError> {
-    let scope = ThreadScope::Visitor(
-        call.session.claims.org.clone(),
-        call.session.claims.vis.clone(),
-    );
-    let thread = state.store.threads(&scope, 1).await?.into_iter().next();
-    let messages = match &thread {
-        Some(t) => state.store.recent_messages(&t.id, 100).await?,
-        None => Vec::new(),
-    };
+    let (thread, messages) = state.widgets.history(&call.session, 100).await?;
     Ok(ok(History {
         thread_id: thread.map(|t| t.id),
         messages,

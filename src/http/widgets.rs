@@ -1,129 +1,49 @@
 //! `/v1/orgs/{org}/widgets`: an organization's widgets, their secrets and widget tokens.
 
-use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
-use crate::auth::widget::{self as w, AllowedOrigin};
 use crate::domain::permissions::Permission;
 use crate::error::ApiError;
-use crate::http::envelope::{created, ok, Success};
-use crate::http::extract::{ApiJson, ClientIp, Principal};
-use crate::http::orgs::{audit, org_access};
-use crate::orgs::{check_id, check_name};
-use crate::store::{StoreError, WidgetChange, WidgetRecord};
+use crate::http::envelope::{created, errors, ok, Envelope, Success};
+use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
+use crate::http::orgs::org_access;
+use crate::ids::{OrgId, WidgetId};
+use crate::orgs::Access;
+use crate::store::WidgetRecord;
+use crate::widgets::{Actor, NewWidget, WidgetEdit, WidgetError, WidgetSettings, WithSecret};
 
 /// Routes of this file.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/orgs/{org}/widgets",
-            get(list_widgets).post(create_widget),
-        )
-        .route(
-            "/v1/orgs/{org}/widgets/{id}",
-            get(get_widget).patch(update_widget).delete(delete_widget),
-        )
-        .route(
-            "/v1/orgs/{org}/widgets/{id}/rotate-secret",
-            post(rotate_secret),
-        )
-        .route("/v1/orgs/{org}/widgets/{id}/tokens", post(mint_token))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_widgets, create_widget))
+        .routes(routes!(get_widget, update_widget, delete_widget))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(mint_token))
 }
 
-const MAX_ORIGINS: usize = 50;
-
-/// The public look of a widget; every field optional on input (defaults apply).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WidgetSettings {
-    /// The panel's title (1-80 characters); default "Chat with us".
-    pub title: Option<String>,
-    /// The first message a visitor sees (at most 500 characters); default "Hi! How can we help?".
-    pub greeting: Option<String>,
-    /// `bottom-right` (default) or `bottom-left`.
-    pub position: Option<String>,
-    /// `#rrggbb`; default `#2563eb`.
-    pub accent_color: Option<String>,
-}
-
-/// Checks settings and lays them over `base` (the stored ones, or the defaults).
-fn merge_settings(base: &Value, given: WidgetSettings) -> Result<Value, ApiError> {
-    let mut out: Map<String, Value> = base.as_object().cloned().unwrap_or_default();
-    if let Some(t) = given.title {
-        out.insert("title".into(), json!(check_name("settings.title", &t, 80)?));
-    }
-    if let Some(g) = given.greeting {
-        if g.chars().count() > 500 || g.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(ApiError::field(
-                "settings.greeting",
-                "must be at most 500 characters of text",
-            ));
-        }
-        out.insert("greeting".into(), json!(g.trim()));
-    }
-    if let Some(p) = given.position {
-        if p != "bottom-right" && p != "bottom-left" {
-            return Err(ApiError::field(
-                "settings.position",
-                "must be bottom-right or bottom-left",
-            ));
-        }
-        out.insert("position".into(), json!(p));
-    }
-    if let Some(c) = given.accent_color {
-        let ok =
-            c.len() == 7 && c.starts_with('#') && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit());
-        if !ok {
-            return Err(ApiError::field(
-                "settings.accent_color",
-                "must be a colour like #2563eb",
-            ));
-        }
-        out.insert("accent_color".into(), json!(c.to_ascii_lowercase()));
-    }
-    Ok(Value::Object(out))
-}
-
-fn default_settings() -> Value {
-    json!({
-        "title": "Chat with us",
-        "greeting": "Hi! How can we help?",
-        "position": "bottom-right",
-        "accent_color": "#2563eb",
-    })
-}
-
-/// Parses, normalises and de-duplicates an allowlist.
-fn check_origins(list: &[String]) -> Result<Vec<String>, ApiError> {
-    if list.len() > MAX_ORIGINS {
-        return Err(ApiError::field(
-            "allowed_origins",
-            "must hold at most 50 origins",
-        ));
-    }
-    let mut out: Vec<String> = Vec::new();
-    for (i, o) in list.iter().enumerate() {
-        let parsed = AllowedOrigin::parse(o)
-            .map_err(|why| ApiError::field(&format!("allowed_origins[{i}]"), why))?
-            .as_string();
-        if !out.contains(&parsed) {
-            out.push(parsed);
+impl From<WidgetError> for ApiError {
+    fn from(e: WidgetError) -> Self {
+        match e {
+            WidgetError::NotFound => ApiError::not_found("Widget"),
+            WidgetError::Invalid { field, problem } => ApiError::field(&field, &problem),
+            WidgetError::Store(e) => e.into(),
         }
     }
-    Ok(out)
 }
 
 /// A widget as listed: never its secret.
 #[derive(Serialize, ToSchema)]
 pub struct WidgetView {
     /// `wgt_…`.
+    #[schema(value_type = WidgetId)]
     pub id: String,
     /// The organization.
+    #[schema(value_type = OrgId)]
     pub org_id: String,
     /// Name.
     pub name: String,
@@ -136,7 +56,7 @@ pub struct WidgetView {
     pub require_token: bool,
     /// Unix ms of the last secret rotation.
     pub secret_rotated_at: i64,
-    /// Creator.
+    /// Creator: `user:{id}`, `api_key:{id}` or `cli`.
     pub created_by: String,
     /// Unix ms.
     pub created_at: i64,
@@ -195,14 +115,30 @@ pub struct WidgetWithSecret {
     pub widget: WidgetView,
 }
 
+fn with_secret(state: &AppState, w: WithSecret) -> WidgetWithSecret {
+    WidgetWithSecret {
+        widget: view(state, &w.widget),
+        secret: w.secret,
+    }
+}
+
+/// The audit log's actor for a caller.
+fn actor(access: &Access, ip: &ClientIp) -> Actor {
+    Actor {
+        actor: access.actor.clone(),
+        ip: Some(ip.0.to_string()),
+    }
+}
+
 /// A widget to create.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWidgetBody {
-    /// 1-100 characters.
+    /// 1-100 characters once trimmed.
     pub name: String,
     /// At most 50: `https://app.example.com`, `http://localhost:3000`, `https://*.example.com`.
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub allowed_origins: Vec<String>,
     /// The widget's look.
     pub settings: Option<WidgetSettings>,
@@ -211,100 +147,75 @@ pub struct CreateWidgetBody {
 }
 
 /// Creates a widget (`widgets:write`); the answer holds its secret, shown once.
-#[utoipa::path(post, path = "/v1/orgs/{org}/widgets", tag = "widgets", request_body = CreateWidgetBody,
-    responses((status = 201, body = WidgetWithSecret), (status = 403, description = "forbidden"), (status = 422, description = "validation_failed")))]
+#[utoipa::path(post, path = "/v1/orgs/{org}/widgets", tag = "widgets",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization")),
+    request_body = CreateWidgetBody,
+    responses((status = 201, description = "The widget and its secret", body = Envelope<WidgetWithSecret>),
+        errors::Auth, errors::Org, errors::Body))]
 pub async fn create_widget(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     ApiJson(body): ApiJson<CreateWidgetBody>,
 ) -> Result<Success<WidgetWithSecret>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require(Permission::WidgetsWrite)?;
-    let name = check_name("name", &body.name, 100)?;
-    let allowed_origins = check_origins(&body.allowed_origins)?;
-    let settings = merge_settings(&default_settings(), body.settings.unwrap_or_default())?;
-    let now = state.clock.now_ms();
-    let widget = WidgetRecord {
-        id: format!("wgt_{}", uuid::Uuid::new_v4().simple()),
-        org_id: org.clone(),
-        name,
-        allowed_origins,
-        settings,
-        require_token: body.require_token.unwrap_or(true),
-        secret: w::new_secret(),
-        secret_rotated_at: now,
-        created_by: a.actor.clone(),
-        created_at: now,
-        updated_at: now,
+    let new = NewWidget {
+        name: body.name,
+        allowed_origins: body.allowed_origins,
+        settings: body.settings,
+        require_token: body.require_token,
     };
-    state
-        .store
-        .create_widget(&widget, &audit(&state, &a, &ip))
-        .await?;
-    Ok(created(WidgetWithSecret {
-        secret: widget.secret.clone(),
-        widget: view(&state, &widget),
-    }))
+    let made = state.widgets.create(&org, &actor(&a, &ip), new).await?;
+    Ok(created(with_secret(&state, made)))
 }
 
-/// The organization's widgets.
-#[utoipa::path(get, path = "/v1/orgs/{org}/widgets", tag = "widgets", responses((status = 200, body = [WidgetView])))]
+/// The organization's widgets (`widgets:read`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/widgets", tag = "widgets",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization")),
+    responses((status = 200, description = "The widgets", body = Envelope<Vec<WidgetView>>),
+        errors::Auth, errors::Org))]
 pub async fn list_widgets(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
 ) -> Result<Success<Vec<WidgetView>>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
         .require(Permission::WidgetsRead)?;
-    Ok(ok(state
-        .store
-        .widgets(&org)
-        .await?
-        .iter()
-        .map(|w| view(&state, w))
-        .collect()))
+    let widgets = state.widgets.list(&org).await?;
+    Ok(ok(widgets.iter().map(|w| view(&state, w)).collect()))
 }
 
-async fn find(state: &AppState, org: &str, id: &str) -> Result<WidgetRecord, ApiError> {
-    check_id(id, "wgt")?;
-    state
-        .store
-        .widget(org, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Widget"))
-}
-
-fn not_found(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::not_found("Widget"),
-        other => other.into(),
-    }
-}
-
-/// One widget.
+/// One widget (`widgets:read`).
 #[utoipa::path(get, path = "/v1/orgs/{org}/widgets/{id}", tag = "widgets",
-    responses((status = 200, body = WidgetView), (status = 404, description = "not_found")))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"),
+        ("id" = WidgetId, Path, description = "The widget")),
+    responses((status = 200, description = "The widget", body = Envelope<WidgetView>),
+        errors::Auth, errors::Org))]
 pub async fn get_widget(
     State(state): State<AppState>,
     principal: Principal,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, WidgetId)>,
 ) -> Result<Success<WidgetView>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
         .require(Permission::WidgetsRead)?;
-    Ok(ok(view(&state, &find(&state, &org, &id).await?)))
+    Ok(ok(view(&state, &state.widgets.get(&org, &id).await?)))
 }
 
 /// Changes to a widget; absent fields stay as they are.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWidgetBody {
-    /// 1-100 characters.
+    /// 1-100 characters once trimmed.
     pub name: Option<String>,
-    /// Replaces the allowlist.
+    /// Replaces the allowlist (at most 50).
+    #[schema(max_items = 50)]
     pub allowed_origins: Option<Vec<String>>,
     /// Changes only the settings given.
     pub settings: Option<WidgetSettings>,
@@ -313,91 +224,77 @@ pub struct UpdateWidgetBody {
 }
 
 /// Changes a widget (`widgets:write`); applies at once on every instance.
-#[utoipa::path(patch, path = "/v1/orgs/{org}/widgets/{id}", tag = "widgets", request_body = UpdateWidgetBody,
-    responses((status = 200, body = WidgetView), (status = 404, description = "not_found"), (status = 422, description = "validation_failed")))]
+#[utoipa::path(patch, path = "/v1/orgs/{org}/widgets/{id}", tag = "widgets",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"),
+        ("id" = WidgetId, Path, description = "The widget")),
+    request_body = UpdateWidgetBody,
+    responses((status = 200, description = "The changed widget", body = Envelope<WidgetView>),
+        errors::Auth, errors::Org, errors::Body))]
 pub async fn update_widget(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, WidgetId)>,
     ApiJson(body): ApiJson<UpdateWidgetBody>,
 ) -> Result<Success<WidgetView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require(Permission::WidgetsWrite)?;
-    let current = find(&state, &org, &id).await?;
-    let change = WidgetChange {
-        name: body.name.map(|n| check_name("name", &n, 100)).transpose()?,
-        allowed_origins: body
-            .allowed_origins
-            .map(|o| check_origins(&o))
-            .transpose()?,
-        settings: body
-            .settings
-            .map(|s| merge_settings(&current.settings, s))
-            .transpose()?,
+    let edit = WidgetEdit {
+        name: body.name,
+        allowed_origins: body.allowed_origins,
+        settings: body.settings,
         require_token: body.require_token,
     };
     let widget = state
-        .store
-        .update_widget(&org, &id, &change, &audit(&state, &a, &ip))
-        .await
-        .map_err(not_found)?;
-    state
-        .invalidate(crate::fanout::Invalidation::Widget(id))
-        .await;
+        .widgets
+        .update(&org, &id, &actor(&a, &ip), edit)
+        .await?;
     Ok(ok(view(&state, &widget)))
 }
 
-/// Deletes a widget: its sessions end at once; its visitors' threads stay with the
-/// organization.
+/// Deletes a widget (`widgets:write`): its sessions end at once; its visitors' threads stay
+/// with the organization.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/widgets/{id}", tag = "widgets",
-    responses((status = 200, body = WidgetView), (status = 404, description = "not_found")))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"),
+        ("id" = WidgetId, Path, description = "The widget")),
+    responses((status = 200, description = "The deleted widget", body = Envelope<WidgetView>),
+        errors::Auth, errors::Org))]
 pub async fn delete_widget(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, WidgetId)>,
 ) -> Result<Success<WidgetView>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require(Permission::WidgetsWrite)?;
-    check_id(&id, "wgt")?;
-    let widget = state
-        .store
-        .delete_widget(&org, &id, &audit(&state, &a, &ip))
-        .await
-        .map_err(not_found)?;
-    state
-        .invalidate(crate::fanout::Invalidation::Widget(id))
-        .await;
+    let widget = state.widgets.delete(&org, &id, &actor(&a, &ip)).await?;
     Ok(ok(view(&state, &widget)))
 }
 
 /// Issues a new signing secret (`widgets:write`): every widget token and session of the
 /// widget stops working at once; mint new tokens and update your `user_hash` code.
 #[utoipa::path(post, path = "/v1/orgs/{org}/widgets/{id}/rotate-secret", tag = "widgets",
-    responses((status = 200, body = WidgetWithSecret), (status = 404, description = "not_found")))]
+    operation_id = "rotate_widget_secret",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"),
+        ("id" = WidgetId, Path, description = "The widget")),
+    responses((status = 200, description = "The widget and its new secret", body = Envelope<WidgetWithSecret>),
+        errors::Auth, errors::Org))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, WidgetId)>,
 ) -> Result<Success<WidgetWithSecret>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require(Permission::WidgetsWrite)?;
-    check_id(&id, "wgt")?;
-    let secret = w::new_secret();
-    let widget = state
-        .store
-        .rotate_widget_secret(&org, &id, &secret, &audit(&state, &a, &ip))
-        .await
-        .map_err(not_found)?;
-    state
-        .invalidate(crate::fanout::Invalidation::Widget(id))
-        .await;
-    Ok(ok(WidgetWithSecret {
-        secret,
-        widget: view(&state, &widget),
-    }))
+    let rotated = state
+        .widgets
+        .rotate_secret(&org, &id, &actor(&a, &ip))
+        .await?;
+    Ok(ok(with_secret(&state, rotated)))
 }
 
 /// A widget token and the tag that embeds it.
@@ -406,6 +303,7 @@ pub struct WidgetToken {
     /// base64url(`{org_id}:{widget_id}:{nonce}:{signature}`): public, for `data-key`.
     pub token: String,
     /// The widget.
+    #[schema(value_type = WidgetId)]
     pub widget_id: String,
     /// The `<script>` tag with this token.
     pub embed: String,
@@ -414,27 +312,23 @@ pub struct WidgetToken {
 /// Mints a widget token (`widgets:write`). Tokens are not stored: any number may be
 /// minted, and rotating the secret revokes them all.
 #[utoipa::path(post, path = "/v1/orgs/{org}/widgets/{id}/tokens", tag = "widgets",
-    responses((status = 201, body = WidgetToken), (status = 404, description = "not_found")))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    params(("org" = OrgId, Path, description = "The organization"),
+        ("id" = WidgetId, Path, description = "The widget")),
+    responses((status = 201, description = "A widget token", body = Envelope<WidgetToken>),
+        errors::Auth, errors::Org))]
 pub async fn mint_token(
     State(state): State<AppState>,
     principal: Principal,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, WidgetId)>,
 ) -> Result<Success<WidgetToken>, ApiError> {
     org_access(&state, &principal, &org)
         .await?
         .require(Permission::WidgetsWrite)?;
-    let widget = find(&state, &org, &id).await?;
-    let token = w::mint_token(&widget.secret, &widget.org_id, &widget.id);
+    let (token, widget) = state.widgets.mint_token(&org, &id).await?;
     Ok(created(WidgetToken {
         embed: embed(&state, &widget, Some(&token)),
         widget_id: widget.id,
         token,
     }))
-}
-
-/// The token for the command line (`gatehouse widget token`).
-pub async fn mint_for_cli(state: &AppState, org: &str, id: &str) -> Result<String, ApiError> {
-    check_id(org, "org")?;
-    let widget = find(state, org, id).await?;
-    Ok(w::mint_token(&widget.secret, &widget.org_id, &widget.id))
 }

@@ -1017,3 +1017,82 @@ story!(
         app
     }
 );
+
+story!(
+    the_widget_routes_are_described_with_their_ids_and_credentials,
+    |app: TestApp| async move {
+        let doc: Value = app
+            .client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+        let managed = [
+            ("/v1/orgs/{org}/widgets", "get", "list_widgets"),
+            ("/v1/orgs/{org}/widgets", "post", "create_widget"),
+            ("/v1/orgs/{org}/widgets/{id}", "get", "get_widget"),
+            ("/v1/orgs/{org}/widgets/{id}", "patch", "update_widget"),
+            ("/v1/orgs/{org}/widgets/{id}", "delete", "delete_widget"),
+            (
+                "/v1/orgs/{org}/widgets/{id}/rotate-secret",
+                "post",
+                "rotate_widget_secret",
+            ),
+            ("/v1/orgs/{org}/widgets/{id}/tokens", "post", "mint_token"),
+        ];
+        for (path, method, id) in managed {
+            let o = op(path, method);
+            assert_eq!(o["operationId"], id, "{method} {path}");
+            let params: Vec<&str> = o["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            let wanted: Vec<&str> = if path.contains("{id}") {
+                vec!["org", "id"]
+            } else {
+                vec!["org"]
+            };
+            assert_eq!(params, wanted, "{method} {path}");
+            assert!(o["security"].as_array().unwrap().len() == 3, "{path}");
+            assert!(o["responses"]["401"].is_object() && o["responses"]["403"].is_object());
+        }
+        for (path, method) in [
+            ("/v1/widgets/{id}/config", "get"),
+            ("/v1/widgets/{id}/session", "post"),
+            ("/v1/widgets/{id}/session/renew", "post"),
+            ("/v1/widgets/{id}/chat", "post"),
+            ("/v1/widgets/{id}/history", "get"),
+        ] {
+            let o = op(path, method);
+            let names: Vec<&str> = o["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert!(
+                names.contains(&"id") && names.contains(&"Origin"),
+                "{path}: {names:?}"
+            );
+            let signed = !path.ends_with("/config") && !path.ends_with("/session");
+            assert_eq!(
+                o["security"][0]["widget_session"].is_array(),
+                signed,
+                "{path}"
+            );
+            if signed {
+                assert!(names.contains(&"X-Gatehouse-Signature"), "{path}");
+            }
+        }
+        assert!(doc["components"]["securitySchemes"]["widget_session"].is_object());
+        assert!(doc["paths"]["/widget.js"].is_null());
+        app
+    }
+);

@@ -1,18 +1,44 @@
-//! The public widget flow's checks: the widget and its allowed origins (cached), widget
-//! tokens, identified visitors, stateless session tokens, request signatures and the
-//! per-session replay cache. Nothing here touches storage on a warm cache.
+//! The widget service: an organization's widgets (see [`manage`]) and the public flow a
+//! visitor's page runs: the widget and its allowed origins (cached), widget tokens,
+//! identified visitors, stateless session tokens, request signatures and the per-session
+//! replay cache. Nothing in the public flow touches storage on a warm cache.
+
+pub mod manage;
+pub mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-
 use crate::auth::widget::{self as w, AllowedOrigin, SessionClaims, SignatureError};
 use crate::clock::Clock;
+use crate::error::Reason;
+use crate::fanout::Bus;
+use crate::ids::{VisitorId, WidgetId};
 use crate::metrics::Metrics;
 use crate::ratelimit::RedisLink;
-use crate::store::{Store, WidgetRecord};
+use crate::store::{Message, Store, StoreError, Thread, ThreadScope, WidgetRecord};
+
+pub use manage::{Actor, NewWidget, WidgetEdit, WithSecret};
+pub use settings::WidgetSettings;
+
+/// Why a widget use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WidgetError {
+    /// No such widget in the organization.
+    #[error("Widget not found.")]
+    NotFound,
+    /// An input value is invalid: `field` and what is wrong with it.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The field, as the caller named it (`settings.title`, `allowed_origins[2]`).
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Storage failed or refused the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Why a public widget request was refused; `reason()` is `details.reason` on the wire and
 /// the label of `gatehouse_widget_rejections_total`.
@@ -44,20 +70,35 @@ pub enum Rejection {
 
 impl Rejection {
     /// The wire reason.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            Rejection::NotFound => "not_found",
-            Rejection::OriginNotAllowed => "origin_not_allowed",
-            Rejection::BadToken => "bad_token",
-            Rejection::BadUserHash => "bad_user_hash",
-            Rejection::MissingSession => "missing",
-            Rejection::BadSession => "bad_session",
-            Rejection::SessionExpired => "session_expired",
-            Rejection::BadSignature => "bad_signature",
-            Rejection::StaleTimestamp => "stale_timestamp",
-            Rejection::Replayed => "replayed",
-            Rejection::Unavailable => "unavailable",
+            Rejection::NotFound => Reason::NotFound,
+            Rejection::OriginNotAllowed => Reason::OriginNotAllowed,
+            Rejection::BadToken => Reason::BadToken,
+            Rejection::BadUserHash => Reason::BadUserHash,
+            Rejection::MissingSession => Reason::Missing,
+            Rejection::BadSession => Reason::BadSession,
+            Rejection::SessionExpired => Reason::SessionExpired,
+            Rejection::BadSignature => Reason::BadSignature,
+            Rejection::StaleTimestamp => Reason::StaleTimestamp,
+            Rejection::Replayed => Reason::Replayed,
+            Rejection::Unavailable => Reason::Unavailable,
         }
+    }
+
+    /// Whether the refusal is a failed credential (a forged or stale token, session or
+    /// signature), which spends the client's failure budget (`rate_limit_auth_failures`).
+    pub fn is_failed_credential(self) -> bool {
+        matches!(
+            self,
+            Rejection::BadToken
+                | Rejection::BadUserHash
+                | Rejection::BadSession
+                | Rejection::SessionExpired
+                | Rejection::BadSignature
+                | Rejection::StaleTimestamp
+                | Rejection::Replayed
+        )
     }
 }
 
@@ -123,6 +164,7 @@ pub struct Widgets {
     store: Store,
     clock: Clock,
     metrics: Arc<Metrics>,
+    bus: Bus,
     key: Arc<[u8]>,
     session_ms: i64,
     cache: moka::future::Cache<String, Option<Arc<WidgetRecord>>>,
@@ -150,13 +192,43 @@ pub fn valid_user_id(u: &str) -> bool {
     !u.is_empty() && u.len() <= 128 && u.chars().all(|c| !c.is_control())
 }
 
+/// Checks the shapes of what a page sends to open a session: a visitor id from an earlier
+/// session, and an identified visitor's `user_id` with its `user_hash` (both or neither).
+/// Returns the identified visitor as `(user_id, user_hash)`.
+pub fn check_identity<'a>(
+    visitor_id: Option<&str>,
+    user_id: Option<&'a str>,
+    user_hash: Option<&'a str>,
+) -> Result<Option<(&'a str, &'a str)>, WidgetError> {
+    if visitor_id.is_some_and(|v| !valid_visitor_id(v)) {
+        return Err(WidgetError::Invalid {
+            field: "visitor_id".into(),
+            problem: "must be a visitor id from an earlier session (vis_ and 32 hex digits)".into(),
+        });
+    }
+    match (user_id, user_hash) {
+        (Some(u), Some(h)) if valid_user_id(u) => Ok(Some((u, h))),
+        (Some(_), Some(_)) => Err(WidgetError::Invalid {
+            field: "user_id".into(),
+            problem: "must be 1-128 characters without control characters".into(),
+        }),
+        (None, None) => Ok(None),
+        _ => Err(WidgetError::Invalid {
+            field: "user_hash".into(),
+            problem: "user_id and user_hash go together".into(),
+        }),
+    }
+}
+
 impl Widgets {
     /// The service over `store`; `key` signs session tokens and derives their secrets;
-    /// `redis`, when present, shares the replay cache between instances.
+    /// `redis`, when present, shares the replay cache between instances; `bus` carries
+    /// changes to the other instances' caches.
     pub fn new(
         store: Store,
         clock: Clock,
         metrics: Arc<Metrics>,
+        bus: Bus,
         key: Vec<u8>,
         session_seconds: u64,
         redis: Option<RedisLink>,
@@ -165,6 +237,7 @@ impl Widgets {
             store,
             clock,
             metrics,
+            bus,
             key: key.into(),
             session_ms: i64::try_from(session_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
             cache: moka::future::Cache::builder()
@@ -182,14 +255,14 @@ impl Widgets {
     }
 
     fn reject(&self, r: Rejection) -> Rejection {
-        self.metrics.widget_rejection(r.reason());
+        self.metrics.widget_rejection(r.reason().as_str());
         r
     }
 
     /// The widget, from memory when possible.
-    pub async fn widget(&self, id: &str) -> Result<Arc<WidgetRecord>, Rejection> {
+    pub async fn widget(&self, id: &WidgetId) -> Result<Arc<WidgetRecord>, Rejection> {
         let store = self.store.clone();
-        let key = id.to_string();
+        let key = id.as_str().to_string();
         let found = self
             .cache
             .try_get_with(key.clone(), async move {
@@ -227,7 +300,7 @@ impl Widgets {
     /// The widget, if the request's origin may use it.
     pub async fn for_origin(
         &self,
-        id: &str,
+        id: &WidgetId,
         origin: Option<&str>,
     ) -> Result<(Arc<WidgetRecord>, String), Rejection> {
         let widget = self.widget(id).await.map_err(|r| self.reject(r))?;
@@ -239,7 +312,7 @@ impl Widgets {
 
     /// Opens a session: origin, widget token (when required or given) and identity checked.
     /// Input shapes (visitor id, user id) are the caller's to validate first.
-    pub async fn open(&self, id: &str, req: OpenRequest<'_>) -> Result<Opened, Rejection> {
+    pub async fn open(&self, id: &WidgetId, req: OpenRequest<'_>) -> Result<Opened, Rejection> {
         let (widget, origin) = self.for_origin(id, req.origin).await?;
         match req.token {
             Some(t) if w::verify_token(&widget.secret, &widget.org_id, &widget.id, t) => {}
@@ -249,7 +322,7 @@ impl Widgets {
         let visitor_id = req
             .visitor_id
             .map(str::to_string)
-            .unwrap_or_else(|| format!("vis_{}", uuid::Uuid::new_v4().simple()));
+            .unwrap_or_else(|| VisitorId::new().into_string());
         let vis = match req.user {
             Some((user_id, hash)) => {
                 if !w::verify_user_hash(&widget.secret, user_id, hash) {
@@ -263,7 +336,8 @@ impl Widgets {
     }
 
     fn issue(&self, widget: &WidgetRecord, vis: String, vid: String, origin: String) -> Opened {
-        let sid = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
+        // A secret handle (the signing secret derives from it): random, not time-ordered.
+        let sid = crate::auth::tokens::random_token(16);
         let claims = SessionClaims {
             sid,
             org: widget.org_id.clone(),
@@ -294,7 +368,7 @@ impl Widgets {
 
     /// Checks a signed request: widget, origin, session, signature, timestamp, then the
     /// nonce (last, so a forged request cannot burn a legitimate client's nonce).
-    pub async fn verify(&self, id: &str, p: SignedParts<'_>) -> Result<Session, Rejection> {
+    pub async fn verify(&self, id: &WidgetId, p: SignedParts<'_>) -> Result<Session, Rejection> {
         let (widget, origin) = self.for_origin(id, p.origin).await?;
         let token = p
             .session_token
@@ -333,6 +407,28 @@ impl Widgets {
             return Err(self.reject(Rejection::Replayed));
         }
         Ok(Session { claims, widget })
+    }
+}
+
+impl Widgets {
+    /// The session's visitor's latest conversation, if any.
+    pub async fn latest_thread(&self, s: &Session) -> Result<Option<Thread>, WidgetError> {
+        let scope = ThreadScope::Visitor(s.claims.org.clone(), s.claims.vis.clone());
+        Ok(self.store.threads(&scope, 1).await?.into_iter().next())
+    }
+
+    /// The session's visitor's latest conversation and its last `n` messages, oldest first.
+    pub async fn history(
+        &self,
+        s: &Session,
+        n: i64,
+    ) -> Result<(Option<Thread>, Vec<Message>), WidgetError> {
+        let thread = self.latest_thread(s).await?;
+        let messages = match &thread {
+            Some(t) => self.store.recent_messages(&t.id, n).await?,
+            None => Vec::new(),
+        };
+        Ok((thread, messages))
     }
 }
 
