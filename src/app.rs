@@ -198,7 +198,11 @@ impl AppState {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_millis(config.upstream_timeout_ms))
             .build()?;
-        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config)?);
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            &config,
+            store.clone(),
+            clock.clone(),
+        )?);
         let email = crate::mail::flows::EmailFlows::new(
             store.clone(),
             clock.clone(),
@@ -601,7 +605,7 @@ pub async fn serve(
     let writer = tokio::spawn(state.keys.clone().write_behind(every));
     let subscriber = tokio::spawn(state.bus.clone().subscribe());
     let usage = tokio::spawn(state.chat.usage.clone().write_behind(every));
-    let webhooks = crate::webhooks::worker::spawn(state.clone());
+    let webhooks = crate::webhooks::worker::spawn(state.webhooks.clone(), state.metrics.clone());
     let (stop_mail, stop_rx) = tokio::sync::watch::channel(false);
     let mail = tokio::spawn(crate::mail::worker(
         state.email.clone(),

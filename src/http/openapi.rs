@@ -80,15 +80,6 @@ use crate::app::AppState;
         crate::http::widget_public::renew_session,
         crate::http::widget_public::chat,
         crate::http::widget_public::history,
-        crate::http::webhooks::create_endpoint,
-        crate::http::webhooks::list_endpoints,
-        crate::http::webhooks::get_endpoint,
-        crate::http::webhooks::update_endpoint,
-        crate::http::webhooks::delete_endpoint,
-        crate::http::webhooks::rotate_secret,
-        crate::http::webhooks::send_test,
-        crate::http::webhooks::list_deliveries,
-        crate::http::webhooks::retry_delivery,
     ),
     components(schemas(
         crate::http::session::SignInBody,
@@ -120,12 +111,6 @@ use crate::app::AppState;
         crate::http::widget_public::SessionBody,
         crate::http::widget_public::SessionAnswer,
         crate::http::widget_public::History,
-        crate::http::webhooks::EndpointView,
-        crate::http::webhooks::EndpointWithSecret,
-        crate::http::webhooks::CreateEndpointBody,
-        crate::http::webhooks::UpdateEndpointBody,
-        crate::http::webhooks::Queued,
-        crate::store::WebhookAttempt,
     ))
 )]
 pub struct ApiDoc;
