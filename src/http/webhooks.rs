@@ -1,6 +1,7 @@
 //! `/v1/orgs/{org}/webhooks`: endpoints, secret rotation, test events, the delivery log.
 //! The use cases are the webhooks service's ([`crate::webhooks::endpoints`]); this file
-//! parses, authorises and shapes.
+//! parses, authorises and shapes. Typed ids are inlined in the schemas: every `Id<K>` has
+//! the component name `Id`, so a shared reference would carry one kind's pattern for all.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -79,8 +80,10 @@ pub enum DisabledReason {
 #[derive(Serialize, ToSchema)]
 pub struct EndpointView {
     /// The endpoint.
+    #[schema(inline)]
     pub id: EndpointId,
     /// The organization.
+    #[schema(inline)]
     pub org_id: OrgId,
     /// Where events are POSTed.
     pub url: String,
@@ -173,7 +176,7 @@ pub struct UpdateEndpointBody {
 /// Creates an endpoint (`webhooks:write`); the answer is the only time its secret is shown.
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks", tag = "webhooks",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     request_body = CreateEndpointBody,
     responses(
         (status = 201, description = "The endpoint, with its secret", body = Envelope<EndpointWithSecret>),
@@ -204,7 +207,7 @@ pub async fn create_endpoint(
 /// The organization's endpoints, oldest first (`webhooks:read`).
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks", tag = "webhooks",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     responses(
         (status = 200, description = "The endpoints", body = Envelope<Vec<EndpointView>>),
         errors::Auth, errors::Org,
@@ -226,8 +229,8 @@ pub async fn list_endpoints(
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     params(
-        ("org" = OrgId, Path, description = "The organization"),
-        ("id" = EndpointId, Path, description = "The endpoint"),
+        ("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(EndpointId), Path, description = "The endpoint"),
     ),
     responses(
         (status = 200, description = "The endpoint", body = Envelope<EndpointView>),
@@ -249,8 +252,8 @@ pub async fn get_endpoint(
 #[utoipa::path(patch, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     params(
-        ("org" = OrgId, Path, description = "The organization"),
-        ("id" = EndpointId, Path, description = "The endpoint"),
+        ("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(EndpointId), Path, description = "The endpoint"),
     ),
     request_body = UpdateEndpointBody,
     responses(
@@ -283,8 +286,8 @@ pub async fn update_endpoint(
 #[utoipa::path(delete, path = "/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     params(
-        ("org" = OrgId, Path, description = "The organization"),
-        ("id" = EndpointId, Path, description = "The endpoint"),
+        ("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(EndpointId), Path, description = "The endpoint"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -311,8 +314,8 @@ pub async fn delete_endpoint(
     operation_id = "rotate_endpoint_secret",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     params(
-        ("org" = OrgId, Path, description = "The organization"),
-        ("id" = EndpointId, Path, description = "The endpoint"),
+        ("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(EndpointId), Path, description = "The endpoint"),
     ),
     responses(
         (status = 200, description = "The endpoint, with its new secret", body = Envelope<EndpointWithSecret>),
@@ -337,6 +340,7 @@ pub async fn rotate_secret(
 #[derive(Serialize, ToSchema)]
 pub struct Queued {
     /// The `webhook-id` it is sent with.
+    #[schema(inline)]
     pub message_id: WebhookMessageId,
 }
 
@@ -344,8 +348,8 @@ pub struct Queued {
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/{id}/test", tag = "webhooks",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     params(
-        ("org" = OrgId, Path, description = "The organization"),
-        ("id" = EndpointId, Path, description = "The endpoint"),
+        ("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(EndpointId), Path, description = "The endpoint"),
     ),
     responses(
         (status = 202, description = "The event is queued", body = Envelope<Queued>),
@@ -376,8 +380,8 @@ pub struct DeliveriesQuery {
 #[utoipa::path(get, path = "/v1/orgs/{org}/webhooks/{id}/deliveries", tag = "webhooks",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     params(
-        ("org" = OrgId, Path, description = "The organization"),
-        ("id" = EndpointId, Path, description = "The endpoint"),
+        ("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(EndpointId), Path, description = "The endpoint"),
         DeliveriesQuery,
     ),
     responses(
@@ -411,6 +415,7 @@ pub enum RetryStatus {
 #[derive(Serialize, ToSchema)]
 pub struct Retried {
     /// The delivery.
+    #[schema(inline)]
     pub delivery_id: DeliveryId,
     /// Always `pending`.
     pub status: RetryStatus,
@@ -421,8 +426,8 @@ pub struct Retried {
 #[utoipa::path(post, path = "/v1/orgs/{org}/webhooks/deliveries/{id}/retry", tag = "webhooks",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     params(
-        ("org" = OrgId, Path, description = "The organization"),
-        ("id" = DeliveryId, Path, description = "The delivery"),
+        ("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(DeliveryId), Path, description = "The delivery"),
     ),
     responses(
         (status = 202, description = "The delivery is queued", body = Envelope<Retried>),

@@ -986,6 +986,15 @@ story!(
             doc["paths"][format!("{base}/{{id}}/rotate-secret")]["post"]["operationId"],
             "rotate_endpoint_secret"
         );
+        let params = &doc["paths"][format!("{base}/deliveries/{{id}}/retry")]["post"]["parameters"];
+        assert_eq!(
+            params[0]["schema"]["pattern"], "^org_[0-9a-f]{32}$",
+            "{params}"
+        );
+        assert_eq!(
+            params[1]["schema"]["pattern"], "^whd_[0-9a-f]{32}$",
+            "{params}"
+        );
         app
     }
 );
