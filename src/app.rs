@@ -192,7 +192,11 @@ impl AppState {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_millis(config.upstream_timeout_ms))
             .build()?;
-        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config)?);
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            &config,
+            store.clone(),
+            clock.clone(),
+        )?);
         let email = crate::mail::flows::EmailFlows::new(
             store.clone(),
             clock.clone(),

@@ -52,7 +52,7 @@ pub async fn serve(
     let writer = tokio::spawn(state.keys.clone().write_behind(every));
     let subscriber = tokio::spawn(state.bus.clone().subscribe());
     let usage = tokio::spawn(state.chat.usage.clone().write_behind(every));
-    let webhooks = crate::webhooks::worker::spawn(state.clone());
+    let webhooks = crate::webhooks::worker::spawn(state.webhooks.clone(), state.metrics.clone());
     let (stop_mail, stop_rx) = tokio::sync::watch::channel(false);
     let mail = tokio::spawn(crate::mail::worker(
         state.email.clone(),

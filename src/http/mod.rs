@@ -124,7 +124,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(chat::router())
         .merge(usage::router())
         .merge(widgets::router())
-        .merge(webhooks::router().into())
+        .merge(webhooks::router())
         .layer(api_cors.clone());
 
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

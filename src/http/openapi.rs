@@ -53,15 +53,6 @@ use crate::app::AppState;
         crate::http::auth_email::recover,
         crate::http::auth_email::verify,
         crate::http::auth_email::verify_link,
-        crate::http::webhooks::create_endpoint,
-        crate::http::webhooks::list_endpoints,
-        crate::http::webhooks::get_endpoint,
-        crate::http::webhooks::update_endpoint,
-        crate::http::webhooks::delete_endpoint,
-        crate::http::webhooks::rotate_secret,
-        crate::http::webhooks::send_test,
-        crate::http::webhooks::list_deliveries,
-        crate::http::webhooks::retry_delivery,
     ),
     components(schemas(
         // Every kind of id, each with its pattern: parameters refer to them by name.
@@ -89,12 +80,6 @@ use crate::app::AppState;
         crate::store::Org,
         crate::store::Member,
         crate::store::Role,
-        crate::http::webhooks::EndpointView,
-        crate::http::webhooks::EndpointWithSecret,
-        crate::http::webhooks::CreateEndpointBody,
-        crate::http::webhooks::UpdateEndpointBody,
-        crate::http::webhooks::Queued,
-        crate::store::WebhookAttempt,
     ))
 )]
 pub struct ApiDoc;

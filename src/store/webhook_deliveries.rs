@@ -5,9 +5,10 @@ use serde_json::json;
 use sqlx::Row;
 
 use super::audit::{record, Audit};
-use super::webhooks::{endpoint_on, enqueue_to, fail_pending, new_id};
+use super::webhooks::{endpoint_on, enqueue_to, fail_pending};
 use super::{Engine, Store, StoreError, StoreResult};
 use crate::config::SecretString;
+use crate::ids::AttemptId;
 
 /// One delivery attempt as listed.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
@@ -254,7 +255,7 @@ impl Store {
              attempt, status_code, latency_ms, response, succeeded, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
-        .bind(new_id("wha"))
+        .bind(AttemptId::new().into_string())
         .bind(&d.org_id)
         .bind(&d.id)
         .bind(&d.endpoint_id)

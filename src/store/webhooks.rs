@@ -10,6 +10,7 @@ use sqlx::{AnyConnection, Row};
 use super::audit::{record, Audit};
 use super::{Store, StoreError, StoreResult};
 use crate::config::SecretString;
+use crate::ids::{DeliveryId, WebhookMessageId};
 
 /// Every event type an endpoint may ask for.
 pub const EVENT_TYPES: [&str; 16] = [
@@ -117,10 +118,6 @@ fn types_text(types: Option<&[String]>) -> Option<String> {
     types.map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()))
 }
 
-pub(super) fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
 /// Records an event of `org_id` on the caller's connection, inside the transaction of the
 /// change that caused it: one message and one delivery per enabled endpoint that wants it.
 /// Call [`Store::webhook_events_committed`] after the commit so the worker wakes at once
@@ -170,7 +167,7 @@ pub(super) async fn enqueue_to(
     if targets.is_empty() {
         return Ok(None);
     }
-    let msg_id = new_id("msg");
+    let msg_id = WebhookMessageId::new().into_string();
     let payload = json!({
         "type": event_type,
         "timestamp": crate::clock::rfc3339(now_ms),
@@ -197,7 +194,7 @@ pub(super) async fn enqueue_to(
             "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, message_id, status, attempts, \
              next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)",
         )
-        .bind(new_id("whd"))
+        .bind(DeliveryId::new().into_string())
         .bind(org_id)
         .bind(&endpoint)
         .bind(&msg_id)

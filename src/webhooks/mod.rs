@@ -1,6 +1,8 @@
-//! Signed webhooks (Standard Webhooks): signing, the SSRF guard, and the delivery worker.
-//! Events are written to the outbox by the store, in the transaction of their change.
+//! Signed webhooks (Standard Webhooks): the endpoint use cases, signing, the SSRF guard,
+//! and the delivery worker. Events are written to the outbox by the store, in the
+//! transaction of their change.
 
+pub mod endpoints;
 pub mod signing;
 pub mod ssrf;
 pub mod worker;
@@ -15,6 +17,8 @@ use crate::config::Config;
 use crate::ratelimit::{Decision, Request};
 use crate::store::Store;
 
+pub use endpoints::{Actor, EndpointUpdate, NewEndpoint, WebhookError, WithSecret};
+
 /// How long a failing endpoint keeps receiving before it is disabled.
 pub const DISABLE_AFTER_MS: i64 = 5 * 86_400_000;
 /// How long the old secret keeps signing after a rotation.
@@ -22,8 +26,13 @@ pub const ROTATION_GRACE_MS: i64 = 86_400_000;
 /// The most response bytes kept in the delivery log.
 pub const RESPONSE_CAP: usize = 4096;
 
-/// Webhook settings and the shared HTTP client.
+/// The webhooks service: endpoints and their delivery log (see [`endpoints`]), the settings
+/// and HTTP client of the delivery worker, and `rate_limit.exceeded` events.
 pub struct Webhooks {
+    /// Endpoints, the outbox and the delivery log.
+    pub(crate) store: Store,
+    /// Time.
+    pub(crate) clock: Clock,
     /// Sends deliveries: no redirects, a resolver that refuses internal addresses.
     pub(crate) client: reqwest::Client,
     /// `webhooks_allow_private`.
@@ -40,8 +49,8 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// From the configuration.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    /// From the configuration, over `store`.
+    pub fn new(config: &Config, store: Store, clock: Clock) -> anyhow::Result<Self> {
         let timeout = Duration::from_millis(config.webhooks_timeout_ms);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -56,6 +65,8 @@ impl Webhooks {
             .user_agent(concat!("Gatehouse-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
+            store,
+            clock,
             client,
             allow_private: config.webhooks_allow_private,
             schedule: config.webhooks_retry_schedule.clone(),

@@ -9,7 +9,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{signing, ssrf, Webhooks, DISABLE_AFTER_MS, RESPONSE_CAP};
-use crate::app::AppState;
+use crate::metrics::Metrics;
 use crate::store::{AttemptResult, ClaimedDelivery};
 
 /// Attempts in flight at once on one instance. A slow endpoint holds one slot for up to
@@ -25,11 +25,19 @@ pub struct Worker {
     grace: Duration,
 }
 
+/// What the worker works with: the service (its store, clock, client and schedule) and the
+/// metrics that count attempts.
+#[derive(Clone)]
+struct Deps {
+    webhooks: Arc<Webhooks>,
+    metrics: Arc<Metrics>,
+}
+
 /// Starts the worker of this instance.
-pub fn spawn(state: AppState) -> Worker {
+pub fn spawn(webhooks: Arc<Webhooks>, metrics: Arc<Metrics>) -> Worker {
     let (stop, rx) = watch::channel(false);
-    let grace = state.webhooks.timeout + Duration::from_secs(2);
-    let handle = tokio::spawn(run(state, rx));
+    let grace = webhooks.timeout + Duration::from_secs(2);
+    let handle = tokio::spawn(run(Deps { webhooks, metrics }, rx));
     Worker {
         stop,
         handle,
@@ -54,21 +62,19 @@ fn lease(w: &Webhooks) -> Duration {
     w.timeout * 2 + Duration::from_secs(1)
 }
 
-async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let wake = state.store.webhook_wake();
+async fn run(deps: Deps, mut stop: watch::Receiver<bool>) {
+    let w = &deps.webhooks;
+    let wake = w.store.webhook_wake();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let lease_ms = i64::try_from(lease(&state.webhooks).as_millis()).unwrap_or(i64::MAX);
+    let lease_ms = i64::try_from(lease(w).as_millis()).unwrap_or(i64::MAX);
     while !*stop.borrow() {
         let free = slots.available_permits();
         let claimed = if free == 0 {
             Ok(Vec::new())
         } else {
-            let now = state.clock.now_ms();
+            let now = w.clock.now_ms();
             let limit = i64::try_from(free).unwrap_or(1);
-            state
-                .store
-                .claim_webhook_deliveries(now, lease_ms, limit)
-                .await
+            w.store.claim_webhook_deliveries(now, lease_ms, limit).await
         };
         let claimed = claimed.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "webhook worker: could not claim deliveries");
@@ -79,9 +85,9 @@ async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let state = state.clone();
+            let deps = deps.clone();
             tokio::spawn(async move {
-                deliver(&state, d).await;
+                deliver(&deps, d).await;
                 drop(permit);
             });
         }
@@ -95,7 +101,7 @@ async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = wake.notified() => {},
-                _ = tokio::time::sleep(state.webhooks.poll) => {},
+                _ = tokio::time::sleep(w.poll) => {},
             }
         }
     }
@@ -110,12 +116,12 @@ struct Answer {
     retry_after: Option<Duration>,
 }
 
-async fn deliver(state: &AppState, d: ClaimedDelivery) {
-    let w = &state.webhooks;
+async fn deliver(deps: &Deps, d: ClaimedDelivery) {
+    let w = &deps.webhooks;
     let started = Instant::now();
-    let answer = send(w, &d, state.clock.now_secs()).await;
+    let answer = send(w, &d, w.clock.now_secs()).await;
     let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-    let now = state.clock.now_ms();
+    let now = w.clock.now_ms();
     let succeeded = answer.status.is_some_and(|s| (200..300).contains(&s));
     let gone = answer.status == Some(410);
     let retry_at = if succeeded || gone {
@@ -130,7 +136,7 @@ async fn deliver(state: &AppState, d: ClaimedDelivery) {
             now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2)
         })
     };
-    state.metrics.webhook_attempt(succeeded);
+    deps.metrics.webhook_attempt(succeeded);
     let res = AttemptResult {
         status_code: answer.status.map(i64::from),
         latency_ms,
@@ -151,7 +157,7 @@ async fn deliver(state: &AppState, d: ClaimedDelivery) {
     // next attempt, so a passing storage hiccup is retried a few times first; recording is
     // guarded by the claim, so a retry never writes twice.
     for pause_ms in [100, 400, 1600, 0] {
-        match state
+        match w
             .store
             .finish_webhook_attempt(&d, &res, now, DISABLE_AFTER_MS)
             .await

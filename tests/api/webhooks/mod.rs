@@ -896,3 +896,107 @@ story!(
         app
     }
 );
+
+/// Whether `id` is `prefix` and the 32 hex digits of a UUID v7 (time-ordered).
+fn is_v7(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|hex| uuid::Uuid::try_parse(hex).ok())
+        .is_some_and(|u| u.get_version_num() == 7)
+}
+
+story!(
+    webhook_ids_are_time_ordered_and_every_route_is_described,
+    fast,
+    |app: TestApp| async move {
+        let receiver = Receiver::start().await;
+        let (token, org, ep) = setup(&app, &receiver, json!({})).await;
+        let id = ep["id"].as_str().unwrap().to_string();
+        assert!(is_v7(&id, "whk_"), "{id}");
+        let (status, queued) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/webhooks/{id}/test"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{queued}");
+        let message = queued["data"]["message_id"].as_str().unwrap().to_string();
+        assert!(is_v7(&message, "msg_"), "{message}");
+        assert_eq!(receiver.event("webhook.test").await.id(), message);
+        let mut attempt = Value::Null;
+        for _ in 0..100 {
+            let (_, log) = app
+                .call(
+                    Method::GET,
+                    &format!("/orgs/{org}/webhooks/{id}/deliveries"),
+                    &token,
+                    None,
+                )
+                .await;
+            attempt = log["data"][0].clone();
+            if attempt.is_object() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(is_v7(attempt["id"].as_str().unwrap(), "wha_"), "{attempt}");
+        let delivery = attempt["delivery_id"].as_str().unwrap().to_string();
+        assert!(is_v7(&delivery, "whd_"), "{attempt}");
+        let (status, retried) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/webhooks/deliveries/{delivery}/retry"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{retried}");
+        assert_eq!(
+            retried["data"],
+            json!({"delivery_id": delivery, "status": "pending"})
+        );
+
+        let (status, doc) = parts(
+            app.client
+                .get(app.url("/openapi.json"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let base = "/v1/orgs/{org}/webhooks";
+        for (path, methods) in [
+            (base.to_string(), &["get", "post"][..]),
+            (format!("{base}/{{id}}"), &["get", "patch", "delete"][..]),
+            (format!("{base}/{{id}}/rotate-secret"), &["post"][..]),
+            (format!("{base}/{{id}}/test"), &["post"][..]),
+            (format!("{base}/{{id}}/deliveries"), &["get"][..]),
+            (format!("{base}/deliveries/{{id}}/retry"), &["post"][..]),
+        ] {
+            for method in methods {
+                let op = &doc["paths"][&path][method];
+                assert!(op["operationId"].is_string(), "{method} {path}: {op}");
+                assert_eq!(op["security"].as_array().map(Vec::len), Some(3), "{op}");
+                for status in ["401", "403", "404"] {
+                    assert!(op["responses"][status].is_object(), "{method} {path}");
+                }
+            }
+        }
+        assert_eq!(
+            doc["paths"][format!("{base}/{{id}}/rotate-secret")]["post"]["operationId"],
+            "rotate_endpoint_secret"
+        );
+        let params = &doc["paths"][format!("{base}/deliveries/{{id}}/retry")]["post"]["parameters"];
+        assert_eq!(
+            params[0]["schema"]["pattern"], "^org_[0-9a-f]{32}$",
+            "{params}"
+        );
+        assert_eq!(
+            params[1]["schema"]["pattern"], "^whd_[0-9a-f]{32}$",
+            "{params}"
+        );
+        app
+    }
+);
