@@ -136,7 +136,7 @@ pub async fn invite(
 /// (a member gets no mail). A pending invitation to the address is replaced and its mail
 /// sent again.
 #[utoipa::path(post, path = "/v1/orgs/{org}/invitations", tag = "invitations", request_body = InviteBody,
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 201, description = "The invitation", body = Envelope<Invitation>),
         errors::Auth, errors::Org, errors::Body))]
@@ -152,7 +152,7 @@ pub async fn create_invitation(
 
 /// The organization's invitations: pending, accepted, declined, revoked and expired.
 #[utoipa::path(get, path = "/v1/orgs/{org}/invitations", tag = "invitations",
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The invitations", body = Envelope<Vec<Invitation>>),
         errors::Auth, errors::Org))]
@@ -170,8 +170,8 @@ pub async fn list_org_invitations(
 
 /// Revokes a pending invitation.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/invitations/{id}", tag = "invitations",
-    params(("org" = OrgId, Path, description = "The organization"),
-        ("id" = InvitationId, Path, description = "The invitation")),
+    params(("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(InvitationId), Path, description = "The invitation")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 204, description = "Revoked"), errors::Auth, errors::Org,
         (status = 409, description = "`conflict`: no longer pending (`details.reason`: its status)", body = ErrorEnvelope)))]
@@ -204,7 +204,7 @@ pub async fn my_invitations(
 
 /// Accepts an invitation addressed to the caller's confirmed address.
 #[utoipa::path(post, path = "/v1/invitations/{id}/accept", tag = "invitations",
-    params(("id" = InvitationId, Path, description = "The invitation")),
+    params(("id" = inline(InvitationId), Path, description = "The invitation")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The accepted invitation", body = Envelope<Invitation>),
         (status = 400, description = "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)", body = ErrorEnvelope),
@@ -225,7 +225,7 @@ pub async fn accept(
 
 /// Declines an invitation addressed to the caller's confirmed address.
 #[utoipa::path(post, path = "/v1/invitations/{id}/decline", tag = "invitations",
-    params(("id" = InvitationId, Path, description = "The invitation")),
+    params(("id" = inline(InvitationId), Path, description = "The invitation")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The declined invitation", body = Envelope<Invitation>),
         (status = 400, description = "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)", body = ErrorEnvelope),

@@ -151,7 +151,7 @@ pub async fn list_orgs(
 
 /// One organization.
 #[utoipa::path(get, path = "/v1/orgs/{org}", tag = "orgs",
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The organization", body = Envelope<Org>),
         errors::Auth, errors::Org))]
@@ -179,7 +179,7 @@ pub struct UpdateOrgBody {
 
 /// Renames an organization or sets its rate limits (owners and admins).
 #[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "orgs", request_body = UpdateOrgBody,
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The organization as changed", body = Envelope<Org>),
         errors::Auth, errors::Org, errors::Body))]
@@ -207,7 +207,7 @@ pub async fn update_org(
 
 /// Deletes an organization and everything it owns (owners only).
 #[utoipa::path(delete, path = "/v1/orgs/{org}", tag = "orgs",
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 204, description = "Deleted"), errors::Auth, errors::Org))]
 pub async fn delete_org(
@@ -223,7 +223,7 @@ pub async fn delete_org(
 
 /// The members.
 #[utoipa::path(get, path = "/v1/orgs/{org}/members", tag = "members",
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The members", body = Envelope<Vec<Member>>),
         errors::Auth, errors::Org))]
@@ -259,7 +259,7 @@ pub struct RoleBody {
 /// Deprecated: creates an invitation, exactly as `POST /v1/orgs/{org}/invitations` does.
 /// Nobody becomes a member without accepting.
 #[utoipa::path(post, path = "/v1/orgs/{org}/members", tag = "members", request_body = AddMemberBody,
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 201, description = "An invitation (deprecated route)", body = Envelope<Invitation>),
         errors::Auth, errors::Org, errors::Body))]
@@ -281,7 +281,7 @@ pub async fn add_member(
 
 /// Changes a member's role.
 #[utoipa::path(patch, path = "/v1/orgs/{org}/members/{user}", tag = "members", request_body = RoleBody,
-    params(("org" = OrgId, Path, description = "The organization"),
+    params(("org" = inline(OrgId), Path, description = "The organization"),
         ("user" = String, Path, description = "The member's user id")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "Changed", body = Envelope<MemberRole>),
@@ -304,7 +304,7 @@ pub async fn change_role(
 
 /// Removes a member.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/members/{user}", tag = "members",
-    params(("org" = OrgId, Path, description = "The organization"),
+    params(("org" = inline(OrgId), Path, description = "The organization"),
         ("user" = String, Path, description = "The member's user id")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 204, description = "Removed"), errors::Auth, errors::Org, errors::Conflict))]
@@ -322,7 +322,7 @@ pub async fn remove_member(
 
 /// Built-in and custom roles.
 #[utoipa::path(get, path = "/v1/orgs/{org}/roles", tag = "roles",
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The roles", body = Envelope<Vec<Role>>),
         errors::Auth, errors::Org))]
@@ -350,7 +350,7 @@ pub struct NewRoleBody {
 
 /// Defines a custom role.
 #[utoipa::path(post, path = "/v1/orgs/{org}/roles", tag = "roles", request_body = NewRoleBody,
-    params(("org" = OrgId, Path, description = "The organization")),
+    params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 201, description = "The new role", body = Envelope<Role>),
         errors::Auth, errors::Org, errors::Body, errors::Conflict))]
@@ -372,7 +372,7 @@ pub async fn create_role(
 
 /// Deletes a custom role no member holds.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/roles/{name}", tag = "roles",
-    params(("org" = OrgId, Path, description = "The organization"),
+    params(("org" = inline(OrgId), Path, description = "The organization"),
         ("name" = String, Path, description = "The custom role's name")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 204, description = "Deleted"), errors::Auth, errors::Org, errors::Conflict))]
