@@ -16,7 +16,9 @@ use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Succes
 use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
 use crate::http::limits::{parse_specs, RateLimitSpec};
 use crate::ids::OrgId;
-use crate::orgs::{Access, Actor, By, Denied, Invalid, Listed, MemberRole, OrgChanges, OrgError};
+use crate::orgs::{
+    Access, Actor, By, Denied, Invalid, ListedOrg, MemberRole, OrgChanges, OrgError,
+};
 use crate::store::{Audit, Invitation, Member, Org, Role};
 
 /// `/v1/orgs…`.
@@ -139,13 +141,13 @@ pub async fn create_org(
 /// The caller's organizations, with their role in each (an API key sees its own).
 #[utoipa::path(get, path = "/v1/orgs", tag = "orgs",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
-    responses((status = 200, description = "Organizations", body = Envelope<Vec<Listed>>),
+    responses((status = 200, description = "Organizations", body = Envelope<Vec<ListedOrg>>),
         (status = 404, description = "`not_found`: the key's organization is gone", body = ErrorEnvelope),
         errors::Auth))]
 pub async fn list_orgs(
     State(state): State<AppState>,
     principal: Principal,
-) -> Result<Success<Vec<Listed>>, ApiError> {
+) -> Result<Success<Vec<ListedOrg>>, ApiError> {
     Ok(ok(state.orgs.list(&actor(&principal)).await?))
 }
 

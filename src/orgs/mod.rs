@@ -116,7 +116,7 @@ pub struct Membership {
 
 /// An organization as `GET /v1/orgs` lists it.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Listed {
+pub struct ListedOrg {
     /// Unix ms.
     pub created_at: i64,
     /// The organization.
@@ -263,14 +263,14 @@ impl Orgs {
     }
 
     /// The organizations `actor` sees: a person's, with their role in each; a key's own.
-    pub async fn list(&self, actor: &Actor) -> Result<Vec<Listed>, OrgError> {
+    pub async fn list(&self, actor: &Actor) -> Result<Vec<ListedOrg>, OrgError> {
         match actor {
             Actor::User { user_id } => Ok(self
                 .store
                 .orgs_of_user(user_id)
                 .await?
                 .into_iter()
-                .map(|(o, role)| Listed {
+                .map(|(o, role)| ListedOrg {
                     created_at: o.created_at,
                     id: o.id,
                     name: o.name,
@@ -279,7 +279,7 @@ impl Orgs {
                 .collect()),
             Actor::Key { org_id, .. } => {
                 let o = self.get(org_id).await?;
-                Ok(vec![Listed {
+                Ok(vec![ListedOrg {
                     created_at: o.created_at,
                     id: o.id,
                     name: o.name,
