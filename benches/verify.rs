@@ -43,7 +43,11 @@ fn bench(c: &mut Criterion) {
             ip: None,
             now: 0,
         };
-        let org = store.create_org("Bench", &user.id, &audit).await.unwrap();
+        let org_id = gatehouse::ids::OrgId::new();
+        let org = store
+            .create_org(&org_id, "Bench", &user.id, &audit)
+            .await
+            .unwrap();
         let keys = Keys::new(store.clone(), Clock::System, "gk");
         let (key, record) = keys.mint(NewKey {
             org_id: org.id,

@@ -1,6 +1,5 @@
 //! Application state: the services and settings every handler may use.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use crate::config::Policy;
 use crate::config::{Config, SecretString};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::ratelimit::{Decision, Limiter, LimiterError, Rates, RedisLimiter, RedisLink, Request};
+use crate::ratelimit::{Decision, Limiter, LimiterError, RedisLimiter, RedisLink, Request};
 use crate::store::Store;
 
 /// Everything a handler may use; cheap to clone.
@@ -51,8 +50,6 @@ pub struct AppInner {
     pub redis: Option<RedisLink>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Organizations' own rate limits (`None`: the configured default).
-    org_limits: moka::sync::Cache<String, Option<Rates>>,
     /// Forwards `/api/…` to `proxy_target` (no redirects followed).
     pub proxy_client: reqwest::Client,
     /// The chat gateway.
@@ -67,13 +64,11 @@ pub struct AppInner {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Credential checks (keys, access tokens, dashboard cookies) and their caches.
     pub credentials: crate::auth::Credentials,
-    /// A person's organizations with role and permissions, as `/v1/me` lists them, by user
-    /// id. Changes here forget them at once; other instances' changes arrive over Redis,
-    /// or within [`SESSION_CACHE_TTL`] without it. Access checks never use this list.
-    memberships: moka::future::Cache<String, Arc<Vec<serde_json::Value>>>,
-    /// Bumped by every membership invalidation: a list read from storage while one arrived
-    /// may be older than the change, so it is answered but not cached (as the key cache does).
-    memberships_epoch: std::sync::atomic::AtomicU64,
+    /// Organizations, members and roles, with the organization rate-limit cache and the
+    /// membership lists `/v1/me` shows.
+    pub orgs: crate::orgs::Orgs,
+    /// Invitations into organizations.
+    pub invitations: crate::invitations::Invitations,
     /// Addresses whose credentials failed lately (`rate_limit_auth_failures`).
     pub auth_failures: crate::ratelimit::FailureBudget,
     /// Cache invalidation here and on the other instances.
@@ -211,6 +206,24 @@ impl AppState {
             accounts.clone(),
             keys.clone(),
         );
+        // Membership lists follow other instances' changes within SESSION_CACHE_TTL when
+        // invalidations do not arrive.
+        let orgs = crate::orgs::Orgs::new(
+            store.clone(),
+            clock.clone(),
+            bus.clone(),
+            crate::keys::POSITIVE_TTL,
+            SESSION_CACHE_TTL,
+        );
+        let invitations = crate::invitations::Invitations::new(
+            store.clone(),
+            clock.clone(),
+            config.clone(),
+            email.clone(),
+            accounts.clone(),
+            orgs.clone(),
+            bus.clone(),
+        );
         let state = AppState(Arc::new(AppInner {
             email,
             widgets,
@@ -221,10 +234,8 @@ impl AppState {
             metrics,
             redis,
             trusted_proxies,
-            org_limits: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(crate::keys::POSITIVE_TTL)
-                .build(),
+            orgs,
+            invitations,
             keys: keys.with_bus(bus.clone()),
             config,
             store,
@@ -232,11 +243,6 @@ impl AppState {
             publishable_key: Arc::new(publishable_key),
             clock,
             credentials,
-            memberships: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(SESSION_CACHE_TTL)
-                .build(),
-            memberships_epoch: std::sync::atomic::AtomicU64::new(0),
             auth_failures,
             bus: bus.clone(),
         }));
@@ -287,7 +293,11 @@ impl AppState {
             .unwrap_or(self.config.rates(Policy::ApiKey));
         req.add(Policy::ApiKey.name(), &key.id, key_rates);
         if with_org {
-            let org = self.org_rates(&key.org_id).await?;
+            let org = self
+                .orgs
+                .rates(&key.org_id)
+                .await
+                .map_err(|e| storage_unavailable(&e))?;
             req.add(
                 Policy::Org.name(),
                 &key.org_id,
@@ -295,20 +305,6 @@ impl AppState {
             );
         }
         Ok(req)
-    }
-
-    /// An organization's own limits, cached like keys are.
-    async fn org_rates(&self, org_id: &str) -> Result<Option<Rates>, ApiError> {
-        if let Some(r) = self.org_limits.get(org_id) {
-            return Ok(r);
-        }
-        let rates = self
-            .store
-            .org_rate_limits(org_id)
-            .await
-            .map_err(|e| storage_unavailable(&e))?;
-        self.org_limits.insert(org_id.to_string(), rates.clone());
-        Ok(rates)
     }
 
     /// Forgets cached state here and on every other instance.
@@ -337,36 +333,6 @@ impl AppState {
     pub fn forget_everything(&self) {
         self.0.forget_everything()
     }
-
-    /// A person's organizations, each with their role and its permissions; no storage on a
-    /// warm cache.
-    pub async fn memberships(
-        &self,
-        user_id: &str,
-    ) -> Result<Arc<Vec<serde_json::Value>>, ApiError> {
-        if let Some(list) = self.memberships.get(user_id).await {
-            return Ok(list);
-        }
-        let epoch = self.memberships_epoch.load(Ordering::Acquire);
-        let orgs = self.store.orgs_of_user(user_id).await?;
-        let mut list = Vec::with_capacity(orgs.len());
-        for (o, role) in orgs {
-            // Built-in roles resolve without storage; a custom role is one read.
-            let permissions = crate::orgs::role_permissions(&self.store, &o.id, &role)
-                .await?
-                .unwrap_or_default();
-            list.push(serde_json::json!({
-                "id": o.id, "name": o.name, "role": role, "permissions": permissions
-            }));
-        }
-        let list = Arc::new(list);
-        if self.memberships_epoch.load(Ordering::Acquire) == epoch {
-            self.memberships
-                .insert(user_id.to_string(), list.clone())
-                .await;
-        }
-        Ok(list)
-    }
 }
 
 impl AppInner {
@@ -376,17 +342,9 @@ impl AppInner {
         match inv {
             Invalidation::Key(hash) => self.keys.invalidate(hash).await,
             Invalidation::Session(id) => self.credentials.forget_session(id).await,
-            Invalidation::Org(id) => self.org_limits.invalidate(id),
+            Invalidation::Org(_) | Invalidation::Memberships(_) => self.orgs.forget(inv).await,
             Invalidation::WebSession(hash) => self.credentials.forget_web_session(hash).await,
             Invalidation::Widget(id) => self.widgets.forget(id).await,
-            Invalidation::Memberships(id) => {
-                self.memberships_epoch.fetch_add(1, Ordering::AcqRel);
-                if id == crate::fanout::EVERYONE {
-                    self.memberships.invalidate_all();
-                } else {
-                    self.memberships.invalidate(id).await;
-                }
-            }
         }
     }
 
@@ -394,9 +352,8 @@ impl AppInner {
     fn forget_everything(&self) {
         self.keys.invalidate_all();
         self.credentials.forget_all();
-        self.org_limits.invalidate_all();
+        self.orgs.forget_everything();
         self.widgets.forget_all();
-        self.memberships.invalidate_all();
     }
 }
 

@@ -271,15 +271,11 @@ fn cli_audit() -> crate::store::Audit {
     }
 }
 
-fn api_error(e: crate::error::ApiError) -> anyhow::Error {
-    anyhow::anyhow!("{}", e.message)
-}
-
 async fn org_command(config: Config, action: OrgAction) -> anyhow::Result<()> {
     let state = AppState::build(config, Clock::System).await?;
     match action {
         OrgAction::Create { name, owner_email } => {
-            let name = crate::orgs::check_name("name", &name, 100).map_err(api_error)?;
+            let name = crate::orgs::check_name("name", &name, 100)?;
             let email = crate::domain::Email::parse(&owner_email)
                 .map_err(|m| anyhow::anyhow!("--owner-email: {m}"))?;
             let owner = state
@@ -292,30 +288,27 @@ async fn org_command(config: Config, action: OrgAction) -> anyhow::Result<()> {
                     )
                 })?;
             let org = state
-                .store
-                .create_org(&name, &owner.id, &cli_audit())
+                .orgs
+                .create(&name, &owner.id, &crate::orgs::By::cli())
                 .await?;
             println!("{}", org.id);
             Ok(())
         }
         OrgAction::Invite { org, email, role } => {
-            crate::orgs::check_id(&org, "org").map_err(api_error)?;
+            let org = crate::ids::OrgId::parse(&org)?;
             let address =
                 crate::domain::Email::parse(&email).map_err(|m| anyhow::anyhow!("--email: {m}"))?;
-            if crate::orgs::role_permissions(&state.store, &org, &role)
-                .await?
-                .is_none()
-            {
+            if state.orgs.role_permissions(&org, &role).await?.is_none() {
                 anyhow::bail!("--role: no role {role:?} in organization {org}");
             }
             let inviter = crate::invitations::Inviter {
                 id: "cli",
                 email: "An administrator",
             };
-            let inv =
-                crate::invitations::invite(&state, &org, inviter, &address, &role, &cli_audit())
-                    .await
-                    .map_err(api_error)?;
+            let inv = state
+                .invitations
+                .invite(&org, inviter, &address, &role, &crate::orgs::By::cli())
+                .await?;
             eprintln!(
                 "invited {} as {} (expires {})",
                 inv.email,

@@ -7,8 +7,8 @@ pub mod credentials;
 pub mod jwt;
 pub mod password;
 pub mod password_policy;
-pub mod sealed;
 pub mod principal;
+pub mod sealed;
 pub mod tokens;
 pub mod widget;
 

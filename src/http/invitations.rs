@@ -1,42 +1,75 @@
 //! `/v1/orgs/{org}/invitations` (the organization's side) and `/v1/invitations` (the
-//! invitee's side).
+//! invitee's side), over [`crate::invitations::Invitations`].
 
-use crate::domain::permissions::Permission;
-use crate::http::orgs::user_only;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::Router;
 use serde::Deserialize;
-
+use serde_json::json;
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::config::Policy;
+use crate::domain::permissions::Permission;
 use crate::domain::Email;
-use crate::error::ApiError;
-use crate::http::envelope::{created, ok, Success};
-use crate::http::extract::{ApiJson, ClientIp, Principal};
+use crate::error::{ApiError, Code, Reason};
+use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Success};
+use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
 use crate::http::limits;
-use crate::http::orgs::{audit, grantable, org_access};
-use crate::invitations::{self, Inviter};
-use crate::orgs::check_id;
+use crate::http::orgs::{actor, user_only};
+use crate::ids::{InvitationId, OrgId};
+use crate::invitations::{InvitationError, Inviter};
 use crate::ratelimit::Request as LimitRequest;
-use crate::store::{Audit, Invitation};
+use crate::store::Invitation;
 
 /// The invitation routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/orgs/{org}/invitations",
-            get(list_org_invitations).post(create_invitation),
-        )
-        .route("/v1/orgs/{org}/invitations/{id}", delete(revoke_invitation))
-        .route("/v1/invitations", get(my_invitations))
-        .route("/v1/invitations/lookup", post(lookup))
-        .route("/v1/invitations/redeem", post(redeem))
-        .route("/v1/invitations/{id}/accept", post(accept))
-        .route("/v1/invitations/{id}/decline", post(decline))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_org_invitations, create_invitation))
+        .routes(routes!(revoke_invitation))
+        .routes(routes!(my_invitations))
+        .routes(routes!(lookup))
+        .routes(routes!(redeem))
+        .routes(routes!(accept))
+        .routes(routes!(decline))
+}
+
+impl From<InvitationError> for ApiError {
+    fn from(e: InvitationError) -> Self {
+        use InvitationError as E;
+        let message = e.to_string();
+        match e {
+            E::Org(o) => o.into(),
+            E::NotFound => ApiError::not_found("Invitation"),
+            E::OrgNotFound => ApiError::not_found("Organization"),
+            E::WrongEmail => ApiError::msg(Code::Forbidden, message).reason(Reason::WrongEmail),
+            E::EmailNotConfirmed => {
+                ApiError::msg(Code::Forbidden, message).reason(Reason::EmailNotConfirmed)
+            }
+            E::UnknownUser => ApiError::new(Code::Unauthorized),
+            E::NotPending(status) => {
+                ApiError::msg(Code::Conflict, message).details(json!({ "reason": status }))
+            }
+            E::InvalidToken => ApiError::msg(Code::NotFound, message).reason(Reason::InvalidToken),
+            E::TooSoon(secs) => {
+                let mut err = ApiError::msg(Code::RateLimited, message).details(
+                    json!({ "reason": Reason::AddressInterval.as_str(), "retry_after": secs }),
+                );
+                err.retry_after = Some(secs.max(1) as u64);
+                err
+            }
+            E::Invalid { field, problem } => ApiError::field(field, &problem),
+            E::AccountJustCreated => ApiError::msg(Code::Conflict, message),
+            E::AccountPredatesInvitation => {
+                ApiError::msg(Code::Conflict, message).reason(Reason::AccountPredatesInvitation)
+            }
+            E::InvalidCredentials => {
+                ApiError::msg(Code::Unauthorized, message).reason(Reason::InvalidCredentials)
+            }
+            E::Store(s) => s.into(),
+            E::Internal(cause) => ApiError::internal(cause),
+        }
+    }
 }
 
 /// An invitation to create.
@@ -44,8 +77,9 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct InviteBody {
     /// The address to invite (with or without an account).
+    #[schema(format = Email)]
     pub email: String,
-    /// A built-in or custom role the inviter could grant.
+    /// A built-in (`owner`, `admin`, `member`) or custom role the inviter could grant.
     pub role: String,
 }
 
@@ -78,34 +112,39 @@ pub async fn invite(
     state: &AppState,
     principal: &Principal,
     ip: &ClientIp,
-    org: &str,
+    org: &OrgId,
     body: InviteBody,
 ) -> Result<Invitation, ApiError> {
-    let a = org_access(state, principal, org).await?;
+    let a = state.orgs.access(&actor(principal), org).await?;
     a.require(Permission::MembersWrite)?;
     let (user_id, inviter_email) = user_only(principal)?;
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
-    grantable(state, &a, &body.role).await?;
+    state.orgs.grantable(&a, &body.role).await?;
     limit(state, org, user_id).await?;
     let inviter = Inviter {
         id: user_id,
         email: inviter_email,
     };
-    let audit = audit(state, &a, ip);
-    invitations::invite(state, org, inviter, &email, &body.role, &audit).await
+    let by = a.by(Some(ip.0.to_string()));
+    Ok(state
+        .invitations
+        .invite(org, inviter, &email, &body.role, &by)
+        .await?)
 }
 
 /// Invites an address: the same answer whether or not it has an account or is a member
 /// (a member gets no mail). A pending invitation to the address is replaced and its mail
 /// sent again.
 #[utoipa::path(post, path = "/v1/orgs/{org}/invitations", tag = "invitations", request_body = InviteBody,
-    responses((status = 201, body = Invitation), (status = 403, description = "forbidden"),
-              (status = 422, description = "validation_failed"), (status = 429, description = "rate_limited")))]
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 201, description = "The invitation", body = Envelope<Invitation>),
+        errors::Auth, errors::Org, errors::Body))]
 pub async fn create_invitation(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     ApiJson(body): ApiJson<InviteBody>,
 ) -> Result<Success<Invitation>, ApiError> {
     Ok(created(invite(&state, &principal, &ip, &org, body).await?))
@@ -113,88 +152,96 @@ pub async fn create_invitation(
 
 /// The organization's invitations: pending, accepted, declined, revoked and expired.
 #[utoipa::path(get, path = "/v1/orgs/{org}/invitations", tag = "invitations",
-    responses((status = 200, body = [Invitation])))]
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The invitations", body = Envelope<Vec<Invitation>>),
+        errors::Auth, errors::Org))]
 pub async fn list_org_invitations(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
 ) -> Result<Success<Vec<Invitation>>, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
+    let a = state.orgs.access(&actor(&principal), &org).await?;
     if !a.has(Permission::MembersWrite) {
         a.require(Permission::MembersRead)?;
     }
-    let now = state.clock.now_ms();
-    Ok(ok(state.store.invitations_of_org(&org, now).await?))
+    Ok(ok(state.invitations.of_org(&org).await?))
 }
 
 /// Revokes a pending invitation.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/invitations/{id}", tag = "invitations",
-    responses((status = 204, description = "Revoked"), (status = 404, description = "not_found"),
-              (status = 409, description = "No longer pending")))]
+    params(("org" = inline(OrgId), Path, description = "The organization"),
+        ("id" = inline(InvitationId), Path, description = "The invitation")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 204, description = "Revoked"), errors::Auth, errors::Org,
+        (status = 409, description = "`conflict`: no longer pending (`details.reason`: its status)", body = ErrorEnvelope)))]
 pub async fn revoke_invitation(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, id)): Path<(String, String)>,
+    Ids((org, id)): Ids<(OrgId, InvitationId)>,
 ) -> Result<StatusCode, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
+    let a = state.orgs.access(&actor(&principal), &org).await?;
     a.require(Permission::MembersWrite)?;
-    check_id(&id, "inv")?;
-    invitations::revoke(&state, &org, &id, &audit(&state, &a, &ip)).await?;
+    let by = a.by(Some(ip.0.to_string()));
+    state.invitations.revoke(&org, &id, &by).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn own_audit(state: &AppState, user_id: &str, ip: &ClientIp) -> Audit {
-    Audit {
-        actor: format!("user:{user_id}"),
-        ip: Some(ip.0.to_string()),
-        now: state.clock.now_ms(),
-    }
 }
 
 /// The pending invitations to the caller's confirmed address.
 #[utoipa::path(get, path = "/v1/invitations", tag = "invitations",
-    responses((status = 200, body = [Invitation])))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The invitations", body = Envelope<Vec<Invitation>>),
+        (status = 403, description = "`forbidden`: an API key (`details.required`: `user`), or an unconfirmed address (`details.reason`: `email_not_confirmed`)", body = ErrorEnvelope),
+        errors::Auth))]
 pub async fn my_invitations(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Success<Vec<Invitation>>, ApiError> {
     let (user_id, _) = user_only(&principal)?;
-    let email = invitations::confirmed_email(&state, user_id).await?;
-    let now = state.clock.now_ms();
-    Ok(ok(state.store.invitations_to(&email, now).await?))
+    Ok(ok(state.invitations.to_user(user_id).await?))
 }
 
 /// Accepts an invitation addressed to the caller's confirmed address.
 #[utoipa::path(post, path = "/v1/invitations/{id}/accept", tag = "invitations",
-    responses((status = 200, body = Invitation), (status = 403, description = "Addressed to another email"),
-              (status = 409, description = "No longer pending, or already a member")))]
+    params(("id" = inline(InvitationId), Path, description = "The invitation")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The accepted invitation", body = Envelope<Invitation>),
+        (status = 400, description = "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: an API key, an unconfirmed address, or addressed to another (`details.reason`: `wrong_email`)", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 409, description = "`conflict`: no longer pending, or already a member", body = ErrorEnvelope),
+        errors::Auth))]
 pub async fn accept(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path(id): Path<String>,
+    Ids(id): Ids<InvitationId>,
 ) -> Result<Success<Invitation>, ApiError> {
     let (user_id, _) = user_only(&principal)?;
-    check_id(&id, "inv")?;
-    let audit = own_audit(&state, user_id, &ip);
-    Ok(ok(invitations::accept(&state, &id, user_id, &audit).await?))
+    let ip = Some(ip.0.to_string());
+    Ok(ok(state.invitations.accept(&id, user_id, ip).await?))
 }
 
 /// Declines an invitation addressed to the caller's confirmed address.
 #[utoipa::path(post, path = "/v1/invitations/{id}/decline", tag = "invitations",
-    responses((status = 200, body = Invitation), (status = 403, description = "Addressed to another email"),
-              (status = 409, description = "No longer pending")))]
+    params(("id" = inline(InvitationId), Path, description = "The invitation")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The declined invitation", body = Envelope<Invitation>),
+        (status = 400, description = "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: an API key, an unconfirmed address, or addressed to another (`details.reason`: `wrong_email`)", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 409, description = "`conflict`: no longer pending", body = ErrorEnvelope),
+        errors::Auth))]
 pub async fn decline(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path(id): Path<String>,
+    Ids(id): Ids<InvitationId>,
 ) -> Result<Success<Invitation>, ApiError> {
     let (user_id, _) = user_only(&principal)?;
-    check_id(&id, "inv")?;
-    let audit = own_audit(&state, user_id, &ip);
-    Ok(ok(invitations::decline(&state, &id, user_id, &audit).await?))
+    let ip = Some(ip.0.to_string());
+    Ok(ok(state.invitations.decline(&id, user_id, ip).await?))
 }
 
 /// The emailed token.
@@ -225,29 +272,40 @@ async fn limit_ip(state: &AppState, policy: Policy, ip: &ClientIp) -> Result<(),
 
 /// What the holder of an accept link is invited to (no account needed).
 #[utoipa::path(post, path = "/v1/invitations/lookup", tag = "invitations", request_body = TokenBody,
-    responses((status = 200, body = Invitation), (status = 404, description = "Invalid link")))]
+    responses((status = 200, description = "The invitation", body = Envelope<Invitation>),
+        (status = 404, description = "`not_found`: the link is invalid (`details.reason`: `invalid_token`)", body = ErrorEnvelope),
+        (status = 429, description = "`rate_limited` (`Retry-After`)", body = ErrorEnvelope),
+        (status = 503, description = "`service_unavailable` (`Retry-After`)", body = ErrorEnvelope),
+        errors::Body))]
 pub async fn lookup(
     State(state): State<AppState>,
     ip: ClientIp,
     ApiJson(body): ApiJson<TokenBody>,
 ) -> Result<Success<Invitation>, ApiError> {
     limit_ip(&state, Policy::Verify, &ip).await?;
-    Ok(ok(invitations::by_token(&state, &body.token).await?))
+    Ok(ok(state.invitations.by_token(&body.token).await?))
 }
 
 /// Accepts with the emailed token and the invited address's password, right after signing
 /// up on the accept page: the token confirms an account created after the invitation.
 #[utoipa::path(post, path = "/v1/invitations/redeem", tag = "invitations", request_body = RedeemBody,
-    responses((status = 200, body = Invitation), (status = 401, description = "Wrong password"),
-              (status = 404, description = "Invalid link"), (status = 409, description = "No longer pending, or an older unconfirmed account")))]
+    responses((status = 200, description = "The accepted invitation", body = Envelope<Invitation>),
+        (status = 401, description = "`unauthorized`: wrong password (`details.reason`: `invalid_credentials`)", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`: the link is invalid (`details.reason`: `invalid_token`)", body = ErrorEnvelope),
+        (status = 409, description = "`conflict`: no longer pending, or an older unconfirmed account (`details.reason`)", body = ErrorEnvelope),
+        (status = 429, description = "`rate_limited` (`Retry-After`)", body = ErrorEnvelope),
+        (status = 503, description = "`service_unavailable` (`Retry-After`)", body = ErrorEnvelope),
+        errors::Body))]
 pub async fn redeem(
     State(state): State<AppState>,
     ip: ClientIp,
     ApiJson(body): ApiJson<RedeemBody>,
 ) -> Result<Success<Invitation>, ApiError> {
     limit_ip(&state, Policy::SignIn, &ip).await?;
-    let inv =
-        invitations::accept_with_token(&state, &body.token, body.password, Some(ip.0.to_string()))
-            .await?;
+    let ip = Some(ip.0.to_string());
+    let inv = state
+        .invitations
+        .accept_with_token(&body.token, body.password, ip)
+        .await?;
     Ok(ok(inv))
 }

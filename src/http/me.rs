@@ -2,7 +2,6 @@
 
 use axum::extract::State;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -10,6 +9,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::envelope::{errors, ok, Envelope, Success};
 use crate::http::extract::{Principal, Via};
+use crate::orgs::Membership;
 
 /// `/v1/me`.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -34,8 +34,7 @@ pub struct Me {
     pub session_id: Option<String>,
     /// Organizations a person belongs to, with their role and its permissions.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub organizations: Option<Vec<Value>>,
+    pub organizations: Option<Vec<Membership>>,
     /// The key's organization.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub org_id: Option<String>,
@@ -82,7 +81,7 @@ pub async fn me(
             session_id,
             via,
         } => {
-            let organizations = state.memberships(&user_id).await?.as_ref().clone();
+            let organizations = state.orgs.memberships(&user_id).await?.as_ref().clone();
             Ok(ok(Me {
                 user_id: Some(user_id),
                 email: Some(email),

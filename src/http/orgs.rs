@@ -1,42 +1,49 @@
-//! `/v1/orgs`: organizations, members and roles.
+//! `/v1/orgs`: organizations, members and roles (keys and the audit log have their own
+//! files). Handlers resolve the caller's [`Access`], check what needs only it, and call
+//! [`crate::orgs::Orgs`].
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
-use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
-use crate::domain::permissions;
 use crate::domain::permissions::Permission;
-use crate::error::{ApiError, Code};
-use crate::http::envelope::{created, ok, Success};
-use crate::http::extract::{ApiJson, ClientIp, Principal};
+use crate::error::{ApiError, Code, Reason};
+use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Success};
+use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
 use crate::http::limits::{parse_specs, RateLimitSpec};
-use crate::orgs::{access, check_id, check_name, role_permissions, Access};
-use crate::store::{Audit, Member, Org, Role, StoreError};
+use crate::ids::OrgId;
+use crate::orgs::{
+    Access, Actor, By, Denied, Invalid, ListedOrg, MemberRole, OrgChanges, OrgError,
+};
+use crate::store::{Audit, Invitation, Member, Org, Role};
 
-/// `/v1/orgs…` (keys and the audit log have their own files).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/orgs", get(list_orgs).post(create_org))
-        .route(
-            "/v1/orgs/{org}",
-            get(get_org).patch(update_org).delete(delete_org),
-        )
-        .route("/v1/orgs/{org}/members", get(list_members).post(add_member))
-        .route(
-            "/v1/orgs/{org}/members/{user}",
-            patch(change_role).delete(remove_member),
-        )
-        .route("/v1/orgs/{org}/roles", get(list_roles).post(create_role))
-        .route(
-            "/v1/orgs/{org}/roles/{name}",
-            axum::routing::delete(delete_role),
-        )
+/// `/v1/orgs…`.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_orgs, create_org))
+        .routes(routes!(get_org, update_org, delete_org))
+        .routes(routes!(list_members, add_member))
+        .routes(routes!(change_role, remove_member))
+        .routes(routes!(list_roles, create_role))
+        .routes(routes!(delete_role))
+}
+
+/// The organizations service's view of a principal.
+pub fn actor(principal: &Principal) -> Actor {
+    match principal {
+        Principal::User { user_id, .. } => Actor::User {
+            user_id: user_id.clone(),
+        },
+        Principal::ApiKey { key } => Actor::Key {
+            org_id: OrgId::from_stored(key.org_id.clone()),
+            key_id: crate::ids::KeyId::from_stored(key.id.clone()),
+            scopes: key.scopes.clone(),
+        },
+    }
 }
 
 /// The audit context of a request.
@@ -48,25 +55,60 @@ pub fn audit(state: &AppState, access: &Access, ip: &ClientIp) -> Audit {
     }
 }
 
-/// Checks the path's organization id and resolves the caller's standing in it.
+/// Who makes a change with `access` from `ip`.
+fn by(access: &Access, ip: &ClientIp) -> By {
+    access.by(Some(ip.0.to_string()))
+}
+
+/// Resolves the caller's standing in organization `org` (checked as an `org_…` id first).
 pub async fn org_access(
     state: &AppState,
     principal: &Principal,
     org: &str,
 ) -> Result<Access, ApiError> {
-    check_id(org, "org")?;
-    access(&state.store, principal, org).await
+    let org = OrgId::parse(org).map_err(|e| ApiError::malformed_id(&e))?;
+    Ok(state.orgs.access(&actor(principal), &org).await?)
 }
 
-/// The person behind a principal: (user id, email); API keys get 403 (`required: user`).
+/// The person behind a principal: (user id, email); API keys are refused (`required: user`).
 pub(crate) fn user_only(principal: &Principal) -> Result<(&str, &str), ApiError> {
     match principal {
         Principal::User { user_id, email, .. } => Ok((user_id, email)),
-        Principal::ApiKey { .. } => Err(ApiError::msg(
-            Code::Forbidden,
-            "API keys cannot do this; sign in as a person.",
-        )
-        .details(json!({ "required": "user" }))),
+        Principal::ApiKey { .. } => Err(Denied::NotAPerson.into()),
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        let e = ApiError::msg(Code::Forbidden, d.to_string());
+        match d.required() {
+            Some(required) => e.details(json!({ "required": required })),
+            None => e.reason(Reason::NotAMember),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(i: Invalid) -> Self {
+        ApiError::field(&i.field, &i.problem)
+    }
+}
+
+impl From<crate::ids::Malformed> for ApiError {
+    fn from(e: crate::ids::Malformed) -> Self {
+        ApiError::malformed_id(&e)
+    }
+}
+
+impl From<OrgError> for ApiError {
+    fn from(e: OrgError) -> Self {
+        match e {
+            OrgError::Denied(d) => d.into(),
+            OrgError::NotFound(what) => ApiError::not_found(what),
+            OrgError::Invalid(i) => i.into(),
+            OrgError::Conflict(m) => ApiError::msg(Code::Conflict, m),
+            OrgError::Store(s) => s.into(),
+        }
     }
 }
 
@@ -74,13 +116,17 @@ pub(crate) fn user_only(principal: &Principal) -> Result<(&str, &str), ApiError>
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrgBody {
-    /// 1-100 characters.
+    /// 1-100 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
 /// Creates an organization; the caller becomes its owner.
 #[utoipa::path(post, path = "/v1/orgs", tag = "orgs", request_body = OrgBody,
-    responses((status = 201, body = Org), (status = 422, description = "validation_failed")))]
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 201, description = "The new organization", body = Envelope<Org>),
+        (status = 403, description = "`forbidden`: API keys cannot create organizations (`details.required`: `user`)", body = ErrorEnvelope),
+        errors::Auth, errors::Body))]
 pub async fn create_org(
     State(state): State<AppState>,
     principal: Principal,
@@ -88,69 +134,44 @@ pub async fn create_org(
     ApiJson(body): ApiJson<OrgBody>,
 ) -> Result<Success<Org>, ApiError> {
     let (user_id, _) = user_only(&principal)?;
-    let name = check_name("name", &body.name, 100)?;
-    let audit = Audit {
-        actor: format!("user:{user_id}"),
-        ip: Some(ip.0.to_string()),
-        now: state.clock.now_ms(),
-    };
-    let org = state.store.create_org(&name, user_id, &audit).await?;
-    forget_memberships(&state, user_id).await;
-    Ok(created(org))
+    let by = By::user(user_id, Some(ip.0.to_string()));
+    Ok(created(state.orgs.create(&body.name, user_id, &by).await?))
 }
 
-/// The caller's organizations, with their role in each.
-#[utoipa::path(get, path = "/v1/orgs", tag = "orgs", responses((status = 200, description = "Organizations")))]
+/// The caller's organizations, with their role in each (an API key sees its own).
+#[utoipa::path(get, path = "/v1/orgs", tag = "orgs",
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "Organizations", body = Envelope<Vec<ListedOrg>>),
+        (status = 404, description = "`not_found`: the key's organization is gone", body = ErrorEnvelope),
+        errors::Auth))]
 pub async fn list_orgs(
     State(state): State<AppState>,
     principal: Principal,
-) -> Result<Response, ApiError> {
-    match &principal {
-        Principal::User { user_id, .. } => {
-            let list: Vec<_> = state
-                .store
-                .orgs_of_user(user_id)
-                .await?
-                .into_iter()
-                .map(|(o, role)| json!({ "id": o.id, "name": o.name, "role": role, "created_at": o.created_at }))
-                .collect();
-            Ok(ok(list).into_response())
-        }
-        Principal::ApiKey { key } => {
-            let org = state
-                .store
-                .org(&key.org_id)
-                .await?
-                .ok_or_else(|| ApiError::not_found("Organization"))?;
-            Ok(ok(vec![
-                json!({ "id": org.id, "name": org.name, "created_at": org.created_at }),
-            ])
-            .into_response())
-        }
-    }
+) -> Result<Success<Vec<ListedOrg>>, ApiError> {
+    Ok(ok(state.orgs.list(&actor(&principal)).await?))
 }
 
 /// One organization.
 #[utoipa::path(get, path = "/v1/orgs/{org}", tag = "orgs",
-    responses((status = 200, body = Org), (status = 403, description = "Not a member of the selected organization")))]
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The organization", body = Envelope<Org>),
+        errors::Auth, errors::Org))]
 pub async fn get_org(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
 ) -> Result<Success<Org>, ApiError> {
-    org_access(&state, &principal, &org).await?;
-    Ok(ok(state
-        .store
-        .org(&org)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Organization"))?))
+    let a = state.orgs.access(&actor(&principal), &org).await?;
+    Ok(ok(state.orgs.get(&a.org_id).await?))
 }
 
 /// Changes to an organization; absent fields stay as they are.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrgBody {
-    /// 1-100 characters.
+    /// 1-100 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// Windows across all the organization's keys; `null` restores the default.
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
@@ -159,79 +180,63 @@ pub struct UpdateOrgBody {
 }
 
 /// Renames an organization or sets its rate limits (owners and admins).
-#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "orgs", request_body = UpdateOrgBody, responses((status = 200, body = Org)))]
+#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "orgs", request_body = UpdateOrgBody,
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The organization as changed", body = Envelope<Org>),
+        errors::Auth, errors::Org, errors::Body))]
 pub async fn update_org(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     ApiJson(body): ApiJson<UpdateOrgBody>,
 ) -> Result<Success<Org>, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
+    let a = state.orgs.access(&actor(&principal), &org).await?;
     a.require_user()?;
-    if !matches!(a.role.as_deref(), Some("owner" | "admin")) {
-        return Err(ApiError::msg(
-            Code::Forbidden,
-            "Only owners and admins can change the organization.",
-        )
-        .details(json!({ "required": "admin" })));
-    }
-    let name = body.name.map(|n| check_name("name", &n, 100)).transpose()?;
-    let rates = body
+    a.require_admin()?;
+    let name = body
+        .name
+        .map(|n| crate::orgs::check_name("name", &n, 100))
+        .transpose()?;
+    let rate_limits = body
         .rate_limits
         .map(|r| r.map(|r| parse_specs("rate_limits", &r)).transpose())
         .transpose()?;
-    let changed_limits = rates.is_some();
-    let renamed = name.is_some();
-    let org_view = state
-        .store
-        .update_org(
-            &org,
-            name.as_deref(),
-            rates.as_ref().map(Option::as_ref),
-            &audit(&state, &a, &ip),
-        )
-        .await?;
-    if changed_limits {
-        state
-            .invalidate(crate::fanout::Invalidation::Org(org.clone()))
-            .await;
-    }
-    if renamed {
-        forget_memberships(&state, crate::fanout::EVERYONE).await;
-    }
-    Ok(ok(org_view))
+    let changes = OrgChanges { name, rate_limits };
+    Ok(ok(state.orgs.update(&a, &by(&a, &ip), changes).await?))
 }
 
 /// Deletes an organization and everything it owns (owners only).
-#[utoipa::path(delete, path = "/v1/orgs/{org}", tag = "orgs", responses((status = 204, description = "Deleted")))]
+#[utoipa::path(delete, path = "/v1/orgs/{org}", tag = "orgs",
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 204, description = "Deleted"), errors::Auth, errors::Org))]
 pub async fn delete_org(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
 ) -> Result<StatusCode, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
+    let a = state.orgs.access(&actor(&principal), &org).await?;
     a.require_owner()?;
-    for hash in state.store.delete_org(&org).await? {
-        state
-            .invalidate(crate::fanout::Invalidation::Key(hash))
-            .await;
-    }
-    forget_memberships(&state, crate::fanout::EVERYONE).await;
+    state.orgs.delete(&a.org_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The members.
-#[utoipa::path(get, path = "/v1/orgs/{org}/members", tag = "members", responses((status = 200, body = [Member])))]
+#[utoipa::path(get, path = "/v1/orgs/{org}/members", tag = "members",
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The members", body = Envelope<Vec<Member>>),
+        errors::Auth, errors::Org))]
 pub async fn list_members(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
 ) -> Result<Success<Vec<Member>>, ApiError> {
-    org_access(&state, &principal, &org)
-        .await?
-        .require(Permission::MembersRead)?;
-    Ok(ok(state.store.members(&org).await?))
+    let a = state.orgs.access(&actor(&principal), &org).await?;
+    a.require(Permission::MembersRead)?;
+    Ok(ok(state.orgs.members(&a.org_id).await?))
 }
 
 /// A member to add.
@@ -239,8 +244,9 @@ pub async fn list_members(
 #[serde(deny_unknown_fields)]
 pub struct AddMemberBody {
     /// The address to invite.
+    #[schema(format = Email)]
     pub email: String,
-    /// A built-in or custom role.
+    /// A built-in (`owner`, `admin`, `member`) or custom role.
     pub role: String,
 }
 
@@ -248,46 +254,24 @@ pub struct AddMemberBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleBody {
-    /// A built-in or custom role.
+    /// A built-in (`owner`, `admin`, `member`) or custom role.
     pub role: String,
-}
-
-/// Checks that `a` may hand out `role`: it exists, only owners grant `owner`, and nobody
-/// grants a permission they do not hold (so a custom role cannot escalate).
-pub(crate) async fn grantable(state: &AppState, a: &Access, role: &str) -> Result<(), ApiError> {
-    let perms = role_permissions(&state.store, &a.org_id, role)
-        .await?
-        .ok_or_else(|| ApiError::field("role", "no such role in this organization"))?;
-    if role == "owner" {
-        a.require_owner()?;
-    }
-    a.require_all(&perms)?;
-    Ok(())
-}
-
-/// Checks that `a` may change or remove a member whose role is `current`: only owners act on
-/// owners, and the actor holds every permission of that role.
-async fn may_act_on(state: &AppState, a: &Access, current: &str) -> Result<(), ApiError> {
-    if current == "owner" {
-        a.require_owner()?;
-    }
-    let perms = role_permissions(&state.store, &a.org_id, current)
-        .await?
-        .unwrap_or_default();
-    a.require_covers(&perms)
 }
 
 /// Deprecated: creates an invitation, exactly as `POST /v1/orgs/{org}/invitations` does.
 /// Nobody becomes a member without accepting.
 #[utoipa::path(post, path = "/v1/orgs/{org}/members", tag = "members", request_body = AddMemberBody,
-    responses((status = 201, body = crate::store::Invitation, description = "An invitation (deprecated route)")))]
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 201, description = "An invitation (deprecated route)", body = Envelope<Invitation>),
+        errors::Auth, errors::Org, errors::Body))]
 pub async fn add_member(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     ApiJson(body): ApiJson<AddMemberBody>,
-) -> Result<Success<crate::store::Invitation>, ApiError> {
+) -> Result<Success<Invitation>, ApiError> {
     let body = crate::http::invitations::InviteBody {
         email: body.email,
         role: body.role,
@@ -299,158 +283,148 @@ pub async fn add_member(
 
 /// Changes a member's role.
 #[utoipa::path(patch, path = "/v1/orgs/{org}/members/{user}", tag = "members", request_body = RoleBody,
-    responses((status = 200, description = "Changed"), (status = 409, description = "The last owner cannot be demoted")))]
+    params(("org" = inline(OrgId), Path, description = "The organization"),
+        ("user" = String, Path, description = "The member's user id")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "Changed", body = Envelope<MemberRole>),
+        errors::Auth, errors::Org, errors::Body, errors::Conflict))]
 pub async fn change_role(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, user)): Path<(String, String)>,
+    Ids((org, user)): Ids<(OrgId, String)>,
     ApiJson(body): ApiJson<RoleBody>,
-) -> Result<Success<serde_json::Value>, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
+) -> Result<Success<MemberRole>, ApiError> {
+    let a = state.orgs.access(&actor(&principal), &org).await?;
     a.require(Permission::MembersWrite)?;
-    let current = state
-        .store
-        .membership(&org, &user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Member"))?;
-    may_act_on(&state, &a, &current).await?;
-    grantable(&state, &a, &body.role).await?;
-    state
-        .store
-        .set_member_role(&org, &user, &body.role, &audit(&state, &a, &ip))
-        .await
-        .map_err(member_error)?;
-    forget_memberships(&state, &user).await;
-    Ok(ok(json!({ "user_id": user, "role": body.role })))
-}
-
-/// `/v1/me` lists a person's organizations from a cache: every change to them forgets it,
-/// here and on the other instances (`EVERYONE` for a change that touches all members).
-async fn forget_memberships(state: &AppState, user_id: &str) {
-    state
-        .invalidate(crate::fanout::Invalidation::Memberships(
-            user_id.to_string(),
-        ))
-        .await;
-}
-
-fn member_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::not_found("Member"),
-        other => other.into(),
-    }
+    let changed = state
+        .orgs
+        .change_role(&a, &by(&a, &ip), &user, &body.role)
+        .await?;
+    Ok(ok(changed))
 }
 
 /// Removes a member.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/members/{user}", tag = "members",
-    responses((status = 204, description = "Removed"), (status = 409, description = "The last owner cannot be removed")))]
+    params(("org" = inline(OrgId), Path, description = "The organization"),
+        ("user" = String, Path, description = "The member's user id")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 204, description = "Removed"), errors::Auth, errors::Org, errors::Conflict))]
 pub async fn remove_member(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, user)): Path<(String, String)>,
+    Ids((org, user)): Ids<(OrgId, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
+    let a = state.orgs.access(&actor(&principal), &org).await?;
     a.require(Permission::MembersWrite)?;
-    let current = state
-        .store
-        .membership(&org, &user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Member"))?;
-    may_act_on(&state, &a, &current).await?;
-    state
-        .store
-        .remove_member(&org, &user, &audit(&state, &a, &ip))
-        .await
-        .map_err(member_error)?;
-    forget_memberships(&state, &user).await;
+    state.orgs.remove_member(&a, &by(&a, &ip), &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Built-in and custom roles.
-#[utoipa::path(get, path = "/v1/orgs/{org}/roles", tag = "roles", responses((status = 200, body = [Role])))]
+#[utoipa::path(get, path = "/v1/orgs/{org}/roles", tag = "roles",
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The roles", body = Envelope<Vec<Role>>),
+        errors::Auth, errors::Org))]
 pub async fn list_roles(
     State(state): State<AppState>,
     principal: Principal,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
 ) -> Result<Success<Vec<Role>>, ApiError> {
-    org_access(&state, &principal, &org)
-        .await?
-        .require(Permission::MembersRead)?;
-    let mut roles: Vec<Role> = permissions::BUILTIN_ROLES
-        .iter()
-        .map(|r| Role {
-            name: r.to_string(),
-            permissions: permissions::builtin(r).unwrap_or_default(),
-            builtin: true,
-        })
-        .collect();
-    roles.extend(state.store.custom_roles(&org).await?);
-    Ok(ok(roles))
+    let a = state.orgs.access(&actor(&principal), &org).await?;
+    a.require(Permission::MembersRead)?;
+    Ok(ok(state.orgs.roles(&a.org_id).await?))
 }
 
 /// A custom role.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRoleBody {
-    /// 1-32 of a-z 0-9 _ -.
+    /// 1-32 of a-z 0-9 _ -, starting with a letter; not a built-in role's name.
+    #[schema(pattern = "^[a-z][a-z0-9_-]{0,31}$")]
     pub name: String,
     /// Permissions (each one the creator holds).
+    #[schema(value_type = Vec<Permission>)]
     pub permissions: Vec<String>,
 }
 
 /// Defines a custom role.
 #[utoipa::path(post, path = "/v1/orgs/{org}/roles", tag = "roles", request_body = NewRoleBody,
-    responses((status = 201, body = Role), (status = 409, description = "Name taken")))]
+    params(("org" = inline(OrgId), Path, description = "The organization")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 201, description = "The new role", body = Envelope<Role>),
+        errors::Auth, errors::Org, errors::Body, errors::Conflict))]
 pub async fn create_role(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path(org): Path<String>,
+    Ids(org): Ids<OrgId>,
     ApiJson(body): ApiJson<NewRoleBody>,
 ) -> Result<Success<Role>, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
+    let a = state.orgs.access(&actor(&principal), &org).await?;
     a.require(Permission::MembersWrite)?;
-    permissions::check_role_name(&body.name).map_err(|m| ApiError::field("name", m))?;
-    let perms = permissions::parse_list(&body.permissions)
-        .map_err(|p| ApiError::field("permissions", &format!("unknown permission {p:?}")))?;
-    a.require_all(&perms)?;
-    state
-        .store
-        .create_role(&org, &body.name, &perms, &audit(&state, &a, &ip))
+    let role = state
+        .orgs
+        .create_role(&a, &by(&a, &ip), &body.name, &body.permissions)
         .await?;
-    Ok(created(Role {
-        name: body.name,
-        permissions: perms,
-        builtin: false,
-    }))
+    Ok(created(role))
 }
 
 /// Deletes a custom role no member holds.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/roles/{name}", tag = "roles",
-    responses((status = 204, description = "Deleted"), (status = 409, description = "Still held")))]
+    params(("org" = inline(OrgId), Path, description = "The organization"),
+        ("name" = String, Path, description = "The custom role's name")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 204, description = "Deleted"), errors::Auth, errors::Org, errors::Conflict))]
 pub async fn delete_role(
     State(state): State<AppState>,
     principal: Principal,
     ip: ClientIp,
-    Path((org, name)): Path<(String, String)>,
+    Ids((org, name)): Ids<(OrgId, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let a = org_access(&state, &principal, &org).await?;
+    let a = state.orgs.access(&actor(&principal), &org).await?;
     a.require(Permission::MembersWrite)?;
-    if permissions::BUILTIN_ROLES.contains(&name.as_str()) {
-        return Err(ApiError::msg(
-            Code::Conflict,
-            "Built-in roles cannot be deleted.",
-        ));
-    }
-    state
-        .store
-        .delete_role(&org, &name, &audit(&state, &a, &ip))
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("Role"),
-            other => other.into(),
-        })?;
+    state.orgs.delete_role(&a, &by(&a, &ip), &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described_once_with_typed_ids() {
+        let spec = router()
+            .merge(crate::http::invitations::router())
+            .into_openapi();
+        let doc = serde_json::to_value(&spec).unwrap_or_default();
+        if std::env::var("PRINT_SPEC").is_ok() {
+            println!("{doc:#}");
+        }
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        let mut ops = 0;
+        for (path, item) in &paths {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                ops += 1;
+                let params = op["parameters"].as_array().cloned().unwrap_or_default();
+                if path.contains("{org}") {
+                    let org = params.iter().find(|p| p["name"] == "org");
+                    let pattern = org.map(|p| p["schema"]["pattern"].clone());
+                    assert_eq!(
+                        pattern,
+                        Some(json!("^org_[0-9a-f]{32}$")),
+                        "{method} {path}"
+                    );
+                }
+                let statuses = op["responses"].as_object().cloned().unwrap_or_default();
+                assert!(
+                    statuses.keys().any(|s| s.starts_with('2')),
+                    "{method} {path}"
+                );
+            }
+        }
+        assert_eq!(ops, 20, "{:?}", paths.keys().collect::<Vec<_>>());
+    }
 }

@@ -123,9 +123,15 @@ async fn role_of(
 }
 
 impl Store {
-    /// Creates an organization with its creator as owner.
-    pub async fn create_org(&self, name: &str, owner_id: &str, audit: &Audit) -> StoreResult<Org> {
-        let id = format!("org_{}", uuid::Uuid::new_v4().simple());
+    /// Creates organization `id` with its creator as owner.
+    pub async fn create_org(
+        &self,
+        id: &str,
+        name: &str,
+        owner_id: &str,
+        audit: &Audit,
+    ) -> StoreResult<Org> {
+        let id = id.to_string();
         let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO organizations (id, name, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
             .bind(&id)
