@@ -171,6 +171,57 @@ impl GoTrueError {
     }
 }
 
+/// The body of every `/auth/v1` error, in `/openapi.json`: `{code, message}` when the request
+/// sent `X-Supabase-Api-Version: 2024-01-01`, else the legacy shape `{code (the status),
+/// error_code, msg, error, error_description}`; `weak_password.reasons` with `weak_password`.
+impl utoipa::PartialSchema for GoTrueError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        let code = || <ErrorCode as utoipa::PartialSchema>::schema();
+        let weak = || {
+            ObjectBuilder::new()
+                .description(Some("Why the password was refused (weak_password)."))
+                .property("reasons", ArrayBuilder::new().items(text()))
+                .required("reasons")
+        };
+        let versioned = ObjectBuilder::new()
+            .title(Some("GoTrueErrorVersioned"))
+            .description(Some("With X-Supabase-Api-Version: 2024-01-01."))
+            .property("code", code())
+            .required("code")
+            .property("message", text())
+            .required("message")
+            .property("weak_password", weak());
+        let legacy = ObjectBuilder::new()
+            .title(Some("GoTrueErrorLegacy"))
+            .description(Some("Without X-Supabase-Api-Version."))
+            .property(
+                "code",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .description(Some("The HTTP status.")),
+            )
+            .required("code")
+            .property("error_code", code())
+            .required("error_code")
+            .property("msg", text())
+            .required("msg")
+            .property("error", code())
+            .required("error")
+            .property("error_description", text())
+            .required("error_description")
+            .property("weak_password", weak());
+        OneOfBuilder::new()
+            .item(versioned)
+            .item(legacy)
+            .description(Some("A Supabase Auth (GoTrue) error."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for GoTrueError {}
+
 impl From<AccountError> for GoTrueError {
     fn from(e: AccountError) -> Self {
         use ErrorCode as C;
