@@ -20,16 +20,16 @@ use crate::config::Policy;
 use crate::domain::Email;
 use crate::http::auth_v1::{limited, session_json};
 use crate::http::extract::ClientIp;
-use crate::http::gotrue::{ErrorCode, GoTrueError, GoTrueJson};
+use crate::http::gotrue::{gated, ErrorCode, GoTrueError, GoTrueJson};
 use crate::mail::flows::{FlowError, MailRequest, Verified, VerifyType, ONE_SIDE_CONFIRMED};
 use crate::store::User;
 
 /// Routes behind the `apikey` gate.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(otp))
-        .routes(routes!(magiclink))
-        .routes(routes!(recover))
+        .routes(gated(state, routes!(otp)))
+        .routes(gated(state, routes!(magiclink)))
+        .routes(gated(state, routes!(recover)))
 }
 
 /// `/verify`: the link in a mail is opened by a browser, which sends no `apikey`; the POST

@@ -18,19 +18,19 @@ use crate::auth::jwt::{Claims, JwtError};
 use crate::clock::rfc3339;
 use crate::config::Policy;
 use crate::http::extract::ClientIp;
-use crate::http::gotrue::{ErrorCode, GoTrueError, GoTrueJson};
+use crate::http::gotrue::{gated, ErrorCode, GoTrueError, GoTrueJson};
 use crate::store::User;
 
-/// `/auth/v1` routes behind the `apikey` gate (the gate and API-version handling wrap them
-/// in `http::router`).
-pub fn router() -> OpenApiRouter<AppState> {
+/// `/auth/v1` routes behind the `apikey` gate (API-version handling wraps them in
+/// `http::router`).
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(signup))
-        .routes(routes!(token))
-        .routes(routes!(logout))
-        .routes(routes!(get_user, update_user))
-        .routes(routes!(settings))
-        .routes(routes!(health))
+        .routes(gated(state, routes!(signup)))
+        .routes(gated(state, routes!(token)))
+        .routes(gated(state, routes!(logout)))
+        .routes(gated(state, routes!(get_user, update_user)))
+        .routes(gated(state, routes!(settings)))
+        .routes(gated(state, routes!(health)))
 }
 
 /// Routes that need no `apikey`: public keys are public.

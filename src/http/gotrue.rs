@@ -365,6 +365,18 @@ pub async fn api_version(req: Request, next: Next) -> Response {
     res
 }
 
+/// `routes` behind the `apikey` gate. The gate wraps each method the routes serve, not the
+/// path's fallback, so a method no route serves answers 405 whatever the key (GoTrue answers
+/// 401 `no_api_key` there first; 405 is what the path really answers).
+pub fn gated(
+    state: &AppState,
+    routes: utoipa_axum::router::UtoipaMethodRouter<AppState>,
+) -> utoipa_axum::router::UtoipaMethodRouter<AppState> {
+    let (schemas, paths, method_router) = routes;
+    let gate = axum::middleware::from_fn_with_state(state.clone(), require_apikey);
+    (schemas, paths, method_router.route_layer(gate))
+}
+
 /// Refuses `/auth/v1` calls without the deployment's publishable key in `apikey`.
 pub async fn require_apikey(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let presented = req

@@ -80,15 +80,10 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
             .chain(limits::EXPOSED.map(HeaderName::from_static))
             .collect::<Vec<_>>(),
         );
-    // Full paths merged, as for /v1 below. The `apikey` gate is a route layer: it runs only
-    // when a route serves the method, so a method no route serves answers 405 whatever the
-    // key (GoTrue answers such a request 401 `no_api_key`; 405 is the accurate answer).
-    let auth = auth_v1::router()
-        .merge(auth_email::router())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            gotrue::require_apikey,
-        ))
+    // Full paths merged, as for /v1 below. The `apikey` gate wraps each gated route's
+    // methods (`gotrue::gated`), so an unserved method answers 405.
+    let auth = auth_v1::router(state)
+        .merge(auth_email::router(state))
         .merge(auth_v1::public_router())
         .merge(auth_email::public_router())
         .layer(middleware::from_fn(gotrue::api_version))
