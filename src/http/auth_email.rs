@@ -93,7 +93,8 @@ fn sent() -> Response {
 /// `POST /auth/v1/otp`.
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct OtpBody {
-    /// The address (required; phone sign-ins are disabled).
+    /// The address (phone sign-ins are disabled).
+    #[schema(value_type = String, required = true)]
     email: Option<String>,
     /// Refused with `phone_provider_disabled` when sent without an email.
     phone: Option<String>,
@@ -136,7 +137,8 @@ pub(crate) async fn otp(
 /// `POST /auth/v1/magiclink`.
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct MagicLinkBody {
-    /// The address (required).
+    /// The address.
+    #[schema(value_type = String, required = true)]
     email: Option<String>,
     /// Metadata for an account the mail creates: a JSON object.
     #[schema(value_type = Option<Object>)]
@@ -197,7 +199,8 @@ fn redirect(q: &HashMap<String, String>) -> Option<&str> {
 /// `POST /auth/v1/recover`.
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct RecoverBody {
-    /// The address (required).
+    /// The address.
+    #[schema(value_type = String, required = true)]
     email: Option<String>,
 }
 
@@ -236,8 +239,9 @@ pub(crate) async fn recover(
 /// `token`.
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct VerifyBody {
-    /// signup, magiclink, email, recovery or email_change (required).
+    /// signup, magiclink, email, recovery or email_change.
     #[serde(rename = "type")]
+    #[schema(value_type = String, required = true)]
     kind: Option<String>,
     /// The six-digit code from the mail (with `email`).
     token: Option<String>,

@@ -111,9 +111,11 @@ pub(crate) async fn limited(
 /// `POST /auth/v1/signup`. Unknown fields are ignored, as GoTrue ignores them.
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct SignUpBody {
-    /// The address (required; phone sign-ups are disabled).
+    /// The address (phone sign-ups are disabled).
+    #[schema(value_type = String, required = true)]
     email: Option<String>,
-    /// The password, checked against the password policy (required).
+    /// The password, checked against the password policy.
+    #[schema(value_type = String, required = true)]
     password: Option<String>,
     /// The user's metadata (`user_metadata`): a JSON object.
     #[schema(value_type = Option<Object>)]
@@ -192,6 +194,28 @@ pub(crate) async fn signup(
     }
 }
 
+/// `grant_type` of `POST /auth/v1/token`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum GrantType {
+    /// Email and password.
+    Password,
+    /// A refresh token.
+    RefreshToken,
+}
+
+/// `scope` of `POST /auth/v1/logout`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogoutScope {
+    /// Every session of the user (the default).
+    Global,
+    /// This session.
+    Local,
+    /// Every session but this one.
+    Others,
+}
+
 /// `POST /auth/v1/token`: email and password (`grant_type=password`) or a refresh token
 /// (`grant_type=refresh_token`).
 #[derive(Deserialize, ToSchema)]
@@ -206,7 +230,7 @@ pub(crate) struct TokenBody {
 
 #[utoipa::path(post, path = "/auth/v1/token", tag = "auth",
     security(("apikey" = [])),
-    params(("grant_type" = String, Query, description = "password or refresh_token (anything else: 400 unsupported_grant_type)")),
+    params(("grant_type" = inline(GrantType), Query, description = "password or refresh_token (anything else: 400 unsupported_grant_type)")),
     request_body(content = TokenBody, content_type = "application/json"),
     responses((status = 200, description = "A session", content_type = "application/json", body = Object),
               (status = 400, description = "bad_json, validation_failed, unsupported_grant_type, invalid_credentials, email_not_confirmed, refresh_token_not_found, refresh_token_already_used or session_expired", body = GoTrueError),
@@ -406,7 +430,7 @@ pub(crate) async fn update_user(
 
 #[utoipa::path(post, path = "/auth/v1/logout", tag = "auth",
     security(("apikey" = [], "bearer" = [])),
-    params(("scope" = Option<String>, Query, description = "global (default), local or others (anything else: 400 validation_failed)")),
+    params(("scope" = inline(Option<LogoutScope>), Query, description = "global (default), local or others (anything else: 400 validation_failed)")),
     responses((status = 204, description = "Signed out"),
               (status = 400, description = "validation_failed: an unknown scope", body = GoTrueError),
               (status = 401, description = "no_api_key, invalid_api_key or no_authorization", body = GoTrueError),

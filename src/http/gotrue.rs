@@ -30,7 +30,7 @@ macro_rules! error_codes {
     ($($(#[doc = $doc:literal])* $variant:ident => $wire:literal,)*) => {
         /// A GoTrue error code, as `code` (API version 2024-01-01) or `error_code` (legacy)
         /// carries it.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
         pub enum ErrorCode {
             $($(#[doc = $doc])* #[serde(rename = $wire)] $variant,)*
         }
@@ -99,6 +99,19 @@ error_codes! {
     /// The token endpoint's `grant_type` is not one of those offered.
     UnsupportedGrantType => "unsupported_grant_type",
 }
+
+/// A string enum of the wire strings (derived, the schema would list the variants' names).
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("A GoTrue error code."))
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
