@@ -234,6 +234,34 @@ impl Accounts {
         Ok(user)
     }
 
+    /// A dashboard session for a user who just authenticated: the cookie's secret (stored
+    /// only as its SHA-256) and its lifetime in seconds, `web_session_seconds` bounded by
+    /// `session_max_seconds`.
+    pub async fn start_web_session(&self, user_id: &str) -> Result<(String, i64), AccountError> {
+        let secret = tokens::random_token(32);
+        let now = self.clock.now_ms();
+        let ttl = self
+            .config
+            .session_max_seconds
+            .map_or(self.config.web_session_seconds, |max| {
+                max.min(self.config.web_session_seconds)
+            });
+        self.store
+            .create_web_session(&tokens::sha256_hex(&secret), user_id, now, now + ttl * 1000)
+            .await?;
+        Ok((secret, ttl))
+    }
+
+    /// Ends the dashboard session of a cookie (one already ended is no error). Returns the
+    /// session's hash, the name caches know it by, so the caller can have them forget it.
+    pub async fn end_web_session(&self, cookie: &str) -> Result<String, AccountError> {
+        let hash = tokens::sha256_hex(cookie);
+        match self.store.delete_web_session(&hash).await {
+            Ok(()) | Err(StoreError::NotFound) => Ok(hash),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Password grant: a new session.
     pub async fn sign_in(
         &self,

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::auth::tokens::ct_eq;
@@ -19,22 +20,22 @@ use crate::config::Policy;
 use crate::domain::Email;
 use crate::http::auth_v1::{limited, session_json};
 use crate::http::extract::ClientIp;
-use crate::http::gotrue::{ErrorCode, GoTrueError, GoTrueJson};
+use crate::http::gotrue::{gated, ErrorCode, GoTrueError, GoTrueJson};
 use crate::mail::flows::{FlowError, MailRequest, Verified, VerifyType, ONE_SIDE_CONFIRMED};
 use crate::store::User;
 
 /// Routes behind the `apikey` gate.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/otp", post(otp))
-        .route("/magiclink", post(magiclink))
-        .route("/recover", post(recover))
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(gated(state, routes!(otp)))
+        .routes(gated(state, routes!(magiclink)))
+        .routes(gated(state, routes!(recover)))
 }
 
 /// `/verify`: the link in a mail is opened by a browser, which sends no `apikey`; the POST
 /// form checks the key itself.
-pub fn public_router() -> Router<AppState> {
-    Router::new().route("/verify", get(verify_link).post(verify))
+pub fn public_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(verify_link, verify))
 }
 
 impl From<FlowError> for GoTrueError {
@@ -89,18 +90,31 @@ fn sent() -> Response {
     Json(json!({})).into_response()
 }
 
-#[derive(Deserialize)]
+/// `POST /auth/v1/otp`.
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct OtpBody {
+    /// The address (phone sign-ins are disabled).
+    #[schema(value_type = String, required = true)]
     email: Option<String>,
+    /// Refused with `phone_provider_disabled` when sent without an email.
     phone: Option<String>,
+    /// Metadata for an account the mail creates: a JSON object.
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
+    /// Whether following the link may create the account (default true).
     create_user: Option<bool>,
 }
 
 #[utoipa::path(post, path = "/auth/v1/otp", tag = "auth",
+    security(("apikey" = [])),
     params(("redirect_to" = Option<String>, Query, description = "Where the link lands (checked against redirect_allowlist)")),
-    responses((status = 200, description = "A mail with a sign-in link and a six-digit code is on its way (the same answer for an unknown address)"),
-              (status = 429, description = "over_request_rate_limit (per IP) or over_email_send_rate_limit (per address)")))]
+    request_body(content = OtpBody, content_type = "application/json"),
+    responses((status = 200, description = "A mail with a sign-in link and a six-digit code is on its way (the same answer for an unknown address): {}", content_type = "application/json", body = Object),
+              (status = 400, description = "bad_json, validation_failed or phone_provider_disabled", body = GoTrueError),
+              (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
+              (status = 413, description = "request_too_large", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit (per IP) or over_email_send_rate_limit (per address)", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn otp(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -120,16 +134,27 @@ pub(crate) async fn otp(
     sign_in_mail(&state, &email, body.create_user.unwrap_or(true), &data, &q).await
 }
 
-#[derive(Deserialize)]
+/// `POST /auth/v1/magiclink`.
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct MagicLinkBody {
+    /// The address.
+    #[schema(value_type = String, required = true)]
     email: Option<String>,
+    /// Metadata for an account the mail creates: a JSON object.
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
 #[utoipa::path(post, path = "/auth/v1/magiclink", tag = "auth",
+    security(("apikey" = [])),
     params(("redirect_to" = Option<String>, Query, description = "Where the link lands")),
-    responses((status = 200, description = "A sign-in mail is on its way"),
-              (status = 429, description = "over_request_rate_limit or over_email_send_rate_limit")))]
+    request_body(content = MagicLinkBody, content_type = "application/json"),
+    responses((status = 200, description = "A sign-in mail is on its way: {}", content_type = "application/json", body = Object),
+              (status = 400, description = "bad_json or validation_failed", body = GoTrueError),
+              (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
+              (status = 413, description = "request_too_large", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit or over_email_send_rate_limit", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn magiclink(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -171,15 +196,24 @@ fn redirect(q: &HashMap<String, String>) -> Option<&str> {
     q.get("redirect_to").map(String::as_str)
 }
 
-#[derive(Deserialize)]
+/// `POST /auth/v1/recover`.
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct RecoverBody {
+    /// The address.
+    #[schema(value_type = String, required = true)]
     email: Option<String>,
 }
 
 #[utoipa::path(post, path = "/auth/v1/recover", tag = "auth",
+    security(("apikey" = [])),
     params(("redirect_to" = Option<String>, Query, description = "Where the link lands")),
-    responses((status = 200, description = "A recovery mail is on its way (the same answer for an unknown address)"),
-              (status = 429, description = "over_request_rate_limit or over_email_send_rate_limit")))]
+    request_body(content = RecoverBody, content_type = "application/json"),
+    responses((status = 200, description = "A recovery mail is on its way (the same answer for an unknown address): {}", content_type = "application/json", body = Object),
+              (status = 400, description = "bad_json or validation_failed", body = GoTrueError),
+              (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
+              (status = 413, description = "request_too_large", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit or over_email_send_rate_limit", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn recover(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -201,12 +235,19 @@ pub(crate) async fn recover(
     Ok(sent())
 }
 
-#[derive(Deserialize)]
+/// `POST /auth/v1/verify`: a `token_hash` (from a link), or an `email` and its six-digit
+/// `token`.
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct VerifyBody {
+    /// signup, magiclink, email, recovery or email_change.
     #[serde(rename = "type")]
+    #[schema(value_type = String, required = true)]
     kind: Option<String>,
+    /// The six-digit code from the mail (with `email`).
     token: Option<String>,
+    /// The hash from the mail's link.
     token_hash: Option<String>,
+    /// The address the code went to (with `token`).
     email: Option<String>,
 }
 
@@ -229,9 +270,16 @@ async fn open_session(state: &AppState, v: Verified) -> Result<Value, GoTrueErro
 }
 
 #[utoipa::path(post, path = "/auth/v1/verify", tag = "auth",
-    responses((status = 200, description = "A session, as the password grant answers; after the first of an email change's two links, {\"msg\", \"code\": 200} and no session"),
-              (status = 403, description = "otp_expired: unknown, used, expired or wrong token"),
-              (status = 429, description = "over_request_rate_limit")))]
+    security(("apikey" = [])),
+    request_body(content = VerifyBody, content_type = "application/json"),
+    responses((status = 200, description = "A session, as the password grant answers; after the first of an email change's two links, {\"msg\", \"code\": 200} and no session", content_type = "application/json", body = Object),
+              (status = 400, description = "bad_json or validation_failed", body = GoTrueError),
+              (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
+              (status = 403, description = "otp_expired: unknown, used, expired or wrong token", body = GoTrueError),
+              (status = 413, description = "request_too_large", body = GoTrueError),
+              (status = 422, description = "email_exists: the new address was taken meanwhile", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn verify(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -288,10 +336,13 @@ fn see_other(target: &str, fragment: &[(&str, String)]) -> Response {
 }
 
 #[utoipa::path(get, path = "/auth/v1/verify", tag = "auth",
-    params(("token" = String, Query, description = "The token from the mail"),
-           ("type" = String, Query, description = "signup, magiclink, recovery, email_change"),
-           ("redirect_to" = Option<String>, Query, description = "Where to land (checked against redirect_allowlist)")),
-    responses((status = 303, description = "To redirect_to with the session (or the error) in the URL fragment")))]
+    security(()),
+    params(("token" = String, Query, description = "The token hash from the mail's link"),
+           ("type" = String, Query, description = "signup, magiclink, email, recovery or email_change"),
+           ("redirect_to" = Option<String>, Query, description = "Where to land (checked against redirect_allowlist; else site_url)")),
+    responses((status = 303, description = "To redirect_to with the session, or the error (`error`, `error_code`, `error_description`), in the URL fragment: a browser follows the link, so every outcome is a redirect",
+               headers(("Location" = String, description = "The landing page, with the outcome in its fragment"))),
+              (status = 400, description = "The landing page cannot be put in a Location header (no body)")))]
 pub(crate) async fn verify_link(
     State(state): State<AppState>,
     ip: ClientIp,

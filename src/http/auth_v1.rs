@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::accounts::{IssuedSession, SignUp};
 use crate::app::AppState;
@@ -17,23 +18,24 @@ use crate::auth::jwt::{Claims, JwtError};
 use crate::clock::rfc3339;
 use crate::config::Policy;
 use crate::http::extract::ClientIp;
-use crate::http::gotrue::{ErrorCode, GoTrueError, GoTrueJson};
+use crate::http::gotrue::{gated, ErrorCode, GoTrueError, GoTrueJson};
 use crate::store::User;
 
-/// Routes under `/auth/v1` (the `apikey` gate and API-version handling wrap them in `http::router`).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/signup", post(signup))
-        .route("/token", post(token))
-        .route("/logout", post(logout))
-        .route("/user", get(get_user).put(update_user))
-        .route("/settings", get(settings))
-        .route("/health", get(health))
+/// `/auth/v1` routes behind the `apikey` gate (API-version handling wraps them in
+/// `http::router`).
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(gated(state, routes!(signup)))
+        .routes(gated(state, routes!(token)))
+        .routes(gated(state, routes!(logout)))
+        .routes(gated(state, routes!(get_user, update_user)))
+        .routes(gated(state, routes!(settings)))
+        .routes(gated(state, routes!(health)))
 }
 
 /// Routes that need no `apikey`: public keys are public.
-pub fn public_router() -> Router<AppState> {
-    Router::new().route("/.well-known/jwks.json", get(jwks))
+pub fn public_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(jwks))
 }
 
 fn identity_id(user_id: &str) -> String {
@@ -106,17 +108,33 @@ pub(crate) async fn limited(
     }
 }
 
-#[derive(Deserialize)]
+/// `POST /auth/v1/signup`. Unknown fields are ignored, as GoTrue ignores them.
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct SignUpBody {
+    /// The address (phone sign-ups are disabled).
+    #[schema(value_type = String, required = true)]
     email: Option<String>,
+    /// The password, checked against the password policy.
+    #[schema(value_type = String, required = true)]
     password: Option<String>,
+    /// The user's metadata (`user_metadata`): a JSON object.
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
+    /// Refused with `phone_provider_disabled` when sent without an email.
     phone: Option<String>,
 }
 
 #[utoipa::path(post, path = "/auth/v1/signup", tag = "auth",
-    responses((status = 200, description = "A session (autoconfirm) or the new user"),
-              (status = 422, description = "user_already_exists or weak_password")))]
+    security(("apikey" = [])),
+    params(("redirect_to" = Option<String>, Query, description = "Where the confirmation link lands (checked against redirect_allowlist)")),
+    request_body(content = SignUpBody, content_type = "application/json"),
+    responses((status = 200, description = "A session (autoconfirm), else the new user", content_type = "application/json", body = Object),
+              (status = 400, description = "bad_json, validation_failed or phone_provider_disabled", body = GoTrueError),
+              (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
+              (status = 413, description = "request_too_large", body = GoTrueError),
+              (status = 422, description = "user_already_exists or weak_password", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit or over_email_send_rate_limit", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn signup(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -176,19 +194,50 @@ pub(crate) async fn signup(
     }
 }
 
-#[derive(Deserialize)]
+/// `grant_type` of `POST /auth/v1/token`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum GrantType {
+    /// Email and password.
+    Password,
+    /// A refresh token.
+    RefreshToken,
+}
+
+/// `scope` of `POST /auth/v1/logout`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogoutScope {
+    /// Every session of the user (the default).
+    Global,
+    /// This session.
+    Local,
+    /// Every session but this one.
+    Others,
+}
+
+/// `POST /auth/v1/token`: email and password (`grant_type=password`) or a refresh token
+/// (`grant_type=refresh_token`).
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct TokenBody {
+    /// The address (password grant).
     email: Option<String>,
+    /// The password (password grant).
     password: Option<String>,
+    /// The refresh token (refresh grant).
     refresh_token: Option<String>,
 }
 
 #[utoipa::path(post, path = "/auth/v1/token", tag = "auth",
-    params(("grant_type" = String, Query, description = "password or refresh_token")),
-    responses((status = 200, description = "A session"),
-              (status = 400, description = "invalid_credentials, refresh_token_not_found, refresh_token_already_used"),
-              (status = 429, description = "over_request_rate_limit"),
-              (status = 503, description = "Refresh contention; retry")))]
+    security(("apikey" = [])),
+    params(("grant_type" = inline(GrantType), Query, description = "password or refresh_token (anything else: 400 unsupported_grant_type)")),
+    request_body(content = TokenBody, content_type = "application/json"),
+    responses((status = 200, description = "A session", content_type = "application/json", body = Object),
+              (status = 400, description = "bad_json, validation_failed, unsupported_grant_type, invalid_credentials, email_not_confirmed, refresh_token_not_found, refresh_token_already_used or session_expired", body = GoTrueError),
+              (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
+              (status = 413, description = "request_too_large", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit (the route's limit or the failure budget)", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable, or refresh contention; retry", body = GoTrueError)))]
 pub(crate) async fn token(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -306,7 +355,12 @@ async fn signed_in(
 }
 
 #[utoipa::path(get, path = "/auth/v1/user", tag = "auth",
-    responses((status = 200, description = "The signed-in user"), (status = 403, description = "bad_jwt or session_not_found")))]
+    security(("apikey" = [], "bearer" = [])),
+    responses((status = 200, description = "The signed-in user", content_type = "application/json", body = Object),
+              (status = 401, description = "no_api_key, invalid_api_key or no_authorization", body = GoTrueError),
+              (status = 403, description = "bad_jwt or session_not_found", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit: the failure budget", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -316,17 +370,30 @@ pub(crate) async fn get_user(
     Ok(Json(user_json(&user)))
 }
 
-#[derive(Deserialize)]
+/// `PUT /auth/v1/user`: any of a new address, a new password and new metadata.
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct UpdateUserBody {
+    /// A new address: confirmation mails go out; the change applies once confirmed.
     email: Option<String>,
+    /// A new password, checked against the password policy.
     password: Option<String>,
+    /// Metadata merged into `user_metadata`: a JSON object.
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
 #[utoipa::path(put, path = "/auth/v1/user", tag = "auth",
+    security(("apikey" = [], "bearer" = [])),
     params(("redirect_to" = Option<String>, Query, description = "Where the email-change link lands")),
-    responses((status = 200, description = "The updated user (with new_email while an email change waits for confirmation)"),
-              (status = 422, description = "weak_password or same_password (an address of another account answers like a free one)")))]
+    request_body(content = UpdateUserBody, content_type = "application/json"),
+    responses((status = 200, description = "The updated user (with new_email while an email change waits for confirmation)", content_type = "application/json", body = Object),
+              (status = 400, description = "bad_json or validation_failed", body = GoTrueError),
+              (status = 401, description = "no_api_key, invalid_api_key or no_authorization", body = GoTrueError),
+              (status = 403, description = "bad_jwt or session_not_found", body = GoTrueError),
+              (status = 413, description = "request_too_large", body = GoTrueError),
+              (status = 422, description = "weak_password or same_password (an address of another account answers like a free one)", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit (the failure budget) or over_email_send_rate_limit", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn update_user(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -362,8 +429,14 @@ pub(crate) async fn update_user(
 }
 
 #[utoipa::path(post, path = "/auth/v1/logout", tag = "auth",
-    params(("scope" = Option<String>, Query, description = "global (default), local or others")),
-    responses((status = 204, description = "Signed out")))]
+    security(("apikey" = [], "bearer" = [])),
+    params(("scope" = inline(Option<LogoutScope>), Query, description = "global (default), local or others (anything else: 400 validation_failed)")),
+    responses((status = 204, description = "Signed out"),
+              (status = 400, description = "validation_failed: an unknown scope", body = GoTrueError),
+              (status = 401, description = "no_api_key, invalid_api_key or no_authorization", body = GoTrueError),
+              (status = 403, description = "bad_jwt", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit: the failure budget", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -389,7 +462,10 @@ pub(crate) async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/auth/v1/settings", tag = "auth", responses((status = 200, description = "Enabled providers")))]
+#[utoipa::path(get, path = "/auth/v1/settings", tag = "auth",
+    security(("apikey" = [])),
+    responses((status = 200, description = "Enabled providers", content_type = "application/json", body = Object),
+              (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError)))]
 pub(crate) async fn settings(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "external": { "email": true, "phone": false, "anonymous_users": false },
@@ -401,14 +477,19 @@ pub(crate) async fn settings(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-#[utoipa::path(get, path = "/auth/v1/health", tag = "auth", responses((status = 200, description = "Up")))]
+#[utoipa::path(get, path = "/auth/v1/health", tag = "auth",
+    security(("apikey" = [])),
+    responses((status = 200, description = "Up", content_type = "application/json", body = Object),
+              (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError)))]
 pub(crate) async fn health() -> Json<Value> {
     Json(
         json!({ "version": env!("CARGO_PKG_VERSION"), "name": "GoTrue", "description": "Gatehouse: a GoTrue-compatible auth API" }),
     )
 }
 
-#[utoipa::path(get, path = "/auth/v1/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "Public signing keys")))]
+#[utoipa::path(get, path = "/auth/v1/.well-known/jwks.json", tag = "auth",
+    security(()),
+    responses((status = 200, description = "Public signing keys (JWKS)", content_type = "application/json", body = Object)))]
 pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
     let mut res = Json(state.accounts.jwt.jwks()).into_response();
     res.headers_mut().insert(

@@ -7,7 +7,7 @@
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
@@ -19,9 +19,10 @@ static APP_CSS: &[u8] = include_bytes!("../../assets/dashboard/app.css");
 /// Only the page's own files; no inline code, no other origin, no framing.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// `/dashboard`, `/dashboard/` and the page's two assets.
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// `/dashboard`, `/dashboard/` and the page's two assets: files for a browser, not API
+/// operations, so plain routes that `/openapi.json` leaves out.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .route("/dashboard", get(index))
         .route("/dashboard/", get(index))
         .route("/dashboard/app.js", get(app_js))

@@ -30,7 +30,7 @@ macro_rules! error_codes {
     ($($(#[doc = $doc:literal])* $variant:ident => $wire:literal,)*) => {
         /// A GoTrue error code, as `code` (API version 2024-01-01) or `error_code` (legacy)
         /// carries it.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
         pub enum ErrorCode {
             $($(#[doc = $doc])* #[serde(rename = $wire)] $variant,)*
         }
@@ -99,6 +99,19 @@ error_codes! {
     /// The token endpoint's `grant_type` is not one of those offered.
     UnsupportedGrantType => "unsupported_grant_type",
 }
+
+/// A string enum of the wire strings (derived, the schema would list the variants' names).
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("A GoTrue error code."))
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,6 +183,57 @@ impl GoTrueError {
         )
     }
 }
+
+/// The body of every `/auth/v1` error, in `/openapi.json`: `{code, message}` when the request
+/// sent `X-Supabase-Api-Version: 2024-01-01`, else the legacy shape `{code (the status),
+/// error_code, msg, error, error_description}`; `weak_password.reasons` with `weak_password`.
+impl utoipa::PartialSchema for GoTrueError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        let code = || <ErrorCode as utoipa::PartialSchema>::schema();
+        let weak = || {
+            ObjectBuilder::new()
+                .description(Some("Why the password was refused (weak_password)."))
+                .property("reasons", ArrayBuilder::new().items(text()))
+                .required("reasons")
+        };
+        let versioned = ObjectBuilder::new()
+            .title(Some("GoTrueErrorVersioned"))
+            .description(Some("With X-Supabase-Api-Version: 2024-01-01."))
+            .property("code", code())
+            .required("code")
+            .property("message", text())
+            .required("message")
+            .property("weak_password", weak());
+        let legacy = ObjectBuilder::new()
+            .title(Some("GoTrueErrorLegacy"))
+            .description(Some("Without X-Supabase-Api-Version."))
+            .property(
+                "code",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .description(Some("The HTTP status.")),
+            )
+            .required("code")
+            .property("error_code", code())
+            .required("error_code")
+            .property("msg", text())
+            .required("msg")
+            .property("error", code())
+            .required("error")
+            .property("error_description", text())
+            .required("error_description")
+            .property("weak_password", weak());
+        OneOfBuilder::new()
+            .item(versioned)
+            .item(legacy)
+            .description(Some("A Supabase Auth (GoTrue) error."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for GoTrueError {}
 
 impl From<AccountError> for GoTrueError {
     fn from(e: AccountError) -> Self {
@@ -312,6 +376,18 @@ pub async fn api_version(req: Request, next: Next) -> Response {
             .insert(API_VERSION.clone(), HeaderValue::from_static(VERSION_2024));
     }
     res
+}
+
+/// `routes` behind the `apikey` gate. The gate wraps each method the routes serve, not the
+/// path's fallback, so a method no route serves answers 405 whatever the key (GoTrue answers
+/// 401 `no_api_key` there first; 405 is what the path really answers).
+pub fn gated(
+    state: &AppState,
+    routes: utoipa_axum::router::UtoipaMethodRouter<AppState>,
+) -> utoipa_axum::router::UtoipaMethodRouter<AppState> {
+    let (schemas, paths, method_router) = routes;
+    let gate = axum::middleware::from_fn_with_state(state.clone(), require_apikey);
+    (schemas, paths, method_router.route_layer(gate))
 }
 
 /// Refuses `/auth/v1` calls without the deployment's publishable key in `apikey`.

@@ -80,14 +80,12 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
             .chain(limits::EXPOSED.map(HeaderName::from_static))
             .collect::<Vec<_>>(),
         );
-    let auth = OpenApiRouter::from(auth_v1::router())
-        .merge(auth_email::router().into())
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            gotrue::require_apikey,
-        ))
-        .merge(auth_v1::public_router().into())
-        .merge(auth_email::public_router().into())
+    // Full paths merged, as for /v1 below. The `apikey` gate wraps each gated route's
+    // methods (`gotrue::gated`), so an unserved method answers 405.
+    let auth = auth_v1::router(state)
+        .merge(auth_email::router(state))
+        .merge(auth_v1::public_router())
+        .merge(auth_email::public_router())
         .layer(middleware::from_fn(gotrue::api_version))
         .layer(auth_cors);
 
@@ -117,7 +115,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     // a layer of services cloned per request, on the API's hottest routes.
     let v1 = OpenApiRouter::new()
         .merge(me::router())
-        .merge(session::router().into())
+        .merge(session::router())
         .merge(orgs::router())
         .merge(invitations::router())
         .merge(api_keys::router())
@@ -128,9 +126,9 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .layer(api_cors.clone());
 
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .nest("/auth/v1", auth)
+        .merge(auth)
         .merge(v1)
-        .merge(dashboard::router().into())
+        .merge(dashboard::router())
         .merge(health::router())
         .merge(openapi::router())
         .merge(metrics::router(state))

@@ -17,23 +17,6 @@ use crate::app::AppState;
         title = "Gatehouse",
         description = "Authentication for multi-tenant AI-assistant platforms."
     ),
-    paths(
-        crate::http::session::sign_in,
-        crate::http::session::sign_out,
-        crate::http::auth_v1::signup,
-        crate::http::auth_v1::token,
-        crate::http::auth_v1::logout,
-        crate::http::auth_v1::get_user,
-        crate::http::auth_v1::update_user,
-        crate::http::auth_v1::settings,
-        crate::http::auth_v1::health,
-        crate::http::auth_v1::jwks,
-        crate::http::auth_email::otp,
-        crate::http::auth_email::magiclink,
-        crate::http::auth_email::recover,
-        crate::http::auth_email::verify,
-        crate::http::auth_email::verify_link,
-    ),
     components(schemas(
         // Every kind of id, each with its pattern: parameters refer to them by name.
         crate::ids::OrgId,
@@ -48,7 +31,6 @@ use crate::app::AppState;
         crate::ids::ThreadId,
         crate::ids::ChatMessageId,
         crate::ids::VisitorId,
-        crate::http::session::SignInBody,
     ))
 )]
 pub struct ApiDoc;

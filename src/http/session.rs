@@ -3,25 +3,22 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use axum_extra::extract::CookieJar;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::accounts::AccountError;
 use crate::app::AppState;
-use crate::auth::tokens;
 use crate::error::Reason;
 use crate::error::{ApiError, Code};
-use crate::http::envelope::ok;
+use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope};
 use crate::http::extract::{csrf_refused, same_origin, ApiJson, ClientIp, SESSION_COOKIE};
 
 /// `/v1/session`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/session", post(sign_in).delete(sign_out))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sign_in, sign_out))
 }
 
 /// Dashboard sign-in.
@@ -32,6 +29,15 @@ pub struct SignInBody {
     pub email: String,
     /// Password.
     pub password: String,
+}
+
+/// Who signed in.
+#[derive(Serialize, ToSchema)]
+pub struct SignedIn {
+    /// The user's id.
+    pub user_id: String,
+    /// The user's email.
+    pub email: String,
 }
 
 fn account_error(e: AccountError) -> ApiError {
@@ -47,9 +53,16 @@ fn account_error(e: AccountError) -> ApiError {
 }
 
 /// Signs in with email and password and sets an HttpOnly session cookie.
-#[utoipa::path(post, path = "/v1/session", tag = "session", request_body = SignInBody,
-    responses((status = 200, description = "Signed in; cookie set"), (status = 401, description = "Invalid credentials"),
-              (status = 429, description = "rate_limited")))]
+#[utoipa::path(post, path = "/v1/session", tag = "session",
+    security(()),
+    request_body = SignInBody,
+    responses((status = 200, description = "Signed in; the session cookie is set", body = Envelope<SignedIn>,
+               headers(("Set-Cookie" = String, description = "The HttpOnly session cookie"))),
+              errors::Body,
+              (status = 401, description = "`unauthorized`: invalid email or password (`details.reason` `invalid_credentials`)", body = ErrorEnvelope),
+              (status = 403, description = "`forbidden`: the email is not confirmed, or a cross-site request (`details.reason` `csrf`)", body = ErrorEnvelope),
+              (status = 429, description = "`rate_limited`: the sign-in limit or the failure budget (`Retry-After`)", body = ErrorEnvelope),
+              (status = 503, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)", body = ErrorEnvelope)))]
 pub async fn sign_in(
     State(state): State<AppState>,
     ip: ClientIp,
@@ -81,24 +94,11 @@ pub async fn sign_in(
         crate::http::failures::spend(&state, &ip).await;
     }
     let user = user.map_err(account_error)?;
-    let secret = tokens::random_token(32);
-    let now = state.clock.now_ms();
-    // A dashboard session is bounded by session_max_seconds too.
-    let ttl = state
-        .config
-        .session_max_seconds
-        .map_or(state.config.web_session_seconds, |max| {
-            max.min(state.config.web_session_seconds)
-        });
-    state
-        .store
-        .create_web_session(
-            &tokens::sha256_hex(&secret),
-            &user.id,
-            now,
-            now + ttl * 1000,
-        )
-        .await?;
+    let (secret, ttl) = state
+        .accounts
+        .start_web_session(&user.id)
+        .await
+        .map_err(account_error)?;
     let cookie = Cookie::build((SESSION_COOKIE, secret))
         .http_only(true)
         .same_site(SameSite::Lax)
@@ -108,7 +108,10 @@ pub async fn sign_in(
         .build();
     let res = (
         jar.add(cookie),
-        ok(json!({ "user_id": user.id, "email": user.email })),
+        ok(SignedIn {
+            user_id: user.id,
+            email: user.email,
+        }),
     )
         .into_response();
     Ok(res)
@@ -116,7 +119,11 @@ pub async fn sign_in(
 
 /// Ends the dashboard session and clears the cookie.
 #[utoipa::path(delete, path = "/v1/session", tag = "session",
-    responses((status = 204, description = "Signed out"), (status = 401, description = "No session")))]
+    security(("cookie" = [])),
+    responses((status = 204, description = "Signed out; the cookie is cleared"),
+              (status = 401, description = "`unauthorized`: no session cookie (`details.reason` `missing`)", body = ErrorEnvelope),
+              (status = 403, description = "`forbidden`: a cross-site request (`details.reason` `csrf`)", body = ErrorEnvelope),
+              (status = 503, description = "`service_unavailable`: storage is unavailable (`Retry-After`)", body = ErrorEnvelope)))]
 pub async fn sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -131,11 +138,11 @@ pub async fn sign_out(
     if !same_origin(&headers, &state.config.public_origin()) {
         return Err(csrf_refused());
     }
-    let hash = tokens::sha256_hex(&value);
-    match state.store.delete_web_session(&hash).await {
-        Ok(()) | Err(crate::store::StoreError::NotFound) => {}
-        Err(e) => return Err(e.into()),
-    }
+    let hash = state
+        .accounts
+        .end_web_session(&value)
+        .await
+        .map_err(account_error)?;
     state
         .invalidate(crate::fanout::Invalidation::WebSession(hash.clone()))
         .await;
