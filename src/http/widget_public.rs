@@ -268,6 +268,7 @@ pub struct SessionBody {
     /// The widget token (`data-key`); required unless the widget has `require_token: false`.
     pub token: Option<String>,
     /// The visitor id from an earlier session (`vis_…`), so their conversation continues.
+    #[schema(pattern = "^vis_[0-9a-f]{32}$")]
     pub visitor_id: Option<String>,
     /// An identified visitor: your user id (1-128 characters) …
     pub user_id: Option<String>,
