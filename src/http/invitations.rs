@@ -271,7 +271,7 @@ async fn limit_ip(state: &AppState, policy: Policy, ip: &ClientIp) -> Result<(),
 }
 
 /// What the holder of an accept link is invited to (no account needed).
-#[utoipa::path(post, path = "/v1/invitations/lookup", tag = "invitations", request_body = TokenBody,
+#[utoipa::path(post, path = "/v1/invitations/lookup", tag = "invitations", security(()), request_body = TokenBody,
     responses((status = 200, description = "The invitation", body = Envelope<Invitation>),
         (status = 404, description = "`not_found`: the link is invalid (`details.reason`: `invalid_token`)", body = ErrorEnvelope),
         (status = 429, description = "`rate_limited` (`Retry-After`)", body = ErrorEnvelope),
@@ -288,7 +288,7 @@ pub async fn lookup(
 
 /// Accepts with the emailed token and the invited address's password, right after signing
 /// up on the accept page: the token confirms an account created after the invitation.
-#[utoipa::path(post, path = "/v1/invitations/redeem", tag = "invitations", request_body = RedeemBody,
+#[utoipa::path(post, path = "/v1/invitations/redeem", tag = "invitations", security(()), request_body = RedeemBody,
     responses((status = 200, description = "The accepted invitation", body = Envelope<Invitation>),
         (status = 401, description = "`unauthorized`: wrong password (`details.reason`: `invalid_credentials`)", body = ErrorEnvelope),
         (status = 404, description = "`not_found`: the link is invalid (`details.reason`: `invalid_token`)", body = ErrorEnvelope),

@@ -237,6 +237,7 @@ pub struct PublicConfig {
 
 /// The widget's public settings (403 unless `Origin` is allowed).
 #[utoipa::path(get, path = "/v1/widgets/{id}/config", tag = "widget",
+    security(()),
     params(("id" = WidgetId, Path, description = "The widget"),
         ("Origin" = String, Header, description = "The page's origin; must be on the widget's allowlist")),
     responses((status = 200, description = "The widget's public settings", body = Envelope<PublicConfig>),
@@ -303,6 +304,7 @@ impl From<crate::widgets::Opened> for SessionAnswer {
 /// Opens a widget session: `Origin` checked, the widget token checked when required. An
 /// empty body is an empty request (a widget that needs no token).
 #[utoipa::path(post, path = "/v1/widgets/{id}/session", tag = "widget",
+    security(()),
     params(("id" = WidgetId, Path, description = "The widget"),
         ("Origin" = String, Header, description = "The page's origin; must be on the widget's allowlist")),
     request_body = SessionBody,
@@ -449,7 +451,7 @@ fn visitor_caller(s: &Session) -> Caller {
 
 /// A visitor's message (signed). Without `thread_id`, the visitor's latest conversation
 /// continues, across sessions.
-#[utoipa::path(post, path = "/v1/widgets/{id}/chat", tag = "widget",
+#[utoipa::path(post, path = "/v1/widgets/{id}/chat", tag = "widget", operation_id = "widget_chat",
     security(("widget_session" = [])),
     params(("id" = WidgetId, Path, description = "The widget"),
         ("Origin" = String, Header, description = "The session's origin"),
