@@ -451,7 +451,7 @@ pub async fn verify_key(
         .await?
         .require(Permission::KeysVerify)?;
     let limits = KeyLimits {
-        limiter: &state.limiter,
+        limiter: state.limits.limiter(),
         default: state.config.rates(Policy::ApiKey),
         fail_closed: state.config.fails_closed(Policy::ApiKey),
         policy: Policy::ApiKey.name(),

@@ -382,9 +382,14 @@ pub(crate) async fn key_principal(
         }
     };
     if let Principal::ApiKey { key } = &principal {
-        let req = state.key_request(key, true).await?;
+        let req = state.limits.key_request(key, true).await.map_err(|e| {
+            // A storage failure while checking a credential: 503, never a 500 or a 401.
+            tracing::error!(error = %e, "credential check could not reach storage");
+            ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
+        })?;
         let d = state
-            .limit(&req)
+            .limits
+            .check(&req)
             .await
             .map_err(|_| crate::http::limits::unavailable())?;
         state

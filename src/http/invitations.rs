@@ -99,7 +99,11 @@ async fn limit(state: &AppState, org: &str, user_id: &str) -> Result<(), ApiErro
     for (p, subject) in policies {
         req.add(p.name(), subject, state.config.rates(p));
     }
-    let d = state.limit(&req).await.map_err(|_| limits::unavailable())?;
+    let d = state
+        .limits
+        .check(&req)
+        .await
+        .map_err(|_| limits::unavailable())?;
     if d.allowed {
         Ok(())
     } else {
@@ -263,7 +267,7 @@ pub struct RedeemBody {
 }
 
 async fn limit_ip(state: &AppState, policy: Policy, ip: &ClientIp) -> Result<(), ApiError> {
-    match state.limit_ip(policy, &ip.key()).await {
+    match state.limits.ip(policy, &ip.key()).await {
         Ok(d) if d.allowed => Ok(()),
         Ok(d) => Err(limits::refused(&d)),
         Err(_) => Err(limits::unavailable()),

@@ -213,7 +213,11 @@ async fn limit(
         widget_id,
         state.config.rates(Policy::Widget),
     );
-    let d = state.limit(&req).await.map_err(|_| limits::unavailable())?;
+    let d = state
+        .limits
+        .check(&req)
+        .await
+        .map_err(|_| limits::unavailable())?;
     if d.allowed {
         Ok(())
     } else {
