@@ -12,9 +12,8 @@ use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::config::Policy;
 use crate::config::{Config, SecretString};
-use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::ratelimit::{Decision, Limiter, LimiterError, RedisLimiter, RedisLink, Request};
+use crate::ratelimit::{Limiter, Limits, RedisLimiter, RedisLink};
 use crate::store::Store;
 
 /// Everything a handler may use; cheap to clone.
@@ -42,8 +41,9 @@ pub struct AppInner {
     pub publishable_key: Arc<SecretString>,
     /// Time.
     pub clock: Clock,
-    /// Rate-limit decisions (memory, or Redis with a memory fallback).
-    pub limiter: Limiter,
+    /// Rate-limit decisions (memory, or Redis with a memory fallback), with the configured
+    /// and the organizations' rates.
+    pub limits: Limits,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Redis, when configured: shared limits and cache invalidation between instances.
@@ -224,13 +224,21 @@ impl AppState {
             orgs.clone(),
             bus.clone(),
         );
+        let limits = Limits::new(
+            limiter,
+            config.clone(),
+            webhooks.clone(),
+            orgs.clone(),
+            store.clone(),
+            clock.clone(),
+        );
         let state = AppState(Arc::new(AppInner {
             email,
             widgets,
             webhooks,
             proxy_client,
             chat,
-            limiter,
+            limits,
             metrics,
             redis,
             trusted_proxies,
@@ -249,62 +257,6 @@ impl AppState {
         let caches: Arc<dyn crate::fanout::Forget> = state.0.clone();
         bus.attach(Arc::downgrade(&caches));
         Ok(state)
-    }
-
-    /// Decides a request and notes the decision for the response headers.
-    pub async fn limit(&self, req: &Request) -> Result<Decision, LimiterError> {
-        let d = self.limiter.check(req).await?;
-        crate::ratelimit::noted::note(&d);
-        if !d.allowed {
-            self.webhooks
-                .rate_limited(&self.store, &self.clock, req, &d);
-        }
-        Ok(d)
-    }
-
-    /// A per-client-IP policy (sign-in, sign-up, …) for `ip` (already cut to a /64 for IPv6).
-    pub async fn limit_ip(&self, policy: Policy, ip: &str) -> Result<Decision, LimiterError> {
-        let mut req = Request {
-            tag: format!("ip:{ip}"),
-            windows: Vec::new(),
-            fail_closed: self.config.fails_closed(policy),
-        };
-        req.add(policy.name(), ip, self.config.rates(policy));
-        self.limit(&req).await
-    }
-
-    /// The key's own windows and (with `with_org`) its organization's, as one decision.
-    /// Every counter of an organization shares one tag, so the organization window is
-    /// exact across all its keys.
-    pub async fn key_request(
-        &self,
-        key: &crate::store::ApiKeyRecord,
-        with_org: bool,
-    ) -> Result<Request, ApiError> {
-        let mut req = Request {
-            tag: format!("org:{}", key.org_id),
-            windows: Vec::with_capacity(4),
-            fail_closed: self.config.fails_closed(Policy::ApiKey)
-                || (with_org && self.config.fails_closed(Policy::Org)),
-        };
-        let key_rates = key
-            .rate_limits
-            .as_ref()
-            .unwrap_or(self.config.rates(Policy::ApiKey));
-        req.add(Policy::ApiKey.name(), &key.id, key_rates);
-        if with_org {
-            let org = self
-                .orgs
-                .rates(&key.org_id)
-                .await
-                .map_err(|e| storage_unavailable(&e))?;
-            req.add(
-                Policy::Org.name(),
-                &key.org_id,
-                org.as_ref().unwrap_or(self.config.rates(Policy::Org)),
-            );
-        }
-        Ok(req)
     }
 
     /// Forgets cached state here and on every other instance.
@@ -368,10 +320,4 @@ impl crate::fanout::Forget for AppInner {
     fn forget_everything(&self) {
         AppInner::forget_everything(self)
     }
-}
-
-/// A storage failure while checking a credential: 503 with `Retry-After`, never a 500 or a 401.
-fn storage_unavailable(cause: &dyn std::fmt::Display) -> ApiError {
-    tracing::error!(error = %cause, "credential check could not reach storage");
-    ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
+use crate::ids::ThreadId;
 use crate::store::{Exchange, Message, Store, StoreError, Thread, ThreadScope};
 use upstream::{Tokens, Turn, Upstream};
 
@@ -308,6 +309,39 @@ impl Chat {
     /// Forgets a deleted thread's cached history.
     pub fn forget(&self, thread_id: &str) {
         self.histories.invalidate(thread_id);
+    }
+
+    /// The threads `scope` may see, most recent first (at most 100).
+    pub async fn threads(&self, scope: &ThreadScope) -> Result<Vec<Thread>, ChatError> {
+        Ok(self.store.threads(scope, 100).await?)
+    }
+
+    /// One thread `scope` may see, with its last 1,000 messages, oldest first.
+    pub async fn thread(
+        &self,
+        id: &ThreadId,
+        scope: &ThreadScope,
+    ) -> Result<(Thread, Vec<Message>), ChatError> {
+        let thread = self
+            .store
+            .thread(id.as_str(), scope)
+            .await?
+            .ok_or(ChatError::ThreadNotFound)?;
+        let messages = self.store.recent_messages(id.as_str(), 1000).await?;
+        Ok((thread, messages))
+    }
+
+    /// Deletes a thread `scope` may see, with its messages and its cached history.
+    pub async fn delete_thread(&self, id: &ThreadId, scope: &ThreadScope) -> Result<(), ChatError> {
+        self.store
+            .delete_thread(id.as_str(), scope)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => ChatError::ThreadNotFound,
+                other => other.into(),
+            })?;
+        self.forget(id.as_str());
+        Ok(())
     }
 
     /// Asks the model server.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::upstream::Tokens;
 use crate::clock::Clock;
-use crate::store::{Store, StoreError, UsageDelta};
+use crate::ids::{KeyId, OrgId};
+use crate::store::{ExportRow, Store, StoreError, UsageDelta, UsageRow};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -35,6 +36,30 @@ impl Usage {
             pending: Arc::new(Mutex::new(HashMap::new())),
             traffic: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// An organization's usage in `[from, to)`, per bucket of `bucket_ms` and key (only
+    /// `key` when given).
+    pub async fn report(
+        &self,
+        org: &OrgId,
+        from: i64,
+        to: i64,
+        bucket_ms: i64,
+        key: Option<&KeyId>,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.store
+            .usage(org.as_str(), from, to, bucket_ms, key.map(KeyId::as_str))
+            .await
+    }
+
+    /// An organization's messages since `since` (unix ms), oldest first, as a stream.
+    pub fn export(
+        &self,
+        org: &OrgId,
+        since: i64,
+    ) -> impl futures_util::Stream<Item = Result<ExportRow, StoreError>> + Send + 'static {
+        self.store.export_rows(org.as_str().to_string(), since)
     }
 
     /// Counts one request.

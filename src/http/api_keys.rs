@@ -177,6 +177,7 @@ pub struct CreateKeyBody {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     /// The key's own windows, replacing the default (all must admit a request).
+    #[schema(min_items = 1, max_items = 8)]
     pub rate_limits: Option<Vec<RateLimitSpec>>,
 }
 
@@ -303,10 +304,17 @@ pub async fn roll_key(
 ) -> Result<Success<CreatedKey>, ApiError> {
     let a = org_access(&state, &principal, &org).await?;
     a.require(Permission::KeysWrite)?;
-    // The body is optional: an empty one means the defaults.
-    let body: RollBody = if body.iter().all(u8::is_ascii_whitespace) {
+    // The body is optional: an empty one (or JSON `null`) means the defaults.
+    let body: RollBody = if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null"
+    {
         RollBody::default()
     } else {
+        if body.trim_ascii_start().starts_with(b"[") {
+            return Err(ApiError::msg(
+                Code::InvalidRequest,
+                crate::http::extract::NOT_AN_OBJECT,
+            ));
+        }
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::msg(Code::InvalidRequest, format!("the body is not valid: {e}"))
         })?
@@ -330,7 +338,7 @@ pub struct UpdateKeyBody {
     pub metadata: Option<Value>,
     /// The key's own windows; `null` restores the default.
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
-    #[schema(value_type = Option<Vec<RateLimitSpec>>)]
+    #[schema(value_type = Option<Vec<RateLimitSpec>>, min_items = 1, max_items = 8)]
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
 }
 
@@ -443,7 +451,7 @@ pub async fn verify_key(
         .await?
         .require(Permission::KeysVerify)?;
     let limits = KeyLimits {
-        limiter: &state.limiter,
+        limiter: state.limits.limiter(),
         default: state.config.rates(Policy::ApiKey),
         fail_closed: state.config.fails_closed(Policy::ApiKey),
         policy: Policy::ApiKey.name(),

@@ -101,7 +101,7 @@ pub(crate) async fn limited(
     policy: Policy,
     ip: &ClientIp,
 ) -> Result<(), GoTrueError> {
-    match state.limit_ip(policy, &ip.key()).await {
+    match state.limits.ip(policy, &ip.key()).await {
         Ok(d) if d.allowed => Ok(()),
         Ok(d) => Err(GoTrueError::rate_limited(&d)),
         Err(_) => Err(GoTrueError::limiter_unavailable()),

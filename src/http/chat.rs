@@ -22,7 +22,6 @@ use crate::error::{ApiError, Code};
 use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{bearer, key_principal, ApiJson, Ids, Principal};
 use crate::ids::ThreadId;
-use crate::orgs::check_id;
 use crate::store::{Message, Thread, ThreadScope};
 
 /// Routes of this file.
@@ -247,7 +246,7 @@ pub fn check_chat_body(body: &ChatBody) -> Result<(), ApiError> {
         }
     }
     if let Some(id) = &body.thread_id {
-        check_id(id, "thr")?;
+        ThreadId::parse(id)?;
     }
     Ok(())
 }
@@ -353,7 +352,7 @@ pub async fn list_threads(
     principal: ChatPrincipal,
 ) -> Result<Success<Vec<Thread>>, ApiError> {
     let scope = scope_for(&principal, Permission::ThreadsRead)?;
-    Ok(ok(state.store.threads(&scope, 100).await?))
+    Ok(ok(state.chat.threads(&scope).await.map_err(chat_error)?))
 }
 
 /// A thread with its messages.
@@ -381,12 +380,7 @@ pub async fn get_thread(
     Ids(id): Ids<ThreadId>,
 ) -> Result<Success<ThreadWithMessages>, ApiError> {
     let scope = scope_for(&principal, Permission::ThreadsRead)?;
-    let thread = state
-        .store
-        .thread(&id, &scope)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Thread"))?;
-    let messages = state.store.recent_messages(&id, 1000).await?;
+    let (thread, messages) = state.chat.thread(&id, &scope).await.map_err(chat_error)?;
     Ok(ok(ThreadWithMessages { thread, messages }))
 }
 
@@ -406,13 +400,9 @@ pub async fn delete_thread(
 ) -> Result<StatusCode, ApiError> {
     let scope = scope_for(&principal, Permission::ChatWrite)?;
     state
-        .store
+        .chat
         .delete_thread(&id, &scope)
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::not_found("Thread"),
-            other => other.into(),
-        })?;
-    state.chat.forget(&id);
+        .map_err(chat_error)?;
     Ok(StatusCode::NO_CONTENT)
 }

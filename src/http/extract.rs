@@ -101,12 +101,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        read_json(req, state)
-            .await
+        let json = is_json(req.headers());
+        let bytes = read_body(req, state).await?;
+        // Every `/v1` body is an object; serde would also fill a struct from an array.
+        if json && bytes.trim_ascii_start().starts_with(b"[") {
+            return Err(BodyProblem::Malformed(NOT_AN_OBJECT.into()).into());
+        }
+        parse_json(json, &bytes)
             .map(ApiJson)
             .map_err(ApiError::from)
     }
 }
+
+/// The refusal of a JSON body that is an array where an object is expected.
+pub const NOT_AN_OBJECT: &str = "the body has the wrong shape: expected a JSON object";
 
 /// Path parameters, typed ids among them ([`crate::ids::Id`]), parsed before the handler runs:
 /// `Ids((org, id)): Ids<(OrgId, WidgetId)>`. A malformed id is answered 400
@@ -374,9 +382,14 @@ pub(crate) async fn key_principal(
         }
     };
     if let Principal::ApiKey { key } = &principal {
-        let req = state.key_request(key, true).await?;
+        let req = state.limits.key_request(key, true).await.map_err(|e| {
+            // A storage failure while checking a credential: 503, never a 500 or a 401.
+            tracing::error!(error = %e, "credential check could not reach storage");
+            ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
+        })?;
         let d = state
-            .limit(&req)
+            .limits
+            .check(&req)
             .await
             .map_err(|_| crate::http::limits::unavailable())?;
         state

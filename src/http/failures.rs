@@ -71,7 +71,7 @@ pub async fn admit(state: &AppState, ip: &ClientIp) -> Result<(), Refusal> {
     if !state.auth_failures.failed_lately(&ip.bucket()) {
         return Ok(());
     }
-    match state.limiter.peek(&request(state, ip)).await {
+    match state.limits.limiter().peek(&request(state, ip)).await {
         Ok(d) if d.allowed => Ok(()),
         Ok(d) => {
             limits::note(&d);
@@ -85,7 +85,7 @@ pub async fn admit(state: &AppState, ip: &ClientIp) -> Result<(), Refusal> {
 /// itself is already answered (401), so this neither notes headers nor fails.
 pub async fn spend(state: &AppState, ip: &ClientIp) {
     state.auth_failures.failed(ip.bucket());
-    let _ = state.limiter.check(&request(state, ip)).await;
+    let _ = state.limits.limiter().check(&request(state, ip)).await;
 }
 
 /// Whether a refused `/v1` credential counts against the budget: an unknown, expired or

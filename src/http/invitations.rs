@@ -99,7 +99,11 @@ async fn limit(state: &AppState, org: &str, user_id: &str) -> Result<(), ApiErro
     for (p, subject) in policies {
         req.add(p.name(), subject, state.config.rates(p));
     }
-    let d = state.limit(&req).await.map_err(|_| limits::unavailable())?;
+    let d = state
+        .limits
+        .check(&req)
+        .await
+        .map_err(|_| limits::unavailable())?;
     if d.allowed {
         Ok(())
     } else {
@@ -263,7 +267,7 @@ pub struct RedeemBody {
 }
 
 async fn limit_ip(state: &AppState, policy: Policy, ip: &ClientIp) -> Result<(), ApiError> {
-    match state.limit_ip(policy, &ip.key()).await {
+    match state.limits.ip(policy, &ip.key()).await {
         Ok(d) if d.allowed => Ok(()),
         Ok(d) => Err(limits::refused(&d)),
         Err(_) => Err(limits::unavailable()),
@@ -271,7 +275,7 @@ async fn limit_ip(state: &AppState, policy: Policy, ip: &ClientIp) -> Result<(),
 }
 
 /// What the holder of an accept link is invited to (no account needed).
-#[utoipa::path(post, path = "/v1/invitations/lookup", tag = "invitations", request_body = TokenBody,
+#[utoipa::path(post, path = "/v1/invitations/lookup", tag = "invitations", security(()), request_body = TokenBody,
     responses((status = 200, description = "The invitation", body = Envelope<Invitation>),
         (status = 404, description = "`not_found`: the link is invalid (`details.reason`: `invalid_token`)", body = ErrorEnvelope),
         (status = 429, description = "`rate_limited` (`Retry-After`)", body = ErrorEnvelope),
@@ -288,7 +292,7 @@ pub async fn lookup(
 
 /// Accepts with the emailed token and the invited address's password, right after signing
 /// up on the accept page: the token confirms an account created after the invitation.
-#[utoipa::path(post, path = "/v1/invitations/redeem", tag = "invitations", request_body = RedeemBody,
+#[utoipa::path(post, path = "/v1/invitations/redeem", tag = "invitations", security(()), request_body = RedeemBody,
     responses((status = 200, description = "The accepted invitation", body = Envelope<Invitation>),
         (status = 401, description = "`unauthorized`: wrong password (`details.reason`: `invalid_credentials`)", body = ErrorEnvelope),
         (status = 404, description = "`not_found`: the link is invalid (`details.reason`: `invalid_token`)", body = ErrorEnvelope),

@@ -175,7 +175,7 @@ pub struct UpdateOrgBody {
     pub name: Option<String>,
     /// Windows across all the organization's keys; `null` restores the default.
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
-    #[schema(value_type = Option<Vec<RateLimitSpec>>)]
+    #[schema(value_type = Option<Vec<RateLimitSpec>>, min_items = 1, max_items = 8)]
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
 }
 

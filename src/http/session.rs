@@ -77,7 +77,8 @@ pub async fn sign_in(
         return Err(csrf_refused());
     }
     match state
-        .limit_ip(crate::config::Policy::SignIn, &ip.key())
+        .limits
+        .ip(crate::config::Policy::SignIn, &ip.key())
         .await
     {
         Ok(d) if d.allowed => {}

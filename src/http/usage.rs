@@ -15,7 +15,7 @@ use crate::error::{ApiError, Code};
 use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{Ids, Principal};
 use crate::http::orgs::org_access;
-use crate::ids::OrgId;
+use crate::ids::{KeyId, OrgId};
 use crate::store::UsageRow;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -129,14 +129,13 @@ pub async fn usage(
             "the range is too long (at most 31 days by hour, 400 days by day)",
         ));
     }
-    if let Some(k) = &q.key_id {
-        crate::orgs::check_id(k, "key")?;
-    }
+    let key = q.key_id.as_deref().map(KeyId::parse).transpose()?;
     // Whole buckets: a row's hour is inside the range when its bucket starts in it.
     let from = from.div_euclid(HOUR_MS) * HOUR_MS;
     Ok(ok(state
-        .store
-        .usage(&org, from, to, bucket, q.key_id.as_deref())
+        .chat
+        .usage
+        .report(&org, from, to, bucket, key.as_ref())
         .await?))
 }
 
@@ -185,7 +184,7 @@ pub async fn export(
         "csv" => true,
         _ => return Err(ApiError::field("format", "must be ndjson or csv")),
     };
-    let rows = state.store.export_rows(org.as_str().to_string(), since);
+    let rows = state.chat.usage.export(&org, since);
     let body = async_stream::stream! {
         let mut rows = Box::pin(rows);
         let mut count: u64 = 0;

@@ -213,7 +213,11 @@ async fn limit(
         widget_id,
         state.config.rates(Policy::Widget),
     );
-    let d = state.limit(&req).await.map_err(|_| limits::unavailable())?;
+    let d = state
+        .limits
+        .check(&req)
+        .await
+        .map_err(|_| limits::unavailable())?;
     if d.allowed {
         Ok(())
     } else {
@@ -237,6 +241,7 @@ pub struct PublicConfig {
 
 /// The widget's public settings (403 unless `Origin` is allowed).
 #[utoipa::path(get, path = "/v1/widgets/{id}/config", tag = "widget",
+    security(()),
     params(("id" = WidgetId, Path, description = "The widget"),
         ("Origin" = String, Header, description = "The page's origin; must be on the widget's allowlist")),
     responses((status = 200, description = "The widget's public settings", body = Envelope<PublicConfig>),
@@ -268,6 +273,7 @@ pub struct SessionBody {
     /// The widget token (`data-key`); required unless the widget has `require_token: false`.
     pub token: Option<String>,
     /// The visitor id from an earlier session (`vis_…`), so their conversation continues.
+    #[schema(pattern = "^vis_[0-9a-f]{32}$")]
     pub visitor_id: Option<String>,
     /// An identified visitor: your user id (1-128 characters) …
     pub user_id: Option<String>,
@@ -302,6 +308,7 @@ impl From<crate::widgets::Opened> for SessionAnswer {
 /// Opens a widget session: `Origin` checked, the widget token checked when required. An
 /// empty body is an empty request (a widget that needs no token).
 #[utoipa::path(post, path = "/v1/widgets/{id}/session", tag = "widget",
+    security(()),
     params(("id" = WidgetId, Path, description = "The widget"),
         ("Origin" = String, Header, description = "The page's origin; must be on the widget's allowlist")),
     request_body = SessionBody,
@@ -448,7 +455,7 @@ fn visitor_caller(s: &Session) -> Caller {
 
 /// A visitor's message (signed). Without `thread_id`, the visitor's latest conversation
 /// continues, across sessions.
-#[utoipa::path(post, path = "/v1/widgets/{id}/chat", tag = "widget",
+#[utoipa::path(post, path = "/v1/widgets/{id}/chat", tag = "widget", operation_id = "widget_chat",
     security(("widget_session" = [])),
     params(("id" = WidgetId, Path, description = "The widget"),
         ("Origin" = String, Header, description = "The session's origin"),

@@ -83,24 +83,6 @@ pub fn check_name(field: &str, raw: &str, max: usize) -> Result<String, Invalid>
     Ok(name.to_string())
 }
 
-/// Checks an id that does not come through a typed path (`prefix`, `_`, 32 hex digits).
-pub fn check_id(id: &str, prefix: &'static str) -> Result<(), crate::ids::Malformed> {
-    let ok = id
-        .strip_prefix(prefix)
-        .and_then(|r| r.strip_prefix('_'))
-        .is_some_and(|hex| {
-            hex.len() == 32
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(crate::ids::Malformed { prefix })
-    }
-}
-
 /// One of a person's organizations as `/v1/me` lists it (fields in the order they are sent).
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Membership {
@@ -554,13 +536,5 @@ mod tests {
             Err("name: must be at most 3 characters".to_string())
         );
         assert!(check_name("name", "a\u{7}b", 100).is_err());
-    }
-
-    #[test]
-    fn ids_are_checked_like_typed_ids() {
-        let id = OrgId::new();
-        assert_eq!(check_id(&id, "org"), Ok(()));
-        assert!(check_id(&id, "key").is_err());
-        assert!(check_id(&id.to_uppercase().replacen("ORG", "org", 1), "org").is_err());
     }
 }

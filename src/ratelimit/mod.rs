@@ -12,12 +12,14 @@
 
 pub mod failures;
 mod limiter;
+pub mod limits;
 mod memory;
 pub mod noted;
 mod redis;
 
 pub use failures::FailureBudget;
 pub use limiter::{Limiter, LimiterError};
+pub use limits::Limits;
 pub use memory::MemoryLimiter;
 pub use redis::{RedisFailure, RedisLimiter, RedisLink};
 
@@ -188,8 +190,10 @@ impl<'de> Deserialize<'de> for Rates {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// Requests admitted per window (1-1,000,000).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub limit: u64,
     /// Window length in seconds (1-2,592,000).
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub window_seconds: u64,
 }
 

@@ -347,7 +347,7 @@ async fn the_budget_is_shared_through_redis() {
     })
     .await
     .unwrap();
-    assert_eq!(app.state.limiter.backend_name(), "redis");
+    assert_eq!(app.state.limits.limiter().backend_name(), "redis");
     let app = successes_are_free_and_the_budget_refills(app, clock).await;
     assert_eq!(me_from(&app, BYSTANDER, &unknown_key()).await.status(), 401);
     let text = metrics(&app).await;

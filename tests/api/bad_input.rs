@@ -485,3 +485,46 @@ story!(
         app
     }
 );
+
+story!(
+    a_v1_body_must_be_an_object_not_an_array,
+    |app: TestApp| async move {
+        let ann = app.person().await;
+        let org = app.org(&ann, "Acme").await;
+        let (status, key) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/api-keys"),
+                &ann.token,
+                Some(json!({"name": "k", "scopes": []})),
+            )
+            .await;
+        assert_eq!(status, 201, "{key}");
+        let key_id = key["data"]["id"].as_str().unwrap().to_string();
+        for (method, path) in [
+            (Method::PATCH, format!("/orgs/{org}")),
+            (Method::PATCH, format!("/orgs/{org}/api-keys/{key_id}")),
+            (Method::POST, format!("/orgs/{org}/api-keys/{key_id}/roll")),
+        ] {
+            let (status, body) = app
+                .call(method, &path, &ann.token, Some(json!([null, null])))
+                .await;
+            assert_eq!(status, 400, "{path}: {body}");
+            assert_eq!(body["error"]["code"], "invalid_request", "{path}: {body}");
+        }
+        // JSON `null` is the roll's optional body: the defaults.
+        let res = app
+            .v1(
+                Method::POST,
+                &format!("/orgs/{org}/api-keys/{key_id}/roll"),
+                &ann.token,
+            )
+            .header("content-type", "application/json")
+            .body("null")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(parts(res).await.0, 201);
+        app
+    }
+);

@@ -591,7 +591,7 @@ async fn a_server_on_redis_enforces_the_same_limits() {
     })
     .await
     .unwrap();
-    assert_eq!(app.state.limiter.backend_name(), "redis");
+    assert_eq!(app.state.limits.limiter().backend_name(), "redis");
     let owner = app.person().await;
     let org = app.org(&owner, "Acme").await;
     let (key, _) = app.key(&owner, &org, &[]).await;

@@ -1,0 +1,102 @@
+//! The rate-limit use cases: deciding a request against its windows, with the configured
+//! rates, the organizations' own rates, and the `rate_limit.exceeded` webhook on a refusal.
+
+use std::sync::Arc;
+
+use super::{Decision, Limiter, LimiterError, Request};
+use crate::clock::Clock;
+use crate::config::{Config, Policy};
+use crate::orgs::Orgs;
+use crate::store::{ApiKeyRecord, Store, StoreError};
+use crate::webhooks::Webhooks;
+
+/// Rate-limit decisions for the whole application; cheap to clone.
+#[derive(Clone)]
+pub struct Limits {
+    limiter: Limiter,
+    config: Arc<Config>,
+    webhooks: Arc<Webhooks>,
+    orgs: Orgs,
+    store: Store,
+    clock: Clock,
+}
+
+impl Limits {
+    /// Decisions by `limiter`, at the rates of `config` and of the organizations in `orgs`;
+    /// refusals are announced through `webhooks`.
+    pub fn new(
+        limiter: Limiter,
+        config: Arc<Config>,
+        webhooks: Arc<Webhooks>,
+        orgs: Orgs,
+        store: Store,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            limiter,
+            config,
+            webhooks,
+            orgs,
+            store,
+            clock,
+        }
+    }
+
+    /// The limiter itself, for callers that peek or decide outside these use cases.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Decides a request, notes the decision for the response headers, and announces a
+    /// refusal (`rate_limit.exceeded`).
+    pub async fn check(&self, req: &Request) -> Result<Decision, LimiterError> {
+        let d = self.limiter.check(req).await?;
+        super::noted::note(&d);
+        if !d.allowed {
+            self.webhooks
+                .rate_limited(&self.store, &self.clock, req, &d);
+        }
+        Ok(d)
+    }
+
+    /// A per-client-IP policy (sign-in, sign-up, …) for `ip` (already cut to a /64 for IPv6).
+    pub async fn ip(&self, policy: Policy, ip: &str) -> Result<Decision, LimiterError> {
+        let mut req = Request {
+            tag: format!("ip:{ip}"),
+            windows: Vec::new(),
+            fail_closed: self.config.fails_closed(policy),
+        };
+        req.add(policy.name(), ip, self.config.rates(policy));
+        self.check(&req).await
+    }
+
+    /// The key's own windows and (with `with_org`) its organization's, as one request.
+    /// Every counter of an organization shares one tag, so the organization window is
+    /// exact across all its keys.
+    pub async fn key_request(
+        &self,
+        key: &ApiKeyRecord,
+        with_org: bool,
+    ) -> Result<Request, StoreError> {
+        let mut req = Request {
+            tag: format!("org:{}", key.org_id),
+            windows: Vec::with_capacity(4),
+            fail_closed: self.config.fails_closed(Policy::ApiKey)
+                || (with_org && self.config.fails_closed(Policy::Org)),
+        };
+        let key_rates = key
+            .rate_limits
+            .as_ref()
+            .unwrap_or(self.config.rates(Policy::ApiKey));
+        req.add(Policy::ApiKey.name(), &key.id, key_rates);
+        if with_org {
+            let org = self.orgs.rates(&key.org_id).await?;
+            req.add(
+                Policy::Org.name(),
+                &key.org_id,
+                org.as_ref().unwrap_or(self.config.rates(Policy::Org)),
+            );
+        }
+        Ok(req)
+    }
+}
