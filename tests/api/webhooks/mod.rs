@@ -91,24 +91,8 @@ story!(
         assert!(!hit.body.contains(key) && !hit.body.contains(&key[..12]));
         // The delivery log shows the attempt once the worker has recorded it (the receiver
         // saw the request before the worker read the answer).
-        let mut log = Value::Null;
-        for _ in 0..100 {
-            let (status, got) = app
-                .call(
-                    Method::GET,
-                    &format!("/orgs/{org}/webhooks/{id}/deliveries"),
-                    &token,
-                    None,
-                )
-                .await;
-            assert_eq!(status, 200, "{got}");
-            log = got;
-            if !log["data"][0]["status_code"].is_null() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let first = &log["data"][0];
+        let log = wait_for_log(&app, &token, &org, &id, 1).await;
+        let first = &log[0];
         assert_eq!(first["message_id"], json!(hit.id()));
         assert_eq!(first["status_code"], 200);
         assert_eq!(first["response"], "answer body");
@@ -933,22 +917,7 @@ story!(
         let message = queued["data"]["message_id"].as_str().unwrap().to_string();
         assert!(is_v7(&message, "msg_"), "{message}");
         assert_eq!(receiver.event("webhook.test").await.id(), message);
-        let mut attempt = Value::Null;
-        for _ in 0..100 {
-            let (_, log) = app
-                .call(
-                    Method::GET,
-                    &format!("/orgs/{org}/webhooks/{id}/deliveries"),
-                    &token,
-                    None,
-                )
-                .await;
-            attempt = log["data"][0].clone();
-            if attempt.is_object() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let attempt = wait_for_log(&app, &token, &org, &id, 1).await[0].clone();
         assert!(is_v7(attempt["id"].as_str().unwrap(), "wha_"), "{attempt}");
         let delivery = attempt["delivery_id"].as_str().unwrap().to_string();
         assert!(is_v7(&delivery, "whd_"), "{attempt}");
