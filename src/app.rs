@@ -12,8 +12,9 @@ use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::config::Policy;
 use crate::config::{Config, SecretString};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::ratelimit::{Limiter, Limits, RedisLimiter, RedisLink};
+use crate::ratelimit::{Limiter, RedisLimiter, RedisLink};
 use crate::store::Store;
 
 /// Everything a handler may use; cheap to clone.

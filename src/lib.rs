@@ -29,6 +29,9 @@ pub mod ids;
 pub mod invitations;
 /// API keys: minting and cached verification.
 pub mod keys;
+/// Rate-limit decisions for requests: the limiter with the configured, key and organization
+/// rates, and the `rate_limit.exceeded` event.
+pub mod limits;
 /// Email: templates, the durable mail queue, SMTP and the one-time-token flows.
 pub mod mail;
 /// Prometheus metrics.

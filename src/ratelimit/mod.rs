@@ -12,14 +12,12 @@
 
 pub mod failures;
 mod limiter;
-pub mod limits;
 mod memory;
 pub mod noted;
 mod redis;
 
 pub use failures::FailureBudget;
 pub use limiter::{Limiter, LimiterError};
-pub use limits::Limits;
 pub use memory::MemoryLimiter;
 pub use redis::{RedisFailure, RedisLimiter, RedisLink};
 

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use super::{Decision, Limiter, LimiterError, Request};
 use crate::clock::Clock;
 use crate::config::{Config, Policy};
 use crate::orgs::Orgs;
+use crate::ratelimit::{Decision, Limiter, LimiterError, Request};
 use crate::store::{ApiKeyRecord, Store, StoreError};
 use crate::webhooks::Webhooks;
 
@@ -51,7 +51,7 @@ impl Limits {
     /// refusal (`rate_limit.exceeded`).
     pub async fn check(&self, req: &Request) -> Result<Decision, LimiterError> {
         let d = self.limiter.check(req).await?;
-        super::noted::note(&d);
+        crate::ratelimit::noted::note(&d);
         if !d.allowed {
             self.webhooks
                 .rate_limited(&self.store, &self.clock, req, &d);
