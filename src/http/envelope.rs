@@ -165,6 +165,15 @@ pub mod errors {
             "415" => "`unsupported_media_type`: the body must be JSON",
             "422" => "`validation_failed`: `details.fields` names each invalid field",
         ];
+        /// A request signed with a widget session (`/v1/widgets/{id}/…` after the session is
+        /// open): the session, signature, origin and limits can refuse it.
+        WidgetSession: [
+            "401" => "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)",
+            "403" => "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`)",
+            "413" => "`payload_too_large`",
+            "429" => "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)",
+            "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
+        ];
         /// A change that can conflict with existing state.
         Conflict: [
             "409" => "`conflict`",

@@ -419,23 +419,35 @@ impl FromRequest<AppState> for SignedCall {
     }
 }
 
+/// The headers of every request signed with a widget session.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Read by the `SignedCall` extractor; this type only describes them.
+struct SignedHeaders {
+    /// The session's origin.
+    #[param(rename = "Origin")]
+    origin: String,
+    /// Unix seconds, within 5 minutes of the server's clock.
+    #[param(rename = "X-Gatehouse-Timestamp")]
+    timestamp: String,
+    /// Single-use within the session.
+    #[param(rename = "X-Gatehouse-Nonce")]
+    nonce: String,
+    /// Hex HMAC-SHA256 of the request with the session's signing secret.
+    #[param(rename = "X-Gatehouse-Signature")]
+    signature: String,
+}
+
 /// Renews a session before it ends (signed with the current one; the body is ignored, `{}`
 /// by convention).
 #[utoipa::path(post, path = "/v1/widgets/{id}/session/renew", tag = "widget",
     security(("widget_session" = [])),
     params(("id" = WidgetId, Path, description = "The widget"),
-        ("Origin" = String, Header, description = "The session's origin"),
-        ("X-Gatehouse-Timestamp" = String, Header, description = "Unix seconds, within 5 minutes of the server's clock"),
-        ("X-Gatehouse-Nonce" = String, Header, description = "Single-use within the session"),
-        ("X-Gatehouse-Signature" = String, Header, description = "Hex HMAC-SHA256 of the request with the session's signing secret")),
+        SignedHeaders),
     responses((status = 201, description = "A fresh session for the same visitor and origin", body = Envelope<SessionAnswer>),
         (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`)"),
-        (status = 401, body = ErrorEnvelope, description = "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)"),
-        (status = 403, body = ErrorEnvelope, description = "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`)"),
         (status = 404, body = ErrorEnvelope, description = "`not_found`: no such widget"),
-        (status = 413, body = ErrorEnvelope, description = "`payload_too_large`"),
-        (status = 429, body = ErrorEnvelope, description = "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)"),
-        (status = 503, body = ErrorEnvelope, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)")))]
+        errors::WidgetSession))]
 pub async fn renew_session(
     State(state): State<AppState>,
     call: SignedCall,
@@ -458,10 +470,7 @@ fn visitor_caller(s: &Session) -> Caller {
 #[utoipa::path(post, path = "/v1/widgets/{id}/chat", tag = "widget", operation_id = "widget_chat",
     security(("widget_session" = [])),
     params(("id" = WidgetId, Path, description = "The widget"),
-        ("Origin" = String, Header, description = "The session's origin"),
-        ("X-Gatehouse-Timestamp" = String, Header, description = "Unix seconds, within 5 minutes of the server's clock"),
-        ("X-Gatehouse-Nonce" = String, Header, description = "Single-use within the session"),
-        ("X-Gatehouse-Signature" = String, Header, description = "Hex HMAC-SHA256 of the request with the session's signing secret")),
+        SignedHeaders),
     request_body = ChatBody,
     responses((status = 200, description = "The answer; with `stream: true`, `text/event-stream` of `delta` events and a final `done` event",
             body = Envelope<crate::http::chat::ChatAnswer>),
@@ -471,11 +480,7 @@ fn visitor_caller(s: &Session) -> Caller {
         (status = 502, body = ErrorEnvelope, description = "`upstream_error`: the model server failed"),
         (status = 504, body = ErrorEnvelope, description = "`upstream_timeout`: the model server did not answer in time"),
         (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`), or a body that is not valid JSON of this shape"),
-        (status = 401, body = ErrorEnvelope, description = "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)"),
-        (status = 403, body = ErrorEnvelope, description = "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`)"),
-        (status = 413, body = ErrorEnvelope, description = "`payload_too_large`"),
-        (status = 429, body = ErrorEnvelope, description = "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)"),
-        (status = 503, body = ErrorEnvelope, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)")))]
+        errors::WidgetSession))]
 pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Response, ApiError> {
     let body: ChatBody = parse_json(call.json, &call.body)?;
     check_chat_body(&body)?;
@@ -500,18 +505,11 @@ pub struct History {
 #[utoipa::path(get, path = "/v1/widgets/{id}/history", tag = "widget",
     security(("widget_session" = [])),
     params(("id" = WidgetId, Path, description = "The widget"),
-        ("Origin" = String, Header, description = "The session's origin"),
-        ("X-Gatehouse-Timestamp" = String, Header, description = "Unix seconds, within 5 minutes of the server's clock"),
-        ("X-Gatehouse-Nonce" = String, Header, description = "Single-use within the session"),
-        ("X-Gatehouse-Signature" = String, Header, description = "Hex HMAC-SHA256 of the request with the session's signing secret")),
+        SignedHeaders),
     responses((status = 200, description = "The latest conversation", body = Envelope<History>),
         (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`)"),
-        (status = 401, body = ErrorEnvelope, description = "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)"),
-        (status = 403, body = ErrorEnvelope, description = "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`)"),
         (status = 404, body = ErrorEnvelope, description = "`not_found`: no such widget"),
-        (status = 413, body = ErrorEnvelope, description = "`payload_too_large`"),
-        (status = 429, body = ErrorEnvelope, description = "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)"),
-        (status = 503, body = ErrorEnvelope, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)")))]
+        errors::WidgetSession))]
 pub async fn history(
     State(state): State<AppState>,
     call: SignedCall,
