@@ -13,6 +13,7 @@ mod chat;
 mod concurrency;
 mod dashboard;
 mod dashboard_page;
+mod docs_api_table;
 mod email;
 mod invitations;
 mod metrics_guard;
