@@ -1,6 +1,6 @@
 //! The widget's credentials: allowed origins, widget tokens, session tokens, request
 //! signatures and identified-visitor hashes. Pure functions over bytes and strings; the
-//! formats are fixed in DESIGN.md.
+//! formats are fixed (ARCHITECTURE.md, "Invariants") and given in docs/widget.md.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -1,6 +1,7 @@
 //! Widgets: management, the public config → session → signed chat flow, per-widget CORS,
 //! and every rejection with its own reason. Signatures are computed here with hmac + sha2
-//! from the formula in DESIGN.md, not with the server's own code.
+//! from the formula in docs/widget.md (a fixed format: ARCHITECTURE.md, "Invariants"), not
+//! with the server's own code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

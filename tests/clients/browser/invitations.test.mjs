@@ -4,7 +4,7 @@
 // it pending. The invitation mail lands in the development outbox (no SMTP here); a fresh
 // browser context opens its link, sees the accept page, creates an account there and lands
 // in the organization. The owner's page then lists the newcomer as a member. Screenshots of
-// the invite form and the accept page go to docs/ (the README shows them).
+// the invite form and the accept page go to docs/ (docs/dashboard.md shows them).
 //
 // Run: cd tests/clients/browser && npm ci && node --test invitations.test.mjs
 // Env: as dashboard.test.mjs (GATEHOUSE_BIN, GATEHOUSE_CLIENT_TEST_DATABASE_URL,
