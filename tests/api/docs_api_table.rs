@@ -74,10 +74,7 @@ fn described_routes(doc: &Value) -> BTreeSet<(String, String)> {
 }
 
 fn show(routes: &BTreeSet<(String, String)>) -> String {
-    routes
-        .iter()
-        .map(|(m, p)| format!("  {m} {p}\n"))
-        .collect()
+    routes.iter().map(|(m, p)| format!("  {m} {p}\n")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
