@@ -14,6 +14,7 @@ mod concurrency;
 mod dashboard;
 mod dashboard_page;
 mod docs_api_table;
+mod docs_events;
 mod docs_links;
 mod email;
 mod invitations;

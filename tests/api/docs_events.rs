@@ -1,0 +1,91 @@
+//! The docs list what the code records: docs/audit-log.md every audit action the store
+//! writes, docs/webhooks.md every webhook event type.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use gatehouse::store::EVENT_TYPES;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The `"word.word"` string literals of `text` (audit actions and event types look so).
+fn dotted_literals(text: &str) -> BTreeSet<String> {
+    text.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            let mut parts = s.split('.');
+            let ok = |p: Option<&str>| {
+                p.is_some_and(|p| {
+                    !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+            };
+            ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The first column of the audit-log page's action table.
+fn documented_actions() -> BTreeSet<String> {
+    read("docs/audit-log.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_audit_log_page_lists_every_action_the_store_records() {
+    // Every audit entry is written in src/store (`record(…)`), with its action as a literal.
+    // The store's other dotted literals are webhook event types that are not audit actions.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let mut literals = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            literals.extend(dotted_literals(&std::fs::read_to_string(path).unwrap()));
+        }
+    }
+    let documented = documented_actions();
+    assert!(documented.len() > 20, "{documented:?}");
+    let undocumented: Vec<_> = literals
+        .iter()
+        .filter(|a| !documented.contains(*a) && !EVENT_TYPES.contains(&a.as_str()))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "actions recorded in src/store but missing from docs/audit-log.md: {undocumented:?}"
+    );
+    let unknown: Vec<_> = documented.difference(&literals).collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/audit-log.md lists actions src/store never records: {unknown:?}"
+    );
+}
+
+#[test]
+fn the_webhooks_page_lists_every_event_type() {
+    let page = read("docs/webhooks.md");
+    let events = &page[page.find("**Events**").expect("an **Events** paragraph")..];
+    let events = &events[..events.find("\n\n").unwrap_or(events.len())];
+    let listed: BTreeSet<&str> = events.split('`').skip(1).step_by(2).collect();
+    let known: BTreeSet<&str> = EVENT_TYPES.iter().copied().collect();
+    assert_eq!(
+        listed, known,
+        "docs/webhooks.md's events against EVENT_TYPES"
+    );
+}
+
+#[test]
+fn dotted_literals_are_found_and_nothing_else() {
+    let src = r#"record(tx, "api_key.created", json!({"a": "b"})); let x = "a.b.c"; "x.Y""#;
+    assert_eq!(
+        dotted_literals(src).into_iter().collect::<Vec<_>>(),
+        ["api_key.created"]
+    );
+}
