@@ -1,5 +1,5 @@
-//! The docs list what the code records: docs/audit-log.md every audit action the store
-//! writes, docs/webhooks.md every webhook event type.
+//! The docs list what the code has: docs/audit-log.md every audit action the store writes,
+//! docs/webhooks.md every webhook event type, docs/configuration.md every setting.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -78,6 +78,36 @@ fn the_webhooks_page_lists_every_event_type() {
     assert_eq!(
         listed, known,
         "docs/webhooks.md's events against EVENT_TYPES"
+    );
+}
+
+#[test]
+fn the_configuration_page_lists_every_setting() {
+    // config.example.toml names every setting (a unit test in src/config.rs pins it to
+    // `Config`), as `key = …` or, without a default, `# key = …`.
+    let example: BTreeSet<String> = read("config.example.toml")
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim_start())
+        .filter_map(|l| l.split_once(" ="))
+        .map(|(key, _)| key.to_string())
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    assert!(example.len() > 40, "{example:?}");
+    // The page's table: | `setting` | `GATEHOUSE_SETTING` | default | meaning |
+    let page = read("docs/configuration.md");
+    let mut documented = BTreeSet::new();
+    for row in page.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let key = cells[0].trim_start_matches("| ").trim_matches('`');
+        let var = format!("`GATEHOUSE_{}`", key.to_uppercase());
+        assert_eq!(cells.get(1), Some(&var.as_str()), "{key}: its variable");
+        documented.insert(key.to_string());
+    }
+    let missing: Vec<_> = example.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&example).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/configuration.md lacks {missing:?} and has {extra:?}, which config.example.toml has not"
     );
 }
 
