@@ -253,7 +253,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Picks up signing keys rotated by `gatehouse jwt rotate` (possibly on another host).
 async fn reload_keys(state: AppState) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    let every = std::time::Duration::from_secs(state.config.signing_key_reload_seconds);
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;

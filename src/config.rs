@@ -31,6 +31,9 @@ pub struct Config {
     pub jwt_secret: Option<SecretString>,
     /// Access-token lifetime in seconds.
     pub jwt_expiry_seconds: i64,
+    /// Seconds between reloads of the signing keys, so `gatehouse jwt rotate` reaches running
+    /// servers.
+    pub signing_key_reload_seconds: u64,
     /// Window in which a rotated refresh token may be presented again (racing tabs).
     pub refresh_reuse_interval_seconds: i64,
     /// Confirm new users at sign-up (development).
@@ -175,6 +178,7 @@ impl Default for Config {
             publishable_key: None,
             jwt_secret: None,
             jwt_expiry_seconds: 3600,
+            signing_key_reload_seconds: 60,
             refresh_reuse_interval_seconds: 10,
             autoconfirm: false,
             password_min_length: 8,
@@ -418,6 +422,9 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         if self.jwt_expiry_seconds < 60 {
             anyhow::bail!("jwt_expiry_seconds must be at least 60");
+        }
+        if !(1..=3600).contains(&self.signing_key_reload_seconds) {
+            anyhow::bail!("signing_key_reload_seconds must be between 1 and 3600");
         }
         for (name, v) in [
             ("session_max_seconds", self.session_max_seconds),

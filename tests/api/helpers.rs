@@ -507,3 +507,54 @@ impl TestApp {
         )
     }
 }
+
+impl TestApp {
+    /// Starts a server on a database that already exists (shared with another instance, a
+    /// real `gatehouse` process say) with `clock`; [`TestApp::stop`] drops the database.
+    pub async fn spawn_on(db: TestDb, clock: Clock, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = test_config(&db.url);
+        config.public_url = format!("http://{addr}");
+        tweak(&mut config);
+        let state = AppState::build(config, clock).await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let s = state.clone();
+        let handle = tokio::spawn(async move {
+            server::run(s, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client: Client::builder().cookie_store(true).build().unwrap(),
+            state,
+            db,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after `within`. For
+/// promises such as "within a second": the bound is a generous ceiling, never a timing.
+pub async fn eventually<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < within, "{what} (waited {within:?})");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A pool on a test database, for checking what storage holds.
+pub async fn sql(db_url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(db_url).await.unwrap()
+}
