@@ -64,7 +64,7 @@ pub struct AppInner {
     /// Webhook settings, delivery client and `rate_limit.exceeded` de-duplication.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Credential checks (keys, access tokens, dashboard cookies) and their caches.
-    pub credentials: crate::auth::Credentials,
+    pub credentials: crate::credentials::Credentials,
     /// Organizations, members and roles, with the organization rate-limit cache and the
     /// membership lists `/v1/me` shows.
     pub orgs: crate::orgs::Orgs,
@@ -76,7 +76,7 @@ pub struct AppInner {
     pub bus: crate::fanout::Bus,
 }
 
-use crate::auth::credentials::SESSION_CACHE_TTL;
+use crate::credentials::SESSION_CACHE_TTL;
 
 const PUBLISHABLE_KEY_SETTING: &str = "publishable_key";
 /// The deployment's key for widget session tokens, shared by every instance through storage.
@@ -201,7 +201,7 @@ impl AppState {
         );
         let auth_failures =
             crate::ratelimit::FailureBudget::new(config.rates(Policy::AuthFailures));
-        let credentials = crate::auth::Credentials::new(
+        let credentials = crate::credentials::Credentials::new(
             store.clone(),
             clock.clone(),
             accounts.clone(),

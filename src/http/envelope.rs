@@ -319,3 +319,18 @@ pub async fn request_context(
     }
     res
 }
+
+/// Storage errors at the HTTP boundary: a missing row is `not_found`, a unique violation
+/// `conflict`, a busy store a 503. Here rather than in `error.rs`, so the catalogue does not
+/// depend on storage.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotFound => ApiError::new(crate::error::Code::NotFound),
+            StoreError::Conflict(what) => ApiError::msg(crate::error::Code::Conflict, what),
+            StoreError::Busy => ApiError::unavailable(1, "Storage is busy; retry shortly."),
+            StoreError::Other(cause) => ApiError::internal(cause),
+        }
+    }
+}

@@ -235,15 +235,15 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-pub use crate::auth::{Principal, Via};
+pub use crate::credentials::{Principal, Via};
 
-impl From<crate::auth::CredentialError> for ApiError {
-    fn from(e: crate::auth::CredentialError) -> Self {
+impl From<crate::credentials::CredentialError> for ApiError {
+    fn from(e: crate::credentials::CredentialError) -> Self {
         match e {
-            crate::auth::CredentialError::Refused { reason, message } => {
+            crate::credentials::CredentialError::Refused { reason, message } => {
                 ApiError::unauthorized(reason, message)
             }
-            crate::auth::CredentialError::Unavailable => {
+            crate::credentials::CredentialError::Unavailable => {
                 ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
             }
         }
