@@ -314,7 +314,7 @@ fn require_apikey(state: &AppState, headers: &HeaderMap) -> Result<(), GoTrueErr
             ErrorCode::NoApiKey,
             "No API key found in request",
         )),
-        Some(k) if ct_eq(k, state.publishable_key.expose_secret()) => Ok(()),
+        Some(k) if ct_eq(k, state.edge.publishable_key.expose_secret()) => Ok(()),
         Some(_) => Err(GoTrueError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidApiKey,

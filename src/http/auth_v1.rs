@@ -164,7 +164,7 @@ pub(crate) async fn signup(
         } => {
             crate::http::auth_email::signup_mail(&state, &user.email, password_hash, redirect_to)
                 .await?;
-            user.confirmation_sent_at = Some(state.clock.now_ms());
+            user.confirmation_sent_at = Some(state.edge.clock.now_ms());
             Ok(Json(user_json(&user)).into_response())
         }
         SignUp::Existing {
@@ -176,7 +176,7 @@ pub(crate) async fn signup(
                 .await?;
             // Answer exactly as a fresh sign-up does (as GoTrue does with confirmation on,
             // but with the identity too), so the route does not reveal who has an account.
-            let now = state.clock.now_ms();
+            let now = state.edge.clock.now_ms();
             let look_alike = User {
                 id: uuid::Uuid::new_v4().to_string(),
                 email: user.email,
@@ -257,7 +257,7 @@ pub(crate) async fn token(
             crate::http::failures::admit(&state, &ip).await?;
             let s = state.accounts.sign_in(&email, password).await;
             if let Err(crate::accounts::AccountError::InvalidCredentials) = &s {
-                state.metrics.auth_failure("invalid_credentials");
+                state.edge.metrics.auth_failure("invalid_credentials");
                 crate::http::failures::spend(&state, &ip).await;
             }
             Ok(Json(session_json(&s?)).into_response())
@@ -322,7 +322,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, GoTrueError> {
 
 fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> {
     let token = bearer(headers)?;
-    let now = state.accounts.clock.now_secs();
+    let now = state.edge.clock.now_secs();
     state.accounts.jwt.verify(token, now).map_err(|e| match e {
         JwtError::Expired => GoTrueError::bad_jwt("token is expired"),
         JwtError::Invalid => GoTrueError::bad_jwt("token is invalid"),
@@ -423,7 +423,7 @@ pub(crate) async fn update_user(
     let mut out = user_json(&user);
     if let Some(new) = new_email {
         out["new_email"] = json!(new);
-        out["email_change_sent_at"] = json!(rfc3339(state.clock.now_ms()));
+        out["email_change_sent_at"] = json!(rfc3339(state.edge.clock.now_ms()));
     }
     Ok(Json(out))
 }

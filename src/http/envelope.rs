@@ -302,6 +302,7 @@ pub async fn request_context(
     let status = res.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
     state
+        .edge
         .metrics
         .request(route, method.as_str(), status, elapsed);
     let _enter = span.enter();
@@ -312,7 +313,7 @@ pub async fn request_context(
         tracing::info!(status, latency_ms = ms, "request");
     }
     if let Some(d) = decision {
-        crate::http::limits::write_headers(res.headers_mut(), &d, state.clock.now_secs());
+        crate::http::limits::write_headers(res.headers_mut(), &d, state.edge.clock.now_secs());
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);

@@ -404,7 +404,7 @@ pub async fn require_apikey(State(state): State<AppState>, req: Request, next: N
             "No API key found in request",
         )
         .into_response(),
-        Some(k) if ct_eq(&k, state.publishable_key.expose_secret()) => next.run(req).await,
+        Some(k) if ct_eq(&k, state.edge.publishable_key.expose_secret()) => next.run(req).await,
         Some(_) => GoTrueError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidApiKey,

@@ -91,7 +91,7 @@ pub async fn sign_in(
         .authenticate(&body.email, body.password)
         .await;
     if let Err(crate::accounts::AccountError::InvalidCredentials) = &user {
-        state.metrics.auth_failure("invalid_credentials");
+        state.edge.metrics.auth_failure("invalid_credentials");
         crate::http::failures::spend(&state, &ip).await;
     }
     let user = user.map_err(account_error)?;

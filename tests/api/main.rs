@@ -15,6 +15,7 @@ mod dashboard;
 mod dashboard_page;
 mod email;
 mod invitations;
+mod layers;
 mod metrics_guard;
 mod migrations;
 mod orgs;
