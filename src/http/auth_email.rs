@@ -38,32 +38,34 @@ pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(verify_link, verify))
 }
 
+/// GoTrue's wire text for each outcome lives here, not in the domain's `FlowError`.
 impl From<FlowError> for GoTrueError {
     fn from(e: FlowError) -> Self {
-        let msg = e.to_string();
         match e {
-            FlowError::Invalid => {
-                GoTrueError::new(StatusCode::FORBIDDEN, ErrorCode::OtpExpired, msg)
-            }
-            FlowError::TooSoon(_) => GoTrueError::new(
+            FlowError::Invalid => GoTrueError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::OtpExpired,
+                "Token has expired or is invalid",
+            ),
+            FlowError::TooSoon(secs) => GoTrueError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::OverEmailSendRateLimit,
-                msg,
+                format!("For security purposes, you can only request this after {secs} seconds."),
             ),
             FlowError::EmailExists => GoTrueError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::EmailExists,
-                msg,
+                "A user with this email address has already been registered",
             ),
             FlowError::Busy => GoTrueError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::RequestTimeout,
-                msg,
+                "The service is busy; retry shortly.",
             ),
             FlowError::Internal => GoTrueError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::UnexpectedFailure,
-                msg,
+                "internal error",
             ),
         }
     }

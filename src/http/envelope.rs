@@ -174,6 +174,13 @@ pub mod errors {
             "429" => "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)",
             "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
         ];
+        /// Accepting or declining an invitation by id, as the person invited.
+        Invitee: [
+            "400" => "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)",
+            "403" => "`forbidden`: an API key, an unconfirmed address, or addressed to another (`details.reason`: `wrong_email`)",
+            "404" => "`not_found`",
+            "409" => "`conflict`: no longer pending, or (accepting) already a member",
+        ];
         /// A change that can conflict with existing state.
         Conflict: [
             "409" => "`conflict`",
