@@ -47,7 +47,10 @@ fn account_error(e: AccountError) -> ApiError {
         }
         AccountError::EmailNotConfirmed => ApiError::msg(Code::Forbidden, "Email not confirmed."),
         AccountError::Busy => ApiError::from(crate::store::StoreError::Busy),
-        AccountError::Validation(m) => ApiError::msg(Code::ValidationFailed, m),
+        AccountError::Validation(invalid) => ApiError::msg(
+            Code::ValidationFailed,
+            crate::http::gotrue::invalid_message(invalid),
+        ),
         other => ApiError::internal(other),
     }
 }
