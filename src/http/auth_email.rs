@@ -240,6 +240,7 @@ pub(crate) async fn recover(
 /// `POST /auth/v1/verify`: a `token_hash` (from a link), or an `email` and its six-digit
 /// `token`.
 #[derive(Deserialize, ToSchema)]
+#[schema(as = AuthVerifyBody)]
 pub(crate) struct VerifyBody {
     /// signup, magiclink, email, recovery or email_change.
     #[serde(rename = "type")]

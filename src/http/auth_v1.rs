@@ -342,6 +342,7 @@ pub(crate) enum LogoutScope {
 /// `POST /auth/v1/token`: email and password (`grant_type=password`) or a refresh token
 /// (`grant_type=refresh_token`).
 #[derive(Deserialize, ToSchema)]
+#[schema(as = AuthTokenBody)]
 pub(crate) struct TokenBody {
     /// The address (password grant).
     email: Option<String>,

@@ -318,3 +318,59 @@ fn the_scan_reads_imports_as_written() {
     assert!(has_word("let s = state.runtime.store.x;", ".store"));
     assert!(!has_word("state.stored", ".store") && !has_word("StoreError", "Store"));
 }
+
+/// `/openapi.json` names a schema after its Rust type (or its `#[schema(as = …)]`), and two
+/// types of one name share one `components.schemas` entry: one route's body would then be
+/// described by the other's. So each name is declared once.
+#[test]
+fn every_schema_name_is_declared_once() {
+    let root = src();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(&root).unwrap().display().to_string();
+        let text = without_comments(&std::fs::read_to_string(file).unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            if !(line.contains("derive(") && has_word(line, "ToSchema")) {
+                continue;
+            }
+            let mut alias = None;
+            for next in &lines[n + 1..] {
+                let t = next.trim();
+                if let Some(rest) = t.strip_prefix("#[schema(as = ") {
+                    alias = Some(ident(rest.rsplit("::").next().unwrap_or(rest)).to_string());
+                }
+                let decl = ["pub(crate) ", "pub "]
+                    .iter()
+                    .fold(t, |t, p| t.strip_prefix(p).unwrap_or(t));
+                let found = ["struct ", "enum "]
+                    .iter()
+                    .find_map(|k| decl.strip_prefix(k));
+                if let Some(rest) = found {
+                    let name = alias.take().unwrap_or_else(|| ident(rest).to_string());
+                    names
+                        .entry(name)
+                        .or_default()
+                        .push(format!("src/{rel}:{}", n + 1));
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        names.len() > 20,
+        "the scan found too few schemas: {names:?}"
+    );
+    let twice: Vec<String> = names
+        .iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(name, at)| format!("{name} at {}", at.join(", ")))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "schema names declared twice (give one `#[schema(as = …)]`):\n  {}",
+        twice.join("\n  ")
+    );
+}
