@@ -47,14 +47,28 @@ pub enum AccountError {
     #[error("the session no longer exists")]
     SessionNotFound,
     /// A field is invalid.
-    #[error("{0}")]
-    Validation(String),
+    #[error("invalid input: {0:?}")]
+    Validation(Invalid),
     /// Storage contention; retry.
     #[error("storage is busy")]
     Busy,
     /// Unexpected failure (details logged).
     #[error("internal error")]
     Internal,
+}
+
+/// What is invalid in an account request. The words a client reads are the HTTP layer's
+/// (GoTrue's, on `/auth/v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// The address does not parse (the parser's reason).
+    Email(&'static str),
+    /// The password is longer than the policy's limit.
+    PasswordTooLong,
+    /// `data` (user metadata) is not a JSON object.
+    DataNotObject,
+    /// A sign-out scope other than `global`, `local` or `others`.
+    Scope,
 }
 
 impl From<StoreError> for AccountError {
@@ -139,8 +153,7 @@ pub struct Accounts {
 const REFRESH_TOKEN_BYTES: usize = 32;
 
 fn parse_email(raw: &str) -> Result<Email, AccountError> {
-    Email::parse(raw)
-        .map_err(|m| AccountError::Validation(format!("Unable to validate email address: {m}")))
+    Email::parse(raw).map_err(|m| AccountError::Validation(Invalid::Email(m)))
 }
 
 impl Accounts {
@@ -150,9 +163,7 @@ impl Accounts {
             .check(raw, &[email, local])
             .await
             .map_err(|e| match e {
-                PolicyError::TooLong => AccountError::Validation(
-                    "Password cannot be longer than 1024 characters".into(),
-                ),
+                PolicyError::TooLong => AccountError::Validation(Invalid::PasswordTooLong),
                 PolicyError::Weak(w) => AccountError::WeakPassword(w),
                 PolicyError::Unavailable => AccountError::Busy,
             })
@@ -170,11 +181,7 @@ impl Accounts {
         let metadata = match data {
             Some(Value::Object(m)) => Value::Object(m),
             None | Some(Value::Null) => json!({}),
-            Some(_) => {
-                return Err(AccountError::Validation(
-                    "data must be a JSON object".into(),
-                ))
-            }
+            Some(_) => return Err(AccountError::Validation(Invalid::DataNotObject)),
         };
         let hash = self.hasher.hash(&password).await?;
         let created = self
@@ -459,9 +466,7 @@ impl Accounts {
                 .store
                 .delete_user_sessions(&claims.sub, Some(&claims.session_id))
                 .await?),
-            _ => Err(AccountError::Validation(
-                "scope must be one of global, local, others".into(),
-            )),
+            _ => Err(AccountError::Validation(Invalid::Scope)),
         }
     }
 
@@ -508,11 +513,7 @@ impl Accounts {
                     .set_user_metadata(&user.id, &Value::Object(merged), now)
                     .await?;
             }
-            Some(_) => {
-                return Err(AccountError::Validation(
-                    "data must be a JSON object".into(),
-                ))
-            }
+            Some(_) => return Err(AccountError::Validation(Invalid::DataNotObject)),
         }
         let user = self
             .store

@@ -30,53 +30,67 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// What the handle points at.
+/// What the handle points at: the configuration, the values only the HTTP edge reads, the
+/// services, and the runtime the serve loop and the CLI drive. Storage is reachable only
+/// through the services and [`Runtime`], which `http/` never names (`tests/api/layers.rs`).
 pub struct AppInner {
     /// Settings.
     pub config: Arc<Config>,
-    /// Storage.
-    pub store: Store,
+    /// What only the HTTP layer reads: the `apikey` gate, proxies, time and metrics.
+    pub edge: Edge,
     /// Users and sessions.
     pub accounts: Accounts,
-    /// The key `/auth/v1` callers send in `apikey`.
-    pub publishable_key: Arc<SecretString>,
-    /// Time.
-    pub clock: Clock,
-    /// Rate-limit decisions (memory, or Redis with a memory fallback), with the configured
-    /// and the organizations' rates.
-    pub limits: Limits,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    /// Redis, when configured: shared limits and cache invalidation between instances.
-    pub redis: Option<RedisLink>,
-    /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Forwards `/api/…` to `proxy_target` (no redirects followed).
-    pub proxy_client: reqwest::Client,
-    /// The chat gateway.
-    pub chat: crate::chat::Chat,
-    /// API-key minting and cached verification.
-    pub keys: crate::keys::Keys,
-    /// Widgets: cached records, sessions, signatures and the replay cache.
-    pub widgets: crate::widgets::Widgets,
-    /// Email flows: one-time links and codes, and the mail queue.
-    pub email: crate::mail::flows::EmailFlows,
-    /// Webhook settings, delivery client and `rate_limit.exceeded` de-duplication.
-    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Credential checks (keys, access tokens, dashboard cookies) and their caches.
-    pub credentials: crate::auth::Credentials,
+    pub credentials: crate::credentials::Credentials,
     /// Organizations, members and roles, with the organization rate-limit cache and the
     /// membership lists `/v1/me` shows.
     pub orgs: crate::orgs::Orgs,
     /// Invitations into organizations.
     pub invitations: crate::invitations::Invitations,
+    /// API-key minting and cached verification.
+    pub keys: crate::keys::Keys,
+    /// Widgets: cached records, sessions, signatures and the replay cache.
+    pub widgets: crate::widgets::Widgets,
+    /// Webhook settings, delivery client and `rate_limit.exceeded` de-duplication.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The chat gateway.
+    pub chat: crate::chat::Chat,
+    /// Email flows: one-time links and codes, and the mail queue.
+    pub email: crate::mail::flows::EmailFlows,
+    /// Rate-limit decisions (memory, or Redis with a memory fallback), with the configured
+    /// and the organizations' rates.
+    pub limits: Limits,
+    /// Storage, Redis and the invalidation bus, for the serve loop and the CLI.
+    pub runtime: Runtime,
+}
+
+/// The values the HTTP edge reads and no service needs.
+pub struct Edge {
+    /// The key `/auth/v1` callers send in `apikey`.
+    pub publishable_key: Arc<SecretString>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Forwards `/api/…` to `proxy_target` (no redirects followed).
+    pub proxy_client: reqwest::Client,
     /// Addresses whose credentials failed lately (`rate_limit_auth_failures`).
     pub auth_failures: crate::ratelimit::FailureBudget,
+    /// Time, for `meta.ts`, the rate-limit headers and the state a view shows.
+    pub clock: Clock,
+    /// Prometheus metrics: recorded per request, rendered at `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the serve loop and the CLI drive below the services: never read by a handler.
+pub struct Runtime {
+    /// Storage (workers, shutdown, the CLI's maintenance commands).
+    pub store: Store,
+    /// Redis, when configured: shared limits and cache invalidation between instances.
+    pub redis: Option<RedisLink>,
     /// Cache invalidation here and on the other instances.
     pub bus: crate::fanout::Bus,
 }
 
-use crate::auth::credentials::SESSION_CACHE_TTL;
+use crate::credentials::SESSION_CACHE_TTL;
 
 const PUBLISHABLE_KEY_SETTING: &str = "publishable_key";
 /// The deployment's key for widget session tokens, shared by every instance through storage.
@@ -201,7 +215,7 @@ impl AppState {
         );
         let auth_failures =
             crate::ratelimit::FailureBudget::new(config.rates(Policy::AuthFailures));
-        let credentials = crate::auth::Credentials::new(
+        let credentials = crate::credentials::Credentials::new(
             store.clone(),
             clock.clone(),
             accounts.clone(),
@@ -234,26 +248,30 @@ impl AppState {
             clock.clone(),
         );
         let state = AppState(Arc::new(AppInner {
+            edge: Edge {
+                publishable_key: Arc::new(publishable_key),
+                trusted_proxies,
+                proxy_client,
+                auth_failures,
+                clock,
+                metrics,
+            },
             email,
             widgets,
             webhooks,
-            proxy_client,
             chat,
             limits,
-            metrics,
-            redis,
-            trusted_proxies,
             orgs,
             invitations,
             keys: keys.with_bus(bus.clone()),
             config,
-            store,
             accounts,
-            publishable_key: Arc::new(publishable_key),
-            clock,
             credentials,
-            auth_failures,
-            bus: bus.clone(),
+            runtime: Runtime {
+                store,
+                redis,
+                bus: bus.clone(),
+            },
         }));
         let caches: Arc<dyn crate::fanout::Forget> = state.0.clone();
         bus.attach(Arc::downgrade(&caches));
@@ -262,7 +280,7 @@ impl AppState {
 
     /// Forgets cached state here and on every other instance.
     pub async fn invalidate(&self, inv: crate::fanout::Invalidation) {
-        self.bus.invalidate(inv).await;
+        self.runtime.bus.invalidate(inv).await;
     }
 
     /// Forgets sessions that a change ended (a password change, a confirmed address), here
@@ -270,11 +288,19 @@ impl AppState {
     pub async fn end_sessions(&self, ended: crate::store::Ended) {
         use crate::fanout::Invalidation;
         for id in ended.sessions {
-            self.bus.invalidate(Invalidation::Session(id)).await;
+            self.runtime.bus.invalidate(Invalidation::Session(id)).await;
         }
         for hash in ended.web_sessions {
-            self.bus.invalidate(Invalidation::WebSession(hash)).await;
+            self.runtime
+                .bus
+                .invalidate(Invalidation::WebSession(hash))
+                .await;
         }
+    }
+
+    /// Whether storage answers (`/readyz`).
+    pub async fn ready(&self) -> Result<(), crate::store::StoreError> {
+        self.runtime.store.ping().await
     }
 
     /// Forgets cached state on this instance.

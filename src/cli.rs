@@ -182,12 +182,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info => {
             let state = AppState::build(config, Clock::System).await?;
-            println!("storage:          {:?}", state.store.engine());
+            println!("storage:          {:?}", state.runtime.store.engine());
             println!("issuer:           {}", state.config.issuer());
             println!("listen:           {}", state.config.listen);
             println!(
                 "publishable key:  {}",
-                state.publishable_key.expose_secret()
+                state.edge.publishable_key.expose_secret()
             );
             Ok(())
         }
@@ -239,10 +239,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, storage = ?state.store.engine(), "gatehouse listening");
+    tracing::info!(%addr, storage = ?state.runtime.store.engine(), "gatehouse listening");
     // The publishable key is public by design (like Supabase's anon key): printing it lets
     // a developer point a client at a fresh server.
-    tracing::info!(publishable_key = %state.publishable_key.expose_secret(), "clients send this in the apikey header");
+    tracing::info!(publishable_key = %state.edge.publishable_key.expose_secret(), "clients send this in the apikey header");
     let metrics = crate::server::bind_metrics(&state.config).await?;
     if let Some(m) = &metrics {
         tracing::info!(addr = %m.local_addr()?, "metrics listening");
@@ -280,6 +280,7 @@ async fn org_command(config: Config, action: OrgAction) -> anyhow::Result<()> {
             let email = crate::domain::Email::parse(&owner_email)
                 .map_err(|m| anyhow::anyhow!("--owner-email: {m}"))?;
             let owner = state
+                .runtime
                 .store
                 .user_by_email(email.as_str())
                 .await?
@@ -363,7 +364,7 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("revoked {} ({}••••)", k.id, k.start);
-            if state.redis.is_none() {
+            if state.runtime.redis.is_none() {
                 eprintln!(
                     "running servers stop accepting it within 60 s (their key cache lifetime)"
                 );

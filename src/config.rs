@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ratelimit::{Rate, Rates};
 
+/// Verified API keys held in memory unless `key_cache_capacity` says otherwise.
+pub const DEFAULT_KEY_CACHE_CAPACITY: u64 = 250_000;
+
 /// Every setting of a Gatehouse process. See `config.example.toml`.
 ///
 /// `Serialize` only feeds the defaults to figment; secret fields are skipped there (their
@@ -187,7 +190,7 @@ impl Default for Config {
             password_breach_check_fail_closed: false,
             body_limit_bytes: 1024 * 1024,
             key_prefix: "gk".into(),
-            key_cache_capacity: crate::keys::DEFAULT_CAPACITY,
+            key_cache_capacity: DEFAULT_KEY_CACHE_CAPACITY,
             write_behind_seconds: 30,
             password_hash_concurrency: 0,
             web_session_seconds: 7 * 24 * 3600,

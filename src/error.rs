@@ -291,18 +291,6 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
-        match e {
-            StoreError::NotFound => ApiError::new(Code::NotFound),
-            StoreError::Conflict(what) => ApiError::msg(Code::Conflict, what),
-            StoreError::Busy => ApiError::unavailable(1, "Storage is busy; retry shortly."),
-            StoreError::Other(cause) => ApiError::internal(cause),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

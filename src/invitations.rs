@@ -343,10 +343,10 @@ impl Invitations {
                         problem: weak.message,
                     })
                 }
-                Err(AccountError::Validation(m)) => {
+                Err(AccountError::Validation(crate::accounts::Invalid::PasswordTooLong)) => {
                     return Err(InvitationError::Invalid {
                         field: "password",
-                        problem: m,
+                        problem: "Password cannot be longer than 1024 characters".into(),
                     })
                 }
                 Err(AccountError::UserExists) => return Err(InvitationError::AccountJustCreated),

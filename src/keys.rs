@@ -55,8 +55,8 @@ impl KeyFailure {
 /// How long a verified key is trusted from memory; revocation on this instance invalidates
 /// at once, other instances see it within this time (until Redis fan-out is configured).
 pub const POSITIVE_TTL: Duration = Duration::from_secs(60);
-/// Verified keys held in memory by default.
-pub const DEFAULT_CAPACITY: u64 = 250_000;
+/// Verified keys held in memory by default (the configuration's default).
+pub const DEFAULT_CAPACITY: u64 = crate::config::DEFAULT_KEY_CACHE_CAPACITY;
 
 /// How long an unknown key is remembered, so random keys cannot hammer storage.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);

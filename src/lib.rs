@@ -5,7 +5,7 @@
 pub mod accounts;
 /// Application state, router assembly and the serve loop.
 pub mod app;
-/// Password hashing, JWT signing/verification and opaque tokens.
+/// Password hashing, JWT signing/verification, opaque tokens and sealing.
 pub mod auth;
 /// The chat gateway: threads, the model server, usage.
 pub mod chat;
@@ -15,6 +15,8 @@ pub mod cli;
 pub mod clock;
 /// Configuration: defaults, then a TOML file, then `GATEHOUSE_*` variables.
 pub mod config;
+/// Credential checks: an API key, access token or dashboard cookie becomes a `Principal`.
+pub mod credentials;
 /// Newtypes parsed at the edge (emails, passwords).
 pub mod domain;
 /// The error code table: one place for every code and status.

@@ -50,14 +50,15 @@ pub async fn serve(
     // interval costs a core (see `write_behind_seconds`).
     let every = Duration::from_secs(state.config.write_behind_seconds);
     let writer = tokio::spawn(state.keys.clone().write_behind(every));
-    let subscriber = tokio::spawn(state.bus.clone().subscribe());
+    let subscriber = tokio::spawn(state.runtime.bus.clone().subscribe());
     let usage = tokio::spawn(state.chat.usage.clone().write_behind(every));
-    let webhooks = crate::webhooks::worker::spawn(state.webhooks.clone(), state.metrics.clone());
+    let webhooks =
+        crate::webhooks::worker::spawn(state.webhooks.clone(), state.edge.metrics.clone());
     let (stop_mail, stop_rx) = tokio::sync::watch::channel(false);
     let mail = tokio::spawn(crate::mail::worker(
         state.email.clone(),
-        state.store.clone(),
-        state.clock.clone(),
+        state.runtime.store.clone(),
+        state.edge.clock.clone(),
         stop_rx,
     ));
     let served = axum::serve(
@@ -97,7 +98,7 @@ pub async fn serve(
     if let Err(e) = state.keys.flush_last_used().await {
         tracing::warn!(error = %e, "could not write the last-used times at shutdown");
     }
-    state.store.close().await;
+    state.runtime.store.close().await;
     Ok(())
 }
 

@@ -150,7 +150,7 @@ pub struct CreatedKey {
 
 fn created_key(state: &AppState, minted: crate::keys::Minted) -> Success<CreatedKey> {
     created(CreatedKey {
-        record: view(&minted.record, state.clock.now_ms()),
+        record: view(&minted.record, state.edge.clock.now_ms()),
         key: minted.key,
     })
 }
@@ -232,7 +232,7 @@ pub async fn list_keys(
         .await?
         .require(Permission::KeysRead)?;
     let keys = state.keys.list(&org).await?;
-    let now = state.clock.now_ms();
+    let now = state.edge.clock.now_ms();
     Ok(ok(keys.iter().map(|k| view(k, now)).collect()))
 }
 
@@ -251,7 +251,7 @@ pub async fn get_key(
         .await?
         .require(Permission::KeysRead)?;
     let k = state.keys.get(&org, &id).await?;
-    Ok(ok(view(&k, state.clock.now_ms())))
+    Ok(ok(view(&k, state.edge.clock.now_ms())))
 }
 
 /// Revokes a key (`keys:write`), effective at once on every instance.
@@ -273,7 +273,7 @@ pub async fn revoke_key(
         .keys
         .revoke(&org, &id, &audit(&state, &a, &ip))
         .await?;
-    Ok(ok(view(&k, state.clock.now_ms())))
+    Ok(ok(view(&k, state.edge.clock.now_ms())))
 }
 
 /// How long the old key keeps working after a roll.
@@ -368,7 +368,7 @@ pub async fn update_key(
         .keys
         .update(&org, &id, update, &audit(&state, &a, &ip))
         .await?;
-    Ok(ok(view(&k, state.clock.now_ms())))
+    Ok(ok(view(&k, state.edge.clock.now_ms())))
 }
 
 /// A key to check.

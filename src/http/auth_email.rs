@@ -18,7 +18,7 @@ use crate::app::AppState;
 use crate::auth::tokens::ct_eq;
 use crate::config::Policy;
 use crate::domain::Email;
-use crate::http::auth_v1::{limited, session_json};
+use crate::http::auth_v1::{limited, session_json, SessionBody};
 use crate::http::extract::ClientIp;
 use crate::http::gotrue::{gated, ErrorCode, GoTrueError, GoTrueJson};
 use crate::mail::flows::{FlowError, MailRequest, Verified, VerifyType, ONE_SIDE_CONFIRMED};
@@ -38,32 +38,34 @@ pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(verify_link, verify))
 }
 
+/// GoTrue's wire text for each outcome lives here, not in the domain's `FlowError`.
 impl From<FlowError> for GoTrueError {
     fn from(e: FlowError) -> Self {
-        let msg = e.to_string();
         match e {
-            FlowError::Invalid => {
-                GoTrueError::new(StatusCode::FORBIDDEN, ErrorCode::OtpExpired, msg)
-            }
-            FlowError::TooSoon(_) => GoTrueError::new(
+            FlowError::Invalid => GoTrueError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::OtpExpired,
+                "Token has expired or is invalid",
+            ),
+            FlowError::TooSoon(secs) => GoTrueError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::OverEmailSendRateLimit,
-                msg,
+                format!("For security purposes, you can only request this after {secs} seconds."),
             ),
             FlowError::EmailExists => GoTrueError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::EmailExists,
-                msg,
+                "A user with this email address has already been registered",
             ),
             FlowError::Busy => GoTrueError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::RequestTimeout,
-                msg,
+                "The service is busy; retry shortly.",
             ),
             FlowError::Internal => GoTrueError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::UnexpectedFailure,
-                msg,
+                "internal error",
             ),
         }
     }
@@ -238,6 +240,7 @@ pub(crate) async fn recover(
 /// `POST /auth/v1/verify`: a `token_hash` (from a link), or an `email` and its six-digit
 /// `token`.
 #[derive(Deserialize, ToSchema)]
+#[schema(as = AuthVerifyBody)]
 pub(crate) struct VerifyBody {
     /// signup, magiclink, email, recovery or email_change.
     #[serde(rename = "type")]
@@ -259,20 +262,38 @@ fn verify_type(raw: Option<&str>) -> Result<VerifyType, GoTrueError> {
     })
 }
 
-async fn open_session(state: &AppState, v: Verified) -> Result<Value, GoTrueError> {
+/// What `POST /auth/v1/verify` answers.
+#[derive(serde::Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum VerifyAnswer {
+    /// Signed in, as the password grant answers.
+    Session(Box<SessionBody>),
+    /// The first of an email change's two links: GoTrue's `{"code": 200, "msg": …}`.
+    Pending {
+        /// Always 200.
+        code: u16,
+        /// That the other address must confirm too.
+        msg: &'static str,
+    },
+}
+
+async fn open_session(state: &AppState, v: Verified) -> Result<VerifyAnswer, GoTrueError> {
     state.end_sessions(v.ended).await;
     if v.pending {
         // GoTrue's answer to the first of an email change's two links: no session yet.
-        return Ok(json!({ "msg": ONE_SIDE_CONFIRMED, "code": 200 }));
+        return Ok(VerifyAnswer::Pending {
+            code: 200,
+            msg: ONE_SIDE_CONFIRMED,
+        });
     }
     let s = state.accounts.email_session(v.user, v.kind.amr()).await?;
-    Ok(session_json(&s))
+    Ok(VerifyAnswer::Session(Box::new(session_json(&s))))
 }
 
 #[utoipa::path(post, path = "/auth/v1/verify", tag = "auth",
     security(("apikey" = [])),
     request_body(content = VerifyBody, content_type = "application/json"),
-    responses((status = 200, description = "A session, as the password grant answers; after the first of an email change's two links, {\"msg\", \"code\": 200} and no session", content_type = "application/json", body = Object),
+    responses((status = 200, description = "A session, as the password grant answers; after the first of an email change's two links, {\"msg\", \"code\": 200} and no session", content_type = "application/json", body = VerifyAnswer),
               (status = 400, description = "bad_json or validation_failed", body = GoTrueError),
               (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
               (status = 403, description = "otp_expired: unknown, used, expired or wrong token", body = GoTrueError),
@@ -314,7 +335,7 @@ fn require_apikey(state: &AppState, headers: &HeaderMap) -> Result<(), GoTrueErr
             ErrorCode::NoApiKey,
             "No API key found in request",
         )),
-        Some(k) if ct_eq(k, state.publishable_key.expose_secret()) => Ok(()),
+        Some(k) if ct_eq(k, state.edge.publishable_key.expose_secret()) => Ok(()),
         Some(_) => Err(GoTrueError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidApiKey,

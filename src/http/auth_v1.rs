@@ -6,7 +6,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -51,48 +51,160 @@ fn identity_id(user_id: &str) -> String {
     )
 }
 
+// GoTrue's success bodies. Fields are declared in alphabetical order: that is the order the
+// `serde_json::Value` maps they replace were written in (no `preserve_order`), so the bytes on
+// the wire did not change when they became types (`the_user_body_keeps_its_wire_form`).
+
 /// A user in GoTrue's JSON shape (supabase-py validates it strictly).
-pub fn user_json(u: &User) -> Value {
-    let opt = |v: Option<i64>| v.map(rfc3339);
-    let identity = json!({
-        "identity_id": identity_id(&u.id),
-        "id": u.id,
-        "user_id": u.id,
-        "identity_data": { "email": u.email, "email_verified": u.email_confirmed_at.is_some(), "phone_verified": false, "sub": u.id },
-        "provider": "email",
-        "last_sign_in_at": opt(u.last_sign_in_at).unwrap_or_else(|| rfc3339(u.created_at)),
-        "created_at": rfc3339(u.created_at),
-        "updated_at": rfc3339(u.updated_at),
-        "email": u.email,
-    });
-    json!({
-        "id": u.id,
-        "aud": "authenticated",
-        "role": "authenticated",
-        "email": u.email,
-        "email_confirmed_at": opt(u.email_confirmed_at),
-        "confirmed_at": opt(u.email_confirmed_at),
-        "confirmation_sent_at": opt(u.confirmation_sent_at),
-        "last_sign_in_at": opt(u.last_sign_in_at),
-        "phone": "",
-        "app_metadata": u.app_metadata,
-        "user_metadata": u.user_metadata,
-        "identities": [identity],
-        "created_at": rfc3339(u.created_at),
-        "updated_at": rfc3339(u.updated_at),
-        "is_anonymous": false,
-    })
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthUser)]
+pub struct UserBody {
+    /// `{"provider": "email", "providers": ["email"]}` and whatever the operator set.
+    #[schema(value_type = Object)]
+    pub app_metadata: Value,
+    /// Always `authenticated`.
+    pub aud: &'static str,
+    /// When a confirmation mail was last sent.
+    pub confirmation_sent_at: Option<String>,
+    /// When the address was confirmed (GoTrue's older name for `email_confirmed_at`).
+    pub confirmed_at: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// The address.
+    pub email: String,
+    /// When the email-change mails went out (`PUT /auth/v1/user` with a new address only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_change_sent_at: Option<String>,
+    /// When the address was confirmed.
+    pub email_confirmed_at: Option<String>,
+    /// The user's UUID.
+    pub id: String,
+    /// One `email` identity.
+    pub identities: Vec<IdentityBody>,
+    /// Always `false`.
+    pub is_anonymous: bool,
+    /// The last sign-in.
+    pub last_sign_in_at: Option<String>,
+    /// The address waiting for confirmation (`PUT /auth/v1/user` with a new address only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_email: Option<String>,
+    /// Always empty (phone sign-ups are disabled).
+    pub phone: &'static str,
+    /// Always `authenticated`.
+    pub role: &'static str,
+    /// Last update.
+    pub updated_at: String,
+    /// The user's own metadata.
+    #[schema(value_type = Object)]
+    pub user_metadata: Value,
 }
 
-pub(crate) fn session_json(s: &IssuedSession) -> Value {
-    json!({
-        "access_token": s.access_token,
-        "token_type": "bearer",
-        "expires_in": s.expires_in,
-        "expires_at": s.expires_at,
-        "refresh_token": s.refresh_token,
-        "user": user_json(&s.user),
-    })
+/// A user's `email` identity.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthIdentity)]
+pub struct IdentityBody {
+    /// Creation time.
+    pub created_at: String,
+    /// The address.
+    pub email: String,
+    /// The user's UUID (GoTrue's provider id for `email`).
+    pub id: String,
+    /// What the provider says of the user.
+    pub identity_data: IdentityData,
+    /// A UUID derived from the user's.
+    pub identity_id: String,
+    /// The last sign-in, else the creation time.
+    pub last_sign_in_at: String,
+    /// Always `email`.
+    pub provider: &'static str,
+    /// Last update.
+    pub updated_at: String,
+    /// The user's UUID.
+    pub user_id: String,
+}
+
+/// `identity_data` of an `email` identity.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthIdentityData)]
+pub struct IdentityData {
+    /// The address.
+    pub email: String,
+    /// Whether it is confirmed.
+    pub email_verified: bool,
+    /// Always `false`.
+    pub phone_verified: bool,
+    /// The user's UUID.
+    pub sub: String,
+}
+
+/// A session as the token grant answers it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthSession)]
+pub struct SessionBody {
+    /// The access token (a JWT).
+    pub access_token: String,
+    /// Unix seconds at which the access token expires.
+    pub expires_at: i64,
+    /// Seconds until then.
+    pub expires_in: i64,
+    /// The refresh token (single use).
+    pub refresh_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// The signed-in user.
+    pub user: UserBody,
+}
+
+/// A user in GoTrue's JSON shape.
+pub fn user_json(u: &User) -> UserBody {
+    let opt = |v: Option<i64>| v.map(rfc3339);
+    let identity = IdentityBody {
+        created_at: rfc3339(u.created_at),
+        email: u.email.clone(),
+        id: u.id.clone(),
+        identity_data: IdentityData {
+            email: u.email.clone(),
+            email_verified: u.email_confirmed_at.is_some(),
+            phone_verified: false,
+            sub: u.id.clone(),
+        },
+        identity_id: identity_id(&u.id),
+        last_sign_in_at: opt(u.last_sign_in_at).unwrap_or_else(|| rfc3339(u.created_at)),
+        provider: "email",
+        updated_at: rfc3339(u.updated_at),
+        user_id: u.id.clone(),
+    };
+    UserBody {
+        app_metadata: u.app_metadata.clone(),
+        aud: "authenticated",
+        confirmation_sent_at: opt(u.confirmation_sent_at),
+        confirmed_at: opt(u.email_confirmed_at),
+        created_at: rfc3339(u.created_at),
+        email: u.email.clone(),
+        email_change_sent_at: None,
+        email_confirmed_at: opt(u.email_confirmed_at),
+        id: u.id.clone(),
+        identities: vec![identity],
+        is_anonymous: false,
+        last_sign_in_at: opt(u.last_sign_in_at),
+        new_email: None,
+        phone: "",
+        role: "authenticated",
+        updated_at: rfc3339(u.updated_at),
+        user_metadata: u.user_metadata.clone(),
+    }
+}
+
+/// A session in GoTrue's JSON shape.
+pub(crate) fn session_json(s: &IssuedSession) -> SessionBody {
+    SessionBody {
+        access_token: s.access_token.clone(),
+        expires_at: s.expires_at,
+        expires_in: s.expires_in,
+        refresh_token: s.refresh_token.clone(),
+        token_type: "bearer",
+        user: user_json(&s.user),
+    }
 }
 
 /// A per-IP policy; the response carries its headers whatever the outcome.
@@ -124,11 +236,22 @@ pub(crate) struct SignUpBody {
     phone: Option<String>,
 }
 
+/// What sign-up answers: a session when addresses need no confirmation, else the user (the
+/// same shape whether or not the address already had an account).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum SignUpAnswer {
+    /// Signed in at once (`autoconfirm`).
+    Session(Box<SessionBody>),
+    /// The confirmation mail is on its way.
+    User(Box<UserBody>),
+}
+
 #[utoipa::path(post, path = "/auth/v1/signup", tag = "auth",
     security(("apikey" = [])),
     params(("redirect_to" = Option<String>, Query, description = "Where the confirmation link lands (checked against redirect_allowlist)")),
     request_body(content = SignUpBody, content_type = "application/json"),
-    responses((status = 200, description = "A session (autoconfirm), else the new user", content_type = "application/json", body = Object),
+    responses((status = 200, description = "A session (autoconfirm), else the new user", content_type = "application/json", body = inline(SignUpAnswer)),
               (status = 400, description = "bad_json, validation_failed or phone_provider_disabled", body = GoTrueError),
               (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
               (status = 413, description = "request_too_large", body = GoTrueError),
@@ -140,7 +263,7 @@ pub(crate) async fn signup(
     ip: ClientIp,
     Query(q): Query<HashMap<String, String>>,
     GoTrueJson(body): GoTrueJson<SignUpBody>,
-) -> Result<Response, GoTrueError> {
+) -> Result<Json<SignUpAnswer>, GoTrueError> {
     limited(&state, Policy::SignUp, &ip).await?;
     if body.phone.as_deref().is_some_and(|p| !p.is_empty()) && body.email.is_none() {
         return Err(GoTrueError::new(
@@ -157,15 +280,15 @@ pub(crate) async fn signup(
         .ok_or_else(|| GoTrueError::validation("Signup requires a valid password"))?;
     let redirect_to = q.get("redirect_to").map(String::as_str);
     match state.accounts.sign_up(&email, password, body.data).await? {
-        SignUp::Session(s) => Ok(Json(session_json(&s)).into_response()),
+        SignUp::Session(s) => Ok(Json(SignUpAnswer::Session(Box::new(session_json(&s))))),
         SignUp::Unconfirmed {
             mut user,
             password_hash,
         } => {
             crate::http::auth_email::signup_mail(&state, &user.email, password_hash, redirect_to)
                 .await?;
-            user.confirmation_sent_at = Some(state.clock.now_ms());
-            Ok(Json(user_json(&user)).into_response())
+            user.confirmation_sent_at = Some(state.edge.clock.now_ms());
+            Ok(Json(SignUpAnswer::User(Box::new(user_json(&user)))))
         }
         SignUp::Existing {
             user,
@@ -176,7 +299,7 @@ pub(crate) async fn signup(
                 .await?;
             // Answer exactly as a fresh sign-up does (as GoTrue does with confirmation on,
             // but with the identity too), so the route does not reveal who has an account.
-            let now = state.clock.now_ms();
+            let now = state.edge.clock.now_ms();
             let look_alike = User {
                 id: uuid::Uuid::new_v4().to_string(),
                 email: user.email,
@@ -189,7 +312,7 @@ pub(crate) async fn signup(
                 created_at: now,
                 updated_at: now,
             };
-            Ok(Json(user_json(&look_alike)).into_response())
+            Ok(Json(SignUpAnswer::User(Box::new(user_json(&look_alike)))))
         }
     }
 }
@@ -219,6 +342,7 @@ pub(crate) enum LogoutScope {
 /// `POST /auth/v1/token`: email and password (`grant_type=password`) or a refresh token
 /// (`grant_type=refresh_token`).
 #[derive(Deserialize, ToSchema)]
+#[schema(as = AuthTokenBody)]
 pub(crate) struct TokenBody {
     /// The address (password grant).
     email: Option<String>,
@@ -232,7 +356,7 @@ pub(crate) struct TokenBody {
     security(("apikey" = [])),
     params(("grant_type" = inline(GrantType), Query, description = "password or refresh_token (anything else: 400 unsupported_grant_type)")),
     request_body(content = TokenBody, content_type = "application/json"),
-    responses((status = 200, description = "A session", content_type = "application/json", body = Object),
+    responses((status = 200, description = "A session", content_type = "application/json", body = SessionBody),
               (status = 400, description = "bad_json, validation_failed, unsupported_grant_type, invalid_credentials, email_not_confirmed, refresh_token_not_found, refresh_token_already_used or session_expired", body = GoTrueError),
               (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
               (status = 413, description = "request_too_large", body = GoTrueError),
@@ -257,7 +381,7 @@ pub(crate) async fn token(
             crate::http::failures::admit(&state, &ip).await?;
             let s = state.accounts.sign_in(&email, password).await;
             if let Err(crate::accounts::AccountError::InvalidCredentials) = &s {
-                state.metrics.auth_failure("invalid_credentials");
+                state.edge.metrics.auth_failure("invalid_credentials");
                 crate::http::failures::spend(&state, &ip).await;
             }
             Ok(Json(session_json(&s?)).into_response())
@@ -322,7 +446,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, GoTrueError> {
 
 fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> {
     let token = bearer(headers)?;
-    let now = state.accounts.clock.now_secs();
+    let now = state.edge.clock.now_secs();
     state.accounts.jwt.verify(token, now).map_err(|e| match e {
         JwtError::Expired => GoTrueError::bad_jwt("token is expired"),
         JwtError::Invalid => GoTrueError::bad_jwt("token is invalid"),
@@ -356,7 +480,7 @@ async fn signed_in(
 
 #[utoipa::path(get, path = "/auth/v1/user", tag = "auth",
     security(("apikey" = [], "bearer" = [])),
-    responses((status = 200, description = "The signed-in user", content_type = "application/json", body = Object),
+    responses((status = 200, description = "The signed-in user", content_type = "application/json", body = UserBody),
               (status = 401, description = "no_api_key, invalid_api_key or no_authorization", body = GoTrueError),
               (status = 403, description = "bad_jwt or session_not_found", body = GoTrueError),
               (status = 429, description = "over_request_rate_limit: the failure budget", body = GoTrueError),
@@ -365,7 +489,7 @@ pub(crate) async fn get_user(
     State(state): State<AppState>,
     ip: ClientIp,
     headers: HeaderMap,
-) -> Result<Json<Value>, GoTrueError> {
+) -> Result<Json<UserBody>, GoTrueError> {
     let (_, user) = signed_in(&state, &ip, &headers).await?;
     Ok(Json(user_json(&user)))
 }
@@ -386,7 +510,7 @@ pub(crate) struct UpdateUserBody {
     security(("apikey" = [], "bearer" = [])),
     params(("redirect_to" = Option<String>, Query, description = "Where the email-change link lands")),
     request_body(content = UpdateUserBody, content_type = "application/json"),
-    responses((status = 200, description = "The updated user (with new_email while an email change waits for confirmation)", content_type = "application/json", body = Object),
+    responses((status = 200, description = "The updated user (with new_email and email_change_sent_at while an email change waits for confirmation)", content_type = "application/json", body = UserBody),
               (status = 400, description = "bad_json or validation_failed", body = GoTrueError),
               (status = 401, description = "no_api_key, invalid_api_key or no_authorization", body = GoTrueError),
               (status = 403, description = "bad_jwt or session_not_found", body = GoTrueError),
@@ -400,7 +524,7 @@ pub(crate) async fn update_user(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     GoTrueJson(body): GoTrueJson<UpdateUserBody>,
-) -> Result<Json<Value>, GoTrueError> {
+) -> Result<Json<UserBody>, GoTrueError> {
     let (claims, user) = signed_in(&state, &ip, &headers).await?;
     let mut new_email = None;
     if let Some(email) = body.email.as_deref() {
@@ -422,8 +546,8 @@ pub(crate) async fn update_user(
     state.end_sessions(ended).await;
     let mut out = user_json(&user);
     if let Some(new) = new_email {
-        out["new_email"] = json!(new);
-        out["email_change_sent_at"] = json!(rfc3339(state.clock.now_ms()));
+        out.new_email = Some(new);
+        out.email_change_sent_at = Some(rfc3339(state.edge.clock.now_ms()));
     }
     Ok(Json(out))
 }
@@ -497,4 +621,106 @@ pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
         axum::http::HeaderValue::from_static("public, max-age=600"),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bodies as they were written before they were types: a `json!` map, whose keys
+    /// serde_json writes in sorted order.
+    fn reference_user(u: &User) -> Value {
+        let opt = |v: Option<i64>| v.map(rfc3339);
+        let identity = json!({
+            "identity_id": identity_id(&u.id),
+            "id": u.id,
+            "user_id": u.id,
+            "identity_data": { "email": u.email, "email_verified": u.email_confirmed_at.is_some(), "phone_verified": false, "sub": u.id },
+            "provider": "email",
+            "last_sign_in_at": opt(u.last_sign_in_at).unwrap_or_else(|| rfc3339(u.created_at)),
+            "created_at": rfc3339(u.created_at),
+            "updated_at": rfc3339(u.updated_at),
+            "email": u.email,
+        });
+        json!({
+            "id": u.id,
+            "aud": "authenticated",
+            "role": "authenticated",
+            "email": u.email,
+            "email_confirmed_at": opt(u.email_confirmed_at),
+            "confirmed_at": opt(u.email_confirmed_at),
+            "confirmation_sent_at": opt(u.confirmation_sent_at),
+            "last_sign_in_at": opt(u.last_sign_in_at),
+            "phone": "",
+            "app_metadata": u.app_metadata,
+            "user_metadata": u.user_metadata,
+            "identities": [identity],
+            "created_at": rfc3339(u.created_at),
+            "updated_at": rfc3339(u.updated_at),
+            "is_anonymous": false,
+        })
+    }
+
+    fn user(confirmed: Option<i64>) -> User {
+        User {
+            id: "0192f0c5-a1b2-7c3d-8e4f-5a6b7c8d9e0f".into(),
+            email: "ada@example.com".into(),
+            password_hash: None,
+            email_confirmed_at: confirmed,
+            confirmation_sent_at: Some(1_700_000_000_000),
+            last_sign_in_at: None,
+            user_metadata: json!({"name": "Ada", "age": 36}),
+            app_metadata: json!({"provider": "email", "providers": ["email"]}),
+            created_at: 1_700_000_000_000,
+            updated_at: 1_700_000_100_000,
+        }
+    }
+
+    #[test]
+    fn the_user_body_keeps_its_wire_form() {
+        for u in [user(None), user(Some(1_700_000_050_000))] {
+            let typed = serde_json::to_string(&user_json(&u)).unwrap();
+            assert_eq!(typed, serde_json::to_string(&reference_user(&u)).unwrap());
+        }
+        let u = user(None);
+        let mut typed = user_json(&u);
+        typed.new_email = Some("new@example.com".into());
+        typed.email_change_sent_at = Some(rfc3339(1_700_000_200_000));
+        let mut reference = reference_user(&u);
+        reference["new_email"] = json!("new@example.com");
+        reference["email_change_sent_at"] = json!(rfc3339(1_700_000_200_000));
+        assert_eq!(
+            serde_json::to_string(&typed).unwrap(),
+            serde_json::to_string(&reference).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_session_body_keeps_its_wire_form() {
+        let s = IssuedSession {
+            access_token: "eyJ.a.b".into(),
+            refresh_token: "r1".into(),
+            expires_in: 3600,
+            expires_at: 1_700_003_600,
+            user: user(Some(1)),
+            session_id: "s".into(),
+        };
+        let reference = json!({
+            "access_token": s.access_token,
+            "token_type": "bearer",
+            "expires_in": s.expires_in,
+            "expires_at": s.expires_at,
+            "refresh_token": s.refresh_token,
+            "user": reference_user(&s.user),
+        });
+        assert_eq!(
+            serde_json::to_string(&session_json(&s)).unwrap(),
+            serde_json::to_string(&reference).unwrap()
+        );
+        let answer = SignUpAnswer::User(Box::new(user_json(&s.user)));
+        assert_eq!(
+            serde_json::to_value(&answer).unwrap(),
+            reference_user(&s.user)
+        );
+    }
 }

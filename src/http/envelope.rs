@@ -174,6 +174,13 @@ pub mod errors {
             "429" => "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)",
             "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
         ];
+        /// Accepting or declining an invitation by id, as the person invited.
+        Invitee: [
+            "400" => "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)",
+            "403" => "`forbidden`: an API key, an unconfirmed address, or addressed to another (`details.reason`: `wrong_email`)",
+            "404" => "`not_found`",
+            "409" => "`conflict`: no longer pending, or (accepting) already a member",
+        ];
         /// A change that can conflict with existing state.
         Conflict: [
             "409" => "`conflict`",
@@ -302,6 +309,7 @@ pub async fn request_context(
     let status = res.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
     state
+        .edge
         .metrics
         .request(route, method.as_str(), status, elapsed);
     let _enter = span.enter();
@@ -312,10 +320,25 @@ pub async fn request_context(
         tracing::info!(status, latency_ms = ms, "request");
     }
     if let Some(d) = decision {
-        crate::http::limits::write_headers(res.headers_mut(), &d, state.clock.now_secs());
+        crate::http::limits::write_headers(res.headers_mut(), &d, state.edge.clock.now_secs());
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     res
+}
+
+/// Storage errors at the HTTP boundary: a missing row is `not_found`, a unique violation
+/// `conflict`, a busy store a 503. Here rather than in `error.rs`, so the catalogue does not
+/// depend on storage.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotFound => ApiError::new(crate::error::Code::NotFound),
+            StoreError::Conflict(what) => ApiError::msg(crate::error::Code::Conflict, what),
+            StoreError::Busy => ApiError::unavailable(1, "Storage is busy; retry shortly."),
+            StoreError::Other(cause) => ApiError::internal(cause),
+        }
+    }
 }

@@ -235,15 +235,15 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-pub use crate::auth::{Principal, Via};
+pub use crate::credentials::{Principal, Via};
 
-impl From<crate::auth::CredentialError> for ApiError {
-    fn from(e: crate::auth::CredentialError) -> Self {
+impl From<crate::credentials::CredentialError> for ApiError {
+    fn from(e: crate::credentials::CredentialError) -> Self {
         match e {
-            crate::auth::CredentialError::Refused { reason, message } => {
+            crate::credentials::CredentialError::Refused { reason, message } => {
                 ApiError::unauthorized(reason, message)
             }
-            crate::auth::CredentialError::Unavailable => {
+            crate::credentials::CredentialError::Unavailable => {
                 ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
             }
         }
@@ -359,7 +359,7 @@ pub(crate) fn client_ip(parts: &Parts, state: &AppState) -> ClientIp {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ci| ci.0.ip())
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    ClientIp::resolve(peer, &parts.headers, &state.trusted_proxies)
+    ClientIp::resolve(peer, &parts.headers, &state.edge.trusted_proxies)
 }
 
 /// An API key's principal, admitted by the client's failure budget first, then by the key's
@@ -420,7 +420,7 @@ fn count_failure(state: &AppState, e: &ApiError) {
         .and_then(|r| r.as_str())
         .and_then(|r| REASONS.iter().find(|k| **k == r).copied())
         .unwrap_or("other");
-    state.metrics.auth_failure(reason);
+    state.edge.metrics.auth_failure(reason);
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ fn request(state: &AppState, ip: &ClientIp) -> Request {
 /// Before a credential is checked: refuses an address over its failure budget, spending
 /// nothing. The refusal's decision is noted, so the 429 carries the rate-limit headers.
 pub async fn admit(state: &AppState, ip: &ClientIp) -> Result<(), Refusal> {
-    if !state.auth_failures.failed_lately(&ip.bucket()) {
+    if !state.edge.auth_failures.failed_lately(&ip.bucket()) {
         return Ok(());
     }
     match state.limits.limiter().peek(&request(state, ip)).await {
@@ -84,7 +84,7 @@ pub async fn admit(state: &AppState, ip: &ClientIp) -> Result<(), Refusal> {
 /// After a credential check failed: spends one unit of the address's budget. The failure
 /// itself is already answered (401), so this neither notes headers nor fails.
 pub async fn spend(state: &AppState, ip: &ClientIp) {
-    state.auth_failures.failed(ip.bucket());
+    state.edge.auth_failures.failed(ip.bucket());
     let _ = state.limits.limiter().check(&request(state, ip)).await;
 }
 

@@ -9,7 +9,7 @@ use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::accounts::AccountError;
+use crate::accounts::{AccountError, Invalid};
 use crate::app::AppState;
 use crate::auth::tokens::ct_eq;
 use crate::http::extract::{read_json, BodyProblem};
@@ -235,6 +235,17 @@ impl utoipa::PartialSchema for GoTrueError {
 
 impl utoipa::ToSchema for GoTrueError {}
 
+/// GoTrue's words for an invalid account request (the dashboard's `/v1` sign-in shows them
+/// too): the domain's `Invalid` carries none.
+pub fn invalid_message(invalid: Invalid) -> String {
+    match invalid {
+        Invalid::Email(why) => format!("Unable to validate email address: {why}"),
+        Invalid::PasswordTooLong => "Password cannot be longer than 1024 characters".into(),
+        Invalid::DataNotObject => "data must be a JSON object".into(),
+        Invalid::Scope => "scope must be one of global, local, others".into(),
+    }
+}
+
 impl From<AccountError> for GoTrueError {
     fn from(e: AccountError) -> Self {
         use ErrorCode as C;
@@ -284,9 +295,11 @@ impl From<AccountError> for GoTrueError {
                 C::SessionExpired,
                 "Invalid Refresh Token: Session Expired".to_string(),
             ),
-            AccountError::Validation(m) => {
-                (StatusCode::BAD_REQUEST, C::ValidationFailed, m.clone())
-            }
+            AccountError::Validation(invalid) => (
+                StatusCode::BAD_REQUEST,
+                C::ValidationFailed,
+                invalid_message(*invalid),
+            ),
             AccountError::Busy => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 C::RequestTimeout,
@@ -404,7 +417,7 @@ pub async fn require_apikey(State(state): State<AppState>, req: Request, next: N
             "No API key found in request",
         )
         .into_response(),
-        Some(k) if ct_eq(&k, state.publishable_key.expose_secret()) => next.run(req).await,
+        Some(k) if ct_eq(&k, state.edge.publishable_key.expose_secret()) => next.run(req).await,
         Some(_) => GoTrueError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidApiKey,

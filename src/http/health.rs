@@ -66,8 +66,7 @@ pub async fn healthz() -> Json<Liveness> {
     responses((status = 200, description = "Ready: `{\"status\": \"ready\", \"storage\": \"ok\"}`", body = Readiness),
               (status = 503, description = "Storage unreachable: `{\"status\": \"unavailable\", \"storage\": \"unreachable\"}`", body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    // Readiness is about the storage itself, not a use case: the probe asks it directly.
-    match state.store.ping().await {
+    match state.ready().await {
         Ok(()) => (
             StatusCode::OK,
             Json(Readiness {

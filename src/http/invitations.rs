@@ -211,11 +211,7 @@ pub async fn my_invitations(
     params(("id" = inline(InvitationId), Path, description = "The invitation")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The accepted invitation", body = Envelope<Invitation>),
-        (status = 400, description = "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)", body = ErrorEnvelope),
-        (status = 403, description = "`forbidden`: an API key, an unconfirmed address, or addressed to another (`details.reason`: `wrong_email`)", body = ErrorEnvelope),
-        (status = 404, description = "`not_found`", body = ErrorEnvelope),
-        (status = 409, description = "`conflict`: no longer pending, or already a member", body = ErrorEnvelope),
-        errors::Auth))]
+        errors::Invitee, errors::Auth))]
 pub async fn accept(
     State(state): State<AppState>,
     principal: Principal,
@@ -232,11 +228,7 @@ pub async fn accept(
     params(("id" = inline(InvitationId), Path, description = "The invitation")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 200, description = "The declined invitation", body = Envelope<Invitation>),
-        (status = 400, description = "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)", body = ErrorEnvelope),
-        (status = 403, description = "`forbidden`: an API key, an unconfirmed address, or addressed to another (`details.reason`: `wrong_email`)", body = ErrorEnvelope),
-        (status = 404, description = "`not_found`", body = ErrorEnvelope),
-        (status = 409, description = "`conflict`: no longer pending", body = ErrorEnvelope),
-        errors::Auth))]
+        errors::Invitee, errors::Auth))]
 pub async fn decline(
     State(state): State<AppState>,
     principal: Principal,

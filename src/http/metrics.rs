@@ -72,7 +72,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     }
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        state.metrics.render(),
+        state.edge.metrics.render(),
     )
         .into_response()
 }

@@ -51,7 +51,7 @@ pub fn audit(state: &AppState, access: &Access, ip: &ClientIp) -> Audit {
     Audit {
         actor: access.actor.clone(),
         ip: Some(ip.0.to_string()),
-        now: state.clock.now_ms(),
+        now: state.edge.clock.now_ms(),
     }
 }
 

@@ -205,7 +205,7 @@ pub async fn forward(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ci| ci.0.ip());
-    for (name, value) in forwarding(peer, req.headers(), &state.trusted_proxies) {
+    for (name, value) in forwarding(peer, req.headers(), &state.edge.trusted_proxies) {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(name, v);
         }
@@ -218,6 +218,7 @@ pub async fn forward(
     let method = req.method().clone();
     let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
     let res = state
+        .edge
         .proxy_client
         .request(method, url)
         .headers(headers)

@@ -47,7 +47,10 @@ fn account_error(e: AccountError) -> ApiError {
         }
         AccountError::EmailNotConfirmed => ApiError::msg(Code::Forbidden, "Email not confirmed."),
         AccountError::Busy => ApiError::from(crate::store::StoreError::Busy),
-        AccountError::Validation(m) => ApiError::msg(Code::ValidationFailed, m),
+        AccountError::Validation(invalid) => ApiError::msg(
+            Code::ValidationFailed,
+            crate::http::gotrue::invalid_message(invalid),
+        ),
         other => ApiError::internal(other),
     }
 }
@@ -91,7 +94,7 @@ pub async fn sign_in(
         .authenticate(&body.email, body.password)
         .await;
     if let Err(crate::accounts::AccountError::InvalidCredentials) = &user {
-        state.metrics.auth_failure("invalid_credentials");
+        state.edge.metrics.auth_failure("invalid_credentials");
         crate::http::failures::spend(&state, &ip).await;
     }
     let user = user.map_err(account_error)?;

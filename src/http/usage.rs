@@ -109,7 +109,7 @@ pub async fn usage(
     };
     let to = match &q.to {
         Some(v) => parse_time("to", v)?,
-        None => state.clock.now_ms().saturating_add(1),
+        None => state.edge.clock.now_ms().saturating_add(1),
     };
     let from = match &q.from {
         Some(v) => parse_time("from", v)?,

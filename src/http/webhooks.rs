@@ -201,7 +201,7 @@ pub async fn create_endpoint(
         .webhooks
         .create_endpoint(&org, new, &actor(&a, &ip))
         .await?;
-    Ok(created(with_secret(made, state.clock.now_ms())))
+    Ok(created(with_secret(made, state.edge.clock.now_ms())))
 }
 
 /// The organization's endpoints, oldest first (`webhooks:read`).
@@ -221,7 +221,7 @@ pub async fn list_endpoints(
         .await?
         .require(Permission::WebhooksRead)?;
     let list = state.webhooks.endpoints(&org).await?;
-    let now = state.clock.now_ms();
+    let now = state.edge.clock.now_ms();
     Ok(ok(list.into_iter().map(|e| view(e, now)).collect()))
 }
 
@@ -245,7 +245,7 @@ pub async fn get_endpoint(
         .await?
         .require(Permission::WebhooksRead)?;
     let e = state.webhooks.endpoint(&org, &id).await?;
-    Ok(ok(view(e, state.clock.now_ms())))
+    Ok(ok(view(e, state.edge.clock.now_ms())))
 }
 
 /// Changes an endpoint (`webhooks:write`).
@@ -279,7 +279,7 @@ pub async fn update_endpoint(
         .webhooks
         .update_endpoint(&org, &id, update, &actor(&a, &ip))
         .await?;
-    Ok(ok(view(e, state.clock.now_ms())))
+    Ok(ok(view(e, state.edge.clock.now_ms())))
 }
 
 /// Deletes an endpoint with its delivery log (`webhooks:write`).
@@ -333,7 +333,7 @@ pub async fn rotate_secret(
         .webhooks
         .rotate_secret(&org, &id, &actor(&a, &ip))
         .await?;
-    Ok(ok(with_secret(rotated, state.clock.now_ms())))
+    Ok(ok(with_secret(rotated, state.edge.clock.now_ms())))
 }
 
 /// A queued event.

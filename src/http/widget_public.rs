@@ -136,6 +136,7 @@ async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Respon
             Some(_) => StatusCode::NO_CONTENT.into_response(),
             None => {
                 state
+                    .edge
                     .metrics
                     .widget_rejection(Rejection::OriginNotAllowed.reason().as_str());
                 ApiError::from(Rejection::OriginNotAllowed).into_response()

@@ -127,21 +127,9 @@ pub(super) fn check_update(update: KeyUpdate) -> Result<crate::store::KeyChange,
 
 /// A display name: trimmed, 1 to 50 characters, no control characters.
 fn check_name(raw: &str) -> Result<String, KeyError> {
-    let name = raw.trim();
-    let n = name.chars().count();
-    if n == 0 {
-        return Err(invalid("name", "is required"));
-    }
-    if n > MAX_NAME_CHARS {
-        return Err(invalid(
-            "name",
-            format!("must be at most {MAX_NAME_CHARS} characters"),
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(invalid("name", "must not contain control characters"));
-    }
-    Ok(name.to_string())
+    crate::domain::Name::parse(raw, MAX_NAME_CHARS)
+        .map(crate::domain::Name::into_string)
+        .map_err(|e| invalid("name", e.to_string()))
 }
 
 fn check_metadata(metadata: Option<Value>) -> Result<Value, KeyError> {

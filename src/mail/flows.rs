@@ -143,16 +143,16 @@ impl VerifyType {
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
     /// Unknown, used, expired or wrong token or code.
-    #[error("Token has expired or is invalid")]
+    #[error("the token or code is unknown, used, expired or wrong")]
     Invalid,
-    /// A mail went to this address less than the interval ago.
-    #[error("For security purposes, you can only request this after {0} seconds.")]
+    /// A mail went to this address less than the interval ago (seconds to wait).
+    #[error("a mail went to this address lately; retry in {0} s")]
     TooSoon(i64),
     /// The new address belongs to another user.
-    #[error("A user with this email address has already been registered")]
+    #[error("the new address belongs to another user")]
     EmailExists,
     /// Storage contention; retry.
-    #[error("The service is busy; retry shortly.")]
+    #[error("storage is busy")]
     Busy,
     /// Unexpected failure (details logged).
     #[error("internal error")]

@@ -64,23 +64,11 @@ impl Invalid {
     }
 }
 
-/// Validates a display name: trimmed, 1 to `max` characters, no control characters.
+/// Validates a display name ([`crate::domain::Name`]), answering a field error for `field`.
 pub fn check_name(field: &str, raw: &str, max: usize) -> Result<String, Invalid> {
-    let name = raw.trim();
-    let n = name.chars().count();
-    if n == 0 {
-        return Err(Invalid::new(field, "is required"));
-    }
-    if n > max {
-        return Err(Invalid::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(Invalid::new(field, "must not contain control characters"));
-    }
-    Ok(name.to_string())
+    crate::domain::Name::parse(raw, max)
+        .map(crate::domain::Name::into_string)
+        .map_err(|e| Invalid::new(field, e.to_string()))
 }
 
 /// One of a person's organizations as `/v1/me` lists it (fields in the order they are sent).

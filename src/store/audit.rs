@@ -50,7 +50,7 @@ pub(super) async fn record(
         "INSERT INTO audit_log (id, org_id, actor, action, target, ip, details, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(format!("aud_{}", uuid::Uuid::new_v4().simple()))
+    .bind(crate::ids::AuditId::new().into_string())
     .bind(org_id)
     .bind(&audit.actor)
     .bind(action)

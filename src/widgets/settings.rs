@@ -48,18 +48,9 @@ fn invalid(field: &str, problem: &str) -> WidgetError {
 
 /// A display name: trimmed, 1 to `max` characters, no control characters.
 pub fn check_name(field: &str, raw: &str, max: usize) -> Result<String, WidgetError> {
-    let name = raw.trim();
-    let n = name.chars().count();
-    if n == 0 {
-        return Err(invalid(field, "is required"));
-    }
-    if n > max {
-        return Err(invalid(field, &format!("must be at most {max} characters")));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(invalid(field, "must not contain control characters"));
-    }
-    Ok(name.to_string())
+    crate::domain::Name::parse(raw, max)
+        .map(crate::domain::Name::into_string)
+        .map_err(|e| invalid(field, &e.to_string()))
 }
 
 /// Checks settings and lays them over `base` (the stored ones, or [`default_settings`]).

@@ -54,7 +54,7 @@ async fn both_routes_refuse_a_token_from_its_expiry_second_on() {
         let (_, _, session) = app.new_user().await;
         let token = session["access_token"].as_str().unwrap().to_string();
         let exp_ms = exp_of(&token) * 1000;
-        let clock = app.state.clock.clone();
+        let clock = app.state.edge.clock.clone();
         clock.advance_ms(exp_ms - 1000 - clock.now_ms());
         assert_eq!(
             both_routes(&app, &token).await,

@@ -234,7 +234,7 @@ mod expiry {
             .await;
         let key = body["data"]["key"].as_str().unwrap().to_string();
         assert_eq!(app.me(&key).await.status(), 200);
-        app.state.clock.advance_ms(86_400_000 + 1);
+        app.state.edge.clock.advance_ms(86_400_000 + 1);
         let (status, body) = parts(app.me(&key).await).await;
         assert_eq!(
             (status, body["error"]["details"]["reason"].clone()),
@@ -465,10 +465,11 @@ story!(
         let mut uses: Vec<(String, i64)> =
             (0..1200).map(|i| (format!("key_gone_{i}"), at)).collect();
         uses.insert(700, (id.clone(), at));
-        app.state.store.touch_api_keys(&uses).await.unwrap();
+        app.state.runtime.store.touch_api_keys(&uses).await.unwrap();
         assert_eq!(last_used(&app, &org, &id, &ann.token).await, Some(at));
         // A late batch with an older time never moves it back.
         app.state
+            .runtime
             .store
             .touch_api_keys(&[(id.clone(), at - 5000)])
             .await
@@ -498,10 +499,11 @@ story!(
                 ..Default::default()
             },
         ));
-        app.state.store.add_usage(&batch).await.unwrap();
-        app.state.store.add_usage(&batch).await.unwrap();
+        app.state.runtime.store.add_usage(&batch).await.unwrap();
+        app.state.runtime.store.add_usage(&batch).await.unwrap();
         let rows = app
             .state
+            .runtime
             .store
             .usage(&org, hour, hour + HOUR, HOUR, None)
             .await
@@ -538,7 +540,7 @@ story!(
             .await;
         assert!(k["data"]["last_used_at"].as_i64().is_some());
         // With storage gone, the warm key still verifies: the hot path never touched it.
-        app.state.store.close().await;
+        app.state.runtime.store.close().await;
         let (status, me) = parts(app.me(&key).await).await;
         assert_eq!(status, 200, "{me}");
         assert_eq!(me["data"]["key_id"], json!(id));

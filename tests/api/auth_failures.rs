@@ -416,6 +416,7 @@ story!(
             now: T0,
         };
         app.state
+            .runtime
             .store
             .revoke_api_key(&org, &id, &audit)
             .await

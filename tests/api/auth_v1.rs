@@ -250,9 +250,9 @@ async fn a_reuse_after_the_interval_revokes_the_session() {
     let first = session["refresh_token"].as_str().unwrap().to_string();
     let (_, s2) = parts(app.refresh(&first).await).await;
     let second = s2["refresh_token"].as_str().unwrap().to_string();
-    app.state.clock.advance_ms(9_000);
+    app.state.edge.clock.advance_ms(9_000);
     assert_eq!(app.refresh(&first).await.status(), 200, "still within 10 s");
-    app.state.clock.advance_ms(2_000);
+    app.state.edge.clock.advance_ms(2_000);
     let (status, body) = parts(app.refresh(&first).await).await;
     assert_eq!(
         (status, body["code"].clone()),
@@ -445,13 +445,20 @@ story!(
     |app: TestApp| async move {
         let (_, _, s) = app.new_user().await;
         let old = s["access_token"].as_str().unwrap().to_string();
-        let now = app.state.clock.now_ms();
+        let now = app.state.edge.clock.now_ms();
         app.state
+            .runtime
             .store
             .add_jwt_key(&gatehouse::auth::jwt::generate_key(now + 1).unwrap())
             .await
             .unwrap();
-        let keys = app.state.store.jwt_keys(now + 1, 3_600_000).await.unwrap();
+        let keys = app
+            .state
+            .runtime
+            .store
+            .jwt_keys(now + 1, 3_600_000)
+            .await
+            .unwrap();
         app.state.accounts.jwt.reload(&keys).unwrap();
         let jwks: Value = app
             .client
@@ -564,7 +571,7 @@ async fn a_remembered_access_token_still_expires_on_time() {
         200,
         "served from the verified-token cache"
     );
-    app.state.clock.advance_ms(3_600_000);
+    app.state.edge.clock.advance_ms(3_600_000);
     let (status, body) = parts(app.me(&token).await).await;
     assert_eq!(
         (status, body["error"]["details"]["reason"].clone()),

@@ -235,7 +235,7 @@ story!(
         );
         assert!(
             app.state
-                .store
+                .runtime.store
                 .user_by_email(&unknown)
                 .await
                 .unwrap()
@@ -449,11 +449,11 @@ story!(
         let email = fresh();
         post(&app, "/otp", json!({"email": email})).await;
         sink.wait_for(&email, 1, 10).await;
-        let now = app.state.clock.now_ms();
-        let rows = app.state.store.otps_for_email(&email, now).await.unwrap();
+        let now = app.state.edge.clock.now_ms();
+        let rows = app.state.runtime.store.otps_for_email(&email, now).await.unwrap();
         assert_eq!(rows.len(), 1);
         let id = &rows[0].id;
-        let store = &app.state.store;
+        let store = &app.state.runtime.store;
         let max = gatehouse::mail::flows::MAX_CODE_ATTEMPTS;
         let takes =
             futures_util::future::join_all((0..12).map(|_| store.take_code_attempt(id, max))).await;

@@ -282,7 +282,7 @@ story!(
         sink.wait_for(&dan.email, 1, 10).await;
         // The worker records a mail as sent just after the sink has it: wait for that.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while app.state.store.pending_mail_count().await.unwrap() > 0 {
+        while app.state.runtime.store.pending_mail_count().await.unwrap() > 0 {
             assert!(std::time::Instant::now() < deadline, "mail still queued");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

@@ -18,6 +18,7 @@ mod docs_links;
 mod docs_lists;
 mod email;
 mod invitations;
+mod layers;
 mod metrics_guard;
 mod migrations;
 mod orgs;

@@ -139,7 +139,7 @@ impl TestApp {
             path: format!("/v1/widgets/{widget}/{what}"),
             body,
             origin: ORIGIN,
-            timestamp: self.state.clock.now_secs(),
+            timestamp: self.state.edge.clock.now_secs(),
             nonce: nonce(),
             signed_body: None,
             secret: None,
@@ -490,7 +490,7 @@ story!(
         let s = app.session(&id, json!({ "token": token })).await;
         assert!(s.token.starts_with("gws_") && s.secret.starts_with("gss_"));
         assert!(s.visitor_id.starts_with("vis_"));
-        let lifetime = s.expires_at - app.state.clock.now_ms();
+        let lifetime = s.expires_at - app.state.edge.clock.now_ms();
         assert!(
             (899_000..=900_000).contains(&lifetime),
             "15 minutes: {lifetime}"
@@ -901,9 +901,9 @@ async fn sessions_expire(db: Db) {
     };
     let (_, _, id, token) = setup(&app).await;
     let s = app.session(&id, json!({"token": token})).await;
-    app.state.clock.advance_ms(899_000);
+    app.state.edge.clock.advance_ms(899_000);
     app.say(&id, &s, "still here").await;
-    app.state.clock.advance_ms(1_000);
+    app.state.edge.clock.advance_ms(1_000);
     let c = app.call_for(&id, "chat", json!({"message": "too late"}));
     let (status, b, _) = app.signed(&s, c).await;
     assert_eq!((status, reason(&b)), (401, "session_expired"));

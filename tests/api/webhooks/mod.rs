@@ -82,7 +82,7 @@ story!(
         assert!(hit.id().starts_with("msg_"));
         assert!(verifies(&secret, &hit), "{:?}", hit.headers);
         let ts: i64 = hit.headers["webhook-timestamp"].parse().unwrap();
-        assert!((ts - app.state.clock.now_secs()).abs() < 30);
+        assert!((ts - app.state.edge.clock.now_secs()).abs() < 30);
         assert_eq!(hit.headers["content-type"], "application/json");
         let body = hit.json();
         assert_eq!(body["data"]["id"], created["data"]["id"]);
@@ -272,7 +272,7 @@ async fn a_private_target_is_refused_at_delivery_too() {
     let receiver = Receiver::start().await;
     let owner = app.person().await;
     let org = app.org(&owner, "Rebound").await;
-    let now = app.state.clock.now_ms();
+    let now = app.state.edge.clock.now_ms();
     let named = receiver.url.replace("127.0.0.1", "localhost");
     for (i, url) in [receiver.url.clone(), named].into_iter().enumerate() {
         let id = format!("whk_{}", uuid::Uuid::new_v4().simple());
@@ -299,6 +299,7 @@ async fn a_private_target_is_refused_at_delivery_too() {
             now,
         };
         app.state
+            .runtime
             .store
             .create_webhook_endpoint(&e, &audit)
             .await
@@ -368,7 +369,7 @@ story!(
         let until = rotated["data"]["previous_secret_expires_at"]
             .as_i64()
             .unwrap();
-        let day = until - app.state.clock.now_ms();
+        let day = until - app.state.edge.clock.now_ms();
         assert!((86_300_000..=86_400_000).contains(&day), "{day}");
         app.call(
             Method::POST,
@@ -608,12 +609,24 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
     .await;
     receiver.until("the first attempt", |h| !h.is_empty()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let e = app.state.store.webhook_endpoint(&org, id).await.unwrap();
+    let e = app
+        .state
+        .runtime
+        .store
+        .webhook_endpoint(&org, id)
+        .await
+        .unwrap();
     assert!(e.enabled && e.failing_since.is_some());
     clock.advance_ms(5 * 86_400_000 + 2000);
     receiver.until("the retry", |h| h.len() >= 2).await;
     for _ in 0..100 {
-        let e = app.state.store.webhook_endpoint(&org, id).await.unwrap();
+        let e = app
+            .state
+            .runtime
+            .store
+            .webhook_endpoint(&org, id)
+            .await
+            .unwrap();
         if !e.enabled {
             assert_eq!(e.disabled_reason.as_deref(), Some("failing"));
             app.stop().await;

@@ -1,18 +1,23 @@
 //! Credential checks: API keys, access tokens and dashboard cookies, each turned into a
 //! [`Principal`]. The service owns the caches that keep a warm check free of storage: access
 //! tokens already verified, sessions known to exist, and dashboard sessions.
+//!
+//! A service above `auth/` (the cryptography) and beside `accounts` and `keys`, whose
+//! checks it combines.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::accounts::Accounts;
 use crate::auth::jwt::{Claims, JwtError};
-use crate::auth::principal::{Principal, Via};
 use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::error::Reason;
 use crate::keys::{KeyFailure, Keys};
 use crate::store::{SessionInfo, Store, StoreError};
+
+mod principal;
+pub use principal::{Principal, Via};
 
 /// How long a session's existence is trusted without asking storage (other instances'
 /// sign-outs take at most this long to apply here).
