@@ -245,16 +245,16 @@ story!(
         otp(&c, &app.base, &email).await;
         attempts_reach(&app, &email, 1).await;
         // Ten seconds before the code expires it is still tried, and kept.
-        app.state.clock.advance_ms(590_000);
+        app.state.edge.clock.advance_ms(590_000);
         attempts_reach(&app, &email, 2).await;
         assert_eq!(
             mail_state(&app, &email).await,
             (2, false, true),
             "(attempts, given up, body kept) before the expiry"
         );
-        assert_eq!(app.state.store.pending_mail_count().await.unwrap(), 1);
+        assert_eq!(app.state.runtime.store.pending_mail_count().await.unwrap(), 1);
         // At the expiry the next failure gives it up and forgets its body.
-        app.state.clock.advance_ms(10_000);
+        app.state.edge.clock.advance_ms(10_000);
         eventually(
             Duration::from_secs(15),
             "the mail is given up at its code's expiry",
@@ -266,13 +266,13 @@ story!(
             (3, true, false),
             "(attempts, given up, body kept) after the expiry"
         );
-        assert_eq!(app.state.store.pending_mail_count().await.unwrap(), 0);
+        assert_eq!(app.state.runtime.store.pending_mail_count().await.unwrap(), 0);
         // The mail server comes up: a new mail goes out, the given-up one never does.
         let sink = SmtpSink::start_on(port).await;
         let later = fresh("later");
         otp(&c, &app.base, &later).await;
         sink.wait_for(&later, 1, 15).await;
-        app.state.clock.advance_ms(600_000);
+        app.state.edge.clock.advance_ms(600_000);
         let after = fresh("after");
         otp(&c, &app.base, &after).await;
         sink.wait_for(&after, 1, 15).await;

@@ -396,11 +396,11 @@ story!(
         assert_eq!(status, 200, "{s2}");
         let second = s2["refresh_token"].as_str().unwrap().to_string();
         // The default interval is 10 s.
-        app.state.clock.advance_ms(10_000);
+        app.state.edge.clock.advance_ms(10_000);
         let (status, again) = parts(app.refresh(&first).await).await;
         assert_eq!(status, 200, "at the interval's last millisecond: {again}");
         assert_eq!(again["refresh_token"], json!(second), "the same successor");
-        app.state.clock.advance_ms(1);
+        app.state.edge.clock.advance_ms(1);
         let (status, body) = parts(app.refresh(&first).await).await;
         assert_eq!(
             (status, body["code"].clone()),
