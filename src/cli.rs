@@ -32,7 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (migrates storage first). Stops gracefully on SIGINT/SIGTERM.
     Serve {
-        /// Development mode: sign-ups are confirmed at once (same as GATEHOUSE_DEV=true).
+        /// Development mode (same as GATEHOUSE_DEV=true): sign-ups are confirmed at once,
+        /// private webhook targets are allowed, localhost and 127.0.0.1 are one origin.
         #[arg(long)]
         dev: bool,
     },

@@ -138,7 +138,8 @@ pub struct Config {
     /// When set, `/metrics` is served only on this address (e.g. `127.0.0.1:9090`) and the
     /// main listener answers 404 there.
     pub metrics_listen: Option<SocketAddr>,
-    /// Development mode: confirms sign-ups at once (as `autoconfirm`).
+    /// Development mode: confirms sign-ups at once (as `autoconfirm`), allows private webhook
+    /// targets and accepts every loopback name of `public_url`'s port as its origin.
     pub dev: bool,
     /// `smtp://`/`smtps://` URL mail goes out through (may hold credentials: never logged).
     #[serde(skip_serializing)]
