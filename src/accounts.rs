@@ -523,6 +523,21 @@ impl Accounts {
         Ok((user, ended))
     }
 
+    /// Every user, a page at a time, in the order they signed up (the operator's
+    /// listing): up to `limit` after the user `after`; `None` when `after` names no user.
+    pub async fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Option<Vec<User>>, AccountError> {
+        if let Some(after) = after {
+            if self.store.user_by_id(after).await?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.store.users_page(after, limit).await?))
+    }
+
     /// Creates a confirmed user (operator CLI).
     pub async fn create_confirmed_user(
         &self,

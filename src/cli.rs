@@ -1,5 +1,7 @@
 //! The `gatehouse` command line.
 
+mod list;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +18,10 @@ pub struct Cli {
     /// A TOML configuration file (settings in it are overridden by GATEHOUSE_* variables).
     #[arg(long, global = true, env = "GATEHOUSE_CONFIG_FILE")]
     pub config: Option<PathBuf>,
+    /// Create the SQLite database if it does not exist. Without it, every command but
+    /// `serve` refuses to run where there is no database, rather than start an empty one.
+    #[arg(long, global = true)]
+    pub create: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -26,13 +32,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (migrates storage first). Stops gracefully on SIGINT/SIGTERM.
     Serve {
-        /// Development mode: sign-ups are confirmed at once (same as GATEHOUSE_DEV=true).
+        /// Development mode (same as GATEHOUSE_DEV=true): sign-ups are confirmed at once,
+        /// private webhook targets are allowed, localhost and 127.0.0.1 are one origin.
         #[arg(long)]
         dev: bool,
     },
     /// Apply pending storage migrations and exit.
     Migrate,
-    /// Print the deployment's facts: storage engine, issuer, publishable key.
+    /// Print the deployment's facts: the database, issuer, dashboard, publishable key.
     Info,
     /// Manage users.
     User {
@@ -74,10 +81,16 @@ pub enum UserAction {
         /// The user's email address.
         #[arg(long)]
         email: String,
-        /// The password (at least the configured minimum length).
-        #[arg(long)]
-        password: String,
+        /// The password (at least the configured minimum length). It shows in the process
+        /// list and the shell's history: prefer --password-stdin.
+        #[arg(long, required_unless_present = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long, conflicts_with = "password")]
+        password_stdin: bool,
     },
+    /// List users, in the order they signed up.
+    List(list::ListArgs),
 }
 
 /// `gatehouse org …`.
@@ -105,6 +118,8 @@ pub enum OrgAction {
         #[arg(long, default_value = "member")]
         role: String,
     },
+    /// List every organization, with its member and key counts.
+    List(list::ListArgs),
 }
 
 /// `gatehouse key …`.
@@ -137,6 +152,16 @@ pub enum KeyAction {
         #[arg(long)]
         id: String,
     },
+    /// List an organization's API keys (never the keys themselves), in the order they were
+    /// created.
+    List {
+        /// The organization id (`org_…`).
+        #[arg(long)]
+        org: String,
+        /// Paging and format.
+        #[command(flatten)]
+        page: list::ListArgs,
+    },
 }
 
 /// `gatehouse widget …`.
@@ -166,6 +191,11 @@ pub enum JwtAction {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     crate::telemetry::init(&config.log, &config.log_format);
+    // `serve` creates its database on first start (the README's first run); any other
+    // command run in the wrong folder would silently start an empty deployment instead.
+    if !matches!(cli.command, Command::Serve { .. }) && !cli.create {
+        refuse_without_database(&config.database_url)?;
+    }
     match cli.command {
         Command::Serve { dev } => {
             if dev {
@@ -183,8 +213,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info => {
             let state = AppState::build(config, Clock::System).await?;
             println!("storage:          {:?}", state.runtime.store.engine());
+            println!(
+                "database:         {}",
+                crate::store::describe(&state.config.database_url)
+            );
             println!("issuer:           {}", state.config.issuer());
             println!("listen:           {}", state.config.listen);
+            println!("dashboard:        {}/dashboard", state.config.public_base());
             println!(
                 "publishable key:  {}",
                 state.edge.publishable_key.expose_secret()
@@ -192,8 +227,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User {
-            action: UserAction::Create { email, password },
+            action:
+                UserAction::Create {
+                    email,
+                    password,
+                    password_stdin,
+                },
         } => {
+            let password = match password {
+                Some(p) if !password_stdin => p,
+                _ => read_password()?,
+            };
             let state = AppState::build(config, Clock::System).await?;
             let user = state
                 .accounts
@@ -202,6 +246,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot create the user: {e}"))?;
             println!("created user {} <{}>", user.id, user.email);
             Ok(())
+        }
+        Command::User {
+            action: UserAction::List(page),
+        } => {
+            let state = AppState::build(config, Clock::System).await?;
+            list::users(&state, page).await
         }
         Command::Org { action } => org_command(config, action).await,
         Command::Key { action } => key_command(config, action).await,
@@ -231,6 +281,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Stops a command that would otherwise create an empty SQLite database (the usual cause:
+/// running it in another folder than the server's, with the default relative path).
+fn refuse_without_database(database_url: &str) -> anyhow::Result<()> {
+    let Some(file) = crate::store::sqlite_file(database_url) else {
+        return Ok(());
+    };
+    if file.exists() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "no database at {} (database_url = {database_url}). Run this where `gatehouse serve` \
+         keeps its database, point GATEHOUSE_DATABASE_URL at it, or pass --create to make a \
+         new, empty one there",
+        file.display()
+    )
+}
+
+/// The first line of standard input, without its line ending.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("--password-stdin: cannot read standard input: {e}"))?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        anyhow::bail!("--password-stdin: standard input holds no password");
+    }
+    Ok(password)
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     crate::mail::check_serve(&config)?;
     let listen = config.listen;
@@ -240,6 +320,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = ?state.runtime.store.engine(), "gatehouse listening");
+    startup_facts(&state.config, addr);
     // The publishable key is public by design (like Supabase's anon key): printing it lets
     // a developer point a client at a fresh server.
     tracing::info!(publishable_key = %state.edge.publishable_key.expose_secret(), "clients send this in the apikey header");
@@ -249,6 +330,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(reload_keys(state.clone()));
     crate::server::serve(state, listener, metrics, crate::server::shutdown_signal()).await
+}
+
+/// What a newcomer needs from the start-up log: where the dashboard and the database are,
+/// where mail goes without SMTP, what development mode relaxes, and a port mismatch that
+/// would make the dashboard's sign-in fail.
+fn startup_facts(config: &Config, addr: std::net::SocketAddr) {
+    let c = config;
+    tracing::info!(database = %crate::store::describe(&c.database_url), "storage opened");
+    tracing::info!(url = %format!("{}/dashboard", c.public_base()), "dashboard");
+    if let Some(warning) = c.port_mismatch(addr) {
+        tracing::warn!("{warning}");
+    }
+    if c.smtp_url.is_none() {
+        let dir = std::path::absolute(&c.mail_outbox_dir)
+            .unwrap_or_else(|_| PathBuf::from(&c.mail_outbox_dir));
+        tracing::info!(dir = %dir.display(), "no smtp_url: mails are not sent; each is written to the log and to a file in dir");
+    }
+    if c.dev {
+        tracing::info!(
+            origin = %c.public_origin(),
+            "development mode: sign-ups are confirmed at once, and the dashboard accepts localhost, 127.0.0.1 and [::1] on the origin's port"
+        );
+    }
+    if c.webhooks_private_allowed() {
+        let why = if c.webhooks_allow_private {
+            "webhooks_allow_private"
+        } else {
+            "development mode"
+        };
+        tracing::info!("{why}: webhook targets on private and loopback addresses are allowed");
+    }
 }
 
 /// Picks up signing keys rotated by `gatehouse jwt rotate` (possibly on another host).
@@ -320,6 +432,7 @@ async fn org_command(config: Config, action: OrgAction) -> anyhow::Result<()> {
             println!("{}", inv.id);
             Ok(())
         }
+        OrgAction::List(page) => list::orgs(&state, page).await,
     }
 }
 
@@ -371,5 +484,6 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        KeyAction::List { org, page } => list::keys(&state, &org, page).await,
     }
 }

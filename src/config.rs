@@ -144,7 +144,8 @@ pub struct Config {
     /// When set, `/metrics` is served only on this address (e.g. `127.0.0.1:9090`) and the
     /// main listener answers 404 there.
     pub metrics_listen: Option<SocketAddr>,
-    /// Development mode: confirms sign-ups at once (as `autoconfirm`).
+    /// Development mode: confirms sign-ups at once (as `autoconfirm`), allows private webhook
+    /// targets and accepts every loopback name of `public_url`'s port as its origin.
     pub dev: bool,
     /// `smtp://`/`smtps://` URL mail goes out through (may hold credentials: never logged).
     #[serde(skip_serializing)]
@@ -609,6 +610,55 @@ impl Config {
         }
     }
 
+    /// Whether a browser request from `origin` (`scheme://host[:port]`) comes from this
+    /// server's own pages: `public_url`'s origin, or, in development mode, any loopback
+    /// spelling (`localhost`, `127.0.0.1`, `[::1]`) of it with the same scheme and port, so
+    /// a dashboard opened at `http://localhost:8080` works when `public_url` says
+    /// `127.0.0.1`. Outside development the origin must match exactly.
+    pub fn accepts_origin(&self, origin: &str) -> bool {
+        let expected = self.public_origin();
+        if origin == expected {
+            return true;
+        }
+        let (Ok(got), Ok(want)) = (url::Url::parse(origin), url::Url::parse(&expected)) else {
+            return false;
+        };
+        // `http://host:80` and `http://host` are one origin.
+        if got.origin() == want.origin() {
+            return true;
+        }
+        self.dev
+            && got.scheme() == want.scheme()
+            && got.port_or_known_default() == want.port_or_known_default()
+            && got.path() == "/"
+            && is_loopback_host(&got)
+            && is_loopback_host(&want)
+    }
+
+    /// Webhook targets on private and loopback addresses are allowed: by
+    /// `webhooks_allow_private`, or in development mode, so a developer can point an
+    /// endpoint at a receiver on their own machine.
+    pub fn webhooks_private_allowed(&self) -> bool {
+        self.webhooks_allow_private || self.dev
+    }
+
+    /// A warning for an operator when `listen` and `public_url` disagree on the port while
+    /// `public_url` names this machine (a loopback host): then nothing sits between them,
+    /// so the browser reaches one port while the CSRF check expects the other. A public
+    /// host name behind a reverse proxy legitimately differs and gets no warning.
+    pub fn port_mismatch(&self, bound: SocketAddr) -> Option<String> {
+        let public = url::Url::parse(&self.public_origin()).ok()?;
+        let port = public.port_or_known_default()?;
+        (is_loopback_host(&public) && bound.port() != port).then(|| {
+            format!(
+                "public_url ({}) names port {port} but the server listens on {bound}: browsers \
+                 that follow public_url miss this server, and sign-in from http://{bound} is \
+                 refused as cross-site; make the ports agree",
+                self.public_base()
+            )
+        })
+    }
+
     /// Cookies are `Secure` unless the public URL is plain-http localhost.
     pub fn secure_cookies(&self) -> bool {
         let origin = self.public_origin();
@@ -628,6 +678,16 @@ impl Config {
     /// The JWT issuer claim.
     pub fn issuer(&self) -> String {
         format!("{}/auth/v1", self.public_base())
+    }
+}
+
+/// `localhost`, a 127.0.0.0/8 address or `[::1]`.
+fn is_loopback_host(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -781,5 +841,57 @@ mod tests {
         let local = Config::default();
         assert_eq!(local.public_origin(), "http://127.0.0.1:8080");
         assert!(!local.secure_cookies());
+    }
+
+    #[test]
+    fn development_accepts_every_loopback_spelling_of_the_public_port_and_nothing_else() {
+        let strict = Config::default();
+        assert!(strict.accepts_origin("http://127.0.0.1:8080"));
+        assert!(!strict.accepts_origin("http://localhost:8080"));
+        let dev = Config {
+            dev: true,
+            ..Config::default()
+        };
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://LOCALHOST:8080",
+            "http://[::1]:8080",
+        ] {
+            assert!(dev.accepts_origin(ok), "{ok}");
+        }
+        for refused in [
+            "http://localhost:8081",
+            "https://localhost:8080",
+            "http://localhost.evil.example:8080",
+            "http://192.168.1.2:8080",
+            "null",
+            "",
+        ] {
+            assert!(!dev.accepts_origin(refused), "{refused}");
+        }
+        let public = Config {
+            dev: true,
+            public_url: "https://auth.example.com".into(),
+            ..Config::default()
+        };
+        assert!(!public.accepts_origin("https://localhost"));
+    }
+
+    #[test]
+    fn a_port_mismatch_is_reported_only_for_a_loopback_public_url() {
+        let cfg = Config::default();
+        assert_eq!(cfg.port_mismatch(cfg.listen), None);
+        let other: SocketAddr = "127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}"));
+        let warning = cfg.port_mismatch(other).unwrap_or_default();
+        assert!(
+            warning.contains("8080") && warning.contains("9000"),
+            "{warning}"
+        );
+        let proxied = Config {
+            public_url: "https://auth.example.com".into(),
+            ..Config::default()
+        };
+        assert_eq!(proxied.port_mismatch(other), None);
     }
 }

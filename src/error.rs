@@ -275,6 +275,29 @@ impl ApiError {
     pub fn malformed_id(e: &crate::ids::Malformed) -> Self {
         Self::msg(Code::InvalidRequest, e.to_string()).reason(Reason::MalformedId)
     }
+    /// 403 `forbidden` with reason `csrf`: a cookie request from another origin. The
+    /// message and `details` name the origin the server expects (`public_url`'s) and the
+    /// one that arrived, so an operator who opened the page under another host name sees
+    /// why at once.
+    pub fn csrf(expected: &str, arrived: Option<&str>) -> Self {
+        // The arrived origin is the client's own header, echoed back to it; capped so a
+        // long header does not make a long answer.
+        let arrived: Option<String> = arrived.map(|a| a.chars().take(200).collect());
+        let got = match &arrived {
+            Some(a) => format!("this request came from {a}"),
+            None => "this request carried neither Origin nor Referer".to_string(),
+        };
+        Self::msg(
+            Code::Forbidden,
+            format!(
+                "Cross-site request refused (CSRF check failed): this server accepts changes \
+                 from {expected} (its public_url), but {got}. Open the page at {expected}, or \
+                 set public_url to the address you use."
+            ),
+        )
+        .details(serde_json::json!({ "expected_origin": expected, "origin": arrived }))
+        .reason(Reason::Csrf)
+    }
     /// 422 naming one field.
     pub fn field(field: &str, problem: &str) -> Self {
         Self::msg(Code::ValidationFailed, format!("{field}: {problem}"))

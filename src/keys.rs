@@ -266,6 +266,23 @@ impl Keys {
         Ok(self.store.api_keys(org.as_str()).await?)
     }
 
+    /// The organization's keys a page at a time, in the order they were created (the
+    /// operator's listing): up to `limit` after the key `after`.
+    pub async fn page(
+        &self,
+        org: &OrgId,
+        after: Option<&KeyId>,
+        limit: i64,
+    ) -> Result<Vec<ApiKeyRecord>, KeyError> {
+        if let Some(after) = after {
+            self.get(org, after).await?;
+        }
+        Ok(self
+            .store
+            .api_keys_page(org.as_str(), after.map(|a| a.as_str()), limit)
+            .await?)
+    }
+
     /// One key of the organization.
     pub async fn get(&self, org: &OrgId, id: &KeyId) -> Result<ApiKeyRecord, KeyError> {
         self.store

@@ -263,24 +263,21 @@ fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The refusal of a cross-site request made with the dashboard cookie.
-pub fn csrf_refused() -> ApiError {
-    ApiError::msg(
-        Code::Forbidden,
-        "Cross-site request refused (CSRF check failed).",
-    )
-    .details(serde_json::json!({ "reason": "csrf" }))
-}
-
-/// A state-changing cookie request must come from our own origin (Origin, else Referer).
-pub fn same_origin(headers: &HeaderMap, expected_origin: &str) -> bool {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        return origin == expected_origin;
+/// A state-changing cookie request must come from our own origin (Origin, else the
+/// Referer's origin); the refusal names the expected and the arrived origin.
+pub fn check_origin(headers: &HeaderMap, config: &crate::config::Config) -> Result<(), ApiError> {
+    let arrived = match headers.get(header::ORIGIN) {
+        Some(o) => o.to_str().ok().map(str::to_string),
+        None => headers
+            .get(header::REFERER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| url::Url::parse(r).ok())
+            .map(|u| u.origin().ascii_serialization()),
+    };
+    match arrived {
+        Some(origin) if config.accepts_origin(&origin) => Ok(()),
+        other => Err(ApiError::csrf(&config.public_origin(), other.as_deref())),
     }
-    if let Some(referer) = headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
-        return referer == expected_origin || referer.starts_with(&format!("{expected_origin}/"));
-    }
-    false
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -336,10 +333,8 @@ impl FromRequestParts<AppState> for Principal {
                 }
             }
             let principal = result?;
-            if !is_safe(&parts.method)
-                && !same_origin(&parts.headers, &state.config.public_origin())
-            {
-                return Err(csrf_refused());
+            if !is_safe(&parts.method) {
+                check_origin(&parts.headers, &state.config)?;
             }
             return Ok(principal);
         }

@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::error::Reason;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope};
-use crate::http::extract::{csrf_refused, same_origin, ApiJson, ClientIp, SESSION_COOKIE};
+use crate::http::extract::{check_origin, ApiJson, ClientIp, SESSION_COOKIE};
 
 /// `/v1/session`.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -75,9 +75,8 @@ pub async fn sign_in(
 ) -> Result<Response, ApiError> {
     // Login CSRF: a browser always sends Origin on a cross-site POST; clients without a
     // browser (curl, SDKs) send none and are not at risk.
-    if headers.contains_key(header::ORIGIN) && !same_origin(&headers, &state.config.public_origin())
-    {
-        return Err(csrf_refused());
+    if headers.contains_key(header::ORIGIN) {
+        check_origin(&headers, &state.config)?;
     }
     match state
         .limits
@@ -139,9 +138,7 @@ pub async fn sign_out(
             "No dashboard session.",
         ));
     };
-    if !same_origin(&headers, &state.config.public_origin()) {
-        return Err(csrf_refused());
-    }
+    check_origin(&headers, &state.config)?;
     let hash = state
         .accounts
         .end_web_session(&value)

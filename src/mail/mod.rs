@@ -135,7 +135,11 @@ impl Mailer {
                 let written = match outcome {
                     Ok(()) => {
                         sent += 1;
-                        tracing::info!(mail_id = %m.id, "mail sent");
+                        // The outbox logged its own line ("… not sent"): saying "sent"
+                        // after it would contradict it.
+                        if matches!(self.0.transport, Transport::Smtp(_)) {
+                            tracing::info!(mail_id = %m.id, "mail sent");
+                        }
                         store.mail_sent(&m.id, &self.0.owner, now).await
                     }
                     Err(error) => {

@@ -259,6 +259,22 @@ impl Orgs {
         }
     }
 
+    /// Every organization of the deployment, a page at a time, in the order they were
+    /// created (the operator's listing): up to `limit` after the organization `after`.
+    pub async fn list_all(
+        &self,
+        after: Option<&OrgId>,
+        limit: i64,
+    ) -> Result<Vec<crate::store::OrgSummary>, OrgError> {
+        if let Some(after) = after {
+            self.get(after).await?;
+        }
+        Ok(self
+            .store
+            .orgs_page(after.map(|a| a.as_str()), limit)
+            .await?)
+    }
+
     /// One organization.
     pub async fn get(&self, org: &OrgId) -> Result<Org, OrgError> {
         self.store

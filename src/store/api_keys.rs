@@ -167,6 +167,42 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// Up to `limit` keys of an organization in the order they were created, after the key
+    /// `after` (the operator's listing; a cursor that names no key of the organization
+    /// gives an empty page).
+    pub async fn api_keys_page(
+        &self,
+        org_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<ApiKeyRecord>> {
+        let rows = match after {
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 \
+                     ORDER BY created_at, id LIMIT $2"
+                ))
+                .bind(org_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(after) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND (created_at, id) > \
+                     (SELECT c.created_at, c.id FROM api_keys c WHERE c.org_id = $1 AND c.id = $2) \
+                     ORDER BY created_at, id LIMIT $3"
+                ))
+                .bind(org_id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(from_row).collect()
+    }
+
     /// One key of an organization.
     pub async fn api_key(&self, org_id: &str, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let row = sqlx::query(&format!(

@@ -69,9 +69,61 @@ impl Engine {
     }
 }
 
+/// The file a `sqlite:` URL opens, made absolute against the working directory; `None` for
+/// PostgreSQL and for an in-memory SQLite database.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    std::path::absolute(options.get_filename()).ok()
+}
+
+/// The database a URL names, for people: the SQLite file's absolute path, or the PostgreSQL
+/// URL without its password.
+pub fn describe(url: &str) -> String {
+    if let Some(file) = sqlite_file(url) {
+        return format!("SQLite file {}", file.display());
+    }
+    if url.starts_with("sqlite:") {
+        return "SQLite in memory".into();
+    }
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            format!("PostgreSQL {u}")
+        }
+        Err(_) => "PostgreSQL (unparsable URL)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Engine, BUSY_TIMEOUT};
+    use super::{describe, sqlite_file, Engine, BUSY_TIMEOUT};
+
+    #[test]
+    fn a_database_is_described_by_its_absolute_file_or_its_url_without_password() {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        assert_eq!(
+            sqlite_file("sqlite://gatehouse.db"),
+            Some(cwd.join("gatehouse.db"))
+        );
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/gh/data.db?mode=rwc"),
+            Some(std::path::PathBuf::from("/var/lib/gh/data.db"))
+        );
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
+        assert_eq!(describe("sqlite::memory:"), "SQLite in memory");
+        let pg = describe("postgres://gh:hunter2@db.internal:5432/gatehouse");
+        assert_eq!(
+            pg,
+            "PostgreSQL postgres://gh:***@db.internal:5432/gatehouse"
+        );
+    }
 
     #[test]
     fn both_engines_wait_for_locks_as_long_as_busy_timeout_says() {

@@ -25,11 +25,11 @@ mod write_tx;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry};
-pub use engine::Engine;
+pub use engine::{describe, sqlite_file, Engine};
 pub use invitations::{Invitation, NewInvitation};
 pub use mail::QueuedMail;
 pub use mail_requests::MailRequestRow;
-pub use orgs::{Member, Org, Role};
+pub use orgs::{Member, Org, OrgSummary, Role};
 pub use otp::{EmailChangeStep, NewMail, OtpRow};
 pub use sessions::{Ended, RefreshRow, Rotation, SessionInfo};
 pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};

@@ -23,6 +23,18 @@ pub struct Org {
     pub rate_limits: Option<Vec<crate::ratelimit::RateLimitSpec>>,
 }
 
+/// An organization with its head counts, as the operator's listing shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct OrgSummary {
+    /// The organization.
+    #[serde(flatten)]
+    pub org: Org,
+    /// Its members.
+    pub members: i64,
+    /// Its API keys that are not revoked.
+    pub keys: i64,
+}
+
 /// A member of an organization.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Member {
@@ -174,6 +186,44 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(org_from_row).transpose()
+    }
+
+    /// Up to `limit` organizations of the deployment in the order they were created, after
+    /// the organization `after` (the operator's listing; a cursor that names no
+    /// organization gives an empty page).
+    pub async fn orgs_page(&self, after: Option<&str>, limit: i64) -> StoreResult<Vec<OrgSummary>> {
+        const SELECT: &str = "SELECT o.id, o.name, o.created_at, o.updated_at, o.rate_limits, \
+             (SELECT COUNT(*) FROM memberships m WHERE m.org_id = o.id) AS member_count, \
+             (SELECT COUNT(*) FROM api_keys k WHERE k.org_id = o.id AND k.revoked_at IS NULL) \
+             AS key_count FROM organizations o";
+        let rows = match after {
+            None => {
+                sqlx::query(&format!("{SELECT} ORDER BY o.created_at, o.id LIMIT $1"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(after) => {
+                sqlx::query(&format!(
+                    "{SELECT} WHERE (o.created_at, o.id) > \
+                     (SELECT c.created_at, c.id FROM organizations c WHERE c.id = $1) \
+                     ORDER BY o.created_at, o.id LIMIT $2"
+                ))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(OrgSummary {
+                    org: org_from_row(r)?,
+                    members: r.try_get("member_count")?,
+                    keys: r.try_get("key_count")?,
+                })
+            })
+            .collect()
     }
 
     /// The organizations a user belongs to, with the user's role in each.

@@ -139,6 +139,33 @@ impl Store {
         Ok(())
     }
 
+    /// Up to `limit` users in the order they were created, after the user `after` (the
+    /// operator's listing; a cursor that names no user gives an empty page).
+    pub async fn users_page(&self, after: Option<&str>, limit: i64) -> StoreResult<Vec<User>> {
+        let rows = match after {
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(after) => {
+                sqlx::query(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE (created_at, id) > \
+                     (SELECT c.created_at, c.id FROM users c WHERE c.id = $1) \
+                     ORDER BY created_at, id LIMIT $2"
+                ))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(user_from_row).collect()
+    }
+
     /// Records a successful sign-in.
     pub async fn touch_sign_in(&self, user_id: &str, now: i64) -> StoreResult<()> {
         sqlx::query("UPDATE users SET last_sign_in_at = $1 WHERE id = $2")

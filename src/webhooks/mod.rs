@@ -35,7 +35,7 @@ pub struct Webhooks {
     pub(crate) clock: Clock,
     /// Sends deliveries: no redirects, a resolver that refuses internal addresses.
     pub(crate) client: reqwest::Client,
-    /// `webhooks_allow_private`.
+    /// `webhooks_allow_private`, or development mode.
     pub allow_private: bool,
     /// Seconds before each attempt.
     pub(crate) schedule: Vec<u64>,
@@ -55,7 +55,7 @@ impl Webhooks {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(ssrf::GuardedResolver {
-                allow_private: config.webhooks_allow_private,
+                allow_private: config.webhooks_private_allowed(),
             }))
             // An HTTP(S)_PROXY in the environment would connect on the worker's behalf,
             // around the address checks.
@@ -68,7 +68,7 @@ impl Webhooks {
             store,
             clock,
             client,
-            allow_private: config.webhooks_allow_private,
+            allow_private: config.webhooks_private_allowed(),
             schedule: config.webhooks_retry_schedule.clone(),
             poll: Duration::from_millis(config.webhooks_poll_interval_ms),
             timeout,

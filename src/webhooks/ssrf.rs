@@ -78,6 +78,11 @@ pub fn parse(url: &str) -> Result<Url, String> {
     Ok(u)
 }
 
+/// Appended to every refusal of an internal target: the setting that would allow it.
+pub const HOW_TO_ALLOW: &str = " (to allow private and loopback targets, set \
+    webhooks_allow_private = true, GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE=true, or run \
+    `gatehouse serve --dev`)";
+
 /// The host of a URL as an IP address, when it is one.
 fn literal_ip(u: &Url) -> Option<IpAddr> {
     let host = u.host_str()?;
@@ -94,7 +99,9 @@ pub async fn check(u: &Url, allow_private: bool) -> Result<(), String> {
     }
     if let Some(ip) = literal_ip(u) {
         return if is_forbidden(ip) {
-            Err("points to a private, loopback or link-local address".into())
+            Err(format!(
+                "points to a private, loopback or link-local address{HOW_TO_ALLOW}"
+            ))
         } else {
             Ok(())
         };
@@ -110,7 +117,9 @@ pub async fn check(u: &Url, allow_private: bool) -> Result<(), String> {
         return Err("could not be resolved".into());
     }
     if addrs.iter().any(|a| is_forbidden(a.ip())) {
-        return Err("resolves to a private, loopback or link-local address".into());
+        return Err(format!(
+            "resolves to a private, loopback or link-local address{HOW_TO_ALLOW}"
+        ));
     }
     Ok(())
 }
@@ -148,9 +157,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// never sees it); a name is checked by [`GuardedResolver`] as it connects.
 pub fn check_literal(u: &Url, allow_private: bool) -> Result<(), String> {
     match literal_ip(u) {
-        Some(ip) if !allow_private && is_forbidden(ip) => {
-            Err("the target is a private, loopback or link-local address".into())
-        }
+        Some(ip) if !allow_private && is_forbidden(ip) => Err(format!(
+            "the target is a private, loopback or link-local address{HOW_TO_ALLOW}"
+        )),
         _ => Ok(()),
     }
 }

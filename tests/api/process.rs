@@ -554,6 +554,7 @@ async fn the_cli_creates_users_and_rotates_signing_keys() {
     cli(
         &url,
         &[
+            "--create",
             "user",
             "create",
             "--email",
@@ -660,6 +661,7 @@ async fn the_cli_invites_an_address_without_enrolling_it() {
     cli(
         &url,
         &[
+            "--create",
             "user",
             "create",
             "--email",
