@@ -47,7 +47,8 @@ fn the_audit_log_page_lists_every_action_the_store_records() {
     let mut literals = BTreeSet::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "rs") {
+        // engine.rs opens the database and records nothing (its literals are file names).
+        if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("engine.rs") {
             literals.extend(dotted_literals(&std::fs::read_to_string(path).unwrap()));
         }
     }
