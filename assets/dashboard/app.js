@@ -1304,6 +1304,8 @@
     main.append(h('p', { class: 'lede' }, 'A chat panel for your website: one script tag, allowed origins only.'),
       h('div', { class: 'cols wide-right' }, listCard, editor))
     let widgets = []
+    // What the origin check changed on the last save, shown again in the redrawn editor.
+    let savedNotes = []
 
     async function reload(selectId) {
       try {
@@ -1342,7 +1344,8 @@
       const field = (id, label, input, hint) => h('div', { class: 'field' }, h('label', { for: id }, label), input, hint ? h('p', { class: 'hint' }, hint) : null)
       const name = h('input', { id: 'w-name', required: true, maxlength: '100', value: w ? w.name : '', disabled: ro, autocomplete: 'off' })
       const origins = h('textarea', { id: 'w-origins', rows: '3', disabled: ro, placeholder: 'https://shop.example.com', spellcheck: 'false', 'aria-describedby': 'w-origins-hint' })
-      const originNotes = h('div', { class: 'notice', role: 'status', hidden: true })
+      const originNotes = h('div', { class: 'notice', role: 'status', hidden: !savedNotes.length }, savedNotes.map((n) => h('p', null, n)))
+      savedNotes = []
       origins.value = w ? w.allowed_origins.join('\n') : ''
       const requireToken = h('input', { type: 'checkbox', id: 'w-token', checked: w ? w.require_token : true, disabled: ro })
       const title = h('input', { id: 'w-title', maxlength: '80', value: st.title, disabled: ro })
@@ -1399,10 +1402,12 @@
           }
           if (w) {
             await api('PATCH', orgPath(`/widgets/${encodeURIComponent(w.id)}`), body)
+            savedNotes = checked.notes
             toast('Saved.')
             await reload(w.id)
           } else {
             const { secret, ...created } = await api('POST', orgPath('/widgets'), body)
+            savedNotes = checked.notes
             const box = widgetSecretBox(secret, 'Widget secret')
             await reload()
             openEditor(created)
