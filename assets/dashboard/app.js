@@ -1834,9 +1834,15 @@
     let before = null
     let names = new Map()
     const entries = []
-    const name = (id) => (id ? names.get(id) || id : '—')
-    // A name with its id on hover (and in the accessible description).
-    const named = (id) => (id && names.has(id) ? h('span', { title: id }, names.get(id)) : h('code', null, id || '—'))
+    // Actors are `user:{id}`, `api_key:{id}` or `cli`; targets ids or addresses.
+    const lookup = (id) => {
+      if (!id) return null
+      if (id === 'cli') return 'the command line'
+      return names.get(id) || names.get(id.replace(/^(user|api_key):/, '')) || null
+    }
+    const name = (id) => (id ? lookup(id) || id : '—')
+    // A name with its id on hover.
+    const named = (id) => (lookup(id) ? h('span', { title: id }, lookup(id)) : h('code', null, id || '—'))
     main.append(h('p', { class: 'lede' }, 'Every change to members, roles, keys, widgets and webhooks, newest first. Entries never hold secrets.'),
       h('section', { class: 'card' },
         h('div', { class: 'row filters' },
@@ -1856,7 +1862,7 @@
       return h('dl', { class: 'fields' }, keys.map((k) => {
         const v = d[k]
         const text = typeof v === 'string' ? name(v) : Array.isArray(v) ? v.map((x) => (typeof x === 'string' ? name(x) : JSON.stringify(x))).join(', ') || 'none' : JSON.stringify(v)
-        return [h('dt', null, k.replace(/_/g, ' ')), h('dd', { title: typeof v === 'string' && names.has(v) ? v : null }, text)]
+        return [h('dt', null, k.replace(/_/g, ' ')), h('dd', { title: typeof v === 'string' && lookup(v) ? v : null }, text)]
       }))
     }
 

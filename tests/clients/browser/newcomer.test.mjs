@@ -366,6 +366,30 @@ describe('a newcomer in the dashboard', { skip }, () => {
       await remove.click()
       await page.getByRole('dialog', { name: 'Remove member' }).getByRole('button', { name: 'Remove' }).click()
       await page.getByLabel(`Role of ${admin.email}`).waitFor({ state: 'detached' })
+
+      // The keys' actions and the audit rows fit the screen too.
+      await api('POST', `${gh.url}/v1/orgs/${owner.org.id}/api-keys`, { body: { name: 'Phone key', scopes: ['chat:write'] }, headers: owner.auth, expect: 201 })
+      const nav = page.getByRole('navigation', { name: 'Dashboard pages' })
+      const fits = async (what) => {
+        const wide = await page.evaluate(() => [...document.querySelectorAll('main *')]
+          .filter((el) => el.getBoundingClientRect().right > 391)
+          .map((el) => `${el.tagName}.${el.className} ${Math.round(el.getBoundingClientRect().right)}`))
+        assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), `${what}: no sideways scrolling at 390 px: ${wide.join(', ')}`)
+      }
+      await nav.getByRole('link', { name: 'API keys' }).click()
+      for (const name of ['Roll API key Phone key', 'Delete API key Phone key']) {
+        const box = await page.getByRole('button', { name }).boundingBox()
+        assert.ok(box && box.x >= 0 && box.x + box.width <= 390, `${name} inside the screen: ${JSON.stringify(box)}`)
+      }
+      await fits('keys')
+      await nav.getByRole('link', { name: 'Audit log' }).click()
+      const row = page.locator('tbody tr', { hasText: 'member.removed' }).first()
+      await row.waitFor()
+      const box = await row.boundingBox()
+      assert.ok(box.x + box.width <= 390, `audit row inside the screen: ${JSON.stringify(box)}`)
+      // Actors and targets by email, ids on hover.
+      await row.getByText(owner.email).waitFor()
+      await fits('audit')
     } finally {
       await context.close()
     }
