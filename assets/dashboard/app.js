@@ -762,7 +762,7 @@
     const listCard = h('section', { class: 'card', 'aria-labelledby': 'keys-list-h' })
     const listBody = h('div', { class: 'table-wrap' }, h('p', { class: 'muted' }, 'Loading keys…'))
     const listErr = errorSlot()
-    const search = h('input', { id: 'key-search', type: 'search', autocomplete: 'off', placeholder: 'Name or start (gk_live_…)' })
+    const search = h('input', { id: 'key-search', type: 'search', autocomplete: 'off', placeholder: 'A name, or the start of a key' })
     const showRevoked = h('input', { type: 'checkbox', id: 'show-revoked' })
     const revokedLabel = h('span', null, 'Show revoked keys')
     const filters = h('div', { class: 'row filters' },
