@@ -49,8 +49,23 @@
         const draw = () => { try { mount(cfg) } catch (e) { warn('could not draw', e) } }
         document.body ? draw() : document.addEventListener('DOMContentLoaded', draw)
       })
-      // A not-allowed origin gets a 403 without CORS headers: the browser reports a network error.
-      .catch((e) => warn('not loaded (config unavailable or this origin is not allowed):', e && e.message))
+      .catch((e) => refused(api, e))
+  }
+
+  // Says in the console why the widget is not shown. A not-allowed origin gets a 403 without
+  // CORS headers, which the browser reports as a network error: if the server itself answers
+  // (an opaque no-cors request to /healthz succeeds), the origin was refused.
+  async function refused(api, e) {
+    const setting = `${api}/dashboard/#/widgets/${encodeURIComponent(id)}`
+    if (e instanceof ApiError) {
+      if (e.status === 404) return warn(`not loaded: there is no widget ${id} on ${api}. Check data-key or data-widget-id against ${api}/dashboard/#/widgets`)
+      return warn(`not loaded: ${api} answered ${e.status} (${e.code || 'error'}): ${e.message}`)
+    }
+    let reachable = false
+    try { await fetch(`${api}/healthz`, { mode: 'no-cors', cache: 'no-store' }); reachable = true } catch (_) {}
+    if (!reachable) return warn(`not loaded: ${api} could not be reached (${e && e.message}).`)
+    warn(`not loaded: this page's origin ${location.origin} is not allowed for widget ${id}. ` +
+      `Add ${location.origin} to the widget's allowed origins: ${setting}`)
   }
 
   function mount(cfg) {

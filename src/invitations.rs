@@ -57,7 +57,7 @@ pub enum InvitationError {
     #[error("This invitation link is invalid.")]
     InvalidToken,
     /// A mail went to this address less than the interval ago (seconds to wait).
-    #[error("This address was sent a mail recently; try again in {0} seconds.")]
+    #[error("This address was sent a mail recently; try again in {0} second{s}.", s = if *.0 == 1 { "" } else { "s" })]
     TooSoon(i64),
     /// A value (the password) is not acceptable.
     #[error("{field}: {problem}")]
@@ -433,5 +433,22 @@ fn require_pending(inv: &Invitation) -> Result<(), InvitationError> {
         Ok(())
     } else {
         Err(InvitationError::NotPending(inv.status.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InvitationError;
+
+    #[test]
+    fn a_one_second_wait_is_said_in_the_singular() {
+        assert_eq!(
+            InvitationError::TooSoon(1).to_string(),
+            "This address was sent a mail recently; try again in 1 second."
+        );
+        assert_eq!(
+            InvitationError::TooSoon(30).to_string(),
+            "This address was sent a mail recently; try again in 30 seconds."
+        );
     }
 }

@@ -51,6 +51,8 @@
   const spinner = () => h('span', { class: 'spinner', 'aria-hidden': 'true' })
 
   const dateFmt = new Intl.DateTimeFormat(undefined, { year: 'numeric', month: 'short', day: 'numeric' })
+  // Usage days are UTC days, named in one format everywhere on that page.
+  const dayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', timeZone: 'UTC' })
   const timeFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' })
   const fmtDate = (ms) => (ms ? dateFmt.format(new Date(ms)) : '—')
   const fmtTime = (ms) => (ms ? timeFmt.format(new Date(ms)) : '—')
@@ -104,9 +106,10 @@
   }
   const orgPath = (rest = '') => `/v1/orgs/${encodeURIComponent(state.orgId)}${rest}`
 
-  // Shows an error from the API (its envelope's message) in a form's alert area.
+  // Shows an error from the API (its envelope's message) in a form's alert area, a 401 too:
+  // the sign-in forms answer 401 for a wrong password (a 401 elsewhere has already sent the
+  // page back to sign-in, so its slot is gone).
   function showError(slot, e) {
-    if (e && e.status === 401) return
     slot.textContent = e && e.message ? e.message : String(e)
     slot.hidden = false
   }
@@ -245,6 +248,8 @@
   async function boot() {
     const link = invitationLink()
     if (link) return acceptPage(link)
+    const outcome = linkOutcome()
+    if (outcome) return followLink(outcome)
     try {
       state.me = await api('GET', '/v1/me', undefined, { quiet401: true })
     } catch (e) {
@@ -340,34 +345,222 @@
     $('#main').replaceChildren(h('h1', null, 'Something went wrong'), h('p', { class: 'error' }, e.message))
   }
 
-  // ---------------------------------------------------------------- sign in
-  function renderSignIn(notice) {
+  // ---------------------------------------------------------------- signing in
+  // Every way in goes through /auth/v1 (Supabase Auth's routes) with the publishable key, as
+  // any app would; what a flow answers (an access token) is then exchanged once for the
+  // HttpOnly dashboard cookie (POST /v1/session) and dropped, and the token's own session is
+  // ended. Links in mails land on /dashboard/#access_token=… (or #error=…), read once below.
+  let authConfig = null
+  const config = () => (authConfig ||= fetch('/dashboard/config.json', { cache: 'no-store' })
+    .then((r) => r.json())
+    .catch(() => { authConfig = null; throw new ApiError(0, 'network', 'The server could not be reached. Check your connection and try again.') }))
+  const landing = () => `${location.origin}/dashboard/`
+
+  // One /auth/v1 call; returns the JSON answer or throws an ApiError with the server's message.
+  async function auth(method, path, body, { token, redirect = false } = {}) {
+    const { publishable_key: key } = await config()
+    const headers = { accept: 'application/json', apikey: key, 'x-supabase-api-version': '2024-01-01' }
+    if (token) headers.authorization = `Bearer ${token}`
+    if (body !== undefined) headers['content-type'] = 'application/json'
+    const url = `/auth/v1${path}${redirect ? `${path.includes('?') ? '&' : '?'}redirect_to=${encodeURIComponent(landing())}` : ''}`
+    let res
+    try {
+      res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: 'omit', cache: 'no-store' })
+    } catch {
+      throw new ApiError(0, 'network', 'The server could not be reached. Check your connection and try again.')
+    }
+    let json = null
+    try { json = await res.json() } catch { /* reported below */ }
+    if (res.ok) return json || {}
+    throw new ApiError(res.status, (json && json.code) || 'error', (json && (json.message || json.msg)) || `The server answered ${res.status}.`)
+  }
+
+  // An access token from a flow becomes the cookie session; the token is then signed out.
+  async function exchange(accessToken) {
+    await api('POST', '/v1/session', { access_token: accessToken }, { quiet401: true })
+    auth('POST', '/logout?scope=local', undefined, { token: accessToken }).catch(() => {})
+    await enter()
+  }
+  async function passwordSession(email, password) {
+    await api('POST', '/v1/session', { email, password }, { quiet401: true })
+    await enter()
+  }
+  async function enter() {
+    state.me = await api('GET', '/v1/me')
+    pickOrg()
+    render({ focus: true })
+  }
+
+  // What an emailed link left in the fragment: a session (#access_token=…&type=…) or an error.
+  function linkOutcome() {
+    const frag = location.hash.slice(1)
+    if (!/^(access_token|error|message)=|&(access_token|error)=/.test(frag)) return null
+    const q = new URLSearchParams(frag)
+    history.replaceState(null, '', location.pathname)
+    if (q.get('access_token')) return { token: q.get('access_token'), type: q.get('type') || '' }
+    if (q.get('error')) return { error: q.get('error_description') || q.get('error') }
+    return { notice: q.get('message') }
+  }
+
+  async function followLink(o) {
+    if (o.error) return renderAuth('signin', { error: `${o.error}. Ask for a new mail below.` })
+    if (o.notice) return renderAuth('signin', { notice: o.notice })
+    if (o.type === 'recovery') return renderAuth('reset', { token: o.token })
+    try {
+      await exchange(o.token)
+    } catch (e) {
+      renderAuth('signin', { error: e.message })
+    }
+  }
+
+  const field = (id, label, input, hint) => h('div', { class: 'field' }, h('label', { for: id }, label), input,
+    hint ? h('p', { class: 'hint', id: `${id}-hint` }, hint) : null)
+  const emailInput = (id, value = '') => h('input', { id, type: 'email', name: 'email', required: true, autocomplete: 'username', value })
+  const codeInput = (id) => h('input', { id, name: 'code', required: true, inputmode: 'numeric', autocomplete: 'one-time-code', pattern: '[0-9]{6}', maxlength: '6' })
+  const newPassword = (id) => h('input', { id, type: 'password', name: 'new-password', required: true, minlength: '8', autocomplete: 'new-password' })
+  const submitBtn = (text) => h('button', { type: 'submit', class: 'primary wide' }, h('span', { class: 'label' }, text))
+  const linkBtn = (text, onclick) => h('button', { type: 'button', class: 'link', onclick }, text)
+
+  // The signed-out screens: 'signin' (password), 'code' (emailed code or link), 'signup',
+  // 'forgot' (recovery mail, then the code and a new password) and 'reset' (a recovery
+  // link was followed: a new password). opts: { email, notice, error, token, sent }.
+  function renderAuth(mode = 'signin', opts = {}) {
     document.body.classList.add('signed-out')
     for (const id of ['#org', '#nav', '#account']) $(id).replaceChildren()
-    document.title = 'Sign in · Gatehouse'
     const err = errorSlot()
-    const email = h('input', { id: 'signin-email', type: 'email', name: 'email', required: true, autocomplete: 'username' })
-    const password = h('input', { id: 'signin-password', type: 'password', name: 'password', required: true, autocomplete: 'current-password' })
-    const submit = h('button', { type: 'submit', class: 'primary wide' }, h('span', { class: 'label' }, 'Sign in'))
-    const form = h('form', { class: 'card signin', 'aria-labelledby': 'signin-h' },
-      h('h1', { id: 'signin-h' }, 'Sign in to Gatehouse'),
-      notice ? h('p', { class: 'notice' }, notice) : null,
-      h('div', { class: 'field' }, h('label', { for: 'signin-email' }, 'Email'), email),
-      h('div', { class: 'field' }, h('label', { for: 'signin-password' }, 'Password'), password),
-      err, submit)
-    form.addEventListener('submit', (ev) => {
+    const titles = { signin: 'Sign in to Gatehouse', code: 'Sign in with an emailed code', signup: 'Create your Gatehouse account', forgot: 'Reset your password', reset: 'Choose a new password' }
+    document.title = `${titles[mode]} · Gatehouse`
+    const form = h('form', { class: 'card signin', 'aria-labelledby': 'signin-h', novalidate: true },
+      h('h1', { id: 'signin-h' }, titles[mode]),
+      opts.notice ? h('p', { class: 'notice', role: 'status' }, opts.notice) : null)
+    if (opts.error) showError(err, { message: opts.error })
+    const go = (m, o = {}) => () => renderAuth(m, o)
+    let first
+    // Runs the step with the form's own validity shown in the alert area first.
+    const onSubmit = (button, fn) => form.addEventListener('submit', (ev) => {
       ev.preventDefault()
-      busy(submit, err, async () => {
-        await api('POST', '/v1/session', { email: email.value.trim(), password: password.value }, { quiet401: true })
-        password.value = ''
-        state.me = await api('GET', '/v1/me')
-        pickOrg()
-        render({ focus: true })
-      })
+      const bad = [...form.querySelectorAll('input')].find((i) => !i.checkValidity())
+      if (bad) {
+        clearError(err)
+        showError(err, { message: `${bad.labels[0].textContent}: ${bad.validationMessage}` })
+        bad.setAttribute('aria-invalid', 'true')
+        return bad.focus()
+      }
+      for (const i of form.querySelectorAll('[aria-invalid]')) i.removeAttribute('aria-invalid')
+      busy(button, err, fn)
     })
+
+    if (mode === 'signin') {
+      const email = emailInput('signin-email', opts.email)
+      const password = h('input', { id: 'signin-password', type: 'password', name: 'password', required: true, autocomplete: 'current-password' })
+      const submit = submitBtn('Sign in')
+      form.append(field('signin-email', 'Email', email), field('signin-password', 'Password', password), err, submit,
+        h('p', { class: 'alt' }, linkBtn('Forgot password?', () => renderAuth('forgot', { email: email.value.trim() })), ' · ',
+          linkBtn('Email me a sign-in code', () => renderAuth('code', { email: email.value.trim() }))),
+        h('p', { class: 'alt' }, 'New here? ', linkBtn('Create an account', () => renderAuth('signup', { email: email.value.trim() }))))
+      onSubmit(submit, async () => {
+        await passwordSession(email.value.trim(), password.value)
+        password.value = ''
+      })
+      first = opts.email ? password : email
+    } else if (mode === 'code') {
+      const email = emailInput('code-email', opts.email)
+      if (!opts.sent) {
+        const submit = submitBtn('Email me a code')
+        form.append(h('p', { class: 'hint' }, 'We send a six-digit code and a sign-in link to your address. Either one signs you in.'),
+          field('code-email', 'Email', email), err, submit)
+        onSubmit(submit, async () => {
+          const address = email.value.trim()
+          await auth('POST', '/otp', { email: address, create_user: false }, { redirect: true })
+          renderAuth('code', { email: address, sent: true })
+        })
+      } else {
+        const code = codeInput('code-value')
+        const submit = submitBtn('Sign in')
+        form.append(h('p', { class: 'notice', role: 'status' }, `If ${opts.email} has an account, a mail with a six-digit code and a sign-in link is on its way. Enter the code here, or follow the link.`),
+          field('code-value', 'Code from the mail', code), err, submit)
+        onSubmit(submit, async () => {
+          const s = await auth('POST', '/verify', { type: 'email', email: opts.email, token: code.value.trim() })
+          await exchange(s.access_token)
+        })
+        first = code
+      }
+      form.append(h('p', { class: 'alt' }, linkBtn('Sign in with a password instead', go('signin', { email: opts.email }))))
+    } else if (mode === 'signup') {
+      if (!opts.sent) {
+        const email = emailInput('signup-email', opts.email)
+        const password = newPassword('signup-password')
+        password.setAttribute('aria-describedby', 'signup-password-hint')
+        const submit = submitBtn('Create account')
+        form.append(field('signup-email', 'Email', email), field('signup-password', 'Password', password, 'At least 8 characters; a long phrase is best.'), err, submit,
+          h('p', { class: 'alt' }, 'Have an account? ', linkBtn('Sign in', () => renderAuth('signin', { email: email.value.trim() }))))
+        onSubmit(submit, async () => {
+          const address = email.value.trim()
+          const s = await auth('POST', '/signup', { email: address, password: password.value }, { redirect: true })
+          // Confirmed at once (no mail on this server): a session came back.
+          if (s.access_token) return exchange(s.access_token)
+          password.value = ''
+          renderAuth('signup', { email: address, sent: true })
+        })
+      } else {
+        const code = codeInput('signup-code')
+        const submit = submitBtn('Confirm and sign in')
+        form.append(h('p', { class: 'notice', role: 'status' }, `Confirm your address: we sent a mail to ${opts.email}. Enter the six-digit code from it, or follow its link.`),
+          field('signup-code', 'Code from the mail', code), err, submit,
+          h('p', { class: 'alt' }, 'No mail? Check the spam folder, or ', linkBtn('sign up again', go('signup', { email: opts.email })), ' for a new one.'))
+        onSubmit(submit, async () => {
+          const s = await auth('POST', '/verify', { type: 'signup', email: opts.email, token: code.value.trim() })
+          await exchange(s.access_token)
+        })
+        first = code
+      }
+    } else if (mode === 'forgot') {
+      const email = emailInput('forgot-email', opts.email)
+      if (!opts.sent) {
+        const submit = submitBtn('Email me a reset code')
+        form.append(h('p', { class: 'hint' }, 'We send a six-digit code and a link to choose a new password.'),
+          field('forgot-email', 'Email', email), err, submit)
+        onSubmit(submit, async () => {
+          const address = email.value.trim()
+          await auth('POST', '/recover', { email: address }, { redirect: true })
+          renderAuth('forgot', { email: address, sent: true })
+        })
+      } else {
+        const code = codeInput('forgot-code')
+        const password = newPassword('forgot-password')
+        const submit = submitBtn('Set password and sign in')
+        form.append(h('p', { class: 'notice', role: 'status' }, `If ${opts.email} has an account, a mail with a six-digit code and a link is on its way. Enter the code and your new password, or follow the link.`),
+          field('forgot-code', 'Code from the mail', code), field('forgot-password', 'New password', password, 'At least 8 characters.'), err, submit)
+        onSubmit(submit, async () => {
+          const s = await auth('POST', '/verify', { type: 'recovery', email: opts.email, token: code.value.trim() })
+          await setPassword(s.access_token, opts.email, password.value)
+        })
+        first = code
+      }
+      form.append(h('p', { class: 'alt' }, linkBtn('Back to sign in', go('signin', { email: opts.email }))))
+    } else if (mode === 'reset') {
+      const password = newPassword('reset-password')
+      const submit = submitBtn('Set password and sign in')
+      form.append(field('reset-password', 'New password', password, 'At least 8 characters.'), err, submit)
+      onSubmit(submit, async () => {
+        const u = await auth('GET', '/user', undefined, { token: opts.token })
+        await setPassword(opts.token, u.email, password.value)
+      })
+      first = password
+    }
     $('#main').replaceChildren(form)
-    email.focus()
+    ;(first || form.querySelector('input'))?.focus()
   }
+
+  // The recovery session sets the new password, then signs in with it (not with the token:
+  // choosing a password may take longer than a token may be exchanged).
+  async function setPassword(token, email, password) {
+    await auth('PUT', '/user', { password }, { token })
+    auth('POST', '/logout?scope=local', undefined, { token }).catch(() => {})
+    await passwordSession(email, password)
+    toast('Your new password is set.')
+  }
+  const renderSignIn = (notice) => renderAuth('signin', { notice })
 
   // ---------------------------------------------------------------- accepting an invitation
   // The mailed link is /dashboard/#invitation=inv_…&token=…: the token stays in the fragment
@@ -512,11 +705,53 @@
   // ---------------------------------------------------------------- API keys
   const KEY_FORBIDDEN_SCOPES = ['keys:write', 'members:write'] // keys can never carry these
   const EXPIRY = [['30', '30 days'], ['90', '90 days'], ['365', '1 year'], ['never', 'Never']]
+  // What each permission lets its holder do, in one line (the scopes of a key and a role's).
+  const SCOPE_TEXT = {
+    'keys:read': 'List this organization’s keys (never their secrets).',
+    'keys:write': 'Create, roll and revoke keys.',
+    'members:read': 'List members, roles and invitations.',
+    'members:write': 'Invite, change and remove members; manage roles.',
+    'widgets:read': 'List widgets and their settings.',
+    'widgets:write': 'Create, change and delete widgets; mint widget tokens.',
+    'chat:write': 'Chat through the gateway (POST /v1/chat) and delete threads.',
+    'threads:read': 'Read chat threads and their messages.',
+    'analytics:read': 'Read usage counts.',
+    'audit:read': 'Read the audit log.',
+    'webhooks:read': 'List webhook endpoints and their deliveries.',
+    'webhooks:write': 'Manage webhook endpoints, send tests, retry deliveries.',
+    'export:read': 'Export usage as CSV.',
+    'keys:verify': 'Check other keys for your own services (POST /v1/keys/verify).',
+  }
+  // Ready-made sets of scopes; "all" is every scope the form offers.
+  const PRESETS = [
+    { name: 'Chat client', scopes: ['chat:write', 'threads:read'], text: 'A server that chats and reads its threads.' },
+    { name: 'Read-only analytics', scopes: ['analytics:read', 'export:read'], text: 'Dashboards and reports: usage and exports.' },
+    { name: 'Key verifier', scopes: ['keys:verify'], text: 'Your own service checks the keys its callers send.' },
+    { name: 'Everything a key may have', scopes: 'all', text: 'Every scope your role can give a key.' },
+  ]
+  // The routes a key with these scopes can call ({org} is the organization's id).
+  const KEY_ROUTES = [
+    [null, 'GET /v1/me', 'who the key is, its scopes and rate limits'],
+    ['chat:write', 'POST /v1/chat', 'chat through the gateway'],
+    ['threads:read', 'GET /v1/threads', 'list threads (and GET /v1/threads/{id})'],
+    ['keys:verify', 'POST /v1/keys/verify', 'verify a key your callers sent'],
+    ['analytics:read', 'GET /v1/orgs/{org}/usage', 'usage counts'],
+    ['export:read', 'GET /v1/orgs/{org}/export', 'usage as CSV'],
+    ['audit:read', 'GET /v1/orgs/{org}/audit-log', 'the audit log'],
+    ['keys:read', 'GET /v1/orgs/{org}/api-keys', 'the organization’s keys'],
+    ['members:read', 'GET /v1/orgs/{org}/members', 'members (and roles, invitations)'],
+    ['widgets:read', 'GET /v1/orgs/{org}/widgets', 'widgets'],
+    ['widgets:write', 'POST /v1/orgs/{org}/widgets', 'create and change widgets, mint tokens'],
+    ['webhooks:read', 'GET /v1/orgs/{org}/webhooks', 'webhook endpoints and deliveries'],
+    ['webhooks:write', 'POST /v1/orgs/{org}/webhooks', 'manage webhook endpoints'],
+  ]
 
   function statusBadge(k) {
     const text = k.status === 'active' && k.rolled_to ? 'rolled' : k.status
     return h('span', { class: `badge ${text}` }, text)
   }
+  // A table cell that names its column, for the card layout of narrow screens.
+  const cell = (label, ...kids) => h('td', { 'data-label': label }, ...kids)
 
   function keysPage(main) {
     const o = org()
@@ -527,9 +762,16 @@
     const listCard = h('section', { class: 'card', 'aria-labelledby': 'keys-list-h' })
     const listBody = h('div', { class: 'table-wrap' }, h('p', { class: 'muted' }, 'Loading keys…'))
     const listErr = errorSlot()
-    listCard.append(h('h2', { id: 'keys-list-h' }, 'Existing keys'), listErr, listBody)
+    const search = h('input', { id: 'key-search', type: 'search', autocomplete: 'off', placeholder: 'A name, or the start of a key' })
+    const showRevoked = h('input', { type: 'checkbox', id: 'show-revoked' })
+    const revokedLabel = h('span', null, 'Show revoked keys')
+    const filters = h('div', { class: 'row filters' },
+      h('div', { class: 'field grow' }, h('label', { for: 'key-search' }, 'Search keys'), search),
+      h('label', { class: 'check', for: 'show-revoked' }, showRevoked, revokedLabel))
+    listCard.append(h('h2', { id: 'keys-list-h' }, 'Existing keys'), filters, listErr, listBody)
     const writable = can('keys:write')
     let slot = null
+    let keys = []
     if (writable) {
       const createCard = h('section', { class: 'card', 'aria-labelledby': 'key-create-h' })
       slot = h('div', { class: 'slot' })
@@ -537,6 +779,8 @@
       cols.append(createCard)
     }
     cols.append(listCard)
+    search.addEventListener('input', draw)
+    showRevoked.addEventListener('change', draw)
 
     function showKey(created, heading) {
       slot.replaceChildren(newKeyBox(created, heading))
@@ -545,32 +789,45 @@
 
     async function reload() {
       try {
-        const keys = await api('GET', orgPath('/api-keys'))
+        keys = await api('GET', orgPath('/api-keys'))
         clearError(listErr)
-        listBody.replaceChildren(keysTable(keys))
+        draw()
       } catch (e) {
         showError(listErr, e)
       }
     }
 
-    function keysTable(keys) {
-      if (!keys.length) return h('p', { class: 'muted empty' }, 'No API keys yet.')
-      const rows = keys.map((k) => {
+    function draw() {
+      const revoked = keys.filter((k) => k.status !== 'active').length
+      revokedLabel.textContent = `Show revoked keys (${revoked})`
+      const q = search.value.trim().toLowerCase().replace(/•+$/, '')
+      const shown = keys.filter((k) => (showRevoked.checked || k.status === 'active') &&
+        (!q || k.name.toLowerCase().includes(q) || k.start.toLowerCase().startsWith(q)))
+      if (!keys.length) return listBody.replaceChildren(h('p', { class: 'muted empty' }, 'No API keys yet.'))
+      if (!shown.length) {
+        return listBody.replaceChildren(h('p', { class: 'muted empty' },
+          q ? `No key matches “${search.value.trim()}”.` : `No active keys. ${revoked} revoked or expired: tick “Show revoked keys” to see them.`))
+      }
+      listBody.replaceChildren(keysTable(shown))
+    }
+
+    function keysTable(list) {
+      const rows = list.map((k) => {
         const actions = []
         if (writable && k.status === 'active') {
           if (!k.rolled_to) actions.push(h('button', { type: 'button', class: 'secondary small', 'aria-label': `Roll API key ${k.name}`, onclick: (ev) => roll(ev.currentTarget, k) }, icon(ROLL), h('span', { class: 'label' }, 'Roll')))
           actions.push(h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete API key ${k.name}`, onclick: (ev) => del(ev.currentTarget, k) }, icon(TRASH), h('span', { class: 'label' }, 'Delete')))
         }
         return h('tr', { 'data-key-id': k.id },
-          h('th', { scope: 'row' }, k.name, h('span', { class: 'sub' }, `${k.environment}${k.scopes.length ? ' · ' + k.scopes.join(', ') : ''}`)),
-          h('td', null, h('code', null, k.masked)),
-          h('td', null, fmtDate(k.created_at)),
-          h('td', null, k.expires_at ? fmtDate(k.expires_at) : 'Never'),
-          h('td', null, k.last_used_at ? fmtTime(k.last_used_at) : 'Never'),
-          h('td', null, statusBadge(k)),
-          writable ? h('td', { class: 'actions-cell' }, actions) : null)
+          h('th', { scope: 'row' }, k.name, h('span', { class: 'sub' }, `${k.environment}${k.scopes.length ? ' · ' + k.scopes.join(', ') : ' · no scopes'}`)),
+          cell('Key', h('code', null, k.masked)),
+          cell('Created', fmtDate(k.created_at)),
+          cell('Expires', k.expires_at ? fmtDate(k.expires_at) : 'Never'),
+          cell('Last used', k.last_used_at ? fmtTime(k.last_used_at) : 'Never'),
+          cell('Status', statusBadge(k)),
+          writable ? h('td', { class: 'actions-cell', 'data-label': 'Actions' }, actions) : null)
       })
-      return h('table', { class: 'table' },
+      return h('table', { class: 'table cards' },
         h('caption', { class: 'sr' }, 'API keys, newest first'),
         h('thead', null, h('tr', null, ['Name', 'Key', 'Created', 'Expires', 'Last used', 'Status', writable ? 'Actions' : null]
           .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
@@ -580,7 +837,7 @@
     async function del(button, k) {
       const yes = await confirmDialog({
         title: 'Delete API key',
-        text: 'Are you sure you want to delete this API key?',
+        text: `Delete the key “${k.name}” (${k.masked})? Requests with it fail with 401 at once. This cannot be undone.`,
         ok: 'Delete',
       })
       if (!yes) return button.focus()
@@ -619,7 +876,20 @@
     const scopes = org().permissions.filter((p) => !KEY_FORBIDDEN_SCOPES.includes(p))
     const scopeBoxes = scopes.map((p) => {
       const id = `scope-${p.replace(':', '-')}`
-      return h('label', { class: 'check', for: id }, h('input', { type: 'checkbox', id, value: p }), h('code', null, p))
+      return h('div', { class: 'scope' },
+        h('input', { type: 'checkbox', id, value: p, 'aria-describedby': `${id}-text` }),
+        h('label', { for: id }, h('code', null, p)),
+        h('span', { class: 'hint', id: `${id}-text` }, SCOPE_TEXT[p] || ''))
+    })
+    const inputs = () => scopeBoxes.map((b) => b.querySelector('input'))
+    const presets = PRESETS.map((p) => {
+      const want = p.scopes === 'all' ? scopes : p.scopes
+      const missing = want.filter((s) => !scopes.includes(s))
+      return h('button', {
+        type: 'button', class: 'secondary small preset', disabled: missing.length > 0 || !want.length,
+        title: missing.length ? `Your role cannot give ${missing.join(', ')}` : p.text,
+        onclick: () => { for (const i of inputs()) i.checked = want.includes(i.value) },
+      }, h('span', { class: 'label' }, p.name))
     })
     const env = ['live', 'test'].map((v) => h('label', { class: 'check', for: `env-${v}` },
       h('input', { type: 'radio', name: 'environment', id: `env-${v}`, value: v, checked: v === 'live' }), v))
@@ -630,13 +900,16 @@
         h('div', { class: 'label-row' }, h('label', { for: 'key-name' }, 'Name ', h('span', { class: 'req', 'aria-hidden': 'true' }, '*')), count),
         name),
       h('fieldset', null, h('legend', null, 'Scopes'),
-        scopeBoxes.length ? h('div', { class: 'checks' }, scopeBoxes) : h('p', { class: 'muted' }, 'Your role has no permissions a key can carry.'),
+        scopeBoxes.length ? [
+          h('div', { class: 'presets', role: 'group', 'aria-label': 'Scope presets' }, h('span', { class: 'hint' }, 'Presets:'), presets),
+          h('div', { class: 'scopes' }, scopeBoxes)] : h('p', { class: 'muted' }, 'Your role has no permissions a key can carry.'),
         h('p', { class: 'hint' }, 'A key can do only what its scopes allow. Keys never manage keys or members.')),
       h('fieldset', null, h('legend', null, 'Environment'), h('div', { class: 'checks inline' }, env)),
       h('div', { class: 'field' }, h('label', { for: 'key-expiry' }, 'Expires after'), expiry),
       err, submit)
-    form.addEventListener('submit', (ev) => {
+    form.addEventListener('submit', async (ev) => {
       ev.preventDefault()
+      clearError(err)
       const n = name.value.trim()
       if (!n) {
         showError(err, { message: 'Give the key a name.' })
@@ -644,10 +917,20 @@
         return name.focus()
       }
       name.removeAttribute('aria-invalid')
+      const chosen = inputs().filter((i) => i.checked).map((i) => i.value)
+      if (!chosen.length) {
+        const yes = await confirmDialog({
+          title: 'Create a key with no scopes?',
+          text: 'A key without scopes can only call GET /v1/me: it cannot chat, read threads or verify keys. Pick a preset above, or create it anyway.',
+          ok: 'Create without scopes',
+          danger: false,
+        })
+        if (!yes) return submit.focus()
+      }
       busy(submit, err, async () => {
         const body = {
           name: n,
-          scopes: scopeBoxes.map((l) => l.querySelector('input')).filter((i) => i.checked).map((i) => i.value),
+          scopes: chosen,
           environment: form.querySelector('input[name=environment]:checked').value,
           expires_in_days: expiry.value === 'never' ? null : Number(expiry.value),
         }
@@ -664,19 +947,22 @@
   function newKeyBox(created, heading) {
     const base = location.origin
     const code = (t) => h('code', null, t)
+    const routes = KEY_ROUTES.filter(([need]) => need === null || created.scopes.includes(need))
     return secretBox({
       heading,
       value: created.key,
       warning: 'This key cannot be shown again after you leave this page.',
       extra: h('dl', { class: 'details' },
         h('dt', null, 'Name'), h('dd', null, created.name),
+        h('dt', null, 'Scopes'), h('dd', null, created.scopes.length ? created.scopes.join(', ') : 'none'),
         h('dt', null, 'Created'), h('dd', null, fmtDate(created.created_at)),
         h('dt', null, 'Expires'), h('dd', null, created.expires_at ? fmtDate(created.expires_at) : 'Never'),
-        h('dt', null, 'Use it with'), h('dd', null, h('ul', { class: 'plain' },
-          h('li', null, 'Who am I: ', code(`GET ${base}/v1/me`)),
-          h('li', null, 'Chat: ', code(`POST ${base}/v1/chat`)),
-          h('li', null, 'Export: ', code(`GET ${base}${orgPath('/export')}`)),
-          h('li', null, 'Header: ', code('X-API-Key: <key>'))))),
+        h('dt', null, 'It can call'), h('dd', null, h('ul', { class: 'plain key-routes' },
+          routes.map(([, route, what]) => {
+            const [method, path] = route.split(' ')
+            return h('li', null, code(`${method} ${base}${path.replace('{org}', state.orgId)}`), ` ${what}`)
+          }))),
+        h('dt', null, 'Header'), h('dd', null, code('X-API-Key: <key>'))),
     })
   }
 
@@ -725,20 +1011,29 @@
     membersCard.append(invCard, addForm)
     rolesCard.append(roleForm)
 
+    // The only owner can be neither demoted nor removed (the server refuses both: an
+    // organization always has an owner), so those controls are not offered for them.
+    let soleOwner = null
     function mayManage(m) {
-      return writable && (m.role !== 'owner' || isOwner())
+      return writable && (m.role !== 'owner' || isOwner()) && m.user_id !== soleOwner
     }
 
     function membersTable(members, roles) {
       const give = assignable(roles)
+      const owners = members.filter((m) => m.role === 'owner')
+      soleOwner = owners.length === 1 ? owners[0].user_id : null
       const rows = members.map((m) => {
         let roleCell = h('span', { class: 'badge role' }, m.role)
+        if (m.user_id === soleOwner) {
+          roleCell = h('span', null, roleCell, h('span', { class: 'sub' }, 'the only owner: make someone else owner before changing this role'))
+        }
         if (mayManage(m) && give.some((r) => r.name === m.role)) {
           const id = nextId('role')
           const sel = h('select', { id, 'aria-label': `Role of ${m.email}` },
             give.map((r) => h('option', { value: r.name, selected: r.name === m.role }, r.name)))
           sel.addEventListener('change', async () => {
             sel.disabled = true
+            clearError(listErr)
             try {
               await api('PATCH', orgPath(`/members/${encodeURIComponent(m.user_id)}`), { role: sel.value })
               toast(`${m.email} is now ${sel.value}.`)
@@ -759,12 +1054,12 @@
         const remove = mayManage(m)
           ? h('button', { type: 'button', class: 'danger small', 'aria-label': `Remove ${m.email}`, onclick: (ev) => removeMember(ev.currentTarget, m) }, icon(TRASH), h('span', { class: 'label' }, 'Remove'))
           : null
-        return h('tr', null,
-          h('th', { scope: 'row' }, m.email, m.user_id === state.me.user_id ? h('span', { class: 'sub' }, 'you') : null),
-          h('td', null, roleCell), h('td', null, fmtDate(m.created_at)),
-          writable ? h('td', { class: 'actions-cell' }, remove) : null)
+        return h('tr', { 'data-user-id': m.user_id },
+          h('th', { scope: 'row', title: m.user_id }, m.email, m.user_id === state.me.user_id ? h('span', { class: 'sub' }, 'you') : null),
+          cell('Role', roleCell), cell('Added', fmtDate(m.created_at)),
+          writable ? h('td', { class: 'actions-cell', 'data-label': 'Actions' }, remove) : null)
       })
-      return h('table', { class: 'table' }, h('caption', { class: 'sr' }, 'Members'),
+      return h('table', { class: 'table cards' }, h('caption', { class: 'sr' }, 'Members'),
         h('thead', null, h('tr', null, ['Email', 'Role', 'Added', writable ? 'Actions' : null].filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
         h('tbody', null, rows))
     }
@@ -792,11 +1087,11 @@
       if (!pending.length) return h('p', { class: 'muted' }, 'No pending invitations.')
       const rows = pending.map((i) => h('tr', null,
         h('th', { scope: 'row' }, i.email, h('span', { class: 'sub' }, `by ${i.inviter_email}, expires ${fmtTime(i.expires_at)}`)),
-        h('td', null, h('span', { class: 'badge role' }, i.role)),
-        writable ? h('td', { class: 'actions-cell' },
+        cell('Role', h('span', { class: 'badge role' }, i.role)),
+        writable ? h('td', { class: 'actions-cell', 'data-label': 'Actions' },
           h('button', { type: 'button', class: 'secondary small', 'aria-label': `Resend the invitation to ${i.email}`, onclick: (ev) => resend(ev.currentTarget, i) }, h('span', { class: 'label' }, 'Resend')),
           h('button', { type: 'button', class: 'danger small', 'aria-label': `Revoke the invitation to ${i.email}`, onclick: (ev) => revoke(ev.currentTarget, i) }, icon(TRASH), h('span', { class: 'label' }, 'Revoke'))) : null))
-      return h('table', { class: 'table' }, h('caption', { class: 'sr' }, 'Pending invitations'),
+      return h('table', { class: 'table cards' }, h('caption', { class: 'sr' }, 'Pending invitations'),
         h('thead', null, h('tr', null, ['Email', 'Role', writable ? 'Actions' : null].filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
         h('tbody', null, rows))
     }
@@ -847,10 +1142,10 @@
     function rolesTable(roles) {
       const rows = roles.map((r) => h('tr', null,
         h('th', { scope: 'row' }, r.name, h('span', { class: 'sub' }, r.builtin ? 'built-in' : 'custom')),
-        h('td', null, h('ul', { class: 'perms' }, r.permissions.map((p) => h('li', null, h('code', null, p))))),
-        writable ? h('td', { class: 'actions-cell' }, r.builtin ? null
+        cell('Permissions', h('ul', { class: 'perms' }, r.permissions.map((p) => h('li', { title: SCOPE_TEXT[p] || null }, h('code', null, p))))),
+        writable ? h('td', { class: 'actions-cell', 'data-label': 'Actions' }, r.builtin ? null
           : h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete role ${r.name}`, onclick: (ev) => deleteRole(ev.currentTarget, r) }, icon(TRASH), h('span', { class: 'label' }, 'Delete'))) : null))
-      return h('table', { class: 'table' }, h('caption', { class: 'sr' }, 'Roles'),
+      return h('table', { class: 'table cards' }, h('caption', { class: 'sr' }, 'Roles'),
         h('thead', null, h('tr', null, ['Role', 'Permissions', writable ? 'Actions' : null].filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
         h('tbody', null, rows))
     }
@@ -965,6 +1260,38 @@
     return el
   }
 
+  // Normalises allowed origins as the server reads them (scheme://host[:port], lower case,
+  // no default port, no path) and explains every change, or why an entry cannot be one.
+  function checkOrigins(text) {
+    const origins = [], notes = [], errors = []
+    for (const raw of text.split(/[\s,]+/).map((x) => x.trim()).filter(Boolean)) {
+      const m = raw.match(/^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)(.*)$/i)
+      if (!m) {
+        const host = raw.replace(/^\/+/, '').split(/[/?#]/)[0]
+        errors.push(`“${raw}” is not an origin: write the scheme too, e.g. https://${host || 'shop.example.com'}.`)
+        continue
+      }
+      const scheme = m[1].toLowerCase()
+      if (scheme !== 'http' && scheme !== 'https') {
+        errors.push(`“${raw}”: only http:// and https:// pages can show the widget.`)
+        continue
+      }
+      const host = m[2].toLowerCase().replace(scheme === 'https' ? /:443$/ : /:80$/, '')
+      if (!host || host.includes('@')) {
+        errors.push(`“${raw}” has no host name.`)
+        continue
+      }
+      const origin = `${scheme}://${host}`
+      if (origin !== raw) {
+        notes.push(m[3] && m[3] !== '/'
+          ? `${raw} became ${origin}: an origin is the scheme, host and port only, so every page of ${origin} may show the widget.`
+          : `${raw} became ${origin}.`)
+      }
+      if (!origins.includes(origin)) origins.push(origin)
+    }
+    return { origins, notes, errors }
+  }
+
   function widgetsPage(main) {
     const writable = can('widgets:write')
     const listErr = errorSlot()
@@ -977,6 +1304,8 @@
     main.append(h('p', { class: 'lede' }, 'A chat panel for your website: one script tag, allowed origins only.'),
       h('div', { class: 'cols wide-right' }, listCard, editor))
     let widgets = []
+    // What the origin check changed on the last save, shown again in the redrawn editor.
+    let savedNotes = []
 
     async function reload(selectId) {
       try {
@@ -990,6 +1319,11 @@
         if (selectId) {
           const w = widgets.find((x) => x.id === selectId)
           if (w) openEditor(w, { keepSecret: true })
+        } else {
+          // #/widgets/wgt_… (the link widget.js prints when it refuses an origin) opens it.
+          const linked = (location.hash.match(/^#\/widgets\/([\w-]+)/) || [])[1]
+          const w = linked && widgets.find((x) => x.id === linked)
+          if (w) openEditor(w)
         }
       } catch (e) {
         showError(listErr, e)
@@ -1009,7 +1343,9 @@
       const ro = !writable
       const field = (id, label, input, hint) => h('div', { class: 'field' }, h('label', { for: id }, label), input, hint ? h('p', { class: 'hint' }, hint) : null)
       const name = h('input', { id: 'w-name', required: true, maxlength: '100', value: w ? w.name : '', disabled: ro, autocomplete: 'off' })
-      const origins = h('textarea', { id: 'w-origins', rows: '3', disabled: ro, placeholder: 'https://shop.example.com', spellcheck: 'false' })
+      const origins = h('textarea', { id: 'w-origins', rows: '3', disabled: ro, placeholder: 'https://shop.example.com', spellcheck: 'false', 'aria-describedby': 'w-origins-hint' })
+      const originNotes = h('div', { class: 'notice', role: 'status', hidden: !savedNotes.length }, savedNotes.map((n) => h('p', null, n)))
+      savedNotes = []
       origins.value = w ? w.allowed_origins.join('\n') : ''
       const requireToken = h('input', { type: 'checkbox', id: 'w-token', checked: w ? w.require_token : true, disabled: ro })
       const title = h('input', { id: 'w-title', maxlength: '80', value: st.title, disabled: ro })
@@ -1026,28 +1362,52 @@
       const submit = ro ? null : h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, w ? 'Save changes' : 'Create widget'))
       const form = h('form', { class: 'stack', 'aria-labelledby': 'w-edit-h' },
         field('w-name', 'Name', name),
-        field('w-origins', 'Allowed origins', origins, 'One per line: https://shop.example.com, http://localhost:3000 or https://*.example.com.'),
+        h('div', { class: 'field' }, h('label', { for: 'w-origins' }, 'Allowed origins'), origins,
+          h('p', { class: 'hint', id: 'w-origins-hint' }, 'The sites that may show the widget, one per line: scheme and host (and port), no path. For example https://shop.example.com, http://localhost:3000 or https://*.example.com.'),
+          originNotes),
         h('label', { class: 'check', for: 'w-token' }, requireToken, 'Require a widget token (data-key)'),
         h('fieldset', null, h('legend', null, 'Look'),
           h('div', { class: 'grid2' },
             field('w-title', 'Title', title), field('w-position', 'Position', position),
             field('w-greeting', 'Greeting', greeting), field('w-color', 'Accent colour', color))),
         err, submit)
-      form.addEventListener('submit', (ev) => {
+      form.addEventListener('submit', async (ev) => {
         ev.preventDefault()
+        clearError(err)
+        const checked = checkOrigins(origins.value)
+        origins.value = checked.origins.join('\n')
+        originNotes.replaceChildren(...checked.notes.map((n) => h('p', null, n)))
+        originNotes.hidden = !checked.notes.length
+        if (checked.errors.length) {
+          showError(err, { message: checked.errors.join(' ') })
+          origins.setAttribute('aria-invalid', 'true')
+          return origins.focus()
+        }
+        origins.removeAttribute('aria-invalid')
+        if (!checked.origins.length) {
+          const yes = await confirmDialog({
+            title: 'Save with no allowed origins?',
+            text: 'With no allowed origins the widget refuses to load on every website. Add the address of each site that shows it (e.g. https://shop.example.com), or save anyway and add them later.',
+            ok: 'Save without origins',
+            danger: false,
+          })
+          if (!yes) return origins.focus()
+        }
         busy(submit, err, async () => {
           const body = {
             name: name.value.trim(),
-            allowed_origins: origins.value.split(/[\s,]+/).map((x) => x.trim()).filter(Boolean),
+            allowed_origins: checked.origins,
             settings: settings(),
             require_token: requireToken.checked,
           }
           if (w) {
             await api('PATCH', orgPath(`/widgets/${encodeURIComponent(w.id)}`), body)
+            savedNotes = checked.notes
             toast('Saved.')
             await reload(w.id)
           } else {
             const { secret, ...created } = await api('POST', orgPath('/widgets'), body)
+            savedNotes = checked.notes
             const box = widgetSecretBox(secret, 'Widget secret')
             await reload()
             openEditor(created)
@@ -1076,16 +1436,26 @@
     function widgetTools(w, slot) {
       const err = errorSlot()
       const tools = h('div', { class: 'tools' })
-      const snippet = h('pre', { class: 'code' }, h('code', null, w.embed))
-      tools.append(h('h3', null, 'Embed'),
-        h('p', { class: 'hint' }, w.require_token ? 'Replace WIDGET_TOKEN with a minted token, or mint one below.' : 'Paste this tag into your pages.'),
-        snippet, copyButton(() => w.embed, 'Copy', 'embed snippet'))
+      const where = w.allowed_origins.length
+        ? `It loads only on ${w.allowed_origins.join(', ')}.`
+        : 'It loads on no website until you add an allowed origin above.'
+      tools.append(h('h3', null, 'Embed'))
+      // A widget that needs a token has no working tag until one is minted: no placeholder.
+      if (!w.require_token) {
+        tools.append(h('p', { class: 'hint' }, `Paste this tag into your pages, before </body>. ${where}`),
+          h('pre', { class: 'code' }, h('code', { class: 'embed' }, w.embed)), copyButton(() => w.embed, 'Copy', 'embed snippet'))
+      } else {
+        tools.append(h('p', { class: 'hint token-needed' }, writable
+          ? `This widget requires a widget token, so its tag needs one: mint a token below to get a complete tag to paste into your pages. ${where}`
+          : `This widget requires a widget token, so its tag needs one, and minting one takes the widgets:write permission. Ask an owner or admin for the tag. ${where}`))
+      }
+      const tokenOut = h('div')
+      tools.append(tokenOut)
       if (writable) {
-        const tokenOut = h('div')
-        const mint = btn('Mint widget token', { class: 'secondary' })
+        const mint = btn(w.require_token ? 'Mint a token and show the tag' : 'Mint widget token', { class: w.require_token ? 'primary' : 'secondary' })
         mint.addEventListener('click', () => busy(mint, err, async () => {
           const t = await api('POST', orgPath(`/widgets/${encodeURIComponent(w.id)}/tokens`), {})
-          tokenOut.replaceChildren(h('p', { class: 'hint' }, 'A ready tag with a fresh token. Tokens are not stored; rotating the secret revokes them all.'),
+          tokenOut.replaceChildren(h('p', { class: 'hint' }, 'A complete tag with a fresh token: paste it into your pages. Tokens are not stored; rotating the secret revokes them all.'),
             h('pre', { class: 'code' }, h('code', { class: 'token-embed' }, t.embed)), copyButton(() => t.embed, 'Copy', 'tag with token'))
         }))
         const rotate = btn('Rotate secret', { class: 'secondary' })
@@ -1111,7 +1481,7 @@
             await reload()
           })
         })
-        tools.append(h('div', { class: 'row gap' }, mint, rotate, del), tokenOut, err)
+        tools.append(h('div', { class: 'row gap' }, mint, rotate, del), err)
       }
       return tools
     }
@@ -1148,7 +1518,7 @@
         list.replaceChildren(endpoints.length ? h('ul', { class: 'plain items' }, endpoints.map((e) => h('li', null,
           h('button', { type: 'button', class: 'item', 'aria-label': `Edit endpoint ${e.url}`, onclick: () => openEditor(e) },
             h('strong', { class: 'url' }, e.url),
-            h('span', { class: 'sub' }, e.description || (e.event_types ? `${e.event_types.length} event types` : 'every event')),
+            h('span', { class: 'sub' }, e.description || (e.event_types ? `${e.event_types.length} event type${e.event_types.length === 1 ? '' : 's'}` : 'every event')),
             endpointBadge(e))))) : h('p', { class: 'muted empty' }, 'No endpoints yet.'))
         if (selectId) {
           const e = endpoints.find((x) => x.id === selectId)
@@ -1325,7 +1695,7 @@
       svg.append(s('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid' }),
         s('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' }, fmtNum(v)))
     }
-    const every = Math.ceil(days.length / Math.max(2, Math.floor((W - L - R) / 56)))
+    const every = Math.ceil(days.length / Math.max(2, Math.floor((W - L - R) / 64)))
     days.forEach((d, i) => {
       let base = 0
       for (const sr of series) {
@@ -1333,13 +1703,12 @@
         if (!v) continue
         const top = y(base + v)
         svg.append(s('rect', { x: L + i * bw + bw * 0.15, y: top, width: Math.max(1, bw * 0.7), height: Math.max(0.5, y(base) - top), fill: sr.color },
-          s('title', null, `${sr.name}, ${dateFmt.format(new Date(d))}: ${fmtNum(v)}`)))
+          s('title', null, `${sr.name}, ${dayFmt.format(new Date(d))}: ${fmtNum(v)}`)))
         base += v
       }
       // A date under every few bars, counted back from today so the last bar is labelled.
       if ((days.length - 1 - i) % every === 0) {
-        const dt = new Date(d)
-        svg.append(s('text', { x: L + i * bw + bw / 2, y: H - 8, 'text-anchor': 'middle', class: 'axis' }, `${dt.getUTCDate()}/${dt.getUTCMonth() + 1}`))
+        svg.append(s('text', { x: L + i * bw + bw / 2, y: H - 8, 'text-anchor': 'middle', class: 'axis' }, dayFmt.format(new Date(d))))
       }
     })
     return svg
@@ -1355,9 +1724,14 @@
     const range = h('select', { id: 'usage-range' }, [[7, 'Last 7 days'], [30, 'Last 30 days'], [90, 'Last 90 days']]
       .map(([v, t]) => h('option', { value: v, selected: v === 30 }, t)))
     const out = h('div', null, h('p', { class: 'muted' }, 'Loading usage…'))
-    main.append(h('p', { class: 'lede' }, 'Requests per day and per key, from the usage counters (written every few seconds; days are UTC).'),
+    const lede = h('p', { class: 'lede' }, 'Requests per day and per key, from the usage counters. Days are UTC.')
+    main.append(lede,
       h('div', { class: 'row' }, h('div', { class: 'field' }, h('label', { for: 'usage-range' }, 'Period'), range)), err, out)
     range.addEventListener('change', load)
+    config().then((c) => {
+      const n = c.write_behind_seconds
+      if (n) lede.textContent = `Requests per day and per key, from the usage counters. Counters are written every ${n} second${n === 1 ? '' : 's'} (write_behind_seconds), so the last ${n === 1 ? 'second' : `${n} seconds`} may be missing. Days are UTC.`
+    }).catch(() => {})
 
     async function load() {
       const n = Number(range.value)
@@ -1375,80 +1749,155 @@
       }
     }
 
+    // One measure for every row, so the columns add up: a key's requests are every admitted
+    // request made with it (chat among them); a widget's are its chats (it has no key).
     function usageView(rows, keys, from, n) {
+      if (!rows.length) return h('p', { class: 'muted empty' }, 'No requests in this period.')
       const days = Array.from({ length: n }, (_, i) => from + i * DAY)
       const names = new Map(keys.map((k) => [k.id, `${k.name} (${k.masked})`]))
+      const WIDGETS = 'Widgets (no key)'
+      const label = (id) => (id ? names.get(id) || id : WIDGETS)
+      const reqs = (r) => (r.key_id ? r.api_requests || 0 : r.requests || 0)
       const ids = [...new Set(rows.map((r) => r.key_id || ''))]
-      const totals = new Map(ids.map((id) => [id, { requests: 0, api: 0, limited: 0, prompt: 0, completion: 0 }]))
-      const per = (field) => ids.map((id, i) => ({
-        name: id ? names.get(id) || id : 'Widgets (no key)',
-        color: PALETTE[i % PALETTE.length],
-        values: days.map((d) => rows.filter((r) => (r.key_id || '') === id && r.start >= d && r.start < d + DAY).reduce((a, r) => a + (r[field] || 0), 0)),
-      }))
+      const zero = () => ({ requests: 0, chat: 0, limited: 0, prompt: 0, completion: 0 })
+      const totals = new Map(ids.map((id) => [id, zero()]))
+      const all = zero()
       for (const r of rows) {
-        const t = totals.get(r.key_id || '')
-        t.requests += r.requests || 0
-        t.api += r.api_requests || 0
-        t.limited += r.rate_limited || 0
-        t.prompt += r.prompt_tokens || 0
-        t.completion += r.completion_tokens || 0
+        for (const t of [totals.get(r.key_id || ''), all]) {
+          t.requests += reqs(r)
+          t.chat += r.requests || 0
+          t.limited += r.rate_limited || 0
+          t.prompt += r.prompt_tokens || 0
+          t.completion += r.completion_tokens || 0
+        }
       }
-      if (!rows.length) return h('p', { class: 'muted empty' }, 'No requests in this period.')
-      const apiSeries = per('api_requests').filter((x) => x.values.some(Boolean))
-      const limitedSeries = per('rate_limited').filter((x) => x.values.some(Boolean))
-      const sum = (field) => rows.reduce((a, r) => a + (r[field] || 0), 0)
+      const per = (value) => ids.map((id, i) => ({
+        name: label(id),
+        color: PALETTE[i % PALETTE.length],
+        values: days.map((d) => rows.filter((r) => (r.key_id || '') === id && r.start >= d && r.start < d + DAY).reduce((a, r) => a + value(r), 0)),
+      })).filter((x) => x.values.some(Boolean))
+      const widgets = totals.get('')
       const width = $('#main').clientWidth - 64
-      const chart = (id, title, hint, series, label) => h('section', { class: 'card', 'aria-labelledby': id },
+      const chart = (id, title, hint, series, text) => h('section', { class: 'card', 'aria-labelledby': id },
         h('h2', { id }, title), h('p', { class: 'hint' }, hint),
-        series.length ? [barChart({ days, series, label, width }), legend(series)] : null)
+        series.length ? [barChart({ days, series, label: text, width }), legend(series)] : null)
+      const period = `${dayFmt.format(new Date(days[0]))} – ${dayFmt.format(new Date(days[days.length - 1]))}`
+      const row = (head, t, attrs = {}) => h('tr', attrs, head,
+        cell('Requests', fmtNum(t.requests)), cell('Chat', fmtNum(t.chat)), cell('429s', fmtNum(t.limited)),
+        cell('Prompt tokens', fmtNum(t.prompt)), cell('Completion tokens', fmtNum(t.completion)))
       return h('div', { class: 'stack' },
-        chart('chart-req-h', 'Requests per day, by key', `${fmtNum(sum('api_requests'))} admitted key requests, ${fmtNum(sum('requests'))} of them chat.`,
-          apiSeries, `Admitted requests per day for the last ${n} days`),
-        chart('chart-429-h', 'Rate-limited requests (429) per day', `${fmtNum(sum('rate_limited'))} refused with 429.`,
-          limitedSeries, `429 responses per day for the last ${n} days`),
+        chart('chart-req-h', 'Requests per day, by key', `${period}: ${fmtNum(all.requests)} requests, ${fmtNum(all.requests - (widgets ? widgets.requests : 0))} with keys and ${fmtNum(widgets ? widgets.requests : 0)} widget chats; ${fmtNum(all.chat)} of them chat.`,
+          per(reqs), `Requests per day, ${period}`),
+        chart('chart-429-h', 'Rate-limited requests (429) per day', `${period}: ${fmtNum(all.limited)} refused with 429.`,
+          per((r) => r.rate_limited || 0), `429 responses per day, ${period}`),
         h('section', { class: 'card', 'aria-labelledby': 'usage-table-h' },
           h('h2', { id: 'usage-table-h' }, 'Totals per key'),
+          h('p', { class: 'hint' }, 'Requests: every admitted request made with a key (chat among them); for widgets, their chats. Chat is part of Requests, so each column adds up to the total.'),
           h('div', { class: 'table-wrap' }, h('table', { class: 'table num' },
             h('thead', null, h('tr', null, ['Key', 'Requests', 'Chat', '429s', 'Prompt tokens', 'Completion tokens'].map((t) => h('th', { scope: 'col' }, t)))),
-            h('tbody', null, ids.map((id) => {
-              const t = totals.get(id)
-              return h('tr', null, h('th', { scope: 'row' }, id ? names.get(id) || id : 'Widgets (no key)'),
-                h('td', null, fmtNum(t.api)), h('td', null, fmtNum(t.requests)), h('td', null, fmtNum(t.limited)),
-                h('td', null, fmtNum(t.prompt)), h('td', null, fmtNum(t.completion)))
-            }))))))
+            h('tbody', null, ids.map((id) => row(h('th', { scope: 'row', title: id || null }, label(id)), totals.get(id)))),
+            h('tfoot', null, row(h('th', { scope: 'row' }, 'Total'), all, { class: 'total' }))))))
     }
 
     load()
   }
 
   // ---------------------------------------------------------------- audit log
+  // The API has no filters: the page filters the entries it has loaded (and says so), and
+  // names actors and targets from the lists the signed-in person may read (ids on hover).
+  async function directory() {
+    const names = new Map()
+    const read = async (perm, path, fn) => {
+      if (!can(perm)) return
+      try { for (const x of await api('GET', orgPath(path))) fn(x) } catch { /* ids stay ids */ }
+    }
+    await Promise.all([
+      read('members:read', '/members', (m) => names.set(m.user_id, m.email)),
+      read('members:read', '/invitations', (i) => names.set(i.id, `invitation to ${i.email}`)),
+      read('keys:read', '/api-keys', (k) => names.set(k.id, `key “${k.name}” (${k.masked})`)),
+      read('widgets:read', '/widgets', (w) => names.set(w.id, `widget “${w.name}”`)),
+      read('webhooks:read', '/webhooks', (e) => names.set(e.id, `endpoint ${e.url}`)),
+    ])
+    names.set(state.me.user_id, state.me.email)
+    names.set(state.orgId, org().name)
+    return names
+  }
+
   function auditPage(main) {
     const err = errorSlot()
     const body = h('tbody')
     const more = btn('Load older entries', { class: 'secondary' })
+    const action = h('select', { id: 'audit-action' }, h('option', { value: '' }, 'Every action'))
+    const actor = h('select', { id: 'audit-actor' }, h('option', { value: '' }, 'Anyone'))
+    const count = h('p', { class: 'hint', role: 'status' })
     const LIMIT = 50
     let before = null
+    let names = new Map()
+    const entries = []
+    // Actors are `user:{id}`, `api_key:{id}` or `cli`; targets ids or addresses.
+    const lookup = (id) => {
+      if (!id) return null
+      if (id === 'cli') return 'the command line'
+      return names.get(id) || names.get(id.replace(/^(user|api_key):/, '')) || null
+    }
+    const name = (id) => (id ? lookup(id) || id : '—')
+    // A name with its id on hover.
+    const named = (id) => (lookup(id) ? h('span', { title: id }, lookup(id)) : h('code', null, id || '—'))
     main.append(h('p', { class: 'lede' }, 'Every change to members, roles, keys, widgets and webhooks, newest first. Entries never hold secrets.'),
-      h('section', { class: 'card' }, err,
-        h('div', { class: 'table-wrap' }, h('table', { class: 'table audit' }, h('caption', { class: 'sr' }, 'Audit log'),
+      h('section', { class: 'card' },
+        h('div', { class: 'row filters' },
+          h('div', { class: 'field' }, h('label', { for: 'audit-action' }, 'Action'), action),
+          h('div', { class: 'field' }, h('label', { for: 'audit-actor' }, 'Actor'), actor)),
+        count, err,
+        h('div', { class: 'table-wrap' }, h('table', { class: 'table audit cards' }, h('caption', { class: 'sr' }, 'Audit log'),
           h('thead', null, h('tr', null, ['When', 'Action', 'Actor', 'Target', 'IP', 'Details'].map((t) => h('th', { scope: 'col' }, t)))), body)),
         more))
     more.addEventListener('click', () => busy(more, err, page))
+    action.addEventListener('change', draw)
+    actor.addEventListener('change', draw)
+
+    function details(d) {
+      const keys = d ? Object.keys(d) : []
+      if (!keys.length) return '—'
+      return h('dl', { class: 'fields' }, keys.map((k) => {
+        const v = d[k]
+        const text = typeof v === 'string' ? name(v) : Array.isArray(v) ? v.map((x) => (typeof x === 'string' ? name(x) : JSON.stringify(x))).join(', ') || 'none' : JSON.stringify(v)
+        return [h('dt', null, k.replace(/_/g, ' ')), h('dd', { title: typeof v === 'string' && lookup(v) ? v : null }, text)]
+      }))
+    }
+
+    function options(select, values, label) {
+      const keep = select.value
+      select.replaceChildren(select.firstChild, ...[...values].sort((a, b) => label(a).localeCompare(label(b)))
+        .map((v) => h('option', { value: v, selected: v === keep }, label(v))))
+    }
+
+    function draw() {
+      options(action, new Set(entries.map((e) => e.action)), (a) => a)
+      options(actor, new Set(entries.map((e) => e.actor)), name)
+      const shown = entries.filter((e) => (!action.value || e.action === action.value) && (!actor.value || e.actor === actor.value))
+      body.replaceChildren(...shown.map((e) => h('tr', { 'data-seq': e.seq },
+        cell('When', fmtTime(e.created_at)), cell('Action', h('code', null, e.action)), cell('Actor', named(e.actor)),
+        cell('Target', named(e.target)), cell('IP', e.ip || '—'), cell('Details', details(e.details)))))
+      if (!shown.length) body.append(h('tr', null, h('td', { colspan: '6', class: 'muted' }, entries.length ? 'No loaded entry matches these filters.' : 'No entries yet.')))
+      const filtered = action.value || actor.value
+      count.textContent = filtered
+        ? `${shown.length} of the ${entries.length} entries loaded match.${more.hidden ? '' : ' Load older entries to search further back.'}`
+        : `${entries.length} entries loaded.`
+    }
 
     async function page() {
       const q = `?limit=${LIMIT}${before !== null ? `&before=${before}` : ''}`
-      const entries = await api('GET', orgPath(`/audit-log${q}`))
-      for (const e of entries) {
-        body.append(h('tr', null,
-          h('td', null, fmtTime(e.created_at)), h('td', null, h('code', null, e.action)), h('td', null, e.actor),
-          h('td', null, e.target), h('td', null, e.ip || '—'),
-          h('td', null, h('code', { class: 'details-json' }, e.details && Object.keys(e.details).length ? JSON.stringify(e.details) : ''))))
-      }
-      if (entries.length) before = entries[entries.length - 1].seq
-      more.hidden = entries.length < LIMIT
-      if (!body.children.length) body.append(h('tr', null, h('td', { colspan: '6', class: 'muted' }, 'No entries yet.')))
+      const got = await api('GET', orgPath(`/audit-log${q}`))
+      entries.push(...got)
+      if (got.length) before = got[got.length - 1].seq
+      more.hidden = got.length < LIMIT
+      draw()
     }
-    busy(more, err, page)
+    busy(more, err, async () => {
+      names = await directory()
+      await page()
+    })
   }
 
   // ---------------------------------------------------------------- start

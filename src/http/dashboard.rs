@@ -1,13 +1,16 @@
-//! `/dashboard`: the owners' web page, three static files embedded in the binary.
+//! `/dashboard`: the owners' web page, three static files embedded in the binary, and `/`,
+//! which sends a browser there.
 //!
 //! The page talks to `/v1` with `fetch()` from its own origin and the HttpOnly session
 //! cookie, so the CSRF check on `/v1` (Origin, else Referer) covers every change it makes.
 //! The headers below forbid inline script and style, framing and any other origin.
 
+use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use utoipa_axum::router::OpenApiRouter;
+use secrecy::ExposeSecret;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 
@@ -19,14 +22,25 @@ static APP_CSS: &[u8] = include_bytes!("../../assets/dashboard/app.css");
 /// Only the page's own files; no inline code, no other origin, no framing.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// `/dashboard`, `/dashboard/` and the page's two assets: files for a browser, not API
-/// operations, so plain routes that `/openapi.json` leaves out.
+/// `/dashboard`, `/dashboard/`, the page's two assets and its settings: files for a
+/// browser, not API operations, so plain routes that `/openapi.json` leaves out. `/` is
+/// described: it is where a newcomer lands first.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(root))
         .route("/dashboard", get(index))
         .route("/dashboard/", get(index))
         .route("/dashboard/app.js", get(app_js))
         .route("/dashboard/app.css", get(app_css))
+        .route("/dashboard/config.json", get(config))
+}
+
+/// The server's root sends a browser to the dashboard.
+#[utoipa::path(get, path = "/", tag = "ops",
+    responses((status = 303, description = "To the dashboard",
+               headers(("Location" = String, description = "`/dashboard`")))))]
+pub async fn root() -> Redirect {
+    Redirect::to("/dashboard")
 }
 
 /// One of the three files with the security headers every dashboard response carries.
@@ -63,6 +77,19 @@ pub async fn index() -> Response {
 /// The script. Revalidated on every load, so an upgraded binary serves its own version.
 pub async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", "no-cache", APP_JS)
+}
+
+/// What the page needs: the publishable key to call `/auth/v1` (sign-up, emailed codes and
+/// links, recovery), public by design as Supabase's anon key is, and how often usage
+/// counters are written, which the usage page states.
+pub async fn config(State(state): State<AppState>) -> Response {
+    let body = serde_json::json!({
+        "publishable_key": state.edge.publishable_key.expose_secret(),
+        "write_behind_seconds": state.config.write_behind_seconds,
+    });
+    let mut res = asset("application/json", "no-store", &[]);
+    *res.body_mut() = axum::body::Body::from(body.to_string());
+    res
 }
 
 /// The styles.

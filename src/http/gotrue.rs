@@ -159,7 +159,10 @@ impl GoTrueError {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::OverRequestRateLimit,
-            format!("Request rate limit reached. Try again in {retry} seconds."),
+            format!(
+                "Request rate limit reached. Try again in {retry} second{}.",
+                if retry == 1 { "" } else { "s" }
+            ),
         );
         e.retry_after = Some(retry);
         e

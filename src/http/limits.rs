@@ -117,7 +117,10 @@ pub fn refused(d: &Decision) -> ApiError {
     let (limit, window) = d.binding().map_or((0, 0), |b| (b.limit, b.window_seconds));
     let mut e = ApiError::msg(
         Code::RateLimited,
-        format!("Rate limit exceeded. Try again in {retry} seconds."),
+        format!(
+            "Rate limit exceeded. Try again in {retry} second{}.",
+            if retry == 1 { "" } else { "s" }
+        ),
     )
     .details(serde_json::json!({ "retry_after": retry, "limit": limit, "window": window }));
     e.retry_after = Some(retry);

@@ -21,15 +21,40 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(sign_in, sign_out))
 }
 
-/// Dashboard sign-in.
+/// Dashboard sign-in: with a password, or with an access token an `/auth/v1` flow has just
+/// issued (a confirmed sign-up, an emailed code or link, a password recovery), so the
+/// dashboard offers every way in while keeping its session in the HttpOnly cookie.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SignInBody {
+    /// Email and password.
+    Password(PasswordSignIn),
+    /// An access token from `/auth/v1`.
+    AccessToken(TokenSignIn),
+}
+
+/// Sign-in with email and password.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SignInBody {
+pub struct PasswordSignIn {
     /// Email address.
     pub email: String,
     /// Password.
     pub password: String,
 }
+
+/// Sign-in with an access token issued at most [`TOKEN_MAX_AGE_SECS`] ago.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSignIn {
+    /// The `access_token` an `/auth/v1` flow answered.
+    pub access_token: String,
+}
+
+/// How old an access token may be to open a dashboard session. The cookie outlives the
+/// token, so only a token just issued (by a flow the person has just completed) is
+/// accepted: one stolen later cannot be turned into a longer-lived session.
+pub const TOKEN_MAX_AGE_SECS: i64 = 300;
 
 /// Who signed in.
 #[derive(Serialize, ToSchema)]
@@ -55,14 +80,15 @@ fn account_error(e: AccountError) -> ApiError {
     }
 }
 
-/// Signs in with email and password and sets an HttpOnly session cookie.
+/// Signs in with email and password, or with a fresh access token, and sets an HttpOnly
+/// session cookie.
 #[utoipa::path(post, path = "/v1/session", tag = "session",
     security(()),
     request_body = SignInBody,
     responses((status = 200, description = "Signed in; the session cookie is set", body = Envelope<SignedIn>,
                headers(("Set-Cookie" = String, description = "The HttpOnly session cookie"))),
               errors::Body,
-              (status = 401, description = "`unauthorized`: invalid email or password (`details.reason` `invalid_credentials`)", body = ErrorEnvelope),
+              (status = 401, description = "`unauthorized`: invalid email or password (`details.reason` `invalid_credentials`); an access token that is malformed, expired, revoked or older than 5 minutes (`malformed`, `expired`, `revoked`)", body = ErrorEnvelope),
               (status = 403, description = "`forbidden`: the email is not confirmed, or a cross-site request (`details.reason` `csrf`)", body = ErrorEnvelope),
               (status = 429, description = "`rate_limited`: the sign-in limit or the failure budget (`Retry-After`)", body = ErrorEnvelope),
               (status = 503, description = "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)", body = ErrorEnvelope)))]
@@ -88,18 +114,33 @@ pub async fn sign_in(
         Err(_) => return Err(crate::http::limits::unavailable()),
     }
     crate::http::failures::admit(&state, &ip).await?;
-    let user = state
-        .accounts
-        .authenticate(&body.email, body.password)
-        .await;
-    if let Err(crate::accounts::AccountError::InvalidCredentials) = &user {
-        state.edge.metrics.auth_failure("invalid_credentials");
-        crate::http::failures::spend(&state, &ip).await;
-    }
-    let user = user.map_err(account_error)?;
+    let (user_id, email) = match body {
+        SignInBody::Password(body) => {
+            let user = state
+                .accounts
+                .authenticate(&body.email, body.password)
+                .await;
+            if let Err(crate::accounts::AccountError::InvalidCredentials) = &user {
+                state.edge.metrics.auth_failure("invalid_credentials");
+                crate::http::failures::spend(&state, &ip).await;
+            }
+            let user = user.map_err(account_error)?;
+            (user.id, user.email)
+        }
+        SignInBody::AccessToken(body) => {
+            let checked = fresh_token_user(&state, &body.access_token).await;
+            if let Err(e) = &checked {
+                if e.code == Code::Unauthorized {
+                    state.edge.metrics.auth_failure("invalid_access_token");
+                    crate::http::failures::spend(&state, &ip).await;
+                }
+            }
+            checked?
+        }
+    };
     let (secret, ttl) = state
         .accounts
-        .start_web_session(&user.id)
+        .start_web_session(&user_id)
         .await
         .map_err(account_error)?;
     let cookie = Cookie::build((SESSION_COOKIE, secret))
@@ -109,15 +150,34 @@ pub async fn sign_in(
         .path("/")
         .max_age(time::Duration::seconds(ttl))
         .build();
-    let res = (
-        jar.add(cookie),
-        ok(SignedIn {
-            user_id: user.id,
-            email: user.email,
-        }),
-    )
-        .into_response();
+    let res = (jar.add(cookie), ok(SignedIn { user_id, email })).into_response();
     Ok(res)
+}
+
+/// The user of a live access token issued at most [`TOKEN_MAX_AGE_SECS`] ago.
+async fn fresh_token_user(state: &AppState, token: &str) -> Result<(String, String), ApiError> {
+    let crate::credentials::Principal::User { user_id, email, .. } =
+        state.credentials.principal_from_jwt(token).await?
+    else {
+        return Err(ApiError::unauthorized(
+            Reason::Malformed,
+            "Not a person's access token.",
+        ));
+    };
+    let now = state.edge.clock.now_secs();
+    let issued = state
+        .accounts
+        .jwt
+        .verify(token, now)
+        .map(|c| c.iat)
+        .map_err(|_| ApiError::unauthorized(Reason::Malformed, "The access token is invalid."))?;
+    if now.saturating_sub(issued) > TOKEN_MAX_AGE_SECS {
+        return Err(ApiError::unauthorized(
+            Reason::Expired,
+            "The access token is too old to open a dashboard session; sign in again.",
+        ));
+    }
+    Ok((user_id, email))
 }
 
 /// Ends the dashboard session and clears the cookie.

@@ -64,6 +64,14 @@ struct MailerInner {
     retry_for_ms: i64,
 }
 
+/// `redirect_allowlist` and the dashboard's own page (this server), where the dashboard's
+/// sign-up, sign-in and recovery mails land even when `site_url` is another site.
+fn with_dashboard(c: &Config) -> Vec<String> {
+    let mut allowed = c.redirect_allowlist.clone();
+    allowed.push(format!("{}/dashboard/", c.public_base()));
+    allowed
+}
+
 impl Mailer {
     /// From the configuration: SMTP when `smtp_url` is set, else the development outbox.
     pub fn new(c: &Config) -> anyhow::Result<Self> {
@@ -79,7 +87,7 @@ impl Mailer {
             transport,
             from,
             templates: templates::Templates::load(c.mail_templates_dir.as_deref())?,
-            redirects: redirect::Redirects::new(c.site(), &c.redirect_allowlist),
+            redirects: redirect::Redirects::new(c.site(), &with_dashboard(c)),
             wake: Notify::new(),
             owner: uuid::Uuid::new_v4().to_string(),
             retry_for_ms: c.otp_expiry_seconds.saturating_mul(1000),

@@ -281,6 +281,7 @@ const UNDESCRIBED: &[(&str, &[&str])] = &[
     ("/dashboard/", &["GET"]),
     ("/dashboard/app.js", &["GET"]),
     ("/dashboard/app.css", &["GET"]),
+    ("/dashboard/config.json", &["GET"]),
     ("/widget.js", &["GET"]),
     ("/api/{*rest}", &["GET", "POST", "PUT", "PATCH", "DELETE"]),
 ];

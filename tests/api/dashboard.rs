@@ -179,3 +179,95 @@ story!(
         app
     }
 );
+
+/// `POST /v1/session` with `{"access_token"}`; the client keeps any cookie.
+async fn token_sign_in(app: &TestApp, token: &str) -> (u16, serde_json::Value, bool) {
+    let res = app
+        .client
+        .post(app.url("/v1/session"))
+        .json(&json!({ "access_token": token }))
+        .send()
+        .await
+        .unwrap();
+    let cookie = res.headers().get("set-cookie").is_some();
+    let (status, body) = parts(res).await;
+    (status, body, cookie)
+}
+
+story!(
+    a_fresh_access_token_opens_a_dashboard_session,
+    |app: TestApp| async move {
+        let (email, _, s) = app.new_user().await;
+        let token = s["access_token"].as_str().unwrap();
+        let (status, body, cookie) = token_sign_in(&app, token).await;
+        assert_eq!((status, cookie), (200, true), "{body}");
+        assert_eq!(body["data"]["email"], json!(email));
+        let (status, me) = parts(app.client.get(app.url("/v1/me")).send().await.unwrap()).await;
+        assert_eq!(status, 200);
+        assert_eq!(me["data"]["via"], "cookie");
+        assert_eq!(me["data"]["email"], json!(email));
+        app
+    }
+);
+
+story!(
+    a_bad_or_cross_site_access_token_opens_no_session,
+    |app: TestApp| async move {
+        let (status, body, cookie) = token_sign_in(&app, "not-a-token").await;
+        assert_eq!((status, cookie), (401, false));
+        assert_eq!(body["error"]["details"]["reason"], "malformed");
+        let (_, _, s) = app.new_user().await;
+        let res = app
+            .client
+            .post(app.url("/v1/session"))
+            .header("origin", "https://evil.example")
+            .json(&json!({ "access_token": s["access_token"] }))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.headers().get("set-cookie").is_none());
+        assert_eq!(res.status(), 403);
+        // Both forms at once, or neither, is a bad request.
+        let res = app
+            .client
+            .post(app.url("/v1/session"))
+            .json(&json!({ "access_token": s["access_token"], "email": "a@example.com" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400);
+        app
+    }
+);
+
+story!(
+    an_access_token_older_than_five_minutes_opens_no_session,
+    setup: |db| async move {
+        let clock = gatehouse::clock::Clock::manual(gatehouse::clock::Clock::System.now_ms());
+        let app = crate::helpers::TestApp::spawn_with_clock(db, clock.clone(), |_| {}).await?;
+        Some((app, clock))
+    },
+    |(app, clock): (TestApp, gatehouse::clock::Clock)| async move {
+        let (_, _, s) = app.new_user().await;
+        let token = s["access_token"].as_str().unwrap();
+        clock.advance_ms(301_000);
+        let (status, body, cookie) = token_sign_in(&app, token).await;
+        assert_eq!((status, cookie), (401, false), "{body}");
+        assert_eq!(body["error"]["details"]["reason"], "expired");
+        // The token itself still works where tokens are accepted: only the exchange is refused.
+        assert_eq!(app.me(token).await.status(), 200);
+        app
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_sends_a_browser_to_the_dashboard() {
+    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {})
+        .await
+        .unwrap();
+    let res = app.client.get(app.url("/")).send().await.unwrap();
+    // The test client follows redirects: it ends on the dashboard page.
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.url().path(), "/dashboard");
+    app.stop().await;
+}

@@ -93,7 +93,12 @@ async fn a_key_is_held_to_every_window_with_exact_retry_after() {
             );
             // Still refused a second before Retry-After, admitted at it.
             clock.advance_ms(19_000);
-            assert_eq!(me(&app, &key).await.status(), 429);
+            let (status, body) = parts(me(&app, &key).await).await;
+            assert_eq!(status, 429);
+            assert_eq!(
+                body["error"]["message"],
+                "Rate limit exceeded. Try again in 1 second."
+            );
             clock.advance_ms(1_000);
             assert_eq!(me(&app, &key).await.status(), 200);
             // Five requests so far: the hour window (5) binds next, as the refusals above

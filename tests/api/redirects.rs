@@ -98,3 +98,37 @@ async fn only_the_site_origin_and_the_allowlist_receive_the_session_on_postgres(
     };
     story(app, sink).await.stop().await;
 }
+
+/// With `site_url` on another site, the dashboard's own page still receives its mails' links.
+async fn dashboard_story(db: Db) -> Option<()> {
+    let sink = SmtpSink::start().await;
+    let url = sink.url(None);
+    let app = TestApp::spawn(db, move |c| {
+        c.autoconfirm = false;
+        c.smtp_url = Some(gatehouse::config::SecretString::from(url));
+        c.mail_min_interval_seconds = 0;
+        c.site_url = Some("https://app.example.com".into());
+    })
+    .await?;
+    let email = format!("dash-{}@example.com", uuid::Uuid::new_v4().simple());
+    app.state
+        .accounts
+        .create_confirmed_user(&email, "correct horse battery".into())
+        .await
+        .unwrap();
+    let dashboard = format!("{}/dashboard/", app.base);
+    let (target, location) = recover(&app, &sink, &email, 1, &dashboard).await;
+    assert_eq!(target, dashboard);
+    assert!(location.starts_with(&format!("{dashboard}#")), "{location}");
+    // Another page of this server is not the dashboard: the site instead.
+    let (target, _) = recover(&app, &sink, &email, 2, &format!("{}/other", app.base)).await;
+    assert_eq!(target, "https://app.example.com");
+    app.stop().await;
+    Some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_receives_its_own_links_when_site_url_is_elsewhere() {
+    dashboard_story(Db::Sqlite).await.unwrap();
+    let _ = dashboard_story(Db::Postgres).await;
+}

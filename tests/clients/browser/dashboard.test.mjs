@@ -139,6 +139,8 @@ describe('dashboard in Chromium', { skip }, () => {
       expect: 201,
     })
     await api('POST', `${gh.url}/v1/invitations/${inv.id}/accept`, { headers: member })
+    // A key every test may expect in the list (the tests do not depend on each other).
+    await api('POST', `${gh.url}/v1/orgs/${org.id}/api-keys`, { body: { name: 'Shared key', scopes: ['chat:write'] }, headers: owner, expect: 201 })
 
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
   })
@@ -182,7 +184,7 @@ describe('dashboard in Chromium', { skip }, () => {
       for (const name of ['API keys', 'Members', 'Widgets', 'Usage', 'Audit log']) {
         await nav.getByRole('link', { name }).waitFor()
       }
-      await page.getByText('No API keys yet.').waitFor()
+      await page.locator('tr', { hasText: 'Shared key' }).waitFor()
 
       // Scopes: what the owner holds, minus the two no key may carry.
       const scopes = await page.locator('fieldset', { hasText: 'Scopes' }).locator('input[type=checkbox]').evaluateAll((els) => els.map((e) => e.value))
@@ -252,13 +254,17 @@ describe('dashboard in Chromium', { skip }, () => {
       const dialog = page.getByRole('dialog', { name: 'Delete API key' })
       await dialog.waitFor()
       assert.equal(await dialog.evaluate((d) => d.tagName), 'DIALOG')
-      await dialog.getByText('Are you sure you want to delete this API key?').waitFor()
+      // The dialog names the key, by name and start.
+      await dialog.getByText(`Delete the key “CI server” (${key.slice(0, 12)}••••)?`).waitFor()
       await dialog.getByRole('button', { name: 'Cancel' }).click()
       await dialog.waitFor({ state: 'detached' })
       await api('GET', `${gh.url}/v1/me`, { headers: { 'x-api-key': key } })
 
       await row.getByRole('button', { name: 'Delete API key CI server' }).click()
       await dialog.getByRole('button', { name: 'Delete' }).click()
+      // Revoked keys are hidden until asked for.
+      await row.waitFor({ state: 'detached' })
+      await page.getByLabel(/Show revoked keys \(1\)/).check()
       await row.getByText('revoked').waitFor()
       assert.equal(await row.getByRole('button', { name: /Delete|Roll/ }).count(), 0)
 
@@ -277,6 +283,7 @@ describe('dashboard in Chromium', { skip }, () => {
 
       // Roll shows the new key the same way; the old one keeps working for the grace period.
       await name.fill('Rolled server')
+      await page.getByRole('button', { name: 'Chat client' }).click()
       await generate.click()
       await value.waitFor()
       const first = (await value.textContent()).trim()
@@ -372,8 +379,10 @@ describe('dashboard in Chromium', { skip }, () => {
       const first = (await secret.textContent()).trim()
       assert.match(first, /^wsec_/)
       await page.getByRole('heading', { name: 'Widget: Help desk' }).waitFor()
-      assert.match(await page.locator('pre.code').first().textContent(), /widget\.js/)
-      await page.getByRole('button', { name: 'Mint widget token' }).click()
+      // The widget requires a token: no placeholder tag, a plain sentence and a mint button.
+      assert.equal(await page.locator('pre.code').count(), 0)
+      assert.match(await page.locator('.token-needed').textContent(), /requires a widget token/)
+      await page.getByRole('button', { name: 'Mint a token and show the tag' }).click()
       assert.match(await page.locator('.token-embed').textContent(), /data-key="[A-Za-z0-9_-]+"/)
       await page.getByRole('button', { name: 'Rotate secret' }).click()
       await page.getByRole('dialog', { name: 'Rotate widget secret' }).getByRole('button', { name: 'Rotate secret' }).click()
@@ -491,7 +500,7 @@ describe('dashboard in Chromium', { skip }, () => {
       assert.match(await page.getByLabel('Organization').locator('option:checked').textContent(), /\(member\)/)
       // The list is there (members hold keys:read), the controls are not.
       await page.getByRole('heading', { name: 'Existing keys' }).waitFor()
-      await page.locator('tr', { hasText: 'CI server' }).waitFor()
+      await page.locator('tr', { hasText: 'Shared key' }).waitFor()
       assert.equal(await page.getByLabel('Name').count(), 0)
       assert.equal(await page.getByRole('button', { name: 'Generate API key' }).count(), 0)
       assert.equal(await page.getByRole('button', { name: /Delete|Roll/ }).count(), 0)

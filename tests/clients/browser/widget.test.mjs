@@ -396,6 +396,14 @@ describe('chat widget in Chromium', { skip }, () => {
         assert.ok(Date.now() < deadline, `no widget warning; console: ${JSON.stringify(seen.warnings)}`)
         await sleep(100)
       }
+      // The console says why, with the refused origin and a link to the setting.
+      const refusal = () => seen.warnings.find((w) => w.includes('not loaded: this page\'s origin'))
+      while (!refusal()) {
+        assert.ok(Date.now() < deadline, `no refusal explained; console: ${JSON.stringify(seen.warnings)}`)
+        await sleep(100)
+      }
+      assert.ok(refusal().includes(new URL(hostB.url).origin), refusal())
+      assert.ok(refusal().includes(`/dashboard/#/widgets/${widget.id}`), refusal())
       await sleep(500)
       assert.ok(seen.requests.some((r) => r.url.endsWith(`/v1/widgets/${widget.id}/config`)), 'config was not requested')
       assert.equal(await launcherOf(page).count(), 0)
