@@ -263,6 +263,19 @@ impl TestApp {
         tweak: impl FnOnce(&mut Config),
     ) -> Option<TestApp> {
         let db = TestDb::new(db).await?;
+        Some(Self::spawn_on_with_clock(db, clock, tweak).await)
+    }
+
+    /// Starts a server on a database made beforehand (to reach it another way, say).
+    pub async fn spawn_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_on_with_clock(db, Clock::System, tweak).await
+    }
+
+    pub async fn spawn_on_with_clock(
+        db: TestDb,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = test_config(&db.url);
@@ -279,7 +292,7 @@ impl TestApp {
             .unwrap();
         });
         let client = Client::builder().cookie_store(true).build().unwrap();
-        Some(TestApp {
+        TestApp {
             addr,
             base: format!("http://{addr}"),
             client,
@@ -287,7 +300,7 @@ impl TestApp {
             db,
             shutdown: Some(tx),
             handle: Some(handle),
-        })
+        }
     }
 
     pub async fn stop(mut self) {

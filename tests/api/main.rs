@@ -20,6 +20,7 @@ mod migrations;
 mod orgs;
 mod passwords;
 mod process;
+mod promises_contention;
 mod proxy;
 mod ratelimit;
 mod redirects;
