@@ -21,6 +21,8 @@ mod orgs;
 mod passwords;
 mod process;
 mod promises_contention;
+mod promises_http;
+mod promises_races;
 mod proxy;
 mod ratelimit;
 mod redirects;
