@@ -120,6 +120,8 @@ pub struct Config {
     pub proxy_target: Option<String>,
     /// Allow webhook targets on loopback, private and link-local addresses (tests, private networks).
     pub webhooks_allow_private: bool,
+    /// Resolve webhook hosts with this DNS server (`ip:port`) instead of the system resolver.
+    pub webhooks_dns_server: Option<SocketAddr>,
     /// How often the webhook worker looks for due deliveries when nothing woke it (ms).
     pub webhooks_poll_interval_ms: u64,
     /// Seconds to wait before each delivery attempt: the first (0: at once), then each retry.
@@ -219,6 +221,7 @@ impl Default for Config {
             chat_history_messages: 20,
             proxy_target: None,
             webhooks_allow_private: false,
+            webhooks_dns_server: None,
             webhooks_poll_interval_ms: 1000,
             webhooks_retry_schedule: vec![0, 5, 300, 1800, 7200, 18_000, 36_000, 36_000],
             webhooks_timeout_ms: 15_000,
