@@ -14,7 +14,9 @@ use crate::helpers::{parts, Db, TestApp};
 use crate::story;
 
 mod process;
+mod promises;
 mod receiver;
+mod ssrf_dns;
 
 pub use receiver::{verifies, Hit, Receiver, Reply};
 
