@@ -188,7 +188,8 @@ story!(
         // Pages of 2, each starting below the last seq read, until an empty page.
         let mut read: Vec<Value> = Vec::new();
         let mut q = "?limit=2".to_string();
-        loop {
+        for round in 0.. {
+            assert!(round <= all.len(), "paging does not end: {q}");
             let entries = page(q).await;
             if entries.is_empty() {
                 break;
