@@ -145,6 +145,8 @@ pub struct Config {
     /// `smtp://`/`smtps://` URL mail goes out through (may hold credentials: never logged).
     #[serde(skip_serializing)]
     pub smtp_url: Option<SecretString>,
+    /// A PEM file of CA certificates trusted for SMTP TLS beside the public roots (a private CA).
+    pub smtp_ca_file: Option<String>,
     /// The `From:` of every mail.
     pub mail_from: String,
     /// Without SMTP (development): mails are logged and written here, one file each.
@@ -231,6 +233,7 @@ impl Default for Config {
             metrics_listen: None,
             dev: false,
             smtp_url: None,
+            smtp_ca_file: None,
             mail_from: "Gatehouse <noreply@localhost>".into(),
             mail_outbox_dir: "./outbox".into(),
             mail_templates_dir: None,

@@ -22,6 +22,7 @@ mod passwords;
 mod process;
 mod promises_contention;
 mod promises_http;
+mod promises_mail;
 mod promises_races;
 mod proxy;
 mod ratelimit;
