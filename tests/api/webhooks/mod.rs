@@ -647,7 +647,8 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
     )
     .await;
     receiver.until("the first attempt", |h| !h.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The attempt's log row is written in the transaction that starts the failure streak.
+    wait_for_log(&app, &token, &org, id, 1).await;
     let e = app.state.store.webhook_endpoint(&org, id).await.unwrap();
     assert!(e.enabled && e.failing_since.is_some());
     clock.advance_ms(5 * 86_400_000 + 2000);
