@@ -331,8 +331,11 @@ story!(
         (403, json!("chat:write"))
     );
     let (writer, _) = s.app.key(&s.owner, &s.org, &["chat:write"]).await;
-    let (status, _) = s.app.call(Method::GET, "/threads", &writer, None).await;
-    assert_eq!(status, 403);
+    let (status, body) = s.app.call(Method::GET, "/threads", &writer, None).await;
+    assert_eq!(
+        (status, body["error"]["details"]["required"].clone()),
+        (403, json!("threads:read"))
+    );
     // Values out of range are 422 with the field; a malformed id or shape is 400.
     for (bad, want) in [
         (json!({"message": ""}), (422, json!({"fields": {"message": "must be 1 byte to 32 KiB of text"}}))),
