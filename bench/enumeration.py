@@ -4,12 +4,14 @@
 Starts `gatehouse serve` on a fresh SQLite database (mail to a closed SMTP port), creates
 accounts, then sends interleaved requests for known and unknown addresses to each route that
 must not reveal who has an account: POST /auth/v1/recover, /auth/v1/otp with create_user false,
-/auth/v1/magiclink, /auth/v1/signup (confirmation on) and PUT /auth/v1/user {email} (an address
-of another account against a free one). It prints the median time of each side and fails
+/auth/v1/magiclink, /auth/v1/signup (confirmation on), PUT /auth/v1/user {email} (an address
+of another account against a free one) and a password sign-in that fails (a wrong password for
+an account against an address with none). It prints the median time of each side and fails
 (exit 1) when a known address's median exceeds the unknown one's by more than the tolerance.
 
 Standard library only. Env: GATEHOUSE_BIN (default target/release/gatehouse, built when
-missing), ENUM_SAMPLES (pairs per route, default 300), ENUM_TOLERANCE (relative, default 0.15)
+missing), ENUM_SAMPLES (pairs per route, default 300), ENUM_SIGN_IN_SAMPLES (pairs for the
+sign-in, which hashes a password each time, default 100), ENUM_TOLERANCE (relative, default 0.15)
 and ENUM_SLACK_MS (absolute, default 0.25).
 """
 
@@ -28,6 +30,7 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(os.environ.get("GATEHOUSE_BIN", os.path.join(REPO, "target", "release", "gatehouse")))
 SAMPLES = int(os.environ.get("ENUM_SAMPLES", "300"))
+SIGN_IN_SAMPLES = int(os.environ.get("ENUM_SIGN_IN_SAMPLES", "100"))
 TOLERANCE = float(os.environ.get("ENUM_TOLERANCE", "0.15"))
 SLACK_MS = float(os.environ.get("ENUM_SLACK_MS", "0.25"))
 KEY = "gk_publishable_enumeration_bench"
@@ -85,6 +88,7 @@ def main():
         GATEHOUSE_RATE_LIMIT_MAGIC_LINK=many,
         GATEHOUSE_RATE_LIMIT_SIGN_UP=many,
         GATEHOUSE_RATE_LIMIT_SIGN_IN=many,
+        GATEHOUSE_RATE_LIMIT_AUTH_FAILURES=many,
         GATEHOUSE_LOG="warn",
     )
     known = [f"known-{uuid.uuid4().hex}@example.com" for _ in range(4)]
@@ -109,30 +113,48 @@ def main():
         req.add_header("content-type", "application/json")
         token = json.loads(urllib.request.urlopen(req).read())["access_token"]
 
+        # (name, request for an address, expected status, pairs)
         routes = [
-            ("POST /auth/v1/recover", lambda e: ("POST", "/auth/v1/recover", {"email": e}, None)),
+            ("POST /auth/v1/recover", lambda e: ("POST", "/auth/v1/recover", {"email": e}, None),
+             200, SAMPLES),
             ("POST /auth/v1/otp (create_user false)",
-             lambda e: ("POST", "/auth/v1/otp", {"email": e, "create_user": False}, None)),
-            ("POST /auth/v1/magiclink", lambda e: ("POST", "/auth/v1/magiclink", {"email": e}, None)),
+             lambda e: ("POST", "/auth/v1/otp", {"email": e, "create_user": False}, None),
+             200, SAMPLES),
+            ("POST /auth/v1/magiclink", lambda e: ("POST", "/auth/v1/magiclink", {"email": e}, None),
+             200, SAMPLES),
             ("POST /auth/v1/signup",
-             lambda e: ("POST", "/auth/v1/signup", {"email": e, "password": PASSWORD}, None)),
-            ("PUT /auth/v1/user {email}", lambda e: ("PUT", "/auth/v1/user", {"email": e}, token)),
+             lambda e: ("POST", "/auth/v1/signup", {"email": e, "password": PASSWORD}, None),
+             200, SAMPLES),
+            ("PUT /auth/v1/user {email}", lambda e: ("PUT", "/auth/v1/user", {"email": e}, token),
+             200, SAMPLES),
+            # A failed sign-in: the known address with a wrong password hashes it against the
+            # account's hash; the unknown one must cost the same (a dummy hash).
+            ("POST /auth/v1/token (password, fails)",
+             lambda e: ("POST", "/auth/v1/token?grant_type=password",
+                        {"email": e, "password": "not the password of 2026"}, None),
+             400, SIGN_IN_SAMPLES),
         ]
         failed = False
         print(f"{'route':42} {'known ms':>9} {'unknown ms':>11} {'ratio':>6}  verdict")
-        for name, make in routes:
-            # The known address of an email change is another account's; of the rest, any.
-            known_addr = known[1] if name.startswith("PUT") else known[2]
+        for name, make, expected, samples in routes:
+            # The known address of an email change is another account's; of the sign-in, one
+            # that no other route changes; of the rest, any.
+            if name.startswith("PUT"):
+                known_addr = known[1]
+            elif "token" in name:
+                known_addr = known[3]
+            else:
+                known_addr = known[2]
             times = {"known": [], "unknown": []}
-            for i in range(SAMPLES + 20):
+            for i in range(samples + 20):
                 order = [("known", known_addr), ("unknown", fresh())]
                 if i % 2:
                     order.reverse()
                 for side, addr in order:
                     method, path, body, tok = make(addr)
                     dt, status = call(base, method, path, body, tok)
-                    if status != 200:
-                        sys.exit(f"{name} for the {side} address answered {status}")
+                    if status != expected:
+                        sys.exit(f"{name} for the {side} address answered {status}, not {expected}")
                     if i >= 20:  # the first rounds warm caches and connections
                         times[side].append(dt * 1000)
             k = statistics.median(times["known"])
@@ -140,7 +162,8 @@ def main():
             ok = k <= u * (1 + TOLERANCE) + SLACK_MS
             failed |= not ok
             print(f"{name:42} {k:9.3f} {u:11.3f} {k / u:6.2f}  {'ok' if ok else 'SLOWER FOR KNOWN'}")
-        print(f"({SAMPLES} interleaved pairs per route; tolerance {TOLERANCE:.0%} + {SLACK_MS} ms)")
+        print(f"({SAMPLES} interleaved pairs per route, {SIGN_IN_SAMPLES} for the sign-in; "
+              f"tolerance {TOLERANCE:.0%} + {SLACK_MS} ms)")
         sys.exit(1 if failed else 0)
     finally:
         server.terminate()

@@ -126,6 +126,8 @@ pub struct Config {
     pub proxy_target: Option<String>,
     /// Allow webhook targets on loopback, private and link-local addresses (tests, private networks).
     pub webhooks_allow_private: bool,
+    /// Resolve webhook hosts with this DNS server (`ip:port`) instead of the system resolver.
+    pub webhooks_dns_server: Option<SocketAddr>,
     /// How often the webhook worker looks for due deliveries when nothing woke it (ms).
     pub webhooks_poll_interval_ms: u64,
     /// Seconds to wait before each delivery attempt: the first (0: at once), then each retry.
@@ -150,6 +152,8 @@ pub struct Config {
     /// `smtp://`/`smtps://` URL mail goes out through (may hold credentials: never logged).
     #[serde(skip_serializing)]
     pub smtp_url: Option<SecretString>,
+    /// A PEM file of CA certificates trusted for SMTP TLS beside the public roots (a private CA).
+    pub smtp_ca_file: Option<String>,
     /// The `From:` of every mail.
     pub mail_from: String,
     /// Without SMTP (development): mails are logged and written here, one file each.
@@ -227,6 +231,7 @@ impl Default for Config {
             chat_history_messages: 20,
             proxy_target: None,
             webhooks_allow_private: false,
+            webhooks_dns_server: None,
             webhooks_poll_interval_ms: 1000,
             webhooks_retry_schedule: vec![0, 5, 300, 1800, 7200, 18_000, 36_000, 36_000],
             webhooks_timeout_ms: 15_000,
@@ -236,6 +241,7 @@ impl Default for Config {
             metrics_listen: None,
             dev: false,
             smtp_url: None,
+            smtp_ca_file: None,
             mail_from: "Gatehouse <noreply@localhost>".into(),
             mail_outbox_dir: "./outbox".into(),
             mail_templates_dir: None,

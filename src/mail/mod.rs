@@ -76,7 +76,7 @@ impl Mailer {
     /// From the configuration: SMTP when `smtp_url` is set, else the development outbox.
     pub fn new(c: &Config) -> anyhow::Result<Self> {
         let transport = match &c.smtp_url {
-            Some(url) => Transport::Smtp(smtp::Smtp::new(url)?),
+            Some(url) => Transport::Smtp(smtp::Smtp::new(url, c.smtp_ca_file.as_deref())?),
             None => Transport::Outbox(outbox::Outbox::new(&c.mail_outbox_dir)),
         };
         let from = c

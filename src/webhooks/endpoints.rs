@@ -166,7 +166,7 @@ impl Webhooks {
     /// again when they connect.
     async fn url(&self, url: &str) -> Result<String, WebhookError> {
         let u = ssrf::parse(url.trim()).map_err(|why| WebhookError::invalid("url", why))?;
-        ssrf::check(&u, self.allow_private)
+        ssrf::check(&u, self.allow_private, &self.lookup)
             .await
             .map_err(|why| WebhookError::invalid("url", why))?;
         Ok(u.to_string())

@@ -37,6 +37,8 @@ pub struct Webhooks {
     pub(crate) client: reqwest::Client,
     /// `webhooks_allow_private`, or development mode.
     pub allow_private: bool,
+    /// How target names are resolved (`webhooks_dns_server`).
+    pub(crate) lookup: ssrf::Lookup,
     /// Seconds before each attempt.
     pub(crate) schedule: Vec<u64>,
     /// The idle poll interval.
@@ -52,10 +54,12 @@ impl Webhooks {
     /// From the configuration, over `store`.
     pub fn new(config: &Config, store: Store, clock: Clock) -> anyhow::Result<Self> {
         let timeout = Duration::from_millis(config.webhooks_timeout_ms);
+        let lookup = ssrf::Lookup::new(config.webhooks_dns_server);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(ssrf::GuardedResolver {
                 allow_private: config.webhooks_private_allowed(),
+                lookup: lookup.clone(),
             }))
             // An HTTP(S)_PROXY in the environment would connect on the worker's behalf,
             // around the address checks.
@@ -69,6 +73,7 @@ impl Webhooks {
             clock,
             client,
             allow_private: config.webhooks_private_allowed(),
+            lookup,
             schedule: config.webhooks_retry_schedule.clone(),
             poll: Duration::from_millis(config.webhooks_poll_interval_ms),
             timeout,

@@ -3,7 +3,12 @@
 //! hands the connector only the addresses it checked (so DNS rebinding cannot slip through).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfigGroup, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::TokioResolver;
 
 use reqwest::Url;
 
@@ -92,8 +97,60 @@ fn literal_ip(u: &Url) -> Option<IpAddr> {
         .ok()
 }
 
+/// How webhook hosts are resolved: by the system resolver, or by the one DNS server named in
+/// `webhooks_dns_server` (a resolver of the deployment's choice, or a test's stub server).
+#[derive(Clone)]
+pub enum Lookup {
+    /// The operating system's resolver (`getaddrinfo`).
+    System,
+    /// One DNS server, over UDP (TCP for long answers).
+    Server(Arc<TokioResolver>),
+}
+
+impl Lookup {
+    /// The system resolver, or a resolver asking `server` only.
+    pub fn new(server: Option<SocketAddr>) -> Self {
+        let Some(server) = server else {
+            return Lookup::System;
+        };
+        let servers = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+        let config = ResolverConfig::from_parts(None, vec![], servers);
+        let mut builder =
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
+        let opts = builder.options_mut();
+        // Both families: every address a connection could go to is checked.
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.timeout = DNS_TIMEOUT;
+        Lookup::Server(Arc::new(builder.build()))
+    }
+
+    /// Every address `host` resolves to, with `port`; an error says why there is none.
+    async fn addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let found: Vec<SocketAddr> = match self {
+            Lookup::System => {
+                tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port)))
+                    .await
+                    .map_err(|_| "could not be resolved in time".to_string())?
+                    .map_err(|_| "could not be resolved".to_string())?
+                    .collect()
+            }
+            Lookup::Server(r) => tokio::time::timeout(DNS_TIMEOUT, r.lookup_ip(host))
+                .await
+                .map_err(|_| "could not be resolved in time".to_string())?
+                .map_err(|_| "could not be resolved".to_string())?
+                .iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect(),
+        };
+        if found.is_empty() {
+            return Err("could not be resolved".into());
+        }
+        Ok(found)
+    }
+}
+
 /// Checks a target: its literal address, or every address its name resolves to.
-pub async fn check(u: &Url, allow_private: bool) -> Result<(), String> {
+pub async fn check(u: &Url, allow_private: bool, lookup: &Lookup) -> Result<(), String> {
     if allow_private {
         return Ok(());
     }
@@ -108,14 +165,7 @@ pub async fn check(u: &Url, allow_private: bool) -> Result<(), String> {
     }
     let host = u.host_str().unwrap_or_default();
     let port = u.port_or_known_default().unwrap_or(443);
-    let addrs = tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| "could not be resolved in time".to_string())?
-        .map_err(|_| "could not be resolved".to_string())?
-        .collect::<Vec<_>>();
-    if addrs.is_empty() {
-        return Err("could not be resolved".into());
-    }
+    let addrs = lookup.addrs(host, port).await?;
     if addrs.iter().any(|a| is_forbidden(a.ip())) {
         return Err(format!(
             "resolves to a private, loopback or link-local address{HOW_TO_ALLOW}"
@@ -124,30 +174,32 @@ pub async fn check(u: &Url, allow_private: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// reqwest's resolver for deliveries: resolves, drops forbidden addresses, and fails when
-/// none is left, so the connection goes only to an address that was checked.
+/// reqwest's resolver for deliveries: resolves, and refuses a name with any forbidden
+/// address among its answers (as the check at creation does), so the connection goes only
+/// to addresses that were checked, and a name that now also points inside is not used.
 pub struct GuardedResolver {
     /// `webhooks_allow_private`.
     pub allow_private: bool,
+    /// `webhooks_dns_server`, or the system resolver.
+    pub lookup: Lookup,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow_private = self.allow_private;
+        let lookup = self.lookup.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found = tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, 0)))
+            let found = lookup
+                .addrs(&host, 0)
                 .await
-                .map_err(|_| Box::<dyn std::error::Error + Send + Sync>::from("DNS timeout"))??;
-            let allowed: Vec<SocketAddr> = found
-                .filter(|a| allow_private || !is_forbidden(a.ip()))
-                .collect();
-            if allowed.is_empty() {
+                .map_err(|why| format!("the host {why}"))?;
+            if !allow_private && found.iter().any(|a| is_forbidden(a.ip())) {
                 return Err(Box::<dyn std::error::Error + Send + Sync>::from(
-                    "the host resolves only to private, loopback or link-local addresses",
+                    "the host resolves to a private, loopback or link-local address",
                 ));
             }
-            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
             Ok(addrs)
         })
     }
@@ -206,8 +258,8 @@ mod tests {
     #[tokio::test]
     async fn names_are_checked_after_resolution() {
         let u = parse("http://localhost:9/hook").unwrap();
-        assert!(check(&u, false).await.is_err());
-        assert!(check(&u, true).await.is_ok());
+        assert!(check(&u, false, &Lookup::System).await.is_err());
+        assert!(check(&u, true, &Lookup::System).await.is_ok());
         assert!(parse("ftp://example.com").is_err());
         assert!(parse("not a url").is_err());
         let lit = parse("http://[::1]:80/").unwrap();

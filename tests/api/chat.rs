@@ -331,17 +331,26 @@ story!(
         (403, json!("chat:write"))
     );
     let (writer, _) = s.app.key(&s.owner, &s.org, &["chat:write"]).await;
-    let (status, _) = s.app.call(Method::GET, "/threads", &writer, None).await;
-    assert_eq!(status, 403);
-    for bad in [
-        json!({"message": ""}),
-        json!({"message": "x".repeat(40_000)}),
-        json!({"message": "x", "context": "nope"}),
-        json!({"message": "x", "thread_id": "t1"}),
-        json!({"message": "x", "extra": 1}),
+    let (status, body) = s.app.call(Method::GET, "/threads", &writer, None).await;
+    assert_eq!(
+        (status, body["error"]["details"]["required"].clone()),
+        (403, json!("threads:read"))
+    );
+    // Values out of range are 422 with the field; a malformed id or shape is 400.
+    for (bad, want) in [
+        (json!({"message": ""}), (422, json!({"fields": {"message": "must be 1 byte to 32 KiB of text"}}))),
+        (json!({"message": "x".repeat(40_000)}), (422, json!({"fields": {"message": "must be 1 byte to 32 KiB of text"}}))),
+        (json!({"message": "x", "context": "nope"}), (422, json!({"fields": {"context": "must be a JSON object of at most 8 KiB"}}))),
+        (json!({"message": "x", "thread_id": "t1"}), (400, json!({"reason": "malformed_id"}))),
+        (json!({"message": "x", "extra": 1}), (400, Value::Null)),
     ] {
         let (status, body) = chat(&s.app, &s.key, None, bad.clone()).await;
-        assert!(status == 400 || status == 422, "{bad}: {status} {body}");
+        let code = if want.0 == 422 { "validation_failed" } else { "invalid_request" };
+        assert_eq!(
+            (status, body["error"]["code"].as_str(), &body["error"]["details"]),
+            (want.0, Some(code), &want.1),
+            "{bad}: {body}"
+        );
     }
     assert!(
         s.mock.asked.lock().unwrap().is_empty(),

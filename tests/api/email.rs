@@ -377,20 +377,32 @@ story!(
 );
 
 story!(
-    bad_verify_input_gets_a_4xx,
+    bad_verify_input_gets_the_documented_error,
     setup: |db| spawn(db, |_c| {}),
     |(app, _sink): (TestApp, SmtpSink)| async move {
-        for body in [
-            json!({}),
-            json!({"type": "nope", "token": "1"}),
-            json!({"type": "email"}),
-            json!({"type": "email", "token": "123456"}),
-            json!({"type": "email", "token": "123456", "email": "not an email"}),
-            json!({"type": "signup", "token_hash": "x".repeat(10_000)}),
-            json!({"type": 5}),
+        // The README's GoTrue table: a missing or invalid field is 400 `validation_failed`, a
+        // body that does not parse 400 `bad_json`, an unknown link 403 `otp_expired`.
+        for (body, want) in [
+            (json!({}), (400, "validation_failed")),
+            (json!({"type": "nope", "token": "1"}), (400, "validation_failed")),
+            (json!({"type": "email"}), (400, "validation_failed")),
+            (json!({"type": "email", "token": "123456"}), (400, "validation_failed")),
+            (
+                json!({"type": "email", "token": "123456", "email": "not an email"}),
+                (400, "validation_failed"),
+            ),
+            (
+                json!({"type": "signup", "token_hash": "x".repeat(10_000)}),
+                (403, "otp_expired"),
+            ),
+            (json!({"type": 5}), (400, "bad_json")),
         ] {
-            let (status, _) = post(&app, "/verify", body.clone()).await;
-            assert!((400..500).contains(&status), "{body}: {status}");
+            let (status, answer) = post(&app, "/verify", body.clone()).await;
+            assert_eq!(
+                (status, answer["code"].as_str().unwrap_or_default()),
+                want,
+                "{body}: {answer}"
+            );
         }
         let res = app
             .client

@@ -263,6 +263,19 @@ impl TestApp {
         tweak: impl FnOnce(&mut Config),
     ) -> Option<TestApp> {
         let db = TestDb::new(db).await?;
+        Some(Self::spawn_on_with_clock(db, clock, tweak).await)
+    }
+
+    /// Starts a server on a database made beforehand (to reach it another way, say).
+    pub async fn spawn_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_on_with_clock(db, Clock::System, tweak).await
+    }
+
+    pub async fn spawn_on_with_clock(
+        db: TestDb,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = test_config(&db.url);
@@ -279,7 +292,7 @@ impl TestApp {
             .unwrap();
         });
         let client = Client::builder().cookie_store(true).build().unwrap();
-        Some(TestApp {
+        TestApp {
             addr,
             base: format!("http://{addr}"),
             client,
@@ -287,7 +300,7 @@ impl TestApp {
             db,
             shutdown: Some(tx),
             handle: Some(handle),
-        })
+        }
     }
 
     pub async fn stop(mut self) {
@@ -505,37 +518,6 @@ impl TestApp {
             body["data"]["key"].as_str().unwrap().to_string(),
             body["data"]["id"].as_str().unwrap().to_string(),
         )
-    }
-}
-
-impl TestApp {
-    /// Starts a server on a database that already exists (shared with another instance, a
-    /// real `gatehouse` process say) with `clock`; [`TestApp::stop`] drops the database.
-    pub async fn spawn_on(db: TestDb, clock: Clock, tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = test_config(&db.url);
-        config.public_url = format!("http://{addr}");
-        tweak(&mut config);
-        let state = AppState::build(config, clock).await.unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let s = state.clone();
-        let handle = tokio::spawn(async move {
-            server::run(s, listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        TestApp {
-            addr,
-            base: format!("http://{addr}"),
-            client: Client::builder().cookie_store(true).build().unwrap(),
-            state,
-            db,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        }
     }
 }
 

@@ -77,10 +77,12 @@ story!(
                 "Not a member of the selected organization"
             );
         }
-        let (status, _) = app
+        let (status, body) = app
             .call(Method::GET, "/orgs/not-an-id", &bob.token, None)
             .await;
         assert_eq!(status, 400);
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+        assert_eq!(body["error"]["details"]["reason"], "malformed_id", "{body}");
         app
     }
 );
@@ -141,7 +143,7 @@ story!(
             (200, 2)
         );
         // The last owner can be neither demoted nor removed.
-        let (status, _) = app
+        let (status, body) = app
             .call(
                 Method::PATCH,
                 &format!("/orgs/{org}/members/{}", ann.id),
@@ -150,7 +152,9 @@ story!(
             )
             .await;
         assert_eq!(status, 409);
-        let (status, _) = app
+        assert_eq!(body["error"]["code"], "conflict", "{body}");
+        assert_eq!(body["error"]["message"], "the last owner cannot be demoted");
+        let (status, body) = app
             .call(
                 Method::DELETE,
                 &format!("/orgs/{org}/members/{}", ann.id),
@@ -159,6 +163,8 @@ story!(
             )
             .await;
         assert_eq!(status, 409);
+        assert_eq!(body["error"]["code"], "conflict", "{body}");
+        assert_eq!(body["error"]["message"], "the last owner cannot be removed");
         // With a second owner, the first can step down.
         let (status, _) = app
             .call(
@@ -187,10 +193,11 @@ story!(
             )
             .await;
         assert_eq!(status, 204);
-        let (status, _) = app
+        let (status, body) = app
             .call(Method::GET, &format!("/orgs/{org}"), &ann.token, None)
             .await;
         assert_eq!(status, 403);
+        assert_eq!(body["error"]["details"]["reason"], "not_a_member", "{body}");
         app
     }
 );

@@ -113,7 +113,7 @@ async fn one_mail_per_address_when_an_instance_dies_mid_send(db: Db) {
     // Instance B, on the same queue, with a clock the test drives and a working mail server.
     let (clock, driven) = DrivenClock::start();
     let smtp_b = sink.url(None);
-    let b = TestApp::spawn_on(test_db, clock, move |cfg| {
+    let b = TestApp::spawn_on_with_clock(test_db, clock, move |cfg| {
         cfg.autoconfirm = false;
         cfg.smtp_url = Some(gatehouse::config::SecretString::from(smtp_b));
     })

@@ -284,8 +284,10 @@ story!(
                     Some(json!({"rate_limits": bad})),
                 )
                 .await;
-            assert!(status == 400 || status == 422, "{bad}: {status} {body}");
-            assert_eq!(body["success"], false);
+            // Not a list of {limit, window_seconds} with non-negative integers: the shape is
+            // wrong, so 400 `invalid_request` (422 is for values out of range, above).
+            assert_eq!(status, 400, "{bad}: {body}");
+            assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");
         }
         // Members cannot change the organization's limits.
         let (status, _) = app

@@ -1,12 +1,31 @@
 //! A real SMTP server for the tests (tokio): accepts every mail, with or without AUTH, and
-//! keeps what it received. No TLS: the conversation itself is what is tested.
+//! keeps what it received. It can refuse the next mails with scripted 4xx/5xx replies, and
+//! speak STARTTLS (rustls) with a certificate from a CA made for the test (rcgen).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// A connection, before or after STARTTLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// What the sink's sessions share.
+#[derive(Clone)]
+struct Shared {
+    mails: Arc<Mutex<Vec<Received>>>,
+    /// Replies given at the end of the next DATA commands instead of accepting the mail.
+    failures: Arc<Mutex<VecDeque<u16>>>,
+    refused: Arc<AtomicUsize>,
+    /// Set: STARTTLS is offered, and required before MAIL FROM.
+    tls: Option<TlsAcceptor>,
+}
 
 /// One received mail.
 #[derive(Clone, Debug)]
@@ -15,6 +34,8 @@ pub struct Received {
     pub data: String,
     /// The credentials the client authenticated with, if it did.
     pub auth: Option<String>,
+    /// Whether it came over TLS (after STARTTLS).
+    pub tls: bool,
 }
 
 impl Received {
@@ -65,6 +86,7 @@ pub struct SmtpSink {
     pub port: u16,
     pub mails: Arc<Mutex<Vec<Received>>>,
     stop: Arc<tokio::sync::Notify>,
+    shared: Shared,
 }
 
 impl SmtpSink {
@@ -75,14 +97,53 @@ impl SmtpSink {
 
     /// Listens on `port` (0: a free one).
     pub async fn start_on(port: u16) -> Self {
+        Self::listen(port, None).await
+    }
+
+    /// Listens on a free port and requires STARTTLS, with a certificate for 127.0.0.1 signed
+    /// by a CA made here; returns the sink and that CA's certificate (PEM) for the client.
+    pub async fn start_tls() -> (Self, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Gatehouse test SMTP CA");
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let der_key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+        );
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], der_key)
+        .unwrap();
+        let sink = Self::listen(0, Some(TlsAcceptor::from(Arc::new(config)))).await;
+        (sink, ca.pem())
+    }
+
+    async fn listen(port: u16, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mails = Arc::new(Mutex::new(Vec::new()));
+        let shared = Shared {
+            mails: Arc::default(),
+            failures: Arc::default(),
+            refused: Arc::default(),
+            tls,
+        };
         let stop = Arc::new(tokio::sync::Notify::new());
         let sink = SmtpSink {
             port,
-            mails: mails.clone(),
+            mails: shared.mails.clone(),
             stop: stop.clone(),
+            shared: shared.clone(),
         };
         tokio::spawn(async move {
             loop {
@@ -90,12 +151,25 @@ impl SmtpSink {
                     _ = stop.notified() => return,
                     accepted = listener.accept() => {
                         let Ok((sock, _)) = accepted else { return };
-                        tokio::spawn(session(sock, mails.clone()));
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            session(Box::new(sock), shared, false, true).await;
+                        });
                     }
                 }
             }
         });
         sink
+    }
+
+    /// Refuses the next mails, one per code (e.g. 451, then 554), at the end of DATA.
+    pub fn refuse_next(&self, codes: &[u16]) {
+        self.shared.failures.lock().unwrap().extend(codes);
+    }
+
+    /// Mails refused so far by [`SmtpSink::refuse_next`].
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
     }
 
     /// `smtp://127.0.0.1:PORT`, with credentials when given.
@@ -138,12 +212,24 @@ impl SmtpSink {
     }
 }
 
-async fn session(sock: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Received>>>) {
-    let (r, mut w) = sock.into_split();
+/// One SMTP conversation; after STARTTLS it goes on in a new call over the TLS stream
+/// (boxed: the future would otherwise contain itself).
+fn session(
+    sock: Box<dyn Stream>,
+    shared: Shared,
+    tls: bool,
+    greet: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(converse(sock, shared, tls, greet))
+}
+
+async fn converse(sock: Box<dyn Stream>, shared: Shared, tls: bool, greet: bool) {
+    let mails = shared.mails.clone();
+    let (r, mut w) = tokio::io::split(sock);
     let mut r = BufReader::new(r);
     let mut to = Vec::new();
     let mut auth = None;
-    if w.write_all(b"220 sink ESMTP ready\r\n").await.is_err() {
+    if greet && w.write_all(b"220 sink ESMTP ready\r\n").await.is_err() {
         return;
     }
     let mut line = String::new();
@@ -154,8 +240,27 @@ async fn session(sock: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Received>>>) 
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
+        let offers_tls = shared.tls.is_some() && !tls;
         let reply: String = if upper.starts_with("EHLO") {
-            "250-sink\r\n250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n".into()
+            let starttls = if offers_tls { "250-STARTTLS\r\n" } else { "" };
+            format!(
+                "250-sink\r\n{starttls}250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+            )
+        } else if upper == "STARTTLS" && offers_tls {
+            if w.write_all(b"220 2.0.0 Ready to start TLS\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // The client sends nothing more before its handshake, so nothing is buffered.
+            let plain = r.into_inner().unsplit(w);
+            let Ok(secure) = shared.tls.clone().unwrap().accept(plain).await else {
+                return;
+            };
+            return session(Box::new(secure), shared, true, false).await;
+        } else if upper.starts_with("MAIL FROM") && offers_tls {
+            "530 5.7.0 Must issue a STARTTLS command first\r\n".into()
         } else if upper.starts_with("HELO") {
             "250 sink\r\n".into()
         } else if upper.starts_with("AUTH PLAIN") {
@@ -203,12 +308,19 @@ async fn session(sock: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Received>>>) 
                 }
                 data.push_str(line.strip_prefix('.').unwrap_or(&line));
             }
-            mails.lock().unwrap().push(Received {
-                to: to.clone(),
-                data,
-                auth: auth.clone(),
-            });
-            "250 OK queued\r\n".into()
+            let refusal = shared.failures.lock().unwrap().pop_front();
+            if let Some(code) = refusal {
+                shared.refused.fetch_add(1, Ordering::SeqCst);
+                format!("{code} scripted refusal\r\n")
+            } else {
+                mails.lock().unwrap().push(Received {
+                    to: to.clone(),
+                    data,
+                    auth: auth.clone(),
+                    tls,
+                });
+                "250 OK queued\r\n".into()
+            }
         } else if upper == "QUIT" {
             let _ = w.write_all(b"221 bye\r\n").await;
             return;

@@ -438,7 +438,7 @@ story!(
 story!(
     a_visitor_chats_through_a_signed_session,
     |app: TestApp| async move {
-        let (_, _, id, token) = setup(&app).await;
+        let (ann, org, id, token) = setup(&app).await;
         // Config: only for an allowed origin, which is reflected.
         let (status, cfg, h) = app
             .public(
@@ -562,6 +562,31 @@ story!(
         assert_ne!(renewed["data"]["session_token"], s.token.as_str());
 
         // The organization's API key sees the visitor's thread.
+        let (key, _) = app.key(&ann, &org, &["threads:read"]).await;
+        let (status, list) = app.call(Method::GET, "/threads", &key, None).await;
+        assert_eq!(status, 200, "{list}");
+        let listed = list["data"].as_array().unwrap();
+        let t = listed
+            .iter()
+            .find(|t| t["id"] == thread.as_str())
+            .unwrap_or_else(|| panic!("the visitor's thread is not listed: {list}"));
+        assert_eq!(t["widget_id"], id.as_str());
+        assert_eq!(t["visitor"], format!("v:{}", s.visitor_id));
+        let (status, full) = app
+            .call(Method::GET, &format!("/threads/{thread}"), &key, None)
+            .await;
+        assert_eq!(status, 200, "{full}");
+        let asked: Vec<&str> = full["data"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            asked,
+            ["Where is my order?", "Order 42", "stream please", "Thanks"]
+        );
         app
     }
 );

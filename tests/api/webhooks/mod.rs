@@ -14,7 +14,9 @@ use crate::helpers::{parts, Db, TestApp};
 use crate::story;
 
 mod process;
+mod promises;
 mod receiver;
+mod ssrf_dns;
 
 pub use receiver::{verifies, Hit, Receiver, Reply};
 
@@ -195,8 +197,6 @@ story!(
         )
         .await;
         let hits = receiver.until("three attempts", |h| h.len() >= 3).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(receiver.hits().len(), 3, "nothing after the success");
         assert!(hits.iter().all(|h| h.id() == hits[0].id()));
         assert!(hits.iter().all(|h| verifies(secret, h)));
         assert!(hits.iter().all(|h| h.body == hits[0].body));
@@ -223,6 +223,14 @@ story!(
         );
         assert!(log.iter().all(|a| a["delivery_status"] == "succeeded"));
         assert!(log.iter().all(|a| a["message_id"] == json!(hits[0].id())));
+        // Nothing after the success: a later event arrives, and the first one not again.
+        settle(&app, &receiver, &token, &org, id).await;
+        let again = receiver
+            .hits()
+            .iter()
+            .filter(|h| h.id() == hits[0].id())
+            .count();
+        assert_eq!(again, 3, "nothing after the success");
         app
     }
 );
@@ -348,6 +356,27 @@ async fn wait_for_log(app: &TestApp, token: &str, org: &str, id: &str, n: usize)
     panic!("the delivery log never reached {n} attempts");
 }
 
+/// Sends a `webhook.test` event to endpoint `id` and waits until `receiver` has it: the
+/// worker has claimed and sent everything that was due before it, so a "nothing else
+/// arrived" check made afterwards rests on an event, not on a guess about timing.
+async fn settle(app: &TestApp, receiver: &Receiver, token: &str, org: &str, id: &str) {
+    let (status, queued) = app
+        .call(
+            Method::POST,
+            &format!("/orgs/{org}/webhooks/{id}/test"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let message = queued["data"]["message_id"].as_str().unwrap().to_string();
+    receiver
+        .until("the later webhook.test", |h| {
+            h.iter().any(|h| h.id() == message)
+        })
+        .await;
+}
+
 story!(
     a_rotated_secret_signs_beside_the_old_one,
     fast,
@@ -391,7 +420,7 @@ story!(
     |app: TestApp| async move {
         let receiver = Receiver::start().await;
         let body = json!({"event_types": ["member.added", "member.role_changed", "member.removed", "thread.created", "api_key.revoked", "api_key.rolled"]});
-        let (token, org, _) = setup(&app, &receiver, body).await;
+        let (token, org, ep) = setup(&app, &receiver, body).await;
         let owner_token = token.clone();
         let bob = app.person().await;
         let (key, key_id) = {
@@ -469,13 +498,18 @@ story!(
         assert_eq!(r["data"]["replaces"], json!(key_id));
         let revoked = receiver.event("api_key.revoked").await.json();
         assert_eq!(revoked["data"]["id"], json!(new_id));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A later event arrives: what came before it and was not subscribed never will.
+        settle(&app, &receiver, &token, &org, ep["id"].as_str().unwrap()).await;
         let types: Vec<String> = receiver.hits().iter().map(Hit::event_type).collect();
         assert!(
             !types.contains(&"api_key.created".to_string()),
             "not subscribed: {types:?}"
         );
-        assert_eq!(types.len(), 6, "{types:?}");
+        assert_eq!(
+            types.len(),
+            7,
+            "six subscribed events and the test: {types:?}"
+        );
         app
     }
 );
@@ -485,7 +519,7 @@ story!(
     fast,
     |app: TestApp| async move {
         let receiver = Receiver::start().await;
-        let (token, org, _) = setup(
+        let (token, org, ep) = setup(
             &app,
             &receiver,
             json!({"event_types": ["rate_limit.exceeded"]}),
@@ -512,8 +546,14 @@ story!(
         assert_eq!(hit["data"]["key_id"], created["data"]["id"]);
         assert_eq!(hit["data"]["limit"], 2);
         assert_eq!(hit["data"]["window_seconds"], 3600);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(receiver.hits().len(), 1, "one event for six refusals");
+        // A later event arrives after the refusals' events were recorded and sent.
+        settle(&app, &receiver, &token, &org, ep["id"].as_str().unwrap()).await;
+        let limited = receiver
+            .hits()
+            .iter()
+            .filter(|h| h.event_type() == "rate_limit.exceeded")
+            .count();
+        assert_eq!(limited, 1, "one event for six refusals");
         app
     }
 );
@@ -608,14 +648,9 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
     )
     .await;
     receiver.until("the first attempt", |h| !h.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let e = app
-        .state
-        .runtime
-        .store
-        .webhook_endpoint(&org, id)
-        .await
-        .unwrap();
+    // The attempt's log row is written in the transaction that starts the failure streak.
+    wait_for_log(&app, &token, &org, id, 1).await;
+    let e = app.state.runtime.store.webhook_endpoint(&org, id).await.unwrap();
     assert!(e.enabled && e.failing_since.is_some());
     clock.advance_ms(5 * 86_400_000 + 2000);
     receiver.until("the retry", |h| h.len() >= 2).await;

@@ -372,6 +372,21 @@ describe('access token', () => {
     const [h, p] = session.access_token.split('.')
     const forged = `${h}.${p}.${Buffer.from(randomBytes(64)).toString('base64url')}`
     await assert.rejects(jwtVerify(forged, JWKS, { algorithms: ['ES256'] }))
+    // ... and, what matters, the server refuses it: GoTrue's 403 bad_jwt on /auth/v1/user,
+    // the envelope's 401 (reason malformed) on /v1/me.
+    const userRes = await fetch(`${server.url}/auth/v1/user`, {
+      headers: { apikey: server.key, authorization: `Bearer ${forged}`, 'x-supabase-api-version': '2024-01-01' },
+    })
+    assert.equal(userRes.status, 403)
+    assert.equal((await userRes.json()).code, 'bad_jwt')
+    const me = await fetch(`${server.url}/v1/me`, { headers: { authorization: `Bearer ${forged}` } })
+    assert.equal(me.status, 401)
+    const refused = await me.json()
+    assert.equal(refused.error.code, 'unauthorized')
+    assert.equal(refused.error.details.reason, 'malformed')
+    // The untouched token still works there, so the refusal is the signature's.
+    const ok = await fetch(`${server.url}/v1/me`, { headers: { authorization: `Bearer ${session.access_token}` } })
+    assert.equal(ok.status, 200)
   })
 
   test('different sessions get different session_id claims', async () => {
@@ -411,5 +426,10 @@ describe('access token', () => {
     const bad = await newClient('getclaims-forged').auth.getClaims(forged)
     assert.ok(bad.error, 'forged token must not verify')
     assert.equal(bad.data, null)
+    // getClaims verified that locally with the JWKS; the server refuses it too (getUser asks it).
+    const viaServer = await newClient('getuser-forged').auth.getUser(forged)
+    assert.equal(viaServer.data.user, null)
+    assert.equal(viaServer.error?.status, 403, show(viaServer.error))
+    assert.equal(viaServer.error?.code, 'bad_jwt', show(viaServer.error))
   })
 })

@@ -486,6 +486,21 @@ def test_access_token_verifies_with_jwks(server, new_client):
     forged = f"{h}.{p}." + base64.urlsafe_b64encode(secrets.token_bytes(64)).rstrip(b"=").decode()
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(forged, signing_key.key, algorithms=["ES256"], audience="authenticated")
+    # ... and, what matters, the server refuses it: GoTrue's 403 bad_jwt on /auth/v1/user, the
+    # envelope's 401 (reason malformed) on /v1/me, while the untouched token is accepted there.
+    user = httpx.get(
+        f"{server.url}/auth/v1/user",
+        headers={"apikey": server.key, "authorization": f"Bearer {forged}",
+                 "x-supabase-api-version": "2024-01-01"},
+    )
+    assert user.status_code == 403, user.text
+    assert user.json()["code"] == "bad_jwt"
+    me = httpx.get(f"{server.url}/v1/me", headers={"authorization": f"Bearer {forged}"})
+    assert me.status_code == 401, me.text
+    assert me.json()["error"]["code"] == "unauthorized"
+    assert me.json()["error"]["details"]["reason"] == "malformed"
+    ok = httpx.get(f"{server.url}/v1/me", headers={"authorization": f"Bearer {session.access_token}"})
+    assert ok.status_code == 200, ok.text
 
 
 def test_get_claims(new_client):
@@ -503,3 +518,8 @@ def test_get_claims(new_client):
     forged = f"{h}.{p}." + base64.urlsafe_b64encode(secrets.token_bytes(64)).rstrip(b"=").decode()
     with pytest.raises(AuthInvalidJwtError):
         new_client("getclaims-forged").auth.get_claims(forged)
+    # get_claims verified that locally with the JWKS; the server refuses it too (get_user asks it).
+    with pytest.raises(AuthApiError) as refused:
+        new_client("getuser-forged").auth.get_user(forged)
+    assert refused.value.status == 403
+    assert refused.value.code == "bad_jwt"
