@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::helpers::{Db, TestApp};
 use crate::smtp_sink::SmtpSink;
 
-async fn spawn(db: Db) -> Option<(TestApp, SmtpSink)> {
+async fn spawn(db: Db) -> (TestApp, SmtpSink) {
     let sink = SmtpSink::start().await;
     let url = sink.url(None);
     let app = TestApp::spawn(db, move |c| {
@@ -17,8 +17,8 @@ async fn spawn(db: Db) -> Option<(TestApp, SmtpSink)> {
         c.mail_min_interval_seconds = 0;
         c.redirect_allowlist = vec!["http://localhost:3000/**".into()];
     })
-    .await?;
-    Some((app, sink))
+    .await;
+    (app, sink)
 }
 
 /// Asks for a recovery mail landing on `redirect_to`; the link's target and where opening
@@ -85,16 +85,8 @@ async fn story(app: TestApp, sink: SmtpSink) -> TestApp {
     app
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_site_origin_and_the_allowlist_receive_the_session_on_sqlite() {
-    let (app, sink) = spawn(Db::Sqlite).await.unwrap();
-    story(app, sink).await.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_site_origin_and_the_allowlist_receive_the_session_on_postgres() {
-    let Some((app, sink)) = spawn(Db::Postgres).await else {
-        return;
-    };
-    story(app, sink).await.stop().await;
-}
+crate::story!(
+    only_the_site_origin_and_the_allowlist_receive_the_session,
+    setup: spawn,
+    |(app, sink)| story(app, sink)
+);

@@ -267,8 +267,7 @@ async fn a_private_target_is_refused_at_delivery_too() {
         c.webhooks_poll_interval_ms = 50;
         c.webhooks_retry_schedule = vec![0];
     })
-    .await
-    .unwrap();
+    .await;
     let receiver = Receiver::start().await;
     let owner = app.person().await;
     let org = app.org(&owner, "Rebound").await;
@@ -592,9 +591,7 @@ story!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_failing_for_five_days_is_disabled() {
     let clock = gatehouse::clock::Clock::manual(gatehouse::clock::Clock::System.now_ms());
-    let app = TestApp::spawn_with_clock(Db::Sqlite, clock.clone(), fast)
-        .await
-        .unwrap();
+    let app = TestApp::spawn_with_clock(Db::Sqlite, clock.clone(), fast).await;
     let receiver = Receiver::start().await;
     receiver.script(&[Reply::Status(500); 10]);
     let (token, org, ep) = setup(&app, &receiver, json!({})).await;
