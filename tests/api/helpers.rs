@@ -1,3 +1,15 @@
+//! Test helpers: a real server per test ([`TestApp`]), fresh databases ([`TestDb`]), and
+//! [`story!`], which runs one story on SQLite and on PostgreSQL.
+//!
+//! **Naming convention: a test that needs a service says so in its name.** A test that needs
+//! PostgreSQL has `on_postgres` in its full name (module path included: `story!` makes
+//! `name::on_postgres`), one that needs the shared Redis `on_redis` (the scale-out module is
+//! `scaleout_on_postgres_on_redis`). [`postgres_url`] and [`redis_url`] panic when the service
+//! is not configured, and when the calling test's name lacks the marker; `naming.rs` scans the
+//! sources for the same. `scripts/test` runs `cargo nextest` with a filter that leaves out the
+//! tests of a missing service (`-E 'not test(/on_postgres/)'`), so they show as skipped in
+//! its summary and are never counted as passed. A test on its own redis-server ([`OwnRedis`])
+//! needs no marker.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
 //! One integration-test binary: every story runs against a real server on port 0,
-//! on SQLite and (when configured) on PostgreSQL.
+//! on SQLite and on PostgreSQL. Tests that need PostgreSQL or the shared Redis are named
+//! for it (`on_postgres`, `on_redis`; see helpers.rs), so the runner can leave them out.
 
 mod helpers;
 
@@ -17,6 +18,7 @@ mod email;
 mod invitations;
 mod metrics_guard;
 mod migrations;
+mod naming;
 mod orgs;
 mod passwords;
 mod process;
