@@ -502,6 +502,9 @@ async fn a_promised_mail_survives_kill_9(db: Db) {
     use crate::helpers::{tempdir, TestDb};
     let test_db = TestDb::new(db).await;
     let dir = tempdir::Dir::new();
+    // The SMTP server must be down now and up later on the same address, which the server
+    // is given now: a port picked and released (nothing else on this machine binds ports
+    // this test picked; the sink would fail loudly if one did).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
