@@ -100,6 +100,11 @@ pub fn redis_url() -> String {
     service_url("GATEHOUSE_TEST_REDIS_URL", NEEDS_REDIS)
 }
 
+/// How long a change may take to reach another instance in a test. Fan-out takes
+/// milliseconds and the promise is "within a second"; the bound allows for a loaded 2-core
+/// test machine and still tells fan-out from its absence (a cached copy lives 60 s).
+pub const FANOUT_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A key prefix of its own for one test, so runs and tests never share counters.
 pub fn redis_prefix() -> String {
     format!("ghtest-{}", uuid::Uuid::new_v4().simple())
