@@ -125,6 +125,9 @@ def base():
         "GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE": "true",
         "GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS": "100",
         "GATEHOUSE_WEBHOOKS_RETRY_SCHEDULE": "0,1,1",
+        # The receiver is local and answers at once: a 3 s attempt timeout is ample, and a
+        # claim (2 x timeout + 1 s) lapses after 7 s instead of the default's 31 s.
+        "GATEHOUSE_WEBHOOKS_TIMEOUT_MS": "3000",
     }
     log = open(tmp / "server.log", "wb")
     SERVER_LOG = tmp / "server.log"
@@ -241,9 +244,9 @@ def test_every_retry_verifies_and_keeps_its_id(base):
     status, _ = call(base, "POST", f"/v1/orgs/{org}/webhooks/{ep['id']}/test", token)
     assert status == 202
     # Generous: an attempt whose result could not be recorded is re-sent when its claim
-    # lapses (2 x 15 s + 1 s), which a loaded CI machine can cause.
+    # lapses (7 s with the 3 s timeout above), which a loaded CI machine can cause.
     hits = receiver.wait(
-        lambda hs: len(hs) >= 3, "three attempts", timeout=45.0,
+        lambda hs: len(hs) >= 3, "three attempts", timeout=25.0,
         log=lambda: delivery_log(base, token, org, ep["id"]),
     )
     assert len({h["webhook-id"] for h, _ in hits}) == 1
