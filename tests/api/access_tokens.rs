@@ -8,22 +8,8 @@ use gatehouse::clock::Clock;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{parts, Db, TestApp};
-
-/// Runs `body` on a server with a manual clock, on SQLite and on PostgreSQL.
-async fn on_both<F, Fut>(body: F)
-where
-    F: Fn(TestApp) -> Fut,
-    Fut: std::future::Future<Output = TestApp>,
-{
-    for db in [Db::Sqlite, Db::Postgres] {
-        let clock = Clock::manual(Clock::System.now_ms());
-        let Some(app) = TestApp::spawn_with_clock(db, clock, |_| {}).await else {
-            continue;
-        };
-        body(app).await.stop().await;
-    }
-}
+use crate::helpers::{clocked, parts, TestApp};
+use crate::story;
 
 /// `(status of GET /v1/me, status of GET /auth/v1/user)` for `token`.
 async fn both_routes(app: &TestApp, token: &str) -> (u16, u16) {
@@ -48,9 +34,10 @@ fn exp_of(token: &str) -> i64 {
     claims["exp"].as_i64().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_routes_refuse_a_token_from_its_expiry_second_on() {
-    on_both(|app| async move {
+story!(
+    both_routes_refuse_a_token_from_its_expiry_second_on,
+    setup: |db| clocked(db, Clock::System.now_ms(), |_| {}),
+    |(app, _clock): (TestApp, Clock)| async move {
         let (_, _, session) = app.new_user().await;
         let token = session["access_token"].as_str().unwrap().to_string();
         let exp_ms = exp_of(&token) * 1000;
@@ -71,9 +58,8 @@ async fn both_routes_refuse_a_token_from_its_expiry_second_on() {
         clock.advance_ms(5000);
         assert_eq!(both_routes(&app, &token).await, (401, 403), "later");
         app
-    })
-    .await;
-}
+    }
+);
 
 /// The token in canonical low-S form and its high-S twin `(r, n - s)`.
 fn low_and_high(token: &str) -> (String, String) {
@@ -88,15 +74,15 @@ fn low_and_high(token: &str) -> (String, String) {
     (enc(low), enc(high))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_routes_refuse_a_high_s_signature() {
-    on_both(|app| async move {
+story!(
+    both_routes_refuse_a_high_s_signature,
+    setup: |db| clocked(db, Clock::System.now_ms(), |_| {}),
+    |(app, _clock): (TestApp, Clock)| async move {
         let (_, _, session) = app.new_user().await;
         let token = session["access_token"].as_str().unwrap();
         let (low, high) = low_and_high(token);
         assert_eq!(both_routes(&app, &low).await, (200, 200));
         assert_eq!(both_routes(&app, &high).await, (401, 403));
         app
-    })
-    .await;
-}
+    }
+);

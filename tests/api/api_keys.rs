@@ -219,9 +219,7 @@ mod expiry {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_expired_key_is_refused_as_expired() {
         let clock = gatehouse::clock::Clock::manual(gatehouse::clock::Clock::System.now_ms());
-        let app = TestApp::spawn_with_clock(crate::helpers::Db::Sqlite, clock, |_| {})
-            .await
-            .unwrap();
+        let app = TestApp::spawn_with_clock(crate::helpers::Db::Sqlite, clock, |_| {}).await;
         let ann = app.person().await;
         let org = app.org(&ann, "Acme").await;
         let (_, body) = app

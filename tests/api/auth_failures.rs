@@ -11,7 +11,7 @@ use gatehouse::store::Audit;
 use reqwest::{Method, Response};
 use serde_json::json;
 
-use crate::helpers::{parts, redis_prefix, redis_url, Db, TestApp};
+use crate::helpers::{clocked, parts, redis_prefix, redis_url, Db, TestApp};
 use crate::story;
 
 const T0: i64 = 1_800_000_000_000;
@@ -282,21 +282,6 @@ story!(
     }
 );
 
-/// Runs `body` on a server with a manual clock, on SQLite and on PostgreSQL.
-async fn on_both<F, Fut>(tweak: fn(&mut Config), body: F)
-where
-    F: Fn(TestApp, Clock) -> Fut,
-    Fut: std::future::Future<Output = TestApp>,
-{
-    for db in [Db::Sqlite, Db::Postgres] {
-        let clock = Clock::manual(T0);
-        let Some(app) = TestApp::spawn_with_clock(db, clock.clone(), tweak).await else {
-            continue;
-        };
-        body(app, clock).await.stop().await;
-    }
-}
-
 /// Successes spend nothing, and the budget refills with time, one failure per
 /// `window / limit`.
 async fn successes_are_free_and_the_budget_refills(app: TestApp, clock: Clock) -> TestApp {
@@ -326,18 +311,15 @@ async fn successes_are_free_and_the_budget_refills(app: TestApp, clock: Clock) -
     app
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn successes_spend_nothing_and_the_budget_refills_after_its_window() {
-    on_both(
-        |c| budget(c, "3/60s"),
-        successes_are_free_and_the_budget_refills,
-    )
-    .await;
-}
+story!(
+    successes_spend_nothing_and_the_budget_refills_after_its_window,
+    setup: |db| clocked(db, T0, |c| budget(c, "3/60s")),
+    |(app, clock): (TestApp, Clock)| successes_are_free_and_the_budget_refills(app, clock)
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_budget_is_shared_through_redis() {
-    let Some(url) = redis_url() else { return };
+async fn the_budget_is_shared_on_redis() {
+    let url = redis_url();
     let clock = Clock::manual(T0);
     let prefix = redis_prefix();
     let app = TestApp::spawn_with_clock(Db::Sqlite, clock.clone(), move |c| {
@@ -345,8 +327,7 @@ async fn the_budget_is_shared_through_redis() {
         c.redis_url = Some(SecretString::from(url));
         c.redis_prefix = prefix;
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(app.state.limits.limiter().backend_name(), "redis");
     let app = successes_are_free_and_the_budget_refills(app, clock).await;
     assert_eq!(me_from(&app, BYSTANDER, &unknown_key()).await.status(), 401);
@@ -359,8 +340,8 @@ async fn the_budget_is_shared_through_redis() {
 }
 
 #[tokio::test]
-async fn a_redis_peek_tells_the_decision_and_spends_nothing() {
-    let Some(url) = redis_url() else { return };
+async fn a_peek_on_redis_tells_the_decision_and_spends_nothing() {
+    let url = redis_url();
     let link = RedisLink::open(&url, &redis_prefix(), std::time::Duration::from_secs(2))
         .await
         .unwrap();

@@ -243,9 +243,8 @@ mod manual_clock {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reuse_after_the_interval_revokes_the_session() {
-    let app = TestApp::spawn_with_clock(crate::helpers::Db::Sqlite, manual_clock::clock(), |_| {})
-        .await
-        .unwrap();
+    let app =
+        TestApp::spawn_with_clock(crate::helpers::Db::Sqlite, manual_clock::clock(), |_| {}).await;
     let (_, _, session) = app.new_user().await;
     let first = session["refresh_token"].as_str().unwrap().to_string();
     let (_, s2) = parts(app.refresh(&first).await).await;
@@ -560,9 +559,8 @@ story!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remembered_access_token_still_expires_on_time() {
-    let app = TestApp::spawn_with_clock(crate::helpers::Db::Sqlite, manual_clock::clock(), |_| {})
-        .await
-        .unwrap();
+    let app =
+        TestApp::spawn_with_clock(crate::helpers::Db::Sqlite, manual_clock::clock(), |_| {}).await;
     let (_, _, session) = app.new_user().await;
     let token = session["access_token"].as_str().unwrap().to_string();
     assert_eq!(app.me(&token).await.status(), 200);

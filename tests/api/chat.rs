@@ -110,7 +110,7 @@ struct Setup {
     key: String,
 }
 
-async fn setup(db: crate::helpers::Db) -> Option<Setup> {
+async fn setup(db: crate::helpers::Db) -> Setup {
     let (url, mock) = mock_server().await;
     let app = TestApp::spawn(db, move |c| {
         c.upstream_url = Some(url);
@@ -118,17 +118,17 @@ async fn setup(db: crate::helpers::Db) -> Option<Setup> {
         c.upstream_api_key = Some(gatehouse::config::SecretString::from(SECRET));
         c.upstream_timeout_ms = 1000;
     })
-    .await?;
+    .await;
     let owner = app.person().await;
     let org = app.org(&owner, "Acme").await;
     let (key, _) = app.key(&owner, &org, &["chat:write", "threads:read"]).await;
-    Some(Setup {
+    Setup {
         app,
         mock,
         owner,
         org,
         key,
-    })
+    }
 }
 
 async fn chat(app: &TestApp, key: &str, jwt: Option<&str>, body: Value) -> (u16, Value) {
@@ -694,9 +694,7 @@ story!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_model_server_the_echo_upstream_answers() {
-    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {})
-        .await
-        .unwrap();
+    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {}).await;
     let owner = app.person().await;
     let org = app.org(&owner, "Acme").await;
     let (key, _) = app.key(&owner, &org, &["chat:write"]).await;
@@ -741,8 +739,7 @@ async fn the_proxy_forwards_with_a_verified_identity_that_cannot_be_forged() {
         c.proxy_target = Some(target);
         c.rate_limit_api_key = gatehouse::ratelimit::Rates::parse("3/60s").unwrap();
     })
-    .await
-    .unwrap();
+    .await;
     let owner = app.person().await;
     let ann = app.person().await;
     let org = app.org(&owner, "Acme").await;
@@ -812,9 +809,7 @@ async fn the_proxy_forwards_with_a_verified_identity_that_cannot_be_forged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_proxy_target_other_api_paths_are_not_found() {
-    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {})
-        .await
-        .unwrap();
+    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {}).await;
     let owner = app.person().await;
     let org = app.org(&owner, "Acme").await;
     let (key, _) = app.key(&owner, &org, &["chat:write"]).await;

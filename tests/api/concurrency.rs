@@ -199,13 +199,13 @@ async fn questions(app: &TestApp, key: &str, thread: &str) -> Vec<String> {
 }
 
 /// Eight clients per thread post into four threads while each starts one of its own.
-async fn chat_story(db: crate::helpers::Db) -> Option<TestApp> {
+async fn chat_story(db: crate::helpers::Db) -> TestApp {
     let (url, _mock) = crate::chat::mock_server().await;
     let app = TestApp::spawn(db, move |c| {
         c.upstream_url = Some(url);
         c.upstream_model = "test-model".into();
     })
-    .await?;
+    .await;
     let (owner, org) = owned_org(&app).await;
     let (key, _) = app.key(&owner, &org, &["chat:write", "threads:read"]).await;
     let (app_ref, key) = (&app, &key);
@@ -243,19 +243,11 @@ async fn chat_story(db: crate::helpers::Db) -> Option<TestApp> {
     for (i, thread) in own.iter().enumerate() {
         assert_eq!(questions(&app, key, thread).await, [format!("alone {i}")]);
     }
-    Some(app)
+    app
 }
 
-mod thirty_two_clients_chat_into_threads_at_once {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_sqlite() {
-        let app = super::chat_story(crate::helpers::Db::Sqlite).await.unwrap();
-        app.stop().await;
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_postgres() {
-        if let Some(app) = super::chat_story(crate::helpers::Db::Postgres).await {
-            app.stop().await;
-        }
-    }
-}
+crate::story!(
+    thirty_two_clients_chat_into_threads_at_once,
+    setup: chat_story,
+    |app: TestApp| async move { app }
+);

@@ -244,8 +244,8 @@ story!(
     an_access_token_older_than_five_minutes_opens_no_session,
     setup: |db| async move {
         let clock = gatehouse::clock::Clock::manual(gatehouse::clock::Clock::System.now_ms());
-        let app = crate::helpers::TestApp::spawn_with_clock(db, clock.clone(), |_| {}).await?;
-        Some((app, clock))
+        let app = crate::helpers::TestApp::spawn_with_clock(db, clock.clone(), |_| {}).await;
+        (app, clock)
     },
     |(app, clock): (TestApp, gatehouse::clock::Clock)| async move {
         let (_, _, s) = app.new_user().await;
@@ -262,9 +262,7 @@ story!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_root_sends_a_browser_to_the_dashboard() {
-    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {})
-        .await
-        .unwrap();
+    let app = TestApp::spawn(crate::helpers::Db::Sqlite, |_| {}).await;
     let res = app.client.get(app.url("/")).send().await.unwrap();
     // The test client follows redirects: it ends on the dashboard page.
     assert_eq!(res.status(), 200);

@@ -7,7 +7,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 /// The static page needs no database engine of its own: SQLite is enough.
 async fn app() -> TestApp {
-    TestApp::spawn(Db::Sqlite, |_| {}).await.unwrap()
+    TestApp::spawn(Db::Sqlite, |_| {}).await
 }
 
 fn header(res: &reqwest::Response, name: &str) -> String {

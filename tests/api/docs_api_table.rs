@@ -83,7 +83,7 @@ async fn the_api_table_in_the_docs_and_openapi_json_list_the_same_routes() {
     let markdown = std::fs::read_to_string(&file).expect("docs/api.md");
     let documented = documented_routes(&markdown).unwrap_or_else(|e| panic!("docs/api.md: {e}"));
 
-    let app = TestApp::spawn(Db::Sqlite, |_| {}).await.unwrap();
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
     let (status, doc) = parts(
         app.client
             .get(app.url("/openapi.json"))

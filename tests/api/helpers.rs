@@ -1,3 +1,15 @@
+//! Test helpers: a real server per test ([`TestApp`]), fresh databases ([`TestDb`]), and
+//! [`story!`], which runs one story on SQLite and on PostgreSQL.
+//!
+//! **Naming convention: a test that needs a service says so in its name.** A test that needs
+//! PostgreSQL has `on_postgres` in its full name (module path included: `story!` makes
+//! `name::on_postgres`), one that needs the shared Redis `on_redis` (the scale-out module is
+//! `scaleout_on_postgres_on_redis`). [`postgres_url`] and [`redis_url`] panic when the service
+//! is not configured, and when the calling test's name lacks the marker; `naming.rs` scans the
+//! sources for the same. `scripts/test` runs `cargo nextest` with a filter that leaves out the
+//! tests of a missing service (`-E 'not test(/on_postgres/)'`), so they show as skipped in
+//! its summary and are never counted as passed. A test on its own redis-server ([`OwnRedis`])
+//! needs no marker.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -25,7 +37,8 @@ pub enum Db {
 pub struct TestDb {
     pub url: String,
     _dir: Option<tempdir::Dir>,
-    pg_admin: Option<(String, String)>,
+    /// The admin URL and the database's name, until it is dropped.
+    pg_admin: std::sync::Mutex<Option<(String, String)>>,
 }
 
 pub mod tempdir {
@@ -46,43 +59,62 @@ pub mod tempdir {
     }
 }
 
-/// The PostgreSQL admin URL, or `None` (with a printed notice) when PostgreSQL tests are skipped.
-/// With `CI=true` a missing URL is a failure, never a skip.
-pub fn postgres_url() -> Option<String> {
-    match std::env::var("GATEHOUSE_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but GATEHOUSE_TEST_POSTGRES_URL is not set: PostgreSQL tests are mandatory in CI");
-            }
-            eprintln!("NOTICE: GATEHOUSE_TEST_POSTGRES_URL is not set; skipping the PostgreSQL variant of this test");
-            None
+/// The test-name marker of a test that needs PostgreSQL (see the module documentation).
+pub const NEEDS_POSTGRES: &str = "on_postgres";
+/// The test-name marker of a test that needs the shared Redis.
+pub const NEEDS_REDIS: &str = "on_redis";
+
+/// The value of `var`, for a test whose name carries `marker`. Panics (never skips) when the
+/// variable is unset: `scripts/test` leaves such tests out of the run, so reaching this
+/// without the service is a misconfiguration, and a misnamed test fails even with the service.
+fn service_url(var: &str, marker: &str) -> String {
+    // libtest (and so nextest) names the thread that runs a test after the test; the body of
+    // a `#[tokio::test]` runs on that thread. Spawned tasks run on tokio's workers, whose
+    // names say nothing: only the test's own thread is checked.
+    if let Some(name) = std::thread::current().name() {
+        if name != "main" && !name.starts_with("tokio-") && !name.contains(marker) {
+            panic!(
+                "test {name} uses {var} but its name lacks `{marker}`: without the service \
+                 scripts/test could not leave it out (see tests/api/helpers.rs)"
+            );
         }
+    }
+    match std::env::var(var) {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "{var} is not set, and this test needs it; run ./scripts/test, which leaves out \
+             the tests named `*{marker}*` when their service is missing"
+        ),
     }
 }
 
-/// The shared Redis URL, or `None` (with a printed notice) when Redis tests are skipped.
-/// With `CI=true` a missing URL is a failure, never a skip.
-pub fn redis_url() -> Option<String> {
-    match std::env::var("GATEHOUSE_TEST_REDIS_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but GATEHOUSE_TEST_REDIS_URL is not set: Redis tests are mandatory in CI");
-            }
-            eprintln!("NOTICE: GATEHOUSE_TEST_REDIS_URL is not set; skipping a Redis test");
-            None
-        }
-    }
+/// The PostgreSQL admin URL, `GATEHOUSE_TEST_POSTGRES_URL`; only for tests whose name
+/// contains [`NEEDS_POSTGRES`].
+pub fn postgres_url() -> String {
+    service_url("GATEHOUSE_TEST_POSTGRES_URL", NEEDS_POSTGRES)
 }
+
+/// The shared Redis URL, `GATEHOUSE_TEST_REDIS_URL`; only for tests whose name contains
+/// [`NEEDS_REDIS`].
+pub fn redis_url() -> String {
+    service_url("GATEHOUSE_TEST_REDIS_URL", NEEDS_REDIS)
+}
+
+/// How long a change may take to reach another instance in a test. Fan-out takes
+/// milliseconds and the promise is "within a second"; the bound allows for a loaded 2-core
+/// test machine and still tells fan-out from its absence (a cached copy lives 60 s).
+pub const FANOUT_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A key prefix of its own for one test, so runs and tests never share counters.
 pub fn redis_prefix() -> String {
     format!("ghtest-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A redis-server of the test's own on a free port, for tests that stop Redis. Never the
-/// machine's shared instance. Stopped on drop.
+/// A redis-server of the test's own, for tests that stop Redis. Never the machine's shared
+/// instance. Stopped on drop.
+///
+/// redis-server cannot report a port it chose, so this picks a free one and passes it: a
+/// port taken in between makes the server exit at once, and `start` then tries another.
 pub struct OwnRedis {
     pub port: u16,
     child: Option<std::process::Child>,
@@ -91,23 +123,39 @@ pub struct OwnRedis {
 impl OwnRedis {
     /// Starts one and waits until it answers.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = OwnRedis { port, child: None };
-        r.restart();
-        r
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut r = OwnRedis { port, child: None };
+            if r.try_start() {
+                return r;
+            }
+        }
+        panic!("own redis-server did not start on any of five free ports");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts the server on the same port.
+    /// Restarts the server on the same port (after [`OwnRedis::kill`]).
     pub fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
+        for _ in 0..20 {
+            if self.try_start() {
+                return;
+            }
+            // The old server's socket may linger for a moment; the port is ours to retry.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("own redis-server did not restart on {}", self.port);
+    }
+
+    /// Starts the server on `self.port`; false when it exited (the port was taken).
+    fn try_start(&mut self) -> bool {
+        let mut child = std::process::Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -122,14 +170,19 @@ impl OwnRedis {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is needed for this test");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+        for _ in 0..200 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if redis_answers(self.port, child.id()) {
+                self.child = Some(child);
+                return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("own redis-server did not start on {}", self.port);
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("own redis-server did not answer on {}", self.port);
     }
 
     /// Kills the server at once (an outage).
@@ -141,6 +194,30 @@ impl OwnRedis {
     }
 }
 
+/// Whether the redis-server with process id `pid` answers on `port` (not another one that
+/// holds the port: `INFO server` names the process).
+fn redis_answers(port: u16, pid: u32) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    if s.write_all(b"INFO server\r\n").is_err() {
+        return false;
+    }
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 1024]);
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(rest) = text.split("process_id:").nth(1) {
+            if let Some((id, _)) = rest.split_once("\r\n") {
+                return id == pid.to_string();
+            }
+        }
+    }
+    false
+}
+
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
@@ -148,19 +225,21 @@ impl Drop for OwnRedis {
 }
 
 impl TestDb {
-    pub async fn new(db: Db) -> Option<Self> {
+    /// A fresh database on `db`; PostgreSQL needs `GATEHOUSE_TEST_POSTGRES_URL` (and a test
+    /// named after it, see [`postgres_url`]).
+    pub async fn new(db: Db) -> Self {
         match db {
             Db::Sqlite => {
                 let dir = tempdir::Dir::new();
                 let url = format!("sqlite://{}/gatehouse.db", dir.0.display());
-                Some(TestDb {
+                TestDb {
                     url,
                     _dir: Some(dir),
-                    pg_admin: None,
-                })
+                    pg_admin: std::sync::Mutex::new(None),
+                }
             }
             Db::Postgres => {
-                let admin = postgres_url()?;
+                let admin = postgres_url();
                 let name = format!("gh_test_{}", uuid::Uuid::new_v4().simple());
                 let mut conn = connect_pg(&admin).await;
                 sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -168,24 +247,50 @@ impl TestDb {
                     .await
                     .unwrap();
                 let url = replace_db(&admin, &name);
-                Some(TestDb {
+                TestDb {
                     url,
                     _dir: None,
-                    pg_admin: Some((admin, name)),
-                })
+                    pg_admin: std::sync::Mutex::new(Some((admin, name))),
+                }
             }
         }
     }
 
-    /// Drops a PostgreSQL test database.
+    /// Drops a PostgreSQL test database now (a test that ends normally); otherwise the drop
+    /// guard does it.
     pub async fn cleanup(&self) {
-        if let Some((admin, name)) = &self.pg_admin {
-            let mut conn = connect_pg(admin).await;
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
+        let taken = self.pg_admin.lock().unwrap().take();
+        if let Some((admin, name)) = taken {
+            drop_pg_database(&admin, &name).await;
         }
     }
+}
+
+impl Drop for TestDb {
+    /// A test that panicked (or forgot [`TestDb::cleanup`]) still drops its PostgreSQL
+    /// database. `Drop` cannot await, and may run inside the test's runtime: a thread of its
+    /// own runs the statement on a small runtime of its own.
+    fn drop(&mut self) {
+        let taken = self.pg_admin.get_mut().map(Option::take).unwrap_or(None);
+        if let Some((admin, name)) = taken {
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(drop_pg_database(&admin, &name));
+                }
+            })
+            .join();
+        }
+    }
+}
+
+async fn drop_pg_database(admin: &str, name: &str) {
+    let mut conn = connect_pg(admin).await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await;
 }
 
 async fn connect_pg(url: &str) -> sqlx::PgConnection {
@@ -253,7 +358,7 @@ pub struct TestApp {
 
 impl TestApp {
     /// Starts a server with a fresh database; `tweak` adjusts the configuration.
-    pub async fn spawn(db: Db, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    pub async fn spawn(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp {
         Self::spawn_with_clock(db, Clock::System, tweak).await
     }
 
@@ -261,9 +366,9 @@ impl TestApp {
         db: Db,
         clock: Clock,
         tweak: impl FnOnce(&mut Config),
-    ) -> Option<TestApp> {
-        let db = TestDb::new(db).await?;
-        Some(Self::spawn_on_with_clock(db, clock, tweak).await)
+    ) -> TestApp {
+        let db = TestDb::new(db).await;
+        Self::spawn_on_with_clock(db, clock, tweak).await
     }
 
     /// Starts a server on a database made beforehand (to reach it another way, say).
@@ -376,14 +481,16 @@ pub async fn parts(res: Response) -> (u16, Value) {
     (status, body)
 }
 
-/// Runs a story on SQLite and on PostgreSQL (skipped there when no PostgreSQL is
-/// configured), one test per engine in a module named after the story:
+/// Runs a story on SQLite and on PostgreSQL, one test per engine in a module named after the
+/// story (`name::on_sqlite`, `name::on_postgres`: the second carries the PostgreSQL marker):
 ///
 /// - `story!(name, |app: TestApp| async move { …; app })`: the default test config;
 /// - `story!(name, |c: &mut Config| …, body)`: the config changed first;
 /// - `story!(name, setup: |db| …, body)`: `setup(db)` starts the server and whatever else
-///   the story needs (a mock, a mail sink, a clock) and returns `Option<S>` (`None`: no
-///   such engine here); the body takes that `S` and hands back the `TestApp` to stop.
+///   the story needs (a mock, a mail sink, a clock) and returns it as one value `S` (a tuple,
+///   say); the body takes that `S` and hands back the `TestApp` to stop.
+///
+/// The one place that runs a story on both engines: [`run_story`] does the work.
 #[macro_export]
 macro_rules! story {
     ($name:ident, setup: $setup:expr, $body:expr) => {
@@ -392,19 +499,11 @@ macro_rules! story {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn on_sqlite() {
-                let s = ($setup)($crate::helpers::Db::Sqlite)
-                    .await
-                    .expect("SQLite is always available");
-                let app: $crate::helpers::TestApp = ($body)(s).await;
-                app.stop().await;
+                $crate::helpers::run_story($crate::helpers::Db::Sqlite, $setup, $body).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn on_postgres() {
-                let Some(s) = ($setup)($crate::helpers::Db::Postgres).await else {
-                    return;
-                };
-                let app: $crate::helpers::TestApp = ($body)(s).await;
-                app.stop().await;
+                $crate::helpers::run_story($crate::helpers::Db::Postgres, $setup, $body).await;
             }
         }
     };
@@ -418,6 +517,28 @@ macro_rules! story {
             $body
         );
     };
+}
+
+/// One story on one engine: `setup(db)`, then `body`, then the server stops and its database
+/// is dropped (on a panic, [`TestDb`]'s drop guard drops it).
+pub async fn run_story<S, SetupFut, BodyFut>(
+    db: Db,
+    setup: impl FnOnce(Db) -> SetupFut,
+    body: impl FnOnce(S) -> BodyFut,
+) where
+    SetupFut: std::future::Future<Output = S>,
+    BodyFut: std::future::Future<Output = TestApp>,
+{
+    let s = setup(db).await;
+    body(s).await.stop().await;
+}
+
+/// A server on `db` with a manual clock starting at `t0` (ms), for stories that move time:
+/// `story!(name, setup: |db| clocked(db, T0, |c| …), |(app, clock)| async move { … })`.
+pub async fn clocked(db: Db, t0: i64, tweak: impl FnOnce(&mut Config)) -> (TestApp, Clock) {
+    let clock = Clock::manual(t0);
+    let app = TestApp::spawn_with_clock(db, clock.clone(), tweak).await;
+    (app, clock)
 }
 
 /// A signed-up person with a live access token.

@@ -123,7 +123,7 @@ story!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_listen_serves_metrics_alone_and_stops_with_the_server() {
-    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let db = TestDb::new(Db::Sqlite).await;
     let mut config = test_config(&db.url);
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     config.metrics_token = Some(SecretString::from(TOKEN));
@@ -190,25 +190,22 @@ async fn metrics_listen_serves_metrics_alone_and_stops_with_the_server() {
 /// and closes the address at shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_metrics_on_metrics_listen() {
-    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let db = TestDb::new(Db::Sqlite).await;
     let dir = crate::helpers::tempdir::Dir::new();
-    // A free port for the binary to bind (it is released here, then bound by the server).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // Port 0: the server binds a free port and logs which one.
     let mut server = crate::process::start_with(
         &db.url,
         &dir,
         &[
-            ("GATEHOUSE_METRICS_LISTEN", &addr),
+            ("GATEHOUSE_METRICS_LISTEN", "127.0.0.1:0"),
             ("GATEHOUSE_METRICS_TOKEN", TOKEN),
         ],
     )
     .await;
-    // Bound before /healthz answered, which start_with waited for.
+    // Bound and logged before /healthz answered, which start_with waited for.
+    let addr = server
+        .logged_addr("metrics listening")
+        .expect("the server logs the metrics address");
     let client = reqwest::Client::new();
     let res = client
         .get(format!("http://{addr}/metrics"))

@@ -27,12 +27,36 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+impl Server {
+    /// The address the server logged for `what` (`"gatehouse listening"`, `"metrics
+    /// listening"`): it binds port 0 and says which port it got, so no port is picked by the
+    /// test, released and raced for.
+    pub(crate) fn logged_addr(&self, what: &str) -> Option<String> {
+        logged_addr(
+            &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            what,
+        )
+    }
+}
+
+/// The `addr` field of the first log line that says `what` (text or JSON log format).
+fn logged_addr(log: &str, what: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let (_, rest) = line
+        .split_once("addr=")
+        .or_else(|| line.split_once("\"addr\":\""))?;
+    Some(
+        rest.chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"')
+            .collect(),
+    )
+}
+
+/// An address where nothing listens: bound, then closed. Only for "this refuses connections";
+/// nothing may expect to bind it.
+fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
 }
 
 /// The binary with a clean environment: `db_url`, the test publishable key, autoconfirm,
@@ -55,19 +79,17 @@ async fn start(db_url: &str, dir: &tempdir::Dir) -> Server {
     start_with(db_url, dir, &[]).await
 }
 
-/// Starts `gatehouse serve` on a free port with `extra` environment, logging to a file in
-/// `dir`, and waits until `/healthz` answers.
+/// Starts `gatehouse serve` on port 0 with `extra` environment, logging to a file in `dir`,
+/// reads the address it bound from its log, and waits until `/healthz` answers there.
 pub(crate) async fn start_with(db_url: &str, dir: &tempdir::Dir, extra: &[(&str, &str)]) -> Server {
-    let port = free_port();
-    let log = dir.0.join(format!("server-{port}.log"));
+    let log = dir
+        .0
+        .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
     let out = std::fs::File::create(&log).unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let public_url = format!("http://127.0.0.1:{port}");
     // Mails (invitations, say) go to the test's folder, never into the source tree.
     let outbox = dir.0.join("outbox").display().to_string();
     let mut env = vec![
-        ("GATEHOUSE_LISTEN", listen.as_str()),
-        ("GATEHOUSE_PUBLIC_URL", public_url.as_str()),
+        ("GATEHOUSE_LISTEN", "127.0.0.1:0"),
         ("GATEHOUSE_MAIL_OUTBOX_DIR", outbox.as_str()),
     ];
     env.extend_from_slice(extra);
@@ -77,13 +99,19 @@ pub(crate) async fn start_with(db_url: &str, dir: &tempdir::Dir, extra: &[(&str,
         .stderr(Stdio::from(out))
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
     let client = Client::new();
     for _ in 0..300 {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-            if r.status() == 200 {
-                return Server { child, base, log };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = logged_addr(&text, "gatehouse listening") {
+            let base = format!("http://{addr}");
+            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+                if r.status() == 200 {
+                    return Server { child, base, log };
+                }
             }
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -108,9 +136,7 @@ async fn post(client: &Client, url: String, body: Value, bearer: Option<&str>) -
 }
 
 async fn user_survives_kill_9(db: Db) {
-    let Some(test_db) = TestDb::new(db).await else {
-        return;
-    };
+    let test_db = TestDb::new(db).await;
     let dir = tempdir::Dir::new();
     let client = Client::new();
     let mut server = start(&test_db.url, &dir).await;
@@ -177,12 +203,12 @@ async fn a_user_and_key_created_just_before_kill_9_survive_on_postgres() {
 
 #[tokio::test]
 async fn a_full_flow_leaves_no_secret_in_the_log() {
-    let test_db = TestDb::new(Db::Sqlite).await.unwrap();
+    let test_db = TestDb::new(Db::Sqlite).await;
     let dir = tempdir::Dir::new();
     let client = Client::builder().cookie_store(true).build().unwrap();
     // A model server and a Redis that refuse connections, each with a secret in its settings:
     // their failures are logged, their secrets must not be.
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_addr();
     // An SMTP server that takes mail, reached with a password in the URL.
     let sink = crate::smtp_sink::SmtpSink::start().await;
     let smtp_url = sink.url(Some(("mailer", "smtp-pw-never-logged-4471")));

@@ -35,11 +35,13 @@ struct Two {
 }
 
 impl Two {
-    /// `None` (with a notice) without PostgreSQL or Redis; `redis` overrides the shared one.
-    async fn start(redis: Option<&str>) -> Option<Two> {
-        let shared = redis_url()?;
-        let url = redis.unwrap_or(&shared).to_string();
-        let db = TestDb::new(Db::Postgres).await?;
+    /// Two processes on one PostgreSQL database; `redis` overrides the shared Redis.
+    async fn start(redis: Option<&str>) -> Two {
+        let url = match redis {
+            Some(own) => own.to_string(),
+            None => redis_url(),
+        };
+        let db = TestDb::new(Db::Postgres).await;
         let dir = tempdir::Dir::new();
         let prefix = redis_prefix();
         let env = [
@@ -54,12 +56,12 @@ impl Two {
         let a = start_with(&db.url, &dir, &env).await;
         let b = start_with(&db.url, &dir, &env).await;
         subscribed(&url, &prefix, 2).await;
-        Some(Two {
+        Two {
             a,
             b,
             db,
             _dir: dir,
-        })
+        }
     }
 
     async fn stop(self) {
@@ -172,10 +174,8 @@ async fn key_refused(c: &Client, base: &str, key: &str, reason: &str, what: &str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_logout_on_one_instance_ends_its_jwt_on_the_other_postgres_redis() {
-    let Some(two) = Two::start(None).await else {
-        return;
-    };
+async fn a_logout_on_one_instance_ends_its_jwt_on_the_other_on_postgres_on_redis() {
+    let two = Two::start(None).await;
     let c = Client::new();
     let (session, _) = owner(&c, &two.a.base).await;
     let me_on_b = || async {
@@ -208,10 +208,8 @@ async fn a_logout_on_one_instance_ends_its_jwt_on_the_other_postgres_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dashboard_sign_out_on_one_instance_reaches_the_other_postgres_redis() {
-    let Some(two) = Two::start(None).await else {
-        return;
-    };
+async fn a_dashboard_sign_out_on_one_instance_reaches_the_other_on_postgres_on_redis() {
+    let two = Two::start(None).await;
     let c = Client::new();
     let email = format!("dash-{}@example.com", uuid::Uuid::new_v4().simple());
     let (status, _) = send(
@@ -265,10 +263,8 @@ async fn a_dashboard_sign_out_on_one_instance_reaches_the_other_postgres_redis()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_rolled_with_no_grace_is_refused_by_the_other_instance_postgres_redis() {
-    let Some(two) = Two::start(None).await else {
-        return;
-    };
+async fn a_key_rolled_with_no_grace_is_refused_by_the_other_instance_on_postgres_on_redis() {
+    let two = Two::start(None).await;
     let c = Client::new();
     let (session, org) = owner(&c, &two.a.base).await;
     let (old, id) = key(&c, &two.a.base, token(&session), &org).await;
@@ -295,10 +291,8 @@ async fn a_key_rolled_with_no_grace_is_refused_by_the_other_instance_postgres_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changed_limits_reach_the_other_instance_postgres_redis() {
-    let Some(two) = Two::start(None).await else {
-        return;
-    };
+async fn changed_limits_reach_the_other_instance_on_postgres_on_redis() {
+    let two = Two::start(None).await;
     let c = Client::new();
     let (session, org) = owner(&c, &two.a.base).await;
     let (k, id) = key(&c, &two.a.base, token(&session), &org).await;
@@ -344,10 +338,8 @@ async fn changed_limits_reach_the_other_instance_postgres_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_organization_s_keys_are_refused_by_the_other_instance_postgres_redis() {
-    let Some(two) = Two::start(None).await else {
-        return;
-    };
+async fn a_deleted_organization_s_keys_are_refused_by_the_other_instance_on_postgres_on_redis() {
+    let two = Two::start(None).await;
     let c = Client::new();
     let (session, org) = owner(&c, &two.a.base).await;
     let (k, _) = key(&c, &two.a.base, token(&session), &org).await;
@@ -374,14 +366,9 @@ async fn a_deleted_organization_s_keys_are_refused_by_the_other_instance_postgre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credential_caches_are_emptied_when_redis_comes_back_postgres_redis() {
-    if redis_url().is_none() {
-        return;
-    }
+async fn credential_caches_are_emptied_when_redis_comes_back_on_postgres() {
     let mut own = OwnRedis::start();
-    let Some(two) = Two::start(Some(&own.url())).await else {
-        return;
-    };
+    let two = Two::start(Some(&own.url())).await;
     let c = Client::new();
     let (session, org) = owner(&c, &two.a.base).await;
     let (k, id) = key(&c, &two.a.base, token(&session), &org).await;

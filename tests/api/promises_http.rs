@@ -19,7 +19,7 @@ fn is_fresh_request_id(id: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incoming_request_id_is_kept_when_well_formed_and_replaced_otherwise() {
-    let app = TestApp::spawn(Db::Sqlite, |_| {}).await.unwrap();
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
     let person = app.person().await;
     let longest = "a".repeat(64);
     let too_long = "a".repeat(65);
@@ -62,7 +62,7 @@ async fn an_incoming_request_id_is_kept_when_well_formed_and_replaced_otherwise(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_allows_any_origin_without_credentials_and_the_documented_headers() {
-    let app = TestApp::spawn(Db::Sqlite, |_| {}).await.unwrap();
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
     let person = app.person().await;
     let origin = "https://app.example.net";
 
@@ -129,7 +129,7 @@ async fn v1_allows_any_origin_without_credentials_and_the_documented_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_file_keeps_other_origins_out_of_its_window() {
-    let app = TestApp::spawn(Db::Sqlite, |_| {}).await.unwrap();
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
     for path in [
         "/dashboard",
         "/dashboard/",

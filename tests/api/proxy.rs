@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{Db, TestApp};
+use crate::story;
 
 /// One request as the backend received it: the raw request target and the headers.
 #[derive(Clone, Debug)]
@@ -72,34 +73,26 @@ pub async fn raw_request(
     (status, body)
 }
 
-/// Runs `body` on SQLite and, when configured, PostgreSQL, each with a fresh backend whose
-/// base path is `/base`.
-async fn on_both_engines<F, Fut>(trusted: &[&str], body: F)
-where
-    F: Fn(TestApp, String, Arc<Mutex<Vec<Seen>>>) -> Fut,
-    Fut: std::future::Future<Output = TestApp>,
-{
-    for db in [Db::Sqlite, Db::Postgres] {
-        let (backend, seen) = recording_backend().await;
-        let trusted: Vec<String> = trusted.iter().map(|s| s.to_string()).collect();
-        let Some(app) = TestApp::spawn(db, move |c| {
-            c.proxy_target = Some(format!("http://{backend}/base"));
-            c.trusted_proxies = trusted;
-        })
-        .await
-        else {
-            continue;
-        };
-        let owner = app.person().await;
-        let org = app.org(&owner, "Acme").await;
-        let (key, _) = app.key(&owner, &org, &["chat:write"]).await;
-        body(app, key, seen).await.stop().await;
-    }
+/// A server whose proxy target is a fresh recording backend with base path `/base`, and an
+/// API key of a fresh organization.
+async fn proxied(db: Db, trusted: &[&str]) -> (TestApp, String, Arc<Mutex<Vec<Seen>>>) {
+    let (backend, seen) = recording_backend().await;
+    let trusted: Vec<String> = trusted.iter().map(|s| s.to_string()).collect();
+    let app = TestApp::spawn(db, move |c| {
+        c.proxy_target = Some(format!("http://{backend}/base"));
+        c.trusted_proxies = trusted;
+    })
+    .await;
+    let owner = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    let (key, _) = app.key(&owner, &org, &["chat:write"]).await;
+    (app, key, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxied_paths_cannot_leave_the_base_path() {
-    on_both_engines(&[], |app, key, seen| async move {
+story!(
+    proxied_paths_cannot_leave_the_base_path,
+    setup: |db| proxied(db, &[]),
+    |(app, key, seen): (TestApp, String, Arc<Mutex<Vec<Seen>>>)| async move {
         let auth = [("x-api-key", key.as_str())];
         // Ordinary paths, dots inside a segment and encoded characters other than
         // separators are forwarded under the base path, as sent.
@@ -154,9 +147,8 @@ async fn proxied_paths_cannot_leave_the_base_path() {
         assert!(seen.iter().all(|s| s.target.starts_with("/base/api/")));
         drop(seen);
         app
-    })
-    .await;
-}
+    }
+);
 
 fn header_values(h: &axum::http::HeaderMap, name: &str) -> Vec<String> {
     h.get_all(name)
@@ -165,9 +157,10 @@ fn header_values(h: &axum::http::HeaderMap, name: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_untrusted_client_cannot_forge_its_forwarding_chain() {
-    on_both_engines(&[], |app, key, seen| async move {
+story!(
+    an_untrusted_client_cannot_forge_its_forwarding_chain,
+    setup: |db| proxied(db, &[]),
+    |(app, key, seen): (TestApp, String, Arc<Mutex<Vec<Seen>>>)| async move {
         let (status, _) = raw_request(
             app.addr,
             "GET",
@@ -193,13 +186,13 @@ async fn an_untrusted_client_cannot_forge_its_forwarding_chain() {
         let h = seen.lock().unwrap().last().unwrap().headers.clone();
         assert_eq!(header_values(&h, "x-forwarded-for"), ["127.0.0.1"]);
         app
-    })
-    .await;
-}
+    }
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trusted_proxys_chain_is_extended_with_the_peer() {
-    on_both_engines(&["127.0.0.1"], |app, key, seen| async move {
+story!(
+    a_trusted_proxys_chain_is_extended_with_the_peer,
+    setup: |db| proxied(db, &["127.0.0.1"]),
+    |(app, key, seen): (TestApp, String, Arc<Mutex<Vec<Seen>>>)| async move {
         let (status, _) = raw_request(
             app.addr,
             "GET",
@@ -231,6 +224,5 @@ async fn a_trusted_proxys_chain_is_extended_with_the_peer() {
         assert_eq!(header_values(&h, "x-forwarded-for"), ["127.0.0.1"]);
         assert!(h.get("forwarded").is_none(), "{h:?}");
         app
-    })
-    .await;
-}
+    }
+);

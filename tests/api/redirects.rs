@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::helpers::{Db, TestApp};
 use crate::smtp_sink::SmtpSink;
 
-async fn spawn(db: Db) -> Option<(TestApp, SmtpSink)> {
+async fn spawn(db: Db) -> (TestApp, SmtpSink) {
     let sink = SmtpSink::start().await;
     let url = sink.url(None);
     let app = TestApp::spawn(db, move |c| {
@@ -17,8 +17,8 @@ async fn spawn(db: Db) -> Option<(TestApp, SmtpSink)> {
         c.mail_min_interval_seconds = 0;
         c.redirect_allowlist = vec!["http://localhost:3000/**".into()];
     })
-    .await?;
-    Some((app, sink))
+    .await;
+    (app, sink)
 }
 
 /// Asks for a recovery mail landing on `redirect_to`; the link's target and where opening
@@ -85,22 +85,14 @@ async fn story(app: TestApp, sink: SmtpSink) -> TestApp {
     app
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_site_origin_and_the_allowlist_receive_the_session_on_sqlite() {
-    let (app, sink) = spawn(Db::Sqlite).await.unwrap();
-    story(app, sink).await.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_site_origin_and_the_allowlist_receive_the_session_on_postgres() {
-    let Some((app, sink)) = spawn(Db::Postgres).await else {
-        return;
-    };
-    story(app, sink).await.stop().await;
-}
+crate::story!(
+    only_the_site_origin_and_the_allowlist_receive_the_session,
+    setup: spawn,
+    |(app, sink)| story(app, sink)
+);
 
 /// With `site_url` on another site, the dashboard's own page still receives its mails' links.
-async fn dashboard_story(db: Db) -> Option<()> {
+async fn spawn_elsewhere(db: Db) -> (TestApp, SmtpSink) {
     let sink = SmtpSink::start().await;
     let url = sink.url(None);
     let app = TestApp::spawn(db, move |c| {
@@ -109,26 +101,27 @@ async fn dashboard_story(db: Db) -> Option<()> {
         c.mail_min_interval_seconds = 0;
         c.site_url = Some("https://app.example.com".into());
     })
-    .await?;
-    let email = format!("dash-{}@example.com", uuid::Uuid::new_v4().simple());
-    app.state
-        .accounts
-        .create_confirmed_user(&email, "correct horse battery".into())
-        .await
-        .unwrap();
-    let dashboard = format!("{}/dashboard/", app.base);
-    let (target, location) = recover(&app, &sink, &email, 1, &dashboard).await;
-    assert_eq!(target, dashboard);
-    assert!(location.starts_with(&format!("{dashboard}#")), "{location}");
-    // Another page of this server is not the dashboard: the site instead.
-    let (target, _) = recover(&app, &sink, &email, 2, &format!("{}/other", app.base)).await;
-    assert_eq!(target, "https://app.example.com");
-    app.stop().await;
-    Some(())
+    .await;
+    (app, sink)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_receives_its_own_links_when_site_url_is_elsewhere() {
-    dashboard_story(Db::Sqlite).await.unwrap();
-    let _ = dashboard_story(Db::Postgres).await;
-}
+crate::story!(
+    the_dashboard_receives_its_own_links_when_site_url_is_elsewhere,
+    setup: spawn_elsewhere,
+    |(app, sink): (TestApp, SmtpSink)| async move {
+        let email = format!("dash-{}@example.com", uuid::Uuid::new_v4().simple());
+        app.state
+            .accounts
+            .create_confirmed_user(&email, "correct horse battery".into())
+            .await
+            .unwrap();
+        let dashboard = format!("{}/dashboard/", app.base);
+        let (target, location) = recover(&app, &sink, &email, 1, &dashboard).await;
+        assert_eq!(target, dashboard);
+        assert!(location.starts_with(&format!("{dashboard}#")), "{location}");
+        // Another page of this server is not the dashboard: the site instead.
+        let (target, _) = recover(&app, &sink, &email, 2, &format!("{}/other", app.base)).await;
+        assert_eq!(target, "https://app.example.com");
+        app
+    }
+);

@@ -921,9 +921,7 @@ story!(
 /// Sessions end on time; checked with a manual clock on both engines.
 async fn sessions_expire(db: Db) {
     let clock = gatehouse::clock::Clock::manual(gatehouse::clock::Clock::System.now_ms());
-    let Some(app) = TestApp::spawn_with_clock(db, clock, |_| {}).await else {
-        return;
-    };
+    let app = TestApp::spawn_with_clock(db, clock, |_| {}).await;
     let (_, _, id, token) = setup(&app).await;
     let s = app.session(&id, json!({"token": token})).await;
     app.state.edge.clock.advance_ms(899_000);

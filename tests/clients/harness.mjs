@@ -1,5 +1,6 @@
 // Shared harness of the Node client suites (tests/clients/js, tests/clients/browser):
-// starts a real `gatehouse serve` process on a free port with a temporary SQLite
+// starts a real `gatehouse serve` process on a free port (another one if that was taken
+// meanwhile) with a temporary SQLite
 // database, waits for GET /healthz, stops it again, and a few small helpers.
 //
 // Node built-ins only: the two suites are separate npm packages and import this file by
@@ -44,7 +45,24 @@ export function freePort() {
 // answers 200. The harness sets the listen address, the database, the publishable key and
 // the public URL; `env` adds (or overrides) the suite's own settings.
 // Returns { proc, url, key, output(), tmp, exited() }; give it to stopGatehouse.
-export async function startGatehouse({ env: extraEnv = {}, tmpPrefix = 'gatehouse-test-' } = {}) {
+//
+// The port is picked here, not by the server (port 0), because the public URL, which the
+// server needs at start (mailed links, the dashboard's origin check), names it. A port taken
+// by someone else in between makes the server exit with "cannot listen on": then it is
+// started again on another port.
+export async function startGatehouse(opts = {}) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(opts)
+    } catch (e) {
+      if (!(e instanceof PortTaken) || attempt >= 5) throw e
+    }
+  }
+}
+
+class PortTaken extends Error {}
+
+async function startOnce({ env: extraEnv = {}, tmpPrefix = 'gatehouse-test-' } = {}) {
   if (!existsSync(BIN)) throw new Error(`gatehouse binary not found at ${BIN} (build it or set GATEHOUSE_BIN)`)
   const port = await freePort()
   const tmp = mkdtempSync(path.join(os.tmpdir(), tmpPrefix))
@@ -80,7 +98,8 @@ export async function startGatehouse({ env: extraEnv = {}, tmpPrefix = 'gatehous
   for (;;) {
     if (exited) {
       rmSync(tmp, { recursive: true, force: true })
-      throw new Error(`gatehouse exited before becoming ready (${JSON.stringify(exited)}):\n${output()}`)
+      const Err = output().includes('cannot listen on') ? PortTaken : Error
+      throw new Err(`gatehouse exited before becoming ready (${JSON.stringify(exited)}):\n${output()}`)
     }
     try {
       const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) })

@@ -275,8 +275,7 @@ async fn a_private_target_is_refused_at_delivery_too() {
         c.webhooks_poll_interval_ms = 50;
         c.webhooks_retry_schedule = vec![0];
     })
-    .await
-    .unwrap();
+    .await;
     let receiver = Receiver::start().await;
     let owner = app.person().await;
     let org = app.org(&owner, "Rebound").await;
@@ -633,9 +632,7 @@ story!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_failing_for_five_days_is_disabled() {
     let clock = gatehouse::clock::Clock::manual(gatehouse::clock::Clock::System.now_ms());
-    let app = TestApp::spawn_with_clock(Db::Sqlite, clock.clone(), fast)
-        .await
-        .unwrap();
+    let app = TestApp::spawn_with_clock(Db::Sqlite, clock.clone(), fast).await;
     let receiver = Receiver::start().await;
     receiver.script(&[Reply::Status(500); 10]);
     let (token, org, ep) = setup(&app, &receiver, json!({})).await;
@@ -650,7 +647,13 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
     receiver.until("the first attempt", |h| !h.is_empty()).await;
     // The attempt's log row is written in the transaction that starts the failure streak.
     wait_for_log(&app, &token, &org, id, 1).await;
-    let e = app.state.runtime.store.webhook_endpoint(&org, id).await.unwrap();
+    let e = app
+        .state
+        .runtime
+        .store
+        .webhook_endpoint(&org, id)
+        .await
+        .unwrap();
     assert!(e.enabled && e.failing_since.is_some());
     clock.advance_ms(5 * 86_400_000 + 2000);
     receiver.until("the retry", |h| h.len() >= 2).await;

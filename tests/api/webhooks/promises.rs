@@ -12,10 +12,10 @@ use crate::helpers::{Db, TestApp};
 use crate::story;
 
 /// A server on a manual clock with fast deliveries.
-async fn on_clock(db: Db) -> Option<(TestApp, Clock)> {
+async fn on_clock(db: Db) -> (TestApp, Clock) {
     let clock = Clock::manual(Clock::System.now_ms());
-    let app = TestApp::spawn_with_clock(db, clock.clone(), fast).await?;
-    Some((app, clock))
+    let app = TestApp::spawn_with_clock(db, clock.clone(), fast).await;
+    (app, clock)
 }
 
 async fn send_test(app: &TestApp, token: &str, org: &str, id: &str) {

@@ -322,6 +322,18 @@ describe('dashboard in Chromium', { skip }, () => {
       statuses.push(r.status)
     }
     assert.deepEqual(statuses, [200, 200, 200, 429, 429, 429])
+    // Key entries of this test's own for the audit log, whatever the other tests did.
+    const audited = await api('POST', `${gh.url}/v1/orgs/${org.id}/api-keys`, {
+      body: { name: 'Audited key' },
+      headers: owner,
+      expect: 201,
+    })
+    const rolled = await api('POST', `${gh.url}/v1/orgs/${org.id}/api-keys/${audited.id}/roll`, {
+      body: { grace_seconds: 0 },
+      headers: owner,
+      expect: 201,
+    })
+    await api('DELETE', `${gh.url}/v1/orgs/${org.id}/api-keys/${rolled.id}`, { headers: owner })
 
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } })
     await context.addInitScript(cspWatcher)
@@ -393,10 +405,12 @@ describe('dashboard in Chromium', { skip }, () => {
       await page.getByLabel('Title').fill('Ask Acme Robotics')
       await page.getByRole('button', { name: 'Save changes' }).click()
       await page.getByText('Saved.').waitFor()
-      const saved = await api('GET', `${gh.url}/v1/orgs/${org.id}/widgets`, { headers: owner })
-      assert.equal(saved[0].settings.title, 'Ask Acme Robotics')
-      assert.equal(saved[0].settings.accent_color, '#0f766e')
-      assert.deepEqual(saved[0].allowed_origins, ['https://shop.example.com', 'http://localhost:3000'])
+      // Found by name: other tests may add widgets to this organization.
+      const saved = (await api('GET', `${gh.url}/v1/orgs/${org.id}/widgets`, { headers: owner }))
+        .find((w) => w.name === 'Help desk')
+      assert.equal(saved.settings.title, 'Ask Acme Robotics')
+      assert.equal(saved.settings.accent_color, '#0f766e')
+      assert.deepEqual(saved.allowed_origins, ['https://shop.example.com', 'http://localhost:3000'])
       mkdirSync(SHOTS, { recursive: true })
       await page.screenshot({ path: path.join(SHOTS, 'dashboard-widgets.png'), fullPage: true })
 
@@ -491,6 +505,12 @@ describe('dashboard in Chromium', { skip }, () => {
   })
 
   test('a member sees no key controls, and the server refuses a member\u2019s create anyway', async () => {
+    // A key of this test's own to be listed, whatever the other tests did or did not create.
+    await api('POST', `${gh.url}/v1/orgs/${org.id}/api-keys`, {
+      body: { name: 'Listed for the member' },
+      headers: owner,
+      expect: 201,
+    })
     const context = await browser.newContext({ viewport: { width: 1100, height: 760 } })
     await context.addInitScript(cspWatcher)
     const page = await context.newPage()
@@ -500,7 +520,7 @@ describe('dashboard in Chromium', { skip }, () => {
       assert.match(await page.getByLabel('Organization').locator('option:checked').textContent(), /\(member\)/)
       // The list is there (members hold keys:read), the controls are not.
       await page.getByRole('heading', { name: 'Existing keys' }).waitFor()
-      await page.locator('tr', { hasText: 'Shared key' }).waitFor()
+      await page.locator('tr', { hasText: 'Listed for the member' }).waitFor()
       assert.equal(await page.getByLabel('Name').count(), 0)
       assert.equal(await page.getByRole('button', { name: 'Generate API key' }).count(), 0)
       assert.equal(await page.getByRole('button', { name: /Delete|Roll/ }).count(), 0)

@@ -308,7 +308,6 @@ describe('chat widget in Chromium', { skip }, () => {
       const renewal = page.waitForResponse((r) => r.url().endsWith('/session/renew') && r.request().method() === 'POST')
       await page.clock.fastForward('00:50')
       const renewed = await renewal
-      const renewedAt = Date.now()
       assert.equal(renewed.status(), 201, await renewed.text())
       const { session_token } = (await renewed.json()).data
       await ask(page, 'after the renewal')
@@ -316,9 +315,26 @@ describe('chat widget in Chromium', { skip }, () => {
       const chat = seen.requests.filter((r) => r.url.endsWith('/chat')).at(-1)
       assert.equal(chat.headers.authorization, `Bearer ${session_token}`, 'the chat call uses the renewed session')
 
-      // Stop the page's clock (so no renewal fires) and let the renewed session run out for real.
+      // Stop the page's clock (so no renewal fires), and let the renewed session run out. The
+      // server's side of expiry is tested with an injected clock (tests/api/widgets.rs,
+      // widget_sessions_expire_after_15_minutes); here the server's answer to a chat on an
+      // expired session is played back once, instead of waiting out a real minute.
       await page.clock.pauseAt((await page.evaluate(() => Date.now())) + 1000)
-      await sleep(Math.max(0, renewedAt + 61_000 - Date.now()))
+      let expired = false
+      await page.route(`${gh.url}/v1/widgets/${widget.id}/chat`, (route) => {
+        if (expired || route.request().method() !== 'POST') return route.fallback()
+        expired = true
+        return route.fulfill({
+          status: 401,
+          headers: { 'access-control-allow-origin': hostA.url, vary: 'Origin' },
+          contentType: 'application/json',
+          body: JSON.stringify({
+            success: false,
+            error: { code: 'unauthorized', message: 'Authentication required.', details: { reason: 'session_expired' } },
+            meta: { request_id: 'req_played_back', ts: new Date().toISOString() },
+          }),
+        })
+      })
       const before = calls.length
       await ask(page, 'after the expiry')
       await page.getByRole('log').locator('.msg.assistant', { hasText: 'after the expiry' }).waitFor()

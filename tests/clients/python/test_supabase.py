@@ -68,6 +68,29 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+def _serve(env: dict, cwd: Path, log, log_path: Path):
+    """Starts `gatehouse serve` on a free port; returns (process, its URL). The port is picked
+    here, not bound by the server (port 0), because the public URL, given at start, names it;
+    a port taken in between makes the server exit with "cannot listen on", and it is started
+    again on another."""
+    for _ in range(5):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**env, "GATEHOUSE_LISTEN": f"127.0.0.1:{port}", "GATEHOUSE_PUBLIC_URL": url}
+        proc = subprocess.Popen(
+            [str(BIN), "serve"], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if "gatehouse listening" in log_path.read_text(errors="replace"):
+                return proc, url
+            time.sleep(0.05)
+        if proc.poll() is None or "cannot listen on" not in log_path.read_text(errors="replace"):
+            return proc, url  # the caller's readiness check reports what went wrong
+    return proc, url
+
+
 
 def _alnum(n: int) -> str:
     chars = string.ascii_letters + string.digits
@@ -83,9 +106,7 @@ def _alnum(n: int) -> str:
 def server():
     if not BIN.exists():
         pytest.fail(f"gatehouse binary not found at {BIN} (build it or set GATEHOUSE_BIN)")
-    port = _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="gatehouse-py-"))
-    url = f"http://127.0.0.1:{port}"
     key = f"gk_publishable_test_{_alnum(24)}"
     # gatehouse rejects unknown GATEHOUSE_* variables, so the suite's own
     # control variables (GATEHOUSE_BIN, GATEHOUSE_CLIENT_TEST_*) are not passed on.
@@ -96,11 +117,9 @@ def server():
     }
     env = {
         **inherited,
-        "GATEHOUSE_LISTEN": f"127.0.0.1:{port}",
         "GATEHOUSE_DATABASE_URL": os.environ.get("GATEHOUSE_CLIENT_TEST_DATABASE_URL")
         or f"sqlite://{tmp}/gh.db",
         "GATEHOUSE_PUBLISHABLE_KEY": key,
-        "GATEHOUSE_PUBLIC_URL": url,
         "GATEHOUSE_AUTOCONFIRM": "true",
         "GATEHOUSE_RATE_LIMIT_SIGN_UP": "1000/60s",
         "GATEHOUSE_RATE_LIMIT_SIGN_IN": "1000/60s",
@@ -108,10 +127,7 @@ def server():
     }
     log_path = tmp / "server.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(BIN), "serve"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    proc, url = _serve(env, tmp, log, log_path)
     srv = Server(url=url, key=key, proc=proc, log_path=log_path)
     try:
         deadline = time.monotonic() + 30

@@ -34,6 +34,29 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+def _serve(env: dict, cwd: Path, log, log_path: Path):
+    """Starts `gatehouse serve` on a free port; returns (process, its URL). The port is picked
+    here, not bound by the server (port 0), because the public URL, given at start, names it;
+    a port taken in between makes the server exit with "cannot listen on", and it is started
+    again on another."""
+    for _ in range(5):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**env, "GATEHOUSE_LISTEN": f"127.0.0.1:{port}", "GATEHOUSE_PUBLIC_URL": url}
+        proc = subprocess.Popen(
+            [str(BIN), "serve"], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if "gatehouse listening" in log_path.read_text(errors="replace"):
+                return proc, url
+            time.sleep(0.05)
+        if proc.poll() is None or "cannot listen on" not in log_path.read_text(errors="replace"):
+            return proc, url  # the caller's readiness check reports what went wrong
+    return proc, url
+
+
 
 class Receiver:
     """A webhook endpoint: records every request; answers from a script, then 200."""
@@ -104,9 +127,7 @@ def base():
     global SERVER_LOG
     if not BIN.exists():
         pytest.fail(f"gatehouse binary not found at {BIN} (build it or set GATEHOUSE_BIN)")
-    port = _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="gatehouse-hooks-"))
-    url = f"http://127.0.0.1:{port}"
     inherited = {
         k: v
         for k, v in os.environ.items()
@@ -114,24 +135,22 @@ def base():
     }
     env = {
         **inherited,
-        "GATEHOUSE_LISTEN": f"127.0.0.1:{port}",
         "GATEHOUSE_DATABASE_URL": os.environ.get("GATEHOUSE_CLIENT_TEST_DATABASE_URL")
         or f"sqlite://{tmp}/gh.db",
         "GATEHOUSE_PUBLISHABLE_KEY": PK,
-        "GATEHOUSE_PUBLIC_URL": url,
         "GATEHOUSE_AUTOCONFIRM": "true",
         "GATEHOUSE_RATE_LIMIT_SIGN_UP": "1000/60s",
         # The receiver listens on 127.0.0.1; retries come after 1 s instead of 5 s.
         "GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE": "true",
         "GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS": "100",
         "GATEHOUSE_WEBHOOKS_RETRY_SCHEDULE": "0,1,1",
+        # The receiver is local and answers at once: a 3 s attempt timeout is ample, and a
+        # claim (2 x timeout + 1 s) lapses after 7 s instead of the default's 31 s.
+        "GATEHOUSE_WEBHOOKS_TIMEOUT_MS": "3000",
     }
     log = open(tmp / "server.log", "wb")
     SERVER_LOG = tmp / "server.log"
-    proc = subprocess.Popen(
-        [str(BIN), "serve"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    proc, url = _serve(env, tmp, log, SERVER_LOG)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -241,9 +260,9 @@ def test_every_retry_verifies_and_keeps_its_id(base):
     status, _ = call(base, "POST", f"/v1/orgs/{org}/webhooks/{ep['id']}/test", token)
     assert status == 202
     # Generous: an attempt whose result could not be recorded is re-sent when its claim
-    # lapses (2 x 15 s + 1 s), which a loaded CI machine can cause.
+    # lapses (7 s with the 3 s timeout above), which a loaded CI machine can cause.
     hits = receiver.wait(
-        lambda hs: len(hs) >= 3, "three attempts", timeout=45.0,
+        lambda hs: len(hs) >= 3, "three attempts", timeout=25.0,
         log=lambda: delivery_log(base, token, org, ep["id"]),
     )
     assert len({h["webhook-id"] for h, _ in hits}) == 1
