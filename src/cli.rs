@@ -33,7 +33,7 @@ pub enum Command {
     /// Run the server (migrates storage first). Stops gracefully on SIGINT/SIGTERM.
     Serve {
         /// Development mode (same as GATEHOUSE_DEV=true): sign-ups are confirmed at once,
-        /// private webhook targets are allowed, localhost and 127.0.0.1 are one origin.
+        /// private webhook targets are allowed, localhost, 127.0.0.1 and [::1] are one origin.
         #[arg(long)]
         dev: bool,
     },

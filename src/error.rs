@@ -159,6 +159,8 @@ reasons! {
     DotSegment = "dot_segment",
     /// A proxied path holds an encoded slash or a backslash.
     EncodedSeparator = "encoded_separator",
+    /// A proxied path would leave `proxy_target`'s origin or base path once parsed.
+    OutsideBase = "outside_base",
     /// The page's origin is not on the widget's allowlist.
     OriginNotAllowed = "origin_not_allowed",
     /// The widget token is invalid or expired.
@@ -344,6 +346,7 @@ mod tests {
                 "gone",
                 "dot_segment",
                 "encoded_separator",
+                "outside_base",
                 "origin_not_allowed",
                 "bad_token",
                 "bad_user_hash",

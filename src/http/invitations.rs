@@ -47,9 +47,9 @@ impl From<InvitationError> for ApiError {
                 ApiError::msg(Code::Forbidden, message).reason(Reason::EmailNotConfirmed)
             }
             E::UnknownUser => ApiError::new(Code::Unauthorized),
-            E::NotPending(status) => {
-                ApiError::msg(Code::Conflict, message).details(json!({ "reason": status }))
-            }
+            // The invitation's status is its reason: accepted, declined, revoked or expired.
+            E::NotPending(status) => ApiError::msg(Code::Conflict, message)
+                .reason(Reason::parse(&status).unwrap_or(Reason::Gone)),
             E::InvalidToken => ApiError::msg(Code::NotFound, message).reason(Reason::InvalidToken),
             E::TooSoon(secs) => {
                 let mut err = ApiError::msg(Code::RateLimited, message).details(

@@ -15,7 +15,7 @@ use axum::Router;
 use futures_util::TryStreamExt;
 
 use crate::app::AppState;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, Reason};
 use crate::http::chat::ChatPrincipal;
 
 /// `/api/{*rest}` when `proxy_target` is set.
@@ -54,25 +54,25 @@ fn client_address_header(name: &HeaderName) -> bool {
 /// holds a slash or backslash (encoded, or a literal backslash, which URL parsers read as a
 /// slash). Either could make the backend, or the URL parser on the way, resolve a path
 /// outside `proxy_target`'s base path.
-pub fn unsafe_path(path: &str) -> Option<&'static str> {
+pub fn unsafe_path(path: &str) -> Option<Reason> {
     for segment in path.split('/') {
         let decoded: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
         if decoded == b"." || decoded == b".." {
-            return Some("dot_segment");
+            return Some(Reason::DotSegment);
         }
         if decoded.iter().any(|b| *b == b'/' || *b == b'\\') {
-            return Some("encoded_separator");
+            return Some(Reason::EncodedSeparator);
         }
     }
     None
 }
 
-fn bad_path(reason: &'static str) -> ApiError {
+fn bad_path(reason: Reason) -> ApiError {
     ApiError::msg(
         Code::InvalidRequest,
         "The path may not contain dot segments (. or ..), encoded slashes or backslashes.",
     )
-    .details(serde_json::json!({ "reason": reason }))
+    .reason(reason)
 }
 
 /// The request's path, checked by [`unsafe_path`]; taken before the credential, so a
@@ -99,10 +99,10 @@ pub fn target_url(target: &str, path_and_query: &str) -> Result<reqwest::Url, Ap
         target.trim_end_matches('/'),
         path_and_query
     ))
-    .map_err(|_| bad_path("outside_base"))?;
+    .map_err(|_| bad_path(Reason::OutsideBase))?;
     let prefix = format!("{}/api/", base.path().trim_end_matches('/'));
     if url.origin() != base.origin() || !url.path().starts_with(&prefix) {
-        return Err(bad_path("outside_base"));
+        return Err(bad_path(Reason::OutsideBase));
     }
     Ok(url)
 }
