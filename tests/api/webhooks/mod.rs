@@ -112,17 +112,10 @@ story!(
         assert_eq!(status, 202, "{queued}");
         let test = receiver.event("webhook.test").await;
         assert_eq!(test.id(), queued["data"]["message_id"].as_str().unwrap());
-        let (_, log) = app
-            .call(
-                Method::GET,
-                &format!("/orgs/{org}/webhooks/{id}/deliveries"),
-                &token,
-                None,
-            )
-            .await;
-        let delivery = log["data"]
-            .as_array()
-            .unwrap()
+        // Its attempt is in the log once the worker has recorded the answer (the receiver saw
+        // the request first).
+        let log = wait_for_log(&app, &token, &org, &id, 2).await;
+        let delivery = log
             .iter()
             .find(|a| a["message_id"] == json!(test.id()))
             .unwrap()["delivery_id"]
