@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import string
 import subprocess
 import sys
@@ -42,8 +41,7 @@ from supabase_auth.errors import (
     AuthWeakPasswordError,
 )
 
-REPO = Path(__file__).resolve().parents[3]
-BIN = Path(os.environ.get("GATEHOUSE_BIN") or REPO / "target" / "debug" / "gatehouse")
+from gatehouse_proc import BIN, serve
 TRACE = bool(os.environ.get("GATEHOUSE_CLIENT_TEST_TRACE"))
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 PASSWORD = "correct-horse-42"
@@ -61,35 +59,6 @@ class Server:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-def _serve(env: dict, cwd: Path, log, log_path: Path):
-    """Starts `gatehouse serve` on a free port; returns (process, its URL). The port is picked
-    here, not bound by the server (port 0), because the public URL, given at start, names it;
-    a port taken in between makes the server exit with "cannot listen on", and it is started
-    again on another."""
-    for _ in range(5):
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**env, "GATEHOUSE_LISTEN": f"127.0.0.1:{port}", "GATEHOUSE_PUBLIC_URL": url}
-        proc = subprocess.Popen(
-            [str(BIN), "serve"], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            if "gatehouse listening" in log_path.read_text(errors="replace"):
-                return proc, url
-            time.sleep(0.05)
-        if proc.poll() is None or "cannot listen on" not in log_path.read_text(errors="replace"):
-            return proc, url  # the caller's readiness check reports what went wrong
-    return proc, url
-
 
 
 def _alnum(n: int) -> str:
@@ -127,7 +96,7 @@ def server():
     }
     log_path = tmp / "server.log"
     log = open(log_path, "wb")
-    proc, url = _serve(env, tmp, log, log_path)
+    proc, url = serve(env, tmp, log, log_path)
     srv = Server(url=url, key=key, proc=proc, log_path=log_path)
     try:
         deadline = time.monotonic() + 30

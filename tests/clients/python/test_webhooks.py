@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -24,38 +23,8 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-REPO = Path(__file__).resolve().parents[3]
-BIN = Path(os.environ.get("GATEHOUSE_BIN") or REPO / "target" / "debug" / "gatehouse")
+from gatehouse_proc import BIN, serve
 PK = "gk_publishable_webhooks_test"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-def _serve(env: dict, cwd: Path, log, log_path: Path):
-    """Starts `gatehouse serve` on a free port; returns (process, its URL). The port is picked
-    here, not bound by the server (port 0), because the public URL, given at start, names it;
-    a port taken in between makes the server exit with "cannot listen on", and it is started
-    again on another."""
-    for _ in range(5):
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**env, "GATEHOUSE_LISTEN": f"127.0.0.1:{port}", "GATEHOUSE_PUBLIC_URL": url}
-        proc = subprocess.Popen(
-            [str(BIN), "serve"], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            if "gatehouse listening" in log_path.read_text(errors="replace"):
-                return proc, url
-            time.sleep(0.05)
-        if proc.poll() is None or "cannot listen on" not in log_path.read_text(errors="replace"):
-            return proc, url  # the caller's readiness check reports what went wrong
-    return proc, url
-
 
 
 class Receiver:
@@ -150,7 +119,7 @@ def base():
     }
     log = open(tmp / "server.log", "wb")
     SERVER_LOG = tmp / "server.log"
-    proc, url = _serve(env, tmp, log, SERVER_LOG)
+    proc, url = serve(env, tmp, log, SERVER_LOG)
     try:
         deadline = time.monotonic() + 30
         while True:
