@@ -549,6 +549,10 @@ pub async fn audit_log(
 ) -> Result<Success<Vec<AuditEntry>>, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
+    // Access first, as for `limit`: who may not read the log learns nothing from its filters.
+    org_access(&state, &principal, &org)
+        .await?
+        .require(Permission::AuditRead)?;
     let action = q
         .action
         .as_deref()
@@ -561,9 +565,6 @@ pub async fn audit_log(
         .map(AuditActor::parse)
         .transpose()
         .map_err(|problem| ApiError::field("actor", problem))?;
-    org_access(&state, &principal, &org)
-        .await?
-        .require(Permission::AuditRead)?;
     let got = state
         .keys
         .audit_log(&org, q.limit, q.before, action.as_ref(), actor.as_ref())

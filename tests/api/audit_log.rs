@@ -1,5 +1,5 @@
 //! The audit log read with `action` and `actor` filters, alone, together and with paging; a
-//! filter that cannot match anything the log records is refused.
+//! filter that cannot match anything the log records is refused, after the access check.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use reqwest::Method;
@@ -145,6 +145,16 @@ story!(
                 "{q}: {body}"
             );
         }
+        // A caller who may not read the log is refused first, whatever its filters.
+        let (status, body) = app
+            .call(
+                Method::GET,
+                &format!("/orgs/{org}/audit-log?action=widget.exploded"),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
         app
     }
 );
