@@ -18,10 +18,11 @@ pub use settings::{KeyInput, KeyUpdate};
 use crate::auth::api_key::{self, Environment};
 use crate::auth::tokens::sha256_hex;
 use crate::clock::Clock;
+use crate::domain::{AuditAction, AuditActor};
 use crate::fanout::{Bus, Invalidation};
 use crate::ids::{KeyId, OrgId};
 use crate::ratelimit::{Decision, Limiter, Rates};
-use crate::store::{ApiKeyRecord, Audit, AuditEntry, Store, StoreError};
+use crate::store::{ApiKeyRecord, Audit, AuditEntry, AuditFilter, Store, StoreError};
 
 /// Why a presented key was refused (`details.reason` of the 401).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -406,12 +407,14 @@ impl Keys {
     }
 
     /// The organization's audit log, newest first: `limit` entries (1-200, default 50)
-    /// older than position `before`.
+    /// older than position `before`, only `action`'s and only `actor`'s when given.
     pub async fn audit_log(
         &self,
         org: &OrgId,
         limit: Option<i64>,
         before: Option<i64>,
+        action: Option<&AuditAction>,
+        actor: Option<&AuditActor>,
     ) -> Result<Vec<AuditEntry>, KeyError> {
         let limit = limit.unwrap_or(DEFAULT_AUDIT_PAGE);
         if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
@@ -420,7 +423,13 @@ impl Keys {
                 problem: format!("must be between 1 and {MAX_AUDIT_PAGE}"),
             });
         }
-        Ok(self.store.audit_log(org.as_str(), limit, before).await?)
+        let filter = AuditFilter {
+            limit,
+            before,
+            action: action.map(AuditAction::as_str),
+            actor: actor.map(AuditActor::as_str),
+        };
+        Ok(self.store.audit_log(org.as_str(), &filter).await?)
     }
 
     /// Forgets a key here and, through the bus, on every other instance.

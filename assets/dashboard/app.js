@@ -1803,41 +1803,58 @@
   }
 
   // ---------------------------------------------------------------- audit log
-  // The API has no filters: the page filters the entries it has loaded (and says so), and
-  // names actors and targets from the lists the signed-in person may read (ids on hover).
+  // The server filters by action and actor (`?action=`, `?actor=`) and pages with `before`.
+  // Actors and targets are named from the lists the signed-in person may read (ids on hover).
+  // Every action the log records, as GET …/audit-log?action= accepts them (tests/api/docs_lists.rs
+  // keeps this list equal to the server's).
+  const AUDIT_ACTIONS = ['organization.created', 'organization.renamed', 'organization.rate_limits_changed',
+    'member.added', 'member.role_changed', 'member.removed', 'role.created', 'role.deleted',
+    'invitation.created', 'invitation.accepted', 'invitation.declined', 'invitation.revoked',
+    'api_key.created', 'api_key.updated', 'api_key.revoked', 'api_key.rolled',
+    'widget.created', 'widget.updated', 'widget.secret_rotated', 'widget.deleted',
+    'webhook_endpoint.created', 'webhook_endpoint.updated', 'webhook_endpoint.secret_rotated',
+    'webhook_endpoint.deleted', 'webhook_endpoint.disabled']
+
+  // Names by id, and the actors one can filter by ([value, label]).
   async function directory() {
     const names = new Map()
+    const actors = new Map([['cli', 'the command line'], ['system', 'the delivery worker']])
     const read = async (perm, path, fn) => {
       if (!can(perm)) return
       try { for (const x of await api('GET', orgPath(path))) fn(x) } catch { /* ids stay ids */ }
     }
     await Promise.all([
-      read('members:read', '/members', (m) => names.set(m.user_id, m.email)),
+      read('members:read', '/members', (m) => { names.set(m.user_id, m.email); actors.set(`user:${m.user_id}`, m.email) }),
       read('members:read', '/invitations', (i) => names.set(i.id, `invitation to ${i.email}`)),
-      read('keys:read', '/api-keys', (k) => names.set(k.id, `key “${k.name}” (${k.masked})`)),
+      read('keys:read', '/api-keys', (k) => { names.set(k.id, `key “${k.name}” (${k.masked})`); actors.set(`api_key:${k.id}`, `key “${k.name}” (${k.masked})`) }),
       read('widgets:read', '/widgets', (w) => names.set(w.id, `widget “${w.name}”`)),
       read('webhooks:read', '/webhooks', (e) => names.set(e.id, `endpoint ${e.url}`)),
     ])
     names.set(state.me.user_id, state.me.email)
+    actors.set(`user:${state.me.user_id}`, state.me.email)
     names.set(state.orgId, org().name)
-    return names
+    return { names, actors }
   }
 
   function auditPage(main) {
     const err = errorSlot()
     const body = h('tbody')
     const more = btn('Load older entries', { class: 'secondary' })
-    const action = h('select', { id: 'audit-action' }, h('option', { value: '' }, 'Every action'))
+    const action = h('select', { id: 'audit-action' }, h('option', { value: '' }, 'Every action'),
+      AUDIT_ACTIONS.map((a) => h('option', { value: a }, a)))
     const actor = h('select', { id: 'audit-actor' }, h('option', { value: '' }, 'Anyone'))
     const count = h('p', { class: 'hint', role: 'status' })
     const LIMIT = 50
     let before = null
     let names = new Map()
-    const entries = []
-    // Actors are `user:{id}`, `api_key:{id}` or `cli`; targets ids or addresses.
+    let entries = []
+    // Bumped when the filters change, so a page answered for the old filters is dropped.
+    let generation = 0
+    // Actors are `user:{id}`, `api_key:{id}`, `cli` or `system`; targets ids or addresses.
     const lookup = (id) => {
       if (!id) return null
       if (id === 'cli') return 'the command line'
+      if (id === 'system') return 'the delivery worker'
       return names.get(id) || names.get(id.replace(/^(user|api_key):/, '')) || null
     }
     const name = (id) => (id ? lookup(id) || id : '—')
@@ -1853,8 +1870,15 @@
           h('thead', null, h('tr', null, ['When', 'Action', 'Actor', 'Target', 'IP', 'Details'].map((t) => h('th', { scope: 'col' }, t)))), body)),
         more))
     more.addEventListener('click', () => busy(more, err, page))
-    action.addEventListener('change', draw)
-    actor.addEventListener('change', draw)
+    const refilter = async () => {
+      generation += 1
+      entries = []
+      before = null
+      clearError(err)
+      try { await page() } catch (e) { showError(err, e) }
+    }
+    action.addEventListener('change', refilter)
+    actor.addEventListener('change', refilter)
 
     function details(d) {
       const keys = d ? Object.keys(d) : []
@@ -1866,36 +1890,36 @@
       }))
     }
 
-    function options(select, values, label) {
-      const keep = select.value
-      select.replaceChildren(select.firstChild, ...[...values].sort((a, b) => label(a).localeCompare(label(b)))
-        .map((v) => h('option', { value: v, selected: v === keep }, label(v))))
-    }
-
     function draw() {
-      options(action, new Set(entries.map((e) => e.action)), (a) => a)
-      options(actor, new Set(entries.map((e) => e.actor)), name)
-      const shown = entries.filter((e) => (!action.value || e.action === action.value) && (!actor.value || e.actor === actor.value))
-      body.replaceChildren(...shown.map((e) => h('tr', { 'data-seq': e.seq },
+      body.replaceChildren(...entries.map((e) => h('tr', { 'data-seq': e.seq },
         cell('When', fmtTime(e.created_at)), cell('Action', h('code', null, e.action)), cell('Actor', named(e.actor)),
         cell('Target', named(e.target)), cell('IP', e.ip || '—'), cell('Details', details(e.details)))))
-      if (!shown.length) body.append(h('tr', null, h('td', { colspan: '6', class: 'muted' }, entries.length ? 'No loaded entry matches these filters.' : 'No entries yet.')))
       const filtered = action.value || actor.value
-      count.textContent = filtered
-        ? `${shown.length} of the ${entries.length} entries loaded match.${more.hidden ? '' : ' Load older entries to search further back.'}`
-        : `${entries.length} entries loaded.`
+      if (!entries.length) body.append(h('tr', null, h('td', { colspan: '6', class: 'muted' }, filtered ? 'No entry matches these filters.' : 'No entries yet.')))
+      const n = entries.length
+      const shown = `${n} ${filtered ? (n === 1 ? 'matching entry' : 'matching entries') : (n === 1 ? 'entry' : 'entries')}`
+      count.textContent = `${shown}${more.hidden ? '.' : ' loaded; older ones remain.'}`
     }
 
     async function page() {
-      const q = `?limit=${LIMIT}${before !== null ? `&before=${before}` : ''}`
-      const got = await api('GET', orgPath(`/audit-log${q}`))
+      const mine = generation
+      const q = new URLSearchParams({ limit: String(LIMIT) })
+      if (before !== null) q.set('before', String(before))
+      if (action.value) q.set('action', action.value)
+      if (actor.value) q.set('actor', actor.value)
+      const got = await api('GET', orgPath(`/audit-log?${q}`))
+      if (mine !== generation) return
       entries.push(...got)
       if (got.length) before = got[got.length - 1].seq
       more.hidden = got.length < LIMIT
       draw()
     }
     busy(more, err, async () => {
-      names = await directory()
+      const dir = await directory()
+      names = dir.names
+      const keep = actor.value
+      actor.replaceChildren(actor.firstChild, ...[...dir.actors].sort((a, b) => a[1].localeCompare(b[1]))
+        .map(([v, label]) => h('option', { value: v, selected: v === keep }, label)))
       await page()
     })
   }

@@ -1,10 +1,12 @@
 //! Values parsed once at the edge; nothing here knows about HTTP or SQL.
 
+mod audit;
 mod email;
 mod name;
 mod password;
 pub mod permissions;
 
+pub use audit::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
 pub use email::Email;
 pub use name::{Name, NameError};
 pub use password::Password;

@@ -4,13 +4,14 @@
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::auth::api_key::Environment;
 use crate::config::Policy;
 use crate::domain::permissions::Permission;
+use crate::domain::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
@@ -496,24 +497,50 @@ fn refused(why: KeyFailure) -> Verdict {
     }
 }
 
-/// Paging of the audit log.
-#[derive(Deserialize)]
+/// Paging and filters of the audit log. (`schema_with` drops a field's doc comment from
+/// `/openapi.json`, so the two filters' schemas carry their description.)
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// At most this many entries (1-200, default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// Entries older than this position (`seq` of the last entry of the previous page).
     pub before: Option<i64>,
+    /// Only entries of this action (exactly, one of the actions the log records).
+    #[param(schema_with = audit_action_schema)]
+    pub action: Option<String>,
+    /// Only entries by this actor, as entries name it: `user:{user id}`, `api_key:{key id}`,
+    /// `cli` (the command line) or `system` (the delivery worker).
+    #[param(schema_with = audit_actor_schema)]
+    pub actor: Option<String>,
 }
 
-/// The organization's audit log, newest first (`audit:read`).
+fn audit_action_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(AUDIT_ACTIONS.iter().copied()))
+        .description(Some("Only entries of this action (exactly)."))
+        .build()
+}
+
+fn audit_actor_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(ACTOR_PATTERN))
+        .description(Some(
+            "Only entries by this actor: `user:{user id}`, `api_key:{key id}`, `cli` or `system`.",
+        ))
+        .build()
+}
+
+/// The organization's audit log, newest first (`audit:read`), by action and actor if asked.
 #[utoipa::path(get, path = "/v1/orgs/{org}/audit-log", tag = "audit",
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
-    params(("org" = OrgId, Path, description = "The organization"),
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1-200, default 50"),
-        ("before" = Option<i64>, Query, description = "seq of the last entry already read")),
+    params(("org" = OrgId, Path, description = "The organization"), AuditQuery),
     responses((status = 200, description = "Entries, newest first", body = Envelope<Vec<AuditEntry>>),
         errors::Auth, errors::Org,
-        (status = 422, description = "`validation_failed`: `limit` out of range", body = ErrorEnvelope)))]
+        (status = 422, description = "`validation_failed`: `limit` out of range, `action` not an action the log records or `actor` not in an actor's form (`details.fields`)", body = ErrorEnvelope)))]
 pub async fn audit_log(
     State(state): State<AppState>,
     principal: Principal,
@@ -522,8 +549,25 @@ pub async fn audit_log(
 ) -> Result<Success<Vec<AuditEntry>>, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
+    // Access first, as for `limit`: who may not read the log learns nothing from its filters.
     org_access(&state, &principal, &org)
         .await?
         .require(Permission::AuditRead)?;
-    Ok(ok(state.keys.audit_log(&org, q.limit, q.before).await?))
+    let action = q
+        .action
+        .as_deref()
+        .map(AuditAction::parse)
+        .transpose()
+        .map_err(|problem| ApiError::field("action", problem))?;
+    let actor = q
+        .actor
+        .as_deref()
+        .map(AuditActor::parse)
+        .transpose()
+        .map_err(|problem| ApiError::field("actor", problem))?;
+    let got = state
+        .keys
+        .audit_log(&org, q.limit, q.before, action.as_ref(), actor.as_ref())
+        .await?;
+    Ok(ok(got))
 }

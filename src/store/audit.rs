@@ -37,6 +37,19 @@ pub struct AuditEntry {
     pub created_at: i64,
 }
 
+/// Which entries of an audit log to read, newest first.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditFilter<'a> {
+    /// At most this many.
+    pub limit: i64,
+    /// Older than this position.
+    pub before: Option<i64>,
+    /// Only this action.
+    pub action: Option<&'a str>,
+    /// Only this actor.
+    pub actor: Option<&'a str>,
+}
+
 /// Writes an entry on the given connection (inside the caller's transaction).
 pub(super) async fn record(
     conn: &mut AnyConnection,
@@ -64,20 +77,24 @@ pub(super) async fn record(
 }
 
 impl Store {
-    /// The newest entries of an organization's audit log, older than position `before` if given.
+    /// The newest entries of an organization's audit log, older than position `before` if
+    /// given, with exactly this `action` and this `actor` if given.
     pub async fn audit_log(
         &self,
         org_id: &str,
-        limit: i64,
-        before: Option<i64>,
+        filter: &AuditFilter<'_>,
     ) -> StoreResult<Vec<AuditEntry>> {
+        // One text for both engines: an absent filter binds NULL and matches every row.
         let rows = sqlx::query(
             "SELECT seq, id, action, actor, target, ip, details, created_at FROM audit_log \
-             WHERE org_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+             WHERE org_id = $1 AND seq < $2 AND ($3 IS NULL OR action = $3) \
+             AND ($4 IS NULL OR actor = $4) ORDER BY seq DESC LIMIT $5",
         )
         .bind(org_id)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit)
+        .bind(filter.before.unwrap_or(i64::MAX))
+        .bind(filter.action)
+        .bind(filter.actor)
+        .bind(filter.limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

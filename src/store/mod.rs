@@ -24,7 +24,7 @@ mod widgets;
 mod write_tx;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
-pub use audit::{Audit, AuditEntry};
+pub use audit::{Audit, AuditEntry, AuditFilter};
 pub use engine::{describe, sqlite_file, Engine};
 pub use invitations::{Invitation, NewInvitation};
 pub use mail::QueuedMail;

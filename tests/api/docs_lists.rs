@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use gatehouse::domain::AUDIT_ACTIONS;
 use gatehouse::store::EVENT_TYPES;
 
 fn read(path: &str) -> String {
@@ -67,6 +68,28 @@ fn the_audit_log_page_lists_every_action_the_store_records() {
         unknown.is_empty(),
         "docs/audit-log.md lists actions src/store never records: {unknown:?}"
     );
+}
+
+#[test]
+fn the_audit_log_filter_knows_every_documented_action() {
+    // `GET …/audit-log?action=` accepts exactly these; the test above ties the page to the store.
+    let known: BTreeSet<String> = AUDIT_ACTIONS.iter().map(|a| a.to_string()).collect();
+    assert_eq!(known.len(), AUDIT_ACTIONS.len(), "an action listed twice");
+    assert_eq!(known, documented_actions());
+    // The dashboard's action filter offers the same list.
+    let app = read("assets/dashboard/app.js");
+    let list = app
+        .split_once("const AUDIT_ACTIONS = [")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .expect("assets/dashboard/app.js has const AUDIT_ACTIONS = [...]")
+        .0;
+    let offered: BTreeSet<String> = list
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(offered, known, "the dashboard's AUDIT_ACTIONS");
 }
 
 #[test]

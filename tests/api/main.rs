@@ -7,6 +7,7 @@ mod helpers;
 mod access_tokens;
 mod account_safety;
 mod api_keys;
+mod audit_log;
 mod auth_failures;
 mod auth_v1;
 mod bad_input;

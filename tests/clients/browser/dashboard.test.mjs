@@ -438,6 +438,13 @@ describe('dashboard in Chromium', { skip }, () => {
         assert.ok((await page.getByRole('cell', { name: action, exact: true }).count()) > 0, action)
       }
       assert.equal(await page.getByRole('button', { name: 'Load older entries' }).isVisible(), false)
+      // The filters ask the server: only the chosen action's entries remain, and the count says so.
+      await page.locator('#audit-action').selectOption('api_key.rolled')
+      await page.locator('p.hint[role=status]', { hasText: 'matching' }).waitFor()
+      const actions = await page.locator('table.audit tbody td[data-label="Action"]').allTextContents()
+      assert.ok(actions.length > 0 && actions.every((a) => a === 'api_key.rolled'), actions.join(', '))
+      await page.locator('#audit-actor').selectOption('system')
+      await page.getByRole('cell', { name: 'No entry matches these filters.' }).waitFor()
 
       await assertClean(page, seen)
     } finally {
