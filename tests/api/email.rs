@@ -225,7 +225,17 @@ story!(
             post(&app, "/recover", json!({"email": other})).await,
             (200, json!({}))
         );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // A later request that does send a mail: requests are handled, and mails sent, in
+        // the order they were made, so once it has arrived and the queue is empty every
+        // request before it has been handled and any mail of theirs would be in the sink.
+        let later = fresh();
+        assert_eq!(post(&app, "/otp", json!({"email": later})).await.0, 200);
+        sink.wait_for(&later, 1, 10).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app.state.runtime.store.pending_mail_count().await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "mail still queued");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         assert!(
             sink.to(&unknown).is_empty() && sink.to(&other).is_empty(),
             "no mail to unknown addresses"

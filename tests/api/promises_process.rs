@@ -55,7 +55,7 @@ async fn owner_org_key(
 }
 
 /// Sends SIGTERM through the `kill` command (no libc in the tests) and waits for a clean exit.
-fn terminate(server: &mut Server) {
+pub(crate) fn terminate(server: &mut Server) {
     let ok = Command::new("kill")
         .arg("-TERM")
         .arg(server.child.id().to_string())
