@@ -481,6 +481,17 @@ pub async fn parts(res: Response) -> (u16, Value) {
     (status, body)
 }
 
+/// A `/v1` refusal as (status, `error.code`, `error.details.reason`), "" for an absent
+/// field: one assertion pins all three (`assert_eq!(refusal(s, &b), (404, "not_found", ""))`).
+pub fn refusal(status: u16, body: &Value) -> (u16, &str, &str) {
+    let error = &body["error"];
+    (
+        status,
+        error["code"].as_str().unwrap_or(""),
+        error["details"]["reason"].as_str().unwrap_or(""),
+    )
+}
+
 /// Runs a story on SQLite and on PostgreSQL, one test per engine in a module named after the
 /// story (`name::on_sqlite`, `name::on_postgres`: the second carries the PostgreSQL marker):
 ///

@@ -10,7 +10,7 @@ use gatehouse::config::Config;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{parts, Db, TestApp};
+use crate::helpers::{parts, refusal, Db, TestApp};
 use crate::story;
 
 mod process;
@@ -591,7 +591,7 @@ story!(
         assert_eq!(ep["data"]["enabled"], false);
         assert_eq!(ep["data"]["disabled_reason"], "gone");
         assert_eq!(gone.hits().len(), 1, "410 is not retried");
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/webhooks/{id}/test"),
@@ -599,7 +599,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 409);
+        assert_eq!(
+            refusal(status, &refused),
+            (409, "conflict", ""),
+            "{refused}"
+        );
         let (_, audit) = app
             .call(Method::GET, &format!("/orgs/{org}/audit-log"), &token, None)
             .await;
@@ -707,7 +711,7 @@ story!(
                 "{res}"
             );
         }
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &path,
@@ -715,12 +719,20 @@ story!(
                 Some(json!({"url": receiver.url, "surprise": 1})),
             )
             .await;
-        assert_eq!(status, 400);
-        let (status, _) = app
+        assert_eq!(
+            refusal(status, &refused),
+            (400, "invalid_request", ""),
+            "{refused}"
+        );
+        let (status, refused) = app
             .call(Method::GET, &format!("{path}/not-an-id"), &token, None)
             .await;
-        assert_eq!(status, 400);
-        let (status, _) = app
+        assert_eq!(
+            refusal(status, &refused),
+            (400, "invalid_request", "malformed_id"),
+            "{refused}"
+        );
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("{path}/deliveries/whd_x/retry"),
@@ -728,7 +740,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 400);
+        assert_eq!(
+            refusal(status, &refused),
+            (400, "invalid_request", "malformed_id"),
+            "{refused}"
+        );
         // Another organization sees none of it.
         let eve = app.person().await;
         let eve_org = app.org(&eve, "Other").await;
@@ -750,9 +766,13 @@ story!(
                     body,
                 )
                 .await;
-            assert_eq!(status, 404, "{method} {suffix}: {res}");
+            assert_eq!(
+                refusal(status, &res),
+                (404, "not_found", ""),
+                "{method} {suffix}: {res}"
+            );
         }
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::GET,
                 &format!("/orgs/{org}/webhooks/{id}"),
@@ -760,7 +780,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 403, "not a member");
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", "not_a_member"),
+            "not a member: {refused}"
+        );
         // Members read but do not write.
         let mia = app.person().await;
         let owner = app.person().await;
@@ -795,10 +819,14 @@ story!(
             .call(Method::DELETE, &format!("{path}/{id}"), key, None)
             .await;
         assert_eq!(status, 204);
-        let (status, _) = app
+        let (status, refused) = app
             .call(Method::GET, &format!("{path}/{id}"), key, None)
             .await;
-        assert_eq!(status, 404);
+        assert_eq!(
+            refusal(status, &refused),
+            (404, "not_found", ""),
+            "{refused}"
+        );
         app
     }
 );
