@@ -11,7 +11,7 @@ use gatehouse::ratelimit::{
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{clocked, parts, redis_prefix, redis_url, Db, TestApp};
+use crate::helpers::{clocked, parts, redis_prefix, redis_url, refusal, Db, TestApp};
 use crate::story;
 
 const T0: i64 = 1_800_000_000_000;
@@ -111,7 +111,7 @@ story!(
         assert_eq!(admitted, 4);
         let res = me(&app, &k1).await;
         let (status, body) = parts(res).await;
-        assert_eq!(status, 429);
+        assert_eq!(refusal(status, &body), (429, "rate_limited", ""), "{body}");
         assert_eq!(body["error"]["details"]["limit"], 4);
         // Another organization has its own window.
         assert_eq!(me(&app, &k3).await.status(), 200);
@@ -186,7 +186,7 @@ story!(
         let res = me(&app, &key).await;
         assert_eq!(res.status(), 200);
         let (status, body) = parts(me(&app, &key).await).await;
-        assert_eq!(status, 429);
+        assert_eq!(refusal(status, &body), (429, "rate_limited", ""), "{body}");
         assert_eq!(body["error"]["details"]["limit"], 1);
         // Both changes are audited.
         let (_, log) = app
@@ -232,7 +232,7 @@ story!(
             assert_eq!(status, 422, "{bad}: {body}");
             assert_eq!(body["error"]["code"], "validation_failed");
             assert!(body["error"]["details"]["fields"]["rate_limits"].is_string());
-            let (status, _) = app
+            let (status, refused) = app
                 .call(
                     Method::PATCH,
                     &format!("/orgs/{org}"),
@@ -240,7 +240,11 @@ story!(
                     Some(json!({"rate_limits": bad})),
                 )
                 .await;
-            assert_eq!(status, 422, "{bad}");
+            assert_eq!(
+                refusal(status, &refused),
+                (422, "validation_failed", ""),
+                "{bad}: {refused}"
+            );
         }
         for bad in [
             json!([{"limit": -1, "window_seconds": 60}]),
@@ -261,7 +265,7 @@ story!(
             assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");
         }
         // Members cannot change the organization's limits.
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::PATCH,
                 &format!("/orgs/{org}"),
@@ -269,12 +273,16 @@ story!(
                 Some(json!({"rate_limits": [{"limit": 1000000, "window_seconds": 1}]})),
             )
             .await;
-        assert_eq!(status, 403);
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", ""),
+            "{refused}"
+        );
         // Another tenant's key cannot be changed.
         let stranger = app.person().await;
         let their_org = app.org(&stranger, "Theirs").await;
         let (_, their_key) = app.key(&stranger, &their_org, &[]).await;
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::PATCH,
                 &format!("/orgs/{org}/api-keys/{their_key}"),
@@ -282,7 +290,11 @@ story!(
                 Some(json!({"name": "mine now"})),
             )
             .await;
-        assert_eq!(status, 404);
+        assert_eq!(
+            refusal(status, &refused),
+            (404, "not_found", ""),
+            "{refused}"
+        );
         app
     }
 );
