@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{parts, refusal, Person, TestApp};
+use crate::helpers::{parts, refusal, refused, Person, TestApp};
 use crate::story;
 
 const SECRET: &str = "sk-upstream-secret-1234";
@@ -786,7 +786,7 @@ async fn the_proxy_forwards_with_a_verified_identity_that_cannot_be_forged() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 401);
+    assert_eq!(refused(res).await, "401 unauthorized missing");
     // The key's limit holds on proxied routes too.
     for _ in 0..2 {
         app.client
@@ -803,7 +803,7 @@ async fn the_proxy_forwards_with_a_verified_identity_that_cannot_be_forged() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 429);
+    assert_eq!(refused(res).await, "429 rate_limited");
     app.stop().await;
 }
 

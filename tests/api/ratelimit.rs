@@ -11,7 +11,7 @@ use gatehouse::ratelimit::{
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{clocked, parts, redis_prefix, redis_url, refusal, Db, TestApp};
+use crate::helpers::{clocked, parts, redis_prefix, redis_url, refusal, refused, Db, TestApp};
 use crate::story;
 
 const T0: i64 = 1_800_000_000_000;
@@ -77,7 +77,7 @@ story!(
         );
         // Still refused a second before Retry-After, admitted at it.
         clock.advance_ms(19_000);
-        assert_eq!(me(&app, &key).await.status(), 429);
+        assert_eq!(refused(me(&app, &key).await).await, "429 rate_limited");
         clock.advance_ms(1_000);
         assert_eq!(me(&app, &key).await.status(), 200);
         // Five requests so far: the hour window (5) binds next, as the refusals above
@@ -145,7 +145,7 @@ story!(
         let id = body["data"]["id"].as_str().unwrap().to_string();
         assert_eq!(me(&app, &key).await.status(), 200);
         assert_eq!(me(&app, &key).await.status(), 200);
-        assert_eq!(me(&app, &key).await.status(), 429);
+        assert_eq!(refused(me(&app, &key).await).await, "429 rate_limited");
         // Raising the key's limit applies at once.
         let (status, body) = app
             .call(
@@ -411,10 +411,13 @@ story!(
         let org = app.org(&owner, "Acme").await;
         let (key, _) = app.key(&owner, &org, &[]).await;
         assert_eq!(me(&app, &key).await.status(), 200);
-        assert_eq!(me(&app, &key).await.status(), 429);
+        assert_eq!(refused(me(&app, &key).await).await, "429 rate_limited");
         let last = if key.ends_with('x') { "y" } else { "x" };
         let bogus = format!("{}{last}", &key[..key.len() - 1]);
-        assert_eq!(me(&app, &bogus).await.status(), 401);
+        assert_eq!(
+            refused(me(&app, &bogus).await).await,
+            "401 unauthorized malformed"
+        );
         let res = app.client.get(app.url("/metrics")).send().await.unwrap();
         assert_eq!(res.status(), 200);
         let text = res.text().await.unwrap();
