@@ -357,26 +357,30 @@ story!(
         let sign_in = |xff: &'static str| {
             let app = &app;
             async move {
-                app.client
-                    .post(app.url("/v1/session"))
-                    .header("x-forwarded-for", xff)
-                    .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
+                refused(
+                    app.client
+                        .post(app.url("/v1/session"))
+                        .header("x-forwarded-for", xff)
+                        .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await
             }
         };
+        const WRONG: &str = "401 unauthorized invalid_credentials";
+        const LIMITED: &str = "429 rate_limited";
         // Two clients behind the proxy have a window each; the leftmost entry is the
         // client's own claim and is ignored once an untrusted hop is found.
-        assert_eq!(sign_in("203.0.113.9").await, 401);
-        assert_eq!(sign_in("203.0.113.9").await, 429);
-        assert_eq!(sign_in("198.51.100.7").await, 401);
-        assert_eq!(sign_in("1.2.3.4, 198.51.100.7").await, 429);
-        assert_eq!(sign_in("2001:db8:1:2::1").await, 401);
+        assert_eq!(sign_in("203.0.113.9").await, WRONG);
+        assert_eq!(sign_in("203.0.113.9").await, LIMITED);
+        assert_eq!(sign_in("198.51.100.7").await, WRONG);
+        assert_eq!(sign_in("1.2.3.4, 198.51.100.7").await, LIMITED);
+        assert_eq!(sign_in("2001:db8:1:2::1").await, WRONG);
         assert_eq!(
             sign_in("2001:db8:1:2::ffff").await,
-            429,
+            LIMITED,
             "one /64, one window"
         );
         app
@@ -584,8 +588,8 @@ async fn a_server_on_redis_enforces_the_same_limits() {
     assert_eq!(me(&app, &key).await.status(), 200);
     assert_eq!(me(&app, &key).await.status(), 200);
     let res = me(&app, &key).await;
-    assert_eq!(res.status(), 429);
     assert_eq!(header(&res, "retry-after"), "30");
+    assert_eq!(refused(res).await, "429 rate_limited");
     clock.advance_ms(30_000);
     assert_eq!(me(&app, &key).await.status(), 200);
     let text = app
