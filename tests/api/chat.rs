@@ -323,7 +323,12 @@ story!(
             Some(json!({"message": "hi"})),
         )
         .await;
-    assert_eq!(status, 401, "{body}");
+    // A person's token alone: the organization's key is missing (docs/chat.md).
+    assert_eq!(
+        refusal(status, &body),
+        (401, "unauthorized", "missing"),
+        "{body}"
+    );
     let (reader, _) = s.app.key(&s.owner, &s.org, &["threads:read"]).await;
     let (status, body) = chat(&s.app, &reader, None, json!({"message": "hi"})).await;
     assert_eq!(
@@ -687,7 +692,8 @@ story!(
                 .count();
             assert_eq!(n, 1, "{asked} stored once");
         }
-        assert_eq!(get_thread(&s, &doomed).await.0, 404);
+        let (status, body) = get_thread(&s, &doomed).await;
+        assert_eq!(refusal(status, &body), (404, "not_found", ""), "{body}");
         s.app
     }
 );
