@@ -8,12 +8,12 @@ use gatehouse::clock::Clock;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{clocked, parts, TestApp};
+use crate::helpers::{clocked, parts, refused, TestApp};
 use crate::story;
 
-/// `(status of GET /v1/me, status of GET /auth/v1/user)` for `token`.
-async fn both_routes(app: &TestApp, token: &str) -> (u16, u16) {
-    let v1 = app.me(token).await.status().as_u16();
+/// `(GET /v1/me as "status code reason", status of GET /auth/v1/user)` for `token`.
+async fn both_routes(app: &TestApp, token: &str) -> (String, u16) {
+    let v1 = refused(app.me(token).await).await;
     let res = app
         .auth(Method::GET, "/user")
         .bearer_auth(token)
@@ -45,18 +45,22 @@ story!(
         clock.advance_ms(exp_ms - 1000 - clock.now_ms());
         assert_eq!(
             both_routes(&app, &token).await,
-            (200, 200),
+            ("200".into(), 200),
             "its last second"
         );
         clock.advance_ms(1000);
         assert_eq!(clock.now_ms(), exp_ms);
         assert_eq!(
             both_routes(&app, &token).await,
-            (401, 403),
+            ("401 unauthorized expired".into(), 403),
             "its expiry second"
         );
         clock.advance_ms(5000);
-        assert_eq!(both_routes(&app, &token).await, (401, 403), "later");
+        assert_eq!(
+            both_routes(&app, &token).await,
+            ("401 unauthorized expired".into(), 403),
+            "later"
+        );
         app
     }
 );
@@ -81,8 +85,11 @@ story!(
         let (_, _, session) = app.new_user().await;
         let token = session["access_token"].as_str().unwrap();
         let (low, high) = low_and_high(token);
-        assert_eq!(both_routes(&app, &low).await, (200, 200));
-        assert_eq!(both_routes(&app, &high).await, (401, 403));
+        assert_eq!(both_routes(&app, &low).await, ("200".into(), 200));
+        assert_eq!(
+            both_routes(&app, &high).await,
+            ("401 unauthorized malformed".into(), 403)
+        );
         app
     }
 );

@@ -10,7 +10,7 @@ use gatehouse::config::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{clocked, parts, Db, TestApp};
+use crate::helpers::{clocked, parts, refusal, refused, Db, TestApp};
 use crate::smtp_sink::SmtpSink;
 use crate::story;
 
@@ -98,7 +98,7 @@ story!(
         // The squatter's pending link ended with the confirmation.
         let f = follow(&first.link()).await;
         assert_eq!(f["error_code"], "otp_expired", "{f:?}");
-        assert_eq!(sign_in_status(&app, &email, squatter).await.0, 400);
+        assert_eq!(sign_in_status(&app, &email, squatter).await, (400, json!("invalid_credentials")));
         app
     }
 );
@@ -282,10 +282,16 @@ story!(
         let (status, body) = parts(app.me(&other_access).await).await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["error"]["details"]["reason"], "revoked");
-        assert_eq!(get_user(&app, &other_access).await.0, 403);
-        // The dashboard cookie is refused.
+        let (status, body) = get_user(&app, &other_access).await;
+        assert_eq!((status, &body["code"]), (403, &json!("session_not_found")), "{body}");
+        // The dashboard cookie is refused (an ended cookie session answers `expired`: the
+        // store keeps no record of why it ended).
         let (status, body) = me_with_cookie(&app, &dashboard).await;
-        assert_eq!(status, 401, "{body}");
+        assert_eq!(
+            refusal(status, &body),
+            (401, "unauthorized", "expired"),
+            "{body}"
+        );
         // The session that made the change keeps working.
         assert_eq!(app.me(&this_access).await.status(), 200);
         assert_eq!(get_user(&app, &this_access).await.0, 200);
@@ -332,9 +338,19 @@ story!(
             busy_refresh = s["refresh_token"].as_str().unwrap().to_string();
         }
         clock.advance_ms(5 * 60 * 1000);
+        // Past the lifetime the access token is refused as expired (docs/configuration.md,
+        // session_max_seconds)…
+        assert_eq!(
+            refused(app.me(&busy_access).await).await,
+            "401 unauthorized expired"
+        );
         let (status, body) = parts(app.refresh(&busy_refresh).await).await;
         assert_eq!((status, &body["code"]), (400, &json!("session_expired")));
-        assert_eq!(app.me(&busy_access).await.status(), 401);
+        // …and once the refused refresh has deleted the session, as ended.
+        assert_eq!(
+            refused(app.me(&busy_access).await).await,
+            "401 unauthorized revoked"
+        );
         app
     }
 );
@@ -419,7 +435,7 @@ story!(
         let f = follow(&link).await;
         assert_eq!(f["type"], "email_change", "{f:?}");
         assert_eq!(sign_in_status(&app, &new, pw).await.0, 200);
-        assert_eq!(sign_in_status(&app, &email, pw).await.0, 400);
+        assert_eq!(sign_in_status(&app, &email, pw).await, (400, json!("invalid_credentials")));
         app
     }
 );

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{parts, TestApp};
+use crate::helpers::{parts, refusal, TestApp};
 use crate::story;
 
 story!(
@@ -105,7 +105,7 @@ story!(creation_input_is_validated, |app: TestApp| async move {
             "{res}"
         );
     }
-    let (status, _) = app
+    let (status, refused) = app
         .call(
             Method::POST,
             &path,
@@ -113,7 +113,11 @@ story!(creation_input_is_validated, |app: TestApp| async move {
             Some(json!({"name": "k", "surprise": 1})),
         )
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(
+        refusal(status, &refused),
+        (400, "invalid_request", ""),
+        "{refused}"
+    );
     let (status, body) = app
         .call(
             Method::POST,
@@ -200,7 +204,7 @@ story!(
         );
         let (status, body) = parts(app.me(&key).await).await;
         assert_eq!((status, reason(body)), (401, json!("revoked")));
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::DELETE,
                 &format!("/orgs/{org}/api-keys/{id}"),
@@ -208,7 +212,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 409);
+        assert_eq!(
+            refusal(status, &refused),
+            (409, "conflict", ""),
+            "{refused}"
+        );
         app
     }
 );
@@ -271,7 +279,7 @@ story!(
             )
             .await;
         assert_eq!(listed["data"]["rolled_to"], body["data"]["id"]);
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/api-keys/{id}/roll"),
@@ -279,7 +287,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 409, "a key is rolled once");
+        assert_eq!(
+            refusal(status, &refused),
+            (409, "conflict", ""),
+            "a key is rolled once: {refused}"
+        );
         // With no grace the old key stops at once.
         let new_id = body["data"]["id"].as_str().unwrap().to_string();
         let (status, body) = app
@@ -298,7 +310,7 @@ story!(
             (401, json!("expired"))
         );
         assert_eq!(app.me(&newest).await.status(), 200);
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/api-keys/{new_id}/roll"),
@@ -306,7 +318,11 @@ story!(
                 Some(json!({"grace_seconds": -1})),
             )
             .await;
-        assert_eq!(status, 422);
+        assert_eq!(
+            refusal(status, &refused),
+            (422, "validation_failed", ""),
+            "{refused}"
+        );
         app
     }
 );
@@ -402,7 +418,11 @@ story!(
                 None
             };
             let (status, res) = app.call(m.clone(), &path, &ann.token, body).await;
-            assert_eq!(status, 404, "{m} {path}: {res}");
+            assert_eq!(
+                refusal(status, &res),
+                (404, "not_found", ""),
+                "{m} {path}: {res}"
+            );
         }
         // Ann's listing never shows Eve's key.
         let (_, list) = app
@@ -415,7 +435,7 @@ story!(
             .await;
         assert!(!list.to_string().contains(&eve_key_id));
         // Eve's key cannot reach into Ann's organization.
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::GET,
                 &format!("/orgs/{mine}/api-keys"),
@@ -423,10 +443,14 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 403);
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", "not_a_member"),
+            "{refused}"
+        );
         // Eve's key still works after all that.
         assert_eq!(app.me(&eve_key).await.status(), 200);
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::GET,
                 &format!("/orgs/{mine}/api-keys/key_zz"),
@@ -434,7 +458,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 400, "a malformed id is a clear 400");
+        assert_eq!(
+            refusal(status, &refused),
+            (400, "invalid_request", "malformed_id"),
+            "a malformed id is a clear 400: {refused}"
+        );
         app
     }
 );
@@ -648,7 +676,7 @@ story!(
             )
             .await;
         assert_eq!(page["data"].as_array().unwrap().len(), 2);
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::GET,
                 &format!("/orgs/{org}/audit-log?limit=0"),
@@ -656,8 +684,12 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 422);
-        let (status, _) = app
+        assert_eq!(
+            refusal(status, &refused),
+            (422, "validation_failed", ""),
+            "{refused}"
+        );
+        let (status, refused) = app
             .call(
                 Method::GET,
                 &format!("/orgs/{org}/audit-log?limit=abc"),
@@ -665,7 +697,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 400);
+        assert_eq!(
+            refusal(status, &refused),
+            (400, "invalid_request", ""),
+            "{refused}"
+        );
         app
     }
 );

@@ -11,7 +11,7 @@ use gatehouse::store::Audit;
 use reqwest::{Method, Response};
 use serde_json::json;
 
-use crate::helpers::{clocked, parts, redis_prefix, redis_url, Db, TestApp};
+use crate::helpers::{clocked, parts, redis_prefix, redis_url, refused, Db, TestApp};
 use crate::story;
 
 const T0: i64 = 1_800_000_000_000;
@@ -99,7 +99,10 @@ story!(
         // comes before the key is looked at.
         assert_over_budget(me_from(&app, FLOODER, &key).await, 3, 20).await;
         // Another address behind the same proxy is unaffected, for unknown and valid keys.
-        assert_eq!(me_from(&app, BYSTANDER, &unknown_key()).await.status(), 401);
+        assert_eq!(
+            refused(me_from(&app, BYSTANDER, &unknown_key()).await).await,
+            "401 unauthorized not_found"
+        );
         assert_eq!(me_from(&app, BYSTANDER, &key).await.status(), 200);
         // So is a credential-less request (a missing credential is no failure), and a key
         // refused by its checksum never counted.
@@ -120,7 +123,10 @@ story!(
         let last = if key.ends_with('x') { 'y' } else { 'x' };
         let typo = format!("{}{last}", &key[..key.len() - 1]);
         for _ in 0..5 {
-            assert_eq!(me_from(&app, BYSTANDER, &typo).await.status(), 401);
+            assert_eq!(
+                refused(me_from(&app, BYSTANDER, &typo).await).await,
+                "401 unauthorized malformed"
+            );
         }
         assert_eq!(me_from(&app, BYSTANDER, &key).await.status(), 200);
         app
@@ -152,7 +158,7 @@ story!(
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 401);
+        assert_eq!(refused(res).await, "401 unauthorized malformed");
         // A dashboard cookie that is no session.
         let res = from_flooder(
             app.client
@@ -162,7 +168,8 @@ story!(
         .send()
         .await
         .unwrap();
-        assert_eq!(res.status(), 401);
+        // Unknown and ended cookie sessions are answered alike.
+        assert_eq!(refused(res).await, "401 unauthorized expired");
         // A widget token that is not one, and a signed call with a forged session token.
         let open = || {
             from_flooder(
@@ -187,7 +194,7 @@ story!(
         .send()
         .await
         .unwrap();
-        assert_eq!(res.status(), 401);
+        assert_eq!(refused(res).await, "401 unauthorized bad_session");
         // Four failures: every credential from this address is refused now, the real
         // access token too, and the widget routes answer in the envelope with the headers.
         let res = from_flooder(app.client.get(app.url("/v1/me")).bearer_auth(&owner.token))
@@ -225,8 +232,8 @@ story!(
             (400, json!("invalid_credentials"))
         );
         assert_eq!(
-            session("wrong password").send().await.unwrap().status(),
-            401
+            refused(session("wrong password").send().await.unwrap()).await,
+            "401 unauthorized invalid_credentials"
         );
         // Over budget: the right password is refused too, in each route's own format.
         let res = gotrue(&password).send().await.unwrap();
@@ -266,7 +273,10 @@ story!(
         }
         // The presented root key counts like any other credential.
         for _ in 0..2 {
-            assert_eq!(me_from(&app, FLOODER, &unknown_key()).await.status(), 401);
+            assert_eq!(
+                refused(me_from(&app, FLOODER, &unknown_key()).await).await,
+                "401 unauthorized not_found"
+            );
         }
         let res = app
             .client
@@ -277,7 +287,7 @@ story!(
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 429);
+        assert_eq!(refused(res).await, "429 rate_limited");
         app
     }
 );
@@ -292,22 +302,40 @@ async fn successes_are_free_and_the_budget_refills(app: TestApp, clock: Clock) -
         assert_eq!(me_from(&app, FLOODER, &key).await.status(), 200);
     }
     for _ in 0..3 {
-        assert_eq!(me_from(&app, FLOODER, &unknown_key()).await.status(), 401);
+        assert_eq!(
+            refused(me_from(&app, FLOODER, &unknown_key()).await).await,
+            "401 unauthorized not_found"
+        );
     }
     assert_over_budget(me_from(&app, FLOODER, &key).await, 3, 20).await;
     // A refusal spends nothing: one failure is back after 20 s, not later.
     clock.advance_ms(19_000);
-    assert_eq!(me_from(&app, FLOODER, &key).await.status(), 429);
+    assert_eq!(
+        refused(me_from(&app, FLOODER, &key).await).await,
+        "429 rate_limited"
+    );
     clock.advance_ms(1_000);
     assert_eq!(me_from(&app, FLOODER, &key).await.status(), 200);
-    assert_eq!(me_from(&app, FLOODER, &unknown_key()).await.status(), 401);
-    assert_eq!(me_from(&app, FLOODER, &key).await.status(), 429);
+    assert_eq!(
+        refused(me_from(&app, FLOODER, &unknown_key()).await).await,
+        "401 unauthorized not_found"
+    );
+    assert_eq!(
+        refused(me_from(&app, FLOODER, &key).await).await,
+        "429 rate_limited"
+    );
     // A full window later the whole budget is back.
     clock.advance_ms(60_000);
     for _ in 0..3 {
-        assert_eq!(me_from(&app, FLOODER, &unknown_key()).await.status(), 401);
+        assert_eq!(
+            refused(me_from(&app, FLOODER, &unknown_key()).await).await,
+            "401 unauthorized not_found"
+        );
     }
-    assert_eq!(me_from(&app, FLOODER, &unknown_key()).await.status(), 429);
+    assert_eq!(
+        refused(me_from(&app, FLOODER, &unknown_key()).await).await,
+        "429 rate_limited"
+    );
     app
 }
 
@@ -330,7 +358,10 @@ async fn the_budget_is_shared_on_redis() {
     .await;
     assert_eq!(app.state.limits.limiter().backend_name(), "redis");
     let app = successes_are_free_and_the_budget_refills(app, clock).await;
-    assert_eq!(me_from(&app, BYSTANDER, &unknown_key()).await.status(), 401);
+    assert_eq!(
+        refused(me_from(&app, BYSTANDER, &unknown_key()).await).await,
+        "401 unauthorized not_found"
+    );
     let text = metrics(&app).await;
     assert!(
         text.contains("gatehouse_ratelimit_redis_fallbacks_total 0"),
@@ -440,7 +471,10 @@ story!(
             (400, json!("refresh_token_not_found"))
         );
         let forged = format!("{access}x");
-        assert_eq!(user(&forged).send().await.unwrap().status(), 403);
+        assert_eq!(
+            refused(user(&forged).send().await.unwrap()).await,
+            "403 bad_jwt"
+        );
         let res = app
             .auth(Method::POST, "/logout")
             .header("x-forwarded-for", FLOODER)
@@ -448,13 +482,16 @@ story!(
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 403);
+        assert_eq!(refused(res).await, "403 bad_jwt");
         // Over budget: the valid refresh token and access token are refused too.
         let res = grant(&refresh).send().await.unwrap();
         assert_eq!(res.status(), 429);
         let (_, body) = parts(res).await;
         assert_eq!(body["code"], "over_request_rate_limit", "{body}");
-        assert_eq!(user(&access).send().await.unwrap().status(), 429);
+        assert_eq!(
+            refused(user(&access).send().await.unwrap()).await,
+            "429 over_request_rate_limit"
+        );
         // From elsewhere they work.
         let res = app
             .auth(Method::POST, "/token?grant_type=refresh_token")

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{parts, TestApp, PK};
+use crate::helpers::{parts, refused, TestApp, PK};
 use crate::story;
 
 story!(
@@ -114,7 +114,7 @@ story!(the_apikey_header_is_required, |app: TestApp| async move {
         .send()
         .await
         .unwrap();
-    assert_eq!(parts(res).await.0, 401);
+    assert_eq!(refused(res).await, "401 no_api_key");
     let res = app
         .client
         .get(app.url("/auth/v1/settings"))
@@ -310,8 +310,14 @@ story!(
             .await
             .unwrap();
         assert_eq!(res.status(), 204);
-        assert_eq!(app.refresh(&tok(&a, "refresh_token")).await.status(), 400);
-        assert_eq!(app.refresh(&tok(&c, "refresh_token")).await.status(), 400);
+        assert_eq!(
+            refused(app.refresh(&tok(&a, "refresh_token")).await).await,
+            "400 refresh_token_not_found"
+        );
+        assert_eq!(
+            refused(app.refresh(&tok(&c, "refresh_token")).await).await,
+            "400 refresh_token_not_found"
+        );
         let (status, b2) = parts(app.refresh(&tok(&b, "refresh_token")).await).await;
         assert_eq!(status, 200);
         // local: the current session ends; the access token no longer reads the user.
@@ -335,7 +341,10 @@ story!(
             (status, body["code"].clone()),
             (403, json!("session_not_found"))
         );
-        assert_eq!(app.me(&tok(&b2, "access_token")).await.status(), 401);
+        assert_eq!(
+            refused(app.me(&tok(&b2, "access_token")).await).await,
+            "401 unauthorized revoked"
+        );
         assert_eq!(app.refresh(&tok(&d, "refresh_token")).await.status(), 200);
         // global: everything ends.
         let (_, e) = parts(app.sign_in(&email, &password).await).await;
@@ -346,7 +355,10 @@ story!(
             .await
             .unwrap();
         assert_eq!(res.status(), 204);
-        assert_eq!(app.refresh(&tok(&e, "refresh_token")).await.status(), 400);
+        assert_eq!(
+            refused(app.refresh(&tok(&e, "refresh_token")).await).await,
+            "400 refresh_token_not_found"
+        );
         app
     }
 );
@@ -379,7 +391,10 @@ story!(
         )
         .await;
         assert_eq!(status, 200);
-        assert_eq!(app.sign_in(&email, &password).await.status(), 400);
+        assert_eq!(
+            refused(app.sign_in(&email, &password).await).await,
+            "400 invalid_credentials"
+        );
         assert_eq!(app.sign_in(&email, "a brand new one").await.status(), 200);
         let (status, body) = parts(
             app.auth(Method::PUT, "/user")

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{parts, TestApp};
+use crate::helpers::{parts, refused, TestApp};
 use crate::story;
 
 /// Signs a fresh person in through `/v1/session`; the client keeps the cookie.
@@ -100,7 +100,7 @@ story!(a_cross_site_sign_in_is_refused, |app: TestApp| async move {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 403);
+    assert_eq!(refused(res).await, "403 forbidden csrf");
     app
 });
 
@@ -226,7 +226,7 @@ story!(
             .await
             .unwrap();
         assert!(res.headers().get("set-cookie").is_none());
-        assert_eq!(res.status(), 403);
+        assert_eq!(refused(res).await, "403 forbidden csrf");
         // Both forms at once, or neither, is a bad request.
         let res = app
             .client
@@ -235,7 +235,7 @@ story!(
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 400);
+        assert_eq!(refused(res).await, "400 invalid_request");
         app
     }
 );

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{parts, tempdir, TestApp, PK};
+use crate::helpers::{parts, refusal, tempdir, TestApp, PK};
 use crate::story;
 
 /// `POST /v1/session` for a fresh person with `origin` (the client keeps the cookie).
@@ -95,14 +95,14 @@ story!(
         assert_eq!(status, 200);
         let (status, body) =
             create_org_with(&app, &[("referer", &format!("{localhost}/dashboard"))]).await;
-        assert_eq!(status, 403, "{body}");
+        assert_eq!(refusal(status, &body), (403, "forbidden", "csrf"), "{body}");
         assert_eq!(
             body["error"]["details"]["origin"],
             json!(localhost),
             "the Referer's origin"
         );
         let (status, body) = create_org_with(&app, &[]).await;
-        assert_eq!(status, 403, "{body}");
+        assert_eq!(refusal(status, &body), (403, "forbidden", "csrf"), "{body}");
         assert_eq!(body["error"]["details"]["origin"], Value::Null);
         assert!(
             body["error"]["message"]
@@ -145,7 +145,11 @@ story!(
             "http://10.0.0.7/hook",
         ] {
             let (status, body) = endpoint_at(&app, url).await;
-            assert_eq!(status, 422, "{url}: {body}");
+            assert_eq!(
+                refusal(status, &body),
+                (422, "validation_failed", ""),
+                "{url}: {body}"
+            );
             let problem = body["error"]["details"]["fields"]["url"].as_str().unwrap();
             assert!(
                 problem.contains("webhooks_allow_private")

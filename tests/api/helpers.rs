@@ -481,6 +481,31 @@ pub async fn parts(res: Response) -> (u16, Value) {
     (status, body)
 }
 
+/// A `/v1` refusal as (status, `error.code`, `error.details.reason`), "" for an absent
+/// field: one assertion pins all three (`assert_eq!(refusal(s, &b), (404, "not_found", ""))`).
+pub fn refusal(status: u16, body: &Value) -> (u16, &str, &str) {
+    let error = &body["error"];
+    (
+        status,
+        error["code"].as_str().unwrap_or(""),
+        error["details"]["reason"].as_str().unwrap_or(""),
+    )
+}
+
+/// A refused response as "status code reason" ("401 unauthorized not_found"): `/v1`'s
+/// `error.code` and `error.details.reason`, or `/auth/v1`'s `error_code` (legacy format) or
+/// string `code`, which carry no reason. Reads the body.
+pub async fn refused(res: Response) -> String {
+    let (status, body) = parts(res).await;
+    let gotrue = body["error_code"]
+        .as_str()
+        .or_else(|| body["code"].as_str())
+        .unwrap_or("");
+    let (_, code, reason) = refusal(status, &body);
+    let code = if code.is_empty() { gotrue } else { code };
+    format!("{status} {code} {reason}").trim_end().to_string()
+}
+
 /// Runs a story on SQLite and on PostgreSQL, one test per engine in a module named after the
 /// story (`name::on_sqlite`, `name::on_postgres`: the second carries the PostgreSQL marker):
 ///

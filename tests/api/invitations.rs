@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{Db, Person, TestApp};
+use crate::helpers::{refusal, Db, Person, TestApp};
 use crate::smtp_sink::{Received, SmtpSink};
 use crate::story;
 
@@ -207,13 +207,13 @@ story!(
             (status, again["error"]["details"]["reason"].clone()),
             (409, json!("accepted"))
         );
-        let (status, _) = post_public(
+        let (status, refused) = post_public(
             &app,
             "/invitations/redeem",
             json!({"token": token, "password": "correct horse battery"}),
         )
         .await;
-        assert_eq!(status, 409);
+        assert_eq!(refusal(status, &refused), (409, "conflict", "accepted"), "{refused}");
         let (_, log) = app
             .call(
                 Method::GET,
@@ -337,7 +337,7 @@ story!(
             (status, body["data"]["status"].clone()),
             (200, json!("declined"))
         );
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/invitations/{bob_inv}/accept"),
@@ -345,17 +345,18 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 409);
+        assert_eq!(refusal(status, &refused), (409, "conflict", "declined"), "{refused}");
         assert_eq!(org_count(&app, &bob).await, 0);
         // Revoked: members without members:write cannot; then not acceptable; twice is 409.
         let path = format!("/orgs/{org}/invitations/{carl_inv}");
-        let (status, _) = app.call(Method::DELETE, &path, &mo.token, None).await;
-        assert_eq!(status, 403);
+        let (status, refused) = app.call(Method::DELETE, &path, &mo.token, None).await;
+        assert_eq!(refusal(status, &refused), (403, "forbidden", ""), "{refused}");
+        assert_eq!(refused["error"]["details"]["required"], "members:write");
         let (status, _) = app.call(Method::DELETE, &path, &ann.token, None).await;
         assert_eq!(status, 204);
-        let (status, _) = app.call(Method::DELETE, &path, &ann.token, None).await;
-        assert_eq!(status, 409);
-        let (status, _) = app
+        let (status, refused) = app.call(Method::DELETE, &path, &ann.token, None).await;
+        assert_eq!(refusal(status, &refused), (409, "conflict", "revoked"), "{refused}");
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/invitations/{carl_inv}/accept"),
@@ -363,12 +364,12 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 409);
+        assert_eq!(refusal(status, &refused), (409, "conflict", "revoked"), "{refused}");
         assert_eq!(org_count(&app, &carl).await, 0);
         let missing = format!("/orgs/{org}/invitations/inv_{}", "0".repeat(32));
-        let (status, _) = app.call(Method::DELETE, &missing, &ann.token, None).await;
-        assert_eq!(status, 404);
-        let (status, _) = app
+        let (status, refused) = app.call(Method::DELETE, &missing, &ann.token, None).await;
+        assert_eq!(refusal(status, &refused), (404, "not_found", ""), "{refused}");
+        let (status, refused) = app
             .call(
                 Method::DELETE,
                 &format!("/orgs/{org}/invitations/nope"),
@@ -376,7 +377,7 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 400);
+        assert_eq!(refusal(status, &refused), (400, "invalid_request", "malformed_id"), "{refused}");
         // Members read the list: every state is there.
         let (status, list) = app
             .call(
@@ -482,9 +483,9 @@ story!(
         let list = list["data"].as_array().unwrap();
         assert_eq!(list.len(), 1, "replaced, not added: {list:?}");
         assert_eq!(list[0]["role"], "admin");
-        let (status, _) =
+        let (status, refused) =
             post_public(&app, "/invitations/lookup", json!({"token": old_token})).await;
-        assert_eq!(status, 404, "the replaced link is dead");
+        assert_eq!(refusal(status, &refused), (404, "not_found", "invalid_token"), "the replaced link is dead: {refused}");
         let (status, seen) =
             post_public(&app, "/invitations/lookup", json!({"token": new_token})).await;
         assert_eq!(
@@ -536,18 +537,18 @@ story!(
             invite(&app, &ada.token, &org, &fresh(), "member").await.0,
             201
         );
-        let (status, _) = invite(&app, &ada.token, &org, &fresh(), "member").await;
-        assert_eq!(status, 429, "per organization");
+        let (status, refused) = invite(&app, &ada.token, &org, &fresh(), "member").await;
+        assert_eq!(refusal(status, &refused), (429, "rate_limited", ""), "per organization: {refused}");
         // Another organization has its own window; the inviter's own is then spent.
         let other = app.org(&ada, "Other").await;
         assert_eq!(
             invite(&app, &ada.token, &other, &fresh(), "member").await.0,
             201
         );
-        let (status, _) = invite(&app, &ada.token, &other, &fresh(), "member").await;
-        assert_eq!(status, 429, "per inviter, across organizations");
+        let (status, refused) = invite(&app, &ada.token, &other, &fresh(), "member").await;
+        assert_eq!(refusal(status, &refused), (429, "rate_limited", ""), "per inviter, across organizations");
         let (status, body) = invite(&app, &ann.token, &org, "not an address", "member").await;
-        assert_eq!(status, 422, "{body}");
+        assert_eq!(refusal(status, &body), (422, "validation_failed", ""), "{body}");
         app
     }
 );
@@ -592,20 +593,24 @@ story!(
             .unwrap();
         let (_, token) = accept_link(&mail);
         // The page signs up with the public API (no session: confirmation is on). The
-        // invitation mail just used the address's mail slot, so the sign-up may answer 429
-        // for its confirmation mail; the account exists either way.
+        // invitation took the address's mail slot when it was sent, so the sign-up answers
+        // 429 for its confirmation mail; the account exists all the same.
         let (status, body) =
             crate::helpers::parts(app.signup(&newcomer, "newcomer password").await).await;
-        assert!(status == 200 || status == 429, "{status} {body}");
+        assert_eq!(
+            (status, &body["code"]),
+            (429, &json!("over_email_send_rate_limit")),
+            "{body}"
+        );
         assert!(body["access_token"].is_null());
         // …then accepts with the link's token and that password; a wrong one is refused.
-        let (status, _) = post_public(
+        let (status, refused) = post_public(
             &app,
             "/invitations/redeem",
             json!({"token": token, "password": "not the password"}),
         )
         .await;
-        assert_eq!(status, 401);
+        assert_eq!(refusal(status, &refused), (401, "unauthorized", "invalid_credentials"), "{refused}");
         let (status, body) = post_public(
             &app,
             "/invitations/redeem",
@@ -680,9 +685,13 @@ story!(
             (status, body["error"]["details"]["reason"].clone()),
             (409, json!("account_predates_invitation"))
         );
-        let (status, _) =
+        let (status, body) =
             crate::helpers::parts(app.sign_in(&squatted, "squatter password").await).await;
-        assert_eq!(status, 400, "still unconfirmed");
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("email_not_confirmed")),
+            "still unconfirmed: {body}"
+        );
         app
     }
 );

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{parts, TestApp};
+use crate::helpers::{parts, refusal, TestApp};
 use crate::story;
 
 story!(
@@ -71,7 +71,11 @@ story!(
             ),
         ] {
             let (status, body) = app.call(m, &path, &bob.token, None).await;
-            assert_eq!(status, 403, "{path}");
+            assert_eq!(
+                refusal(status, &body),
+                (403, "forbidden", "not_a_member"),
+                "{path}: {body}"
+            );
             assert_eq!(
                 body["error"]["message"],
                 "Not a member of the selected organization"
@@ -107,7 +111,7 @@ story!(
             (status, body["data"]["status"].clone()),
             (201, json!("pending"))
         );
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/members"),
@@ -115,7 +119,11 @@ story!(
                 Some(json!({"email": "ghost@example.com", "role": "emperor"})),
             )
             .await;
-        assert_eq!(status, 422);
+        assert_eq!(
+            refusal(status, &refused),
+            (422, "validation_failed", ""),
+            "{refused}"
+        );
         // A member cannot manage members.
         let carl = app.person().await;
         let (status, body) = app
@@ -210,7 +218,7 @@ story!(
         let carl = app.person().await;
         let org = app.org(&ann, "Acme").await;
         app.add(&ann, &org, &ada, "admin").await;
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/members"),
@@ -218,9 +226,13 @@ story!(
                 Some(json!({"email": carl.email, "role": "owner"})),
             )
             .await;
-        assert_eq!(status, 403);
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", ""),
+            "{refused}"
+        );
         app.add(&ada, &org, &carl, "member").await;
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::PATCH,
                 &format!("/orgs/{org}/members/{}", ann.id),
@@ -228,8 +240,12 @@ story!(
                 Some(json!({"role": "member"})),
             )
             .await;
-        assert_eq!(status, 403);
-        let (status, _) = app
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", ""),
+            "{refused}"
+        );
+        let (status, refused) = app
             .call(
                 Method::DELETE,
                 &format!("/orgs/{org}/members/{}", ann.id),
@@ -237,7 +253,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 403);
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", ""),
+            "{refused}"
+        );
         let (status, body) = app
             .call(
                 Method::POST,
@@ -250,10 +270,14 @@ story!(
             (status, body["error"]["details"]["required"].clone()),
             (403, json!("keys:write"))
         );
-        let (status, _) = app
+        let (status, refused) = app
             .call(Method::DELETE, &format!("/orgs/{org}"), &ada.token, None)
             .await;
-        assert_eq!(status, 403);
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", ""),
+            "{refused}"
+        );
         let (status, _) = app
             .call(
                 Method::PATCH,
@@ -287,7 +311,7 @@ story!(
             status, 403,
             "an admin cannot mint a role with a permission it lacks"
         );
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/roles"),
@@ -295,8 +319,12 @@ story!(
                 Some(json!({"name": "coach", "permissions": ["chat:write", "nope:nope"]})),
             )
             .await;
-        assert_eq!(status, 422);
-        let (status, _) = app
+        assert_eq!(
+            refusal(status, &refused),
+            (422, "validation_failed", ""),
+            "{refused}"
+        );
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/roles"),
@@ -304,7 +332,11 @@ story!(
                 Some(json!({"name": "owner", "permissions": []})),
             )
             .await;
-        assert_eq!(status, 422);
+        assert_eq!(
+            refusal(status, &refused),
+            (422, "validation_failed", ""),
+            "{refused}"
+        );
         let (status, role) = app.call(Method::POST, &format!("/orgs/{org}/roles"), &ann.token, Some(json!({"name": "coach", "permissions": ["chat:write", "threads:read", "keys:read"]}))).await;
         assert_eq!(
             (status, role["data"]["name"].clone()),
@@ -337,7 +369,7 @@ story!(
             .await;
         assert_eq!(status, 200);
         assert_eq!(roles["data"].as_array().unwrap().len(), 4);
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::DELETE,
                 &format!("/orgs/{org}/roles/coach"),
@@ -345,7 +377,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 409, "still held");
+        assert_eq!(
+            refusal(status, &refused),
+            (409, "conflict", ""),
+            "still held: {refused}"
+        );
         let (status, _) = app
             .call(
                 Method::DELETE,
@@ -384,10 +420,14 @@ story!(
             (status, body["error"]["details"]["reason"].clone()),
             (401, json!("not_found"))
         );
-        let (status, _) = app
+        let (status, refused) = app
             .call(Method::GET, &format!("/orgs/{org}"), &ann.token, None)
             .await;
-        assert_eq!(status, 403);
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", "not_a_member"),
+            "{refused}"
+        );
         app
     }
 );
@@ -510,7 +550,7 @@ story!(
                     body,
                 )
                 .await;
-            assert_eq!(status, 403, "{err}");
+            assert_eq!(refusal(status, &err), (403, "forbidden", ""), "{err}");
             assert_eq!(err["error"]["details"]["required"], json!("widgets:write"));
         }
         let (status, members) = app

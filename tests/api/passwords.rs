@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
-use crate::helpers::{parts, Db, TestApp};
+use crate::helpers::{parts, refused, Db, TestApp};
 use crate::story;
 
 /// A password the estimator accepts but the mock lists as breached.
@@ -170,7 +170,7 @@ story!(
         let (status, body) = parts(app.signup(&fresh(), UNLISTED).await).await;
         assert_eq!(status, 200, "{body}");
         // A weak password is refused before any lookup.
-        assert_eq!(app.signup(&fresh(), "password").await.status(), 422);
+        assert_eq!(refused(app.signup(&fresh(), "password").await).await, "422 weak_password");
 
         let asked = api.asked.lock().unwrap().clone();
         assert_eq!(

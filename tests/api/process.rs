@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use crate::helpers::{tempdir, Db, TestDb, PK};
+use crate::helpers::{refused, tempdir, Db, TestDb, PK};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
@@ -407,7 +407,7 @@ async fn a_full_flow_leaves_no_secret_in_the_log() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 401);
+    assert_eq!(refused(res).await, "401 unauthorized malformed");
     let res = client
         .post(format!("{base}/v1/session"))
         .json(&json!({"email": email, "password": password}))

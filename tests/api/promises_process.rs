@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::{Client, Method};
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, parts, sql, tempdir, Db, TestApp, TestDb, PK};
+use crate::helpers::{eventually, parts, refused, sql, tempdir, Db, TestApp, TestDb, PK};
 use crate::process::{start_with, Server};
 use crate::story;
 
@@ -55,7 +55,7 @@ async fn owner_org_key(
 }
 
 /// Sends SIGTERM through the `kill` command (no libc in the tests) and waits for a clean exit.
-fn terminate(server: &mut Server) {
+pub(crate) fn terminate(server: &mut Server) {
     let ok = Command::new("kill")
         .arg("-TERM")
         .arg(server.child.id().to_string())
@@ -411,7 +411,7 @@ story!(
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 403, "the session's access token is refused");
+        assert_eq!(refused(res).await, "403 session_not_found", "the session's access token is refused");
         app
     }
 );

@@ -11,7 +11,7 @@ use gatehouse::ratelimit::{
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{clocked, parts, redis_prefix, redis_url, Db, TestApp};
+use crate::helpers::{clocked, parts, redis_prefix, redis_url, refusal, refused, Db, TestApp};
 use crate::story;
 
 const T0: i64 = 1_800_000_000_000;
@@ -77,7 +77,7 @@ story!(
         );
         // Still refused a second before Retry-After, admitted at it.
         clock.advance_ms(19_000);
-        assert_eq!(me(&app, &key).await.status(), 429);
+        assert_eq!(refused(me(&app, &key).await).await, "429 rate_limited");
         clock.advance_ms(1_000);
         assert_eq!(me(&app, &key).await.status(), 200);
         // Five requests so far: the hour window (5) binds next, as the refusals above
@@ -111,7 +111,7 @@ story!(
         assert_eq!(admitted, 4);
         let res = me(&app, &k1).await;
         let (status, body) = parts(res).await;
-        assert_eq!(status, 429);
+        assert_eq!(refusal(status, &body), (429, "rate_limited", ""), "{body}");
         assert_eq!(body["error"]["details"]["limit"], 4);
         // Another organization has its own window.
         assert_eq!(me(&app, &k3).await.status(), 200);
@@ -145,7 +145,7 @@ story!(
         let id = body["data"]["id"].as_str().unwrap().to_string();
         assert_eq!(me(&app, &key).await.status(), 200);
         assert_eq!(me(&app, &key).await.status(), 200);
-        assert_eq!(me(&app, &key).await.status(), 429);
+        assert_eq!(refused(me(&app, &key).await).await, "429 rate_limited");
         // Raising the key's limit applies at once.
         let (status, body) = app
             .call(
@@ -186,7 +186,7 @@ story!(
         let res = me(&app, &key).await;
         assert_eq!(res.status(), 200);
         let (status, body) = parts(me(&app, &key).await).await;
-        assert_eq!(status, 429);
+        assert_eq!(refusal(status, &body), (429, "rate_limited", ""), "{body}");
         assert_eq!(body["error"]["details"]["limit"], 1);
         // Both changes are audited.
         let (_, log) = app
@@ -232,7 +232,7 @@ story!(
             assert_eq!(status, 422, "{bad}: {body}");
             assert_eq!(body["error"]["code"], "validation_failed");
             assert!(body["error"]["details"]["fields"]["rate_limits"].is_string());
-            let (status, _) = app
+            let (status, refused) = app
                 .call(
                     Method::PATCH,
                     &format!("/orgs/{org}"),
@@ -240,7 +240,11 @@ story!(
                     Some(json!({"rate_limits": bad})),
                 )
                 .await;
-            assert_eq!(status, 422, "{bad}");
+            assert_eq!(
+                refusal(status, &refused),
+                (422, "validation_failed", ""),
+                "{bad}: {refused}"
+            );
         }
         for bad in [
             json!([{"limit": -1, "window_seconds": 60}]),
@@ -261,7 +265,7 @@ story!(
             assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");
         }
         // Members cannot change the organization's limits.
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::PATCH,
                 &format!("/orgs/{org}"),
@@ -269,12 +273,16 @@ story!(
                 Some(json!({"rate_limits": [{"limit": 1000000, "window_seconds": 1}]})),
             )
             .await;
-        assert_eq!(status, 403);
+        assert_eq!(
+            refusal(status, &refused),
+            (403, "forbidden", ""),
+            "{refused}"
+        );
         // Another tenant's key cannot be changed.
         let stranger = app.person().await;
         let their_org = app.org(&stranger, "Theirs").await;
         let (_, their_key) = app.key(&stranger, &their_org, &[]).await;
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::PATCH,
                 &format!("/orgs/{org}/api-keys/{their_key}"),
@@ -282,7 +290,11 @@ story!(
                 Some(json!({"name": "mine now"})),
             )
             .await;
-        assert_eq!(status, 404);
+        assert_eq!(
+            refusal(status, &refused),
+            (404, "not_found", ""),
+            "{refused}"
+        );
         app
     }
 );
@@ -345,26 +357,30 @@ story!(
         let sign_in = |xff: &'static str| {
             let app = &app;
             async move {
-                app.client
-                    .post(app.url("/v1/session"))
-                    .header("x-forwarded-for", xff)
-                    .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
+                refused(
+                    app.client
+                        .post(app.url("/v1/session"))
+                        .header("x-forwarded-for", xff)
+                        .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await
             }
         };
+        const WRONG: &str = "401 unauthorized invalid_credentials";
+        const LIMITED: &str = "429 rate_limited";
         // Two clients behind the proxy have a window each; the leftmost entry is the
         // client's own claim and is ignored once an untrusted hop is found.
-        assert_eq!(sign_in("203.0.113.9").await, 401);
-        assert_eq!(sign_in("203.0.113.9").await, 429);
-        assert_eq!(sign_in("198.51.100.7").await, 401);
-        assert_eq!(sign_in("1.2.3.4, 198.51.100.7").await, 429);
-        assert_eq!(sign_in("2001:db8:1:2::1").await, 401);
+        assert_eq!(sign_in("203.0.113.9").await, WRONG);
+        assert_eq!(sign_in("203.0.113.9").await, LIMITED);
+        assert_eq!(sign_in("198.51.100.7").await, WRONG);
+        assert_eq!(sign_in("1.2.3.4, 198.51.100.7").await, LIMITED);
+        assert_eq!(sign_in("2001:db8:1:2::1").await, WRONG);
         assert_eq!(
             sign_in("2001:db8:1:2::ffff").await,
-            429,
+            LIMITED,
             "one /64, one window"
         );
         app
@@ -399,10 +415,13 @@ story!(
         let org = app.org(&owner, "Acme").await;
         let (key, _) = app.key(&owner, &org, &[]).await;
         assert_eq!(me(&app, &key).await.status(), 200);
-        assert_eq!(me(&app, &key).await.status(), 429);
+        assert_eq!(refused(me(&app, &key).await).await, "429 rate_limited");
         let last = if key.ends_with('x') { "y" } else { "x" };
         let bogus = format!("{}{last}", &key[..key.len() - 1]);
-        assert_eq!(me(&app, &bogus).await.status(), 401);
+        assert_eq!(
+            refused(me(&app, &bogus).await).await,
+            "401 unauthorized malformed"
+        );
         let res = app.client.get(app.url("/metrics")).send().await.unwrap();
         assert_eq!(res.status(), 200);
         let text = res.text().await.unwrap();
@@ -569,8 +588,8 @@ async fn a_server_on_redis_enforces_the_same_limits() {
     assert_eq!(me(&app, &key).await.status(), 200);
     assert_eq!(me(&app, &key).await.status(), 200);
     let res = me(&app, &key).await;
-    assert_eq!(res.status(), 429);
     assert_eq!(header(&res, "retry-after"), "30");
+    assert_eq!(refused(res).await, "429 rate_limited");
     clock.advance_ms(30_000);
     assert_eq!(me(&app, &key).await.status(), 200);
     let text = app

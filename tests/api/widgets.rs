@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::helpers::{Db, Person, TestApp};
+use crate::helpers::{refusal, Db, Person, TestApp};
 use crate::story;
 
 const ORIGIN: &str = "https://shop.example.com";
@@ -289,7 +289,7 @@ story!(
                     Some(body),
                 )
                 .await;
-            assert_eq!(status, 422, "{b}");
+            assert_eq!(refusal(status, &b), (422, "validation_failed", ""), "{b}");
             assert!(
                 b["error"]["details"]["fields"].get(field).is_some(),
                 "{field}: {b}"
@@ -298,7 +298,7 @@ story!(
         let many: Vec<String> = (0..51)
             .map(|i| format!("https://s{i}.example.com"))
             .collect();
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::POST,
                 &format!("/orgs/{org}/widgets"),
@@ -306,7 +306,11 @@ story!(
                 Some(json!({"name": "x", "allowed_origins": many})),
             )
             .await;
-        assert_eq!(status, 422);
+        assert_eq!(
+            refusal(status, &refused),
+            (422, "validation_failed", ""),
+            "{refused}"
+        );
 
         // Update keeps what is not given; rotation shows a new secret.
         let (status, up) = app
@@ -356,7 +360,7 @@ story!(
             (Method::DELETE, format!("/orgs/{org}/widgets/{id}")),
         ] {
             let (status, b) = app.call(m, &path, &bob.token, None).await;
-            assert_eq!(status, 403, "{b}");
+            assert_eq!(refusal(status, &b), (403, "forbidden", ""), "{b}");
         }
         let eve = app.person().await;
         let eve_org = app.org(&eve, "Elsewhere").await;
@@ -366,9 +370,9 @@ story!(
             (Method::DELETE, format!("/orgs/{eve_org}/widgets/{id}")),
         ] {
             let (status, b) = app.call(m, &path, &eve.token, None).await;
-            assert_eq!(status, 404, "{b}");
+            assert_eq!(refusal(status, &b), (404, "not_found", ""), "{b}");
         }
-        let (status, _) = app
+        let (status, refused) = app
             .call(
                 Method::GET,
                 &format!("/orgs/{org}/widgets/wgt_nope"),
@@ -376,7 +380,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 400);
+        assert_eq!(
+            refusal(status, &refused),
+            (400, "invalid_request", "malformed_id"),
+            "{refused}"
+        );
 
         // The operator mints tokens from the command line; they open sessions like any other.
         let out = crate::process::command(&app.db.url, &[])
@@ -422,7 +430,7 @@ story!(
             )
             .await;
         assert_eq!(status, 200);
-        let (status, _, _) = app
+        let (status, refused, _) = app
             .public(
                 Method::GET,
                 &format!("/v1/widgets/{id}/config"),
@@ -430,7 +438,11 @@ story!(
                 None,
             )
             .await;
-        assert_eq!(status, 404, "a deleted widget is gone at once");
+        assert_eq!(
+            refusal(status, &refused),
+            (404, "not_found", ""),
+            "a deleted widget is gone at once: {refused}"
+        );
         app
     }
 );
@@ -552,7 +564,7 @@ story!(
         assert_eq!(hist["data"]["thread_id"], Value::Null);
         let c = app.call_for(&id, "chat", json!({"message": "hi", "thread_id": thread}));
         let (status, b, _) = app.signed(&stranger, c).await;
-        assert_eq!(status, 404, "{b}");
+        assert_eq!(refusal(status, &b), (404, "not_found", ""), "{b}");
 
         // Renewal: a fresh session for the same visitor.
         let c = app.call_for(&id, "session/renew", json!({}));
@@ -670,18 +682,26 @@ story!(
         let (status, b) = app.open(&id, ORIGIN, json!({"token": forged})).await;
         assert_eq!((status, reason(&b)), (401, "bad_token"));
         // Malformed input is a 4xx, never a 500.
-        let (status, _) = app
+        let (status, refused) = app
             .open(
                 &id,
                 ORIGIN,
                 json!({"token": token, "visitor_id": "someone-else"}),
             )
             .await;
-        assert_eq!(status, 422);
-        let (status, _) = app
+        assert_eq!(
+            refusal(status, &refused),
+            (422, "validation_failed", ""),
+            "{refused}"
+        );
+        let (status, refused) = app
             .open(&id, ORIGIN, json!({"token": token, "user_id": "u1"}))
             .await;
-        assert_eq!(status, 422);
+        assert_eq!(
+            refusal(status, &refused),
+            (422, "validation_failed", ""),
+            "{refused}"
+        );
         let (status, _) = app.open(&id, ORIGIN, json!({"token": 5})).await;
         assert_eq!(status, 400);
 
@@ -750,8 +770,8 @@ story!(
         let mut no_session = s.clone();
         no_session.token = String::new();
         let c = app.call_for(&id, "chat", json!({"message": "hi"}));
-        let (status, _, _) = app.signed(&no_session, c).await;
-        assert_eq!(status, 401);
+        let (status, b, _) = app.signed(&no_session, c).await;
+        assert_eq!((status, reason(&b)), (401, "missing"), "{b}");
 
         // session_expired: after the widget's secret is rotated (and tokens with it).
         let (status, _) = app
@@ -1000,7 +1020,8 @@ story!(
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 429);
+        let (status, b) = crate::helpers::parts(res).await;
+        assert_eq!(refusal(status, &b), (429, "rate_limited", ""), "{b}");
         assert_eq!(app.config_from(&id, "203.0.113.8").await.0, 200);
         app
     }
