@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use crate::helpers::{redis_prefix, redis_url, tempdir, test_config, PK};
+use crate::helpers::{redis_prefix, redis_url, tempdir, test_config, wait_until_subscribed, PK};
 use crate::process::{command, start_with};
 
 /// Runs the CLI on `db_url` with `stdin` on its standard input.
@@ -334,29 +334,6 @@ async fn users_orgs_and_keys_are_listed_as_tables_and_as_json_a_page_at_a_time()
         !none.status.success(),
         "an unknown organization is an error"
     );
-}
-
-/// Waits until `n` processes listen on the deployment's invalidation channel.
-async fn wait_until_subscribed(url: &str, prefix: &str, n: i64) {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let channel = format!("{prefix}:invalidate");
-    for _ in 0..200 {
-        let (_, count): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if count >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the server did not subscribe to {channel}");
 }
 
 /// Polls `check` until it holds (for at most about five seconds: far longer than the

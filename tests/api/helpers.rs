@@ -686,3 +686,27 @@ pub async fn sql(db_url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     sqlx::AnyPool::connect(db_url).await.unwrap()
 }
+
+/// Waits until `n` instances listen on the deployment's invalidation channel (`{prefix}:invalidate`
+/// on the Redis at `url`), so no test races the subscription each instance makes at start.
+pub async fn wait_until_subscribed(url: &str, prefix: &str, n: i64) {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let channel = format!("{prefix}:invalidate");
+    for _ in 0..200 {
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if count >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{n} instances did not subscribe to {channel}");
+}

@@ -14,7 +14,8 @@ use reqwest::{Client, RequestBuilder};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    eventually, parts, redis_prefix, redis_url, tempdir, Db, OwnRedis, TestDb, PK,
+    eventually, parts, redis_prefix, redis_url, tempdir, wait_until_subscribed, Db, OwnRedis,
+    TestDb, PK,
 };
 use crate::process::{start_with, Server};
 
@@ -55,7 +56,7 @@ impl Two {
         // One after the other: the first migrates and stores the signing key.
         let a = start_with(&db.url, &dir, &env).await;
         let b = start_with(&db.url, &dir, &env).await;
-        subscribed(&url, &prefix, 2).await;
+        wait_until_subscribed(&url, &prefix, 2).await;
         Two {
             a,
             b,
@@ -69,30 +70,6 @@ impl Two {
         drop((a, b));
         db.cleanup().await;
     }
-}
-
-/// Waits until `n` instances listen on the invalidation channel.
-async fn subscribed(url: &str, prefix: &str, n: i64) {
-    let conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let channel = format!("{prefix}:invalidate");
-    eventually(Duration::from_secs(10), "both instances subscribe", || {
-        let mut conn = conn.clone();
-        let channel = channel.clone();
-        async move {
-            let (_, count): (String, i64) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channel)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            count >= n
-        }
-    })
-    .await;
 }
 
 async fn send(req: RequestBuilder) -> (u16, Value) {

@@ -12,7 +12,8 @@ use reqwest::{Client, Response};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    parts, redis_prefix, redis_url, tempdir, Db, OwnRedis, TestDb, FANOUT_WITHIN, PK,
+    parts, redis_prefix, redis_url, tempdir, wait_until_subscribed, Db, OwnRedis, TestDb,
+    FANOUT_WITHIN, PK,
 };
 use crate::process::{start_with, Server};
 
@@ -95,30 +96,6 @@ impl Pair {
         drop((a, b));
         db.cleanup().await;
     }
-}
-
-/// Waits until `n` instances listen on the invalidation channel, so no test races the
-/// subscription made at start.
-async fn wait_until_subscribed(url: &str, prefix: &str, n: i64) {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let channel = format!("{prefix}:invalidate");
-    for _ in 0..200 {
-        let (_, count): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if count >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the instances did not subscribe to {channel}");
 }
 
 /// A client whose requests may not take longer than 2 s: the no-hang bound.
