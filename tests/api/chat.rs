@@ -560,6 +560,7 @@ story!(
             )
             .await;
         assert_eq!(refusal(status, &refused), (403, "forbidden", ""), "{refused}");
+        assert_eq!(refused["error"]["details"]["required"], "export:read", "{refused}");
         let stranger = s.app.person().await;
         let (status, refused) = s
             .app

@@ -231,6 +231,10 @@ story!(
             (403, "forbidden", ""),
             "{refused}"
         );
+        assert_eq!(
+            refused["error"]["details"]["required"], "owner",
+            "{refused}"
+        );
         app.add(&ada, &org, &carl, "member").await;
         let (status, refused) = app
             .call(
@@ -245,6 +249,10 @@ story!(
             (403, "forbidden", ""),
             "{refused}"
         );
+        assert_eq!(
+            refused["error"]["details"]["required"], "owner",
+            "{refused}"
+        );
         let (status, refused) = app
             .call(
                 Method::DELETE,
@@ -256,6 +264,10 @@ story!(
         assert_eq!(
             refusal(status, &refused),
             (403, "forbidden", ""),
+            "{refused}"
+        );
+        assert_eq!(
+            refused["error"]["details"]["required"], "owner",
             "{refused}"
         );
         let (status, body) = app
@@ -276,6 +288,10 @@ story!(
         assert_eq!(
             refusal(status, &refused),
             (403, "forbidden", ""),
+            "{refused}"
+        );
+        assert_eq!(
+            refused["error"]["details"]["required"], "owner",
             "{refused}"
         );
         let (status, _) = app

@@ -278,6 +278,10 @@ story!(
             (403, "forbidden", ""),
             "{refused}"
         );
+        assert_eq!(
+            refused["error"]["details"]["required"], "admin",
+            "{refused}"
+        );
         // Another tenant's key cannot be changed.
         let stranger = app.person().await;
         let their_org = app.org(&stranger, "Theirs").await;

@@ -361,6 +361,7 @@ story!(
         ] {
             let (status, b) = app.call(m, &path, &bob.token, None).await;
             assert_eq!(refusal(status, &b), (403, "forbidden", ""), "{b}");
+            assert_eq!(b["error"]["details"]["required"], "widgets:write", "{b}");
         }
         let eve = app.person().await;
         let eve_org = app.org(&eve, "Elsewhere").await;
