@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::auth::jwt::{Amr, Claims, JwtKeys};
-use crate::auth::password::Hasher;
+use crate::auth::password::{needs_rehash, Hasher};
 use crate::auth::password_policy::{PasswordPolicy, PolicyError, WeakPassword};
 use crate::auth::tokens;
 use crate::clock::Clock;
@@ -238,7 +238,30 @@ impl Accounts {
         if user.email_confirmed_at.is_none() {
             return Err(AccountError::EmailNotConfirmed);
         }
+        if let Some(old) = user.password_hash.as_deref().filter(|h| needs_rehash(h)) {
+            self.upgrade_hash(&user.id, old, &password).await;
+        }
         Ok(user)
+    }
+
+    /// Replaces a hash of another kind (bcrypt, imported from Supabase) by argon2id, now that
+    /// the password is known. A failure is logged and the sign-in goes on: the old hash still
+    /// verifies next time.
+    async fn upgrade_hash(&self, user_id: &str, old: &str, password: &Password) {
+        let upgraded = match self.hasher.hash(password).await {
+            Ok(new) => self
+                .store
+                .replace_password_hash(user_id, old, &new, self.clock.now_ms())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match upgraded {
+            Ok(()) => tracing::info!(user_id, "password hash upgraded to argon2id"),
+            Err(e) => {
+                tracing::warn!(user_id, error = %e, "password hash not upgraded; will retry at the next sign-in")
+            }
+        }
     }
 
     /// A dashboard session for a user who just authenticated: the cookie's secret (stored

@@ -1,5 +1,7 @@
 //! The `gatehouse` command line.
 
+mod check;
+mod import;
 mod list;
 
 use std::path::PathBuf;
@@ -70,6 +72,67 @@ pub enum Command {
         /// What to do with signing keys.
         #[command(subcommand)]
         action: JwtAction,
+    },
+    /// Copy the SQLite database to a new file while the server keeps running (a consistent
+    /// snapshot: every write acknowledged before the copy began is in it).
+    Backup {
+        /// The file to write; it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Replace the SQLite database with a backup. Refuses while `gatehouse serve` has the
+    /// database open; an existing database is replaced only with --force, and is then kept
+    /// beside it as `{file}-before-restore-{unix ms}`.
+    Restore {
+        /// The backup file (made by `gatehouse backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace an existing database (it is kept beside the new one).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bring users in from another auth server.
+    Import {
+        /// Where from.
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+    /// Check the configuration.
+    Config {
+        /// What to do with the configuration.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+/// `gatehouse import …`.
+#[derive(Subcommand, Debug)]
+pub enum ImportSource {
+    /// Read `auth.users` and `auth.identities` of a Supabase (GoTrue) PostgreSQL database and
+    /// create the users here with their ids, emails, confirmation, metadata and password
+    /// hashes. Users already imported are skipped, so it can run again; prints a summary.
+    Supabase {
+        /// The Supabase database, `postgres://…` (its direct connection string). Prefer the
+        /// SUPABASE_DB_URL variable: a password on the command line shows in the process list.
+        #[arg(long, env = "SUPABASE_DB_URL", hide_env_values = true)]
+        from: String,
+        /// Read and report what would be imported; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `gatehouse config …`.
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Load and validate the configuration as `serve` would (secrets from files included),
+    /// print the effective settings with every secret masked, and exit non-zero if it is
+    /// invalid. Touches no database unless asked.
+    Check {
+        /// Also connect to the database, Redis and SMTP server it names and report each;
+        /// exit non-zero if one fails.
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -193,7 +256,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::telemetry::init(&config.log, &config.log_format);
     // `serve` creates its database on first start (the README's first run); any other
     // command run in the wrong folder would silently start an empty deployment instead.
-    if !matches!(cli.command, Command::Serve { .. }) && !cli.create {
+    if !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Config { .. } | Command::Restore { .. }
+    ) && !cli.create
+    {
         refuse_without_database(&config.database_url)?;
     }
     match cli.command {
@@ -253,6 +320,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = AppState::build(config, Clock::System).await?;
             list::users(&state, page).await
         }
+        Command::Backup { to } => {
+            let store = crate::store::Store::connect(&config.database_url).await?;
+            store.backup_into(&to).await?;
+            store.close().await;
+            let facts = crate::store::backup::inspect(&to).await?;
+            println!(
+                "backed up {} to {} ({} users, {} organizations, schema version {})",
+                crate::store::describe(&config.database_url),
+                to.display(),
+                facts.users,
+                facts.orgs,
+                facts.schema_version
+            );
+            Ok(())
+        }
+        Command::Restore { from, force } => restore(&config, &from, force).await,
+        Command::Import {
+            source: ImportSource::Supabase { from, dry_run },
+        } => {
+            let store = crate::store::Store::connect(&config.database_url).await?;
+            store.migrate().await?;
+            let summary = import::supabase(&store, &from, dry_run, Clock::System.now_ms()).await?;
+            import::print(&summary, dry_run);
+            Ok(())
+        }
+        Command::Config {
+            action: ConfigAction::Check { connect },
+        } => check::run(&config, connect).await,
         Command::Org { action } => org_command(config, action).await,
         Command::Key { action } => key_command(config, action).await,
         Command::Widget {
@@ -298,6 +393,31 @@ fn refuse_without_database(database_url: &str) -> anyhow::Result<()> {
     )
 }
 
+/// `gatehouse restore`: checks the backup, then puts a copy of it where `database_url` points.
+async fn restore(config: &Config, from: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let Some(target) = crate::store::sqlite_file(&config.database_url) else {
+        anyhow::bail!(
+            "gatehouse restore replaces a SQLite database file; database_url is {}",
+            crate::store::describe(&config.database_url)
+        );
+    };
+    let facts = crate::store::backup::inspect(from).await?;
+    let done = crate::store::backup::restore(from, &target, force, Clock::System.now_ms()).await?;
+    println!(
+        "restored {} into {} ({} users, {} organizations, schema version {})",
+        from.display(),
+        target.display(),
+        facts.users,
+        facts.orgs,
+        facts.schema_version
+    );
+    if let Some(kept) = done.kept {
+        println!("the database it replaced is kept at {}", kept.display());
+    }
+    eprintln!("start gatehouse serve on it; it applies any newer migrations first");
+    Ok(())
+}
+
 /// The first line of standard input, without its line ending.
 fn read_password() -> anyhow::Result<String> {
     let mut line = String::new();
@@ -315,6 +435,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     crate::mail::check_serve(&config)?;
     let listen = config.listen;
     let state = AppState::build(config, Clock::System).await?;
+    // Held while serving, so `gatehouse restore` cannot replace the file under this server.
+    let _lock = crate::store::sqlite_file(&state.config.database_url)
+        .map(|f| crate::store::backup::ServeLock::take(&f))
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ratelimit::{Rate, Rates};
 
+mod files;
+pub use files::{masked_settings, SECRET_SETTINGS};
+
 /// Verified API keys held in memory unless `key_cache_capacity` says otherwise.
 pub const DEFAULT_KEY_CACHE_CAPACITY: u64 = 250_000;
 
@@ -24,14 +27,20 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://PATH` or `postgres://…`.
     pub database_url: String,
+    /// A file holding `database_url` (for a URL with a password); not with `database_url`.
+    pub database_url_file: Option<String>,
     /// The URL users reach this server at (token issuer, CSRF origin, cookie security).
     pub public_url: String,
     /// The key clients send in `apikey` on `/auth/v1`; generated and stored at first start when unset.
     #[serde(skip_serializing)]
     pub publishable_key: Option<SecretString>,
+    /// A file holding `publishable_key`; not with `publishable_key`.
+    pub publishable_key_file: Option<String>,
     /// When set, access tokens are signed HS256 with this shared secret instead of ES256.
     #[serde(skip_serializing)]
     pub jwt_secret: Option<SecretString>,
+    /// A file holding `jwt_secret`; not with `jwt_secret`.
+    pub jwt_secret_file: Option<String>,
     /// Access-token lifetime in seconds.
     pub jwt_expiry_seconds: i64,
     /// Seconds between reloads of the signing keys, so `gatehouse jwt rotate` reaches running
@@ -103,6 +112,8 @@ pub struct Config {
     /// `redis://…`: share rate limits and cache invalidations between instances.
     #[serde(skip_serializing)]
     pub redis_url: Option<SecretString>,
+    /// A file holding `redis_url`; not with `redis_url`.
+    pub redis_url_file: Option<String>,
     /// Prefix of every Redis key and channel (one Redis can serve several deployments).
     pub redis_prefix: String,
     /// Longest wait for one Redis command before deciding in memory, in milliseconds.
@@ -117,6 +128,8 @@ pub struct Config {
     /// Sent upstream as `Authorization: Bearer`; never logged.
     #[serde(skip_serializing)]
     pub upstream_api_key: Option<SecretString>,
+    /// A file holding `upstream_api_key`; not with `upstream_api_key`.
+    pub upstream_api_key_file: Option<String>,
     /// Longest wait for the model server's first answer and between two streamed pieces (ms).
     pub upstream_timeout_ms: u64,
     /// Earlier messages of a thread sent upstream with a new one.
@@ -143,6 +156,8 @@ pub struct Config {
     /// characters; compared in constant time); unset: `/metrics` needs no credential.
     #[serde(skip_serializing)]
     pub metrics_token: Option<SecretString>,
+    /// A file holding `metrics_token`; not with `metrics_token`.
+    pub metrics_token_file: Option<String>,
     /// When set, `/metrics` is served only on this address (e.g. `127.0.0.1:9090`) and the
     /// main listener answers 404 there.
     pub metrics_listen: Option<SocketAddr>,
@@ -152,6 +167,8 @@ pub struct Config {
     /// `smtp://`/`smtps://` URL mail goes out through (may hold credentials: never logged).
     #[serde(skip_serializing)]
     pub smtp_url: Option<SecretString>,
+    /// A file holding `smtp_url`; not with `smtp_url`.
+    pub smtp_url_file: Option<String>,
     /// A PEM file of CA certificates trusted for SMTP TLS beside the public roots (a private CA).
     pub smtp_ca_file: Option<String>,
     /// The `From:` of every mail.
@@ -182,9 +199,12 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://gatehouse.db".into(),
+            database_url_file: None,
             public_url: "http://127.0.0.1:8080".into(),
             publishable_key: None,
+            publishable_key_file: None,
             jwt_secret: None,
+            jwt_secret_file: None,
             jwt_expiry_seconds: 3600,
             signing_key_reload_seconds: 60,
             refresh_reuse_interval_seconds: 10,
@@ -221,12 +241,14 @@ impl Default for Config {
             rate_limit_fail_closed: vec!["magic_link".into()],
             rate_limit_memory_capacity: 1_000_000,
             redis_url: None,
+            redis_url_file: None,
             redis_prefix: "gatehouse".into(),
             redis_timeout_ms: 250,
             trusted_proxies: Vec::new(),
             upstream_url: None,
             upstream_model: "default".into(),
             upstream_api_key: None,
+            upstream_api_key_file: None,
             upstream_timeout_ms: 60_000,
             chat_history_messages: 20,
             proxy_target: None,
@@ -238,9 +260,11 @@ impl Default for Config {
             log: "info".into(),
             log_format: "text".into(),
             metrics_token: None,
+            metrics_token_file: None,
             metrics_listen: None,
             dev: false,
             smtp_url: None,
+            smtp_url_file: None,
             smtp_ca_file: None,
             mail_from: "Gatehouse <noreply@localhost>".into(),
             mail_outbox_dir: "./outbox".into(),
@@ -380,20 +404,24 @@ const CONFIG_FILE_ENV: &str = "CONFIG_FILE";
 impl Config {
     /// Defaults, then the TOML file (if any), then `GATEHOUSE_*` variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        // What the operator gave (file, then environment), without the defaults: a secret
+        // and its `…_file` may not both be given.
+        let mut given = Figment::new();
         if let Some(path) = file {
             if !path.exists() {
                 anyhow::bail!("config file {} does not exist", path.display());
             }
-            fig = fig.merge(Toml::file(path));
+            given = given.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("GATEHOUSE_").filter(|k| {
+        given = given.merge(Env::prefixed("GATEHOUSE_").filter(|k| {
             let k = k.as_str().to_ascii_uppercase();
             !k.starts_with(RESERVED_ENV_PREFIX) && k != CONFIG_FILE_ENV
         }));
-        let mut cfg: Config = fig
+        let mut cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(given.clone())
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.read_secret_files(|key| given.contains(key))?;
         if cfg.dev {
             cfg.autoconfirm = true;
         }
@@ -725,7 +753,8 @@ mod tests {
         let secret = c.jwt_secret.as_ref().map(|s| s.expose_secret());
         assert_eq!(secret, Some("from-the-file-and-long-enough-0123"));
         let text = serde_json::to_string(&c).unwrap_or_default();
-        assert!(!text.contains("from-the-file") && !text.contains("jwt_secret"));
+        // `jwt_secret_file` (a path, no secret) is serialised; the secret is not.
+        assert!(!text.contains("from-the-file") && !text.contains("\"jwt_secret\""));
     }
 
     #[test]

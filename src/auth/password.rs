@@ -116,16 +116,7 @@ impl Hasher {
         let phc = stored
             .map(str::to_string)
             .unwrap_or_else(|| self.dummy.as_ref().clone());
-        let ok = self
-            .run(move || {
-                let Ok(parsed) = PasswordHash::new(&phc) else {
-                    return false;
-                };
-                Argon2::default()
-                    .verify_password(pw.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .await?;
+        let ok = self.run(move || verify_blocking(&pw, &phc)).await?;
         Ok(ok && known)
     }
 
@@ -145,6 +136,33 @@ impl Hasher {
         self.jobs.send(job).map_err(|_| HashError::Join)?;
         rx.await.map_err(|_| HashError::Join)
     }
+}
+
+/// Whether `stored` is a bcrypt hash (`$2a$`, `$2b$`, `$2x$`, `$2y$`), as GoTrue stores them:
+/// users imported from Supabase keep theirs until they next sign in.
+pub fn is_bcrypt(stored: &str) -> bool {
+    ["$2a$", "$2b$", "$2x$", "$2y$"]
+        .iter()
+        .any(|p| stored.starts_with(p))
+}
+
+/// Whether a stored hash that just verified should be replaced by an argon2id hash of the
+/// same password (every hash that is not argon2id: bcrypt hashes imported from Supabase).
+pub fn needs_rehash(stored: &str) -> bool {
+    !stored.starts_with("$argon2id$")
+}
+
+/// Checks a password against an argon2 PHC string or a bcrypt hash (on a hashing thread).
+fn verify_blocking(password: &str, stored: &str) -> bool {
+    if is_bcrypt(stored) {
+        return bcrypt::verify(password, stored).unwrap_or(false);
+    }
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
 }
 
 fn hash_blocking(params: &Params, password: &str) -> Result<String, HashError> {
@@ -179,6 +197,26 @@ mod tests {
             .verify(&Password::presented("correct horse".into()), None)
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_bcrypt_hash_from_gotrue_verifies_and_asks_to_be_replaced() {
+        let h = Hasher::new(1).unwrap();
+        // Made by Python's bcrypt (PyPI), with GoTrue's cost and `$2a$` prefix.
+        let stored = "$2a$10$p/lb/n2ikDG1bcpy4xFQFO0d6OLqGxZOc.2WFnR9gXNMDP.ZP0dDS";
+        let pw = |p: &str| Password::presented(p.into());
+        assert!(h
+            .verify(&pw("supabase password one"), Some(stored))
+            .await
+            .unwrap());
+        assert!(!h
+            .verify(&pw("supabase password two"), Some(stored))
+            .await
+            .unwrap());
+        assert!(is_bcrypt(stored) && needs_rehash(stored));
+        let fresh = h.hash(&pw("supabase password one")).await.unwrap();
+        assert!(!is_bcrypt(&fresh) && !needs_rehash(&fresh));
+        assert!(!h.verify(&pw("x"), Some("$2a$10$not-a-hash")).await.unwrap());
     }
 
     #[cfg(target_os = "linux")]

@@ -41,6 +41,16 @@ impl Smtp {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+
+    /// Connects, greets and authenticates as a delivery would, and sends nothing
+    /// (`gatehouse config check --connect`). The error is safe to print.
+    pub async fn check(&self) -> Result<(), String> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the server did not accept the connection".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// The TLS mode `smtp_url` asks for (`smtps://`: TLS from the start; `?tls=required` or

@@ -8,7 +8,9 @@
 
 mod api_keys;
 mod audit;
+pub mod backup;
 mod engine;
+mod imports;
 mod invitations;
 mod jwt_keys;
 mod mail;
@@ -26,6 +28,7 @@ mod write_tx;
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry, AuditFilter};
 pub use engine::{describe, sqlite_file, Engine};
+pub use imports::{ImportOutcome, ImportedUser};
 pub use invitations::{Invitation, NewInvitation};
 pub use mail::QueuedMail;
 pub use mail_requests::MailRequestRow;

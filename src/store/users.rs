@@ -166,6 +166,27 @@ impl Store {
         rows.iter().map(user_from_row).collect()
     }
 
+    /// Replaces the password hash `old` by `new` (a hash upgrade at sign-in), unless it changed
+    /// meanwhile: a password change that raced the sign-in wins.
+    pub async fn replace_password_hash(
+        &self,
+        user_id: &str,
+        old: &str,
+        new: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3 AND password_hash = $4",
+        )
+        .bind(new)
+        .bind(now)
+        .bind(user_id)
+        .bind(old)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records a successful sign-in.
     pub async fn touch_sign_in(&self, user_id: &str, now: i64) -> StoreResult<()> {
         sqlx::query("UPDATE users SET last_sign_in_at = $1 WHERE id = $2")

@@ -82,6 +82,16 @@ async fn start(db_url: &str, dir: &tempdir::Dir) -> Server {
 /// Starts `gatehouse serve` on port 0 with `extra` environment, logging to a file in `dir`,
 /// reads the address it bound from its log, and waits until `/healthz` answers there.
 pub(crate) async fn start_with(db_url: &str, dir: &tempdir::Dir, extra: &[(&str, &str)]) -> Server {
+    start_without(db_url, dir, extra, &[]).await
+}
+
+/// As [`start_with`], without the variables in `unset` (the test publishable key, say).
+pub(crate) async fn start_without(
+    db_url: &str,
+    dir: &tempdir::Dir,
+    extra: &[(&str, &str)],
+    unset: &[&str],
+) -> Server {
     let log = dir
         .0
         .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
@@ -93,7 +103,11 @@ pub(crate) async fn start_with(db_url: &str, dir: &tempdir::Dir, extra: &[(&str,
         ("GATEHOUSE_MAIL_OUTBOX_DIR", outbox.as_str()),
     ];
     env.extend_from_slice(extra);
-    let mut child = command(db_url, &env)
+    let mut cmd = command(db_url, &env);
+    for name in unset {
+        cmd.env_remove(name);
+    }
+    let mut child = cmd
         .arg("serve")
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
