@@ -181,11 +181,15 @@ fn check_tls_parameters(url: &str) -> anyhow::Result<()> {
 /// A start-up error that says which database and what to check.
 fn cannot_open(url: &str, e: &sqlx::Error) -> anyhow::Error {
     let hint = match e {
+        // rustls refusing the certificate surfaces as an I/O error carrying invalid data.
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            " The server's TLS certificate was not accepted: with sslmode=verify-ca or \
+             verify-full it must be signed by the CA in sslrootcert (a PEM file) or by a public \
+             CA, and verify-full also checks that it names the URL's host."
+        }
         sqlx::Error::Tls(_) => {
-            " TLS could not be set up as sslmode asks: with verify-ca or verify-full the \
-             server's certificate must be signed by the CA in sslrootcert (a PEM file) or by a \
-             public CA, and verify-full also checks the URL's host name against the \
-             certificate; require needs a server that offers TLS."
+            " TLS could not be set up as sslmode asks: require, verify-ca and verify-full need \
+             a server that offers TLS."
         }
         sqlx::Error::Database(db) if db.code().as_deref() == Some("28000") => {
             " The server's pg_hba.conf refused this connection; if it accepts TLS only, set \
