@@ -242,7 +242,10 @@ mod tests {
         let e = check_tls_parameters("postgres://u@h/db?sslmode=verify_full")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("sslmode=verify_full") && e.contains("verify-full"), "{e}");
+        assert!(
+            e.contains("sslmode=verify_full") && e.contains("verify-full"),
+            "{e}"
+        );
         let e = check_tls_parameters("postgres://u@h/db?sslmode=verify-full&sslrootcert=/nope.pem")
             .unwrap_err()
             .to_string();

@@ -72,7 +72,11 @@ fn org_from_row(r: &AnyRow) -> StoreResult<Org> {
 
 /// Locks the organization row for the rest of the transaction, so membership changes of one
 /// organization are serialised (the last-owner rule depends on it). Fails if it is gone.
-pub(super) async fn lock_org(conn: &mut super::exec::Conn, org_id: &str, now: i64) -> StoreResult<()> {
+pub(super) async fn lock_org(
+    conn: &mut super::exec::Conn,
+    org_id: &str,
+    now: i64,
+) -> StoreResult<()> {
     let r = sqlx::query("UPDATE organizations SET updated_at = $1 WHERE id = $2")
         .bind(now)
         .bind(org_id)

@@ -276,11 +276,7 @@ async fn updated(
     fetch(conn, org_id, id).await
 }
 
-async fn fetch(
-    conn: &mut super::exec::Conn,
-    org_id: &str,
-    id: &str,
-) -> StoreResult<WidgetRecord> {
+async fn fetch(conn: &mut super::exec::Conn, org_id: &str, id: &str) -> StoreResult<WidgetRecord> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM widgets WHERE org_id = $1 AND id = $2"
     ))

@@ -64,7 +64,10 @@ fn as_server_user(program: &Path) -> Command {
 
 /// `id FLAG postgres`: the server user's uid or gid.
 fn id_of(flag: &str) -> u32 {
-    let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
+    let out = Command::new("id")
+        .args([flag, "postgres"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
@@ -84,7 +87,10 @@ struct ServerDir(PathBuf);
 
 impl ServerDir {
     fn new(what: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("gatehouse-{what}-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!(
+            "gatehouse-{what}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -137,8 +143,8 @@ impl TestCa {
         let key = rcgen::KeyPair::generate().unwrap();
         let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
             .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
         Self {
             ca_pem: ca.pem(),
             cert_pem: leaf.pem(),
@@ -167,7 +173,16 @@ impl OwnCluster {
         let data = dir.0.join("data");
         dir.give_away();
         let out = as_server_user(&initdb)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .unwrap();
@@ -265,7 +280,8 @@ impl OwnPgBouncer {
     /// `None` when pgbouncer is missing outside CI.
     pub fn start(upstream: &str, pool_size: u32) -> Option<Self> {
         let program = required(
-            on_path("pgbouncer").or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.exists())),
+            on_path("pgbouncer")
+                .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.exists())),
             "pgbouncer",
         )?;
         let up = url::Url::parse(upstream).unwrap();

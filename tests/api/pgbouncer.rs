@@ -40,9 +40,18 @@ async fn many_people_at_once_sign_up_and_use_keys_through_a_transaction_pooler_o
             assert_eq!(body["data"]["org_id"], org.as_str(), "{body}");
             let (status, body) = app.call(Method::GET, "/me", &owner.token, None).await;
             assert_eq!(status, 200, "{body}");
-            assert_eq!(body["data"]["organizations"][0]["id"], org.as_str(), "{body}");
+            assert_eq!(
+                body["data"]["organizations"][0]["id"],
+                org.as_str(),
+                "{body}"
+            );
             let (status, body) = app
-                .call(Method::GET, &format!("/orgs/{org}/members"), &owner.token, None)
+                .call(
+                    Method::GET,
+                    &format!("/orgs/{org}/members"),
+                    &owner.token,
+                    None,
+                )
                 .await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{body}");

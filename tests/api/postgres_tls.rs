@@ -17,7 +17,9 @@ use crate::process::{command, start_with};
 /// Runs `gatehouse serve` that must fail to start: its exit code and everything it printed.
 /// A server that starts after all is killed after a minute and fails the test.
 fn failed_start(db_url: &str, dir: &tempdir::Dir) -> String {
-    let log = dir.0.join(format!("start-{}.log", uuid::Uuid::new_v4().simple()));
+    let log = dir
+        .0
+        .join(format!("start-{}.log", uuid::Uuid::new_v4().simple()));
     let out = std::fs::File::create(&log).unwrap();
     let outbox = dir.0.join("outbox").display().to_string();
     let mut child = command(
@@ -74,7 +76,12 @@ async fn postgres_tls_verify_full_serves_a_wrong_ca_stops_the_start_and_plain_is
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
     let ready = client
         .get(format!("{}/readyz", server.base))
         .send()
@@ -89,7 +96,10 @@ async fn postgres_tls_verify_full_serves_a_wrong_ca_stops_the_start_and_plain_is
     // Another CA: the start stops, saying why.
     let wrong = cluster.url(
         "localhost",
-        &format!("sslmode=verify-full&sslrootcert={}", other_ca_file.display()),
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            other_ca_file.display()
+        ),
     );
     let out = failed_start(&wrong, &dir);
     assert!(out.contains("cannot open the database"), "{out}");

@@ -12,16 +12,20 @@ use crate::process::{start_with, Server};
 
 /// How many migrations the folder of `engine` holds.
 fn migrations(engine: &str) -> i64 {
-    std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(engine))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".sql")
-        })
-        .count() as i64
+    std::fs::read_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(engine),
+    )
+    .unwrap()
+    .filter(|e| {
+        e.as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".sql")
+    })
+    .count() as i64
 }
 
 /// Starts three servers on `url` at the same moment and checks that each is ready, that
@@ -36,7 +40,11 @@ async fn three_at_once(url: &str, engine: &str) {
     let servers: [Server; 3] = [a, b, c];
     let client = reqwest::Client::new();
     for s in &servers {
-        let ready = client.get(format!("{}/readyz", s.base)).send().await.unwrap();
+        let ready = client
+            .get(format!("{}/readyz", s.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(ready.status(), 200);
         let log = std::fs::read_to_string(&s.log).unwrap();
         assert!(!log.contains("migration failed"), "{log}");
@@ -51,7 +59,12 @@ async fn three_at_once(url: &str, engine: &str) {
     assert_eq!(rows.len() as i64, migrations(engine));
     for row in rows {
         let n: i64 = row.get("n");
-        assert_eq!(n, 1, "migration {} recorded {n} times", row.get::<i64, _>("version"));
+        assert_eq!(
+            n,
+            1,
+            "migration {} recorded {n} times",
+            row.get::<i64, _>("version")
+        );
     }
     pool.close().await;
 }
