@@ -163,8 +163,8 @@ impl Conn {
 
     fn raw(&mut self) -> &mut AnyConnection {
         match &mut self.inner {
-            Inner::Tx(tx) => &mut **tx,
-            Inner::Plain(conn) => &mut **conn,
+            Inner::Tx(tx) => tx,
+            Inner::Plain(conn) => conn,
         }
     }
 
