@@ -100,8 +100,7 @@ impl AppState {
     /// Opens storage, runs migrations and loads keys.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        let store = Store::connect(&config.database_url).await?;
-        store.migrate().await?;
+        let store = Store::open(&config).await?;
         let metrics = Arc::new(Metrics::new());
         let redis = match &config.redis_url {
             Some(url) => Some(

@@ -272,8 +272,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(config).await
         }
         Command::Migrate => {
-            let store = crate::store::Store::connect(&config.database_url).await?;
-            store.migrate().await?;
+            let store = crate::store::Store::open(&config).await?;
             println!("migrations applied ({:?})", store.engine());
             Ok(())
         }
@@ -363,8 +362,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jwt {
             action: JwtAction::Rotate,
         } => {
-            let store = crate::store::Store::connect(&config.database_url).await?;
-            store.migrate().await?;
+            let store = crate::store::Store::open(&config).await?;
             let key = crate::auth::jwt::generate_key(Clock::System.now_ms())?;
             store
                 .add_jwt_key(&key)

@@ -16,6 +16,19 @@ pub use files::{masked_settings, SECRET_SETTINGS};
 /// Verified API keys held in memory unless `key_cache_capacity` says otherwise.
 pub const DEFAULT_KEY_CACHE_CAPACITY: u64 = 250_000;
 
+/// What sits between Gatehouse and PostgreSQL (`database_pooler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabasePooler {
+    /// A direct connection, or a pooler that keeps one server connection per client
+    /// connection (PgBouncer's `pool_mode = session`).
+    #[default]
+    None,
+    /// A pooler that lends a server connection for one transaction at a time (PgBouncer's
+    /// `pool_mode = transaction`): every statement runs in a transaction, unnamed.
+    Transaction,
+}
+
 /// Every setting of a Gatehouse process. See `config.example.toml`.
 ///
 /// `Serialize` only feeds the defaults to figment; secret fields are skipped there (their
@@ -25,10 +38,17 @@ pub const DEFAULT_KEY_CACHE_CAPACITY: u64 = 250_000;
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// `sqlite://PATH` or `postgres://…`.
+    /// `sqlite://PATH` or `postgres://…` (`sslmode` and `sslrootcert` in the query).
     pub database_url: String,
     /// A file holding `database_url` (for a URL with a password); not with `database_url`.
     pub database_url_file: Option<String>,
+    /// A direct PostgreSQL URL for migrations when `database_url` goes through a pooler;
+    /// unset: migrations use `database_url`.
+    pub migrate_database_url: Option<String>,
+    /// What sits between Gatehouse and PostgreSQL: `none` (a direct connection or a
+    /// session pooler) or `transaction` (a transaction pooler such as PgBouncer's
+    /// `pool_mode = transaction`).
+    pub database_pooler: DatabasePooler,
     /// The URL users reach this server at (token issuer, CSRF origin, cookie security).
     pub public_url: String,
     /// The key clients send in `apikey` on `/auth/v1`; generated and stored at first start when unset.
@@ -200,6 +220,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://gatehouse.db".into(),
             database_url_file: None,
+            migrate_database_url: None,
+            database_pooler: DatabasePooler::None,
             public_url: "http://127.0.0.1:8080".into(),
             publishable_key: None,
             publishable_key_file: None,

@@ -95,7 +95,7 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     })
 }
 
-async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult<()> {
+async fn insert(conn: &mut super::exec::Conn, k: &ApiKeyRecord) -> StoreResult<()> {
     sqlx::query(&format!(
         "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     ))
@@ -162,7 +162,7 @@ impl Store {
             "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id"
         ))
         .bind(org_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter().map(from_row).collect()
     }
@@ -184,7 +184,7 @@ impl Store {
                 ))
                 .bind(org_id)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?
             }
             Some(after) => {
@@ -196,7 +196,7 @@ impl Store {
                 .bind(org_id)
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?
             }
         };
@@ -210,7 +210,7 @@ impl Store {
         ))
         .bind(org_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -222,7 +222,7 @@ impl Store {
             "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
         ))
         .bind(hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(from_row).transpose()
     }

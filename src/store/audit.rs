@@ -1,6 +1,6 @@
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use super::{Store, StoreResult};
 
@@ -52,7 +52,7 @@ pub struct AuditFilter<'a> {
 
 /// Writes an entry on the given connection (inside the caller's transaction).
 pub(super) async fn record(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     org_id: &str,
     audit: &Audit,
     action: &str,
@@ -95,7 +95,7 @@ impl Store {
         .bind(filter.action)
         .bind(filter.actor)
         .bind(filter.limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {

@@ -61,7 +61,7 @@ impl Store {
         .bind(u.app_metadata.to_string())
         .bind(u.created_at)
         .bind(u.updated_at)
-        .execute(&self.pool)
+        .execute(self.db())
         .await;
         match inserted.map_err(StoreError::from) {
             Ok(_) => Ok(ImportOutcome::Created),

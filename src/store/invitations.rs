@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::json;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use super::audit::{record, Audit};
 use super::orgs::lock_org;
@@ -84,7 +84,7 @@ fn from_row(r: &AnyRow, now: i64) -> StoreResult<Invitation> {
 
 /// Queues a mail inside the caller's transaction.
 pub(super) async fn queue_mail(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     mail: &NewMail,
     now: i64,
 ) -> StoreResult<()> {
@@ -105,7 +105,7 @@ pub(super) async fn queue_mail(
 
 /// Marks a pending, unexpired invitation `status`; `Conflict` when it is not pending.
 async fn decide(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     id: &str,
     status: &str,
     accepted_by: Option<&str>,
@@ -195,7 +195,7 @@ impl Store {
         )
         .bind(org_id)
         .bind(email)
-        .fetch_one(&self.pool)
+        .fetch_one(self.db())
         .await?;
         Ok(n > 0)
     }
@@ -206,7 +206,7 @@ impl Store {
             "SELECT {COLUMNS} FROM invitations i JOIN organizations o ON o.id = i.org_id WHERE i.id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(|r| from_row(r, now)).transpose()
     }
@@ -222,7 +222,7 @@ impl Store {
              WHERE i.token_hash = $1"
         ))
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(|r| from_row(r, now)).transpose()
     }
@@ -234,7 +234,7 @@ impl Store {
              WHERE i.org_id = $1 ORDER BY i.created_at DESC, i.id"
         ))
         .bind(org_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter().map(|r| from_row(r, now)).collect()
     }
@@ -248,7 +248,7 @@ impl Store {
         ))
         .bind(email)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter().map(|r| from_row(r, now)).collect()
     }

@@ -10,7 +10,7 @@ impl Store {
             "SELECT kid, private_pem, created_at FROM jwt_keys WHERE retired_at IS NULL OR retired_at > $1 ORDER BY created_at",
         )
         .bind(now - token_ttl_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {
@@ -49,7 +49,7 @@ impl Store {
         .bind(&key.kid)
         .bind(&key.private_pem)
         .bind(key.created_at)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }

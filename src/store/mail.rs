@@ -47,7 +47,7 @@ impl Store {
         .bind(address_hash)
         .bind(now)
         .bind(now - interval_ms)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -57,7 +57,7 @@ impl Store {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT last_sent_at FROM mail_address_sends WHERE address_hash = $1")
                 .bind(address_hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db())
                 .await?;
         Ok(row.map(|r| r.0))
     }
@@ -88,7 +88,7 @@ impl Store {
             .bind(lease_until)
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db())
             .await?)
     }
 
@@ -101,7 +101,7 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -128,7 +128,7 @@ impl Store {
         .bind(give_up)
         .bind(id)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -138,7 +138,7 @@ impl Store {
         let row: (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.db())
         .await?;
         Ok(row.0)
     }

@@ -38,7 +38,7 @@ impl Store {
         .bind(&r.data)
         .bind(&r.password_hash)
         .bind(r.created_at)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -64,7 +64,7 @@ impl Store {
             .bind(owner)
             .bind(lease_until)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db())
             .await?)
     }
 
@@ -72,7 +72,7 @@ impl Store {
     pub async fn delete_mail_request(&self, id: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM mail_requests WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }

@@ -4,13 +4,17 @@
 //! (`$1` parameters, TEXT ids, BIGINT unix-millisecond times, JSON as TEXT), so each query
 //! is written once. What differs per engine lives in `engine.rs` (connection set-up,
 //! pragmas, how a write transaction begins) and in the per-engine migration folders, which
-//! keep the same numbers. Every transaction that writes begins with `Store::begin_write`.
+//! keep the same numbers. Every transaction that writes begins with `Store::begin_write`;
+//! every other statement runs on `Store::db()` or `Store::read_conn()` (`exec.rs`: what a
+//! transaction pooler needs). Opening, TLS errors and migrations are in `connect.rs`.
 
 mod api_keys;
 mod audit;
 pub mod backup;
 mod engine;
 mod imports;
+mod connect;
+mod exec;
 mod invitations;
 mod jwt_keys;
 mod mail;
@@ -41,7 +45,6 @@ pub use webhook_deliveries::{AttemptResult, ClaimedDelivery, WebhookAttempt};
 pub use webhooks::{EndpointChange, WebhookEndpoint, EVENT_TYPES};
 pub use widgets::{WidgetChange, WidgetRecord};
 
-use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
 /// Storage failures as the rest of the code sees them.
@@ -96,54 +99,13 @@ pub struct Store {
     webhook_wake: std::sync::Arc<tokio::sync::Notify>,
     /// This process's writers waiting their turn (SQLite).
     writers: write_tx::WriteQueue,
+    /// Behind a transaction pooler (`database_pooler = "transaction"`): see `exec.rs`.
+    pooled: bool,
+    /// The URL it was opened with, for migrations over a connection of their own.
+    url: std::sync::Arc<str>,
 }
 
 impl Store {
-    /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file if needed.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        sqlx::any::install_default_drivers();
-        let engine = Engine::from_url(url)?;
-        let url = engine.normalise_url(url);
-        let pool = AnyPoolOptions::new()
-            // Every connection to `sqlite::memory:` is a database of its own: keep one.
-            .max_connections(if url.contains(":memory:") {
-                1
-            } else {
-                engine.max_connections()
-            })
-            .acquire_timeout(engine::BUSY_TIMEOUT)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    for pragma in engine.session_setup() {
-                        sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
-        Ok(Self {
-            pool,
-            engine,
-            webhook_wake: Default::default(),
-            writers: write_tx::WriteQueue::for_engine(engine),
-        })
-    }
-
-    /// Applies pending migrations.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        let migrator = match self.engine {
-            Engine::Sqlite => sqlx::migrate!("migrations/sqlite"),
-            Engine::Postgres => sqlx::migrate!("migrations/postgres"),
-        };
-        migrator
-            .run(&self.pool)
-            .await
-            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
-        Ok(())
-    }
-
     /// The engine behind this store.
     pub fn engine(&self) -> Engine {
         self.engine
@@ -151,7 +113,7 @@ impl Store {
 
     /// A cheap round trip, for `/readyz`.
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(self.db()).await?;
         Ok(())
     }
 
@@ -164,7 +126,7 @@ impl Store {
     pub async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db())
             .await?;
         Ok(row.map(|r| r.0))
     }
@@ -176,7 +138,7 @@ impl Store {
         )
         .bind(name)
         .bind(value)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         self.setting(name).await?.ok_or(StoreError::NotFound)
     }

@@ -1,7 +1,7 @@
 use serde::Serialize;
 use serde_json::json;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use super::audit::{record, Audit};
 use super::webhooks::enqueue;
@@ -72,7 +72,11 @@ fn org_from_row(r: &AnyRow) -> StoreResult<Org> {
 
 /// Locks the organization row for the rest of the transaction, so membership changes of one
 /// organization are serialised (the last-owner rule depends on it). Fails if it is gone.
-pub(super) async fn lock_org(conn: &mut AnyConnection, org_id: &str, now: i64) -> StoreResult<()> {
+pub(super) async fn lock_org(
+    conn: &mut super::exec::Conn,
+    org_id: &str,
+    now: i64,
+) -> StoreResult<()> {
     let r = sqlx::query("UPDATE organizations SET updated_at = $1 WHERE id = $2")
         .bind(now)
         .bind(org_id)
@@ -84,7 +88,7 @@ pub(super) async fn lock_org(conn: &mut AnyConnection, org_id: &str, now: i64) -
     Ok(())
 }
 
-async fn owner_count(conn: &mut AnyConnection, org_id: &str) -> StoreResult<i64> {
+async fn owner_count(conn: &mut super::exec::Conn, org_id: &str) -> StoreResult<i64> {
     let (n,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE org_id = $1 AND role = 'owner'")
             .bind(org_id)
@@ -96,7 +100,7 @@ async fn owner_count(conn: &mut AnyConnection, org_id: &str) -> StoreResult<i64>
 /// Starts a change of one member (new role, or removal when `new_role` is `None`): locks the
 /// organization, reads the member's current role, and refuses to leave it without an owner.
 async fn begin_member_change(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     org_id: &str,
     user_id: &str,
     new_role: Option<&str>,
@@ -121,7 +125,7 @@ async fn begin_member_change(
 }
 
 async fn role_of(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     org_id: &str,
     user_id: &str,
 ) -> StoreResult<Option<String>> {
@@ -183,7 +187,7 @@ impl Store {
             "SELECT id, name, created_at, updated_at, rate_limits FROM organizations WHERE id = $1",
         )
         .bind(org_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(org_from_row).transpose()
     }
@@ -200,7 +204,7 @@ impl Store {
             None => {
                 sqlx::query(&format!("{SELECT} ORDER BY o.created_at, o.id LIMIT $1"))
                     .bind(limit)
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.db())
                     .await?
             }
             Some(after) => {
@@ -211,7 +215,7 @@ impl Store {
                 ))
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?
             }
         };
@@ -233,7 +237,7 @@ impl Store {
              JOIN memberships m ON m.org_id = o.id WHERE m.user_id = $1 ORDER BY o.created_at, o.id",
         )
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| Ok((org_from_row(r)?, r.try_get("role")?)))
@@ -289,7 +293,7 @@ impl Store {
         let stored: Option<Option<String>> =
             sqlx::query_scalar("SELECT rate_limits FROM organizations WHERE id = $1")
                 .bind(org_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db())
                 .await?;
         crate::store::api_keys::parse_rates(stored.flatten())
     }
@@ -315,7 +319,7 @@ impl Store {
 
     /// A user's role in an organization.
     pub async fn membership(&self, org_id: &str, user_id: &str) -> StoreResult<Option<String>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         role_of(&mut conn, org_id, user_id).await
     }
 
@@ -326,7 +330,7 @@ impl Store {
              WHERE m.org_id = $1 ORDER BY m.created_at, u.email",
         )
         .bind(org_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?)
     }
 
@@ -437,7 +441,7 @@ impl Store {
         let rows =
             sqlx::query("SELECT name, permissions FROM roles WHERE org_id = $1 ORDER BY name")
                 .bind(org_id)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?;
         rows.iter()
             .map(|r| {

@@ -42,7 +42,7 @@ pub struct NewMail {
 const OTP_COLUMNS: &str =
     "id, user_id, kind, email, token_hash, code_hash, expires_at, password_hash";
 
-async fn insert_mail(tx: &mut sqlx::AnyConnection, mail: &NewMail, now: i64) -> StoreResult<()> {
+async fn insert_mail(tx: &mut super::exec::Conn, mail: &NewMail, now: i64) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO mail_outbox (id, recipient, subject, text_body, html_body, next_attempt_at, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -229,7 +229,7 @@ impl Store {
             "SELECT {OTP_COLUMNS} FROM one_time_tokens WHERE token_hash = $1"
         ))
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?)
     }
 
@@ -240,7 +240,7 @@ impl Store {
         ))
         .bind(email)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?)
     }
 
@@ -248,7 +248,7 @@ impl Store {
     pub async fn consume_otp(&self, id: &str) -> StoreResult<bool> {
         let r = sqlx::query("DELETE FROM one_time_tokens WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -261,7 +261,7 @@ impl Store {
         )
         .bind(id)
         .bind(max)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -272,7 +272,7 @@ impl Store {
             sqlx::query("DELETE FROM one_time_tokens WHERE id = $1 AND attempts >= $2")
                 .bind(id)
                 .bind(max)
-                .execute(&self.pool)
+                .execute(self.db())
                 .await?;
         }
         Ok(())
@@ -332,7 +332,7 @@ impl Store {
         .bind(user_metadata.to_string())
         .bind(app_metadata.to_string())
         .bind(now)
-        .execute(&self.pool)
+        .execute(self.db())
         .await;
         match inserted.map_err(StoreError::from) {
             Ok(_) | Err(StoreError::Conflict(_)) => {}

@@ -37,7 +37,7 @@ pub struct SessionInfo {
 
 /// Ends every token session of `user_id` but `keep`, and every dashboard session, inside `tx`.
 pub(crate) async fn end_sessions_in(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut super::exec::Conn,
     user_id: &str,
     keep: Option<&str>,
 ) -> StoreResult<Ended> {
@@ -105,7 +105,7 @@ impl Store {
             "SELECT id, session_id, user_id, revoked_at, successor_sealed FROM refresh_tokens WHERE token_hash = $1",
         )
         .bind(hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?)
     }
 
@@ -162,7 +162,7 @@ impl Store {
         let row: Option<(String, i64, i64)> =
             sqlx::query_as("SELECT user_id, created_at, updated_at FROM sessions WHERE id = $1")
                 .bind(session_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db())
                 .await?;
         Ok(row.map(|(user_id, created_at, refreshed_at)| SessionInfo {
             user_id,
@@ -199,7 +199,7 @@ impl Store {
     pub async fn delete_session(&self, session_id: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
             .bind(session_id)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }
@@ -214,7 +214,7 @@ impl Store {
             sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
                 .bind(user_id)
                 .bind(keep.unwrap_or(""))
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
@@ -232,7 +232,7 @@ impl Store {
             .bind(user_id)
             .bind(now)
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }
@@ -244,7 +244,7 @@ impl Store {
         )
         .bind(id_hash)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         Ok(row)
     }
@@ -253,7 +253,7 @@ impl Store {
     pub async fn delete_web_session(&self, id_hash: &str) -> StoreResult<()> {
         let r = sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
             .bind(id_hash)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);

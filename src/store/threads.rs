@@ -102,7 +102,7 @@ const THREAD_COLUMNS: &str =
 
 /// Inserts `(organization, message)` pairs with one statement.
 async fn insert_messages(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut super::exec::Conn,
     messages: &[(&str, &Message)],
 ) -> StoreResult<()> {
     let sql = format!(
@@ -132,7 +132,7 @@ impl Store {
         for a in &args {
             q = q.bind(a);
         }
-        Ok(q.fetch_optional(&self.pool).await?)
+        Ok(q.fetch_optional(self.db()).await?)
     }
 
     /// Threads `scope` may see, most recently active first.
@@ -145,7 +145,7 @@ impl Store {
         for a in &args {
             q = q.bind(a);
         }
-        Ok(q.fetch_all(&self.pool).await?)
+        Ok(q.fetch_all(self.db()).await?)
     }
 
     /// The last `n` messages of a thread, oldest first.
@@ -155,7 +155,7 @@ impl Store {
              ORDER BY created_at DESC, id DESC LIMIT {n}"
         ))
         .bind(thread_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         out.reverse();
         Ok(out)
@@ -237,7 +237,7 @@ impl Store {
         for a in &args {
             q = q.bind(a);
         }
-        if q.execute(&self.pool).await?.rows_affected() == 0 {
+        if q.execute(self.db()).await?.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
@@ -348,7 +348,7 @@ impl Store {
         if let Some(k) = key_id {
             q = q.bind(k);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(self.db()).await?;
         rows.iter()
             .map(|r| {
                 let key: String = r.try_get("key_id")?;
@@ -396,7 +396,7 @@ impl Store {
         since: i64,
     ) -> impl futures_util::Stream<Item = StoreResult<ExportRow>> + Send + 'static {
         use futures_util::StreamExt;
-        let pool = self.pool.clone();
+        let store = self.clone();
         async_stream::stream! {
             let mut rows = sqlx::query_as::<_, ExportRow>(
                 "SELECT m.thread_id, t.title AS thread_title, t.user_id, t.key_id, m.id AS message_id, \
@@ -406,7 +406,7 @@ impl Store {
             )
             .bind(&org_id)
             .bind(since)
-            .fetch(&pool);
+            .fetch(store.db());
             while let Some(row) = rows.next().await {
                 yield row.map_err(StoreError::from);
             }

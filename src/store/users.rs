@@ -94,7 +94,7 @@ impl Store {
         .bind(u.user_metadata.to_string())
         .bind(app_metadata.to_string())
         .bind(u.now)
-        .execute(&self.pool)
+        .execute(self.db())
         .await
         .map_err(|e| match StoreError::from(e) {
             StoreError::Conflict(_) => StoreError::Conflict("a user with this email already exists".into()),
@@ -109,7 +109,7 @@ impl Store {
             "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
         ))
         .bind(email)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(user_from_row).transpose()
     }
@@ -118,7 +118,7 @@ impl Store {
     pub async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db())
             .await?;
         row.as_ref().map(user_from_row).transpose()
     }
@@ -134,7 +134,7 @@ impl Store {
             .bind(data.to_string())
             .bind(now)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }
@@ -148,7 +148,7 @@ impl Store {
                     "SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id LIMIT $1"
                 ))
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?
             }
             Some(after) => {
@@ -159,7 +159,7 @@ impl Store {
                 ))
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db())
                 .await?
             }
         };
@@ -182,7 +182,7 @@ impl Store {
         .bind(now)
         .bind(user_id)
         .bind(old)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -192,7 +192,7 @@ impl Store {
         sqlx::query("UPDATE users SET last_sign_in_at = $1 WHERE id = $2")
             .bind(now)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }

@@ -98,7 +98,7 @@ impl Store {
         .bind(org_id)
         .bind(endpoint_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {
@@ -178,7 +178,7 @@ impl Store {
         .bind(&token)
         .bind(now)
         .bind(limit)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         if claimed.rows_affected() == 0 {
             return Ok(Vec::new());
@@ -190,7 +190,7 @@ impl Store {
              JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.lock_token = $1",
         )
         .bind(&token)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {

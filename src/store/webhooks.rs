@@ -5,7 +5,7 @@
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use super::audit::{record, Audit};
 use super::{Store, StoreError, StoreResult};
@@ -123,7 +123,7 @@ fn types_text(types: Option<&[String]>) -> Option<String> {
 /// Call [`Store::webhook_events_committed`] after the commit so the worker wakes at once
 /// (otherwise it finds the event at its next poll).
 pub(super) async fn enqueue(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     org_id: &str,
     event_type: &str,
     data: Value,
@@ -137,7 +137,7 @@ pub(super) async fn enqueue(
 /// dropped) and an optional single endpoint (the test event); returns the message id when
 /// at least one delivery was created.
 pub(super) async fn enqueue_to(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     org_id: &str,
     event_type: &str,
     data: Value,
@@ -207,7 +207,7 @@ pub(super) async fn enqueue_to(
 
 /// Gives up the pending deliveries of an endpoint that no longer receives anything.
 pub(super) async fn fail_pending(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     endpoint_id: &str,
     now: i64,
 ) -> StoreResult<()> {
@@ -223,7 +223,7 @@ pub(super) async fn fail_pending(
 }
 
 pub(super) async fn endpoint_on(
-    conn: &mut AnyConnection,
+    conn: &mut super::exec::Conn,
     org_id: &str,
     id: &str,
 ) -> StoreResult<WebhookEndpoint> {
@@ -301,14 +301,14 @@ impl Store {
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE org_id = $1 ORDER BY created_at, id"
         ))
         .bind(org_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter().map(endpoint_from_row).collect()
     }
 
     /// One endpoint of an organization.
     pub async fn webhook_endpoint(&self, org_id: &str, id: &str) -> StoreResult<WebhookEndpoint> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         endpoint_on(&mut conn, org_id, id).await
     }
 

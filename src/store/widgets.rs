@@ -123,7 +123,7 @@ impl Store {
             "SELECT {COLUMNS} FROM widgets WHERE org_id = $1 ORDER BY created_at, id"
         ))
         .bind(org_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter().map(from_row).collect()
     }
@@ -135,7 +135,7 @@ impl Store {
         ))
         .bind(org_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -144,7 +144,7 @@ impl Store {
     pub async fn widget_by_id(&self, id: &str) -> StoreResult<Option<WidgetRecord>> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM widgets WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db())
             .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -265,7 +265,7 @@ impl Store {
 /// After an UPDATE of one widget: `NotFound` when it touched no row (not this
 /// organization's), else the widget as it now is.
 async fn updated(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut super::exec::Conn,
     rows_affected: u64,
     org_id: &str,
     id: &str,
@@ -276,11 +276,7 @@ async fn updated(
     fetch(conn, org_id, id).await
 }
 
-async fn fetch(
-    conn: &mut sqlx::AnyConnection,
-    org_id: &str,
-    id: &str,
-) -> StoreResult<WidgetRecord> {
+async fn fetch(conn: &mut super::exec::Conn, org_id: &str, id: &str) -> StoreResult<WidgetRecord> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM widgets WHERE org_id = $1 AND id = $2"
     ))

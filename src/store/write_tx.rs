@@ -11,14 +11,15 @@
 //!    Within the process the lock is free by then; a single-statement write or another
 //!    process holding it is waited for under `busy_timeout`.
 //!
-//! PostgreSQL keeps its plain `BEGIN`: its row locks already make a writer wait.
+//! PostgreSQL keeps its plain `BEGIN`: its row locks already make a writer wait (behind a
+//! transaction pooler, with `SET LOCAL lock_timeout`: see `exec.rs`).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use sqlx::{Any, AnyConnection, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::exec::{begin_pooled, Conn};
 use super::{Engine, Store, StoreError, StoreResult};
 
 /// The queue of this process's writers; `None` where the engine needs none (PostgreSQL).
@@ -39,7 +40,7 @@ impl WriteQueue {
 /// later use of the connection).
 pub(crate) struct WriteTx {
     // Declared first so it drops first: the rollback is queued before the turn passes on.
-    tx: Transaction<'static, Any>,
+    tx: Conn,
     _turn: Option<OwnedMutexGuard<()>>,
 }
 
@@ -56,14 +57,14 @@ impl WriteTx {
 }
 
 impl Deref for WriteTx {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
         &self.tx
     }
 }
 
 impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
+    fn deref_mut(&mut self) -> &mut Conn {
         &mut self.tx
     }
 }
@@ -82,9 +83,30 @@ impl Store {
         };
         let tx = match self.engine.begin_write() {
             Some(statement) => self.pool.begin_with(statement).await?,
+            None if self.pooled => self.pool.begin_with(begin_pooled()).await?,
             None => self.pool.begin().await?,
         };
-        Ok(WriteTx { tx, _turn: turn })
+        Ok(WriteTx {
+            tx: Conn::tx(tx, self.pooled),
+            _turn: turn,
+        })
+    }
+
+    /// A connection for a few reads in a row (behind a transaction pooler, a transaction).
+    pub(crate) async fn read_conn(&self) -> StoreResult<Conn> {
+        if self.pooled {
+            let tx = self.pool.begin_with(begin_pooled()).await?;
+            return Ok(Conn::tx(tx, true));
+        }
+        Ok(Conn::plain(self.pool.acquire().await?))
+    }
+
+    /// The pool as an executor for single statements (see `exec.rs`).
+    pub(crate) fn db(&self) -> super::exec::Db<'_> {
+        super::exec::Db {
+            pool: &self.pool,
+            pooled: self.pooled,
+        }
     }
 }
 

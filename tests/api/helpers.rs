@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use gatehouse::app::AppState;
 use gatehouse::clock::Clock;
-use gatehouse::config::{Config, SecretString};
+use gatehouse::config::{Config, DatabasePooler, SecretString};
 use gatehouse::ratelimit::{Rate, Rates};
 use gatehouse::server;
 use reqwest::{Client, Method, RequestBuilder, Response};
@@ -35,7 +35,12 @@ pub enum Db {
 
 /// A database for one test: a fresh SQLite file or a fresh PostgreSQL database.
 pub struct TestDb {
+    /// A direct URL: what the test itself reads storage with.
     pub url: String,
+    /// The same database through a PgBouncer in transaction mode, when
+    /// `GATEHOUSE_TEST_PGBOUNCER_URL` names one (`scripts/test` starts one and runs the
+    /// PostgreSQL tests through it a second time): servers the helpers start use it.
+    pub pooled_url: Option<String>,
     _dir: Option<tempdir::Dir>,
     /// The admin URL and the database's name, until it is dropped.
     pg_admin: std::sync::Mutex<Option<(String, String)>>,
@@ -234,6 +239,7 @@ impl TestDb {
                 let url = format!("sqlite://{}/gatehouse.db", dir.0.display());
                 TestDb {
                     url,
+                    pooled_url: None,
                     _dir: Some(dir),
                     pg_admin: std::sync::Mutex::new(None),
                 }
@@ -247,8 +253,13 @@ impl TestDb {
                     .await
                     .unwrap();
                 let url = replace_db(&admin, &name);
+                let pooled_url = std::env::var("GATEHOUSE_TEST_PGBOUNCER_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .map(|u| replace_db(&u, &name));
                 TestDb {
                     url,
+                    pooled_url,
                     _dir: None,
                     pg_admin: std::sync::Mutex::new(Some((admin, name))),
                 }
@@ -385,6 +396,11 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         let mut config = test_config(&db.url);
         config.public_url = format!("http://{addr}");
+        if let Some(pooled) = &db.pooled_url {
+            config.database_url = pooled.clone();
+            config.database_pooler = DatabasePooler::Transaction;
+            config.migrate_database_url = Some(db.url.clone());
+        }
         tweak(&mut config);
         let state = AppState::build(config, clock).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();

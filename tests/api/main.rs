@@ -29,7 +29,10 @@ mod metrics_guard;
 mod migrations;
 mod naming;
 mod orgs;
+mod own_postgres;
 mod passwords;
+mod pgbouncer;
+mod postgres_tls;
 mod process;
 mod promises_contention;
 mod promises_fanout;
@@ -45,6 +48,7 @@ mod redirects;
 // markers of the naming convention (see helpers.rs), so `scripts/test` can leave them out.
 #[path = "scaleout.rs"]
 mod scaleout_on_postgres_on_redis;
+mod several_instances;
 mod smtp_sink;
 mod supabase_import;
 mod webhooks;
