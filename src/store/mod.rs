@@ -97,6 +97,7 @@ pub struct Store {
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file if needed.
+    #[tracing::instrument(name = "Store::connect", level = "debug", skip_all)]
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let engine = Engine::from_url(url)?;
@@ -129,6 +130,7 @@ impl Store {
     }
 
     /// Applies pending migrations.
+    #[tracing::instrument(name = "Store::migrate", level = "debug", skip_all)]
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let migrator = match self.engine {
             Engine::Sqlite => sqlx::migrate!("migrations/sqlite"),
@@ -147,17 +149,20 @@ impl Store {
     }
 
     /// A cheap round trip, for `/readyz`.
+    #[tracing::instrument(name = "Store::ping", level = "debug", skip_all)]
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     /// Closes the pool (after in-flight queries finish).
+    #[tracing::instrument(name = "Store::close", level = "debug", skip_all)]
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
     /// Reads a deployment setting.
+    #[tracing::instrument(name = "Store::setting", level = "debug", skip_all)]
     pub async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
             .bind(name)
@@ -167,6 +172,7 @@ impl Store {
     }
 
     /// Stores `value` under `name` unless one is already there; returns the value that holds.
+    #[tracing::instrument(name = "Store::setting_or_insert", level = "debug", skip_all)]
     pub async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String> {
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",

@@ -44,5 +44,6 @@ mod redirects;
 #[path = "scaleout.rs"]
 mod scaleout_on_postgres_on_redis;
 mod smtp_sink;
+mod traces;
 mod webhooks;
 mod widgets;
