@@ -184,7 +184,7 @@ where
             *meta.level() <= Level::INFO
         }
     })
-    .with_callsite(|meta| {
+    .with_callsite_filter(|meta| {
         if ours(meta) {
             tracing::subscriber::Interest::sometimes()
         } else {
