@@ -64,7 +64,10 @@ pub fn init(filter: &str, format: &str, otlp_endpoint: Option<&str>) -> anyhow::
         .with_target(false)
         .with_ansi(ansi);
     let fmt = if format == "json" {
-        fmt.json().map_event_format(WithTraceId).with_filter(filter).boxed()
+        fmt.json()
+            .map_event_format(WithTraceId)
+            .with_filter(filter)
+            .boxed()
     } else {
         fmt.with_filter(filter).boxed()
     };
@@ -72,8 +75,13 @@ pub fn init(filter: &str, format: &str, otlp_endpoint: Option<&str>) -> anyhow::
         Some(endpoint) => {
             let provider = provider(endpoint)?;
             let tracer = provider.tracer(SERVICE_NAME);
+            // The span's own fields only: no thread, source location or busy/idle times.
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                .with_threads(false)
+                .with_location(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
                 .with_filter(exported_filter())
                 .boxed();
             (Some(layer), Some(provider))
@@ -328,6 +336,9 @@ mod tests {
             "http://c:4318/v1/traces".to_string()
         );
         assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(traces_url("http://c/otlp/v1/traces"), "http://c/otlp/v1/traces");
+        assert_eq!(
+            traces_url("http://c/otlp/v1/traces"),
+            "http://c/otlp/v1/traces"
+        );
     }
 }

@@ -150,7 +150,12 @@ impl RedisLimiter {
         if !spend {
             inv.arg("peek");
         }
-        let span = tracing::debug_span!("redis", otel.name = "EVALSHA rate limit", otel.kind = "client", db.system.name = "redis");
+        let span = tracing::debug_span!(
+            "redis",
+            otel.name = "EVALSHA rate limit",
+            otel.kind = "client",
+            db.system.name = "redis"
+        );
         let reply: Vec<i64> = tokio::time::timeout(self.link.timeout, inv.invoke_async(&mut conn))
             .instrument(span)
             .await

@@ -178,7 +178,11 @@ impl Store {
 
     /// Replaces the password and ends every other session of the user (token sessions but
     /// `keep`, and all dashboard sessions), in one transaction.
-    #[tracing::instrument(name = "Store::set_password_ending_sessions", level = "debug", skip_all)]
+    #[tracing::instrument(
+        name = "Store::set_password_ending_sessions",
+        level = "debug",
+        skip_all
+    )]
     pub async fn set_password_ending_sessions(
         &self,
         user_id: &str,

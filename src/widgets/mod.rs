@@ -461,7 +461,12 @@ impl Nonces {
                     .to_owned();
                 let reply: Result<Result<Option<String>, _>, _> =
                     tokio::time::timeout(link.timeout, cmd.query_async(&mut conn))
-                        .instrument(tracing::debug_span!("redis", otel.name = "SET nonce", otel.kind = "client", db.system.name = "redis"))
+                        .instrument(tracing::debug_span!(
+                            "redis",
+                            otel.name = "SET nonce",
+                            otel.kind = "client",
+                            db.system.name = "redis"
+                        ))
                         .await;
                 match reply {
                     Ok(Ok(set)) => {

@@ -290,14 +290,22 @@ async fn a_callers_trace_goes_on_through_storage_the_model_server_and_the_api_ba
         all.into_iter()
             .find(|s| s.trace == trace && s.kind == SERVER && s.name == name)
     };
-    eventually(Duration::from_secs(20), "the chat's spans arrive", || async {
-        let all = spans.lock().unwrap().clone();
-        all.iter()
-            .any(|s| s.trace == chat_trace && s.name == "POST chat/completions")
-            && all.iter().any(|s| s.trace == chat_trace && s.kind == SERVER)
-            && all.iter().any(|s| s.trace == api_trace && s.name == "GET /api")
-            && all.iter().any(|s| s.trace == api_trace && s.kind == SERVER)
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the chat's spans arrive",
+        || async {
+            let all = spans.lock().unwrap().clone();
+            all.iter()
+                .any(|s| s.trace == chat_trace && s.name == "POST chat/completions")
+                && all
+                    .iter()
+                    .any(|s| s.trace == chat_trace && s.kind == SERVER)
+                && all
+                    .iter()
+                    .any(|s| s.trace == api_trace && s.name == "GET /api")
+                && all.iter().any(|s| s.trace == api_trace && s.kind == SERVER)
+        },
+    )
     .await;
     let all = spans.lock().unwrap().clone();
 
@@ -344,21 +352,33 @@ async fn a_callers_trace_goes_on_through_storage_the_model_server_and_the_api_ba
     );
 
     // Webhook deliveries are traced too, and the endpoint can continue that trace.
-    eventually(Duration::from_secs(20), "the delivery's span arrives", || async {
-        let Some(tp) = sent(&calls, "/hook") else {
-            return false;
-        };
-        let all = spans.lock().unwrap().clone();
-        all.iter().any(|s| {
-            s.name == "webhook delivery" && s.kind == CLIENT && tp.contains(&s.id) && tp.contains(&s.trace)
-        })
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the delivery's span arrives",
+        || async {
+            let Some(tp) = sent(&calls, "/hook") else {
+                return false;
+            };
+            let all = spans.lock().unwrap().clone();
+            all.iter().any(|s| {
+                s.name == "webhook delivery"
+                    && s.kind == CLIENT
+                    && tp.contains(&s.id)
+                    && tp.contains(&s.trace)
+            })
+        },
+    )
     .await;
 
     // No raw path, credential or body reaches a span.
     let all = spans.lock().unwrap().clone();
     let dump = format!("{all:?}");
-    for secret in ["secret-path-segment", t.key.as_str(), t.token.as_str(), "\"hi\""] {
+    for secret in [
+        "secret-path-segment",
+        t.key.as_str(),
+        t.token.as_str(),
+        "\"hi\"",
+    ] {
         assert!(!dump.contains(secret), "{secret} was exported");
     }
 
