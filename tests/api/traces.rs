@@ -264,24 +264,45 @@ fn log_lines(server: &Server) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_callers_trace_goes_on_through_storage_the_model_server_and_the_api_backend() {
+    traced_story(&[]).await;
+}
+
+#[tokio::test]
+async fn rate_limit_decisions_in_redis_are_spans_of_the_request_on_redis() {
+    let redis = crate::helpers::redis_url();
+    let prefix = crate::helpers::redis_prefix();
+    let (all, chat) = traced_story(&[
+        ("GATEHOUSE_REDIS_URL", redis.as_str()),
+        ("GATEHOUSE_REDIS_PREFIX", prefix.as_str()),
+    ])
+    .await;
+    let decision = all
+        .iter()
+        .find(|s| s.name == "EVALSHA rate limit" && ancestors_include(&all, s, &chat))
+        .unwrap_or_else(|| panic!("no Redis span under the chat request: {all:#?}"));
+    assert_eq!(decision.kind, CLIENT);
+    assert_eq!(decision.attrs["db.system.name"], "redis");
+}
+
+/// The story every traced test runs, on a server with `extra` settings: returns the spans
+/// exported and the chat request's server span.
+async fn traced_story(extra: &[(&str, &str)]) -> (Vec<Span>, Span) {
     let (otlp, spans) = collector().await;
     let (peer, calls) = peer().await;
     let db = TestDb::new(Db::Sqlite).await;
     let dir = tempdir::Dir::new();
-    let server = start_with(
-        &db.url,
-        &dir,
-        &[
-            ("GATEHOUSE_OTLP_ENDPOINT", &otlp),
-            ("GATEHOUSE_UPSTREAM_URL", &format!("{peer}/v1")),
-            ("GATEHOUSE_PROXY_TARGET", &peer),
-            ("GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE", "true"),
-            ("GATEHOUSE_LOG_FORMAT", "json"),
-            // The batch exporter sends every 100 ms instead of every 5 s.
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .await;
+    let upstream_url = format!("{peer}/v1");
+    let mut env = vec![
+        ("GATEHOUSE_OTLP_ENDPOINT", otlp.as_str()),
+        ("GATEHOUSE_UPSTREAM_URL", upstream_url.as_str()),
+        ("GATEHOUSE_PROXY_TARGET", peer.as_str()),
+        ("GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE", "true"),
+        ("GATEHOUSE_LOG_FORMAT", "json"),
+        // The batch exporter sends every 100 ms instead of every 5 s.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    env.extend_from_slice(extra);
+    let server = start_with(&db.url, &dir, &env).await;
     let t = tenant(&server, &peer).await;
     let ((chat_trace, chat_parent), (api_trace, api_parent)) = traced_calls(&server, &t).await;
 
@@ -390,6 +411,7 @@ async fn a_callers_trace_goes_on_through_storage_the_model_server_and_the_api_ba
             && l["span"]["route"] == "/v1/chat"),
         "no log line with the trace id {chat_trace}"
     );
+    (all, chat)
 }
 
 #[tokio::test]
