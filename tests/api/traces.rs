@@ -452,3 +452,41 @@ async fn without_an_otlp_endpoint_nothing_is_propagated_and_logs_still_name_the_
         "no log line with the caller's trace id {chat_trace}"
     );
 }
+
+#[tokio::test]
+async fn spans_still_queued_are_sent_when_the_server_stops() {
+    let (otlp, spans) = collector().await;
+    let db = TestDb::new(Db::Sqlite).await;
+    let dir = tempdir::Dir::new();
+    let mut server = start_with(
+        &db.url,
+        &dir,
+        &[
+            ("GATEHOUSE_OTLP_ENDPOINT", otlp.as_str()),
+            // No scheduled export during the test: only the shutdown sends.
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+        ],
+    )
+    .await;
+    let trace = random_hex(16);
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/me", server.base))
+        .header("traceparent", traceparent(&trace, &random_hex(8)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // Off this (single-threaded) runtime: the collector answers on it meanwhile.
+    let _server = tokio::task::spawn_blocking(move || {
+        crate::promises_process::terminate(&mut server);
+        server
+    })
+    .await
+    .unwrap();
+    let all = spans.lock().unwrap().clone();
+    assert!(
+        all.iter()
+            .any(|s| s.trace == trace && s.kind == SERVER && s.name == "GET /v1/me"),
+        "the request's span was not sent at shutdown: {all:#?}"
+    );
+}
