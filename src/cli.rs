@@ -253,7 +253,10 @@ pub enum JwtAction {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
-    crate::telemetry::init(&config.log, &config.log_format);
+    // Only the server exports spans: a one-shot command has no request to trace.
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let otlp = config.otlp_endpoint.as_deref().filter(|_| serving);
+    let telemetry = crate::telemetry::init(&config.log, &config.log_format, otlp)?;
     // `serve` creates its database on first start (the README's first run); any other
     // command run in the wrong folder would silently start an empty deployment instead.
     if !matches!(
@@ -269,7 +272,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.dev = true;
                 config.autoconfirm = true;
             }
-            serve(config).await
+            let served = serve(config).await;
+            // The last spans go out after the server stopped (this blocks: off the runtime).
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+            served
         }
         Command::Migrate => {
             let store = crate::store::Store::open(&config).await?;

@@ -172,6 +172,9 @@ pub struct Config {
     pub log: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver (`http://collector:4318`);
+    /// spans go to `{otlp_endpoint}/v1/traces` as protobuf. Unset: no spans are exported.
+    pub otlp_endpoint: Option<String>,
     /// When set, `/metrics` needs `Authorization: Bearer <metrics_token>` (at least 16
     /// characters; compared in constant time); unset: `/metrics` needs no credential.
     #[serde(skip_serializing)]
@@ -281,6 +284,7 @@ impl Default for Config {
             webhooks_timeout_ms: 15_000,
             log: "info".into(),
             log_format: "text".into(),
+            otlp_endpoint: None,
             metrics_token: None,
             metrics_token_file: None,
             metrics_listen: None,
@@ -555,6 +559,11 @@ impl Config {
         if let Some(u) = &self.upstream_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 anyhow::bail!("upstream_url must start with http:// or https://");
+            }
+        }
+        if let Some(u) = &self.otlp_endpoint {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                anyhow::bail!("otlp_endpoint must start with http:// or https://");
             }
         }
         if let Some(u) = &self.proxy_target {

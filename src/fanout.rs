@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::ratelimit::RedisLink;
@@ -152,6 +153,12 @@ impl Bus {
                 .arg(inv.encode())
                 .query_async::<i64>(&mut conn),
         )
+        .instrument(tracing::debug_span!(
+            "redis",
+            otel.name = "PUBLISH invalidation",
+            otel.kind = "client",
+            db.system.name = "redis"
+        ))
         .await;
         if !matches!(sent, Ok(Ok(_))) {
             tracing::warn!(kind = inv.kind(), "publishing an invalidation failed; other instances learn of this change when their cache expires");

@@ -8,6 +8,7 @@ use futures_util::{Stream, StreamExt};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 /// One message of the conversation sent upstream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -147,11 +148,17 @@ impl Upstream {
                 if let Some(u) = user {
                     body["user"] = json!(u);
                 }
-                let mut req = client.post(url).json(&body);
+                // Until the answer's headers; the model server continues the request's trace.
+                let span = tracing::debug_span!("upstream", otel.name = "POST chat/completions", otel.kind = "client", model = %model);
+                let mut req = client
+                    .post(url)
+                    .json(&body)
+                    .headers(span.in_scope(crate::telemetry::outgoing));
                 if let Some(k) = api_key {
                     req = req.bearer_auth(k.expose_secret());
                 }
                 let res = tokio::time::timeout(*timeout, req.send())
+                    .instrument(span.clone())
                     .await
                     .map_err(|_| UpstreamError::Timeout)?
                     .map_err(|e| {
@@ -164,6 +171,11 @@ impl Upstream {
                         }
                     })?;
                 let status = res.status();
+                crate::telemetry::attribute(
+                    &span,
+                    "http.response.status_code",
+                    i64::from(status.as_u16()),
+                );
                 if !status.is_success() {
                     // The body may echo secrets or prompts: only the status is kept.
                     return Err(UpstreamError::Failed(format!("status {}", status.as_u16())));

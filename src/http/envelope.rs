@@ -272,8 +272,9 @@ fn method_too_long(path: &str) -> Response {
     }
 }
 
-/// Gives every request an id, a span with its method and path, one log line with its outcome,
-/// and an `X-Request-Id` on the response. Logs carry no headers, bodies or query strings,
+/// Gives every request an id, a span with its method and route pattern (continuing the
+/// caller's `traceparent`), one log line with its outcome, and an `X-Request-Id` on the
+/// response. Logs carry no headers, bodies or query strings,
 /// so no credential can reach them.
 pub async fn request_context(
     axum::extract::State(state): axum::extract::State<crate::app::AppState>,
@@ -291,7 +292,17 @@ pub async fn request_context(
     // A method token is the client's choice: an over-long one is refused, and never logged.
     let method_ok = method.as_str().len() <= MAX_METHOD_LEN;
     let shown = if method_ok { method.as_str() } else { "other" };
-    let span = tracing::info_span!("request", method = %shown, route = %route, request_id = %id);
+    let span = if crate::telemetry::enabled() {
+        // The exported span is named as OpenTelemetry's HTTP conventions say: method and
+        // route pattern.
+        let span = tracing::info_span!("request", otel.name = %format_args!("{shown} {route}"), otel.kind = "server", method = %shown, route = %route, request_id = %id, trace_id = tracing::field::Empty);
+        crate::telemetry::attribute(&span, "http.request.method", shown.to_string());
+        crate::telemetry::attribute(&span, "http.route", route.to_string());
+        span
+    } else {
+        tracing::info_span!("request", method = %shown, route = %route, request_id = %id, trace_id = tracing::field::Empty)
+    };
+    crate::telemetry::continue_trace(&span, req.headers());
     let started = std::time::Instant::now();
     let (mut res, decision) = REQUEST_ID
         .scope(
@@ -312,6 +323,10 @@ pub async fn request_context(
         .edge
         .metrics
         .request(route, method.as_str(), status, elapsed);
+    crate::telemetry::attribute(&span, "http.response.status_code", i64::from(status));
+    if status >= 500 {
+        crate::telemetry::failed(&span, "server error");
+    }
     let _enter = span.enter();
     let ms = elapsed * 1000.0;
     if status >= 500 {

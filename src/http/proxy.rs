@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use futures_util::TryStreamExt;
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::error::{ApiError, Code, Reason};
@@ -216,6 +217,14 @@ pub async fn forward(
         }
     }
     let method = req.method().clone();
+    // Until the answer's headers; the backend continues this trace (the caller's
+    // `traceparent`, when tracing is off).
+    let span = tracing::debug_span!("proxy", otel.name = %format_args!("{method} /api"), otel.kind = "client");
+    for (name, value) in span.in_scope(crate::telemetry::outgoing) {
+        if let Some(name) = name {
+            headers.insert(name, value);
+        }
+    }
     let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
     let res = state
         .edge
@@ -224,6 +233,7 @@ pub async fn forward(
         .headers(headers)
         .body(body)
         .send()
+        .instrument(span.clone())
         .await
         .map_err(|e| {
             tracing::warn!(timeout = e.is_timeout(), "the proxied backend failed");
@@ -233,6 +243,11 @@ pub async fn forward(
                 ApiError::msg(Code::UpstreamError, "The backend could not be reached.")
             }
         })?;
+    crate::telemetry::attribute(
+        &span,
+        "http.response.status_code",
+        i64::from(res.status().as_u16()),
+    );
     let mut out = Response::builder().status(res.status());
     for (name, value) in res.headers() {
         if !dropped(name) || name.as_str() == "content-length" {

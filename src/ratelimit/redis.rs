@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use tracing::Instrument;
 
 use super::{Decision, Request, WindowState};
 
@@ -149,7 +150,14 @@ impl RedisLimiter {
         if !spend {
             inv.arg("peek");
         }
+        let span = tracing::debug_span!(
+            "redis",
+            otel.name = "EVALSHA rate limit",
+            otel.kind = "client",
+            db.system.name = "redis"
+        );
         let reply: Vec<i64> = tokio::time::timeout(self.link.timeout, inv.invoke_async(&mut conn))
+            .instrument(span)
             .await
             .map_err(|_| RedisFailure::Timeout)??;
         if reply.len() != 1 + 3 * req.windows.len() {

@@ -137,6 +137,7 @@ fn event_data(k: &ApiKeyRecord) -> Value {
 
 impl Store {
     /// Stores a new key.
+    #[tracing::instrument(name = "Store::create_api_key", level = "debug", skip_all)]
     pub async fn create_api_key(&self, k: &ApiKeyRecord, audit: &Audit) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         insert(&mut tx, k).await?;
@@ -157,6 +158,7 @@ impl Store {
     }
 
     /// The keys of an organization, newest first.
+    #[tracing::instrument(name = "Store::api_keys", level = "debug", skip_all)]
     pub async fn api_keys(&self, org_id: &str) -> StoreResult<Vec<ApiKeyRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id"
@@ -170,6 +172,7 @@ impl Store {
     /// Up to `limit` keys of an organization in the order they were created, after the key
     /// `after` (the operator's listing; a cursor that names no key of the organization
     /// gives an empty page).
+    #[tracing::instrument(name = "Store::api_keys_page", level = "debug", skip_all)]
     pub async fn api_keys_page(
         &self,
         org_id: &str,
@@ -204,6 +207,7 @@ impl Store {
     }
 
     /// One key of an organization.
+    #[tracing::instrument(name = "Store::api_key", level = "debug", skip_all)]
     pub async fn api_key(&self, org_id: &str, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
@@ -217,6 +221,7 @@ impl Store {
 
     /// The key with this hash, of any organization: the verification path (the caller then
     /// knows the organization from the record).
+    #[tracing::instrument(name = "Store::api_key_by_hash", level = "debug", skip_all)]
     pub async fn api_key_by_hash(&self, hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
@@ -228,6 +233,7 @@ impl Store {
     }
 
     /// Revokes a key at once; `NotFound` if it is not this organization's, `Conflict` if already revoked.
+    #[tracing::instrument(name = "Store::revoke_api_key", level = "debug", skip_all)]
     pub async fn revoke_api_key(
         &self,
         org_id: &str,
@@ -273,6 +279,7 @@ impl Store {
     }
 
     /// Replaces `old_id` by `new`: the old key keeps working until `old_expires_at`.
+    #[tracing::instrument(name = "Store::roll_api_key", level = "debug", skip_all)]
     pub async fn roll_api_key(
         &self,
         old_id: &str,
@@ -327,6 +334,7 @@ impl Store {
     }
 
     /// Changes a key's name, metadata or rate limits; `NotFound` if it is not this organization's.
+    #[tracing::instrument(name = "Store::update_api_key", level = "debug", skip_all)]
     pub async fn update_api_key(
         &self,
         org_id: &str,
@@ -387,6 +395,7 @@ impl Store {
     }
 
     /// Writes last-used times gathered in memory, in one transaction.
+    #[tracing::instrument(name = "Store::touch_api_keys", level = "debug", skip_all)]
     pub async fn touch_api_keys(&self, uses: &[(String, i64)]) -> StoreResult<()> {
         if uses.is_empty() {
             return Ok(());

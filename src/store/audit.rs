@@ -79,6 +79,7 @@ pub(super) async fn record(
 impl Store {
     /// The newest entries of an organization's audit log, older than position `before` if
     /// given, with exactly this `action` and this `actor` if given.
+    #[tracing::instrument(name = "Store::audit_log", level = "debug", skip_all)]
     pub async fn audit_log(
         &self,
         org_id: &str,

@@ -132,6 +132,7 @@ async fn decide(
 impl Store {
     /// Stores an invitation, replacing the pending one to the same address, with its audit
     /// entry, its webhook event and (when given) its mail, in one transaction.
+    #[tracing::instrument(name = "Store::create_invitation", level = "debug", skip_all)]
     pub async fn create_invitation(
         &self,
         inv: &NewInvitation,
@@ -188,6 +189,7 @@ impl Store {
     }
 
     /// Whether a member of `org_id` has the address `email`.
+    #[tracing::instrument(name = "Store::has_member_with_email", level = "debug", skip_all)]
     pub async fn has_member_with_email(&self, org_id: &str, email: &str) -> StoreResult<bool> {
         let (n,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM memberships m JOIN users u ON u.id = m.user_id \
@@ -201,6 +203,7 @@ impl Store {
     }
 
     /// One invitation.
+    #[tracing::instrument(name = "Store::invitation", level = "debug", skip_all)]
     pub async fn invitation(&self, id: &str, now: i64) -> StoreResult<Option<Invitation>> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM invitations i JOIN organizations o ON o.id = i.org_id WHERE i.id = $1"
@@ -212,6 +215,7 @@ impl Store {
     }
 
     /// The invitation whose emailed token hashes to `token_hash`.
+    #[tracing::instrument(name = "Store::invitation_by_token", level = "debug", skip_all)]
     pub async fn invitation_by_token(
         &self,
         token_hash: &str,
@@ -228,6 +232,7 @@ impl Store {
     }
 
     /// An organization's invitations, newest first.
+    #[tracing::instrument(name = "Store::invitations_of_org", level = "debug", skip_all)]
     pub async fn invitations_of_org(&self, org_id: &str, now: i64) -> StoreResult<Vec<Invitation>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM invitations i JOIN organizations o ON o.id = i.org_id \
@@ -240,6 +245,7 @@ impl Store {
     }
 
     /// The pending, unexpired invitations to `email`, newest first.
+    #[tracing::instrument(name = "Store::invitations_to", level = "debug", skip_all)]
     pub async fn invitations_to(&self, email: &str, now: i64) -> StoreResult<Vec<Invitation>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM invitations i JOIN organizations o ON o.id = i.org_id \
@@ -255,6 +261,7 @@ impl Store {
 
     /// Revokes a pending invitation of `org_id`: `NotFound` when it is not the
     /// organization's, `Conflict` when it is no longer pending.
+    #[tracing::instrument(name = "Store::revoke_invitation", level = "debug", skip_all)]
     pub async fn revoke_invitation(
         &self,
         org_id: &str,
@@ -290,6 +297,7 @@ impl Store {
     /// Accepts a pending invitation for `user_id`: the membership, the audit entries and the
     /// `invitation.accepted` and `member.added` events in one transaction. `Conflict` when it
     /// is no longer pending or the user is already a member.
+    #[tracing::instrument(name = "Store::accept_invitation", level = "debug", skip_all)]
     pub async fn accept_invitation(
         &self,
         inv: &Invitation,
@@ -336,6 +344,7 @@ impl Store {
     }
 
     /// Declines a pending invitation (audited); `Conflict` when it is no longer pending.
+    #[tracing::instrument(name = "Store::decline_invitation", level = "debug", skip_all)]
     pub async fn decline_invitation(&self, inv: &Invitation, audit: &Audit) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         decide(&mut tx, &inv.id, "declined", None, audit.now).await?;

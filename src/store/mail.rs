@@ -33,6 +33,7 @@ impl std::fmt::Debug for QueuedMail {
 impl Store {
     /// Takes a slot for a mail to `address_hash`: false when one went out less than
     /// `interval_ms` ago. One conditional upsert, so racing requests cannot both win.
+    #[tracing::instrument(name = "Store::take_address_slot", level = "debug", skip_all)]
     pub async fn take_address_slot(
         &self,
         address_hash: &str,
@@ -53,6 +54,7 @@ impl Store {
     }
 
     /// When the last mail to `address_hash` was sent, if any.
+    #[tracing::instrument(name = "Store::address_last_sent", level = "debug", skip_all)]
     pub async fn address_last_sent(&self, address_hash: &str) -> StoreResult<Option<i64>> {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT last_sent_at FROM mail_address_sends WHERE address_hash = $1")
@@ -65,6 +67,7 @@ impl Store {
     /// Leases up to `limit` due mails to `owner` until `lease_until`. Several instances may
     /// run this at once: on PostgreSQL `FOR UPDATE SKIP LOCKED` hands each row to one of
     /// them; SQLite has one writer, so the UPDATE is already exclusive.
+    #[tracing::instrument(name = "Store::lease_due_mail", level = "debug", skip_all)]
     pub async fn lease_due_mail(
         &self,
         owner: &str,
@@ -93,6 +96,7 @@ impl Store {
     }
 
     /// Marks a leased mail sent and forgets its bodies (they carry the token).
+    #[tracing::instrument(name = "Store::mail_sent", level = "debug", skip_all)]
     pub async fn mail_sent(&self, id: &str, owner: &str, now: i64) -> StoreResult<()> {
         sqlx::query(
             "UPDATE mail_outbox SET sent_at = $1, text_body = '', html_body = '', lease_owner = NULL, \
@@ -108,6 +112,7 @@ impl Store {
 
     /// Records a failed attempt: retried at `next_attempt_at`, or given up when `give_up`
     /// (and then its bodies, which carry the token, are forgotten as a sent mail's are).
+    #[tracing::instrument(name = "Store::mail_failed", level = "debug", skip_all)]
     pub async fn mail_failed(
         &self,
         id: &str,
@@ -134,6 +139,7 @@ impl Store {
     }
 
     /// Mails still waiting to be sent (not sent, not given up).
+    #[tracing::instrument(name = "Store::pending_mail_count", level = "debug", skip_all)]
     pub async fn pending_mail_count(&self) -> StoreResult<i64> {
         let row: (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL",

@@ -25,6 +25,7 @@ pub struct MailRequestRow {
 
 impl Store {
     /// Stores a request (its `id` and `created_at` as given).
+    #[tracing::instrument(name = "Store::add_mail_request", level = "debug", skip_all)]
     pub async fn add_mail_request(&self, r: &MailRequestRow) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO mail_requests (id, kind, email, user_id, redirect_to, data, password_hash, created_at) \
@@ -44,6 +45,7 @@ impl Store {
     }
 
     /// Leases the oldest request nobody holds to `owner` until `lease_until`.
+    #[tracing::instrument(name = "Store::lease_mail_request", level = "debug", skip_all)]
     pub async fn lease_mail_request(
         &self,
         owner: &str,
@@ -69,6 +71,7 @@ impl Store {
     }
 
     /// Forgets a handled (or given-up) request.
+    #[tracing::instrument(name = "Store::delete_mail_request", level = "debug", skip_all)]
     pub async fn delete_mail_request(&self, id: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM mail_requests WHERE id = $1")
             .bind(id)

@@ -112,17 +112,20 @@ impl Store {
     }
 
     /// A cheap round trip, for `/readyz`.
+    #[tracing::instrument(name = "Store::ping", level = "debug", skip_all)]
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(self.db()).await?;
         Ok(())
     }
 
     /// Closes the pool (after in-flight queries finish).
+    #[tracing::instrument(name = "Store::close", level = "debug", skip_all)]
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
     /// Reads a deployment setting.
+    #[tracing::instrument(name = "Store::setting", level = "debug", skip_all)]
     pub async fn setting(&self, name: &str) -> StoreResult<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
             .bind(name)
@@ -132,6 +135,7 @@ impl Store {
     }
 
     /// Stores `value` under `name` unless one is already there; returns the value that holds.
+    #[tracing::instrument(name = "Store::setting_or_insert", level = "debug", skip_all)]
     pub async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String> {
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",

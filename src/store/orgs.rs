@@ -140,6 +140,7 @@ async fn role_of(
 
 impl Store {
     /// Creates organization `id` with its creator as owner.
+    #[tracing::instrument(name = "Store::create_org", level = "debug", skip_all)]
     pub async fn create_org(
         &self,
         id: &str,
@@ -182,6 +183,7 @@ impl Store {
     }
 
     /// An organization by id.
+    #[tracing::instrument(name = "Store::org", level = "debug", skip_all)]
     pub async fn org(&self, org_id: &str) -> StoreResult<Option<Org>> {
         let row = sqlx::query(
             "SELECT id, name, created_at, updated_at, rate_limits FROM organizations WHERE id = $1",
@@ -195,6 +197,7 @@ impl Store {
     /// Up to `limit` organizations of the deployment in the order they were created, after
     /// the organization `after` (the operator's listing; a cursor that names no
     /// organization gives an empty page).
+    #[tracing::instrument(name = "Store::orgs_page", level = "debug", skip_all)]
     pub async fn orgs_page(&self, after: Option<&str>, limit: i64) -> StoreResult<Vec<OrgSummary>> {
         const SELECT: &str = "SELECT o.id, o.name, o.created_at, o.updated_at, o.rate_limits, \
              (SELECT COUNT(*) FROM memberships m WHERE m.org_id = o.id) AS member_count, \
@@ -231,6 +234,7 @@ impl Store {
     }
 
     /// The organizations a user belongs to, with the user's role in each.
+    #[tracing::instrument(name = "Store::orgs_of_user", level = "debug", skip_all)]
     pub async fn orgs_of_user(&self, user_id: &str) -> StoreResult<Vec<(Org, String)>> {
         let rows = sqlx::query(
             "SELECT o.id, o.name, o.created_at, o.updated_at, o.rate_limits, m.role FROM organizations o \
@@ -246,6 +250,7 @@ impl Store {
 
     /// Changes an organization's name and/or its own rate limits (`Some(None)` restores the
     /// default) in one transaction, each change audited.
+    #[tracing::instrument(name = "Store::update_org", level = "debug", skip_all)]
     pub async fn update_org(
         &self,
         org_id: &str,
@@ -289,6 +294,7 @@ impl Store {
     }
 
     /// An organization's own rate limits (`None`: the configured default).
+    #[tracing::instrument(name = "Store::org_rate_limits", level = "debug", skip_all)]
     pub async fn org_rate_limits(&self, org_id: &str) -> StoreResult<Option<Rates>> {
         let stored: Option<Option<String>> =
             sqlx::query_scalar("SELECT rate_limits FROM organizations WHERE id = $1")
@@ -299,6 +305,7 @@ impl Store {
     }
 
     /// Deletes an organization and everything it owns; returns the hashes of its keys.
+    #[tracing::instrument(name = "Store::delete_org", level = "debug", skip_all)]
     pub async fn delete_org(&self, org_id: &str) -> StoreResult<Vec<String>> {
         let mut tx = self.begin_write().await?;
         let hashes: Vec<(String,)> =
@@ -318,12 +325,14 @@ impl Store {
     }
 
     /// A user's role in an organization.
+    #[tracing::instrument(name = "Store::membership", level = "debug", skip_all)]
     pub async fn membership(&self, org_id: &str, user_id: &str) -> StoreResult<Option<String>> {
         let mut conn = self.read_conn().await?;
         role_of(&mut conn, org_id, user_id).await
     }
 
     /// The members of an organization.
+    #[tracing::instrument(name = "Store::members", level = "debug", skip_all)]
     pub async fn members(&self, org_id: &str) -> StoreResult<Vec<Member>> {
         Ok(sqlx::query_as(
             "SELECT m.user_id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
@@ -335,6 +344,7 @@ impl Store {
     }
 
     /// Adds a user; `Conflict` if already a member.
+    #[tracing::instrument(name = "Store::add_member", level = "debug", skip_all)]
     pub async fn add_member(
         &self,
         org_id: &str,
@@ -375,6 +385,7 @@ impl Store {
     }
 
     /// Changes a member's role; refuses to demote the last owner.
+    #[tracing::instrument(name = "Store::set_member_role", level = "debug", skip_all)]
     pub async fn set_member_role(
         &self,
         org_id: &str,
@@ -407,6 +418,7 @@ impl Store {
     }
 
     /// Removes a member; refuses to remove the last owner.
+    #[tracing::instrument(name = "Store::remove_member", level = "debug", skip_all)]
     pub async fn remove_member(
         &self,
         org_id: &str,
@@ -437,6 +449,7 @@ impl Store {
     }
 
     /// The custom roles of an organization.
+    #[tracing::instrument(name = "Store::custom_roles", level = "debug", skip_all)]
     pub async fn custom_roles(&self, org_id: &str) -> StoreResult<Vec<Role>> {
         let rows =
             sqlx::query("SELECT name, permissions FROM roles WHERE org_id = $1 ORDER BY name")
@@ -456,6 +469,7 @@ impl Store {
     }
 
     /// One custom role.
+    #[tracing::instrument(name = "Store::custom_role", level = "debug", skip_all)]
     pub async fn custom_role(&self, org_id: &str, name: &str) -> StoreResult<Option<Role>> {
         Ok(self
             .custom_roles(org_id)
@@ -465,6 +479,7 @@ impl Store {
     }
 
     /// Creates a custom role; `Conflict` if the name is taken.
+    #[tracing::instrument(name = "Store::create_role", level = "debug", skip_all)]
     pub async fn create_role(
         &self,
         org_id: &str,
@@ -503,6 +518,7 @@ impl Store {
     }
 
     /// Deletes a custom role; `Conflict` while members hold it.
+    #[tracing::instrument(name = "Store::delete_role", level = "debug", skip_all)]
     pub async fn delete_role(&self, org_id: &str, name: &str, audit: &Audit) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         lock_org(&mut tx, org_id, audit.now).await?;

@@ -69,6 +69,7 @@ pub enum EmailChangeStep {
 
 impl Store {
     /// Queues a mail that carries no token (a notice).
+    #[tracing::instrument(name = "Store::queue_mail", level = "debug", skip_all)]
     pub async fn queue_mail(&self, mail: &NewMail, now: i64) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         insert_mail(&mut tx, mail, now).await?;
@@ -78,6 +79,7 @@ impl Store {
 
     /// Starts an email change to `new`: it replaces any pending one (its links die with it)
     /// and no side has confirmed it yet.
+    #[tracing::instrument(name = "Store::begin_email_change", level = "debug", skip_all)]
     pub async fn begin_email_change(&self, user_id: &str, new: &str, now: i64) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -103,6 +105,7 @@ impl Store {
     /// the new side). Once every side in `required` has, the account moves to the new address
     /// (`Conflict` when another account took it meanwhile). `NotFound` when no change is
     /// pending (or a newer one replaced it).
+    #[tracing::instrument(name = "Store::confirm_email_change", level = "debug", skip_all)]
     pub async fn confirm_email_change(
         &self,
         user_id: &str,
@@ -170,6 +173,7 @@ impl Store {
     /// Replaces the user's token of this kind and queues its mail, in one transaction.
     /// Sign-up tokens are not replaced: each sign-up keeps its own link (and password) until
     /// one of them is followed, up to the newest [`SIGNUP_TOKENS_KEPT`].
+    #[tracing::instrument(name = "Store::issue_otp", level = "debug", skip_all)]
     pub async fn issue_otp(&self, otp: &OtpRow, mail: &NewMail, now: i64) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         if otp.kind == "signup" {
@@ -224,6 +228,7 @@ impl Store {
     }
 
     /// The token whose link hash is `token_hash`.
+    #[tracing::instrument(name = "Store::otp_by_token_hash", level = "debug", skip_all)]
     pub async fn otp_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<OtpRow>> {
         Ok(sqlx::query_as(&format!(
             "SELECT {OTP_COLUMNS} FROM one_time_tokens WHERE token_hash = $1"
@@ -234,6 +239,7 @@ impl Store {
     }
 
     /// The live tokens sent to `email`.
+    #[tracing::instrument(name = "Store::otps_for_email", level = "debug", skip_all)]
     pub async fn otps_for_email(&self, email: &str, now: i64) -> StoreResult<Vec<OtpRow>> {
         Ok(sqlx::query_as(&format!(
             "SELECT {OTP_COLUMNS} FROM one_time_tokens WHERE email = $1 AND expires_at > $2"
@@ -245,6 +251,7 @@ impl Store {
     }
 
     /// Uses a token up: true for the one caller that deleted it.
+    #[tracing::instrument(name = "Store::consume_otp", level = "debug", skip_all)]
     pub async fn consume_otp(&self, id: &str) -> StoreResult<bool> {
         let r = sqlx::query("DELETE FROM one_time_tokens WHERE id = $1")
             .bind(id)
@@ -255,6 +262,7 @@ impl Store {
 
     /// Spends one of a token's `max` code attempts: false when none is left. Taken before the
     /// code is compared, so guesses sent in parallel cannot try more than `max` codes.
+    #[tracing::instrument(name = "Store::take_code_attempt", level = "debug", skip_all)]
     pub async fn take_code_attempt(&self, id: &str, max: i64) -> StoreResult<bool> {
         let r = sqlx::query(
             "UPDATE one_time_tokens SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2",
@@ -267,6 +275,7 @@ impl Store {
     }
 
     /// Deletes those of these tokens that have no code attempt left.
+    #[tracing::instrument(name = "Store::drop_spent_otps", level = "debug", skip_all)]
     pub async fn drop_spent_otps(&self, ids: &[String], max: i64) -> StoreResult<()> {
         for id in ids {
             sqlx::query("DELETE FROM one_time_tokens WHERE id = $1 AND attempts >= $2")
@@ -284,6 +293,7 @@ impl Store {
     /// vouch for no password, so one set while the address was unconfirmed is dropped
     /// (whoever chose it never proved they own the address). When this confirms the address,
     /// every pending link of the user and every session that existed before end with it.
+    #[tracing::instrument(name = "Store::confirm_email", level = "debug", skip_all)]
     pub async fn confirm_email(
         &self,
         user_id: &str,
@@ -315,6 +325,7 @@ impl Store {
 
     /// Creates an unconfirmed user without a password (a magic-link sign-up); an existing
     /// user with this address is returned instead.
+    #[tracing::instrument(name = "Store::create_passwordless_user", level = "debug", skip_all)]
     pub async fn create_passwordless_user(
         &self,
         email: &str,

@@ -69,6 +69,7 @@ pub enum Rotation {
 
 impl Store {
     /// Starts a session with its first refresh token (hash).
+    #[tracing::instrument(name = "Store::create_session", level = "debug", skip_all)]
     pub async fn create_session(
         &self,
         user_id: &str,
@@ -100,6 +101,7 @@ impl Store {
     }
 
     /// Finds a refresh token by hash.
+    #[tracing::instrument(name = "Store::refresh_token", level = "debug", skip_all)]
     pub async fn refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshRow>> {
         Ok(sqlx::query_as(
             "SELECT id, session_id, user_id, revoked_at, successor_sealed FROM refresh_tokens WHERE token_hash = $1",
@@ -110,6 +112,7 @@ impl Store {
     }
 
     /// Whether a refresh token with this hash exists.
+    #[tracing::instrument(name = "Store::refresh_token_exists", level = "debug", skip_all)]
     pub async fn refresh_token_exists(&self, hash: &str) -> StoreResult<bool> {
         Ok(self.refresh_token(hash).await?.is_some())
     }
@@ -117,6 +120,7 @@ impl Store {
     /// Rotates `parent` to a successor atomically: the first caller wins, later callers see
     /// `AlreadyRotated`. The conditional UPDATE is the first statement, so PostgreSQL's row
     /// lock orders racing requests (SQLite's write transactions are serialized from BEGIN).
+    #[tracing::instrument(name = "Store::rotate_refresh", level = "debug", skip_all)]
     pub async fn rotate_refresh(
         &self,
         parent: &RefreshRow,
@@ -158,6 +162,7 @@ impl Store {
     }
 
     /// Whether a session exists: whose it is, when it began and when it was last refreshed.
+    #[tracing::instrument(name = "Store::session_info", level = "debug", skip_all)]
     pub async fn session_info(&self, session_id: &str) -> StoreResult<Option<SessionInfo>> {
         let row: Option<(String, i64, i64)> =
             sqlx::query_as("SELECT user_id, created_at, updated_at FROM sessions WHERE id = $1")
@@ -173,6 +178,11 @@ impl Store {
 
     /// Replaces the password and ends every other session of the user (token sessions but
     /// `keep`, and all dashboard sessions), in one transaction.
+    #[tracing::instrument(
+        name = "Store::set_password_ending_sessions",
+        level = "debug",
+        skip_all
+    )]
     pub async fn set_password_ending_sessions(
         &self,
         user_id: &str,
@@ -196,6 +206,7 @@ impl Store {
     }
 
     /// Ends one session (its refresh tokens go with it).
+    #[tracing::instrument(name = "Store::delete_session", level = "debug", skip_all)]
     pub async fn delete_session(&self, session_id: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
             .bind(session_id)
@@ -205,6 +216,7 @@ impl Store {
     }
 
     /// Ends every session of a user, or every one but `keep`; returns the ended ids.
+    #[tracing::instrument(name = "Store::delete_user_sessions", level = "debug", skip_all)]
     pub async fn delete_user_sessions(
         &self,
         user_id: &str,
@@ -220,6 +232,7 @@ impl Store {
     }
 
     /// Starts a dashboard session (the cookie's hash is stored).
+    #[tracing::instrument(name = "Store::create_web_session", level = "debug", skip_all)]
     pub async fn create_web_session(
         &self,
         id_hash: &str,
@@ -238,6 +251,7 @@ impl Store {
     }
 
     /// The user of a live dashboard session, with its expiry.
+    #[tracing::instrument(name = "Store::web_session", level = "debug", skip_all)]
     pub async fn web_session(&self, id_hash: &str, now: i64) -> StoreResult<Option<(String, i64)>> {
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT user_id, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2",
@@ -250,6 +264,7 @@ impl Store {
     }
 
     /// Ends a dashboard session.
+    #[tracing::instrument(name = "Store::delete_web_session", level = "debug", skip_all)]
     pub async fn delete_web_session(&self, id_hash: &str) -> StoreResult<()> {
         let r = sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
             .bind(id_hash)

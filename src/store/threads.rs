@@ -125,6 +125,7 @@ async fn insert_messages(
 
 impl Store {
     /// A thread, if `scope` may see it.
+    #[tracing::instrument(name = "Store::thread", level = "debug", skip_all)]
     pub async fn thread(&self, id: &str, scope: &ThreadScope) -> StoreResult<Option<Thread>> {
         let (clause, args) = scope.clause(2);
         let sql = format!("SELECT {THREAD_COLUMNS} FROM threads WHERE id = $1 AND {clause}");
@@ -136,6 +137,7 @@ impl Store {
     }
 
     /// Threads `scope` may see, most recently active first.
+    #[tracing::instrument(name = "Store::threads", level = "debug", skip_all)]
     pub async fn threads(&self, scope: &ThreadScope, limit: i64) -> StoreResult<Vec<Thread>> {
         let (clause, args) = scope.clause(1);
         let sql = format!(
@@ -149,6 +151,7 @@ impl Store {
     }
 
     /// The last `n` messages of a thread, oldest first.
+    #[tracing::instrument(name = "Store::recent_messages", level = "debug", skip_all)]
     pub async fn recent_messages(&self, thread_id: &str, n: i64) -> StoreResult<Vec<Message>> {
         let mut out: Vec<Message> = sqlx::query_as(&format!(
             "SELECT id, thread_id, role, content, created_at FROM messages WHERE thread_id = $1 \
@@ -166,6 +169,7 @@ impl Store {
     /// thread's revision after it, or `NotFound` for one whose thread was deleted while the
     /// model answered (its messages are not stored; the others are). The outer error means
     /// nothing was stored.
+    #[tracing::instrument(name = "Store::store_exchanges", level = "debug", skip_all)]
     pub async fn store_exchanges(&self, batch: &[Exchange]) -> StoreResult<Vec<StoreResult<i64>>> {
         let mut tx = self.begin_write().await?;
         let mut results = Vec::with_capacity(batch.len());
@@ -230,6 +234,7 @@ impl Store {
     }
 
     /// Deletes a thread `scope` may see, with its messages.
+    #[tracing::instrument(name = "Store::delete_thread", level = "debug", skip_all)]
     pub async fn delete_thread(&self, id: &str, scope: &ThreadScope) -> StoreResult<()> {
         let (clause, args) = scope.clause(2);
         let sql = format!("DELETE FROM threads WHERE id = $1 AND {clause}");
@@ -280,6 +285,7 @@ pub struct UsageRow {
 
 impl Store {
     /// Adds counted usage in one transaction.
+    #[tracing::instrument(name = "Store::add_usage", level = "debug", skip_all)]
     pub async fn add_usage(
         &self,
         batch: &[((String, String, i64), UsageDelta)],
@@ -322,6 +328,7 @@ impl Store {
     }
 
     /// Usage of an organization in `[from, to)`, per bucket of `bucket_ms` and key.
+    #[tracing::instrument(name = "Store::usage", level = "debug", skip_all)]
     pub async fn usage(
         &self,
         org_id: &str,

@@ -80,6 +80,7 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
 
 impl Store {
     /// Creates a user; `Conflict` when the email is taken.
+    #[tracing::instrument(name = "Store::create_user", level = "debug", skip_all)]
     pub async fn create_user(&self, u: NewUser) -> StoreResult<User> {
         let app_metadata = serde_json::json!({"provider": "email", "providers": ["email"]});
         let confirmed_at = u.confirmed.then_some(u.now);
@@ -104,6 +105,7 @@ impl Store {
     }
 
     /// Finds a user by normalised email.
+    #[tracing::instrument(name = "Store::user_by_email", level = "debug", skip_all)]
     pub async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         let row = sqlx::query(&format!(
             "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
@@ -115,6 +117,7 @@ impl Store {
     }
 
     /// Finds a user by id.
+    #[tracing::instrument(name = "Store::user_by_id", level = "debug", skip_all)]
     pub async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(id)
@@ -124,6 +127,7 @@ impl Store {
     }
 
     /// Replaces the user metadata.
+    #[tracing::instrument(name = "Store::set_user_metadata", level = "debug", skip_all)]
     pub async fn set_user_metadata(
         &self,
         user_id: &str,
@@ -141,6 +145,7 @@ impl Store {
 
     /// Up to `limit` users in the order they were created, after the user `after` (the
     /// operator's listing; a cursor that names no user gives an empty page).
+    #[tracing::instrument(name = "Store::users_page", level = "debug", skip_all)]
     pub async fn users_page(&self, after: Option<&str>, limit: i64) -> StoreResult<Vec<User>> {
         let rows = match after {
             None => {
@@ -188,6 +193,7 @@ impl Store {
     }
 
     /// Records a successful sign-in.
+    #[tracing::instrument(name = "Store::touch_sign_in", level = "debug", skip_all)]
     pub async fn touch_sign_in(&self, user_id: &str, now: i64) -> StoreResult<()> {
         sqlx::query("UPDATE users SET last_sign_in_at = $1 WHERE id = $2")
             .bind(now)

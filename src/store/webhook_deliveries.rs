@@ -81,6 +81,7 @@ pub struct AttemptResult {
 
 impl Store {
     /// The latest attempts to deliver to an endpoint, newest first.
+    #[tracing::instrument(name = "Store::webhook_attempts", level = "debug", skip_all)]
     pub async fn webhook_attempts(
         &self,
         org_id: &str,
@@ -121,6 +122,7 @@ impl Store {
     }
 
     /// Sends a delivery again as soon as possible (a replay when it already succeeded).
+    #[tracing::instrument(name = "Store::retry_webhook_delivery", level = "debug", skip_all)]
     pub async fn retry_webhook_delivery(
         &self,
         org_id: &str,
@@ -156,6 +158,7 @@ impl Store {
 
     /// Claims up to `limit` due deliveries for `lease_ms`; no other worker, here or on
     /// another instance, sends them until the lease ends or the result is recorded.
+    #[tracing::instrument(name = "Store::claim_webhook_deliveries", level = "debug", skip_all)]
     pub async fn claim_webhook_deliveries(
         &self,
         now: i64,
@@ -223,6 +226,7 @@ impl Store {
     /// and an endpoint that answered 410 or has failed for `disable_after_ms` is disabled
     /// (audited, with a `webhook.endpoint_disabled` event). Returns false when the claim was
     /// lost (nothing is written).
+    #[tracing::instrument(name = "Store::finish_webhook_attempt", level = "debug", skip_all)]
     pub async fn finish_webhook_attempt(
         &self,
         d: &ClaimedDelivery,

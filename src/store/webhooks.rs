@@ -257,6 +257,7 @@ impl Store {
     }
 
     /// Stores a new endpoint.
+    #[tracing::instrument(name = "Store::create_webhook_endpoint", level = "debug", skip_all)]
     pub async fn create_webhook_endpoint(
         &self,
         e: &WebhookEndpoint,
@@ -296,6 +297,7 @@ impl Store {
     }
 
     /// The endpoints of an organization, oldest first.
+    #[tracing::instrument(name = "Store::webhook_endpoints", level = "debug", skip_all)]
     pub async fn webhook_endpoints(&self, org_id: &str) -> StoreResult<Vec<WebhookEndpoint>> {
         let rows = sqlx::query(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE org_id = $1 ORDER BY created_at, id"
@@ -307,12 +309,14 @@ impl Store {
     }
 
     /// One endpoint of an organization.
+    #[tracing::instrument(name = "Store::webhook_endpoint", level = "debug", skip_all)]
     pub async fn webhook_endpoint(&self, org_id: &str, id: &str) -> StoreResult<WebhookEndpoint> {
         let mut conn = self.read_conn().await?;
         endpoint_on(&mut conn, org_id, id).await
     }
 
     /// Changes an endpoint; disabling it gives up its pending deliveries.
+    #[tracing::instrument(name = "Store::update_webhook_endpoint", level = "debug", skip_all)]
     pub async fn update_webhook_endpoint(
         &self,
         org_id: &str,
@@ -372,6 +376,7 @@ impl Store {
     }
 
     /// Deletes an endpoint with its deliveries and their log.
+    #[tracing::instrument(name = "Store::delete_webhook_endpoint", level = "debug", skip_all)]
     pub async fn delete_webhook_endpoint(
         &self,
         org_id: &str,
@@ -404,6 +409,7 @@ impl Store {
     }
 
     /// Replaces the signing secret; the old one keeps signing until `old_valid_until`.
+    #[tracing::instrument(name = "Store::rotate_webhook_secret", level = "debug", skip_all)]
     pub async fn rotate_webhook_secret(
         &self,
         org_id: &str,
@@ -436,6 +442,7 @@ impl Store {
     }
 
     /// Queues a `webhook.test` event for one endpoint; returns its message id.
+    #[tracing::instrument(name = "Store::enqueue_webhook_test", level = "debug", skip_all)]
     pub async fn enqueue_webhook_test(
         &self,
         org_id: &str,
@@ -465,6 +472,7 @@ impl Store {
     }
 
     /// Records `rate_limit.exceeded` unless an event with the same `dedup_key` exists.
+    #[tracing::instrument(name = "Store::record_rate_limit_event", level = "debug", skip_all)]
     pub async fn record_rate_limit_event(
         &self,
         org_id: &str,

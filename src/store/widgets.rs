@@ -95,6 +95,7 @@ fn event_data(w: &WidgetRecord) -> Value {
 
 impl Store {
     /// Stores a new widget.
+    #[tracing::instrument(name = "Store::create_widget", level = "debug", skip_all)]
     pub async fn create_widget(&self, w: &WidgetRecord, audit: &Audit) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(&format!(
@@ -118,6 +119,7 @@ impl Store {
     }
 
     /// The widgets of an organization, oldest first.
+    #[tracing::instrument(name = "Store::widgets", level = "debug", skip_all)]
     pub async fn widgets(&self, org_id: &str) -> StoreResult<Vec<WidgetRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM widgets WHERE org_id = $1 ORDER BY created_at, id"
@@ -129,6 +131,7 @@ impl Store {
     }
 
     /// One widget of an organization.
+    #[tracing::instrument(name = "Store::widget", level = "debug", skip_all)]
     pub async fn widget(&self, org_id: &str, id: &str) -> StoreResult<Option<WidgetRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM widgets WHERE org_id = $1 AND id = $2"
@@ -141,6 +144,7 @@ impl Store {
     }
 
     /// A widget by id alone: the public flow, where the organization is not yet known.
+    #[tracing::instrument(name = "Store::widget_by_id", level = "debug", skip_all)]
     pub async fn widget_by_id(&self, id: &str) -> StoreResult<Option<WidgetRecord>> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM widgets WHERE id = $1"))
             .bind(id)
@@ -150,6 +154,7 @@ impl Store {
     }
 
     /// Applies a change; `NotFound` if the widget is not this organization's.
+    #[tracing::instrument(name = "Store::update_widget", level = "debug", skip_all)]
     pub async fn update_widget(
         &self,
         org_id: &str,
@@ -186,6 +191,7 @@ impl Store {
     }
 
     /// Replaces the signing secret: every widget token and session of the widget stops working.
+    #[tracing::instrument(name = "Store::rotate_widget_secret", level = "debug", skip_all)]
     pub async fn rotate_widget_secret(
         &self,
         org_id: &str,
@@ -212,6 +218,7 @@ impl Store {
     }
 
     /// Deletes a widget; its visitors' threads stay with the organization.
+    #[tracing::instrument(name = "Store::delete_widget", level = "debug", skip_all)]
     pub async fn delete_widget(
         &self,
         org_id: &str,

@@ -72,6 +72,7 @@ impl DerefMut for WriteTx {
 impl Store {
     /// Begins a transaction that writes: see the module documentation. A writer that does
     /// not get its turn within the busy timeout fails with `Busy`, as a locked database would.
+    #[tracing::instrument(name = "Store::begin_write", level = "debug", skip_all)]
     pub(crate) async fn begin_write(&self) -> StoreResult<WriteTx> {
         let turn = match &self.writers.0 {
             Some(queue) => Some(

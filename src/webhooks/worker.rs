@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::{signing, ssrf, Webhooks, DISABLE_AFTER_MS, RESPONSE_CAP};
 use crate::metrics::Metrics;
@@ -116,7 +117,20 @@ struct Answer {
     retry_after: Option<Duration>,
 }
 
+/// One attempt in a trace of its own when tracing is on (the endpoint continues it from
+/// `traceparent`); no span otherwise.
 async fn deliver(deps: &Deps, d: ClaimedDelivery) {
+    let span = if crate::telemetry::enabled() {
+        let span = tracing::info_span!(parent: None, "webhook", otel.name = "webhook delivery", otel.kind = "client", event_type = %d.event_type, message_id = %d.message_id, endpoint_id = %d.endpoint_id, trace_id = tracing::field::Empty);
+        crate::telemetry::record_trace_id(&span);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    attempt(deps, d).instrument(span).await;
+}
+
+async fn attempt(deps: &Deps, d: ClaimedDelivery) {
     let w = &deps.webhooks;
     let started = Instant::now();
     let answer = send(w, &d, w.clock.now_secs()).await;
@@ -137,6 +151,9 @@ async fn deliver(deps: &Deps, d: ClaimedDelivery) {
         })
     };
     deps.metrics.webhook_attempt(succeeded);
+    if !succeeded {
+        crate::telemetry::failed(&tracing::Span::current(), "the delivery failed");
+    }
     let res = AttemptResult {
         status_code: answer.status.map(i64::from),
         latency_ms,
@@ -199,6 +216,7 @@ async fn send(w: &Webhooks, d: &ClaimedDelivery, timestamp: i64) -> Answer {
         .header("webhook-id", &d.message_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
+        .headers(crate::telemetry::outgoing())
         .body(d.payload.clone())
         .send()
         .await;
@@ -207,6 +225,11 @@ async fn send(w: &Webhooks, d: &ClaimedDelivery, timestamp: i64) -> Answer {
         Err(e) => return failed(describe(&e)),
     };
     let status = res.status().as_u16();
+    crate::telemetry::attribute(
+        &tracing::Span::current(),
+        "http.response.status_code",
+        i64::from(status),
+    );
     let retry_after = if status == 429 || status == 503 {
         res.headers()
             .get(reqwest::header::RETRY_AFTER)

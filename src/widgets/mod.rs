@@ -9,6 +9,8 @@ pub mod settings;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::auth::widget::{self as w, AllowedOrigin, SessionClaims, SignatureError};
 use crate::clock::Clock;
 use crate::error::Reason;
@@ -458,7 +460,14 @@ impl Nonces {
                     .arg(NONCE_TTL.as_millis() as u64)
                     .to_owned();
                 let reply: Result<Result<Option<String>, _>, _> =
-                    tokio::time::timeout(link.timeout, cmd.query_async(&mut conn)).await;
+                    tokio::time::timeout(link.timeout, cmd.query_async(&mut conn))
+                        .instrument(tracing::debug_span!(
+                            "redis",
+                            otel.name = "SET nonce",
+                            otel.kind = "client",
+                            db.system.name = "redis"
+                        ))
+                        .await;
                 match reply {
                     Ok(Ok(set)) => {
                         // Remembered here too, so a Redis outage later still catches it.

@@ -51,5 +51,6 @@ mod scaleout_on_postgres_on_redis;
 mod several_instances;
 mod smtp_sink;
 mod supabase_import;
+mod traces;
 mod webhooks;
 mod widgets;
