@@ -870,6 +870,20 @@
     return Number(t)
   }
   const same = (a, b) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null)
+  // A stored setting in the shape the form reads it, so that an untouched field compares equal
+  // (and is not sent again: re-sending credits would reset what was spent meanwhile).
+  const NORM = {
+    credits: (c) => c ? { remaining: c.remaining, ...(c.refill ? { refill: { interval: c.refill.interval, amount: c.refill.amount, ...(c.refill.interval === 'monthly' ? { day: c.refill.day || 1 } : {}) } } : {}) } : null,
+    budgets: (l) => (l && l.length ? l.map((b) => ({ amount: b.amount, period: b.period, ...(b.soft ? { soft: true } : {}) })) : null),
+    allowed_models: (l) => (l && l.length ? l : null), // [] (no model) is not shown, so it is kept
+    token_limits: (t) => {
+      const o = {}
+      for (const k of ['tokens_per_minute', 'tokens_per_day']) if (t && t[k]) o[k] = t[k]
+      return Object.keys(o).length ? o : null
+    },
+    max_parallel: (n) => n || null,
+  }
+  NORM.end_user_budgets = NORM.budgets
 
   // The spending and limit fields of a key (scope 'key') or an organization (scope 'org').
   // Returns { el, read(initial) }: read gives the body fields; with `initial` (an update)
@@ -944,7 +958,7 @@
       v.max_parallel = readCount(par, 'Parallel streams')
       for (const k of Object.keys(v)) {
         // A new record leaves out what is unlimited (the default); an update sends changes only.
-        if (initial ? same(v[k], initial[k]) : v[k] === null) delete v[k]
+        if (initial ? same(v[k], NORM[k](initial[k])) : v[k] === null) delete v[k]
       }
       return v
     }
