@@ -939,13 +939,14 @@
       x.allowed_models ? x.allowed_models.join('\n') : '')
     const tpm = countInput(`${p}-tpm`, x.token_limits && x.token_limits.tokens_per_minute)
     const tpd = countInput(`${p}-tpd`, x.token_limits && x.token_limits.tokens_per_day)
-    const par = countInput(`${p}-parallel`, x.max_parallel, { max: 100000 })
+    const par = countInput(`${p}-parallel`, x.max_parallel, { max: 10000 })
     parts.push(h('fieldset', null, h('legend', null, 'Models and throughput'),
       field(`${p}-models`, 'Allowed models', models, 'One pattern per line or comma; * matches anything (gpt-4o*, anthropic/*). Empty: every model.'),
       h('div', { class: 'grid2' }, field(`${p}-tpm`, 'Tokens per minute', tpm), field(`${p}-tpd`, 'Tokens per day', tpd)),
       field(`${p}-parallel`, 'Parallel streams', par, 'Chats this may run at once. Empty: no limit.')))
     const el = h('div', { class: 'stack limits-fields' }, parts)
-    function read(initial) {
+    // Every field as typed (null: no limit); throws a message naming a bad field.
+    function values() {
       const v = {}
       if (credits) v.credits = credits()
       v.budgets = budgets.read()
@@ -956,13 +957,17 @@
       for (const k of Object.keys(t)) if (t[k] === null) delete t[k]
       v.token_limits = Object.keys(t).length ? t : null
       v.max_parallel = readCount(par, 'Parallel streams')
+      return v
+    }
+    function read(initial) {
+      const v = values()
       for (const k of Object.keys(v)) {
         // A new record leaves out what is unlimited (the default); an update sends changes only.
         if (initial ? same(v[k], NORM[k](initial[k])) : v[k] === null) delete v[k]
       }
       return v
     }
-    return { el, read }
+    return { el, read, values }
   }
 
   // Edits a key's spending and limits in a <dialog> (PATCH …/api-keys/{id}).
@@ -1482,9 +1487,10 @@
     return card
   }
 
-  // The organization's budgets (for all of it, and for each end user), allowed models, token
-  // windows and parallel streams: read from GET /v1/orgs/{org}, changed with PATCH (owners and
-  // admins), only the fields that changed.
+  // The organization's budgets (for all of it, and for each end user; GET and PUT
+  // /v1/orgs/{org}/budgets, which replaces both lists) and its allowed models, token windows
+  // and parallel streams (GET and PATCH /v1/orgs/{org}, only the fields that changed). Owners
+  // and admins.
   function orgLimitsForm() {
     const err = errorSlot()
     const host = h('div', null, h('p', { class: 'muted' }, 'Loading…'))
@@ -1494,9 +1500,13 @@
       h('p', { class: 'hint' }, 'They apply on top of each key’s own: a chat must fit every budget and window that applies.'),
       host, err, save)
     let current = null, fields = null
+    async function read() {
+      const [o, b] = await Promise.all([api('GET', orgPath()), api('GET', orgPath('/budgets'))])
+      return { ...o, budgets: b.budgets, end_user_budgets: b.end_user_budgets }
+    }
     async function load() {
       try {
-        current = await api('GET', orgPath())
+        current = await read()
         fields = limitsFields('org', current)
         host.replaceChildren(fields.el)
       } catch (e) {
@@ -1508,7 +1518,13 @@
       if (!fields) return
       busy(save, err, async () => {
         const changes = fields.read(current)
-        if (Object.keys(changes).length) current = await api('PATCH', orgPath(), changes)
+        const all = fields.values()
+        const { budgets, end_user_budgets: perUser, ...rest } = changes
+        if (budgets !== undefined || perUser !== undefined) {
+          await api('PUT', orgPath('/budgets'), { budgets: all.budgets, end_user_budgets: all.end_user_budgets })
+        }
+        if (Object.keys(rest).length) await api('PATCH', orgPath(), rest)
+        current = await read()
         fields = limitsFields('org', current)
         host.replaceChildren(fields.el)
         toast('Saved the organization’s spending and limits.')
@@ -2034,15 +2050,18 @@
       const today = Math.floor(Date.now() / DAY) * DAY
       const from = today - (n - 1) * DAY
       try {
-        const [rows, keys, o] = await Promise.all([
+        const [rows, keys, orgBudgets, spendRows] = await Promise.all([
           api('GET', orgPath(`/usage?granularity=day&from=${from}`)),
           can('keys:read') ? api('GET', orgPath('/api-keys')) : Promise.resolve([]),
-          api('GET', orgPath()),
+          api('GET', orgPath('/budgets')),
+          api('GET', orgPath(`/spend?granularity=day&from=${from}`)),
         ])
+        const o = { name: org().name, ...orgBudgets }
+        if (orgBudgets.currency) currencyCode = orgBudgets.currency
         clearError(err)
         const budgets = h('section', { class: 'card', 'aria-labelledby': 'budgets-h' }, h('h2', { id: 'budgets-h' }, 'Budgets left'),
           h('p', { class: 'muted' }, 'Loading budgets…'))
-        out.replaceChildren(usageView(rows, keys, from, n), budgets)
+        out.replaceChildren(usageView(rows, keys, from, n, spendRows), budgets)
         budgetsLeft(budgets, keys, o).catch((e) => showError(err, e))
       } catch (e) {
         showError(err, e)
@@ -2051,7 +2070,7 @@
 
     // One measure for every row, so the columns add up: a key's requests are every admitted
     // request made with it (chat among them); a widget's are its chats (it has no key).
-    function usageView(rows, keys, from, n) {
+    function usageView(rows, keys, from, n, spendRows) {
       if (!rows.length) return h('p', { class: 'muted empty' }, 'No requests in this period.')
       const days = Array.from({ length: n }, (_, i) => from + i * DAY)
       const names = new Map(keys.map((k) => [k.id, `${k.name} (${k.masked})`]))
@@ -2102,10 +2121,11 @@
               .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
             h('tbody', null, ids.map((id) => row(h('th', { scope: 'row', title: id || null }, label(id)), totals.get(id)))),
             h('tfoot', null, row(h('th', { scope: 'row' }, 'Total'), all, { class: 'total' })))),
-          spend ? spendView(rows, days, period, width, chart, all.cost) : null))
+          spend ? spendView(spendRows, days, period, width, chart, all.cost) : null))
     }
 
-    // Spend per day by model (a chart) and per model (a table), from the rows' `cost`.
+    // Spend per day by model (a chart) and per model (a table), from GET …/spend (the ledger's
+    // settled chats per day, key and model).
     function spendView(rows, days, period, width, chart, total) {
       const MODEL = (r) => r.model || 'all models'
       const models = [...new Set(rows.filter((r) => r.cost).map(MODEL))].sort()

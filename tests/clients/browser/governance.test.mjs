@@ -244,9 +244,10 @@ describe('spending and limits in the dashboard', { skip }, () => {
       await form.getByLabel('Allowed models').fill('gh-*, anthropic/*')
       await form.getByRole('button', { name: 'Save spending and limits' }).click()
       await page.getByText('Saved the organization’s spending and limits.').waitFor()
+      const b = await api('GET', `${gh.url}/v1/orgs/${org.id}/budgets`, { headers: owner })
+      assert.deepEqual(b.budgets.map((x) => [x.amount, x.period]), [[1_000_000_000, 'month']])
+      assert.deepEqual(b.end_user_budgets.map((x) => [x.amount, x.period]), [[1_250_000, 'day']])
       const o = await api('GET', `${gh.url}/v1/orgs/${org.id}`, { headers: owner })
-      assert.deepEqual(o.budgets.map((b) => [b.amount, b.period]), [[1_000_000_000, 'month']])
-      assert.deepEqual(o.end_user_budgets.map((b) => [b.amount, b.period]), [[1_250_000, 'day']])
       assert.deepEqual(o.allowed_models, ['gh-*', 'anthropic/*'])
 
       // The usage page lists the organization's budget and what each end user may spend.
