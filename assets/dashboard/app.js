@@ -1489,8 +1489,8 @@
 
   // The organization's budgets (for all of it, and for each end user; GET and PUT
   // /v1/orgs/{org}/budgets, which replaces both lists) and its allowed models, token windows
-  // and parallel streams (GET and PATCH /v1/orgs/{org}, only the fields that changed). Owners
-  // and admins.
+  // and parallel streams (GET and PATCH /v1/orgs/{org}/chat-limits, only the fields that
+  // changed). Owners and admins.
   function orgLimitsForm() {
     const err = errorSlot()
     const host = h('div', null, h('p', { class: 'muted' }, 'Loading…'))
@@ -1501,8 +1501,8 @@
       host, err, save)
     let current = null, fields = null
     async function read() {
-      const [o, b] = await Promise.all([api('GET', orgPath()), api('GET', orgPath('/budgets'))])
-      return { ...o, budgets: b.budgets, end_user_budgets: b.end_user_budgets }
+      const [c, b] = await Promise.all([api('GET', orgPath('/chat-limits')), api('GET', orgPath('/budgets'))])
+      return { ...c, budgets: b.budgets, end_user_budgets: b.end_user_budgets }
     }
     async function load() {
       try {
@@ -1523,7 +1523,7 @@
         if (budgets !== undefined || perUser !== undefined) {
           await api('PUT', orgPath('/budgets'), { budgets: all.budgets, end_user_budgets: all.end_user_budgets })
         }
-        if (Object.keys(rest).length) await api('PATCH', orgPath(), rest)
+        if (Object.keys(rest).length) await api('PATCH', orgPath('/chat-limits'), rest)
         current = await read()
         fields = limitsFields('org', current)
         host.replaceChildren(fields.el)
@@ -1664,6 +1664,13 @@
       const position = h('select', { id: 'w-position', disabled: ro },
         [['bottom-right', 'Bottom right'], ['bottom-left', 'Bottom left']].map(([v, t]) => h('option', { value: v, selected: st.position === v }, t)))
       const color = h('input', { type: 'color', id: 'w-color', value: st.accent_color, disabled: ro })
+      // The model and the daily token budgets (the answer shows the defaults that apply; an
+      // unchanged budget is not sent, so a widget on the defaults stays on them).
+      const tl = (w && w.token_limits) || {}
+      const model = h('input', { id: 'w-model', maxlength: '200', value: (w && w.model) || '', disabled: ro, autocomplete: 'off', spellcheck: 'false', placeholder: 'The deployment’s default' })
+      const wTokens = countInput('w-tokens', tl.tokens_per_day)
+      const vTokens = countInput('w-visitor-tokens', tl.visitor_tokens_per_day)
+      for (const i of [wTokens, vTokens]) i.disabled = ro
       const pv = preview()
       const settings = () => ({ title: title.value.trim(), greeting: greeting.value.trim(), position: position.value, accent_color: color.value.toLowerCase() })
       const redraw = () => pv.update(settings())
@@ -1680,6 +1687,10 @@
           h('div', { class: 'grid2' },
             field('w-title', 'Title', title), field('w-position', 'Position', position),
             field('w-greeting', 'Greeting', greeting), field('w-color', 'Accent colour', color))),
+        h('fieldset', null, h('legend', null, 'Model and daily tokens'),
+          field('w-model', 'Model', model, 'Must be on the organization’s allowed models. Empty: the deployment’s default.'),
+          h('div', { class: 'grid2' }, field('w-tokens', 'Tokens per day, all visitors', wTokens), field('w-visitor-tokens', 'Tokens per day, each visitor', vTokens)),
+          h('p', { class: 'hint' }, 'A public widget spends for anyone who opens the page: these daily budgets bound it. Empty: the deployment’s defaults.')),
         err, submit)
       form.addEventListener('submit', async (ev) => {
         ev.preventDefault()
@@ -1709,6 +1720,13 @@
             allowed_origins: checked.origins,
             settings: settings(),
             require_token: requireToken.checked,
+          }
+          const m = model.value.trim()
+          if (m !== ((w && w.model) || '')) body.model = m || null
+          const t = { tokens_per_day: readCount(wTokens, 'Tokens per day, all visitors'), visitor_tokens_per_day: readCount(vTokens, 'Tokens per day, each visitor') }
+          if (t.tokens_per_day !== (tl.tokens_per_day ?? null) || t.visitor_tokens_per_day !== (tl.visitor_tokens_per_day ?? null)) {
+            for (const k of Object.keys(t)) if (t[k] === null) delete t[k]
+            body.token_limits = Object.keys(t).length ? t : null
           }
           if (w) {
             await api('PATCH', orgPath(`/widgets/${encodeURIComponent(w.id)}`), body)

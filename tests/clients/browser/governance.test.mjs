@@ -247,8 +247,8 @@ describe('spending and limits in the dashboard', { skip }, () => {
       const b = await api('GET', `${gh.url}/v1/orgs/${org.id}/budgets`, { headers: owner })
       assert.deepEqual(b.budgets.map((x) => [x.amount, x.period]), [[1_000_000_000, 'month']])
       assert.deepEqual(b.end_user_budgets.map((x) => [x.amount, x.period]), [[1_250_000, 'day']])
-      const o = await api('GET', `${gh.url}/v1/orgs/${org.id}`, { headers: owner })
-      assert.deepEqual(o.allowed_models, ['gh-*', 'anthropic/*'])
+      const limits = await api('GET', `${gh.url}/v1/orgs/${org.id}/chat-limits`, { headers: owner })
+      assert.deepEqual(limits.allowed_models, ['gh-*', 'anthropic/*'])
 
       // The usage page lists the organization's budget and what each end user may spend.
       await nav.getByRole('link', { name: 'Usage' }).click()
