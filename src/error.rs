@@ -69,11 +69,9 @@ impl Code {
             ),
             Code::ValidationFailed => ("validation_failed", 422, "Some fields are invalid."),
             Code::RateLimited => ("rate_limited", 429, "Rate limit exceeded."),
-            Code::CreditsExhausted => (
-                "credits_exhausted",
-                402,
-                "The API key has no credits left.",
-            ),
+            Code::CreditsExhausted => {
+                ("credits_exhausted", 402, "The API key has no credits left.")
+            }
             Code::InternalError => (
                 "internal_error",
                 500,

@@ -69,8 +69,7 @@ impl Refill {
 /// UTC midnight of `day` (clamped to the month's length) in the latest month where that
 /// instant is not after `now_ms`.
 fn monthly_start(now_ms: i64, day: u8) -> i64 {
-    let Ok(now) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)
-    else {
+    let Ok(now) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000) else {
         return i64::MIN;
     };
     let (y, m) = (now.year(), now.month());
@@ -87,9 +86,14 @@ fn monthly_start(now_ms: i64, day: u8) -> i64 {
 }
 
 fn refill_instant(year: i32, month: Month, day: u8) -> i64 {
-    let last = time::util::days_in_year_month(year, month);
+    let last = month.length(year);
     Date::from_calendar_date(year, month, day.clamp(1, last))
-        .map(|d| (d.with_time(Time::MIDNIGHT).assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+        .map(|d| {
+            (d.with_time(Time::MIDNIGHT)
+                .assume_utc()
+                .unix_timestamp_nanos()
+                / 1_000_000) as i64
+        })
         .unwrap_or(i64::MIN)
 }
 
@@ -282,7 +286,7 @@ mod tests {
                     return false;
                 };
                 let want = r.day.unwrap_or(1);
-                let last = time::util::days_in_year_month(d.year(), d.month());
+                let last = d.month().length(d.year());
                 d.day() == want.min(last)
             }
         }

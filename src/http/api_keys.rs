@@ -10,6 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::app::AppState;
 use crate::auth::api_key::Environment;
 use crate::config::Policy;
+use crate::domain::credits::{KeyCredits, MAX_COST};
 use crate::domain::permissions::Permission;
 use crate::domain::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
 use crate::error::{ApiError, Code};
@@ -17,7 +18,6 @@ use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Succes
 use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
 use crate::http::orgs::{audit, org_access};
 use crate::ids::{KeyId, OrgId};
-use crate::domain::credits::{KeyCredits, MAX_COST};
 use crate::keys::{
     Creator, CreditsInput, KeyError, KeyFailure, KeyInput, KeyLimits, KeyUpdate, RefillInput,
     Verification,
@@ -110,7 +110,7 @@ pub struct RefillSpec {
     #[schema(value_type = RefillInterval)]
     pub interval: String,
     /// The balance each period starts with.
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_000)]
+    #[schema(minimum = 0, maximum = 1e15)]
     pub amount: i64,
     /// The day of the month (1-31, default 1) of a monthly refill; the month's last day when
     /// it is shorter. Not given for daily.
@@ -125,7 +125,7 @@ pub struct RefillSpec {
 #[serde(deny_unknown_fields)]
 pub struct CreditsSpec {
     /// Uses left now (on create and update: the balance to start with).
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_000)]
+    #[schema(minimum = 0, maximum = 1e15)]
     pub remaining: i64,
     /// Sets the balance back periodically; absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -585,24 +585,24 @@ pub async fn verify_key(
                 None
             };
             Verdict {
-            valid: reason.is_none(),
-            code: reason.unwrap_or("valid"),
-            reason,
-            remaining,
-            ratelimit: d.binding().map(|b| VerdictLimit {
-                limit: b.limit,
-                window_seconds: b.window_seconds,
-                remaining: b.remaining,
-                reset: b.reset_at,
-                retry_after: b.retry_after,
-            }),
-            key_id: Some(k.id.clone()),
-            org_id: Some(k.org_id.clone()),
-            scopes: Some(k.scopes.clone()),
-            environment: Some(k.environment.clone()),
-            expires_at: k.expires_at,
-            metadata: Some(k.metadata.clone()),
-        }
+                valid: reason.is_none(),
+                code: reason.unwrap_or("valid"),
+                reason,
+                remaining,
+                ratelimit: d.binding().map(|b| VerdictLimit {
+                    limit: b.limit,
+                    window_seconds: b.window_seconds,
+                    remaining: b.remaining,
+                    reset: b.reset_at,
+                    retry_after: b.retry_after,
+                }),
+                key_id: Some(k.id.clone()),
+                org_id: Some(k.org_id.clone()),
+                scopes: Some(k.scopes.clone()),
+                environment: Some(k.environment.clone()),
+                expires_at: k.expires_at,
+                metadata: Some(k.metadata.clone()),
+            }
         }
     };
     Ok(ok(verdict))

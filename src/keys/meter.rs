@@ -202,7 +202,9 @@ impl Meter {
                 }
             };
             let mut m = map.lock().map_err(|_| CreditError::Unavailable)?;
-            let slot = m.entry(key.id.clone()).or_insert((fresh.gen, fresh.balance));
+            let slot = m
+                .entry(key.id.clone())
+                .or_insert((fresh.gen, fresh.balance));
             if slot.0 < fresh.gen {
                 *slot = (fresh.gen, fresh.balance);
             }

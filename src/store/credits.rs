@@ -65,8 +65,7 @@ impl Store {
         if spends.is_empty() {
             return Ok(());
         }
-        // (key, gen, period) → (lowest balance, cost, uses, index of a spend).
-        let mut groups: Vec<((&str, i64, i64), (Balance, i64, i64, usize))> = Vec::new();
+        let mut groups: Vec<(Group<'_>, Totals)> = Vec::new();
         for (i, s) in spends.iter().enumerate() {
             let k = (s.key_id.as_str(), s.gen, s.balance.period);
             match groups.iter_mut().find(|(g, _)| *g == k) {
@@ -204,6 +203,11 @@ impl Store {
     }
 }
 
+/// The spends of one key under one generation in one period.
+type Group<'a> = (&'a str, i64, i64);
+/// Their lowest balance, total cost, number, and the index of one of them.
+type Totals = (Balance, i64, i64, usize);
+
 async fn ledger(
     conn: &mut AnyConnection,
     s: &CreditSpend,
@@ -246,7 +250,15 @@ async fn alerts(conn: &mut AnyConnection, s: &CreditSpend) -> StoreResult<()> {
     };
     for (crossed, event) in [(s.low, "credits.low"), (s.exhausted, "credits.exhausted")] {
         if crossed {
-            record(conn, &s.org_id, &audit, event, Some(&s.key_id), data.clone()).await?;
+            record(
+                conn,
+                &s.org_id,
+                &audit,
+                event,
+                Some(&s.key_id),
+                data.clone(),
+            )
+            .await?;
             enqueue(conn, &s.org_id, event, data.clone(), s.at).await?;
         }
     }

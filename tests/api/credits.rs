@@ -73,7 +73,12 @@ async fn verify_on(
     )
 }
 
-async fn verify(app: &TestApp, verifier: &str, key: &str, cost: Option<i64>) -> (bool, String, Value) {
+async fn verify(
+    app: &TestApp,
+    verifier: &str,
+    key: &str,
+    cost: Option<i64>,
+) -> (bool, String, Value) {
     verify_on(&app.client, &app.base, verifier, key, cost).await
 }
 
@@ -176,9 +181,18 @@ story!(
         let (org, verifier, key, _) = setup(&app, &owner, json!({"remaining": 5})).await;
         for (credits, field) in [
             (json!({"remaining": -1}), "credits.remaining"),
-            (json!({"remaining": 1, "refill": {"interval": "weekly", "amount": 1}}), "credits.refill.interval"),
-            (json!({"remaining": 1, "refill": {"interval": "daily", "amount": 1, "day": 3}}), "credits.refill.day"),
-            (json!({"remaining": 1, "refill": {"interval": "monthly", "amount": 1, "day": 32}}), "credits.refill.day"),
+            (
+                json!({"remaining": 1, "refill": {"interval": "weekly", "amount": 1}}),
+                "credits.refill.interval",
+            ),
+            (
+                json!({"remaining": 1, "refill": {"interval": "daily", "amount": 1, "day": 3}}),
+                "credits.refill.day",
+            ),
+            (
+                json!({"remaining": 1, "refill": {"interval": "monthly", "amount": 1, "day": 32}}),
+                "credits.refill.day",
+            ),
         ] {
             let (status, body) = app
                 .call(
@@ -189,17 +203,31 @@ story!(
                 )
                 .await;
             assert_eq!(status, 422, "{credits}: {body}");
-            assert!(body["error"]["details"]["fields"][field].is_string(), "{field}: {body}");
+            assert!(
+                body["error"]["details"]["fields"][field].is_string(),
+                "{field}: {body}"
+            );
         }
         for cost in [-1, 1_000_001] {
             let (status, body) = app
-                .call(Method::POST, "/keys/verify", &verifier, Some(json!({"key": key, "cost": cost})))
+                .call(
+                    Method::POST,
+                    "/keys/verify",
+                    &verifier,
+                    Some(json!({"key": key, "cost": cost})),
+                )
                 .await;
             assert_eq!(status, 422, "{body}");
-            assert!(body["error"]["details"]["fields"]["cost"].is_string(), "{body}");
+            assert!(
+                body["error"]["details"]["fields"]["cost"].is_string(),
+                "{body}"
+            );
         }
         // Nothing was spent by the refusals.
-        assert_eq!(verify(&app, &verifier, &key, Some(0)).await, (true, "valid".into(), json!(5)));
+        assert_eq!(
+            verify(&app, &verifier, &key, Some(0)).await,
+            (true, "valid".into(), json!(5))
+        );
         app
     }
 );
@@ -221,17 +249,19 @@ async fn concurrent_verifications(bases: &[String], verifier: &str, key: &str, n
 /// What storage holds for a key: its balance and the ledger's total.
 async fn stored(db_url: &str, id: &str) -> (i64, i64) {
     let pool = sql(db_url).await;
-    let (remaining,): (i64,) = sqlx::query_as("SELECT credits_remaining FROM api_keys WHERE id = $1")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let (spent,): (i64,) =
-        sqlx::query_as("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM credit_spends WHERE key_id = $1")
+    let (remaining,): (i64,) =
+        sqlx::query_as("SELECT credits_remaining FROM api_keys WHERE id = $1")
             .bind(id)
             .fetch_one(&pool)
             .await
             .unwrap();
+    let (spent,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM credit_spends WHERE key_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     (remaining, spent)
 }
@@ -241,7 +271,8 @@ story!(
     |app: TestApp| async move {
         let owner = app.person().await;
         let (_, verifier, key, id) = setup(&app, &owner, json!({"remaining": 100})).await;
-        let admitted = concurrent_verifications(&[app.base.clone()], &verifier, &key, 200).await;
+        let admitted =
+            concurrent_verifications(std::slice::from_ref(&app.base), &verifier, &key, 200).await;
         assert_eq!(admitted, 100);
         // Every acknowledged spend is in storage when answered: the balance and the ledger.
         assert_eq!(stored(&app.db.url, &id).await, (0, 100));
@@ -254,10 +285,14 @@ story!(
     |app: TestApp| async move {
         let owner = app.person().await;
         let (_, verifier, key, id) = setup(&app, &owner, json!({"remaining": 30})).await;
-        assert_eq!(verify(&app, &verifier, &key, Some(12)).await, (true, "valid".into(), json!(18)));
+        assert_eq!(
+            verify(&app, &verifier, &key, Some(12)).await,
+            (true, "valid".into(), json!(18))
+        );
         // What a restart loses: the balances held in memory (the storage meter holds none).
         app.state.keys.forget_balances();
-        let admitted = concurrent_verifications(&[app.base.clone()], &verifier, &key, 40).await;
+        let admitted =
+            concurrent_verifications(std::slice::from_ref(&app.base), &verifier, &key, 40).await;
         assert_eq!(admitted, 18);
         assert_eq!(stored(&app.db.url, &id).await, (0, 30));
         app
@@ -313,7 +348,10 @@ async fn credits_survive_a_redis_flush_and_an_outage_refuses_on_postgres() {
     let (a, b) = two_instances(Some((redis.url(), redis_prefix()))).await;
     let owner = a.person().await;
     let (_, verifier, key, id) = setup(&a, &owner, json!({"remaining": 50})).await;
-    assert_eq!(verify(&a, &verifier, &key, Some(20)).await, (true, "valid".into(), json!(30)));
+    assert_eq!(
+        verify(&a, &verifier, &key, Some(20)).await,
+        (true, "valid".into(), json!(30))
+    );
     // Redis forgets everything: the balance comes back from storage, not from the setting.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -338,7 +376,11 @@ async fn credits_survive_a_redis_flush_and_an_outage_refuses_on_postgres() {
             .unwrap(),
     )
     .await;
-    assert_eq!(refusal(status, &body), (503, "service_unavailable", ""), "{body}");
+    assert_eq!(
+        refusal(status, &body),
+        (503, "service_unavailable", ""),
+        "{body}"
+    );
     // Back (empty): rebuilt from storage, nothing was spent by the refusal.
     redis.restart();
     crate::helpers::eventually(
@@ -357,7 +399,10 @@ async fn credits_survive_a_redis_flush_and_an_outage_refuses_on_postgres() {
         },
     )
     .await;
-    assert_eq!(verify(&a, &verifier2, &key2, Some(5)).await, (true, "valid".into(), json!(0)));
+    assert_eq!(
+        verify(&a, &verifier2, &key2, Some(5)).await,
+        (true, "valid".into(), json!(0))
+    );
     b.stop().await;
     a.stop().await;
 }
