@@ -257,11 +257,11 @@ mod tests {
         };
         let set_at = ms(2025, Month::March, 3, 10);
         let b = Balance {
-            remaining: 1,
+            remaining: 2,
             base: 10,
             period: set_at,
         };
-        let s = b.spend(Some(&r), set_at + 1, 1);
+        let s = b.spend(Some(&r), set_at + 1, 2);
         assert!(s.admitted && s.exhausted && s.low);
         assert!(!s.balance.spend(Some(&r), set_at + 2, 1).admitted);
         // Next midnight: set (not added) to 3.

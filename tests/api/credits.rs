@@ -137,8 +137,16 @@ story!(
         assert_eq!(verify(&app, &verifier, &key, None).await, (true, "valid".into(), json!(3)));
         let (status, body) = app.call(Method::GET, "/me", &key, None).await;
         assert_eq!(status, 200, "{body}");
+        // A month on, the owner's access token has expired: a fresh one.
+        let session: Value = app
+            .sign_in(&owner.email, "correct horse battery")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let token = session["access_token"].as_str().unwrap().to_string();
         let (status, body) = app
-            .call(Method::GET, &format!("/orgs/{org}/api-keys/{id}"), &owner.token, None)
+            .call(Method::GET, &format!("/orgs/{org}/api-keys/{id}"), &token, None)
             .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(
@@ -150,7 +158,7 @@ story!(
             .call(
                 Method::PATCH,
                 &format!("/orgs/{org}/api-keys/{id}"),
-                &owner.token,
+                &token,
                 Some(json!({"credits": null})),
             )
             .await;
@@ -161,7 +169,7 @@ story!(
             .call(
                 Method::PATCH,
                 &format!("/orgs/{org}/api-keys/{id}"),
-                &owner.token,
+                &token,
                 Some(json!({"credits": {"remaining": 1}})),
             )
             .await;
