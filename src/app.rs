@@ -161,6 +161,13 @@ impl AppState {
             &config.key_prefix,
             config.key_cache_capacity,
         );
+        // Credits: Redis when configured (shared by every instance); else storage's conditional
+        // update on PostgreSQL (instances share nothing else); else memory (one SQLite file).
+        let meter = match (&redis, store.engine()) {
+            (Some(link), _) => crate::keys::Meter::redis(store.clone(), link.clone()),
+            (None, crate::store::Engine::Postgres) => crate::keys::Meter::storage(store.clone()),
+            (None, crate::store::Engine::Sqlite) => crate::keys::Meter::memory(store.clone()),
+        };
         let capacity = config.rate_limit_memory_capacity;
         let limiter = match &redis {
             Some(link) => Limiter::redis(
@@ -263,7 +270,7 @@ impl AppState {
             limits,
             orgs,
             invitations,
-            keys: keys.with_bus(bus.clone()),
+            keys: keys.with_bus(bus.clone()).with_meter(meter),
             config,
             accounts,
             credentials,

@@ -22,6 +22,8 @@ pub enum Code {
     ValidationFailed,
     /// 429: a rate limit refused the request.
     RateLimited,
+    /// 402: the API key's credits are spent.
+    CreditsExhausted,
     /// 500: a bug or an unexpected failure; details are only in the log.
     InternalError,
     /// 503: a dependency is unavailable or overloaded; retry later.
@@ -67,6 +69,9 @@ impl Code {
             ),
             Code::ValidationFailed => ("validation_failed", 422, "Some fields are invalid."),
             Code::RateLimited => ("rate_limited", 429, "Rate limit exceeded."),
+            Code::CreditsExhausted => {
+                ("credits_exhausted", 402, "The API key has no credits left.")
+            }
             Code::InternalError => (
                 "internal_error",
                 500,
@@ -181,7 +186,7 @@ reasons! {
 
 impl Code {
     /// Every code, in table order.
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 14] = [
         Code::InvalidRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -195,6 +200,7 @@ impl Code {
         Code::ServiceUnavailable,
         Code::UpstreamError,
         Code::UpstreamTimeout,
+        Code::CreditsExhausted,
     ];
 }
 
@@ -381,6 +387,7 @@ mod tests {
                 ("service_unavailable", 503),
                 ("upstream_error", 502),
                 ("upstream_timeout", 504),
+                ("credits_exhausted", 402),
             ]
         );
     }

@@ -2230,7 +2230,7 @@
   const AUDIT_ACTIONS = ['organization.created', 'organization.renamed', 'organization.rate_limits_changed',
     'member.added', 'member.role_changed', 'member.removed', 'role.created', 'role.deleted',
     'invitation.created', 'invitation.accepted', 'invitation.declined', 'invitation.revoked',
-    'api_key.created', 'api_key.updated', 'api_key.revoked', 'api_key.rolled',
+    'api_key.created', 'api_key.updated', 'api_key.revoked', 'api_key.rolled', 'credits.low', 'credits.exhausted',
     'widget.created', 'widget.updated', 'widget.secret_rotated', 'widget.deleted',
     'webhook_endpoint.created', 'webhook_endpoint.updated', 'webhook_endpoint.secret_rotated',
     'webhook_endpoint.deleted', 'webhook_endpoint.disabled']

@@ -22,6 +22,8 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "api_key.updated",
     "api_key.revoked",
     "api_key.rolled",
+    "credits.low",
+    "credits.exhausted",
     "widget.created",
     "widget.updated",
     "widget.secret_rotated",

@@ -147,6 +147,7 @@ pub mod errors {
         /// the failure budget, 503 when storage or the limiter cannot decide.
         Auth: [
             "401" => "`unauthorized`: no valid credential (`details.reason`)",
+            "402" => "`credits_exhausted`: the API key's credits are spent (`details.remaining`)",
             "429" => "`rate_limited`: a rate limit refused the request (`Retry-After`)",
             "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
         ];

@@ -5,6 +5,7 @@ use sqlx::Row;
 use super::audit::{record, Audit};
 use super::webhooks::enqueue;
 use super::{Store, StoreError, StoreResult};
+use crate::domain::credits::{Balance, CreditsSetting, Interval, KeyCredits, Refill};
 use crate::ratelimit::Rates;
 
 /// A stored API key: everything but the key itself (only its SHA-256 is kept).
@@ -40,6 +41,8 @@ pub struct ApiKeyRecord {
     pub rolled_to: Option<String>,
     /// The key's own rate limits (`None`: the configured default).
     pub rate_limits: Option<Rates>,
+    /// Its credits (`None`: unlimited uses).
+    pub credits: Option<KeyCredits>,
 }
 
 /// A change to a key: each `Some` replaces the field (`rate_limits: Some(None)` restores
@@ -52,6 +55,8 @@ pub struct KeyChange {
     pub metadata: Option<Value>,
     /// New rate limits.
     pub rate_limits: Option<Option<Rates>>,
+    /// New credits (`Some(None)`: unlimited), set at `KeyChange`'s audit time.
+    pub credits: Option<Option<CreditsSetting>>,
 }
 
 impl ApiKeyRecord {
@@ -69,7 +74,9 @@ impl ApiKeyRecord {
 
 const COLUMNS: &str =
     "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
-     expires_at, last_used_at, revoked_at, rolled_to, rate_limits";
+     expires_at, last_used_at, revoked_at, rolled_to, rate_limits, credits_remaining, \
+     credits_base, credits_period, credits_gen, credits_refill_interval, credits_refill_amount, \
+     credits_refill_day";
 
 fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     let scopes: String = r.try_get("scopes")?;
@@ -92,12 +99,72 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         revoked_at: r.try_get("revoked_at")?,
         rolled_to: r.try_get("rolled_to")?,
         rate_limits: parse_rates(r.try_get("rate_limits")?)?,
+        credits: credits_from_row(r)?,
     })
 }
 
+/// The credit columns of a key row (`None` when its credits are unlimited).
+pub(super) fn credits_from_row(r: &AnyRow) -> StoreResult<Option<KeyCredits>> {
+    let remaining: Option<i64> = r.try_get("credits_remaining")?;
+    let Some(remaining) = remaining else {
+        return Ok(None);
+    };
+    let interval: Option<String> = r.try_get("credits_refill_interval")?;
+    let refill = match interval {
+        None => None,
+        Some(i) => Some(Refill {
+            interval: Interval::parse(&i)
+                .ok_or_else(|| StoreError::Other(format!("credits_refill_interval: {i}")))?,
+            amount: r
+                .try_get::<Option<i64>, _>("credits_refill_amount")?
+                .unwrap_or(0),
+            day: r
+                .try_get::<Option<i32>, _>("credits_refill_day")?
+                .and_then(|d| u8::try_from(d).ok()),
+        }),
+    };
+    Ok(Some(KeyCredits {
+        gen: r.try_get("credits_gen")?,
+        balance: Balance {
+            remaining,
+            base: r
+                .try_get::<Option<i64>, _>("credits_base")?
+                .unwrap_or(remaining),
+            period: r.try_get::<Option<i64>, _>("credits_period")?.unwrap_or(0),
+        },
+        refill,
+    }))
+}
+
+/// The credit columns' values for `credits` (`None`: unlimited).
+type CreditColumns = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<&'static str>,
+    Option<i64>,
+    Option<i32>,
+);
+
+fn credit_columns(credits: Option<&KeyCredits>) -> CreditColumns {
+    match credits {
+        None => (None, None, None, None, None, None),
+        Some(c) => (
+            Some(c.balance.remaining),
+            Some(c.balance.base),
+            Some(c.balance.period),
+            c.refill.map(|r| r.interval.as_str()),
+            c.refill.map(|r| r.amount),
+            c.refill.and_then(|r| r.day).map(i32::from),
+        ),
+    }
+}
+
 async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult<()> {
+    let c = credit_columns(k.credits.as_ref());
     sqlx::query(&format!(
-        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     ))
     .bind(&k.id)
     .bind(&k.org_id)
@@ -114,6 +181,13 @@ async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult
     .bind(k.revoked_at)
     .bind(k.rolled_to.as_deref())
     .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+    .bind(c.0)
+    .bind(c.1)
+    .bind(c.2)
+    .bind(k.credits.map_or(0, |c| c.gen))
+    .bind(c.3)
+    .bind(c.4)
+    .bind(c.5)
     .execute(conn)
     .await?;
     Ok(())
@@ -127,7 +201,31 @@ pub(crate) fn parse_rates(stored: Option<String>) -> StoreResult<Option<Rates>> 
 }
 
 fn audit_details(k: &ApiKeyRecord) -> Value {
-    json!({ "name": k.name, "start": k.start, "scopes": k.scopes, "environment": k.environment })
+    let mut d = json!({ "name": k.name, "start": k.start, "scopes": k.scopes, "environment": k.environment });
+    if k.credits.is_some() {
+        d["credits"] = credits_details(k.credits.as_ref());
+    }
+    d
+}
+
+/// Credits as the audit log records a setting of them.
+fn credits_details(c: Option<&KeyCredits>) -> Value {
+    c.map_or(Value::Null, |c| {
+        json!({
+            "remaining": c.balance.remaining,
+            "refill": c.refill.map(|r| json!({ "interval": r.interval.as_str(), "amount": r.amount, "day": r.day })),
+        })
+    })
+}
+
+/// The generation stored for a key (the record read in the same transaction has it too;
+/// this reads it for a key whose credits were cleared, whose record no longer carries it).
+async fn k_gen(conn: &mut sqlx::AnyConnection, id: &str) -> StoreResult<i64> {
+    let (gen,): (i64,) = sqlx::query_as("SELECT credits_gen FROM api_keys WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    Ok(gen)
 }
 
 /// A key in a webhook event: ids and settings, never the key or its hash.
@@ -362,6 +460,37 @@ impl Store {
                 "rate_limits".into(),
                 json!(rates.as_ref().map(|r| r.to_string())),
             );
+        }
+        if let Some(credits) = &change.credits {
+            // A new generation: spends decided under the old settings no longer apply.
+            let gen = k_gen(&mut tx, id).await? + 1;
+            k.credits = credits.map(|c| KeyCredits {
+                gen,
+                balance: Balance {
+                    remaining: c.remaining,
+                    base: c.remaining,
+                    period: audit.now,
+                },
+                refill: c.refill,
+            });
+            details.insert("credits".into(), credits_details(k.credits.as_ref()));
+            let c = credit_columns(k.credits.as_ref());
+            sqlx::query(
+                "UPDATE api_keys SET credits_remaining = $1, credits_base = $2, \
+                 credits_period = $3, credits_gen = $4, credits_refill_interval = $5, \
+                 credits_refill_amount = $6, credits_refill_day = $7 WHERE org_id = $8 AND id = $9",
+            )
+            .bind(c.0)
+            .bind(c.1)
+            .bind(c.2)
+            .bind(gen)
+            .bind(c.3)
+            .bind(c.4)
+            .bind(c.5)
+            .bind(org_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         sqlx::query(
             "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3 WHERE org_id = $4 AND id = $5",

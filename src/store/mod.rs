@@ -8,6 +8,7 @@
 
 mod api_keys;
 mod audit;
+mod credits;
 mod engine;
 mod invitations;
 mod jwt_keys;
@@ -25,6 +26,7 @@ mod write_tx;
 
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry, AuditFilter};
+pub use credits::{CreditKey, CreditSpend};
 pub use engine::{describe, sqlite_file, Engine};
 pub use invitations::{Invitation, NewInvitation};
 pub use mail::QueuedMail;

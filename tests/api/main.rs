@@ -14,6 +14,7 @@ mod bad_input;
 mod chat;
 mod cli;
 mod concurrency;
+mod credits;
 mod dashboard;
 mod dashboard_page;
 mod dev_mode;
