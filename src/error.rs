@@ -30,6 +30,10 @@ pub enum Code {
     UpstreamError,
     /// 504: the model server did not answer in time.
     UpstreamTimeout,
+    /// 402: a spend budget that applies is exhausted for its period.
+    BudgetExhausted,
+    /// 403: a budget applies and the model has no price.
+    ModelUnpriced,
 }
 
 impl Code {
@@ -82,6 +86,12 @@ impl Code {
                 "service_unavailable",
                 503,
                 "The service is temporarily unavailable.",
+            ),
+            Code::BudgetExhausted => ("budget_exhausted", 402, "A spend budget is exhausted."),
+            Code::ModelUnpriced => (
+                "model_unpriced",
+                403,
+                "The model has no price and a budget applies.",
             ),
         }
     }
@@ -181,7 +191,7 @@ reasons! {
 
 impl Code {
     /// Every code, in table order.
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 15] = [
         Code::InvalidRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -195,6 +205,8 @@ impl Code {
         Code::ServiceUnavailable,
         Code::UpstreamError,
         Code::UpstreamTimeout,
+        Code::BudgetExhausted,
+        Code::ModelUnpriced,
     ];
 }
 
@@ -381,6 +393,8 @@ mod tests {
                 ("service_unavailable", 503),
                 ("upstream_error", 502),
                 ("upstream_timeout", 504),
+                ("budget_exhausted", 402),
+                ("model_unpriced", 403),
             ]
         );
     }

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
+use crate::domain::budget::Budget;
 use crate::auth::api_key::Environment;
 use crate::config::Policy;
 use crate::domain::permissions::Permission;
@@ -116,6 +117,8 @@ pub struct KeyView {
     pub status: &'static str,
     /// The key's own rate limits; `null`: the deployment's default for keys.
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// The key's spend budgets; `null`: none (see docs/spend.md).
+    pub budgets: Option<Vec<Budget>>,
 }
 
 fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
@@ -136,6 +139,7 @@ fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
         rolled_to: k.rolled_to.clone(),
         status: k.status(now),
         rate_limits: k.rate_limits.as_ref().map(Rates::specs),
+        budgets: k.budgets.clone(),
     }
 }
 
@@ -180,6 +184,9 @@ pub struct CreateKeyBody {
     /// The key's own windows, replacing the default (all must admit a request).
     #[schema(min_items = 1, max_items = 8)]
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// Spend budgets (1-4, at most one per period); absent or `null`: none.
+    #[schema(min_items = 1, max_items = 4)]
+    pub budgets: Option<Vec<Budget>>,
 }
 
 /// Creates a key (`keys:write`); its scopes must be held by the creator.
@@ -205,6 +212,7 @@ pub async fn create_key(
         expires_in_days: body.expires_in_days,
         metadata: body.metadata,
         rate_limits: body.rate_limits,
+        budgets: body.budgets,
     };
     let minted = state
         .keys
@@ -341,6 +349,10 @@ pub struct UpdateKeyBody {
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
     #[schema(value_type = Option<Vec<RateLimitSpec>>, min_items = 1, max_items = 8)]
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// Spend budgets (1-4, at most one per period); `null` removes them.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<Vec<Budget>>, min_items = 1, max_items = 4)]
+    pub budgets: Option<Option<Vec<Budget>>>,
 }
 
 /// Renames a key or changes its metadata or rate limits (`keys:write`); applies at once
@@ -364,6 +376,7 @@ pub async fn update_key(
         name: body.name,
         metadata: body.metadata,
         rate_limits: body.rate_limits,
+        budgets: body.budgets,
     };
     let k = state
         .keys

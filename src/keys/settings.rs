@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use super::KeyError;
 use crate::auth::api_key::Environment;
+use crate::domain::budget::{check_budgets, Budget};
 use crate::domain::permissions;
 use crate::ratelimit::{Rate, RateLimitSpec, Rates};
 
@@ -28,6 +29,8 @@ pub struct KeyInput {
     pub metadata: Option<Value>,
     /// The key's own windows (absent: the deployment's default for keys).
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// Spend budgets (absent: none).
+    pub budgets: Option<Vec<Budget>>,
 }
 
 /// Changes to a key as a caller gives them; absent fields stay as they are.
@@ -39,6 +42,8 @@ pub struct KeyUpdate {
     pub metadata: Option<Value>,
     /// New windows; `Some(None)` restores the default.
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// New budgets; `Some(None)` removes them.
+    pub budgets: Option<Option<Vec<Budget>>>,
 }
 
 /// Checked settings of a key to mint.
@@ -49,6 +54,7 @@ pub(super) struct KeySettings {
     pub lifetime_ms: Option<i64>,
     pub metadata: Value,
     pub rate_limits: Option<Rates>,
+    pub budgets: Option<Vec<Budget>>,
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> KeyError {
@@ -100,7 +106,9 @@ pub(super) fn check_settings(
     };
     let metadata = check_metadata(input.metadata)?;
     let rate_limits = input.rate_limits.map(|r| check_rates(&r)).transpose()?;
+    let budgets = input.budgets.map(check_key_budgets).transpose()?;
     Ok(KeySettings {
+        budgets,
         name,
         scopes,
         environment,
@@ -122,6 +130,10 @@ pub(super) fn check_update(update: KeyUpdate) -> Result<crate::store::KeyChange,
             .rate_limits
             .map(|r| r.map(|r| check_rates(&r)).transpose())
             .transpose()?,
+        budgets: update
+            .budgets
+            .map(|b| b.map(check_key_budgets).transpose())
+            .transpose()?,
     })
 }
 
@@ -142,6 +154,11 @@ fn check_metadata(metadata: Option<Value>) -> Result<Value, KeyError> {
         return Err(invalid("metadata", "must be at most 4 KiB"));
     }
     Ok(metadata)
+}
+
+fn check_key_budgets(b: Vec<Budget>) -> Result<Vec<Budget>, KeyError> {
+    check_budgets(&b).map_err(|e| invalid("budgets", e))?;
+    Ok(b)
 }
 
 fn check_rates(specs: &[RateLimitSpec]) -> Result<Rates, KeyError> {

@@ -40,6 +40,8 @@ pub struct ApiKeyRecord {
     pub rolled_to: Option<String>,
     /// The key's own rate limits (`None`: the configured default).
     pub rate_limits: Option<Rates>,
+    /// The key's spend budgets (`None`: no budget of its own).
+    pub budgets: Option<Vec<crate::domain::budget::Budget>>,
 }
 
 /// A change to a key: each `Some` replaces the field (`rate_limits: Some(None)` restores
@@ -52,6 +54,8 @@ pub struct KeyChange {
     pub metadata: Option<Value>,
     /// New rate limits.
     pub rate_limits: Option<Option<Rates>>,
+    /// New budgets (`Some(None)` removes them).
+    pub budgets: Option<Option<Vec<crate::domain::budget::Budget>>>,
 }
 
 impl ApiKeyRecord {
@@ -69,7 +73,7 @@ impl ApiKeyRecord {
 
 const COLUMNS: &str =
     "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
-     expires_at, last_used_at, revoked_at, rolled_to, rate_limits";
+     expires_at, last_used_at, revoked_at, rolled_to, rate_limits, budgets";
 
 fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     let scopes: String = r.try_get("scopes")?;
@@ -92,12 +96,13 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         revoked_at: r.try_get("revoked_at")?,
         rolled_to: r.try_get("rolled_to")?,
         rate_limits: parse_rates(r.try_get("rate_limits")?)?,
+        budgets: parse_budgets(r.try_get("budgets")?)?,
     })
 }
 
 async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult<()> {
     sqlx::query(&format!(
-        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
     ))
     .bind(&k.id)
     .bind(&k.org_id)
@@ -114,6 +119,7 @@ async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult
     .bind(k.revoked_at)
     .bind(k.rolled_to.as_deref())
     .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+    .bind(budgets_text(k.budgets.as_deref()))
     .execute(conn)
     .await?;
     Ok(())
@@ -124,6 +130,20 @@ pub(crate) fn parse_rates(stored: Option<String>) -> StoreResult<Option<Rates>> 
     stored
         .map(|s| Rates::parse(&s).map_err(|e| StoreError::Other(format!("rate_limits: {e}"))))
         .transpose()
+}
+
+/// Stored budgets, read back.
+pub(crate) fn parse_budgets(
+    stored: Option<String>,
+) -> StoreResult<Option<Vec<crate::domain::budget::Budget>>> {
+    stored
+        .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Other(format!("budgets: {e}"))))
+        .transpose()
+}
+
+/// Budgets as stored (JSON text), or NULL.
+pub(crate) fn budgets_text(b: Option<&[crate::domain::budget::Budget]>) -> Option<String> {
+    b.map(|b| serde_json::to_string(b).unwrap_or_else(|_| "[]".into()))
 }
 
 fn audit_details(k: &ApiKeyRecord) -> Value {
@@ -363,12 +383,17 @@ impl Store {
                 json!(rates.as_ref().map(|r| r.to_string())),
             );
         }
+        if let Some(budgets) = &change.budgets {
+            k.budgets = budgets.clone();
+            details.insert("budgets".into(), json!(budgets));
+        }
         sqlx::query(
-            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3 WHERE org_id = $4 AND id = $5",
+            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3, budgets = $4 WHERE org_id = $5 AND id = $6",
         )
         .bind(&k.name)
         .bind(k.metadata.to_string())
         .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+        .bind(budgets_text(k.budgets.as_deref()))
         .bind(org_id)
         .bind(id)
         .execute(&mut *tx)
