@@ -44,5 +44,9 @@ mod redirects;
 #[path = "scaleout.rs"]
 mod scaleout_on_postgres_on_redis;
 mod smtp_sink;
+// Two instances on PostgreSQL and the shared Redis: named for both, as scaleout is.
+#[path = "spend_scaleout.rs"]
+mod spend_scaleout_on_postgres_on_redis;
+mod spend;
 mod webhooks;
 mod widgets;
