@@ -686,10 +686,10 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let used = self.used();
         let Some(r) = self.reservation.take() else {
             return;
         };
-        let used = self.used();
         let spend = self.spend.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { spend.settle_alone(r, used).await });
