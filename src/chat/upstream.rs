@@ -119,7 +119,9 @@ impl Upstream {
         max_tokens: Option<u32>,
     ) -> Result<Pieces, UpstreamError> {
         match self {
-            Upstream::Echo => Ok(Box::pin(futures_util::stream::iter(echo(history, max_tokens)))),
+            Upstream::Echo => Ok(Box::pin(futures_util::stream::iter(echo(
+                history, max_tokens,
+            )))),
             Upstream::OpenAi {
                 client,
                 url,

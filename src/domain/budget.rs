@@ -91,7 +91,10 @@ pub fn check_budgets(list: &[Budget]) -> Result<(), String> {
             ));
         }
         if list[..i].iter().any(|o| o.period == b.period) {
-            return Err(format!("at most one budget per period ({})", b.period.as_str()));
+            return Err(format!(
+                "at most one budget per period ({})",
+                b.period.as_str()
+            ));
         }
     }
     Ok(())

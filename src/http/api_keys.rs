@@ -8,9 +8,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
-use crate::domain::budget::Budget;
 use crate::auth::api_key::Environment;
 use crate::config::Policy;
+use crate::domain::budget::Budget;
 use crate::domain::permissions::Permission;
 use crate::domain::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
 use crate::error::{ApiError, Code};

@@ -16,13 +16,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::app::AppState;
 use crate::chat::upstream::{Piece, Tokens, UpstreamError};
 use crate::chat::{Caller, ChatError, MAX_CONTEXT_BYTES, MAX_MESSAGE_BYTES};
-use crate::spend::{Ask, Guard, SpendError};
 use crate::domain::permissions::Permission;
 use crate::error::Reason;
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{bearer, key_principal, ApiJson, Ids, Principal};
 use crate::ids::ThreadId;
+use crate::spend::{Ask, Guard, SpendError};
 use crate::store::{Message, Thread, ThreadScope};
 
 /// Routes of this file.
@@ -264,8 +264,14 @@ pub fn check_chat_body(body: &ChatBody) -> Result<(), ApiError> {
             return Err(ApiError::field("model", "must be 1 to 200 characters"));
         }
     }
-    if body.max_tokens.is_some_and(|m| !(1..=1_000_000).contains(&m)) {
-        return Err(ApiError::field("max_tokens", "must be between 1 and 1000000"));
+    if body
+        .max_tokens
+        .is_some_and(|m| !(1..=1_000_000).contains(&m))
+    {
+        return Err(ApiError::field(
+            "max_tokens",
+            "must be between 1 and 1000000",
+        ));
     }
     Ok(())
 }

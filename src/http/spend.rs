@@ -71,7 +71,11 @@ pub struct BudgetsBody {
     pub end_user_budgets: Option<Vec<Budget>>,
 }
 
-async fn budgets_view(state: &AppState, org: &OrgId, b: OrgBudgets) -> Result<BudgetsView, ApiError> {
+async fn budgets_view(
+    state: &AppState,
+    org: &OrgId,
+    b: OrgBudgets,
+) -> Result<BudgetsView, ApiError> {
     let now = state.edge.clock.now_ms();
     let mut statuses = None;
     if let Some(list) = &b.budgets {
@@ -355,19 +359,27 @@ pub async fn spend_report(
         "day" => DAY_MS,
         _ => return Err(ApiError::field("granularity", "must be hour or day")),
     };
-    let to = q
-        .to
-        .unwrap_or_else(|| state.edge.clock.now_ms().saturating_add(1));
+    let to =
+        q.to.unwrap_or_else(|| state.edge.clock.now_ms().saturating_add(1));
     let from = q.from.unwrap_or_else(|| to.saturating_sub(30 * DAY_MS));
     if from >= to {
         return Err(ApiError::field("from", "must be before to"));
     }
     if to.saturating_sub(from) > 400 * DAY_MS {
-        return Err(ApiError::field("from", "the range is too long (at most 400 days)"));
+        return Err(ApiError::field(
+            "from",
+            "the range is too long (at most 400 days)",
+        ));
     }
     let key = q.key_id.as_deref().map(KeyId::parse).transpose()?;
     Ok(ok(state
         .spend
-        .report(org.as_str(), from, to, bucket, key.as_ref().map(KeyId::as_str))
+        .report(
+            org.as_str(),
+            from,
+            to,
+            bucket,
+            key.as_ref().map(KeyId::as_str),
+        )
         .await?))
 }

@@ -215,7 +215,11 @@ impl RedisCounters {
             let (s, r) = self.keys(tag, &t.counter);
             inv.key(s).key(r);
         }
-        inv.arg("reserve").arg(now).arg(lease).arg(amount).arg(expires);
+        inv.arg("reserve")
+            .arg(now)
+            .arg(lease)
+            .arg(amount)
+            .arg(expires);
         for t in targets {
             inv.arg(t.limit.unwrap_or(-1));
         }
@@ -266,7 +270,8 @@ impl RedisCounters {
     ) -> Result<Vec<Option<i64>>, CounterFailure> {
         let mut inv = self.script.prepare_invoke();
         for (reserved, at) in pairs {
-            inv.key(self.keys(tag, at).0).key(self.keys(tag, reserved).1);
+            inv.key(self.keys(tag, at).0)
+                .key(self.keys(tag, reserved).1);
         }
         inv.arg("settle").arg(now).arg(lease).arg(cost);
         let reply = self.run(inv).await?;

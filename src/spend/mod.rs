@@ -165,7 +165,8 @@ pub fn cost(price: &ModelPrice, used: Used) -> i64 {
         let p = i128::from(tokens) * i128::from(per_mtok.max(0));
         (p + 999_999) / 1_000_000
     };
-    let total = side(used.prompt, price.input_per_mtok) + side(used.completion, price.output_per_mtok);
+    let total =
+        side(used.prompt, price.input_per_mtok) + side(used.completion, price.output_per_mtok);
     i64::try_from(total).unwrap_or(i64::MAX)
 }
 
@@ -250,7 +251,10 @@ impl Spend {
     /// The price of `model` for an organization: its own, else the configured one.
     pub async fn price(&self, org_id: &str, model: &str) -> Result<Option<ModelPrice>, StoreError> {
         let o = self.org(org_id).await?;
-        Ok(o.prices.get(model).or_else(|| self.prices.get(model)).copied())
+        Ok(o.prices
+            .get(model)
+            .or_else(|| self.prices.get(model))
+            .copied())
     }
 
     /// The configured price table.
@@ -283,13 +287,20 @@ impl Spend {
                 });
             }
         }
-        self.store.set_org_price(org_id, model, price, audit).await?;
+        self.store
+            .set_org_price(org_id, model, price, audit)
+            .await?;
         self.changed(org_id).await;
         Ok(())
     }
 
     /// Removes an organization's price of a model (the configured one applies again).
-    pub async fn delete_price(&self, org_id: &str, model: &str, audit: &Audit) -> Result<(), SpendError> {
+    pub async fn delete_price(
+        &self,
+        org_id: &str,
+        model: &str,
+        audit: &Audit,
+    ) -> Result<(), SpendError> {
         check_model(model)?;
         self.store.delete_org_price(org_id, model, audit).await?;
         self.changed(org_id).await;
@@ -308,7 +319,10 @@ impl Spend {
         b: OrgBudgets,
         audit: &Audit,
     ) -> Result<OrgBudgets, SpendError> {
-        for (field, list) in [("budgets", &b.budgets), ("end_user_budgets", &b.end_user_budgets)] {
+        for (field, list) in [
+            ("budgets", &b.budgets),
+            ("end_user_budgets", &b.end_user_budgets),
+        ] {
             if let Some(list) = list {
                 check_budgets(list).map_err(|problem| SpendError::Invalid { field, problem })?;
             }
@@ -353,7 +367,10 @@ impl Spend {
         }
         if let Some(u) = ask.end_user {
             for b in org.budgets.end_user_budgets.as_deref().unwrap_or_default() {
-                budgets.push((SpendScope::EndUser(ask.org_id.to_string(), u.to_string()), b));
+                budgets.push((
+                    SpendScope::EndUser(ask.org_id.to_string(), u.to_string()),
+                    b,
+                ));
             }
         }
         let price = org
@@ -449,11 +466,14 @@ impl Spend {
                 .await
             {
                 Ok(found) => return (found, true),
-                Err(e) => tracing::warn!(error = %e, "budget counters: Redis failed; counting on this instance"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "budget counters: Redis failed; counting on this instance")
+                }
             }
         }
         (
-            self.memory.reserve(targets, &r.id, r.reserved, now, expires),
+            self.memory
+                .reserve(targets, &r.id, r.reserved, now, expires),
             false,
         )
     }
@@ -491,7 +511,11 @@ impl Spend {
             return;
         }
         let now = self.clock.now_ms();
-        let counters: Vec<&str> = r.applied.iter().map(|a| a.target.counter.as_str()).collect();
+        let counters: Vec<&str> = r
+            .applied
+            .iter()
+            .map(|a| a.target.counter.as_str())
+            .collect();
         let expires = now + self.lease_ms;
         if r.on_redis {
             if let Some(redis) = &self.redis {
@@ -528,14 +552,16 @@ impl Spend {
             .map(|(a, t)| (a.target.counter.as_str(), t.counter.as_str()))
             .collect();
         let spent = match (&self.redis, r.on_redis) {
-            (Some(redis), true) => match redis.settle(&r.org_id, &pairs, &r.id, row.cost, now).await {
-                Ok(s) => s,
-                Err(e) => {
-                    // The lease expires and the counter is then recounted from the ledger.
-                    tracing::warn!(error = %e, "budget counters: settling in Redis failed");
-                    vec![None; pairs.len()]
+            (Some(redis), true) => {
+                match redis.settle(&r.org_id, &pairs, &r.id, row.cost, now).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // The lease expires and the counter is then recounted from the ledger.
+                        tracing::warn!(error = %e, "budget counters: settling in Redis failed");
+                        vec![None; pairs.len()]
+                    }
                 }
-            },
+            }
             _ => self.memory.settle(&pairs, &r.id, row.cost),
         };
         for (a, s) in r.applied.iter().zip(spent) {
@@ -566,7 +592,11 @@ impl Spend {
                 "threshold": t, "spent": spent, "amount": a.budget.amount,
                 "period_start": start, "currency": &*self.currency,
             });
-            match self.store.budget_alert(org_id, &id, start, t, data, now).await {
+            match self
+                .store
+                .budget_alert(org_id, &id, start, t, data, now)
+                .await
+            {
                 Ok(_) => self.alerted.insert(seen, ()),
                 Err(e) => tracing::warn!(error = %e, "recording a budget alert failed"),
             }
@@ -601,7 +631,9 @@ impl Spend {
         bucket_ms: i64,
         key_id: Option<&str>,
     ) -> Result<Vec<crate::store::SpendRow>, StoreError> {
-        self.store.spend_report(org_id, from, to, bucket_ms, key_id).await
+        self.store
+            .spend_report(org_id, from, to, bucket_ms, key_id)
+            .await
     }
 
     /// Settled spend and in-flight reservations of a memory counter (tests).

@@ -118,7 +118,13 @@ fn run(limit: i64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let lease = format!("spn_{n}");
                 let mut decided = None;
                 for _ in 0..3 {
-                    match mem.reserve(std::slice::from_ref(&t), &lease, amount, now, now + LEASE_MS) {
+                    match mem.reserve(
+                        std::slice::from_ref(&t),
+                        &lease,
+                        amount,
+                        now,
+                        now + LEASE_MS,
+                    ) {
                         Reserved::NeedSeed(_) => mem.seed(&[(&t, m.spent())], now),
                         d => {
                             decided = Some(d);
@@ -144,7 +150,9 @@ fn run(limit: i64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Settle(i, fraction) => {
-                let Some(lease) = nth(&m.live, i) else { continue };
+                let Some(lease) = nth(&m.live, i) else {
+                    continue;
+                };
                 let (amount, expires) = m.live[&lease];
                 if expires <= now {
                     continue; // a live chat renews its lease; an expired one is a dead one
@@ -165,12 +173,16 @@ fn run(limit: i64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 mem.settle(&[(&t.counter, &t.counter)], &lease, c);
             }
             Op::Die(i) => {
-                let Some(lease) = nth(&m.live, i) else { continue };
+                let Some(lease) = nth(&m.live, i) else {
+                    continue;
+                };
                 let v = m.live.remove(&lease).unwrap_or_default();
                 m.dead.insert(lease, v);
             }
             Op::DieAfterCommit(i, fraction) => {
-                let Some(lease) = nth(&m.live, i) else { continue };
+                let Some(lease) = nth(&m.live, i) else {
+                    continue;
+                };
                 let v = m.live.remove(&lease).unwrap_or_default();
                 let c = v.0 * fraction / 100;
                 m.ledger.insert(lease.clone(), c);
@@ -187,7 +199,12 @@ fn run(limit: i64, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert!(m.spent() <= limit, "spent {} > {}", m.spent(), limit);
         // ...and the counter never counts more than the ledger holds (no double settle).
         if let Some((Some(spent), _)) = mem.peek(&t.counter) {
-            prop_assert!(spent <= m.spent(), "counter {} > ledger {}", spent, m.spent());
+            prop_assert!(
+                spent <= m.spent(),
+                "counter {} > ledger {}",
+                spent,
+                m.spent()
+            );
             if m.unsynced.is_empty() {
                 prop_assert_eq!(spent, m.spent());
             }
@@ -220,7 +237,8 @@ fn a_dead_instances_reservation_is_released_when_its_lease_ends() {
     let t = target(100);
     let now = 0;
     mem.seed(&[(&t, 0)], now);
-    let r = |lease: &str, at: i64| mem.reserve(std::slice::from_ref(&t), lease, 80, at, at + LEASE_MS);
+    let r =
+        |lease: &str, at: i64| mem.reserve(std::slice::from_ref(&t), lease, 80, at, at + LEASE_MS);
     assert_eq!(r("a", now), Reserved::Done);
     // The holder died: the room stays taken until the lease ends...
     assert_eq!(r("b", now + LEASE_MS - 1), Reserved::Exhausted(0, 0));

@@ -188,10 +188,11 @@ impl Store {
 
     /// An organization's budgets.
     pub async fn org_budgets(&self, org_id: &str) -> StoreResult<OrgBudgets> {
-        let row = sqlx::query("SELECT budgets, end_user_budgets FROM org_budgets WHERE org_id = $1")
-            .bind(org_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT budgets, end_user_budgets FROM org_budgets WHERE org_id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match row {
             None => OrgBudgets::default(),
             Some(r) => OrgBudgets {
@@ -285,13 +286,26 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         let details = json!({ "model": model, "input_per_mtok": price.input_per_mtok, "output_per_mtok": price.output_per_mtok });
-        record(&mut tx, org_id, audit, "model_price.set", Some(model), details).await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "model_price.set",
+            Some(model),
+            details,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Removes an organization's price of a model; `NotFound` if it had none.
-    pub async fn delete_org_price(&self, org_id: &str, model: &str, audit: &Audit) -> StoreResult<()> {
+    pub async fn delete_org_price(
+        &self,
+        org_id: &str,
+        model: &str,
+        audit: &Audit,
+    ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let r = sqlx::query("DELETE FROM model_prices WHERE org_id = $1 AND model = $2")
             .bind(org_id)
@@ -302,7 +316,15 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         let details = json!({ "model": model });
-        record(&mut tx, org_id, audit, "model_price.deleted", Some(model), details).await?;
+        record(
+            &mut tx,
+            org_id,
+            audit,
+            "model_price.deleted",
+            Some(model),
+            details,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -108,7 +108,12 @@ pub(crate) async fn streamed(app: &TestApp, key: &str, body: Value) -> (u16, Vec
 async fn usage_cost(s: &Setup) -> i64 {
     let (status, body) = s
         .app
-        .call(Method::GET, &format!("/orgs/{}/usage", s.org), &s.owner.token, None)
+        .call(
+            Method::GET,
+            &format!("/orgs/{}/usage", s.org),
+            &s.owner.token,
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     body["data"]
@@ -351,26 +356,54 @@ story!(
     |c: &mut gatehouse::config::Config| {
         c.models.insert(
             "default".into(),
-            gatehouse::config::ModelPrice { input_per_mtok: 1_000_000, output_per_mtok: 1_000_000 },
+            gatehouse::config::ModelPrice {
+                input_per_mtok: 1_000_000,
+                output_per_mtok: 1_000_000,
+            },
         );
     },
     |app: TestApp| async move {
         let owner = app.person().await;
         let org = app.org(&owner, "Echo").await;
         let (key, _) = app.key(&owner, &org, &["chat:write"]).await;
-        let (status, body) = chat(&app, &key, None, json!({"message": "12345678", "max_tokens": 1000})).await;
+        let (status, body) = chat(
+            &app,
+            &key,
+            None,
+            json!({"message": "12345678", "max_tokens": 1000}),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         let answer = body["data"]["response"].as_str().unwrap().to_string();
-        let (status, body) = app.call(Method::GET, &format!("/orgs/{org}/spend"), &owner.token, None).await;
+        let (status, body) = app
+            .call(
+                Method::GET,
+                &format!("/orgs/{org}/spend"),
+                &owner.token,
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         let row = &body["data"][0];
         assert_eq!(row["model"], "default");
         // A quarter of the bytes, rounded up: 8 bytes sent, the answer's bytes received.
         assert_eq!(row["prompt_tokens"], 2);
-        assert_eq!(row["completion_tokens"].as_u64(), Some((answer.len() as u64).div_ceil(4)));
-        assert_eq!(row["cost"].as_u64(), Some(2 + (answer.len() as u64).div_ceil(4)));
+        assert_eq!(
+            row["completion_tokens"].as_u64(),
+            Some((answer.len() as u64).div_ceil(4))
+        );
+        assert_eq!(
+            row["cost"].as_u64(),
+            Some(2 + (answer.len() as u64).div_ceil(4))
+        );
         // max_tokens cuts the echo's answer.
-        let (status, body) = chat(&app, &key, None, json!({"message": "12345678", "max_tokens": 2})).await;
+        let (status, body) = chat(
+            &app,
+            &key,
+            None,
+            json!({"message": "12345678", "max_tokens": 2}),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["data"]["response"].as_str().unwrap().len(), 8);
         app

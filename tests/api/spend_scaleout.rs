@@ -116,7 +116,7 @@ async fn stream_chat(c: &Client, base: &str, key: &str, message: &str) -> (u16, 
     let last = text
         .lines()
         .filter_map(|l| l.strip_prefix("event: "))
-        .last()
+        .next_back()
         .unwrap_or("")
         .to_string();
     (status, last)
@@ -137,13 +137,20 @@ async fn forty_concurrent_streamed_chats_on_two_instances_end_within_the_budget(
         .buffer_unordered(40)
         .collect()
         .await;
-    let done = results.iter().filter(|r| *r == &(200, "done".to_string())).count();
+    let done = results
+        .iter()
+        .filter(|r| *r == &(200, "done".to_string()))
+        .count();
     let refused = results.iter().filter(|r| r.0 == 402).count();
     assert_eq!(done + refused, 40, "{results:?}");
     assert!(refused > 0, "40 × 13 > 300: the budget must refuse some");
     let settled = spent(&c, &p.b.base, &token, &org).await;
     assert!(settled <= 300, "settled spend {settled} exceeds the budget");
-    assert_eq!(settled, 13 * done as i64, "every answered chat settled once");
+    assert_eq!(
+        settled,
+        13 * done as i64,
+        "every answered chat settled once"
+    );
     let Pair { a, b, db, _dir } = p;
     drop((a, b));
     db.cleanup().await;
@@ -158,7 +165,10 @@ async fn kill_9_mid_stream_loses_no_settled_cost_and_frees_its_reservation_after
     // chat reserving 34 does not fit (96 > 70); once released it does (60 ≤ 70).
     let (token, org, key) = org_with_budget(&c, &p.a.base, 70).await;
     for _ in 0..2 {
-        assert_eq!(stream_chat(&c, &p.a.base, &key, "hi").await, (200, "done".into()));
+        assert_eq!(
+            stream_chat(&c, &p.a.base, &key, "hi").await,
+            (200, "done".into())
+        );
     }
     let res = c
         .post(format!("{}/v1/chat", p.a.base))
@@ -182,22 +192,29 @@ async fn kill_9_mid_stream_loses_no_settled_cost_and_frees_its_reservation_after
             .json(&json!({"message": "hi", "max_tokens": 10})),
     )
     .await;
-    assert_eq!(status, 402, "the dead instance's reservation holds until its lease ends: {b}");
+    assert_eq!(
+        status, 402,
+        "the dead instance's reservation holds until its lease ends: {b}"
+    );
     // ...until its lease (5 s) ends: then the counter is recounted from the ledger.
     let (cc, base, k) = (&c, p.b.base.clone(), key.clone());
-    eventually(Duration::from_secs(60), "the dead reservation is released", || {
-        let base = base.clone();
-        let k = k.clone();
-        async move {
-            let (status, _) = send(
-                cc.post(format!("{base}/v1/chat"))
-                    .header("x-api-key", &k)
-                    .json(&json!({"message": "hi", "max_tokens": 10})),
-            )
-            .await;
-            status == 200
-        }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the dead reservation is released",
+        || {
+            let base = base.clone();
+            let k = k.clone();
+            async move {
+                let (status, _) = send(
+                    cc.post(format!("{base}/v1/chat"))
+                        .header("x-api-key", &k)
+                        .json(&json!({"message": "hi", "max_tokens": 10})),
+                )
+                .await;
+                status == 200
+            }
+        },
+    )
     .await;
     assert_eq!(spent(&c, &p.b.base, &token, &org).await, 39);
     let Pair { a, b, db, _dir } = p;
