@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
             created_by: "bench".into(),
             rate_limits: None,
             credits: None,
+            budgets: None,
         });
         store.create_api_key(&record, &audit).await.unwrap();
         keys.verify(&key).await.unwrap(); // warm the cache

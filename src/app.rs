@@ -55,6 +55,8 @@ pub struct AppInner {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The chat gateway.
     pub chat: crate::chat::Chat,
+    /// Money budgets: prices, reservations, settles and the ledger.
+    pub spend: crate::spend::Spend,
     /// Email flows: one-time links and codes, and the mail queue.
     pub email: crate::mail::flows::EmailFlows,
     /// Rate-limit decisions (memory, or Redis with a memory fallback), with the configured
@@ -254,7 +256,20 @@ impl AppState {
             store.clone(),
             clock.clone(),
         );
+        let spend = crate::spend::Spend::new(
+            store.clone(),
+            clock.clone(),
+            redis.clone(),
+            crate::spend::SpendSettings {
+                prices: config.models.clone(),
+                currency: config.currency.clone(),
+                reserve_cap: config.max_completion_tokens_reserved,
+                lease_seconds: config.spend_lease_seconds,
+            },
+        )
+        .with_bus(bus.clone());
         let state = AppState(Arc::new(AppInner {
+            spend,
             edge: Edge {
                 publishable_key: Arc::new(publishable_key),
                 trusted_proxies,
@@ -328,7 +343,11 @@ impl AppInner {
         match inv {
             Invalidation::Key(hash) => self.keys.invalidate(hash).await,
             Invalidation::Session(id) => self.credentials.forget_session(id).await,
-            Invalidation::Org(_) | Invalidation::Memberships(_) => self.orgs.forget(inv).await,
+            Invalidation::Org(id) => {
+                self.spend.forget_org(id);
+                self.orgs.forget(inv).await
+            }
+            Invalidation::Memberships(_) => self.orgs.forget(inv).await,
             Invalidation::WebSession(hash) => self.credentials.forget_web_session(hash).await,
             Invalidation::Widget(id) => self.widgets.forget(id).await,
         }
@@ -340,6 +359,7 @@ impl AppInner {
         self.credentials.forget_all();
         self.orgs.forget_everything();
         self.widgets.forget_all();
+        self.spend.forget_everything();
     }
 }
 

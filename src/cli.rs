@@ -478,6 +478,7 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                         day: refill_day,
                     }),
                 }),
+                budgets: None,
             };
             // The operator holds every permission; the rules on keys still apply.
             let minted = state

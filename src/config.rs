@@ -121,6 +121,17 @@ pub struct Config {
     pub upstream_timeout_ms: u64,
     /// Earlier messages of a thread sent upstream with a new one.
     pub chat_history_messages: i64,
+    /// The currency of every price and budget (ISO 4217 code); amounts are integer
+    /// micro-units of it.
+    pub currency: String,
+    /// The price table: per model, micro-units per million prompt and completion tokens.
+    pub models: std::collections::BTreeMap<String, ModelPrice>,
+    /// Completion tokens reserved (and sent upstream as `max_tokens`) for a chat under a
+    /// budget that names no `max_tokens`.
+    pub max_completion_tokens_reserved: u32,
+    /// Seconds a budget reservation lives without being settled (a dead instance's
+    /// reservation is released after this).
+    pub spend_lease_seconds: u64,
     /// The customer's own backend: other requests under `/api/` are forwarded there after
     /// authentication and limits; unset: they get 404.
     pub proxy_target: Option<String>,
@@ -228,6 +239,10 @@ impl Default for Config {
             upstream_model: "default".into(),
             upstream_api_key: None,
             upstream_timeout_ms: 60_000,
+            currency: "USD".into(),
+            models: std::collections::BTreeMap::new(),
+            max_completion_tokens_reserved: 4096,
+            spend_lease_seconds: 300,
             chat_history_messages: 20,
             proxy_target: None,
             webhooks_allow_private: false,
@@ -254,6 +269,18 @@ impl Default for Config {
             rate_limit_invitation_user: Rates::one(Rate::new(30, 3600)),
         }
     }
+}
+
+/// A model's price: integer micro-units of `currency` per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Per million prompt tokens.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub input_per_mtok: i64,
+    /// Per million completion tokens.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub output_per_mtok: i64,
 }
 
 /// A named rate-limit policy; its windows come from the configuration, and for keys and
@@ -534,6 +561,23 @@ impl Config {
         }
         if self.password_hash_concurrency > 256 {
             anyhow::bail!("password_hash_concurrency must be between 0 (one per CPU) and 256");
+        }
+        if self.currency.len() != 3 || !self.currency.chars().all(|c| c.is_ascii_uppercase()) {
+            anyhow::bail!("currency must be a three-letter ISO 4217 code, e.g. USD");
+        }
+        for (model, price) in &self.models {
+            if model.is_empty() || model.len() > 200 {
+                anyhow::bail!("models: a model name must be 1 to 200 characters");
+            }
+            if price.input_per_mtok < 0 || price.output_per_mtok < 0 {
+                anyhow::bail!("models.{model}: prices must be 0 or more");
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_completion_tokens_reserved) {
+            anyhow::bail!("max_completion_tokens_reserved must be between 1 and 1000000");
+        }
+        if !(5..=86_400).contains(&self.spend_lease_seconds) {
+            anyhow::bail!("spend_lease_seconds must be between 5 and 86400");
         }
         if !(0..=1000).contains(&self.chat_history_messages) {
             anyhow::bail!("chat_history_messages must be between 0 and 1000");

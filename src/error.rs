@@ -32,6 +32,10 @@ pub enum Code {
     UpstreamError,
     /// 504: the model server did not answer in time.
     UpstreamTimeout,
+    /// 402: a spend budget that applies is exhausted for its period.
+    BudgetExhausted,
+    /// 403: a budget applies and the model has no price.
+    ModelUnpriced,
 }
 
 impl Code {
@@ -87,6 +91,12 @@ impl Code {
                 "service_unavailable",
                 503,
                 "The service is temporarily unavailable.",
+            ),
+            Code::BudgetExhausted => ("budget_exhausted", 402, "A spend budget is exhausted."),
+            Code::ModelUnpriced => (
+                "model_unpriced",
+                403,
+                "The model has no price and a budget applies.",
             ),
         }
     }
@@ -186,7 +196,7 @@ reasons! {
 
 impl Code {
     /// Every code, in table order.
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 16] = [
         Code::InvalidRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -201,6 +211,8 @@ impl Code {
         Code::UpstreamError,
         Code::UpstreamTimeout,
         Code::CreditsExhausted,
+        Code::BudgetExhausted,
+        Code::ModelUnpriced,
     ];
 }
 
@@ -388,6 +400,8 @@ mod tests {
                 ("upstream_error", 502),
                 ("upstream_timeout", 504),
                 ("credits_exhausted", 402),
+                ("budget_exhausted", 402),
+                ("model_unpriced", 403),
             ]
         );
     }

@@ -205,6 +205,8 @@ pub struct NewKey {
     pub created_by: String,
     /// The key's own rate limits (`None`: the configured default).
     pub rate_limits: Option<crate::ratelimit::Rates>,
+    /// The key's spend budgets.
+    pub budgets: Option<Vec<crate::domain::budget::Budget>>,
     /// Its credits (`None`: unlimited).
     pub credits: Option<KeyCredits>,
 }
@@ -293,6 +295,7 @@ impl Keys {
             metadata: s.metadata,
             created_by: audit.actor.clone(),
             rate_limits: s.rate_limits,
+            budgets: s.budgets,
             credits: s.credits.map(|c| fresh_credits(c, now)),
         });
         self.store.create_api_key(&record, audit).await?;
@@ -394,6 +397,7 @@ impl Keys {
             metadata: old.metadata.clone(),
             created_by: audit.actor.clone(),
             rate_limits: old.rate_limits.clone(),
+            budgets: old.budgets.clone(),
             // The new key carries the balance on (as storage holds it now); the old one keeps
             // its own until its grace period ends.
             credits: old.credits.map(|c| KeyCredits {
@@ -536,6 +540,7 @@ impl Keys {
             revoked_at: None,
             rolled_to: None,
             rate_limits: k.rate_limits,
+            budgets: k.budgets,
             credits: k.credits,
         };
         (key, record)

@@ -2233,7 +2233,8 @@
     'api_key.created', 'api_key.updated', 'api_key.revoked', 'api_key.rolled', 'credits.low', 'credits.exhausted',
     'widget.created', 'widget.updated', 'widget.secret_rotated', 'widget.deleted',
     'webhook_endpoint.created', 'webhook_endpoint.updated', 'webhook_endpoint.secret_rotated',
-    'webhook_endpoint.deleted', 'webhook_endpoint.disabled']
+    'webhook_endpoint.deleted', 'webhook_endpoint.disabled',
+    'organization.budgets_changed', 'model_price.set', 'model_price.deleted', 'budget.threshold']
 
   // Names by id, and the actors one can filter by ([value, label]).
   async function directory() {

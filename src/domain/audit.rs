@@ -33,6 +33,10 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "webhook_endpoint.secret_rotated",
     "webhook_endpoint.deleted",
     "webhook_endpoint.disabled",
+    "organization.budgets_changed",
+    "model_price.set",
+    "model_price.deleted",
+    "budget.threshold",
 ];
 
 /// The shape of an actor filter, as `/openapi.json` states it: a user's hyphenated UUID, a

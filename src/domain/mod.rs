@@ -1,6 +1,7 @@
 //! Values parsed once at the edge; nothing here knows about HTTP or SQL.
 
 mod audit;
+pub mod budget;
 pub mod credits;
 mod email;
 mod name;

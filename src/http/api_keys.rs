@@ -10,6 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::app::AppState;
 use crate::auth::api_key::Environment;
 use crate::config::Policy;
+use crate::domain::budget::Budget;
 use crate::domain::credits::{KeyCredits, MAX_COST};
 use crate::domain::permissions::Permission;
 use crate::domain::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
@@ -200,6 +201,8 @@ pub struct KeyView {
     pub status: &'static str,
     /// The key's own rate limits; `null`: the deployment's default for keys.
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// The key's spend budgets; `null`: none (see docs/spend.md).
+    pub budgets: Option<Vec<Budget>>,
     /// Its credits; `null`: unlimited uses.
     pub credits: Option<CreditsSpec>,
 }
@@ -222,6 +225,7 @@ fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
         rolled_to: k.rolled_to.clone(),
         status: k.status(now),
         rate_limits: k.rate_limits.as_ref().map(Rates::specs),
+        budgets: k.budgets.clone(),
         credits: k.credits.as_ref().map(|c| credits_view(c, now)),
     }
 }
@@ -267,6 +271,9 @@ pub struct CreateKeyBody {
     /// The key's own windows, replacing the default (all must admit a request).
     #[schema(min_items = 1, max_items = 8)]
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// Spend budgets (1-4, at most one per period); absent or `null`: none.
+    #[schema(min_items = 1, max_items = 4)]
+    pub budgets: Option<Vec<Budget>>,
     /// Credits (uses left, maybe refilled); absent or `null`: unlimited.
     pub credits: Option<CreditsSpec>,
 }
@@ -294,6 +301,7 @@ pub async fn create_key(
         expires_in_days: body.expires_in_days,
         metadata: body.metadata,
         rate_limits: body.rate_limits,
+        budgets: body.budgets,
         credits: body.credits.map(CreditsInput::from),
     };
     let minted = state
@@ -431,6 +439,10 @@ pub struct UpdateKeyBody {
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
     #[schema(value_type = Option<Vec<RateLimitSpec>>, min_items = 1, max_items = 8)]
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// Spend budgets (1-4, at most one per period); `null` removes them.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<Vec<Budget>>, min_items = 1, max_items = 4)]
+    pub budgets: Option<Option<Vec<Budget>>>,
     /// New credits, set now as the balance (a new period starts); `null`: unlimited.
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
     #[schema(value_type = Option<CreditsSpec>)]
@@ -458,6 +470,7 @@ pub async fn update_key(
         name: body.name,
         metadata: body.metadata,
         rate_limits: body.rate_limits,
+        budgets: body.budgets,
         credits: body.credits.map(|c| c.map(CreditsInput::from)),
     };
     let k = state

@@ -22,6 +22,7 @@ use crate::error::{ApiError, Code};
 use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{bearer, key_principal, ApiJson, Ids, Principal};
 use crate::ids::ThreadId;
+use crate::spend::{Ask, Guard, SpendError};
 use crate::store::{Message, Thread, ThreadScope};
 
 /// Routes of this file.
@@ -112,6 +113,13 @@ pub struct ChatBody {
     /// Answer as Server-Sent Events.
     #[serde(default)]
     pub stream: bool,
+    /// The model to ask (default: the deployment's `upstream_model`; a widget's chat uses the
+    /// widget's model).
+    #[schema(min_length = 1, max_length = 200)]
+    pub model: Option<String>,
+    /// The most tokens the answer may use (1-1000000), sent upstream as `max_tokens`.
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub max_tokens: Option<u32>,
 }
 
 /// One Server-Sent Event of a streamed answer (`stream: true`), as `/openapi.json` describes
@@ -172,7 +180,8 @@ fn chat_error(e: ChatError) -> ApiError {
     responses(
         (status = 200, description = "The answer: JSON, or Server-Sent Events when the body asks for `stream`",
             content((Envelope<ChatAnswer> = "application/json"), (ChatEvent = "text/event-stream"))),
-        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`)", body = ErrorEnvelope),
+        (status = 402, description = "`budget_exhausted`: a spend budget of the key, the organization or the end user is exhausted (`details.budget`: `scope`, `id`, `period`, `amount`, `spent`, `resets_at`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`); `model_unpriced`: a budget applies and the model has no price (`details.model`)", body = ErrorEnvelope),
         (status = 404, description = "`not_found`: the thread is not the caller's", body = ErrorEnvelope),
         (status = 502, description = "`upstream_error`: the model server failed", body = ErrorEnvelope),
         (status = 504, description = "`upstream_timeout`: the model server did not answer in time", body = ErrorEnvelope),
@@ -191,6 +200,7 @@ pub async fn chat(
                 user_id,
                 visitor: None,
                 widget_id: None,
+                key_budgets: key.budgets.clone(),
             }
         }
         ChatPrincipal::Person(_) => {
@@ -210,7 +220,8 @@ pub async fn chat(
     responses(
         (status = 200, description = "The answer: JSON, or Server-Sent Events when the body asks for `stream`",
             content((Envelope<ChatAnswer> = "application/json"), (ChatEvent = "text/event-stream"))),
-        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`)", body = ErrorEnvelope),
+        (status = 402, description = "`budget_exhausted`: a spend budget of the key, the organization or the end user is exhausted (`details.budget`: `scope`, `id`, `period`, `amount`, `spent`, `resets_at`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`); `model_unpriced`: a budget applies and the model has no price (`details.model`)", body = ErrorEnvelope),
         (status = 404, description = "`not_found`: the thread is not the caller's", body = ErrorEnvelope),
         (status = 502, description = "`upstream_error`: the model server failed", body = ErrorEnvelope),
         (status = 504, description = "`upstream_timeout`: the model server did not answer in time", body = ErrorEnvelope),
@@ -248,7 +259,43 @@ pub fn check_chat_body(body: &ChatBody) -> Result<(), ApiError> {
     if let Some(id) = &body.thread_id {
         ThreadId::parse(id)?;
     }
+    if let Some(m) = &body.model {
+        if m.is_empty() || m.len() > 200 || m.chars().any(char::is_control) {
+            return Err(ApiError::field("model", "must be 1 to 200 characters"));
+        }
+    }
+    if body
+        .max_tokens
+        .is_some_and(|m| !(1..=1_000_000).contains(&m))
+    {
+        return Err(ApiError::field(
+            "max_tokens",
+            "must be between 1 and 1000000",
+        ));
+    }
     Ok(())
+}
+
+/// The envelope of a refused reservation.
+pub fn spend_error(e: SpendError) -> ApiError {
+    match e {
+        SpendError::Exhausted(x) => {
+            let message = format!(
+                "The {} budget ({} per {}) is exhausted.",
+                x.scope,
+                x.amount,
+                x.period.as_str()
+            );
+            ApiError::msg(Code::BudgetExhausted, message).details(json!({ "budget": *x }))
+        }
+        SpendError::Unpriced(model) => ApiError::msg(
+            Code::ModelUnpriced,
+            format!("The model {model:?} has no price, and a spend budget applies."),
+        )
+        .details(json!({ "model": model })),
+        SpendError::Invalid { field, problem } => ApiError::field(field, &problem),
+        SpendError::Store(s) => s.into(),
+    }
 }
 
 /// Asks the model for `caller` and answers as JSON or as Server-Sent Events: in the body's
@@ -260,14 +307,37 @@ pub async fn answer(
     otherwise: Option<Thread>,
 ) -> Result<Response, ApiError> {
     let context = body.context.filter(|c| !c.is_null());
+    let model = body
+        .model
+        .clone()
+        .unwrap_or_else(|| state.config.upstream_model.clone());
     let prepared = match body.thread_id.as_deref() {
         Some(id) => state.chat.prepare(caller, body.message, Some(id)).await,
         None => state.chat.prepare_in(caller, body.message, otherwise).await,
     }
     .map_err(chat_error)?;
+    // Reserve the worst case against every budget that applies; the guard settles the real
+    // cost however the chat ends (answered, failed, or the client gone).
+    let (prompt_bytes, messages) = crate::chat::Chat::prompt_size(&prepared);
+    let end_user = prepared.caller.end_user();
+    let reservation = state
+        .spend
+        .reserve(&Ask {
+            org_id: &prepared.caller.org_id,
+            key_id: prepared.caller.key_id.as_deref(),
+            key_budgets: prepared.caller.key_budgets.as_deref(),
+            end_user: end_user.as_deref(),
+            model: &model,
+            prompt_bytes,
+            messages,
+            max_tokens: body.max_tokens,
+        })
+        .await
+        .map_err(spend_error)?;
+    let mut guard = Guard::new(state.spend.clone(), reservation);
     let pieces = state
         .chat
-        .ask(&prepared, context.as_ref())
+        .ask(&prepared, context.as_ref(), &model, guard.max_tokens())
         .await
         .map_err(chat_error)?;
     if !body.stream {
@@ -275,15 +345,25 @@ pub async fn answer(
         let (mut text, mut tokens) = (String::new(), Tokens::default());
         while let Some(p) = pieces.next().await {
             match p.map_err(|e| chat_error(e.into()))? {
-                Piece::Text(t) => text.push_str(&t),
-                Piece::Usage(t) => tokens = t,
+                Piece::Text(t) => {
+                    guard.text(&t).await;
+                    text.push_str(&t);
+                }
+                Piece::Usage(t) => {
+                    guard.usage(t.prompt, t.completion);
+                    tokens = t;
+                }
             }
         }
+        let row = guard.row();
         let answer = state
             .chat
-            .finish(&prepared, text.clone(), tokens)
+            .finish(&prepared, text.clone(), tokens, row.clone())
             .await
             .map_err(chat_error)?;
+        if let Some(row) = row {
+            guard.finish(&row).await;
+        }
         return Ok(ok(ChatAnswer {
             response: text,
             thread_id: prepared.thread.id.clone(),
@@ -296,14 +376,19 @@ pub async fn answer(
     let chat = state.chat.clone();
     let events = async_stream::stream! {
         let mut pieces = pieces;
+        let mut guard = guard;
         let (mut text, mut tokens) = (String::new(), Tokens::default());
         while let Some(p) = pieces.next().await {
             match p {
                 Ok(Piece::Text(t)) => {
+                    guard.text(&t).await;
                     yield Ok::<_, Infallible>(Event::default().event("delta").json_data(json!({ "content": t })).unwrap_or_default());
                     text.push_str(&t);
                 }
-                Ok(Piece::Usage(t)) => tokens = t,
+                Ok(Piece::Usage(t)) => {
+                    guard.usage(t.prompt, t.completion);
+                    tokens = t;
+                }
                 Err(e) => {
                     let e = chat_error(e.into());
                     yield Ok(Event::default().event("error").json_data(json!({ "code": e.code.as_str(), "message": e.message })).unwrap_or_default());
@@ -311,10 +396,16 @@ pub async fn answer(
                 }
             }
         }
-        match chat.finish(&prepared, text, tokens).await {
-            Ok(answer) => yield Ok(Event::default().event("done").json_data(json!({
+        let row = guard.row();
+        match chat.finish(&prepared, text, tokens, row.clone()).await {
+            Ok(answer) => {
+                if let Some(row) = row {
+                    guard.finish(&row).await;
+                }
+                yield Ok(Event::default().event("done").json_data(json!({
                 "thread_id": prepared.thread.id, "message_id": answer.id
-            })).unwrap_or_default()),
+            })).unwrap_or_default())
+            }
             Err(e) => {
                 let e = chat_error(e);
                 yield Ok(Event::default().event("error").json_data(json!({ "code": e.code.as_str(), "message": e.message })).unwrap_or_default());

@@ -175,6 +175,15 @@ pub mod errors {
             "429" => "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)",
             "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
         ];
+        /// A widget visitor's chat: [`WidgetSession`]'s answers, and a 403 for a model
+        /// without a price under a budget.
+        WidgetChat: [
+            "401" => "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)",
+            "403" => "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`); `model_unpriced`: a budget applies and the model has no price (`details.model`)",
+            "413" => "`payload_too_large`",
+            "429" => "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)",
+            "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
+        ];
         /// Accepting or declining an invitation by id, as the person invited.
         Invitee: [
             "400" => "`invalid_request`: a malformed id (`details.reason`: `malformed_id`)",

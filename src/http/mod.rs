@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod orgs;
 pub mod proxy;
 pub mod session;
+pub mod spend;
 pub mod usage;
 pub mod webhooks;
 pub mod widget_public;
@@ -121,6 +122,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(api_keys::router())
         .merge(chat::router())
         .merge(usage::router())
+        .merge(spend::router())
         .merge(widgets::router())
         .merge(webhooks::router())
         .layer(api_cors.clone());

@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use super::KeyError;
 use crate::auth::api_key::Environment;
+use crate::domain::budget::{check_budgets, Budget};
 use crate::domain::credits::{CreditsSetting, Interval, Refill, MAX_CREDITS};
 use crate::domain::permissions;
 use crate::ratelimit::{Rate, RateLimitSpec, Rates};
@@ -31,6 +32,8 @@ pub struct KeyInput {
     pub rate_limits: Option<Vec<RateLimitSpec>>,
     /// Its credits (absent: unlimited uses).
     pub credits: Option<CreditsInput>,
+    /// Spend budgets (absent: none).
+    pub budgets: Option<Vec<Budget>>,
 }
 
 /// Credits as a caller gives them, before checking.
@@ -62,6 +65,8 @@ pub struct KeyUpdate {
     pub metadata: Option<Value>,
     /// New windows; `Some(None)` restores the default.
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// New budgets; `Some(None)` removes them.
+    pub budgets: Option<Option<Vec<Budget>>>,
     /// New credits (set now, as a new balance); `Some(None)`: unlimited.
     pub credits: Option<Option<CreditsInput>>,
 }
@@ -74,6 +79,7 @@ pub(super) struct KeySettings {
     pub lifetime_ms: Option<i64>,
     pub metadata: Value,
     pub rate_limits: Option<Rates>,
+    pub budgets: Option<Vec<Budget>>,
     pub credits: Option<CreditsSetting>,
 }
 
@@ -127,8 +133,10 @@ pub(super) fn check_settings(
     let metadata = check_metadata(input.metadata)?;
     let rate_limits = input.rate_limits.map(|r| check_rates(&r)).transpose()?;
     let credits = input.credits.map(check_credits).transpose()?;
+    let budgets = input.budgets.map(check_key_budgets).transpose()?;
     Ok(KeySettings {
         credits,
+        budgets,
         name,
         scopes,
         environment,
@@ -153,6 +161,10 @@ pub(super) fn check_update(update: KeyUpdate) -> Result<crate::store::KeyChange,
         credits: update
             .credits
             .map(|c| c.map(check_credits).transpose())
+            .transpose()?,
+        budgets: update
+            .budgets
+            .map(|b| b.map(check_key_budgets).transpose())
             .transpose()?,
     })
 }
@@ -222,6 +234,11 @@ fn check_metadata(metadata: Option<Value>) -> Result<Value, KeyError> {
         return Err(invalid("metadata", "must be at most 4 KiB"));
     }
     Ok(metadata)
+}
+
+fn check_key_budgets(b: Vec<Budget>) -> Result<Vec<Budget>, KeyError> {
+    check_budgets(&b).map_err(|e| invalid("budgets", e))?;
+    Ok(b)
 }
 
 fn check_rates(specs: &[RateLimitSpec]) -> Result<Rates, KeyError> {

@@ -43,6 +43,8 @@ pub struct ApiKeyRecord {
     pub rate_limits: Option<Rates>,
     /// Its credits (`None`: unlimited uses).
     pub credits: Option<KeyCredits>,
+    /// The key's spend budgets (`None`: no budget of its own).
+    pub budgets: Option<Vec<crate::domain::budget::Budget>>,
 }
 
 /// A change to a key: each `Some` replaces the field (`rate_limits: Some(None)` restores
@@ -57,6 +59,8 @@ pub struct KeyChange {
     pub rate_limits: Option<Option<Rates>>,
     /// New credits (`Some(None)`: unlimited), set at `KeyChange`'s audit time.
     pub credits: Option<Option<CreditsSetting>>,
+    /// New budgets (`Some(None)` removes them).
+    pub budgets: Option<Option<Vec<crate::domain::budget::Budget>>>,
 }
 
 impl ApiKeyRecord {
@@ -76,7 +80,7 @@ const COLUMNS: &str =
     "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
      expires_at, last_used_at, revoked_at, rolled_to, rate_limits, credits_remaining, \
      credits_base, credits_period, credits_gen, credits_refill_interval, credits_refill_amount, \
-     credits_refill_day";
+     credits_refill_day, budgets";
 
 fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     let scopes: String = r.try_get("scopes")?;
@@ -100,6 +104,7 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         rolled_to: r.try_get("rolled_to")?,
         rate_limits: parse_rates(r.try_get("rate_limits")?)?,
         credits: credits_from_row(r)?,
+        budgets: parse_budgets(r.try_get("budgets")?)?,
     })
 }
 
@@ -164,7 +169,7 @@ async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult
     let c = credit_columns(k.credits.as_ref());
     sqlx::query(&format!(
         "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     ))
     .bind(&k.id)
     .bind(&k.org_id)
@@ -188,6 +193,7 @@ async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult
     .bind(c.3)
     .bind(c.4)
     .bind(c.5)
+    .bind(budgets_text(k.budgets.as_deref()))
     .execute(conn)
     .await?;
     Ok(())
@@ -198,6 +204,20 @@ pub(crate) fn parse_rates(stored: Option<String>) -> StoreResult<Option<Rates>> 
     stored
         .map(|s| Rates::parse(&s).map_err(|e| StoreError::Other(format!("rate_limits: {e}"))))
         .transpose()
+}
+
+/// Stored budgets, read back.
+pub(crate) fn parse_budgets(
+    stored: Option<String>,
+) -> StoreResult<Option<Vec<crate::domain::budget::Budget>>> {
+    stored
+        .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Other(format!("budgets: {e}"))))
+        .transpose()
+}
+
+/// Budgets as stored (JSON text), or NULL.
+pub(crate) fn budgets_text(b: Option<&[crate::domain::budget::Budget]>) -> Option<String> {
+    b.map(|b| serde_json::to_string(b).unwrap_or_else(|_| "[]".into()))
 }
 
 fn audit_details(k: &ApiKeyRecord) -> Value {
@@ -492,12 +512,17 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(budgets) = &change.budgets {
+            k.budgets = budgets.clone();
+            details.insert("budgets".into(), json!(budgets));
+        }
         sqlx::query(
-            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3 WHERE org_id = $4 AND id = $5",
+            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3, budgets = $4 WHERE org_id = $5 AND id = $6",
         )
         .bind(&k.name)
         .bind(k.metadata.to_string())
         .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+        .bind(budgets_text(k.budgets.as_deref()))
         .bind(org_id)
         .bind(id)
         .execute(&mut *tx)

@@ -13,7 +13,7 @@ use crate::config::SecretString;
 use crate::ids::{DeliveryId, WebhookMessageId};
 
 /// Every event type an endpoint may ask for.
-pub const EVENT_TYPES: [&str; 18] = [
+pub const EVENT_TYPES: [&str; 19] = [
     "api_key.created",
     "api_key.rolled",
     "api_key.revoked",
@@ -32,6 +32,7 @@ pub const EVENT_TYPES: [&str; 18] = [
     "invitation.created",
     "invitation.accepted",
     "invitation.revoked",
+    "budget.threshold",
 ];
 
 /// A webhook endpoint of an organization.

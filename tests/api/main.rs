@@ -45,5 +45,9 @@ mod redirects;
 #[path = "scaleout.rs"]
 mod scaleout_on_postgres_on_redis;
 mod smtp_sink;
+// Two instances on PostgreSQL and the shared Redis: named for both, as scaleout is.
+mod spend;
+#[path = "spend_scaleout.rs"]
+mod spend_scaleout_on_postgres_on_redis;
 mod webhooks;
 mod widgets;
