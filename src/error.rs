@@ -30,6 +30,10 @@ pub enum Code {
     UpstreamError,
     /// 504: the model server did not answer in time.
     UpstreamTimeout,
+    /// 403: the model asked for is not on the key's or the organization's allow-list.
+    ModelNotAllowed,
+    /// 429: the key or organization already has `max_parallel` answers under way.
+    ConcurrencyLimited,
 }
 
 impl Code {
@@ -82,6 +86,16 @@ impl Code {
                 "service_unavailable",
                 503,
                 "The service is temporarily unavailable.",
+            ),
+            Code::ModelNotAllowed => (
+                "model_not_allowed",
+                403,
+                "This model is not allowed for this key or organization.",
+            ),
+            Code::ConcurrencyLimited => (
+                "concurrency_limited",
+                429,
+                "Too many answers are under way at once.",
             ),
         }
     }
@@ -181,7 +195,7 @@ reasons! {
 
 impl Code {
     /// Every code, in table order.
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 15] = [
         Code::InvalidRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -195,6 +209,8 @@ impl Code {
         Code::ServiceUnavailable,
         Code::UpstreamError,
         Code::UpstreamTimeout,
+        Code::ModelNotAllowed,
+        Code::ConcurrencyLimited,
     ];
 }
 
@@ -381,6 +397,8 @@ mod tests {
                 ("service_unavailable", 503),
                 ("upstream_error", 502),
                 ("upstream_timeout", 504),
+                ("model_not_allowed", 403),
+                ("concurrency_limited", 429),
             ]
         );
     }

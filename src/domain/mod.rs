@@ -1,11 +1,13 @@
 //! Values parsed once at the edge; nothing here knows about HTTP or SQL.
 
 mod audit;
+pub mod chat_limits;
 mod email;
 mod name;
 mod password;
 pub mod permissions;
 
+pub use chat_limits::{ChatLimits, ChatLimitsChange, TokenLimits};
 pub use audit::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
 pub use email::Email;
 pub use name::{Name, NameError};

@@ -7,6 +7,7 @@ fn window(policy: &'static str, limit: u32, secs: u32) -> Window {
         policy,
         subject: "s".into(),
         rate: Rate::new(limit, secs),
+        cost: 1,
     }
 }
 
@@ -197,7 +198,7 @@ proptest! {
         let mut now = 1_700_000_000_000i64;
         for dt in steps {
             now += dt;
-            let (state, next) = gcra("p", rate, tat, now);
+            let (state, next) = gcra("p", rate, 1, tat, now);
             let expected = model_admits(std::slice::from_mut(&mut bucket), now.into());
             prop_assert_eq!(state.retry_after == 0, expected);
             if expected {
