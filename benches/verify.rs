@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
             metadata: serde_json::json!({}),
             created_by: "bench".into(),
             rate_limits: None,
+            chat_limits: Default::default(),
         });
         store.create_api_key(&record, &audit).await.unwrap();
         keys.verify(&key).await.unwrap(); // warm the cache

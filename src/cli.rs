@@ -454,6 +454,7 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                 expires_in_days: Some((expires_in_days != 0).then_some(expires_in_days)),
                 metadata: None,
                 rate_limits: None,
+                chat_limits: Default::default(),
             };
             // The operator holds every permission; the rules on keys still apply.
             let minted = state

@@ -196,6 +196,8 @@ pub struct NewKey {
     pub created_by: String,
     /// The key's own rate limits (`None`: the configured default).
     pub rate_limits: Option<crate::ratelimit::Rates>,
+    /// Models, token windows and concurrency for chat.
+    pub chat_limits: crate::domain::ChatLimits,
 }
 
 impl Keys {
@@ -257,6 +259,7 @@ impl Keys {
             metadata: s.metadata,
             created_by: audit.actor.clone(),
             rate_limits: s.rate_limits,
+            chat_limits: s.chat_limits,
         });
         self.store.create_api_key(&record, audit).await?;
         Ok(Minted { key, record })
@@ -357,6 +360,7 @@ impl Keys {
             metadata: old.metadata.clone(),
             created_by: audit.actor.clone(),
             rate_limits: old.rate_limits.clone(),
+            chat_limits: old.chat_limits.clone(),
         });
         let grace_end = now + grace * 1000;
         let old_expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
@@ -468,6 +472,7 @@ impl Keys {
             revoked_at: None,
             rolled_to: None,
             rate_limits: k.rate_limits,
+            chat_limits: k.chat_limits,
         };
         (key, record)
     }

@@ -344,15 +344,23 @@ impl Chat {
         Ok(())
     }
 
-    /// Asks the model server.
+    /// Asks the model server: `model`, for an answer of at most `max_tokens` when given.
     pub async fn ask(
         &self,
         p: &Prepared,
         context: Option<&Value>,
+        model: &str,
+        max_tokens: Option<u32>,
     ) -> Result<upstream::Pieces, ChatError> {
         Ok(self
             .upstream
-            .answer(&p.history, context, p.caller.user_id.as_deref())
+            .answer(
+                &p.history,
+                context,
+                p.caller.user_id.as_deref(),
+                model,
+                max_tokens,
+            )
             .await?)
     }
 }

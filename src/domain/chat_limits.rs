@@ -27,6 +27,40 @@ pub struct TokenLimits {
     pub tokens_per_day: Option<u64>,
 }
 
+/// A widget's daily token budgets; an absent one takes the configured default
+/// (`widget_tokens_per_day`, `widget_visitor_tokens_per_day`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WidgetTokenLimits {
+    /// Tokens per day for the whole widget, all visitors together (1-1,000,000,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub tokens_per_day: Option<u64>,
+    /// Tokens per day for each visitor (1-1,000,000,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub visitor_tokens_per_day: Option<u64>,
+}
+
+/// Checks a widget's budgets: each given one 1 to 1,000,000,000.
+pub fn check_widget_tokens(
+    field: &'static str,
+    t: WidgetTokenLimits,
+) -> Result<WidgetTokenLimits, Invalid> {
+    for v in [t.tokens_per_day, t.visitor_tokens_per_day]
+        .into_iter()
+        .flatten()
+    {
+        if !(1..=MAX_TOKENS_PER_WINDOW).contains(&v) {
+            return Err(invalid(
+                field,
+                "each limit must be between 1 and 1000000000",
+            ));
+        }
+    }
+    Ok(t)
+}
+
 /// A key's or an organization's chat limits; `None` everywhere: unrestricted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChatLimits {
@@ -69,9 +103,7 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> Invalid {
 /// Whether `name` is acceptable as a model name: 1-200 printable ASCII characters without
 /// spaces (`gpt-4o-mini`, `anthropic/claude-3-5-sonnet`, `llama3:8b`).
 pub fn valid_model(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_MODEL_CHARS
-        && name.bytes().all(|b| b.is_ascii_graphic())
+    !name.is_empty() && name.len() <= MAX_MODEL_CHARS && name.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Checks an allow-list: 0-100 patterns, each a model name where `*` matches any run of
@@ -98,9 +130,15 @@ pub fn check_patterns(field: &'static str, list: Vec<String>) -> Result<Vec<Stri
 
 /// Checks token windows: each given one 1 to 1,000,000,000.
 pub fn check_token_limits(field: &'static str, t: TokenLimits) -> Result<TokenLimits, Invalid> {
-    for v in [t.tokens_per_minute, t.tokens_per_day].into_iter().flatten() {
+    for v in [t.tokens_per_minute, t.tokens_per_day]
+        .into_iter()
+        .flatten()
+    {
         if !(1..=MAX_TOKENS_PER_WINDOW).contains(&v) {
-            return Err(invalid(field, "each limit must be between 1 and 1000000000"));
+            return Err(invalid(
+                field,
+                "each limit must be between 1 and 1000000000",
+            ));
         }
     }
     Ok(t)
@@ -150,10 +188,7 @@ impl ChatLimitsChange {
                 .transpose()?,
             token_limits: self
                 .token_limits
-                .map(|o| {
-                    o.map(|t| check_token_limits("token_limits", t))
-                        .transpose()
-                })
+                .map(|o| o.map(|t| check_token_limits("token_limits", t)).transpose())
                 .transpose()?,
             max_parallel: self
                 .max_parallel

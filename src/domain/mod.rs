@@ -7,8 +7,8 @@ mod name;
 mod password;
 pub mod permissions;
 
-pub use chat_limits::{ChatLimits, ChatLimitsChange, TokenLimits};
 pub use audit::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
+pub use chat_limits::{ChatLimits, ChatLimitsChange, TokenLimits, WidgetTokenLimits};
 pub use email::Email;
 pub use name::{Name, NameError};
 pub use password::Password;

@@ -481,7 +481,7 @@ fn visitor_caller(s: &Session) -> Caller {
         (status = 502, body = ErrorEnvelope, description = "`upstream_error`: the model server failed"),
         (status = 504, body = ErrorEnvelope, description = "`upstream_timeout`: the model server did not answer in time"),
         (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`), or a body that is not valid JSON of this shape"),
-        errors::WidgetSession))]
+        errors::WidgetChat))]
 pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Response, ApiError> {
     let body: ChatBody = parse_json(call.json, &call.body)?;
     check_chat_body(&body)?;
@@ -490,7 +490,8 @@ pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Res
         Some(_) => None,
         None => state.widgets.latest_thread(&call.session).await?,
     };
-    answer(&state, caller, body, latest).await
+    let widget = call.session.widget.clone();
+    answer(&state, caller, body, latest, None, Some(&widget)).await
 }
 
 /// A visitor's latest conversation.

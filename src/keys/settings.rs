@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use super::KeyError;
 use crate::auth::api_key::Environment;
 use crate::domain::permissions;
+use crate::domain::{ChatLimits, ChatLimitsChange};
 use crate::ratelimit::{Rate, RateLimitSpec, Rates};
 
 const DAY_MS: i64 = 86_400_000;
@@ -28,6 +29,8 @@ pub struct KeyInput {
     pub metadata: Option<Value>,
     /// The key's own windows (absent: the deployment's default for keys).
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// Models, token windows and concurrency for chat (absent fields: unrestricted).
+    pub chat_limits: ChatLimits,
 }
 
 /// Changes to a key as a caller gives them; absent fields stay as they are.
@@ -39,6 +42,8 @@ pub struct KeyUpdate {
     pub metadata: Option<Value>,
     /// New windows; `Some(None)` restores the default.
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// Changes to the chat limits.
+    pub chat_limits: ChatLimitsChange,
 }
 
 /// Checked settings of a key to mint.
@@ -49,6 +54,11 @@ pub(super) struct KeySettings {
     pub lifetime_ms: Option<i64>,
     pub metadata: Value,
     pub rate_limits: Option<Rates>,
+    pub chat_limits: ChatLimits,
+}
+
+fn chat_invalid(e: crate::domain::chat_limits::Invalid) -> KeyError {
+    invalid(e.field, e.problem)
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> KeyError {
@@ -100,6 +110,7 @@ pub(super) fn check_settings(
     };
     let metadata = check_metadata(input.metadata)?;
     let rate_limits = input.rate_limits.map(|r| check_rates(&r)).transpose()?;
+    let chat_limits = input.chat_limits.checked().map_err(chat_invalid)?;
     Ok(KeySettings {
         name,
         scopes,
@@ -107,6 +118,7 @@ pub(super) fn check_settings(
         lifetime_ms,
         metadata,
         rate_limits,
+        chat_limits,
     })
 }
 
@@ -122,6 +134,7 @@ pub(super) fn check_update(update: KeyUpdate) -> Result<crate::store::KeyChange,
             .rate_limits
             .map(|r| r.map(|r| check_rates(&r)).transpose())
             .transpose()?,
+        chat_limits: update.chat_limits.checked().map_err(chat_invalid)?,
     })
 }
 

@@ -154,9 +154,7 @@ impl Leases {
         for k in keys {
             inv.key(link.key(k));
         }
-        inv.arg(self.inner.now_arg())
-            .arg(id)
-            .arg(self.inner.ttl_ms);
+        inv.arg(self.inner.now_arg()).arg(id).arg(self.inner.ttl_ms);
         for s in specs {
             inv.arg(s.max);
         }
@@ -170,9 +168,14 @@ impl Leases {
         let now = self.inner.clock.now_ms();
         let mut sets = self.inner.memory.lock().unwrap_or_else(|p| p.into_inner());
         for (i, (k, s)) in keys.iter().zip(specs).enumerate() {
-            let set = sets.entry(k.clone()).or_default();
-            set.retain(|_, until| *until > now);
-            if set.len() >= usize::try_from(s.max).unwrap_or(usize::MAX) {
+            let held = match sets.get_mut(k) {
+                Some(set) => {
+                    set.retain(|_, until| *until > now);
+                    set.len()
+                }
+                None => 0,
+            };
+            if held >= usize::try_from(s.max).unwrap_or(usize::MAX) {
                 return Err(i);
             }
         }
@@ -283,9 +286,70 @@ impl Drop for Lease {
                 let done: Result<Result<(), _>, _> =
                     tokio::time::timeout(link.timeout, pipe.query_async(&mut conn)).await;
                 if !matches!(done, Ok(Ok(()))) {
-                    tracing::warn!("a concurrency lease could not be released in Redis; it expires by itself");
+                    tracing::warn!(
+                        "a concurrency lease could not be released in Redis; it expires by itself"
+                    );
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(max: u32) -> Vec<LeaseSpec> {
+        vec![LeaseSpec {
+            scope: "key",
+            subject: "k".into(),
+            max,
+        }]
+    }
+
+    #[tokio::test]
+    async fn memory_leases_bound_release_on_drop_and_expire() {
+        let clock = Clock::manual(1_000_000);
+        let leases = Leases::new(None, clock.clone(), Duration::from_secs(30));
+        let a = leases.acquire("t", &one(2)).await;
+        let b = leases.acquire("t", &one(2)).await;
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(leases.acquire("t", &one(2)).await.err(), Some(0));
+        drop(a);
+        let c = leases.acquire("t", &one(2)).await;
+        assert!(c.is_ok());
+        // Two holders die: their leases hold until they expire.
+        if let (Ok(b), Ok(c)) = (b, c) {
+            b.abandon();
+            c.abandon();
+        }
+        assert_eq!(leases.acquire("t", &one(2)).await.err(), Some(0));
+        clock.advance_ms(30_000);
+        assert!(leases.acquire("t", &one(2)).await.is_ok());
+        // Every subject must have room, or none is taken.
+        let both = vec![
+            LeaseSpec {
+                scope: "key",
+                subject: "x".into(),
+                max: 5,
+            },
+            LeaseSpec {
+                scope: "org",
+                subject: "full".into(),
+                max: 1,
+            },
+        ];
+        let held = leases.acquire("t", &both[1..]).await;
+        assert!(held.is_ok());
+        assert_eq!(leases.acquire("t", &both).await.err(), Some(1));
+        assert_eq!(
+            leases
+                .inner
+                .memory
+                .lock()
+                .map(|m| m.contains_key("lease:{t}key:x"))
+                .ok(),
+            Some(false)
+        );
     }
 }

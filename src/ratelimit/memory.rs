@@ -188,7 +188,13 @@ impl MemoryLimiter {
                         s.make_room(self.per_stripe, now);
                     }
                     let stale_after_ms = tat.div_euclid(limit).saturating_add(1);
-                    s.cells.insert(id, Cell { tat, stale_after_ms });
+                    s.cells.insert(
+                        id,
+                        Cell {
+                            tat,
+                            stale_after_ms,
+                        },
+                    );
                 }
                 None => {}
             }

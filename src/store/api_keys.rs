@@ -5,6 +5,7 @@ use sqlx::Row;
 use super::audit::{record, Audit};
 use super::webhooks::enqueue;
 use super::{Store, StoreError, StoreResult};
+use crate::domain::{ChatLimits, ChatLimitsChange};
 use crate::ratelimit::Rates;
 
 /// A stored API key: everything but the key itself (only its SHA-256 is kept).
@@ -40,6 +41,8 @@ pub struct ApiKeyRecord {
     pub rolled_to: Option<String>,
     /// The key's own rate limits (`None`: the configured default).
     pub rate_limits: Option<Rates>,
+    /// Models, token windows and concurrency for chat (`None` fields: unrestricted).
+    pub chat_limits: ChatLimits,
 }
 
 /// A change to a key: each `Some` replaces the field (`rate_limits: Some(None)` restores
@@ -52,6 +55,8 @@ pub struct KeyChange {
     pub metadata: Option<Value>,
     /// New rate limits.
     pub rate_limits: Option<Option<Rates>>,
+    /// New chat limits.
+    pub chat_limits: ChatLimitsChange,
 }
 
 impl ApiKeyRecord {
@@ -69,7 +74,8 @@ impl ApiKeyRecord {
 
 const COLUMNS: &str =
     "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
-     expires_at, last_used_at, revoked_at, rolled_to, rate_limits";
+     expires_at, last_used_at, revoked_at, rolled_to, rate_limits, allowed_models, token_limits, \
+     max_parallel";
 
 fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     let scopes: String = r.try_get("scopes")?;
@@ -92,12 +98,52 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         revoked_at: r.try_get("revoked_at")?,
         rolled_to: r.try_get("rolled_to")?,
         rate_limits: parse_rates(r.try_get("rate_limits")?)?,
+        chat_limits: chat_limits_from_row(r)?,
     })
 }
 
+/// The chat limits stored in a row's `allowed_models`, `token_limits` and `max_parallel`.
+pub(crate) fn chat_limits_from_row(r: &AnyRow) -> StoreResult<ChatLimits> {
+    let models: Option<String> = r.try_get("allowed_models")?;
+    let tokens: Option<String> = r.try_get("token_limits")?;
+    let parallel: Option<i64> = r.try_get("max_parallel")?;
+    Ok(ChatLimits {
+        allowed_models: models
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(|e| StoreError::Other(format!("allowed_models: {e}")))?,
+        token_limits: parse_token_limits(tokens)?,
+        max_parallel: parallel.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+    })
+}
+
+/// Stored token windows, read back.
+pub(crate) fn parse_token_limits(
+    stored: Option<String>,
+) -> StoreResult<Option<crate::domain::TokenLimits>> {
+    stored
+        .map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Other(format!("token_limits: {e}")))
+}
+
+/// The stored forms of chat limits: (allowed_models, token_limits, max_parallel).
+pub(crate) fn chat_limits_columns(c: &ChatLimits) -> (Option<String>, Option<String>, Option<i64>) {
+    (
+        c.allowed_models
+            .as_ref()
+            .map(|m| serde_json::Value::from(m.clone()).to_string()),
+        c.token_limits
+            .as_ref()
+            .map(|t| serde_json::to_value(t).unwrap_or_default().to_string()),
+        c.max_parallel.map(i64::from),
+    )
+}
+
 async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult<()> {
+    let (models, tokens, parallel) = chat_limits_columns(&k.chat_limits);
     sqlx::query(&format!(
-        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     ))
     .bind(&k.id)
     .bind(&k.org_id)
@@ -114,6 +160,9 @@ async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult
     .bind(k.revoked_at)
     .bind(k.rolled_to.as_deref())
     .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+    .bind(models)
+    .bind(tokens)
+    .bind(parallel)
     .execute(conn)
     .await?;
     Ok(())
@@ -124,6 +173,11 @@ pub(crate) fn parse_rates(stored: Option<String>) -> StoreResult<Option<Rates>> 
     stored
         .map(|s| Rates::parse(&s).map_err(|e| StoreError::Other(format!("rate_limits: {e}"))))
         .transpose()
+}
+
+/// Chat limits as an audit entry shows them.
+pub(crate) fn chat_limits_audit(c: &ChatLimits) -> Value {
+    json!({ "allowed_models": c.allowed_models, "token_limits": c.token_limits, "max_parallel": c.max_parallel })
 }
 
 fn audit_details(k: &ApiKeyRecord) -> Value {
@@ -363,12 +417,21 @@ impl Store {
                 json!(rates.as_ref().map(|r| r.to_string())),
             );
         }
+        if !change.chat_limits.is_empty() {
+            change.chat_limits.apply(&mut k.chat_limits);
+            details.insert("chat_limits".into(), chat_limits_audit(&k.chat_limits));
+        }
+        let (models, tokens, parallel) = chat_limits_columns(&k.chat_limits);
         sqlx::query(
-            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3 WHERE org_id = $4 AND id = $5",
+            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3, allowed_models = $4, \
+             token_limits = $5, max_parallel = $6 WHERE org_id = $7 AND id = $8",
         )
         .bind(&k.name)
         .bind(k.metadata.to_string())
         .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+        .bind(models)
+        .bind(tokens)
+        .bind(parallel)
         .bind(org_id)
         .bind(id)
         .execute(&mut *tx)
