@@ -162,7 +162,7 @@ story!(
         let (key, _) = key_with(&app, &owner, &org, json!({
             "allowed_models": ["gpt-4o-mini", "anthropic/*"],
             "max_parallel": 1,
-            "token_limits": {"tokens_per_minute": 1000},
+            "token_limits": {"tokens_per_minute": 10000},
         })).await;
 
         // Allowed by both lists: asked for, with max_tokens.
@@ -210,7 +210,7 @@ story!(
         let reserved = 100 + "use 5".len().div_ceil(4) as u64 + 4;
         let state = h["ratelimit"].to_str().unwrap();
         assert!(
-            state.contains(&format!("\"key_tokens_60s\";r={};", 1000 - used - reserved)),
+            state.contains(&format!("\"key_tokens_60s\";r={};", 10_000 - used - reserved)),
             "{state}"
         );
 
