@@ -400,11 +400,13 @@ story!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_are_shared_by_two_instances_and_freed_when_a_stream_drops_on_redis() {
+async fn leases_and_token_windows_are_shared_by_two_instances_on_redis() {
     let (url, _mock) = mock_server().await;
     let db = TestDb::new(Db::Sqlite).await;
     let shared = db.url.clone();
     let prefix = redis_prefix();
+    // One clock for both, passed to Redis's scripts: no window refills while the test runs.
+    let clock = Clock::manual(T0);
     let tweak = |url: String, prefix: String| {
         move |c: &mut gatehouse::config::Config| {
             upstream(c, url);
@@ -412,21 +414,38 @@ async fn leases_are_shared_by_two_instances_and_freed_when_a_stream_drops_on_red
             c.redis_prefix = prefix;
         }
     };
-    let a = TestApp::spawn_on(db, tweak(url.clone(), prefix.clone())).await;
-    let b = TestApp::spawn_on(TestDb::shared(&shared), tweak(url, prefix)).await;
+    let a = TestApp::spawn_on_with_clock(db, clock.clone(), tweak(url.clone(), prefix.clone())).await;
+    let b = TestApp::spawn_on_with_clock(TestDb::shared(&shared), clock, tweak(url, prefix)).await;
     let owner = a.person().await;
     let org = a.org(&owner, "Acme").await;
-    let (key, _) = key_with(&a, &owner, &org, json!({"max_parallel": 1})).await;
+    let (key, _) = key_with(&a, &owner, &org, json!({"max_parallel": 1, "token_limits": {"tokens_per_minute": 1000}})).await;
+
+    // A stream under way on one instance holds the key's one lease on the other.
     let held = under_way(&a.base, &key).await;
-    let (status, body, _) = chat(&b, &key, json!({"message": "hi"})).await;
+    let (status, body, _) = chat(&b, &key, json!({"message": "hi", "max_tokens": 100})).await;
     assert_eq!(refusal(status, &body), (429, "concurrency_limited", ""));
     held.abort();
-    eventually(
-        Duration::from_secs(5),
-        "the other instance sees the lease released",
-        || async { chat(&b, &key, json!({"message": "hi"})).await.0 == 200 },
-    )
+    eventually(Duration::from_secs(5), "the other instance sees the lease released", || async {
+        chat(&b, &key, json!({"message": "use 1", "max_tokens": 1})).await.0 == 200
+    })
     .await;
+
+    // Token windows reserved on one instance and settled there are what the other sees.
+    // So far: the dropped stream settled its estimate (prompt 5 + "Hello" 2) and the last
+    // chat used 11; each chat below reserves 306 and uses 50, alternating instances.
+    let spent = 7 + 11;
+    let mut admitted = 0;
+    for i in 0..20 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let (status, body, _) = chat(app, &key, json!({"message": "use 40", "max_tokens": 300})).await;
+        if status != 200 {
+            assert_eq!(refusal(status, &body), (429, "rate_limited", ""));
+            break;
+        }
+        admitted += 1;
+    }
+    // Admitted while 1000 - spent - 50 * (k - 1) >= 306.
+    assert_eq!(admitted, (1000 - spent - 306) / 50 + 1);
     b.stop().await;
     a.stop().await;
 }
