@@ -60,6 +60,7 @@ fn bench(c: &mut Criterion) {
             rate_limits: None,
             credits: None,
             budgets: None,
+            chat_limits: Default::default(),
         });
         store.create_api_key(&record, &audit).await.unwrap();
         keys.verify(&key).await.unwrap(); // warm the cache

@@ -183,7 +183,6 @@ impl AppState {
         let trusted_proxies = config.proxy_nets()?;
         let upstream = crate::chat::upstream::Upstream::new(
             config.upstream_url.as_deref(),
-            &config.upstream_model,
             config.upstream_api_key.clone(),
             Duration::from_millis(config.upstream_timeout_ms),
         )?;
@@ -248,8 +247,14 @@ impl AppState {
             orgs.clone(),
             bus.clone(),
         );
+        let leases = crate::ratelimit::Leases::new(
+            redis.clone(),
+            clock.clone(),
+            Duration::from_secs(config.chat_lease_seconds),
+        );
         let limits = Limits::new(
             limiter,
+            leases,
             config.clone(),
             webhooks.clone(),
             orgs.clone(),

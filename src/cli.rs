@@ -479,6 +479,7 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                     }),
                 }),
                 budgets: None,
+                chat_limits: Default::default(),
             };
             // The operator holds every permission; the rules on keys still apply.
             let minted = state

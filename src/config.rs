@@ -132,6 +132,18 @@ pub struct Config {
     /// Seconds a budget reservation lives without being settled (a dead instance's
     /// reservation is released after this).
     pub spend_lease_seconds: u64,
+    /// More models the model server offers, listed by `GET /v1/models` beside `upstream_model`.
+    #[serde(deserialize_with = "comma_list")]
+    pub chat_models: Vec<String>,
+    /// Tokens reserved for the answer in the token windows when a chat gives no `max_tokens`.
+    pub chat_reserve_tokens: u64,
+    /// Lifetime of a concurrency lease without renewal: how long a dead instance's answers
+    /// keep their place in `max_parallel` (seconds).
+    pub chat_lease_seconds: u64,
+    /// Tokens per day for one widget, all its visitors together, unless the widget sets its own.
+    pub widget_tokens_per_day: u64,
+    /// Tokens per day for one widget visitor, unless the widget sets its own.
+    pub widget_visitor_tokens_per_day: u64,
     /// The customer's own backend: other requests under `/api/` are forwarded there after
     /// authentication and limits; unset: they get 404.
     pub proxy_target: Option<String>,
@@ -244,6 +256,11 @@ impl Default for Config {
             max_completion_tokens_reserved: 4096,
             spend_lease_seconds: 300,
             chat_history_messages: 20,
+            chat_models: Vec::new(),
+            chat_reserve_tokens: 4096,
+            chat_lease_seconds: 60,
+            widget_tokens_per_day: 200_000,
+            widget_visitor_tokens_per_day: 20_000,
             proxy_target: None,
             webhooks_allow_private: false,
             webhooks_dns_server: None,
@@ -582,6 +599,36 @@ impl Config {
         if !(0..=1000).contains(&self.chat_history_messages) {
             anyhow::bail!("chat_history_messages must be between 0 and 1000");
         }
+        if !crate::domain::chat_limits::valid_model(&self.upstream_model) {
+            anyhow::bail!("upstream_model must be 1-200 printable characters without spaces");
+        }
+        if self.chat_models.len() > 1000
+            || !self
+                .chat_models
+                .iter()
+                .all(|m| crate::domain::chat_limits::valid_model(m))
+        {
+            anyhow::bail!(
+                "chat_models must be at most 1000 names of 1-200 printable characters without spaces"
+            );
+        }
+        if !(1..=1_000_000).contains(&self.chat_reserve_tokens) {
+            anyhow::bail!("chat_reserve_tokens must be between 1 and 1000000");
+        }
+        if !(5..=3600).contains(&self.chat_lease_seconds) {
+            anyhow::bail!("chat_lease_seconds must be between 5 and 3600");
+        }
+        for (name, v) in [
+            ("widget_tokens_per_day", self.widget_tokens_per_day),
+            (
+                "widget_visitor_tokens_per_day",
+                self.widget_visitor_tokens_per_day,
+            ),
+        ] {
+            if !(1..=crate::domain::chat_limits::MAX_TOKENS_PER_WINDOW).contains(&v) {
+                anyhow::bail!("{name} must be between 1 and 1000000000");
+            }
+        }
         if !(10..=60_000).contains(&self.webhooks_poll_interval_ms) {
             anyhow::bail!("webhooks_poll_interval_ms must be between 10 and 60000");
         }
@@ -604,6 +651,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The models `GET /v1/models` offers before allow-lists: `upstream_model`, then
+    /// `chat_models`, without repeats.
+    pub fn chat_model_names(&self) -> Vec<String> {
+        let mut out = vec![self.upstream_model.clone()];
+        for m in &self.chat_models {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
     }
 
     /// The windows of a policy.

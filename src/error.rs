@@ -36,6 +36,10 @@ pub enum Code {
     BudgetExhausted,
     /// 403: a budget applies and the model has no price.
     ModelUnpriced,
+    /// 403: the model asked for is not on the key's or the organization's allow-list.
+    ModelNotAllowed,
+    /// 429: the key or organization already has `max_parallel` answers under way.
+    ConcurrencyLimited,
 }
 
 impl Code {
@@ -97,6 +101,16 @@ impl Code {
                 "model_unpriced",
                 403,
                 "The model has no price and a budget applies.",
+            ),
+            Code::ModelNotAllowed => (
+                "model_not_allowed",
+                403,
+                "This model is not allowed for this key or organization.",
+            ),
+            Code::ConcurrencyLimited => (
+                "concurrency_limited",
+                429,
+                "Too many answers are under way at once.",
             ),
         }
     }
@@ -196,7 +210,7 @@ reasons! {
 
 impl Code {
     /// Every code, in table order.
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 18] = [
         Code::InvalidRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -213,6 +227,8 @@ impl Code {
         Code::CreditsExhausted,
         Code::BudgetExhausted,
         Code::ModelUnpriced,
+        Code::ModelNotAllowed,
+        Code::ConcurrencyLimited,
     ];
 }
 
@@ -402,6 +418,8 @@ mod tests {
                 ("credits_exhausted", 402),
                 ("budget_exhausted", 402),
                 ("model_unpriced", 403),
+                ("model_not_allowed", 403),
+                ("concurrency_limited", 429),
             ]
         );
     }

@@ -209,6 +209,8 @@ pub struct NewKey {
     pub budgets: Option<Vec<crate::domain::budget::Budget>>,
     /// Its credits (`None`: unlimited).
     pub credits: Option<KeyCredits>,
+    /// Models, token windows and concurrency for chat.
+    pub chat_limits: crate::domain::ChatLimits,
 }
 
 impl Keys {
@@ -297,6 +299,7 @@ impl Keys {
             rate_limits: s.rate_limits,
             budgets: s.budgets,
             credits: s.credits.map(|c| fresh_credits(c, now)),
+            chat_limits: s.chat_limits,
         });
         self.store.create_api_key(&record, audit).await?;
         Ok(Minted { key, record })
@@ -405,6 +408,7 @@ impl Keys {
                 balance: c.balance.at(c.refill.as_ref(), now),
                 refill: c.refill,
             }),
+            chat_limits: old.chat_limits.clone(),
         });
         let grace_end = now + grace * 1000;
         let old_expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
@@ -542,6 +546,7 @@ impl Keys {
             rate_limits: k.rate_limits,
             budgets: k.budgets,
             credits: k.credits,
+            chat_limits: k.chat_limits,
         };
         (key, record)
     }

@@ -2227,7 +2227,7 @@
   // Actors and targets are named from the lists the signed-in person may read (ids on hover).
   // Every action the log records, as GET …/audit-log?action= accepts them (tests/api/docs_lists.rs
   // keeps this list equal to the server's).
-  const AUDIT_ACTIONS = ['organization.created', 'organization.renamed', 'organization.rate_limits_changed',
+  const AUDIT_ACTIONS = ['organization.created', 'organization.renamed', 'organization.rate_limits_changed', 'organization.chat_limits_changed',
     'member.added', 'member.role_changed', 'member.removed', 'role.created', 'role.deleted',
     'invitation.created', 'invitation.accepted', 'invitation.declined', 'invitation.revoked',
     'api_key.created', 'api_key.updated', 'api_key.revoked', 'api_key.rolled', 'credits.low', 'credits.exhausted',

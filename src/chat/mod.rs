@@ -357,7 +357,7 @@ impl Chat {
         Ok(())
     }
 
-    /// Asks the model server for `model`, with at most `max_tokens` in the answer.
+    /// Asks the model server: `model`, for an answer of at most `max_tokens` when given.
     pub async fn ask(
         &self,
         p: &Prepared,

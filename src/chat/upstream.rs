@@ -61,8 +61,6 @@ pub enum Upstream {
         client: reqwest::Client,
         /// `…/chat/completions`.
         url: String,
-        /// The `model` field.
-        model: String,
         /// Sent as `Authorization: Bearer`; never logged.
         api_key: Option<crate::config::SecretString>,
         /// Longest wait for the first byte of the answer, and between two pieces.
@@ -75,7 +73,6 @@ impl Upstream {
     /// `…/chat/completions` URL.
     pub fn new(
         url: Option<&str>,
-        model: &str,
         api_key: Option<crate::config::SecretString>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
@@ -94,7 +91,6 @@ impl Upstream {
         Ok(Upstream::OpenAi {
             client,
             url,
-            model: model.to_string(),
             api_key,
             timeout,
         })
@@ -109,7 +105,7 @@ impl Upstream {
     }
 
     /// Asks `model` for an answer to `history` (oldest first, the new message last), of at
-    /// most `max_tokens`. `context` and `user` are passed along unchanged.
+    /// most `max_tokens` when given. `context` and `user` are passed along unchanged.
     pub async fn answer(
         &self,
         history: &[Turn],
@@ -125,7 +121,6 @@ impl Upstream {
             Upstream::OpenAi {
                 client,
                 url,
-                model: _,
                 api_key,
                 timeout,
             } => {
@@ -135,8 +130,8 @@ impl Upstream {
                     "stream": true,
                     "stream_options": { "include_usage": true },
                 });
-                if let Some(m) = max_tokens {
-                    body["max_tokens"] = json!(m);
+                if let Some(n) = max_tokens {
+                    body["max_tokens"] = json!(n);
                 }
                 if let Some(c) = context {
                     body["context"] = c.clone();

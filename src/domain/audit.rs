@@ -9,6 +9,7 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "organization.created",
     "organization.renamed",
     "organization.rate_limits_changed",
+    "organization.chat_limits_changed",
     "member.added",
     "member.role_changed",
     "member.removed",

@@ -3,12 +3,14 @@
 mod audit;
 pub mod budget;
 pub mod credits;
+pub mod chat_limits;
 mod email;
 mod name;
 mod password;
 pub mod permissions;
 
 pub use audit::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
+pub use chat_limits::{ChatLimits, ChatLimitsChange, TokenLimits, WidgetTokenLimits};
 pub use email::Email;
 pub use name::{Name, NameError};
 pub use password::Password;

@@ -14,6 +14,7 @@ use crate::domain::budget::Budget;
 use crate::domain::credits::{KeyCredits, MAX_COST};
 use crate::domain::permissions::Permission;
 use crate::domain::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
+use crate::domain::{ChatLimits, ChatLimitsChange, TokenLimits};
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
@@ -205,6 +206,13 @@ pub struct KeyView {
     pub budgets: Option<Vec<Budget>>,
     /// Its credits; `null`: unlimited uses.
     pub credits: Option<CreditsSpec>,
+    /// Model patterns the key may ask for (`*` and `?` are wildcards); `null`: any model the
+    /// organization allows.
+    pub allowed_models: Option<Vec<String>>,
+    /// The key's token windows; `null`: none (the organization's still apply).
+    pub token_limits: Option<TokenLimits>,
+    /// Chat answers the key may have under way at once; `null`: no bound of its own.
+    pub max_parallel: Option<u32>,
 }
 
 fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
@@ -227,6 +235,9 @@ fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
         rate_limits: k.rate_limits.as_ref().map(Rates::specs),
         budgets: k.budgets.clone(),
         credits: k.credits.as_ref().map(|c| credits_view(c, now)),
+        allowed_models: k.chat_limits.allowed_models.clone(),
+        token_limits: k.chat_limits.token_limits,
+        max_parallel: k.chat_limits.max_parallel,
     }
 }
 
@@ -276,6 +287,15 @@ pub struct CreateKeyBody {
     pub budgets: Option<Vec<Budget>>,
     /// Credits (uses left, maybe refilled); absent or `null`: unlimited.
     pub credits: Option<CreditsSpec>,
+    /// Model patterns the key may ask for in chat, e.g. `["gpt-4o*", "anthropic/*"]` (`*`
+    /// matches any run of characters, `?` one); absent or `null`: any model.
+    #[schema(max_items = 100)]
+    pub allowed_models: Option<Vec<String>>,
+    /// The key's token windows for chat; absent or `null`: none.
+    pub token_limits: Option<TokenLimits>,
+    /// Chat answers the key may have under way at once (1-10000); absent or `null`: no bound.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_parallel: Option<u32>,
 }
 
 /// Creates a key (`keys:write`); its scopes must be held by the creator.
@@ -303,6 +323,11 @@ pub async fn create_key(
         rate_limits: body.rate_limits,
         budgets: body.budgets,
         credits: body.credits.map(CreditsInput::from),
+        chat_limits: ChatLimits {
+            allowed_models: body.allowed_models,
+            token_limits: body.token_limits,
+            max_parallel: body.max_parallel,
+        },
     };
     let minted = state
         .keys
@@ -447,6 +472,18 @@ pub struct UpdateKeyBody {
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
     #[schema(value_type = Option<CreditsSpec>)]
     pub credits: Option<Option<CreditsSpec>>,
+    /// Model patterns the key may ask for; `null`: any model.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<Vec<String>>, max_items = 100)]
+    pub allowed_models: Option<Option<Vec<String>>>,
+    /// The key's token windows; `null`: none.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<TokenLimits>)]
+    pub token_limits: Option<Option<TokenLimits>>,
+    /// Chat answers under way at once (1-10000); `null`: no bound.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    pub max_parallel: Option<Option<u32>>,
 }
 
 /// Renames a key or changes its metadata or rate limits (`keys:write`); applies at once
@@ -472,6 +509,11 @@ pub async fn update_key(
         rate_limits: body.rate_limits,
         budgets: body.budgets,
         credits: body.credits.map(|c| c.map(CreditsInput::from)),
+        chat_limits: ChatLimitsChange {
+            allowed_models: body.allowed_models,
+            token_limits: body.token_limits,
+            max_parallel: body.max_parallel,
+        },
     };
     let k = state
         .keys

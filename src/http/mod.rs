@@ -14,6 +14,7 @@ pub mod invitations;
 pub mod limits;
 pub mod me;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 pub mod orgs;
 pub mod proxy;
@@ -121,6 +122,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(invitations::router())
         .merge(api_keys::router())
         .merge(chat::router())
+        .merge(models::router())
         .merge(usage::router())
         .merge(spend::router())
         .merge(widgets::router())

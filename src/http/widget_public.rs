@@ -492,7 +492,8 @@ pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Res
         Some(_) => None,
         None => state.widgets.latest_thread(&call.session).await?,
     };
-    answer(&state, caller, body, latest).await
+    let widget = call.session.widget.clone();
+    answer(&state, caller, body, latest, None, Some(&widget)).await
 }
 
 /// A visitor's latest conversation.

@@ -7,6 +7,7 @@ use crate::auth::api_key::Environment;
 use crate::domain::budget::{check_budgets, Budget};
 use crate::domain::credits::{CreditsSetting, Interval, Refill, MAX_CREDITS};
 use crate::domain::permissions;
+use crate::domain::{ChatLimits, ChatLimitsChange};
 use crate::ratelimit::{Rate, RateLimitSpec, Rates};
 
 const DAY_MS: i64 = 86_400_000;
@@ -34,6 +35,8 @@ pub struct KeyInput {
     pub credits: Option<CreditsInput>,
     /// Spend budgets (absent: none).
     pub budgets: Option<Vec<Budget>>,
+    /// Models, token windows and concurrency for chat (absent fields: unrestricted).
+    pub chat_limits: ChatLimits,
 }
 
 /// Credits as a caller gives them, before checking.
@@ -69,6 +72,8 @@ pub struct KeyUpdate {
     pub budgets: Option<Option<Vec<Budget>>>,
     /// New credits (set now, as a new balance); `Some(None)`: unlimited.
     pub credits: Option<Option<CreditsInput>>,
+    /// Changes to the chat limits.
+    pub chat_limits: ChatLimitsChange,
 }
 
 /// Checked settings of a key to mint.
@@ -81,6 +86,11 @@ pub(super) struct KeySettings {
     pub rate_limits: Option<Rates>,
     pub budgets: Option<Vec<Budget>>,
     pub credits: Option<CreditsSetting>,
+    pub chat_limits: ChatLimits,
+}
+
+fn chat_invalid(e: crate::domain::chat_limits::Invalid) -> KeyError {
+    invalid(e.field, e.problem)
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> KeyError {
@@ -134,6 +144,7 @@ pub(super) fn check_settings(
     let rate_limits = input.rate_limits.map(|r| check_rates(&r)).transpose()?;
     let credits = input.credits.map(check_credits).transpose()?;
     let budgets = input.budgets.map(check_key_budgets).transpose()?;
+    let chat_limits = input.chat_limits.checked().map_err(chat_invalid)?;
     Ok(KeySettings {
         credits,
         budgets,
@@ -143,6 +154,7 @@ pub(super) fn check_settings(
         lifetime_ms,
         metadata,
         rate_limits,
+        chat_limits,
     })
 }
 
@@ -166,6 +178,7 @@ pub(super) fn check_update(update: KeyUpdate) -> Result<crate::store::KeyChange,
             .budgets
             .map(|b| b.map(check_key_budgets).transpose())
             .transpose()?,
+        chat_limits: update.chat_limits.checked().map_err(chat_invalid)?,
     })
 }
 

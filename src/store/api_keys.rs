@@ -6,6 +6,7 @@ use super::audit::{record, Audit};
 use super::webhooks::enqueue;
 use super::{Store, StoreError, StoreResult};
 use crate::domain::credits::{Balance, CreditsSetting, Interval, KeyCredits, Refill};
+use crate::domain::{ChatLimits, ChatLimitsChange};
 use crate::ratelimit::Rates;
 
 /// A stored API key: everything but the key itself (only its SHA-256 is kept).
@@ -45,6 +46,8 @@ pub struct ApiKeyRecord {
     pub credits: Option<KeyCredits>,
     /// The key's spend budgets (`None`: no budget of its own).
     pub budgets: Option<Vec<crate::domain::budget::Budget>>,
+    /// Models, token windows and concurrency for chat (`None` fields: unrestricted).
+    pub chat_limits: ChatLimits,
 }
 
 /// A change to a key: each `Some` replaces the field (`rate_limits: Some(None)` restores
@@ -61,6 +64,8 @@ pub struct KeyChange {
     pub credits: Option<Option<CreditsSetting>>,
     /// New budgets (`Some(None)` removes them).
     pub budgets: Option<Option<Vec<crate::domain::budget::Budget>>>,
+    /// New chat limits.
+    pub chat_limits: ChatLimitsChange,
 }
 
 impl ApiKeyRecord {
@@ -80,7 +85,7 @@ const COLUMNS: &str =
     "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
      expires_at, last_used_at, revoked_at, rolled_to, rate_limits, credits_remaining, \
      credits_base, credits_period, credits_gen, credits_refill_interval, credits_refill_amount, \
-     credits_refill_day, budgets";
+     credits_refill_day, budgets, allowed_models, token_limits, max_parallel";
 
 fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     let scopes: String = r.try_get("scopes")?;
@@ -105,6 +110,7 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         rate_limits: parse_rates(r.try_get("rate_limits")?)?,
         credits: credits_from_row(r)?,
         budgets: parse_budgets(r.try_get("budgets")?)?,
+        chat_limits: chat_limits_from_row(r)?,
     })
 }
 
@@ -165,11 +171,50 @@ fn credit_columns(credits: Option<&KeyCredits>) -> CreditColumns {
     }
 }
 
+/// The chat limits stored in a row's `allowed_models`, `token_limits` and `max_parallel`.
+pub(crate) fn chat_limits_from_row(r: &AnyRow) -> StoreResult<ChatLimits> {
+    let models: Option<String> = r.try_get("allowed_models")?;
+    let tokens: Option<String> = r.try_get("token_limits")?;
+    let parallel: Option<i64> = r.try_get("max_parallel")?;
+    Ok(ChatLimits {
+        allowed_models: models
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(|e| StoreError::Other(format!("allowed_models: {e}")))?,
+        token_limits: parse_token_limits(tokens)?,
+        max_parallel: parallel.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+    })
+}
+
+/// Stored token windows, read back.
+pub(crate) fn parse_token_limits(
+    stored: Option<String>,
+) -> StoreResult<Option<crate::domain::TokenLimits>> {
+    stored
+        .map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Other(format!("token_limits: {e}")))
+}
+
+/// The stored forms of chat limits: (allowed_models, token_limits, max_parallel).
+pub(crate) fn chat_limits_columns(c: &ChatLimits) -> (Option<String>, Option<String>, Option<i64>) {
+    (
+        c.allowed_models
+            .as_ref()
+            .map(|m| serde_json::Value::from(m.clone()).to_string()),
+        c.token_limits
+            .as_ref()
+            .map(|t| serde_json::to_value(t).unwrap_or_default().to_string()),
+        c.max_parallel.map(i64::from),
+    )
+}
+
 async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult<()> {
     let c = credit_columns(k.credits.as_ref());
+    let (models, tokens, parallel) = chat_limits_columns(&k.chat_limits);
     sqlx::query(&format!(
         "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
     ))
     .bind(&k.id)
     .bind(&k.org_id)
@@ -194,6 +239,9 @@ async fn insert(conn: &mut sqlx::AnyConnection, k: &ApiKeyRecord) -> StoreResult
     .bind(c.4)
     .bind(c.5)
     .bind(budgets_text(k.budgets.as_deref()))
+    .bind(models)
+    .bind(tokens)
+    .bind(parallel)
     .execute(conn)
     .await?;
     Ok(())
@@ -218,6 +266,11 @@ pub(crate) fn parse_budgets(
 /// Budgets as stored (JSON text), or NULL.
 pub(crate) fn budgets_text(b: Option<&[crate::domain::budget::Budget]>) -> Option<String> {
     b.map(|b| serde_json::to_string(b).unwrap_or_else(|_| "[]".into()))
+}
+
+/// Chat limits as an audit entry shows them.
+pub(crate) fn chat_limits_audit(c: &ChatLimits) -> Value {
+    json!({ "allowed_models": c.allowed_models, "token_limits": c.token_limits, "max_parallel": c.max_parallel })
 }
 
 fn audit_details(k: &ApiKeyRecord) -> Value {
@@ -516,13 +569,22 @@ impl Store {
             k.budgets = budgets.clone();
             details.insert("budgets".into(), json!(budgets));
         }
+        if !change.chat_limits.is_empty() {
+            change.chat_limits.apply(&mut k.chat_limits);
+            details.insert("chat_limits".into(), chat_limits_audit(&k.chat_limits));
+        }
+        let (models, tokens, parallel) = chat_limits_columns(&k.chat_limits);
         sqlx::query(
-            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3, budgets = $4 WHERE org_id = $5 AND id = $6",
+            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3, budgets = $4, \
+             allowed_models = $5, token_limits = $6, max_parallel = $7 WHERE org_id = $8 AND id = $9",
         )
         .bind(&k.name)
         .bind(k.metadata.to_string())
         .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
         .bind(budgets_text(k.budgets.as_deref()))
+        .bind(models)
+        .bind(tokens)
+        .bind(parallel)
         .bind(org_id)
         .bind(id)
         .execute(&mut *tx)

@@ -266,6 +266,15 @@ impl TestDb {
         }
     }
 
+    /// The same database for a second instance; the first keeps it (and drops it).
+    pub fn shared(url: &str) -> Self {
+        TestDb {
+            url: url.to_string(),
+            _dir: None,
+            pg_admin: std::sync::Mutex::new(None),
+        }
+    }
+
     /// Drops a PostgreSQL test database now (a test that ends normally); otherwise the drop
     /// guard does it.
     pub async fn cleanup(&self) {

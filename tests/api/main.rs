@@ -12,6 +12,7 @@ mod auth_failures;
 mod auth_v1;
 mod bad_input;
 mod chat;
+mod chat_admission;
 mod cli;
 mod concurrency;
 mod credits;
