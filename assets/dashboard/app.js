@@ -2134,7 +2134,7 @@
         h('section', { class: 'card', 'aria-labelledby': 'usage-table-h' },
           h('h2', { id: 'usage-table-h' }, 'Totals per key'),
           h('p', { class: 'hint' }, 'Requests: every admitted request made with a key (chat among them); for widgets, their chats. Chat is part of Requests, so each column adds up to the total.'),
-          h('div', { class: 'table-wrap' }, h('table', { class: 'table num' },
+          h('div', { class: 'table-wrap' }, h('table', { class: 'table num cards' },
             h('thead', null, h('tr', null, ['Key', 'Requests', 'Chat', '429s', 'Prompt tokens', 'Completion tokens', spend ? 'Spend' : null]
               .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
             h('tbody', null, ids.map((id) => row(h('th', { scope: 'row', title: id || null }, label(id)), totals.get(id)))),
