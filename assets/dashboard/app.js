@@ -2054,13 +2054,13 @@
     const range = h('select', { id: 'usage-range' }, [[7, 'Last 7 days'], [30, 'Last 30 days'], [90, 'Last 90 days']]
       .map(([v, t]) => h('option', { value: v, selected: v === 30 }, t)))
     const out = h('div', null, h('p', { class: 'muted' }, 'Loading usage…'))
-    const lede = h('p', { class: 'lede' }, 'Requests per day and per key, from the usage counters. Days are UTC.')
+    const lede = h('p', { class: 'lede' }, 'Requests per day and per key, from the usage counters; spend and budgets from the spend ledger. Days are UTC.')
     main.append(lede,
       h('div', { class: 'row' }, h('div', { class: 'field' }, h('label', { for: 'usage-range' }, 'Period'), range)), err, out)
     range.addEventListener('change', load)
     config().then((c) => {
       const n = c.write_behind_seconds
-      if (n) lede.textContent = `Requests per day and per key, from the usage counters. Counters are written every ${n} second${n === 1 ? '' : 's'} (write_behind_seconds), so the last ${n === 1 ? 'second' : `${n} seconds`} may be missing. Days are UTC.`
+      if (n) lede.textContent = `Requests per day and per key, from the usage counters; spend and budgets from the spend ledger. Counters are written every ${n} second${n === 1 ? '' : 's'} (write_behind_seconds), so the last ${n === 1 ? 'second' : `${n} seconds`} may be missing. Days are UTC.`
     }).catch(() => {})
 
     async function load() {
@@ -2138,8 +2138,8 @@
             h('thead', null, h('tr', null, ['Key', 'Requests', 'Chat', '429s', 'Prompt tokens', 'Completion tokens', spend ? 'Spend' : null]
               .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
             h('tbody', null, ids.map((id) => row(h('th', { scope: 'row', title: id || null }, label(id)), totals.get(id)))),
-            h('tfoot', null, row(h('th', { scope: 'row' }, 'Total'), all, { class: 'total' })))),
-          spend ? spendView(spendRows, days, period, width, chart, all.cost) : null))
+            h('tfoot', null, row(h('th', { scope: 'row' }, 'Total'), all, { class: 'total' }))))),
+        spend ? spendView(spendRows, days, period, width, chart, all.cost) : null)
     }
 
     // Spend per day by model (a chart) and per model (a table), from GET …/spend (the ledger's
