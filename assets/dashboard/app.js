@@ -776,22 +776,6 @@
   }
   const PERIODS = [['day', 'per day'], ['week', 'per week'], ['month', 'per month'], ['total', 'in total']]
   const PERIOD_TEXT = Object.fromEntries(PERIODS)
-  // When a budget's period began (UTC: days, ISO weeks from Monday, calendar months).
-  function periodStart(period, now = Date.now()) {
-    const d = new Date(now)
-    const day = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate())
-    if (period === 'day') return day
-    if (period === 'week') return day - ((d.getUTCDay() + 6) % 7) * 86_400_000
-    if (period === 'month') return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1)
-    return null
-  }
-  function periodEnd(period, now = Date.now()) {
-    const d = new Date(now)
-    if (period === 'day') return periodStart('day', now) + 86_400_000
-    if (period === 'week') return periodStart('week', now) + 7 * 86_400_000
-    if (period === 'month') return Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1)
-    return null
-  }
   const budgetText = (b) => `${fmtMoney(b.amount)} ${PERIOD_TEXT[b.period] || b.period}${b.soft ? ' (alert only)' : ''}`
 
   // One line per limit a key (or organization) has; "Unlimited" when it has none.
@@ -2176,15 +2160,14 @@
     }
 
     // Every budget that applies (the organization's, each active key's) with what its current
-    // period has spent and what is left. A budget the server reports `spent` for shows that;
-    // otherwise the spend is summed from GET …/usage (the same ledger) since the period began.
+    // period has spent and what is left, as the server enforces them: GET …/budgets and
+    // GET …/api-keys/{id}/budgets read the spend ledger.
     async function budgetsLeft(card, keys, o) {
       const entries = []
-      for (const b of (o && o.budgets) || []) entries.push({ who: o.name, sub: 'the whole organization', b, key: null, since: o.created_at })
-      for (const k of keys) {
-        if (k.status !== 'active') continue
-        for (const b of k.budgets || []) entries.push({ who: k.name, sub: k.masked, b, key: k.id, since: k.created_at })
-      }
+      for (const b of (o && o.budgets) || []) entries.push({ who: o.name, sub: 'the whole organization', b })
+      const budgeted = keys.filter((k) => k.status === 'active' && k.budgets && k.budgets.length)
+      const states = await Promise.all(budgeted.map((k) => api('GET', orgPath(`/api-keys/${encodeURIComponent(k.id)}/budgets`))))
+      budgeted.forEach((k, i) => { for (const b of states[i]) entries.push({ who: k.name, sub: k.masked, b }) })
       const perUser = (o && o.end_user_budgets) || []
       const hint = h('p', { class: 'hint' }, 'Settled spend in each budget’s current period (UTC); chats still streaming are not in it yet. ',
         perUser.length ? `Each end user may also spend ${perUser.map(budgetText).join(', ')}.` : null)
@@ -2192,26 +2175,16 @@
         return card.replaceChildren(card.firstChild, hint, h('p', { class: 'muted empty' },
           'No budgets. Give a key budgets on the API keys page (Limits), or the organization on the Members page.'))
       }
-      const today = Math.floor(Date.now() / DAY) * DAY
-      const startOf = (e) => periodStart(e.b.period) ?? Math.max(Math.floor((e.since || 0) / DAY) * DAY, today - 399 * DAY)
-      const need = entries.filter((e) => typeof e.b.spent !== 'number')
-      let rows = []
-      if (need.length) rows = await api('GET', orgPath(`/usage?granularity=day&from=${Math.min(...need.map(startOf))}`))
-      const body = entries.map((e) => {
-        const start = startOf(e)
-        const spent = typeof e.b.spent === 'number' ? e.b.spent
-          : rows.filter((r) => (e.key === null || r.key_id === e.key) && r.start >= start).reduce((a, r) => a + (r.cost || 0), 0)
-        const left = Math.max(0, e.b.amount - spent)
-        const resets = e.b.resets_at ?? periodEnd(e.b.period)
-        const level = spent >= e.b.amount ? 'over' : spent >= e.b.amount * 0.8 ? 'near' : 'ok'
+      const body = entries.map(({ who, sub, b }) => {
+        const level = b.spent >= b.amount ? 'over' : b.spent >= b.amount * 0.8 ? 'near' : 'ok'
         return h('tr', { class: `budget ${level}` },
-          h('th', { scope: 'row' }, e.who, h('span', { class: 'sub' }, e.sub)),
-          cell('Budget', budgetText(e.b)),
-          cell('Spent', fmtMoney(spent)),
-          cell('Left', h('span', { class: 'left' }, fmtMoney(left)),
-            h('meter', { min: '0', max: String(e.b.amount), value: String(Math.min(spent, e.b.amount)), low: String(e.b.amount * 0.5), high: String(e.b.amount * 0.8), optimum: '0',
-              'aria-label': `${e.who}: ${fmtMoney(spent)} of ${fmtMoney(e.b.amount)} spent` })),
-          cell('Resets', resets ? fmtTime(resets) : 'Never'))
+          h('th', { scope: 'row' }, who, h('span', { class: 'sub' }, sub)),
+          cell('Budget', budgetText(b)),
+          cell('Spent', fmtMoney(b.spent)),
+          cell('Left', h('span', { class: 'left' }, fmtMoney(b.remaining)),
+            h('meter', { min: '0', max: String(b.amount), value: String(Math.min(b.spent, b.amount)), low: String(b.amount * 0.5), high: String(b.amount * 0.8), optimum: '0',
+              'aria-label': `${who}: ${fmtMoney(b.spent)} of ${fmtMoney(b.amount)} spent` })),
+          cell('Resets', b.resets_at ? fmtTime(b.resets_at) : 'Never'))
       })
       card.replaceChildren(card.firstChild, hint, h('div', { class: 'table-wrap' }, h('table', { class: 'table cards budgets-left' },
         h('caption', { class: 'sr' }, 'Budgets and what is left of each'),
