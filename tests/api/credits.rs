@@ -414,3 +414,81 @@ async fn credits_survive_a_redis_flush_and_an_outage_refuses_on_postgres() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A person, an organization, a verifier key and a key with `credits` on a running process
+/// at `base`: (verifier, key).
+async fn process_setup(c: &reqwest::Client, base: &str, credits: Value) -> (String, String) {
+    let email = format!("credits-{}@example.com", uuid::Uuid::new_v4().simple());
+    let (status, s) = parts(
+        c.post(format!("{base}/auth/v1/signup"))
+            .header("apikey", crate::helpers::PK)
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{s}");
+    let token = s["access_token"].as_str().unwrap().to_string();
+    let post = |path: String, body: Value| {
+        let req = c
+            .post(format!("{base}/v1{path}"))
+            .bearer_auth(&token)
+            .json(&body);
+        async move { parts(req.send().await.unwrap()).await }
+    };
+    let (status, org) = post("/orgs".into(), json!({"name": "Credits"})).await;
+    assert_eq!(status, 201, "{org}");
+    let org = org["data"]["id"].as_str().unwrap().to_string();
+    let keys = format!("/orgs/{org}/api-keys");
+    let (status, v) = post(
+        keys.clone(),
+        json!({"name": "v", "scopes": ["keys:verify"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, k) = post(keys, json!({"name": "k", "credits": credits})).await;
+    assert_eq!(status, 201, "{k}");
+    (
+        v["data"]["key"].as_str().unwrap().to_string(),
+        k["data"]["key"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn acknowledged_spends_survive_kill_9(db: Db) {
+    let test_db = TestDb::new(db).await;
+    let dir = crate::helpers::tempdir::Dir::new();
+    let c = reqwest::Client::new();
+    let mut server = crate::process::start_with(&test_db.url, &dir, &[]).await;
+    let (verifier, key) = process_setup(&c, &server.base, json!({"remaining": 10})).await;
+    for remaining in [8, 6, 4] {
+        assert_eq!(
+            verify_on(&c, &server.base, &verifier, &key, Some(2)).await,
+            (true, "valid".into(), json!(remaining))
+        );
+    }
+    server.child.kill().unwrap(); // SIGKILL: nothing is flushed
+    server.child.wait().unwrap();
+    let again = crate::process::start_with(&test_db.url, &dir, &[]).await;
+    // Every answered spend was in storage before its answer: 4 left, not 10.
+    assert_eq!(
+        verify_on(&c, &again.base, &verifier, &key, Some(5)).await,
+        (false, "usage_exceeded".into(), json!(4))
+    );
+    assert_eq!(
+        verify_on(&c, &again.base, &verifier, &key, Some(4)).await,
+        (true, "valid".into(), json!(0))
+    );
+    drop(again);
+    test_db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_spends_survive_kill_9_on_sqlite() {
+    acknowledged_spends_survive_kill_9(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_spends_survive_kill_9_on_postgres() {
+    acknowledged_spends_survive_kill_9(Db::Postgres).await;
+}
