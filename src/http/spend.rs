@@ -28,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_prices))
         .routes(routes!(get_price, put_price, delete_price))
         .routes(routes!(spend_report))
+        .routes(routes!(key_budgets))
 }
 
 /// One budget with where it stands in its current period.
@@ -151,6 +152,33 @@ pub async fn put_budgets(
         .await
         .map_err(spend_error)?;
     Ok(ok(budgets_view(&state, &org, b).await?))
+}
+
+/// A key's budgets and how much of each is spent (`analytics:read`); `[]` without budgets.
+#[utoipa::path(get, path = "/v1/orgs/{org}/api-keys/{id}/budgets", tag = "spend",
+    params(("org" = OrgId, Path, description = "The organization"), ("id" = KeyId, Path, description = "The key")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The key's budgets with their state", body = Envelope<Vec<BudgetStatus>>),
+        errors::Auth, errors::Org))]
+pub async fn key_budgets(
+    State(state): State<AppState>,
+    principal: Principal,
+    Ids((org, id)): Ids<(OrgId, KeyId)>,
+) -> Result<Success<Vec<BudgetStatus>>, ApiError> {
+    org_access(&state, &principal, org.as_str())
+        .await?
+        .require(Permission::AnalyticsRead)?;
+    let k = state.keys.get(&org, &id).await?;
+    let now = state.edge.clock.now_ms();
+    let mut out = Vec::new();
+    for budget in k.budgets.unwrap_or_default() {
+        let spent = state
+            .spend
+            .spent(&SpendScope::Key(k.id.clone()), budget.period)
+            .await?;
+        out.push(status(budget, spent, now));
+    }
+    Ok(ok(out))
 }
 
 /// A model's price and where it comes from.
