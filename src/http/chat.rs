@@ -260,8 +260,11 @@ pub fn check_chat_body(body: &ChatBody) -> Result<(), ApiError> {
         ThreadId::parse(id)?;
     }
     if let Some(m) = &body.model {
-        if m.is_empty() || m.len() > 200 || m.chars().any(char::is_control) {
-            return Err(ApiError::field("model", "must be 1 to 200 characters"));
+        if m.is_empty() || m.chars().count() > 200 || m.chars().any(char::is_control) {
+            return Err(ApiError::field(
+                "model",
+                "must be 1 to 200 characters, none of them control characters",
+            ));
         }
     }
     if body

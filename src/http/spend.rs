@@ -34,9 +34,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// One budget with where it stands in its current period.
 #[derive(Serialize, ToSchema)]
 pub struct BudgetStatus {
-    /// The budget.
-    #[serde(flatten)]
-    pub budget: Budget,
+    /// Micro-units of the configured `currency`.
+    pub amount: i64,
+    /// `day`, `week`, `month` or `total`.
+    pub period: crate::domain::budget::Period,
+    /// Alert only, never refuse.
+    pub soft: bool,
     /// Settled spend in the current period (micro-units), from the ledger.
     pub spent: i64,
     /// `amount - spent`, never below 0.
@@ -103,7 +106,9 @@ fn status(budget: Budget, spent: i64, now: i64) -> BudgetStatus {
         period_start: budget.period.start(now),
         resets_at: budget.period.resets_at(now),
         spent,
-        budget,
+        amount: budget.amount,
+        period: budget.period,
+        soft: budget.soft,
     }
 }
 
@@ -254,8 +259,11 @@ pub async fn list_prices(
 }
 
 fn check_model(model: &str) -> Result<(), ApiError> {
-    if model.is_empty() || model.len() > 200 || model.chars().any(char::is_control) {
-        return Err(ApiError::field("model", "must be 1 to 200 characters"));
+    if model.is_empty() || model.chars().count() > 200 || model.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "model",
+            "must be 1 to 200 characters, none of them control characters",
+        ));
     }
     Ok(())
 }
