@@ -28,14 +28,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_prices))
         .routes(routes!(get_price, put_price, delete_price))
         .routes(routes!(spend_report))
+        .routes(routes!(key_budgets))
 }
 
 /// One budget with where it stands in its current period.
 #[derive(Serialize, ToSchema)]
 pub struct BudgetStatus {
-    /// The budget.
-    #[serde(flatten)]
-    pub budget: Budget,
+    /// Micro-units of the configured `currency`.
+    pub amount: i64,
+    /// `day`, `week`, `month` or `total`.
+    pub period: crate::domain::budget::Period,
+    /// Alert only, never refuse.
+    pub soft: bool,
     /// Settled spend in the current period (micro-units), from the ledger.
     pub spent: i64,
     /// `amount - spent`, never below 0.
@@ -102,7 +106,9 @@ fn status(budget: Budget, spent: i64, now: i64) -> BudgetStatus {
         period_start: budget.period.start(now),
         resets_at: budget.period.resets_at(now),
         spent,
-        budget,
+        amount: budget.amount,
+        period: budget.period,
+        soft: budget.soft,
     }
 }
 
@@ -151,6 +157,33 @@ pub async fn put_budgets(
         .await
         .map_err(spend_error)?;
     Ok(ok(budgets_view(&state, &org, b).await?))
+}
+
+/// A key's budgets and how much of each is spent (`analytics:read`); `[]` without budgets.
+#[utoipa::path(get, path = "/v1/orgs/{org}/api-keys/{id}/budgets", tag = "spend",
+    params(("org" = OrgId, Path, description = "The organization"), ("id" = KeyId, Path, description = "The key")),
+    security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
+    responses((status = 200, description = "The key's budgets with their state", body = Envelope<Vec<BudgetStatus>>),
+        errors::Auth, errors::Org))]
+pub async fn key_budgets(
+    State(state): State<AppState>,
+    principal: Principal,
+    Ids((org, id)): Ids<(OrgId, KeyId)>,
+) -> Result<Success<Vec<BudgetStatus>>, ApiError> {
+    org_access(&state, &principal, org.as_str())
+        .await?
+        .require(Permission::AnalyticsRead)?;
+    let k = state.keys.get(&org, &id).await?;
+    let now = state.edge.clock.now_ms();
+    let mut out = Vec::new();
+    for budget in k.budgets.unwrap_or_default() {
+        let spent = state
+            .spend
+            .spent(&SpendScope::Key(k.id.clone()), budget.period)
+            .await?;
+        out.push(status(budget, spent, now));
+    }
+    Ok(ok(out))
 }
 
 /// A model's price and where it comes from.
@@ -226,8 +259,11 @@ pub async fn list_prices(
 }
 
 fn check_model(model: &str) -> Result<(), ApiError> {
-    if model.is_empty() || model.len() > 200 || model.chars().any(char::is_control) {
-        return Err(ApiError::field("model", "must be 1 to 200 characters"));
+    if model.is_empty() || model.chars().count() > 200 || model.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "model",
+            "must be 1 to 200 characters, none of them control characters",
+        ));
     }
     Ok(())
 }

@@ -730,7 +730,7 @@ impl Drop for Guard {
 }
 
 fn check_model(model: &str) -> Result<(), SpendError> {
-    if model.is_empty() || model.len() > 200 || model.chars().any(char::is_control) {
+    if model.is_empty() || model.chars().count() > 200 || model.chars().any(char::is_control) {
         return Err(SpendError::Invalid {
             field: "model",
             problem: "must be 1 to 200 characters".into(),

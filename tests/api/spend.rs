@@ -171,6 +171,15 @@ story!(
             (rows[0]["model"].as_str(), rows[0]["requests"].as_i64(), rows[0]["prompt_tokens"].as_i64(), rows[0]["completion_tokens"].as_i64(), rows[0]["cost"].as_i64()),
             (Some("test-model"), Some(3), Some(17), Some(10), Some(37))
         );
+        let (status, body) = s
+            .app
+            .call(Method::GET, &format!("/orgs/{}/api-keys/{key_id}/budgets", s.org), &s.owner.token, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["data"][0]["spent"].as_i64(), body["data"][0]["remaining"].as_i64()),
+            (Some(37), Some(23))
+        );
         // Raising the budget lets the key chat again, at once.
         let (status, body) = s
             .app
