@@ -345,7 +345,11 @@ pub async fn answer(
     let reserve = body
         .max_tokens
         .map_or(state.config.chat_reserve_tokens, u64::from);
-    let mut admission = state.limits.admit(who, prompt, reserve).await?;
+    let lease = state.limits.lease(who).await?;
+    let mut admission = state
+        .limits
+        .reserve_tokens(who, prompt, reserve, lease)
+        .await?;
     let pieces = match state
         .chat
         .ask(&prepared, context.as_ref(), &model, body.max_tokens)
