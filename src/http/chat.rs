@@ -261,13 +261,14 @@ pub fn check_chat_body(body: &ChatBody) -> Result<(), ApiError> {
     if let Some(id) = &body.thread_id {
         ThreadId::parse(id)?;
     }
-    if let Some(m) = &body.model {
-        if !crate::domain::chat_limits::valid_model(m) {
-            return Err(ApiError::field(
-                "model",
-                "must be 1-200 printable characters without spaces",
-            ));
-        }
+    // Any name of the schema's length: one no list matches is refused by the allow-lists,
+    // and an unknown one by the model server.
+    if body
+        .model
+        .as_ref()
+        .is_some_and(|m| m.is_empty() || m.chars().count() > 200)
+    {
+        return Err(ApiError::field("model", "must be 1-200 characters"));
     }
     if body
         .max_tokens
@@ -370,12 +371,14 @@ pub async fn answer(
     let reserve = body
         .max_tokens
         .map_or(state.config.chat_reserve_tokens, u64::from);
-    let mut admission = state.limits.admit(who, prompt, reserve).await?;
+    // The design's order: a lease, then the budgets, then the token windows; each refusal
+    // gives back what the steps before it took (the lease drops; the guard settles nothing).
+    let lease = state.limits.lease(who).await?;
     // Reserve the worst case against every budget that applies; the guard settles the real
     // cost however the chat ends (answered, failed, or the client gone).
     let (prompt_bytes, messages) = crate::chat::Chat::prompt_size(&prepared);
     let end_user = prepared.caller.end_user();
-    let reservation = match state
+    let reservation = state
         .spend
         .reserve(&Ask {
             org_id: &prepared.caller.org_id,
@@ -388,15 +391,12 @@ pub async fn answer(
             max_tokens: body.max_tokens,
         })
         .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            // Refused by a budget: the token windows get everything back.
-            admission.settle(Some(0)).await;
-            return Err(spend_error(e));
-        }
-    };
+        .map_err(spend_error)?;
     let mut guard = Guard::new(state.spend.clone(), reservation);
+    let mut admission = state
+        .limits
+        .reserve_tokens(who, prompt, reserve, lease)
+        .await?;
     let pieces = match state
         .chat
         .ask(&prepared, context.as_ref(), &model, guard.max_tokens())

@@ -155,14 +155,9 @@ impl Limits {
         self.orgs.chat_limits(org_id).await
     }
 
-    /// Admits a chat: a lease on the key's and the organization's `max_parallel` (when
-    /// set), then `tokens` reserved in every token window that applies.
-    pub async fn admit(
-        &self,
-        who: Asker<'_>,
-        prompt: u64,
-        answer: u64,
-    ) -> Result<Admission, AdmissionError> {
+    /// Takes a lease on the key's and the organization's `max_parallel` (when set; `None`
+    /// when neither is). Dropping it releases it.
+    pub async fn lease(&self, who: Asker<'_>) -> Result<Option<Lease>, AdmissionError> {
         let org = self.orgs.chat_limits(who.org_id).await?;
         let mut specs = Vec::with_capacity(2);
         if let Some(k) = who.key {
@@ -181,21 +176,32 @@ impl Limits {
                 max,
             });
         }
-        let lease = if specs.is_empty() {
-            None
-        } else {
-            let tag = format!("org:{}", who.org_id);
-            match self.leases.acquire(&tag, &specs).await {
-                Ok(l) => Some(l),
-                Err(i) => {
-                    let s = &specs[i.min(specs.len() - 1)];
-                    return Err(AdmissionError::Concurrency {
-                        scope: s.scope,
-                        max_parallel: s.max,
-                    });
-                }
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let tag = format!("org:{}", who.org_id);
+        match self.leases.acquire(&tag, &specs).await {
+            Ok(l) => Ok(Some(l)),
+            Err(i) => {
+                let s = &specs[i.min(specs.len() - 1)];
+                Err(AdmissionError::Concurrency {
+                    scope: s.scope,
+                    max_parallel: s.max,
+                })
             }
-        };
+        }
+    }
+
+    /// Reserves `prompt + answer` tokens in every token window that applies and returns
+    /// what the chat holds from now on (with its `lease`), to settle when the answer ends.
+    pub async fn reserve_tokens(
+        &self,
+        who: Asker<'_>,
+        prompt: u64,
+        answer: u64,
+        lease: Option<Lease>,
+    ) -> Result<Admission, AdmissionError> {
+        let org = self.orgs.chat_limits(who.org_id).await?;
         let tokens = self.reserve(who, &org, prompt + answer).await?;
         Ok(Admission {
             lease,

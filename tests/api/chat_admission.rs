@@ -215,7 +215,7 @@ story!(
         );
 
         // Bad names and patterns are 422 naming the field.
-        let (status, b, _) = chat(&app, &key, json!({"message": "hi", "model": "has space"})).await;
+        let (status, b, _) = chat(&app, &key, json!({"message": "hi", "model": "m".repeat(201)})).await;
         assert_eq!(refusal(status, &b), (422, "validation_failed", ""));
         assert!(b["error"]["details"]["fields"]["model"].is_string(), "{b}");
         let (status, b) = app.call(Method::PATCH, &format!("/orgs/{org}/chat-limits"), &owner.token,
@@ -414,20 +414,34 @@ async fn leases_and_token_windows_are_shared_by_two_instances_on_redis() {
             c.redis_prefix = prefix;
         }
     };
-    let a = TestApp::spawn_on_with_clock(db, clock.clone(), tweak(url.clone(), prefix.clone())).await;
+    let a =
+        TestApp::spawn_on_with_clock(db, clock.clone(), tweak(url.clone(), prefix.clone())).await;
     let b = TestApp::spawn_on_with_clock(TestDb::shared(&shared), clock, tweak(url, prefix)).await;
     let owner = a.person().await;
     let org = a.org(&owner, "Acme").await;
-    let (key, _) = key_with(&a, &owner, &org, json!({"max_parallel": 1, "token_limits": {"tokens_per_minute": 1000}})).await;
+    let (key, _) = key_with(
+        &a,
+        &owner,
+        &org,
+        json!({"max_parallel": 1, "token_limits": {"tokens_per_minute": 1000}}),
+    )
+    .await;
 
     // A stream under way on one instance holds the key's one lease on the other.
     let held = under_way(&a.base, &key).await;
     let (status, body, _) = chat(&b, &key, json!({"message": "hi", "max_tokens": 100})).await;
     assert_eq!(refusal(status, &body), (429, "concurrency_limited", ""));
     held.abort();
-    eventually(Duration::from_secs(5), "the other instance sees the lease released", || async {
-        chat(&b, &key, json!({"message": "use 1", "max_tokens": 1})).await.0 == 200
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the other instance sees the lease released",
+        || async {
+            chat(&b, &key, json!({"message": "use 1", "max_tokens": 1}))
+                .await
+                .0
+                == 200
+        },
+    )
     .await;
 
     // Token windows reserved on one instance and settled there are what the other sees.
@@ -437,7 +451,8 @@ async fn leases_and_token_windows_are_shared_by_two_instances_on_redis() {
     let mut admitted = 0;
     for i in 0..20 {
         let app = if i % 2 == 0 { &a } else { &b };
-        let (status, body, _) = chat(app, &key, json!({"message": "use 40", "max_tokens": 300})).await;
+        let (status, body, _) =
+            chat(app, &key, json!({"message": "use 40", "max_tokens": 300})).await;
         if status != 200 {
             assert_eq!(refusal(status, &body), (429, "rate_limited", ""));
             break;
