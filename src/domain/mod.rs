@@ -2,8 +2,8 @@
 
 mod audit;
 pub mod budget;
-pub mod credits;
 pub mod chat_limits;
+pub mod credits;
 mod email;
 mod name;
 mod password;

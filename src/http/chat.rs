@@ -433,7 +433,12 @@ pub async fn answer(
         let row = guard.row();
         let answer = state
             .chat
-            .finish(&prepared, text.clone(), tokens.unwrap_or_default(), row.clone())
+            .finish(
+                &prepared,
+                text.clone(),
+                tokens.unwrap_or_default(),
+                row.clone(),
+            )
             .await
             .map_err(chat_error)?;
         if let Some(row) = row {
