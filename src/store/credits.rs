@@ -186,21 +186,6 @@ impl Store {
             exhausted,
         }))
     }
-
-    /// Credits spent per key of an organization since `since` (unix ms), from the ledger.
-    pub async fn credits_spent(&self, org_id: &str, since: i64) -> StoreResult<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT key_id, SUM(amount) AS spent FROM credit_spends \
-             WHERE org_id = $1 AND created_at >= $2 GROUP BY key_id ORDER BY key_id",
-        )
-        .bind(org_id)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("key_id")?, r.try_get("spent")?)))
-            .collect()
-    }
 }
 
 /// The spends of one key under one generation in one period.

@@ -492,3 +492,40 @@ async fn acknowledged_spends_survive_kill_9_on_sqlite() {
 async fn acknowledged_spends_survive_kill_9_on_postgres() {
     acknowledged_spends_survive_kill_9(Db::Postgres).await;
 }
+
+story!(
+    a_chat_spends_a_credit_of_its_key_and_is_not_served_at_zero,
+    |app: TestApp| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Chat credits").await;
+        let (status, body) = app
+            .call(
+                Method::POST,
+                &format!("/orgs/{org}/api-keys"),
+                &owner.token,
+                Some(
+                    json!({"name": "chat", "scopes": ["chat:write"], "credits": {"remaining": 1}}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let key = body["data"]["key"].as_str().unwrap().to_string();
+        let ask = || {
+            app.call(
+                Method::POST,
+                "/chat",
+                &key,
+                Some(json!({"message": "hello"})),
+            )
+        };
+        let (status, body) = ask().await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = ask().await;
+        assert_eq!(
+            refusal(status, &body),
+            (402, "credits_exhausted", ""),
+            "{body}"
+        );
+        app
+    }
+);
