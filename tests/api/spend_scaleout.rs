@@ -22,6 +22,7 @@ struct Pair {
     b: Server,
     db: TestDb,
     _dir: tempdir::Dir,
+    prefix: String,
 }
 
 async fn pair(upstream: &str, lease_seconds: &str) -> Pair {
@@ -47,7 +48,13 @@ async fn pair(upstream: &str, lease_seconds: &str) -> Pair {
     let a = start_with(&db.url, &_dir, &env).await;
     let b = start_with(&db.url, &_dir, &env).await;
     wait_until_subscribed(&redis, &prefix, 2).await;
-    Pair { a, b, db, _dir }
+    Pair {
+        a,
+        b,
+        db,
+        _dir,
+        prefix,
+    }
 }
 
 async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
@@ -151,7 +158,7 @@ async fn forty_concurrent_streamed_chats_on_two_instances_end_within_the_budget(
         13 * done as i64,
         "every answered chat settled once"
     );
-    let Pair { a, b, db, _dir } = p;
+    let Pair { a, b, db, .. } = p;
     drop((a, b));
     db.cleanup().await;
 }
@@ -217,7 +224,60 @@ async fn kill_9_mid_stream_loses_no_settled_cost_and_frees_its_reservation_after
     )
     .await;
     assert_eq!(spent(&c, &p.b.base, &token, &org).await, 39);
-    let Pair { a, b, db, _dir } = p;
+    let Pair { a, b, db, .. } = p;
+    drop((a, b));
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_counters_lost_with_redis_are_rebuilt_from_the_ledger() {
+    let (upstream, _mock) = crate::chat::mock_server().await;
+    let p = pair(&upstream, "300").await;
+    let c = Client::new();
+    // 60: three chats settle 39 (the third reserves 26 + 34 = 60); a fourth does not fit.
+    let (token, org, key) = org_with_budget(&c, &p.a.base, 60).await;
+    for i in 0..3 {
+        let base = if i % 2 == 0 { &p.a.base } else { &p.b.base };
+        assert_eq!(
+            stream_chat(&c, base, &key, "hi").await,
+            (200, "done".into())
+        );
+    }
+    let refused = |base: String| {
+        let (c, key) = (c.clone(), key.clone());
+        async move {
+            let (status, body) = send(
+                c.post(format!("{base}/v1/chat"))
+                    .header("x-api-key", &key)
+                    .json(&json!({"message": "hi", "max_tokens": 10})),
+            )
+            .await;
+            (status, body["error"]["details"]["budget"]["spent"].clone())
+        }
+    };
+    assert_eq!(refused(p.a.base.clone()).await, (402, json!(39)));
+    // Redis loses the counters (only this deployment's keys are deleted).
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:spend:*", p.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "the counters live in Redis");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Both instances count from the ledger again: still 39, still refused.
+    assert_eq!(refused(p.b.base.clone()).await, (402, json!(39)));
+    assert_eq!(refused(p.a.base.clone()).await, (402, json!(39)));
+    assert_eq!(spent(&c, &p.a.base, &token, &org).await, 39);
+    let Pair { a, b, db, .. } = p;
     drop((a, b));
     db.cleanup().await;
 }
