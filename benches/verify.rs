@@ -58,6 +58,9 @@ fn bench(c: &mut Criterion) {
             metadata: serde_json::json!({}),
             created_by: "bench".into(),
             rate_limits: None,
+            credits: None,
+            budgets: None,
+            chat_limits: Default::default(),
         });
         store.create_api_key(&record, &audit).await.unwrap();
         keys.verify(&key).await.unwrap(); // warm the cache

@@ -55,6 +55,8 @@ pub struct AppInner {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The chat gateway.
     pub chat: crate::chat::Chat,
+    /// Money budgets: prices, reservations, settles and the ledger.
+    pub spend: crate::spend::Spend,
     /// Email flows: one-time links and codes, and the mail queue.
     pub email: crate::mail::flows::EmailFlows,
     /// Rate-limit decisions (memory, or Redis with a memory fallback), with the configured
@@ -160,6 +162,13 @@ impl AppState {
             &config.key_prefix,
             config.key_cache_capacity,
         );
+        // Credits: Redis when configured (shared by every instance); else storage's conditional
+        // update on PostgreSQL (instances share nothing else); else memory (one SQLite file).
+        let meter = match (&redis, store.engine()) {
+            (Some(link), _) => crate::keys::Meter::redis(store.clone(), link.clone()),
+            (None, crate::store::Engine::Postgres) => crate::keys::Meter::storage(store.clone()),
+            (None, crate::store::Engine::Sqlite) => crate::keys::Meter::memory(store.clone()),
+        };
         let capacity = config.rate_limit_memory_capacity;
         let limiter = match &redis {
             Some(link) => Limiter::redis(
@@ -173,7 +182,6 @@ impl AppState {
         let trusted_proxies = config.proxy_nets()?;
         let upstream = crate::chat::upstream::Upstream::new(
             config.upstream_url.as_deref(),
-            &config.upstream_model,
             config.upstream_api_key.clone(),
             Duration::from_millis(config.upstream_timeout_ms),
         )?;
@@ -238,15 +246,34 @@ impl AppState {
             orgs.clone(),
             bus.clone(),
         );
+        let leases = crate::ratelimit::Leases::new(
+            redis.clone(),
+            clock.clone(),
+            Duration::from_secs(config.chat_lease_seconds),
+        );
         let limits = Limits::new(
             limiter,
+            leases,
             config.clone(),
             webhooks.clone(),
             orgs.clone(),
             store.clone(),
             clock.clone(),
         );
+        let spend = crate::spend::Spend::new(
+            store.clone(),
+            clock.clone(),
+            redis.clone(),
+            crate::spend::SpendSettings {
+                prices: config.models.clone(),
+                currency: config.currency.clone(),
+                reserve_cap: config.max_completion_tokens_reserved,
+                lease_seconds: config.spend_lease_seconds,
+            },
+        )
+        .with_bus(bus.clone());
         let state = AppState(Arc::new(AppInner {
+            spend,
             edge: Edge {
                 publishable_key: Arc::new(publishable_key),
                 trusted_proxies,
@@ -262,7 +289,7 @@ impl AppState {
             limits,
             orgs,
             invitations,
-            keys: keys.with_bus(bus.clone()),
+            keys: keys.with_bus(bus.clone()).with_meter(meter),
             config,
             accounts,
             credentials,
@@ -320,7 +347,11 @@ impl AppInner {
         match inv {
             Invalidation::Key(hash) => self.keys.invalidate(hash).await,
             Invalidation::Session(id) => self.credentials.forget_session(id).await,
-            Invalidation::Org(_) | Invalidation::Memberships(_) => self.orgs.forget(inv).await,
+            Invalidation::Org(id) => {
+                self.spend.forget_org(id);
+                self.orgs.forget(inv).await
+            }
+            Invalidation::Memberships(_) => self.orgs.forget(inv).await,
             Invalidation::WebSession(hash) => self.credentials.forget_web_session(hash).await,
             Invalidation::Widget(id) => self.widgets.forget(id).await,
         }
@@ -332,6 +363,7 @@ impl AppInner {
         self.credentials.forget_all();
         self.orgs.forget_everything();
         self.widgets.forget_all();
+        self.spend.forget_everything();
     }
 }
 

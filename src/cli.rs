@@ -205,6 +205,18 @@ pub enum KeyAction {
         /// Days until expiry; 0 for never.
         #[arg(long, default_value_t = 365)]
         expires_in_days: i64,
+        /// Credits: uses left (absent: unlimited).
+        #[arg(long)]
+        credits: Option<i64>,
+        /// Sets the credits back to `--refill-amount` `daily` or `monthly` (needs `--credits`).
+        #[arg(long, requires_all = ["credits", "refill_amount"])]
+        refill: Option<String>,
+        /// The balance each refill sets.
+        #[arg(long, requires = "refill")]
+        refill_amount: Option<i64>,
+        /// The day of the month (1-31) of a monthly refill; default 1.
+        #[arg(long, requires = "refill")]
+        refill_day: Option<i64>,
     },
     /// Revoke an API key at once.
     Revoke {
@@ -573,6 +585,10 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
             scopes,
             environment,
             expires_in_days,
+            credits,
+            refill,
+            refill_amount,
+            refill_day,
         } => {
             let org = crate::ids::OrgId::parse(&org).map_err(|e| anyhow::anyhow!("{e}"))?;
             let input = crate::keys::KeyInput {
@@ -582,6 +598,16 @@ async fn key_command(config: Config, action: KeyAction) -> anyhow::Result<()> {
                 expires_in_days: Some((expires_in_days != 0).then_some(expires_in_days)),
                 metadata: None,
                 rate_limits: None,
+                credits: credits.map(|remaining| crate::keys::CreditsInput {
+                    remaining,
+                    refill: refill.map(|interval| crate::keys::RefillInput {
+                        interval,
+                        amount: refill_amount.unwrap_or(0),
+                        day: refill_day,
+                    }),
+                }),
+                budgets: None,
+                chat_limits: Default::default(),
             };
             // The operator holds every permission; the rules on keys still apply.
             let minted = state

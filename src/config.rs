@@ -154,6 +154,29 @@ pub struct Config {
     pub upstream_timeout_ms: u64,
     /// Earlier messages of a thread sent upstream with a new one.
     pub chat_history_messages: i64,
+    /// The currency of every price and budget (ISO 4217 code); amounts are integer
+    /// micro-units of it.
+    pub currency: String,
+    /// The price table: per model, micro-units per million prompt and completion tokens.
+    pub models: std::collections::BTreeMap<String, ModelPrice>,
+    /// Completion tokens reserved (and sent upstream as `max_tokens`) for a chat under a
+    /// budget that names no `max_tokens`.
+    pub max_completion_tokens_reserved: u32,
+    /// Seconds a budget reservation lives without being settled (a dead instance's
+    /// reservation is released after this).
+    pub spend_lease_seconds: u64,
+    /// More models the model server offers, listed by `GET /v1/models` beside `upstream_model`.
+    #[serde(deserialize_with = "comma_list")]
+    pub chat_models: Vec<String>,
+    /// Tokens reserved for the answer in the token windows when a chat gives no `max_tokens`.
+    pub chat_reserve_tokens: u64,
+    /// Lifetime of a concurrency lease without renewal: how long a dead instance's answers
+    /// keep their place in `max_parallel` (seconds).
+    pub chat_lease_seconds: u64,
+    /// Tokens per day for one widget, all its visitors together, unless the widget sets its own.
+    pub widget_tokens_per_day: u64,
+    /// Tokens per day for one widget visitor, unless the widget sets its own.
+    pub widget_visitor_tokens_per_day: u64,
     /// The customer's own backend: other requests under `/api/` are forwarded there after
     /// authentication and limits; unset: they get 404.
     pub proxy_target: Option<String>,
@@ -275,7 +298,16 @@ impl Default for Config {
             upstream_api_key: None,
             upstream_api_key_file: None,
             upstream_timeout_ms: 60_000,
+            currency: "USD".into(),
+            models: std::collections::BTreeMap::new(),
+            max_completion_tokens_reserved: 4096,
+            spend_lease_seconds: 300,
             chat_history_messages: 20,
+            chat_models: Vec::new(),
+            chat_reserve_tokens: 4096,
+            chat_lease_seconds: 60,
+            widget_tokens_per_day: 200_000,
+            widget_visitor_tokens_per_day: 20_000,
             proxy_target: None,
             webhooks_allow_private: false,
             webhooks_dns_server: None,
@@ -304,6 +336,18 @@ impl Default for Config {
             rate_limit_invitation_user: Rates::one(Rate::new(30, 3600)),
         }
     }
+}
+
+/// A model's price: integer micro-units of `currency` per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Per million prompt tokens.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub input_per_mtok: i64,
+    /// Per million completion tokens.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub output_per_mtok: i64,
 }
 
 /// A named rate-limit policy; its windows come from the configuration, and for keys and
@@ -594,8 +638,55 @@ impl Config {
         if self.password_hash_concurrency > 256 {
             anyhow::bail!("password_hash_concurrency must be between 0 (one per CPU) and 256");
         }
+        if self.currency.len() != 3 || !self.currency.chars().all(|c| c.is_ascii_uppercase()) {
+            anyhow::bail!("currency must be a three-letter ISO 4217 code, e.g. USD");
+        }
+        for (model, price) in &self.models {
+            if model.is_empty() || model.len() > 200 {
+                anyhow::bail!("models: a model name must be 1 to 200 characters");
+            }
+            if price.input_per_mtok < 0 || price.output_per_mtok < 0 {
+                anyhow::bail!("models.{model}: prices must be 0 or more");
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_completion_tokens_reserved) {
+            anyhow::bail!("max_completion_tokens_reserved must be between 1 and 1000000");
+        }
+        if !(5..=86_400).contains(&self.spend_lease_seconds) {
+            anyhow::bail!("spend_lease_seconds must be between 5 and 86400");
+        }
         if !(0..=1000).contains(&self.chat_history_messages) {
             anyhow::bail!("chat_history_messages must be between 0 and 1000");
+        }
+        if !crate::domain::chat_limits::valid_model(&self.upstream_model) {
+            anyhow::bail!("upstream_model must be 1-200 printable characters without spaces");
+        }
+        if self.chat_models.len() > 1000
+            || !self
+                .chat_models
+                .iter()
+                .all(|m| crate::domain::chat_limits::valid_model(m))
+        {
+            anyhow::bail!(
+                "chat_models must be at most 1000 names of 1-200 printable characters without spaces"
+            );
+        }
+        if !(1..=1_000_000).contains(&self.chat_reserve_tokens) {
+            anyhow::bail!("chat_reserve_tokens must be between 1 and 1000000");
+        }
+        if !(5..=3600).contains(&self.chat_lease_seconds) {
+            anyhow::bail!("chat_lease_seconds must be between 5 and 3600");
+        }
+        for (name, v) in [
+            ("widget_tokens_per_day", self.widget_tokens_per_day),
+            (
+                "widget_visitor_tokens_per_day",
+                self.widget_visitor_tokens_per_day,
+            ),
+        ] {
+            if !(1..=crate::domain::chat_limits::MAX_TOKENS_PER_WINDOW).contains(&v) {
+                anyhow::bail!("{name} must be between 1 and 1000000000");
+            }
         }
         if !(10..=60_000).contains(&self.webhooks_poll_interval_ms) {
             anyhow::bail!("webhooks_poll_interval_ms must be between 10 and 60000");
@@ -619,6 +710,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The models `GET /v1/models` offers before allow-lists: `upstream_model`, then
+    /// `chat_models`, without repeats.
+    pub fn chat_model_names(&self) -> Vec<String> {
+        let mut out = vec![self.upstream_model.clone()];
+        for m in &self.chat_models {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
     }
 
     /// The windows of a policy.

@@ -22,6 +22,8 @@ pub enum Code {
     ValidationFailed,
     /// 429: a rate limit refused the request.
     RateLimited,
+    /// 402: the API key's credits are spent.
+    CreditsExhausted,
     /// 500: a bug or an unexpected failure; details are only in the log.
     InternalError,
     /// 503: a dependency is unavailable or overloaded; retry later.
@@ -30,6 +32,14 @@ pub enum Code {
     UpstreamError,
     /// 504: the model server did not answer in time.
     UpstreamTimeout,
+    /// 402: a spend budget that applies is exhausted for its period.
+    BudgetExhausted,
+    /// 403: a budget applies and the model has no price.
+    ModelUnpriced,
+    /// 403: the model asked for is not on the key's or the organization's allow-list.
+    ModelNotAllowed,
+    /// 429: the key or organization already has `max_parallel` answers under way.
+    ConcurrencyLimited,
 }
 
 impl Code {
@@ -67,6 +77,9 @@ impl Code {
             ),
             Code::ValidationFailed => ("validation_failed", 422, "Some fields are invalid."),
             Code::RateLimited => ("rate_limited", 429, "Rate limit exceeded."),
+            Code::CreditsExhausted => {
+                ("credits_exhausted", 402, "The API key has no credits left.")
+            }
             Code::InternalError => (
                 "internal_error",
                 500,
@@ -82,6 +95,22 @@ impl Code {
                 "service_unavailable",
                 503,
                 "The service is temporarily unavailable.",
+            ),
+            Code::BudgetExhausted => ("budget_exhausted", 402, "A spend budget is exhausted."),
+            Code::ModelUnpriced => (
+                "model_unpriced",
+                403,
+                "The model has no price and a budget applies.",
+            ),
+            Code::ModelNotAllowed => (
+                "model_not_allowed",
+                403,
+                "This model is not allowed for this key or organization.",
+            ),
+            Code::ConcurrencyLimited => (
+                "concurrency_limited",
+                429,
+                "Too many answers are under way at once.",
             ),
         }
     }
@@ -181,7 +210,7 @@ reasons! {
 
 impl Code {
     /// Every code, in table order.
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 18] = [
         Code::InvalidRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -195,6 +224,11 @@ impl Code {
         Code::ServiceUnavailable,
         Code::UpstreamError,
         Code::UpstreamTimeout,
+        Code::CreditsExhausted,
+        Code::BudgetExhausted,
+        Code::ModelUnpriced,
+        Code::ModelNotAllowed,
+        Code::ConcurrencyLimited,
     ];
 }
 
@@ -381,6 +415,11 @@ mod tests {
                 ("service_unavailable", 503),
                 ("upstream_error", 502),
                 ("upstream_timeout", 504),
+                ("credits_exhausted", 402),
+                ("budget_exhausted", 402),
+                ("model_unpriced", 403),
+                ("model_not_allowed", 403),
+                ("concurrency_limited", 429),
             ]
         );
     }

@@ -5,6 +5,7 @@
 //! [`Bus`], so it applies at once here and on every other instance, whether it came over
 //! HTTP or from the command line.
 
+mod meter;
 mod settings;
 
 use std::collections::HashMap;
@@ -13,11 +14,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use settings::{KeyInput, KeyUpdate};
+pub use meter::{CreditError, Meter};
+pub use settings::{CreditsInput, KeyInput, KeyUpdate, RefillInput};
 
 use crate::auth::api_key::{self, Environment};
 use crate::auth::tokens::sha256_hex;
 use crate::clock::Clock;
+use crate::domain::credits::{CreditsSetting, KeyCredits, Spent};
 use crate::domain::{AuditAction, AuditActor};
 use crate::fanout::{Bus, Invalidation};
 use crate::ids::{KeyId, OrgId};
@@ -90,6 +93,8 @@ pub struct Keys {
     /// Tells this instance's caches and the other instances about changes; without one
     /// (benchmarks, tools) only this value's caches forget.
     bus: Option<Bus>,
+    /// Where credits are spent.
+    meter: Meter,
 }
 
 /// Why a key use case failed; `http::api_keys` turns each into its answer.
@@ -154,6 +159,10 @@ pub enum Verification {
         key: Arc<ApiKeyRecord>,
         /// Its own windows after this verification.
         decision: Decision,
+        /// Its credits after this verification (`None`: unlimited).
+        remaining: Option<i64>,
+        /// Refused because its credits are spent (or below the cost).
+        exhausted: bool,
     },
 }
 
@@ -196,6 +205,12 @@ pub struct NewKey {
     pub created_by: String,
     /// The key's own rate limits (`None`: the configured default).
     pub rate_limits: Option<crate::ratelimit::Rates>,
+    /// The key's spend budgets.
+    pub budgets: Option<Vec<crate::domain::budget::Budget>>,
+    /// Its credits (`None`: unlimited).
+    pub credits: Option<KeyCredits>,
+    /// Models, token windows and concurrency for chat.
+    pub chat_limits: crate::domain::ChatLimits,
 }
 
 impl Keys {
@@ -208,6 +223,7 @@ impl Keys {
     /// Caches holding up to `capacity` verified keys: size it above the number of keys in
     /// use within a minute, or verifications start reading storage.
     pub fn with_capacity(store: Store, clock: Clock, prefix: &str, capacity: u64) -> Self {
+        let meter = Meter::memory(store.clone());
         Self {
             store,
             clock,
@@ -223,7 +239,30 @@ impl Keys {
                 .build(),
             used: Arc::new(Mutex::new(HashMap::new())),
             bus: None,
+            meter,
         }
+    }
+
+    /// The same caches, spending credits with `meter`.
+    pub fn with_meter(mut self, meter: Meter) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    /// The credit meter's backend (`memory`, `redis`, `storage`).
+    pub fn meter_name(&self) -> &'static str {
+        self.meter.backend_name()
+    }
+
+    /// Spends `cost` of a verified key's credits now. `Ok(None)`: the key has no credits.
+    /// An admitted spend is in storage when this returns; a refused one takes nothing.
+    pub async fn spend(&self, key: &ApiKeyRecord, cost: i64) -> Result<Option<Spent>, CreditError> {
+        self.meter.spend(key, cost, self.clock.now_ms()).await
+    }
+
+    /// Forgets the balances this process holds (tests: as after a restart).
+    pub fn forget_balances(&self) {
+        self.meter.forget_all();
     }
 
     /// The same caches, telling `bus` about every change (so other instances forget too).
@@ -248,6 +287,7 @@ impl Keys {
         if holds.is_none() && self.store.org(org.as_str()).await?.is_none() {
             return Err(KeyError::NoOrg(org.clone()));
         }
+        let now = self.clock.now_ms();
         let (key, record) = self.mint(NewKey {
             org_id: org.as_str().to_string(),
             name: s.name,
@@ -257,6 +297,9 @@ impl Keys {
             metadata: s.metadata,
             created_by: audit.actor.clone(),
             rate_limits: s.rate_limits,
+            budgets: s.budgets,
+            credits: s.credits.map(|c| fresh_credits(c, now)),
+            chat_limits: s.chat_limits,
         });
         self.store.create_api_key(&record, audit).await?;
         Ok(Minted { key, record })
@@ -357,6 +400,15 @@ impl Keys {
             metadata: old.metadata.clone(),
             created_by: audit.actor.clone(),
             rate_limits: old.rate_limits.clone(),
+            budgets: old.budgets.clone(),
+            // The new key carries the balance on (as storage holds it now); the old one keeps
+            // its own until its grace period ends.
+            credits: old.credits.map(|c| KeyCredits {
+                gen: 1,
+                balance: c.balance.at(c.refill.as_ref(), now),
+                refill: c.refill,
+            }),
+            chat_limits: old.chat_limits.clone(),
         });
         let grace_end = now + grace * 1000;
         let old_expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
@@ -373,6 +425,7 @@ impl Keys {
         &self,
         org: &OrgId,
         presented: &str,
+        cost: i64,
         limits: KeyLimits<'_>,
     ) -> Result<Verification, KeyError> {
         let key = match self.check(presented).await {
@@ -400,10 +453,33 @@ impl Keys {
             .check(&req)
             .await
             .map_err(|_| KeyError::LimiterUnavailable)?;
-        if decision.allowed {
+        if !decision.allowed {
+            // Refused by its windows: nothing spent; the balance as storage last held it.
+            let now = self.clock.now_ms();
+            let remaining = key
+                .credits
+                .map(|c| c.balance.at(c.refill.as_ref(), now).remaining);
+            return Ok(Verification::Known {
+                key,
+                decision,
+                remaining,
+                exhausted: false,
+            });
+        }
+        let (remaining, exhausted) = match self.spend(&key, cost).await {
+            Ok(spent) => (spent.map(|s| s.balance.remaining), false),
+            Err(CreditError::Exhausted { remaining }) => (Some(remaining), true),
+            Err(CreditError::Unavailable) => return Err(KeyError::Unavailable),
+        };
+        if !exhausted {
             self.record_use(&key.id);
         }
-        Ok(Verification::Known { key, decision })
+        Ok(Verification::Known {
+            key,
+            decision,
+            remaining,
+            exhausted,
+        })
     }
 
     /// The organization's audit log, newest first: `limit` entries (1-200, default 50)
@@ -468,6 +544,9 @@ impl Keys {
             revoked_at: None,
             rolled_to: None,
             rate_limits: k.rate_limits,
+            budgets: k.budgets,
+            credits: k.credits,
+            chat_limits: k.chat_limits,
         };
         (key, record)
     }
@@ -585,6 +664,19 @@ impl Keys {
                 tracing::warn!(error = %e, "writing last-used times failed; will retry");
             }
         }
+    }
+}
+
+/// Credits set now: a balance of the setting's amount, first generation.
+fn fresh_credits(c: CreditsSetting, now: i64) -> KeyCredits {
+    KeyCredits {
+        gen: 1,
+        balance: crate::domain::credits::Balance {
+            remaining: c.remaining,
+            base: c.remaining,
+            period: now,
+        },
+        refill: c.refill,
     }
 }
 

@@ -44,6 +44,8 @@ pub mod orgs;
 pub mod ratelimit;
 /// The serve loop: listeners, background workers and shutdown.
 pub mod server;
+/// Money budgets: prices, reserve then settle, the spend ledger and threshold alerts.
+pub mod spend;
 /// Storage on SQLite or PostgreSQL.
 pub mod store;
 /// Logging setup.

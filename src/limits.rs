@@ -1,12 +1,15 @@
 //! The rate-limit use cases: deciding a request against its windows, with the configured
-//! rates, the organizations' own rates, and the `rate_limit.exceeded` webhook on a refusal.
+//! rates, the organizations' own rates, and the `rate_limit.exceeded` webhook on a refusal;
+//! and chat admission ([`admission`]).
+
+pub mod admission;
 
 use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Config, Policy};
 use crate::orgs::Orgs;
-use crate::ratelimit::{Decision, Limiter, LimiterError, Request};
+use crate::ratelimit::{Decision, Leases, Limiter, LimiterError, Request};
 use crate::store::{ApiKeyRecord, Store, StoreError};
 use crate::webhooks::Webhooks;
 
@@ -14,6 +17,7 @@ use crate::webhooks::Webhooks;
 #[derive(Clone)]
 pub struct Limits {
     limiter: Limiter,
+    leases: Leases,
     config: Arc<Config>,
     webhooks: Arc<Webhooks>,
     orgs: Orgs,
@@ -22,10 +26,11 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Decisions by `limiter`, at the rates of `config` and of the organizations in `orgs`;
+    /// Decisions by `limiter` (concurrency by `leases`), at the rates of `config` and of the organizations in `orgs`;
     /// refusals are announced through `webhooks`.
     pub fn new(
         limiter: Limiter,
+        leases: Leases,
         config: Arc<Config>,
         webhooks: Arc<Webhooks>,
         orgs: Orgs,
@@ -34,6 +39,7 @@ impl Limits {
     ) -> Self {
         Self {
             limiter,
+            leases,
             config,
             webhooks,
             orgs,

@@ -746,6 +746,241 @@
     ['webhooks:write', 'POST /v1/orgs/{org}/webhooks', 'manage webhook endpoints'],
   ]
 
+  // ---------------------------------------------------------------- spending and limits
+  // What AI traffic may cost (docs/usage-governance.md): credits (uses) per key, money
+  // budgets per key, organization and end user, model allow-lists, token windows and
+  // parallel streams. Money is an integer count of micro-units of the deployment's currency
+  // (`currency` in /dashboard/config.json): typed amounts are parsed as decimal text, never
+  // through a float, and only printed through one.
+  const MICRO = 1_000_000
+  let currencyCode = 'USD'
+  config().then((c) => { if (c.currency) currencyCode = c.currency }).catch(() => {})
+  function fmtMoney(micro) {
+    const v = Number(micro || 0) / MICRO
+    try {
+      return new Intl.NumberFormat(undefined, { style: 'currency', currency: currencyCode, minimumFractionDigits: 2, maximumFractionDigits: 6 }).format(v)
+    } catch {
+      return `${v.toFixed(2)} ${currencyCode}`
+    }
+  }
+  // "12", "12.5", "0.000001" → micro-units (an integer), or null when it is not an amount.
+  function parseMoney(text) {
+    const m = String(text).trim().replace(/^[^\d.]+/, '').match(/^(\d{1,12})(?:\.(\d{0,6}))?$/)
+    if (!m) return null
+    return Number(m[1]) * MICRO + Number((m[2] || '').padEnd(6, '0'))
+  }
+  // Micro-units back to the decimal text an input shows.
+  function moneyText(micro) {
+    const whole = Math.floor(micro / MICRO), frac = String(micro % MICRO).padStart(6, '0').replace(/0+$/, '')
+    return frac ? `${whole}.${frac.length < 2 ? frac.padEnd(2, '0') : frac}` : String(whole)
+  }
+  const PERIODS = [['day', 'per day'], ['week', 'per week'], ['month', 'per month'], ['total', 'in total']]
+  const PERIOD_TEXT = Object.fromEntries(PERIODS)
+  const budgetText = (b) => `${fmtMoney(b.amount)} ${PERIOD_TEXT[b.period] || b.period}${b.soft ? ' (alert only)' : ''}`
+
+  // One line per limit a key (or organization) has; "Unlimited" when it has none.
+  function limitsSummary(x) {
+    const out = []
+    if (x.credits) {
+      const r = x.credits.refill
+      out.push(`${fmtNum(x.credits.remaining)} credits left${r ? `, refilled to ${fmtNum(r.amount)} ${r.interval === 'monthly' ? `monthly (day ${r.day || 1})` : 'daily'}` : ''}`)
+    }
+    for (const b of x.budgets || []) out.push(`Budget ${budgetText(b)}`)
+    for (const b of x.end_user_budgets || []) out.push(`Each end user: ${budgetText(b)}`)
+    if (x.allowed_models) out.push(`Models: ${x.allowed_models.length ? x.allowed_models.join(', ') : 'none'}`)
+    const t = x.token_limits
+    if (t && t.tokens_per_minute) out.push(`${fmtNum(t.tokens_per_minute)} tokens/min`)
+    if (t && t.tokens_per_day) out.push(`${fmtNum(t.tokens_per_day)} tokens/day`)
+    if (x.max_parallel) out.push(`${fmtNum(x.max_parallel)} parallel stream${x.max_parallel === 1 ? '' : 's'}`)
+    return out
+  }
+  const limitsList = (x) => {
+    const lines = limitsSummary(x)
+    return lines.length ? h('ul', { class: 'plain limits' }, lines.map((l) => h('li', null, l))) : h('span', { class: 'muted' }, 'Unlimited')
+  }
+
+  // A list of budgets to edit: amount, period, alert only; rows are added and removed.
+  // `what` names the rows for their labels ("Budget 1 amount", "End-user budget 1 amount").
+  function budgetsEditor(what, initial, legend, hint) {
+    const rows = h('div', { class: 'budget-rows' })
+    const add = btn(`Add ${what.toLowerCase()}`, { class: 'secondary small' })
+    const box = h('fieldset', { class: 'budgets' }, h('legend', null, legend), rows, add, h('p', { class: 'hint' }, hint))
+    function relabel() {
+      ;[...rows.children].forEach((r, i) => {
+        const n = i + 1
+        r.querySelector('.b-amount').setAttribute('aria-label', `${what} ${n} amount (${currencyCode})`)
+        r.querySelector('.b-period').setAttribute('aria-label', `${what} ${n} period`)
+        r.querySelector('.b-soft-text').textContent = 'Alert only'
+        r.querySelector('.b-soft').setAttribute('aria-label', `${what} ${n} alert only`)
+        r.querySelector('.b-remove').setAttribute('aria-label', `Remove ${what.toLowerCase()} ${n}`)
+      })
+    }
+    function addRow(b = {}) {
+      const amount = h('input', { class: 'b-amount', inputmode: 'decimal', autocomplete: 'off', placeholder: '10.00', value: b.amount ? moneyText(b.amount) : '' })
+      const period = h('select', { class: 'b-period' }, PERIODS.map(([v, t]) => h('option', { value: v, selected: v === (b.period || 'month') }, t)))
+      const soft = h('input', { type: 'checkbox', class: 'b-soft', checked: !!b.soft })
+      const remove = h('button', { type: 'button', class: 'secondary small b-remove', onclick: () => { row.remove(); relabel(); add.focus() } }, icon(TRASH))
+      const row = h('div', { class: 'budget-row' }, h('span', { class: 'cur', 'aria-hidden': 'true' }, currencyCode), amount, period,
+        h('label', { class: 'check' }, soft, h('span', { class: 'b-soft-text' })), remove)
+      rows.append(row)
+      relabel()
+      return amount
+    }
+    add.addEventListener('click', () => addRow().focus())
+    for (const b of initial || []) addRow(b)
+    // The budgets typed, or null for none; throws a message naming the bad row.
+    box.read = () => {
+      const list = [...rows.children].map((r, i) => {
+        const text = r.querySelector('.b-amount').value
+        const amount = parseMoney(text)
+        if (!amount) throw new Error(`${what} ${i + 1}: give an amount above zero, such as 10 or 2.50 (${currencyCode}).`)
+        const b = { amount, period: r.querySelector('.b-period').value }
+        if (r.querySelector('.b-soft').checked) b.soft = true
+        return b
+      })
+      return list.length ? list : null
+    }
+    return box
+  }
+
+  // A whole number field (empty: no limit).
+  function countInput(id, value, { min = 1, max } = {}) {
+    return h('input', { id, type: 'number', inputmode: 'numeric', min: String(min), max: max ? String(max) : null, step: '1', value: value ?? '', autocomplete: 'off', placeholder: 'No limit' })
+  }
+  function readCount(input, label, { min = 1 } = {}) {
+    const t = input.value.trim()
+    if (!t) return null
+    if (!/^\d+$/.test(t) || Number(t) < min || !Number.isSafeInteger(Number(t))) throw new Error(`${label}: give a whole number of at least ${min}, or leave it empty.`)
+    return Number(t)
+  }
+  const same = (a, b) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null)
+  // A stored setting in the shape the form reads it, so that an untouched field compares equal
+  // (and is not sent again: re-sending credits would reset what was spent meanwhile).
+  const NORM = {
+    credits: (c) => c ? { remaining: c.remaining, ...(c.refill ? { refill: { interval: c.refill.interval, amount: c.refill.amount, ...(c.refill.interval === 'monthly' ? { day: c.refill.day || 1 } : {}) } } : {}) } : null,
+    budgets: (l) => (l && l.length ? l.map((b) => ({ amount: b.amount, period: b.period, ...(b.soft ? { soft: true } : {}) })) : null),
+    allowed_models: (l) => (l && l.length ? l : null), // [] (no model) is not shown, so it is kept
+    token_limits: (t) => {
+      const o = {}
+      for (const k of ['tokens_per_minute', 'tokens_per_day']) if (t && t[k]) o[k] = t[k]
+      return Object.keys(o).length ? o : null
+    },
+    max_parallel: (n) => n || null,
+  }
+  NORM.end_user_budgets = NORM.budgets
+
+  // The spending and limit fields of a key (scope 'key') or an organization (scope 'org').
+  // Returns { el, read(initial) }: read gives the body fields; with `initial` (an update)
+  // only the fields that changed, `null` for a cleared one (PATCH semantics).
+  function limitsFields(scope, x = {}) {
+    const p = nextId('lim')
+    const parts = []
+    let credits = null
+    if (scope === 'key') {
+      const c = x.credits || null
+      const remaining = countInput(`${p}-credits`, c ? c.remaining : '', { min: 0 })
+      const interval = h('select', { id: `${p}-refill` }, [['', 'Never'], ['daily', 'Daily (UTC midnight)'], ['monthly', 'Monthly']]
+        .map(([v, t]) => h('option', { value: v, selected: v === ((c && c.refill && c.refill.interval) || '') }, t)))
+      const amount = countInput(`${p}-refill-amount`, c && c.refill ? c.refill.amount : '', { min: 0 })
+      const day = countInput(`${p}-refill-day`, c && c.refill && c.refill.day ? c.refill.day : '', { min: 1, max: 31 })
+      const dayField = field(`${p}-refill-day`, 'Refill on day', day, '1-31; a shorter month refills on its last day.')
+      const amountField = field(`${p}-refill-amount`, 'Refill to', amount)
+      const sync = () => {
+        amountField.hidden = !interval.value
+        dayField.hidden = interval.value !== 'monthly'
+      }
+      interval.addEventListener('change', sync)
+      sync()
+      parts.push(h('fieldset', null, h('legend', null, 'Credits'),
+        h('div', { class: 'grid2' }, field(`${p}-credits`, 'Credits left', remaining), field(`${p}-refill`, 'Refill', interval), amountField, dayField),
+        h('p', { class: 'hint' }, 'Uses the key may make: each authenticated request spends 1 (a verification its cost). Empty: unlimited. A refill sets the balance.')))
+      credits = () => {
+        const r = readCount(remaining, 'Credits left', { min: 0 })
+        if (r === null) {
+          if (interval.value) throw new Error('Credits left: give the starting balance of a key that refills.')
+          return null
+        }
+        const out = { remaining: r }
+        if (interval.value) {
+          const a = readCount(amount, 'Refill to', { min: 0 })
+          if (a === null) throw new Error('Refill to: give the balance a refill sets.')
+          out.refill = { interval: interval.value, amount: a }
+          if (interval.value === 'monthly') out.refill.day = readCount(day, 'Refill on day') || 1
+        }
+        return out
+      }
+    }
+    const budgets = budgetsEditor('Budget', x.budgets, scope === 'key' ? 'Budgets' : 'Budgets for the whole organization',
+      'Money this may spend on chat, priced per model. A request that would go over is refused (402); an alert-only budget only sends budget.threshold events.')
+    parts.push(budgets)
+    let endUser = null
+    if (scope === 'org') {
+      endUser = budgetsEditor('End-user budget', x.end_user_budgets, 'Budgets per end user',
+        'Each widget visitor or signed-in end user separately.')
+      parts.push(endUser)
+    }
+    const models = h('textarea', { id: `${p}-models`, rows: '2', autocomplete: 'off', spellcheck: 'false', placeholder: 'gpt-4o*\nanthropic/*' },
+      x.allowed_models ? x.allowed_models.join('\n') : '')
+    const tpm = countInput(`${p}-tpm`, x.token_limits && x.token_limits.tokens_per_minute)
+    const tpd = countInput(`${p}-tpd`, x.token_limits && x.token_limits.tokens_per_day)
+    const par = countInput(`${p}-parallel`, x.max_parallel, { max: 10000 })
+    parts.push(h('fieldset', null, h('legend', null, 'Models and throughput'),
+      field(`${p}-models`, 'Allowed models', models, 'One pattern per line or comma; * matches anything (gpt-4o*, anthropic/*). Empty: every model.'),
+      h('div', { class: 'grid2' }, field(`${p}-tpm`, 'Tokens per minute', tpm), field(`${p}-tpd`, 'Tokens per day', tpd)),
+      field(`${p}-parallel`, 'Parallel streams', par, 'Chats this may run at once. Empty: no limit.')))
+    const el = h('div', { class: 'stack limits-fields' }, parts)
+    // Every field as typed (null: no limit); throws a message naming a bad field.
+    function values() {
+      const v = {}
+      if (credits) v.credits = credits()
+      v.budgets = budgets.read()
+      if (endUser) v.end_user_budgets = endUser.read()
+      const pats = models.value.split(/[\n,]/).map((m) => m.trim()).filter(Boolean)
+      v.allowed_models = pats.length ? pats : null
+      const t = { tokens_per_minute: readCount(tpm, 'Tokens per minute'), tokens_per_day: readCount(tpd, 'Tokens per day') }
+      for (const k of Object.keys(t)) if (t[k] === null) delete t[k]
+      v.token_limits = Object.keys(t).length ? t : null
+      v.max_parallel = readCount(par, 'Parallel streams')
+      return v
+    }
+    function read(initial) {
+      const v = values()
+      for (const k of Object.keys(v)) {
+        // A new record leaves out what is unlimited (the default); an update sends changes only.
+        if (initial ? same(v[k], NORM[k](initial[k])) : v[k] === null) delete v[k]
+      }
+      return v
+    }
+    return { el, read, values }
+  }
+
+  // Edits a key's spending and limits in a <dialog> (PATCH …/api-keys/{id}).
+  function keyLimitsDialog(k, onSaved) {
+    const tid = nextId('dlg-title')
+    const dlg = h('dialog', { class: 'dialog wide', 'aria-labelledby': tid })
+    const err = errorSlot()
+    const fields = limitsFields('key', k)
+    const save = h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, 'Save limits'))
+    const close = () => { if (dlg.open) dlg.close(); dlg.remove() }
+    const form = h('form', { class: 'stack', novalidate: true }, fields.el, err,
+      h('div', { class: 'actions' }, btn('Cancel', { class: 'secondary', onclick: close }), save))
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      busy(save, err, async () => {
+        const changes = fields.read(k)
+        if (Object.keys(changes).length) await api('PATCH', orgPath(`/api-keys/${encodeURIComponent(k.id)}`), changes)
+        close()
+        toast(`Saved the limits of ${k.name}.`)
+        await onSaved()
+      })
+    })
+    dlg.append(h('h2', { id: tid }, `Limits of “${k.name}”`), form)
+    dlg.addEventListener('cancel', (ev) => { ev.preventDefault(); close() })
+    document.body.append(dlg)
+    dlg.showModal()
+    form.querySelector('input').focus()
+  }
+
   function statusBadge(k) {
     const text = k.status === 'active' && k.rolled_to ? 'rolled' : k.status
     return h('span', { class: `badge ${text}` }, text)
@@ -815,6 +1050,7 @@
       const rows = list.map((k) => {
         const actions = []
         if (writable && k.status === 'active') {
+          actions.push(h('button', { type: 'button', class: 'secondary small', 'aria-label': `Edit limits of API key ${k.name}`, onclick: () => keyLimitsDialog(k, reload) }, h('span', { class: 'label' }, 'Limits')))
           if (!k.rolled_to) actions.push(h('button', { type: 'button', class: 'secondary small', 'aria-label': `Roll API key ${k.name}`, onclick: (ev) => roll(ev.currentTarget, k) }, icon(ROLL), h('span', { class: 'label' }, 'Roll')))
           actions.push(h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete API key ${k.name}`, onclick: (ev) => del(ev.currentTarget, k) }, icon(TRASH), h('span', { class: 'label' }, 'Delete')))
         }
@@ -825,11 +1061,12 @@
           cell('Expires', k.expires_at ? fmtDate(k.expires_at) : 'Never'),
           cell('Last used', k.last_used_at ? fmtTime(k.last_used_at) : 'Never'),
           cell('Status', statusBadge(k)),
+          cell('Limits', limitsList(k)),
           writable ? h('td', { class: 'actions-cell', 'data-label': 'Actions' }, actions) : null)
       })
       return h('table', { class: 'table cards' },
         h('caption', { class: 'sr' }, 'API keys, newest first'),
-        h('thead', null, h('tr', null, ['Name', 'Key', 'Created', 'Expires', 'Last used', 'Status', writable ? 'Actions' : null]
+        h('thead', null, h('tr', null, ['Name', 'Key', 'Created', 'Expires', 'Last used', 'Status', 'Limits', writable ? 'Actions' : null]
           .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
         h('tbody', null, rows))
     }
@@ -894,6 +1131,10 @@
     const env = ['live', 'test'].map((v) => h('label', { class: 'check', for: `env-${v}` },
       h('input', { type: 'radio', name: 'environment', id: `env-${v}`, value: v, checked: v === 'live' }), v))
     const expiry = h('select', { id: 'key-expiry' }, EXPIRY.map(([v, t]) => h('option', { value: v, selected: v === '365' }, t)))
+    let limits = limitsFields('key')
+    const limitsHost = h('div', null, limits.el)
+    const limitsBox = h('details', { class: 'limits-box' },
+      h('summary', null, 'Spending and limits', h('span', { class: 'hint' }, ' credits, budgets, models, tokens, parallel streams (optional)')), limitsHost)
     const submit = h('button', { type: 'submit', class: 'primary wide', id: 'generate-key' }, h('span', { class: 'label' }, 'Generate API key'))
     const form = h('form', { class: 'stack', 'aria-labelledby': 'key-create-h', novalidate: true },
       h('div', { class: 'field' },
@@ -906,7 +1147,7 @@
         h('p', { class: 'hint' }, 'A key can do only what its scopes allow. Keys never manage keys or members.')),
       h('fieldset', null, h('legend', null, 'Environment'), h('div', { class: 'checks inline' }, env)),
       h('div', { class: 'field' }, h('label', { for: 'key-expiry' }, 'Expires after'), expiry),
-      err, submit)
+      limitsBox, err, submit)
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault()
       clearError(err)
@@ -933,10 +1174,14 @@
           scopes: chosen,
           environment: form.querySelector('input[name=environment]:checked').value,
           expires_in_days: expiry.value === 'never' ? null : Number(expiry.value),
+          ...limits.read(),
         }
         const created = await api('POST', orgPath('/api-keys'), body)
         form.reset()
         count.textContent = '0/50'
+        limits = limitsFields('key')
+        limitsHost.replaceChildren(limits.el)
+        limitsBox.open = false
         onCreated(created, 'Your new API key')
         await reload()
       })
@@ -957,6 +1202,7 @@
         h('dt', null, 'Scopes'), h('dd', null, created.scopes.length ? created.scopes.join(', ') : 'none'),
         h('dt', null, 'Created'), h('dd', null, fmtDate(created.created_at)),
         h('dt', null, 'Expires'), h('dd', null, created.expires_at ? fmtDate(created.expires_at) : 'Never'),
+        h('dt', null, 'Limits'), h('dd', null, limitsList(created)),
         h('dt', null, 'It can call'), h('dd', null, h('ul', { class: 'plain key-routes' },
           routes.map(([, route, what]) => {
             const [method, path] = route.split(' ')
@@ -1206,7 +1452,8 @@
         render()
       })
     })
-    const card = h('section', { class: 'card', 'aria-labelledby': 'org-settings-h' }, h('h2', { id: 'org-settings-h' }, 'Organization'), form, err)
+    const card = h('section', { class: 'card', 'aria-labelledby': 'org-settings-h' }, h('h2', { id: 'org-settings-h' }, 'Organization'), form, err,
+      orgLimitsForm())
     if (isOwner()) {
       const del = h('button', { type: 'button', class: 'danger' }, icon(TRASH), h('span', { class: 'label' }, 'Delete organization'))
       del.addEventListener('click', async () => {
@@ -1222,6 +1469,53 @@
       card.append(h('div', { class: 'danger-zone' }, h('p', null, 'Only owners can delete the organization.'), del))
     }
     return card
+  }
+
+  // The organization's budgets (for all of it, and for each end user; GET and PUT
+  // /v1/orgs/{org}/budgets, which replaces both lists) and its allowed models, token windows
+  // and parallel streams (GET and PATCH /v1/orgs/{org}/chat-limits, only the fields that
+  // changed). Owners and admins.
+  function orgLimitsForm() {
+    const err = errorSlot()
+    const host = h('div', null, h('p', { class: 'muted' }, 'Loading…'))
+    const save = h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, 'Save spending and limits'))
+    const form = h('form', { class: 'stack bordered', 'aria-labelledby': 'org-limits-h', novalidate: true },
+      h('h3', { id: 'org-limits-h' }, 'Spending and limits'),
+      h('p', { class: 'hint' }, 'They apply on top of each key’s own: a chat must fit every budget and window that applies.'),
+      host, err, save)
+    let current = null, fields = null
+    async function read() {
+      const [c, b] = await Promise.all([api('GET', orgPath('/chat-limits')), api('GET', orgPath('/budgets'))])
+      return { ...c, budgets: b.budgets, end_user_budgets: b.end_user_budgets }
+    }
+    async function load() {
+      try {
+        current = await read()
+        fields = limitsFields('org', current)
+        host.replaceChildren(fields.el)
+      } catch (e) {
+        showError(err, e)
+      }
+    }
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      if (!fields) return
+      busy(save, err, async () => {
+        const changes = fields.read(current)
+        const all = fields.values()
+        const { budgets, end_user_budgets: perUser, ...rest } = changes
+        if (budgets !== undefined || perUser !== undefined) {
+          await api('PUT', orgPath('/budgets'), { budgets: all.budgets, end_user_budgets: all.end_user_budgets })
+        }
+        if (Object.keys(rest).length) await api('PATCH', orgPath('/chat-limits'), rest)
+        current = await read()
+        fields = limitsFields('org', current)
+        host.replaceChildren(fields.el)
+        toast('Saved the organization’s spending and limits.')
+      })
+    })
+    load()
+    return form
   }
 
   // ---------------------------------------------------------------- widgets
@@ -1354,6 +1648,13 @@
       const position = h('select', { id: 'w-position', disabled: ro },
         [['bottom-right', 'Bottom right'], ['bottom-left', 'Bottom left']].map(([v, t]) => h('option', { value: v, selected: st.position === v }, t)))
       const color = h('input', { type: 'color', id: 'w-color', value: st.accent_color, disabled: ro })
+      // The model and the daily token budgets (the answer shows the defaults that apply; an
+      // unchanged budget is not sent, so a widget on the defaults stays on them).
+      const tl = (w && w.token_limits) || {}
+      const model = h('input', { id: 'w-model', maxlength: '200', value: (w && w.model) || '', disabled: ro, autocomplete: 'off', spellcheck: 'false', placeholder: 'The deployment’s default' })
+      const wTokens = countInput('w-tokens', tl.tokens_per_day)
+      const vTokens = countInput('w-visitor-tokens', tl.visitor_tokens_per_day)
+      for (const i of [wTokens, vTokens]) i.disabled = ro
       const pv = preview()
       const settings = () => ({ title: title.value.trim(), greeting: greeting.value.trim(), position: position.value, accent_color: color.value.toLowerCase() })
       const redraw = () => pv.update(settings())
@@ -1370,6 +1671,10 @@
           h('div', { class: 'grid2' },
             field('w-title', 'Title', title), field('w-position', 'Position', position),
             field('w-greeting', 'Greeting', greeting), field('w-color', 'Accent colour', color))),
+        h('fieldset', null, h('legend', null, 'Model and daily tokens'),
+          field('w-model', 'Model', model, 'Must be on the organization’s allowed models. Empty: the deployment’s default.'),
+          h('div', { class: 'grid2' }, field('w-tokens', 'Tokens per day, all visitors', wTokens), field('w-visitor-tokens', 'Tokens per day, each visitor', vTokens)),
+          h('p', { class: 'hint' }, 'A public widget spends for anyone who opens the page: these daily budgets bound it. Empty: the deployment’s defaults.')),
         err, submit)
       form.addEventListener('submit', async (ev) => {
         ev.preventDefault()
@@ -1399,6 +1704,13 @@
             allowed_origins: checked.origins,
             settings: settings(),
             require_token: requireToken.checked,
+          }
+          const m = model.value.trim()
+          if (m !== ((w && w.model) || '')) body.model = m || null
+          const t = { tokens_per_day: readCount(wTokens, 'Tokens per day, all visitors'), visitor_tokens_per_day: readCount(vTokens, 'Tokens per day, each visitor') }
+          if (t.tokens_per_day !== (tl.tokens_per_day ?? null) || t.visitor_tokens_per_day !== (tl.visitor_tokens_per_day ?? null)) {
+            for (const k of Object.keys(t)) if (t[k] === null) delete t[k]
+            body.token_limits = Object.keys(t).length ? t : null
           }
           if (w) {
             await api('PATCH', orgPath(`/widgets/${encodeURIComponent(w.id)}`), body)
@@ -1682,10 +1994,12 @@
 
   // A stacked bar chart in inline SVG: one bar per day, one segment per series. Drawn at the
   // width it is shown (width is the pixels available), so its text is never scaled.
-  function barChart({ days, series, label, width }) {
-    const W = Math.max(320, Math.min(1400, Math.round(width))), H = 220, L = 44, R = 8, T = 12, B = 28
+  function barChart({ days, series, label, width, fmt = fmtNum }) {
     const totals = days.map((_, i) => series.reduce((a, sr) => a + sr.values[i], 0))
     const step = niceStep(Math.max(0, ...totals))
+    // The left margin fits the longest axis label (money labels are longer than counts).
+    const L = Math.max(44, 10 + 6.5 * Math.max(...[0, 1, 2, 3, 4].map((i) => fmt(step * i).length)))
+    const W = Math.max(320, Math.min(1400, Math.round(width))), H = 220, R = 8, T = 12, B = 28
     const max = step * 4
     const bw = (W - L - R) / days.length
     const y = (v) => T + (H - T - B) * (1 - v / max)
@@ -1693,7 +2007,7 @@
     for (let i = 0; i <= 4; i++) {
       const v = step * i
       svg.append(s('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid' }),
-        s('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' }, fmtNum(v)))
+        s('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis' }, fmt(v)))
     }
     const every = Math.ceil(days.length / Math.max(2, Math.floor((W - L - R) / 64)))
     days.forEach((d, i) => {
@@ -1703,7 +2017,7 @@
         if (!v) continue
         const top = y(base + v)
         svg.append(s('rect', { x: L + i * bw + bw * 0.15, y: top, width: Math.max(1, bw * 0.7), height: Math.max(0.5, y(base) - top), fill: sr.color },
-          s('title', null, `${sr.name}, ${dayFmt.format(new Date(d))}: ${fmtNum(v)}`)))
+          s('title', null, `${sr.name}, ${dayFmt.format(new Date(d))}: ${fmt(v)}`)))
         base += v
       }
       // A date under every few bars, counted back from today so the last bar is labelled.
@@ -1724,13 +2038,13 @@
     const range = h('select', { id: 'usage-range' }, [[7, 'Last 7 days'], [30, 'Last 30 days'], [90, 'Last 90 days']]
       .map(([v, t]) => h('option', { value: v, selected: v === 30 }, t)))
     const out = h('div', null, h('p', { class: 'muted' }, 'Loading usage…'))
-    const lede = h('p', { class: 'lede' }, 'Requests per day and per key, from the usage counters. Days are UTC.')
+    const lede = h('p', { class: 'lede' }, 'Requests per day and per key, from the usage counters; spend and budgets from the spend ledger. Days are UTC.')
     main.append(lede,
       h('div', { class: 'row' }, h('div', { class: 'field' }, h('label', { for: 'usage-range' }, 'Period'), range)), err, out)
     range.addEventListener('change', load)
     config().then((c) => {
       const n = c.write_behind_seconds
-      if (n) lede.textContent = `Requests per day and per key, from the usage counters. Counters are written every ${n} second${n === 1 ? '' : 's'} (write_behind_seconds), so the last ${n === 1 ? 'second' : `${n} seconds`} may be missing. Days are UTC.`
+      if (n) lede.textContent = `Requests per day and per key, from the usage counters; spend and budgets from the spend ledger. Counters are written every ${n} second${n === 1 ? '' : 's'} (write_behind_seconds), so the last ${n === 1 ? 'second' : `${n} seconds`} may be missing. Days are UTC.`
     }).catch(() => {})
 
     async function load() {
@@ -1738,12 +2052,19 @@
       const today = Math.floor(Date.now() / DAY) * DAY
       const from = today - (n - 1) * DAY
       try {
-        const [rows, keys] = await Promise.all([
+        const [rows, keys, orgBudgets, spendRows] = await Promise.all([
           api('GET', orgPath(`/usage?granularity=day&from=${from}`)),
           can('keys:read') ? api('GET', orgPath('/api-keys')) : Promise.resolve([]),
+          api('GET', orgPath('/budgets')),
+          api('GET', orgPath(`/spend?granularity=day&from=${from}`)),
         ])
+        const o = { name: org().name, ...orgBudgets }
+        if (orgBudgets.currency) currencyCode = orgBudgets.currency
         clearError(err)
-        out.replaceChildren(usageView(rows, keys, from, n))
+        const budgets = h('section', { class: 'card', 'aria-labelledby': 'budgets-h' }, h('h2', { id: 'budgets-h' }, 'Budgets left'),
+          h('p', { class: 'muted' }, 'Loading budgets…'))
+        out.replaceChildren(usageView(rows, keys, from, n, spendRows), budgets)
+        budgetsLeft(budgets, keys, o).catch((e) => showError(err, e))
       } catch (e) {
         showError(err, e)
       }
@@ -1751,7 +2072,7 @@
 
     // One measure for every row, so the columns add up: a key's requests are every admitted
     // request made with it (chat among them); a widget's are its chats (it has no key).
-    function usageView(rows, keys, from, n) {
+    function usageView(rows, keys, from, n, spendRows) {
       if (!rows.length) return h('p', { class: 'muted empty' }, 'No requests in this period.')
       const days = Array.from({ length: n }, (_, i) => from + i * DAY)
       const names = new Map(keys.map((k) => [k.id, `${k.name} (${k.masked})`]))
@@ -1759,7 +2080,7 @@
       const label = (id) => (id ? names.get(id) || id : WIDGETS)
       const reqs = (r) => (r.key_id ? r.api_requests || 0 : r.requests || 0)
       const ids = [...new Set(rows.map((r) => r.key_id || ''))]
-      const zero = () => ({ requests: 0, chat: 0, limited: 0, prompt: 0, completion: 0 })
+      const zero = () => ({ requests: 0, chat: 0, limited: 0, prompt: 0, completion: 0, cost: 0 })
       const totals = new Map(ids.map((id) => [id, zero()]))
       const all = zero()
       for (const r of rows) {
@@ -1769,8 +2090,11 @@
           t.limited += r.rate_limited || 0
           t.prompt += r.prompt_tokens || 0
           t.completion += r.completion_tokens || 0
+          t.cost += r.cost || 0
         }
       }
+      // Spend comes from the same ledger the budgets are enforced from (`cost`, micro-units).
+      const spend = rows.some((r) => r.cost)
       const per = (value) => ids.map((id, i) => ({
         name: label(id),
         color: PALETTE[i % PALETTE.length],
@@ -1778,13 +2102,14 @@
       })).filter((x) => x.values.some(Boolean))
       const widgets = totals.get('')
       const width = $('#main').clientWidth - 64
-      const chart = (id, title, hint, series, text) => h('section', { class: 'card', 'aria-labelledby': id },
+      const chart = (id, title, hint, series, text, fmt) => h('section', { class: 'card', 'aria-labelledby': id },
         h('h2', { id }, title), h('p', { class: 'hint' }, hint),
-        series.length ? [barChart({ days, series, label: text, width }), legend(series)] : null)
+        series.length ? [barChart({ days, series, label: text, width, fmt }), legend(series)] : null)
       const period = `${dayFmt.format(new Date(days[0]))} – ${dayFmt.format(new Date(days[days.length - 1]))}`
       const row = (head, t, attrs = {}) => h('tr', attrs, head,
         cell('Requests', fmtNum(t.requests)), cell('Chat', fmtNum(t.chat)), cell('429s', fmtNum(t.limited)),
-        cell('Prompt tokens', fmtNum(t.prompt)), cell('Completion tokens', fmtNum(t.completion)))
+        cell('Prompt tokens', fmtNum(t.prompt)), cell('Completion tokens', fmtNum(t.completion)),
+        spend ? cell('Spend', fmtMoney(t.cost)) : null)
       return h('div', { class: 'stack' },
         chart('chart-req-h', 'Requests per day, by key', `${period}: ${fmtNum(all.requests)} requests, ${fmtNum(all.requests - (widgets ? widgets.requests : 0))} with keys and ${fmtNum(widgets ? widgets.requests : 0)} widget chats; ${fmtNum(all.chat)} of them chat.`,
           per(reqs), `Requests per day, ${period}`),
@@ -1793,10 +2118,78 @@
         h('section', { class: 'card', 'aria-labelledby': 'usage-table-h' },
           h('h2', { id: 'usage-table-h' }, 'Totals per key'),
           h('p', { class: 'hint' }, 'Requests: every admitted request made with a key (chat among them); for widgets, their chats. Chat is part of Requests, so each column adds up to the total.'),
-          h('div', { class: 'table-wrap' }, h('table', { class: 'table num' },
-            h('thead', null, h('tr', null, ['Key', 'Requests', 'Chat', '429s', 'Prompt tokens', 'Completion tokens'].map((t) => h('th', { scope: 'col' }, t)))),
+          h('div', { class: 'table-wrap' }, h('table', { class: 'table num cards' },
+            h('thead', null, h('tr', null, ['Key', 'Requests', 'Chat', '429s', 'Prompt tokens', 'Completion tokens', spend ? 'Spend' : null]
+              .filter(Boolean).map((t) => h('th', { scope: 'col' }, t)))),
             h('tbody', null, ids.map((id) => row(h('th', { scope: 'row', title: id || null }, label(id)), totals.get(id)))),
-            h('tfoot', null, row(h('th', { scope: 'row' }, 'Total'), all, { class: 'total' }))))))
+            h('tfoot', null, row(h('th', { scope: 'row' }, 'Total'), all, { class: 'total' }))))),
+        spend ? spendView(spendRows, days, period, width, chart, all.cost) : null)
+    }
+
+    // Spend per day by model (a chart) and per model (a table), from GET …/spend (the ledger's
+    // settled chats per day, key and model).
+    function spendView(rows, days, period, width, chart, total) {
+      const MODEL = (r) => r.model || 'all models'
+      const models = [...new Set(rows.filter((r) => r.cost).map(MODEL))].sort()
+      const series = models.map((m, i) => ({
+        name: m,
+        color: PALETTE[i % PALETTE.length],
+        values: days.map((d) => rows.filter((r) => MODEL(r) === m && r.start >= d && r.start < d + DAY).reduce((a, r) => a + (r.cost || 0), 0)),
+      })).filter((x) => x.values.some(Boolean))
+      const per = models.map((m) => {
+        const t = { requests: 0, prompt: 0, completion: 0, cost: 0 }
+        for (const r of rows.filter((x) => MODEL(x) === m)) {
+          t.requests += r.requests || 0
+          t.prompt += r.prompt_tokens || 0
+          t.completion += r.completion_tokens || 0
+          t.cost += r.cost || 0
+        }
+        return [m, t]
+      })
+      return [
+        chart('chart-spend-h', 'Spend per day, by model', `${period}: ${fmtMoney(total)} spent (settled cost of chats, from the spend ledger).`,
+          series, `Spend per day by model, ${period}`, fmtMoney),
+        h('section', { class: 'card', 'aria-labelledby': 'spend-models-h' },
+          h('h2', { id: 'spend-models-h' }, 'Spend per model'),
+          h('div', { class: 'table-wrap' }, h('table', { class: 'table num cards spend-models' },
+            h('thead', null, h('tr', null, ['Model', 'Chats', 'Prompt tokens', 'Completion tokens', 'Spend'].map((t) => h('th', { scope: 'col' }, t)))),
+            h('tbody', null, per.map(([m, t]) => h('tr', null, h('th', { scope: 'row' }, m),
+              cell('Chats', fmtNum(t.requests)), cell('Prompt tokens', fmtNum(t.prompt)), cell('Completion tokens', fmtNum(t.completion)),
+              cell('Spend', fmtMoney(t.cost)))))))),
+      ]
+    }
+
+    // Every budget that applies (the organization's, each active key's) with what its current
+    // period has spent and what is left, as the server enforces them: GET …/budgets and
+    // GET …/api-keys/{id}/budgets read the spend ledger.
+    async function budgetsLeft(card, keys, o) {
+      const entries = []
+      for (const b of (o && o.budgets) || []) entries.push({ who: o.name, sub: 'the whole organization', b })
+      const budgeted = keys.filter((k) => k.status === 'active' && k.budgets && k.budgets.length)
+      const states = await Promise.all(budgeted.map((k) => api('GET', orgPath(`/api-keys/${encodeURIComponent(k.id)}/budgets`))))
+      budgeted.forEach((k, i) => { for (const b of states[i]) entries.push({ who: k.name, sub: k.masked, b }) })
+      const perUser = (o && o.end_user_budgets) || []
+      const hint = h('p', { class: 'hint' }, 'Settled spend in each budget’s current period (UTC); chats still streaming are not in it yet. ',
+        perUser.length ? `Each end user may also spend ${perUser.map(budgetText).join(', ')}.` : null)
+      if (!entries.length) {
+        return card.replaceChildren(card.firstChild, hint, h('p', { class: 'muted empty' },
+          'No budgets. Give a key budgets on the API keys page (Limits), or the organization on the Members page.'))
+      }
+      const body = entries.map(({ who, sub, b }) => {
+        const level = b.spent >= b.amount ? 'over' : b.spent >= b.amount * 0.8 ? 'near' : 'ok'
+        return h('tr', { class: `budget ${level}` },
+          h('th', { scope: 'row' }, who, h('span', { class: 'sub' }, sub)),
+          cell('Budget', budgetText(b)),
+          cell('Spent', fmtMoney(b.spent)),
+          cell('Left', h('span', { class: 'left' }, fmtMoney(b.remaining)),
+            h('meter', { min: '0', max: String(b.amount), value: String(Math.min(b.spent, b.amount)), low: String(b.amount * 0.5), high: String(b.amount * 0.8), optimum: '0',
+              'aria-label': `${who}: ${fmtMoney(b.spent)} of ${fmtMoney(b.amount)} spent` })),
+          cell('Resets', b.resets_at ? fmtTime(b.resets_at) : 'Never'))
+      })
+      card.replaceChildren(card.firstChild, hint, h('div', { class: 'table-wrap' }, h('table', { class: 'table cards budgets-left' },
+        h('caption', { class: 'sr' }, 'Budgets and what is left of each'),
+        h('thead', null, h('tr', null, ['Applies to', 'Budget', 'Spent', 'Left', 'Resets'].map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', null, body))))
     }
 
     load()
@@ -1807,13 +2200,14 @@
   // Actors and targets are named from the lists the signed-in person may read (ids on hover).
   // Every action the log records, as GET …/audit-log?action= accepts them (tests/api/docs_lists.rs
   // keeps this list equal to the server's).
-  const AUDIT_ACTIONS = ['organization.created', 'organization.renamed', 'organization.rate_limits_changed',
+  const AUDIT_ACTIONS = ['organization.created', 'organization.renamed', 'organization.rate_limits_changed', 'organization.chat_limits_changed',
     'member.added', 'member.role_changed', 'member.removed', 'role.created', 'role.deleted',
     'invitation.created', 'invitation.accepted', 'invitation.declined', 'invitation.revoked',
-    'api_key.created', 'api_key.updated', 'api_key.revoked', 'api_key.rolled',
+    'api_key.created', 'api_key.updated', 'api_key.revoked', 'api_key.rolled', 'credits.low', 'credits.exhausted',
     'widget.created', 'widget.updated', 'widget.secret_rotated', 'widget.deleted',
     'webhook_endpoint.created', 'webhook_endpoint.updated', 'webhook_endpoint.secret_rotated',
-    'webhook_endpoint.deleted', 'webhook_endpoint.disabled']
+    'webhook_endpoint.deleted', 'webhook_endpoint.disabled',
+    'organization.budgets_changed', 'model_price.set', 'model_price.deleted', 'budget.threshold']
 
   // Names by id, and the actors one can filter by ([value, label]).
   async function directory() {

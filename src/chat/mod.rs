@@ -31,9 +31,19 @@ pub struct Caller {
     pub visitor: Option<String>,
     /// The widget, for a visitor.
     pub widget_id: Option<String>,
+    /// The key's spend budgets, when a key with budgets is used.
+    pub key_budgets: Option<Vec<crate::domain::budget::Budget>>,
 }
 
 impl Caller {
+    /// The end user a chat is for, whose own budgets apply: the widget visitor (`v:vis_…`
+    /// or `u:{user_id}`), else the signed-in person (`u:{user_id}`).
+    pub fn end_user(&self) -> Option<String> {
+        self.visitor
+            .clone()
+            .or_else(|| self.user_id.as_ref().map(|u| format!("u:{u}")))
+    }
+
     /// The threads this caller may continue: a person's or a visitor's own in this
     /// organization, or the organization's threads that belong to neither.
     fn may_continue(&self, t: &Thread) -> bool {
@@ -247,12 +257,14 @@ impl Chat {
         })
     }
 
-    /// Stores the exchange once the answer is complete, and counts it.
+    /// Stores the exchange once the answer is complete (with its cost in the ledger, in the
+    /// same commit), and counts it.
     pub async fn finish(
         &self,
         p: &Prepared,
         answer: String,
         tokens: Tokens,
+        spend: Option<crate::store::LedgerRow>,
     ) -> Result<Message, ChatError> {
         let answer = Message {
             id: ordered_id("msg"),
@@ -266,6 +278,7 @@ impl Chat {
             new: p.new,
             question: p.question.clone(),
             answer: answer.clone(),
+            spend,
         };
         let (tx, rx) = oneshot::channel();
         let gone = || StoreError::Other("the chat writer stopped".into());
@@ -344,15 +357,29 @@ impl Chat {
         Ok(())
     }
 
-    /// Asks the model server.
+    /// Asks the model server: `model`, for an answer of at most `max_tokens` when given.
     pub async fn ask(
         &self,
         p: &Prepared,
         context: Option<&Value>,
+        model: &str,
+        max_tokens: Option<u32>,
     ) -> Result<upstream::Pieces, ChatError> {
         Ok(self
             .upstream
-            .answer(&p.history, context, p.caller.user_id.as_deref())
+            .answer(
+                &p.history,
+                context,
+                p.caller.user_id.as_deref(),
+                model,
+                max_tokens,
+            )
             .await?)
+    }
+
+    /// Bytes and count of the messages sent upstream (for a reservation's estimate).
+    pub fn prompt_size(p: &Prepared) -> (u64, u64) {
+        let bytes = p.history.iter().map(|t| t.content.len() as u64).sum();
+        (bytes, p.history.len() as u64)
     }
 }

@@ -62,8 +62,6 @@ pub enum Upstream {
         client: reqwest::Client,
         /// `…/chat/completions`.
         url: String,
-        /// The `model` field.
-        model: String,
         /// Sent as `Authorization: Bearer`; never logged.
         api_key: Option<crate::config::SecretString>,
         /// Longest wait for the first byte of the answer, and between two pieces.
@@ -76,7 +74,6 @@ impl Upstream {
     /// `…/chat/completions` URL.
     pub fn new(
         url: Option<&str>,
-        model: &str,
         api_key: Option<crate::config::SecretString>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
@@ -95,7 +92,6 @@ impl Upstream {
         Ok(Upstream::OpenAi {
             client,
             url,
-            model: model.to_string(),
             api_key,
             timeout,
         })
@@ -109,30 +105,23 @@ impl Upstream {
         }
     }
 
-    /// Asks for an answer to `history` (oldest first, the new message last). `context` and
-    /// `user` are passed along unchanged.
+    /// Asks `model` for an answer to `history` (oldest first, the new message last), of at
+    /// most `max_tokens` when given. `context` and `user` are passed along unchanged.
     pub async fn answer(
         &self,
         history: &[Turn],
         context: Option<&Value>,
         user: Option<&str>,
+        model: &str,
+        max_tokens: Option<u32>,
     ) -> Result<Pieces, UpstreamError> {
         match self {
-            Upstream::Echo => {
-                let last = history.last().map(|t| t.content.as_str()).unwrap_or("");
-                let text = format!(
-                    "Echo upstream (no model server is configured; set GATEHOUSE_UPSTREAM_URL): {last}"
-                );
-                let words: Vec<Result<Piece, UpstreamError>> = text
-                    .split_inclusive(' ')
-                    .map(|w| Ok(Piece::Text(w.to_string())))
-                    .collect();
-                Ok(Box::pin(futures_util::stream::iter(words)))
-            }
+            Upstream::Echo => Ok(Box::pin(futures_util::stream::iter(echo(
+                history, max_tokens,
+            )))),
             Upstream::OpenAi {
                 client,
                 url,
-                model,
                 api_key,
                 timeout,
             } => {
@@ -142,6 +131,9 @@ impl Upstream {
                     "stream": true,
                     "stream_options": { "include_usage": true },
                 });
+                if let Some(n) = max_tokens {
+                    body["max_tokens"] = json!(n);
+                }
                 if let Some(c) = context {
                     body["context"] = c.clone();
                 }
@@ -205,6 +197,41 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Bytes per token in the echo upstream's counts: a rough rule for English text, enough for
+/// `serve --dev` to show spend (docs/spend.md).
+const ECHO_BYTES_PER_TOKEN: usize = 4;
+
+/// The echo upstream's answer, word by word, cut at `max_tokens`, then its token counts:
+/// a quarter of the bytes sent and answered, rounded up.
+fn echo(history: &[Turn], max_tokens: Option<u32>) -> Vec<Result<Piece, UpstreamError>> {
+    let last = history.last().map(|t| t.content.as_str()).unwrap_or("");
+    let mut text = format!(
+        "Echo upstream (no model server is configured; set GATEHOUSE_UPSTREAM_URL): {last}"
+    );
+    if let Some(m) = max_tokens {
+        let most = (m as usize).saturating_mul(ECHO_BYTES_PER_TOKEN);
+        if text.len() > most {
+            let mut end = most;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+    }
+    let tokens = |bytes: usize| bytes.div_ceil(ECHO_BYTES_PER_TOKEN) as u64;
+    let prompt: usize = history.iter().map(|t| t.content.len()).sum();
+    let usage = Tokens {
+        prompt: tokens(prompt),
+        completion: tokens(text.len()),
+    };
+    let mut pieces: Vec<Result<Piece, UpstreamError>> = text
+        .split_inclusive(' ')
+        .map(|w| Ok(Piece::Text(w.to_string())))
+        .collect();
+    pieces.push(Ok(Piece::Usage(usage)));
+    pieces
 }
 
 fn tokens(doc: &Value) -> Option<Tokens> {

@@ -48,9 +48,39 @@ impl Usage {
         bucket_ms: i64,
         key: Option<&KeyId>,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        self.store
-            .usage(org.as_str(), from, to, bucket_ms, key.map(KeyId::as_str))
-            .await
+        let key = key.map(KeyId::as_str);
+        let mut rows = self
+            .store
+            .usage(org.as_str(), from, to, bucket_ms, key)
+            .await?;
+        // Cost comes from the spend ledger, the numbers budgets are enforced with.
+        let mut costs: HashMap<(i64, Option<String>), i64> = HashMap::new();
+        for s in self
+            .store
+            .spend_report(org.as_str(), from, to, bucket_ms, key)
+            .await?
+        {
+            *costs.entry((s.start, s.key_id)).or_default() += s.cost;
+        }
+        for r in &mut rows {
+            if let Some(c) = costs.remove(&(r.start, r.key_id.clone())) {
+                r.cost = c;
+            }
+        }
+        for ((start, key_id), cost) in costs {
+            rows.push(UsageRow {
+                start,
+                key_id,
+                requests: 0,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                api_requests: 0,
+                rate_limited: 0,
+                cost,
+            });
+        }
+        rows.sort_by(|a, b| (a.start, &a.key_id).cmp(&(b.start, &b.key_id)));
+        Ok(rows)
     }
 
     /// An organization's messages since `since` (unix ms), oldest first, as a stream.

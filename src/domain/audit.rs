@@ -9,6 +9,7 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "organization.created",
     "organization.renamed",
     "organization.rate_limits_changed",
+    "organization.chat_limits_changed",
     "member.added",
     "member.role_changed",
     "member.removed",
@@ -22,6 +23,8 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "api_key.updated",
     "api_key.revoked",
     "api_key.rolled",
+    "credits.low",
+    "credits.exhausted",
     "widget.created",
     "widget.updated",
     "widget.secret_rotated",
@@ -31,6 +34,10 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "webhook_endpoint.secret_rotated",
     "webhook_endpoint.deleted",
     "webhook_endpoint.disabled",
+    "organization.budgets_changed",
+    "model_price.set",
+    "model_price.deleted",
+    "budget.threshold",
 ];
 
 /// The shape of an actor filter, as `/openapi.json` states it: a user's hyphenated UUID, a

@@ -10,14 +10,20 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::app::AppState;
 use crate::auth::api_key::Environment;
 use crate::config::Policy;
+use crate::domain::budget::Budget;
+use crate::domain::credits::{KeyCredits, MAX_COST};
 use crate::domain::permissions::Permission;
 use crate::domain::{AuditAction, AuditActor, ACTOR_PATTERN, AUDIT_ACTIONS};
+use crate::domain::{ChatLimits, ChatLimitsChange, TokenLimits};
 use crate::error::{ApiError, Code};
 use crate::http::envelope::{created, errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
 use crate::http::orgs::{audit, org_access};
 use crate::ids::{KeyId, OrgId};
-use crate::keys::{Creator, KeyError, KeyFailure, KeyInput, KeyLimits, KeyUpdate, Verification};
+use crate::keys::{
+    Creator, CreditsInput, KeyError, KeyFailure, KeyInput, KeyLimits, KeyUpdate, RefillInput,
+    Verification,
+};
 use crate::ratelimit::{RateLimitSpec, Rates};
 use crate::store::{ApiKeyRecord, AuditEntry};
 
@@ -72,6 +78,86 @@ enum VerdictReason {
     Expired,
     Revoked,
     RateLimited,
+    UsageExceeded,
+}
+
+/// The result code of `/v1/keys/verify`: `valid`, or why the key is not usable now.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // only describes `Verdict::code` in the OpenAPI document
+enum VerdictCode {
+    Valid,
+    Malformed,
+    NotFound,
+    Expired,
+    Revoked,
+    RateLimited,
+    UsageExceeded,
+}
+
+/// How often credits are set back to the refill amount.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // only describes `RefillSpec::interval` in the OpenAPI document
+enum RefillInterval {
+    Daily,
+    Monthly,
+}
+
+/// A refill: at each period's start the balance is SET to `amount` (not added to).
+#[derive(Serialize, Deserialize, ToSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RefillSpec {
+    /// `daily` (every UTC midnight) or `monthly` (UTC midnight of `day`).
+    #[schema(value_type = RefillInterval)]
+    pub interval: String,
+    /// The balance each period starts with.
+    #[schema(minimum = 0, maximum = 1e15)]
+    pub amount: i64,
+    /// The day of the month (1-31, default 1) of a monthly refill; the month's last day when
+    /// it is shorter. Not given for daily.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 31)]
+    pub day: Option<i64>,
+}
+
+/// A key's credits: uses left. Each authenticated use spends one (`/v1/keys/verify`: `cost`);
+/// at zero the key is refused with 402 `credits_exhausted`.
+#[derive(Serialize, Deserialize, ToSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsSpec {
+    /// Uses left now (on create and update: the balance to start with).
+    #[schema(minimum = 0, maximum = 1e15)]
+    pub remaining: i64,
+    /// Sets the balance back periodically; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<RefillSpec>,
+}
+
+impl From<CreditsSpec> for CreditsInput {
+    fn from(c: CreditsSpec) -> Self {
+        CreditsInput {
+            remaining: c.remaining,
+            refill: c.refill.map(|r| RefillInput {
+                interval: r.interval,
+                amount: r.amount,
+                day: r.day,
+            }),
+        }
+    }
+}
+
+/// A key's credits as they stand at `now` (refilled if a period began since storage wrote
+/// them).
+fn credits_view(c: &KeyCredits, now: i64) -> CreditsSpec {
+    CreditsSpec {
+        remaining: c.balance.at(c.refill.as_ref(), now).remaining,
+        refill: c.refill.map(|r| RefillSpec {
+            interval: r.interval.as_str().to_string(),
+            amount: r.amount,
+            day: r.day.map(i64::from),
+        }),
+    }
 }
 
 /// An API key as listed: never the key, never its hash.
@@ -116,6 +202,17 @@ pub struct KeyView {
     pub status: &'static str,
     /// The key's own rate limits; `null`: the deployment's default for keys.
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// The key's spend budgets; `null`: none (see docs/spend.md).
+    pub budgets: Option<Vec<Budget>>,
+    /// Its credits; `null`: unlimited uses.
+    pub credits: Option<CreditsSpec>,
+    /// Model patterns the key may ask for (`*` and `?` are wildcards); `null`: any model the
+    /// organization allows.
+    pub allowed_models: Option<Vec<String>>,
+    /// The key's token windows; `null`: none (the organization's still apply).
+    pub token_limits: Option<TokenLimits>,
+    /// Chat answers the key may have under way at once; `null`: no bound of its own.
+    pub max_parallel: Option<u32>,
 }
 
 fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
@@ -136,6 +233,11 @@ fn view(k: &ApiKeyRecord, now: i64) -> KeyView {
         rolled_to: k.rolled_to.clone(),
         status: k.status(now),
         rate_limits: k.rate_limits.as_ref().map(Rates::specs),
+        budgets: k.budgets.clone(),
+        credits: k.credits.as_ref().map(|c| credits_view(c, now)),
+        allowed_models: k.chat_limits.allowed_models.clone(),
+        token_limits: k.chat_limits.token_limits,
+        max_parallel: k.chat_limits.max_parallel,
     }
 }
 
@@ -180,6 +282,20 @@ pub struct CreateKeyBody {
     /// The key's own windows, replacing the default (all must admit a request).
     #[schema(min_items = 1, max_items = 8)]
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// Spend budgets (1-4, at most one per period); absent or `null`: none.
+    #[schema(min_items = 1, max_items = 4)]
+    pub budgets: Option<Vec<Budget>>,
+    /// Credits (uses left, maybe refilled); absent or `null`: unlimited.
+    pub credits: Option<CreditsSpec>,
+    /// Model patterns the key may ask for in chat, e.g. `["gpt-4o*", "anthropic/*"]` (`*`
+    /// matches any run of characters, `?` one); absent or `null`: any model.
+    #[schema(max_items = 100)]
+    pub allowed_models: Option<Vec<String>>,
+    /// The key's token windows for chat; absent or `null`: none.
+    pub token_limits: Option<TokenLimits>,
+    /// Chat answers the key may have under way at once (1-10000); absent or `null`: no bound.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_parallel: Option<u32>,
 }
 
 /// Creates a key (`keys:write`); its scopes must be held by the creator.
@@ -205,6 +321,13 @@ pub async fn create_key(
         expires_in_days: body.expires_in_days,
         metadata: body.metadata,
         rate_limits: body.rate_limits,
+        budgets: body.budgets,
+        credits: body.credits.map(CreditsInput::from),
+        chat_limits: ChatLimits {
+            allowed_models: body.allowed_models,
+            token_limits: body.token_limits,
+            max_parallel: body.max_parallel,
+        },
     };
     let minted = state
         .keys
@@ -341,6 +464,26 @@ pub struct UpdateKeyBody {
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
     #[schema(value_type = Option<Vec<RateLimitSpec>>, min_items = 1, max_items = 8)]
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// Spend budgets (1-4, at most one per period); `null` removes them.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<Vec<Budget>>, min_items = 1, max_items = 4)]
+    pub budgets: Option<Option<Vec<Budget>>>,
+    /// New credits, set now as the balance (a new period starts); `null`: unlimited.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<CreditsSpec>)]
+    pub credits: Option<Option<CreditsSpec>>,
+    /// Model patterns the key may ask for; `null`: any model.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<Vec<String>>, max_items = 100)]
+    pub allowed_models: Option<Option<Vec<String>>>,
+    /// The key's token windows; `null`: none.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<TokenLimits>)]
+    pub token_limits: Option<Option<TokenLimits>>,
+    /// Chat answers under way at once (1-10000); `null`: no bound.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    pub max_parallel: Option<Option<u32>>,
 }
 
 /// Renames a key or changes its metadata or rate limits (`keys:write`); applies at once
@@ -364,6 +507,13 @@ pub async fn update_key(
         name: body.name,
         metadata: body.metadata,
         rate_limits: body.rate_limits,
+        budgets: body.budgets,
+        credits: body.credits.map(|c| c.map(CreditsInput::from)),
+        chat_limits: ChatLimitsChange {
+            allowed_models: body.allowed_models,
+            token_limits: body.token_limits,
+            max_parallel: body.max_parallel,
+        },
     };
     let k = state
         .keys
@@ -378,6 +528,10 @@ pub async fn update_key(
 pub struct VerifyBody {
     /// The presented key.
     pub key: String,
+    /// Credits this verification spends from a key that has credits (0-1000000, default 1;
+    /// 0 checks without spending).
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub cost: Option<i64>,
 }
 
 /// The verdict on a key, Unkey-style.
@@ -385,9 +539,15 @@ pub struct VerifyBody {
 pub struct Verdict {
     /// Whether the key may be used now.
     pub valid: bool,
-    /// Why not: `malformed`, `not_found`, `expired`, `revoked`, `rate_limited`.
+    /// `valid`, or why not (the same value as `reason`).
+    #[schema(value_type = VerdictCode)]
+    pub code: &'static str,
+    /// Why not: `malformed`, `not_found`, `expired`, `revoked`, `rate_limited`,
+    /// `usage_exceeded` (its credits are spent or below `cost`).
     #[schema(value_type = Option<VerdictReason>)]
     pub reason: Option<&'static str>,
+    /// Credits left after this verification; `null`: unlimited (or the key is not usable).
+    pub remaining: Option<i64>,
     /// Key id.
     #[schema(value_type = Option<KeyId>)]
     pub key_id: Option<String>,
@@ -451,34 +611,54 @@ pub async fn verify_key(
     org_access(&state, &principal, &org)
         .await?
         .require(Permission::KeysVerify)?;
+    let cost = body.cost.unwrap_or(1);
+    if !(0..=MAX_COST).contains(&cost) {
+        return Err(ApiError::field(
+            "cost",
+            &format!("must be between 0 and {MAX_COST}"),
+        ));
+    }
     let limits = KeyLimits {
         limiter: state.limits.limiter(),
         default: state.config.rates(Policy::ApiKey),
         fail_closed: state.config.fails_closed(Policy::ApiKey),
         policy: Policy::ApiKey.name(),
     };
-    let verdict = match state.keys.verify_for(&org, &body.key, limits).await? {
+    let verdict = match state.keys.verify_for(&org, &body.key, cost, limits).await? {
         Verification::Refused(why) => refused(why),
         Verification::Known {
             key: k,
             decision: d,
-        } => Verdict {
-            valid: d.allowed,
-            reason: (!d.allowed).then_some("rate_limited"),
-            ratelimit: d.binding().map(|b| VerdictLimit {
-                limit: b.limit,
-                window_seconds: b.window_seconds,
-                remaining: b.remaining,
-                reset: b.reset_at,
-                retry_after: b.retry_after,
-            }),
-            key_id: Some(k.id.clone()),
-            org_id: Some(k.org_id.clone()),
-            scopes: Some(k.scopes.clone()),
-            environment: Some(k.environment.clone()),
-            expires_at: k.expires_at,
-            metadata: Some(k.metadata.clone()),
-        },
+            remaining,
+            exhausted,
+        } => {
+            let reason = if !d.allowed {
+                Some("rate_limited")
+            } else if exhausted {
+                Some("usage_exceeded")
+            } else {
+                None
+            };
+            Verdict {
+                valid: reason.is_none(),
+                code: reason.unwrap_or("valid"),
+                reason,
+                remaining,
+                ratelimit: d.binding().map(|b| VerdictLimit {
+                    limit: b.limit,
+                    window_seconds: b.window_seconds,
+                    remaining: b.remaining,
+                    reset: b.reset_at,
+                    retry_after: b.retry_after,
+                }),
+                key_id: Some(k.id.clone()),
+                org_id: Some(k.org_id.clone()),
+                scopes: Some(k.scopes.clone()),
+                environment: Some(k.environment.clone()),
+                expires_at: k.expires_at,
+                metadata: Some(k.metadata.clone()),
+            }
+        }
     };
     Ok(ok(verdict))
 }
@@ -486,7 +666,9 @@ pub async fn verify_key(
 fn refused(why: KeyFailure) -> Verdict {
     Verdict {
         valid: false,
+        code: why.reason().as_str(),
         reason: Some(why.reason().as_str()),
+        remaining: None,
         key_id: None,
         org_id: None,
         scopes: None,

@@ -22,7 +22,9 @@ use crate::error::{ApiError, Code};
 use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{bearer, key_principal, ApiJson, Ids, Principal};
 use crate::ids::ThreadId;
-use crate::store::{Message, Thread, ThreadScope};
+use crate::limits::admission::{estimate_tokens, AdmissionError, Asker};
+use crate::spend::{Ask, Guard, SpendError};
+use crate::store::{ApiKeyRecord, Message, Thread, ThreadScope, WidgetRecord};
 
 /// Routes of this file.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -112,6 +114,13 @@ pub struct ChatBody {
     /// Answer as Server-Sent Events.
     #[serde(default)]
     pub stream: bool,
+    /// The model to ask (default: the deployment's `upstream_model`; a widget's chat uses the
+    /// widget's model).
+    #[schema(min_length = 1, max_length = 200)]
+    pub model: Option<String>,
+    /// The most tokens the answer may use (1-1000000), sent upstream as `max_tokens`.
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub max_tokens: Option<u32>,
 }
 
 /// One Server-Sent Event of a streamed answer (`stream: true`), as `/openapi.json` describes
@@ -172,26 +181,29 @@ fn chat_error(e: ChatError) -> ApiError {
     responses(
         (status = 200, description = "The answer: JSON, or Server-Sent Events when the body asks for `stream`",
             content((Envelope<ChatAnswer> = "application/json"), (ChatEvent = "text/event-stream"))),
-        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`)", body = ErrorEnvelope),
+        (status = 402, description = "`budget_exhausted`: a spend budget of the key, the organization or the end user is exhausted (`details.budget`: `scope`, `id`, `period`, `amount`, `spent`, `resets_at`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`); `model_not_allowed`: the key's or the organization's `allowed_models` does not match the model (`details.model`, `details.allowed`); `model_unpriced`: a budget applies and the model has no price (`details.model`)", body = ErrorEnvelope),
         (status = 404, description = "`not_found`: the thread is not the caller's", body = ErrorEnvelope),
         (status = 502, description = "`upstream_error`: the model server failed", body = ErrorEnvelope),
         (status = 504, description = "`upstream_timeout`: the model server did not answer in time", body = ErrorEnvelope),
-        errors::Auth, errors::Body))]
+        errors::ChatAuth, errors::Body))]
 pub async fn chat(
     State(state): State<AppState>,
     principal: ChatPrincipal,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
-    let caller = match principal {
+    let (caller, key) = match principal {
         ChatPrincipal::Key { key, user_id } => {
             needs_scope(&key, Permission::ChatWrite)?;
-            Caller {
+            let caller = Caller {
                 org_id: key.org_id.clone(),
                 key_id: Some(key.id.clone()),
                 user_id,
                 visitor: None,
                 widget_id: None,
-            }
+                key_budgets: key.budgets.clone(),
+            };
+            (caller, key)
         }
         ChatPrincipal::Person(_) => {
             return Err(ApiError::unauthorized(
@@ -201,7 +213,7 @@ pub async fn chat(
         }
     };
     check_chat_body(&body)?;
-    answer(&state, caller, body, None).await
+    answer(&state, caller, body, None, Some(&key), None).await
 }
 
 /// The chat of `POST /v1/chat`, at the path seed 000's clients call.
@@ -210,11 +222,12 @@ pub async fn chat(
     responses(
         (status = 200, description = "The answer: JSON, or Server-Sent Events when the body asks for `stream`",
             content((Envelope<ChatAnswer> = "application/json"), (ChatEvent = "text/event-stream"))),
-        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`)", body = ErrorEnvelope),
+        (status = 402, description = "`budget_exhausted`: a spend budget of the key, the organization or the end user is exhausted (`details.budget`: `scope`, `id`, `period`, `amount`, `spent`, `resets_at`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`); `model_not_allowed`: the key's or the organization's `allowed_models` does not match the model (`details.model`, `details.allowed`); `model_unpriced`: a budget applies and the model has no price (`details.model`)", body = ErrorEnvelope),
         (status = 404, description = "`not_found`: the thread is not the caller's", body = ErrorEnvelope),
         (status = 502, description = "`upstream_error`: the model server failed", body = ErrorEnvelope),
         (status = 504, description = "`upstream_timeout`: the model server did not answer in time", body = ErrorEnvelope),
-        errors::Auth, errors::Body))]
+        errors::ChatAuth, errors::Body))]
 pub async fn api_chat(
     state: State<AppState>,
     principal: ChatPrincipal,
@@ -248,42 +261,189 @@ pub fn check_chat_body(body: &ChatBody) -> Result<(), ApiError> {
     if let Some(id) = &body.thread_id {
         ThreadId::parse(id)?;
     }
+    // Any name of the schema's length: one no list matches is refused by the allow-lists,
+    // and an unknown one by the model server.
+    if body
+        .model
+        .as_ref()
+        .is_some_and(|m| m.is_empty() || m.chars().count() > 200)
+    {
+        return Err(ApiError::field("model", "must be 1-200 characters"));
+    }
+    if body
+        .max_tokens
+        .is_some_and(|n| !(1..=1_000_000).contains(&n))
+    {
+        return Err(ApiError::field(
+            "max_tokens",
+            "must be between 1 and 1000000",
+        ));
+    }
     Ok(())
 }
 
-/// Asks the model for `caller` and answers as JSON or as Server-Sent Events: in the body's
-/// thread, else in `otherwise` (already read; `None` starts a thread).
+/// The envelope of a refused reservation.
+pub fn spend_error(e: SpendError) -> ApiError {
+    match e {
+        SpendError::Exhausted(x) => {
+            let message = format!(
+                "The {} budget ({} per {}) is exhausted.",
+                x.scope,
+                x.amount,
+                x.period.as_str()
+            );
+            ApiError::msg(Code::BudgetExhausted, message).details(json!({ "budget": *x }))
+        }
+        SpendError::Unpriced(model) => ApiError::msg(
+            Code::ModelUnpriced,
+            format!("The model {model:?} has no price, and a spend budget applies."),
+        )
+        .details(json!({ "model": model })),
+        SpendError::Invalid { field, problem } => ApiError::field(field, &problem),
+        SpendError::Store(s) => s.into(),
+    }
+}
+
+impl From<AdmissionError> for ApiError {
+    fn from(e: AdmissionError) -> Self {
+        match e {
+            AdmissionError::ModelNotAllowed { model, allowed } => ApiError::msg(
+                Code::ModelNotAllowed,
+                format!("The model {model} is not allowed for this key or organization."),
+            )
+            .details(json!({ "model": model, "allowed": allowed })),
+            AdmissionError::Concurrency {
+                scope,
+                max_parallel,
+            } => {
+                let mut e = ApiError::msg(
+                    Code::ConcurrencyLimited,
+                    format!(
+                        "The {} already has {max_parallel} answer{} under way; retry when one ends.",
+                        if scope == "key" { "key" } else { "organization" },
+                        if max_parallel == 1 { "" } else { "s" }
+                    ),
+                )
+                .details(json!({ "scope": scope, "max_parallel": max_parallel }));
+                e.retry_after = Some(1);
+                e
+            }
+            AdmissionError::Tokens(d) => crate::http::limits::refused(&d),
+            AdmissionError::Unavailable => crate::http::limits::unavailable(),
+            AdmissionError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Tokens of an upstream's count, prompt and answer together.
+fn used(t: Option<Tokens>) -> Option<u64> {
+    t.map(|t| t.prompt.saturating_add(t.completion))
+}
+
+/// Asks the model for `caller` (with `key`, or as a visitor of `widget`) and answers as JSON
+/// or as Server-Sent Events: in the body's thread, else in `otherwise` (already read; `None`
+/// starts a thread). Before the model server is asked: the model must be allowed, a
+/// `max_parallel` lease is taken and tokens are reserved; all are settled however it ends.
 pub async fn answer(
     state: &AppState,
     caller: Caller,
     body: ChatBody,
     otherwise: Option<Thread>,
+    key: Option<&ApiKeyRecord>,
+    widget: Option<&WidgetRecord>,
 ) -> Result<Response, ApiError> {
+    let org_id = caller.org_id.clone();
+    let visitor = caller.visitor.clone().unwrap_or_default();
+    let who = Asker {
+        org_id: &org_id,
+        key,
+        widget: widget.map(|w| (w, visitor.as_str())),
+    };
+    let model = state.limits.model_for(body.model.as_deref(), widget)?;
+    state.limits.check_model(who, &model).await?;
     let context = body.context.filter(|c| !c.is_null());
     let prepared = match body.thread_id.as_deref() {
         Some(id) => state.chat.prepare(caller, body.message, Some(id)).await,
         None => state.chat.prepare_in(caller, body.message, otherwise).await,
     }
     .map_err(chat_error)?;
-    let pieces = state
-        .chat
-        .ask(&prepared, context.as_ref())
+    let prompt = estimate_tokens(prepared.history.iter().map(|t| t.content.as_str()));
+    let reserve = body
+        .max_tokens
+        .map_or(state.config.chat_reserve_tokens, u64::from);
+    // The design's order: a lease, then the budgets, then the token windows; each refusal
+    // gives back what the steps before it took (the lease drops; the guard settles nothing).
+    let lease = state.limits.lease(who).await?;
+    // Reserve the worst case against every budget that applies; the guard settles the real
+    // cost however the chat ends (answered, failed, or the client gone).
+    let (prompt_bytes, messages) = crate::chat::Chat::prompt_size(&prepared);
+    let end_user = prepared.caller.end_user();
+    let reservation = state
+        .spend
+        .reserve(&Ask {
+            org_id: &prepared.caller.org_id,
+            key_id: prepared.caller.key_id.as_deref(),
+            key_budgets: prepared.caller.key_budgets.as_deref(),
+            end_user: end_user.as_deref(),
+            model: &model,
+            prompt_bytes,
+            messages,
+            max_tokens: body.max_tokens,
+        })
         .await
-        .map_err(chat_error)?;
+        .map_err(spend_error)?;
+    let mut guard = Guard::new(state.spend.clone(), reservation);
+    let mut admission = state
+        .limits
+        .reserve_tokens(who, prompt, reserve, lease)
+        .await?;
+    let pieces = match state
+        .chat
+        .ask(&prepared, context.as_ref(), &model, guard.max_tokens())
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            // Refused before answering: nothing was spent.
+            admission.settle(Some(0)).await;
+            return Err(chat_error(e));
+        }
+    };
     if !body.stream {
         let mut pieces = pieces;
-        let (mut text, mut tokens) = (String::new(), Tokens::default());
+        let (mut text, mut tokens) = (String::new(), None);
         while let Some(p) = pieces.next().await {
-            match p.map_err(|e| chat_error(e.into()))? {
-                Piece::Text(t) => text.push_str(&t),
-                Piece::Usage(t) => tokens = t,
+            match p {
+                Ok(Piece::Text(t)) => {
+                    guard.text(&t).await;
+                    admission.saw(&t);
+                    text.push_str(&t);
+                }
+                Ok(Piece::Usage(t)) => {
+                    guard.usage(t.prompt, t.completion);
+                    tokens = Some(t);
+                }
+                Err(e) => {
+                    admission.settle(used(tokens)).await;
+                    return Err(chat_error(e.into()));
+                }
             }
         }
+        admission.settle(used(tokens)).await;
+        let row = guard.row();
         let answer = state
             .chat
-            .finish(&prepared, text.clone(), tokens)
+            .finish(
+                &prepared,
+                text.clone(),
+                tokens.unwrap_or_default(),
+                row.clone(),
+            )
             .await
             .map_err(chat_error)?;
+        if let Some(row) = row {
+            guard.finish(&row).await;
+        }
         return Ok(ok(ChatAnswer {
             response: text,
             thread_id: prepared.thread.id.clone(),
@@ -293,28 +453,45 @@ pub async fn answer(
     }
     // Streaming: when the client goes away the response body, and with it this stream and
     // the upstream request, is dropped, which cancels the model server's work.
+    // The admission moves into the stream: dropped with it when the client goes away, it
+    // releases the lease and settles what was seen.
     let chat = state.chat.clone();
     let events = async_stream::stream! {
+        let mut admission = admission;
         let mut pieces = pieces;
-        let (mut text, mut tokens) = (String::new(), Tokens::default());
+        let mut guard = guard;
+        let (mut text, mut tokens) = (String::new(), None);
         while let Some(p) = pieces.next().await {
             match p {
                 Ok(Piece::Text(t)) => {
+                    guard.text(&t).await;
+                    admission.saw(&t);
                     yield Ok::<_, Infallible>(Event::default().event("delta").json_data(json!({ "content": t })).unwrap_or_default());
                     text.push_str(&t);
                 }
-                Ok(Piece::Usage(t)) => tokens = t,
+                Ok(Piece::Usage(t)) => {
+                    guard.usage(t.prompt, t.completion);
+                    tokens = Some(t);
+                }
                 Err(e) => {
+                    admission.settle(used(tokens)).await;
                     let e = chat_error(e.into());
                     yield Ok(Event::default().event("error").json_data(json!({ "code": e.code.as_str(), "message": e.message })).unwrap_or_default());
                     return;
                 }
             }
         }
-        match chat.finish(&prepared, text, tokens).await {
-            Ok(answer) => yield Ok(Event::default().event("done").json_data(json!({
+        admission.settle(used(tokens)).await;
+        let row = guard.row();
+        match chat.finish(&prepared, text, tokens.unwrap_or_default(), row.clone()).await {
+            Ok(answer) => {
+                if let Some(row) = row {
+                    guard.finish(&row).await;
+                }
+                yield Ok(Event::default().event("done").json_data(json!({
                 "thread_id": prepared.thread.id, "message_id": answer.id
-            })).unwrap_or_default()),
+            })).unwrap_or_default())
+            }
             Err(e) => {
                 let e = chat_error(e);
                 yield Ok(Event::default().event("error").json_data(json!({ "code": e.code.as_str(), "message": e.message })).unwrap_or_default());

@@ -80,12 +80,13 @@ pub async fn app_js() -> Response {
 }
 
 /// What the page needs: the publishable key to call `/auth/v1` (sign-up, emailed codes and
-/// links, recovery), public by design as Supabase's anon key is, and how often usage
-/// counters are written, which the usage page states.
+/// links, recovery), public by design as Supabase's anon key is, how often usage counters
+/// are written, which the usage page states, and the currency its amounts are in.
 pub async fn config(State(state): State<AppState>) -> Response {
     let body = serde_json::json!({
         "publishable_key": state.edge.publishable_key.expose_secret(),
         "write_behind_seconds": state.config.write_behind_seconds,
+        "currency": state.config.currency,
     });
     let mut res = asset("application/json", "no-store", &[]);
     *res.body_mut() = axum::body::Body::from(body.to_string());

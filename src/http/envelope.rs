@@ -147,7 +147,15 @@ pub mod errors {
         /// the failure budget, 503 when storage or the limiter cannot decide.
         Auth: [
             "401" => "`unauthorized`: no valid credential (`details.reason`)",
+            "402" => "`credits_exhausted`: the API key's credits are spent (`details.remaining`)",
             "429" => "`rate_limited`: a rate limit refused the request (`Retry-After`)",
+            "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
+        ];
+        /// The chat routes: as [`Auth`], and 429 also when too many answers are under way or a
+        /// token window is exhausted.
+        ChatAuth: [
+            "401" => "`unauthorized`: no valid credential (`details.reason`)",
+            "429" => "`rate_limited`: a request or token window refused the request (`Retry-After`); `concurrency_limited`: `max_parallel` answers are under way (`details.scope`, `details.max_parallel`)",
             "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
         ];
         /// A route inside an organization: 403 without the permission or membership, 404 when
@@ -172,6 +180,14 @@ pub mod errors {
             "403" => "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`)",
             "413" => "`payload_too_large`",
             "429" => "`rate_limited`: a rate limit or the failure budget refused the request (`Retry-After`)",
+            "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
+        ];
+        /// A widget's chat: as [`WidgetSession`], and the chat's own refusals.
+        WidgetChat: [
+            "401" => "`unauthorized` (`details.reason`: `missing`, `bad_session`, `session_expired`, `bad_signature`, `stale_timestamp` or `replayed`)",
+            "403" => "`forbidden`: the origin is not allowed, or not the session's (`details.reason`: `origin_not_allowed`); `model_not_allowed`: the body names another model than the widget's, or the organization's `allowed_models` does not match the widget's; `model_unpriced`: a budget applies and the model has no price (`details.model`)",
+            "413" => "`payload_too_large`",
+            "429" => "`rate_limited`: a rate limit, the failure budget, or the widget's or visitor's daily tokens refused the request (`Retry-After`)",
             "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
         ];
         /// Accepting or declining an invitation by id, as the person invited.

@@ -394,8 +394,25 @@ pub(crate) async fn key_principal(
         if !d.allowed {
             return Err(crate::http::limits::refused(&d));
         }
+        // Every admitted use of a key with credits spends one; a refused one spends nothing.
+        state.keys.spend(key, 1).await.map_err(credit_refusal)?;
     }
     Ok(principal)
+}
+
+/// The answer to a use the credit meter did not admit: 402 `credits_exhausted`, or 503
+/// when the meter cannot decide (a key with credits is never served unmetered).
+pub(crate) fn credit_refusal(e: crate::keys::CreditError) -> ApiError {
+    match e {
+        crate::keys::CreditError::Exhausted { remaining } => ApiError::msg(
+            Code::CreditsExhausted,
+            "The API key has no credits left for this use; they refill as its settings say.",
+        )
+        .details(serde_json::json!({ "remaining": remaining })),
+        crate::keys::CreditError::Unavailable => {
+            ApiError::unavailable(1, "The credit meter is unavailable; retry shortly.")
+        }
+    }
 }
 
 /// Counts a refused credential by its `details.reason`.

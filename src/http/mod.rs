@@ -14,10 +14,12 @@ pub mod invitations;
 pub mod limits;
 pub mod me;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 pub mod orgs;
 pub mod proxy;
 pub mod session;
+pub mod spend;
 pub mod usage;
 pub mod webhooks;
 pub mod widget_public;
@@ -120,7 +122,9 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(invitations::router())
         .merge(api_keys::router())
         .merge(chat::router())
+        .merge(models::router())
         .merge(usage::router())
+        .merge(spend::router())
         .merge(widgets::router())
         .merge(webhooks::router())
         .layer(api_cors.clone());

@@ -463,6 +463,7 @@ fn visitor_caller(s: &Session) -> Caller {
         user_id: None,
         visitor: Some(s.claims.vis.clone()),
         widget_id: Some(s.claims.wid.clone()),
+        key_budgets: None,
     }
 }
 
@@ -475,13 +476,14 @@ fn visitor_caller(s: &Session) -> Caller {
     request_body = ChatBody,
     responses((status = 200, description = "The answer; with `stream: true`, `text/event-stream` of `delta` events and a final `done` event",
             body = Envelope<crate::http::chat::ChatAnswer>),
+        (status = 402, body = ErrorEnvelope, description = "`budget_exhausted`: a spend budget of the organization or the visitor is exhausted (`details.budget`, with `resets_at`)"),
         (status = 404, body = ErrorEnvelope, description = "`not_found`: no such widget, or no such thread of this visitor"),
         (status = 415, body = ErrorEnvelope, description = "`unsupported_media_type`: the body must be JSON"),
         (status = 422, body = ErrorEnvelope, description = "`validation_failed`: `details.fields` names each invalid field"),
         (status = 502, body = ErrorEnvelope, description = "`upstream_error`: the model server failed"),
         (status = 504, body = ErrorEnvelope, description = "`upstream_timeout`: the model server did not answer in time"),
         (status = 400, body = ErrorEnvelope, description = "`invalid_request`: a malformed widget id (`details.reason`: `malformed_id`), or a body that is not valid JSON of this shape"),
-        errors::WidgetSession))]
+        errors::WidgetChat))]
 pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Response, ApiError> {
     let body: ChatBody = parse_json(call.json, &call.body)?;
     check_chat_body(&body)?;
@@ -490,7 +492,8 @@ pub async fn chat(State(state): State<AppState>, call: SignedCall) -> Result<Res
         Some(_) => None,
         None => state.widgets.latest_thread(&call.session).await?,
     };
-    answer(&state, caller, body, latest).await
+    let widget = call.session.widget.clone();
+    answer(&state, caller, body, latest, None, Some(&widget)).await
 }
 
 /// A visitor's latest conversation.

@@ -8,6 +8,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::domain::permissions::Permission;
+use crate::domain::WidgetTokenLimits;
 use crate::error::ApiError;
 use crate::http::envelope::{created, errors, ok, Envelope, Success};
 use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
@@ -62,6 +63,11 @@ pub struct WidgetView {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
+    /// The model the widget's chat asks for; `null`: the deployment's `upstream_model`.
+    pub model: Option<String>,
+    /// The widget's daily token budgets as they apply (its own, else the configured
+    /// defaults `widget_tokens_per_day` and `widget_visitor_tokens_per_day`).
+    pub token_limits: WidgetTokenLimits,
     /// The `<script>` tag to paste into a page (`WIDGET_TOKEN`: a token from `…/tokens`).
     pub embed: String,
 }
@@ -100,6 +106,20 @@ fn view(state: &AppState, widget: &WidgetRecord) -> WidgetView {
         created_by: widget.created_by.clone(),
         created_at: widget.created_at,
         updated_at: widget.updated_at,
+        model: widget.model.clone(),
+        token_limits: {
+            let own = widget.token_limits.unwrap_or_default();
+            WidgetTokenLimits {
+                tokens_per_day: Some(
+                    own.tokens_per_day
+                        .unwrap_or(state.config.widget_tokens_per_day),
+                ),
+                visitor_tokens_per_day: Some(
+                    own.visitor_tokens_per_day
+                        .unwrap_or(state.config.widget_visitor_tokens_per_day),
+                ),
+            }
+        },
         embed: embed(state, widget, None),
     }
 }
@@ -144,6 +164,31 @@ pub struct CreateWidgetBody {
     pub settings: Option<WidgetSettings>,
     /// Whether a widget token is needed to open a session (default true).
     pub require_token: Option<bool>,
+    /// The model the widget's chat asks for (default: the deployment's `upstream_model`);
+    /// it must be on the organization's `allowed_models`.
+    #[schema(min_length = 1, max_length = 200)]
+    pub model: Option<String>,
+    /// Daily token budgets for the widget and for each visitor (absent: the configured
+    /// defaults).
+    pub token_limits: Option<WidgetTokenLimits>,
+}
+
+/// 422 on `model` when the organization's allow-list does not match it.
+async fn check_widget_model(
+    state: &AppState,
+    org: &OrgId,
+    model: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(model) = model else { return Ok(()) };
+    let limits = state.limits.org_chat_limits(org.as_str()).await?;
+    if limits.allows(model) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "model",
+            "is not on the organization's allowed_models",
+        ))
+    }
 }
 
 /// Creates a widget (`widgets:write`); the answer holds its secret, shown once.
@@ -167,7 +212,10 @@ pub async fn create_widget(
         allowed_origins: body.allowed_origins,
         settings: body.settings,
         require_token: body.require_token,
+        model: body.model,
+        token_limits: body.token_limits,
     };
+    check_widget_model(&state, &org, new.model.as_deref()).await?;
     let made = state.widgets.create(&org, &actor(&a, &ip), new).await?;
     Ok(created(with_secret(&state, made)))
 }
@@ -221,6 +269,15 @@ pub struct UpdateWidgetBody {
     pub settings: Option<WidgetSettings>,
     /// Whether a widget token is needed.
     pub require_token: Option<bool>,
+    /// The model the widget's chat asks for; `null`: the deployment's `upstream_model`. It
+    /// must be on the organization's `allowed_models`.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
+    pub model: Option<Option<String>>,
+    /// Daily token budgets; `null`: the configured defaults.
+    #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
+    #[schema(value_type = Option<WidgetTokenLimits>)]
+    pub token_limits: Option<Option<WidgetTokenLimits>>,
 }
 
 /// Changes a widget (`widgets:write`); applies at once on every instance.
@@ -245,7 +302,10 @@ pub async fn update_widget(
         allowed_origins: body.allowed_origins,
         settings: body.settings,
         require_token: body.require_token,
+        model: body.model,
+        token_limits: body.token_limits,
     };
+    check_widget_model(&state, &org, edit.model.as_ref().and_then(Option::as_deref)).await?;
     let widget = state
         .widgets
         .update(&org, &id, &actor(&a, &ip), edit)

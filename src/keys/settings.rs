@@ -4,7 +4,10 @@ use serde_json::{json, Value};
 
 use super::KeyError;
 use crate::auth::api_key::Environment;
+use crate::domain::budget::{check_budgets, Budget};
+use crate::domain::credits::{CreditsSetting, Interval, Refill, MAX_CREDITS};
 use crate::domain::permissions;
+use crate::domain::{ChatLimits, ChatLimitsChange};
 use crate::ratelimit::{Rate, RateLimitSpec, Rates};
 
 const DAY_MS: i64 = 86_400_000;
@@ -28,6 +31,32 @@ pub struct KeyInput {
     pub metadata: Option<Value>,
     /// The key's own windows (absent: the deployment's default for keys).
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// Its credits (absent: unlimited uses).
+    pub credits: Option<CreditsInput>,
+    /// Spend budgets (absent: none).
+    pub budgets: Option<Vec<Budget>>,
+    /// Models, token windows and concurrency for chat (absent fields: unrestricted).
+    pub chat_limits: ChatLimits,
+}
+
+/// Credits as a caller gives them, before checking.
+#[derive(Clone, Debug, Default)]
+pub struct CreditsInput {
+    /// The balance (0 to 10^15).
+    pub remaining: i64,
+    /// The refill rule.
+    pub refill: Option<RefillInput>,
+}
+
+/// A refill rule as a caller gives it, before checking.
+#[derive(Clone, Debug, Default)]
+pub struct RefillInput {
+    /// `daily` or `monthly`.
+    pub interval: String,
+    /// The balance each period starts with (0 to 10^15).
+    pub amount: i64,
+    /// The day of the month (1-31) of a monthly refill (default 1); not for daily.
+    pub day: Option<i64>,
 }
 
 /// Changes to a key as a caller gives them; absent fields stay as they are.
@@ -39,6 +68,12 @@ pub struct KeyUpdate {
     pub metadata: Option<Value>,
     /// New windows; `Some(None)` restores the default.
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// New budgets; `Some(None)` removes them.
+    pub budgets: Option<Option<Vec<Budget>>>,
+    /// New credits (set now, as a new balance); `Some(None)`: unlimited.
+    pub credits: Option<Option<CreditsInput>>,
+    /// Changes to the chat limits.
+    pub chat_limits: ChatLimitsChange,
 }
 
 /// Checked settings of a key to mint.
@@ -49,6 +84,13 @@ pub(super) struct KeySettings {
     pub lifetime_ms: Option<i64>,
     pub metadata: Value,
     pub rate_limits: Option<Rates>,
+    pub budgets: Option<Vec<Budget>>,
+    pub credits: Option<CreditsSetting>,
+    pub chat_limits: ChatLimits,
+}
+
+fn chat_invalid(e: crate::domain::chat_limits::Invalid) -> KeyError {
+    invalid(e.field, e.problem)
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> KeyError {
@@ -100,13 +142,19 @@ pub(super) fn check_settings(
     };
     let metadata = check_metadata(input.metadata)?;
     let rate_limits = input.rate_limits.map(|r| check_rates(&r)).transpose()?;
+    let credits = input.credits.map(check_credits).transpose()?;
+    let budgets = input.budgets.map(check_key_budgets).transpose()?;
+    let chat_limits = input.chat_limits.checked().map_err(chat_invalid)?;
     Ok(KeySettings {
+        credits,
+        budgets,
         name,
         scopes,
         environment,
         lifetime_ms,
         metadata,
         rate_limits,
+        chat_limits,
     })
 }
 
@@ -122,6 +170,63 @@ pub(super) fn check_update(update: KeyUpdate) -> Result<crate::store::KeyChange,
             .rate_limits
             .map(|r| r.map(|r| check_rates(&r)).transpose())
             .transpose()?,
+        credits: update
+            .credits
+            .map(|c| c.map(check_credits).transpose())
+            .transpose()?,
+        budgets: update
+            .budgets
+            .map(|b| b.map(check_key_budgets).transpose())
+            .transpose()?,
+        chat_limits: update.chat_limits.checked().map_err(chat_invalid)?,
+    })
+}
+
+/// Credits: a balance and an amount from 0 to [`MAX_CREDITS`], a known interval, a day of
+/// the month (1-31) only for a monthly refill.
+pub(super) fn check_credits(c: CreditsInput) -> Result<CreditsSetting, KeyError> {
+    let in_range = |n: i64| (0..=MAX_CREDITS).contains(&n);
+    if !in_range(c.remaining) {
+        return Err(invalid(
+            "credits.remaining",
+            format!("must be between 0 and {MAX_CREDITS}"),
+        ));
+    }
+    let refill = match c.refill {
+        None => None,
+        Some(r) => {
+            let interval = Interval::parse(&r.interval)
+                .ok_or_else(|| invalid("credits.refill.interval", "must be daily or monthly"))?;
+            if !in_range(r.amount) {
+                return Err(invalid(
+                    "credits.refill.amount",
+                    format!("must be between 0 and {MAX_CREDITS}"),
+                ));
+            }
+            let day = match (interval, r.day) {
+                (Interval::Daily, None) => None,
+                (Interval::Daily, Some(_)) => {
+                    return Err(invalid(
+                        "credits.refill.day",
+                        "only a monthly refill has a day",
+                    ))
+                }
+                (Interval::Monthly, None) => Some(1),
+                (Interval::Monthly, Some(d)) if (1..=31).contains(&d) => Some(d as u8),
+                (Interval::Monthly, Some(_)) => {
+                    return Err(invalid("credits.refill.day", "must be between 1 and 31"))
+                }
+            };
+            Some(Refill {
+                interval,
+                amount: r.amount,
+                day,
+            })
+        }
+    };
+    Ok(CreditsSetting {
+        remaining: c.remaining,
+        refill,
     })
 }
 
@@ -142,6 +247,11 @@ fn check_metadata(metadata: Option<Value>) -> Result<Value, KeyError> {
         return Err(invalid("metadata", "must be at most 4 KiB"));
     }
     Ok(metadata)
+}
+
+fn check_key_budgets(b: Vec<Budget>) -> Result<Vec<Budget>, KeyError> {
+    check_budgets(&b).map_err(|e| invalid("budgets", e))?;
+    Ok(b)
 }
 
 fn check_rates(specs: &[RateLimitSpec]) -> Result<Rates, KeyError> {

@@ -124,6 +124,8 @@ pub struct Orgs {
     bus: Bus,
     /// Organizations' own rate limits (`None`: the configured default), by id.
     limits: moka::sync::Cache<String, Option<Rates>>,
+    /// Organizations' chat limits, by id; forgotten with the rate limits.
+    chat_limits: moka::sync::Cache<String, Arc<crate::domain::ChatLimits>>,
     /// A person's organizations with role and permissions, as `/v1/me` lists them, by user
     /// id. Changes here forget them at once; other instances' changes arrive over the bus,
     /// or within the cache's lifetime without it. Access checks never use this list.
@@ -148,6 +150,10 @@ impl Orgs {
             clock,
             bus,
             limits: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(limits_ttl)
+                .build(),
+            chat_limits: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(limits_ttl)
                 .build(),
@@ -443,6 +449,42 @@ impl Orgs {
             })
     }
 
+    /// An organization's chat limits (models, token windows, concurrency), cached like its
+    /// rate limits; an organization that is gone has none.
+    pub async fn chat_limits(
+        &self,
+        org_id: &str,
+    ) -> Result<Arc<crate::domain::ChatLimits>, StoreError> {
+        if let Some(c) = self.chat_limits.get(org_id) {
+            return Ok(c);
+        }
+        let limits = match self.store.org_chat_limits(org_id).await {
+            Ok(l) => Arc::new(l),
+            Err(StoreError::NotFound) => Arc::default(),
+            Err(e) => return Err(e),
+        };
+        self.chat_limits.insert(org_id.to_string(), limits.clone());
+        Ok(limits)
+    }
+
+    /// Changes an organization's chat limits (the caller checked the actor is an owner or
+    /// admin); applies at once here and on every instance.
+    pub async fn update_chat_limits(
+        &self,
+        a: &Access,
+        by: &By,
+        change: crate::domain::ChatLimitsChange,
+    ) -> Result<crate::domain::ChatLimits, OrgError> {
+        let limits = self
+            .store
+            .update_org_chat_limits(&a.org_id, &change, &self.audit(by))
+            .await?;
+        self.bus
+            .invalidate(Invalidation::Org(a.org_id.to_string()))
+            .await;
+        Ok(limits)
+    }
+
     /// An organization's own rate limits (`None`: the default), cached like keys are.
     pub async fn rates(&self, org_id: &str) -> Result<Option<Rates>, StoreError> {
         if let Some(r) = self.limits.get(org_id) {
@@ -495,7 +537,10 @@ impl Orgs {
     /// Forgets what `inv` names from this service's caches, on this instance.
     pub async fn forget(&self, inv: &Invalidation) {
         match inv {
-            Invalidation::Org(id) => self.limits.invalidate(id),
+            Invalidation::Org(id) => {
+                self.limits.invalidate(id);
+                self.chat_limits.invalidate(id);
+            }
             Invalidation::Memberships(id) => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
                 if id == EVERYONE {
@@ -511,6 +556,7 @@ impl Orgs {
     /// Empties this service's caches (after invalidations may have been missed).
     pub fn forget_everything(&self) {
         self.limits.invalidate_all();
+        self.chat_limits.invalidate_all();
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.memberships.invalidate_all();
     }

@@ -3,8 +3,9 @@
 -- "ms:frac" (frac in 1/limit ms) and every product stays far below 2^53.
 -- KEYS: one counter per window, all under one hash tag.
 -- ARGV[1]: now in unix ms, or "" to use Redis TIME (tests pass a controlled clock).
--- ARGV[2i], ARGV[2i+1]: window i's limit and length in ms.
--- ARGV[2n+2] (optional): "peek" decides without storing anything.
+-- ARGV[3i-1], ARGV[3i], ARGV[3i+1]: window i's limit, length in ms and the request's cost
+-- there (1 for a request, tokens for a token window).
+-- ARGV[3n+2] (optional): "peek" decides without storing anything.
 -- Returns {allowed, remaining_1, reset_1, retry_1, ..., remaining_n, reset_n, retry_n}.
 local now
 if ARGV[1] ~= '' then
@@ -14,12 +15,13 @@ else
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local n = #KEYS
-local spend = ARGV[2 * n + 2] ~= 'peek'
+local spend = ARGV[3 * n + 2] ~= 'peek'
 local allowed = 1
 local rows = {}
 for i = 1, n do
-  local l = tonumber(ARGV[2 * i])
-  local w = tonumber(ARGV[2 * i + 1])
+  local l = tonumber(ARGV[3 * i - 1])
+  local w = tonumber(ARGV[3 * i])
+  local c = tonumber(ARGV[3 * i + 1])
   local bms, bfr = now, 0
   local v = redis.call('GET', KEYS[i])
   if v then
@@ -31,9 +33,9 @@ for i = 1, n do
     end
   end
   local behind = (bms - now) * l + bfr
-  local ahead = behind + w
+  local ahead = behind + c * w
   local window = w * l
-  local nfr = bfr + w
+  local nfr = bfr + c * w
   local nms = bms + math.floor(nfr / l)
   nfr = nfr % l
   local r = { l = l, w = w, behind = behind, ahead = ahead, window = window,

@@ -141,6 +141,40 @@ impl Limiter {
         result
     }
 
+    /// Charges (`deltas[i] > 0`) or gives back (`< 0`) units in each window of `req`
+    /// without deciding: the settle of a cost-weighted reservation. With Redis down, the
+    /// adjustment goes to the in-memory fallback (where the reservation was made then).
+    pub async fn adjust(&self, req: &Request, deltas: &[i64]) -> Result<(), LimiterError> {
+        let now = self.clock.now_ms();
+        match &*self.backend {
+            Backend::Memory(m) => {
+                m.adjust(req, deltas, now);
+                Ok(())
+            }
+            Backend::Redis {
+                redis,
+                fallback,
+                breaker,
+            } => {
+                if !breaker.is_open() {
+                    let now_arg = matches!(self.clock, Clock::Manual(_)).then_some(now);
+                    match redis.adjust(req, deltas, now_arg).await {
+                        Ok(()) => {
+                            breaker.succeeded();
+                            return Ok(());
+                        }
+                        Err(e) => breaker.failed(&e),
+                    }
+                }
+                if req.fail_closed {
+                    return Err(LimiterError::Unavailable);
+                }
+                fallback.adjust(req, deltas, now);
+                Ok(())
+            }
+        }
+    }
+
     async fn decide(&self, req: &Request, spend: bool) -> Result<Decision, LimiterError> {
         let now = self.clock.now_ms();
         match &*self.backend {

@@ -158,6 +158,49 @@ impl MemoryLimiter {
         decision
     }
 
+    /// Charges (`deltas[i] > 0`) or gives back (`< 0`) units of each window of `req`
+    /// without deciding: the settle of a reservation. A refund to a counter already
+    /// forgotten does nothing (the forgotten counter was a fresh one).
+    pub fn adjust(&self, req: &Request, deltas: &[i64], now_ms: i64) {
+        let now = self
+            .high_water
+            .fetch_max(now_ms, Ordering::AcqRel)
+            .max(now_ms);
+        let tagged = |state: &std::collections::hash_map::RandomState| {
+            let mut h = state.build_hasher();
+            req.tag.hash(&mut h);
+            h
+        };
+        let (a, b) = (tagged(&self.ids.0), tagged(&self.ids.1));
+        let stripe = &self.stripes[(a.finish() as usize) % STRIPES];
+        let mut s = stripe.lock().unwrap_or_else(|p| p.into_inner());
+        for (w, delta) in req.windows.iter().zip(deltas) {
+            let id = id(&a, &b, w);
+            let limit = i64::from(w.rate.limit.max(1));
+            match s.cells.get_mut(&id) {
+                Some(c) => {
+                    c.tat = super::adjusted(w.rate, *delta, c.tat, now);
+                    c.stale_after_ms = c.tat.div_euclid(limit).saturating_add(1);
+                }
+                None if *delta > 0 => {
+                    let tat = super::adjusted(w.rate, *delta, i64::MIN, now);
+                    if s.cells.len() >= self.per_stripe {
+                        s.make_room(self.per_stripe, now);
+                    }
+                    let stale_after_ms = tat.div_euclid(limit).saturating_add(1);
+                    s.cells.insert(
+                        id,
+                        Cell {
+                            tat,
+                            stale_after_ms,
+                        },
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+
     /// Counters currently held.
     pub fn len(&self) -> u64 {
         self.stripes

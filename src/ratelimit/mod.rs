@@ -11,12 +11,14 @@
 //! drain the day window).
 
 pub mod failures;
+mod leases;
 mod limiter;
 mod memory;
 pub mod noted;
 mod redis;
 
 pub use failures::FailureBudget;
+pub use leases::{Lease, LeaseSpec, Leases};
 pub use limiter::{Limiter, LimiterError};
 pub use memory::MemoryLimiter;
 pub use redis::{RedisFailure, RedisLimiter, RedisLink};
@@ -204,6 +206,9 @@ pub struct Window {
     pub subject: String,
     /// The rate.
     pub rate: Rate,
+    /// What this request costs in the window: 1 for a request, a reservation of tokens for
+    /// a token window (at most the window's limit, or it could never be admitted).
+    pub cost: u32,
 }
 
 impl Window {
@@ -236,6 +241,7 @@ impl Request {
                 policy,
                 subject: subject.to_string(),
                 rate: *rate,
+                cost: 1,
             });
         }
     }
@@ -295,15 +301,22 @@ impl Decision {
     }
 }
 
-/// One window's step: the decision and the `tat` it would store if the request is admitted.
-/// `tat` and the result are in units of `1/limit` ms.
-pub fn gcra(policy: &'static str, rate: Rate, tat: i64, now_ms: i64) -> (WindowState, i64) {
+/// One window's step: the decision and the `tat` it would store if a request costing `cost`
+/// is admitted. `tat` and the result are in units of `1/limit` ms. A cost of `c` moves `tat`
+/// by `c` emission intervals, exactly as `c` requests in one instant would.
+pub fn gcra(
+    policy: &'static str,
+    rate: Rate,
+    cost: u32,
+    tat: i64,
+    now_ms: i64,
+) -> (WindowState, i64) {
     let l = i128::from(rate.limit);
     let t = rate.window_ms(); // the emission interval, in 1/limit ms
     let window = rate.window_ms() * l;
     let now = i128::from(now_ms) * l;
     let base = i128::from(tat).max(now);
-    let new_tat = base + t;
+    let new_tat = base + t * i128::from(cost);
     let ahead = new_tat - now;
     let to_secs = |scaled: i128| ceil_div(scaled, l * 1000) as i64;
     if ahead > window {
@@ -335,7 +348,7 @@ pub fn decide(windows: &[Window], tats: &mut [i64], now_ms: i64) -> Decision {
     let mut states = Vec::with_capacity(windows.len());
     let mut next = Vec::with_capacity(windows.len());
     for (w, tat) in windows.iter().zip(tats.iter()) {
-        let (state, new_tat) = gcra(w.policy, w.rate, *tat, now_ms);
+        let (state, new_tat) = gcra(w.policy, w.rate, w.cost, *tat, now_ms);
         states.push(state);
         next.push(new_tat);
     }
@@ -370,6 +383,24 @@ fn standing(w: &Window, tat: i64, now_ms: i64) -> WindowState {
         reset_at: ceil_div(base, l * 1000) as i64,
         retry_after: 0,
     }
+}
+
+/// A window's `tat` after `delta` units were charged (positive) or given back (negative)
+/// outside a decision: the settle of a reservation. A charge starts from now when the window
+/// is idle, as an admitted request would; a refund moves `tat` back by exactly what the
+/// reservation had moved it (a `tat` in the past equals a fresh window, so going below now
+/// is harmless).
+pub fn adjusted(rate: Rate, delta: i64, tat: i64, now_ms: i64) -> i64 {
+    let l = i128::from(rate.limit);
+    let t = rate.window_ms();
+    let now = i128::from(now_ms) * l;
+    let moved = t * i128::from(delta);
+    let next = if delta > 0 {
+        i128::from(tat).max(now) + moved
+    } else {
+        i128::from(tat) + moved
+    };
+    next.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 fn ceil_div(a: i128, b: i128) -> i128 {

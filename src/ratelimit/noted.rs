@@ -19,6 +19,21 @@ pub fn note(decision: &Decision) {
     let _ = DECISION.try_with(|d| *d.borrow_mut() = Some(decision.clone()));
 }
 
+/// Adds a decision's windows to the one noted so far (token windows beside the request
+/// windows): the request is admitted only if both were.
+pub fn add(decision: &Decision) {
+    let _ = DECISION.try_with(|d| {
+        let mut d = d.borrow_mut();
+        match d.as_mut() {
+            Some(noted) => {
+                noted.allowed &= decision.allowed;
+                noted.windows.extend(decision.windows.iter().copied());
+            }
+            None => *d = Some(decision.clone()),
+        }
+    });
+}
+
 /// Takes the decision noted during this request, if any.
 pub fn noted() -> Option<Decision> {
     DECISION.try_with(|d| d.borrow_mut().take()).ok().flatten()

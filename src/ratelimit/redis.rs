@@ -105,6 +105,7 @@ pub enum RedisFailure {
 pub struct RedisLimiter {
     link: RedisLink,
     script: Arc<redis::Script>,
+    adjust: Arc<redis::Script>,
 }
 
 impl RedisLimiter {
@@ -113,6 +114,7 @@ impl RedisLimiter {
         Self {
             link,
             script: Arc::new(redis::Script::new(include_str!("gcra.lua"))),
+            adjust: Arc::new(redis::Script::new(include_str!("adjust.lua"))),
         }
     }
 
@@ -131,6 +133,30 @@ impl RedisLimiter {
         self.decide(req, now_ms, false).await
     }
 
+    /// Charges or gives back `deltas` in each window of `req`, in one `EVALSHA`.
+    pub async fn adjust(
+        &self,
+        req: &Request,
+        deltas: &[i64],
+        now_ms: Option<i64>,
+    ) -> Result<(), RedisFailure> {
+        let mut conn = self.link.connection().ok_or(RedisFailure::NotConnected)?;
+        let mut inv = self.adjust.prepare_invoke();
+        for w in &req.windows {
+            inv.key(self.link.key(&format!("rl:{{{}}}{}", req.tag, w.cell())));
+        }
+        inv.arg(now_ms.map(|n| n.to_string()).unwrap_or_default());
+        for (w, d) in req.windows.iter().zip(deltas) {
+            inv.arg(w.rate.limit)
+                .arg(u64::from(w.rate.window_seconds) * 1000)
+                .arg(*d);
+        }
+        let _: i64 = tokio::time::timeout(self.link.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| RedisFailure::Timeout)??;
+        Ok(())
+    }
+
     async fn decide(
         &self,
         req: &Request,
@@ -145,7 +171,8 @@ impl RedisLimiter {
         inv.arg(now_ms.map(|n| n.to_string()).unwrap_or_default());
         for w in &req.windows {
             inv.arg(w.rate.limit)
-                .arg(u64::from(w.rate.window_seconds) * 1000);
+                .arg(u64::from(w.rate.window_seconds) * 1000)
+                .arg(w.cost);
         }
         if !spend {
             inv.arg("peek");

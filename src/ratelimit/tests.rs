@@ -7,6 +7,7 @@ fn window(policy: &'static str, limit: u32, secs: u32) -> Window {
         policy,
         subject: "s".into(),
         rate: Rate::new(limit, secs),
+        cost: 1,
     }
 }
 
@@ -197,7 +198,7 @@ proptest! {
         let mut now = 1_700_000_000_000i64;
         for dt in steps {
             now += dt;
-            let (state, next) = gcra("p", rate, tat, now);
+            let (state, next) = gcra("p", rate, 1, tat, now);
             let expected = model_admits(std::slice::from_mut(&mut bucket), now.into());
             prop_assert_eq!(state.retry_after == 0, expected);
             if expected {
@@ -246,4 +247,81 @@ proptest! {
             prop_assert!(!admitted || model, "admitted where the monotonic model denies");
         }
     }
+}
+
+proptest! {
+    #[test]
+    fn a_cost_of_c_is_c_requests_in_one_instant(
+        limit in 1u32..200,
+        secs in 1u32..3600,
+        cost in 1u32..200,
+        start in 0i64..10_000_000,
+        gap in 0i64..100_000,
+    ) {
+        let rate = Rate::new(limit, secs);
+        let now = 1_700_000_000_000i64 + start;
+        // Some earlier traffic, then the weighted request against c single ones.
+        let (_, tat0) = gcra("p", rate, 1, i64::MIN, now - gap);
+        let (weighted, w_tat) = gcra("p", rate, cost, tat0, now);
+        let mut tat = tat0;
+        let mut all = true;
+        for _ in 0..cost {
+            let (s, next) = gcra("p", rate, 1, tat, now);
+            if s.retry_after != 0 {
+                all = false;
+                break;
+            }
+            tat = next;
+        }
+        prop_assert_eq!(weighted.retry_after == 0, all);
+        if all {
+            prop_assert_eq!(w_tat, tat);
+        }
+    }
+
+    #[test]
+    fn a_settle_leaves_what_the_real_cost_would_have(
+        limit in 1u32..1000,
+        reserved in 1u32..1000,
+        used in 0u32..2000,
+        gap in 0i64..60_000,
+    ) {
+        let reserved = reserved.min(limit);
+        let rate = Rate::new(limit, 60);
+        let now = 1_700_000_000_000i64;
+        let (_, reserved_tat) = gcra("p", rate, reserved, i64::MIN, now);
+        let settled = adjusted(rate, i64::from(used) - i64::from(reserved), reserved_tat, now + gap);
+        // What charging `used` at the reservation's time would have left: a refund gives
+        // exactly that; a charge beyond the reservation never leaves more room than it (it
+        // counts from now when the window had refilled meanwhile, as a request now would).
+        let exact = adjusted(rate, i64::from(used), i64::MIN, now);
+        let fresh = (now + gap) * i64::from(limit);
+        if used <= reserved {
+            prop_assert_eq!(settled.max(fresh), exact.max(fresh));
+        } else {
+            prop_assert!(settled >= exact);
+        }
+    }
+}
+
+#[test]
+fn a_settle_in_memory_gives_back_what_was_not_used() {
+    let l = MemoryLimiter::new(100);
+    let mut w = window("tokens", 100, 60);
+    w.cost = 80;
+    let req = request(vec![w]);
+    let now = 1_700_000_000_000i64;
+    assert!(l.check(&req, now).allowed);
+    // 20 left: a second reservation of 80 waits.
+    assert!(!l.check(&req, now).allowed);
+    // Only 10 were used: 70 come back, and 80 fit again.
+    l.adjust(&req, &[-70], now);
+    let d = l.check(&req, now);
+    assert!(d.allowed);
+    assert_eq!(d.windows[0].remaining, 10);
+    // A charge beyond the reservation is taken whatever the window holds.
+    l.adjust(&req, &[30], now);
+    let mut one = req.clone();
+    one.windows[0].cost = 1;
+    assert!(!l.check(&one, now).allowed);
 }

@@ -5,6 +5,8 @@ use sqlx::Row;
 use super::audit::{record, Audit};
 use super::webhooks::enqueue;
 use super::{Store, StoreError, StoreResult};
+use crate::domain::credits::{Balance, CreditsSetting, Interval, KeyCredits, Refill};
+use crate::domain::{ChatLimits, ChatLimitsChange};
 use crate::ratelimit::Rates;
 
 /// A stored API key: everything but the key itself (only its SHA-256 is kept).
@@ -40,6 +42,12 @@ pub struct ApiKeyRecord {
     pub rolled_to: Option<String>,
     /// The key's own rate limits (`None`: the configured default).
     pub rate_limits: Option<Rates>,
+    /// Its credits (`None`: unlimited uses).
+    pub credits: Option<KeyCredits>,
+    /// The key's spend budgets (`None`: no budget of its own).
+    pub budgets: Option<Vec<crate::domain::budget::Budget>>,
+    /// Models, token windows and concurrency for chat (`None` fields: unrestricted).
+    pub chat_limits: ChatLimits,
 }
 
 /// A change to a key: each `Some` replaces the field (`rate_limits: Some(None)` restores
@@ -52,6 +60,12 @@ pub struct KeyChange {
     pub metadata: Option<Value>,
     /// New rate limits.
     pub rate_limits: Option<Option<Rates>>,
+    /// New credits (`Some(None)`: unlimited), set at `KeyChange`'s audit time.
+    pub credits: Option<Option<CreditsSetting>>,
+    /// New budgets (`Some(None)` removes them).
+    pub budgets: Option<Option<Vec<crate::domain::budget::Budget>>>,
+    /// New chat limits.
+    pub chat_limits: ChatLimitsChange,
 }
 
 impl ApiKeyRecord {
@@ -69,7 +83,9 @@ impl ApiKeyRecord {
 
 const COLUMNS: &str =
     "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
-     expires_at, last_used_at, revoked_at, rolled_to, rate_limits";
+     expires_at, last_used_at, revoked_at, rolled_to, rate_limits, credits_remaining, \
+     credits_base, credits_period, credits_gen, credits_refill_interval, credits_refill_amount, \
+     credits_refill_day, budgets, allowed_models, token_limits, max_parallel";
 
 fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     let scopes: String = r.try_get("scopes")?;
@@ -92,12 +108,113 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         revoked_at: r.try_get("revoked_at")?,
         rolled_to: r.try_get("rolled_to")?,
         rate_limits: parse_rates(r.try_get("rate_limits")?)?,
+        credits: credits_from_row(r)?,
+        budgets: parse_budgets(r.try_get("budgets")?)?,
+        chat_limits: chat_limits_from_row(r)?,
     })
 }
 
+/// The credit columns of a key row (`None` when its credits are unlimited).
+pub(super) fn credits_from_row(r: &AnyRow) -> StoreResult<Option<KeyCredits>> {
+    let remaining: Option<i64> = r.try_get("credits_remaining")?;
+    let Some(remaining) = remaining else {
+        return Ok(None);
+    };
+    let interval: Option<String> = r.try_get("credits_refill_interval")?;
+    let refill = match interval {
+        None => None,
+        Some(i) => Some(Refill {
+            interval: Interval::parse(&i)
+                .ok_or_else(|| StoreError::Other(format!("credits_refill_interval: {i}")))?,
+            amount: r
+                .try_get::<Option<i64>, _>("credits_refill_amount")?
+                .unwrap_or(0),
+            day: r
+                .try_get::<Option<i32>, _>("credits_refill_day")?
+                .and_then(|d| u8::try_from(d).ok()),
+        }),
+    };
+    Ok(Some(KeyCredits {
+        gen: r.try_get("credits_gen")?,
+        balance: Balance {
+            remaining,
+            base: r
+                .try_get::<Option<i64>, _>("credits_base")?
+                .unwrap_or(remaining),
+            period: r.try_get::<Option<i64>, _>("credits_period")?.unwrap_or(0),
+        },
+        refill,
+    }))
+}
+
+/// The credit columns' values for `credits` (`None`: unlimited).
+type CreditColumns = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<&'static str>,
+    Option<i64>,
+    Option<i32>,
+);
+
+fn credit_columns(credits: Option<&KeyCredits>) -> CreditColumns {
+    match credits {
+        None => (None, None, None, None, None, None),
+        Some(c) => (
+            Some(c.balance.remaining),
+            Some(c.balance.base),
+            Some(c.balance.period),
+            c.refill.map(|r| r.interval.as_str()),
+            c.refill.map(|r| r.amount),
+            c.refill.and_then(|r| r.day).map(i32::from),
+        ),
+    }
+}
+
+/// The chat limits stored in a row's `allowed_models`, `token_limits` and `max_parallel`.
+pub(crate) fn chat_limits_from_row(r: &AnyRow) -> StoreResult<ChatLimits> {
+    let models: Option<String> = r.try_get("allowed_models")?;
+    let tokens: Option<String> = r.try_get("token_limits")?;
+    let parallel: Option<i64> = r.try_get("max_parallel")?;
+    Ok(ChatLimits {
+        allowed_models: models
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(|e| StoreError::Other(format!("allowed_models: {e}")))?,
+        token_limits: parse_token_limits(tokens)?,
+        max_parallel: parallel.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+    })
+}
+
+/// Stored token windows, read back.
+pub(crate) fn parse_token_limits(
+    stored: Option<String>,
+) -> StoreResult<Option<crate::domain::TokenLimits>> {
+    stored
+        .map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Other(format!("token_limits: {e}")))
+}
+
+/// The stored forms of chat limits: (allowed_models, token_limits, max_parallel).
+pub(crate) fn chat_limits_columns(c: &ChatLimits) -> (Option<String>, Option<String>, Option<i64>) {
+    (
+        c.allowed_models
+            .as_ref()
+            .map(|m| serde_json::Value::from(m.clone()).to_string()),
+        c.token_limits
+            .as_ref()
+            .map(|t| serde_json::to_value(t).unwrap_or_default().to_string()),
+        c.max_parallel.map(i64::from),
+    )
+}
+
 async fn insert(conn: &mut super::exec::Conn, k: &ApiKeyRecord) -> StoreResult<()> {
+    let c = credit_columns(k.credits.as_ref());
+    let (models, tokens, parallel) = chat_limits_columns(&k.chat_limits);
     sqlx::query(&format!(
-        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
     ))
     .bind(&k.id)
     .bind(&k.org_id)
@@ -114,6 +231,17 @@ async fn insert(conn: &mut super::exec::Conn, k: &ApiKeyRecord) -> StoreResult<(
     .bind(k.revoked_at)
     .bind(k.rolled_to.as_deref())
     .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+    .bind(c.0)
+    .bind(c.1)
+    .bind(c.2)
+    .bind(k.credits.map_or(0, |c| c.gen))
+    .bind(c.3)
+    .bind(c.4)
+    .bind(c.5)
+    .bind(budgets_text(k.budgets.as_deref()))
+    .bind(models)
+    .bind(tokens)
+    .bind(parallel)
     .execute(conn)
     .await?;
     Ok(())
@@ -126,8 +254,51 @@ pub(crate) fn parse_rates(stored: Option<String>) -> StoreResult<Option<Rates>> 
         .transpose()
 }
 
+/// Stored budgets, read back.
+pub(crate) fn parse_budgets(
+    stored: Option<String>,
+) -> StoreResult<Option<Vec<crate::domain::budget::Budget>>> {
+    stored
+        .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Other(format!("budgets: {e}"))))
+        .transpose()
+}
+
+/// Budgets as stored (JSON text), or NULL.
+pub(crate) fn budgets_text(b: Option<&[crate::domain::budget::Budget]>) -> Option<String> {
+    b.map(|b| serde_json::to_string(b).unwrap_or_else(|_| "[]".into()))
+}
+
+/// Chat limits as an audit entry shows them.
+pub(crate) fn chat_limits_audit(c: &ChatLimits) -> Value {
+    json!({ "allowed_models": c.allowed_models, "token_limits": c.token_limits, "max_parallel": c.max_parallel })
+}
+
 fn audit_details(k: &ApiKeyRecord) -> Value {
-    json!({ "name": k.name, "start": k.start, "scopes": k.scopes, "environment": k.environment })
+    let mut d = json!({ "name": k.name, "start": k.start, "scopes": k.scopes, "environment": k.environment });
+    if k.credits.is_some() {
+        d["credits"] = credits_details(k.credits.as_ref());
+    }
+    d
+}
+
+/// Credits as the audit log records a setting of them.
+fn credits_details(c: Option<&KeyCredits>) -> Value {
+    c.map_or(Value::Null, |c| {
+        json!({
+            "remaining": c.balance.remaining,
+            "refill": c.refill.map(|r| json!({ "interval": r.interval.as_str(), "amount": r.amount, "day": r.day })),
+        })
+    })
+}
+
+/// The generation stored for a key (the record read in the same transaction has it too;
+/// this reads it for a key whose credits were cleared, whose record no longer carries it).
+async fn k_gen(conn: &mut super::exec::Conn, id: &str) -> StoreResult<i64> {
+    let (gen,): (i64,) = sqlx::query_as("SELECT credits_gen FROM api_keys WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    Ok(gen)
 }
 
 /// A key in a webhook event: ids and settings, never the key or its hash.
@@ -371,12 +542,57 @@ impl Store {
                 json!(rates.as_ref().map(|r| r.to_string())),
             );
         }
+        if let Some(credits) = &change.credits {
+            // A new generation: spends decided under the old settings no longer apply.
+            let gen = k_gen(&mut tx, id).await? + 1;
+            k.credits = credits.map(|c| KeyCredits {
+                gen,
+                balance: Balance {
+                    remaining: c.remaining,
+                    base: c.remaining,
+                    period: audit.now,
+                },
+                refill: c.refill,
+            });
+            details.insert("credits".into(), credits_details(k.credits.as_ref()));
+            let c = credit_columns(k.credits.as_ref());
+            sqlx::query(
+                "UPDATE api_keys SET credits_remaining = $1, credits_base = $2, \
+                 credits_period = $3, credits_gen = $4, credits_refill_interval = $5, \
+                 credits_refill_amount = $6, credits_refill_day = $7 WHERE org_id = $8 AND id = $9",
+            )
+            .bind(c.0)
+            .bind(c.1)
+            .bind(c.2)
+            .bind(gen)
+            .bind(c.3)
+            .bind(c.4)
+            .bind(c.5)
+            .bind(org_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(budgets) = &change.budgets {
+            k.budgets = budgets.clone();
+            details.insert("budgets".into(), json!(budgets));
+        }
+        if !change.chat_limits.is_empty() {
+            change.chat_limits.apply(&mut k.chat_limits);
+            details.insert("chat_limits".into(), chat_limits_audit(&k.chat_limits));
+        }
+        let (models, tokens, parallel) = chat_limits_columns(&k.chat_limits);
         sqlx::query(
-            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3 WHERE org_id = $4 AND id = $5",
+            "UPDATE api_keys SET name = $1, metadata = $2, rate_limits = $3, budgets = $4, \
+             allowed_models = $5, token_limits = $6, max_parallel = $7 WHERE org_id = $8 AND id = $9",
         )
         .bind(&k.name)
         .bind(k.metadata.to_string())
         .bind(k.rate_limits.as_ref().map(|r| r.to_string()))
+        .bind(budgets_text(k.budgets.as_deref()))
+        .bind(models)
+        .bind(tokens)
+        .bind(parallel)
         .bind(org_id)
         .bind(id)
         .execute(&mut *tx)

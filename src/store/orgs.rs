@@ -304,6 +304,54 @@ impl Store {
         crate::store::api_keys::parse_rates(stored.flatten())
     }
 
+    /// An organization's chat limits (`NotFound` when it is gone).
+    pub async fn org_chat_limits(&self, org_id: &str) -> StoreResult<crate::domain::ChatLimits> {
+        let row = sqlx::query(
+            "SELECT allowed_models, token_limits, max_parallel FROM organizations WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(self.db())
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        crate::store::api_keys::chat_limits_from_row(&row)
+    }
+
+    /// Changes an organization's chat limits, audited as `organization.chat_limits_changed`;
+    /// answers them as changed.
+    pub async fn update_org_chat_limits(
+        &self,
+        org_id: &str,
+        change: &crate::domain::ChatLimitsChange,
+        audit: &Audit,
+    ) -> StoreResult<crate::domain::ChatLimits> {
+        let mut tx = self.begin_write().await?;
+        lock_org(&mut tx, org_id, audit.now).await?;
+        let row = sqlx::query(
+            "SELECT allowed_models, token_limits, max_parallel FROM organizations WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut limits = crate::store::api_keys::chat_limits_from_row(&row)?;
+        change.apply(&mut limits);
+        let (models, tokens, parallel) = crate::store::api_keys::chat_limits_columns(&limits);
+        sqlx::query(
+            "UPDATE organizations SET allowed_models = $1, token_limits = $2, max_parallel = $3 \
+             WHERE id = $4",
+        )
+        .bind(models)
+        .bind(tokens)
+        .bind(parallel)
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+        let details = crate::store::api_keys::chat_limits_audit(&limits);
+        let action = "organization.chat_limits_changed";
+        record(&mut tx, org_id, audit, action, Some(org_id), details).await?;
+        tx.commit().await?;
+        Ok(limits)
+    }
+
     /// Deletes an organization and everything it owns; returns the hashes of its keys.
     #[tracing::instrument(name = "Store::delete_org", level = "debug", skip_all)]
     pub async fn delete_org(&self, org_id: &str) -> StoreResult<Vec<String>> {

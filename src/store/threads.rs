@@ -88,6 +88,8 @@ pub struct Exchange {
     pub question: Message,
     /// The assistant's answer.
     pub answer: Message,
+    /// What the chat cost, stored in the same commit (see docs/spend.md).
+    pub spend: Option<super::LedgerRow>,
 }
 
 /// Messages per multi-row `INSERT` (6 parameters each, far below either engine's limit).
@@ -226,6 +228,9 @@ impl Store {
         for chunk in messages.chunks(MESSAGES_PER_INSERT) {
             insert_messages(&mut tx, chunk).await?;
         }
+        // The cost is settled even when the thread went away meanwhile: the model answered.
+        let spend: Vec<&super::LedgerRow> = batch.iter().filter_map(|x| x.spend.as_ref()).collect();
+        super::spend::insert_ledger(&mut tx, &spend).await?;
         tx.commit().await?;
         if created {
             self.webhook_events_committed();
@@ -281,6 +286,9 @@ pub struct UsageRow {
     pub api_requests: i64,
     /// Requests made with the key that a rate limit refused (429).
     pub rate_limited: i64,
+    /// Settled spend in micro-units of the configured currency, from the spend ledger (every
+    /// settled chat, answered or not).
+    pub cost: i64,
 }
 
 impl Store {
@@ -367,6 +375,7 @@ impl Store {
                     completion_tokens: r.try_get("completion_tokens")?,
                     api_requests: r.try_get("api_requests")?,
                     rate_limited: r.try_get("rate_limited")?,
+                    cost: 0,
                 })
             })
             .collect()

@@ -13,10 +13,12 @@ use crate::config::SecretString;
 use crate::ids::{DeliveryId, WebhookMessageId};
 
 /// Every event type an endpoint may ask for.
-pub const EVENT_TYPES: [&str; 16] = [
+pub const EVENT_TYPES: [&str; 19] = [
     "api_key.created",
     "api_key.rolled",
     "api_key.revoked",
+    "credits.low",
+    "credits.exhausted",
     "member.added",
     "member.removed",
     "member.role_changed",
@@ -30,6 +32,7 @@ pub const EVENT_TYPES: [&str; 16] = [
     "invitation.created",
     "invitation.accepted",
     "invitation.revoked",
+    "budget.threshold",
 ];
 
 /// A webhook endpoint of an organization.

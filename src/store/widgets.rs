@@ -7,6 +7,7 @@ use sqlx::Row;
 use super::audit::{record, Audit};
 use super::webhooks::enqueue;
 use super::{Store, StoreError, StoreResult};
+use crate::domain::WidgetTokenLimits;
 
 /// A stored widget, secret included (never serialised: see `http::widgets::WidgetView`).
 #[derive(Clone, PartialEq)]
@@ -33,6 +34,10 @@ pub struct WidgetRecord {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
+    /// The model its chat asks for (`None`: the deployment's `upstream_model`).
+    pub model: Option<String>,
+    /// Its daily token budgets (`None` fields: the configured defaults).
+    pub token_limits: Option<WidgetTokenLimits>,
 }
 
 impl std::fmt::Debug for WidgetRecord {
@@ -57,10 +62,14 @@ pub struct WidgetChange {
     pub settings: Option<Value>,
     /// New token requirement.
     pub require_token: Option<bool>,
+    /// New model (`Some(None)`: the deployment's default).
+    pub model: Option<Option<String>>,
+    /// New token budgets (`Some(None)`: the defaults).
+    pub token_limits: Option<Option<WidgetTokenLimits>>,
 }
 
 const COLUMNS: &str = "id, org_id, name, allowed_origins, settings, require_token, secret, \
-     secret_rotated_at, created_by, created_at, updated_at";
+     secret_rotated_at, created_by, created_at, updated_at, model, token_limits";
 
 fn from_row(r: &AnyRow) -> StoreResult<WidgetRecord> {
     let origins: String = r.try_get("allowed_origins")?;
@@ -80,11 +89,25 @@ fn from_row(r: &AnyRow) -> StoreResult<WidgetRecord> {
         created_by: r.try_get("created_by")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        model: r.try_get("model")?,
+        token_limits: widget_tokens(r.try_get("token_limits")?)?,
     })
 }
 
+fn widget_tokens(stored: Option<String>) -> StoreResult<Option<WidgetTokenLimits>> {
+    stored
+        .map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Other(format!("token_limits: {e}")))
+}
+
+fn widget_tokens_text(t: Option<&WidgetTokenLimits>) -> Option<String> {
+    t.map(|t| serde_json::to_value(t).unwrap_or_default().to_string())
+}
+
 fn audit_details(w: &WidgetRecord) -> Value {
-    json!({ "name": w.name, "allowed_origins": w.allowed_origins, "require_token": w.require_token })
+    json!({ "name": w.name, "allowed_origins": w.allowed_origins, "require_token": w.require_token,
+            "model": w.model, "token_limits": w.token_limits })
 }
 
 /// A webhook event's data: ids and public settings, never the secret.
@@ -99,7 +122,7 @@ impl Store {
     pub async fn create_widget(&self, w: &WidgetRecord, audit: &Audit) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(&format!(
-            "INSERT INTO widgets ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO widgets ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ))
         .bind(&w.id)
         .bind(&w.org_id)
@@ -112,6 +135,8 @@ impl Store {
         .bind(&w.created_by)
         .bind(w.created_at)
         .bind(w.updated_at)
+        .bind(w.model.as_deref())
+        .bind(widget_tokens_text(w.token_limits.as_ref()))
         .execute(&mut *tx)
         .await?;
         self.commit_change(tx, w, "widget.created", audit_details(w), audit, true)
@@ -183,6 +208,22 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if let Some(model) = &change.model {
+            sqlx::query("UPDATE widgets SET model = $1 WHERE org_id = $2 AND id = $3")
+                .bind(model.as_deref())
+                .bind(org_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(tokens) = &change.token_limits {
+            sqlx::query("UPDATE widgets SET token_limits = $1 WHERE org_id = $2 AND id = $3")
+                .bind(widget_tokens_text(tokens.as_ref()))
+                .bind(org_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let w = updated(&mut tx, r.rows_affected(), org_id, id).await?;
         let details = audit_details(&w);
         self.commit_change(tx, &w, "widget.updated", details, audit, true)

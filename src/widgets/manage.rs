@@ -7,6 +7,9 @@ use crate::fanout::Invalidation;
 use crate::ids::{OrgId, WidgetId};
 use crate::store::{Audit, StoreError, WidgetChange, WidgetRecord};
 
+use crate::domain::chat_limits::{check_widget_tokens, valid_model};
+use crate::domain::WidgetTokenLimits;
+
 use super::settings::{check_name, check_origins, default_settings, merge_settings};
 use super::{WidgetError, WidgetSettings, Widgets};
 
@@ -30,6 +33,11 @@ pub struct NewWidget {
     pub settings: Option<WidgetSettings>,
     /// Whether opening a session needs a widget token (default true).
     pub require_token: Option<bool>,
+    /// The model its chat asks for (absent: the deployment's `upstream_model`); the caller
+    /// checked it against the organization's allow-list.
+    pub model: Option<String>,
+    /// Its daily token budgets (absent: the configured defaults).
+    pub token_limits: Option<WidgetTokenLimits>,
 }
 
 /// Changes to a widget; absent fields stay as they are.
@@ -43,6 +51,10 @@ pub struct WidgetEdit {
     pub settings: Option<WidgetSettings>,
     /// A new token requirement.
     pub require_token: Option<bool>,
+    /// A new model (`Some(None)`: the deployment's default); checked like at creation.
+    pub model: Option<Option<String>>,
+    /// New token budgets (`Some(None)`: the defaults).
+    pub token_limits: Option<Option<WidgetTokenLimits>>,
 }
 
 /// A widget and its signing secret, as answered at creation and rotation.
@@ -52,6 +64,24 @@ pub struct WithSecret {
     pub widget: WidgetRecord,
     /// `wsec_…`: shown this once.
     pub secret: String,
+}
+
+fn check_model(model: String) -> Result<String, WidgetError> {
+    if valid_model(&model) {
+        Ok(model)
+    } else {
+        Err(WidgetError::Invalid {
+            field: "model".into(),
+            problem: "must be 1-200 printable characters without spaces".into(),
+        })
+    }
+}
+
+fn check_tokens(t: WidgetTokenLimits) -> Result<WidgetTokenLimits, WidgetError> {
+    check_widget_tokens("token_limits", t).map_err(|e| WidgetError::Invalid {
+        field: e.field.into(),
+        problem: e.problem,
+    })
 }
 
 /// A missing row is this service's `NotFound`.
@@ -94,6 +124,8 @@ impl Widgets {
             created_by: by.actor.clone(),
             created_at: audit.now,
             updated_at: audit.now,
+            model: new.model.map(check_model).transpose()?,
+            token_limits: new.token_limits.map(check_tokens).transpose()?,
         };
         self.store.create_widget(&widget, &audit).await?;
         Ok(WithSecret {
@@ -135,6 +167,14 @@ impl Widgets {
                 .map(|s| merge_settings(&current.settings, s))
                 .transpose()?,
             require_token: edit.require_token,
+            model: edit
+                .model
+                .map(|m| m.map(check_model).transpose())
+                .transpose()?,
+            token_limits: edit
+                .token_limits
+                .map(|t| t.map(check_tokens).transpose())
+                .transpose()?,
         };
         let widget = self
             .store

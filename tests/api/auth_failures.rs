@@ -384,11 +384,13 @@ async fn a_peek_on_redis_tells_the_decision_and_spends_nothing() {
                 policy: "failures",
                 subject: "192.0.2.1".into(),
                 rate: Rate::new(3, 60),
+                cost: 1,
             },
             Window {
                 policy: "failures",
                 subject: "192.0.2.1".into(),
                 rate: Rate::new(5, 3600),
+                cost: 1,
             },
         ],
         fail_closed: false,

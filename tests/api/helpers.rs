@@ -267,6 +267,17 @@ impl TestDb {
         }
     }
 
+    /// The same database for a second server (two instances on one database): the alias
+    /// never drops it; the original does.
+    pub fn alias(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            pooled_url: self.pooled_url.clone(),
+            _dir: None,
+            pg_admin: std::sync::Mutex::new(None),
+        }
+    }
+
     /// Drops a PostgreSQL test database now (a test that ends normally); otherwise the drop
     /// guard does it.
     pub async fn cleanup(&self) {

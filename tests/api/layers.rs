@@ -33,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits",
             "fanout",
             "credentials",
+            "spend",
         ],
     ),
     // Builds the services once (`AppState::build`).

@@ -13,9 +13,11 @@ mod auth_v1;
 mod backup;
 mod bad_input;
 mod chat;
+mod chat_admission;
 mod cli;
 mod concurrency;
 mod config_check;
+mod credits;
 mod dashboard;
 mod dashboard_page;
 mod dev_mode;
@@ -52,5 +54,9 @@ mod several_instances;
 mod smtp_sink;
 mod supabase_import;
 mod traces;
+// Two instances on PostgreSQL and the shared Redis: named for both, as scaleout is.
+mod spend;
+#[path = "spend_scaleout.rs"]
+mod spend_scaleout_on_postgres_on_redis;
 mod webhooks;
 mod widgets;

@@ -473,6 +473,7 @@ fn request(tag: &str, windows: &[(&'static str, u32, u32)]) -> Request {
                 policy: p,
                 subject: "s".into(),
                 rate: Rate::new(*l, *w),
+                cost: 1,
             })
             .collect(),
         fail_closed: false,

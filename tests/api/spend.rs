@@ -1,0 +1,468 @@
+//! Money budgets against the mock OpenAI-compatible upstream (which reports `usage`, streamed
+//! and not): reserve then settle, 402 `budget_exhausted`, 403 `model_unpriced`, organization
+//! and end-user budgets, prices over the API, `budget.threshold`, a client gone mid-stream,
+//! and the echo upstream's token counts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::chat::Mock;
+use crate::helpers::{eventually, parts, refusal, Person, TestApp};
+use crate::story;
+
+/// 1 micro-unit per prompt token, 2 per completion token.
+pub(crate) fn priced(c: &mut gatehouse::config::Config) {
+    c.models.insert(
+        "test-model".into(),
+        gatehouse::config::ModelPrice {
+            input_per_mtok: 1_000_000,
+            output_per_mtok: 2_000_000,
+        },
+    );
+}
+
+struct Setup {
+    app: TestApp,
+    mock: Mock,
+    owner: Person,
+    org: String,
+}
+
+async fn setup(db: crate::helpers::Db) -> Setup {
+    let (url, mock) = crate::chat::mock_server().await;
+    let app = TestApp::spawn(db, move |c| {
+        c.upstream_url = Some(url);
+        c.upstream_model = "test-model".into();
+        c.upstream_timeout_ms = 5000;
+        priced(c);
+    })
+    .await;
+    let owner = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    Setup {
+        app,
+        mock,
+        owner,
+        org,
+    }
+}
+
+/// A key with `chat:write` and these budgets: (key, id).
+async fn key_with(s: &Setup, budgets: Value) -> (String, String) {
+    let (status, body) = s
+        .app
+        .call(
+            Method::POST,
+            &format!("/orgs/{}/api-keys", s.org),
+            &s.owner.token,
+            Some(json!({"name": "spender", "scopes": ["chat:write"], "budgets": budgets})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["data"]["budgets"], budgets);
+    (
+        body["data"]["key"].as_str().unwrap().to_string(),
+        body["data"]["id"].as_str().unwrap().to_string(),
+    )
+}
+
+pub(crate) async fn chat(app: &TestApp, key: &str, jwt: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/v1/chat"))
+        .header("x-api-key", key)
+        .json(&body);
+    if let Some(t) = jwt {
+        req = req.bearer_auth(t);
+    }
+    parts(req.send().await.unwrap()).await
+}
+
+/// A streamed chat read to its end: the names of its events.
+pub(crate) async fn streamed(app: &TestApp, key: &str, body: Value) -> (u16, Vec<String>) {
+    let mut body = body;
+    body["stream"] = json!(true);
+    let res = app
+        .client
+        .post(app.url("/v1/chat"))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    let events = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .map(str::to_string)
+        .collect();
+    (status, events)
+}
+
+/// The organization's settled spend as `/usage` reports it (the ledger's numbers).
+async fn usage_cost(s: &Setup) -> i64 {
+    let (status, body) = s
+        .app
+        .call(
+            Method::GET,
+            &format!("/orgs/{}/usage", s.org),
+            &s.owner.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cost"].as_i64().unwrap())
+        .sum()
+}
+
+// The mock streams usage {prompt 7, completion 3} (cost 7 + 6 = 13) and answers "plain" with
+// one JSON document and usage {3, 4} (cost 3 + 8 = 11). A chat of "hi" with max_tokens 10
+// reserves (2 bytes + 4 + 8) + 2 × 10 = 34.
+story!(
+    a_key_budget_reserves_the_worst_case_settles_the_reported_usage_and_refuses_past_it,
+    setup: setup,
+    |s: Setup| async move {
+        let budgets = json!([{"amount": 60, "period": "day"}]);
+        let (key, key_id) = key_with(&s, budgets).await;
+        let (status, body) = chat(&s.app, &key, None, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(status, 200, "{body}");
+        // "plain" reserves (5 + 4 + 8) + 20 = 37: 13 + 37 <= 60.
+        let (status, body) = chat(&s.app, &key, None, json!({"message": "plain", "max_tokens": 10})).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, events) = streamed(&s.app, &key, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!((status, events.last().map(String::as_str)), (200, Some("done")));
+        // 13 + 11 + 13 = 37 settled: 37 + 34 > 60.
+        let (status, body) = chat(&s.app, &key, None, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(refusal(status, &body), (402, "budget_exhausted", ""), "{body}");
+        let b = &body["error"]["details"]["budget"];
+        assert_eq!(
+            (b["scope"].as_str(), b["id"].as_str(), b["period"].as_str(), b["amount"].as_i64(), b["spent"].as_i64()),
+            (Some("key"), Some(key_id.as_str()), Some("day"), Some(60), Some(37)),
+            "{body}"
+        );
+        let now = gatehouse::clock::Clock::System.now_ms();
+        let reset = b["resets_at"].as_i64().unwrap();
+        assert!(reset > now && reset % 86_400_000 == 0, "next UTC midnight: {reset}");
+        // The upstream was asked for the model with the reservation's max_tokens, usage on.
+        let asked = s.mock.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 3, "the refused chat never went upstream");
+        assert_eq!(asked[0].0["model"], "test-model");
+        assert_eq!(asked[0].0["max_tokens"], 10);
+        assert_eq!(asked[0].0["stream_options"]["include_usage"], true);
+        // One set of numbers: the usage report and the spend report read the ledger.
+        assert_eq!(usage_cost(&s).await, 37);
+        let (status, body) = s
+            .app
+            .call(Method::GET, &format!("/orgs/{}/spend", s.org), &s.owner.token, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let rows = body["data"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{body}");
+        assert_eq!(
+            (rows[0]["model"].as_str(), rows[0]["requests"].as_i64(), rows[0]["prompt_tokens"].as_i64(), rows[0]["completion_tokens"].as_i64(), rows[0]["cost"].as_i64()),
+            (Some("test-model"), Some(3), Some(17), Some(10), Some(37))
+        );
+        let (status, body) = s
+            .app
+            .call(Method::GET, &format!("/orgs/{}/api-keys/{key_id}/budgets", s.org), &s.owner.token, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["data"][0]["spent"].as_i64(), body["data"][0]["remaining"].as_i64()),
+            (Some(37), Some(23))
+        );
+        // Raising the budget lets the key chat again, at once.
+        let (status, body) = s
+            .app
+            .call(
+                Method::PATCH,
+                &format!("/orgs/{}/api-keys/{key_id}", s.org),
+                &s.owner.token,
+                Some(json!({"budgets": [{"amount": 1000, "period": "month"}]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = chat(&s.app, &key, None, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(status, 200, "{body}");
+        s.app
+    }
+);
+
+story!(
+    a_model_without_a_price_is_refused_only_when_a_budget_applies,
+    setup: setup,
+    |s: Setup| async move {
+        let (free, _) = s.app.key(&s.owner, &s.org, &["chat:write"]).await;
+        let (status, body) = chat(&s.app, &free, None, json!({"message": "hi", "model": "mystery"})).await;
+        assert_eq!(status, 200, "no budget, no price needed: {body}");
+        let (key, _) = key_with(&s, json!([{"amount": 1000000, "period": "total"}])).await;
+        let (status, body) = chat(&s.app, &key, None, json!({"message": "hi", "model": "mystery"})).await;
+        assert_eq!(refusal(status, &body), (403, "model_unpriced", ""), "{body}");
+        assert_eq!(body["error"]["details"]["model"], "mystery");
+        // The organization prices it; the same chat goes through and costs that price.
+        let (status, body) = s
+            .app
+            .call(
+                Method::PUT,
+                &format!("/orgs/{}/models/mystery/price", s.org),
+                &s.owner.token,
+                Some(json!({"input_per_mtok": 0, "output_per_mtok": 10000000})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["source"], "org");
+        let (status, body) = chat(&s.app, &key, None, json!({"message": "hi", "model": "mystery"})).await;
+        assert_eq!(status, 200, "{body}");
+        let (_, body) = s
+            .app
+            .call(Method::GET, &format!("/orgs/{}/prices", s.org), &s.owner.token, None)
+            .await;
+        let models: Vec<(&str, &str)> = body["data"]["prices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["model"].as_str().unwrap(), p["source"].as_str().unwrap()))
+            .collect();
+        assert_eq!(models, vec![("mystery", "org"), ("test-model", "config")]);
+        // The unpriced chat cost 0; the priced one 3 × 10 = 30.
+        assert_eq!(usage_cost(&s).await, 30);
+        let (status, _) = s
+            .app
+            .call(Method::DELETE, &format!("/orgs/{}/models/mystery/price", s.org), &s.owner.token, None)
+            .await;
+        assert_eq!(status, 204);
+        let (status, body) = chat(&s.app, &key, None, json!({"message": "hi", "model": "mystery"})).await;
+        assert_eq!(refusal(status, &body), (403, "model_unpriced", ""), "{body}");
+        s.app
+    }
+);
+
+story!(
+    organization_and_end_user_budgets_refuse_with_their_scope_and_alert_once_per_threshold,
+    setup: setup,
+    |s: Setup| async move {
+        let (key, _) = s.app.key(&s.owner, &s.org, &["chat:write"]).await;
+        let (status, body) = s
+            .app
+            .call(
+                Method::PUT,
+                &format!("/orgs/{}/budgets", s.org),
+                &s.owner.token,
+                Some(json!({
+                    "budgets": [{"amount": 100, "period": "month"}, {"amount": 20, "period": "day", "soft": true}],
+                    "end_user_budgets": [{"amount": 60, "period": "week"}],
+                })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // Ann, as an end user, spends 13 per chat against her 60 a week: 3 chats (39) then
+        // 39 + 34 > 60.
+        let ann = s.app.person().await;
+        for _ in 0..3 {
+            let (status, body) = chat(&s.app, &key, Some(&ann.token), json!({"message": "hi", "max_tokens": 10})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let (status, body) = chat(&s.app, &key, Some(&ann.token), json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(refusal(status, &body), (402, "budget_exhausted", ""), "{body}");
+        let b = &body["error"]["details"]["budget"];
+        let ann_id = format!("u:{}", ann.id);
+        assert_eq!((b["scope"].as_str(), b["id"].as_str(), b["spent"].as_i64()), (Some("end_user"), Some(ann_id.as_str()), Some(39)));
+        // Without a person, the organization's 100 a month: 39 + 13 × 3 = 78, then 78 + 34 > 100.
+        for _ in 0..3 {
+            let (status, body) = chat(&s.app, &key, None, json!({"message": "hi", "max_tokens": 10})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let (status, body) = chat(&s.app, &key, None, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(refusal(status, &body), (402, "budget_exhausted", ""), "{body}");
+        assert_eq!(body["error"]["details"]["budget"]["scope"], "org");
+        // The soft daily 20 never refused, and alerted at 50, 80 and 100 % once each; the
+        // monthly 100 at 50 % (39 + 13 = 52 ≥ 50) but not 80 (78 < 80); Ann's 60 at 50 % only.
+        let (status, body) = s.app.call(Method::GET, &format!("/orgs/{}/budgets", s.org), &s.owner.token, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["budgets"][0]["spent"], 78);
+        assert_eq!(body["data"]["budgets"][0]["remaining"], 22);
+        let org_id = s.org.clone();
+        let expected = vec![
+            (format!("eu:{org_id}/{ann_id}:week"), 50),
+            (format!("org:{org_id}:day"), 50),
+            (format!("org:{org_id}:day"), 80),
+            (format!("org:{org_id}:day"), 100),
+            (format!("org:{org_id}:month"), 50),
+        ];
+        let app = &s.app;
+        let token = s.owner.token.clone();
+        let alerts = || async {
+            let (_, body) = app
+                .call(Method::GET, &format!("/orgs/{org_id}/audit-log?action=budget.threshold"), &token, None)
+                .await;
+            let mut got: Vec<(String, i64)> = body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["target"].as_str().unwrap().to_string(), e["details"]["threshold"].as_i64().unwrap()))
+                .collect();
+            got.sort();
+            got
+        };
+        eventually(Duration::from_secs(10), "the threshold alerts are recorded", || async {
+            alerts().await == expected
+        })
+        .await;
+        s.app
+    }
+);
+
+story!(
+    a_client_gone_mid_stream_is_settled_and_its_reservation_released,
+    setup: setup,
+    |s: Setup| async move {
+        // Room for exactly one reservation of 34 at a time.
+        let (key, _) = key_with(&s, json!([{"amount": 40, "period": "day"}])).await;
+        let res = s
+            .app
+            .client
+            .post(s.app.url("/v1/chat"))
+            .header("x-api-key", &key)
+            .json(&json!({"message": "hang", "max_tokens": 10, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let mut body = res.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("Hello"));
+        // While it streams, its reservation holds the room.
+        let (status, b) = chat(&s.app, &key, None, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(refusal(status, &b), (402, "budget_exhausted", ""), "{b}");
+        drop(body);
+        // Gone: the cost of what was streamed (estimated: no usage came) is settled and the
+        // reservation released.
+        let s_ref = &s;
+        eventually(Duration::from_secs(10), "the dropped stream is settled", || async move {
+            usage_cost(s_ref).await > 0
+        })
+        .await;
+        let spent = usage_cost(&s).await;
+        // "hang" is 4 bytes (1 token + 1 per message), "Hello" 5 bytes (2 tokens): 2 + 4.
+        assert_eq!(spent, 6);
+        let (status, b) = chat(&s.app, &key, None, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(status, 200, "{b}");
+        s.app
+    }
+);
+
+story!(
+    the_echo_upstream_reports_token_counts_so_a_dev_server_shows_spend,
+    |c: &mut gatehouse::config::Config| {
+        c.models.insert(
+            "default".into(),
+            gatehouse::config::ModelPrice {
+                input_per_mtok: 1_000_000,
+                output_per_mtok: 1_000_000,
+            },
+        );
+    },
+    |app: TestApp| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Echo").await;
+        let (key, _) = app.key(&owner, &org, &["chat:write"]).await;
+        let (status, body) = chat(
+            &app,
+            &key,
+            None,
+            json!({"message": "12345678", "max_tokens": 1000}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let answer = body["data"]["response"].as_str().unwrap().to_string();
+        let (status, body) = app
+            .call(
+                Method::GET,
+                &format!("/orgs/{org}/spend"),
+                &owner.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let row = &body["data"][0];
+        assert_eq!(row["model"], "default");
+        // A quarter of the bytes, rounded up: 8 bytes sent, the answer's bytes received.
+        assert_eq!(row["prompt_tokens"], 2);
+        assert_eq!(
+            row["completion_tokens"].as_u64(),
+            Some((answer.len() as u64).div_ceil(4))
+        );
+        assert_eq!(
+            row["cost"].as_u64(),
+            Some(2 + (answer.len() as u64).div_ceil(4))
+        );
+        // max_tokens cuts the echo's answer.
+        let (status, body) = chat(
+            &app,
+            &key,
+            None,
+            json!({"message": "12345678", "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["response"].as_str().unwrap().len(), 8);
+        app
+    }
+);
+
+story!(
+    bad_budgets_and_prices_are_named_in_422s,
+    setup: setup,
+    |s: Setup| async move {
+        for budgets in [
+            json!([{"amount": 0, "period": "day"}]),
+            json!([{"amount": 5, "period": "day"}, {"amount": 6, "period": "day"}]),
+            json!([]),
+        ] {
+            let (status, body) = s
+                .app
+                .call(
+                    Method::POST,
+                    &format!("/orgs/{}/api-keys", s.org),
+                    &s.owner.token,
+                    Some(json!({"name": "k", "scopes": [], "budgets": budgets})),
+                )
+                .await;
+            assert_eq!(refusal(status, &body), (422, "validation_failed", ""), "{body}");
+            assert!(body["error"]["details"]["fields"]["budgets"].is_string(), "{body}");
+        }
+        let (status, body) = s
+            .app
+            .call(
+                Method::PUT,
+                &format!("/orgs/{}/budgets", s.org),
+                &s.owner.token,
+                Some(json!({"end_user_budgets": [{"amount": -1, "period": "week"}]})),
+            )
+            .await;
+        assert_eq!(refusal(status, &body), (422, "validation_failed", ""), "{body}");
+        assert!(body["error"]["details"]["fields"]["end_user_budgets"].is_string(), "{body}");
+        let (status, body) = s
+            .app
+            .call(
+                Method::PUT,
+                &format!("/orgs/{}/models/m/price", s.org),
+                &s.owner.token,
+                Some(json!({"input_per_mtok": -1, "output_per_mtok": 0})),
+            )
+            .await;
+        assert_eq!(refusal(status, &body), (422, "validation_failed", ""), "{body}");
+        let (status, body) = chat(&s.app, &s.app.key(&s.owner, &s.org, &["chat:write"]).await.0, None, json!({"message": "hi", "max_tokens": 0})).await;
+        assert_eq!(refusal(status, &body), (422, "validation_failed", ""), "{body}");
+        s.app
+    }
+);
