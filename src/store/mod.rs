@@ -11,11 +11,11 @@
 mod api_keys;
 mod audit;
 pub mod backup;
+mod connect;
 mod credits;
 mod engine;
-mod imports;
-mod connect;
 mod exec;
+mod imports;
 mod invitations;
 mod jwt_keys;
 mod mail;
