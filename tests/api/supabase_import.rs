@@ -96,6 +96,19 @@ fn bcrypt(password: &str, prefix: &str) -> String {
     }
 }
 
+/// A user row of the source database: (id, email, hash, confirmed, user metadata, app
+/// metadata, deleted, anonymous).
+type SourceUser<'a> = (
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    bool,
+    Value,
+    String,
+    bool,
+    bool,
+);
+
 const ALICE: &str = "0b6c3f5e-9d41-4e8a-b0a7-1c2d3e4f5a61";
 const BOB: &str = "1c7d4a6f-0e52-4f9b-81b8-2d3e4f5a6b72";
 const CAROL: &str = "2d8e5b7a-1f63-4a0c-92c9-3e4f5a6b7c83";
@@ -109,8 +122,7 @@ async fn fill(url: &str) {
     let one = bcrypt("supabase password one", "2a");
     let two = bcrypt("supabase password two", "2b");
     let email_app = json!({"provider": "email", "providers": ["email"]}).to_string();
-    // (id, email, hash, confirmed, user metadata, app metadata, deleted, anonymous)
-    let users: [(&str, Option<&str>, &str, bool, Value, String, bool, bool); 7] = [
+    let users: [SourceUser; 7] = [
         (
             ALICE,
             Some("alice@example.com"),
