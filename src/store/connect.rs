@@ -95,8 +95,9 @@ impl Store {
             Engine::Sqlite => {
                 // sqlx takes no lock on SQLite: two processes starting on a new file would
                 // both apply 0001, and one would fail on "table already exists". An exclusive
-                // flock on the database file makes the others wait their turn; SQLite's own
-                // locks are fcntl locks, which flock does not touch on Linux.
+                // flock on a lock file beside the database makes the others wait their turn.
+                // Not on the database file itself: a running `serve` holds a shared flock on
+                // that one (see `backup::ServeLock`), and every CLI command migrates first.
                 let _turn = match sqlite_file(&self.url) {
                     Some(file) => Some(lock_file(file).await?),
                     None => None,
@@ -203,11 +204,19 @@ fn cannot_open(url: &str, e: &sqlx::Error) -> anyhow::Error {
     anyhow!("cannot open the database ({}): {e}.{hint}", describe(url))
 }
 
-/// An exclusive lock on `file`, held until the returned handle is dropped.
+/// An exclusive lock for migrating `file` (on `{file}-migrate.lock`, created when missing),
+/// held until the returned handle is dropped.
 async fn lock_file(file: PathBuf) -> anyhow::Result<std::fs::File> {
+    let mut name = file.into_os_string();
+    name.push("-migrate.lock");
+    let file = PathBuf::from(name);
     let shown = file.display().to_string();
     tokio::task::spawn_blocking(move || {
-        let handle = std::fs::File::open(&file)?;
+        let handle = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&file)?;
         handle.lock()?;
         Ok::<_, std::io::Error>(handle)
     })
