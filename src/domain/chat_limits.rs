@@ -14,8 +14,7 @@ pub const MAX_TOKENS_PER_WINDOW: u64 = 1_000_000_000;
 pub const MAX_PARALLEL: u32 = 10_000;
 
 /// Token windows; an absent one does not limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct TokenLimits {
     /// Tokens (prompt and answer) per minute (1-1,000,000,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,8 +28,7 @@ pub struct TokenLimits {
 
 /// A widget's daily token budgets; an absent one takes the configured default
 /// (`widget_tokens_per_day`, `widget_visitor_tokens_per_day`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct WidgetTokenLimits {
     /// Tokens per day for the whole widget, all visitors together (1-1,000,000,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,5 +265,67 @@ mod tests {
         assert!(check_token_limits("token_limits", t).is_err());
         assert!(check_max_parallel("max_parallel", 0).is_err());
         assert_eq!(check_max_parallel("max_parallel", 3), Ok(3));
+    }
+}
+
+/// Reads a JSON object only. serde's derived struct reading also takes a JSON array (the
+/// fields by position), which the schema of these settings does not allow.
+fn from_object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(serde::de::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for TokenLimits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            #[serde(default)]
+            tokens_per_minute: Option<u64>,
+            #[serde(default)]
+            tokens_per_day: Option<u64>,
+        }
+        let f: Fields = from_object(d)?;
+        Ok(Self {
+            tokens_per_minute: f.tokens_per_minute,
+            tokens_per_day: f.tokens_per_day,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for WidgetTokenLimits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            #[serde(default)]
+            tokens_per_day: Option<u64>,
+            #[serde(default)]
+            visitor_tokens_per_day: Option<u64>,
+        }
+        let f: Fields = from_object(d)?;
+        Ok(Self {
+            tokens_per_day: f.tokens_per_day,
+            visitor_tokens_per_day: f.visitor_tokens_per_day,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod wire_tests {
+    use super::{TokenLimits, WidgetTokenLimits};
+
+    #[test]
+    fn token_limits_are_objects_on_the_wire_never_arrays() {
+        let t: TokenLimits = serde_json::from_str(r#"{"tokens_per_day": 5}"#).unwrap();
+        assert_eq!(t.tokens_per_day, Some(5));
+        assert!(serde_json::from_str::<TokenLimits>("[null]").is_err());
+        assert!(serde_json::from_str::<TokenLimits>(r#"{"other": 1}"#).is_err());
+        assert!(serde_json::from_str::<WidgetTokenLimits>("[null, null]").is_err());
     }
 }
