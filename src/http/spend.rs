@@ -3,7 +3,7 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
@@ -15,11 +15,9 @@ use crate::http::chat::spend_error;
 use crate::http::envelope::{errors, ok, Envelope, ErrorEnvelope, Success};
 use crate::http::extract::{ApiJson, ClientIp, Ids, Principal};
 use crate::http::orgs::{actor, audit, org_access};
+use crate::http::usage::UsageQuery;
 use crate::ids::{KeyId, OrgId};
 use crate::store::{OrgBudgets, SpendRow, SpendScope};
-
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 86_400_000;
 
 /// Routes of this file.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -354,26 +352,10 @@ pub async fn delete_price(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The spend report's range and shape.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct SpendQuery {
-    /// Start (inclusive), unix ms; default `to` minus 30 days.
-    pub from: Option<i64>,
-    /// End (exclusive), unix ms; default now.
-    pub to: Option<i64>,
-    /// `hour` or `day` (UTC, default).
-    #[param(value_type = Option<crate::http::usage::Granularity>, inline)]
-    pub granularity: Option<String>,
-    /// Only this key.
-    #[param(value_type = Option<crate::ids::KeyId>)]
-    pub key_id: Option<String>,
-}
-
 /// Settled spend per bucket, key and model, from the ledger (`analytics:read`): the same
 /// numbers budgets are enforced with.
 #[utoipa::path(get, path = "/v1/orgs/{org}/spend", tag = "spend",
-    params(("org" = OrgId, Path, description = "The organization"), SpendQuery),
+    params(("org" = OrgId, Path, description = "The organization"), UsageQuery),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "One row per bucket, key and model", body = Envelope<Vec<SpendRow>>),
@@ -383,39 +365,22 @@ pub async fn spend_report(
     State(state): State<AppState>,
     principal: Principal,
     Ids(org): Ids<OrgId>,
-    q: Result<Query<SpendQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Success<Vec<SpendRow>>, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::msg(Code::InvalidRequest, format!("Bad query string: {e}")))?;
     org_access(&state, &principal, org.as_str())
         .await?
         .require(Permission::AnalyticsRead)?;
-    let bucket = match q.granularity.as_deref().unwrap_or("day") {
-        "hour" => HOUR_MS,
-        "day" => DAY_MS,
-        _ => return Err(ApiError::field("granularity", "must be hour or day")),
-    };
-    let to =
-        q.to.unwrap_or_else(|| state.edge.clock.now_ms().saturating_add(1));
-    let from = q.from.unwrap_or_else(|| to.saturating_sub(30 * DAY_MS));
-    if from >= to {
-        return Err(ApiError::field("from", "must be before to"));
-    }
-    if to.saturating_sub(from) > 400 * DAY_MS {
-        return Err(ApiError::field(
-            "from",
-            "the range is too long (at most 400 days)",
-        ));
-    }
-    let key = q.key_id.as_deref().map(KeyId::parse).transpose()?;
+    let range = q.range(&state)?;
     Ok(ok(state
         .spend
         .report(
             org.as_str(),
-            from,
-            to,
-            bucket,
-            key.as_ref().map(KeyId::as_str),
+            range.from,
+            range.to,
+            range.bucket_ms,
+            range.key.as_ref().map(KeyId::as_str),
         )
         .await?))
 }

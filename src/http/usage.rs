@@ -60,6 +60,61 @@ pub struct UsageQuery {
     pub key_id: Option<String>,
 }
 
+/// A report's range, checked: whole buckets from `from` (the start of its hour) to `to`.
+pub struct ReportRange {
+    /// Start (inclusive), unix ms, at the start of an hour.
+    pub from: i64,
+    /// End (exclusive), unix ms.
+    pub to: i64,
+    /// The bucket's length in ms (an hour or a day).
+    pub bucket_ms: i64,
+    /// Only this key.
+    pub key: Option<KeyId>,
+}
+
+impl UsageQuery {
+    /// The range this query asks for, as every report over the usage counters or the spend
+    /// ledger reads it: 422 for a bad time, granularity or range.
+    pub fn range(&self, state: &AppState) -> Result<ReportRange, ApiError> {
+        let bucket_ms = match self.granularity.as_deref().unwrap_or("day") {
+            "hour" => HOUR_MS,
+            "day" => DAY_MS,
+            _ => return Err(ApiError::field("granularity", "must be hour or day")),
+        };
+        let to = match &self.to {
+            Some(v) => parse_time("to", v)?,
+            None => state.edge.clock.now_ms().saturating_add(1),
+        };
+        let from = match &self.from {
+            Some(v) => parse_time("from", v)?,
+            None => to.saturating_sub(30 * DAY_MS),
+        };
+        if from >= to {
+            return Err(ApiError::field("from", "must be before to"));
+        }
+        let longest = if bucket_ms == HOUR_MS {
+            31 * DAY_MS
+        } else {
+            400 * DAY_MS
+        };
+        if to.saturating_sub(from) > longest {
+            return Err(ApiError::field(
+                "from",
+                "the range is too long (at most 31 days by hour, 400 days by day)",
+            ));
+        }
+        let key = self.key_id.as_deref().map(KeyId::parse).transpose()?;
+        // Whole buckets: a row's hour is inside the range when its bucket starts in it.
+        let from = from.div_euclid(HOUR_MS) * HOUR_MS;
+        Ok(ReportRange {
+            from,
+            to,
+            bucket_ms,
+            key,
+        })
+    }
+}
+
 /// A usage report's bucket (in `/openapi.json`; the handler reads the text and answers 422
 /// for anything else).
 #[derive(ToSchema)]
@@ -102,40 +157,17 @@ pub async fn usage(
     org_access(&state, &principal, org.as_str())
         .await?
         .require(Permission::AnalyticsRead)?;
-    let bucket = match q.granularity.as_deref().unwrap_or("day") {
-        "hour" => HOUR_MS,
-        "day" => DAY_MS,
-        _ => return Err(ApiError::field("granularity", "must be hour or day")),
-    };
-    let to = match &q.to {
-        Some(v) => parse_time("to", v)?,
-        None => state.edge.clock.now_ms().saturating_add(1),
-    };
-    let from = match &q.from {
-        Some(v) => parse_time("from", v)?,
-        None => to.saturating_sub(30 * DAY_MS),
-    };
-    if from >= to {
-        return Err(ApiError::field("from", "must be before to"));
-    }
-    let longest = if bucket == HOUR_MS {
-        31 * DAY_MS
-    } else {
-        400 * DAY_MS
-    };
-    if to.saturating_sub(from) > longest {
-        return Err(ApiError::field(
-            "from",
-            "the range is too long (at most 31 days by hour, 400 days by day)",
-        ));
-    }
-    let key = q.key_id.as_deref().map(KeyId::parse).transpose()?;
-    // Whole buckets: a row's hour is inside the range when its bucket starts in it.
-    let from = from.div_euclid(HOUR_MS) * HOUR_MS;
+    let range = q.range(&state)?;
     Ok(ok(state
         .chat
         .usage
-        .report(&org, from, to, bucket, key.as_ref())
+        .report(
+            &org,
+            range.from,
+            range.to,
+            range.bucket_ms,
+            range.key.as_ref(),
+        )
         .await?))
 }
 

@@ -171,6 +171,22 @@ story!(
             (rows[0]["model"].as_str(), rows[0]["requests"].as_i64(), rows[0]["prompt_tokens"].as_i64(), rows[0]["completion_tokens"].as_i64(), rows[0]["cost"].as_i64()),
             (Some("test-model"), Some(3), Some(17), Some(10), Some(37))
         );
+        // Its range reads as the usage report's: RFC 3339 times, and 31 days at most by hour.
+        let day_ago = s.app.state.edge.clock.now_ms() - 86_400_000;
+        let day_ago = time::OffsetDateTime::from_unix_timestamp(day_ago / 1000)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let (status, body) = s
+            .app
+            .call(Method::GET, &format!("/orgs/{}/spend?from={day_ago}", s.org), &s.owner.token, None)
+            .await;
+        assert_eq!((status, body["data"].as_array().map(Vec::len)), (200, Some(1)), "{body}");
+        let (status, body) = s
+            .app
+            .call(Method::GET, &format!("/orgs/{}/spend?granularity=hour&from={}", s.org, s.app.state.edge.clock.now_ms() - 40 * 86_400_000), &s.owner.token, None)
+            .await;
+        assert_eq!(refusal(status, &body), (422, "validation_failed", ""), "{body}");
         let (status, body) = s
             .app
             .call(Method::GET, &format!("/orgs/{}/api-keys/{key_id}/budgets", s.org), &s.owner.token, None)
