@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use crate::helpers::{refused, tempdir, Db, TestDb, PK};
+use crate::helpers::{parts, refused, tempdir, Db, TestDb, PK};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
@@ -786,4 +786,45 @@ async fn the_cli_invites_an_address_without_enrolling_it() {
             &json!("pending")
         )
     );
+}
+
+/// Sends a request to a real server and reads its status and JSON body.
+pub(crate) async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    parts(req.send().await.unwrap()).await
+}
+
+/// A person with an organization and a key of it with `scopes` on `base`: (token, org,
+/// key, key id).
+pub(crate) async fn owner_org_key(
+    c: &Client,
+    base: &str,
+    scopes: &[&str],
+) -> (String, String, String, String) {
+    let email = format!("promise-{}@example.com", uuid::Uuid::new_v4().simple());
+    let (status, s) = send(
+        c.post(format!("{base}/auth/v1/signup"))
+            .header("apikey", PK)
+            .json(&json!({"email": email, "password": "correct horse battery"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{s}");
+    let token = s["access_token"].as_str().unwrap().to_string();
+    let (status, org) = send(
+        c.post(format!("{base}/v1/orgs"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "Promises"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{org}");
+    let org = org["data"]["id"].as_str().unwrap().to_string();
+    let (status, k) = send(
+        c.post(format!("{base}/v1/orgs/{org}/api-keys"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "k", "scopes": scopes})),
+    )
+    .await;
+    assert_eq!(status, 201, "{k}");
+    let key = k["data"]["key"].as_str().unwrap().to_string();
+    let id = k["data"]["id"].as_str().unwrap().to_string();
+    (token, org, key, id)
 }

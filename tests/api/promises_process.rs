@@ -11,48 +11,8 @@ use reqwest::{Client, Method};
 use serde_json::{json, Value};
 
 use crate::helpers::{eventually, parts, refused, sql, tempdir, Db, TestApp, TestDb, PK};
-use crate::process::{start_with, Server};
+use crate::process::{owner_org_key, send, start_with, Server};
 use crate::story;
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    parts(req.send().await.unwrap()).await
-}
-
-/// A person with an organization and a key of it with `scopes` on `base`: (token, org,
-/// key, key id).
-async fn owner_org_key(
-    c: &Client,
-    base: &str,
-    scopes: &[&str],
-) -> (String, String, String, String) {
-    let email = format!("promise-{}@example.com", uuid::Uuid::new_v4().simple());
-    let (status, s) = send(
-        c.post(format!("{base}/auth/v1/signup"))
-            .header("apikey", PK)
-            .json(&json!({"email": email, "password": "correct horse battery"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{s}");
-    let token = s["access_token"].as_str().unwrap().to_string();
-    let (status, org) = send(
-        c.post(format!("{base}/v1/orgs"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "Promises"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{org}");
-    let org = org["data"]["id"].as_str().unwrap().to_string();
-    let (status, k) = send(
-        c.post(format!("{base}/v1/orgs/{org}/api-keys"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "k", "scopes": scopes})),
-    )
-    .await;
-    assert_eq!(status, 201, "{k}");
-    let key = k["data"]["key"].as_str().unwrap().to_string();
-    let id = k["data"]["id"].as_str().unwrap().to_string();
-    (token, org, key, id)
-}
 
 /// Sends SIGTERM through the `kill` command (no libc in the tests) and waits for a clean exit.
 pub(crate) fn terminate(server: &mut Server) {

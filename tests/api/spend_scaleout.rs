@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use reqwest::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::{
-    eventually, parts, redis_prefix, redis_url, tempdir, wait_until_subscribed, Db, TestDb, PK,
+    eventually, redis_prefix, redis_url, tempdir, wait_until_subscribed, Db, TestDb,
 };
-use crate::process::{start_with, Server};
+use crate::process::{owner_org_key, send, start_with, Server};
 
 /// 1 micro-unit per prompt token, 2 per completion token (the environment form of `models`).
 const MODELS: &str = "{test-model={input_per_mtok=1000000,output_per_mtok=2000000}}";
@@ -57,29 +57,9 @@ async fn pair(upstream: &str, lease_seconds: &str) -> Pair {
     }
 }
 
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    parts(req.send().await.unwrap()).await
-}
-
-/// A person, their organization with these budgets, and a chat key: (token, org, key).
+/// A person, their organization with this monthly budget, and a chat key: (token, org, key).
 async fn org_with_budget(c: &Client, base: &str, amount: i64) -> (String, String, String) {
-    let email = format!("spend-{}@example.com", uuid::Uuid::new_v4().simple());
-    let (status, s) = send(
-        c.post(format!("{base}/auth/v1/signup"))
-            .header("apikey", PK)
-            .json(&json!({"email": email, "password": "correct horse battery"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{s}");
-    let token = s["access_token"].as_str().unwrap().to_string();
-    let (status, org) = send(
-        c.post(format!("{base}/v1/orgs"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "Spend"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{org}");
-    let org = org["data"]["id"].as_str().unwrap().to_string();
+    let (token, org, key, _) = owner_org_key(c, base, &["chat:write"]).await;
     let (status, b) = send(
         c.put(format!("{base}/v1/orgs/{org}/budgets"))
             .bearer_auth(&token)
@@ -87,14 +67,7 @@ async fn org_with_budget(c: &Client, base: &str, amount: i64) -> (String, String
     )
     .await;
     assert_eq!(status, 200, "{b}");
-    let (status, k) = send(
-        c.post(format!("{base}/v1/orgs/{org}/api-keys"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "k", "scopes": ["chat:write"]})),
-    )
-    .await;
-    assert_eq!(status, 201, "{k}");
-    (token, org, k["data"]["key"].as_str().unwrap().to_string())
+    (token, org, key)
 }
 
 /// The organization's settled spend this month, from the ledger (on `base`).
