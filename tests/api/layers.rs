@@ -56,6 +56,19 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("ApiError", &["http/", "error.rs"]),
     // No axum type below `http/`.
     ("axum", &["http/", "server.rs"]),
+    // Store code runs its statements on `self.db()` or an `exec::Conn`, which know whether a
+    // transaction pooler sits in between; a query given the pool itself (`&self.pool`)
+    // silently names its statement and breaks behind PgBouncer. Only the executors,
+    // migrations and the SQLite backup (`VACUUM INTO`, never pooled) pass the pool.
+    (
+        "&self.pool",
+        &[
+            "store/exec.rs",
+            "store/write_tx.rs",
+            "store/connect.rs",
+            "store/backup.rs",
+        ],
+    ),
 ];
 
 /// Words a layer must not use: (word, forbidden path prefixes under `src/`).
