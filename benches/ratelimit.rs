@@ -394,14 +394,14 @@ async fn redis_latency(url: &str, samples: usize, measuring: bool) -> anyhow::Re
         .map_or(0, |d| d.as_millis());
     let prefix = format!("gatehouse-bench:{}-{started}", std::process::id());
     // A bad URL is an error; an unreachable Redis leaves the link without a connection.
-    let link = match RedisLink::open(url, &prefix, Duration::from_secs(1)).await {
+    let link = match RedisLink::open_url(url, &prefix, Duration::from_secs(1)).await {
         Ok(link) => link,
         Err(e) => {
             println!("Redis latency: skipped ({e:#}; set GATEHOUSE_BENCH_REDIS_URL)");
             return Ok(());
         }
     };
-    let addr = link.client().get_connection_info().addr.to_string();
+    let addr = link.describe();
     let Some(mut conn) = link.connection() else {
         println!(
             "Redis latency: skipped (no Redis answers at {addr}; set GATEHOUSE_BENCH_REDIS_URL)"
@@ -473,7 +473,7 @@ struct Latencies {
 }
 
 async fn measure(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut gatehouse::ratelimit::RedisConn,
     limiter: &RedisLimiter,
     one: &[Request],
     four: &[Request],
@@ -520,7 +520,7 @@ async fn measure(
 
 /// Removes every key of this run (they would expire on their own within a day).
 async fn delete_keys(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut gatehouse::ratelimit::RedisConn,
     prefix: &str,
 ) -> anyhow::Result<usize> {
     let pattern = format!("{prefix}:*");

@@ -12,7 +12,14 @@ use crate::auth::tokens;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{Email, Password};
-use crate::store::{Ended, NewUser, Rotation, SessionInfo, Store, StoreError, User};
+use crate::store::{
+    Assurance, Ended, Factor, NewUser, Rotation, SessionInfo, Store, StoreError, User,
+};
+
+mod mfa;
+pub use mfa::{Enrolled, MfaError, MAX_WRONG_CODES_PER_CHALLENGE, TOTP_METHOD};
+
+pub mod admin;
 
 /// Why an account operation failed. The HTTP layer words each for its clients (GoTrue's
 /// codes and messages on `/auth/v1`); the wording here is for logs.
@@ -46,6 +53,23 @@ pub enum AccountError {
     /// The session named by the token no longer exists.
     #[error("the session no longer exists")]
     SessionNotFound,
+    /// The user is banned (`ban_duration`); where it was seen decides GoTrue's words.
+    #[error("the user is banned")]
+    Banned(BanSeen),
+    /// The admin API named a user that does not exist.
+    #[error("no such user")]
+    UserNotFound,
+    /// The admin API gave an address another user has.
+    #[error("the address belongs to another user")]
+    EmailExists,
+    /// The admin API would delete the only owner of an organization.
+    #[error("the user is the only owner of organization {org_id}")]
+    SoleOwner {
+        /// The organization's id.
+        org_id: String,
+        /// Its name.
+        org_name: String,
+    },
     /// A field is invalid.
     #[error("invalid input: {0:?}")]
     Validation(Invalid),
@@ -69,6 +93,31 @@ pub enum Invalid {
     DataNotObject,
     /// A sign-out scope other than `global`, `local` or `others`.
     Scope,
+    /// An MFA factor's friendly name is over 100 characters.
+    FriendlyName,
+    /// A TOTP issuer is over 100 characters.
+    Issuer,
+    /// The admin API's `ban_duration` is not a duration (`24h`, `90m`, `none`).
+    BanDuration,
+    /// The admin API's user has no email (phone users are not offered).
+    NoEmail,
+    /// `app_metadata` or `user_metadata` is not a JSON object.
+    MetadataNotObject,
+    /// The admin API's `password_hash` is neither bcrypt nor argon2.
+    PasswordHashFormat,
+    /// The admin API got both `password` and `password_hash`.
+    PasswordAndHash,
+}
+
+/// Where a ban refused a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanSeen {
+    /// Password sign-in.
+    SignIn,
+    /// A refresh.
+    Refresh,
+    /// An emailed link or code.
+    Link,
 }
 
 impl From<StoreError> for AccountError {
@@ -105,6 +154,33 @@ pub struct IssuedSession {
     pub user: User,
     /// The session id.
     pub session_id: String,
+    /// The user's MFA factors (the user object's `factors`).
+    pub factors: Vec<Factor>,
+}
+
+/// The device a session is opened from, as the session list shows it: what the HTTP layer
+/// saw of the request that signed in.
+#[derive(Clone, Debug, Default)]
+pub struct Device {
+    /// The `User-Agent` header (cut to [`Device::MAX_USER_AGENT`] characters).
+    pub user_agent: Option<String>,
+    /// The client's address (trusted-proxy aware).
+    pub ip: Option<String>,
+}
+
+impl Device {
+    /// Most characters of a user agent kept.
+    pub const MAX_USER_AGENT: usize = 512;
+
+    /// A device from a raw user agent and an address.
+    pub fn new(user_agent: Option<&str>, ip: Option<String>) -> Self {
+        Device {
+            user_agent: user_agent
+                .map(|ua| ua.chars().take(Self::MAX_USER_AGENT).collect::<String>())
+                .filter(|ua| !ua.trim().is_empty()),
+            ip,
+        }
+    }
 }
 
 /// The outcome of sign-up.
@@ -130,6 +206,28 @@ pub enum SignUp {
         /// The metadata this sign-up gave (echoed in the look-alike answer).
         metadata: Value,
     },
+}
+
+/// A session's `aal` and `amr` claims: `aal2` once a second factor was verified in it; `amr`
+/// lists the methods, the most recent first, as GoTrue does.
+fn assurance_claims(a: &Assurance) -> (String, Vec<Amr>) {
+    let first = Amr {
+        method: a.method.clone(),
+        timestamp: a.started_at.div_euclid(1000),
+    };
+    match &a.second {
+        Some((method, at)) => (
+            "aal2".into(),
+            vec![
+                Amr {
+                    method: method.clone(),
+                    timestamp: at.div_euclid(1000),
+                },
+                first,
+            ],
+        ),
+        None => ("aal1".into(), vec![first]),
+    }
 }
 
 /// Account operations over the store, the hasher and the signing keys.
@@ -175,6 +273,7 @@ impl Accounts {
         email: &str,
         password: String,
         data: Option<Value>,
+        device: &Device,
     ) -> Result<SignUp, AccountError> {
         let email = parse_email(email)?;
         let password = self.new_password(password, email.as_str()).await?;
@@ -213,7 +312,7 @@ impl Accounts {
         };
         if user.email_confirmed_at.is_some() {
             Ok(SignUp::Session(Box::new(
-                self.start_session(user, "password").await?,
+                self.start_session(user, "password", device).await?,
             )))
         } else {
             Ok(SignUp::Unconfirmed {
@@ -221,6 +320,33 @@ impl Accounts {
                 password_hash: hash,
             })
         }
+    }
+
+    /// An anonymous sign-in (`signInAnonymously`): a user with no address and no password,
+    /// signed in at once with the `anonymous` method (the caller checked that the setting is
+    /// on, its limit and the captcha).
+    pub async fn sign_up_anonymously(
+        &self,
+        data: Option<Value>,
+        device: &Device,
+    ) -> Result<IssuedSession, AccountError> {
+        let metadata = match data {
+            Some(Value::Object(m)) => Value::Object(m),
+            None | Some(Value::Null) => json!({}),
+            Some(_) => return Err(AccountError::Validation(Invalid::DataNotObject)),
+        };
+        let now = self.clock.now_ms();
+        let user = self
+            .store
+            .create_anonymous_user(&uuid::Uuid::new_v4().to_string(), &metadata, now)
+            .await?;
+        self.store.touch_sign_in(&user.id, now).await?;
+        let user = self
+            .store
+            .user_by_id(&user.id)
+            .await?
+            .ok_or(AccountError::SessionNotFound)?;
+        self.start_session(user, "anonymous", device).await
     }
 
     /// Checks email and password; unknown users cost the same argon2 time as known ones.
@@ -237,6 +363,9 @@ impl Accounts {
         };
         if user.email_confirmed_at.is_none() {
             return Err(AccountError::EmailNotConfirmed);
+        }
+        if user.banned_at(self.clock.now_ms()) {
+            return Err(AccountError::Banned(BanSeen::SignIn));
         }
         if let Some(old) = user.password_hash.as_deref().filter(|h| needs_rehash(h)) {
             self.upgrade_hash(&user.id, old, &password).await;
@@ -266,8 +395,13 @@ impl Accounts {
 
     /// A dashboard session for a user who just authenticated: the cookie's secret (stored
     /// only as its SHA-256) and its lifetime in seconds, `web_session_seconds` bounded by
-    /// `session_max_seconds`.
-    pub async fn start_web_session(&self, user_id: &str) -> Result<(String, i64), AccountError> {
+    /// `session_max_seconds`. `aal2`: the person proved a second factor (an aal2 access
+    /// token opened it).
+    pub async fn start_web_session(
+        &self,
+        user_id: &str,
+        aal2: bool,
+    ) -> Result<(String, i64), AccountError> {
         let secret = tokens::random_token(32);
         let now = self.clock.now_ms();
         let ttl = self
@@ -277,7 +411,13 @@ impl Accounts {
                 max.min(self.config.web_session_seconds)
             });
         self.store
-            .create_web_session(&tokens::sha256_hex(&secret), user_id, now, now + ttl * 1000)
+            .create_web_session(
+                &tokens::sha256_hex(&secret),
+                user_id,
+                now,
+                now + ttl * 1000,
+                if aal2 { "aal2" } else { "aal1" },
+            )
             .await?;
         Ok((secret, ttl))
     }
@@ -297,12 +437,13 @@ impl Accounts {
         &self,
         email: &str,
         password: String,
+        device: &Device,
     ) -> Result<IssuedSession, AccountError> {
         let user = self.authenticate(email, password).await?;
         self.store
             .touch_sign_in(&user.id, self.clock.now_ms())
             .await?;
-        self.start_session(user, "password").await
+        self.start_session(user, "password", device).await
     }
 
     /// A session for a user who followed an emailed link or entered its code.
@@ -310,21 +451,75 @@ impl Accounts {
         &self,
         user: User,
         method: &str,
+        device: &Device,
     ) -> Result<IssuedSession, AccountError> {
+        if user.banned_at(self.clock.now_ms()) {
+            return Err(AccountError::Banned(BanSeen::Link));
+        }
         self.store
             .touch_sign_in(&user.id, self.clock.now_ms())
             .await?;
-        self.start_session(user, method).await
+        self.start_session(user, method, device).await
     }
 
-    async fn start_session(&self, user: User, method: &str) -> Result<IssuedSession, AccountError> {
+    /// A session for the user of an exchanged PKCE auth code (`method`: what its link proved).
+    pub async fn code_session(
+        &self,
+        user_id: &str,
+        method: &str,
+        device: &Device,
+    ) -> Result<IssuedSession, AccountError> {
+        let user = self
+            .store
+            .user_by_id(user_id)
+            .await?
+            .ok_or(AccountError::SessionNotFound)?;
+        self.email_session(user, method, device).await
+    }
+
+    async fn start_session(
+        &self,
+        user: User,
+        method: &str,
+        device: &Device,
+    ) -> Result<IssuedSession, AccountError> {
         let refresh = tokens::random_token(REFRESH_TOKEN_BYTES);
         let now = self.clock.now_ms();
         let session_id = self
             .store
-            .create_session(&user.id, method, &tokens::sha256_hex(&refresh), now)
+            .create_session(
+                &user.id,
+                method,
+                &tokens::sha256_hex(&refresh),
+                now,
+                device.user_agent.as_deref(),
+                device.ip.as_deref(),
+            )
             .await?;
-        self.issue(user, session_id, refresh, method, now)
+        let factors = self.store.mfa_factors(&user.id).await?;
+        let assurance = Assurance {
+            method: method.to_string(),
+            started_at: now,
+            second: None,
+        };
+        self.issue(user, session_id, refresh, &assurance, factors, now)
+    }
+
+    /// A new access token for a session that exists, at its current assurance level.
+    async fn reissue(
+        &self,
+        user: User,
+        session_id: String,
+        refresh: String,
+        now: i64,
+    ) -> Result<IssuedSession, AccountError> {
+        let assurance = self
+            .store
+            .session_assurance(&session_id)
+            .await?
+            .ok_or(AccountError::RefreshNotFound)?;
+        let factors = self.store.mfa_factors(&user.id).await?;
+        self.issue(user, session_id, refresh, &assurance, factors, now)
     }
 
     fn issue(
@@ -332,10 +527,12 @@ impl Accounts {
         user: User,
         session_id: String,
         refresh: String,
-        method: &str,
+        assurance: &Assurance,
+        factors: Vec<Factor>,
         now_ms: i64,
     ) -> Result<IssuedSession, AccountError> {
         let iat = now_ms.div_euclid(1000);
+        let (aal, amr) = assurance_claims(assurance);
         let ttl = self.config.jwt_expiry_seconds;
         let claims = Claims {
             iss: self.jwt.issuer().to_string(),
@@ -346,13 +543,10 @@ impl Accounts {
             email: user.email.clone(),
             phone: String::new(),
             role: "authenticated".into(),
-            aal: "aal1".into(),
-            amr: vec![Amr {
-                method: method.to_string(),
-                timestamp: iat,
-            }],
+            aal,
+            amr,
             session_id: session_id.clone(),
-            is_anonymous: false,
+            is_anonymous: user.is_anonymous,
             app_metadata: user.app_metadata.clone(),
             user_metadata: user.user_metadata.clone(),
         };
@@ -367,6 +561,7 @@ impl Accounts {
             expires_at: iat + ttl,
             user,
             session_id,
+            factors,
         })
     }
 
@@ -390,6 +585,15 @@ impl Accounts {
             }
             None => return Err(AccountError::RefreshNotFound),
         }
+        // A ban refuses the refresh before anything rotates (GoTrue's answer too).
+        let user = self
+            .store
+            .user_by_id(&row.user_id)
+            .await?
+            .ok_or(AccountError::RefreshNotFound)?;
+        if user.banned_at(now) {
+            return Err(AccountError::Banned(BanSeen::Refresh));
+        }
         let successor = match row.revoked_at {
             None => {
                 let child = tokens::random_token(REFRESH_TOKEN_BYTES);
@@ -408,12 +612,7 @@ impl Accounts {
             }
             Some(_) => self.reuse(presented, now).await?,
         };
-        let user = self
-            .store
-            .user_by_id(&row.user_id)
-            .await?
-            .ok_or(AccountError::RefreshNotFound)?;
-        self.issue(user, row.session_id, successor, "password", now)
+        self.reissue(user, row.session_id, successor, now).await
     }
 
     /// A token that was already rotated: within the interval, the same successor;
@@ -470,6 +669,41 @@ impl Accounts {
             .user_by_id(&claims.sub)
             .await?
             .ok_or(AccountError::SessionNotFound)
+    }
+
+    /// When a token session signed in (unix ms), if it still exists.
+    pub async fn session_started(&self, session_id: &str) -> Result<Option<i64>, AccountError> {
+        Ok(self
+            .store
+            .session_info(session_id)
+            .await?
+            .map(|s| s.created_at))
+    }
+
+    /// The user's token sessions, the most recently refreshed first (at most 100).
+    pub async fn device_sessions(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<crate::store::DeviceSession>, AccountError> {
+        Ok(self.store.user_sessions(user_id, 100).await?)
+    }
+
+    /// Ends one of the user's token sessions; false when the user has none with this id.
+    pub async fn end_device_session(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<bool, AccountError> {
+        Ok(self.store.delete_user_session(user_id, session_id).await?)
+    }
+
+    /// Ends every token session of the user but `keep`; returns the ended ids.
+    pub async fn end_other_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+    ) -> Result<Vec<String>, AccountError> {
+        Ok(self.store.delete_user_sessions(user_id, keep).await?)
     }
 
     /// Ends sessions: `local` (this one), `global` (all), `others` (all but this one).

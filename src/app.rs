@@ -57,8 +57,12 @@ pub struct AppInner {
     pub chat: crate::chat::Chat,
     /// Money budgets: prices, reservations, settles and the ledger.
     pub spend: crate::spend::Spend,
+    /// The OAuth 2.1 authorization server: clients, consent, codes and tokens.
+    pub oauth: crate::oauth::OAuth,
     /// Email flows: one-time links and codes, and the mail queue.
     pub email: crate::mail::flows::EmailFlows,
+    /// Sign-in with external providers (OpenID Connect, OAuth 2) and linked identities.
+    pub external: crate::external::External,
     /// Rate-limit decisions (memory, or Redis with a memory fallback), with the configured
     /// and the organizations' rates.
     pub limits: Limits,
@@ -104,17 +108,7 @@ impl AppState {
         let config = Arc::new(config);
         let store = Store::open(&config).await?;
         let metrics = Arc::new(Metrics::new());
-        let redis = match &config.redis_url {
-            Some(url) => Some(
-                RedisLink::open(
-                    url.expose_secret(),
-                    &config.redis_prefix,
-                    Duration::from_millis(config.redis_timeout_ms),
-                )
-                .await?,
-            ),
-            None => None,
-        };
+        let redis = RedisLink::open(&config.redis_settings()).await?;
         // Cache invalidation here and on the other instances; services get a clone.
         let bus = crate::fanout::Bus::new(redis.clone(), metrics.clone());
         let now = clock.now_ms();
@@ -222,12 +216,6 @@ impl AppState {
         );
         let auth_failures =
             crate::ratelimit::FailureBudget::new(config.rates(Policy::AuthFailures));
-        let credentials = crate::credentials::Credentials::new(
-            store.clone(),
-            clock.clone(),
-            accounts.clone(),
-            keys.clone(),
-        );
         // Membership lists follow other instances' changes within SESSION_CACHE_TTL when
         // invalidations do not arrive.
         let orgs = crate::orgs::Orgs::new(
@@ -267,13 +255,37 @@ impl AppState {
             crate::spend::SpendSettings {
                 prices: config.models.clone(),
                 currency: config.currency.clone(),
-                reserve_cap: config.max_completion_tokens_reserved,
+                reserve_cap: config.chat_reserve_tokens,
                 lease_seconds: config.spend_lease_seconds,
             },
         )
         .with_bus(bus.clone());
+        let oauth = crate::oauth::OAuth::new(
+            store.clone(),
+            clock.clone(),
+            config.clone(),
+            accounts.jwt.clone(),
+            bus.clone(),
+            orgs.clone(),
+        )?;
+        // OAuth access tokens are live while their grant is: credentials ask the OAuth service.
+        let credentials = crate::credentials::Credentials::new(
+            store.clone(),
+            clock.clone(),
+            accounts.clone(),
+            keys.clone(),
+            oauth.clone(),
+        );
+        let external = crate::external::External::new(
+            store.clone(),
+            accounts.clone(),
+            config.clone(),
+            clock.clone(),
+        )?;
         let state = AppState(Arc::new(AppInner {
             spend,
+            oauth,
+            external,
             edge: Edge {
                 publishable_key: Arc::new(publishable_key),
                 trusted_proxies,
@@ -354,6 +366,7 @@ impl AppInner {
             Invalidation::Memberships(_) => self.orgs.forget(inv).await,
             Invalidation::WebSession(hash) => self.credentials.forget_web_session(hash).await,
             Invalidation::Widget(id) => self.widgets.forget(id).await,
+            Invalidation::OAuthGrant(id) => self.oauth.forget_grant(id).await,
         }
     }
 
@@ -364,6 +377,7 @@ impl AppInner {
         self.orgs.forget_everything();
         self.widgets.forget_all();
         self.spend.forget_everything();
+        self.oauth.forget_all();
     }
 }
 

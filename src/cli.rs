@@ -73,6 +73,14 @@ pub enum Command {
         #[command(subcommand)]
         action: JwtAction,
     },
+    /// Mint a service key for the admin API (`/auth/v1/admin`, `supabase.auth.admin`): a
+    /// `service_role` JWT signed with the deployment's signing key, printed once. Keep it
+    /// secret: it manages every user.
+    ServiceKey {
+        /// Days until it expires.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
+        days: i64,
+    },
     /// Copy the SQLite database to a new file while the server keeps running (a consistent
     /// snapshot: every write acknowledged before the copy began is in it).
     Backup {
@@ -377,6 +385,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::ServiceKey { days } => {
+            let state = AppState::build(config, Clock::System).await?;
+            let now = Clock::System.now_secs();
+            let key = state.accounts.jwt.sign_service(now, days * 86_400)?;
+            println!("{key}");
+            let signed = if state.config.jwt_secret.is_some() {
+                "HS256 with jwt_secret: changing jwt_secret ends it"
+            } else {
+                "ES256 with the current signing key: after `gatehouse jwt rotate` it works until the old key leaves the JWKS (jwt_expiry_seconds), so mint a new one then"
+            };
+            eprintln!("service key valid for {days} days, signed {signed}. It is shown only now.");
+            Ok(())
+        }
         Command::Jwt {
             action: JwtAction::Rotate,
         } => {
@@ -461,6 +482,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = ?state.runtime.store.engine(), "gatehouse listening");
     startup_facts(&state.config, addr);
+    if let Some(n) = crate::server::raise_open_files_limit() {
+        tracing::info!(open_files = n, "open-files limit (two per streamed chat)");
+    }
     // The publishable key is public by design (like Supabase's anon key): printing it lets
     // a developer point a client at a fresh server.
     tracing::info!(publishable_key = %state.edge.publishable_key.expose_secret(), "clients send this in the apikey header");

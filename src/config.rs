@@ -8,9 +8,11 @@ use figment::Figment;
 pub use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::ratelimit::{Rate, Rates};
+use crate::ratelimit::{Rate, Rates, RedisSettings};
 
+mod external;
 mod files;
+pub use external::{ExternalProvider, ProviderKind};
 pub use files::{masked_settings, SECRET_SETTINGS};
 
 /// Verified API keys held in memory unless `key_cache_capacity` says otherwise.
@@ -29,6 +31,42 @@ pub enum DatabasePooler {
     Transaction,
 }
 
+/// Who may register OAuth clients at `POST /oauth/register` (`oauth_registration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuthRegistration {
+    /// Anyone (RFC 7591 open registration), limited per IP by `rate_limit_oauth_register`.
+    #[default]
+    Open,
+    /// Only a caller presenting `oauth_registration_token` as a bearer token (RFC 7591's
+    /// initial access token).
+    Token,
+    /// Nobody: clients come from metadata documents or organization admins only.
+    Off,
+}
+
+/// A captcha service (`captcha_provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptchaProvider {
+    /// Cloudflare Turnstile.
+    Turnstile,
+    /// hCaptcha.
+    Hcaptcha,
+}
+
+impl CaptchaProvider {
+    /// The provider's own verification endpoint.
+    pub fn verify_url(self) -> &'static str {
+        match self {
+            CaptchaProvider::Turnstile => {
+                "https://challenges.cloudflare.com/turnstile/v0/siteverify"
+            }
+            CaptchaProvider::Hcaptcha => "https://api.hcaptcha.com/siteverify",
+        }
+    }
+}
+
 /// Every setting of a Gatehouse process. See `config.example.toml`.
 ///
 /// `Serialize` only feeds the defaults to figment; secret fields are skipped there (their
@@ -45,6 +83,8 @@ pub struct Config {
     /// A direct PostgreSQL URL for migrations when `database_url` goes through a pooler;
     /// unset: migrations use `database_url`.
     pub migrate_database_url: Option<String>,
+    /// A file holding `migrate_database_url`; not with `migrate_database_url`.
+    pub migrate_database_url_file: Option<String>,
     /// What sits between Gatehouse and PostgreSQL: `none` (a direct connection or a
     /// session pooler) or `transaction` (a transaction pooler such as PgBouncer's
     /// `pool_mode = transaction`).
@@ -63,6 +103,16 @@ pub struct Config {
     pub jwt_secret_file: Option<String>,
     /// Access-token lifetime in seconds.
     pub jwt_expiry_seconds: i64,
+    /// The key TOTP secrets are sealed under at rest (at least 32 characters); unset, TOTP
+    /// enrolment and verification are off (`mfa_totp_enroll_not_enabled`).
+    #[serde(skip_serializing)]
+    pub mfa_encryption_key: Option<SecretString>,
+    /// A file holding `mfa_encryption_key`; not with `mfa_encryption_key`.
+    pub mfa_encryption_key_file: Option<String>,
+    /// Seconds an MFA challenge may be verified against.
+    pub mfa_challenge_expiry_seconds: i64,
+    /// Most factors (verified or not) one user may have.
+    pub mfa_max_enrolled_factors: i64,
     /// Seconds between reloads of the signing keys, so `gatehouse jwt rotate` reaches running
     /// servers.
     pub signing_key_reload_seconds: u64,
@@ -70,6 +120,11 @@ pub struct Config {
     pub refresh_reuse_interval_seconds: i64,
     /// Confirm new users at sign-up (development).
     pub autoconfirm: bool,
+    /// Anonymous sign-in (`signInAnonymously`: a sign-up with neither email nor phone).
+    pub anonymous_sign_ins: bool,
+    /// A password change (`PUT /auth/v1/user`) from a session older than 24 hours needs the
+    /// nonce of `/auth/v1/reauthenticate` (GoTrue's secure password change).
+    pub secure_password_change: bool,
     /// Minimum password length.
     pub password_min_length: usize,
     /// Least zxcvbn strength score (0-4) of a new password; 0 turns the estimator off.
@@ -106,12 +161,20 @@ pub struct Config {
     pub rate_limit_sign_in: Rates,
     /// Per client IP: sign-up.
     pub rate_limit_sign_up: Rates,
+    /// Per client IP: anonymous sign-ins.
+    pub rate_limit_anonymous: Rates,
     /// Per client IP: magic links and one-time codes sent by email.
     pub rate_limit_magic_link: Rates,
     /// Per client IP: verification of emailed links and codes.
     pub rate_limit_verify: Rates,
     /// Per client IP: refresh-token grants.
     pub rate_limit_token_refresh: Rates,
+    /// Per client IP: OAuth dynamic client registrations.
+    pub rate_limit_oauth_register: Rates,
+    /// Per client IP: OAuth authorization requests (`GET /oauth/authorize`).
+    pub rate_limit_oauth_authorize: Rates,
+    /// Per MFA factor: challenges and verification attempts.
+    pub rate_limit_mfa_verify: Rates,
     /// Per widget session.
     pub rate_limit_widget_session: Rates,
     /// Per client IP on the public widget routes.
@@ -134,6 +197,15 @@ pub struct Config {
     pub redis_url: Option<SecretString>,
     /// A file holding `redis_url`; not with `redis_url`.
     pub redis_url_file: Option<String>,
+    /// Seed nodes of a Redis/Valkey Cluster (`redis://…` or `rediss://…`, a TOML array or
+    /// comma-separated); instead of `redis_url`. Secret: the URLs may hold a password.
+    #[serde(skip_serializing, deserialize_with = "secret_list")]
+    pub redis_cluster_urls: Option<SecretString>,
+    /// A file holding `redis_cluster_urls` (comma-separated); not with `redis_cluster_urls`.
+    pub redis_cluster_urls_file: Option<String>,
+    /// A PEM file of the CA certificates trusted for `rediss://` (a private CA) instead of
+    /// the public roots.
+    pub redis_ca_file: Option<String>,
     /// Prefix of every Redis key and channel (one Redis can serve several deployments).
     pub redis_prefix: String,
     /// Longest wait for one Redis command before deciding in memory, in milliseconds.
@@ -159,17 +231,15 @@ pub struct Config {
     pub currency: String,
     /// The price table: per model, micro-units per million prompt and completion tokens.
     pub models: std::collections::BTreeMap<String, ModelPrice>,
-    /// Completion tokens reserved (and sent upstream as `max_tokens`) for a chat under a
-    /// budget that names no `max_tokens`.
-    pub max_completion_tokens_reserved: u32,
     /// Seconds a budget reservation lives without being settled (a dead instance's
     /// reservation is released after this).
     pub spend_lease_seconds: u64,
     /// More models the model server offers, listed by `GET /v1/models` beside `upstream_model`.
     #[serde(deserialize_with = "comma_list")]
     pub chat_models: Vec<String>,
-    /// Tokens reserved for the answer in the token windows when a chat gives no `max_tokens`.
-    pub chat_reserve_tokens: u64,
+    /// The answer's tokens reserved for a chat that gives no `max_tokens`: in the token
+    /// windows, and against budgets (where it is also sent upstream as `max_tokens`).
+    pub chat_reserve_tokens: u32,
     /// Lifetime of a concurrency lease without renewal: how long a dead instance's answers
     /// keep their place in `max_parallel` (seconds).
     pub chat_lease_seconds: u64,
@@ -204,6 +274,36 @@ pub struct Config {
     pub metrics_token: Option<SecretString>,
     /// A file holding `metrics_token`; not with `metrics_token`.
     pub metrics_token_file: Option<String>,
+    /// Who may register OAuth clients dynamically: `open`, `token` or `off`.
+    pub oauth_registration: OAuthRegistration,
+    /// The initial access token `POST /oauth/register` needs when `oauth_registration` is
+    /// `token` (at least 16 characters; compared in constant time).
+    #[serde(skip_serializing)]
+    pub oauth_registration_token: Option<SecretString>,
+    /// A file holding `oauth_registration_token`; not with `oauth_registration_token`.
+    pub oauth_registration_token_file: Option<String>,
+    /// Lifetime of an OAuth authorization code, in seconds (10–600).
+    pub oauth_code_seconds: i64,
+    /// Lifetime of an OAuth refresh token, in seconds; each rotation starts a new one.
+    pub oauth_refresh_seconds: i64,
+    /// A secret service key for `/auth/v1/admin` besides the minted `service_role` JWTs
+    /// (at least 32 characters; compared in constant time). Unset: only the JWTs.
+    #[serde(skip_serializing)]
+    pub service_key: Option<SecretString>,
+    /// A file holding `service_key`; not with `service_key`.
+    pub service_key_file: Option<String>,
+    /// `turnstile` or `hcaptcha`: sign-up, password sign-in, `/otp`, `/recover` need a
+    /// verified `gotrue_meta_security.captcha_token`. Unset: no captcha.
+    pub captcha_provider: Option<CaptchaProvider>,
+    /// The provider's secret key (with `captcha_provider`).
+    #[serde(skip_serializing)]
+    pub captcha_secret: Option<SecretString>,
+    /// A file holding `captcha_secret`; not with `captcha_secret`.
+    pub captcha_secret_file: Option<String>,
+    /// Where tokens are verified; unset: the provider's own siteverify URL.
+    pub captcha_verify_url: Option<String>,
+    /// How long a verification may take, in milliseconds (then the request is refused).
+    pub captcha_timeout_ms: u64,
     /// When set, `/metrics` is served only on this address (e.g. `127.0.0.1:9090`) and the
     /// main listener answers 404 there.
     pub metrics_listen: Option<SocketAddr>,
@@ -228,10 +328,15 @@ pub struct Config {
     /// URLs (exact, or `*`/`**` patterns) an emailed link may redirect to.
     #[serde(deserialize_with = "comma_list")]
     pub redirect_allowlist: Vec<String>,
+    /// Sign-in with external providers (`signInWithOAuth`), by name: OpenID Connect or plain
+    /// OAuth 2 ([supabase](docs/supabase.md)).
+    pub external_providers: std::collections::BTreeMap<String, ExternalProvider>,
     /// Lifetime of emailed links and codes, in seconds.
     pub otp_expiry_seconds: i64,
     /// Least time between two mails to one address, in seconds.
     pub mail_min_interval_seconds: i64,
+    /// Lifetime of a PKCE auth code (`?code=` of a followed link), in seconds.
+    pub pkce_code_expiry_seconds: i64,
     /// Lifetime of an invitation to an organization, in seconds.
     pub invitation_seconds: i64,
     /// Per organization: invitations created.
@@ -247,16 +352,23 @@ impl Default for Config {
             database_url: "sqlite://gatehouse.db".into(),
             database_url_file: None,
             migrate_database_url: None,
+            migrate_database_url_file: None,
             database_pooler: DatabasePooler::None,
             public_url: "http://127.0.0.1:8080".into(),
             publishable_key: None,
             publishable_key_file: None,
             jwt_secret: None,
             jwt_secret_file: None,
+            mfa_encryption_key: None,
+            mfa_encryption_key_file: None,
+            mfa_challenge_expiry_seconds: 300,
+            mfa_max_enrolled_factors: 10,
             jwt_expiry_seconds: 3600,
             signing_key_reload_seconds: 60,
             refresh_reuse_interval_seconds: 10,
             autoconfirm: false,
+            anonymous_sign_ins: false,
+            secure_password_change: false,
             password_min_length: 8,
             password_min_score: 3,
             password_breach_check_url: None,
@@ -278,9 +390,13 @@ impl Default for Config {
             rate_limit_org: Rates::one(Rate::new(120, 60)),
             rate_limit_sign_in: Rates::one(Rate::new(20, 60)),
             rate_limit_sign_up: Rates::one(Rate::new(5, 60)),
+            rate_limit_anonymous: Rates::one(Rate::new(30, 3600)),
             rate_limit_magic_link: Rates::one(Rate::new(5, 60)),
             rate_limit_verify: Rates::one(Rate::new(10, 60)),
             rate_limit_token_refresh: Rates::one(Rate::new(150, 300)),
+            rate_limit_oauth_register: Rates::one(Rate::new(10, 3600)),
+            rate_limit_oauth_authorize: Rates::one(Rate::new(60, 60)),
+            rate_limit_mfa_verify: Rates::one(Rate::new(10, 60)),
             rate_limit_widget_session: Rates::one(Rate::new(30, 60)),
             rate_limit_widget_ip: Rates::one(Rate::new(120, 60)),
             rate_limit_widget: Rates::one(Rate::new(1200, 60)),
@@ -290,6 +406,9 @@ impl Default for Config {
             rate_limit_memory_capacity: 1_000_000,
             redis_url: None,
             redis_url_file: None,
+            redis_cluster_urls: None,
+            redis_cluster_urls_file: None,
+            redis_ca_file: None,
             redis_prefix: "gatehouse".into(),
             redis_timeout_ms: 250,
             trusted_proxies: Vec::new(),
@@ -300,7 +419,6 @@ impl Default for Config {
             upstream_timeout_ms: 60_000,
             currency: "USD".into(),
             models: std::collections::BTreeMap::new(),
-            max_completion_tokens_reserved: 4096,
             spend_lease_seconds: 300,
             chat_history_messages: 20,
             chat_models: Vec::new(),
@@ -319,6 +437,18 @@ impl Default for Config {
             otlp_endpoint: None,
             metrics_token: None,
             metrics_token_file: None,
+            oauth_registration: OAuthRegistration::Open,
+            oauth_registration_token: None,
+            oauth_registration_token_file: None,
+            oauth_code_seconds: 60,
+            oauth_refresh_seconds: 30 * 86_400,
+            service_key: None,
+            service_key_file: None,
+            captcha_provider: None,
+            captcha_secret: None,
+            captcha_secret_file: None,
+            captcha_verify_url: None,
+            captcha_timeout_ms: 5000,
             metrics_listen: None,
             dev: false,
             smtp_url: None,
@@ -329,8 +459,10 @@ impl Default for Config {
             mail_templates_dir: None,
             site_url: None,
             redirect_allowlist: Vec::new(),
+            external_providers: std::collections::BTreeMap::new(),
             otp_expiry_seconds: 3600,
             mail_min_interval_seconds: 60,
+            pkce_code_expiry_seconds: 300,
             invitation_seconds: 48 * 3600,
             rate_limit_invitation_org: Rates::one(Rate::new(100, 3600)),
             rate_limit_invitation_user: Rates::one(Rate::new(30, 3600)),
@@ -368,6 +500,8 @@ pub enum Policy {
     Verify,
     /// Per IP, refresh-token grants.
     TokenRefresh,
+    /// Per MFA factor, challenges and verification attempts.
+    MfaVerify,
     /// Per widget session.
     WidgetSession,
     /// Per IP, public widget routes.
@@ -380,11 +514,17 @@ pub enum Policy {
     InvitationUser,
     /// Per IP, failed credential checks.
     AuthFailures,
+    /// Per IP, OAuth dynamic client registrations.
+    OAuthRegister,
+    /// Per IP, OAuth authorization requests.
+    OAuthAuthorize,
+    /// Per IP, anonymous sign-ins.
+    Anonymous,
 }
 
 impl Policy {
     /// Every policy.
-    pub const ALL: [Policy; 13] = [
+    pub const ALL: [Policy; 17] = [
         Policy::ApiKey,
         Policy::Org,
         Policy::SignIn,
@@ -392,12 +532,16 @@ impl Policy {
         Policy::MagicLink,
         Policy::Verify,
         Policy::TokenRefresh,
+        Policy::MfaVerify,
         Policy::WidgetSession,
         Policy::WidgetIp,
         Policy::Widget,
         Policy::InvitationOrg,
         Policy::InvitationUser,
         Policy::AuthFailures,
+        Policy::OAuthRegister,
+        Policy::OAuthAuthorize,
+        Policy::Anonymous,
     ];
 
     /// The name in configuration, headers and metrics.
@@ -410,12 +554,16 @@ impl Policy {
             Policy::MagicLink => "magic_link",
             Policy::Verify => "verify",
             Policy::TokenRefresh => "token_refresh",
+            Policy::MfaVerify => "mfa_verify",
             Policy::WidgetSession => "widget_session",
             Policy::WidgetIp => "widget_ip",
             Policy::Widget => "widget",
             Policy::InvitationOrg => "invitation_org",
             Policy::InvitationUser => "invitation_user",
             Policy::AuthFailures => "auth_failures",
+            Policy::OAuthRegister => "oauth_register",
+            Policy::OAuthAuthorize => "oauth_authorize",
+            Policy::Anonymous => "anonymous",
         }
     }
 
@@ -442,6 +590,31 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
             .collect(),
         Form::Many(v) => v,
     })
+}
+
+/// The items of a comma-separated list, trimmed, empty ones left out.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A secret list given as `"a, b"` or as a TOML array, kept as one secret `"a,b"`.
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Option::<Form>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Form::One(s)) => split_list(&s),
+        Some(Form::Many(v)) => v.iter().flat_map(|s| split_list(s)).collect(),
+    };
+    Ok((!items.is_empty()).then(|| SecretString::from(items.join(","))))
 }
 
 /// Seconds given as `"0, 5, 300"` (handy in environment variables) or as a TOML array.
@@ -472,6 +645,21 @@ const RESERVED_ENV_PREFIX: &str = "TEST_";
 const CONFIG_FILE_ENV: &str = "CONFIG_FILE";
 
 impl Config {
+    /// The Redis settings, for `ratelimit::RedisLink`.
+    pub fn redis_settings(&self) -> RedisSettings {
+        RedisSettings {
+            url: self.redis_url.clone(),
+            cluster_urls: self
+                .redis_cluster_urls
+                .as_ref()
+                .map(|u| split_list(u.expose_secret()))
+                .unwrap_or_default(),
+            ca_file: self.redis_ca_file.clone(),
+            timeout: std::time::Duration::from_millis(self.redis_timeout_ms),
+            prefix: self.redis_prefix.clone(),
+        }
+    }
+
     /// Defaults, then the TOML file (if any), then `GATEHOUSE_*` variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         // What the operator gave (file, then environment), without the defaults: a secret
@@ -492,11 +680,78 @@ impl Config {
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         cfg.read_secret_files(|key| given.contains(key))?;
+        external::prepare(&mut cfg.external_providers)?;
         if cfg.dev {
             cfg.autoconfirm = true;
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Checks the Redis settings (part of `validate`): one of `redis_url` and
+    /// `redis_cluster_urls`, cluster seeds all `redis://` or all `rediss://`, and
+    /// `redis_ca_file` only for TLS.
+    fn check_redis(&self) -> anyhow::Result<()> {
+        let cluster = self
+            .redis_cluster_urls
+            .as_ref()
+            .map(|u| split_list(u.expose_secret()))
+            .unwrap_or_default();
+        if self.redis_url.is_some() && !cluster.is_empty() {
+            anyhow::bail!("redis_url and redis_cluster_urls are both set: keep one");
+        }
+        let scheme = |u: &str| {
+            if u.starts_with("rediss://") {
+                Some(true)
+            } else if u.starts_with("redis://") {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let mut tls = self
+            .redis_url
+            .as_ref()
+            .map(|u| scheme(u.expose_secret()) == Some(true));
+        for u in &cluster {
+            let Some(this) = scheme(u) else {
+                anyhow::bail!(
+                    "redis_cluster_urls: every URL must start with redis:// or rediss://"
+                );
+            };
+            if tls.is_some_and(|t| t != this) {
+                anyhow::bail!("redis_cluster_urls: mix no redis:// and rediss:// URLs");
+            }
+            tls = Some(this);
+        }
+        if self.redis_ca_file.is_some() && tls != Some(true) {
+            anyhow::bail!(
+                "redis_ca_file is for TLS: give redis_url (or redis_cluster_urls) as rediss://"
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks the captcha settings (part of `validate`): a provider needs its secret, and the
+    /// secret or a verify URL without a provider would be silently unused.
+    pub fn check_captcha(&self) -> anyhow::Result<()> {
+        match (&self.captcha_provider, &self.captcha_secret) {
+            (Some(_), None) => anyhow::bail!("captcha_provider needs captcha_secret"),
+            (None, Some(_)) => anyhow::bail!("captcha_secret is set but captcha_provider is not"),
+            _ => {}
+        }
+        if let Some(u) = &self.captcha_verify_url {
+            if self.captcha_provider.is_none() {
+                anyhow::bail!("captcha_verify_url is set but captcha_provider is not");
+            }
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                anyhow::bail!("captcha_verify_url must start with http:// or https://");
+            }
+        }
+        if !(100..=60_000).contains(&self.captcha_timeout_ms) {
+            anyhow::bail!("captcha_timeout_ms must be between 100 and 60000");
+        }
+        Ok(())
     }
 
     /// Checks the email settings (part of `validate`).
@@ -520,6 +775,9 @@ impl Config {
         }
         if !(0..=86_400).contains(&self.mail_min_interval_seconds) {
             anyhow::bail!("mail_min_interval_seconds must be between 0 and 86400");
+        }
+        if !(10..=3600).contains(&self.pkce_code_expiry_seconds) {
+            anyhow::bail!("pkce_code_expiry_seconds must be between 10 and 3600");
         }
         if self.redirect_allowlist.iter().any(|p| p.trim().is_empty()) {
             anyhow::bail!("redirect_allowlist entries must not be empty");
@@ -599,6 +857,7 @@ impl Config {
         if !(1..=10_000).contains(&self.redis_timeout_ms) {
             anyhow::bail!("redis_timeout_ms must be between 1 and 10000");
         }
+        self.check_redis()?;
         self.proxy_nets()?;
         if let Some(u) = &self.upstream_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -620,12 +879,40 @@ impl Config {
                 _ => anyhow::bail!("proxy_target must be a URL without a query or fragment"),
             }
         }
+        if let Some(t) = &self.oauth_registration_token {
+            let t = t.expose_secret();
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                anyhow::bail!(
+                    "oauth_registration_token must be at least 16 characters, without spaces"
+                );
+            }
+        }
+        if self.oauth_registration == OAuthRegistration::Token
+            && self.oauth_registration_token.is_none()
+        {
+            anyhow::bail!(
+                "oauth_registration = \"token\" needs oauth_registration_token (or its _file)"
+            );
+        }
+        if !(10..=600).contains(&self.oauth_code_seconds) {
+            anyhow::bail!("oauth_code_seconds must be between 10 and 600");
+        }
+        if !(60..=31_536_000).contains(&self.oauth_refresh_seconds) {
+            anyhow::bail!("oauth_refresh_seconds must be between 60 and 31536000 (a year)");
+        }
         if let Some(t) = &self.metrics_token {
             let t = t.expose_secret();
             if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 anyhow::bail!("metrics_token must be at least 16 characters, without spaces");
             }
         }
+        if let Some(k) = &self.service_key {
+            let k = k.expose_secret();
+            if k.len() < 32 || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                anyhow::bail!("service_key must be at least 32 characters, without spaces");
+            }
+        }
+        self.check_captcha()?;
         if self
             .metrics_listen
             .is_some_and(|m| m == self.listen && m.port() != 0)
@@ -648,9 +935,6 @@ impl Config {
             if price.input_per_mtok < 0 || price.output_per_mtok < 0 {
                 anyhow::bail!("models.{model}: prices must be 0 or more");
             }
-        }
-        if !(1..=1_000_000).contains(&self.max_completion_tokens_reserved) {
-            anyhow::bail!("max_completion_tokens_reserved must be between 1 and 1000000");
         }
         if !(5..=86_400).contains(&self.spend_lease_seconds) {
             anyhow::bail!("spend_lease_seconds must be between 5 and 86400");
@@ -709,6 +993,17 @@ impl Config {
                 anyhow::bail!("jwt_secret must be at least 32 characters");
             }
         }
+        if let Some(key) = &self.mfa_encryption_key {
+            if key.expose_secret().len() < 32 {
+                anyhow::bail!("mfa_encryption_key must be at least 32 characters");
+            }
+        }
+        if !(30..=3600).contains(&self.mfa_challenge_expiry_seconds) {
+            anyhow::bail!("mfa_challenge_expiry_seconds must be between 30 and 3600");
+        }
+        if !(1..=100).contains(&self.mfa_max_enrolled_factors) {
+            anyhow::bail!("mfa_max_enrolled_factors must be between 1 and 100");
+        }
         Ok(())
     }
 
@@ -734,12 +1029,16 @@ impl Config {
             Policy::MagicLink => &self.rate_limit_magic_link,
             Policy::Verify => &self.rate_limit_verify,
             Policy::TokenRefresh => &self.rate_limit_token_refresh,
+            Policy::MfaVerify => &self.rate_limit_mfa_verify,
             Policy::WidgetSession => &self.rate_limit_widget_session,
             Policy::WidgetIp => &self.rate_limit_widget_ip,
             Policy::Widget => &self.rate_limit_widget,
             Policy::InvitationOrg => &self.rate_limit_invitation_org,
             Policy::InvitationUser => &self.rate_limit_invitation_user,
             Policy::AuthFailures => &self.rate_limit_auth_failures,
+            Policy::OAuthRegister => &self.rate_limit_oauth_register,
+            Policy::OAuthAuthorize => &self.rate_limit_oauth_authorize,
+            Policy::Anonymous => &self.rate_limit_anonymous,
         }
     }
 
@@ -916,13 +1215,18 @@ mod tests {
         }
     }
 
-    const SECRET_KEYS: [&str; 6] = [
+    const SECRET_KEYS: [&str; 11] = [
         "publishable_key",
         "jwt_secret",
+        "mfa_encryption_key",
         "redis_url",
+        "redis_cluster_urls",
         "upstream_api_key",
         "metrics_token",
         "smtp_url",
+        "oauth_registration_token",
+        "service_key",
+        "captcha_secret",
     ];
 
     fn toml_keys(c: &Config) -> Vec<String> {
@@ -957,6 +1261,42 @@ mod tests {
     }
 
     #[test]
+    fn redis_cluster_urls_come_as_a_list_and_the_redis_settings_are_checked() {
+        let from = |toml: &str| -> Config {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .unwrap()
+        };
+        let listed = |c: &Config| {
+            c.redis_cluster_urls
+                .as_ref()
+                .map(|u| u.expose_secret().to_string())
+        };
+        let a = from("redis_cluster_urls = \"redis://a:1, redis://b:2,\"");
+        let b = from("redis_cluster_urls = [\"redis://a:1\", \"redis://b:2\"]");
+        assert_eq!(listed(&a).as_deref(), Some("redis://a:1,redis://b:2"));
+        assert_eq!(listed(&a), listed(&b));
+        assert!(a.validate().is_ok());
+        let err = |toml: &str| from(toml).validate().unwrap_err().to_string();
+        assert!(
+            err("redis_url = \"redis://x:1\"\nredis_cluster_urls = \"redis://a:1\"")
+                .contains("both set")
+        );
+        assert!(err("redis_cluster_urls = \"redis://a:1,rediss://b:2\"").contains("mix"));
+        assert!(err("redis_cluster_urls = \"http://a:1\"").contains("redis://"));
+        assert!(
+            err("redis_url = \"redis://x:1\"\nredis_ca_file = \"/ca.pem\"")
+                .contains("redis_ca_file is for TLS")
+        );
+        assert!(
+            from("redis_url = \"rediss://x:1\"\nredis_ca_file = \"/ca.pem\"")
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn metrics_settings_are_checked_and_the_token_masked() {
         let cfg = Config {
             metrics_token: Some(SecretString::from("scrape-secret-0123456789")),
@@ -985,6 +1325,29 @@ mod tests {
                 ..Config::default()
             };
             assert!(cfg.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_setting_reserves_the_answer_for_windows_and_budgets() {
+        let c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("chat_reserve_tokens = 700"))
+            .extract()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.chat_reserve_tokens, 700);
+        assert!(c.validate().is_ok());
+        // The budgets' former name of the same cap is no setting any more.
+        let old: Result<Config, _> = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("max_completion_tokens_reserved = 700"))
+            .extract();
+        assert!(old.is_err());
+        for bad in [0, 1_000_001] {
+            let cfg = Config {
+                chat_reserve_tokens: bad,
+                ..Config::default()
+            };
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("chat_reserve_tokens"), "{e}");
         }
     }
 

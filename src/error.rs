@@ -40,6 +40,8 @@ pub enum Code {
     ModelNotAllowed,
     /// 429: the key or organization already has `max_parallel` answers under way.
     ConcurrencyLimited,
+    /// 403: the organization requires a second factor and the person's token is `aal1`.
+    MfaRequired,
 }
 
 impl Code {
@@ -111,6 +113,11 @@ impl Code {
                 "concurrency_limited",
                 429,
                 "Too many answers are under way at once.",
+            ),
+            Code::MfaRequired => (
+                "mfa_required",
+                403,
+                "This organization requires multi-factor authentication.",
             ),
         }
     }
@@ -206,11 +213,13 @@ reasons! {
     StaleTimestamp = "stale_timestamp",
     /// A widget request's nonce was seen before.
     Replayed = "replayed",
+    /// An OAuth access token was issued for another resource (its `aud`).
+    WrongAudience = "wrong_audience",
 }
 
 impl Code {
     /// Every code, in table order.
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 19] = [
         Code::InvalidRequest,
         Code::Unauthorized,
         Code::Forbidden,
@@ -229,6 +238,7 @@ impl Code {
         Code::ModelUnpriced,
         Code::ModelNotAllowed,
         Code::ConcurrencyLimited,
+        Code::MfaRequired,
     ];
 }
 
@@ -389,6 +399,7 @@ mod tests {
                 "bad_signature",
                 "stale_timestamp",
                 "replayed",
+                "wrong_audience",
             ]
         );
         for r in Reason::ALL {
@@ -420,6 +431,7 @@ mod tests {
                 ("model_unpriced", 403),
                 ("model_not_allowed", 403),
                 ("concurrency_limited", 429),
+                ("mfa_required", 403),
             ]
         );
     }

@@ -28,6 +28,8 @@ pub enum Invalidation {
     /// A person's organizations as `/v1/me` lists them, by user id, or [`EVERYONE`] when
     /// an organization or a role changed for all its members.
     Memberships(String),
+    /// An OAuth grant, by id (revoked).
+    OAuthGrant(String),
 }
 
 /// The id of [`Invalidation::Memberships`] that forgets every person's list.
@@ -43,6 +45,7 @@ impl Invalidation {
             Invalidation::WebSession(h) => format!("web:{h}"),
             Invalidation::Widget(id) => format!("widget:{id}"),
             Invalidation::Memberships(id) => format!("memberships:{id}"),
+            Invalidation::OAuthGrant(id) => format!("oauth_grant:{id}"),
         }
     }
 
@@ -60,6 +63,7 @@ impl Invalidation {
             "web" => Invalidation::WebSession(id),
             "widget" => Invalidation::Widget(id),
             "memberships" => Invalidation::Memberships(id),
+            "oauth_grant" => Invalidation::OAuthGrant(id),
             _ => return None,
         })
     }
@@ -73,6 +77,7 @@ impl Invalidation {
             Invalidation::WebSession(_) => "web_session",
             Invalidation::Widget(_) => "widget",
             Invalidation::Memberships(_) => "memberships",
+            Invalidation::OAuthGrant(_) => "oauth_grant",
         }
     }
 }
@@ -172,8 +177,12 @@ impl Bus {
             return;
         };
         let mut connected_before = false;
+        // In a cluster, each attempt goes to the next seed node (see ratelimit::link).
+        let mut attempt = 0;
         loop {
-            match link.client().get_async_pubsub().await {
+            let connected = link.pubsub(attempt, Duration::from_secs(5)).await;
+            attempt = attempt.wrapping_add(1);
+            match connected {
                 Ok(mut pubsub) => {
                     if pubsub.subscribe(&channel).await.is_ok() {
                         if connected_before {
@@ -215,6 +224,7 @@ mod tests {
             Invalidation::Widget("wgt_1".into()),
             Invalidation::Memberships("u-1".into()),
             Invalidation::Memberships(EVERYONE.into()),
+            Invalidation::OAuthGrant("oag_1".into()),
         ] {
             assert_eq!(Invalidation::decode(&inv.encode()), Some(inv));
         }

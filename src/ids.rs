@@ -222,6 +222,13 @@ kinds! {
     ChatMessage, ChatMessageId = "msg";
     /// An anonymous widget visitor.
     Visitor, VisitorId = "vis";
+    /// An OAuth client registered dynamically or by an organization's admin (a client known
+    /// by its metadata document is named by that document's URL instead).
+    OAuthClient, OAuthClientId = "oac";
+    /// An OAuth grant: a person's consent to one client, scope set and organization.
+    OAuthGrant, OAuthGrantId = "oag";
+    /// A pending OAuth authorization request (the consent page's subject).
+    OAuthRequest, OAuthRequestId = "oar";
 }
 
 /// A fresh UUID v7 as Supabase-compatible records (users, sessions) carry it: hyphenated.

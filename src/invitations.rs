@@ -380,7 +380,8 @@ impl Invitations {
                 }
                 user
             }
-            Err(AccountError::InvalidCredentials) => {
+            // A banned user redeems nothing; answered like a wrong password.
+            Err(AccountError::InvalidCredentials | AccountError::Banned(_)) => {
                 return Err(InvitationError::InvalidCredentials)
             }
             Err(AccountError::Busy) => return Err(StoreError::Busy.into()),

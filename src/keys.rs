@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use meter::{CreditError, Meter};
+pub use meter::{CreditError, KeyUse, Meter};
 pub use settings::{CreditsInput, KeyInput, KeyUpdate, RefillInput};
 
 use crate::auth::api_key::{self, Environment};
@@ -260,6 +260,20 @@ impl Keys {
         self.meter.spend(key, cost, self.clock.now_ms()).await
     }
 
+    /// Decides a use of a verified key in one Redis call, its windows (`req`, by `limiter`)
+    /// and its credits together, when the meter is Redis ([`Meter::spend_with_windows`]).
+    pub async fn spend_with_windows(
+        &self,
+        limiter: &crate::ratelimit::Limiter,
+        req: &crate::ratelimit::Request,
+        key: &ApiKeyRecord,
+        cost: i64,
+    ) -> KeyUse {
+        self.meter
+            .spend_with_windows(limiter, req, key, cost, self.clock.now_ms())
+            .await
+    }
+
     /// Forgets the balances this process holds (tests: as after a restart).
     pub fn forget_balances(&self) {
         self.meter.forget_all();
@@ -349,6 +363,14 @@ impl Keys {
             .update_api_key(org.as_str(), id.as_str(), &change, audit)
             .await
             .map_err(not_found_is_the_key)?;
+        if change.credits.is_some() {
+            // The balance is the roll line's: every key of the line reads the new one.
+            for hash in self.store.line_key_hashes(&k.org_id, k.line()).await? {
+                if hash != k.key_hash {
+                    self.forget(&hash).await;
+                }
+            }
+        }
         self.forget(&k.key_hash).await;
         Ok(k)
     }
@@ -401,15 +423,13 @@ impl Keys {
             created_by: audit.actor.clone(),
             rate_limits: old.rate_limits.clone(),
             budgets: old.budgets.clone(),
-            // The new key carries the balance on (as storage holds it now); the old one keeps
-            // its own until its grace period ends.
-            credits: old.credits.map(|c| KeyCredits {
-                gen: 1,
-                balance: c.balance.at(c.refill.as_ref(), now),
-                refill: c.refill,
-            }),
+            // The balance stays on the line's first key: both keys draw from it (see
+            // `root_key`); this copy is only the new row's own, never read.
+            credits: old.credits,
             chat_limits: old.chat_limits.clone(),
         });
+        let mut record = record;
+        record.root_key = Some(old.line().to_string());
         let grace_end = now + grace * 1000;
         let old_expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
         self.store
@@ -448,11 +468,23 @@ impl Keys {
             &key.id,
             key.rate_limits.as_ref().unwrap_or(limits.default),
         );
-        let decision = limits
-            .limiter
-            .check(&req)
+        // One Redis call for the windows and the credits when it can be; else the windows,
+        // then the credits (below).
+        let (decision, joint) = match self
+            .spend_with_windows(limits.limiter, &req, &key, cost)
             .await
-            .map_err(|_| KeyError::LimiterUnavailable)?;
+        {
+            KeyUse::Decided(d, spent) => (d, Some(spent)),
+            KeyUse::Unavailable => return Err(KeyError::Unavailable),
+            KeyUse::Apart => (
+                limits
+                    .limiter
+                    .check(&req)
+                    .await
+                    .map_err(|_| KeyError::LimiterUnavailable)?,
+                None,
+            ),
+        };
         if !decision.allowed {
             // Refused by its windows: nothing spent; the balance as storage last held it.
             let now = self.clock.now_ms();
@@ -466,7 +498,11 @@ impl Keys {
                 exhausted: false,
             });
         }
-        let (remaining, exhausted) = match self.spend(&key, cost).await {
+        let spent = match joint {
+            Some(spent) => spent,
+            None => self.spend(&key, cost).await,
+        };
+        let (remaining, exhausted) = match spent {
             Ok(spent) => (spent.map(|s| s.balance.remaining), false),
             Err(CreditError::Exhausted { remaining }) => (Some(remaining), true),
             Err(CreditError::Unavailable) => return Err(KeyError::Unavailable),
@@ -543,6 +579,7 @@ impl Keys {
             last_used_at: None,
             revoked_at: None,
             rolled_to: None,
+            root_key: None,
             rate_limits: k.rate_limits,
             budgets: k.budgets,
             credits: k.credits,

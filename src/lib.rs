@@ -21,6 +21,8 @@ pub mod credentials;
 pub mod domain;
 /// The error code table: one place for every code and status.
 pub mod error;
+/// Sign-in with external providers (OpenID Connect, plain OAuth 2) and linked identities.
+pub mod external;
 /// Cache invalidation between instances over Redis.
 pub mod fanout;
 /// HTTP handlers, extractors and the response envelope.
@@ -38,6 +40,8 @@ pub mod limits;
 pub mod mail;
 /// Prometheus metrics.
 pub mod metrics;
+/// The OAuth 2.1 authorization server: clients, consent, codes and tokens.
+pub mod oauth;
 /// Organizations, members, roles and what a principal may do in one.
 pub mod orgs;
 /// Rate limiting (GCRA).

@@ -57,12 +57,17 @@ impl Limits {
     /// refusal (`rate_limit.exceeded`).
     pub async fn check(&self, req: &Request) -> Result<Decision, LimiterError> {
         let d = self.limiter.check(req).await?;
-        crate::ratelimit::noted::note(&d);
-        if !d.allowed {
-            self.webhooks
-                .rate_limited(&self.store, &self.clock, req, &d);
-        }
+        self.announce(req, &d);
         Ok(d)
+    }
+
+    /// Notes a decision made elsewhere (with a key's credits, in one call) for the response
+    /// headers, and announces a refusal, as [`Limits::check`] does for its own.
+    pub fn announce(&self, req: &Request, d: &Decision) {
+        crate::ratelimit::noted::note(d);
+        if !d.allowed {
+            self.webhooks.rate_limited(&self.store, &self.clock, req, d);
+        }
     }
 
     /// A per-client-IP policy (sign-in, sign-up, …) for `ip` (already cut to a /64 for IPv6).
@@ -105,4 +110,36 @@ impl Limits {
         }
         Ok(req)
     }
+
+    /// The windows of an OAuth client acting for a person in `org_id`, as one request: the
+    /// client's (all its users in the organization together), the person's (all their
+    /// clients there together), both at the `api_key` rates, and the organization's.
+    pub async fn oauth_request(
+        &self,
+        org_id: &str,
+        client_id: &str,
+        user_id: &str,
+    ) -> Result<Request, StoreError> {
+        let mut req = Request {
+            tag: format!("org:{org_id}"),
+            windows: Vec::with_capacity(8),
+            fail_closed: self.config.fails_closed(Policy::ApiKey)
+                || self.config.fails_closed(Policy::Org),
+        };
+        let rates = self.config.rates(Policy::ApiKey);
+        req.add(OAUTH_CLIENT_POLICY, &format!("{org_id}/{client_id}"), rates);
+        req.add(OAUTH_USER_POLICY, &format!("{org_id}/{user_id}"), rates);
+        let org = self.orgs.rates(org_id).await?;
+        req.add(
+            Policy::Org.name(),
+            org_id,
+            org.as_ref().unwrap_or(self.config.rates(Policy::Org)),
+        );
+        Ok(req)
+    }
 }
+
+/// The window of an OAuth client in one organization (at the `api_key` rates).
+pub const OAUTH_CLIENT_POLICY: &str = "oauth_client";
+/// The window of one person's OAuth clients in one organization (at the `api_key` rates).
+pub const OAUTH_USER_POLICY: &str = "oauth_user";

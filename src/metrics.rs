@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: &'static str,
     method: &'static str,
     status: u16,
 }
@@ -33,7 +33,29 @@ pub fn method_label(method: &str) -> &'static str {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
+}
+
+/// A route pattern as a label value that lives for the process, each pattern copied once:
+/// counting a request then allocates nothing. Patterns come from the router (a bounded
+/// set, never a raw path), so what this keeps is bounded too.
+pub fn route_label(route: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, RwLock};
+    static ROUTES: LazyLock<RwLock<HashSet<&'static str>>> =
+        LazyLock::new(|| RwLock::new(HashSet::new()));
+    if let Some(r) = ROUTES.read().unwrap_or_else(|p| p.into_inner()).get(route) {
+        return r;
+    }
+    let mut routes = ROUTES.write().unwrap_or_else(|p| p.into_inner());
+    match routes.get(route) {
+        Some(r) => r,
+        None => {
+            let r: &'static str = Box::leak(route.to_owned().into_boxed_str());
+            routes.insert(r);
+            r
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,17 +164,16 @@ impl Metrics {
     /// Counts one finished request. `route` must be a route pattern (a bounded set), never
     /// a raw path; `method` is labelled by [`method_label`].
     pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let route = route_label(route);
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_string(),
+                route,
                 method: method_label(method),
                 status,
             })
             .inc();
         self.latency
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
+            .get_or_create(&RouteLabels { route })
             .observe(seconds);
     }
 

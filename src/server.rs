@@ -61,6 +61,11 @@ pub async fn serve(
         state.edge.clock.clone(),
         stop_rx,
     ));
+    // No Nagle delay on answers: a streamed chat writes one small event per token, which
+    // would otherwise wait for the client's (delayed) acknowledgement of the one before.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -100,6 +105,21 @@ pub async fn serve(
     }
     state.runtime.store.close().await;
     Ok(())
+}
+
+/// Raises this process's soft limit of open files to its hard limit, and returns it. Every
+/// streamed chat holds two descriptors (the client's connection and the model server's), and
+/// the usual soft limit (1,024 under systemd and most shells) would refuse connections after
+/// about 500 streams where the hard limit (often 524,288) allows far more; Go servers do the
+/// same at start.
+pub fn raise_open_files_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            None
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

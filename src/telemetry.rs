@@ -172,7 +172,16 @@ impl opentelemetry_http::HttpClient for ExportClient {
     }
 }
 
-/// What the exporter sees: Gatehouse's own spans and INFO events. A DEBUG span (storage,
+/// The name of the request span of a health check or metrics scrape ([`is_probe`]): not
+/// exported, nor is anything under it, so probers do not fill the traces.
+pub const PROBE_SPAN: &str = "probe";
+
+/// Whether `route` (a route pattern) is a health check or the metrics scrape.
+pub fn is_probe(route: &str) -> bool {
+    matches!(route, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// What the exporter sees: Gatehouse's own spans and INFO events (not a probe's span). A DEBUG span (storage,
 /// Redis, an outgoing call) only inside an exported span, so it is always part of a trace
 /// that began with a request or a webhook delivery.
 fn exported_filter<S>() -> impl tracing_subscriber::layer::Filter<S>
@@ -187,6 +196,9 @@ where
             return false;
         }
         if meta.is_span() {
+            if meta.name() == PROBE_SPAN {
+                return false;
+            }
             *meta.level() <= Level::INFO || cx.lookup_current().is_some()
         } else {
             *meta.level() <= Level::INFO

@@ -1,5 +1,6 @@
 // Gatehouse dashboard: one page, hash routes (#/keys, #/members, #/widgets, #/webhooks, #/usage,
-// #/audit).
+// #/audit; the person's own #/account with connected apps, and #/oauth/consent?request=… where
+// an OAuth client's authorization request is approved or denied).
 //
 // Every call is a same-origin fetch() to /v1 with the HttpOnly session cookie; the server's
 // Origin check on state-changing cookie requests is the CSRF protection. Secrets (new API
@@ -284,6 +285,9 @@
     const main = $('#main')
     main.replaceChildren()
     document.body.classList.remove('signed-out')
+    // The person's own pages, whatever the organization (and with none).
+    if (routeId() === 'oauth') return oauthConsentPage(main, { focus })
+    if (routeId() === 'account') return accountPage(main, { focus })
     if (!org()) return noOrgPage(main)
     const pages = allowedPages()
     const page = pages.find((p) => p.id === routeId())
@@ -322,7 +326,9 @@
     orgBox.append(btn('New organization', { class: 'secondary small', onclick: newOrgDialog }))
     for (const p of allowedPages()) nav.append(h('a', { href: `#/${p.id}`, 'data-page': p.id }, p.title))
     account.append(
-      h('span', { class: 'email' }, state.me.email),
+      h('a', { href: '#/account', class: 'email', title: 'Your account and connected apps' }, state.me.email),
+      btn('Sessions', { class: 'secondary small', id: 'sessions', onclick: sessionsDialog }),
+      btn('Security', { class: 'secondary small', id: 'security', onclick: securityDialog }),
       btn('Sign out', { class: 'secondary small', id: 'sign-out', onclick: signOut }))
   }
 
@@ -383,7 +389,140 @@
   }
   async function passwordSession(email, password) {
     await api('POST', '/v1/session', { email, password }, { quiet401: true })
+    // With a verified second factor the password alone opens an aal1 session: ask for a code,
+    // and reopen the session with the aal2 token it earns. The token stays in this closure.
+    let s = null
+    try {
+      s = await auth('POST', '/token?grant_type=password', { email, password })
+    } catch { /* the cookie session stands at aal1 */ }
+    const factor = s && verifiedFactors(s.user)[0]
+    if (factor) return renderMfa(s, factor)
+    if (s) auth('POST', '/logout?scope=local', undefined, { token: s.access_token }).catch(() => {})
     await enter()
+  }
+  const verifiedFactors = (user) => ((user && user.factors) || []).filter((f) => f.status === 'verified')
+  const aalOf = (token) => {
+    try { return JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).aal } catch { return null }
+  }
+  // A code from the authenticator app for factor f, with token: a new session at aal2.
+  async function verifyCode(token, f, code) {
+    const c = await auth('POST', `/factors/${encodeURIComponent(f.id)}/challenge`, {}, { token })
+    return auth('POST', `/factors/${encodeURIComponent(f.id)}/verify`, { challenge_id: c.id, code }, { token })
+  }
+  // The dashboard session becomes the aal2 one a verified code opened (the token lives on
+  // with its holder, who signs it out).
+  async function reopenSession(accessToken) {
+    await api('DELETE', '/v1/session', undefined, { quiet401: true }).catch(() => {})
+    await api('POST', '/v1/session', { access_token: accessToken }, { quiet401: true })
+    await enter()
+  }
+
+  // The second sign-in step of a person with a verified factor.
+  function renderMfa(s, factor) {
+    document.body.classList.add('signed-out')
+    document.title = 'Two-factor authentication · Gatehouse'
+    const err = errorSlot()
+    const code = h('input', { id: 'mfa-code', name: 'code', required: true, inputmode: 'numeric', autocomplete: 'one-time-code', pattern: '[0-9]{6}', maxlength: '6' })
+    const submit = submitBtn('Verify')
+    const form = h('form', { class: 'card signin', 'aria-labelledby': 'mfa-h', novalidate: true },
+      h('h1', { id: 'mfa-h' }, 'Two-factor authentication'),
+      h('p', { class: 'hint' }, 'Enter the six-digit code your authenticator app shows for Gatehouse.'),
+      field('mfa-code', 'Code from your authenticator app', code), err, submit,
+      h('p', { class: 'alt' }, linkBtn('Skip for now', () => {
+        auth('POST', '/logout?scope=local', undefined, { token: s.access_token }).catch(() => {})
+        enter()
+      })))
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      busy(submit, err, async () => {
+        const v = await verifyCode(s.access_token, factor, code.value.trim())
+        await reopenSession(v.access_token)
+        auth('POST', '/logout?scope=local', undefined, { token: v.access_token }).catch(() => {})
+      })
+    })
+    $('#main').replaceChildren(form)
+    code.focus()
+  }
+
+  // The person's own second factors: add an authenticator app, remove one. Every call goes
+  // to /auth/v1 with a token this dialog gets from the password and drops when it closes.
+  function securityDialog() {
+    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'security-h' })
+    const err = errorSlot()
+    const body = h('div', { class: 'stack' })
+    let s = null
+    const close = () => {
+      if (s) auth('POST', '/logout?scope=local', undefined, { token: s.access_token }).catch(() => {})
+      s = null
+      dlg.close()
+      dlg.remove()
+    }
+    dlg.append(h('h2', { id: 'security-h' }, 'Two-factor authentication'), err, body,
+      h('div', { class: 'actions' }, btn('Close', { class: 'secondary', onclick: close })))
+    dlg.addEventListener('cancel', (ev) => { ev.preventDefault(); close() })
+
+    const form = (label, input, submitText, fn) => {
+      const id = input.id
+      const b = h('button', { type: 'submit', class: 'primary' }, h('span', { class: 'label' }, submitText))
+      const f = h('form', { novalidate: true }, field(id, label, input), b)
+      f.addEventListener('submit', (ev) => { ev.preventDefault(); busy(b, err, fn) })
+      return f
+    }
+    const codeField = (id) => h('input', { id, name: 'code', required: true, inputmode: 'numeric', autocomplete: 'one-time-code', pattern: '[0-9]{6}', maxlength: '6' })
+    // aal2 first when a verified factor exists and the token is aal1.
+    function stepUp(then) {
+      const f = verifiedFactors(s.user)[0]
+      if (!f || aalOf(s.access_token) === 'aal2') return then()
+      const code = codeField('security-stepup')
+      body.replaceChildren(h('p', null, 'First enter a code from your authenticator app.'),
+        form('Code from your authenticator app', code, 'Continue', async () => {
+          s = await verifyCode(s.access_token, f, code.value.trim())
+          await then()
+        }))
+      code.focus()
+    }
+    function showFactors() {
+      const factors = (s.user.factors || []).filter((f) => f.status === 'verified')
+      const rows = factors.map((f) => h('li', null, `${f.friendly_name || 'Authenticator app'} (added ${fmtDate(Date.parse(f.created_at))}) `,
+        btn('Remove', { class: 'danger small', 'aria-label': `Remove ${f.friendly_name || 'authenticator app'}`, onclick: (ev) => busy(ev.currentTarget, err, () => stepUp(async () => {
+          await auth('DELETE', `/factors/${encodeURIComponent(f.id)}`, undefined, { token: s.access_token })
+          s.user = await auth('GET', '/user', undefined, { token: s.access_token })
+          toast('The authenticator app was removed.')
+          showFactors()
+        })) })))
+      body.replaceChildren(
+        h('p', { role: 'status' }, factors.length ? 'Two-factor authentication is on.' : 'Two-factor authentication is off: your password alone signs you in.'),
+        factors.length ? h('ul', { class: 'plain' }, rows) : null,
+        btn('Add an authenticator app', { class: 'primary', onclick: (ev) => busy(ev.currentTarget, err, () => stepUp(enrol)) }))
+    }
+    async function enrol() {
+      const e = await auth('POST', '/factors', { factor_type: 'totp' }, { token: s.access_token })
+      const code = codeField('security-code')
+      const qr = h('img', { class: 'qr', alt: 'QR code to scan with your authenticator app', src: `data:image/svg+xml;utf-8,${encodeURIComponent(e.totp.qr_code)}` })
+      body.replaceChildren(
+        h('p', null, 'Scan the QR code with your authenticator app, or enter the key by hand. Then type the code it shows.'),
+        qr,
+        secretBox({ heading: 'Setup key', value: e.totp.secret, warning: 'It is shown only now; anyone with it can make your codes.' }),
+        form('Code from your authenticator app', code, 'Turn on', async () => {
+          const v = await verifyCode(s.access_token, { id: e.id }, code.value.trim())
+          await reopenSession(v.access_token)
+          s = v
+          toast('Two-factor authentication is on.')
+          showFactors()
+        }))
+      code.focus()
+    }
+
+    const password = h('input', { id: 'security-password', type: 'password', name: 'password', required: true, autocomplete: 'current-password' })
+    body.append(h('p', null, 'A code from an authenticator app, on top of your password, protects your account; some organizations require it.'),
+      form('Your password', password, 'Continue', async () => {
+        s = await auth('POST', '/token?grant_type=password', { email: state.me.email, password: password.value })
+        password.value = ''
+        showFactors()
+      }))
+    document.body.append(dlg)
+    dlg.showModal()
+    password.focus()
   }
   async function enter() {
     state.me = await api('GET', '/v1/me')
@@ -694,6 +833,61 @@
     name.focus()
   }
 
+  // ---------------------------------------------------------------- sessions per device
+  // The person's sign-ins through /auth/v1 (apps, other browsers), from GET /v1/me/sessions:
+  // each can be signed out, or all at once. The dashboard's own cookie is not among them.
+  const when = (ms) => new Date(ms).toLocaleString()
+
+  function sessionsDialog() {
+    const dlg = h('dialog', { class: 'dialog wide', 'aria-labelledby': 'sessions-h' })
+    const close = () => { dlg.close(); dlg.remove() }
+    const err = errorSlot()
+    const body = h('div', { id: 'sessions-list' })
+    const others = btn('Sign out everywhere else', { class: 'danger', id: 'sessions-others' })
+    others.onclick = () => busy(others, err, async () => {
+      const ok = await confirmDialog({ title: 'Sign out everywhere else?', text: 'Every app and browser signed in to your account is signed out. This dashboard stays signed in.', ok: 'Sign out everywhere else' })
+      if (!ok) return
+      const r = await api('DELETE', '/v1/me/sessions?others=true')
+      toast(r.ended === 1 ? '1 session signed out.' : `${r.ended} sessions signed out.`)
+      await load()
+    })
+
+    async function end(button, s) {
+      await busy(button, err, async () => {
+        await api('DELETE', `/v1/me/sessions/${encodeURIComponent(s.id)}`)
+        toast('Session signed out.')
+        await load()
+      })
+    }
+
+    async function load() {
+      const list = await api('GET', '/v1/me/sessions')
+      body.replaceChildren()
+      if (!list.length) {
+        body.append(h('p', { class: 'empty' }, 'No app or browser is signed in with your account.'))
+        others.hidden = true
+        return
+      }
+      others.hidden = false
+      body.append(h('table', { class: 'table' },
+        h('thead', null, h('tr', null, ['Device', 'Address', 'Signed in', 'Last active', ''].map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', null, list.map((s) => h('tr', { 'data-session': s.id },
+          h('td', null, s.user_agent || 'Unknown device', s.current ? [' ', h('span', { class: 'badge active' }, 'This session')] : null,
+            h('div', { class: 'hint' }, `by ${s.sign_in_method}`)),
+          h('td', null, s.ip || '—'),
+          h('td', null, when(s.created_at)),
+          h('td', null, when(s.last_refreshed_at)),
+          h('td', null, s.current ? null : btn('Sign out', { class: 'secondary small', 'aria-label': `Sign out ${s.user_agent || 'this device'}`, onclick: (ev) => end(ev.currentTarget, s) })))))))
+    }
+
+    dlg.append(h('h2', { id: 'sessions-h' }, 'Where you are signed in'), err, body,
+      h('div', { class: 'actions' }, btn('Close', { class: 'secondary', onclick: close }), others))
+    dlg.addEventListener('cancel', (ev) => { ev.preventDefault(); close() })
+    document.body.append(dlg)
+    dlg.showModal()
+    load().catch((e) => showError(err, e))
+  }
+
   function noOrgPage(main) {
     document.title = 'Gatehouse'
     const { form } = orgForm()
@@ -787,6 +981,7 @@
     }
     for (const b of x.budgets || []) out.push(`Budget ${budgetText(b)}`)
     for (const b of x.end_user_budgets || []) out.push(`Each end user: ${budgetText(b)}`)
+    for (const b of x.client_budgets || []) out.push(`Each connected app: ${budgetText(b)}`)
     if (x.allowed_models) out.push(`Models: ${x.allowed_models.length ? x.allowed_models.join(', ') : 'none'}`)
     const t = x.token_limits
     if (t && t.tokens_per_minute) out.push(`${fmtNum(t.tokens_per_minute)} tokens/min`)
@@ -868,6 +1063,7 @@
     max_parallel: (n) => n || null,
   }
   NORM.end_user_budgets = NORM.budgets
+  NORM.client_budgets = NORM.budgets
 
   // The spending and limit fields of a key (scope 'key') or an organization (scope 'org').
   // Returns { el, read(initial) }: read gives the body fields; with `initial` (an update)
@@ -913,11 +1109,13 @@
     const budgets = budgetsEditor('Budget', x.budgets, scope === 'key' ? 'Budgets' : 'Budgets for the whole organization',
       'Money this may spend on chat, priced per model. A request that would go over is refused (402); an alert-only budget only sends budget.threshold events.')
     parts.push(budgets)
-    let endUser = null
+    let endUser = null, perApp = null
     if (scope === 'org') {
       endUser = budgetsEditor('End-user budget', x.end_user_budgets, 'Budgets per end user',
         'Each widget visitor or signed-in end user separately.')
-      parts.push(endUser)
+      perApp = budgetsEditor('Connected-app budget', x.client_budgets, 'Budgets per connected app',
+        'Each OAuth client (connected app) separately, for all the people it acts for here.')
+      parts.push(endUser, perApp)
     }
     const models = h('textarea', { id: `${p}-models`, rows: '2', autocomplete: 'off', spellcheck: 'false', placeholder: 'gpt-4o*\nanthropic/*' },
       x.allowed_models ? x.allowed_models.join('\n') : '')
@@ -935,6 +1133,7 @@
       if (credits) v.credits = credits()
       v.budgets = budgets.read()
       if (endUser) v.end_user_budgets = endUser.read()
+      if (perApp) v.client_budgets = perApp.read()
       const pats = models.value.split(/[\n,]/).map((m) => m.trim()).filter(Boolean)
       v.allowed_models = pats.length ? pats : null
       const t = { tokens_per_minute: readCount(tpm, 'Tokens per minute'), tokens_per_day: readCount(tpd, 'Tokens per day') }
@@ -1223,6 +1422,31 @@
     return roles.filter((r) => (r.name === 'owner' ? isOwner() : r.permissions.every((p) => mine.includes(p))))
   }
 
+  // Owners and admins may require members to use two-factor authentication.
+  function mfaSetting() {
+    const err = errorSlot()
+    const box = h('input', { id: 'require-mfa', type: 'checkbox', disabled: true })
+    box.addEventListener('change', async () => {
+      box.disabled = true
+      clearError(err)
+      try {
+        const o = await api('PATCH', orgPath(), { require_mfa: box.checked })
+        box.checked = o.require_mfa
+        toast(o.require_mfa ? 'Members now need two-factor authentication.' : 'Two-factor authentication is optional again.')
+      } catch (e) {
+        box.checked = !box.checked
+        showError(err, e)
+      } finally {
+        box.disabled = false
+      }
+    })
+    api('GET', orgPath()).then((o) => { box.checked = o.require_mfa; box.disabled = false }).catch((e) => showError(err, e))
+    return h('section', { class: 'card', 'aria-labelledby': 'org-security-h' }, h('h2', { id: 'org-security-h' }, 'Security'),
+      h('div', { class: 'field check' }, box, h('label', { for: 'require-mfa' }, 'Require two-factor authentication')),
+      h('p', { class: 'hint' }, 'Members who signed in without a code from an authenticator app cannot use this organization (API keys are not affected). Turn it on after adding an authenticator app yourself (Security, at the top).'),
+      err)
+  }
+
   function membersPage(main) {
     const writable = can('members:write')
     const listErr = errorSlot()
@@ -1237,6 +1461,7 @@
     const rolesCard = h('section', { class: 'card', 'aria-labelledby': 'roles-h' }, h('h2', { id: 'roles-h' }, 'Roles'), rolesErr, rolesList)
     cols.append(membersCard, rolesCard)
     main.append(h('p', { class: 'lede' }, `People in ${org().name} and what each role may do.`), cols)
+    if (['owner', 'admin'].includes(org().role)) main.append(mfaSetting())
 
     async function reload() {
       state.roles = null
@@ -1453,7 +1678,7 @@
       })
     })
     const card = h('section', { class: 'card', 'aria-labelledby': 'org-settings-h' }, h('h2', { id: 'org-settings-h' }, 'Organization'), form, err,
-      orgLimitsForm())
+      orgLimitsForm(), orgPricesForm())
     if (isOwner()) {
       const del = h('button', { type: 'button', class: 'danger' }, icon(TRASH), h('span', { class: 'label' }, 'Delete organization'))
       del.addEventListener('click', async () => {
@@ -1486,7 +1711,7 @@
     let current = null, fields = null
     async function read() {
       const [c, b] = await Promise.all([api('GET', orgPath('/chat-limits')), api('GET', orgPath('/budgets'))])
-      return { ...c, budgets: b.budgets, end_user_budgets: b.end_user_budgets }
+      return { ...c, budgets: b.budgets, end_user_budgets: b.end_user_budgets, client_budgets: b.client_budgets }
     }
     async function load() {
       try {
@@ -1503,9 +1728,9 @@
       busy(save, err, async () => {
         const changes = fields.read(current)
         const all = fields.values()
-        const { budgets, end_user_budgets: perUser, ...rest } = changes
-        if (budgets !== undefined || perUser !== undefined) {
-          await api('PUT', orgPath('/budgets'), { budgets: all.budgets, end_user_budgets: all.end_user_budgets })
+        const { budgets, end_user_budgets: perUser, client_budgets: perApp, ...rest } = changes
+        if (budgets !== undefined || perUser !== undefined || perApp !== undefined) {
+          await api('PUT', orgPath('/budgets'), { budgets: all.budgets, end_user_budgets: all.end_user_budgets, client_budgets: all.client_budgets })
         }
         if (Object.keys(rest).length) await api('PATCH', orgPath('/chat-limits'), rest)
         current = await read()
@@ -1515,6 +1740,71 @@
       })
     })
     load()
+    return form
+  }
+
+  // The organization's own model prices, over the deployment's price table (GET
+  // /v1/orgs/{org}/prices lists every price that applies and where it comes from; PUT and
+  // DELETE …/models/{model}/price set and remove its own). Prices are money per million
+  // tokens, typed as decimal text and sent in micro-units. Owners and admins.
+  function orgPricesForm() {
+    const err = errorSlot()
+    const host = h('div', null, h('p', { class: 'muted' }, 'Loading prices…'))
+    const model = h('input', { id: 'price-model', required: true, maxlength: '200', autocomplete: 'off', spellcheck: 'false' })
+    const input = h('input', { id: 'price-input', required: true, inputmode: 'decimal', autocomplete: 'off' })
+    const output = h('input', { id: 'price-output', required: true, inputmode: 'decimal', autocomplete: 'off' })
+    const save = h('button', { type: 'submit', class: 'secondary' }, h('span', { class: 'label' }, 'Set price'))
+    const form = h('form', { class: 'stack bordered', 'aria-labelledby': 'org-prices-h', novalidate: true },
+      h('h3', { id: 'org-prices-h' }, 'Model prices'),
+      h('p', { class: 'hint' }, 'What a chat costs against budgets, per million tokens. The organization’s own price wins over the deployment’s; under a budget, a model without a price is refused.'),
+      host,
+      h('div', { class: 'row' },
+        h('div', { class: 'field grow' }, h('label', { for: 'price-model' }, 'Model'), model),
+        h('div', { class: 'field' }, h('label', { for: 'price-input' }, 'Prompt, per 1M tokens'), input),
+        h('div', { class: 'field' }, h('label', { for: 'price-output' }, 'Answer, per 1M tokens'), output)),
+      err, save)
+    const perMtok = (micro) => `${fmtMoney(micro)} / 1M`
+    async function load() {
+      const p = await api('GET', orgPath('/prices'))
+      if (p.currency) currencyCode = p.currency
+      if (!p.prices.length) return host.replaceChildren(h('p', { class: 'muted empty' }, 'No model has a price yet.'))
+      const rows = p.prices.map((x) => {
+        const own = x.source === 'org'
+        let action = null
+        if (own) {
+          action = h('button', { type: 'button', class: 'secondary small', 'aria-label': `Remove the organization’s price of ${x.model}` }, h('span', { class: 'label' }, 'Remove'))
+          action.addEventListener('click', () => busy(action, err, async () => {
+            await api('DELETE', orgPath(`/models/${encodeURIComponent(x.model)}/price`))
+            await load()
+            toast(`Removed the organization’s price of ${x.model}.`)
+          }))
+        }
+        return h('tr', { class: own ? 'price own' : 'price' },
+          h('th', { scope: 'row' }, x.model),
+          cell('Prompt', perMtok(x.input_per_mtok)),
+          cell('Answer', perMtok(x.output_per_mtok)),
+          cell('Set by', own ? 'this organization' : 'the deployment'),
+          cell('', action))
+      })
+      host.replaceChildren(h('div', { class: 'table-wrap' }, h('table', { class: 'table cards prices' },
+        h('caption', { class: 'sr' }, 'Model prices'),
+        h('thead', null, h('tr', null, ['Model', 'Prompt', 'Answer', 'Set by', ''].map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', null, rows))))
+    }
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault()
+      busy(save, err, async () => {
+        const m = model.value.trim()
+        if (!m) throw new Error('Give the model’s name, such as gpt-4o-mini.')
+        const i = parseMoney(input.value), o = parseMoney(output.value)
+        if (i === null || o === null) throw new Error(`Give both prices as amounts of money per million tokens, such as 0.15 (${currencyCode}).`)
+        await api('PUT', orgPath(`/models/${encodeURIComponent(m)}/price`), { input_per_mtok: i, output_per_mtok: o })
+        model.value = input.value = output.value = ''
+        await load()
+        toast(`Set the organization’s price of ${m}.`)
+      })
+    })
+    load().catch((e) => showError(err, e))
     return form
   }
 
@@ -2169,8 +2459,10 @@
       const states = await Promise.all(budgeted.map((k) => api('GET', orgPath(`/api-keys/${encodeURIComponent(k.id)}/budgets`))))
       budgeted.forEach((k, i) => { for (const b of states[i]) entries.push({ who: k.name, sub: k.masked, b }) })
       const perUser = (o && o.end_user_budgets) || []
+      const perApp = (o && o.client_budgets) || []
       const hint = h('p', { class: 'hint' }, 'Settled spend in each budget’s current period (UTC); chats still streaming are not in it yet. ',
-        perUser.length ? `Each end user may also spend ${perUser.map(budgetText).join(', ')}.` : null)
+        perUser.length ? `Each end user may also spend ${perUser.map(budgetText).join(', ')}. ` : null,
+        perApp.length ? `Each connected app may also spend ${perApp.map(budgetText).join(', ')}.` : null)
       if (!entries.length) {
         return card.replaceChildren(card.firstChild, hint, h('p', { class: 'muted empty' },
           'No budgets. Give a key budgets on the API keys page (Limits), or the organization on the Members page.'))
@@ -2200,14 +2492,15 @@
   // Actors and targets are named from the lists the signed-in person may read (ids on hover).
   // Every action the log records, as GET …/audit-log?action= accepts them (tests/api/docs_lists.rs
   // keeps this list equal to the server's).
-  const AUDIT_ACTIONS = ['organization.created', 'organization.renamed', 'organization.rate_limits_changed', 'organization.chat_limits_changed',
+  const AUDIT_ACTIONS = ['organization.created', 'organization.renamed', 'organization.rate_limits_changed', 'organization.mfa_requirement_changed', 'organization.chat_limits_changed',
     'member.added', 'member.role_changed', 'member.removed', 'role.created', 'role.deleted',
     'invitation.created', 'invitation.accepted', 'invitation.declined', 'invitation.revoked',
     'api_key.created', 'api_key.updated', 'api_key.revoked', 'api_key.rolled', 'credits.low', 'credits.exhausted',
     'widget.created', 'widget.updated', 'widget.secret_rotated', 'widget.deleted',
     'webhook_endpoint.created', 'webhook_endpoint.updated', 'webhook_endpoint.secret_rotated',
     'webhook_endpoint.deleted', 'webhook_endpoint.disabled',
-    'organization.budgets_changed', 'model_price.set', 'model_price.deleted', 'budget.threshold']
+    'organization.budgets_changed', 'model_price.set', 'model_price.deleted', 'budget.threshold',
+    'oauth_client.created', 'oauth_client.deleted', 'oauth_grant.created', 'oauth_grant.revoked']
 
   // Names by id, and the actors one can filter by ([value, label]).
   async function directory() {
@@ -2316,6 +2609,149 @@
         .map(([v, label]) => h('option', { value: v, selected: v === keep }, label)))
       await page()
     })
+  }
+
+  // ---------------------------------------------------------------- OAuth: consent and connected apps
+  // What each OpenID scope lets an app do (the permissions are in SCOPE_TEXT).
+  const OPENID_SCOPE_TEXT = {
+    openid: 'Know who you are (your user id).',
+    profile: 'See your profile.',
+    email: 'See your email address.',
+    offline_access: 'Stay connected while you are away (it may renew its access until you revoke it).',
+  }
+  const scopeText = (scope) => OPENID_SCOPE_TEXT[scope] || SCOPE_TEXT[scope] || 'A permission this server does not describe.'
+
+  // One call to the authorization server's consent API (/oauth/…, cookie-authenticated like
+  // /v1): its answer, in the /v1 envelope or as plain JSON; errors carry the server's message.
+  async function oauthApi(method, path, body) {
+    const init = { method, credentials: 'same-origin', referrerPolicy: 'same-origin', cache: 'no-store', headers: { accept: 'application/json' } }
+    if (body !== undefined) {
+      init.headers['content-type'] = 'application/json'
+      init.body = JSON.stringify(body)
+    }
+    let res
+    try {
+      res = await fetch(path, init)
+    } catch {
+      throw new ApiError(0, 'network', 'The server could not be reached. Check your connection and try again.')
+    }
+    let json = null
+    try { json = await res.json() } catch { /* reported below */ }
+    if (res.ok && json) return json.success === true && 'data' in json ? json.data : json
+    const err = (json && json.error) || {}
+    const message = (typeof err === 'object' && err.message) || (json && json.error_description) ||
+      (typeof err === 'string' && err) || `The server answered ${res.status}.`
+    if (res.status === 401) signedOut('Your session has ended. Please sign in again.')
+    throw new ApiError(res.status, (typeof err === 'string' ? err : err.code) || 'error', message)
+  }
+
+  // #/oauth/consent?request=ID: the authorization server sent the person here (after signing
+  // in, when they were not) to approve or deny an app's request.
+  async function oauthConsentPage(main, { focus }) {
+    document.title = 'Authorize an app · Gatehouse'
+    const heading = h('h1', { tabindex: '-1' }, 'Authorize an app')
+    main.append(heading)
+    if (focus) heading.focus()
+    const query = new URLSearchParams((location.hash.split('?')[1]) || '')
+    const id = query.get('request')
+    const card = h('section', { class: 'card narrow consent', 'aria-busy': 'true' }, spinner())
+    main.append(card)
+    if (!id) {
+      card.replaceChildren(h('p', { class: 'error', role: 'alert' }, 'This page needs an authorization request. Start again from the app you are connecting.'))
+      return card.removeAttribute('aria-busy')
+    }
+    let req
+    try {
+      req = await oauthApi('GET', `/oauth/requests/${encodeURIComponent(id)}`)
+    } catch (e) {
+      card.removeAttribute('aria-busy')
+      if (e.status === 401) return
+      return card.replaceChildren(h('p', { class: 'error', role: 'alert', 'data-testid': 'oauth-error' },
+        e.status === 404 ? 'This authorization request has expired or was already answered. Start again from the app you are connecting.' : e.message))
+    }
+    card.removeAttribute('aria-busy')
+    const client = req.client || {}
+    const name = client.name || client.client_id || 'An app'
+    const orgs = req.orgs || []
+    const err = errorSlot()
+    const who = h('p', { class: 'lead' }, h('strong', { 'data-testid': 'oauth-client-name' }, name),
+      ' wants to act for you (', state.me.email, ').')
+    const origin = client.metadata_host
+      ? h('p', { class: 'hint', 'data-testid': 'oauth-client-host' }, 'Its details come from ', h('strong', null, client.metadata_host), '.')
+      : h('p', { class: 'hint', 'data-testid': 'oauth-client-host' }, 'It registered itself with this server; its name is not verified.')
+    const back = client.redirect_uri ? h('p', { class: 'hint' }, 'You will be sent back to ', h('code', null, client.redirect_uri), '.') : null
+    const scopes = req.scopes || []
+    const list = h('ul', { class: 'plain scopes', 'data-testid': 'oauth-scopes' },
+      scopes.map((sc) => h('li', { 'data-scope': sc }, h('strong', null, sc), ' — ', scopeText(sc))))
+    const orgSel = h('select', { id: 'oauth-org', 'data-testid': 'oauth-org', required: true },
+      orgs.map((o) => h('option', { value: o.id, selected: o.id === state.orgId }, o.name)))
+    const approve = btn('Allow', { class: 'primary', 'data-testid': 'oauth-approve', disabled: !orgs.length })
+    const deny = btn('Deny', { class: 'secondary', 'data-testid': 'oauth-deny' })
+    const decide = (decision, button) => busy(button, err, async () => {
+      const got = await oauthApi('POST', `/oauth/requests/${encodeURIComponent(id)}`, { decision, org_id: orgSel.value || null })
+      if (!got || !got.redirect_to) throw new Error('The server did not say where to go next.')
+      // Back to the app (its redirect URI, with the code or error=access_denied).
+      location.assign(got.redirect_to)
+    })
+    approve.addEventListener('click', () => decide('approve', approve))
+    deny.addEventListener('click', () => decide('deny', deny))
+    card.replaceChildren(who, origin,
+      h('h2', null, scopes.length ? 'It asks to' : 'It asks for no permissions'), list,
+      req.resource ? h('p', { class: 'hint' }, 'For use at ', h('code', null, req.resource), '.') : null,
+      orgs.length
+        ? field('oauth-org', 'In the organization', orgSel, 'The app can use only what you may do there, and loses it when your role changes.')
+        : h('p', { class: 'error' }, 'You are not a member of any organization, so there is nothing to allow.'),
+      back, err, h('div', { class: 'consent-actions' }, deny, approve),
+      h('p', { class: 'hint' }, 'You can revoke it at any time under ', h('a', { href: '#/account' }, 'Connected apps'), '.'))
+  }
+
+  // #/account: the person's own account, with the apps they connected.
+  async function accountPage(main, { focus }) {
+    document.title = 'Your account · Gatehouse'
+    const heading = h('h1', { tabindex: '-1' }, 'Your account')
+    main.append(heading, h('p', null, 'Signed in as ', h('strong', null, state.me.email), '.'))
+    if (focus) heading.focus()
+    const err = errorSlot()
+    const body = h('tbody')
+    const empty = h('p', { class: 'hint', hidden: true, 'data-testid': 'oauth-none' }, 'No apps are connected. An app appears here once you allow it.')
+    const table = h('table', { class: 'table cards grants' },
+      h('thead', null, h('tr', null, h('th', null, 'App'), h('th', null, 'Organization'), h('th', null, 'Permissions'),
+        h('th', null, 'Connected'), h('th', null, 'Last used'), h('th', null, h('span', { class: 'sr' }, 'Actions')))),
+      body)
+    main.append(h('section', { class: 'card', 'aria-labelledby': 'apps-h' },
+      h('h2', { id: 'apps-h' }, 'Connected apps'),
+      h('p', { class: 'hint' }, 'Apps you allowed to act for you. Revoking one ends its access at once.'),
+      err, empty, table))
+    const orgName = (id) => ((state.me.organizations || []).find((o) => o.id === id) || {}).name || id
+    async function load() {
+      const grants = await api('GET', '/v1/me/oauth/grants')
+      body.replaceChildren(...grants.map((g) => {
+        const revoke = btn('Revoke', { class: 'danger small', 'data-testid': 'oauth-revoke', 'aria-label': `Revoke ${g.client_name}` })
+        revoke.addEventListener('click', async () => {
+          const yes = await confirmDialog({ title: 'Revoke this app?', text: `${g.client_name} will no longer act for you in ${orgName(g.org_id)}. It would have to ask again.`, ok: 'Revoke' })
+          if (!yes) return
+          await busy(revoke, err, async () => {
+            await api('DELETE', `/v1/me/oauth/grants/${encodeURIComponent(g.id)}`)
+            toast(`${g.client_name} was revoked.`)
+            await load()
+          })
+        })
+        return h('tr', { 'data-testid': 'oauth-grant', 'data-grant': g.id },
+          h('td', { 'data-label': 'App', title: g.client_id }, h('strong', { 'data-testid': 'oauth-grant-name' }, g.client_name)),
+          h('td', { 'data-label': 'Organization' }, orgName(g.org_id)),
+          h('td', { 'data-label': 'Permissions' }, (g.scopes || []).join(', ') || '—'),
+          h('td', { 'data-label': 'Connected' }, fmtDate(g.created_at)),
+          h('td', { 'data-label': 'Last used' }, fmtTime(g.last_used_at)),
+          h('td', { class: 'actions-cell' }, revoke))
+      }))
+      table.hidden = !grants.length
+      empty.hidden = !!grants.length
+    }
+    try {
+      await load()
+    } catch (e) {
+      if (e.status !== 401) showError(err, e)
+    }
   }
 
   // ---------------------------------------------------------------- start

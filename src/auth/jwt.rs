@@ -84,6 +84,62 @@ pub struct Claims {
     pub user_metadata: Value,
 }
 
+/// Claims of an OAuth access token (RFC 9068, header `typ: at+jwt`), always ES256 so a
+/// resource server can verify it with the JWKS alone (also when `jwt_secret` signs the
+/// Supabase-compatible tokens with HS256).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AccessClaims {
+    /// The authorization server: `public_url`.
+    pub iss: String,
+    /// The user's id.
+    pub sub: String,
+    /// The resource (RFC 8707): `{public_url}/v1` or `{public_url}/api`.
+    pub aud: String,
+    /// Expiry, unix seconds.
+    pub exp: i64,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// Token id.
+    pub jti: String,
+    /// The OAuth client.
+    pub client_id: String,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The organization the grant applies to.
+    pub org_id: String,
+    /// The grant (consent) the token was issued under; revoking it ends the token.
+    pub grant_id: String,
+    /// The assurance level the grant's consent was given at (`aal1` or `aal2`), as the
+    /// Supabase-compatible tokens carry it. Absent from tokens issued before it existed, which
+    /// count as `aal1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aal: Option<String>,
+    /// RFC 8176 authentication methods of the consent: `["mfa"]` at aal2, else absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+}
+
+/// The JOSE `typ` of OAuth access tokens (RFC 9068 section 2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// The `role` of a service key.
+pub const SERVICE_ROLE: &str = "service_role";
+
+/// The claims of a service key (Supabase's carry `iss` = `supabase` and a `ref`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceClaims {
+    /// The issuer (not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// `service_role`.
+    pub role: String,
+    /// Issued at (unix seconds).
+    #[serde(default)]
+    pub iat: i64,
+    /// Expiry (unix seconds).
+    pub exp: i64,
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtError {
@@ -95,6 +151,8 @@ pub enum JwtError {
 
 struct KeySet {
     signing: (Algorithm, Option<String>, EncodingKey),
+    /// The newest ES256 key, which signs OAuth access tokens whatever `signing` is.
+    es256: Option<(String, EncodingKey)>,
     verifying: HashMap<String, DecodingKey>,
     hs256: Option<DecodingKey>,
     jwks: Value,
@@ -189,6 +247,127 @@ impl JwtKeys {
         Ok(claims)
     }
 
+    /// Signs an OAuth access token (RFC 9068): ES256 with the newest stored key, header
+    /// `typ: at+jwt`.
+    pub fn sign_access(&self, claims: &AccessClaims) -> anyhow::Result<String> {
+        self.sign_es256(claims, Some(ACCESS_TOKEN_TYP))
+    }
+
+    /// Signs claims with the newest stored ES256 key (whatever signs the Supabase-compatible
+    /// tokens), so anyone can verify them with the JWKS: OAuth access and ID tokens.
+    pub fn sign_es256<T: Serialize>(
+        &self,
+        claims: &T,
+        typ: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let set = self.current();
+        let Some((kid, key)) = &set.es256 else {
+            anyhow::bail!("no ES256 key in storage");
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.clone());
+        header.typ = typ.map(str::to_string);
+        let token = jsonwebtoken::encode(&header, claims, key)
+            .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+        low_s_form(token)
+    }
+
+    /// Verifies an OAuth access token: `typ: at+jwt`, ES256 by a key of the JWKS, issuer
+    /// `issuer` (`public_url`), audience exactly `audience` (the resource being called) and
+    /// expiry at `now_secs`. Whether its grant is still live is the caller's next question.
+    pub fn verify_access(
+        &self,
+        token: &str,
+        now_secs: i64,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<AccessClaims, JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
+        let typ_ok = header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok || header.alg != Algorithm::ES256 {
+            return Err(JwtError::Invalid);
+        }
+        let set = self.current();
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| set.verifying.get(kid))
+            .ok_or(JwtError::Invalid)?;
+        if !low_s_signature(token) {
+            return Err(JwtError::Invalid);
+        }
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.validate_exp = false;
+        validation.leeway = 0;
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &validation)
+            .map_err(|_| JwtError::Invalid)?
+            .claims;
+        if is_expired(claims.exp, now_secs) {
+            return Err(JwtError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// Signs a service key: `{"role": "service_role"}` with this deployment's signing key
+    /// (HS256 with `jwt_secret`, as Supabase's service key is; else the current ES256 key),
+    /// valid for `ttl_secs`.
+    pub fn sign_service(&self, now_secs: i64, ttl_secs: i64) -> anyhow::Result<String> {
+        let claims = ServiceClaims {
+            iss: Some(self.issuer.clone()),
+            role: SERVICE_ROLE.into(),
+            iat: now_secs,
+            exp: now_secs + ttl_secs,
+        };
+        let set = self.current();
+        let (alg, kid, key) = &set.signing;
+        let mut header = Header::new(*alg);
+        header.kid = kid.clone();
+        let token = jsonwebtoken::encode(&header, &claims, key)
+            .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+        if *alg == Algorithm::ES256 {
+            return low_s_form(token);
+        }
+        Ok(token)
+    }
+
+    /// Verifies a service key: a token signed by one of this deployment's keys whose `role`
+    /// is `service_role`, not expired. The issuer is not checked, so a Supabase project's own
+    /// service key keeps working when its JWT secret is `jwt_secret`. A user's access token
+    /// (`role` `authenticated`) is refused.
+    pub fn verify_service(&self, token: &str, now_secs: i64) -> Result<(), JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
+        let set = self.current();
+        let key = match header.alg {
+            Algorithm::ES256 => header.kid.as_deref().and_then(|kid| set.verifying.get(kid)),
+            Algorithm::HS256 => set.hs256.as_ref(),
+            _ => None,
+        }
+        .ok_or(JwtError::Invalid)?;
+        if header.alg == Algorithm::ES256 && !low_s_signature(token) {
+            return Err(JwtError::Invalid);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        let claims = jsonwebtoken::decode::<ServiceClaims>(token, key, &validation)
+            .map_err(|_| JwtError::Invalid)?
+            .claims;
+        if claims.role != SERVICE_ROLE {
+            return Err(JwtError::Invalid);
+        }
+        if is_expired(claims.exp, now_secs) {
+            return Err(JwtError::Expired);
+        }
+        Ok(())
+    }
+
     /// The public keys, as served at `/.well-known/jwks.json`.
     pub fn jwks(&self) -> Value {
         self.current().jwks.clone()
@@ -255,6 +434,13 @@ fn build_set(stored: &[StoredKey], hs_secret: Option<&str>) -> anyhow::Result<Ke
             newest = Some(k);
         }
     }
+    let es256 = match newest {
+        Some(k) => Some((
+            k.kid.clone(),
+            EncodingKey::from_ec_pem(k.private_pem.as_bytes())?,
+        )),
+        None => None,
+    };
     let signing = match (hs_secret, newest) {
         (Some(secret), _) => (
             Algorithm::HS256,
@@ -270,6 +456,7 @@ fn build_set(stored: &[StoredKey], hs_secret: Option<&str>) -> anyhow::Result<Ke
     };
     Ok(KeySet {
         signing,
+        es256,
         verifying,
         hs256: hs_secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
         jwks: json!({ "keys": keys }),
@@ -394,5 +581,43 @@ mod tests {
             assert!(keys.verify(&t, NOW).is_ok());
             assert_eq!(keys.verify(&high_s(&t), NOW), Err(JwtError::Invalid));
         }
+    }
+
+    #[test]
+    fn service_keys_verify_and_user_tokens_are_not_service_keys() {
+        let k = generate_key(1).unwrap();
+        let es = JwtKeys::new(std::slice::from_ref(&k), None, "http://x/auth/v1".into()).unwrap();
+        let hs = JwtKeys::new(
+            &[k],
+            Some("0123456789abcdef0123456789abcdef"),
+            "http://x/auth/v1".into(),
+        )
+        .unwrap();
+        for keys in [&es, &hs] {
+            let service = keys.sign_service(NOW, 3600).unwrap();
+            assert_eq!(keys.verify_service(&service, NOW), Ok(()));
+            assert_eq!(
+                keys.verify_service(&service, NOW + 3600),
+                Err(JwtError::Expired)
+            );
+            // A service key is no access token, and an access token is no service key.
+            assert_eq!(keys.verify(&service, NOW), Err(JwtError::Invalid));
+            let user = keys.sign(&claims(far())).unwrap();
+            assert_eq!(keys.verify_service(&user, NOW), Err(JwtError::Invalid));
+        }
+        // Another deployment's key does not verify here.
+        let other =
+            JwtKeys::new(&[generate_key(2).unwrap()], None, "http://x/auth/v1".into()).unwrap();
+        let foreign = other.sign_service(NOW, 3600).unwrap();
+        assert_eq!(es.verify_service(&foreign, NOW), Err(JwtError::Invalid));
+        // A Supabase-style HS256 key (iss "supabase", no aud) signed with the same secret works.
+        let supa = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"iss": "supabase", "ref": "abc", "role": "service_role", "iat": NOW, "exp": NOW + 10}),
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        assert_eq!(hs.verify_service(&supa, NOW), Ok(()));
+        assert_eq!(es.verify_service(&supa, NOW), Err(JwtError::Invalid));
     }
 }

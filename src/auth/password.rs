@@ -127,6 +127,13 @@ impl Hasher {
         let (tx, rx) = oneshot::channel();
         let span = tracing::Span::current();
         let job: Job = Box::new(move || {
+            // The caller went away while the job waited (a client that gave up, its request
+            // dropped): nobody reads the result, so the hash is not computed. Queued hashes
+            // of abandoned sign-ins would otherwise keep the threads busy long after their
+            // clients left, and every later sign-in would wait behind them.
+            if tx.is_closed() {
+                return;
+            }
             // A panic loses this job, not the thread: `tx` is dropped and the caller sees Join.
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| span.in_scope(f)));
             if let Ok(out) = out {
@@ -144,6 +151,25 @@ pub fn is_bcrypt(stored: &str) -> bool {
     ["$2a$", "$2b$", "$2x$", "$2y$"]
         .iter()
         .any(|p| stored.starts_with(p))
+}
+
+/// Whether `stored` is a hash this server verifies: a bcrypt hash (cost 4 to 31, 22 salt and
+/// 31 hash characters of bcrypt's alphabet) or an argon2 PHC string (the admin API's
+/// `password_hash`, which GoTrue accepts in both forms).
+pub fn is_supported_hash(stored: &str) -> bool {
+    if is_bcrypt(stored) {
+        let bytes = stored.as_bytes();
+        let cost = stored.get(4..6).and_then(|c| c.parse::<u32>().ok());
+        return bytes.len() == 60
+            && bytes[6] == b'$'
+            && cost.is_some_and(|c| (4..=31).contains(&c))
+            && bytes[7..]
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'/');
+    }
+    PasswordHash::new(stored).is_ok_and(|h| {
+        matches!(h.algorithm.as_str(), "argon2id" | "argon2i" | "argon2d") && h.hash.is_some()
+    })
 }
 
 /// Whether a stored hash that just verified should be replaced by an argon2id hash of the
@@ -217,6 +243,16 @@ mod tests {
         let fresh = h.hash(&pw("supabase password one")).await.unwrap();
         assert!(!is_bcrypt(&fresh) && !needs_rehash(&fresh));
         assert!(!h.verify(&pw("x"), Some("$2a$10$not-a-hash")).await.unwrap());
+        assert!(is_supported_hash(stored) && is_supported_hash(&fresh));
+        for bad in [
+            "$2a$10$not-a-hash",
+            "$2a$99$p/lb/n2ikDG1bcpy4xFQFO0d6OLqGxZOc.2WFnR9gXNMDP.ZP0dDS",
+            "plain",
+            "",
+            "$pbkdf2-sha256$i=1$c2FsdA$aGFzaA",
+        ] {
+            assert!(!is_supported_hash(bad), "{bad}");
+        }
     }
 
     #[cfg(target_os = "linux")]
@@ -229,6 +265,44 @@ mod tests {
         let here = nice();
         let there = h.run(nice).await.unwrap();
         assert_eq!(there, (here + HASH_NICE).min(19));
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_caller_went_away_is_not_computed() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Duration;
+        let h = Hasher::new(1).unwrap();
+        // The only thread is busy until `release`.
+        let (started_tx, started) = oneshot::channel::<()>();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let h = h.clone();
+            async move {
+                h.run(move || {
+                    let _ = started_tx.send(());
+                    let _ = wait.recv();
+                })
+                .await
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), started)
+            .await
+            .unwrap()
+            .unwrap();
+        // A job queued behind it whose caller gives up before its turn.
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(20),
+            h.run(move || flag.store(true, Ordering::SeqCst)),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        // The queue moved past it (first come, first served) without running it.
+        assert_eq!(h.run(|| 7).await.unwrap(), 7);
+        assert!(!ran.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

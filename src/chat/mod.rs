@@ -33,6 +33,9 @@ pub struct Caller {
     pub widget_id: Option<String>,
     /// The key's spend budgets, when a key with budgets is used.
     pub key_budgets: Option<Vec<crate::domain::budget::Budget>>,
+    /// The OAuth client whose token the chat came with (its budgets apply, and the ledger
+    /// names it).
+    pub client_id: Option<String>,
 }
 
 impl Caller {
@@ -117,14 +120,16 @@ async fn group_commit(store: Store, mut rx: mpsc::Receiver<Pending>) {
     let mut pending = Vec::with_capacity(GROUP_COMMIT_MAX);
     while rx.recv_many(&mut pending, GROUP_COMMIT_MAX).await > 0 {
         let (batch, replies): (Vec<Exchange>, Vec<_>) = pending.drain(..).unzip();
-        let results = match store.store_exchanges(&batch).await {
+        let batch: Arc<[Exchange]> = batch.into();
+        let results = match store.store_exchanges(batch.clone()).await {
             Ok(results) => results,
             // One exchange may have failed them all: try each alone, so it fails alone.
             Err(e) if batch.len() == 1 => vec![Err(e)],
             Err(_) => {
                 let mut results = Vec::with_capacity(batch.len());
-                for x in batch.chunks(1) {
-                    results.push(match store.store_exchanges(x).await {
+                for x in batch.iter() {
+                    let alone: Arc<[Exchange]> = Arc::new([x.clone()]);
+                    results.push(match store.store_exchanges(alone).await {
                         Ok(mut r) => r.pop().unwrap_or(Err(StoreError::NotFound)),
                         Err(e) => Err(e),
                     });

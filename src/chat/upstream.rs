@@ -242,6 +242,88 @@ fn tokens(doc: &Value) -> Option<Tokens> {
     })
 }
 
+/// One streamed chunk of an OpenAI-compatible answer, as far as the gateway reads it: the
+/// first choice's text and the usage. Borrowed from the event's text, so a usual chunk costs
+/// no allocation beyond the text it carries (a `serde_json::Value` of the whole chunk was
+/// about twenty, once per token of every stream).
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<ChunkUsage>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<ChunkDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// The pieces of one `data:` chunk, pushed in reverse (they are popped from the end): usage
+/// first so the text comes out first. A chunk that is not JSON yields nothing.
+fn chunk_pieces(data: &str, pending: &mut Vec<Piece>) {
+    match serde_json::from_str::<Chunk<'_>>(data) {
+        Ok(c) => {
+            if let Some(u) = c.usage {
+                pending.push(Piece::Usage(Tokens {
+                    prompt: u.prompt_tokens.unwrap_or(0),
+                    completion: u.completion_tokens.unwrap_or(0),
+                }));
+            }
+            let text = c
+                .choices
+                .and_then(|mut v| (!v.is_empty()).then(|| v.swap_remove(0)))
+                .and_then(|c| c.delta)
+                .and_then(|d| d.content);
+            if let Some(text) = text.filter(|t| !t.is_empty()) {
+                pending.push(Piece::Text(text.into_owned()));
+            }
+        }
+        // A chunk of an unusual shape (a count that is not an integer, content that is not
+        // text): read leniently, field by field, as before the typed fast path.
+        Err(_) => {
+            let Ok(doc) = serde_json::from_str::<Value>(data) else {
+                return;
+            };
+            if let Some(t) = tokens(&doc).filter(|_| !doc["usage"].is_null()) {
+                pending.push(Piece::Usage(t));
+            }
+            if let Some(text) = doc["choices"][0]["delta"]["content"].as_str() {
+                if !text.is_empty() {
+                    pending.push(Piece::Text(text.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// What [`sse_pieces`] carries from one piece to the next.
+struct SseState<S> {
+    events: Pin<Box<S>>,
+    pending: Vec<Piece>,
+    done: bool,
+    /// Fires at or before `deadline`. Moved only when it fires early, rather than armed anew
+    /// for every piece: one timer per stream instead of one per token (each arming and
+    /// disarming takes the runtime's timer lock).
+    timer: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+}
+
 /// Reads `data: {…}` events until `data: [DONE]`. Each wait is bounded by `timeout`.
 fn sse_pieces(
     res: reqwest::Response,
@@ -249,41 +331,127 @@ fn sse_pieces(
 ) -> impl Stream<Item = Result<Piece, UpstreamError>> + Send {
     use eventsource_stream::Eventsource;
     let events = res.bytes_stream().eventsource();
-    futures_util::stream::unfold(
-        (Box::pin(events), Vec::<Piece>::new(), false),
-        move |(mut events, mut pending, done)| async move {
-            loop {
-                if let Some(p) = pending.pop() {
-                    return Some((Ok(p), (events, pending, done)));
-                }
-                if done {
-                    return None;
-                }
-                let next = match tokio::time::timeout(timeout, events.next()).await {
-                    Err(_) => return Some((Err(UpstreamError::Timeout), (events, pending, true))),
-                    Ok(None) => return None,
-                    Ok(Some(Err(_))) => {
-                        let e = UpstreamError::Failed("broken stream".into());
-                        return Some((Err(e), (events, pending, true)));
-                    }
-                    Ok(Some(Ok(ev))) => ev,
-                };
-                if next.data.trim() == "[DONE]" {
-                    return None;
-                }
-                let Ok(doc) = serde_json::from_str::<Value>(&next.data) else {
-                    continue;
-                };
-                // Pieces are popped from the end: push usage first so text comes out first.
-                if let Some(t) = tokens(&doc).filter(|_| !doc["usage"].is_null()) {
-                    pending.push(Piece::Usage(t));
-                }
-                if let Some(text) = doc["choices"][0]["delta"]["content"].as_str() {
-                    if !text.is_empty() {
-                        pending.push(Piece::Text(text.to_string()));
-                    }
-                }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let state = SseState {
+        events: Box::pin(events),
+        pending: Vec::new(),
+        done: false,
+        timer: Box::pin(tokio::time::sleep_until(deadline)),
+        deadline,
+    };
+    futures_util::stream::unfold(state, move |mut st| async move {
+        loop {
+            if let Some(p) = st.pending.pop() {
+                return Some((Ok(p), st));
             }
-        },
-    )
+            if st.done {
+                return None;
+            }
+            st.deadline = tokio::time::Instant::now() + timeout;
+            let next = loop {
+                tokio::select! {
+                    biased;
+                    ev = st.events.next() => break Some(ev),
+                    () = st.timer.as_mut() => {
+                        if tokio::time::Instant::now() >= st.deadline {
+                            break None;
+                        }
+                        let at = st.deadline;
+                        st.timer.as_mut().reset(at);
+                    }
+                }
+            };
+            let next = match next {
+                None => {
+                    st.done = true;
+                    return Some((Err(UpstreamError::Timeout), st));
+                }
+                Some(None) => return None,
+                Some(Some(Err(_))) => {
+                    st.done = true;
+                    let e = UpstreamError::Failed("broken stream".into());
+                    return Some((Err(e), st));
+                }
+                Some(Some(Ok(ev))) => ev,
+            };
+            if next.data.trim() == "[DONE]" {
+                return None;
+            }
+            chunk_pieces(&next.data, &mut st.pending);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(data: &str) -> Vec<Piece> {
+        let mut pending = Vec::new();
+        chunk_pieces(data, &mut pending);
+        pending.reverse();
+        pending
+    }
+
+    #[test]
+    fn a_token_chunk_gives_its_text() {
+        let c = r#"{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"word "},"finish_reason":null}]}"#;
+        assert_eq!(pieces(c), vec![Piece::Text("word ".into())]);
+    }
+
+    #[test]
+    fn escaped_text_is_unescaped() {
+        let c = r#"{"choices":[{"delta":{"content":"a \"b\"\n\u00e9"}}]}"#;
+        assert_eq!(pieces(c), vec![Piece::Text("a \"b\"\né".into())]);
+    }
+
+    #[test]
+    fn the_usage_chunk_gives_the_counts_after_any_text() {
+        let c = r#"{"choices":[{"delta":{"content":"end"}}],"usage":{"prompt_tokens":10,"completion_tokens":200,"total_tokens":210}}"#;
+        assert_eq!(
+            pieces(c),
+            vec![
+                Piece::Text("end".into()),
+                Piece::Usage(Tokens {
+                    prompt: 10,
+                    completion: 200
+                })
+            ]
+        );
+        let c = r#"{"choices":[],"usage":{"prompt_tokens":3}}"#;
+        assert_eq!(
+            pieces(c),
+            vec![Piece::Usage(Tokens {
+                prompt: 3,
+                completion: 0
+            })]
+        );
+    }
+
+    #[test]
+    fn empty_null_and_missing_parts_give_nothing() {
+        for c in [
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+            r#"{"choices":[{"delta":{"content":null}}],"usage":null}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":null}"#,
+            r#"{}"#,
+            "not json",
+        ] {
+            assert_eq!(pieces(c), vec![], "{c}");
+        }
+    }
+
+    #[test]
+    fn an_unusual_shape_is_read_leniently() {
+        // A float count and a non-text content: the usage is kept, as the lenient reading did.
+        let c = r#"{"choices":[{"delta":{"content":[1]}}],"usage":{"prompt_tokens":1.5,"completion_tokens":7}}"#;
+        assert_eq!(
+            pieces(c),
+            vec![Piece::Usage(Tokens {
+                prompt: 0,
+                completion: 7
+            })]
+        );
+    }
 }

@@ -29,8 +29,13 @@ pub async fn run(config: &Config, connect: bool) -> anyhow::Result<()> {
         }
     };
     report("database", within(database(config)).await);
-    if let Some(url) = &config.redis_url {
-        report("redis", within(redis(url)).await);
+    match crate::ratelimit::RedisLink::from_config(&config.redis_settings()) {
+        Ok(Some(link)) => report(
+            "redis",
+            within(async { link.ping().await.map_err(|e| format!("{e:#}")) }).await,
+        ),
+        Ok(None) => {}
+        Err(e) => report("redis", Err(format!("{e:#}"))),
     }
     if let Some(url) = &config.smtp_url {
         report("smtp", within(smtp(config, url)).await);
@@ -65,22 +70,6 @@ async fn database(config: &Config) -> Result<String, String> {
     let pinged = store.ping().await.map_err(|e| format!("{described}: {e}"));
     store.close().await;
     pinged.map(|()| described)
-}
-
-async fn redis(url: &crate::config::SecretString) -> Result<String, String> {
-    use secrecy::ExposeSecret;
-    let client = redis::Client::open(url.expose_secret())
-        .map_err(|e| format!("redis_url is not a valid Redis URL: {e}"))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| e.to_string())?;
-    let pong: String = redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = client.get_connection_info();
-    Ok(format!("{} answered {pong}", info.addr))
 }
 
 async fn smtp(config: &Config, url: &crate::config::SecretString) -> Result<String, String> {

@@ -7,15 +7,22 @@ use secrecy::{ExposeSecret, SecretString};
 use super::Config;
 
 /// The settings that hold a secret, each of which may be given as `{name}_file` instead.
-/// `database_url` is among them: a PostgreSQL URL may hold a password.
-pub const SECRET_SETTINGS: [&str; 7] = [
+/// `database_url` and `migrate_database_url` are among them: a PostgreSQL URL may hold a
+/// password.
+pub const SECRET_SETTINGS: [&str; 13] = [
     "database_url",
+    "migrate_database_url",
     "publishable_key",
     "jwt_secret",
+    "mfa_encryption_key",
     "redis_url",
+    "redis_cluster_urls",
     "upstream_api_key",
     "metrics_token",
     "smtp_url",
+    "oauth_registration_token",
+    "service_key",
+    "captcha_secret",
 ];
 
 /// Reads the secret in `path` for `name`: the whole file, without its trailing line end
@@ -36,12 +43,18 @@ impl Config {
     pub fn secret_file(&self, name: &str) -> Option<&str> {
         match name {
             "database_url" => self.database_url_file.as_deref(),
+            "migrate_database_url" => self.migrate_database_url_file.as_deref(),
             "publishable_key" => self.publishable_key_file.as_deref(),
             "jwt_secret" => self.jwt_secret_file.as_deref(),
+            "mfa_encryption_key" => self.mfa_encryption_key_file.as_deref(),
             "redis_url" => self.redis_url_file.as_deref(),
+            "redis_cluster_urls" => self.redis_cluster_urls_file.as_deref(),
             "upstream_api_key" => self.upstream_api_key_file.as_deref(),
             "metrics_token" => self.metrics_token_file.as_deref(),
             "smtp_url" => self.smtp_url_file.as_deref(),
+            "oauth_registration_token" => self.oauth_registration_token_file.as_deref(),
+            "service_key" => self.service_key_file.as_deref(),
+            "captcha_secret" => self.captcha_secret_file.as_deref(),
             _ => None,
         }
     }
@@ -65,11 +78,20 @@ impl Config {
             let secret = || Some(SecretString::from(value.clone()));
             match name {
                 "database_url" => self.database_url = value.clone(),
+                "migrate_database_url" => self.migrate_database_url = Some(value.clone()),
                 "publishable_key" => self.publishable_key = secret(),
                 "jwt_secret" => self.jwt_secret = secret(),
+                "mfa_encryption_key" => self.mfa_encryption_key = secret(),
                 "redis_url" => self.redis_url = secret(),
+                "redis_cluster_urls" => {
+                    self.redis_cluster_urls =
+                        Some(SecretString::from(super::split_list(&value).join(",")))
+                }
                 "upstream_api_key" => self.upstream_api_key = secret(),
                 "metrics_token" => self.metrics_token = secret(),
+                "oauth_registration_token" => self.oauth_registration_token = secret(),
+                "service_key" => self.service_key = secret(),
+                "captcha_secret" => self.captcha_secret = secret(),
                 _ => self.smtp_url = secret(),
             }
         }
@@ -79,12 +101,18 @@ impl Config {
     fn secret_value(&self, name: &str) -> Option<&str> {
         let s = match name {
             "database_url" => return Some(&self.database_url),
+            "migrate_database_url" => return self.migrate_database_url.as_deref(),
             "publishable_key" => &self.publishable_key,
             "jwt_secret" => &self.jwt_secret,
+            "mfa_encryption_key" => &self.mfa_encryption_key,
             "redis_url" => &self.redis_url,
+            "redis_cluster_urls" => &self.redis_cluster_urls,
             "upstream_api_key" => &self.upstream_api_key,
             "metrics_token" => &self.metrics_token,
             "smtp_url" => &self.smtp_url,
+            "oauth_registration_token" => &self.oauth_registration_token,
+            "service_key" => &self.service_key,
+            "captcha_secret" => &self.captcha_secret,
             _ => return None,
         };
         s.as_ref().map(|s| s.expose_secret())
@@ -124,7 +152,7 @@ pub fn masked_settings(c: &Config) -> Vec<String> {
     let mut entries: Vec<(String, String)> = match serde_json::to_value(c) {
         Ok(serde_json::Value::Object(m)) => m
             .into_iter()
-            .filter(|(k, _)| k != "database_url")
+            .filter(|(k, _)| k != "database_url" && k != "migrate_database_url")
             .map(|(k, v)| {
                 let shown = match v {
                     serde_json::Value::Null => "# unset".to_string(),
@@ -139,6 +167,14 @@ pub fn masked_settings(c: &Config) -> Vec<String> {
         let shown = match c.secret_value(name) {
             None => "# unset".to_string(),
             Some(v) if name.ends_with("_url") => format!("{:?}", mask_url(v)),
+            Some(v) if name.ends_with("_urls") => format!(
+                "{:?}",
+                super::split_list(v)
+                    .iter()
+                    .map(|u| mask_url(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             Some(_) => "\"***\"".to_string(),
         };
         let shown = match c.secret_file(name) {
@@ -201,10 +237,20 @@ mod tests {
             jwt_secret: Some(SecretString::from("jwt-secret-value-long-enough-0123456")),
             jwt_secret_file: Some("/run/secrets/jwt".into()),
             smtp_url: Some(SecretString::from("smtps://m:smtp-pw-5678@mail:465")),
+            migrate_database_url: Some("postgres://u:direct-pw-4321@h/d".into()),
+            redis_cluster_urls: Some(SecretString::from(
+                "rediss://:cl-pw-1111@n1:6379,rediss://:cl-pw-1111@n2:6379",
+            )),
             ..Config::default()
         };
         let text = masked_settings(&c).join("\n");
-        for secret in ["db-pw-1234", "jwt-secret-value", "smtp-pw-5678"] {
+        for secret in [
+            "db-pw-1234",
+            "jwt-secret-value",
+            "smtp-pw-5678",
+            "direct-pw-4321",
+            "cl-pw-1111",
+        ] {
             assert!(!text.contains(secret), "{text}");
         }
         assert!(
@@ -216,6 +262,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# redis_url (unset)"), "{text}");
+        assert!(
+            text.contains("redis_cluster_urls = \"rediss://:***@n1:6379,rediss://:***@n2:6379\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("migrate_database_url = \"postgres://u:***@h/d\""),
+            "{text}"
+        );
         assert!(text.contains("listen = \"127.0.0.1:8080\""), "{text}");
     }
 }

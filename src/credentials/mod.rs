@@ -16,7 +16,9 @@ use crate::error::Reason;
 use crate::keys::{KeyFailure, Keys};
 use crate::store::{SessionInfo, Store, StoreError};
 
+mod oauth;
 mod principal;
+pub use oauth::{looks_like_at_jwt, Resource};
 pub use principal::{Principal, Via};
 
 /// How long a session's existence is trusted without asking storage (other instances'
@@ -57,8 +59,12 @@ pub struct Credentials {
     live_sessions: moka::future::Cache<String, Option<SessionInfo>>,
     /// Access tokens already verified, by SHA-256 of the token.
     verified_tokens: moka::sync::Cache<String, Arc<Claims>>,
-    /// Dashboard sessions by cookie hash: (user id, email, expiry ms).
-    web_sessions: moka::future::Cache<String, Option<(String, String, i64)>>,
+    /// Dashboard sessions by cookie hash: (user id, email, expiry ms, aal2).
+    web_sessions: moka::future::Cache<String, Option<(String, String, i64, bool)>>,
+    /// The authorization server, whose grants decide whether an OAuth token is still live.
+    oauth: crate::oauth::OAuth,
+    /// OAuth access tokens already verified, by resource and SHA-256 of the token.
+    verified_oauth: moka::sync::Cache<(Resource, String), Arc<crate::auth::jwt::AccessClaims>>,
 }
 
 /// A storage failure while checking a credential is logged and answered as unavailable.
@@ -69,12 +75,23 @@ fn unavailable(cause: &dyn std::fmt::Display) -> CredentialError {
 
 impl Credentials {
     /// A service with empty caches.
-    pub fn new(store: Store, clock: Clock, accounts: Accounts, keys: Keys) -> Self {
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        accounts: Accounts,
+        keys: Keys,
+        oauth: crate::oauth::OAuth,
+    ) -> Self {
         Self {
             store,
             clock,
             accounts,
             keys,
+            oauth,
+            verified_oauth: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
             live_sessions: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(SESSION_CACHE_TTL)
@@ -172,6 +189,7 @@ impl Credentials {
             user_id: claims.sub.clone(),
             email: claims.email.clone(),
             session_id: Some(claims.session_id.clone()),
+            aal2: claims.aal == "aal2",
             via: Via::Jwt,
         })
     }
@@ -191,19 +209,20 @@ impl Credentials {
         let entry = self
             .web_sessions
             .try_get_with(hash.clone(), async move {
-                let Some((uid, exp)) = store.web_session(&h, now).await? else {
+                let Some((uid, exp, aal2)) = store.web_session(&h, now).await? else {
                     return Ok(None);
                 };
                 let user = store.user_by_id(&uid).await?;
-                Ok::<_, StoreError>(user.map(|u| (u.id, u.email, exp)))
+                Ok::<_, StoreError>(user.map(|u| (u.id, u.email, exp, aal2)))
             })
             .await
             .map_err(|e| unavailable(&e))?;
         match entry {
-            Some((user_id, email, exp)) if exp > now => Ok(Principal::User {
+            Some((user_id, email, exp, aal2)) if exp > now => Ok(Principal::User {
                 user_id,
                 email,
                 session_id: None,
+                aal2,
                 via: Via::Cookie,
             }),
             _ => {
@@ -231,5 +250,6 @@ impl Credentials {
         self.live_sessions.invalidate_all();
         self.web_sessions.invalidate_all();
         self.verified_tokens.invalidate_all();
+        self.verified_oauth.invalidate_all();
     }
 }

@@ -9,6 +9,7 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "organization.created",
     "organization.renamed",
     "organization.rate_limits_changed",
+    "organization.mfa_requirement_changed",
     "organization.chat_limits_changed",
     "member.added",
     "member.role_changed",
@@ -38,11 +39,23 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "model_price.set",
     "model_price.deleted",
     "budget.threshold",
+    "oauth_client.created",
+    "oauth_client.deleted",
+    "oauth_grant.created",
+    "oauth_grant.revoked",
 ];
 
 /// The shape of an actor filter, as `/openapi.json` states it: a user's hyphenated UUID, a
-/// key's id, the command line or the delivery worker.
-pub const ACTOR_PATTERN: &str = "^(user:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|api_key:key_[0-9a-f]{32}|cli|system)$";
+/// key's id, an OAuth client acting for a user, the command line or the delivery worker.
+pub const ACTOR_PATTERN: &str = "^(user:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|api_key:key_[0-9a-f]{32}|oauth_client:[!-~]{1,512}/user:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|cli|system)$";
+
+/// The longest client id an OAuth actor names.
+const MAX_CLIENT_ID: usize = 512;
+
+fn stored_uuid(id: &str) -> bool {
+    // uuid's parser also takes other spellings; only the stored one can match.
+    uuid::Uuid::parse_str(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+}
 
 /// An action the audit log may hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,22 +82,26 @@ impl AuditAction {
 pub struct AuditActor(String);
 
 impl AuditActor {
-    /// `user:{uuid}` (lower-case, hyphenated, as user ids are stored), `api_key:key_…`, `cli`
-    /// or `system`; the error is the problem as a field error states it.
+    /// `user:{uuid}` (lower-case, hyphenated, as user ids are stored), `api_key:key_…`,
+    /// `oauth_client:{client id}/user:{uuid}`, `cli` or `system`; the error is the problem
+    /// as a field error states it.
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
         let ok = match raw.split_once(':') {
-            // uuid's parser also takes other spellings; only the stored one can match.
-            Some(("user", id)) => {
-                uuid::Uuid::parse_str(id).is_ok_and(|u| u.hyphenated().to_string() == id)
-            }
+            Some(("user", id)) => stored_uuid(id),
             Some(("api_key", id)) => KeyId::parse(id).is_ok(),
+            Some(("oauth_client", rest)) => rest.rsplit_once("/user:").is_some_and(|(c, u)| {
+                !c.is_empty()
+                    && c.len() <= MAX_CLIENT_ID
+                    && c.bytes().all(|b| b.is_ascii_graphic())
+                    && stored_uuid(u)
+            }),
             Some(_) => false,
             None => raw == "cli" || raw == "system",
         };
         if ok {
             Ok(AuditActor(raw.to_string()))
         } else {
-            Err("must be user:{user id}, api_key:{key id}, cli or system")
+            Err("must be user:{user id}, api_key:{key id}, oauth_client:{client id}/user:{user id}, cli or system")
         }
     }
 
@@ -119,7 +136,8 @@ mod tests {
     fn actors_parse_in_their_stored_form_only() {
         let user = "user:0190a0b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b";
         let key = format!("api_key:{}", KeyId::new());
-        for good in [user, key.as_str(), "cli", "system"] {
+        let oauth = "oauth_client:https://app.example/client.json/user:0190a0b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b";
+        for good in [user, key.as_str(), oauth, "cli", "system"] {
             assert_eq!(AuditActor::parse(good).map(|a| a.0), Ok(good.to_string()));
         }
         for bad in [
@@ -132,6 +150,10 @@ mod tests {
             "key:cli",
             "CLI",
             "cli:",
+            "oauth_client:/user:0190a0b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b",
+            "oauth_client:a b/user:0190a0b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b",
+            "oauth_client:app/user:0190A0B2-7C4D-7E8F-9A0B-1C2D3E4F5A6B",
+            "oauth_client:app",
         ] {
             assert!(AuditActor::parse(bad).is_err(), "{bad:?}");
         }

@@ -164,7 +164,7 @@ impl Balance {
     }
 
     /// Spends `cost` at `now_ms`: refused (nothing taken) when the balance is zero or below
-    /// `cost`. The Redis script (`credits.lua`) and the PostgreSQL statement apply this same
+    /// `cost`. The Redis script (`credits_core.lua`) and the PostgreSQL statement apply this same
     /// rule; the property tests hold it against a model.
     pub fn spend(self, refill: Option<&Refill>, now_ms: i64, cost: i64) -> Spent {
         let before = self.at(refill, now_ms);

@@ -600,7 +600,7 @@ pub async fn verify_key(
 ) -> Result<Success<Verdict>, ApiError> {
     let org = match &principal {
         Principal::ApiKey { key } => OrgId::from_stored(key.org_id.clone()),
-        Principal::User { .. } => {
+        Principal::User { .. } | Principal::OAuthClient { .. } => {
             return Err(ApiError::msg(
                 Code::Forbidden,
                 "Verify keys with an API key that has keys:verify.",

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::accounts::{IssuedSession, SignUp};
+use crate::accounts::{Device, IssuedSession, SignUp};
 use crate::app::AppState;
 use crate::auth::jwt::{Claims, JwtError};
 use crate::clock::rfc3339;
@@ -30,6 +30,7 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(gated(state, routes!(logout)))
         .routes(gated(state, routes!(get_user, update_user)))
         .routes(gated(state, routes!(settings)))
+        .routes(gated(state, routes!(reauthenticate)))
         .routes(gated(state, routes!(health)))
 }
 
@@ -64,6 +65,9 @@ pub struct UserBody {
     pub app_metadata: Value,
     /// Always `authenticated`.
     pub aud: &'static str,
+    /// Until when the user is banned (admin API answers, while banned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub banned_until: Option<String>,
     /// When a confirmation mail was last sent.
     pub confirmation_sent_at: Option<String>,
     /// When the address was confirmed (GoTrue's older name for `email_confirmed_at`).
@@ -77,11 +81,15 @@ pub struct UserBody {
     pub email_change_sent_at: Option<String>,
     /// When the address was confirmed.
     pub email_confirmed_at: Option<String>,
+    /// The user's MFA factors (absent when there are none, as GoTrue omits it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factors: Option<Vec<FactorBody>>,
     /// The user's UUID.
     pub id: String,
-    /// One `email` identity.
+    /// The `email` identity (a password or emailed-link account; none for an anonymous user)
+    /// and the external ones.
     pub identities: Vec<IdentityBody>,
-    /// Always `false`.
+    /// Made by an anonymous sign-in and not yet given a confirmed address.
     pub is_anonymous: bool,
     /// The last sign-in.
     pub last_sign_in_at: Option<String>,
@@ -99,7 +107,53 @@ pub struct UserBody {
     pub user_metadata: Value,
 }
 
-/// A user's `email` identity.
+/// An MFA factor, as the user object lists it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthFactor)]
+pub struct FactorBody {
+    /// Enrolment time.
+    pub created_at: String,
+    /// `totp`.
+    pub factor_type: String,
+    /// The name the user gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub friendly_name: Option<String>,
+    /// The factor's UUID.
+    pub id: String,
+    /// The last challenge.
+    pub last_challenged_at: Option<String>,
+    /// Always empty (phone factors are not offered).
+    pub phone: &'static str,
+    /// `unverified` or `verified`.
+    pub status: String,
+    /// Last update.
+    pub updated_at: String,
+}
+
+/// A factor in GoTrue's JSON shape.
+pub fn factor_json(f: &crate::store::Factor) -> FactorBody {
+    FactorBody {
+        created_at: rfc3339(f.created_at),
+        factor_type: f.factor_type.clone(),
+        friendly_name: f.friendly_name.clone(),
+        id: f.id.clone(),
+        last_challenged_at: f.last_challenged_at.map(rfc3339),
+        phone: "",
+        status: f.status.clone(),
+        updated_at: rfc3339(f.updated_at),
+    }
+}
+
+/// A user with their factors (`factors` absent when there are none).
+pub fn user_with_factors(u: &User, factors: &[crate::store::Factor]) -> UserBody {
+    let mut body = user_json(u);
+    if !factors.is_empty() {
+        body.factors = Some(factors.iter().map(factor_json).collect());
+    }
+    body
+}
+
+/// One of a user's identities: `email`, or an external provider's.
 #[derive(Serialize, ToSchema)]
 #[schema(as = AuthIdentity)]
 pub struct IdentityBody {
@@ -107,16 +161,17 @@ pub struct IdentityBody {
     pub created_at: String,
     /// The address.
     pub email: String,
-    /// The user's UUID (GoTrue's provider id for `email`).
+    /// The provider's id of the person (the user's UUID for `email`).
     pub id: String,
     /// What the provider says of the user.
-    pub identity_data: IdentityData,
-    /// A UUID derived from the user's.
+    #[schema(value_type = Object)]
+    pub identity_data: Value,
+    /// The identity's UUID (for `email`, one derived from the user's).
     pub identity_id: String,
     /// The last sign-in, else the creation time.
     pub last_sign_in_at: String,
-    /// Always `email`.
-    pub provider: &'static str,
+    /// `email` or the provider's configured name.
+    pub provider: String,
     /// Last update.
     pub updated_at: String,
     /// The user's UUID.
@@ -124,8 +179,7 @@ pub struct IdentityBody {
 }
 
 /// `identity_data` of an `email` identity.
-#[derive(Serialize, ToSchema)]
-#[schema(as = AuthIdentityData)]
+#[derive(Serialize)]
 pub struct IdentityData {
     /// The address.
     pub email: String,
@@ -162,36 +216,60 @@ pub fn user_json(u: &User) -> UserBody {
         created_at: rfc3339(u.created_at),
         email: u.email.clone(),
         id: u.id.clone(),
-        identity_data: IdentityData {
+        identity_data: serde_json::to_value(IdentityData {
             email: u.email.clone(),
             email_verified: u.email_confirmed_at.is_some(),
             phone_verified: false,
             sub: u.id.clone(),
-        },
+        })
+        .unwrap_or_default(),
         identity_id: identity_id(&u.id),
         last_sign_in_at: opt(u.last_sign_in_at).unwrap_or_else(|| rfc3339(u.created_at)),
-        provider: "email",
+        provider: "email".into(),
         updated_at: rfc3339(u.updated_at),
         user_id: u.id.clone(),
+    };
+    // A user made by an external provider has no `email` identity until one is linked.
+    let identities = if !u.is_anonymous && crate::store::has_email_identity(&u.app_metadata) {
+        vec![identity]
+    } else {
+        Vec::new()
     };
     UserBody {
         app_metadata: u.app_metadata.clone(),
         aud: "authenticated",
+        banned_until: None,
         confirmation_sent_at: opt(u.confirmation_sent_at),
         confirmed_at: opt(u.email_confirmed_at),
         created_at: rfc3339(u.created_at),
         email: u.email.clone(),
         email_change_sent_at: None,
         email_confirmed_at: opt(u.email_confirmed_at),
+        factors: None,
         id: u.id.clone(),
-        identities: vec![identity],
-        is_anonymous: false,
+        identities,
+        is_anonymous: u.is_anonymous,
         last_sign_in_at: opt(u.last_sign_in_at),
         new_email: None,
         phone: "",
         role: "authenticated",
         updated_at: rfc3339(u.updated_at),
         user_metadata: u.user_metadata.clone(),
+    }
+}
+
+/// An external identity in GoTrue's JSON shape.
+pub fn identity_json(i: &crate::store::Identity, user_email: &str) -> IdentityBody {
+    IdentityBody {
+        created_at: rfc3339(i.created_at),
+        email: i.email.clone().unwrap_or_else(|| user_email.to_string()),
+        id: i.provider_id.clone(),
+        identity_data: i.identity_data.clone(),
+        identity_id: i.id.clone(),
+        last_sign_in_at: rfc3339(i.last_sign_in_at.unwrap_or(i.created_at)),
+        provider: i.provider.clone(),
+        updated_at: rfc3339(i.updated_at),
+        user_id: i.user_id.clone(),
     }
 }
 
@@ -203,8 +281,32 @@ pub(crate) fn session_json(s: &IssuedSession) -> SessionBody {
         expires_in: s.expires_in,
         refresh_token: s.refresh_token.clone(),
         token_type: "bearer",
-        user: user_json(&s.user),
+        user: user_with_factors(&s.user, &s.factors),
     }
+}
+
+/// A session with all the user's identities, the external ones included (GoTrue's token
+/// answers list them; `session_json` alone has only the `email` identity).
+pub(crate) async fn full_session(
+    state: &AppState,
+    s: &IssuedSession,
+) -> Result<SessionBody, GoTrueError> {
+    let mut body = session_json(s);
+    let external = state.external.identities(&s.user.id).await?;
+    body.user
+        .identities
+        .extend(external.iter().map(|i| identity_json(i, &s.user.email)));
+    Ok(body)
+}
+
+/// The device a sign-in comes from, as the session list will show it.
+pub(crate) fn device(ip: &ClientIp, headers: &HeaderMap) -> Device {
+    Device::new(
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        Some(ip.0.to_string()),
+    )
 }
 
 /// A per-IP policy; the response carries its headers whatever the outcome.
@@ -234,6 +336,13 @@ pub(crate) struct SignUpBody {
     data: Option<Value>,
     /// Refused with `phone_provider_disabled` when sent without an email.
     phone: Option<String>,
+    /// PKCE: the challenge (43 to 128 characters); the link then lands with `?code=`.
+    code_challenge: Option<String>,
+    /// PKCE: `s256` or `plain`, with `code_challenge`.
+    code_challenge_method: Option<String>,
+    /// The captcha token, when `captcha_provider` is set.
+    #[schema(value_type = Option<Object>)]
+    gotrue_meta_security: Option<crate::http::captcha::MetaSecurity>,
 }
 
 /// What sign-up answers: a session when addresses need no confirmation, else the user (the
@@ -251,20 +360,44 @@ pub(crate) enum SignUpAnswer {
     security(("apikey" = [])),
     params(("redirect_to" = Option<String>, Query, description = "Where the confirmation link lands (checked against redirect_allowlist)")),
     request_body(content = SignUpBody, content_type = "application/json"),
-    responses((status = 200, description = "A session (autoconfirm), else the new user", content_type = "application/json", body = inline(SignUpAnswer)),
-              (status = 400, description = "bad_json, validation_failed or phone_provider_disabled", body = GoTrueError),
+    responses((status = 200, description = "A session (autoconfirm, or an anonymous sign-in: neither email nor phone, with anonymous_sign_ins on), else the new user", content_type = "application/json", body = inline(SignUpAnswer)),
+              (status = 400, description = "bad_json, validation_failed, phone_provider_disabled or captcha_failed", body = GoTrueError),
               (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
               (status = 413, description = "request_too_large", body = GoTrueError),
-              (status = 422, description = "user_already_exists or weak_password", body = GoTrueError),
-              (status = 429, description = "over_request_rate_limit or over_email_send_rate_limit", body = GoTrueError),
+              (status = 422, description = "user_already_exists, weak_password, or anonymous_provider_disabled (neither email nor phone, `signInAnonymously`, with anonymous_sign_ins off)", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit (rate_limit_sign_up, or rate_limit_anonymous for an anonymous sign-in) or over_email_send_rate_limit", body = GoTrueError),
               (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn signup(
     State(state): State<AppState>,
     ip: ClientIp,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     GoTrueJson(body): GoTrueJson<SignUpBody>,
 ) -> Result<Json<SignUpAnswer>, GoTrueError> {
+    let empty = |v: &Option<String>| v.as_deref().is_none_or(str::is_empty);
+    if empty(&body.email) && empty(&body.phone) {
+        // `signInAnonymously`: neither address nor phone. Refused while off; then its own
+        // per-IP limit and the captcha, the cheap refusals before the call to the provider.
+        if !state.config.anonymous_sign_ins {
+            return Err(GoTrueError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::AnonymousProviderDisabled,
+                "Anonymous sign-ins are disabled",
+            ));
+        }
+        limited(&state, Policy::Anonymous, &ip).await?;
+        crate::http::captcha::check(&state, &ip, &headers, body.gotrue_meta_security.as_ref())
+            .await?;
+        let session = state
+            .accounts
+            .sign_up_anonymously(body.data, &device(&ip, &headers))
+            .await?;
+        return Ok(Json(SignUpAnswer::Session(Box::new(session_json(
+            &session,
+        )))));
+    }
     limited(&state, Policy::SignUp, &ip).await?;
+    crate::http::captcha::check(&state, &ip, &headers, body.gotrue_meta_security.as_ref()).await?;
     if body.phone.as_deref().is_some_and(|p| !p.is_empty()) && body.email.is_none() {
         return Err(GoTrueError::new(
             StatusCode::BAD_REQUEST,
@@ -279,14 +412,29 @@ pub(crate) async fn signup(
         .password
         .ok_or_else(|| GoTrueError::validation("Signup requires a valid password"))?;
     let redirect_to = q.get("redirect_to").map(String::as_str);
-    match state.accounts.sign_up(&email, password, body.data).await? {
+    let pkce = crate::http::auth_email::challenge(
+        body.code_challenge.as_deref(),
+        body.code_challenge_method.as_deref(),
+    )?;
+    let device = device(&ip, &headers);
+    match state
+        .accounts
+        .sign_up(&email, password, body.data, &device)
+        .await?
+    {
         SignUp::Session(s) => Ok(Json(SignUpAnswer::Session(Box::new(session_json(&s))))),
         SignUp::Unconfirmed {
             mut user,
             password_hash,
         } => {
-            crate::http::auth_email::signup_mail(&state, &user.email, password_hash, redirect_to)
-                .await?;
+            crate::http::auth_email::signup_mail(
+                &state,
+                &user.email,
+                password_hash,
+                redirect_to,
+                pkce,
+            )
+            .await?;
             user.confirmation_sent_at = Some(state.edge.clock.now_ms());
             Ok(Json(SignUpAnswer::User(Box::new(user_json(&user)))))
         }
@@ -295,8 +443,14 @@ pub(crate) async fn signup(
             password_hash,
             metadata,
         } => {
-            crate::http::auth_email::signup_mail(&state, &user.email, password_hash, redirect_to)
-                .await?;
+            crate::http::auth_email::signup_mail(
+                &state,
+                &user.email,
+                password_hash,
+                redirect_to,
+                pkce,
+            )
+            .await?;
             // Answer exactly as a fresh sign-up does (as GoTrue does with confirmation on,
             // but with the identity too), so the route does not reveal who has an account.
             let now = state.edge.clock.now_ms();
@@ -311,6 +465,8 @@ pub(crate) async fn signup(
                 app_metadata: json!({"provider": "email", "providers": ["email"]}),
                 created_at: now,
                 updated_at: now,
+                banned_until: None,
+                is_anonymous: false,
             };
             Ok(Json(SignUpAnswer::User(Box::new(user_json(&look_alike)))))
         }
@@ -325,6 +481,8 @@ pub(crate) enum GrantType {
     Password,
     /// A refresh token.
     RefreshToken,
+    /// A PKCE auth code with its verifier.
+    Pkce,
 }
 
 /// `scope` of `POST /auth/v1/logout`.
@@ -350,14 +508,23 @@ pub(crate) struct TokenBody {
     password: Option<String>,
     /// The refresh token (refresh grant).
     refresh_token: Option<String>,
+    /// The auth code a PKCE flow's link landed with (pkce grant).
+    auth_code: Option<String>,
+    /// The verifier the flow's challenge was made from (pkce grant).
+    code_verifier: Option<String>,
+    /// The captcha token, when `captcha_provider` is set.
+    #[schema(value_type = Option<Object>)]
+    gotrue_meta_security: Option<crate::http::captcha::MetaSecurity>,
 }
 
 #[utoipa::path(post, path = "/auth/v1/token", tag = "auth",
     security(("apikey" = [])),
-    params(("grant_type" = inline(GrantType), Query, description = "password or refresh_token (anything else: 400 unsupported_grant_type)")),
+    params(("grant_type" = inline(GrantType), Query, description = "password, refresh_token or pkce (anything else: 400 unsupported_grant_type)")),
     request_body(content = TokenBody, content_type = "application/json"),
     responses((status = 200, description = "A session", content_type = "application/json", body = SessionBody),
-              (status = 400, description = "bad_json, validation_failed, unsupported_grant_type, invalid_credentials, email_not_confirmed, refresh_token_not_found, refresh_token_already_used or session_expired", body = GoTrueError),
+              (status = 400, description = "bad_json, validation_failed, unsupported_grant_type, invalid_credentials, email_not_confirmed, user_banned, captcha_failed (password grant), refresh_token_not_found, refresh_token_already_used, session_expired or bad_code_verifier (pkce: the code is used up)", body = GoTrueError),
+              (status = 404, description = "flow_state_not_found: an unknown or used PKCE auth code", body = GoTrueError),
+              (status = 422, description = "flow_state_expired: a PKCE auth code past pkce_code_expiry_seconds", body = GoTrueError),
               (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError),
               (status = 413, description = "request_too_large", body = GoTrueError),
               (status = 429, description = "over_request_rate_limit (the route's limit or the failure budget)", body = GoTrueError),
@@ -365,12 +532,15 @@ pub(crate) struct TokenBody {
 pub(crate) async fn token(
     State(state): State<AppState>,
     ip: ClientIp,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     GoTrueJson(body): GoTrueJson<TokenBody>,
 ) -> Result<Response, GoTrueError> {
     match q.get("grant_type").map(String::as_str) {
         Some("password") => {
             limited(&state, Policy::SignIn, &ip).await?;
+            crate::http::captcha::check(&state, &ip, &headers, body.gotrue_meta_security.as_ref())
+                .await?;
             let (Some(email), Some(password)) = (body.email, body.password) else {
                 return Err(GoTrueError::new(
                     StatusCode::BAD_REQUEST,
@@ -379,12 +549,15 @@ pub(crate) async fn token(
                 ));
             };
             crate::http::failures::admit(&state, &ip).await?;
-            let s = state.accounts.sign_in(&email, password).await;
+            let s = state
+                .accounts
+                .sign_in(&email, password, &device(&ip, &headers))
+                .await;
             if let Err(crate::accounts::AccountError::InvalidCredentials) = &s {
                 state.edge.metrics.auth_failure("invalid_credentials");
                 crate::http::failures::spend(&state, &ip).await;
             }
-            Ok(Json(session_json(&s?)).into_response())
+            Ok(Json(full_session(&state, &s?).await?).into_response())
         }
         Some("refresh_token") => {
             limited(&state, Policy::TokenRefresh, &ip).await?;
@@ -417,12 +590,43 @@ pub(crate) async fn token(
                 }
                 Err(e) => return Err(e.into()),
             };
-            Ok(Json(session_json(&s)).into_response())
+            Ok(Json(full_session(&state, &s).await?).into_response())
+        }
+        Some("pkce") => {
+            limited(&state, Policy::Verify, &ip).await?;
+            let (Some(code), Some(verifier)) = (
+                body.auth_code.filter(|c| !c.is_empty()),
+                body.code_verifier.filter(|v| !v.is_empty()),
+            ) else {
+                return Err(GoTrueError::validation(
+                    "invalid request: both auth code and code verifier should be non-empty",
+                ));
+            };
+            crate::http::failures::admit(&state, &ip).await?;
+            let exchanged = match state.email.exchange_auth_code(&code, &verifier).await {
+                Ok(x) => x,
+                Err(e) => {
+                    if !matches!(
+                        e,
+                        crate::mail::flows::FlowError::Busy
+                            | crate::mail::flows::FlowError::Internal
+                    ) {
+                        // An unknown, used or mismatched code is a failed credential.
+                        crate::http::failures::spend(&state, &ip).await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            let s = state
+                .accounts
+                .code_session(&exchanged.user_id, &exchanged.method, &device(&ip, &headers))
+                .await?;
+            Ok(Json(full_session(&state, &s).await?).into_response())
         }
         Some(_) | None => Err(GoTrueError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::UnsupportedGrantType,
-            "unsupported_grant_type: use grant_type=password or grant_type=refresh_token",
+            "unsupported_grant_type: use grant_type=password, grant_type=refresh_token or grant_type=pkce",
         )),
     }
 }
@@ -444,7 +648,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, GoTrueError> {
     }
 }
 
-fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> {
+pub(crate) fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> {
     let token = bearer(headers)?;
     let now = state.edge.clock.now_secs();
     state.accounts.jwt.verify(token, now).map_err(|e| match e {
@@ -456,7 +660,7 @@ fn verify(state: &AppState, headers: &HeaderMap) -> Result<Claims, GoTrueError> 
 /// The access token's claims and its live session's user, held to the client's failure
 /// budget (`rate_limit_auth_failures`): a bad or expired token, or one whose session ended,
 /// spends a unit; a missing one does not.
-async fn signed_in(
+pub(crate) async fn signed_in(
     state: &AppState,
     ip: &ClientIp,
     headers: &HeaderMap,
@@ -491,7 +695,12 @@ pub(crate) async fn get_user(
     headers: HeaderMap,
 ) -> Result<Json<UserBody>, GoTrueError> {
     let (_, user) = signed_in(&state, &ip, &headers).await?;
-    Ok(Json(user_json(&user)))
+    let factors = state.accounts.factors(&user.id).await?;
+    let external = state.external.identities(&user.id).await?;
+    let mut body = user_with_factors(&user, &factors);
+    body.identities
+        .extend(external.iter().map(|i| identity_json(i, &user.email)));
+    Ok(Json(body))
 }
 
 /// `PUT /auth/v1/user`: any of a new address, a new password and new metadata.
@@ -501,9 +710,16 @@ pub(crate) struct UpdateUserBody {
     email: Option<String>,
     /// A new password, checked against the password policy.
     password: Option<String>,
+    /// The code `/reauthenticate` mailed (needed with `secure_password_change` from a session
+    /// older than 24 hours; checked whenever sent with a password).
+    nonce: Option<String>,
     /// Metadata merged into `user_metadata`: a JSON object.
     #[schema(value_type = Option<Object>)]
     data: Option<Value>,
+    /// PKCE: the challenge (43 to 128 characters); the email-change link then lands with `?code=`.
+    code_challenge: Option<String>,
+    /// PKCE: `s256` or `plain`, with `code_challenge`.
+    code_challenge_method: Option<String>,
 }
 
 #[utoipa::path(put, path = "/auth/v1/user", tag = "auth",
@@ -515,7 +731,7 @@ pub(crate) struct UpdateUserBody {
               (status = 401, description = "no_api_key, invalid_api_key or no_authorization", body = GoTrueError),
               (status = 403, description = "bad_jwt or session_not_found", body = GoTrueError),
               (status = 413, description = "request_too_large", body = GoTrueError),
-              (status = 422, description = "weak_password or same_password (an address of another account answers like a free one)", body = GoTrueError),
+              (status = 422, description = "weak_password, same_password, or validation_failed: an anonymous user's password without an email (an address of another account answers like a free one)", body = GoTrueError),
               (status = 429, description = "over_request_rate_limit (the failure budget) or over_email_send_rate_limit", body = GoTrueError),
               (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
 pub(crate) async fn update_user(
@@ -526,6 +742,19 @@ pub(crate) async fn update_user(
     GoTrueJson(body): GoTrueJson<UpdateUserBody>,
 ) -> Result<Json<UserBody>, GoTrueError> {
     let (claims, user) = signed_in(&state, &ip, &headers).await?;
+    let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    if user.is_anonymous && given(&body.password) && !given(&body.email) {
+        // GoTrue's rule: an anonymous user sets a password only with the address it goes
+        // with (the password signs in once that address is confirmed).
+        return Err(GoTrueError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ValidationFailed,
+            "Updating password of an anonymous user without an email or phone is not allowed",
+        ));
+    }
+    if body.password.is_some() {
+        password_change_allowed(&state, &claims, &user, body.nonce.as_deref()).await?;
+    }
     let mut new_email = None;
     if let Some(email) = body.email.as_deref() {
         let same = crate::domain::Email::parse(email)
@@ -533,8 +762,12 @@ pub(crate) async fn update_user(
             .unwrap_or(false);
         if !same {
             let redirect_to = q.get("redirect_to").map(String::as_str);
+            let pkce = crate::http::auth_email::challenge(
+                body.code_challenge.as_deref(),
+                body.code_challenge_method.as_deref(),
+            )?;
             new_email = Some(
-                crate::http::auth_email::email_change(&state, &ip, &user, email, redirect_to)
+                crate::http::auth_email::email_change(&state, &ip, &user, email, redirect_to, pkce)
                     .await?,
             );
         }
@@ -544,12 +777,86 @@ pub(crate) async fn update_user(
         .update_user(user, body.password, body.data, Some(&claims.session_id))
         .await?;
     state.end_sessions(ended).await;
-    let mut out = user_json(&user);
+    let factors = state.accounts.factors(&user.id).await?;
+    let mut out = user_with_factors(&user, &factors);
+    let external = state.external.identities(&user.id).await?;
+    out.identities
+        .extend(external.iter().map(|i| identity_json(i, &user.email)));
     if let Some(new) = new_email {
         out.new_email = Some(new);
         out.email_change_sent_at = Some(rfc3339(state.edge.clock.now_ms()));
     }
     Ok(Json(out))
+}
+
+/// How long after its sign-in a session may change the password without a nonce, with
+/// `secure_password_change` on (GoTrue's rule).
+const RECENT_SIGN_IN_MS: i64 = 24 * 3600 * 1000;
+
+/// `secure_password_change`: a nonce that is sent must be the live one from `/reauthenticate`
+/// (it is used up); none is needed from a session that signed in within 24 hours.
+async fn password_change_allowed(
+    state: &AppState,
+    claims: &Claims,
+    user: &User,
+    nonce: Option<&str>,
+) -> Result<(), GoTrueError> {
+    if !state.config.secure_password_change {
+        return Ok(());
+    }
+    match nonce.filter(|n| !n.trim().is_empty()) {
+        Some(nonce) => state
+            .email
+            .check_reauthentication(&user.id, nonce)
+            .await
+            .map_err(|e| match e {
+                crate::mail::flows::FlowError::Invalid => GoTrueError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::ReauthenticationNotValid,
+                    "Nonce has expired or is invalid",
+                ),
+                other => other.into(),
+            }),
+        None => {
+            let started = state.accounts.session_started(&claims.session_id).await?;
+            let now = state.edge.clock.now_ms();
+            match started {
+                Some(t) if now - t < RECENT_SIGN_IN_MS => Ok(()),
+                _ => Err(GoTrueError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ReauthenticationNeeded,
+                    "Password update requires reauthentication",
+                )),
+            }
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/auth/v1/reauthenticate", tag = "auth",
+    security(("apikey" = [], "bearer" = [])),
+    responses((status = 200, description = "A mail with a six-digit nonce is on its way to the user's address: {}", content_type = "application/json", body = Object),
+              (status = 401, description = "no_api_key, invalid_api_key or no_authorization", body = GoTrueError),
+              (status = 403, description = "bad_jwt or session_not_found", body = GoTrueError),
+              (status = 422, description = "email_not_confirmed", body = GoTrueError),
+              (status = 429, description = "over_request_rate_limit (per IP, or the failure budget) or over_email_send_rate_limit", body = GoTrueError),
+              (status = 503, description = "request_timeout: storage or the limiter is unavailable", body = GoTrueError)))]
+pub(crate) async fn reauthenticate(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+) -> Result<Json<Value>, GoTrueError> {
+    let (_, user) = signed_in(&state, &ip, &headers).await?;
+    if user.email_confirmed_at.is_none() {
+        return Err(GoTrueError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::EmailNotConfirmed,
+            "Please verify your email first.",
+        ));
+    }
+    limited(&state, Policy::MagicLink, &ip).await?;
+    state.email.address_slot(&user.email).await?;
+    state.email.send_reauthentication(&user).await?;
+    Ok(Json(json!({})))
 }
 
 #[utoipa::path(post, path = "/auth/v1/logout", tag = "auth",
@@ -578,6 +885,18 @@ pub(crate) async fn logout(
     };
     let scope = q.get("scope").map(String::as_str).unwrap_or("global");
     let ended = state.accounts.sign_out(&claims, scope).await?;
+    // `supabase.auth.admin.signOut(jwt)`: an admin call, logged as one.
+    if let Some(audit) = crate::http::auth_admin::service_apikey(&state, &ip, &headers) {
+        state
+            .accounts
+            .admin_record(
+                &audit,
+                crate::store::AdminAction::UserSignedOut,
+                Some(&claims.sub),
+                json!({ "scope": scope, "sessions": ended.len() }),
+            )
+            .await?;
+    }
     for id in ended {
         state
             .invalidate(crate::fanout::Invalidation::Session(id))
@@ -586,19 +905,83 @@ pub(crate) async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The providers GoTrue's `/settings` names; configured `external_providers` are added.
+const GOTRUE_PROVIDERS: [&str; 25] = [
+    "apple",
+    "azure",
+    "bitbucket",
+    "discord",
+    "facebook",
+    "figma",
+    "fly",
+    "github",
+    "gitlab",
+    "google",
+    "kakao",
+    "keycloak",
+    "linkedin",
+    "linkedin_oidc",
+    "notion",
+    "phone",
+    "slack",
+    "slack_oidc",
+    "snapchat",
+    "spotify",
+    "twitch",
+    "twitter",
+    "workos",
+    "zoom",
+    "email",
+];
+
+/// What `GET /auth/v1/settings` answers, in GoTrue's shape.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthSettings)]
+pub(crate) struct SettingsBody {
+    /// Each provider GoTrue names, and whether it signs in here: `email` always,
+    /// `anonymous_users` when anonymous sign-in is on, every other one `false`.
+    #[schema(value_type = Object)]
+    external: std::collections::BTreeMap<String, bool>,
+    /// Always `false`: sign-up is open.
+    disable_signup: bool,
+    /// Whether sign-ups are confirmed at once (`autoconfirm`).
+    mailer_autoconfirm: bool,
+    /// Always `false` (no phone sign-in).
+    phone_autoconfirm: bool,
+    /// Always empty (no SMS).
+    sms_provider: &'static str,
+    /// Always `false` (no SAML).
+    saml_enabled: bool,
+    /// Always `false`.
+    saml_private_key_next_configured: bool,
+    /// Always `false` (no passkeys yet).
+    passkeys_enabled: bool,
+}
+
 #[utoipa::path(get, path = "/auth/v1/settings", tag = "auth",
     security(("apikey" = [])),
-    responses((status = 200, description = "Enabled providers", content_type = "application/json", body = Object),
+    responses((status = 200, description = "Which providers sign in here, as GoTrue reports them", content_type = "application/json", body = SettingsBody),
               (status = 401, description = "no_api_key or invalid_api_key", body = GoTrueError)))]
-pub(crate) async fn settings(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "external": { "email": true, "phone": false, "anonymous_users": false },
-        "disable_signup": false,
-        "mailer_autoconfirm": state.config.autoconfirm,
-        "phone_autoconfirm": false,
-        "sms_provider": "",
-        "saml_enabled": false,
-    }))
+pub(crate) async fn settings(State(state): State<AppState>) -> Json<SettingsBody> {
+    let mut external: std::collections::BTreeMap<String, bool> = GOTRUE_PROVIDERS
+        .iter()
+        .map(|p| (p.to_string(), *p == "email"))
+        .collect();
+    external.insert("anonymous_users".into(), state.config.anonymous_sign_ins);
+    // Configured external providers, each as it is: on, or off (`enabled = false`).
+    for (name, on) in state.external.enabled() {
+        external.insert(name.to_string(), on);
+    }
+    Json(SettingsBody {
+        external,
+        disable_signup: false,
+        mailer_autoconfirm: state.config.autoconfirm,
+        phone_autoconfirm: false,
+        sms_provider: "",
+        saml_enabled: false,
+        saml_private_key_next_configured: false,
+        passkeys_enabled: false,
+    })
 }
 
 #[utoipa::path(get, path = "/auth/v1/health", tag = "auth",
@@ -673,6 +1056,8 @@ mod tests {
             app_metadata: json!({"provider": "email", "providers": ["email"]}),
             created_at: 1_700_000_000_000,
             updated_at: 1_700_000_100_000,
+            banned_until: None,
+            is_anonymous: false,
         }
     }
 
@@ -704,6 +1089,7 @@ mod tests {
             expires_at: 1_700_003_600,
             user: user(Some(1)),
             session_id: "s".into(),
+            factors: Vec::new(),
         };
         let reference = json!({
             "access_token": s.access_token,

@@ -51,6 +51,17 @@ pub enum ChatPrincipal {
         /// The person, when their token came along.
         user_id: Option<String>,
     },
+    /// An OAuth client acting for a person in its grant's organization.
+    OAuth {
+        /// The person.
+        user_id: String,
+        /// The grant's organization.
+        org_id: String,
+        /// The client.
+        client_id: String,
+        /// The scopes in effect now (the token's, as far as the person still holds them).
+        scopes: Vec<String>,
+    },
 }
 
 impl FromRequestParts<AppState> for ChatPrincipal {
@@ -73,7 +84,7 @@ impl FromRequestParts<AppState> for ChatPrincipal {
                 Some(token) if !token.is_empty() && !state.keys.looks_like_key(token) => {
                     match state.credentials.principal_from_jwt(token).await? {
                         Principal::User { user_id, .. } => Some(user_id),
-                        Principal::ApiKey { .. } => None,
+                        Principal::ApiKey { .. } | Principal::OAuthClient { .. } => None,
                     }
                 }
                 _ => None,
@@ -83,7 +94,38 @@ impl FromRequestParts<AppState> for ChatPrincipal {
         match Principal::from_request_parts(parts, state).await? {
             Principal::ApiKey { key } => Ok(ChatPrincipal::Key { key, user_id: None }),
             Principal::User { user_id, .. } => Ok(ChatPrincipal::Person(user_id)),
+            p @ Principal::OAuthClient { .. } => {
+                let scopes = crate::http::orgs::oauth_scopes_in_effect(state, &p, true).await?;
+                let Principal::OAuthClient {
+                    user_id,
+                    org_id,
+                    client_id,
+                    ..
+                } = p
+                else {
+                    return Err(ApiError::internal("an OAuth principal that is not one"));
+                };
+                Ok(ChatPrincipal::OAuth {
+                    user_id,
+                    org_id,
+                    client_id,
+                    scopes,
+                })
+            }
         }
+    }
+}
+
+/// Refused unless an OAuth client's scopes in effect hold `scope`.
+fn oauth_needs_scope(scopes: &[String], scope: Permission) -> Result<(), ApiError> {
+    if scopes.iter().any(|s| s == scope.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::msg(
+            Code::Forbidden,
+            format!("The app's access lacks {scope} (its token's scopes, as far as the person holds them)."),
+        )
+        .details(json!({ "required": scope.as_str() })))
     }
 }
 
@@ -181,7 +223,7 @@ fn chat_error(e: ChatError) -> ApiError {
     responses(
         (status = 200, description = "The answer: JSON, or Server-Sent Events when the body asks for `stream`",
             content((Envelope<ChatAnswer> = "application/json"), (ChatEvent = "text/event-stream"))),
-        (status = 402, description = "`budget_exhausted`: a spend budget of the key, the organization or the end user is exhausted (`details.budget`: `scope`, `id`, `period`, `amount`, `spent`, `resets_at`)", body = ErrorEnvelope),
+        (status = 402, description = "`budget_exhausted`: a spend budget of the key, the organization, the end user or the OAuth client is exhausted (`details.budget`: `scope`, `id`, `period`, `amount`, `spent`, `resets_at`)", body = ErrorEnvelope),
         (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`); `model_not_allowed`: the key's or the organization's `allowed_models` does not match the model (`details.model`, `details.allowed`); `model_unpriced`: a budget applies and the model has no price (`details.model`)", body = ErrorEnvelope),
         (status = 404, description = "`not_found`: the thread is not the caller's", body = ErrorEnvelope),
         (status = 502, description = "`upstream_error`: the model server failed", body = ErrorEnvelope),
@@ -202,8 +244,30 @@ pub async fn chat(
                 visitor: None,
                 widget_id: None,
                 key_budgets: key.budgets.clone(),
+                client_id: None,
             };
             (caller, key)
+        }
+        ChatPrincipal::OAuth {
+            user_id,
+            org_id,
+            client_id,
+            scopes,
+        } => {
+            // The organization's, the client's and the person's windows and budgets apply
+            // (no key's).
+            oauth_needs_scope(&scopes, Permission::ChatWrite)?;
+            check_chat_body(&body)?;
+            let caller = Caller {
+                org_id,
+                key_id: None,
+                user_id: Some(user_id),
+                visitor: None,
+                widget_id: None,
+                key_budgets: None,
+                client_id: Some(client_id),
+            };
+            return answer(&state, caller, body, None, None, None).await;
         }
         ChatPrincipal::Person(_) => {
             return Err(ApiError::unauthorized(
@@ -222,7 +286,7 @@ pub async fn chat(
     responses(
         (status = 200, description = "The answer: JSON, or Server-Sent Events when the body asks for `stream`",
             content((Envelope<ChatAnswer> = "application/json"), (ChatEvent = "text/event-stream"))),
-        (status = 402, description = "`budget_exhausted`: a spend budget of the key, the organization or the end user is exhausted (`details.budget`: `scope`, `id`, `period`, `amount`, `spent`, `resets_at`)", body = ErrorEnvelope),
+        (status = 402, description = "`budget_exhausted`: a spend budget of the key, the organization, the end user or the OAuth client is exhausted (`details.budget`: `scope`, `id`, `period`, `amount`, `spent`, `resets_at`)", body = ErrorEnvelope),
         (status = 403, description = "`forbidden`: the key lacks `chat:write` (`details.required`); `model_not_allowed`: the key's or the organization's `allowed_models` does not match the model (`details.model`, `details.allowed`); `model_unpriced`: a budget applies and the model has no price (`details.model`)", body = ErrorEnvelope),
         (status = 404, description = "`not_found`: the thread is not the caller's", body = ErrorEnvelope),
         (status = 502, description = "`upstream_error`: the model server failed", body = ErrorEnvelope),
@@ -300,6 +364,9 @@ pub fn spend_error(e: SpendError) -> ApiError {
         )
         .details(json!({ "model": model })),
         SpendError::Invalid { field, problem } => ApiError::field(field, &problem),
+        SpendError::Unavailable => {
+            ApiError::unavailable(1, "The spend budgets are unavailable; retry shortly.")
+        }
         SpendError::Store(s) => s.into(),
     }
 }
@@ -330,6 +397,9 @@ impl From<AdmissionError> for ApiError {
             }
             AdmissionError::Tokens(d) => crate::http::limits::refused(&d),
             AdmissionError::Unavailable => crate::http::limits::unavailable(),
+            AdmissionError::LeasesUnavailable => {
+                ApiError::unavailable(1, "Concurrency limits are unavailable; retry shortly.")
+            }
             AdmissionError::Store(e) => e.into(),
         }
     }
@@ -370,7 +440,8 @@ pub async fn answer(
     let prompt = estimate_tokens(prepared.history.iter().map(|t| t.content.as_str()));
     let reserve = body
         .max_tokens
-        .map_or(state.config.chat_reserve_tokens, u64::from);
+        .unwrap_or(state.config.chat_reserve_tokens)
+        .into();
     // The design's order: a lease, then the budgets, then the token windows; each refusal
     // gives back what the steps before it took (the lease drops; the guard settles nothing).
     let lease = state.limits.lease(who).await?;
@@ -383,8 +454,10 @@ pub async fn answer(
         .reserve(&Ask {
             org_id: &prepared.caller.org_id,
             key_id: prepared.caller.key_id.as_deref(),
+            key_line: key.map(ApiKeyRecord::line),
             key_budgets: prepared.caller.key_budgets.as_deref(),
             end_user: end_user.as_deref(),
+            client_id: prepared.caller.client_id.as_deref(),
             model: &model,
             prompt_bytes,
             messages,
@@ -466,7 +539,7 @@ pub async fn answer(
                 Ok(Piece::Text(t)) => {
                     guard.text(&t).await;
                     admission.saw(&t);
-                    yield Ok::<_, Infallible>(Event::default().event("delta").json_data(json!({ "content": t })).unwrap_or_default());
+                    yield Ok::<_, Infallible>(delta_event(&t));
                     text.push_str(&t);
                 }
                 Ok(Piece::Usage(t)) => {
@@ -503,6 +576,21 @@ pub async fn answer(
         .into_response())
 }
 
+/// The `data` of a `delta` event.
+#[derive(serde::Serialize)]
+struct Delta<'a> {
+    content: &'a str,
+}
+
+/// A `delta` event, serialised straight from the text (once per token of every stream: no
+/// `serde_json::Value` map in between).
+fn delta_event(text: &str) -> Event {
+    Event::default()
+        .event("delta")
+        .json_data(Delta { content: text })
+        .unwrap_or_default()
+}
+
 fn scope_for(p: &ChatPrincipal, scope: Permission) -> Result<ThreadScope, ApiError> {
     Ok(match p {
         ChatPrincipal::Person(user) => ThreadScope::User(user.clone()),
@@ -512,6 +600,15 @@ fn scope_for(p: &ChatPrincipal, scope: Permission) -> Result<ThreadScope, ApiErr
                 Some(u) => ThreadScope::UserInOrg(u.clone(), key.org_id.clone()),
                 None => ThreadScope::Org(key.org_id.clone()),
             }
+        }
+        ChatPrincipal::OAuth {
+            user_id,
+            org_id,
+            scopes,
+            ..
+        } => {
+            oauth_needs_scope(scopes, scope)?;
+            ThreadScope::UserInOrg(user_id.clone(), org_id.clone())
         }
     })
 }

@@ -1,12 +1,17 @@
 //! The `/v1` response envelope and the request id that every response carries.
 
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::Next;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tower::Layer;
+use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
@@ -156,7 +161,7 @@ pub mod errors {
         ChatAuth: [
             "401" => "`unauthorized`: no valid credential (`details.reason`)",
             "429" => "`rate_limited`: a request or token window refused the request (`Retry-After`); `concurrency_limited`: `max_parallel` answers are under way (`details.scope`, `details.max_parallel`)",
-            "503" => "`service_unavailable`: storage or the limiter is unavailable (`Retry-After`)",
+            "503" => "`service_unavailable`: storage or the limiter is unavailable, or Redis holds the budgets, leases or credits that apply and does not answer (`Retry-After`; money fails closed)",
         ];
         /// A route inside an organization: 403 without the permission or membership, 404 when
         /// the organization or object is not visible, 400 for a malformed id in the path.
@@ -288,27 +293,108 @@ fn method_too_long(path: &str) -> Response {
     }
 }
 
+/// The layer every route has (`http::router`): [`request_context`] around the route, with
+/// the CORS rules of the route's group and the body limit. Written as a tower layer rather
+/// than `middleware::from_fn`, which boxes the rest of the stack again on every request.
+#[derive(Clone)]
+pub struct Edge(Arc<EdgeParts>);
+
+struct EdgeParts {
+    state: crate::app::AppState,
+    cors: Option<CorsLayer>,
+    limit: DefaultBodyLimit,
+}
+
+impl Edge {
+    /// The edge of a group of routes whose requests get `cors` (`None`: no CORS).
+    pub fn new(
+        state: crate::app::AppState,
+        cors: Option<CorsLayer>,
+        limit: DefaultBodyLimit,
+    ) -> Self {
+        Self(Arc::new(EdgeParts { state, cors, limit }))
+    }
+}
+
+impl<S> tower::Layer<S> for Edge {
+    type Service = EdgeService<<DefaultBodyLimit as tower::Layer<S>>::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EdgeService {
+            edge: self.clone(),
+            inner: self.0.limit.layer(inner),
+        }
+    }
+}
+
+/// A route behind its [`Edge`].
+#[derive(Clone)]
+pub struct EdgeService<S> {
+    edge: Edge,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for EdgeService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service is polled when it is called (`oneshot`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let edge = self.edge.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(request_context(&edge.0, req, inner).await) })
+    }
+}
+
+/// `Vary` as tower-http's CORS writes it, on the answers of a CORS route to requests without
+/// `Origin` (see [`request_context`]).
+const CORS_VARY: HeaderValue = HeaderValue::from_static(
+    "origin, access-control-request-method, access-control-request-headers",
+);
+
 /// Gives every request an id, a span with its method and route pattern (continuing the
 /// caller's `traceparent`), one log line with its outcome, and an `X-Request-Id` on the
-/// response. Logs carry no headers, bodies or query strings,
-/// so no credential can reach them.
-pub async fn request_context(
-    axum::extract::State(state): axum::extract::State<crate::app::AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// response. Logs carry no headers, bodies or query strings, so no credential can reach
+/// them. Also adds the Bearer challenge to a protected resource's 401 ([`challenge`]), and
+/// answers CORS for the routes that have it.
+///
+/// CORS runs only for a request with an `Origin` (every cross-origin request a browser makes
+/// has one) or a preflight: what it adds to other answers (`Access-Control-Allow-Origin: *`
+/// and the exposed headers' list, about 250 bytes) is read by no one. Their `Vary` stays, so
+/// a cache never serves one of them to a browser's request.
+///
+/// [`challenge`]: crate::http::challenge
+async fn request_context<S>(edge: &EdgeParts, req: Request, inner: S) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    use tower::ServiceExt;
+    let state = &edge.state;
     let id = incoming_id(&req).unwrap_or_else(new_request_id);
     // The route pattern, never the path: ids and tokens in paths stay out of metrics.
-    let matched = req
+    let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
+        .map_or("unmatched", |m| crate::metrics::route_label(m.as_str()));
     let method = req.method().clone();
     // A method token is the client's choice: an over-long one is refused, and never logged.
     let method_ok = method.as_str().len() <= MAX_METHOD_LEN;
     let shown = if method_ok { method.as_str() } else { "other" };
-    let span = if crate::telemetry::enabled() {
+    let span = if crate::telemetry::is_probe(route) {
+        // Health checks and metric scrapes come every few seconds from every prober: logged
+        // as any request, never exported as spans (see telemetry::PROBE_SPAN).
+        tracing::info_span!("probe", method = %shown, route = %route, request_id = %id, trace_id = tracing::field::Empty)
+    } else if crate::telemetry::enabled() {
         // The exported span is named as OpenTelemetry's HTTP conventions say: method and
         // route pattern.
         let span = tracing::info_span!("request", otel.name = %format_args!("{shown} {route}"), otel.kind = "server", method = %shown, route = %route, request_id = %id, trace_id = tracing::field::Empty);
@@ -320,6 +406,11 @@ pub async fn request_context(
     };
     crate::telemetry::continue_trace(&span, req.headers());
     let started = std::time::Instant::now();
+    let cors = edge.cors.as_ref().filter(|_| {
+        method == Method::OPTIONS || req.headers().contains_key(axum::http::header::ORIGIN)
+    });
+    let vary = edge.cors.is_some() && cors.is_none();
+    let challenge = crate::http::challenge::pending(&req);
     let (mut res, decision) = REQUEST_ID
         .scope(
             id.clone(),
@@ -327,12 +418,28 @@ pub async fn request_context(
                 if !method_ok {
                     return (method_too_long(req.uri().path()), None);
                 }
-                let res = next.run(req).await;
+                let res = match cors {
+                    Some(cors) => match cors.layer(inner).oneshot(req).await {
+                        Ok(res) => res,
+                        Err(never) => match never {},
+                    },
+                    None => match inner.oneshot(req).await {
+                        Ok(res) => res,
+                        Err(never) => match never {},
+                    },
+                };
                 (res, crate::http::limits::noted())
             })
             .instrument(span.clone()),
         )
         .await;
+    if method_ok {
+        crate::http::challenge::add(state, challenge, &mut res);
+    }
+    if vary {
+        res.headers_mut()
+            .insert(axum::http::header::VARY, CORS_VARY);
+    }
     let status = res.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
     state

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::app::AppState;
 use crate::error::{ApiError, Code, Reason};
 use crate::http::failures;
+use crate::keys::KeyUse;
 
 /// Why a JSON body was refused.
 #[derive(Debug)]
@@ -304,6 +305,9 @@ impl FromRequestParts<AppState> for Principal {
             if state.keys.looks_like_key(token) {
                 return key_principal(state, token, &ip).await;
             }
+            if crate::credentials::looks_like_at_jwt(token) {
+                return oauth_principal(state, token, request_path(parts), &ip).await;
+            }
             failures::admit(state, &ip).await?;
             let result = state
                 .credentials
@@ -347,6 +351,67 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// The path as the client sent it (before any router nesting).
+pub(crate) fn request_path(parts: &Parts) -> &str {
+    parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(parts.uri.path(), |u| u.0.path())
+}
+
+/// An OAuth client's principal from an RFC 9068 access token presented at `path`'s resource,
+/// admitted by the client's failure budget first, then by the windows of the client and of
+/// the person in the grant's organization.
+pub(crate) async fn oauth_principal(
+    state: &AppState,
+    token: &str,
+    path: &str,
+    ip: &ClientIp,
+) -> Result<Principal, ApiError> {
+    failures::admit(state, ip).await?;
+    let resource = crate::credentials::Resource::of_path(path);
+    let principal = match state
+        .credentials
+        .principal_from_oauth(token, resource)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ApiError::from(e);
+            count_failure(state, &e);
+            if failures::counts(&e, false) {
+                failures::spend(state, ip).await;
+            }
+            return Err(e);
+        }
+    };
+    if let Principal::OAuthClient {
+        user_id,
+        client_id,
+        org_id,
+        ..
+    } = &principal
+    {
+        let req = state
+            .limits
+            .oauth_request(org_id, client_id, user_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "credential check could not reach storage");
+                ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
+            })?;
+        let d = state
+            .limits
+            .check(&req)
+            .await
+            .map_err(|_| crate::http::limits::unavailable())?;
+        if !d.allowed {
+            return Err(crate::http::limits::refused(&d));
+        }
+    }
+    Ok(principal)
+}
+
 /// The client address of a request, as [`ClientIp`] extracts it.
 pub(crate) fn client_ip(parts: &Parts, state: &AppState) -> ClientIp {
     let peer = parts
@@ -382,11 +447,29 @@ pub(crate) async fn key_principal(
             tracing::error!(error = %e, "credential check could not reach storage");
             ApiError::unavailable(1, "Storage is unavailable; retry shortly.")
         })?;
-        let d = state
-            .limits
-            .check(&req)
+        // Every admitted use of a key with credits spends one; a refused one spends nothing.
+        // With Redis, the windows and the credits are decided in one call.
+        let (d, spent) = match state
+            .keys
+            .spend_with_windows(state.limits.limiter(), &req, key, 1)
             .await
-            .map_err(|_| crate::http::limits::unavailable())?;
+        {
+            KeyUse::Decided(d, spent) => {
+                state.limits.announce(&req, &d);
+                (d, Some(spent))
+            }
+            KeyUse::Unavailable => {
+                return Err(credit_refusal(crate::keys::CreditError::Unavailable))
+            }
+            KeyUse::Apart => (
+                state
+                    .limits
+                    .check(&req)
+                    .await
+                    .map_err(|_| crate::http::limits::unavailable())?,
+                None,
+            ),
+        };
         state
             .chat
             .usage
@@ -394,8 +477,11 @@ pub(crate) async fn key_principal(
         if !d.allowed {
             return Err(crate::http::limits::refused(&d));
         }
-        // Every admitted use of a key with credits spends one; a refused one spends nothing.
-        state.keys.spend(key, 1).await.map_err(credit_refusal)?;
+        match spent {
+            Some(spent) => spent,
+            None => state.keys.spend(key, 1).await,
+        }
+        .map_err(credit_refusal)?;
     }
     Ok(principal)
 }

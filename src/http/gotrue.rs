@@ -9,7 +9,7 @@ use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::accounts::{AccountError, Invalid};
+use crate::accounts::{AccountError, BanSeen, Invalid};
 use crate::app::AppState;
 use crate::auth::tokens::ct_eq;
 use crate::http::extract::{read_json, BodyProblem};
@@ -98,6 +98,60 @@ error_codes! {
     PhoneProviderDisabled => "phone_provider_disabled",
     /// The token endpoint's `grant_type` is not one of those offered.
     UnsupportedGrantType => "unsupported_grant_type",
+    /// A PKCE auth code that is unknown or already used.
+    FlowStateNotFound => "flow_state_not_found",
+    /// A PKCE auth code past its lifetime.
+    FlowStateExpired => "flow_state_expired",
+    /// A PKCE auth code with a verifier its challenge was not made from.
+    BadCodeVerifier => "bad_code_verifier",
+    /// A password change that needs the nonce of `/reauthenticate`.
+    ReauthenticationNeeded => "reauthentication_needed",
+    /// A wrong, used or expired reauthentication nonce.
+    ReauthenticationNotValid => "reauthentication_not_valid",
+    /// TOTP enrolment is off (no `mfa_encryption_key`).
+    MfaTotpEnrollNotEnabled => "mfa_totp_enroll_not_enabled",
+    /// TOTP verification is off (no `mfa_encryption_key`).
+    MfaTotpVerifyNotEnabled => "mfa_totp_verify_not_enabled",
+    /// Another factor of the user has this friendly name.
+    MfaFactorNameConflict => "mfa_factor_name_conflict",
+    /// The user has `mfa_max_enrolled_factors` factors.
+    TooManyEnrolledMfaFactors => "too_many_enrolled_mfa_factors",
+    /// The session must be aal2 for this.
+    InsufficientAal => "insufficient_aal",
+    /// No such factor (or challenge) for this user.
+    MfaFactorNotFound => "mfa_factor_not_found",
+    /// The challenge was opened from another address, or already used.
+    MfaIpAddressMismatch => "mfa_ip_address_mismatch",
+    /// The challenge expired or took too many wrong codes.
+    MfaChallengeExpired => "mfa_challenge_expired",
+    /// The code is wrong or was already used.
+    MfaVerificationFailed => "mfa_verification_failed",
+    /// The bearer token is not a service key (admin API).
+    NotAdmin => "not_admin",
+    /// The admin API named a user that does not exist.
+    UserNotFound => "user_not_found",
+    /// The user is banned.
+    UserBanned => "user_banned",
+    /// The captcha token is missing or did not verify.
+    CaptchaFailed => "captcha_failed",
+    /// A sign-up with neither email nor phone (`signInAnonymously`) while anonymous sign-in
+    /// is off.
+    AnonymousProviderDisabled => "anonymous_provider_disabled",
+    /// The provider's callback lacks its `state` or `code`, or the provider refused.
+    BadOauthCallback => "bad_oauth_callback",
+    /// The callback's `state` is unknown, used or expired.
+    BadOauthState => "bad_oauth_state",
+    /// The provider did not verify the address; nothing was created or linked.
+    ProviderEmailNeedsVerification => "provider_email_needs_verification",
+    /// The identity is linked already (to this user or another).
+    IdentityAlreadyExists => "identity_already_exists",
+    /// No such identity of the user.
+    IdentityNotFound => "identity_not_found",
+    /// The identity is the user's only one.
+    SingleIdentityNotDeletable => "single_identity_not_deletable",
+    /// The request conflicts with the state of things (the admin API deleting the only
+    /// owner of an organization).
+    Conflict => "conflict",
 }
 
 /// A string enum of the wire strings (derived, the schema would list the variants' names).
@@ -246,6 +300,15 @@ pub fn invalid_message(invalid: Invalid) -> String {
         Invalid::PasswordTooLong => "Password cannot be longer than 1024 characters".into(),
         Invalid::DataNotObject => "data must be a JSON object".into(),
         Invalid::Scope => "scope must be one of global, local, others".into(),
+        Invalid::FriendlyName => "friendly_name cannot be longer than 100 characters".into(),
+        Invalid::Issuer => "issuer cannot be longer than 100 characters".into(),
+        Invalid::BanDuration => {
+            "invalid format for ban duration: use a duration such as 24h or 90m, or none".into()
+        }
+        Invalid::NoEmail => "Cannot create a user without either an email or phone".into(),
+        Invalid::MetadataNotObject => "user_metadata and app_metadata must be JSON objects".into(),
+        Invalid::PasswordHashFormat => "password_hash must be a bcrypt or argon2 hash".into(),
+        Invalid::PasswordAndHash => "Only a password or a password hash should be provided".into(),
     }
 }
 
@@ -297,6 +360,37 @@ impl From<AccountError> for GoTrueError {
                 StatusCode::BAD_REQUEST,
                 C::SessionExpired,
                 "Invalid Refresh Token: Session Expired".to_string(),
+            ),
+            AccountError::Banned(seen) => (
+                if *seen == BanSeen::Link {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                C::UserBanned,
+                if *seen == BanSeen::Refresh {
+                    "Invalid Refresh Token: User Banned"
+                } else {
+                    "User is banned"
+                }
+                .to_string(),
+            ),
+            AccountError::UserNotFound => (
+                StatusCode::NOT_FOUND,
+                C::UserNotFound,
+                "User not found".to_string(),
+            ),
+            AccountError::EmailExists => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                C::EmailExists,
+                "A user with this email address has already been registered".to_string(),
+            ),
+            AccountError::SoleOwner { org_id, org_name } => (
+                StatusCode::CONFLICT,
+                C::Conflict,
+                format!(
+                    "User is the only owner of organization {org_name:?} ({org_id}); transfer its ownership or delete it first"
+                ),
             ),
             AccountError::Validation(invalid) => (
                 StatusCode::BAD_REQUEST,
@@ -408,25 +502,28 @@ pub fn gated(
 
 /// Refuses `/auth/v1` calls without the deployment's publishable key in `apikey`.
 pub async fn require_apikey(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get("apikey")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    match presented {
-        None => GoTrueError::new(
+    match check_apikey(&state, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The `apikey` gate: the publishable key, or a service key (which a client made with
+/// `createClient(url, serviceKey)` sends there, as Supabase's gateway accepts it).
+pub fn check_apikey(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), GoTrueError> {
+    match headers.get("apikey").and_then(|v| v.to_str().ok()) {
+        None => Err(GoTrueError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::NoApiKey,
             "No API key found in request",
-        )
-        .into_response(),
-        Some(k) if ct_eq(&k, state.edge.publishable_key.expose_secret()) => next.run(req).await,
-        Some(_) => GoTrueError::new(
+        )),
+        Some(k) if ct_eq(k, state.edge.publishable_key.expose_secret()) => Ok(()),
+        Some(k) if crate::http::auth_admin::service_key_kind(state, k).is_some() => Ok(()),
+        Some(_) => Err(GoTrueError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidApiKey,
             "Invalid API key",
-        )
-        .into_response(),
+        )),
     }
 }
 
@@ -466,6 +563,38 @@ mod tests {
             ("EmailExists", "email_exists"),
             ("PhoneProviderDisabled", "phone_provider_disabled"),
             ("UnsupportedGrantType", "unsupported_grant_type"),
+            ("FlowStateNotFound", "flow_state_not_found"),
+            ("FlowStateExpired", "flow_state_expired"),
+            ("BadCodeVerifier", "bad_code_verifier"),
+            ("ReauthenticationNeeded", "reauthentication_needed"),
+            ("ReauthenticationNotValid", "reauthentication_not_valid"),
+            ("MfaTotpEnrollNotEnabled", "mfa_totp_enroll_not_enabled"),
+            ("MfaTotpVerifyNotEnabled", "mfa_totp_verify_not_enabled"),
+            ("MfaFactorNameConflict", "mfa_factor_name_conflict"),
+            ("TooManyEnrolledMfaFactors", "too_many_enrolled_mfa_factors"),
+            ("InsufficientAal", "insufficient_aal"),
+            ("MfaFactorNotFound", "mfa_factor_not_found"),
+            ("MfaIpAddressMismatch", "mfa_ip_address_mismatch"),
+            ("MfaChallengeExpired", "mfa_challenge_expired"),
+            ("MfaVerificationFailed", "mfa_verification_failed"),
+            ("NotAdmin", "not_admin"),
+            ("UserNotFound", "user_not_found"),
+            ("UserBanned", "user_banned"),
+            ("CaptchaFailed", "captcha_failed"),
+            ("AnonymousProviderDisabled", "anonymous_provider_disabled"),
+            ("BadOauthCallback", "bad_oauth_callback"),
+            ("BadOauthState", "bad_oauth_state"),
+            (
+                "ProviderEmailNeedsVerification",
+                "provider_email_needs_verification",
+            ),
+            ("IdentityAlreadyExists", "identity_already_exists"),
+            ("IdentityNotFound", "identity_not_found"),
+            (
+                "SingleIdentityNotDeletable",
+                "single_identity_not_deletable",
+            ),
+            ("Conflict", "conflict"),
         ];
         assert_eq!(table.len(), expected.len());
         for ((name, wire), (want_name, want_wire)) in table.iter().zip(expected) {

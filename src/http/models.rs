@@ -55,8 +55,10 @@ pub async fn list_models(
     State(state): State<AppState>,
     principal: ChatPrincipal,
 ) -> Result<Success<ModelList>, ApiError> {
-    let key = match principal {
-        ChatPrincipal::Key { key, .. } => key,
+    let (org_id, key) = match principal {
+        ChatPrincipal::Key { key, .. } => (key.org_id.clone(), Some(key)),
+        // An OAuth client asks as its grant's organization (no key's allow-list).
+        ChatPrincipal::OAuth { org_id, .. } => (org_id, None),
         ChatPrincipal::Person(_) => {
             return Err(ApiError::unauthorized(
                 Reason::Missing,
@@ -65,8 +67,8 @@ pub async fn list_models(
         }
     };
     let who = Asker {
-        org_id: &key.org_id,
-        key: Some(&key),
+        org_id: &org_id,
+        key: key.as_deref(),
         widget: None,
     };
     let names = state.limits.allowed_models(who).await?;

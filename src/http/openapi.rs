@@ -31,6 +31,9 @@ use crate::app::AppState;
         crate::ids::ThreadId,
         crate::ids::ChatMessageId,
         crate::ids::VisitorId,
+        crate::ids::OAuthClientId,
+        crate::ids::OAuthGrantId,
+        crate::ids::OAuthRequestId,
     ))
 )]
 pub struct ApiDoc;
@@ -38,7 +41,8 @@ pub struct ApiDoc;
 /// The credentials routes name in `security(...)`: `bearer` (a Supabase-compatible access
 /// token, or an API key sent as a bearer token), `api_key` (`X-API-Key`), `cookie` (the
 /// dashboard session; state-changing requests must come from the dashboard's origin) and
-/// `apikey` (the publishable key `/auth/v1` callers send), and `metrics_token` (what
+/// `apikey` (the publishable key `/auth/v1` callers send), `service_key` (the admin API's
+/// `Authorization: Bearer <service key>`), and `metrics_token` (what
 /// `/metrics` needs when the setting of that name is set).
 struct SecuritySchemes;
 
@@ -69,11 +73,33 @@ impl Modify for SecuritySchemes {
             ))),
         );
         components.add_security_scheme(
+            "client_secret_basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "An OAuth client's id and secret (RFC 6749 section 2.3.1).",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "apikey",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "apikey",
                 "The deployment's publishable key (/auth/v1 routes).",
             ))),
+        );
+        components.add_security_scheme(
+            "service_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A service key (/auth/v1/admin): a service_role JWT from `gatehouse service-key`, or the `service_key` setting.",
+                    ))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "metrics_token",
@@ -95,7 +121,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)))]
 pub async fn openapi_json(
-    Extension(spec): Extension<Arc<utoipa::openapi::OpenApi>>,
+    Extension(spec): Extension<Arc<std::sync::OnceLock<Arc<utoipa::openapi::OpenApi>>>>,
 ) -> Json<utoipa::openapi::OpenApi> {
-    Json((*spec).clone())
+    // The slot is filled as soon as the router is built, before it serves anything.
+    Json(spec.get().map(|s| (**s).clone()).unwrap_or_default())
 }

@@ -35,15 +35,58 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The organizations service's view of a principal.
 pub fn actor(principal: &Principal) -> Actor {
     match principal {
-        Principal::User { user_id, .. } => Actor::User {
+        Principal::User { user_id, aal2, .. } => Actor::User {
             user_id: user_id.clone(),
+            aal2: *aal2,
         },
         Principal::ApiKey { key } => Actor::Key {
             org_id: OrgId::from_stored(key.org_id.clone()),
             key_id: crate::ids::KeyId::from_stored(key.id.clone()),
             scopes: key.scopes.clone(),
         },
+        Principal::OAuthClient {
+            user_id,
+            client_id,
+            org_id,
+            scopes,
+            aal2,
+            ..
+        } => Actor::OAuth {
+            user_id: user_id.clone(),
+            client_id: client_id.clone(),
+            org_id: OrgId::from_stored(org_id.clone()),
+            scopes: scopes.clone(),
+            aal2: *aal2,
+        },
     }
+}
+
+/// The scopes OpenID Connect defines, which are no organization permission.
+pub const OPENID_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+
+/// An OAuth client's scopes in effect now: the OpenID scopes of its token, and the token's
+/// permissions that the person still holds in the grant's organization (none once they
+/// left it). Empty for other principals.
+/// With `member_only`, a person who left the organization is refused (403 `not_a_member`).
+pub async fn oauth_scopes_in_effect(
+    state: &AppState,
+    principal: &Principal,
+    member_only: bool,
+) -> Result<Vec<String>, ApiError> {
+    let Principal::OAuthClient { org_id, scopes, .. } = principal else {
+        return Ok(Vec::new());
+    };
+    let org = OrgId::from_stored(org_id.clone());
+    let held = match state.orgs.access(&actor(principal), &org).await {
+        Ok(a) => a.permissions,
+        Err(OrgError::Denied(_)) if !member_only => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(scopes
+        .iter()
+        .filter(|s| OPENID_SCOPES.contains(&s.as_str()) || held.contains(s))
+        .cloned()
+        .collect())
 }
 
 /// The audit context of a request.
@@ -70,16 +113,20 @@ pub async fn org_access(
     Ok(state.orgs.access(&actor(principal), &org).await?)
 }
 
-/// The person behind a principal: (user id, email); API keys are refused (`required: user`).
+/// The person behind a principal: (user id, email); API keys and OAuth clients are refused
+/// (`required: user`): an app acts in its grant's organization only, never as the person.
 pub(crate) fn user_only(principal: &Principal) -> Result<(&str, &str), ApiError> {
     match principal {
         Principal::User { user_id, email, .. } => Ok((user_id, email)),
-        Principal::ApiKey { .. } => Err(Denied::NotAPerson.into()),
+        Principal::ApiKey { .. } | Principal::OAuthClient { .. } => Err(Denied::NotAPerson.into()),
     }
 }
 
 impl From<Denied> for ApiError {
     fn from(d: Denied) -> Self {
+        if d == Denied::MfaRequired {
+            return ApiError::msg(Code::MfaRequired, d.to_string());
+        }
         let e = ApiError::msg(Code::Forbidden, d.to_string());
         match d.required() {
             Some(required) => e.details(json!({ "required": required })),
@@ -125,7 +172,7 @@ pub struct OrgBody {
 #[utoipa::path(post, path = "/v1/orgs", tag = "orgs", request_body = OrgBody,
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses((status = 201, description = "The new organization", body = Envelope<Org>),
-        (status = 403, description = "`forbidden`: API keys cannot create organizations (`details.required`: `user`)", body = ErrorEnvelope),
+        (status = 403, description = "`forbidden`: API keys cannot create organizations (`details.required`: `user`), nor can an anonymous user (`details.required`: `email`)", body = ErrorEnvelope),
         errors::Auth, errors::Body))]
 pub async fn create_org(
     State(state): State<AppState>,
@@ -133,7 +180,10 @@ pub async fn create_org(
     ip: ClientIp,
     ApiJson(body): ApiJson<OrgBody>,
 ) -> Result<Success<Org>, ApiError> {
-    let (user_id, _) = user_only(&principal)?;
+    let (user_id, email) = user_only(&principal)?;
+    if email.is_empty() {
+        return Err(Denied::Anonymous.into());
+    }
     let by = By::user(user_id, Some(ip.0.to_string()));
     Ok(created(state.orgs.create(&body.name, user_id, &by).await?))
 }
@@ -177,9 +227,13 @@ pub struct UpdateOrgBody {
     #[serde(default, deserialize_with = "crate::http::extract::absent_or_null")]
     #[schema(value_type = Option<Vec<RateLimitSpec>>, min_items = 1, max_items = 8)]
     pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// Whether members must have verified a second factor (`aal2`) to act in the
+    /// organization; turning it on needs an aal2 credential itself.
+    pub require_mfa: Option<bool>,
 }
 
-/// Renames an organization or sets its rate limits (owners and admins).
+/// Renames an organization, sets its rate limits or requires MFA of its members (owners and
+/// admins).
 #[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "orgs", request_body = UpdateOrgBody,
     params(("org" = inline(OrgId), Path, description = "The organization")),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
@@ -203,7 +257,14 @@ pub async fn update_org(
         .rate_limits
         .map(|r| r.map(|r| parse_specs("rate_limits", &r)).transpose())
         .transpose()?;
-    let changes = OrgChanges { name, rate_limits };
+    if body.require_mfa == Some(true) && !matches!(principal, Principal::User { aal2: true, .. }) {
+        return Err(Denied::MfaRequired.into());
+    }
+    let changes = OrgChanges {
+        name,
+        rate_limits,
+        require_mfa: body.require_mfa,
+    };
     Ok(ok(state.orgs.update(&a, &by(&a, &ip), changes).await?))
 }
 

@@ -179,6 +179,17 @@ fn identity(p: &ChatPrincipal) -> Vec<(&'static str, String)> {
             }
             h
         }
+        ChatPrincipal::OAuth {
+            user_id,
+            org_id,
+            client_id,
+            scopes,
+        } => vec![
+            ("x-gatehouse-user", user_id.clone()),
+            ("x-gatehouse-org", org_id.clone()),
+            ("x-gatehouse-client-id", client_id.clone()),
+            ("x-gatehouse-scopes", scopes.join(",")),
+        ],
     }
 }
 

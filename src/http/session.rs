@@ -71,6 +71,7 @@ fn account_error(e: AccountError) -> ApiError {
             ApiError::unauthorized(Reason::InvalidCredentials, "Invalid email or password.")
         }
         AccountError::EmailNotConfirmed => ApiError::msg(Code::Forbidden, "Email not confirmed."),
+        AccountError::Banned(_) => ApiError::msg(Code::Forbidden, "User is banned."),
         AccountError::Busy => ApiError::from(crate::store::StoreError::Busy),
         AccountError::Validation(invalid) => ApiError::msg(
             Code::ValidationFailed,
@@ -114,7 +115,7 @@ pub async fn sign_in(
         Err(_) => return Err(crate::http::limits::unavailable()),
     }
     crate::http::failures::admit(&state, &ip).await?;
-    let (user_id, email) = match body {
+    let (user_id, email, aal2) = match body {
         SignInBody::Password(body) => {
             let user = state
                 .accounts
@@ -125,7 +126,7 @@ pub async fn sign_in(
                 crate::http::failures::spend(&state, &ip).await;
             }
             let user = user.map_err(account_error)?;
-            (user.id, user.email)
+            (user.id, user.email, false)
         }
         SignInBody::AccessToken(body) => {
             let checked = fresh_token_user(&state, &body.access_token).await;
@@ -140,7 +141,7 @@ pub async fn sign_in(
     };
     let (secret, ttl) = state
         .accounts
-        .start_web_session(&user_id)
+        .start_web_session(&user_id, aal2)
         .await
         .map_err(account_error)?;
     let cookie = Cookie::build((SESSION_COOKIE, secret))
@@ -154,10 +155,18 @@ pub async fn sign_in(
     Ok(res)
 }
 
-/// The user of a live access token issued at most [`TOKEN_MAX_AGE_SECS`] ago.
-async fn fresh_token_user(state: &AppState, token: &str) -> Result<(String, String), ApiError> {
-    let crate::credentials::Principal::User { user_id, email, .. } =
-        state.credentials.principal_from_jwt(token).await?
+/// The user of a live access token issued at most [`TOKEN_MAX_AGE_SECS`] ago, and whether
+/// the token is aal2.
+async fn fresh_token_user(
+    state: &AppState,
+    token: &str,
+) -> Result<(String, String, bool), ApiError> {
+    let crate::credentials::Principal::User {
+        user_id,
+        email,
+        aal2,
+        ..
+    } = state.credentials.principal_from_jwt(token).await?
     else {
         return Err(ApiError::unauthorized(
             Reason::Malformed,
@@ -177,7 +186,7 @@ async fn fresh_token_user(state: &AppState, token: &str) -> Result<(String, Stri
             "The access token is too old to open a dashboard session; sign in again.",
         ));
     }
-    Ok((user_id, email))
+    Ok((user_id, email, aal2))
 }
 
 /// Ends the dashboard session and clears the cookie.

@@ -57,6 +57,8 @@ pub struct BudgetsView {
     pub budgets: Option<Vec<BudgetStatus>>,
     /// Budgets applying to each end user separately; `null`: none.
     pub end_user_budgets: Option<Vec<Budget>>,
+    /// Budgets applying to each OAuth client (connected app) separately; `null`: none.
+    pub client_budgets: Option<Vec<Budget>>,
 }
 
 /// An organization's budgets, as set.
@@ -71,6 +73,10 @@ pub struct BudgetsBody {
     /// with the key) separately; absent or `null`: none.
     #[schema(min_items = 1, max_items = 4)]
     pub end_user_budgets: Option<Vec<Budget>>,
+    /// Budgets applying to each OAuth client (connected app) acting in the organization
+    /// separately, over all the people it acts for; absent or `null`: none.
+    #[schema(min_items = 1, max_items = 4)]
+    pub client_budgets: Option<Vec<Budget>>,
 }
 
 async fn budgets_view(
@@ -95,6 +101,7 @@ async fn budgets_view(
         currency: state.config.currency.clone(),
         budgets: statuses,
         end_user_budgets: b.end_user_budgets,
+        client_budgets: b.client_budgets,
     })
 }
 
@@ -148,6 +155,7 @@ pub async fn put_budgets(
     let b = OrgBudgets {
         budgets: body.budgets,
         end_user_budgets: body.end_user_budgets,
+        client_budgets: body.client_budgets,
     };
     let b = state
         .spend
@@ -174,11 +182,9 @@ pub async fn key_budgets(
     let k = state.keys.get(&org, &id).await?;
     let now = state.edge.clock.now_ms();
     let mut out = Vec::new();
+    let line = SpendScope::Key(k.line().to_string());
     for budget in k.budgets.unwrap_or_default() {
-        let spent = state
-            .spend
-            .spent(&SpendScope::Key(k.id.clone()), budget.period)
-            .await?;
+        let spent = state.spend.spent(&line, budget.period).await?;
         out.push(status(budget, spent, now));
     }
     Ok(ok(out))
@@ -352,13 +358,13 @@ pub async fn delete_price(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Settled spend per bucket, key and model, from the ledger (`analytics:read`): the same
-/// numbers budgets are enforced with.
+/// Settled spend per bucket, key, OAuth client and model, from the ledger
+/// (`analytics:read`): the same numbers budgets are enforced with.
 #[utoipa::path(get, path = "/v1/orgs/{org}/spend", tag = "spend",
     params(("org" = OrgId, Path, description = "The organization"), UsageQuery),
     security(("bearer" = []), ("api_key" = []), ("cookie" = [])),
     responses(
-        (status = 200, description = "One row per bucket, key and model", body = Envelope<Vec<SpendRow>>),
+        (status = 200, description = "One row per bucket, key, OAuth client and model", body = Envelope<Vec<SpendRow>>),
         (status = 422, description = "`validation_failed`: the granularity or the range is invalid (`details.fields`)", body = ErrorEnvelope),
         errors::Auth, errors::Org))]
 pub async fn spend_report(

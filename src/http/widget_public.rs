@@ -464,6 +464,7 @@ fn visitor_caller(s: &Session) -> Caller {
         visitor: Some(s.claims.vis.clone()),
         widget_id: Some(s.claims.wid.clone()),
         key_budgets: None,
+        client_id: None,
     }
 }
 

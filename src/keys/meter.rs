@@ -2,11 +2,24 @@
 //!
 //! - **Memory** (one instance, SQLite): a map of balances behind a mutex; storage is read
 //!   once per key (and after its settings change).
-//! - **Redis** (when configured): one script call per use on one hash per key
-//!   (`{prefix}:cr:{key_id}`, hash-tagged), so every instance decides against the same
-//!   balance. A missing hash (a first use, a flush, a restarted Redis) is filled from storage.
+//! - **Redis** (when configured): one script call per use on one hash per roll line
+//!   (`{prefix}:cr:{org:<org id>}<line>`, under the organization's hash tag, as its rate-limit
+//!   counters are), so every instance decides against the same balance. A key's use is one
+//!   call for its windows and its credits together ([`Meter::spend_with_windows`]). A missing
+//!   hash (a first use, a flush, a restarted Redis) is filled from storage.
 //! - **Storage** (PostgreSQL without Redis): one conditional `UPDATE … RETURNING` per use,
 //!   exact across instances.
+//!
+//! A key's balance is its roll line's ([`ApiKeyRecord::line`]): a rolled key and the key it
+//! replaced are metered under the line's first key, on that key's row, in one map entry and
+//! one Redis hash, so a roll neither doubles nor refills the credits and both keys draw from
+//! one balance during the grace period.
+//!
+//! Settings: a record's credits carry the generation of the settings they were read under.
+//! A meter never decides under settings older than the balance it holds: memory keeps the
+//! refill rule of its balance's generation, and Redis and storage refuse an older generation,
+//! after which the line's settings are read again. So a settings change reaches every key of
+//! the line at once, even one whose record a cache still holds from before.
 //!
 //! Durability: memory and Redis admit a use, then write it in a group commit (one
 //! transaction for every spend that arrived meanwhile, as chat exchanges are) and answer only
@@ -19,8 +32,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::credits::{current_period, Balance, KeyCredits, Spent};
-use crate::ratelimit::RedisLink;
+use crate::domain::credits::{current_period, Balance, KeyCredits, Refill, Spent};
+use crate::ratelimit::{Decision, Joint, Limiter, RedisLink, Request, Then};
 use crate::store::{ApiKeyRecord, CreditKey, CreditSpend, Store, StoreError};
 
 /// Why a use was not admitted.
@@ -35,15 +48,45 @@ pub enum CreditError {
     Unavailable,
 }
 
+/// A line's balance in memory: the generation of its settings, the balance, and the refill
+/// rule of that generation.
+type Held = (i64, Balance, Option<Refill>);
+
 enum Backend {
-    Memory(Mutex<HashMap<String, (i64, Balance)>>),
+    Memory(Mutex<HashMap<String, Held>>),
     Redis {
         link: RedisLink,
         spend: redis::Script,
+        /// The windows of a key's use and its credits, in one call.
+        joint: redis::Script,
         refund: redis::Script,
     },
     Storage,
 }
+
+/// A key's use decided by [`Meter::spend_with_windows`].
+pub enum KeyUse {
+    /// Not decided together (the key has no credits, the meter or the limiter is not Redis,
+    /// or Redis is being skipped after failures): decide the windows, then spend.
+    Apart,
+    /// The windows' decision and, when they admitted, the spend (`Ok(None)` after a refusal).
+    Decided(Decision, Result<Option<Spent>, CreditError>),
+    /// Redis did not answer: nothing decided; the use is refused (503).
+    Unavailable,
+}
+
+/// The credits part of the Redis scripts, `credits(ck, a)`.
+const CREDITS_CORE: &str = include_str!("credits_core.lua");
+
+/// What the meter's own script and the joint one run after `credits(…)`.
+const CREDITS_ALONE: &str = "return credits(KEYS[1], 0)\n";
+const CREDITS_AFTER_WINDOWS: &str = "if allowed == 1 then\n\
+  local c = credits(KEYS[n + 1], 3 * n + 1)\n\
+  if #c == 1 then return c end\n\
+  store()\n\
+  for i = 1, #c do out[#out + 1] = c[i] end\n\
+end\n\
+return out\n";
 
 /// Spends waiting for their commit, and who to tell.
 type Pending = (CreditSpend, oneshot::Sender<Result<(), StoreError>>);
@@ -77,7 +120,11 @@ impl Meter {
             store,
             Backend::Redis {
                 link,
-                spend: redis::Script::new(include_str!("credits.lua")),
+                spend: redis::Script::new(&format!("{CREDITS_CORE}\n{CREDITS_ALONE}")),
+                joint: redis::Script::new(&format!(
+                    "{CREDITS_CORE}\nlocal n = #KEYS - 1\n{}\n{CREDITS_AFTER_WINDOWS}",
+                    crate::ratelimit::GCRA_CORE
+                )),
                 refund: redis::Script::new(REFUND),
             },
         )
@@ -126,22 +173,85 @@ impl Meter {
                 self.spend_redis(link, spend, key, credits, cost, now_ms)
                     .await?
             }
-            Backend::Storage => {
-                let period = current_period(credits.refill.as_ref(), now_ms);
-                let k = CreditKey {
-                    id: &key.id,
-                    org_id: &key.org_id,
-                    name: &key.name,
-                };
-                return match self.0.store.spend_credits(k, period, cost, now_ms).await {
-                    Ok(s) => refuse_exhausted(s),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the credit meter could not reach storage");
-                        Err(CreditError::Unavailable)
-                    }
-                };
-            }
+            Backend::Storage => return self.spend_storage(key, credits, cost, now_ms).await,
         };
+        self.commit(key, cost, now_ms, decided).await
+    }
+
+    /// Decides a key's use in one Redis call: the windows of `req` (by `limiter`) and, when
+    /// they admit, the spend of `cost`; or answers [`KeyUse::Apart`] when that cannot be
+    /// done in one call. Exactly what `limiter.check(req)` and then, if it admitted,
+    /// [`Meter::spend`] decide: a refusal by a window spends nothing, and a refusal by the
+    /// credits counts in the windows as any admitted request does.
+    pub async fn spend_with_windows(
+        &self,
+        limiter: &Limiter,
+        req: &Request,
+        key: &ApiKeyRecord,
+        cost: i64,
+        now_ms: i64,
+    ) -> KeyUse {
+        let (Some(mut credits), Backend::Redis { link, joint, .. }) =
+            (key.credits, &self.0.backend)
+        else {
+            return KeyUse::Apart;
+        };
+        let hash = credit_hash(link, &key.org_id, key.line());
+        let mut fill: Option<KeyCredits> = None;
+        for _ in 0..3 {
+            let args = credit_args(credits, cost, now_ms, fill);
+            let then = Then {
+                script: joint,
+                key: hash.clone(),
+                args: &args,
+            };
+            let reply = match limiter.check_then(req, &then).await {
+                None => return KeyUse::Apart,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the credit meter (Redis) failed");
+                    return KeyUse::Unavailable;
+                }
+            };
+            match reply {
+                Joint::Denied(d) => return KeyUse::Decided(d, Ok(None)),
+                Joint::Admitted(d, tail) => {
+                    let Some(decided) = spent_from(&tail) else {
+                        return KeyUse::Unavailable;
+                    };
+                    let spent = self.commit(key, cost, now_ms, Some(decided)).await;
+                    return KeyUse::Decided(d, spent);
+                }
+                Joint::Retry(_) if fill.is_some() => return KeyUse::Unavailable,
+                Joint::Retry(_) => {
+                    // No balance in Redis, an older one, or settings newer than the record's:
+                    // the line's, from storage.
+                    match self.0.store.key_credits(key.line()).await {
+                        Ok(Some(c)) => {
+                            credits = c;
+                            fill = Some(c);
+                        }
+                        // No credits any more: the two steps decide without them.
+                        Ok(None) => return KeyUse::Apart,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the credit meter could not reach storage");
+                            return KeyUse::Unavailable;
+                        }
+                    }
+                }
+            }
+        }
+        KeyUse::Unavailable
+    }
+
+    /// Stores an admitted spend in the group commit and answers once it holds it.
+    async fn commit(
+        &self,
+        key: &ApiKeyRecord,
+        cost: i64,
+        now_ms: i64,
+        decided: Option<(Spent, i64)>,
+    ) -> Result<Option<Spent>, CreditError> {
         let Some((spent, gen)) = decided else {
             return Ok(None);
         };
@@ -150,6 +260,7 @@ impl Meter {
         }
         let record = CreditSpend {
             key_id: key.id.clone(),
+            line: key.line().to_string(),
             org_id: key.org_id.clone(),
             key_name: key.name.clone(),
             gen,
@@ -166,25 +277,56 @@ impl Meter {
         };
         if let Err(e) = committed {
             tracing::error!(error = %e, "spent credits could not be stored; given back");
-            self.refund(&key.id, gen, spent.balance.period, cost).await;
+            self.refund(key, gen, spent.balance.period, cost).await;
             return Err(CreditError::Unavailable);
         }
         Ok(Some(spent))
     }
 
+    async fn spend_storage(
+        &self,
+        key: &ApiKeyRecord,
+        credits: KeyCredits,
+        cost: i64,
+        now_ms: i64,
+    ) -> Result<Option<Spent>, CreditError> {
+        let (mut gen, mut refill) = (credits.gen, credits.refill);
+        // Twice at most: the record's settings, then the line's if they changed since.
+        for _ in 0..2 {
+            let k = CreditKey {
+                id: &key.id,
+                line: key.line(),
+                org_id: &key.org_id,
+                name: &key.name,
+                gen,
+            };
+            let period = current_period(refill.as_ref(), now_ms);
+            match self.0.store.spend_credits(k, period, cost, now_ms).await {
+                Ok(Ok(s)) => return refuse_exhausted(s),
+                Ok(Err(newer)) => (gen, refill) = (newer.gen, newer.refill),
+                Err(e) => {
+                    tracing::error!(error = %e, "the credit meter could not reach storage");
+                    return Err(CreditError::Unavailable);
+                }
+            }
+        }
+        Err(CreditError::Unavailable)
+    }
+
     async fn spend_memory(
         &self,
-        map: &Mutex<HashMap<String, (i64, Balance)>>,
+        map: &Mutex<HashMap<String, Held>>,
         key: &ApiKeyRecord,
         credits: KeyCredits,
         cost: i64,
         now_ms: i64,
     ) -> Result<Option<(Spent, i64)>, CreditError> {
-        let refill = credits.refill;
         for _ in 0..2 {
             {
                 let mut m = map.lock().map_err(|_| CreditError::Unavailable)?;
-                if let Some((gen, balance)) = m.get_mut(&key.id) {
+                if let Some((gen, balance, refill)) = m.get_mut(key.line()) {
+                    // Newer settings than the record's (a cached record from before a change)
+                    // decide under the balance's own refill rule.
                     if *gen >= credits.gen {
                         let s = balance.spend(refill.as_ref(), now_ms, cost);
                         *balance = s.balance;
@@ -193,7 +335,7 @@ impl Meter {
                 }
             }
             // Not here yet, or changed since: fill from storage, unless another use did.
-            let fresh = match self.0.store.key_credits(&key.id).await {
+            let fresh = match self.0.store.key_credits(key.line()).await {
                 Ok(Some(c)) => c,
                 Ok(None) => return Ok(None),
                 Err(e) => {
@@ -202,11 +344,11 @@ impl Meter {
                 }
             };
             let mut m = map.lock().map_err(|_| CreditError::Unavailable)?;
-            let slot = m
-                .entry(key.id.clone())
-                .or_insert((fresh.gen, fresh.balance));
+            let slot =
+                m.entry(key.line().to_string())
+                    .or_insert((fresh.gen, fresh.balance, fresh.refill));
             if slot.0 < fresh.gen {
-                *slot = (fresh.gen, fresh.balance);
+                *slot = (fresh.gen, fresh.balance, fresh.refill);
             }
         }
         // Storage holds an older generation than the cached record: the record is ahead of a
@@ -224,21 +366,14 @@ impl Meter {
         now_ms: i64,
     ) -> Result<Option<(Spent, i64)>, CreditError> {
         let mut conn = link.connection().ok_or(CreditError::Unavailable)?;
-        let hash = link.key(&format!("cr:{{{}}}", key.id));
-        let period = current_period(credits.refill.as_ref(), now_ms);
-        let amount = credits.refill.map_or(-1, |r| r.amount);
+        let hash = credit_hash(link, &key.org_id, key.line());
+        let mut credits = credits;
         let mut fill: Option<KeyCredits> = None;
         for _ in 0..2 {
             let mut inv = script.prepare_invoke();
-            inv.key(&hash)
-                .arg(fill.map_or(credits.gen, |f| f.gen))
-                .arg(cost)
-                .arg(period)
-                .arg(amount);
-            if let Some(f) = fill {
-                inv.arg(f.balance.remaining)
-                    .arg(f.balance.base)
-                    .arg(f.balance.period);
+            inv.key(&hash);
+            for a in credit_args(credits, cost, now_ms, fill) {
+                inv.arg(a);
             }
             let reply: Vec<i64> =
                 match tokio::time::timeout(link.timeout, inv.invoke_async(&mut conn)).await {
@@ -252,25 +387,19 @@ impl Meter {
                         return Err(CreditError::Unavailable);
                     }
                 };
-            if let [admitted, remaining, base, period, low, exhausted, gen] = reply[..] {
-                let spent = Spent {
-                    admitted: admitted == 1,
-                    balance: Balance {
-                        remaining,
-                        base,
-                        period,
-                    },
-                    low: low == 1,
-                    exhausted: exhausted == 1,
-                };
-                return Ok(Some((spent, gen)));
+            if let Some(decided) = spent_from(&reply) {
+                return Ok(Some(decided));
             }
-            if fill.is_some() || reply.first() != Some(&-1) {
+            if fill.is_some() || !matches!(reply[..], [-1] | [-2]) {
                 return Err(CreditError::Unavailable);
             }
-            // No balance in Redis (first use, flush, restart) or an older one: storage's.
-            fill = match self.0.store.key_credits(&key.id).await {
-                Ok(Some(c)) => Some(c),
+            // No balance in Redis (first use, flush, restart), an older one, or settings
+            // newer than the record's: the line's, from storage.
+            fill = match self.0.store.key_credits(key.line()).await {
+                Ok(Some(c)) => {
+                    credits = c;
+                    Some(c)
+                }
                 Ok(None) => return Ok(None),
                 Err(e) => {
                     tracing::error!(error = %e, "the credit meter could not reach storage");
@@ -282,11 +411,11 @@ impl Meter {
     }
 
     /// Gives back a spend whose commit failed, if the balance is still the one it came from.
-    async fn refund(&self, key_id: &str, gen: i64, period: i64, cost: i64) {
+    async fn refund(&self, key: &ApiKeyRecord, gen: i64, period: i64, cost: i64) {
         match &self.0.backend {
             Backend::Memory(map) => {
                 if let Ok(mut m) = map.lock() {
-                    if let Some((g, b)) = m.get_mut(key_id) {
+                    if let Some((g, b, _)) = m.get_mut(key.line()) {
                         if *g == gen && b.period == period {
                             b.remaining += cost;
                         }
@@ -298,7 +427,7 @@ impl Meter {
                     return;
                 };
                 let mut inv = refund.prepare_invoke();
-                inv.key(link.key(&format!("cr:{{{key_id}}}")))
+                inv.key(credit_hash(link, &key.org_id, key.line()))
                     .arg(gen)
                     .arg(period)
                     .arg(cost);
@@ -322,6 +451,45 @@ impl Meter {
     }
 }
 
+/// The Redis hash of a line's balance: under its organization's hash tag, with the counters
+/// of its windows, so one script call may hold both (Redis Cluster: one slot).
+fn credit_hash(link: &RedisLink, org_id: &str, line: &str) -> String {
+    link.key(&format!("cr:{{org:{org_id}}}{line}"))
+}
+
+/// The arguments of `credits(…)` in the scripts: the settings' generation, the cost, the
+/// current period's start, the refill amount (-1: none), and the balance to fill from.
+fn credit_args(credits: KeyCredits, cost: i64, now_ms: i64, fill: Option<KeyCredits>) -> Vec<i64> {
+    let mut args = vec![
+        credits.gen,
+        cost,
+        current_period(credits.refill.as_ref(), now_ms),
+        credits.refill.map_or(-1, |r| r.amount),
+    ];
+    if let Some(f) = fill {
+        args.extend([f.balance.remaining, f.balance.base, f.balance.period]);
+    }
+    args
+}
+
+/// A spend decided by `credits(…)`: `{admitted, remaining, base, period, low, exhausted, gen}`.
+fn spent_from(reply: &[i64]) -> Option<(Spent, i64)> {
+    let [admitted, remaining, base, period, low, exhausted, gen] = reply[..] else {
+        return None;
+    };
+    let spent = Spent {
+        admitted: admitted == 1,
+        balance: Balance {
+            remaining,
+            base,
+            period,
+        },
+        low: low == 1,
+        exhausted: exhausted == 1,
+    };
+    Some((spent, gen))
+}
+
 fn refuse_exhausted(s: Option<Spent>) -> Result<Option<Spent>, CreditError> {
     match s {
         Some(s) if !s.admitted => Err(CreditError::Exhausted {
@@ -337,7 +505,7 @@ async fn group_commit(store: Store, mut rx: mpsc::Receiver<Pending>) {
     let mut pending = Vec::with_capacity(GROUP_COMMIT_MAX);
     while rx.recv_many(&mut pending, GROUP_COMMIT_MAX).await > 0 {
         let (batch, replies): (Vec<CreditSpend>, Vec<_>) = pending.drain(..).unzip();
-        let result = store.record_credit_spends(&batch).await;
+        let result = store.record_credit_spends(batch).await;
         for reply in replies {
             let _ = reply.send(match &result {
                 Ok(()) => Ok(()),

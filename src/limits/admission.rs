@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::domain::chat_limits::allows;
 use crate::domain::ChatLimits;
-use crate::ratelimit::{Decision, Lease, LeaseSpec, Limiter, Rate, Request, Window};
+use crate::ratelimit::{Decision, Lease, LeaseError, LeaseSpec, Limiter, Rate, Request, Window};
 use crate::store::{ApiKeyRecord, StoreError, WidgetRecord};
 
 use super::Limits;
@@ -45,6 +45,10 @@ pub enum AdmissionError {
     /// The shared limiter is unreachable and the policy fails closed.
     #[error("the rate limiter is unavailable")]
     Unavailable,
+    /// Redis holds the `max_parallel` leases and does not answer: refused, never counted
+    /// per instance.
+    #[error("the concurrency leases are unavailable")]
+    LeasesUnavailable,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -182,7 +186,8 @@ impl Limits {
         let tag = format!("org:{}", who.org_id);
         match self.leases.acquire(&tag, &specs).await {
             Ok(l) => Ok(Some(l)),
-            Err(i) => {
+            Err(LeaseError::Unavailable) => Err(AdmissionError::LeasesUnavailable),
+            Err(LeaseError::Full(i)) => {
                 let s = &specs[i.min(specs.len() - 1)];
                 Err(AdmissionError::Concurrency {
                     scope: s.scope,
@@ -288,6 +293,14 @@ impl Limits {
         }
         crate::ratelimit::noted::add(&d);
         if !d.allowed {
+            self.webhooks.tokens_limited(
+                &self.store,
+                &self.clock,
+                &req,
+                &d,
+                who.key.map(|k| k.id.as_str()),
+                who.widget.map(|(w, _)| w.id.as_str()),
+            );
             return Err(AdmissionError::Tokens(d));
         }
         Ok(Some(Reservation {

@@ -32,6 +32,10 @@ pub enum OtpKind {
     EmailChange,
     /// The link of an email change sent to the current address.
     EmailChangeCurrent,
+    /// The code of `/reauthenticate`: a nonce for a password change (never a link).
+    Reauthentication,
+    /// An invitation to the service (the admin API's `inviteUserByEmail`).
+    Invite,
 }
 
 impl OtpKind {
@@ -43,6 +47,8 @@ impl OtpKind {
             OtpKind::Recovery => "recovery",
             OtpKind::EmailChange => "email_change",
             OtpKind::EmailChangeCurrent => "email_change_current",
+            OtpKind::Reauthentication => "reauthentication",
+            OtpKind::Invite => "invite",
         }
     }
 
@@ -53,6 +59,8 @@ impl OtpKind {
             "recovery" => OtpKind::Recovery,
             "email_change" => OtpKind::EmailChange,
             "email_change_current" => OtpKind::EmailChangeCurrent,
+            "reauthentication" => OtpKind::Reauthentication,
+            "invite" => OtpKind::Invite,
             _ => return None,
         })
     }
@@ -64,6 +72,8 @@ impl OtpKind {
             OtpKind::Recovery => "recovery",
             OtpKind::EmailChange => "email_change",
             OtpKind::EmailChangeCurrent => "email_change_current",
+            OtpKind::Reauthentication => "reauthentication",
+            OtpKind::Invite => "invite_user",
         }
     }
 
@@ -74,6 +84,10 @@ impl OtpKind {
             OtpKind::MagicLink => VerifyType::MagicLink,
             OtpKind::Recovery => VerifyType::Recovery,
             OtpKind::EmailChange | OtpKind::EmailChangeCurrent => VerifyType::EmailChange,
+            // No verification type accepts it (`VerifyType::accepts`): its mail has no link,
+            // and its code only goes with a password change.
+            OtpKind::Reauthentication => VerifyType::Email,
+            OtpKind::Invite => VerifyType::Invite,
         }
     }
 
@@ -83,6 +97,8 @@ impl OtpKind {
             OtpKind::Recovery => "recovery",
             OtpKind::EmailChange | OtpKind::EmailChangeCurrent => "email_change",
             OtpKind::Signup | OtpKind::MagicLink => "otp",
+            OtpKind::Reauthentication => "reauthentication",
+            OtpKind::Invite => "invite",
         }
     }
 }
@@ -100,6 +116,8 @@ pub enum VerifyType {
     Recovery,
     /// `email_change`.
     EmailChange,
+    /// `invite`.
+    Invite,
 }
 
 impl VerifyType {
@@ -111,6 +129,7 @@ impl VerifyType {
             "email" => VerifyType::Email,
             "recovery" => VerifyType::Recovery,
             "email_change" => VerifyType::EmailChange,
+            "invite" => VerifyType::Invite,
             _ => return None,
         })
     }
@@ -123,6 +142,7 @@ impl VerifyType {
             VerifyType::Email => "email",
             VerifyType::Recovery => "recovery",
             VerifyType::EmailChange => "email_change",
+            VerifyType::Invite => "invite",
         }
     }
 
@@ -135,6 +155,7 @@ impl VerifyType {
             VerifyType::EmailChange => {
                 matches!(kind, OtpKind::EmailChange | OtpKind::EmailChangeCurrent)
             }
+            VerifyType::Invite => kind == OtpKind::Invite,
         }
     }
 }
@@ -151,6 +172,15 @@ pub enum FlowError {
     /// The new address belongs to another user.
     #[error("the new address belongs to another user")]
     EmailExists,
+    /// A PKCE auth code that is unknown or was already used.
+    #[error("the auth code is unknown or used")]
+    CodeNotFound,
+    /// A PKCE auth code past its lifetime.
+    #[error("the auth code has expired")]
+    CodeExpired,
+    /// A PKCE auth code presented with a verifier its challenge was not made from.
+    #[error("the code verifier does not match the challenge")]
+    BadCodeVerifier,
     /// Storage contention; retry.
     #[error("storage is busy")]
     Busy,
@@ -174,9 +204,9 @@ impl From<StoreError> for FlowError {
 /// The email flows over the store and the mailer.
 #[derive(Clone)]
 pub struct EmailFlows {
-    store: Store,
-    clock: Clock,
-    config: Arc<Config>,
+    pub(super) store: Store,
+    pub(super) clock: Clock,
+    pub(super) config: Arc<Config>,
     /// Templates, redirects and delivery.
     pub mailer: Mailer,
     /// This instance's name on the requests it leases.
@@ -207,6 +237,14 @@ pub enum MailRequest {
         /// That sign-up's argon2 password hash.
         password_hash: String,
     },
+    /// `/resend`: the confirmation of a sign-up (if the address's account is unconfirmed) or
+    /// of the pending email change of the account with this address.
+    Resend {
+        /// The normalised address.
+        email: String,
+        /// The email change's links rather than the sign-up's.
+        email_change: bool,
+    },
     /// An email change of `user_id` to `new`.
     EmailChange {
         /// The account.
@@ -214,6 +252,52 @@ pub enum MailRequest {
         /// The normalised new address.
         new: String,
     },
+}
+
+/// A link made for the admin API (`generateLink`), or mailed by it (an invitation).
+pub struct Issued {
+    /// The link to follow (`/auth/v1/verify?token=…`).
+    pub action_link: String,
+    /// The six-digit code.
+    pub code: String,
+    /// The link's token (`token_hash` of `verifyOtp`).
+    pub token: String,
+    /// Where the link lands.
+    pub redirect_to: String,
+}
+
+/// Which link the admin API makes (`generateLink`'s `type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkType {
+    /// A sign-up's confirmation (creates the account, with `password`, when new).
+    Signup,
+    /// An invitation (creates the account when new).
+    Invite,
+    /// A sign-in link (an unknown address gets a sign-up link instead, as GoTrue does).
+    MagicLink,
+    /// A password recovery.
+    Recovery,
+    /// An email change: the link for the current address.
+    EmailChangeCurrent,
+    /// An email change: the link for the new address.
+    EmailChangeNew,
+}
+
+/// Why the admin API could not make a link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The flow failed.
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+    /// The address has no account (recovery, email change).
+    #[error("no user has this address")]
+    UserNotFound,
+    /// The address is confirmed already (sign-up, invite), or the new address is taken.
+    #[error("the address has a confirmed account")]
+    EmailExists,
+    /// `email_change_current` needs `email_change_double_confirm`.
+    #[error("the current address confirms nothing without email_change_double_confirm")]
+    CurrentNotConfirming,
 }
 
 /// How long the worker owns a request it took: a crashed worker's request waits this long.
@@ -230,7 +314,13 @@ pub struct Verified {
     /// One side of an email change confirmed it; the other side's link is still to come
     /// (no session is opened).
     pub pending: bool,
+    /// The PKCE challenge of the flow, when a PKCE client started it: a followed link then
+    /// answers with an auth code bound to it rather than a session.
+    pub code_challenge: Option<String>,
 }
+
+/// What starts the link token of a PKCE flow.
+pub const PKCE_PREFIX: &str = "pkce_";
 
 /// GoTrue's answer when one of the two links of an email change was followed.
 pub const ONE_SIDE_CONFIRMED: &str =
@@ -250,10 +340,13 @@ impl EmailFlows {
 
     /// Stores a mail request and wakes the worker. Costs the same whether or not the address
     /// has an account; the request survives a crash until a worker has handled it.
+    /// `code_challenge` (its stored form, see `auth::pkce`) makes it a PKCE flow: the
+    /// mail's link then leads to an auth code instead of a session.
     pub async fn request(
         &self,
         req: MailRequest,
         redirect_to: Option<&str>,
+        code_challenge: Option<String>,
     ) -> Result<(), FlowError> {
         let mut row = MailRequestRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -263,6 +356,7 @@ impl EmailFlows {
             redirect_to: redirect_to.map(str::to_string),
             data: "{}".into(),
             password_hash: None,
+            code_challenge,
             created_at: self.clock.now_ms(),
         };
         match req {
@@ -291,6 +385,18 @@ impl EmailFlows {
                 row.kind = "signup".into();
                 row.email = email;
                 row.password_hash = Some(password_hash);
+            }
+            MailRequest::Resend {
+                email,
+                email_change,
+            } => {
+                row.kind = if email_change {
+                    "resend_email_change"
+                } else {
+                    "resend_signup"
+                }
+                .into();
+                row.email = email;
             }
             MailRequest::EmailChange { user_id, new } => {
                 row.kind = "email_change".into();
@@ -346,12 +452,13 @@ impl EmailFlows {
 
     async fn handle(&self, row: &MailRequestRow) -> Result<(), FlowError> {
         let redirect = row.redirect_to.as_deref();
+        let pkce = row.code_challenge.as_deref();
         match row.kind.as_str() {
             "magiclink" => {
                 let data =
                     serde_json::from_str(&row.data).unwrap_or_else(|_| serde_json::json!({}));
                 let user = self.user_or_create(&row.email, &data).await?;
-                self.send(OtpKind::MagicLink, &user, &user.email, redirect)
+                self.send(OtpKind::MagicLink, &user, &user.email, redirect, pkce)
                     .await
             }
             "magiclink_existing" | "recovery" => {
@@ -361,15 +468,41 @@ impl EmailFlows {
                     OtpKind::MagicLink
                 };
                 match self.user(&row.email).await? {
-                    Some(user) => self.send(kind, &user, &user.email, redirect).await,
+                    Some(user) => self.send(kind, &user, &user.email, redirect, pkce).await,
                     None => Ok(()),
                 }
             }
             "signup" => match (self.user(&row.email).await?, &row.password_hash) {
                 (Some(user), Some(hash)) if user.email_confirmed_at.is_none() => {
-                    self.send_signup(&user, hash.clone(), redirect).await
+                    self.send_signup(&user, hash.clone(), redirect, pkce).await
                 }
                 _ => Ok(()),
+            },
+            // A resent confirmation proves the address but vouches for no password: the one
+            // waiting on the account may be somebody else's (who signed the address up first),
+            // so following this link confirms the account without it (as a magic link does).
+            "resend_signup" => match self.user(&row.email).await? {
+                Some(user) if user.email_confirmed_at.is_none() => self
+                    .issue(
+                        OtpKind::Signup,
+                        &user,
+                        &user.email,
+                        redirect,
+                        None,
+                        None,
+                        pkce,
+                        true,
+                    )
+                    .await
+                    .map(drop),
+                _ => Ok(()),
+            },
+            "resend_email_change" => match self.user(&row.email).await? {
+                Some(user) => match self.store.pending_email_change(&user.id).await? {
+                    Some(new) => self.request_email_change(&user, &new, redirect, pkce).await,
+                    None => Ok(()),
+                },
+                None => Ok(()),
             },
             "email_change" => {
                 let user = match &row.user_id {
@@ -377,7 +510,10 @@ impl EmailFlows {
                     None => None,
                 };
                 match user {
-                    Some(user) => self.request_email_change(&user, &row.email, redirect).await,
+                    Some(user) => {
+                        self.request_email_change(&user, &row.email, redirect, pkce)
+                            .await
+                    }
                     None => Ok(()),
                 }
             }
@@ -409,8 +545,11 @@ impl EmailFlows {
         user: &User,
         to: &str,
         redirect_to: Option<&str>,
+        pkce: Option<&str>,
     ) -> Result<(), FlowError> {
-        self.issue(kind, user, to, redirect_to, None, None).await
+        self.issue(kind, user, to, redirect_to, None, None, pkce, true)
+            .await
+            .map(drop)
     }
 
     /// The confirmation mail of one sign-up. Its link carries that sign-up's password (its
@@ -420,6 +559,7 @@ impl EmailFlows {
         user: &User,
         password_hash: String,
         redirect_to: Option<&str>,
+        pkce: Option<&str>,
     ) -> Result<(), FlowError> {
         self.issue(
             OtpKind::Signup,
@@ -428,8 +568,11 @@ impl EmailFlows {
             redirect_to,
             Some(password_hash),
             None,
+            pkce,
+            true,
         )
         .await
+        .map(drop)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -441,8 +584,15 @@ impl EmailFlows {
         redirect_to: Option<&str>,
         password_hash: Option<String>,
         new_email: Option<&str>,
-    ) -> Result<(), FlowError> {
-        let link_token = tokens::random_token(LINK_TOKEN_BYTES);
+        pkce: Option<&str>,
+        deliver: bool,
+    ) -> Result<Issued, FlowError> {
+        // A PKCE flow's link token says so by its prefix (as GoTrue's does), so that even a
+        // failed verification answers the way a PKCE client reads it (in the query).
+        let link_token = match pkce {
+            Some(_) => format!("{PKCE_PREFIX}{}", tokens::random_token(LINK_TOKEN_BYTES)),
+            None => tokens::random_token(LINK_TOKEN_BYTES),
+        };
         let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.clock.now_ms();
@@ -470,14 +620,12 @@ impl EmailFlows {
             expires_in_minutes: self.config.otp_expiry_seconds / 60,
             requested_at: crate::clock::rfc3339(now),
         };
-        let rendered = self
-            .mailer
-            .templates()
-            .render(kind.template(), &ctx)
-            .map_err(|e| {
-                tracing::error!(error = %e, "a mail template failed to render");
-                FlowError::Internal
-            })?;
+        let issued = Issued {
+            action_link: ctx.confirmation_url.clone(),
+            code: code.clone(),
+            token: link_token.clone(),
+            redirect_to: ctx.redirect_to.clone(),
+        };
         let otp = OtpRow {
             code_hash: code_hash(&id, &code),
             id,
@@ -487,16 +635,29 @@ impl EmailFlows {
             token_hash: tokens::sha256_hex(&link_token),
             expires_at: now + self.config.otp_expiry_seconds * 1000,
             password_hash,
+            code_challenge: pkce.map(str::to_string),
         };
+        if !deliver {
+            self.store.issue_otp(&otp, None, now).await?;
+            return Ok(issued);
+        }
+        let rendered = self
+            .mailer
+            .templates()
+            .render(kind.template(), &ctx)
+            .map_err(|e| {
+                tracing::error!(error = %e, "a mail template failed to render");
+                FlowError::Internal
+            })?;
         let mail = NewMail {
             recipient: to.to_string(),
             subject: rendered.subject,
             text: rendered.text,
             html: rendered.html,
         };
-        self.store.issue_otp(&otp, &mail, now).await?;
+        self.store.issue_otp(&otp, Some(&mail), now).await?;
         self.mailer.wake();
-        Ok(())
+        Ok(issued)
     }
 
     /// `PUT /user {email}`: starts a change to `new` (replacing any pending one). The new
@@ -509,6 +670,7 @@ impl EmailFlows {
         user: &User,
         new: &str,
         redirect_to: Option<&str>,
+        pkce: Option<&str>,
     ) -> Result<(), FlowError> {
         let taken = self.store.user_by_email(new).await?.is_some();
         let now = self.clock.now_ms();
@@ -516,10 +678,23 @@ impl EmailFlows {
         if taken {
             self.notice("email_in_use", new, &user.email, new).await?;
         } else {
-            self.issue(OtpKind::EmailChange, user, new, redirect_to, None, None)
-                .await?;
+            self.issue(
+                OtpKind::EmailChange,
+                user,
+                new,
+                redirect_to,
+                None,
+                None,
+                pkce,
+                true,
+            )
+            .await?;
         }
-        if self.config.email_change_double_confirm {
+        if user.email.is_empty() {
+            // An anonymous user has no current address to confirm from or to tell: the new
+            // address alone decides (GoTrue's rule).
+            Ok(())
+        } else if self.config.email_change_double_confirm {
             self.issue(
                 OtpKind::EmailChangeCurrent,
                 user,
@@ -527,8 +702,11 @@ impl EmailFlows {
                 redirect_to,
                 None,
                 Some(new),
+                pkce,
+                true,
             )
             .await
+            .map(drop)
         } else {
             self.notice("email_change_notice", &user.email, &user.email, new)
                 .await
@@ -571,6 +749,57 @@ impl EmailFlows {
         };
         self.store.queue_mail(&mail, now).await?;
         self.mailer.wake();
+        Ok(())
+    }
+
+    /// Mails `user` a reauthentication code (replacing a previous one).
+    pub async fn send_reauthentication(&self, user: &User) -> Result<(), FlowError> {
+        self.issue(
+            OtpKind::Reauthentication,
+            user,
+            &user.email,
+            None,
+            None,
+            None,
+            None,
+            true,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Uses up `user_id`'s reauthentication code if `nonce` is it (`Invalid` otherwise). A
+    /// wrong nonce spends one of the code's attempts.
+    pub async fn check_reauthentication(
+        &self,
+        user_id: &str,
+        nonce: &str,
+    ) -> Result<(), FlowError> {
+        let now = self.clock.now_ms();
+        let Some(row) = self
+            .store
+            .otp_for_user(user_id, OtpKind::Reauthentication.name())
+            .await?
+        else {
+            return Err(FlowError::Invalid);
+        };
+        if row.expires_at <= now
+            || !self
+                .store
+                .take_code_attempt(&row.id, MAX_CODE_ATTEMPTS)
+                .await?
+        {
+            return Err(FlowError::Invalid);
+        }
+        if !tokens::ct_eq(&code_hash(&row.id, nonce.trim()), &row.code_hash) {
+            self.store
+                .drop_spent_otps(&[row.id], MAX_CODE_ATTEMPTS)
+                .await?;
+            return Err(FlowError::Invalid);
+        }
+        if !self.store.consume_otp(&row.id).await? {
+            return Err(FlowError::Invalid);
+        }
         Ok(())
     }
 
@@ -652,7 +881,13 @@ impl EmailFlows {
                     OtpKind::EmailChange => (1, Some(row.email.as_str())),
                     _ => (2, None),
                 };
-                let required = if self.config.email_change_double_confirm {
+                // An account without an address (an anonymous sign-in) has no current side.
+                let has_current = self
+                    .store
+                    .user_by_id(&row.user_id)
+                    .await?
+                    .is_some_and(|u| !u.email.is_empty());
+                let required = if self.config.email_change_double_confirm && has_current {
                     3
                 } else {
                     1
@@ -680,9 +915,11 @@ impl EmailFlows {
                     .confirm_email(&row.user_id, row.password_hash.as_deref(), now)
                     .await?
             }
-            OtpKind::MagicLink | OtpKind::Recovery => {
+            OtpKind::MagicLink | OtpKind::Recovery | OtpKind::Invite => {
                 ended = self.store.confirm_email(&row.user_id, None, now).await?
             }
+            // Never accepted by a verification type (checked above).
+            OtpKind::Reauthentication => return Err(FlowError::Invalid),
         }
         let user = self
             .store
@@ -694,6 +931,7 @@ impl EmailFlows {
             kind,
             ended,
             pending,
+            code_challenge: row.code_challenge,
         })
     }
 
@@ -717,4 +955,127 @@ impl EmailFlows {
 
 fn code_hash(id: &str, code: &str) -> String {
     tokens::sha256_hex(&format!("{id}:{code}"))
+}
+
+impl EmailFlows {
+    /// `generateLink`: a link (and code) for `email` without mailing it, as GoTrue makes
+    /// them: the account is created for a new address on `signup` (with `password_hash`),
+    /// `invite` and `magiclink` (which becomes `signup`); `recovery` and the email changes
+    /// need an account. Returns the user, the link and the type it was made as.
+    pub async fn generate_link(
+        &self,
+        kind: LinkType,
+        email: &str,
+        new_email: Option<&str>,
+        password_hash: Option<String>,
+        data: &serde_json::Value,
+        redirect_to: Option<&str>,
+    ) -> Result<(User, Issued, &'static str), LinkError> {
+        let existing = self.user(email).await?;
+        let confirmed = existing
+            .as_ref()
+            .is_some_and(|u| u.email_confirmed_at.is_some());
+        let (user, otp_kind, name) = match (kind, existing) {
+            (LinkType::MagicLink, Some(u)) => (u, OtpKind::MagicLink, "magiclink"),
+            (LinkType::MagicLink | LinkType::Signup, None) => (
+                self.user_or_create(email, data).await?,
+                OtpKind::Signup,
+                "signup",
+            ),
+            (LinkType::Signup, Some(_)) if confirmed => return Err(LinkError::EmailExists),
+            (LinkType::Signup, Some(u)) => (u, OtpKind::Signup, "signup"),
+            (LinkType::Invite, Some(_)) if confirmed => return Err(LinkError::EmailExists),
+            (LinkType::Invite, Some(u)) => (u, OtpKind::Invite, "invite"),
+            (LinkType::Invite, None) => (
+                self.user_or_create(email, data).await?,
+                OtpKind::Invite,
+                "invite",
+            ),
+            (LinkType::Recovery, Some(u)) => (u, OtpKind::Recovery, "recovery"),
+            (LinkType::EmailChangeCurrent | LinkType::EmailChangeNew, Some(u)) => {
+                let new = new_email.ok_or(LinkError::EmailExists)?;
+                if kind == LinkType::EmailChangeCurrent && !self.config.email_change_double_confirm
+                {
+                    return Err(LinkError::CurrentNotConfirming);
+                }
+                if self.user(new).await?.is_some() {
+                    return Err(LinkError::EmailExists);
+                }
+                // Both links of one change may be made: the second keeps the first alive.
+                self.store
+                    .begin_email_change_unless_pending(&u.id, new, self.clock.now_ms())
+                    .await
+                    .map_err(FlowError::from)?;
+                let (k, n) = if kind == LinkType::EmailChangeNew {
+                    (OtpKind::EmailChange, "email_change_new")
+                } else {
+                    (OtpKind::EmailChangeCurrent, "email_change_current")
+                };
+                (u, k, n)
+            }
+            (
+                LinkType::Recovery | LinkType::EmailChangeCurrent | LinkType::EmailChangeNew,
+                None,
+            ) => return Err(LinkError::UserNotFound),
+        };
+        let to = match otp_kind {
+            OtpKind::EmailChange => new_email.unwrap_or(email).to_string(),
+            _ => user.email.clone(),
+        };
+        let hash = if otp_kind == OtpKind::Signup {
+            password_hash
+        } else {
+            None
+        };
+        let issued = self
+            .issue(
+                otp_kind,
+                &user,
+                &to,
+                redirect_to,
+                hash,
+                new_email,
+                None,
+                false,
+            )
+            .await?;
+        let user = self
+            .store
+            .user_by_id(&user.id)
+            .await
+            .map_err(FlowError::from)?
+            .ok_or(LinkError::UserNotFound)?;
+        Ok((user, issued, name))
+    }
+
+    /// `inviteUserByEmail`: creates the account when new (unconfirmed, without a password)
+    /// and mails it an invitation through the queue; a confirmed address is `EmailExists`.
+    pub async fn invite(
+        &self,
+        email: &str,
+        data: &serde_json::Value,
+        redirect_to: Option<&str>,
+    ) -> Result<User, LinkError> {
+        let user = match self.user(email).await? {
+            Some(u) if u.email_confirmed_at.is_some() => return Err(LinkError::EmailExists),
+            Some(u) => u,
+            None => self.user_or_create(email, data).await?,
+        };
+        self.issue(
+            OtpKind::Invite,
+            &user,
+            &user.email,
+            redirect_to,
+            None,
+            None,
+            None,
+            true,
+        )
+        .await?;
+        self.store
+            .user_by_id(&user.id)
+            .await
+            .map_err(FlowError::from)?
+            .ok_or(LinkError::UserNotFound)
+    }
 }

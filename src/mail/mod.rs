@@ -3,6 +3,7 @@
 
 pub mod flows;
 pub mod outbox;
+pub mod pkce;
 pub mod redirect;
 pub mod smtp;
 pub mod templates;

@@ -8,7 +8,7 @@ use minijinja::Environment;
 use serde::Serialize;
 
 /// The templates, each as `NAME.subject`, `NAME.txt` and `NAME.html`.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 10] = [
     "confirmation",
     "magic_link",
     "recovery",
@@ -17,6 +17,8 @@ pub const NAMES: [&str; 8] = [
     "email_change_notice",
     "email_in_use",
     "invitation",
+    "reauthentication",
+    "invite_user",
 ];
 
 const PARTS: [&str; 3] = ["subject", "txt", "html"];
@@ -51,6 +53,12 @@ fn builtin(file: &str) -> Option<&'static str> {
         "invitation.subject" => include_str!("../../assets/mail/invitation.subject"),
         "invitation.txt" => include_str!("../../assets/mail/invitation.txt"),
         "invitation.html" => include_str!("../../assets/mail/invitation.html"),
+        "reauthentication.subject" => include_str!("../../assets/mail/reauthentication.subject"),
+        "reauthentication.txt" => include_str!("../../assets/mail/reauthentication.txt"),
+        "reauthentication.html" => include_str!("../../assets/mail/reauthentication.html"),
+        "invite_user.subject" => include_str!("../../assets/mail/invite_user.subject"),
+        "invite_user.txt" => include_str!("../../assets/mail/invite_user.txt"),
+        "invite_user.html" => include_str!("../../assets/mail/invite_user.html"),
         _ => return None,
     })
 }

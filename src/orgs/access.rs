@@ -6,13 +6,15 @@ use crate::ids::{KeyId, OrgId};
 /// The message every non-member gets, whatever the organization id.
 pub const NOT_A_MEMBER: &str = "Not a member of the selected organization";
 
-/// Who asks: a signed-in person, or an organization's API key.
+/// Who asks: a signed-in person, an organization's API key, or an OAuth client for a person.
 #[derive(Clone, Debug)]
 pub enum Actor {
     /// A person, by user id.
     User {
         /// User UUID.
         user_id: String,
+        /// Whether the person's credential is at `aal2` (a second factor was verified).
+        aal2: bool,
     },
     /// An API key: it acts in its own organization only, with its scopes.
     Key {
@@ -23,12 +25,32 @@ pub enum Actor {
         /// The key's scopes (its permissions).
         scopes: Vec<String>,
     },
+    /// An OAuth client acting for a person in the one organization of its grant: it holds
+    /// the token's scopes that the person holds there now (a role change applies at once).
+    OAuth {
+        /// The person.
+        user_id: String,
+        /// The client.
+        client_id: String,
+        /// The grant's organization.
+        org_id: OrgId,
+        /// The token's scopes.
+        scopes: Vec<String>,
+        /// Whether the grant's consent was given at aal2 (and the token says so).
+        aal2: bool,
+    },
+}
+
+/// The audit actor of an OAuth client acting for a person:
+/// `oauth_client:{client id}/user:{user id}`.
+pub fn oauth_actor(client_id: &str, user_id: &str) -> String {
+    format!("oauth_client:{client_id}/user:{user_id}")
 }
 
 /// Who makes a change and from where, as the audit log records it.
 #[derive(Clone, Debug)]
 pub struct By {
-    /// `user:{id}`, `api_key:{id}` or `cli`.
+    /// `user:{id}`, `api_key:{id}`, `oauth_client:{client id}/user:{id}` or `cli`.
     pub actor: String,
     /// The client address, when over HTTP.
     pub ip: Option<String>,
@@ -74,9 +96,18 @@ pub enum Denied {
     /// Only owners and admins may do this.
     #[error("Only owners and admins can change the organization.")]
     NotAdmin,
-    /// API keys may not do this.
-    #[error("API keys cannot do this; sign in as a person.")]
+    /// API keys (and OAuth clients) may not do this.
+    #[error("API keys and OAuth clients cannot do this; sign in as a person.")]
     NotAPerson,
+    /// The organization requires a second factor (`aal2`) and the credential is `aal1`.
+    #[error("This organization requires multi-factor authentication: verify a second factor (aal2) and use the new token.")]
+    MfaRequired,
+    /// An anonymous sign-in (no address) may not create an organization: nobody could be
+    /// told about it, invite its owner back or recover it.
+    #[error(
+        "An anonymous user cannot create an organization; add and confirm an email address first."
+    )]
+    Anonymous,
 }
 
 impl Denied {
@@ -89,6 +120,8 @@ impl Denied {
             Denied::NotOwner => Some("owner"),
             Denied::NotAdmin => Some("admin"),
             Denied::NotAPerson => Some("user"),
+            Denied::MfaRequired => Some("aal2"),
+            Denied::Anonymous => Some("email"),
         }
     }
 }
@@ -98,9 +131,9 @@ impl Denied {
 pub struct Access {
     /// The organization.
     pub org_id: OrgId,
-    /// `user:{id}` or `api_key:{id}`, for the audit log.
+    /// `user:{id}`, `api_key:{id}` or `oauth_client:{client id}/user:{id}`, for the audit log.
     pub actor: String,
-    /// The user, when the actor is a person.
+    /// The user, when the actor is a person (not an OAuth client acting for one).
     pub user_id: Option<String>,
     /// The member's role (people only).
     pub role: Option<String>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use access::{Access, Actor, By, Denied, NOT_A_MEMBER};
+pub use access::{oauth_actor, Access, Actor, By, Denied, NOT_A_MEMBER};
 
 use crate::clock::Clock;
 use crate::domain::permissions;
@@ -114,6 +114,8 @@ pub struct OrgChanges {
     pub name: Option<String>,
     /// New rate limits across all the organization's keys; `Some(None)` restores the default.
     pub rate_limits: Option<Option<Rates>>,
+    /// Whether members must be at `aal2`.
+    pub require_mfa: Option<bool>,
 }
 
 /// The organizations service: cheap to clone.
@@ -176,12 +178,17 @@ impl Orgs {
     /// What `actor` may do in `org`; [`Denied::NotAMember`] when nothing.
     pub async fn access(&self, actor: &Actor, org: &OrgId) -> Result<Access, OrgError> {
         match actor {
-            Actor::User { user_id } => {
+            Actor::User { user_id, aal2 } => {
                 let role = self
                     .store
                     .membership(org, user_id)
                     .await?
                     .ok_or(Denied::NotAMember)?;
+                // Members only learn that the organization requires MFA (non-members get
+                // NotAMember above); an aal2 credential skips the read.
+                if !aal2 && self.store.org_requires_mfa(org).await? {
+                    return Err(Denied::MfaRequired.into());
+                }
                 let perms = self.role_permissions(org, &role).await?.unwrap_or_default();
                 Ok(Access {
                     org_id: org.clone(),
@@ -205,6 +212,37 @@ impl Orgs {
                     user_id: None,
                     role: None,
                     permissions: scopes.clone(),
+                })
+            }
+            Actor::OAuth {
+                user_id,
+                client_id,
+                org_id,
+                scopes,
+                aal2,
+            } => {
+                if org_id != org {
+                    return Err(Denied::NotAMember.into());
+                }
+                // What the person holds in the organization now, never more than the token's
+                // scopes; no role, so owner- and admin-only changes stay the person's own.
+                let role = self
+                    .store
+                    .membership(org, user_id)
+                    .await?
+                    .ok_or(Denied::NotAMember)?;
+                // An organization that requires MFA takes a client only under a consent given
+                // from an aal2 session, as it takes a person only at aal2.
+                if !aal2 && self.store.org_requires_mfa(org).await? {
+                    return Err(Denied::MfaRequired.into());
+                }
+                let held = self.role_permissions(org, &role).await?.unwrap_or_default();
+                Ok(Access {
+                    org_id: org.clone(),
+                    actor: oauth_actor(client_id, user_id),
+                    user_id: None,
+                    role: None,
+                    permissions: held.into_iter().filter(|p| scopes.contains(p)).collect(),
                 })
             }
         }
@@ -241,7 +279,7 @@ impl Orgs {
     /// The organizations `actor` sees: a person's, with their role in each; a key's own.
     pub async fn list(&self, actor: &Actor) -> Result<Vec<ListedOrg>, OrgError> {
         match actor {
-            Actor::User { user_id } => Ok(self
+            Actor::User { user_id, .. } => Ok(self
                 .store
                 .orgs_of_user(user_id)
                 .await?
@@ -253,7 +291,7 @@ impl Orgs {
                     role: Some(role),
                 })
                 .collect()),
-            Actor::Key { org_id, .. } => {
+            Actor::Key { org_id, .. } | Actor::OAuth { org_id, .. } => {
                 let o = self.get(org_id).await?;
                 Ok(vec![ListedOrg {
                     created_at: o.created_at,
@@ -300,6 +338,7 @@ impl Orgs {
                 &a.org_id,
                 changes.name.as_deref(),
                 changes.rate_limits.as_ref().map(Option::as_ref),
+                changes.require_mfa,
                 &self.audit(by),
             )
             .await?;

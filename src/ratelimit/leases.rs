@@ -7,7 +7,9 @@
 //! With Redis, each subject is a sorted set of lease ids scored by their expiry (unix ms),
 //! every set of one acquisition under one hash tag, and an acquisition is one script call:
 //! drop the expired ids, refuse when a set is full, else add the id to every set. Without
-//! Redis (or while it does not answer), the same in process memory.
+//! Redis, the same in process memory. With Redis configured and not answering, nothing is
+//! taken and the caller refuses ([`LeaseError::Unavailable`]): a per-instance count would let
+//! every instance admit `max` at once, so the bound would no longer hold.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,18 @@ pub struct LeaseSpec {
     /// How many leases the subject may hold at once.
     pub max: u32,
 }
+
+/// Why no lease was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseError {
+    /// The subject at this index of the specs holds its `max` already.
+    Full(usize),
+    /// Redis is configured and did not answer: nothing is taken (fail closed).
+    Unavailable,
+}
+
+/// The warning of an unreachable Redis, said once per 10 s however many acquisitions fail.
+static UNREACHABLE: super::Quiet = super::Quiet::new(10_000);
 
 /// Concurrency leases for the whole application; cheap to clone.
 #[derive(Clone)]
@@ -103,9 +117,9 @@ impl Leases {
         }
     }
 
-    /// Takes one lease on every subject of `specs` (all under `tag`), or none: `Err(i)`
-    /// names the first subject that holds its `max` already.
-    pub async fn acquire(&self, tag: &str, specs: &[LeaseSpec]) -> Result<Lease, usize> {
+    /// Takes one lease on every subject of `specs` (all under `tag`), or none:
+    /// `Err(Full(i))` names the first subject that holds its `max` already.
+    pub async fn acquire(&self, tag: &str, specs: &[LeaseSpec]) -> Result<Lease, LeaseError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let keys: Vec<String> = specs
             .iter()
@@ -115,15 +129,18 @@ impl Leases {
         if let Some((link, script)) = &self.inner.redis {
             match self.acquire_shared(link, script, &id, &keys, specs).await {
                 Ok(0) => shared = true,
-                Ok(i) => return Err(usize::try_from(i - 1).unwrap_or(0)),
-                // Redis does not answer: leases are per instance until it does.
+                Ok(i) => return Err(LeaseError::Full(usize::try_from(i - 1).unwrap_or(0))),
                 Err(e) => {
-                    tracing::warn!(error = %e, "Redis is unreachable; concurrency leases are held in memory on this instance")
+                    if let Some(quiet) = UNREACHABLE.due(super::quiet::now_ms()) {
+                        tracing::warn!(error = %e, refused_quietly = quiet, "Redis is unreachable; answers under a max_parallel bound are refused until it answers");
+                    }
+                    return Err(LeaseError::Unavailable);
                 }
             }
         }
         if !shared {
-            self.acquire_memory(&id, &keys, specs)?;
+            self.acquire_memory(&id, &keys, specs)
+                .map_err(LeaseError::Full)?;
         }
         let mut lease = Lease {
             inner: self.inner.clone(),
@@ -314,7 +331,10 @@ mod tests {
         let a = leases.acquire("t", &one(2)).await;
         let b = leases.acquire("t", &one(2)).await;
         assert!(a.is_ok() && b.is_ok());
-        assert_eq!(leases.acquire("t", &one(2)).await.err(), Some(0));
+        assert_eq!(
+            leases.acquire("t", &one(2)).await.err(),
+            Some(LeaseError::Full(0))
+        );
         drop(a);
         let c = leases.acquire("t", &one(2)).await;
         assert!(c.is_ok());
@@ -323,7 +343,10 @@ mod tests {
             b.abandon();
             c.abandon();
         }
-        assert_eq!(leases.acquire("t", &one(2)).await.err(), Some(0));
+        assert_eq!(
+            leases.acquire("t", &one(2)).await.err(),
+            Some(LeaseError::Full(0))
+        );
         clock.advance_ms(30_000);
         assert!(leases.acquire("t", &one(2)).await.is_ok());
         // Every subject must have room, or none is taken.
@@ -341,7 +364,10 @@ mod tests {
         ];
         let held = leases.acquire("t", &both[1..]).await;
         assert!(held.is_ok());
-        assert_eq!(leases.acquire("t", &both).await.err(), Some(1));
+        assert_eq!(
+            leases.acquire("t", &both).await.err(),
+            Some(LeaseError::Full(1))
+        );
         assert_eq!(
             leases
                 .inner

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::redis::{Joint, RedisFailure, Then};
 use super::{Decision, MemoryLimiter, RedisLimiter, Request};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -173,6 +174,40 @@ impl Limiter {
                 Ok(())
             }
         }
+    }
+
+    /// Decides `req` and, when it is admitted, runs `then` in the same Redis call. `None`
+    /// when decisions do not go to Redis now (memory, or Redis skipped after failures): the
+    /// caller decides in two steps instead. A failure is counted towards skipping Redis, and
+    /// is not replaced by a decision in memory: the caller refuses.
+    pub async fn check_then(
+        &self,
+        req: &Request,
+        then: &Then<'_>,
+    ) -> Option<Result<Joint, RedisFailure>> {
+        let Backend::Redis { redis, breaker, .. } = &*self.backend else {
+            return None;
+        };
+        if breaker.is_open() {
+            return None;
+        }
+        let now_arg = matches!(self.clock, Clock::Manual(_)).then(|| self.clock.now_ms());
+        let result = redis.check_then(req, now_arg, then).await;
+        match &result {
+            Ok(j) => {
+                breaker.succeeded();
+                match j {
+                    Joint::Admitted(..) => self.metrics.limit_decision(req.policy(), "allowed"),
+                    Joint::Denied(_) => self.metrics.limit_decision(req.policy(), "denied"),
+                    Joint::Retry(_) => {}
+                }
+            }
+            Err(e) => {
+                breaker.failed(e);
+                self.metrics.limit_decision(req.policy(), "unavailable");
+            }
+        }
+        Some(result)
     }
 
     async fn decide(&self, req: &Request, spend: bool) -> Result<Decision, LimiterError> {

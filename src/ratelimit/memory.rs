@@ -50,20 +50,39 @@ impl Hasher for IdHasher {
     }
 }
 
-/// A window's counter id: (tag, policy, subject, rate) through both keyed hashers, each
-/// already fed the tag.
-fn id(
+/// The counter ids of `windows`: each (tag, policy, subject, rate) through both keyed
+/// hashers, each already fed the tag. Windows of one policy and subject (a key's three
+/// windows) share the hashed prefix: the hashers are fed (policy, subject) once and cloned
+/// for each rate, which gives the same ids as hashing the whole tuple for every window.
+fn ids(
     a: &std::collections::hash_map::DefaultHasher,
     b: &std::collections::hash_map::DefaultHasher,
-    w: &super::Window,
-) -> u128 {
-    let rest = (w.policy, &w.subject, w.rate.limit, w.rate.window_seconds);
-    let half = |h: &std::collections::hash_map::DefaultHasher| {
-        let mut h = h.clone();
-        rest.hash(&mut h);
-        h.finish()
-    };
-    (u128::from(half(a)) << 64) | u128::from(half(b))
+    windows: &[super::Window],
+) -> Vec<u128> {
+    let mut out = Vec::with_capacity(windows.len());
+    let mut prefix: Option<(&str, &str, [std::collections::hash_map::DefaultHasher; 2])> = None;
+    for w in windows {
+        let fed = match &prefix {
+            Some((policy, subject, fed)) if *policy == w.policy && *subject == w.subject => fed,
+            _ => {
+                let feed = |h: &std::collections::hash_map::DefaultHasher| {
+                    let mut h = h.clone();
+                    w.policy.hash(&mut h);
+                    w.subject.hash(&mut h);
+                    h
+                };
+                &prefix.insert((w.policy, &w.subject, [feed(a), feed(b)])).2
+            }
+        };
+        let half = |h: &std::collections::hash_map::DefaultHasher| {
+            let mut h = h.clone();
+            w.rate.limit.hash(&mut h);
+            w.rate.window_seconds.hash(&mut h);
+            h.finish()
+        };
+        out.push((u128::from(half(&fed[0])) << 64) | u128::from(half(&fed[1])));
+    }
+    out
 }
 
 /// An in-process limiter, bounded in memory.
@@ -128,7 +147,7 @@ impl MemoryLimiter {
             h
         };
         let (a, b) = (tagged(&self.ids.0), tagged(&self.ids.1));
-        let ids: Vec<u128> = req.windows.iter().map(|w| id(&a, &b, w)).collect();
+        let ids = ids(&a, &b, &req.windows);
         let stripe = &self.stripes[(a.finish() as usize) % STRIPES];
         // A poisoned stripe only means another decision panicked mid-way; the counters are
         // plain integers and stay meaningful.
@@ -173,9 +192,9 @@ impl MemoryLimiter {
         };
         let (a, b) = (tagged(&self.ids.0), tagged(&self.ids.1));
         let stripe = &self.stripes[(a.finish() as usize) % STRIPES];
+        let ids = ids(&a, &b, &req.windows);
         let mut s = stripe.lock().unwrap_or_else(|p| p.into_inner());
-        for (w, delta) in req.windows.iter().zip(deltas) {
-            let id = id(&a, &b, w);
+        for ((w, delta), id) in req.windows.iter().zip(deltas).zip(ids) {
             let limit = i64::from(w.rate.limit.max(1));
             match s.cells.get_mut(&id) {
                 Some(c) => {
@@ -229,5 +248,56 @@ impl Stripe {
         let (_, cut, _) = ends.select_nth_unstable(k);
         let cut = *cut;
         self.cells.retain(|_, c| c.stale_after_ms > cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasher, Hash, Hasher};
+
+    use super::super::{Rate, Window};
+
+    /// The shared prefix is an optimisation only: every id is the hash of the whole
+    /// (tag, policy, subject, rate), as when each window was hashed on its own.
+    #[test]
+    fn ids_hash_each_window_whole() {
+        let states = (
+            std::collections::hash_map::RandomState::new(),
+            std::collections::hash_map::RandomState::new(),
+        );
+        let w = |policy: &'static str, subject: &str, limit, window_seconds| Window {
+            policy,
+            subject: subject.to_string(),
+            rate: Rate::new(limit, window_seconds),
+            cost: 1,
+        };
+        let windows = [
+            w("api_key", "key_1", 10, 1),
+            w("api_key", "key_1", 10, 2),
+            w("org", "org_1", 10, 1),
+            w("org", "key_1", 10, 1),
+            w("api_key", "key_1", 10, 3),
+        ];
+        let tagged = |s: &std::collections::hash_map::RandomState| {
+            let mut h = s.build_hasher();
+            "org:org_1".hash(&mut h);
+            h
+        };
+        let (a, b) = (tagged(&states.0), tagged(&states.1));
+        let whole = |w: &Window| {
+            let rest = (w.policy, &w.subject, w.rate.limit, w.rate.window_seconds);
+            let half = |h: &std::collections::hash_map::DefaultHasher| {
+                let mut h = h.clone();
+                rest.hash(&mut h);
+                h.finish()
+            };
+            (u128::from(half(&a)) << 64) | u128::from(half(&b))
+        };
+        let ids = super::ids(&a, &b, &windows);
+        assert_eq!(ids, windows.iter().map(whole).collect::<Vec<_>>());
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), windows.len());
     }
 }

@@ -13,15 +13,19 @@
 pub mod failures;
 mod leases;
 mod limiter;
+mod link;
 mod memory;
 pub mod noted;
+pub mod quiet;
 mod redis;
 
 pub use failures::FailureBudget;
-pub use leases::{Lease, LeaseSpec, Leases};
+pub use leases::{Lease, LeaseError, LeaseSpec, Leases};
 pub use limiter::{Limiter, LimiterError};
+pub use link::{RedisConn, RedisLink, RedisSettings};
 pub use memory::MemoryLimiter;
-pub use redis::{RedisFailure, RedisLimiter, RedisLink};
+pub use quiet::Quiet;
+pub use redis::{Joint, RedisFailure, RedisLimiter, Then, GCRA_CORE};
 
 use std::fmt;
 

@@ -1,87 +1,11 @@
 //! The shared backend: one script call per decision for all its windows, Redis `TIME` as
 //! the clock, every counter of a decision under one hash tag (Redis Cluster safe).
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
 use tracing::Instrument;
 
-use super::{Decision, Request, WindowState};
-
-/// A connection to Redis shared by the limiter and the invalidation fan-out. It connects in
-/// the background when Redis is down at start, and the connection manager reconnects after.
-#[derive(Clone)]
-pub struct RedisLink {
-    client: redis::Client,
-    conn: Arc<RwLock<Option<ConnectionManager>>>,
-    /// Every key and channel starts with this.
-    pub prefix: Arc<str>,
-    /// The longest wait for one command.
-    pub timeout: Duration,
-}
-
-impl RedisLink {
-    /// Parses `url` (a bad URL stops the start) and connects, in the background if need be.
-    pub async fn open(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("redis_url is not a valid Redis URL: {e}"))?;
-        let link = Self {
-            client,
-            conn: Arc::new(RwLock::new(None)),
-            prefix: prefix.into(),
-            timeout,
-        };
-        if let Err(e) = link.try_connect().await {
-            tracing::warn!(error = %e, "Redis is unreachable at start; deciding limits in memory until it answers");
-            let l = link.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    every.tick().await;
-                    if l.try_connect().await.is_ok() {
-                        tracing::info!("connected to Redis");
-                        return;
-                    }
-                }
-            });
-        }
-        Ok(link)
-    }
-
-    async fn try_connect(&self) -> anyhow::Result<()> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout.max(Duration::from_millis(200)))
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let cm = tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(500)),
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))??;
-        if let Ok(mut slot) = self.conn.write() {
-            *slot = Some(cm);
-        }
-        Ok(())
-    }
-
-    /// The connection, once there is one.
-    pub fn connection(&self) -> Option<ConnectionManager> {
-        self.conn.read().ok().and_then(|c| c.clone())
-    }
-
-    /// The client, for a dedicated subscriber connection.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
-    /// `{prefix}:{rest}`.
-    pub fn key(&self, rest: &str) -> String {
-        format!("{}:{rest}", self.prefix)
-    }
-}
+use super::{Decision, RedisLink, Request, WindowState};
 
 /// Why a Redis decision did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +24,44 @@ pub enum RedisFailure {
     Reply,
 }
 
+/// The body of the decision script (see its header); [`GCRA`] and the scripts that compose
+/// a second step after the windows ([`RedisLimiter::check_then`]) start with it.
+pub const GCRA_CORE: &str = include_str!("gcra_core.lua");
+
+/// The limiter's own script: every window decided, stored when all admit.
+const GCRA: &str = concat!(
+    "local n = #KEYS\n",
+    include_str!("gcra_core.lua"),
+    "if allowed == 1 and spend then store() end\nreturn out\n"
+);
+
+/// A second step run in the same script call as a decision's windows, only when they admit
+/// (a key's credit spend): one round trip decides both.
+///
+/// Its script is [`GCRA_CORE`] preceded by `local n = #KEYS - 1` and followed by the step,
+/// which reads its key at `KEYS[n + 1]` and its arguments from `ARGV[3 * n + 2]` on, and either
+/// answers one negative number storing nothing (the caller retries with other arguments), or
+/// runs `store()` and appends its own answer to `out`.
+pub struct Then<'a> {
+    /// The composed script.
+    pub script: &'a redis::Script,
+    /// The step's key, under the request's hash tag (Redis Cluster: one slot per call).
+    pub key: String,
+    /// The step's arguments.
+    pub args: &'a [i64],
+}
+
+/// What a decision with a second step answered.
+#[derive(Debug)]
+pub enum Joint {
+    /// A window refused: the step did not run, nothing was stored.
+    Denied(Decision),
+    /// The windows admitted and the step ran: its answer.
+    Admitted(Decision, Vec<i64>),
+    /// The step answered this negative number alone: nothing was stored.
+    Retry(i64),
+}
+
 /// The Redis-backed limiter.
 #[derive(Clone)]
 pub struct RedisLimiter {
@@ -113,7 +75,7 @@ impl RedisLimiter {
     pub fn new(link: RedisLink) -> Self {
         Self {
             link,
-            script: Arc::new(redis::Script::new(include_str!("gcra.lua"))),
+            script: Arc::new(redis::Script::new(GCRA)),
             adjust: Arc::new(redis::Script::new(include_str!("adjust.lua"))),
         }
     }
@@ -157,14 +119,49 @@ impl RedisLimiter {
         Ok(())
     }
 
-    async fn decide(
+    /// Decides `req` and, when its windows admit, runs `then` in the same `EVALSHA`.
+    pub async fn check_then(
         &self,
         req: &Request,
         now_ms: Option<i64>,
-        spend: bool,
-    ) -> Result<Decision, RedisFailure> {
+        then: &Then<'_>,
+    ) -> Result<Joint, RedisFailure> {
         let mut conn = self.link.connection().ok_or(RedisFailure::NotConnected)?;
-        let mut inv = self.script.prepare_invoke();
+        let mut inv = then.script.prepare_invoke();
+        self.windows(&mut inv, req, now_ms);
+        inv.key(&then.key);
+        for a in then.args {
+            inv.arg(*a);
+        }
+        let span = tracing::debug_span!(
+            "redis",
+            otel.name = "EVALSHA rate limit and credits",
+            otel.kind = "client",
+            db.system.name = "redis"
+        );
+        let reply: Vec<i64> = tokio::time::timeout(self.link.timeout, inv.invoke_async(&mut conn))
+            .instrument(span)
+            .await
+            .map_err(|_| RedisFailure::Timeout)??;
+        if let [code] = reply[..] {
+            if code < 0 {
+                return Ok(Joint::Retry(code));
+            }
+        }
+        let n = 1 + 3 * req.windows.len();
+        if reply.len() < n {
+            return Err(RedisFailure::Reply);
+        }
+        let decision = decision(req, &reply[..n]);
+        match (decision.allowed, reply.len() == n) {
+            (false, true) => Ok(Joint::Denied(decision)),
+            (true, false) => Ok(Joint::Admitted(decision, reply[n..].to_vec())),
+            _ => Err(RedisFailure::Reply),
+        }
+    }
+
+    /// The window counters' keys and arguments of `req`, as the decision scripts take them.
+    fn windows(&self, inv: &mut redis::ScriptInvocation<'_>, req: &Request, now_ms: Option<i64>) {
         for w in &req.windows {
             inv.key(self.link.key(&format!("rl:{{{}}}{}", req.tag, w.cell())));
         }
@@ -174,6 +171,17 @@ impl RedisLimiter {
                 .arg(u64::from(w.rate.window_seconds) * 1000)
                 .arg(w.cost);
         }
+    }
+
+    async fn decide(
+        &self,
+        req: &Request,
+        now_ms: Option<i64>,
+        spend: bool,
+    ) -> Result<Decision, RedisFailure> {
+        let mut conn = self.link.connection().ok_or(RedisFailure::NotConnected)?;
+        let mut inv = self.script.prepare_invoke();
+        self.windows(&mut inv, req, now_ms);
         if !spend {
             inv.arg("peek");
         }
@@ -190,22 +198,27 @@ impl RedisLimiter {
         if reply.len() != 1 + 3 * req.windows.len() {
             return Err(RedisFailure::Reply);
         }
-        let windows = req
-            .windows
-            .iter()
-            .zip(reply[1..].chunks_exact(3))
-            .map(|(w, r)| WindowState {
-                policy: w.policy,
-                limit: w.rate.limit,
-                window_seconds: w.rate.window_seconds,
-                remaining: r[0].clamp(0, i64::from(u32::MAX)) as u32,
-                reset_at: r[1],
-                retry_after: r[2].max(0) as u64,
-            })
-            .collect();
-        Ok(Decision {
-            allowed: reply[0] == 1,
-            windows,
+        Ok(decision(req, &reply))
+    }
+}
+
+/// The decision in a script's answer `{allowed, remaining_1, reset_1, retry_1, …}`.
+fn decision(req: &Request, reply: &[i64]) -> Decision {
+    let windows = req
+        .windows
+        .iter()
+        .zip(reply[1..].chunks_exact(3))
+        .map(|(w, r)| WindowState {
+            policy: w.policy,
+            limit: w.rate.limit,
+            window_seconds: w.rate.window_seconds,
+            remaining: r[0].clamp(0, i64::from(u32::MAX)) as u32,
+            reset_at: r[1],
+            retry_after: r[2].max(0) as u64,
         })
+        .collect();
+    Decision {
+        allowed: reply[0] == 1,
+        windows,
     }
 }

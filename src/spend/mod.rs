@@ -41,17 +41,30 @@ pub enum SpendError {
         /// What is wrong.
         problem: String,
     },
+    /// Redis holds the counters and does not answer: refused, never counted per instance.
+    #[error("the budget counters are unavailable")]
+    Unavailable,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// The warning of an unreachable Redis, said once per 10 s however many chats it refuses.
+static UNREACHABLE: crate::ratelimit::Quiet = crate::ratelimit::Quiet::new(10_000);
+
+fn redis_failed(what: &str, e: &counters::CounterFailure) {
+    if let Some(quiet) = UNREACHABLE.due(crate::ratelimit::quiet::now_ms()) {
+        tracing::warn!(error = %e, refused_quietly = quiet, "budget counters: Redis failed ({what}); chats under a budget are refused until it answers");
+    }
+}
+
 /// Which budget refused, and its state.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Exhausted {
-    /// `key`, `org` or `end_user`.
+    /// `key`, `org`, `end_user` or `client`.
     pub scope: &'static str,
-    /// The key id, the organization id, or the end user (`v:vis_…`, `u:{user_id}`).
+    /// The key id, the organization id, the end user (`v:vis_…`, `u:{user_id}`), or the
+    /// OAuth client's id.
     pub id: String,
     /// The budget's period.
     pub period: Period,
@@ -68,12 +81,17 @@ pub struct Exhausted {
 pub struct Ask<'a> {
     /// The organization.
     pub org_id: &'a str,
-    /// The key used, if any.
+    /// The key used, if any (named by the ledger row).
     pub key_id: Option<&'a str>,
+    /// Whose key budgets these are: the key's roll line (`ApiKeyRecord::line`), so a roll
+    /// does not restart their spend.
+    pub key_line: Option<&'a str>,
     /// The key's budgets.
     pub key_budgets: Option<&'a [Budget]>,
     /// The end user (`v:vis_…` or `u:{user_id}`), if any.
     pub end_user: Option<&'a str>,
+    /// The OAuth client whose token the chat came with, if any.
+    pub client_id: Option<&'a str>,
     /// The model.
     pub model: &'a str,
     /// Bytes of every message sent upstream.
@@ -101,6 +119,7 @@ pub struct Reservation {
     org_id: String,
     key_id: Option<String>,
     end_user: Option<String>,
+    client_id: Option<String>,
     model: String,
     price: Option<ModelPrice>,
     applied: Vec<Applied>,
@@ -143,7 +162,7 @@ pub struct SpendSettings {
     pub prices: BTreeMap<String, ModelPrice>,
     /// `currency`.
     pub currency: String,
-    /// `max_completion_tokens_reserved`.
+    /// `chat_reserve_tokens`.
     pub reserve_cap: u32,
     /// `spend_lease_seconds`.
     pub lease_seconds: u64,
@@ -322,6 +341,7 @@ impl Spend {
         for (field, list) in [
             ("budgets", &b.budgets),
             ("end_user_budgets", &b.end_user_budgets),
+            ("client_budgets", &b.client_budgets),
         ] {
             if let Some(list) = list {
                 check_budgets(list).map_err(|problem| SpendError::Invalid { field, problem })?;
@@ -358,7 +378,7 @@ impl Spend {
         let org = self.org(ask.org_id).await?;
         let mut budgets: Vec<(SpendScope, &Budget)> = Vec::new();
         for b in ask.key_budgets.unwrap_or_default() {
-            if let Some(k) = ask.key_id {
+            if let Some(k) = ask.key_line.or(ask.key_id) {
                 budgets.push((SpendScope::Key(k.to_string()), b));
             }
         }
@@ -373,6 +393,11 @@ impl Spend {
                 ));
             }
         }
+        if let Some(c) = ask.client_id {
+            for b in org.budgets.client_budgets.as_deref().unwrap_or_default() {
+                budgets.push((SpendScope::Client(ask.org_id.to_string(), c.to_string()), b));
+            }
+        }
         let price = org
             .prices
             .get(ask.model)
@@ -383,6 +408,7 @@ impl Spend {
             org_id: ask.org_id.to_string(),
             key_id: ask.key_id.map(str::to_string),
             end_user: ask.end_user.map(str::to_string),
+            client_id: ask.client_id.map(str::to_string),
             model: ask.model.to_string(),
             price,
             applied: Vec::new(),
@@ -421,15 +447,20 @@ impl Spend {
         // A counter missing is seeded, then the decision is made again; a seed that races
         // a settle from elsewhere only makes the next attempt see that settle.
         for _ in 0..4 {
-            let (found, on_redis) = self.try_reserve(&r, &targets, now, expires).await;
-            r.on_redis = on_redis;
+            let found = self.try_reserve(&r, &targets, now, expires).await?;
+            r.on_redis = self.redis.is_some();
             match found {
                 Reserved::Done => return Ok(r),
                 Reserved::Exhausted(i, spent) => {
                     let a = &r.applied[i.min(r.applied.len() - 1)];
+                    // A key's budgets count under its roll line; the refusal names the key.
+                    let id = match (&a.scope, &r.key_id) {
+                        (SpendScope::Key(_), Some(k)) => k.clone(),
+                        _ => scope_id(&a.scope),
+                    };
                     return Err(SpendError::Exhausted(Box::new(Exhausted {
                         scope: scope_name(&a.scope),
-                        id: scope_id(&a.scope),
+                        id,
                         period: a.budget.period,
                         amount: a.budget.amount,
                         spent,
@@ -446,48 +477,52 @@ impl Spend {
                             .await?;
                         seeds.push((&targets[i], v));
                     }
-                    self.seed(&r, &seeds, now, on_redis).await;
+                    self.seed(&r, &seeds, now).await?;
                 }
             }
         }
         Err(SpendError::Store(StoreError::Busy))
     }
 
+    /// Reserves in Redis when it is configured (refused when it does not answer: counting
+    /// per instance would let every instance spend the whole budget), else in memory.
     async fn try_reserve(
         &self,
         r: &Reservation,
         targets: &[Target],
         now: i64,
         expires: i64,
-    ) -> (Reserved, bool) {
-        if let Some(redis) = &self.redis {
-            match redis
+    ) -> Result<Reserved, SpendError> {
+        match &self.redis {
+            Some(redis) => redis
                 .reserve(&r.org_id, targets, &r.id, r.reserved, now, expires)
                 .await
-            {
-                Ok(found) => return (found, true),
-                Err(e) => {
-                    tracing::warn!(error = %e, "budget counters: Redis failed; counting on this instance")
-                }
-            }
+                .map_err(|e| {
+                    redis_failed("reserve", &e);
+                    SpendError::Unavailable
+                }),
+            None => Ok(self
+                .memory
+                .reserve(targets, &r.id, r.reserved, now, expires)),
         }
-        (
-            self.memory
-                .reserve(targets, &r.id, r.reserved, now, expires),
-            false,
-        )
     }
 
-    async fn seed(&self, r: &Reservation, seeds: &[(&Target, i64)], now: i64, on_redis: bool) {
-        if on_redis {
-            if let Some(redis) = &self.redis {
-                if let Err(e) = redis.seed(&r.org_id, seeds, now).await {
-                    tracing::warn!(error = %e, "budget counters: seeding Redis failed");
-                }
-                return;
+    async fn seed(
+        &self,
+        r: &Reservation,
+        seeds: &[(&Target, i64)],
+        now: i64,
+    ) -> Result<(), SpendError> {
+        match &self.redis {
+            Some(redis) => redis.seed(&r.org_id, seeds, now).await.map_err(|e| {
+                redis_failed("seed", &e);
+                SpendError::Unavailable
+            }),
+            None => {
+                self.memory.seed(seeds, now);
+                Ok(())
             }
         }
-        self.memory.seed(seeds, now);
     }
 
     /// The ledger row of a reservation's chat that used `used`.
@@ -497,6 +532,7 @@ impl Spend {
             org_id: r.org_id.clone(),
             key_id: r.key_id.clone(),
             end_user: r.end_user.clone(),
+            client_id: r.client_id.clone(),
             model: r.model.clone(),
             prompt_tokens: i64::try_from(used.prompt).unwrap_or(i64::MAX),
             completion_tokens: i64::try_from(used.completion).unwrap_or(i64::MAX),
@@ -520,7 +556,7 @@ impl Spend {
         if r.on_redis {
             if let Some(redis) = &self.redis {
                 if let Err(e) = redis.renew(&r.org_id, &counters, &r.id, now, expires).await {
-                    tracing::warn!(error = %e, "budget counters: renewing a lease failed");
+                    redis_failed("renew", &e);
                 }
                 return;
             }
@@ -557,7 +593,7 @@ impl Spend {
                     Ok(s) => s,
                     Err(e) => {
                         // The lease expires and the counter is then recounted from the ledger.
-                        tracing::warn!(error = %e, "budget counters: settling in Redis failed");
+                        redis_failed("settle", &e);
                         vec![None; pairs.len()]
                     }
                 }
@@ -608,6 +644,13 @@ impl Spend {
     /// stays down the lease expires and nothing is counted.
     pub async fn settle_alone(&self, r: Reservation, used: Used) {
         let row = self.ledger_row(&r, used);
+        // Nothing used (a chat refused after its reservation): the ledger would gain a row of
+        // zeros, each its own transaction outside the group commit, so a flood of refusals
+        // would become a flood of writes. Only the reservation is given back.
+        if used == Used::default() {
+            self.settled(r, &row).await;
+            return;
+        }
         for attempt in 0..3u64 {
             match self.store.record_spend(std::slice::from_ref(&row)).await {
                 Ok(()) => {
@@ -622,7 +665,7 @@ impl Spend {
         }
     }
 
-    /// Settled spend per bucket, key and model, from the ledger.
+    /// Settled spend per bucket, key, OAuth client and model, from the ledger.
     pub async fn report(
         &self,
         org_id: &str,
@@ -722,6 +765,13 @@ impl Drop for Guard {
         let Some(r) = self.reservation.take() else {
             return;
         };
+        // Nothing reserved in any budget and nothing used (a chat refused after the
+        // reservation, by a token window say): nothing to give back and a zero to record.
+        // Skipped, so a flood of refused chats writes nothing (each write would be its own
+        // transaction, outside the group commit, and together they starve storage).
+        if r.applied.is_empty() && used == Used::default() {
+            return;
+        }
         let spend = self.spend.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { spend.settle_alone(r, used).await });
@@ -744,6 +794,7 @@ fn scope_key(s: &SpendScope) -> String {
         SpendScope::Key(k) => format!("key:{k}"),
         SpendScope::Org(o) => format!("org:{o}"),
         SpendScope::EndUser(o, u) => format!("eu:{o}/{u}"),
+        SpendScope::Client(o, c) => format!("oc:{o}/{c}"),
     }
 }
 
@@ -752,6 +803,7 @@ fn scope_name(s: &SpendScope) -> &'static str {
         SpendScope::Key(_) => "key",
         SpendScope::Org(_) => "org",
         SpendScope::EndUser(..) => "end_user",
+        SpendScope::Client(..) => "client",
     }
 }
 
@@ -759,7 +811,7 @@ fn scope_id(s: &SpendScope) -> String {
     match s {
         SpendScope::Key(k) => k.clone(),
         SpendScope::Org(o) => o.clone(),
-        SpendScope::EndUser(_, u) => u.clone(),
+        SpendScope::EndUser(_, u) | SpendScope::Client(_, u) => u.clone(),
     }
 }
 

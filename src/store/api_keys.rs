@@ -40,6 +40,10 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<i64>,
     /// The key that replaced it in a roll.
     pub rolled_to: Option<String>,
+    /// The first key of its roll line, when it was made by a roll: that key's row holds the
+    /// line's one credit balance (read into `credits` here), and the line's key budgets are
+    /// counted under its id. See [`ApiKeyRecord::line`].
+    pub root_key: Option<String>,
     /// The key's own rate limits (`None`: the configured default).
     pub rate_limits: Option<Rates>,
     /// Its credits (`None`: unlimited uses).
@@ -69,6 +73,13 @@ pub struct KeyChange {
 }
 
 impl ApiKeyRecord {
+    /// The id of the key's roll line: its first key. Credits are metered and key budgets
+    /// counted under it, so a roll neither refills the one nor restarts the other, and the
+    /// old and the new key draw from one balance during the grace period.
+    pub fn line(&self) -> &str {
+        self.root_key.as_deref().unwrap_or(&self.id)
+    }
+
     /// `active`, `expired` or `revoked` at `now`.
     pub fn status(&self, now: i64) -> &'static str {
         if self.revoked_at.is_some() {
@@ -85,7 +96,20 @@ const COLUMNS: &str =
     "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, created_at, \
      expires_at, last_used_at, revoked_at, rolled_to, rate_limits, credits_remaining, \
      credits_base, credits_period, credits_gen, credits_refill_interval, credits_refill_amount, \
-     credits_refill_day, budgets, allowed_models, token_limits, max_parallel";
+     credits_refill_day, budgets, allowed_models, token_limits, max_parallel, root_key";
+
+/// [`COLUMNS`] to read: the credit columns come from the roll line's first key (the row of
+/// `root_key`), so every key of a line shows and meters the one balance.
+const READ: &str = "id, org_id, key_hash, start, name, scopes, environment, metadata, created_by, \
+     created_at, expires_at, last_used_at, revoked_at, rolled_to, rate_limits, \
+     CASE WHEN root_key IS NULL THEN credits_remaining ELSE (SELECT r.credits_remaining FROM api_keys r WHERE r.id = api_keys.root_key) END AS credits_remaining, \
+     CASE WHEN root_key IS NULL THEN credits_base ELSE (SELECT r.credits_base FROM api_keys r WHERE r.id = api_keys.root_key) END AS credits_base, \
+     CASE WHEN root_key IS NULL THEN credits_period ELSE (SELECT r.credits_period FROM api_keys r WHERE r.id = api_keys.root_key) END AS credits_period, \
+     CASE WHEN root_key IS NULL THEN credits_gen ELSE (SELECT r.credits_gen FROM api_keys r WHERE r.id = api_keys.root_key) END AS credits_gen, \
+     CASE WHEN root_key IS NULL THEN credits_refill_interval ELSE (SELECT r.credits_refill_interval FROM api_keys r WHERE r.id = api_keys.root_key) END AS credits_refill_interval, \
+     CASE WHEN root_key IS NULL THEN credits_refill_amount ELSE (SELECT r.credits_refill_amount FROM api_keys r WHERE r.id = api_keys.root_key) END AS credits_refill_amount, \
+     CASE WHEN root_key IS NULL THEN credits_refill_day ELSE (SELECT r.credits_refill_day FROM api_keys r WHERE r.id = api_keys.root_key) END AS credits_refill_day, \
+     budgets, allowed_models, token_limits, max_parallel, root_key";
 
 fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     let scopes: String = r.try_get("scopes")?;
@@ -107,6 +131,7 @@ fn from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         last_used_at: r.try_get("last_used_at")?,
         revoked_at: r.try_get("revoked_at")?,
         rolled_to: r.try_get("rolled_to")?,
+        root_key: r.try_get("root_key")?,
         rate_limits: parse_rates(r.try_get("rate_limits")?)?,
         credits: credits_from_row(r)?,
         budgets: parse_budgets(r.try_get("budgets")?)?,
@@ -214,7 +239,7 @@ async fn insert(conn: &mut super::exec::Conn, k: &ApiKeyRecord) -> StoreResult<(
     let (models, tokens, parallel) = chat_limits_columns(&k.chat_limits);
     sqlx::query(&format!(
         "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
     ))
     .bind(&k.id)
     .bind(&k.org_id)
@@ -242,6 +267,7 @@ async fn insert(conn: &mut super::exec::Conn, k: &ApiKeyRecord) -> StoreResult<(
     .bind(models)
     .bind(tokens)
     .bind(parallel)
+    .bind(k.root_key.as_deref())
     .execute(conn)
     .await?;
     Ok(())
@@ -307,6 +333,18 @@ fn event_data(k: &ApiKeyRecord) -> Value {
 }
 
 impl Store {
+    /// The hashes of every key of the roll line `line` (its first key's id) in `org`.
+    pub async fn line_key_hashes(&self, org_id: &str, line: &str) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT key_hash FROM api_keys WHERE org_id = $1 AND (id = $2 OR root_key = $2)",
+        )
+        .bind(org_id)
+        .bind(line)
+        .fetch_all(self.db())
+        .await?;
+        Ok(rows.into_iter().map(|(h,)| h).collect())
+    }
+
     /// Stores a new key.
     #[tracing::instrument(name = "Store::create_api_key", level = "debug", skip_all)]
     pub async fn create_api_key(&self, k: &ApiKeyRecord, audit: &Audit) -> StoreResult<()> {
@@ -332,7 +370,7 @@ impl Store {
     #[tracing::instrument(name = "Store::api_keys", level = "debug", skip_all)]
     pub async fn api_keys(&self, org_id: &str) -> StoreResult<Vec<ApiKeyRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id"
+            "SELECT {READ} FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id"
         ))
         .bind(org_id)
         .fetch_all(self.db())
@@ -353,7 +391,7 @@ impl Store {
         let rows = match after {
             None => {
                 sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 \
+                    "SELECT {READ} FROM api_keys WHERE org_id = $1 \
                      ORDER BY created_at, id LIMIT $2"
                 ))
                 .bind(org_id)
@@ -363,7 +401,7 @@ impl Store {
             }
             Some(after) => {
                 sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND (created_at, id) > \
+                    "SELECT {READ} FROM api_keys WHERE org_id = $1 AND (created_at, id) > \
                      (SELECT c.created_at, c.id FROM api_keys c WHERE c.org_id = $1 AND c.id = $2) \
                      ORDER BY created_at, id LIMIT $3"
                 ))
@@ -381,7 +419,7 @@ impl Store {
     #[tracing::instrument(name = "Store::api_key", level = "debug", skip_all)]
     pub async fn api_key(&self, org_id: &str, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
+            "SELECT {READ} FROM api_keys WHERE org_id = $1 AND id = $2"
         ))
         .bind(org_id)
         .bind(id)
@@ -394,12 +432,10 @@ impl Store {
     /// knows the organization from the record).
     #[tracing::instrument(name = "Store::api_key_by_hash", level = "debug", skip_all)]
     pub async fn api_key_by_hash(&self, hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
-        ))
-        .bind(hash)
-        .fetch_optional(self.db())
-        .await?;
+        let row = sqlx::query(&format!("SELECT {READ} FROM api_keys WHERE key_hash = $1"))
+            .bind(hash)
+            .fetch_optional(self.db())
+            .await?;
         row.as_ref().map(from_row).transpose()
     }
 
@@ -419,7 +455,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
+            "SELECT {READ} FROM api_keys WHERE org_id = $1 AND id = $2"
         ))
         .bind(org_id)
         .bind(id)
@@ -476,7 +512,7 @@ impl Store {
         }
         insert(&mut tx, new).await?;
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
+            "SELECT {READ} FROM api_keys WHERE org_id = $1 AND id = $2"
         ))
         .bind(&new.org_id)
         .bind(old_id)
@@ -515,7 +551,7 @@ impl Store {
     ) -> StoreResult<ApiKeyRecord> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 AND id = $2"
+            "SELECT {READ} FROM api_keys WHERE org_id = $1 AND id = $2"
         ))
         .bind(org_id)
         .bind(id)
@@ -543,8 +579,10 @@ impl Store {
             );
         }
         if let Some(credits) = &change.credits {
-            // A new generation: spends decided under the old settings no longer apply.
-            let gen = k_gen(&mut tx, id).await? + 1;
+            // A new generation: spends decided under the old settings no longer apply. The
+            // balance is the roll line's, on its first key's row.
+            let line = k.line().to_string();
+            let gen = k_gen(&mut tx, &line).await? + 1;
             k.credits = credits.map(|c| KeyCredits {
                 gen,
                 balance: Balance {
@@ -569,7 +607,7 @@ impl Store {
             .bind(c.4)
             .bind(c.5)
             .bind(org_id)
-            .bind(id)
+            .bind(&line)
             .execute(&mut *tx)
             .await?;
         }

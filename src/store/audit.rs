@@ -50,6 +50,32 @@ pub struct AuditFilter<'a> {
     pub actor: Option<&'a str>,
 }
 
+const INSERT_AUDIT: &str = "INSERT INTO audit_log (id, org_id, actor, action, target, ip, \
+     details, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// [`record`] on the SQLite writer's transaction (`sqlite_writer.rs`).
+pub(super) fn record_sqlite(
+    tx: &rusqlite::Transaction<'_>,
+    org_id: &str,
+    audit: &Audit,
+    action: &str,
+    target: Option<&str>,
+    details: &Value,
+) -> StoreResult<()> {
+    tx.prepare_cached(&super::sqlite_writer::sql(INSERT_AUDIT))?
+        .execute(rusqlite::params![
+            crate::ids::AuditId::new().into_string(),
+            org_id,
+            audit.actor,
+            action,
+            target,
+            audit.ip,
+            details.to_string(),
+            audit.now
+        ])?;
+    Ok(())
+}
+
 /// Writes an entry on the given connection (inside the caller's transaction).
 pub(super) async fn record(
     conn: &mut super::exec::Conn,
@@ -59,20 +85,17 @@ pub(super) async fn record(
     target: Option<&str>,
     details: Value,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (id, org_id, actor, action, target, ip, details, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(crate::ids::AuditId::new().into_string())
-    .bind(org_id)
-    .bind(&audit.actor)
-    .bind(action)
-    .bind(target)
-    .bind(audit.ip.as_deref())
-    .bind(details.to_string())
-    .bind(audit.now)
-    .execute(conn)
-    .await?;
+    sqlx::query(INSERT_AUDIT)
+        .bind(crate::ids::AuditId::new().into_string())
+        .bind(org_id)
+        .bind(&audit.actor)
+        .bind(action)
+        .bind(target)
+        .bind(audit.ip.as_deref())
+        .bind(details.to_string())
+        .bind(audit.now)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

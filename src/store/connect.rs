@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, Connection};
 
-use super::{describe, engine, sqlite_file, write_tx, Engine, Store};
+use super::{describe, engine, sqlite_file, sqlite_writer, write_tx, Engine, Store};
 use crate::config::{Config, DatabasePooler};
 
 /// The `sslmode` values sqlx (like libpq) understands.
@@ -71,11 +71,20 @@ impl Store {
             .connect(&normalised)
             .await
             .map_err(|e| cannot_open(url, &e))?;
+        // The pool created the file; the writer opens it as the pool's connections do.
+        let writer = match (engine, sqlite_file(url)) {
+            (Engine::Sqlite, Some(file)) => Some(
+                sqlite_writer::Writer::open(&file)
+                    .map_err(|e| anyhow!("cannot open the database ({}): {e}", describe(url)))?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             pool,
             engine,
             webhook_wake: Default::default(),
             writers: write_tx::WriteQueue::for_engine(engine),
+            writer,
             pooled,
             url: url.into(),
         })

@@ -19,6 +19,8 @@ pub struct MailRequestRow {
     pub data: String,
     /// A sign-up's argon2 password hash.
     pub password_hash: Option<String>,
+    /// The PKCE challenge of the flow (S256 form), if the client started one.
+    pub code_challenge: Option<String>,
     /// Unix ms when it was asked for.
     pub created_at: i64,
 }
@@ -28,8 +30,8 @@ impl Store {
     #[tracing::instrument(name = "Store::add_mail_request", level = "debug", skip_all)]
     pub async fn add_mail_request(&self, r: &MailRequestRow) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO mail_requests (id, kind, email, user_id, redirect_to, data, password_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO mail_requests (id, kind, email, user_id, redirect_to, data, password_hash, code_challenge, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&r.id)
         .bind(&r.kind)
@@ -38,6 +40,7 @@ impl Store {
         .bind(&r.redirect_to)
         .bind(&r.data)
         .bind(&r.password_hash)
+        .bind(&r.code_challenge)
         .bind(r.created_at)
         .execute(self.db())
         .await?;
@@ -60,7 +63,7 @@ impl Store {
             "UPDATE mail_requests SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT id FROM mail_requests WHERE lease_until IS NULL OR lease_until < $3 \
                ORDER BY created_at LIMIT 1{lock}) \
-             RETURNING id, kind, email, user_id, redirect_to, data, password_hash, created_at"
+             RETURNING id, kind, email, user_id, redirect_to, data, password_hash, code_challenge, created_at"
         );
         Ok(sqlx::query_as(&sql)
             .bind(owner)

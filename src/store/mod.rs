@@ -6,8 +6,11 @@
 //! pragmas, how a write transaction begins) and in the per-engine migration folders, which
 //! keep the same numbers. Every transaction that writes begins with `Store::begin_write`;
 //! every other statement runs on `Store::db()` or `Store::read_conn()` (`exec.rs`: what a
-//! transaction pooler needs). Opening, TLS errors and migrations are in `connect.rs`.
+//! transaction pooler needs). On SQLite in a file, the hot group commits (credit spends, chat
+//! exchanges) run instead on one writer thread with a typed connection, a whole batch per
+//! hand-off (`sqlite_writer.rs`), in the same write queue. Opening, TLS errors and migrations are in `connect.rs`.
 
+mod admin;
 mod api_keys;
 mod audit;
 pub mod backup;
@@ -15,15 +18,20 @@ mod connect;
 mod credits;
 mod engine;
 mod exec;
+mod identities;
 mod imports;
 mod invitations;
 mod jwt_keys;
 mod mail;
 mod mail_requests;
+mod mfa;
+mod oauth;
 mod orgs;
 mod otp;
+mod pkce;
 mod sessions;
 mod spend;
+mod sqlite_writer;
 mod threads;
 mod users;
 mod webhook_deliveries;
@@ -31,17 +39,25 @@ mod webhooks;
 mod widgets;
 mod write_tx;
 
+pub use admin::{AdminAction, AdminAudit, AdminAuditEntry, AdminNewUser, UserDeletion, UserPatch};
 pub use api_keys::{ApiKeyRecord, KeyChange};
 pub use audit::{Audit, AuditEntry, AuditFilter};
 pub use credits::{CreditKey, CreditSpend};
 pub use engine::{describe, sqlite_file, Engine};
+pub use identities::{has_email_identity, ExternalFlow, ExternalSignIn, Identity, Unlinked};
 pub use imports::{ImportOutcome, ImportedUser};
 pub use invitations::{Invitation, NewInvitation};
 pub use mail::QueuedMail;
 pub use mail_requests::MailRequestRow;
+pub use mfa::{Assurance, Challenge, Factor, Verified};
+pub use oauth::{
+    NewCode, NewRefresh, OAuthClientRow, OAuthCodeRow, OAuthGrantRow, OAuthRefreshRow,
+    OAuthRequestRow,
+};
 pub use orgs::{Member, Org, OrgSummary, Role};
 pub use otp::{EmailChangeStep, NewMail, OtpRow};
-pub use sessions::{Ended, RefreshRow, Rotation, SessionInfo};
+pub use pkce::PkceCode;
+pub use sessions::{DeviceSession, Ended, RefreshRow, Rotation, SessionInfo};
 pub use spend::{LedgerRow, OrgBudgets, SpendRow, SpendScope};
 pub use threads::{Exchange, ExportRow, Message, Thread, ThreadScope, UsageDelta, UsageRow};
 pub use users::{NewUser, User};
@@ -103,6 +119,8 @@ pub struct Store {
     webhook_wake: std::sync::Arc<tokio::sync::Notify>,
     /// This process's writers waiting their turn (SQLite).
     writers: write_tx::WriteQueue,
+    /// The thread that runs the hot write batches in one hand-off (SQLite in a file).
+    writer: Option<sqlite_writer::Writer>,
     /// Behind a transaction pooler (`database_pooler = "transaction"`): see `exec.rs`.
     pooled: bool,
     /// The URL it was opened with, for migrations over a connection of their own.
@@ -125,6 +143,9 @@ impl Store {
     /// Closes the pool (after in-flight queries finish).
     #[tracing::instrument(name = "Store::close", level = "debug", skip_all)]
     pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close();
+        }
         self.pool.close().await;
     }
 

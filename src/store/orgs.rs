@@ -21,6 +21,8 @@ pub struct Org {
     pub updated_at: i64,
     /// The organization's own rate limits across all its keys; `null`: the default.
     pub rate_limits: Option<Vec<crate::ratelimit::RateLimitSpec>>,
+    /// Whether members must have verified a second factor (`aal2`) to act in it.
+    pub require_mfa: bool,
 }
 
 /// An organization with its head counts, as the operator's listing shows it.
@@ -67,6 +69,7 @@ fn org_from_row(r: &AnyRow) -> StoreResult<Org> {
         updated_at: r.try_get("updated_at")?,
         rate_limits: crate::store::api_keys::parse_rates(r.try_get("rate_limits")?)?
             .map(|r| r.specs()),
+        require_mfa: r.try_get::<i64, _>("require_mfa")? != 0,
     })
 }
 
@@ -179,6 +182,7 @@ impl Store {
             created_at: audit.now,
             updated_at: audit.now,
             rate_limits: None,
+            require_mfa: false,
         })
     }
 
@@ -186,7 +190,7 @@ impl Store {
     #[tracing::instrument(name = "Store::org", level = "debug", skip_all)]
     pub async fn org(&self, org_id: &str) -> StoreResult<Option<Org>> {
         let row = sqlx::query(
-            "SELECT id, name, created_at, updated_at, rate_limits FROM organizations WHERE id = $1",
+            "SELECT id, name, created_at, updated_at, rate_limits, require_mfa FROM organizations WHERE id = $1",
         )
         .bind(org_id)
         .fetch_optional(self.db())
@@ -199,7 +203,8 @@ impl Store {
     /// organization gives an empty page).
     #[tracing::instrument(name = "Store::orgs_page", level = "debug", skip_all)]
     pub async fn orgs_page(&self, after: Option<&str>, limit: i64) -> StoreResult<Vec<OrgSummary>> {
-        const SELECT: &str = "SELECT o.id, o.name, o.created_at, o.updated_at, o.rate_limits, \
+        const SELECT: &str =
+            "SELECT o.id, o.name, o.created_at, o.updated_at, o.rate_limits, o.require_mfa, \
              (SELECT COUNT(*) FROM memberships m WHERE m.org_id = o.id) AS member_count, \
              (SELECT COUNT(*) FROM api_keys k WHERE k.org_id = o.id AND k.revoked_at IS NULL) \
              AS key_count FROM organizations o";
@@ -237,7 +242,7 @@ impl Store {
     #[tracing::instrument(name = "Store::orgs_of_user", level = "debug", skip_all)]
     pub async fn orgs_of_user(&self, user_id: &str) -> StoreResult<Vec<(Org, String)>> {
         let rows = sqlx::query(
-            "SELECT o.id, o.name, o.created_at, o.updated_at, o.rate_limits, m.role FROM organizations o \
+            "SELECT o.id, o.name, o.created_at, o.updated_at, o.rate_limits, o.require_mfa, m.role FROM organizations o \
              JOIN memberships m ON m.org_id = o.id WHERE m.user_id = $1 ORDER BY o.created_at, o.id",
         )
         .bind(user_id)
@@ -256,6 +261,7 @@ impl Store {
         org_id: &str,
         name: Option<&str>,
         rates: Option<Option<&Rates>>,
+        require_mfa: Option<bool>,
         audit: &Audit,
     ) -> StoreResult<Org> {
         let mut tx = self.begin_write().await?;
@@ -289,8 +295,29 @@ impl Store {
             let action = "organization.rate_limits_changed";
             record(&mut tx, org_id, audit, action, Some(org_id), details).await?;
         }
+        if let Some(require) = require_mfa {
+            sqlx::query("UPDATE organizations SET require_mfa = $1 WHERE id = $2")
+                .bind(i64::from(require))
+                .bind(org_id)
+                .execute(&mut *tx)
+                .await?;
+            let details = json!({ "require_mfa": require });
+            let action = "organization.mfa_requirement_changed";
+            record(&mut tx, org_id, audit, action, Some(org_id), details).await?;
+        }
         tx.commit().await?;
         self.org(org_id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Whether an organization requires its members to be at `aal2` (false when it is gone).
+    #[tracing::instrument(name = "Store::org_requires_mfa", level = "debug", skip_all)]
+    pub async fn org_requires_mfa(&self, org_id: &str) -> StoreResult<bool> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT require_mfa FROM organizations WHERE id = $1")
+                .bind(org_id)
+                .fetch_optional(self.db())
+                .await?;
+        Ok(v.unwrap_or(0) != 0)
     }
 
     /// An organization's own rate limits (`None`: the configured default).
@@ -383,8 +410,8 @@ impl Store {
     #[tracing::instrument(name = "Store::members", level = "debug", skip_all)]
     pub async fn members(&self, org_id: &str) -> StoreResult<Vec<Member>> {
         Ok(sqlx::query_as(
-            "SELECT m.user_id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
-             WHERE m.org_id = $1 ORDER BY m.created_at, u.email",
+            "SELECT m.user_id, COALESCE(u.email, '') AS email, m.role, m.created_at FROM memberships m \
+             JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 ORDER BY m.created_at, u.email",
         )
         .bind(org_id)
         .fetch_all(self.db())

@@ -1,6 +1,6 @@
 //! One-time tokens for the email flows, stored hashed, and the changes verifying one makes.
 
-use super::sessions::end_sessions_in;
+use super::sessions::{end_sessions_in, EndedBy};
 use super::{Ended, Store, StoreError, StoreResult, User};
 
 /// A live one-time token (hashes only).
@@ -22,6 +22,8 @@ pub struct OtpRow {
     pub expires_at: i64,
     /// A sign-up's argon2 hash of the password given with it, set when its link is followed.
     pub password_hash: Option<String>,
+    /// The PKCE challenge of the flow (S256 form): following the link mints an auth code.
+    pub code_challenge: Option<String>,
 }
 
 /// Live sign-up tokens kept per user; older ones are dropped when another sign-up comes.
@@ -40,7 +42,7 @@ pub struct NewMail {
 }
 
 const OTP_COLUMNS: &str =
-    "id, user_id, kind, email, token_hash, code_hash, expires_at, password_hash";
+    "id, user_id, kind, email, token_hash, code_hash, expires_at, password_hash, code_challenge";
 
 async fn insert_mail(tx: &mut super::exec::Conn, mail: &NewMail, now: i64) -> StoreResult<()> {
     sqlx::query(
@@ -100,6 +102,30 @@ impl Store {
         Ok(())
     }
 
+    /// Starts an email change to `new` unless that very change is already pending (the admin
+    /// API makes its two links one after the other).
+    #[tracing::instrument(
+        name = "Store::begin_email_change_unless_pending",
+        level = "debug",
+        skip_all
+    )]
+    pub async fn begin_email_change_unless_pending(
+        &self,
+        user_id: &str,
+        new: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let pending: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT email_change FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(self.db())
+                .await?;
+        if matches!(&pending, Some((Some(p),)) if p == new) {
+            return Ok(());
+        }
+        self.begin_email_change(user_id, new, now).await
+    }
+
     /// Records that one side of the pending email change confirmed it (`side`: 1 the new
     /// address, 2 the current one; `to`: the address that side's mail went to, checked for
     /// the new side). Once every side in `required` has, the account moves to the new address
@@ -146,8 +172,13 @@ impl Store {
             return Ok(EmailChangeStep::Pending);
         }
         let moved = sqlx::query(
+            // A confirmed address makes an anonymous account a permanent one, with an email
+            // identity (GoTrue's conversion).
             "UPDATE users SET email = email_change, email_confirmed_at = $1, email_change = NULL, \
-               email_change_confirmed = 0, updated_at = $1 WHERE id = $2",
+               email_change_confirmed = 0, updated_at = $1, \
+               app_metadata = CASE WHEN is_anonymous = 1 AND app_metadata = '{}' \
+                 THEN '{\"provider\":\"email\",\"providers\":[\"email\"]}' ELSE app_metadata END, \
+               is_anonymous = 0 WHERE id = $2",
         )
         .bind(now)
         .bind(user_id)
@@ -174,7 +205,12 @@ impl Store {
     /// Sign-up tokens are not replaced: each sign-up keeps its own link (and password) until
     /// one of them is followed, up to the newest [`SIGNUP_TOKENS_KEPT`].
     #[tracing::instrument(name = "Store::issue_otp", level = "debug", skip_all)]
-    pub async fn issue_otp(&self, otp: &OtpRow, mail: &NewMail, now: i64) -> StoreResult<()> {
+    pub async fn issue_otp(
+        &self,
+        otp: &OtpRow,
+        mail: Option<&NewMail>,
+        now: i64,
+    ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         if otp.kind == "signup" {
             sqlx::query(
@@ -194,8 +230,8 @@ impl Store {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO one_time_tokens (id, user_id, kind, email, token_hash, code_hash, created_at, expires_at, password_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO one_time_tokens (id, user_id, kind, email, token_hash, code_hash, created_at, expires_at, password_hash, code_challenge) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&otp.id)
         .bind(&otp.user_id)
@@ -206,10 +242,13 @@ impl Store {
         .bind(now)
         .bind(otp.expires_at)
         .bind(&otp.password_hash)
+        .bind(&otp.code_challenge)
         .execute(&mut *tx)
         .await?;
-        insert_mail(&mut tx, mail, now).await?;
-        if otp.kind == "signup" {
+        if let Some(mail) = mail {
+            insert_mail(&mut tx, mail, now).await?;
+        }
+        if otp.kind == "signup" || otp.kind == "invite" {
             // The newest sign-up's password answers `email_not_confirmed` at sign-in until
             // one of the links is followed (an unconfirmed account never signs in).
             sqlx::query(
@@ -236,6 +275,29 @@ impl Store {
         .bind(token_hash)
         .fetch_optional(self.db())
         .await?)
+    }
+
+    /// The user's token of `kind` (one of the kinds that keep one live token per user).
+    #[tracing::instrument(name = "Store::otp_for_user", level = "debug", skip_all)]
+    pub async fn otp_for_user(&self, user_id: &str, kind: &str) -> StoreResult<Option<OtpRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {OTP_COLUMNS} FROM one_time_tokens WHERE user_id = $1 AND kind = $2"
+        ))
+        .bind(user_id)
+        .bind(kind)
+        .fetch_optional(self.db())
+        .await?)
+    }
+
+    /// The address a pending email change of the user moves to, if one is pending.
+    #[tracing::instrument(name = "Store::pending_email_change", level = "debug", skip_all)]
+    pub async fn pending_email_change(&self, user_id: &str) -> StoreResult<Option<String>> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT email_change FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(self.db())
+                .await?;
+        Ok(row.and_then(|r| r.0))
     }
 
     /// The live tokens sent to `email`.
@@ -318,7 +380,9 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        let ended = end_sessions_in(&mut tx, user_id, None).await?;
+        let actor = format!("user:{user_id}");
+        let ended =
+            end_sessions_in(&mut tx, user_id, None, (&actor, EndedBy::Password), now).await?;
         tx.commit().await?;
         Ok(ended)
     }

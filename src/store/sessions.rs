@@ -35,12 +35,81 @@ pub struct SessionInfo {
     pub refreshed_at: i64,
 }
 
-/// Ends every token session of `user_id` but `keep`, and every dashboard session, inside `tx`.
+/// Why a person's sessions end, as the audit entries of the OAuth grants ending with them
+/// say (`details.why`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedBy {
+    /// A new password (a change, a reset, or one set when an address is confirmed).
+    Password,
+    /// A ban.
+    Ban,
+    /// The account's deletion.
+    Deletion,
+}
+
+impl EndedBy {
+    /// The `why` of the audit entries and of the revoked grants.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Password => "password_changed",
+            EndedBy::Ban => "banned",
+            EndedBy::Deletion => "user_deleted",
+        }
+    }
+}
+
+/// Ends every token session of `user_id` but `keep`, every dashboard session and every OAuth
+/// grant, inside `tx`. Each grant ended gets an `oauth_grant.revoked` entry in its
+/// organization's audit log, by `actor`.
 pub(crate) async fn end_sessions_in(
     tx: &mut super::exec::Conn,
     user_id: &str,
     keep: Option<&str>,
+    (actor, why): (&str, EndedBy),
+    now: i64,
 ) -> StoreResult<Ended> {
+    // What ends a person's sessions (a new password, a reset, a ban) ends what they delegated
+    // too: their OAuth grants are revoked and the refresh tokens deleted, so a client approved
+    // by them (or by whoever had their password) cannot keep acting. Access tokens already out
+    // stop at their next use once the grant cache (`oauth::GRANT_CACHE_TTL`) has let go.
+    sqlx::query(
+        "DELETE FROM oauth_refresh_tokens WHERE grant_id IN \
+         (SELECT id FROM oauth_grants WHERE user_id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    let grants: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT id, org_id, client_id FROM oauth_grants WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE oauth_grants SET revoked_at = $1, revoked_why = $2 \
+         WHERE user_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(why.as_str())
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    let audit = super::Audit {
+        actor: actor.to_string(),
+        ip: None,
+        now,
+    };
+    for (grant_id, org_id, client_id) in &grants {
+        super::audit::record(
+            tx,
+            org_id,
+            &audit,
+            "oauth_grant.revoked",
+            Some(grant_id),
+            serde_json::json!({ "client_id": client_id, "why": why.as_str() }),
+        )
+        .await?;
+    }
     let sessions: Vec<(String,)> =
         sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
             .bind(user_id)
@@ -56,6 +125,23 @@ pub(crate) async fn end_sessions_in(
         sessions: sessions.into_iter().map(|r| r.0).collect(),
         web_sessions: web.into_iter().map(|r| r.0).collect(),
     })
+}
+
+/// A token session as its owner's session list shows it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DeviceSession {
+    /// The session id (the `session_id` claim of its access tokens).
+    pub id: String,
+    /// How it signed in (`password`, `otp`, `recovery`, …).
+    pub amr_method: String,
+    /// The user agent that signed in.
+    pub user_agent: Option<String>,
+    /// The address that signed in.
+    pub ip: Option<String>,
+    /// Unix ms of the sign-in.
+    pub created_at: i64,
+    /// Unix ms of the last refresh (the sign-in, until one).
+    pub updated_at: i64,
 }
 
 /// The outcome of trying to rotate a refresh token.
@@ -76,16 +162,23 @@ impl Store {
         method: &str,
         refresh_hash: &str,
         now: i64,
+        user_agent: Option<&str>,
+        ip: Option<&str>,
     ) -> StoreResult<String> {
         let session_id = uuid::Uuid::new_v4().to_string();
         let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO sessions (id, user_id, amr_method, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
-            .bind(&session_id)
-            .bind(user_id)
-            .bind(method)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, amr_method, created_at, updated_at, user_agent, ip) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6)",
+        )
+        .bind(&session_id)
+        .bind(user_id)
+        .bind(method)
+        .bind(now)
+        .bind(user_agent)
+        .bind(ip)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO refresh_tokens (id, token_hash, session_id, user_id, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -161,6 +254,37 @@ impl Store {
         Ok(Rotation::Rotated)
     }
 
+    /// A user's token sessions, the most recently refreshed first (at most `limit`).
+    #[tracing::instrument(name = "Store::user_sessions", level = "debug", skip_all)]
+    pub async fn user_sessions(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceSession>> {
+        Ok(sqlx::query_as(
+            "SELECT id, amr_method, user_agent, ip, created_at, updated_at FROM sessions \
+             WHERE user_id = $1 ORDER BY updated_at DESC, id LIMIT $2",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(self.db())
+        .await?)
+    }
+
+    /// Ends one of a user's sessions (its refresh tokens go with it); false when the user
+    /// has no session with this id.
+    #[tracing::instrument(name = "Store::delete_user_session", level = "debug", skip_all)]
+    pub async fn delete_user_session(&self, user_id: &str, session_id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query("DELETE FROM sessions WHERE id = $1 AND user_id = $2")
+            .bind(session_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Whether a session exists: whose it is, when it began and when it was last refreshed.
     #[tracing::instrument(name = "Store::session_info", level = "debug", skip_all)]
     pub async fn session_info(&self, session_id: &str) -> StoreResult<Option<SessionInfo>> {
@@ -200,7 +324,9 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let ended = end_sessions_in(&mut tx, user_id, keep).await?;
+        let actor = format!("user:{user_id}");
+        let ended =
+            end_sessions_in(&mut tx, user_id, keep, (&actor, EndedBy::Password), now).await?;
         tx.commit().await?;
         Ok(ended)
     }
@@ -239,28 +365,34 @@ impl Store {
         user_id: &str,
         now: i64,
         expires_at: i64,
+        aal: &str,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO web_sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+        sqlx::query("INSERT INTO web_sessions (id_hash, user_id, created_at, expires_at, aal) VALUES ($1, $2, $3, $4, $5)")
             .bind(id_hash)
             .bind(user_id)
             .bind(now)
             .bind(expires_at)
+            .bind(aal)
             .execute(self.db())
             .await?;
         Ok(())
     }
 
-    /// The user of a live dashboard session, with its expiry.
+    /// The user of a live dashboard session, with its expiry and whether it is aal2.
     #[tracing::instrument(name = "Store::web_session", level = "debug", skip_all)]
-    pub async fn web_session(&self, id_hash: &str, now: i64) -> StoreResult<Option<(String, i64)>> {
-        let row: Option<(String, i64)> = sqlx::query_as(
-            "SELECT user_id, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2",
+    pub async fn web_session(
+        &self,
+        id_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<(String, i64, bool)>> {
+        let row: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT user_id, expires_at, aal FROM web_sessions WHERE id_hash = $1 AND expires_at > $2",
         )
         .bind(id_hash)
         .bind(now)
         .fetch_optional(self.db())
         .await?;
-        Ok(row)
+        Ok(row.map(|(u, exp, aal)| (u, exp, aal == "aal2")))
     }
 
     /// Ends a dashboard session.

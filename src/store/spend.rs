@@ -23,6 +23,8 @@ pub struct LedgerRow {
     pub key_id: Option<String>,
     /// The end user (`v:vis_…` or `u:{user_id}`), if any.
     pub end_user: Option<String>,
+    /// The OAuth client whose token the chat came with, if any.
+    pub client_id: Option<String>,
     /// The model asked.
     pub model: String,
     /// Prompt tokens.
@@ -38,12 +40,14 @@ pub struct LedgerRow {
 /// Whose spend to sum.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SpendScope {
-    /// A key's.
+    /// A key's: the id of its roll line (its first key), whose every key counts.
     Key(String),
     /// An organization's.
     Org(String),
     /// One end user's in an organization: (organization, end user).
     EndUser(String, String),
+    /// One OAuth client's in an organization: (organization, client id).
+    Client(String, String),
 }
 
 /// An organization's budgets: its own, and those applying to each of its end users.
@@ -54,6 +58,9 @@ pub struct OrgBudgets {
     /// Budgets applying to each end user (widget visitor or identified user) separately;
     /// `null`: none.
     pub end_user_budgets: Option<Vec<Budget>>,
+    /// Budgets applying to each OAuth client (connected app) acting in the organization
+    /// separately; `null`: none.
+    pub client_budgets: Option<Vec<Budget>>,
 }
 
 /// One row of a spend report.
@@ -61,8 +68,10 @@ pub struct OrgBudgets {
 pub struct SpendRow {
     /// Unix ms of the bucket's start (an hour or a UTC day).
     pub start: i64,
-    /// The key, or `null` for chats without one (a widget).
+    /// The key, or `null` for chats without one (a widget, an OAuth client).
     pub key_id: Option<String>,
+    /// The OAuth client, or `null` for chats that came without a client's token.
+    pub client_id: Option<String>,
     /// The model.
     pub model: String,
     /// Settled chats.
@@ -75,8 +84,46 @@ pub struct SpendRow {
     pub cost: i64,
 }
 
-/// Ledger rows per multi-row `INSERT` (9 parameters each).
+/// Ledger rows per multi-row `INSERT` (10 parameters each).
 const LEDGER_ROWS_PER_INSERT: usize = 100;
+
+/// The statement inserting `rows` ledger rows.
+fn insert_ledger_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO spend_ledger (id, org_id, key_id, end_user, model, prompt_tokens, completion_tokens, cost, created_at, client_id) \
+         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, v.column10 \
+         FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM organizations o WHERE o.id = v.column2) \
+         ON CONFLICT (id) DO NOTHING",
+        super::values_rows(rows, 10)
+    )
+}
+
+/// [`insert_ledger`] on the SQLite writer's transaction, a row at a time through one kept
+/// statement (a statement per batch size would not stay in the cache).
+pub(super) fn insert_ledger_sqlite(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[&LedgerRow],
+) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut insert = tx.prepare_cached(&super::sqlite_writer::sql(&insert_ledger_sql(1)))?;
+    for r in rows {
+        insert.execute(rusqlite::params![
+            r.id,
+            r.org_id,
+            r.key_id,
+            r.end_user,
+            r.model,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cost,
+            r.created_at,
+            r.client_id
+        ])?;
+    }
+    Ok(())
+}
 
 /// Inserts ledger rows, skipping ids already stored and organizations that are gone.
 pub(super) async fn insert_ledger(
@@ -84,13 +131,7 @@ pub(super) async fn insert_ledger(
     rows: &[&LedgerRow],
 ) -> StoreResult<()> {
     for chunk in rows.chunks(LEDGER_ROWS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO spend_ledger (id, org_id, key_id, end_user, model, prompt_tokens, completion_tokens, cost, created_at) \
-             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9 \
-             FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM organizations o WHERE o.id = v.column2) \
-             ON CONFLICT (id) DO NOTHING",
-            super::values_rows(chunk.len(), 9)
-        );
+        let sql = insert_ledger_sql(chunk.len());
         let mut q = sqlx::query(&sql);
         for r in chunk {
             q = q
@@ -102,7 +143,8 @@ pub(super) async fn insert_ledger(
                 .bind(r.prompt_tokens)
                 .bind(r.completion_tokens)
                 .bind(r.cost)
-                .bind(r.created_at);
+                .bind(r.created_at)
+                .bind(r.client_id.as_deref());
         }
         q.execute(&mut *conn).await?;
     }
@@ -125,9 +167,15 @@ impl Store {
     /// The settled spend of `scope` from `since` (unix ms) on.
     pub async fn spent_since(&self, scope: &SpendScope, since: i64) -> StoreResult<i64> {
         let (clause, a, b) = match scope {
-            SpendScope::Key(k) => ("key_id = $1", k.as_str(), None),
+            // A key's budgets are its roll line's: every key of the line counts.
+            SpendScope::Key(k) => (
+                "key_id IN (SELECT id FROM api_keys WHERE id = $1 OR root_key = $1)",
+                k.as_str(),
+                None,
+            ),
             SpendScope::Org(o) => ("org_id = $1", o.as_str(), None),
             SpendScope::EndUser(o, u) => ("org_id = $1 AND end_user = $3", o.as_str(), Some(u)),
+            SpendScope::Client(o, c) => ("org_id = $1 AND client_id = $3", o.as_str(), Some(c)),
         };
         let sql = format!(
             "SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS spent FROM spend_ledger \
@@ -141,7 +189,8 @@ impl Store {
         Ok(row.try_get("spent")?)
     }
 
-    /// Settled spend of an organization in `[from, to)`, per bucket, key and model.
+    /// Settled spend of an organization in `[from, to)`, per bucket, key, OAuth client and
+    /// model.
     pub async fn spend_report(
         &self,
         org_id: &str,
@@ -156,14 +205,15 @@ impl Store {
             ""
         };
         let sql = format!(
-            "SELECT (created_at / {bucket_ms}) * {bucket_ms} AS start, COALESCE(key_id, '') AS key_id, model, \
+            "SELECT (created_at / {bucket_ms}) * {bucket_ms} AS start, COALESCE(key_id, '') AS key_id, \
+             COALESCE(client_id, '') AS client_id, model, \
              CAST(COUNT(*) AS BIGINT) AS requests, \
              CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
              CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
              CAST(SUM(cost) AS BIGINT) AS cost \
              FROM spend_ledger WHERE org_id = $1 AND created_at >= $2 AND created_at < $3 {key_clause} \
-             GROUP BY (created_at / {bucket_ms}) * {bucket_ms}, COALESCE(key_id, ''), model \
-             ORDER BY start, key_id, model"
+             GROUP BY (created_at / {bucket_ms}) * {bucket_ms}, COALESCE(key_id, ''), COALESCE(client_id, ''), model \
+             ORDER BY start, key_id, client_id, model"
         );
         let mut q = sqlx::query(&sql).bind(org_id).bind(from).bind(to);
         if let Some(k) = key_id {
@@ -173,9 +223,11 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let key: String = r.try_get("key_id")?;
+                let client: String = r.try_get("client_id")?;
                 Ok(SpendRow {
                     start: r.try_get("start")?,
                     key_id: (!key.is_empty()).then_some(key),
+                    client_id: (!client.is_empty()).then_some(client),
                     model: r.try_get("model")?,
                     requests: r.try_get("requests")?,
                     prompt_tokens: r.try_get("prompt_tokens")?,
@@ -188,16 +240,18 @@ impl Store {
 
     /// An organization's budgets.
     pub async fn org_budgets(&self, org_id: &str) -> StoreResult<OrgBudgets> {
-        let row =
-            sqlx::query("SELECT budgets, end_user_budgets FROM org_budgets WHERE org_id = $1")
-                .bind(org_id)
-                .fetch_optional(self.db())
-                .await?;
+        let row = sqlx::query(
+            "SELECT budgets, end_user_budgets, client_budgets FROM org_budgets WHERE org_id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(self.db())
+        .await?;
         Ok(match row {
             None => OrgBudgets::default(),
             Some(r) => OrgBudgets {
                 budgets: parse_budgets(r.try_get("budgets")?)?,
                 end_user_budgets: parse_budgets(r.try_get("end_user_budgets")?)?,
+                client_budgets: parse_budgets(r.try_get("client_budgets")?)?,
             },
         })
     }
@@ -211,21 +265,26 @@ impl Store {
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let r = sqlx::query(
-            "INSERT INTO org_budgets (org_id, budgets, end_user_budgets, updated_at) \
-             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) \
+            "INSERT INTO org_budgets (org_id, budgets, end_user_budgets, client_budgets, updated_at) \
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) \
              ON CONFLICT (org_id) DO UPDATE SET budgets = excluded.budgets, \
-             end_user_budgets = excluded.end_user_budgets, updated_at = excluded.updated_at",
+             end_user_budgets = excluded.end_user_budgets, client_budgets = excluded.client_budgets, \
+             updated_at = excluded.updated_at",
         )
         .bind(org_id)
         .bind(budgets_text(b.budgets.as_deref()))
         .bind(budgets_text(b.end_user_budgets.as_deref()))
+        .bind(budgets_text(b.client_budgets.as_deref()))
         .bind(audit.now)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let details = json!({ "budgets": b.budgets, "end_user_budgets": b.end_user_budgets });
+        let details = json!({
+            "budgets": b.budgets, "end_user_budgets": b.end_user_budgets,
+            "client_budgets": b.client_budgets,
+        });
         record(
             &mut tx,
             org_id,

@@ -1,5 +1,7 @@
 //! Chat threads, their messages, and usage counters.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use sqlx::Row;
 
@@ -79,6 +81,7 @@ impl ThreadScope {
 }
 
 /// A finished exchange to store.
+#[derive(Clone)]
 pub struct Exchange {
     /// The thread (created if `new`).
     pub thread: Thread,
@@ -102,15 +105,95 @@ const USAGE_ROWS_PER_INSERT: usize = 100;
 const THREAD_COLUMNS: &str =
     "id, org_id, user_id, key_id, visitor, widget_id, title, created_at, updated_at, revision";
 
+/// The statement inserting `rows` messages.
+fn insert_messages_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO messages (id, thread_id, org_id, role, content, created_at) VALUES {}",
+        super::values_rows(rows, 6)
+    )
+}
+
+/// The statement creating a thread (at revision 1: with its first exchange).
+fn insert_thread_sql() -> String {
+    format!("INSERT INTO threads ({THREAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)")
+}
+
+/// The later of the two: exchanges of one thread may commit in either order.
+const TOUCH_THREAD: &str = "UPDATE threads SET updated_at = CASE WHEN updated_at > $1 \
+     THEN updated_at ELSE $1 END, revision = revision + 1 WHERE id = $2 RETURNING revision";
+
+/// The data of a `thread.created` event.
+fn created_event(t: &Thread) -> serde_json::Value {
+    serde_json::json!({ "id": t.id, "org_id": t.org_id, "user_id": t.user_id, "key_id": t.key_id })
+}
+
+/// [`Store::store_exchanges`] on the SQLite writer's transaction: the same statements, each
+/// prepared once and kept.
+fn store_exchanges_sqlite(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[Exchange],
+) -> StoreResult<Vec<StoreResult<i64>>> {
+    use super::sqlite_writer::sql;
+    use rusqlite::{params, OptionalExtension};
+    let mut results = Vec::with_capacity(batch.len());
+    let mut message = tx.prepare_cached(&sql(&insert_messages_sql(1)))?;
+    for x in batch {
+        let t = &x.thread;
+        let result = if x.new {
+            tx.prepare_cached(&sql(&insert_thread_sql()))?
+                .execute(params![
+                    t.id,
+                    t.org_id,
+                    t.user_id,
+                    t.key_id,
+                    t.visitor,
+                    t.widget_id,
+                    t.title,
+                    t.created_at,
+                    x.answer.created_at
+                ])?;
+            super::webhooks::enqueue_sqlite(
+                tx,
+                &t.org_id,
+                "thread.created",
+                created_event(t),
+                t.created_at,
+            )?;
+            Ok(1)
+        } else {
+            let revision: Option<i64> = tx
+                .prepare_cached(&sql(TOUCH_THREAD))?
+                .query_row(params![x.answer.created_at, t.id], |r| r.get(0))
+                .optional()?;
+            // None: deleted while the model was answering.
+            revision.ok_or(StoreError::NotFound)
+        };
+        if result.is_ok() {
+            for m in [&x.question, &x.answer] {
+                message.execute(params![
+                    m.id,
+                    m.thread_id,
+                    t.org_id,
+                    m.role,
+                    m.content,
+                    m.created_at
+                ])?;
+            }
+        }
+        results.push(result);
+    }
+    // The cost is settled even when the thread went away meanwhile: the model answered.
+    let spend: Vec<&super::LedgerRow> = batch.iter().filter_map(|x| x.spend.as_ref()).collect();
+    super::spend::insert_ledger_sqlite(tx, &spend)?;
+    Ok(results)
+}
+
 /// Inserts `(organization, message)` pairs with one statement.
 async fn insert_messages(
     conn: &mut super::exec::Conn,
     messages: &[(&str, &Message)],
 ) -> StoreResult<()> {
-    let sql = format!(
-        "INSERT INTO messages (id, thread_id, org_id, role, content, created_at) VALUES {}",
-        super::values_rows(messages.len(), 6)
-    );
+    let sql = insert_messages_sql(messages.len());
     let mut q = sqlx::query(&sql);
     for (org_id, m) in messages {
         q = q
@@ -167,48 +250,64 @@ impl Store {
     }
 
     /// Stores finished exchanges in one transaction, so that one commit (one `fsync` on
-    /// SQLite) serves them all. The answer has one entry per exchange, in order: the
-    /// thread's revision after it, or `NotFound` for one whose thread was deleted while the
-    /// model answered (its messages are not stored; the others are). The outer error means
-    /// nothing was stored.
+    /// SQLite) serves them all (on SQLite in a file, in one hand-off to the writer thread).
+    /// The answer has one entry per exchange, in order: the thread's revision after it, or
+    /// `NotFound` for one whose thread was deleted while the model answered (its messages are
+    /// not stored; the others are). The outer error means nothing was stored.
     #[tracing::instrument(name = "Store::store_exchanges", level = "debug", skip_all)]
-    pub async fn store_exchanges(&self, batch: &[Exchange]) -> StoreResult<Vec<StoreResult<i64>>> {
+    pub async fn store_exchanges(
+        &self,
+        batch: Arc<[Exchange]>,
+    ) -> StoreResult<Vec<StoreResult<i64>>> {
+        let created = batch.iter().any(|x| x.new);
+        let results = if self.has_writer() {
+            self.write_batch(move |tx| store_exchanges_sqlite(tx, &batch))
+                .await?
+        } else {
+            self.store_exchanges_pooled(&batch).await?
+        };
+        if created {
+            self.webhook_events_committed();
+        }
+        Ok(results)
+    }
+
+    async fn store_exchanges_pooled(
+        &self,
+        batch: &[Exchange],
+    ) -> StoreResult<Vec<StoreResult<i64>>> {
         let mut tx = self.begin_write().await?;
         let mut results = Vec::with_capacity(batch.len());
-        let mut created = false;
         for x in batch {
             let t = &x.thread;
             if x.new {
-                sqlx::query(&format!(
-                    "INSERT INTO threads ({THREAD_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)"
-                ))
-                .bind(&t.id)
-                .bind(&t.org_id)
-                .bind(t.user_id.as_deref())
-                .bind(t.key_id.as_deref())
-                .bind(t.visitor.as_deref())
-                .bind(t.widget_id.as_deref())
-                .bind(&t.title)
-                .bind(t.created_at)
-                .bind(x.answer.created_at)
-                .execute(&mut *tx)
-                .await?;
-                let data = serde_json::json!({ "id": t.id, "org_id": t.org_id, "user_id": t.user_id, "key_id": t.key_id });
-                super::webhooks::enqueue(&mut tx, &t.org_id, "thread.created", data, t.created_at)
+                sqlx::query(&insert_thread_sql())
+                    .bind(&t.id)
+                    .bind(&t.org_id)
+                    .bind(t.user_id.as_deref())
+                    .bind(t.key_id.as_deref())
+                    .bind(t.visitor.as_deref())
+                    .bind(t.widget_id.as_deref())
+                    .bind(&t.title)
+                    .bind(t.created_at)
+                    .bind(x.answer.created_at)
+                    .execute(&mut *tx)
                     .await?;
-                created = true;
+                super::webhooks::enqueue(
+                    &mut tx,
+                    &t.org_id,
+                    "thread.created",
+                    created_event(t),
+                    t.created_at,
+                )
+                .await?;
                 results.push(Ok(1));
             } else {
-                // The later of the two: exchanges of one thread may commit in either order.
-                let row = sqlx::query(
-                    "UPDATE threads SET updated_at = CASE WHEN updated_at > $1 THEN updated_at \
-                     ELSE $1 END, revision = revision + 1 WHERE id = $2 RETURNING revision",
-                )
-                .bind(x.answer.created_at)
-                .bind(&t.id)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let row = sqlx::query(TOUCH_THREAD)
+                    .bind(x.answer.created_at)
+                    .bind(&t.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 // None: deleted while the model was answering.
                 results.push(match row {
                     Some(r) => Ok(r.try_get::<i64, _>("revision")?),
@@ -232,9 +331,6 @@ impl Store {
         let spend: Vec<&super::LedgerRow> = batch.iter().filter_map(|x| x.spend.as_ref()).collect();
         super::spend::insert_ledger(&mut tx, &spend).await?;
         tx.commit().await?;
-        if created {
-            self.webhook_events_committed();
-        }
         Ok(results)
     }
 

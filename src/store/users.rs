@@ -9,7 +9,8 @@ use super::{Store, StoreError, StoreResult};
 pub struct User {
     /// UUID.
     pub id: String,
-    /// Normalised email.
+    /// Normalised email; empty for a user who has none (an anonymous sign-in, until an
+    /// address is confirmed).
     pub email: String,
     /// argon2id PHC string.
     pub password_hash: Option<String>,
@@ -27,6 +28,17 @@ pub struct User {
     pub created_at: i64,
     /// Last update.
     pub updated_at: i64,
+    /// Banned until then (unix ms; the admin API's `ban_duration`).
+    pub banned_until: Option<i64>,
+    /// Made by an anonymous sign-in and not yet given a confirmed address.
+    pub is_anonymous: bool,
+}
+
+impl User {
+    /// Whether a ban holds at `now` (unix ms).
+    pub fn banned_at(&self, now: i64) -> bool {
+        self.banned_until.is_some_and(|until| until > now)
+    }
 }
 
 impl std::fmt::Debug for User {
@@ -54,19 +66,22 @@ pub struct NewUser {
     pub now: i64,
 }
 
-const USER_COLUMNS: &str =
+pub(super) const USER_COLUMNS: &str =
     "id, email, password_hash, email_confirmed_at, confirmation_sent_at, last_sign_in_at, \
-     user_metadata, app_metadata, created_at, updated_at";
+     user_metadata, app_metadata, created_at, updated_at, banned_until, is_anonymous";
 
 fn json_col(row: &AnyRow, col: &str) -> StoreResult<Value> {
     let raw: String = row.try_get(col)?;
     serde_json::from_str(&raw).map_err(|e| StoreError::Other(format!("column {col}: {e}")))
 }
 
-fn user_from_row(row: &AnyRow) -> StoreResult<User> {
+pub(super) fn user_from_row(row: &AnyRow) -> StoreResult<User> {
     Ok(User {
         id: row.try_get("id")?,
-        email: row.try_get("email")?,
+        // NULL for a user without an address; the rest of the code knows it as "".
+        email: row
+            .try_get::<Option<String>, _>("email")?
+            .unwrap_or_default(),
         password_hash: row.try_get("password_hash")?,
         email_confirmed_at: row.try_get("email_confirmed_at")?,
         confirmation_sent_at: row.try_get("confirmation_sent_at")?,
@@ -75,6 +90,8 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
         app_metadata: json_col(row, "app_metadata")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        banned_until: row.try_get("banned_until")?,
+        is_anonymous: row.try_get::<i64, _>("is_anonymous")? != 0,
     })
 }
 
@@ -102,6 +119,26 @@ impl Store {
             other => other,
         })?;
         self.user_by_id(&u.id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Creates an anonymous user: no address, no password, the given metadata.
+    #[tracing::instrument(name = "Store::create_anonymous_user", level = "debug", skip_all)]
+    pub async fn create_anonymous_user(
+        &self,
+        id: &str,
+        user_metadata: &Value,
+        now: i64,
+    ) -> StoreResult<User> {
+        sqlx::query(
+            "INSERT INTO users (id, email, user_metadata, app_metadata, is_anonymous, created_at, updated_at) \
+             VALUES ($1, NULL, $2, '{}', 1, $3, $3)",
+        )
+        .bind(id)
+        .bind(user_metadata.to_string())
+        .bind(now)
+        .execute(self.db())
+        .await?;
+        self.user_by_id(id).await?.ok_or(StoreError::NotFound)
     }
 
     /// Finds a user by normalised email.

@@ -121,6 +121,17 @@ fn types_text(types: Option<&[String]>) -> Option<String> {
     types.map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()))
 }
 
+/// The body every endpoint receives for an event (the same on both write paths:
+/// `enqueue_to` through sqlx and `enqueue_sqlite` on the SQLite writer thread).
+fn event_payload(event_type: &str, now_ms: i64, data: &Value) -> String {
+    json!({
+        "type": event_type,
+        "timestamp": crate::clock::rfc3339(now_ms),
+        "data": data,
+    })
+    .to_string()
+}
+
 /// Records an event of `org_id` on the caller's connection, inside the transaction of the
 /// change that caused it: one message and one delivery per enabled endpoint that wants it.
 /// Call [`Store::webhook_events_committed`] after the commit so the worker wakes at once
@@ -148,12 +159,10 @@ pub(super) async fn enqueue_to(
     dedup_key: Option<&str>,
     only_endpoint: Option<&str>,
 ) -> StoreResult<Option<String>> {
-    let rows = sqlx::query(
-        "SELECT id, event_types FROM webhook_endpoints WHERE org_id = $1 AND enabled = 1 ORDER BY id",
-    )
-    .bind(org_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(ENABLED_ENDPOINTS)
+        .bind(org_id)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut targets = Vec::new();
     for r in &rows {
         let id: String = r.try_get("id")?;
@@ -171,41 +180,85 @@ pub(super) async fn enqueue_to(
         return Ok(None);
     }
     let msg_id = WebhookMessageId::new().into_string();
-    let payload = json!({
-        "type": event_type,
-        "timestamp": crate::clock::rfc3339(now_ms),
-        "data": data,
-    })
-    .to_string();
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_messages (id, org_id, event_type, payload, dedup_key, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedup_key) DO NOTHING",
-    )
-    .bind(&msg_id)
-    .bind(org_id)
-    .bind(event_type)
-    .bind(&payload)
-    .bind(dedup_key)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
+    let payload = event_payload(event_type, now_ms, &data);
+    let inserted = sqlx::query(INSERT_MESSAGE)
+        .bind(&msg_id)
+        .bind(org_id)
+        .bind(event_type)
+        .bind(&payload)
+        .bind(dedup_key)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
     if inserted.rows_affected() == 0 {
         return Ok(None);
     }
     for endpoint in targets {
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, message_id, status, attempts, \
-             next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)",
-        )
-        .bind(DeliveryId::new().into_string())
-        .bind(org_id)
-        .bind(&endpoint)
-        .bind(&msg_id)
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(INSERT_DELIVERY)
+            .bind(DeliveryId::new().into_string())
+            .bind(org_id)
+            .bind(&endpoint)
+            .bind(&msg_id)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(Some(msg_id))
+}
+
+const ENABLED_ENDPOINTS: &str =
+    "SELECT id, event_types FROM webhook_endpoints WHERE org_id = $1 AND enabled = 1 ORDER BY id";
+
+const INSERT_MESSAGE: &str = "INSERT INTO webhook_messages (id, org_id, event_type, payload, \
+     dedup_key, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedup_key) DO NOTHING";
+
+const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, \
+     message_id, status, attempts, next_attempt_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)";
+
+/// [`enqueue`] on the SQLite writer's transaction (`sqlite_writer.rs`).
+pub(super) fn enqueue_sqlite(
+    tx: &rusqlite::Transaction<'_>,
+    org_id: &str,
+    event_type: &str,
+    data: Value,
+    now_ms: i64,
+) -> StoreResult<()> {
+    use super::sqlite_writer::sql;
+    let mut targets = Vec::new();
+    {
+        let mut endpoints = tx.prepare_cached(&sql(ENABLED_ENDPOINTS))?;
+        let mut rows = endpoints.query([org_id])?;
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            let types: Option<String> = r.get(1)?;
+            let types: Option<Vec<String>> = types.and_then(|t| serde_json::from_str(&t).ok());
+            if wants(types.as_deref(), event_type) {
+                targets.push(id);
+            }
+        }
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let msg_id = WebhookMessageId::new().into_string();
+    let payload = event_payload(event_type, now_ms, &data);
+    let no_dedup: Option<&str> = None;
+    tx.prepare_cached(&sql(INSERT_MESSAGE))?
+        .execute(rusqlite::params![
+            msg_id, org_id, event_type, payload, no_dedup, now_ms
+        ])?;
+    let mut delivery = tx.prepare_cached(&sql(INSERT_DELIVERY))?;
+    for endpoint in targets {
+        delivery.execute(rusqlite::params![
+            DeliveryId::new().into_string(),
+            org_id,
+            endpoint,
+            msg_id,
+            now_ms
+        ])?;
+    }
+    Ok(())
 }
 
 /// Gives up the pending deliveries of an endpoint that no longer receives anything.

@@ -74,14 +74,7 @@ impl Store {
     /// not get its turn within the busy timeout fails with `Busy`, as a locked database would.
     #[tracing::instrument(name = "Store::begin_write", level = "debug", skip_all)]
     pub(crate) async fn begin_write(&self) -> StoreResult<WriteTx> {
-        let turn = match &self.writers.0 {
-            Some(queue) => Some(
-                tokio::time::timeout(super::engine::BUSY_TIMEOUT, queue.clone().lock_owned())
-                    .await
-                    .map_err(|_| StoreError::Busy)?,
-            ),
-            None => None,
-        };
+        let turn = self.write_turn().await?;
         let tx = match self.engine.begin_write() {
             Some(statement) => self.pool.begin_with(statement).await?,
             None if self.pooled => self.pool.begin_with(begin_pooled()).await?,
@@ -91,6 +84,38 @@ impl Store {
             tx: Conn::tx(tx, self.pooled),
             _turn: turn,
         })
+    }
+
+    /// This process's turn to write (SQLite; `None` where the engine needs none).
+    async fn write_turn(&self) -> StoreResult<Option<OwnedMutexGuard<()>>> {
+        match &self.writers.0 {
+            Some(queue) => Ok(Some(
+                tokio::time::timeout(super::engine::BUSY_TIMEOUT, queue.clone().lock_owned())
+                    .await
+                    .map_err(|_| StoreError::Busy)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether write batches go to the SQLite writer thread ([`Store::write_batch`]).
+    pub(super) fn has_writer(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Runs `batch` in one transaction on the SQLite writer thread, in this process's turn,
+    /// and answers once its commit is durable (see `sqlite_writer.rs`). Only where
+    /// [`Store::has_writer`]; elsewhere it fails.
+    pub(super) async fn write_batch<R, F>(&self, batch: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<R> + Send + 'static,
+    {
+        let Some(writer) = &self.writer else {
+            return Err(StoreError::Other("no SQLite writer".into()));
+        };
+        let _turn = self.write_turn().await?;
+        writer.run(batch).await
     }
 
     /// A connection for a few reads in a row (behind a transaction pooler, a transaction).

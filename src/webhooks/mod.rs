@@ -87,15 +87,34 @@ impl Webhooks {
     /// Records `rate_limit.exceeded` for an API key's refused request: at most one event per
     /// key and window (per window-length period, across instances), written off the request path.
     pub fn rate_limited(&self, store: &Store, clock: &Clock, req: &Request, d: &Decision) {
-        let Some(org) = req.tag.strip_prefix("org:") else {
-            return;
-        };
         let Some(key_id) = req
             .windows
             .iter()
             .find(|w| w.policy == crate::config::Policy::ApiKey.name())
             .map(|w| w.subject.clone())
         else {
+            return;
+        };
+        self.limited(store, clock, req, d, Limited::Requests { key_id: &key_id });
+    }
+
+    /// Records `rate_limit.exceeded` for a chat a token window refused (`policy`
+    /// `key_tokens`, `org_tokens`, `widget_tokens` or `visitor_tokens`; `window` names the
+    /// setting, `limit` is in tokens), as [`Webhooks::rate_limited`] does for requests.
+    pub fn tokens_limited(
+        &self,
+        store: &Store,
+        clock: &Clock,
+        req: &Request,
+        d: &Decision,
+        key_id: Option<&str>,
+        widget_id: Option<&str>,
+    ) {
+        self.limited(store, clock, req, d, Limited::Tokens { key_id, widget_id });
+    }
+
+    fn limited(&self, store: &Store, clock: &Clock, req: &Request, d: &Decision, by: Limited<'_>) {
+        let Some(org) = req.tag.strip_prefix("org:") else {
             return;
         };
         let now = clock.now_ms();
@@ -106,7 +125,8 @@ impl Webhooks {
             let window_ms = i64::from(w.rate.window_seconds.max(1)) * 1000;
             let (limit, secs) = (w.rate.limit, w.rate.window_seconds);
             let dedup = format!(
-                "rate_limit:{key_id}:{}:{limit}/{secs}:{}",
+                "rate_limit:{}:{}:{limit}/{secs}:{}",
+                w.subject,
                 w.policy,
                 now / window_ms
             );
@@ -114,14 +134,38 @@ impl Webhooks {
                 continue;
             }
             self.recent_limits.insert(dedup.clone(), ());
-            let data = json!({
-                "org_id": org,
-                "key_id": key_id,
-                "policy": w.policy,
-                "limit": limit,
-                "window_seconds": secs,
-                "retry_after": s.retry_after,
-            });
+            let data = match by {
+                Limited::Requests { key_id } => json!({
+                    "org_id": org,
+                    "key_id": key_id,
+                    "policy": w.policy,
+                    "limit": limit,
+                    "window_seconds": secs,
+                    "retry_after": s.retry_after,
+                }),
+                Limited::Tokens { key_id, widget_id } => {
+                    let window = match (w.policy, secs) {
+                        ("visitor_tokens", _) => "visitor_tokens_per_day",
+                        (_, 60) => "tokens_per_minute",
+                        _ => "tokens_per_day",
+                    };
+                    let mut data = json!({
+                        "org_id": org,
+                        "key_id": key_id,
+                        "policy": w.policy,
+                        "window": window,
+                        "unit": "tokens",
+                        // The decision's limit is in tokens (the window may count in steps).
+                        "limit": s.limit,
+                        "window_seconds": secs,
+                        "retry_after": s.retry_after,
+                    });
+                    if let Some(wid) = widget_id {
+                        data["widget_id"] = json!(wid);
+                    }
+                    data
+                }
+            };
             let (store, org) = (store.clone(), org.to_string());
             tokio::spawn(async move {
                 if let Err(e) = store.record_rate_limit_event(&org, data, &dedup, now).await {
@@ -143,4 +187,16 @@ impl Webhooks {
         };
         Some(Duration::from_millis(ms.saturating_add(jitter)))
     }
+}
+
+/// Who a refused decision was counting.
+#[derive(Clone, Copy)]
+enum Limited<'a> {
+    /// An API key's request windows.
+    Requests { key_id: &'a str },
+    /// A chat's token windows: the key or the widget that asked.
+    Tokens {
+        key_id: Option<&'a str>,
+        widget_id: Option<&'a str>,
+    },
 }

@@ -373,7 +373,7 @@ async fn the_budget_is_shared_on_redis() {
 #[tokio::test]
 async fn a_peek_on_redis_tells_the_decision_and_spends_nothing() {
     let url = redis_url();
-    let link = RedisLink::open(&url, &redis_prefix(), std::time::Duration::from_secs(2))
+    let link = RedisLink::open_url(&url, &redis_prefix(), std::time::Duration::from_secs(2))
         .await
         .unwrap();
     let redis = RedisLimiter::new(link);

@@ -88,6 +88,25 @@ fn upstream(c: &mut gatehouse::config::Config, url: String) {
     c.upstream_timeout_ms = 5000;
 }
 
+/// Prices the upstream's model at one unit of money per token, input and output.
+fn one_unit_per_token(c: &mut gatehouse::config::Config) {
+    c.models.insert(
+        "gpt-4o-mini".into(),
+        gatehouse::config::ModelPrice {
+            input_per_mtok: 1_000_000,
+            output_per_mtok: 1_000_000,
+        },
+    );
+}
+
+/// The rows in the spend ledger, read from storage.
+async fn ledger_rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM spend_ledger")
+        .fetch_one(&crate::helpers::sql(&app.db.url).await)
+        .await
+        .unwrap()
+}
+
 async fn app_with_mock(db: Db, clock: Clock) -> (TestApp, Mock) {
     let (url, mock) = mock_server().await;
     let app = TestApp::spawn_with_clock(db, clock, move |c| {
@@ -467,8 +486,8 @@ async fn leases_and_token_windows_are_shared_by_two_instances_on_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_holders_lease_expires_on_redis() {
-    use gatehouse::ratelimit::{LeaseSpec, Leases, RedisLink};
-    let link = RedisLink::open(&redis_url(), &redis_prefix(), Duration::from_secs(1))
+    use gatehouse::ratelimit::{LeaseError, LeaseSpec, Leases, RedisLink};
+    let link = RedisLink::open_url(&redis_url(), &redis_prefix(), Duration::from_secs(1))
         .await
         .unwrap();
     let clock = Clock::manual(T0);
@@ -483,9 +502,15 @@ async fn a_dead_holders_lease_expires_on_redis() {
     let a = Leases::new(Some(link.clone()), clock.clone(), Duration::from_secs(30));
     let b = Leases::new(Some(link), clock.clone(), Duration::from_secs(30));
     a.acquire("org:o", &one()).await.unwrap().abandon();
-    assert_eq!(b.acquire("org:o", &one()).await.err(), Some(0));
+    assert_eq!(
+        b.acquire("org:o", &one()).await.err(),
+        Some(LeaseError::Full(0))
+    );
     clock.advance_ms(29_999);
-    assert_eq!(b.acquire("org:o", &one()).await.err(), Some(0));
+    assert_eq!(
+        b.acquire("org:o", &one()).await.err(),
+        Some(LeaseError::Full(0))
+    );
     clock.advance_ms(1);
     let lease = b.acquire("org:o", &one()).await.unwrap();
     // A released lease frees its place at once.
@@ -606,6 +631,169 @@ story!(
         let (status, b) = widget_chat(&app, &id, &third, json!({"message": "hi"})).await;
         assert_eq!(refusal(status, &b), (403, "model_not_allowed", ""));
         assert_eq!(b["error"]["details"]["model"], "gpt-4o");
+        app
+    }
+);
+
+/// The mock model server and fast webhook deliveries to `receiver`.
+async fn app_with_hooks(db: Db) -> (TestApp, crate::webhooks::Receiver) {
+    let (url, _mock) = mock_server().await;
+    let receiver = crate::webhooks::Receiver::start().await;
+    let app = TestApp::spawn(db, move |c| {
+        upstream(c, url);
+        c.webhooks_allow_private = true;
+        c.webhooks_poll_interval_ms = 50;
+        c.webhooks_retry_schedule = vec![0, 1, 1, 1];
+        c.webhooks_timeout_ms = 2000;
+    })
+    .await;
+    (app, receiver)
+}
+
+story!(
+    a_token_window_refusal_raises_rate_limit_exceeded_naming_the_window,
+    setup: app_with_hooks,
+    |(app, receiver): (TestApp, crate::webhooks::Receiver)| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Acme").await;
+        let (status, b) = app.call(Method::POST, &format!("/orgs/{org}/webhooks"), &owner.token,
+            Some(json!({"url": receiver.url, "event_types": ["rate_limit.exceeded"]}))).await;
+        assert_eq!(status, 201, "{b}");
+        let (key, key_id) = key_with(&app, &owner, &org, json!({"token_limits": {"tokens_per_minute": 1000}})).await;
+        // Each reserves 306 and settles 50: refused after 14, then again (one event per window).
+        let body = json!({"message": "use 40", "max_tokens": 300});
+        let mut refused = 0;
+        for _ in 0..17 {
+            let (status, b, _) = chat(&app, &key, body.clone()).await;
+            if status != 200 {
+                assert_eq!(refusal(status, &b), (429, "rate_limited", ""));
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 3);
+        let hit = receiver.event("rate_limit.exceeded").await.json();
+        assert_eq!(hit["data"]["key_id"], json!(key_id), "{hit}");
+        assert_eq!(hit["data"]["org_id"], json!(org));
+        assert_eq!(hit["data"]["policy"], "key_tokens");
+        assert_eq!(hit["data"]["window"], "tokens_per_minute");
+        assert_eq!(hit["data"]["unit"], "tokens");
+        assert_eq!(hit["data"]["limit"], 1000);
+        assert_eq!(hit["data"]["window_seconds"], 60);
+        assert!(hit["data"]["retry_after"].as_u64().unwrap() >= 1, "{hit}");
+
+        // The organization's day window refuses another key: its own event, naming that key.
+        org_limits(&app, &owner, &org, json!({"token_limits": {"tokens_per_day": 400}})).await;
+        let (other, other_id) = key_with(&app, &owner, &org, json!({})).await;
+        let (status, b, _) = chat(&app, &other, json!({"message": "use 40", "max_tokens": 380})).await;
+        assert_eq!(status, 200, "{b}");
+        let (status, b, _) = chat(&app, &other, json!({"message": "use 40", "max_tokens": 380})).await;
+        assert_eq!(refusal(status, &b), (429, "rate_limited", ""));
+        let hits = receiver.until("the organization's token event", |h| {
+            h.iter().any(|h| h.event_type() == "rate_limit.exceeded" && h.json()["data"]["policy"] == "org_tokens")
+        }).await;
+        let limited: Vec<Value> = hits.iter().filter(|h| h.event_type() == "rate_limit.exceeded").map(|h| h.json()).collect();
+        let org_hit = limited.iter().find(|h| h["data"]["policy"] == "org_tokens").unwrap();
+        assert_eq!(org_hit["data"]["key_id"], json!(other_id));
+        assert_eq!(org_hit["data"]["window"], "tokens_per_day");
+        assert_eq!(org_hit["data"]["limit"], 400);
+        assert_eq!(org_hit["data"]["window_seconds"], 86_400);
+        assert_eq!(limited.len(), 2, "one event per window: {limited:?}");
+        app
+    }
+);
+
+story!(
+    one_reservation_setting_caps_the_answer_for_budgets_and_token_windows,
+    setup: |db| async move {
+        let (url, mock) = mock_server().await;
+        let app = TestApp::spawn(db, move |c| {
+            upstream(c, url);
+            c.chat_reserve_tokens = 700;
+            one_unit_per_token(c);
+        }).await;
+        (app, mock)
+    },
+    |(app, mock): (TestApp, Mock)| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Acme").await;
+        let (key, _) = key_with(&app, &owner, &org, json!({
+            "token_limits": {"tokens_per_minute": 100_000},
+            "budgets": [{"amount": 1_000_000_000, "period": "day"}],
+        })).await;
+        let (status, b, h) = chat(&app, &key, json!({"message": "hi"})).await;
+        assert_eq!(status, 200, "{b}");
+        // Sent upstream as the answer's cap (a budget applies) ...
+        assert_eq!(mock.asked()[0]["max_tokens"], 700);
+        // ... and reserved in the token window: the prompt's estimate (1 + 4) and 700.
+        let state = h["ratelimit"].to_str().unwrap();
+        assert!(state.contains(&format!("\"key_tokens_60s\";r={};", 100_000 - 5 - 700)), "{state}");
+        app
+    }
+);
+
+story!(
+    a_chat_refused_by_a_token_window_writes_nothing_to_the_spend_ledger,
+    |app: TestApp| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Refusals").await;
+        org_limits(
+            &app,
+            &owner,
+            &org,
+            json!({"token_limits": {"tokens_per_day": 400}}),
+        )
+        .await;
+        let (key, _) = key_with(&app, &owner, &org, json!({})).await;
+        let (status, _, _) =
+            chat(&app, &key, json!({"message": "use 40", "max_tokens": 300})).await;
+        assert_eq!(status, 200);
+        assert_eq!(ledger_rows(&app).await, 1, "the answered chat's row");
+        // Refused by the day window: nothing was used and no budget holds a reservation, so
+        // there is nothing to settle (a flood of refusals must not become a flood of writes).
+        for _ in 0..5 {
+            let (status, b, _) =
+                chat(&app, &key, json!({"message": "use 40", "max_tokens": 380})).await;
+            assert_eq!(refusal(status, &b), (429, "rate_limited", ""));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ledger_rows(&app).await, 1);
+        app
+    }
+);
+
+story!(
+    a_chat_refused_after_its_budget_reservation_writes_nothing_and_gives_the_reservation_back,
+    setup: |db| async move {
+        let (url, mock) = mock_server().await;
+        let app = TestApp::spawn(db, move |c| {
+            upstream(c, url);
+            one_unit_per_token(c);
+        }).await;
+        (app, mock)
+    },
+    |(app, _mock): (TestApp, Mock)| async move {
+        let owner = app.person().await;
+        let org = app.org(&owner, "Refusals").await;
+        // One token costs one unit: a chat reserves its prompt and 380 tokens, so a budget of
+        // 1,000 holds two reservations at most and a leaked one would soon answer 402.
+        let (key, _) = key_with(&app, &owner, &org, json!({
+            "token_limits": {"tokens_per_day": 400},
+            "budgets": [{"amount": 1_000, "period": "day"}],
+        })).await;
+        let (status, b, _) =
+            chat(&app, &key, json!({"message": "use 40", "max_tokens": 300})).await;
+        assert_eq!(status, 200, "{b}");
+        assert_eq!(ledger_rows(&app).await, 1, "the answered chat's row");
+        // Each refusal by the day window comes after the budget's reservation: it is given
+        // back (never a 402 from reservations piling up) and no zero row is written.
+        for _ in 0..6 {
+            let (status, b, _) =
+                chat(&app, &key, json!({"message": "use 40", "max_tokens": 380})).await;
+            assert_eq!(refusal(status, &b), (429, "rate_limited", ""), "{b}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ledger_rows(&app).await, 1);
         app
     }
 );

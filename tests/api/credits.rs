@@ -20,7 +20,11 @@ const DAY: i64 = 86_400_000;
 
 /// An organization of `owner`, a verifier key (`keys:verify`, no credits) and a key with
 /// `credits`; returns (org, verifier, key, key id).
-async fn setup(app: &TestApp, owner: &Person, credits: Value) -> (String, String, String, String) {
+pub(crate) async fn setup(
+    app: &TestApp,
+    owner: &Person,
+    credits: Value,
+) -> (String, String, String, String) {
     let org = app.org(owner, "Credits").await;
     let (verifier, _) = app.key(owner, &org, &["keys:verify"]).await;
     let (status, body) = app
@@ -241,7 +245,12 @@ story!(
 );
 
 /// `n` verifications of cost 1 at once, spread over `bases`; how many were admitted.
-async fn concurrent_verifications(bases: &[String], verifier: &str, key: &str, n: usize) -> usize {
+pub(crate) async fn concurrent_verifications(
+    bases: &[String],
+    verifier: &str,
+    key: &str,
+    n: usize,
+) -> usize {
     let c = reqwest::Client::new();
     let results: Vec<bool> = stream::iter(0..n)
         .map(|i| {
@@ -255,7 +264,7 @@ async fn concurrent_verifications(bases: &[String], verifier: &str, key: &str, n
 }
 
 /// What storage holds for a key: its balance and the ledger's total.
-async fn stored(db_url: &str, id: &str) -> (i64, i64) {
+pub(crate) async fn stored(db_url: &str, id: &str) -> (i64, i64) {
     let pool = sql(db_url).await;
     let (remaining,): (i64,) =
         sqlx::query_as("SELECT credits_remaining FROM api_keys WHERE id = $1")
@@ -529,3 +538,229 @@ story!(
         app
     }
 );
+
+/// Rolls key `id` of `org` with an hour's grace: (new key, new id).
+async fn roll(app: &TestApp, owner: &Person, org: &str, id: &str) -> (String, String) {
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/orgs/{org}/api-keys/{id}/roll"),
+            &owner.token,
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["data"]["credits"]["remaining"], 10,
+        "the balance carried on: {body}"
+    );
+    (
+        body["data"]["key"].as_str().unwrap().to_string(),
+        body["data"]["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The balance `GET …/api-keys/{id}` shows.
+async fn shown(app: &TestApp, owner: &Person, org: &str, id: &str) -> Value {
+    let (status, body) = app
+        .call(
+            Method::GET,
+            &format!("/orgs/{org}/api-keys/{id}"),
+            &owner.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["credits"]["remaining"].clone()
+}
+
+/// `n` concurrent uses of cost 1, alternating between `keys` and `bases`: how many were
+/// admitted.
+async fn split_uses(bases: &[String], verifier: &str, keys: [&str; 2], n: usize) -> usize {
+    let c = reqwest::Client::new();
+    let results: Vec<bool> = stream::iter(0..n)
+        .map(|i| {
+            let (c, base) = (c.clone(), bases[i % bases.len()].clone());
+            let key = keys[(i / bases.len()) % 2];
+            async move { verify_on(&c, &base, verifier, key, Some(1)).await.0 }
+        })
+        .buffer_unordered(n)
+        .collect()
+        .await;
+    results.into_iter().filter(|v| *v).count()
+}
+
+/// The credits ledger's total for `ids`.
+async fn ledger_total(db_url: &str, ids: &[&str]) -> i64 {
+    let mut total = 0;
+    for id in ids {
+        total += stored(db_url, id).await.1;
+    }
+    total
+}
+
+/// A key with 12 credits spends 2, is rolled with a grace period, and 20 uses split across
+/// the old and the new key (on `bases`) admit exactly the 10 left.
+async fn roll_keeps_the_credits(app: &TestApp, bases: &[String]) {
+    let owner = app.person().await;
+    let (org, verifier, old, old_id) = setup(app, &owner, json!({"remaining": 12})).await;
+    assert_eq!(
+        verify(app, &verifier, &old, Some(2)).await,
+        (true, "valid".into(), json!(10))
+    );
+    let (new, new_id) = roll(app, &owner, &org, &old_id).await;
+    // One balance, not two: 20 uses across both keys admit exactly 10.
+    assert_eq!(split_uses(bases, &verifier, [&old, &new], 20).await, 10);
+    for key in [&old, &new] {
+        assert_eq!(
+            verify(app, &verifier, key, None).await,
+            (false, "usage_exceeded".into(), json!(0))
+        );
+    }
+    assert_eq!(shown(app, &owner, &org, &new_id).await, 0);
+    assert_eq!(shown(app, &owner, &org, &old_id).await, 0);
+    // Storage holds the one balance (on the line's first key) and every spend once, each
+    // under the key that spent it.
+    assert_eq!(stored(&app.db.url, &old_id).await.0, 0);
+    assert_eq!(ledger_total(&app.db.url, &[&old_id, &new_id]).await, 12);
+    // Setting the credits on the new key sets the line's: the old key sees them at once.
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("/orgs/{org}/api-keys/{new_id}"),
+            &owner.token,
+            Some(json!({"credits": {"remaining": 3}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        verify(app, &verifier, &old, None).await,
+        (true, "valid".into(), json!(2))
+    );
+    assert_eq!(
+        verify(app, &verifier, &new, None).await,
+        (true, "valid".into(), json!(1))
+    );
+    // Rolled again within the grace period: still the one balance, across three keys.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/orgs/{org}/api-keys/{new_id}/roll"),
+            &owner.token,
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["data"]["credits"]["remaining"], 1);
+    let third = body["data"]["key"].as_str().unwrap().to_string();
+    assert_eq!(
+        verify(app, &verifier, &third, None).await,
+        (true, "valid".into(), json!(0))
+    );
+    assert_eq!(
+        verify(app, &verifier, &old, None).await,
+        (false, "usage_exceeded".into(), json!(0))
+    );
+}
+
+story!(
+    a_rolled_key_continues_the_balance_and_shares_it_with_the_old_key_during_grace,
+    |app: TestApp| async move {
+        let bases = [app.base.clone()];
+        roll_keeps_the_credits(&app, &bases).await;
+        app
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_key_shares_one_balance_across_two_instances_on_postgres_and_on_redis() {
+    let (a, b) = two_instances(Some((redis_url(), redis_prefix()))).await;
+    assert_eq!(a.state.keys.meter_name(), "redis");
+    roll_keeps_the_credits(&a, &[a.base.clone(), b.base.clone()]).await;
+    b.stop().await;
+    a.stop().await;
+}
+
+/// A change of the credit settings reaches every key of the roll line: the old key, used
+/// after the change, refills by the new rule; and so does a record of it that was read before
+/// the change (a use in flight, or a cache an invalidation has not reached yet).
+async fn a_settings_change_reaches_every_key_of_the_line(app: &TestApp, clock: &Clock) {
+    let owner = app.person().await;
+    let credits = json!({"remaining": 10, "refill": {"interval": "daily", "amount": 4}});
+    let (org, verifier, old, old_id) = setup(app, &owner, credits).await;
+    assert_eq!(
+        verify(app, &verifier, &old, None).await,
+        (true, "valid".into(), json!(9))
+    );
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/orgs/{org}/api-keys/{old_id}/roll"),
+            &owner.token,
+            Some(json!({"grace_seconds": 7 * 86_400})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let new = body["data"]["key"].as_str().unwrap().to_string();
+    let new_id = body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        verify(app, &verifier, &new, None).await,
+        (true, "valid".into(), json!(8))
+    );
+    // The old key's record as this instance holds it, under the settings of before.
+    let before = app.state.keys.check(&old).await.unwrap();
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("/orgs/{org}/api-keys/{new_id}"),
+            &owner.token,
+            Some(
+                json!({"credits": {"remaining": 5, "refill": {"interval": "daily", "amount": 7}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        verify(app, &verifier, &old, None).await,
+        (true, "valid".into(), json!(4))
+    );
+    // The next day the old key refills by the new rule (7), not the old one (4).
+    clock.advance_ms(DAY);
+    assert_eq!(
+        verify(app, &verifier, &old, None).await,
+        (true, "valid".into(), json!(6))
+    );
+    // And a record from before the change spends under the new rule too, the day after.
+    clock.advance_ms(DAY);
+    let spent = app.state.keys.spend(&before, 1).await.unwrap().unwrap();
+    assert!(spent.admitted);
+    assert_eq!(spent.balance.remaining, 6, "refilled to 7, not to 4");
+    assert_eq!(
+        verify(app, &verifier, &new, None).await,
+        (true, "valid".into(), json!(5))
+    );
+    // (The owner's access token has expired by now: storage tells.)
+    assert_eq!(stored(&app.db.url, &old_id).await.0, 5);
+}
+
+story!(
+    a_credit_settings_change_reaches_every_key_of_the_roll_line,
+    setup: |db| clocked(db, T0, |_| {}),
+    |(app, clock): (TestApp, Clock)| async move {
+        a_settings_change_reaches_every_key_of_the_line(&app, &clock).await;
+        app
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_settings_change_reaches_every_key_of_the_roll_line_on_postgres_and_on_redis() {
+    let (url, prefix) = (redis_url(), redis_prefix());
+    let (app, clock) = clocked(Db::Postgres, T0, move |c| {
+        c.redis_url = Some(gatehouse::config::SecretString::from(url));
+        c.redis_prefix = prefix;
+    })
+    .await;
+    assert_eq!(app.state.keys.meter_name(), "redis");
+    a_settings_change_reaches_every_key_of_the_line(&app, &clock).await;
+    app.stop().await;
+}

@@ -34,6 +34,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "fanout",
             "credentials",
             "spend",
+            "oauth",
+            "external",
         ],
     ),
     // Builds the services once (`AppState::build`).

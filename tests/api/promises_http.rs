@@ -127,6 +127,52 @@ async fn v1_allows_any_origin_without_credentials_and_the_documented_headers() {
     app.stop().await;
 }
 
+/// CORS headers are for browsers, whose cross-origin requests always carry `Origin`: an answer
+/// to a request without one goes without them (about 250 bytes on every call of a server or a
+/// script), and keeps `Vary`, so no cache hands it to a browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_headers_go_only_to_requests_with_an_origin_and_vary_stays() {
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
+    let person = app.person().await;
+    for (path, token) in [("/me", person.token.as_str()), ("/me", "not-a-token")] {
+        let res = app.v1(Method::GET, path, token).send().await.unwrap();
+        let h = res.headers();
+        assert!(h.get("access-control-allow-origin").is_none(), "{h:?}");
+        assert!(h.get("access-control-expose-headers").is_none(), "{h:?}");
+        let vary = h["vary"].to_str().unwrap().to_ascii_lowercase();
+        assert!(vary.contains("origin"), "{vary}");
+        let res = app
+            .v1(Method::GET, path, token)
+            .header("origin", "https://app.example.net")
+            .send()
+            .await
+            .unwrap();
+        let h = res.headers();
+        assert_eq!(h["access-control-allow-origin"], "*");
+        assert!(h["vary"].to_str().unwrap().contains("origin"), "{h:?}");
+    }
+    // The same on /auth/v1, whose CORS rules differ; routes without CORS get neither.
+    let res = app.auth(Method::GET, "/settings").send().await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert!(res.headers()["vary"].to_str().unwrap().contains("origin"));
+    let res = app
+        .auth(Method::GET, "/settings")
+        .header("origin", "https://app.example.net")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("origin", "https://app.example.net")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_file_keeps_other_origins_out_of_its_window() {
     let app = TestApp::spawn(Db::Sqlite, |_| {}).await;

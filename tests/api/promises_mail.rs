@@ -152,12 +152,27 @@ async fn one_mail_per_address_when_an_instance_dies_mid_send(db: Db) {
     }
     assert_eq!(sink.mails.lock().unwrap().len(), others.len() + 2);
     let pool = sql(&b.db.url).await;
-    let rows = sqlx::query(
-        "SELECT recipient, text_body, html_body, sent_at FROM mail_outbox ORDER BY created_at",
+    let outbox = || async {
+        sqlx::query(
+            "SELECT recipient, text_body, html_body, sent_at FROM mail_outbox ORDER BY created_at",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    // The sink has the last mail a moment before B records it as sent.
+    eventually(
+        Duration::from_secs(10),
+        "B records every mail as sent",
+        || async {
+            outbox()
+                .await
+                .iter()
+                .all(|r| r.get::<Option<i64>, _>("sent_at").is_some())
+        },
     )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    .await;
+    let rows = outbox().await;
     assert_eq!(rows.len(), others.len() + 2, "one queued mail per request");
     for row in rows {
         let to: String = row.get("recipient");

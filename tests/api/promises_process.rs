@@ -42,6 +42,28 @@ async fn last_used(c: &Client, base: &str, token: &str, org: &str, id: &str) -> 
     body["data"]["last_used_at"].clone()
 }
 
+/// A thread's messages as "role: content", read back through the API (from storage).
+async fn thread_messages(c: &Client, base: &str, key: &str, thread: &str) -> Vec<String> {
+    let (status, body) = send(
+        c.get(format!("{base}/v1/threads/{thread}"))
+            .header("x-api-key", key),
+    )
+    .await;
+    assert_eq!(status, 200, "the thread survives the crash: {body}");
+    body["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}: {}",
+                m["role"].as_str().unwrap(),
+                m["content"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 async fn chat_answered_200_survives_kill_9(db: Db) {
     let test_db = TestDb::new(db).await;
     let dir = tempdir::Dir::new();
@@ -60,29 +82,9 @@ async fn chat_answered_200_survives_kill_9(db: Db) {
     let thread = body["data"]["thread_id"].as_str().unwrap().to_string();
     kill_9(&mut server);
     let again = start_with(&test_db.url, &dir, &env).await;
-    let (status, body) = send(
-        c.get(format!("{}/v1/threads/{thread}", again.base))
-            .header("x-api-key", &key),
-    )
-    .await;
-    assert_eq!(status, 200, "the thread survives the crash: {body}");
-    let messages: Vec<(String, String)> = body["data"]["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["role"].as_str().unwrap().to_string(),
-                m["content"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
     assert_eq!(
-        messages,
-        vec![
-            ("user".to_string(), "remember this turn".to_string()),
-            ("assistant".to_string(), "Hello, world".to_string()),
-        ],
+        thread_messages(&c, &again.base, &key, &thread).await,
+        ["user: remember this turn", "assistant: Hello, world"],
         "both messages of the answered turn survive kill -9"
     );
     drop(again);
@@ -97,6 +99,107 @@ async fn a_chat_answered_200_survives_kill_9_with_both_messages_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_answered_200_survives_kill_9_with_both_messages_on_postgres() {
     chat_answered_200_survives_kill_9(Db::Postgres).await;
+}
+
+/// A signed widget chat call on `base` with `session` (token, signing secret), from `origin`.
+async fn widget_say(
+    c: &Client,
+    base: &str,
+    widget: &str,
+    session: &Value,
+    origin: &str,
+    message: &str,
+) -> Value {
+    use base64::Engine;
+    let path = format!("/v1/widgets/{widget}/chat");
+    let body = json!({ "message": message }).to_string();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let nonce =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
+    let secret = session["signing_secret"].as_str().unwrap();
+    let signature = crate::widgets::hex_hmac(
+        secret.as_bytes(),
+        format!("{ts}.{nonce}.POST.{path}.{body}").as_bytes(),
+    );
+    let (status, answer) = send(
+        c.post(format!("{base}{path}"))
+            .header("origin", origin)
+            .bearer_auth(session["session_token"].as_str().unwrap())
+            .header("x-gatehouse-timestamp", ts.to_string())
+            .header("x-gatehouse-nonce", nonce)
+            .header("x-gatehouse-signature", format!("v1={signature}"))
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    answer["data"].clone()
+}
+
+async fn widget_chat_answered_200_survives_kill_9(db: Db) {
+    const ORIGIN: &str = "https://shop.example.com";
+    let test_db = TestDb::new(db).await;
+    let dir = tempdir::Dir::new();
+    let (upstream, _mock) = crate::chat::mock_server().await;
+    let env = [("GATEHOUSE_UPSTREAM_URL", upstream.as_str())];
+    let c = Client::new();
+    let mut server = start_with(&test_db.url, &dir, &env).await;
+    let base = server.base.clone();
+    let (token, org, key, _) = owner_org_key(&c, &base, &["threads:read"]).await;
+    let (status, w) = send(
+        c.post(format!("{base}/v1/orgs/{org}/widgets"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "Help", "allowed_origins": [ORIGIN]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{w}");
+    let widget = w["data"]["id"].as_str().unwrap().to_string();
+    let (status, t) = send(
+        c.post(format!("{base}/v1/orgs/{org}/widgets/{widget}/tokens"))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(status, 201, "{t}");
+    let (status, session) = send(
+        c.post(format!("{base}/v1/widgets/{widget}/session"))
+            .header("origin", ORIGIN)
+            .json(&json!({ "token": t["data"]["token"] })),
+    )
+    .await;
+    assert_eq!(status, 201, "{session}");
+    let session = session["data"].clone();
+    // The first exchange starts the visitor's thread; the second continues it.
+    let first = widget_say(&c, &base, &widget, &session, ORIGIN, "first visit").await;
+    let thread = first["thread_id"].as_str().unwrap().to_string();
+    let second = widget_say(&c, &base, &widget, &session, ORIGIN, "and again").await;
+    assert_eq!(second["thread_id"].as_str(), Some(thread.as_str()));
+    kill_9(&mut server);
+    let again = start_with(&test_db.url, &dir, &env).await;
+    assert_eq!(
+        thread_messages(&c, &again.base, &key, &thread).await,
+        [
+            "user: first visit",
+            "assistant: Hello, world",
+            "user: and again",
+            "assistant: Hello, world"
+        ],
+        "every message of both answered widget exchanges survives kill -9"
+    );
+    drop(again);
+    test_db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widget_chat_answered_200_survives_kill_9_with_its_messages_on_sqlite() {
+    widget_chat_answered_200_survives_kill_9(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widget_chat_answered_200_survives_kill_9_with_its_messages_on_postgres() {
+    widget_chat_answered_200_survives_kill_9(Db::Postgres).await;
 }
 
 async fn last_used_written_on_sigterm(db: Db) {

@@ -454,7 +454,7 @@ story!(
 
 async fn redis_limiter() -> RedisLimiter {
     let url = redis_url();
-    let link = RedisLink::open(&url, &redis_prefix(), std::time::Duration::from_secs(2))
+    let link = RedisLink::open_url(&url, &redis_prefix(), std::time::Duration::from_secs(2))
         .await
         .unwrap();
     assert!(

@@ -482,3 +482,374 @@ story!(
         s.app
     }
 );
+
+/// Rolls key `id` of `s.org` with an hour's grace: (new key, new id).
+async fn roll(s: &Setup, id: &str) -> (String, String) {
+    let (status, body) = s
+        .app
+        .call(
+            Method::POST,
+            &format!("/orgs/{}/api-keys/{id}/roll", s.org),
+            &s.owner.token,
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    (
+        body["data"]["key"].as_str().unwrap().to_string(),
+        body["data"]["id"].as_str().unwrap().to_string(),
+    )
+}
+
+story!(
+    a_rolled_key_continues_its_budgets_spend_with_the_old_key_during_grace,
+    setup: setup,
+    |s: Setup| async move {
+        let (old, old_id) = key_with(&s, json!([{"amount": 60, "period": "day"}])).await;
+        let (status, body) = chat(&s.app, &old, None, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(status, 200, "{body}");
+        let (new, new_id) = roll(&s, &old_id).await;
+        // The spend before the roll counts after it: the new key starts at 13, not 0.
+        let spent = |id: String| {
+            let s = &s;
+            async move {
+                let (status, body) = s.app
+                    .call(Method::GET, &format!("/orgs/{}/api-keys/{id}/budgets", s.org), &s.owner.token, None)
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                body["data"][0]["spent"].as_i64().unwrap()
+            }
+        };
+        assert_eq!(spent(new_id.clone()).await, 13);
+        // Both keys spend the one budget during the grace period: 13 + 11 + 13 = 37.
+        let (status, body) = chat(&s.app, &new, None, json!({"message": "plain", "max_tokens": 10})).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = chat(&s.app, &old, None, json!({"message": "hi", "max_tokens": 10})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(spent(new_id.clone()).await, 37);
+        assert_eq!(spent(old_id.clone()).await, 37);
+        // 37 + 34 > 60: refused on either key, naming the key that asked.
+        for (key, id) in [(&new, &new_id), (&old, &old_id)] {
+            let (status, body) = chat(&s.app, key, None, json!({"message": "hi", "max_tokens": 10})).await;
+            assert_eq!(refusal(status, &body), (402, "budget_exhausted", ""), "{body}");
+            assert_eq!(body["error"]["details"]["budget"]["spent"], 37);
+            assert_eq!(body["error"]["details"]["budget"]["id"], json!(id));
+        }
+        // The ledger still says which key spent what.
+        let (status, body) = s.app
+            .call(Method::GET, &format!("/orgs/{}/spend", s.org), &s.owner.token, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let by_key = |id: &str| -> i64 {
+            body["data"].as_array().unwrap().iter()
+                .filter(|r| r["key_id"] == id).map(|r| r["cost"].as_i64().unwrap()).sum()
+        };
+        assert_eq!((by_key(&old_id), by_key(&new_id)), (26, 11), "{body}");
+        s.app
+    }
+);
+
+/// An OAuth client's chat: `POST /v1/chat` with its access token alone.
+async fn client_chat(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
+    parts(
+        app.client
+            .post(app.url("/v1/chat"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Sets an organization's budgets as its owner.
+async fn put_budgets(s: &Setup, org: &str, budgets: Value) -> Value {
+    let (status, body) = s
+        .app
+        .call(
+            Method::PUT,
+            &format!("/orgs/{org}/budgets"),
+            &s.owner.token,
+            Some(budgets),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Client budgets: each OAuth client of an organization separately, in that organization
+/// only. The mock's "hi" costs 13 and reserves 34 (see above).
+async fn client_budgets_story(s: Setup) -> TestApp {
+    use crate::oauth_principal::{authorize, register};
+    let beta = s.app.org(&s.owner, "Beta").await;
+    let daily = json!([{"amount": 60, "period": "day"}]);
+    let body = put_budgets(&s, &s.org, json!({"client_budgets": daily})).await;
+    assert_eq!(body["data"]["client_budgets"], daily);
+    assert_eq!(body["data"]["budgets"], Value::Null);
+    put_budgets(&s, &beta, json!({"client_budgets": daily})).await;
+    let ann = s.app.person().await;
+    s.app.add(&s.owner, &s.org, &ann, "member").await;
+    let first = register(&s.app, "First").await;
+    let second = register(&s.app, "Second").await;
+    let token = |t: Value| t["access_token"].as_str().unwrap().to_string();
+    let first_acme = token(authorize(&s.app, &s.owner, &first, &s.org, "chat:write", "v1").await);
+    let first_ann = token(authorize(&s.app, &ann, &first, &s.org, "chat:write", "v1").await);
+    let second_acme = token(authorize(&s.app, &s.owner, &second, &s.org, "chat:write", "v1").await);
+    // Another scope set, so that the owner's remembered consent in Acme is not reused.
+    let first_beta = token(
+        authorize(
+            &s.app,
+            &s.owner,
+            &first,
+            &beta,
+            "chat:write keys:read",
+            "v1",
+        )
+        .await,
+    );
+    let claims = |t: &str| -> Value {
+        use base64::Engine;
+        let payload = t.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims(&first_beta)["org_id"], beta.as_str());
+    assert_eq!(claims(&first_acme)["org_id"], s.org.as_str());
+    let hi = json!({"message": "hi", "max_tokens": 10});
+    // The first client, for the owner and for Ann together: 13 each; the third fits only
+    // because the first two gave back all but their cost (26 + 34 = 60).
+    for t in [&first_acme, &first_ann, &first_acme] {
+        let (status, body) = client_chat(&s.app, t, hi.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // 39 + 34 > 60: refused for either person, naming the client.
+    for t in [&first_acme, &first_ann] {
+        let (status, body) = client_chat(&s.app, t, hi.clone()).await;
+        assert_eq!(
+            refusal(status, &body),
+            (402, "budget_exhausted", ""),
+            "{body}"
+        );
+        let b = &body["error"]["details"]["budget"];
+        assert_eq!(
+            (
+                b["scope"].as_str(),
+                b["id"].as_str(),
+                b["spent"].as_i64(),
+                b["amount"].as_i64()
+            ),
+            (Some("client"), Some(first.as_str()), Some(39), Some(60)),
+            "{body}"
+        );
+    }
+    // A smaller chat still fits (39 + 14 + 6 = 59): a refusal held nothing back.
+    let (status, body) = client_chat(
+        &s.app,
+        &first_acme,
+        json!({"message": "hi", "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Another client of the same organization has a budget of its own.
+    let (status, body) = client_chat(&s.app, &second_acme, hi.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    // The same client in another organization: that organization's budget, untouched.
+    let (status, body) = client_chat(&s.app, &first_beta, hi.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    // The ledger names the client: the spend report per client.
+    let (status, body) = s
+        .app
+        .call(
+            Method::GET,
+            &format!("/orgs/{}/spend?granularity=day", s.org),
+            &s.owner.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let per_client = |id: &str| -> i64 {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["client_id"] == id)
+            .map(|r| r["cost"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (per_client(&first), per_client(&second)),
+        (52, 13),
+        "{body}"
+    );
+    assert!(
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["key_id"].is_null()),
+        "{body}"
+    );
+    // The alerts: the first client's budget at 50 % (52 of 60) and 80 % (48), not 100 %.
+    let org_id = s.org.clone();
+    let expected = vec![
+        (format!("oc:{org_id}/{first}:day"), 50),
+        (format!("oc:{org_id}/{first}:day"), 80),
+    ];
+    let app = &s.app;
+    let owner = s.owner.token.clone();
+    eventually(
+        Duration::from_secs(10),
+        "the client's threshold alerts are recorded",
+        || async {
+            let (_, body) = app
+                .call(
+                    Method::GET,
+                    &format!("/orgs/{org_id}/audit-log?action=budget.threshold"),
+                    &owner,
+                    None,
+                )
+                .await;
+            let mut got: Vec<(String, i64)> = body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["target"].as_str().unwrap().to_string(),
+                        e["details"]["threshold"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            got.sort();
+            got == expected
+        },
+    )
+    .await;
+    // Lifting the client budgets lets the first client chat again; the organization's
+    // budget still counts its spend (52 + 13 + 34 > 90).
+    put_budgets(
+        &s,
+        &s.org,
+        json!({"budgets": [{"amount": 90, "period": "day"}]}),
+    )
+    .await;
+    let (status, body) = client_chat(&s.app, &first_acme, hi.clone()).await;
+    assert_eq!(
+        refusal(status, &body),
+        (402, "budget_exhausted", ""),
+        "{body}"
+    );
+    assert_eq!(body["error"]["details"]["budget"]["scope"], "org");
+    put_budgets(&s, &s.org, json!({"budgets": null})).await;
+    let (status, body) = client_chat(&s.app, &first_acme, hi).await;
+    assert_eq!(status, 200, "{body}");
+    s.app
+}
+
+story!(
+    an_oauth_client_over_its_budget_is_refused_while_another_client_and_another_org_still_chat,
+    setup: setup,
+    client_budgets_story
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_budgets_are_counted_in_redis_on_postgres_on_redis() {
+    let (url, mock) = crate::chat::mock_server().await;
+    let app = TestApp::spawn(crate::helpers::Db::Postgres, move |c| {
+        c.upstream_url = Some(url);
+        c.upstream_model = "test-model".into();
+        c.upstream_timeout_ms = 5000;
+        c.redis_url = Some(gatehouse::config::SecretString::from(
+            crate::helpers::redis_url(),
+        ));
+        c.redis_prefix = crate::helpers::redis_prefix();
+        priced(c);
+    })
+    .await;
+    let owner = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    let s = Setup {
+        app,
+        mock,
+        owner,
+        org,
+    };
+    client_budgets_story(s).await.stop().await;
+}
+
+/// A client's budget counters lost with Redis are seeded again from the ledger, which names
+/// the client of every settled chat: what was settled is never forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_budget_lost_with_redis_is_recounted_from_the_ledger_on_postgres_on_redis() {
+    use crate::oauth_principal::access;
+    let (url, _mock) = crate::chat::mock_server().await;
+    let prefix = crate::helpers::redis_prefix();
+    let p = prefix.clone();
+    let app = TestApp::spawn(crate::helpers::Db::Postgres, move |c| {
+        c.upstream_url = Some(url);
+        c.upstream_model = "test-model".into();
+        c.upstream_timeout_ms = 5000;
+        c.redis_url = Some(gatehouse::config::SecretString::from(
+            crate::helpers::redis_url(),
+        ));
+        c.redis_prefix = p;
+        priced(c);
+    })
+    .await;
+    let owner = app.person().await;
+    let org = app.org(&owner, "Acme").await;
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            &format!("/orgs/{org}/budgets"),
+            &owner.token,
+            Some(json!({"client_budgets": [{"amount": 60, "period": "month"}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (token, client) = access(&app, &owner, &org, "chat:write").await;
+    let hi = json!({"message": "hi", "max_tokens": 10});
+    for _ in 0..3 {
+        let (status, body) = client_chat(&app, &token, hi.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Redis forgets this server's budget counters.
+    let mut conn = redis::Client::open(crate::helpers::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*spend*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.contains(&client)), "{keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (status, body) = client_chat(&app, &token, hi).await;
+    assert_eq!(
+        refusal(status, &body),
+        (402, "budget_exhausted", ""),
+        "{body}"
+    );
+    let got = &body["error"]["details"]["budget"];
+    assert_eq!(
+        (
+            got["scope"].as_str(),
+            got["id"].as_str(),
+            got["spent"].as_i64()
+        ),
+        (Some("client"), Some(client.as_str()), Some(39)),
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -303,6 +303,14 @@ async fn traced_story(extra: &[(&str, &str)]) -> (Vec<Span>, Span) {
     ];
     env.extend_from_slice(extra);
     let server = start_with(&db.url, &dir, &env).await;
+    // Health checks and a scrape (the start waited on /healthz too), before the calls whose
+    // spans the story waits for: they are never exported.
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let res = reqwest::get(format!("{}{probe}", server.base))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{probe}");
+    }
     let t = tenant(&server, &peer).await;
     let ((chat_trace, chat_parent), (api_trace, api_parent)) = traced_calls(&server, &t).await;
 
@@ -393,6 +401,12 @@ async fn traced_story(extra: &[(&str, &str)]) -> (Vec<Span>, Span) {
 
     // No raw path, credential or body reaches a span.
     let all = spans.lock().unwrap().clone();
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        assert!(
+            !all.iter().any(|s| s.name.ends_with(probe)),
+            "{probe} was exported as a span: {all:#?}"
+        );
+    }
     let dump = format!("{all:?}");
     for secret in [
         "secret-path-segment",

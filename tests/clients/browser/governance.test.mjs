@@ -194,7 +194,9 @@ describe('spending and limits in the dashboard', { skip }, () => {
       await page.setViewportSize({ width: 390, height: 844 })
       await fits(page, 'usage')
       await nav.getByRole('link', { name: 'API keys' }).click()
-      await page.locator('tr', { hasText: 'Budgeted bot' }).waitFor()
+      // The usage page has rows naming the key too: wait for the keys page to replace it.
+      await page.getByRole('heading', { level: 1, name: 'API keys' }).waitFor()
+      await page.getByRole('table', { name: 'API keys, newest first' }).locator('tr', { hasText: 'Budgeted bot' }).waitFor()
       await fits(page, 'keys')
       await assertClean(page, seen)
     } finally {
@@ -232,7 +234,8 @@ describe('spending and limits in the dashboard', { skip }, () => {
       await row.getByText('5 credits left').waitFor({ state: 'detached' })
       assert.equal((await api('GET', `${gh.url}/v1/orgs/${org.id}/api-keys/${made.id}`, { headers: owner })).credits ?? null, null)
 
-      // The organization: a monthly budget, one per end user, and an allow-list.
+      // The organization: a monthly budget, one per end user, one per connected app, and an
+      // allow-list.
       await nav.getByRole('link', { name: 'Members' }).click()
       const form = page.locator('form', { has: page.getByRole('heading', { name: 'Spending and limits' }) })
       await form.getByRole('button', { name: 'Add budget' }).click()
@@ -241,14 +244,42 @@ describe('spending and limits in the dashboard', { skip }, () => {
       await form.getByRole('button', { name: 'Add end-user budget' }).click()
       await form.getByLabel(/^End-user budget 1 amount/).fill('1.25')
       await form.getByLabel('End-user budget 1 period').selectOption('day')
+      await form.getByRole('button', { name: 'Add connected-app budget' }).click()
+      await form.getByLabel(/^Connected-app budget 1 amount/).fill('7')
+      await form.getByLabel('Connected-app budget 1 period').selectOption('week')
       await form.getByLabel('Allowed models').fill('gh-*, anthropic/*')
       await form.getByRole('button', { name: 'Save spending and limits' }).click()
       await page.getByText('Saved the organization’s spending and limits.').waitFor()
       const b = await api('GET', `${gh.url}/v1/orgs/${org.id}/budgets`, { headers: owner })
       assert.deepEqual(b.budgets.map((x) => [x.amount, x.period]), [[1_000_000_000, 'month']])
       assert.deepEqual(b.end_user_budgets.map((x) => [x.amount, x.period]), [[1_250_000, 'day']])
+      assert.deepEqual(b.client_budgets.map((x) => [x.amount, x.period]), [[7_000_000, 'week']])
       const limits = await api('GET', `${gh.url}/v1/orgs/${org.id}/chat-limits`, { headers: owner })
       assert.deepEqual(limits.allowed_models, ['gh-*', 'anthropic/*'])
+
+      // The organization's own model prices: the deployment's is listed, one is set over it
+      // (sent in micro-units), a bad amount is refused in place, and removing it restores
+      // the deployment's.
+      const prices = page.locator('form', { has: page.getByRole('heading', { name: 'Model prices' }) })
+      const priceRow = prices.locator('tr.price', { hasText: MODEL })
+      await priceRow.getByText('the deployment').waitFor()
+      await priceRow.getByText(`${await money(page, 1_000_000_000)} / 1M`).waitFor()
+      await prices.getByLabel('Model', { exact: true }).fill(MODEL)
+      await prices.getByLabel('Prompt, per 1M tokens').fill('0.15')
+      await prices.getByLabel('Answer, per 1M tokens').fill('lots')
+      await prices.getByRole('button', { name: 'Set price' }).click()
+      await prices.getByRole('alert').getByText(/amounts of money per million tokens/).waitFor()
+      await prices.getByLabel('Answer, per 1M tokens').fill('0.6')
+      await prices.getByRole('button', { name: 'Set price' }).click()
+      await page.getByText(`Set the organization’s price of ${MODEL}.`).waitFor()
+      await priceRow.getByText('this organization').waitFor()
+      await priceRow.getByText(`${await money(page, 600_000)} / 1M`).waitFor()
+      const own = await api('GET', `${gh.url}/v1/orgs/${org.id}/models/${MODEL}/price`, { headers: owner })
+      assert.deepEqual([own.input_per_mtok, own.output_per_mtok, own.source], [150_000, 600_000, 'org'])
+      await priceRow.getByRole('button', { name: `Remove the organization’s price of ${MODEL}` }).click()
+      await priceRow.getByText('the deployment').waitFor()
+      const back = await api('GET', `${gh.url}/v1/orgs/${org.id}/models/${MODEL}/price`, { headers: owner })
+      assert.equal(back.source, 'config')
 
       // The usage page lists the organization's budget and what each end user may spend.
       await nav.getByRole('link', { name: 'Usage' }).click()

@@ -8,10 +8,6 @@ Run (from the repo root), after `cargo build`:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -23,7 +19,7 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from gatehouse_proc import BIN, serve
+from gatehouse_proc import running
 PK = "gk_publishable_webhooks_test"
 
 
@@ -94,57 +90,22 @@ def _server_problems() -> str:
 @pytest.fixture(scope="module")
 def base():
     global SERVER_LOG
-    if not BIN.exists():
-        pytest.fail(f"gatehouse binary not found at {BIN} (build it or set GATEHOUSE_BIN)")
-    tmp = Path(tempfile.mkdtemp(prefix="gatehouse-hooks-"))
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if k != "GATEHOUSE_BIN" and not k.startswith("GATEHOUSE_CLIENT_TEST_")
-    }
-    env = {
-        **inherited,
-        "GATEHOUSE_DATABASE_URL": os.environ.get("GATEHOUSE_CLIENT_TEST_DATABASE_URL")
-        or f"sqlite://{tmp}/gh.db",
-        "GATEHOUSE_PUBLISHABLE_KEY": PK,
-        "GATEHOUSE_AUTOCONFIRM": "true",
-        "GATEHOUSE_RATE_LIMIT_SIGN_UP": "1000/60s",
-        # The receiver listens on 127.0.0.1; retries come after 1 s instead of 5 s.
-        "GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE": "true",
-        "GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS": "100",
-        "GATEHOUSE_WEBHOOKS_RETRY_SCHEDULE": "0,1,1",
-        # The receiver is local and answers at once: a 3 s attempt timeout is ample, and a
-        # claim (2 x timeout + 1 s) lapses after 7 s instead of the default's 31 s.
-        "GATEHOUSE_WEBHOOKS_TIMEOUT_MS": "3000",
-    }
-    log = open(tmp / "server.log", "wb")
-    SERVER_LOG = tmp / "server.log"
-    proc, url = serve(env, tmp, log, SERVER_LOG)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"gatehouse exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("gatehouse did not become ready within 30 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        SERVER_LOG = None
-        shutil.rmtree(tmp, ignore_errors=True)
+    with running(
+        "hooks",
+        {
+            "GATEHOUSE_PUBLISHABLE_KEY": PK,
+            "GATEHOUSE_RATE_LIMIT_SIGN_UP": "1000/60s",
+            # The receiver listens on 127.0.0.1; retries come after 1 s instead of 5 s.
+            "GATEHOUSE_WEBHOOKS_ALLOW_PRIVATE": "true",
+            "GATEHOUSE_WEBHOOKS_POLL_INTERVAL_MS": "100",
+            "GATEHOUSE_WEBHOOKS_RETRY_SCHEDULE": "0,1,1",
+            # The receiver is local and answers at once: a 3 s attempt timeout is ample, and a
+            # claim (2 x timeout + 1 s) lapses after 7 s instead of the default's 31 s.
+            "GATEHOUSE_WEBHOOKS_TIMEOUT_MS": "3000",
+        },
+    ) as server:
+        SERVER_LOG = server.log_path
+        yield server.url
 
 
 def call(base: str, method: str, path: str, token: str | None = None, body=None):

@@ -1,7 +1,11 @@
 -- One rate-limit decision over every window, all-or-nothing: the port of `ratelimit::gcra`
 -- and `ratelimit::decide` to Redis. Lua numbers are doubles, so a `tat` is stored as
 -- "ms:frac" (frac in 1/limit ms) and every product stays far below 2^53.
--- KEYS: one counter per window, all under one hash tag.
+-- The body shared by two scripts (composed in `ratelimit/redis.rs`): the limiter's own, and
+-- a key's use with its credit spend (`keys/meter.rs`), which stores the windows only once
+-- its second step has run. Before it: `n`, the number of windows. After it: `allowed`, `out`
+-- (the reply below) and `store()`, which writes every window's new counter.
+-- KEYS[1..n]: one counter per window, all under one hash tag.
 -- ARGV[1]: now in unix ms, or "" to use Redis TIME (tests pass a controlled clock).
 -- ARGV[3i-1], ARGV[3i], ARGV[3i+1]: window i's limit, length in ms and the request's cost
 -- there (1 for a request, tokens for a token window).
@@ -14,7 +18,6 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local n = #KEYS
 local spend = ARGV[3 * n + 2] ~= 'peek'
 local allowed = 1
 local rows = {}
@@ -63,10 +66,6 @@ for i = 1, n do
     remaining = math.floor((r.window - r.ahead) / r.w)
     reset = ceil_secs(r.nms, r.nfr)
     retry = 0
-    if spend then
-      redis.call('SET', KEYS[i], string.format('%d:%d', r.nms, r.nfr),
-        'PX', math.max(1, r.nms - now + 1))
-    end
   else
     remaining = math.floor((r.window - r.behind) / r.w)
     reset = ceil_secs(r.bms, r.bfr)
@@ -78,4 +77,10 @@ for i = 1, n do
   out[#out + 1] = reset
   out[#out + 1] = retry
 end
-return out
+local function store()
+  for i = 1, n do
+    local r = rows[i]
+    redis.call('SET', KEYS[i], string.format('%d:%d', r.nms, r.nfr),
+      'PX', math.max(1, r.nms - now + 1))
+  end
+end
