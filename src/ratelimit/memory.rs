@@ -3,13 +3,17 @@
 //!
 //! Hand-written rather than a cache crate: a GCRA counter whose `tat` is in the past is
 //! exactly a fresh counter, so expiry needs no timers or access tracking: stale counters
-//! are dropped when a stripe fills up, with no effect on any decision. That keeps a decision
-//! to one uncontended lock and a few hash lookups (moka's per-read bookkeeping cost more
-//! than the decision itself).
+//! are dropped when the limiter fills up, with no effect on any decision. That keeps a
+//! decision to one uncontended lock and a few hash lookups (moka's per-read bookkeeping cost
+//! more than the decision itself).
+//!
+//! The capacity is one count for the whole process, not a share per lock: all the counters of
+//! one tag (an organization's keys) live behind one lock, so a share per lock would make a
+//! large organization forget the counters of keys still in use, which loosens their limits.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{decide, Decision, Request};
@@ -89,8 +93,12 @@ fn ids(
 #[derive(Clone)]
 pub struct MemoryLimiter {
     stripes: Arc<[Mutex<Stripe>]>,
-    /// Most counters per stripe.
-    per_stripe: usize,
+    /// Most counters held, over all stripes (a sweep brings them back under it).
+    capacity: usize,
+    /// Counters held, over all stripes.
+    held: Arc<AtomicUsize>,
+    /// Whether a sweep is under way (one at a time; decisions go on meanwhile).
+    sweeping: Arc<AtomicBool>,
     /// Two independent keyed hashers make a counter's 128-bit id from (tag, policy,
     /// subject, rate): no string is built on the hot path, and a collision among a million
     /// counters has odds of about 1e-27.
@@ -106,9 +114,7 @@ impl MemoryLimiter {
     /// A limiter holding at most about `capacity` counters; when full, the counters closest
     /// to replenishing are forgotten first.
     pub fn new(capacity: u64) -> Self {
-        let per_stripe = usize::try_from(capacity / STRIPES as u64)
-            .unwrap_or(usize::MAX)
-            .max(16);
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(16);
         Self {
             stripes: (0..STRIPES)
                 .map(|_| {
@@ -117,7 +123,9 @@ impl MemoryLimiter {
                     })
                 })
                 .collect(),
-            per_stripe,
+            capacity,
+            held: Arc::new(AtomicUsize::new(0)),
+            sweeping: Arc::new(AtomicBool::new(false)),
             ids: Default::default(),
             high_water: Arc::new(AtomicI64::new(i64::MIN)),
         }
@@ -157,6 +165,7 @@ impl MemoryLimiter {
             .map(|id| s.cells.get(id).map_or(i64::MIN, |c| c.tat))
             .collect();
         let decision = decide(&req.windows, &mut tats, now);
+        let mut added = 0;
         if spend && decision.allowed {
             for ((id, tat), w) in ids.iter().zip(tats).zip(&req.windows) {
                 let limit = i64::from(w.rate.limit.max(1));
@@ -164,17 +173,77 @@ impl MemoryLimiter {
                     tat,
                     stale_after_ms: tat.div_euclid(limit).saturating_add(1),
                 };
-                if let Some(c) = s.cells.get_mut(id) {
-                    *c = cell;
-                } else {
-                    if s.cells.len() >= self.per_stripe {
-                        s.make_room(self.per_stripe, now);
-                    }
-                    s.cells.insert(*id, cell);
+                if s.cells.insert(*id, cell).is_none() {
+                    added += 1;
                 }
             }
         }
+        drop(s);
+        self.note_added(added, now);
         decision
+    }
+
+    /// Counts `added` new counters and sweeps when the limiter holds more than its capacity.
+    /// Called with no stripe locked: the sweep takes the locks one at a time.
+    fn note_added(&self, added: usize, now_ms: i64) {
+        if added == 0 {
+            return;
+        }
+        let held = self.held.fetch_add(added, Ordering::Relaxed) + added;
+        if held > self.capacity {
+            self.sweep(now_ms);
+        }
+    }
+
+    /// Brings the counters held down to 7/8 of the capacity (so a sweep comes at most once
+    /// per eighth of it): first drops those that equal fresh ones; if that is not enough,
+    /// forgets those closest to replenishing, whatever their stripe (a bounded memory loosens
+    /// those limits a little, never the others).
+    fn sweep(&self, now_ms: i64) {
+        if self.sweeping.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let target = self.capacity - self.capacity / 8;
+        self.retain_all(|c| c.stale_after_ms > now_ms);
+        let held = self.held.load(Ordering::Relaxed);
+        if held > target {
+            let mut ends: Vec<i64> = Vec::with_capacity(held);
+            for stripe in self.stripes.iter() {
+                let s = stripe.lock().unwrap_or_else(|p| p.into_inner());
+                ends.extend(s.cells.values().map(|c| c.stale_after_ms));
+            }
+            let excess = ends.len().saturating_sub(target);
+            if excess > 0 {
+                let (_, cut, _) = ends.select_nth_unstable(excess - 1);
+                let cut = *cut;
+                // Exactly `excess` go: all below the cut, and as many as needed of those at it
+                // (counters made in the same millisecond share their end).
+                let below = ends.iter().filter(|e| **e < cut).count();
+                let mut at_cut = excess - below;
+                self.retain_all(|c| {
+                    if c.stale_after_ms < cut {
+                        false
+                    } else if c.stale_after_ms == cut && at_cut > 0 {
+                        at_cut -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+        }
+        self.sweeping.store(false, Ordering::Release);
+    }
+
+    /// Keeps the counters for which `keep` holds, one stripe at a time.
+    fn retain_all(&self, mut keep: impl FnMut(&Cell) -> bool) {
+        for stripe in self.stripes.iter() {
+            let mut s = stripe.lock().unwrap_or_else(|p| p.into_inner());
+            let before = s.cells.len();
+            s.cells.retain(|_, c| keep(c));
+            self.held
+                .fetch_sub(before - s.cells.len(), Ordering::Relaxed);
+        }
     }
 
     /// Charges (`deltas[i] > 0`) or gives back (`< 0`) units of each window of `req`
@@ -194,6 +263,7 @@ impl MemoryLimiter {
         let stripe = &self.stripes[(a.finish() as usize) % STRIPES];
         let ids = ids(&a, &b, &req.windows);
         let mut s = stripe.lock().unwrap_or_else(|p| p.into_inner());
+        let mut added = 0;
         for ((w, delta), id) in req.windows.iter().zip(deltas).zip(ids) {
             let limit = i64::from(w.rate.limit.max(1));
             match s.cells.get_mut(&id) {
@@ -203,9 +273,7 @@ impl MemoryLimiter {
                 }
                 None if *delta > 0 => {
                     let tat = super::adjusted(w.rate, *delta, i64::MIN, now);
-                    if s.cells.len() >= self.per_stripe {
-                        s.make_room(self.per_stripe, now);
-                    }
+                    added += 1;
                     let stale_after_ms = tat.div_euclid(limit).saturating_add(1);
                     s.cells.insert(
                         id,
@@ -218,36 +286,18 @@ impl MemoryLimiter {
                 None => {}
             }
         }
+        drop(s);
+        self.note_added(added, now);
     }
 
     /// Counters currently held.
     pub fn len(&self) -> u64 {
-        self.stripes
-            .iter()
-            .map(|s| s.lock().map_or(0, |s| s.cells.len() as u64))
-            .sum()
+        self.held.load(Ordering::Relaxed) as u64
     }
 
     /// Whether no counter is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl Stripe {
-    /// Drops counters that equal fresh ones; if that is not enough, forgets the eighth of
-    /// the counters closest to replenishing (a bounded memory loosens those limits a little,
-    /// never the others).
-    fn make_room(&mut self, cap: usize, now_ms: i64) {
-        self.cells.retain(|_, c| c.stale_after_ms > now_ms);
-        if self.cells.len() < cap {
-            return;
-        }
-        let mut ends: Vec<i64> = self.cells.values().map(|c| c.stale_after_ms).collect();
-        let k = (cap / 8).max(1).min(ends.len() - 1);
-        let (_, cut, _) = ends.select_nth_unstable(k);
-        let cut = *cut;
-        self.cells.retain(|_, c| c.stale_after_ms > cut);
     }
 }
 

@@ -185,6 +185,41 @@ fn idle_counters_are_forgotten_and_memory_stays_bounded() {
     assert!(l.len() <= 10_000, "held {}", l.len());
 }
 
+#[test]
+fn a_large_organization_keeps_the_counters_of_every_key_in_use() {
+    // Every window of one organization's keys shares the organization's tag, so all of them
+    // sit behind one lock. 5,000 keys in use fit a limiter of 20,000 counters: none of them
+    // is forgotten, and each key's second request in the minute is refused.
+    let l = MemoryLimiter::new(20_000);
+    let key = |i: u32| {
+        let mut req = request(vec![window("api_key", 1, 60)]);
+        req.tag = "org:big".into();
+        req.windows[0].subject = format!("key_{i}");
+        req
+    };
+    for i in 0..5_000 {
+        assert!(l.check(&key(i), 0).allowed);
+    }
+    assert_eq!(l.len(), 5_000);
+    for i in 0..5_000 {
+        assert!(!l.check(&key(i), 1_000).allowed, "key {i} was forgotten");
+    }
+}
+
+#[test]
+fn one_tag_alone_cannot_grow_past_the_capacity() {
+    let l = MemoryLimiter::new(10_000);
+    for i in 0..50_000u32 {
+        let mut req = request(vec![window("api_key", 5, 60)]);
+        req.tag = "org:big".into();
+        req.windows[0].subject = format!("key_{i}");
+        l.check(&req, 0);
+    }
+    // A sweep forgets exactly down to 7/8 of the capacity, even when every counter ends in
+    // the same millisecond.
+    assert!((8_750..=10_000).contains(&l.len()), "held {}", l.len());
+}
+
 proptest! {
     #[test]
     fn gcra_matches_the_reference_model(
