@@ -503,7 +503,7 @@ fn refuse_exhausted(s: Option<Spent>) -> Result<Option<Spent>, CreditError> {
 /// after the commit that holds its spend.
 async fn group_commit(store: Store, mut rx: mpsc::Receiver<Pending>) {
     let mut pending = Vec::with_capacity(GROUP_COMMIT_MAX);
-    while rx.recv_many(&mut pending, GROUP_COMMIT_MAX).await > 0 {
+    while crate::store::next_batch(&mut rx, &mut pending, GROUP_COMMIT_MAX).await > 0 {
         let (batch, replies): (Vec<CreditSpend>, Vec<_>) = pending.drain(..).unzip();
         let result = store.record_credit_spends(batch).await;
         for reply in replies {
