@@ -19,6 +19,7 @@ use crate::accounts::admin::AdminUserInput;
 use crate::app::AppState;
 use crate::auth::tokens::ct_eq;
 use crate::domain::Email;
+use crate::http::auth_email::{metadata, parse_address};
 use crate::http::auth_v1::{factor_json, user_json, FactorBody, UserBody};
 use crate::http::extract::ClientIp;
 use crate::http::gotrue::{gated, ErrorCode, GoTrueError, GoTrueJson};
@@ -530,22 +531,6 @@ pub(crate) struct GeneratedLink {
     user: UserBody,
 }
 
-fn parse_email(raw: Option<&str>) -> Result<Email, GoTrueError> {
-    let raw = raw
-        .filter(|e| !e.trim().is_empty())
-        .ok_or_else(|| GoTrueError::validation("An email address is required"))?;
-    Email::parse(raw)
-        .map_err(|m| GoTrueError::validation(format!("Unable to validate email address: {m}")))
-}
-
-fn metadata(data: Option<Value>) -> Result<Value, GoTrueError> {
-    match data {
-        Some(Value::Object(m)) => Ok(Value::Object(m)),
-        None | Some(Value::Null) => Ok(json!({})),
-        Some(_) => Err(GoTrueError::validation("data must be a JSON object")),
-    }
-}
-
 #[utoipa::path(post, path = "/auth/v1/admin/generate_link", tag = "auth", operation_id = "admin_generate_link",
     security(("apikey" = [], "service_key" = [])),
     params(("redirect_to" = Option<String>, Query, description = "Where the link lands, when the body has no redirect_to (supabase-py sends it here)")),
@@ -581,10 +566,10 @@ pub(crate) async fn generate_link(
             )))
         }
     };
-    let email = parse_email(body.email.as_deref())?;
+    let email = parse_address(body.email.as_deref())?;
     let new_email = match kind {
         LinkType::EmailChangeCurrent | LinkType::EmailChangeNew => {
-            Some(parse_email(body.new_email.as_deref())?)
+            Some(parse_address(body.new_email.as_deref())?)
         }
         _ => None,
     };
@@ -660,7 +645,7 @@ pub(crate) async fn invite(
     GoTrueJson(body): GoTrueJson<InviteBody>,
 ) -> Result<Json<UserBody>, GoTrueError> {
     let audit = admin(&state, &ip, &headers).await?;
-    let email = parse_email(body.email.as_deref())?;
+    let email = parse_address(body.email.as_deref())?;
     let data = metadata(body.data)?;
     let redirect_to = q.get("redirect_to").map(String::as_str);
     let user = state

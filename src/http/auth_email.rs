@@ -87,7 +87,9 @@ impl From<FlowError> for GoTrueError {
     }
 }
 
-fn parse_address(raw: Option<&str>) -> Result<Email, GoTrueError> {
+/// An address from a GoTrue body: present, and a valid email address (`validation_failed`
+/// otherwise).
+pub(crate) fn parse_address(raw: Option<&str>) -> Result<Email, GoTrueError> {
     let raw = raw
         .filter(|e| !e.trim().is_empty())
         .ok_or_else(|| GoTrueError::validation("An email address is required"))?;
@@ -95,7 +97,8 @@ fn parse_address(raw: Option<&str>) -> Result<Email, GoTrueError> {
         .map_err(|m| GoTrueError::validation(format!("Unable to validate email address: {m}")))
 }
 
-fn metadata(data: Option<Value>) -> Result<Value, GoTrueError> {
+/// `data` from a GoTrue body: a JSON object, `{}` when absent or null.
+pub(crate) fn metadata(data: Option<Value>) -> Result<Value, GoTrueError> {
     match data {
         Some(Value::Object(m)) => Ok(Value::Object(m)),
         None | Some(Value::Null) => Ok(json!({})),
