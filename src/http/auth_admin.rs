@@ -171,6 +171,23 @@ fn page_param(q: &HashMap<String, String>, name: &str, default: i64) -> Result<i
     }
 }
 
+/// `res` with GoTrue's paging headers (`Link`, `X-Total-Count`) for `path`.
+fn paged(
+    mut res: Response,
+    base: &str,
+    path: &str,
+    page: i64,
+    per_page: i64,
+    total: i64,
+) -> Response {
+    for (name, value) in paging_headers(base, path, page, per_page, total) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            res.headers_mut().insert(name, v);
+        }
+    }
+    res
+}
+
 /// GoTrue's paging headers: `Link` with `rel="next"` (when there is a next page) and
 /// `rel="last"`, and `X-Total-Count`.
 fn paging_headers(
@@ -228,19 +245,14 @@ pub(crate) async fn list_users(
         aud: "authenticated",
         users: users.iter().map(user_json).collect(),
     };
-    let mut res = Json(body).into_response();
-    for (name, value) in paging_headers(
+    Ok(paged(
+        Json(body).into_response(),
         state.config.public_base(),
         "/auth/v1/admin/users",
         page,
         per_page,
         total,
-    ) {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            res.headers_mut().insert(name, v);
-        }
-    }
-    Ok(res)
+    ))
 }
 
 /// `POST /auth/v1/admin/users` and `PUT /auth/v1/admin/users/{user_id}` (GoTrue's
@@ -735,19 +747,14 @@ pub(crate) async fn audit_log(
             },
         })
         .collect();
-    let mut res = Json(body).into_response();
-    for (name, value) in paging_headers(
+    Ok(paged(
+        Json(body).into_response(),
         state.config.public_base(),
         "/auth/v1/admin/audit",
         page,
         per_page,
         total,
-    ) {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            res.headers_mut().insert(name, v);
-        }
-    }
-    Ok(res)
+    ))
 }
 
 #[cfg(test)]
