@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 pub use meter::{CreditError, KeyUse, Meter};
 pub use settings::{CreditsInput, KeyInput, KeyUpdate, RefillInput};
 
 use crate::auth::api_key::{self, Environment};
-use crate::auth::tokens::sha256_hex;
+use crate::auth::tokens::{hex_lower, sha256_hex};
 use crate::clock::Clock;
 use crate::domain::credits::{CreditsSetting, KeyCredits, Spent};
 use crate::domain::{AuditAction, AuditActor};
@@ -26,6 +27,9 @@ use crate::fanout::{Bus, Invalidation};
 use crate::ids::{KeyId, OrgId};
 use crate::ratelimit::{Decision, Limiter, Rates};
 use crate::store::{ApiKeyRecord, Audit, AuditEntry, AuditFilter, Store, StoreError};
+
+/// A key's SHA-256, as the caches hold it.
+type Digest = [u8; 32];
 
 /// Why a presented key was refused (`details.reason` of the 401).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +77,7 @@ pub struct Keys {
     store: Store,
     clock: Clock,
     prefix: Arc<str>,
-    known: moka::sync::Cache<String, Arc<ApiKeyRecord>>,
+    known: moka::sync::Cache<Digest, Arc<ApiKeyRecord>>,
     /// Bumped by every invalidation, so a lookup that raced a revoke does not cache the
     /// record it read before the revoke.
     epoch: Arc<std::sync::atomic::AtomicU64>,
@@ -88,7 +92,7 @@ pub struct Keys {
     /// reaches this point at most `rate_limit_auth_failures` times per window, since an
     /// address over that budget is refused before the key is looked at, so its keys are
     /// never inserted (see `http::failures`).
-    unknown: moka::sync::Cache<String, ()>,
+    unknown: moka::sync::Cache<Digest, ()>,
     used: Arc<Mutex<HashMap<String, i64>>>,
     /// Tells this instance's caches and the other instances about changes; without one
     /// (benchmarks, tools) only this value's caches forget.
@@ -615,19 +619,20 @@ impl Keys {
         if api_key::parse(&self.prefix, presented).is_none() {
             return Err(KeyFailure::Malformed);
         }
-        let hash = sha256_hex(presented);
+        // The caches are keyed by the SHA-256 itself; storage by its hex, made only on a miss.
+        let digest: Digest = Sha256::digest(presented.as_bytes()).into();
         // Fast path: a cached key costs one lookup, no future, no clone of the store.
-        let looked_up = match self.known.get(&hash) {
+        let looked_up = match self.known.get(&digest) {
             Some(rec) => Ok(rec),
-            None if self.unknown.contains_key(&hash) => return Err(KeyFailure::NotFound),
-            None => self.load(hash.clone()).await,
+            None if self.unknown.contains_key(&digest) => return Err(KeyFailure::NotFound),
+            None => self.load(digest).await,
         };
         let record = match looked_up {
             Ok(rec) => rec,
             Err(e) => {
                 return match e.as_ref() {
                     None => {
-                        self.unknown.insert(hash, ());
+                        self.unknown.insert(digest, ());
                         Err(KeyFailure::NotFound)
                     }
                     Some(cause) => {
@@ -646,16 +651,16 @@ impl Keys {
     }
 
     /// Reads a key from storage into the cache.
-    async fn load(&self, hash: String) -> Result<Arc<ApiKeyRecord>, Arc<Option<String>>> {
+    async fn load(&self, digest: Digest) -> Result<Arc<ApiKeyRecord>, Arc<Option<String>>> {
         use std::sync::atomic::Ordering;
         let epoch = self.epoch.load(Ordering::Acquire);
-        let rec = match self.store.api_key_by_hash(&hash).await {
+        let rec = match self.store.api_key_by_hash(&hex_lower(&digest)).await {
             Ok(Some(rec)) => Arc::new(rec),
             Ok(None) => return Err(Arc::new(None)),
             Err(e) => return Err(Arc::new(Some(e.to_string()))),
         };
         if self.epoch.load(Ordering::Acquire) == epoch {
-            self.known.insert(hash, rec.clone());
+            self.known.insert(digest, rec.clone());
         }
         Ok(rec)
     }
@@ -663,7 +668,16 @@ impl Keys {
     /// Drops a key from the caches (after revoke or roll), so the change applies at once here.
     pub async fn invalidate(&self, key_hash: &str) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.known.invalidate(key_hash);
+        let mut digest: Digest = [0; 32];
+        if hex::decode_to_slice(key_hash, &mut digest).is_ok() {
+            self.known.invalidate(&digest);
+        } else {
+            // Not a hash this process wrote: forget every key rather than risk keeping one.
+            tracing::warn!(
+                "an invalidation named a malformed key hash; forgetting every cached key"
+            );
+            self.known.invalidate_all();
+        }
     }
 
     /// Drops every cached key (after invalidations may have been missed).

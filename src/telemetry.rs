@@ -57,7 +57,8 @@ impl Telemetry {
 /// Installs the global subscriber: `text` or `json` lines on stderr filtered by `filter`,
 /// and, when `otlp_endpoint` is set, the OTLP exporter.
 pub fn init(filter: &str, format: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = || EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -89,7 +90,10 @@ pub fn init(filter: &str, format: &str, otlp_endpoint: Option<&str>) -> anyhow::
         None => (None, None),
     };
     let installed = tracing_subscriber::registry()
-        .with(TraceIds)
+        // The trace ids are kept for the log lines, so only for the spans the log shows:
+        // unfiltered, this layer would have every span built (each request's included) even
+        // when the log shows none of them and no exporter runs.
+        .with(TraceIds.with_filter(log_filter()))
         .with(fmt)
         .with(otel)
         .try_init()
@@ -218,6 +222,10 @@ where
 /// field, which the logs carry, is recorded. With tracing off the header is only parsed, so
 /// the logs still carry the caller's trace id.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    // Without an exporter the only use of the caller's trace is the log's `trace_id`.
+    if !enabled() && (span.is_disabled() || !headers.contains_key("traceparent")) {
+        return;
+    }
     let extractor = opentelemetry_http::HeaderExtractor(headers);
     let parent = if headers.contains_key("traceparent") {
         TraceContextPropagator::new().extract(&extractor)
