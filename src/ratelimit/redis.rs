@@ -105,7 +105,7 @@ impl RedisLimiter {
         let mut conn = self.link.connection().ok_or(RedisFailure::NotConnected)?;
         let mut inv = self.adjust.prepare_invoke();
         for w in &req.windows {
-            inv.key(self.link.key(&format!("rl:{{{}}}{}", req.tag, w.cell())));
+            inv.key(counter_key(&self.link.prefix, &req.tag, w));
         }
         inv.arg(now_ms.map(|n| n.to_string()).unwrap_or_default());
         for (w, d) in req.windows.iter().zip(deltas) {
@@ -163,7 +163,7 @@ impl RedisLimiter {
     /// The window counters' keys and arguments of `req`, as the decision scripts take them.
     fn windows(&self, inv: &mut redis::ScriptInvocation<'_>, req: &Request, now_ms: Option<i64>) {
         for w in &req.windows {
-            inv.key(self.link.key(&format!("rl:{{{}}}{}", req.tag, w.cell())));
+            inv.key(counter_key(&self.link.prefix, &req.tag, w));
         }
         inv.arg(now_ms.map(|n| n.to_string()).unwrap_or_default());
         for w in &req.windows {
@@ -220,5 +220,43 @@ fn decision(req: &Request, reply: &[i64]) -> Decision {
     Decision {
         allowed: reply[0] == 1,
         windows,
+    }
+}
+
+/// `{prefix}:rl:{{tag}}{cell}`, the name of window `w`'s counter: what
+/// `link.key(&format!("rl:{{{tag}}}{}", w.cell()))` makes, in one allocation instead of three
+/// (a decision names every window's counter on each request).
+fn counter_key(prefix: &str, tag: &str, w: &super::Window) -> String {
+    let mut n = itoa::Buffer::new();
+    let mut k = String::with_capacity(prefix.len() + tag.len() + w.subject.len() + 48);
+    for part in [prefix, ":rl:{", tag, "}", w.policy, ":", &w.subject, ":"] {
+        k.push_str(part);
+    }
+    k.push_str(n.format(w.rate.limit));
+    k.push(':');
+    k.push_str(n.format(w.rate.window_seconds));
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Rate, Window};
+
+    #[test]
+    fn a_counter_is_named_as_the_cell_under_its_tag_and_prefix() {
+        let w = Window {
+            policy: "api_key",
+            subject: "key_01ab".into(),
+            rate: Rate::checked(60, 3600).unwrap(),
+            cost: 1,
+        };
+        assert_eq!(
+            super::counter_key("gatehouse", "org:org_9", &w),
+            format!("gatehouse:rl:{{org:org_9}}{}", w.cell())
+        );
+        assert_eq!(
+            super::counter_key("gatehouse", "org:org_9", &w),
+            "gatehouse:rl:{org:org_9}api_key:key_01ab:60:3600"
+        );
     }
 }
