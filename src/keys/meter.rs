@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::credits::{current_period, Balance, KeyCredits, Refill, Spent};
-use crate::ratelimit::{Decision, Joint, Limiter, RedisLink, Request, Then};
+use crate::ratelimit::{Decision, Joint, Limiter, RedisLimiter, RedisLink, Request, Then};
 use crate::store::{ApiKeyRecord, CreditKey, CreditSpend, Store, StoreError};
 
 /// Why a use was not admitted.
@@ -56,9 +56,9 @@ enum Backend {
     Memory(Mutex<HashMap<String, Held>>),
     Redis {
         link: RedisLink,
-        spend: redis::Script,
-        /// The windows of a key's use and its credits, in one call.
-        joint: redis::Script,
+        /// Spends without windows go through a limiter of their own: the same script and
+        /// batches as a key's use.
+        alone: RedisLimiter,
         refund: redis::Script,
     },
     Storage,
@@ -74,19 +74,6 @@ pub enum KeyUse {
     /// Redis did not answer: nothing decided; the use is refused (503).
     Unavailable,
 }
-
-/// The credits part of the Redis scripts, `credits(ck, a)`.
-const CREDITS_CORE: &str = include_str!("credits_core.lua");
-
-/// What the meter's own script and the joint one run after `credits(…)`.
-const CREDITS_ALONE: &str = "return credits(KEYS[1], 0)\n";
-const CREDITS_AFTER_WINDOWS: &str = "if allowed == 1 then\n\
-  local c = credits(KEYS[n + 1], 3 * n + 1)\n\
-  if #c == 1 then return c end\n\
-  store()\n\
-  for i = 1, #c do out[#out + 1] = c[i] end\n\
-end\n\
-return out\n";
 
 /// Spends waiting for their commit, and who to tell.
 type Pending = (CreditSpend, oneshot::Sender<Result<(), StoreError>>);
@@ -119,12 +106,8 @@ impl Meter {
         Self::with(
             store,
             Backend::Redis {
+                alone: RedisLimiter::new(link.clone()),
                 link,
-                spend: redis::Script::new(&format!("{CREDITS_CORE}\n{CREDITS_ALONE}")),
-                joint: redis::Script::new(&format!(
-                    "{CREDITS_CORE}\nlocal n = #KEYS - 1\n{}\n{CREDITS_AFTER_WINDOWS}",
-                    crate::ratelimit::GCRA_CORE
-                )),
                 refund: redis::Script::new(REFUND),
             },
         )
@@ -169,8 +152,8 @@ impl Meter {
         };
         let decided = match &self.0.backend {
             Backend::Memory(map) => self.spend_memory(map, key, credits, cost, now_ms).await?,
-            Backend::Redis { link, spend, .. } => {
-                self.spend_redis(link, spend, key, credits, cost, now_ms)
+            Backend::Redis { link, alone, .. } => {
+                self.spend_redis(link, alone, key, credits, cost, now_ms)
                     .await?
             }
             Backend::Storage => return self.spend_storage(key, credits, cost, now_ms).await,
@@ -191,19 +174,16 @@ impl Meter {
         cost: i64,
         now_ms: i64,
     ) -> KeyUse {
-        let (Some(mut credits), Backend::Redis { link, joint, .. }) =
-            (key.credits, &self.0.backend)
+        let (Some(mut credits), Backend::Redis { link, .. }) = (key.credits, &self.0.backend)
         else {
             return KeyUse::Apart;
         };
         let hash = credit_hash(link, &key.org_id, key.line());
         let mut fill: Option<KeyCredits> = None;
         for _ in 0..3 {
-            let args = credit_args(credits, cost, now_ms, fill);
             let then = Then {
-                script: joint,
                 key: hash.clone(),
-                args: &args,
+                args: credit_args(credits, cost, now_ms, fill),
             };
             let reply = match limiter.check_then(req, &then).await {
                 None => return KeyUse::Apart,
@@ -359,34 +339,28 @@ impl Meter {
     async fn spend_redis(
         &self,
         link: &RedisLink,
-        script: &redis::Script,
+        alone: &RedisLimiter,
         key: &ApiKeyRecord,
         credits: KeyCredits,
         cost: i64,
         now_ms: i64,
     ) -> Result<Option<(Spent, i64)>, CreditError> {
-        let mut conn = link.connection().ok_or(CreditError::Unavailable)?;
         let hash = credit_hash(link, &key.org_id, key.line());
+        let tag = format!("org:{}", key.org_id);
         let mut credits = credits;
         let mut fill: Option<KeyCredits> = None;
         for _ in 0..2 {
-            let mut inv = script.prepare_invoke();
-            inv.key(&hash);
-            for a in credit_args(credits, cost, now_ms, fill) {
-                inv.arg(a);
-            }
-            let reply: Vec<i64> =
-                match tokio::time::timeout(link.timeout, inv.invoke_async(&mut conn)).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "the credit meter (Redis) failed");
-                        return Err(CreditError::Unavailable);
-                    }
-                    Err(_) => {
-                        tracing::warn!("the credit meter (Redis) timed out");
-                        return Err(CreditError::Unavailable);
-                    }
-                };
+            let then = Then {
+                key: hash.clone(),
+                args: credit_args(credits, cost, now_ms, fill),
+            };
+            let reply = match alone.spend(&tag, &then, None).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the credit meter (Redis) failed");
+                    return Err(CreditError::Unavailable);
+                }
+            };
             if let Some(decided) = spent_from(&reply) {
                 return Ok(Some(decided));
             }
@@ -458,18 +432,21 @@ fn credit_hash(link: &RedisLink, org_id: &str, line: &str) -> String {
 }
 
 /// The arguments of `credits(…)` in the scripts: the settings' generation, the cost, the
-/// current period's start, the refill amount (-1: none), and the balance to fill from.
-fn credit_args(credits: KeyCredits, cost: i64, now_ms: i64, fill: Option<KeyCredits>) -> Vec<i64> {
-    let mut args = vec![
+/// current period's start, the refill amount (-1: none), and the balance to fill from
+/// (-1, -1, -1: none).
+fn credit_args(credits: KeyCredits, cost: i64, now_ms: i64, fill: Option<KeyCredits>) -> [i64; 7] {
+    let (remaining, base, period) = fill.map_or((-1, -1, -1), |f| {
+        (f.balance.remaining, f.balance.base, f.balance.period)
+    });
+    [
         credits.gen,
         cost,
         current_period(credits.refill.as_ref(), now_ms),
         credits.refill.map_or(-1, |r| r.amount),
-    ];
-    if let Some(f) = fill {
-        args.extend([f.balance.remaining, f.balance.base, f.balance.period]);
-    }
-    args
+        remaining,
+        base,
+        period,
+    ]
 }
 
 /// A spend decided by `credits(…)`: `{admitted, remaining, base, period, low, exhausted, gen}`.

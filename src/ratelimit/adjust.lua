@@ -1,6 +1,6 @@
 -- The settle of a reservation: charges (delta > 0) or gives back (delta < 0) units of each
 -- window without deciding; the port of `ratelimit::adjusted` to Redis. A `tat` is stored as
--- "ms:frac" (frac in 1/limit ms), as gcra_core.lua keeps it.
+-- "ms:frac" (frac in 1/limit ms), as decide.lua keeps it.
 -- KEYS: one counter per window, all under one hash tag.
 -- ARGV[1]: now in unix ms, or "" to use Redis TIME.
 -- ARGV[3i-1], ARGV[3i], ARGV[3i+1]: window i's limit, length in ms and delta.

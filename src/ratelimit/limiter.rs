@@ -183,7 +183,7 @@ impl Limiter {
     pub async fn check_then(
         &self,
         req: &Request,
-        then: &Then<'_>,
+        then: &Then,
     ) -> Option<Result<Joint, RedisFailure>> {
         let Backend::Redis { redis, breaker, .. } = &*self.backend else {
             return None;

@@ -25,7 +25,7 @@ pub use limiter::{Limiter, LimiterError};
 pub use link::{RedisConn, RedisLink, RedisSettings};
 pub use memory::MemoryLimiter;
 pub use quiet::Quiet;
-pub use redis::{Joint, RedisFailure, RedisLimiter, Then, GCRA_CORE};
+pub use redis::{Joint, RedisFailure, RedisLimiter, Then};
 
 use std::fmt;
 

@@ -1,8 +1,15 @@
-//! The shared backend: one script call per decision for all its windows, Redis `TIME` as
-//! the clock, every counter of a decision under one hash tag (Redis Cluster safe).
+//! The shared backend: Redis `TIME` as the clock, every counter of a decision under one hash
+//! tag (Redis Cluster safe), and the decisions that arrive together sent together: one script
+//! call ([`DECIDE`]) per hash tag decides all of them in order, reading and writing each
+//! counter once. A decision alone is sent at once; under load the next batch forms while the
+//! last one is in Redis, so the round trips and the reads and writes of a busy key's counters
+//! are shared by every decision of the batch.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{Decision, RedisLink, Request, WindowState};
@@ -19,48 +26,57 @@ pub enum RedisFailure {
     /// Redis answered with an error, or the connection broke.
     #[error("{0}")]
     Redis(#[from] redis::RedisError),
+    /// The call that held this decision with others failed: Redis's error, for each of them.
+    #[error("{0}")]
+    Batch(String),
     /// The script answered something else than it should.
     #[error("unexpected reply")]
     Reply,
 }
 
-/// The body of the decision script (see its header); [`GCRA`] and the scripts that compose
-/// a second step after the windows ([`RedisLimiter::check_then`]) start with it.
-pub const GCRA_CORE: &str = include_str!("gcra_core.lua");
-
-/// The limiter's own script: every window decided, stored when all admit.
-const GCRA: &str = concat!(
-    "local n = #KEYS\n",
-    include_str!("gcra_core.lua"),
-    "if allowed == 1 and spend then store() end\nreturn out\n"
+/// The decision script: the credits step (`keys/credits_core.lua`), then the decisions.
+pub const DECIDE: &str = concat!(
+    include_str!("../keys/credits_core.lua"),
+    include_str!("decide.lua")
 );
 
-/// A second step run in the same script call as a decision's windows, only when they admit
-/// (a key's credit spend): one round trip decides both.
-///
-/// Its script is [`GCRA_CORE`] preceded by `local n = #KEYS - 1` and followed by the step,
-/// which reads its key at `KEYS[n + 1]` and its arguments from `ARGV[3 * n + 2]` on, and either
-/// answers one negative number storing nothing (the caller retries with other arguments), or
-/// runs `store()` and appends its own answer to `out`.
-pub struct Then<'a> {
-    /// The composed script.
-    pub script: &'a redis::Script,
-    /// The step's key, under the request's hash tag (Redis Cluster: one slot per call).
+/// A key's credit spend decided in the same script call as a decision's windows, only when
+/// they admit: one round trip decides both.
+pub struct Then {
+    /// The balance's hash, under the request's hash tag (Redis Cluster: one slot per call).
     pub key: String,
-    /// The step's arguments.
-    pub args: &'a [i64],
+    /// The seven arguments of `credits` (see `keys/credits_core.lua`).
+    pub args: [i64; 7],
 }
 
-/// What a decision with a second step answered.
+/// What a decision with a credit spend answered.
 #[derive(Debug)]
 pub enum Joint {
-    /// A window refused: the step did not run, nothing was stored.
+    /// A window refused: the spend did not run, nothing was stored.
     Denied(Decision),
-    /// The windows admitted and the step ran: its answer.
+    /// The windows admitted and the spend ran: its answer.
     Admitted(Decision, Vec<i64>),
-    /// The step answered this negative number alone: nothing was stored.
+    /// The spend answered this negative number alone: nothing was stored.
     Retry(i64),
 }
+
+/// Decisions one script call holds at most.
+const BATCH_MAX: usize = 256;
+
+/// One decision waiting for its batch: its tag, its own keys and arguments (keys numbered
+/// from 1 within the decision), and who to tell.
+struct Job {
+    tag: String,
+    now_ms: Option<i64>,
+    keys: Vec<String>,
+    /// Mode, number of windows, the windows, and in mode 2 the balance's key and arguments.
+    args: Vec<i64>,
+    reply: oneshot::Sender<Result<Vec<i64>, RedisFailure>>,
+}
+
+const MODE_CHECK: i64 = 0;
+const MODE_PEEK: i64 = 1;
+const MODE_CREDITS: i64 = 2;
 
 /// The Redis-backed limiter.
 #[derive(Clone)]
@@ -68,6 +84,10 @@ pub struct RedisLimiter {
     link: RedisLink,
     script: Arc<redis::Script>,
     adjust: Arc<redis::Script>,
+    /// The batching task's queue, started on first use (inside the runtime).
+    queue: Arc<OnceLock<mpsc::Sender<Job>>>,
+    /// Decision script calls sent so far.
+    calls: Arc<AtomicU64>,
 }
 
 impl RedisLimiter {
@@ -75,24 +95,81 @@ impl RedisLimiter {
     pub fn new(link: RedisLink) -> Self {
         Self {
             link,
-            script: Arc::new(redis::Script::new(GCRA)),
+            script: Arc::new(redis::Script::new(DECIDE)),
             adjust: Arc::new(redis::Script::new(include_str!("adjust.lua"))),
+            queue: Arc::new(OnceLock::new()),
+            calls: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Decides `req` in one `EVALSHA`. `now_ms` is for tests; production passes `None`
-    /// and Redis's own clock decides, so instances with skewed clocks agree.
+    /// How many decision script calls this limiter has sent (each holds one decision or a
+    /// batch of them): what tests and benchmarks compare with the decisions made.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Decides `req`. `now_ms` is for tests; production passes `None` and Redis's own clock
+    /// decides, so instances with skewed clocks agree.
     pub async fn check(
         &self,
         req: &Request,
         now_ms: Option<i64>,
     ) -> Result<Decision, RedisFailure> {
-        self.decide(req, now_ms, true).await
+        let reply = self.send(req, now_ms, MODE_CHECK, None).await?;
+        decision(req, &reply)
     }
 
-    /// The decision `check` would make, in the same script, storing nothing.
+    /// The decision `check` would make, storing nothing.
     pub async fn peek(&self, req: &Request, now_ms: Option<i64>) -> Result<Decision, RedisFailure> {
-        self.decide(req, now_ms, false).await
+        let reply = self.send(req, now_ms, MODE_PEEK, None).await?;
+        decision(req, &reply)
+    }
+
+    /// Decides `req` and, when its windows admit, spends credits as `then` says, in the same
+    /// script call.
+    pub async fn check_then(
+        &self,
+        req: &Request,
+        now_ms: Option<i64>,
+        then: &Then,
+    ) -> Result<Joint, RedisFailure> {
+        let reply = self.send(req, now_ms, MODE_CREDITS, Some(then)).await?;
+        if let [code] = reply[..] {
+            if code < 0 {
+                return Ok(Joint::Retry(code));
+            }
+        }
+        let n = 1 + 3 * req.windows.len();
+        if reply.len() < n {
+            return Err(RedisFailure::Reply);
+        }
+        let decision = decision(req, &reply[..n])?;
+        match (decision.allowed, reply.len() == n) {
+            (false, true) => Ok(Joint::Denied(decision)),
+            (true, false) => Ok(Joint::Admitted(decision, reply[n..].to_vec())),
+            _ => Err(RedisFailure::Reply),
+        }
+    }
+
+    /// Spends credits as `then` says, without windows: the seven numbers `credits` answers,
+    /// or its one negative number.
+    pub async fn spend(
+        &self,
+        tag: &str,
+        then: &Then,
+        now_ms: Option<i64>,
+    ) -> Result<Vec<i64>, RedisFailure> {
+        let req = Request {
+            tag: tag.to_string(),
+            windows: Vec::new(),
+            fail_closed: true,
+        };
+        let mut reply = self.send(&req, now_ms, MODE_CREDITS, Some(then)).await?;
+        match reply[..] {
+            [code] if code < 0 => Ok(reply),
+            [1, ..] if reply.len() == 8 => Ok(reply.split_off(1)),
+            _ => Err(RedisFailure::Reply),
+        }
     }
 
     /// Charges or gives back `deltas` in each window of `req`, in one `EVALSHA`.
@@ -119,91 +196,205 @@ impl RedisLimiter {
         Ok(())
     }
 
-    /// Decides `req` and, when its windows admit, runs `then` in the same `EVALSHA`.
-    pub async fn check_then(
+    /// Queues one decision for the next batch and waits for its reply.
+    async fn send(
         &self,
         req: &Request,
         now_ms: Option<i64>,
-        then: &Then<'_>,
-    ) -> Result<Joint, RedisFailure> {
-        let mut conn = self.link.connection().ok_or(RedisFailure::NotConnected)?;
-        let mut inv = then.script.prepare_invoke();
-        self.windows(&mut inv, req, now_ms);
-        inv.key(&then.key);
-        for a in then.args {
-            inv.arg(*a);
+        mode: i64,
+        then: Option<&Then>,
+    ) -> Result<Vec<i64>, RedisFailure> {
+        if self.link.connection().is_none() {
+            return Err(RedisFailure::NotConnected);
         }
+        let mut keys = Vec::with_capacity(req.windows.len() + 1);
+        let mut args = Vec::with_capacity(2 + 4 * req.windows.len() + 8);
+        args.extend([mode, req.windows.len() as i64]);
+        for w in &req.windows {
+            let name = counter_key(&self.link.prefix, &req.tag, w);
+            // A counter two windows share is one key (never in practice: rates differ).
+            let index = match keys.iter().position(|k| *k == name) {
+                Some(i) => i,
+                None => {
+                    keys.push(name);
+                    keys.len() - 1
+                }
+            };
+            args.extend([
+                index as i64 + 1,
+                i64::from(w.rate.limit),
+                i64::from(w.rate.window_seconds) * 1000,
+                i64::from(w.cost),
+            ]);
+        }
+        if let Some(then) = then {
+            keys.push(then.key.clone());
+            args.push(keys.len() as i64);
+            args.extend(then.args);
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            tag: req.tag.clone(),
+            now_ms,
+            keys,
+            args,
+            reply: tx,
+        };
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(4 * BATCH_MAX);
+            tokio::spawn(batches(
+                self.link.clone(),
+                self.script.clone(),
+                self.calls.clone(),
+                rx,
+            ));
+            tx
+        });
         let span = tracing::debug_span!(
             "redis",
-            otel.name = "EVALSHA rate limit and credits",
+            otel.name = if then.is_some() {
+                "EVALSHA rate limit and credits"
+            } else {
+                "EVALSHA rate limit"
+            },
             otel.kind = "client",
             db.system.name = "redis"
         );
-        let reply: Vec<i64> = tokio::time::timeout(self.link.timeout, inv.invoke_async(&mut conn))
-            .instrument(span)
-            .await
-            .map_err(|_| RedisFailure::Timeout)??;
-        if let [code] = reply[..] {
-            if code < 0 {
-                return Ok(Joint::Retry(code));
-            }
+        async {
+            queue
+                .send(job)
+                .await
+                .map_err(|_| RedisFailure::NotConnected)?;
+            rx.await.unwrap_or(Err(RedisFailure::NotConnected))
         }
-        let n = 1 + 3 * req.windows.len();
-        if reply.len() < n {
-            return Err(RedisFailure::Reply);
-        }
-        let decision = decision(req, &reply[..n]);
-        match (decision.allowed, reply.len() == n) {
-            (false, true) => Ok(Joint::Denied(decision)),
-            (true, false) => Ok(Joint::Admitted(decision, reply[n..].to_vec())),
-            _ => Err(RedisFailure::Reply),
-        }
-    }
-
-    /// The window counters' keys and arguments of `req`, as the decision scripts take them.
-    fn windows(&self, inv: &mut redis::ScriptInvocation<'_>, req: &Request, now_ms: Option<i64>) {
-        for w in &req.windows {
-            inv.key(counter_key(&self.link.prefix, &req.tag, w));
-        }
-        inv.arg(now_ms.map(|n| n.to_string()).unwrap_or_default());
-        for w in &req.windows {
-            inv.arg(w.rate.limit)
-                .arg(u64::from(w.rate.window_seconds) * 1000)
-                .arg(w.cost);
-        }
-    }
-
-    async fn decide(
-        &self,
-        req: &Request,
-        now_ms: Option<i64>,
-        spend: bool,
-    ) -> Result<Decision, RedisFailure> {
-        let mut conn = self.link.connection().ok_or(RedisFailure::NotConnected)?;
-        let mut inv = self.script.prepare_invoke();
-        self.windows(&mut inv, req, now_ms);
-        if !spend {
-            inv.arg("peek");
-        }
-        let span = tracing::debug_span!(
-            "redis",
-            otel.name = "EVALSHA rate limit",
-            otel.kind = "client",
-            db.system.name = "redis"
-        );
-        let reply: Vec<i64> = tokio::time::timeout(self.link.timeout, inv.invoke_async(&mut conn))
-            .instrument(span)
-            .await
-            .map_err(|_| RedisFailure::Timeout)??;
-        if reply.len() != 1 + 3 * req.windows.len() {
-            return Err(RedisFailure::Reply);
-        }
-        Ok(decision(req, &reply))
+        .instrument(span)
+        .await
     }
 }
 
+/// The batching task: takes every decision waiting, sends one script call per hash tag (and
+/// clock), and answers each decision from its call's reply. One batch at a time: while it is
+/// in Redis, the next one forms.
+async fn batches(
+    link: RedisLink,
+    script: Arc<redis::Script>,
+    calls: Arc<AtomicU64>,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    let mut pending = Vec::with_capacity(BATCH_MAX);
+    while crate::store::next_batch(&mut rx, &mut pending, BATCH_MAX).await > 0 {
+        let mut groups: HashMap<(String, Option<i64>), Vec<Job>> = HashMap::new();
+        for job in pending.drain(..) {
+            groups
+                .entry((job.tag.clone(), job.now_ms))
+                .or_default()
+                .push(job);
+        }
+        calls.fetch_add(groups.len() as u64, Ordering::Relaxed);
+        let sent = groups
+            .into_iter()
+            .map(|((_, now_ms), jobs)| call(&link, &script, now_ms, jobs));
+        futures_util::future::join_all(sent).await;
+    }
+}
+
+/// One script call for `jobs` (one hash tag): identical decisions are sent once with their
+/// count, every key once.
+async fn call(link: &RedisLink, script: &redis::Script, now_ms: Option<i64>, jobs: Vec<Job>) {
+    let mut keys: Vec<&str> = Vec::new();
+    let mut key_index: HashMap<&str, i64> = HashMap::new();
+    // Each shape: its arguments with the keys numbered in the call, and its decisions.
+    let mut shapes: Vec<(Vec<i64>, Vec<usize>)> = Vec::new();
+    let mut shape_index: HashMap<Vec<i64>, usize> = HashMap::new();
+    for (j, job) in jobs.iter().enumerate() {
+        let global: Vec<i64> = job
+            .keys
+            .iter()
+            .map(|k| {
+                *key_index.entry(k.as_str()).or_insert_with(|| {
+                    keys.push(k.as_str());
+                    keys.len() as i64
+                })
+            })
+            .collect();
+        let mut args = job.args.clone();
+        let windows = args[1] as usize;
+        for w in 0..windows {
+            let i = 2 + 4 * w;
+            args[i] = global[args[i] as usize - 1];
+        }
+        if args[0] == MODE_CREDITS {
+            let i = 2 + 4 * windows;
+            args[i] = global[args[i] as usize - 1];
+        }
+        match shape_index.get(&args) {
+            Some(&s) => shapes[s].1.push(j),
+            None => {
+                shape_index.insert(args.clone(), shapes.len());
+                shapes.push((args, vec![j]));
+            }
+        }
+    }
+    let result = invoke(link, script, now_ms, &keys, &shapes).await;
+    let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+    match result {
+        Ok(replies) if replies.len() == jobs.len() => {
+            let order = shapes.iter().flat_map(|(_, js)| js.iter().copied());
+            for (j, reply) in order.zip(replies) {
+                if let Some(job) = jobs[j].take() {
+                    let _ = job.reply.send(Ok(reply));
+                }
+            }
+        }
+        Ok(_) => {
+            for job in jobs.into_iter().flatten() {
+                let _ = job.reply.send(Err(RedisFailure::Reply));
+            }
+        }
+        Err(e) => {
+            for job in jobs.into_iter().flatten() {
+                let _ = job.reply.send(Err(match &e {
+                    RedisFailure::NotConnected => RedisFailure::NotConnected,
+                    RedisFailure::Timeout => RedisFailure::Timeout,
+                    RedisFailure::Reply => RedisFailure::Reply,
+                    other => RedisFailure::Batch(other.to_string()),
+                }));
+            }
+        }
+    }
+}
+
+async fn invoke(
+    link: &RedisLink,
+    script: &redis::Script,
+    now_ms: Option<i64>,
+    keys: &[&str],
+    shapes: &[(Vec<i64>, Vec<usize>)],
+) -> Result<Vec<Vec<i64>>, RedisFailure> {
+    let mut conn = link.connection().ok_or(RedisFailure::NotConnected)?;
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(*k);
+    }
+    inv.arg(now_ms.map(|n| n.to_string()).unwrap_or_default());
+    inv.arg(shapes.len());
+    for (args, decisions) in shapes {
+        inv.arg(decisions.len());
+        for a in args {
+            inv.arg(*a);
+        }
+    }
+    let replies = tokio::time::timeout(link.timeout, inv.invoke_async(&mut conn))
+        .await
+        .map_err(|_| RedisFailure::Timeout)??;
+    Ok(replies)
+}
+
 /// The decision in a script's answer `{allowed, remaining_1, reset_1, retry_1, …}`.
-fn decision(req: &Request, reply: &[i64]) -> Decision {
+fn decision(req: &Request, reply: &[i64]) -> Result<Decision, RedisFailure> {
+    if reply.len() != 1 + 3 * req.windows.len() {
+        return Err(RedisFailure::Reply);
+    }
     let windows = req
         .windows
         .iter()
@@ -217,10 +408,10 @@ fn decision(req: &Request, reply: &[i64]) -> Decision {
             retry_after: r[2].max(0) as u64,
         })
         .collect();
-    Decision {
+    Ok(Decision {
         allowed: reply[0] == 1,
         windows,
-    }
+    })
 }
 
 /// `{prefix}:rl:{{tag}}{cell}`, the name of window `w`'s counter: what
