@@ -2,9 +2,9 @@
 -- (the port of `ratelimit::gcra` and `ratelimit::decide` to Redis), each optionally followed by
 -- the spend of a key's credits (`credits(...)` of credits_core.lua, included before this).
 -- The limiter sends the decisions that arrive together under one hash tag in one call
--- (`ratelimit/redis.rs`): every counter and balance is read once, decided on in this script's
--- memory, and written once at the end, so a batch of N decisions costs one round trip and
--- one read and write per counter instead of N.
+-- (`ratelimit/redis.rs`): the counters are read at once (one MGET) and each balance once,
+-- decided on in this script's memory, and written once at the end, so a batch of N decisions
+-- costs one round trip and one read and write per counter instead of N.
 -- Lua numbers are doubles, so a window's `tat` is stored as "ms:frac" (frac in 1/limit ms) and
 -- every product stays far below 2^53.
 -- KEYS: the counters (one string per window) and balances (one hash per roll line) the
@@ -30,32 +30,21 @@ else
   now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 end
 
--- The counters, read on first use: tat ms and frac (0, 0 when missing), written at the end.
+-- Every counter, read at once (a balance's hash reads as nil here): tat ms and frac, 0 and 0
+-- when missing; written at the end when a decision moved it.
 local tms, tfr, written = {}, {}, {}
-local function counter(k)
-  local ms = tms[k]
-  if ms == nil then
-    local v = redis.call('GET', KEYS[k])
-    ms = 0
-    local fr = 0
+do
+  local got = redis.call('MGET', unpack(KEYS))
+  for k = 1, #KEYS do
+    local v = got[k]
     if v then
       local sep = string.find(v, ':', 1, true)
-      ms = tonumber(string.sub(v, 1, sep - 1))
-      fr = tonumber(string.sub(v, sep + 1))
+      tms[k] = tonumber(string.sub(v, 1, sep - 1))
+      tfr[k] = tonumber(string.sub(v, sep + 1))
+    else
+      tms[k], tfr[k] = 0, 0
     end
-    tms[k], tfr[k] = ms, fr
-    return ms, fr
   end
-  return ms, tfr[k]
-end
-
--- The window's base: its tat when ahead of now, else now.
-local function base(k)
-  local ms, fr = counter(k)
-  if ms > now or (ms == now and fr > 0) then
-    return ms, fr
-  end
-  return now, 0
 end
 
 local function ceil_secs(ms, frac)
@@ -63,16 +52,21 @@ local function ceil_secs(ms, frac)
   return ceil(ms / 1000)
 end
 
--- The new tats of the decision being made, applied once all its windows are decided (so two
--- windows sharing a counter decide on the same state, as separate reads would): reused.
-local moved = {}
+-- Each window's base (its tat when ahead of now, else now), found in the first pass over a
+-- decision's windows and used by the second; reused from decision to decision.
+local bmsv, bfrv = {}, {}
 
 -- One decision over the windows `win` (4 numbers each) and, in mode 2, the credits.
 local function decide(win, nw, mode, ck, ca)
   local allowed = 1
-  for j = 0, 4 * nw - 1, 4 do
-    local l, w, c = win[j + 2], win[j + 3], win[j + 4]
-    local bms, bfr = base(win[j + 1])
+  for j = 1, nw do
+    local o = 4 * j - 4
+    local k, l, w, c = win[o + 1], win[o + 2], win[o + 3], win[o + 4]
+    local bms, bfr = tms[k], tfr[k]
+    if bms < now or (bms == now and bfr == 0) then
+      bms, bfr = now, 0
+    end
+    bmsv[j], bfrv[j] = bms, bfr
     if (bms - now) * l + bfr + c * w > w * l then
       allowed = 0
     end
@@ -85,10 +79,10 @@ local function decide(win, nw, mode, ck, ca)
     end
   end
   local reply = { allowed }
-  local stores = allowed == 1 and mode ~= 1
-  for j = 0, 4 * nw - 1, 4 do
-    local l, w, c = win[j + 2], win[j + 3], win[j + 4]
-    local bms, bfr = base(win[j + 1])
+  for j = 1, nw do
+    local o = 4 * j - 4
+    local l, w, c = win[o + 2], win[o + 3], win[o + 4]
+    local bms, bfr = bmsv[j], bfrv[j]
     local behind = (bms - now) * l + bfr
     local ahead = behind + c * w
     local window = w * l
@@ -104,7 +98,8 @@ local function decide(win, nw, mode, ck, ca)
       remaining = floor((window - ahead) / w)
       reset = ceil_secs(nms, nfr)
       retry = 0
-      moved[j + 1], moved[j + 2] = nms, nfr
+      -- Kept in the base's place until every window is decided.
+      bmsv[j], bfrv[j] = nms, nfr
     else
       remaining = floor((window - behind) / w)
       reset = ceil_secs(bms, bfr)
@@ -112,13 +107,12 @@ local function decide(win, nw, mode, ck, ca)
     end
     if remaining < 0 then remaining = 0 end
     if remaining > l then remaining = l end
-    local o = 3 * j / 4
-    reply[o + 2], reply[o + 3], reply[o + 4] = remaining, reset, retry
+    reply[3 * j - 1], reply[3 * j], reply[3 * j + 1] = remaining, reset, retry
   end
-  if stores then
-    for j = 0, 4 * nw - 1, 4 do
-      local k = win[j + 1]
-      tms[k], tfr[k] = moved[j + 1], moved[j + 2]
+  if allowed == 1 and mode ~= 1 then
+    for j = 1, nw do
+      local k = win[4 * j - 3]
+      tms[k], tfr[k] = bmsv[j], bfrv[j]
       written[k] = true
     end
   end
