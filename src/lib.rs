@@ -7,6 +7,8 @@ pub mod accounts;
 pub mod app;
 /// Password hashing, JWT signing/verification, opaque tokens and sealing.
 pub mod auth;
+/// Gathering queued work into batches (group commits, the Redis limiter's calls).
+pub mod batch;
 /// The chat gateway: threads, the model server, usage.
 pub mod chat;
 /// The `gatehouse` command line.

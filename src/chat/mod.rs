@@ -118,7 +118,7 @@ const GROUP_COMMIT_MAX: usize = 256;
 /// each. Every caller hears back only after the commit that holds its exchange.
 async fn group_commit(store: Store, mut rx: mpsc::Receiver<Pending>) {
     let mut pending = Vec::with_capacity(GROUP_COMMIT_MAX);
-    while crate::store::next_batch(&mut rx, &mut pending, GROUP_COMMIT_MAX).await > 0 {
+    while crate::batch::next_batch(&mut rx, &mut pending, GROUP_COMMIT_MAX).await > 0 {
         let (batch, replies): (Vec<Exchange>, Vec<_>) = pending.drain(..).unzip();
         let batch: Arc<[Exchange]> = batch.into();
         let results = match store.store_exchanges(batch.clone()).await {

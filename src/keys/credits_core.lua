@@ -52,7 +52,10 @@ end
 local function store_credits()
   for k in pairs(changed) do
     local s = held[k]
-    redis.call('HSET', KEYS[k], 'g', s[1], 'r', s[2], 'b', s[3], 'p', s[4])
+    -- Written as integers ('%d'): Redis may write a Lua number such as 1e15 in exponent
+    -- form, which HINCRBY (the refund after a failed commit) cannot read.
+    redis.call('HSET', KEYS[k], 'g', string.format('%d', s[1]), 'r', string.format('%d', s[2]),
+      'b', string.format('%d', s[3]), 'p', string.format('%d', s[4]))
     -- A balance nobody uses for 40 days is dropped; the next use reads storage again.
     redis.call('PEXPIRE', KEYS[k], 3456000000)
   end

@@ -2,10 +2,11 @@
 //!
 //! - **Memory** (one instance, SQLite): a map of balances behind a mutex; storage is read
 //!   once per key (and after its settings change).
-//! - **Redis** (when configured): one script call per use on one hash per roll line
-//!   (`{prefix}:cr:{org:<org id>}<line>`, under the organization's hash tag, as its rate-limit
-//!   counters are), so every instance decides against the same balance. A key's use is one
-//!   call for its windows and its credits together ([`Meter::spend_with_windows`]). A missing
+//! - **Redis** (when configured): one hash per roll line (`{prefix}:cr:{org:<org id>}<line>`,
+//!   under the organization's hash tag, as its rate-limit counters are), so every instance
+//!   decides against the same balance. A key's use is decided with its windows and its credits
+//!   together ([`Meter::spend_with_windows`]), in the limiter's script calls, which batch the
+//!   decisions that arrive together (`ratelimit/redis.rs`). A missing
 //!   hash (a first use, a flush, a restarted Redis) is filled from storage.
 //! - **Storage** (PostgreSQL without Redis): one conditional `UPDATE … RETURNING` per use,
 //!   exact across instances.
@@ -480,7 +481,7 @@ fn refuse_exhausted(s: Option<Spent>) -> Result<Option<Spent>, CreditError> {
 /// after the commit that holds its spend.
 async fn group_commit(store: Store, mut rx: mpsc::Receiver<Pending>) {
     let mut pending = Vec::with_capacity(GROUP_COMMIT_MAX);
-    while crate::store::next_batch(&mut rx, &mut pending, GROUP_COMMIT_MAX).await > 0 {
+    while crate::batch::next_batch(&mut rx, &mut pending, GROUP_COMMIT_MAX).await > 0 {
         let (batch, replies): (Vec<CreditSpend>, Vec<_>) = pending.drain(..).unzip();
         let result = store.record_credit_spends(batch).await;
         for reply in replies {

@@ -37,10 +37,12 @@ do
   local got = redis.call('MGET', unpack(KEYS))
   for k = 1, #KEYS do
     local v = got[k]
-    if v then
-      local sep = string.find(v, ':', 1, true)
-      tms[k] = tonumber(string.sub(v, 1, sep - 1))
-      tfr[k] = tonumber(string.sub(v, sep + 1))
+    local sep = v and string.find(v, ':', 1, true)
+    local ms = sep and tonumber(string.sub(v, 1, sep - 1))
+    local fr = sep and tonumber(string.sub(v, sep + 1))
+    -- Missing, or not a counter this script wrote: a fresh window.
+    if ms and fr then
+      tms[k], tfr[k] = ms, fr
     else
       tms[k], tfr[k] = 0, 0
     end

@@ -228,6 +228,8 @@ impl RedisLimiter {
             ]);
         }
         if let Some(then) = then {
+            // Redis Cluster: every key of a call must be under the call's hash tag.
+            debug_assert!(then.key.contains(&format!("{{{}}}", req.tag)));
             keys.push(then.key.clone());
             args.push(keys.len() as i64);
             args.extend(then.args);
@@ -260,15 +262,19 @@ impl RedisLimiter {
             otel.kind = "client",
             db.system.name = "redis"
         );
-        async {
+        // One timeout for the whole wait: the queue, the batch before this one, and its own
+        // call. A decision dropped here is not sent (see `batches`).
+        let wait = async {
             queue
                 .send(job)
                 .await
                 .map_err(|_| RedisFailure::NotConnected)?;
             rx.await.unwrap_or(Err(RedisFailure::NotConnected))
-        }
-        .instrument(span)
-        .await
+        };
+        tokio::time::timeout(self.link.timeout, wait)
+            .instrument(span)
+            .await
+            .unwrap_or(Err(RedisFailure::Timeout))
     }
 }
 
@@ -282,25 +288,92 @@ async fn batches(
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut pending = Vec::with_capacity(BATCH_MAX);
-    while crate::store::next_batch(&mut rx, &mut pending, BATCH_MAX).await > 0 {
+    while crate::batch::next_batch(&mut rx, &mut pending, BATCH_MAX).await > 0 {
         let mut groups: HashMap<(String, Option<i64>), Vec<Job>> = HashMap::new();
-        for job in pending.drain(..) {
+        // A decision whose caller stopped waiting (its timeout passed while the batch before
+        // was in Redis) is not sent: it must not take a request's place or spend credits.
+        for job in pending.drain(..).filter(|j| !j.reply.is_closed()) {
             groups
                 .entry((job.tag.clone(), job.now_ms))
                 .or_default()
                 .push(job);
         }
-        calls.fetch_add(groups.len() as u64, Ordering::Relaxed);
         let sent = groups
             .into_iter()
-            .map(|((_, now_ms), jobs)| call(&link, &script, now_ms, jobs));
+            .map(|((_, now_ms), jobs)| call(&link, &script, &calls, now_ms, jobs));
         futures_util::future::join_all(sent).await;
     }
 }
 
-/// One script call for `jobs` (one hash tag): identical decisions are sent once with their
-/// count, every key once.
-async fn call(link: &RedisLink, script: &redis::Script, now_ms: Option<i64>, jobs: Vec<Job>) {
+/// Keys one script call names at most: Lua's `unpack` of KEYS (for the `MGET`) holds a few
+/// thousand values; a batch with more is sent in several calls.
+const KEYS_PER_CALL: usize = 2000;
+
+/// The script calls for `jobs` (one hash tag), each holding as many decisions as its keys
+/// allow. A call Redis answers with an error (a counter it cannot read, say) is sent again one
+/// decision at a time, so one bad decision fails alone rather than with its batch.
+async fn call(
+    link: &RedisLink,
+    script: &redis::Script,
+    calls: &AtomicU64,
+    now_ms: Option<i64>,
+    mut jobs: Vec<Job>,
+) {
+    while !jobs.is_empty() {
+        let mut named = 0;
+        let take = jobs
+            .iter()
+            .position(|j| {
+                named += j.keys.len();
+                named > KEYS_PER_CALL
+            })
+            .unwrap_or(jobs.len())
+            .max(1);
+        let rest = jobs.split_off(take);
+        calls.fetch_add(1, Ordering::Relaxed);
+        match decide_all(link, script, now_ms, &jobs).await {
+            Err(RedisFailure::Redis(_)) if jobs.len() > 1 => {
+                for job in jobs {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    let result = decide_all(link, script, now_ms, std::slice::from_ref(&job)).await;
+                    answer(vec![job], result);
+                }
+            }
+            result => answer(jobs, result),
+        }
+        jobs = rest;
+    }
+}
+
+/// Tells each of `jobs` its reply, or the call's failure.
+fn answer(jobs: Vec<Job>, result: Result<Vec<Vec<i64>>, RedisFailure>) {
+    match result {
+        Ok(replies) => {
+            for (job, reply) in jobs.into_iter().zip(replies) {
+                let _ = job.reply.send(Ok(reply));
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(match &e {
+                    RedisFailure::NotConnected => RedisFailure::NotConnected,
+                    RedisFailure::Timeout => RedisFailure::Timeout,
+                    RedisFailure::Reply => RedisFailure::Reply,
+                    other => RedisFailure::Batch(other.to_string()),
+                }));
+            }
+        }
+    }
+}
+
+/// One script call deciding `jobs` (one hash tag): identical decisions are sent once with
+/// their count, every key once. The replies, in the order of `jobs`.
+async fn decide_all(
+    link: &RedisLink,
+    script: &redis::Script,
+    now_ms: Option<i64>,
+    jobs: &[Job],
+) -> Result<Vec<Vec<i64>>, RedisFailure> {
     let mut keys: Vec<&str> = Vec::new();
     let mut key_index: HashMap<&str, i64> = HashMap::new();
     // Each shape: its arguments with the keys numbered in the call, and its decisions.
@@ -335,33 +408,17 @@ async fn call(link: &RedisLink, script: &redis::Script, now_ms: Option<i64>, job
             }
         }
     }
-    let result = invoke(link, script, now_ms, &keys, &shapes).await;
-    let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
-    match result {
-        Ok(replies) if replies.len() == jobs.len() => {
-            let order = shapes.iter().flat_map(|(_, js)| js.iter().copied());
-            for (j, reply) in order.zip(replies) {
-                if let Some(job) = jobs[j].take() {
-                    let _ = job.reply.send(Ok(reply));
-                }
-            }
-        }
-        Ok(_) => {
-            for job in jobs.into_iter().flatten() {
-                let _ = job.reply.send(Err(RedisFailure::Reply));
-            }
-        }
-        Err(e) => {
-            for job in jobs.into_iter().flatten() {
-                let _ = job.reply.send(Err(match &e {
-                    RedisFailure::NotConnected => RedisFailure::NotConnected,
-                    RedisFailure::Timeout => RedisFailure::Timeout,
-                    RedisFailure::Reply => RedisFailure::Reply,
-                    other => RedisFailure::Batch(other.to_string()),
-                }));
-            }
-        }
+    let replies = invoke(link, script, now_ms, &keys, &shapes).await?;
+    if replies.len() != jobs.len() {
+        return Err(RedisFailure::Reply);
     }
+    // The script answers shape by shape, each shape's decisions in turn.
+    let mut ordered: Vec<Vec<i64>> = vec![Vec::new(); jobs.len()];
+    let order = shapes.iter().flat_map(|(_, js)| js.iter().copied());
+    for (j, reply) in order.zip(replies) {
+        ordered[j] = reply;
+    }
+    Ok(ordered)
 }
 
 async fn invoke(

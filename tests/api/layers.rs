@@ -13,7 +13,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Types and tables everything shares; they import nothing above themselves.
     (
         "foundation",
-        &["clock", "ids", "domain", "error", "metrics", "telemetry"],
+        &[
+            "clock",
+            "ids",
+            "domain",
+            "error",
+            "metrics",
+            "telemetry",
+            "batch",
+        ],
     ),
     // Settings, the GCRA maths and the cryptography.
     ("primitives", &["ratelimit", "config", "auth"]),

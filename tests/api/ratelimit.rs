@@ -6,7 +6,7 @@
 use gatehouse::clock::Clock;
 use gatehouse::config::Config;
 use gatehouse::ratelimit::{
-    decide, MemoryLimiter, Rate, Rates, RedisLimiter, RedisLink, Request, Window,
+    decide, MemoryLimiter, Rate, Rates, RedisLimiter, RedisLink, Request, Then, Window,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -593,6 +593,55 @@ async fn decisions_batched_on_redis_are_exact() {
         "{decided} decisions in {} calls: none was batched",
         redis.calls()
     );
+}
+
+/// A decision Redis cannot make (its balance's key holds a string) fails alone: the call that
+/// held it with others is sent again one decision at a time. A counter holding something this
+/// limiter never wrote counts as a fresh window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_decision_in_a_batch_fails_alone_on_redis() {
+    let prefix = redis_prefix();
+    let link = RedisLink::open_url(&redis_url(), &prefix, std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
+    let mut conn = link.connection().expect("Redis answers");
+    let redis = RedisLimiter::new(link.clone());
+    let req = request("org:bad", &[("p", 1000, 60)]);
+    let garbage = format!("{prefix}:rl:{{org:bad}}p:s:1000:60");
+    let balance = format!("{prefix}:cr:{{org:bad}}key_1");
+    for k in [&garbage, &balance] {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg("not a counter")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (redis, req, balance) = (redis.clone(), req.clone(), balance.clone());
+        tasks.spawn(async move {
+            if i == 20 {
+                let then = Then {
+                    key: balance,
+                    args: [1, 1, 0, -1, 10, 10, 0],
+                };
+                (true, redis.check_then(&req, Some(T0), &then).await.is_ok())
+            } else {
+                (false, redis.check(&req, Some(T0)).await.is_ok())
+            }
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        outcomes.push(r.unwrap());
+    }
+    assert!(outcomes.contains(&(true, false)), "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| **o == (false, true)).count(), 39);
+    // The 39 checks counted from a fresh window, and the failed one not at all: a peek
+    // answers what would remain after one more.
+    let d = redis.peek(&req, Some(T0)).await.unwrap();
+    assert_eq!(d.windows[0].remaining, 1000 - 39 - 1);
 }
 
 #[tokio::test]
