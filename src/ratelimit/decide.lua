@@ -4,7 +4,8 @@
 -- The limiter sends the decisions that arrive together under one hash tag in one call
 -- (`ratelimit/redis.rs`): the counters are read at once (one MGET) and each balance once,
 -- decided on in this script's memory, and written once at the end, so a batch of N decisions
--- costs one round trip and one read and write per counter instead of N.
+-- costs one round trip and one read and write per counter instead of N. Identical decisions
+-- (one busy key's) arrive as one shape with a count and are decided together in closed form.
 -- Lua numbers are doubles, so a window's `tat` is stored as "ms:frac" (frac in 1/limit ms) and
 -- every product stays far below 2^53.
 -- KEYS: the counters (one string per window) and balances (one hash per roll line) the
@@ -17,11 +18,12 @@
 --   request, tokens for a token window); in mode 2 then the index of the balance in KEYS and
 --   the seven arguments of `credits` (generation, cost, period start, refill amount, and the
 --   balance to start from: remaining, base, period, or -1 -1 -1).
--- Returns one reply per decision, shape by shape:
---   {allowed, remaining_1, reset_1, retry_1, ..., remaining_n, reset_n, retry_n}, followed in
---   mode 2, when the windows admitted, by the seven numbers `credits` answers; or `credits`'
---   one negative number alone, in which case that decision stored nothing.
-local floor, ceil, max = math.floor, math.ceil, math.max
+-- Returns one flat array: now (unix ms), then per shape: k (how many of its decisions the
+--   windows admitted: the first k; a peek admits iff k >= 1), each window's base before the
+--   shape (tat ms, frac: the later of the counter and now), and in mode 2, when k >= 1, what
+--   `credits` answered for the first admitted decision (seven numbers, or one negative number
+--   alone, in which case none of the shape's decisions stored anything).
+local floor, max = math.floor, math.max
 local now
 if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
@@ -49,99 +51,74 @@ do
   end
 end
 
-local function ceil_secs(ms, frac)
-  if frac > 0 then return floor(ms / 1000) + 1 end
-  return ceil(ms / 1000)
-end
-
--- Each window's base (its tat when ahead of now, else now), found in the first pass over a
--- decision's windows and used by the second; reused from decision to decision.
-local bmsv, bfrv = {}, {}
-
--- One decision over the windows `win` (4 numbers each) and, in mode 2, the credits.
-local function decide(win, nw, mode, ck, ca)
-  local allowed = 1
-  for j = 1, nw do
-    local o = 4 * j - 4
-    local k, l, w, c = win[o + 1], win[o + 2], win[o + 3], win[o + 4]
-    local bms, bfr = tms[k], tfr[k]
-    if bms < now or (bms == now and bfr == 0) then
-      bms, bfr = now, 0
-    end
-    bmsv[j], bfrv[j] = bms, bfr
-    if (bms - now) * l + bfr + c * w > w * l then
-      allowed = 0
-    end
-  end
-  local out
-  if mode == 2 and allowed == 1 then
-    out = credits(ck, ca)
-    if #out == 1 then
-      return out
-    end
-  end
-  local reply = { allowed }
-  for j = 1, nw do
-    local o = 4 * j - 4
-    local l, w, c = win[o + 2], win[o + 3], win[o + 4]
-    local bms, bfr = bmsv[j], bfrv[j]
-    local behind = (bms - now) * l + bfr
-    local ahead = behind + c * w
-    local window = w * l
-    local remaining, reset, retry
-    if ahead > window then
-      remaining = floor((window - behind) / w)
-      reset = ceil_secs(bms, bfr)
-      retry = max(1, ceil(ceil((ahead - window) / l) / 1000))
-    elseif allowed == 1 then
-      local nfr = bfr + c * w
-      local nms = bms + floor(nfr / l)
-      nfr = nfr % l
-      remaining = floor((window - ahead) / w)
-      reset = ceil_secs(nms, nfr)
-      retry = 0
-      -- Kept in the base's place until every window is decided.
-      bmsv[j], bfrv[j] = nms, nfr
-    else
-      remaining = floor((window - behind) / w)
-      reset = ceil_secs(bms, bfr)
-      retry = 0
-    end
-    if remaining < 0 then remaining = 0 end
-    if remaining > l then remaining = l end
-    reply[3 * j - 1], reply[3 * j], reply[3 * j + 1] = remaining, reset, retry
-  end
-  if allowed == 1 and mode ~= 1 then
-    for j = 1, nw do
-      local k = win[4 * j - 3]
-      tms[k], tfr[k] = bmsv[j], bfrv[j]
-      written[k] = true
-    end
-  end
-  if out then
-    local o = #reply
-    for i = 1, #out do reply[o + i] = out[i] end
-  end
-  return reply
-end
-
-local replies = {}
+-- Each shape's decisions, in closed form: identical decisions one after the other admit while
+-- every window has room, and a refused one changes nothing, so the first k = min(repeat,
+-- room in each window) are admitted and the rest refused. Each admitted decision moves a
+-- window's tat by cost * length (in 1/limit ms). The script stores the counters after the k
+-- and answers the bases the decisions started from; the limiter derives each decision's
+-- numbers from them (`expand` in ratelimit/redis.rs), as a loop over the decisions here would.
+local replies = { now }
 local a = 3
+local idx, lim, len, cst, bmsv, bfrv = {}, {}, {}, {}, {}, {}
 for _ = 1, tonumber(ARGV[2]) do
   local rep, mode, nw = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
-  local win = {}
-  for j = 1, 4 * nw do win[j] = tonumber(ARGV[a + j - 1]) end
-  a = a + 4 * nw
-  local ck, ca
+  local at = #replies + 1
+  replies[at] = 0
+  local k = rep
+  for j = 1, nw do
+    local i, l, w, c = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+      tonumber(ARGV[a + 3])
+    a = a + 4
+    local bms, bfr = tms[i], tfr[i]
+    if bms < now or (bms == now and bfr == 0) then
+      bms, bfr = now, 0
+    end
+    idx[j], lim[j], len[j], cst[j], bmsv[j], bfrv[j] = i, l, w, c, bms, bfr
+    local room = w * l - ((bms - now) * l + bfr)
+    local cap
+    if c * w > 0 then
+      cap = floor(room / (c * w))
+    elseif room >= 0 then
+      cap = k
+    else
+      cap = 0
+    end
+    if cap < k then k = cap end
+    replies[at + 2 * j - 1], replies[at + 2 * j] = bms, bfr
+  end
+  if k < 0 then k = 0 end
+  replies[at] = k
+  local stored = k
   if mode == 2 then
-    ck = tonumber(ARGV[a])
-    ca = {}
+    local ck = tonumber(ARGV[a])
+    local ca = {}
     for j = 1, 7 do ca[j] = tonumber(ARGV[a + j]) end
     a = a + 8
+    if k >= 1 then
+      local out = credits(ck, ca)
+      for j = 1, #out do replies[#replies + 1] = out[j] end
+      if #out == 1 then
+        -- Nothing stored, for this decision or the identical ones after it.
+        stored = 0
+      else
+        -- The other k - 1 spend as `credits` would, one after the other.
+        local s, cost = held[ck], ca[2]
+        local r = s[2]
+        for _ = 2, k do
+          if r > 0 and cost <= r then r = r - cost end
+        end
+        s[2] = r
+      end
+    end
   end
-  for _ = 1, rep do
-    replies[#replies + 1] = decide(win, nw, mode, ck, ca)
+  if mode ~= 1 and stored >= 1 then
+    for j = 1, nw do
+      local i, l = idx[j], lim[j]
+      local nfr = bfrv[j] + stored * cst[j] * len[j]
+      tms[i], tfr[i] = bmsv[j] + floor(nfr / l), nfr % l
+      written[i] = true
+    end
   end
 end
 

@@ -408,17 +408,134 @@ async fn decide_all(
             }
         }
     }
-    let replies = invoke(link, script, now_ms, &keys, &shapes).await?;
-    if replies.len() != jobs.len() {
+    let reply = invoke(link, script, now_ms, &keys, &shapes).await?;
+    // The script answers now, then shape by shape what its decisions started from.
+    let (&now, mut rest) = reply.split_first().ok_or(RedisFailure::Reply)?;
+    let mut ordered: Vec<Vec<i64>> = vec![Vec::new(); jobs.len()];
+    for (args, js) in &shapes {
+        let (replies, used) = expand(args, js.len(), now, rest).ok_or(RedisFailure::Reply)?;
+        rest = &rest[used..];
+        for (&j, r) in js.iter().zip(replies) {
+            ordered[j] = r;
+        }
+    }
+    if !rest.is_empty() {
         return Err(RedisFailure::Reply);
     }
-    // The script answers shape by shape, each shape's decisions in turn.
-    let mut ordered: Vec<Vec<i64>> = vec![Vec::new(); jobs.len()];
-    let order = shapes.iter().flat_map(|(_, js)| js.iter().copied());
-    for (j, reply) in order.zip(replies) {
-        ordered[j] = reply;
-    }
     Ok(ordered)
+}
+
+/// The replies of a shape's `n` identical decisions (`args`: mode, windows, credits), each as
+/// the decision alone would have been answered: `{allowed, remaining_1, reset_1, retry_1, …}`,
+/// then in mode 2, when its windows admitted, the seven numbers of `credits` (or its one
+/// negative number alone). From what the script answered for the shape (`reply`, see
+/// decide.lua): how many were admitted, each window's base, the first spend. Also how many
+/// numbers of `reply` were the shape's. `None` when the reply does not fit the shape.
+///
+/// The numbers are the script's own rules, which port `gcra` and `Balance::spend`: the i-th
+/// admitted decision starts from the base plus i steps of cost × length (in 1/limit ms), a
+/// refused one from where the admitted ones left the window.
+fn expand(args: &[i64], n: usize, now: i64, reply: &[i64]) -> Option<(Vec<Vec<i64>>, usize)> {
+    let (mode, nw) = (*args.first()?, usize::try_from(*args.get(1)?).ok()?);
+    let k = usize::try_from(*reply.first()?).ok().filter(|k| *k <= n)?;
+    let bases = reply.get(1..1 + 2 * nw)?;
+    let mut used = 1 + 2 * nw;
+    let first_spend = if mode == MODE_CREDITS && k >= 1 {
+        let len = if *reply.get(used)? < 0 { 1 } else { 7 };
+        let spend = reply.get(used..used + len)?;
+        used += len;
+        if let [code] = spend {
+            // Not decided: every decision of the shape answers the same.
+            return Some((vec![vec![*code]; n], used));
+        }
+        Some(spend)
+    } else {
+        None
+    };
+    let cost = if mode == MODE_CREDITS {
+        *args.get(2 + 4 * nw + 2)?
+    } else {
+        0
+    };
+    let windows: Vec<[i128; 5]> = (0..nw)
+        .map(|j| {
+            let w = args.get(2 + 4 * j..6 + 4 * j)?;
+            let (l, len, c) = (i128::from(w[1]), i128::from(w[2]), i128::from(w[3]));
+            (l > 0 && len > 0).then_some(())?;
+            let base = i128::from(bases[2 * j]) * l + i128::from(bases[2 * j + 1]);
+            Some([l, len, c * len, base, i128::from(now) * l])
+        })
+        .collect::<Option<_>>()?;
+    let mut spend: Option<[i64; 7]> = None;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // A peek stores nothing: each answers as the first would.
+        let (admitted, before) = if mode == MODE_PEEK {
+            (k >= 1, 0)
+        } else {
+            (i < k, i.min(k))
+        };
+        let mut r = Vec::with_capacity(1 + 3 * nw + if admitted { 7 } else { 0 });
+        r.push(i64::from(admitted));
+        for &[l, len, step, base, now_scaled] in &windows {
+            let at = base + step * before as i128;
+            let window = len * l;
+            let behind = at - now_scaled;
+            let ahead = behind + step;
+            let (remaining, reset, retry) = if admitted {
+                (
+                    (window - ahead).div_euclid(len),
+                    ceil_div(at + step, l * 1000),
+                    0,
+                )
+            } else if ahead > window {
+                let wait_ms = ceil_div(ahead - window, l);
+                (
+                    (window - behind).div_euclid(len),
+                    ceil_div(at, l * 1000),
+                    ceil_div(wait_ms, 1000).max(1),
+                )
+            } else {
+                ((window - behind).div_euclid(len), ceil_div(at, l * 1000), 0)
+            };
+            r.extend([remaining.clamp(0, l) as i64, reset as i64, retry as i64]);
+        }
+        if admitted {
+            if let Some(first) = first_spend {
+                let next = match spend {
+                    None => <[i64; 7]>::try_from(first).ok()?,
+                    Some([_, rem, base, period, _, _, gen]) => {
+                        // `credits` again on the balance the last spend left.
+                        if rem > 0 && cost <= rem {
+                            let left = rem - cost;
+                            let threshold = base.div_euclid(10);
+                            let low = rem > threshold && left <= threshold;
+                            [
+                                1,
+                                left,
+                                base,
+                                period,
+                                i64::from(low),
+                                i64::from(left == 0),
+                                gen,
+                            ]
+                        } else {
+                            [0, rem, base, period, 0, 0, gen]
+                        }
+                    }
+                };
+                spend = Some(next);
+                r.extend(next);
+            }
+        }
+        out.push(r);
+    }
+    Some((out, used))
+}
+
+/// `⌈a / b⌉` for `b > 0`.
+fn ceil_div(a: i128, b: i128) -> i128 {
+    -((-a).div_euclid(b))
 }
 
 async fn invoke(
@@ -427,7 +544,7 @@ async fn invoke(
     now_ms: Option<i64>,
     keys: &[&str],
     shapes: &[(Vec<i64>, Vec<usize>)],
-) -> Result<Vec<Vec<i64>>, RedisFailure> {
+) -> Result<Vec<i64>, RedisFailure> {
     let mut conn = link.connection().ok_or(RedisFailure::NotConnected)?;
     let mut inv = script.prepare_invoke();
     for k in keys {

@@ -595,6 +595,87 @@ async fn decisions_batched_on_redis_are_exact() {
     );
 }
 
+/// Identical decisions sent together travel as one shape with a count and are decided in
+/// closed form: each answers exactly what the memory limiter answers the same decisions one
+/// after the other (every window's remaining, reset and wait), over windows of different
+/// costs, in a burst and after part of a window has refilled. Their credit spends answer as
+/// `Balance::spend` does, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_decisions_on_redis_answer_as_one_after_the_other() {
+    use gatehouse::domain::credits::Balance;
+    use gatehouse::ratelimit::{Decision, Joint};
+    let redis = redis_limiter().await;
+    let mut req = request(
+        "same",
+        &[("second", 7, 1), ("minute", 25, 60), ("hour", 1000, 3600)],
+    );
+    req.windows[1].cost = 2;
+    let memory = MemoryLimiter::new(1000);
+    let sorted = |mut v: Vec<Decision>| {
+        v.sort_by_key(|d| format!("{d:?}"));
+        v
+    };
+    let mut admitted = Vec::new();
+    for now in [T0, T0, T0 + 500, T0 + 61_000] {
+        let together = (0..40).map(|_| redis.check(&req, Some(now)));
+        let by_redis: Vec<Decision> = futures_util::future::join_all(together)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let by_memory: Vec<Decision> = (0..40).map(|_| memory.check(&req, now)).collect();
+        admitted.push(by_memory.iter().filter(|d| d.allowed).count());
+        assert_eq!(sorted(by_redis), sorted(by_memory), "at {now}");
+    }
+    // The burst fills the 7-per-second window; half a second later 3 more fit (3.5 refilled).
+    assert_eq!(admitted[..3], [7, 0, 3]);
+    // Credits: 20 admitted by the window, of which the balance of 50 at 5 each pays for 10.
+    let req = request("org:same-credits", &[("p", 20, 60)]);
+    let then = Then {
+        key: format!("{}:cr:{{org:same-credits}}key_1", redis_prefix()),
+        args: [1, 5, 0, -1, 50, 50, 0],
+    };
+    let together = (0..30).map(|_| redis.check_then(&req, Some(T0), &then));
+    let mut spends = Vec::new();
+    let mut denied = 0;
+    for joint in futures_util::future::join_all(together).await {
+        match joint.unwrap() {
+            Joint::Admitted(d, tail) => {
+                assert!(d.allowed);
+                spends.push(tail);
+            }
+            Joint::Denied(d) => {
+                assert!(!d.allowed);
+                denied += 1;
+            }
+            Joint::Retry(code) => panic!("asked to fill again ({code}) with a balance given"),
+        }
+    }
+    assert_eq!((spends.len(), denied), (20, 10));
+    let mut model = Balance {
+        remaining: 50,
+        base: 50,
+        period: 0,
+    };
+    let mut expected = Vec::new();
+    for _ in 0..20 {
+        let s = model.spend(None, T0, 5);
+        model = s.balance;
+        expected.push(vec![
+            i64::from(s.admitted),
+            s.balance.remaining,
+            50,
+            0,
+            i64::from(s.low),
+            i64::from(s.exhausted),
+            1,
+        ]);
+    }
+    spends.sort();
+    expected.sort();
+    assert_eq!(spends, expected);
+}
+
 /// A decision Redis cannot make (its balance's key holds a string) fails alone: the call that
 /// held it with others is sent again one decision at a time. A counter holding something this
 /// limiter never wrote counts as a fresh window.
