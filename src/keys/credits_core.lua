@@ -12,8 +12,9 @@
 -- of one call decide one after the other; `store_credits()` writes the balances that changed.
 -- The rule is `Balance::spend` in src/domain/credits.rs, exactly. Every number stays below
 -- 2^53, so Lua's doubles hold them exactly.
--- Included before decide.lua (src/ratelimit), which runs it after a decision's windows
--- admitted the request, or alone for a spend without windows.
+-- Included before decide.lua (src/ratelimit), which runs it for the first decision of a shape
+-- whose windows admitted it (or alone, for a spend without windows), and applies the same
+-- rule to the shape's other admitted decisions in a loop of its own.
 local held, changed = {}, {}
 local function credits(k, ca)
   local s = held[k]

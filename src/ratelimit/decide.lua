@@ -55,7 +55,8 @@ end
 -- every window has room, and a refused one changes nothing, so the first k = min(repeat,
 -- room in each window) are admitted and the rest refused. Each admitted decision moves a
 -- window's tat by cost * length (in 1/limit ms). The script stores the counters after the k
--- and answers the bases the decisions started from; the limiter derives each decision's
+-- (unless the shape is a peek, or its spend answered a negative code) and answers the bases
+-- the decisions started from; the limiter derives each decision's
 -- numbers from them (`expand` in ratelimit/redis.rs), as a loop over the decisions here would.
 local replies = { now }
 local a = 3
@@ -102,7 +103,10 @@ for _ = 1, tonumber(ARGV[2]) do
         -- Nothing stored, for this decision or the identical ones after it.
         stored = 0
       else
-        -- The other k - 1 spend as `credits` would, one after the other.
+        -- The other k - 1 spend as `credits` would, one after the other. Only the remaining
+        -- can change now: the first call settled the generation, and a refill cannot follow
+        -- (its period start is the same for every decision of the shape). `expand` in
+        -- ratelimit/redis.rs replays this same loop for the replies.
         local s, cost = held[ck], ca[2]
         local r = s[2]
         for _ = 2, k do

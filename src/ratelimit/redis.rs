@@ -427,8 +427,8 @@ async fn decide_all(
 
 /// The replies of a shape's `n` identical decisions (`args`: mode, windows, credits), each as
 /// the decision alone would have been answered: `{allowed, remaining_1, reset_1, retry_1, …}`,
-/// then in mode 2, when its windows admitted, the seven numbers of `credits` (or its one
-/// negative number alone). From what the script answered for the shape (`reply`, see
+/// then in mode 2, when its windows admitted, the seven numbers of `credits`; or, when
+/// `credits` answered a negative number, that number alone as the whole reply. From what the script answered for the shape (`reply`, see
 /// decide.lua): how many were admitted, each window's base, the first spend. Also how many
 /// numbers of `reply` were the shape's. `None` when the reply does not fit the shape.
 ///

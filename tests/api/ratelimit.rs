@@ -629,6 +629,26 @@ async fn identical_decisions_on_redis_answer_as_one_after_the_other() {
     }
     // The burst fills the 7-per-second window; half a second later 3 more fit (3.5 refilled).
     assert_eq!(admitted[..3], [7, 0, 3]);
+    assert!(
+        redis.calls() < 160,
+        "160 decisions in {} calls: none was batched",
+        redis.calls()
+    );
+    // A spend whose balance Redis does not hold, without one to start from: every decision of
+    // the shape is asked to fill it, and none counts in the window.
+    let req = request("org:same-fill", &[("p", 3, 60)]);
+    let then = Then {
+        key: format!("{}:cr:{{org:same-fill}}key_1", redis_prefix()),
+        args: [1, 1, 0, -1, -1, -1, -1],
+    };
+    let together = (0..10).map(|_| redis.check_then(&req, Some(T0), &then));
+    for joint in futures_util::future::join_all(together).await {
+        assert!(matches!(joint.unwrap(), Joint::Retry(-1)));
+    }
+    assert_eq!(
+        redis.peek(&req, Some(T0)).await.unwrap().windows[0].remaining,
+        2
+    );
     // Credits: 20 admitted by the window, of which the balance of 50 at 5 each pays for 10.
     let req = request("org:same-credits", &[("p", 20, 60)]);
     let then = Then {
