@@ -106,7 +106,7 @@ for _ = 1, tonumber(ARGV[2]) do
         -- The other k - 1 spend as `credits` would, one after the other. Only the remaining
         -- can change now: the first call settled the generation, and a refill cannot follow
         -- (its period start is the same for every decision of the shape). `expand` in
-        -- ratelimit/redis.rs replays this same loop for the replies.
+        -- ratelimit/redis.rs derives the replies with `Balance::spend`, the same rule.
         local s, cost = held[ck], ca[2]
         local r = s[2]
         for _ = 2, k do

@@ -12,7 +12,8 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{Decision, RedisLink, Request, WindowState};
+use super::{ceil_div, Decision, RedisLink, Request, WindowState};
+use crate::domain::credits::Balance;
 
 /// Why a Redis decision did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -428,13 +429,15 @@ async fn decide_all(
 /// The replies of a shape's `n` identical decisions (`args`: mode, windows, credits), each as
 /// the decision alone would have been answered: `{allowed, remaining_1, reset_1, retry_1, …}`,
 /// then in mode 2, when its windows admitted, the seven numbers of `credits`; or, when
-/// `credits` answered a negative number, that number alone as the whole reply. From what the script answered for the shape (`reply`, see
-/// decide.lua): how many were admitted, each window's base, the first spend. Also how many
-/// numbers of `reply` were the shape's. `None` when the reply does not fit the shape.
+/// `credits` answered a negative number, that number alone as the whole reply. From what the
+/// script answered for the shape (`reply`, see decide.lua): how many were admitted, each
+/// window's base, the first spend. Also how many numbers of `reply` were the shape's. `None`
+/// when the reply does not fit the shape.
 ///
 /// The numbers are the script's own rules, which port `gcra` and `Balance::spend`: the i-th
 /// admitted decision starts from the base plus i steps of cost × length (in 1/limit ms), a
-/// refused one from where the admitted ones left the window.
+/// refused one from where the admitted ones left the window; each spend after the first is
+/// `Balance::spend` on the balance the one before left.
 fn expand(args: &[i64], n: usize, now: i64, reply: &[i64]) -> Option<(Vec<Vec<i64>>, usize)> {
     let (mode, nw) = (*args.first()?, usize::try_from(*args.get(1)?).ok()?);
     let k = usize::try_from(*reply.first()?).ok().filter(|k| *k <= n)?;
@@ -504,24 +507,23 @@ fn expand(args: &[i64], n: usize, now: i64, reply: &[i64]) -> Option<(Vec<Vec<i6
             if let Some(first) = first_spend {
                 let next = match spend {
                     None => <[i64; 7]>::try_from(first).ok()?,
-                    Some([_, rem, base, period, _, _, gen]) => {
-                        // `credits` again on the balance the last spend left.
-                        if rem > 0 && cost <= rem {
-                            let left = rem - cost;
-                            let threshold = base.div_euclid(10);
-                            let low = rem > threshold && left <= threshold;
-                            [
-                                1,
-                                left,
-                                base,
-                                period,
-                                i64::from(low),
-                                i64::from(left == 0),
-                                gen,
-                            ]
-                        } else {
-                            [0, rem, base, period, 0, 0, gen]
-                        }
+                    Some([_, remaining, base, period, _, _, gen]) => {
+                        // No refill within a shape: its period start is the same for all.
+                        let b = Balance {
+                            remaining,
+                            base,
+                            period,
+                        };
+                        let s = b.spend(None, now, cost);
+                        [
+                            i64::from(s.admitted),
+                            s.balance.remaining,
+                            base,
+                            period,
+                            i64::from(s.low),
+                            i64::from(s.exhausted),
+                            gen,
+                        ]
                     }
                 };
                 spend = Some(next);
@@ -531,11 +533,6 @@ fn expand(args: &[i64], n: usize, now: i64, reply: &[i64]) -> Option<(Vec<Vec<i6
         out.push(r);
     }
     Some((out, used))
-}
-
-/// `⌈a / b⌉` for `b > 0`.
-fn ceil_div(a: i128, b: i128) -> i128 {
-    -((-a).div_euclid(b))
 }
 
 async fn invoke(
