@@ -56,8 +56,8 @@ end
 -- room in each window) are admitted and the rest refused. Each admitted decision moves a
 -- window's tat by cost * length (in 1/limit ms). The script stores the counters after the k
 -- (unless the shape is a peek, or its spend answered a negative code) and answers the bases
--- the decisions started from; the limiter derives each decision's
--- numbers from them (`expand` in ratelimit/redis.rs), as a loop over the decisions here would.
+-- the decisions started from; the limiter derives each decision's numbers from them
+-- (`expand` in ratelimit/redis.rs), as a loop over the decisions here would.
 local replies = { now }
 local a = 3
 local idx, lim, len, cst, bmsv, bfrv = {}, {}, {}, {}, {}, {}
